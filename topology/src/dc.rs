@@ -1,0 +1,419 @@
+//! One datacenter's catalog state: nodes, instances and checks, with their mutations.
+//!
+//! The maps are persistent (structure-shared) so that cloning a `DcState` to publish a new
+//! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
+
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Check, Health, Instance, InstanceKey, Node};
+
+type CheckKey = (String, String);
+
+/// A datacenter's catalog at one Raft index.
+#[derive(Clone, Debug, Default)]
+pub struct DcState {
+    nodes: OrdMap<String, Arc<Node>>,
+    instances: OrdMap<InstanceKey, Arc<Instance>>,
+    by_service: OrdMap<String, OrdSet<InstanceKey>>,
+    checks: OrdMap<CheckKey, Arc<Check>>,
+    index: u64,
+}
+
+/// A `DcState` flattened for snapshots and persistence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcSnapshot {
+    /// Index of the last change.
+    pub index: u64,
+    /// All nodes.
+    pub nodes: Vec<Node>,
+    /// All instances.
+    pub instances: Vec<Instance>,
+    /// All checks.
+    pub checks: Vec<Check>,
+}
+
+impl DcState {
+    /// The Raft index of the last change that altered the catalog (not of the last entry applied).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// All nodes, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(|n| &**n)
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(|n| &**n)
+    }
+
+    /// Names of the services with at least one instance, sorted.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
+    }
+
+    /// Number of registered instances.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// All instances of `service`, in key order.
+    pub fn instances_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|k| self.instances.get(k).map(|i| &**i))
+    }
+
+    /// All instances, in key order.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values().map(|i| &**i)
+    }
+
+    /// An instance by node and ID.
+    pub fn instance(&self, node: &str, id: &str) -> Option<&Instance> {
+        self.instances.get(&InstanceKey::new(node, id)).map(|i| &**i)
+    }
+
+    /// A check by node and check ID.
+    pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
+        self.checks
+            .get(&(node.to_owned(), id.to_owned()))
+            .map(|c| &**c)
+    }
+
+    /// All checks on `node`, node-level and service-level.
+    pub fn checks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
+        let start = (node.to_owned(), String::new());
+        let node = node.to_owned();
+        self.checks
+            .range(start..)
+            .take_while(move |((n, _), _)| *n == node)
+            .map(|(_, c)| &**c)
+    }
+
+    /// All checks.
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values().map(|c| &**c)
+    }
+
+    /// The checks that decide an instance's health: its own and its node's.
+    pub fn checks_of<'a>(&'a self, inst: &'a Instance) -> impl Iterator<Item = &'a Check> + 'a {
+        self.checks_on(&inst.node)
+            .filter(move |c| c.service_id.is_empty() || c.service_id == inst.id)
+    }
+
+    /// The worst status among an instance's checks; passing when it has none.
+    pub fn health_of(&self, inst: &Instance) -> Health {
+        self.checks_of(inst)
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Health::Passing)
+    }
+
+    /// Adds or replaces a node. Returns whether anything changed.
+    pub fn upsert_node(&mut self, node: Node, index: u64) -> bool {
+        if self.nodes.get(&node.name).is_some_and(|n| **n == node) {
+            return false;
+        }
+        self.nodes.insert(node.name.clone(), Arc::new(node));
+        self.index = index;
+        true
+    }
+
+    /// Registers (or re-registers) an instance with its checks, which replace the instance's
+    /// previous checks. A check that already existed keeps its status and output, so a
+    /// re-registration does not flap a healthy instance. Returns whether anything changed.
+    pub fn register(&mut self, mut inst: Instance, checks: Vec<Check>, index: u64) -> bool {
+        let key = inst.key();
+        let old = self.instances.get(&key).cloned();
+        let mut changed = false;
+        match &old {
+            Some(o) => {
+                inst.create_index = o.create_index;
+                inst.modify_index = o.modify_index;
+                if **o != inst {
+                    inst.modify_index = index;
+                    changed = true;
+                }
+            }
+            None => {
+                inst.create_index = index;
+                inst.modify_index = index;
+                changed = true;
+            }
+        }
+        if let Some(o) = &old
+            && o.service != inst.service
+        {
+            self.unindex(&o.service, &key);
+        }
+
+        // Drop the instance's checks that the new registration no longer carries.
+        let stale: Vec<CheckKey> = self
+            .checks_on(&inst.node)
+            .filter(|c| c.service_id == inst.id && !checks.iter().any(|n| n.id == c.id))
+            .map(|c| (c.node.clone(), c.id.clone()))
+            .collect();
+        for k in stale {
+            self.checks.remove(&k);
+            changed = true;
+        }
+        for mut c in checks {
+            let ck = (c.node.clone(), c.id.clone());
+            match self.checks.get(&ck) {
+                Some(old) => {
+                    c.status = old.status;
+                    c.output.clone_from(&old.output);
+                    c.create_index = old.create_index;
+                    c.modify_index = old.modify_index;
+                    if **old != c {
+                        c.modify_index = index;
+                        self.checks.insert(ck, Arc::new(c));
+                        changed = true;
+                    }
+                }
+                None => {
+                    c.create_index = index;
+                    c.modify_index = index;
+                    self.checks.insert(ck, Arc::new(c));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.by_service
+                .entry(inst.service.clone())
+                .or_default()
+                .insert(key.clone());
+            self.instances.insert(key, Arc::new(inst));
+            self.index = index;
+        }
+        changed
+    }
+
+    /// Removes an instance and its checks. Returns whether it existed.
+    pub fn deregister(&mut self, node: &str, id: &str, index: u64) -> bool {
+        let key = InstanceKey::new(node, id);
+        let Some(old) = self.instances.remove(&key) else {
+            return false;
+        };
+        self.unindex(&old.service, &key);
+        let own: Vec<CheckKey> = self
+            .checks_on(node)
+            .filter(|c| c.service_id == id)
+            .map(|c| (c.node.clone(), c.id.clone()))
+            .collect();
+        for k in own {
+            self.checks.remove(&k);
+        }
+        self.index = index;
+        true
+    }
+
+    /// Sets a check's status and output. Returns `None` if there is no such check, otherwise
+    /// whether anything changed.
+    pub fn update_check(
+        &mut self,
+        node: &str,
+        id: &str,
+        status: Health,
+        output: &str,
+        index: u64,
+    ) -> Option<bool> {
+        let key = (node.to_owned(), id.to_owned());
+        let old = self.checks.get(&key)?;
+        if old.status == status && old.output == output {
+            return Some(false);
+        }
+        let mut c = (**old).clone();
+        c.status = status;
+        c.output = output.to_owned();
+        c.modify_index = index;
+        self.checks.insert(key, Arc::new(c));
+        self.index = index;
+        Some(true)
+    }
+
+    fn unindex(&mut self, service: &str, key: &InstanceKey) {
+        if let Some(set) = self.by_service.get_mut(service) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
+    /// Flattens the state for a snapshot.
+    pub fn to_snapshot(&self) -> DcSnapshot {
+        DcSnapshot {
+            index: self.index,
+            nodes: self.nodes().cloned().collect(),
+            instances: self.instances().cloned().collect(),
+            checks: self.checks().cloned().collect(),
+        }
+    }
+
+    /// Rebuilds a state from a snapshot.
+    pub fn from_snapshot(snap: DcSnapshot) -> Self {
+        let mut s = DcState::default();
+        for n in snap.nodes {
+            s.nodes.insert(n.name.clone(), Arc::new(n));
+        }
+        for i in snap.instances {
+            let key = i.key();
+            s.by_service
+                .entry(i.service.clone())
+                .or_default()
+                .insert(key.clone());
+            s.instances.insert(key, Arc::new(i));
+        }
+        for c in snap.checks {
+            s.checks.insert((c.node.clone(), c.id.clone()), Arc::new(c));
+        }
+        s.index = snap.index;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Weights;
+
+    fn inst(node: &str, id: &str, service: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            node: node.into(),
+            address: String::new(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            weights: Weights::default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn check(node: &str, id: &str, service_id: &str, status: Health) -> Check {
+        Check {
+            id: id.into(),
+            name: id.into(),
+            node: node.into(),
+            service_id: service_id.into(),
+            service_name: String::new(),
+            status,
+            output: String::new(),
+            notes: String::new(),
+            spec: None,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    #[test]
+    fn register_is_idempotent_and_indexed() {
+        let mut s = DcState::default();
+        assert!(s.register(inst("n1", "web1", "web"), vec![], 5));
+        assert!(!s.register(inst("n1", "web1", "web"), vec![], 6));
+        assert_eq!(s.index(), 5);
+        let i = s.instance("n1", "web1").expect("registered");
+        assert_eq!((i.create_index, i.modify_index), (5, 5));
+        let mut changed = inst("n1", "web1", "web");
+        changed.port = 81;
+        assert!(s.register(changed, vec![], 7));
+        let i = s.instance("n1", "web1").expect("registered");
+        assert_eq!((i.create_index, i.modify_index, i.port), (5, 7, 81));
+    }
+
+    #[test]
+    fn same_id_on_two_nodes_are_two_instances() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "web", "web"), vec![], 1);
+        s.register(inst("n2", "web", "web"), vec![], 2);
+        assert_eq!(s.instances_of("web").count(), 2);
+        assert!(s.deregister("n1", "web", 3));
+        assert_eq!(s.instances_of("web").count(), 1);
+        assert!(!s.deregister("n1", "web", 4));
+    }
+
+    #[test]
+    fn health_is_worst_of_own_and_node_checks() {
+        let mut s = DcState::default();
+        s.register(
+            inst("n1", "web1", "web"),
+            vec![check("n1", "service:web1", "web1", Health::Passing)],
+            1,
+        );
+        s.register(
+            inst("n1", "db1", "db"),
+            vec![check("n1", "service:db1", "db1", Health::Critical)],
+            2,
+        );
+        let web = s.instance("n1", "web1").cloned().expect("web");
+        assert_eq!(s.health_of(&web), Health::Passing);
+        assert_eq!(
+            s.update_check("n1", "service:web1", Health::Warning, "slow", 3),
+            Some(true)
+        );
+        assert_eq!(s.health_of(&web), Health::Warning);
+        assert_eq!(
+            s.update_check("n1", "service:web1", Health::Warning, "slow", 4),
+            Some(false)
+        );
+        assert_eq!(s.index(), 3);
+        assert_eq!(s.update_check("n1", "nope", Health::Passing, "", 5), None);
+    }
+
+    #[test]
+    fn reregistration_keeps_check_status_and_drops_removed_checks() {
+        let mut s = DcState::default();
+        s.register(
+            inst("n1", "web1", "web"),
+            vec![
+                check("n1", "a", "web1", Health::Critical),
+                check("n1", "b", "web1", Health::Critical),
+            ],
+            1,
+        );
+        s.update_check("n1", "a", Health::Passing, "ok", 2);
+        s.register(
+            inst("n1", "web1", "web"),
+            vec![check("n1", "a", "web1", Health::Critical)],
+            3,
+        );
+        assert_eq!(s.check("n1", "a").map(|c| c.status), Some(Health::Passing));
+        assert!(s.check("n1", "b").is_none());
+        assert!(s.deregister("n1", "web1", 4));
+        assert!(s.check("n1", "a").is_none());
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut s = DcState::default();
+        s.upsert_node(
+            Node {
+                name: "n1".into(),
+                address: "127.0.0.1".into(),
+                meta: Default::default(),
+            },
+            1,
+        );
+        s.register(
+            inst("n1", "web1", "web"),
+            vec![check("n1", "c", "web1", Health::Warning)],
+            2,
+        );
+        let snap = s.to_snapshot();
+        let json = serde_json::to_string(&snap).expect("serialize");
+        let back = DcState::from_snapshot(serde_json::from_str(&json).expect("deserialize"));
+        assert_eq!(back.to_snapshot(), snap);
+        assert_eq!(back.instances_of("web").count(), 1);
+    }
+}

@@ -1,0 +1,15 @@
+//! Meridian's brain, kept pure: the data model of a datacenter's catalog, the name grammar shared
+//! by DNS and SNI, and the immutable [`View`] that every reader (HTTP API, DNS, gateway) consults.
+//!
+//! Nothing here touches sockets, clocks or disks. Producers (`catalog`, later `federation`) build a
+//! new [`View`] and publish it; consumers read a snapshot and never see a half-applied change.
+
+pub mod dc;
+mod model;
+pub mod names;
+mod view;
+
+pub use dc::DcState;
+pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
+pub use names::NameError;
+pub use view::View;

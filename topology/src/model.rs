@@ -1,0 +1,225 @@
+//! The catalog's data model: nodes, service instances, health checks and their health.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Health of a check or of an instance (the worst of its checks), in Consul's vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Healthy.
+    Passing,
+    /// Degraded but serving; still answered unless only passing instances are asked for.
+    Warning,
+    /// Not serving; never answered.
+    Critical,
+}
+
+impl Health {
+    /// Consul's lowercase name (`passing`, `warning`, `critical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+
+    /// Parses Consul's lowercase name.
+    pub fn parse(s: &str) -> Option<Health> {
+        match s {
+            "passing" => Some(Health::Passing),
+            "warning" => Some(Health::Warning),
+            "critical" => Some(Health::Critical),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A machine that runs a Meridian agent and hosts service instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node name, a DNS label, unique in its datacenter.
+    pub name: String,
+    /// Address other machines reach the node at.
+    pub address: String,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// SRV weights an instance gets while passing and while warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    /// Weight while all checks pass.
+    pub passing: u32,
+    /// Weight while any check warns.
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// One registered instance of a service on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Instance ID, unique on its node (defaults to the service name).
+    pub id: String,
+    /// Service name, a DNS label.
+    pub service: String,
+    /// Node that registered the instance and runs its checks.
+    pub node: String,
+    /// The instance's own address; empty means the node's address.
+    #[serde(default)]
+    pub address: String,
+    /// Port the instance listens on.
+    pub port: u16,
+    /// Tags, in registration order.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// SRV weights.
+    #[serde(default)]
+    pub weights: Weights,
+    /// Raft index that created the instance.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Raft index that last changed the instance.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+impl Instance {
+    /// The key of the instance in its datacenter's catalog.
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey::new(&self.node, &self.id)
+    }
+}
+
+/// `(node, instance id)`: instance IDs are unique per node, as in Consul.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceKey {
+    /// Node name.
+    pub node: String,
+    /// Instance ID on that node.
+    pub id: String,
+}
+
+impl InstanceKey {
+    /// Builds a key.
+    pub fn new(node: &str, id: &str) -> Self {
+        InstanceKey {
+            node: node.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+/// How a check decides its status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// Passing while a TCP connect to `address` (`host:port`) succeeds.
+    Tcp {
+        /// `host:port` to connect to.
+        address: String,
+    },
+    /// Passing on a 2xx answer, warning on 429, critical otherwise.
+    Http {
+        /// URL to request.
+        url: String,
+        /// HTTP method (GET by default).
+        method: String,
+        /// Extra request headers.
+        #[serde(default)]
+        headers: BTreeMap<String, Vec<String>>,
+    },
+    /// Set from outside through the agent API; critical when not refreshed within `ttl`.
+    Ttl {
+        /// How long a status holds without a refresh.
+        ttl: Duration,
+    },
+}
+
+impl CheckKind {
+    /// Consul's name for the check type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Ttl { .. } => "ttl",
+        }
+    }
+}
+
+/// How and how often a check runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// The kind of probe.
+    pub kind: CheckKind,
+    /// Time between runs (unused by TTL checks).
+    pub interval: Duration,
+    /// Time a single run may take.
+    pub timeout: Duration,
+    /// Deregister the instance after it has been critical this long.
+    #[serde(default)]
+    pub deregister_critical_after: Option<Duration>,
+}
+
+/// A health check and its current status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Check ID, unique on its node (`service:<id>` for a service's single check).
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Node the check runs on.
+    pub node: String,
+    /// Instance the check belongs to; empty for a node-level check.
+    #[serde(default)]
+    pub service_id: String,
+    /// Service name of that instance.
+    #[serde(default)]
+    pub service_name: String,
+    /// Current status.
+    pub status: Health,
+    /// Output of the last run, or the note given with a TTL update.
+    #[serde(default)]
+    pub output: String,
+    /// Operator notes.
+    #[serde(default)]
+    pub notes: String,
+    /// How the check runs; `None` for checks only set from outside.
+    #[serde(default)]
+    pub spec: Option<CheckSpec>,
+    /// Raft index that created the check.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Raft index that last changed the check.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+impl Check {
+    /// Consul's `Type` field (`tcp`, `http`, `ttl`, or empty).
+    pub fn type_name(&self) -> &'static str {
+        self.spec.as_ref().map_or("", |s| s.kind.type_name())
+    }
+}

@@ -1,1 +1,341 @@
-fn main() {}
+//! `meridian-bench`: benchmarks of real `meridian` processes on loopback.
+//!
+//! `catalog` measures acknowledged registrations per second on a 3-node datacenter: many
+//! concurrent HTTP clients register services through every node (followers forward to the
+//! leader), each acknowledgement meaning the entry is fsynced on a majority and applied.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of Meridian on loopback")]
+struct Cli {
+    /// The meridian binary (default: next to this one).
+    #[arg(long, global = true)]
+    meridian: Option<PathBuf>,
+    /// Short runs, for CI.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Where to write the JSON and Markdown reports.
+    #[arg(long, global = true, default_value = "bench/results")]
+    out: PathBuf,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Acknowledged registrations per second on a 3-node datacenter.
+    Catalog {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Registrations in all (bounded load).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Repetitions; the median is reported.
+        #[arg(long)]
+        reps: Option<usize>,
+    },
+}
+
+#[derive(Serialize)]
+struct CatalogRun {
+    clients: usize,
+    attempted: usize,
+    acknowledged: usize,
+    failed: usize,
+    seconds: f64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Serialize)]
+struct CatalogReport {
+    benchmark: &'static str,
+    date: String,
+    machine: String,
+    runs: Vec<CatalogRun>,
+    median_per_second: f64,
+    median_p50_ms: f64,
+    median_p99_ms: f64,
+}
+
+struct Node {
+    child: Child,
+    http: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
+    let ports: Vec<[u16; 5]> = (0..3)
+        .map(|_| -> Result<[u16; 5]> {
+            Ok([
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+            ])
+        })
+        .collect::<Result<_>>()?;
+    let mut servers = String::new();
+    for (i, p) in ports.iter().enumerate() {
+        write!(
+            servers,
+            "\n[[servers]]\nid = {}\nrpc = \"127.0.0.1:{}\"\n",
+            i + 1,
+            p[2]
+        )?;
+    }
+    let mut nodes = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
+                 data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n{servers}",
+                i + 1,
+                dir.join(&name).display(),
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                p[4]
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = Command::new(bin)
+            .arg("agent")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        nodes.push(Node { child, http: p[0] });
+    }
+    Ok(nodes)
+}
+
+async fn wait_leader(http: &reqwest::Client, nodes: &[Node]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in nodes {
+        loop {
+            let url = format!("http://127.0.0.1:{}/v1/status/leader", n.http);
+            if let Ok(r) = http.get(&url).send().await
+                && let Ok(s) = r.json::<String>().await
+                && !s.is_empty()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the datacenter elected no leader within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn catalog_once(bin: &Path, clients: usize, count: usize) -> Result<CatalogRun> {
+    let dir = tempfile::tempdir()?;
+    let nodes = start_dc(bin, dir.path())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    wait_leader(&http, &nodes).await?;
+    let urls: Arc<Vec<String>> = Arc::new(
+        nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}/v1/agent/service/register", n.http))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, urls, next) = (http.clone(), urls.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let body = serde_json::json!({
+                    "ID": format!("svc-{i}"), "Name": format!("svc-{}", i % 100),
+                    "Port": 1024 + (i % 60000), "Address": "10.1.2.3", "Tags": ["bench"],
+                });
+                let t = Instant::now();
+                let ok = http
+                    .put(&urls[c % urls.len()])
+                    .json(&body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    lat.push(t.elapsed());
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failed += f;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(nodes);
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    Ok(CatalogRun {
+        clients,
+        attempted: count,
+        acknowledged: lat.len(),
+        failed,
+        seconds,
+        per_second: lat.len() as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bin = match cli.meridian {
+        Some(b) => b,
+        None => std::env::current_exe()?
+            .parent()
+            .context("bench binary has a folder")?
+            .join("meridian"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p meridian` or pass --meridian",
+            bin.display()
+        );
+    }
+    std::fs::create_dir_all(&cli.out)?;
+    match cli.what {
+        What::Catalog {
+            clients,
+            count,
+            reps,
+        } => {
+            let count = count.unwrap_or(if cli.quick { 2_000 } else { 20_000 });
+            let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
+            let mut runs = Vec::new();
+            for rep in 0..reps {
+                let run = catalog_once(&bin, clients, count).await?;
+                eprintln!(
+                    "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, {} failed",
+                    rep + 1,
+                    run.per_second,
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.failed
+                );
+                if run.acknowledged == 0 {
+                    bail!("no registration was acknowledged");
+                }
+                runs.push(run);
+            }
+            let report = CatalogReport {
+                benchmark: "catalog",
+                date: today(),
+                machine: machine(),
+                median_per_second: median(runs.iter().map(|r| r.per_second).collect()),
+                median_p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
+                median_p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+                runs,
+            };
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(cli.out.join("catalog.json"), &json)?;
+            let md = format!(
+                "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
+                 |---|---|---|---|---|---|\n\
+                 | catalog, 3-node DC, fsync | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
+                report.runs.len(),
+                clients,
+                count,
+                report.median_per_second,
+                report.median_p50_ms,
+                report.median_p99_ms
+            );
+            std::fs::write(cli.out.join("catalog.md"), &md)?;
+            println!("{md}");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! A datacenter's authoritative service catalog: one openraft group per datacenter whose log and
+//! state machine live in RocksDB (fsync on every append), Raft RPCs and write forwarding over gRPC,
+//! and the health checks that run on the node that registered an instance.
+//!
+//! [`Catalog`] is the handle the rest of the process holds. Writes go through [`Catalog::write`],
+//! which forwards to the leader wherever it is, and return only once the entry is committed on a
+//! majority and applied. Reads never touch Raft: every applied batch publishes a new
+//! [`meridian_topology::View`], which readers take with [`Catalog::view`] or wait on with
+//! [`Catalog::watch`].
+
+mod command;
+mod config;
+mod error;
+mod health;
+mod network;
+mod node;
+mod rpc;
+mod store;
+mod types;
+
+pub use command::{Command, WriteOutcome};
+pub use config::{CatalogConfig, RaftTuning};
+pub use error::CatalogError;
+pub use node::{Catalog, RaftStatus};
+pub use store::{LogStore, StateMachineStore, open_store};
+pub use types::TypeConfig;

@@ -1,1 +1,8 @@
-//! x
+//! Protocol buffers and the generated tonic/prost code for Meridian's gRPC services.
+
+#![allow(missing_docs, clippy::all)]
+
+/// LAN RPC: Raft between a datacenter's voters and write forwarding.
+pub mod catalog {
+    tonic::include_proto!("meridian.catalog.v1");
+}

@@ -77,7 +77,9 @@ impl DcState {
 
     /// An instance by node and ID.
     pub fn instance(&self, node: &str, id: &str) -> Option<&Instance> {
-        self.instances.get(&InstanceKey::new(node, id)).map(|i| &**i)
+        self.instances
+            .get(&InstanceKey::new(node, id))
+            .map(|i| &**i)
     }
 
     /// A check by node and check ID.

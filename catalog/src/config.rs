@@ -1,0 +1,56 @@
+//! How a catalog node is set up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a catalog node needs to start.
+#[derive(Clone, Debug)]
+pub struct CatalogConfig {
+    /// Datacenter name.
+    pub datacenter: String,
+    /// This node's name (a DNS label).
+    pub node_name: String,
+    /// This node's Raft ID; must be a key of `servers`.
+    pub node_id: u64,
+    /// Address other machines reach this node at (registered as the node's address).
+    pub advertise_addr: String,
+    /// Where the Raft/catalog gRPC server listens.
+    pub rpc_bind: SocketAddr,
+    /// Folder for the RocksDB database.
+    pub data_dir: PathBuf,
+    /// All voters of the datacenter: Raft ID to gRPC address (`host:port`). 1, 3 or 5 of them.
+    pub servers: BTreeMap<u64, String>,
+    /// Raft timing and log compaction.
+    pub raft: RaftTuning,
+    /// How long a write may wait for a leader and a commit before it fails.
+    pub write_timeout: Duration,
+}
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 10_000,
+            keep_logs: 2_000,
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The catalog handle: starts Raft and its RPC server, forms or rejoins the cluster, forwards
+//! writes to the leader, and publishes views.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_protos::catalog::ForwardRequest;
+use meridian_protos::catalog::catalog_client::CatalogClient;
+use meridian_protos::catalog::forward_reply::Result as ForwardResult;
+use meridian_topology::{DcState, Health, Node, View, names};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::health::HealthRunner;
+use crate::network::{self, NetworkFactory};
+use crate::store::open_store;
+use crate::types::Raft;
+use crate::{CatalogConfig, CatalogError, Command, WriteOutcome};
+
+/// Raft's state as the HTTP API reports it.
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    /// gRPC address of the current leader, if one is known.
+    pub leader: Option<String>,
+    /// gRPC addresses of all voters.
+    pub peers: Vec<String>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// Last log index applied to the state machine.
+    pub last_applied: u64,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// Time since the leader was last heard from, when known.
+    pub last_contact: Option<Duration>,
+}
+
+/// A running catalog node. Cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: CatalogConfig,
+    raft: Raft,
+    views: watch::Sender<Arc<View>>,
+    forward_clients: Mutex<HashMap<String, CatalogClient<Channel>>>,
+    health: HealthRunner,
+    stop_rpc: Mutex<Option<oneshot::Sender<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn validate(cfg: &CatalogConfig) -> Result<(), CatalogError> {
+    names::validate_label("datacenter", &cfg.datacenter)
+        .and_then(|()| names::validate_label("node name", &cfg.node_name))
+        .map_err(|e| CatalogError::Config(e.to_string()))?;
+    if ![1, 3, 5].contains(&cfg.servers.len()) {
+        return Err(CatalogError::Config(format!(
+            "a datacenter has 1, 3 or 5 servers, not {}",
+            cfg.servers.len()
+        )));
+    }
+    if !cfg.servers.contains_key(&cfg.node_id) {
+        return Err(CatalogError::Config(format!(
+            "node id {} is not one of the servers",
+            cfg.node_id
+        )));
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// Opens the store, starts Raft and the RPC server, forms or rejoins the cluster, and starts
+    /// the health checks of this node's instances.
+    pub async fn start(cfg: CatalogConfig) -> Result<Catalog, CatalogError> {
+        validate(&cfg)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            CatalogError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
+        })?;
+        let (views, _) = watch::channel(Arc::new(View::new(
+            cfg.datacenter.as_str(),
+            DcState::default(),
+        )));
+        let (log, sm) = open_store(&cfg.data_dir.join("raft"), &cfg.datacenter, views.clone())
+            .map_err(|e| CatalogError::Storage(e.to_string()))?;
+
+        let raft_cfg = openraft::Config {
+            cluster_name: cfg.datacenter.clone(),
+            heartbeat_interval: millis(cfg.raft.heartbeat),
+            election_timeout_min: millis(cfg.raft.election_timeout_min),
+            election_timeout_max: millis(cfg.raft.election_timeout_max),
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.raft.keep_logs,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CatalogError::Config(e.to_string()))?;
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), NetworkFactory, log, sm)
+            .await
+            .map_err(|e| CatalogError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(cfg.rpc_bind)
+            .await
+            .map_err(|source| CatalogError::Bind {
+                addr: cfg.rpc_bind,
+                source,
+            })?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (raft_svc, fwd_svc) = crate::rpc::services(raft.clone());
+        let rpc_task = tokio::spawn(
+            async move {
+                let served = tonic::transport::Server::builder()
+                    .timeout(Duration::from_secs(30))
+                    .add_service(raft_svc)
+                    .add_service(fwd_svc)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        async {
+                            let _ = stop_rx.await;
+                        },
+                    )
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "rpc server stopped");
+                }
+            }
+            .instrument(info_span!("rpc")),
+        );
+
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| CatalogError::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<u64, BasicNode> = cfg
+                .servers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            // Every server initializes with the same membership, which openraft allows; a node
+            // that already has state skips this and simply rejoins.
+            match raft.initialize(members).await {
+                Ok(()) => info!(servers = cfg.servers.len(), "initialized a new raft group"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(CatalogError::Raft(e.to_string())),
+            }
+        }
+
+        let catalog = Catalog {
+            inner: Arc::new(Inner {
+                health: HealthRunner::new(cfg.node_name.clone()),
+                cfg,
+                raft,
+                views,
+                forward_clients: Mutex::new(HashMap::new()),
+                stop_rpc: Mutex::new(Some(stop_tx)),
+                tasks: Mutex::new(vec![rpc_task]),
+            }),
+        };
+        let register = tokio::spawn(catalog.clone().register_self());
+        let health = tokio::spawn(catalog.inner.health.clone().run(catalog.clone()));
+        if let Ok(mut tasks) = catalog.inner.tasks.lock() {
+            tasks.push(register);
+            tasks.push(health);
+        }
+        Ok(catalog)
+    }
+
+    /// Registers this node in the catalog, retrying until a leader accepts it.
+    async fn register_self(self) {
+        let node = Node {
+            name: self.inner.cfg.node_name.clone(),
+            address: self.inner.cfg.advertise_addr.clone(),
+            meta: BTreeMap::new(),
+        };
+        loop {
+            match self
+                .write(Command::RegisterNode { node: node.clone() })
+                .await
+            {
+                Ok(_) => {
+                    info!(node = %node.name, "node registered in the catalog");
+                    return;
+                }
+                Err(CatalogError::Shutdown) => return,
+                Err(e) => debug!(error = %e, "node registration will be retried"),
+            }
+        }
+    }
+
+    /// Datacenter name.
+    pub fn datacenter(&self) -> &str {
+        &self.inner.cfg.datacenter
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.inner.cfg.node_name
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.inner.views.borrow().clone()
+    }
+
+    /// A receiver that sees every new view.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.inner.views.subscribe()
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, and returns once it is applied.
+    ///
+    /// Retries across leader changes until the configured write timeout. Commands are idempotent,
+    /// so a retry after a lost reply cannot apply a change twice.
+    pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, CatalogError> {
+        let timeout = self.inner.cfg.write_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.inner.raft.metrics();
+        let mut backoff = Duration::from_millis(20);
+        let mut last_error = String::from("no leader elected yet");
+        loop {
+            let (leader_id, leader_addr, running) = {
+                let m = metrics.borrow_and_update();
+                let addr = m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                });
+                (m.current_leader, addr, m.running_state.is_ok())
+            };
+            if !running {
+                return Err(CatalogError::Shutdown);
+            }
+            let attempt = match (leader_id, leader_addr) {
+                (Some(id), _) if id == self.inner.cfg.node_id => self.write_local(&cmd).await,
+                (Some(_), Some(addr)) => self.write_forward(&addr, &cmd).await,
+                _ => Err(Retry::WaitForLeader),
+            };
+            match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(Retry::Fatal(e)) => return Err(e),
+                Err(Retry::Backoff(e)) => {
+                    last_error = e;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(backoff.min(deadline - now)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(Retry::WaitForLeader) => {
+                    // Wake on the next metrics change (an election) or shortly after.
+                    let wait =
+                        Duration::from_millis(200).min(deadline - Instant::now().min(deadline));
+                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(CatalogError::Unavailable {
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            last_error,
+        })
+    }
+
+    async fn write_local(&self, cmd: &Command) -> Result<WriteOutcome, Retry> {
+        match self.inner.raft.client_write(cmd.clone()).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Retry::WaitForLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(Retry::Fatal(CatalogError::Raft(e.to_string()))),
+            Err(RaftError::Fatal(_)) => Err(Retry::Fatal(CatalogError::Shutdown)),
+        }
+    }
+
+    async fn write_forward(&self, addr: &str, cmd: &Command) -> Result<WriteOutcome, Retry> {
+        let mut client = self.forward_client(addr).map_err(Retry::Backoff)?;
+        let command = serde_json::to_vec(cmd)
+            .map_err(|e| Retry::Fatal(CatalogError::Raft(format!("cannot encode command: {e}"))))?;
+        let mut req = tonic::Request::new(ForwardRequest { command });
+        req.set_timeout(self.inner.cfg.write_timeout);
+        let reply = client
+            .forward(req)
+            .await
+            .map_err(|s| Retry::Backoff(format!("forward to {addr}: {}", s.message())))?;
+        match reply.into_inner().result {
+            Some(ForwardResult::Outcome(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| Retry::Backoff(format!("bad outcome from {addr}: {e}"))),
+            Some(ForwardResult::NotLeader(_)) => Err(Retry::WaitForLeader),
+            Some(ForwardResult::Error(e)) => Err(Retry::Fatal(CatalogError::Raft(e))),
+            None => Err(Retry::Backoff(format!("empty reply from {addr}"))),
+        }
+    }
+
+    fn forward_client(&self, addr: &str) -> Result<CatalogClient<Channel>, String> {
+        let mut clients = self
+            .inner
+            .forward_clients
+            .lock()
+            .map_err(|_| "forward client pool poisoned".to_owned())?;
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = network::channel(addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let c = CatalogClient::new(ch)
+            .max_decoding_message_size(network::MAX_RPC_MESSAGE)
+            .max_encoding_message_size(network::MAX_RPC_MESSAGE);
+        clients.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Sets the status of a check on this node (TTL updates) and restarts its TTL.
+    /// Returns an outcome with `found == false` when this node has no such check.
+    pub async fn update_local_check(
+        &self,
+        check_id: &str,
+        status: Health,
+        output: &str,
+    ) -> Result<WriteOutcome, CatalogError> {
+        let view = self.view();
+        let Some(check) = view.local().check(self.node_name(), check_id) else {
+            return Ok(WriteOutcome {
+                index: view.local().index(),
+                changed: false,
+                found: false,
+            });
+        };
+        self.inner.health.touch_ttl(check_id);
+        if check.status == status && check.output == output {
+            return Ok(WriteOutcome {
+                index: view.local().index(),
+                changed: false,
+                found: true,
+            });
+        }
+        self.write(Command::UpdateCheck {
+            node: self.node_name().to_owned(),
+            check_id: check_id.to_owned(),
+            status,
+            output: output.to_owned(),
+        })
+        .await
+    }
+
+    /// Raft's state.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let addr_of = |id: &u64| membership.get_node(id).map(|n| n.addr.clone());
+        let leader = m.current_leader.as_ref().and_then(addr_of);
+        RaftStatus {
+            is_leader: m.state == ServerState::Leader,
+            last_contact: match (m.state, &leader) {
+                (ServerState::Leader, _) => Some(Duration::ZERO),
+                (_, Some(_)) => m.millis_since_quorum_ack.map(Duration::from_millis),
+                _ => None,
+            },
+            leader,
+            peers: membership
+                .voter_ids()
+                .filter_map(|id| addr_of(&id))
+                .collect(),
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    /// Stops health checks, Raft and the RPC server.
+    pub async fn shutdown(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks.iter().skip(1) {
+            t.abort();
+        }
+        self.inner.health.stop();
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
+        }
+        if let Some(stop) = self.inner.stop_rpc.lock().ok().and_then(|mut s| s.take()) {
+            let _ = stop.send(());
+        }
+        if let Some(rpc) = tasks.into_iter().next() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rpc).await;
+        }
+        info!("catalog stopped");
+    }
+}
+
+enum Retry {
+    /// Wait for a (new) leader to be known, then try again.
+    WaitForLeader,
+    /// A transient failure; try again after a pause.
+    Backoff(String),
+    /// Retrying cannot help.
+    Fatal(CatalogError),
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

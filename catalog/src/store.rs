@@ -1,0 +1,509 @@
+//! Raft storage on RocksDB: the log (durable, fsync before an append is acknowledged), the vote,
+//! and the state machine with its snapshots.
+//!
+//! One database with four column families: `logs` (big-endian index -> entry), `meta` (vote,
+//! committed, last purged), `snapshot` (the latest snapshot) and nothing else. The state machine
+//! itself lives in memory as a [`DcState`]; it is rebuilt at start from the latest snapshot plus
+//! the committed log after it, which openraft replays. A log prefix is purged only after a
+//! snapshot covering it was written with fsync, so nothing committed can be lost.
+//!
+//! Appends are group-committed: `append` writes the batch (visible to readers at once), then a
+//! dedicated thread fsyncs the write-ahead log once for every append queued meanwhile and only then
+//! tells openraft the entries are durable.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use meridian_topology::dc::DcSnapshot;
+use meridian_topology::{DcState, View};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::command::{Command, WriteOutcome};
+use crate::types::{StorageError, TypeConfig};
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const CF_SNAPSHOT: &str = "snapshot";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_SNAPSHOT_META: &[u8] = b"meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"data";
+
+/// Opens (or creates) the catalog database in `dir` and returns its log store and state machine.
+/// `datacenter` names the local DC in the published views; `views` receives a new view after every
+/// applied batch that changed the catalog.
+pub fn open_store(
+    dir: &Path,
+    datacenter: &str,
+    views: watch::Sender<Arc<View>>,
+) -> Result<(LogStore, StateMachineStore), StorageError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Raft entries are small and short-lived; LZ4 is the one codec we build RocksDB with.
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cfs = [CF_LOGS, CF_META, CF_SNAPSHOT]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(read_err)?;
+    let db = Arc::new(db);
+
+    let (sync_tx, sync_rx) = std_mpsc::channel::<LogFlushed<TypeConfig>>();
+    let sync_db = db.clone();
+    std::thread::Builder::new()
+        .name("raft-log-sync".into())
+        .spawn(move || wal_sync_loop(&sync_db, &sync_rx))
+        .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
+
+    let log = LogStore {
+        db: db.clone(),
+        sync: sync_tx,
+    };
+    let mut sm = StateMachineStore {
+        db,
+        datacenter: datacenter.into(),
+        views,
+        inner: SmInner::default(),
+    };
+    sm.load_snapshot()?;
+    sm.publish();
+    Ok((log, sm))
+}
+
+/// Fsyncs the write-ahead log for every batch of queued appends, then acknowledges them.
+fn wal_sync_loop(db: &DB, rx: &std_mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        pending.extend(rx.try_iter());
+        let result = db.flush_wal(true);
+        for cb in pending {
+            cb.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write(&e).into()
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name).ok_or_else(|| {
+        StorageIOError::read(&std::io::Error::other(format!(
+            "column family {name} is missing"
+        )))
+        .into()
+    })
+}
+
+fn sync_opts() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+fn get_json<T: for<'de> Deserialize<'de>>(
+    db: &DB,
+    cf_name: &str,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    match db.get_cf(cf(db, cf_name)?, key).map_err(read_err)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(read_err),
+    }
+}
+
+fn put_json<T: Serialize>(
+    db: &DB,
+    cf_name: &str,
+    key: &[u8],
+    value: &T,
+    sync: bool,
+) -> Result<(), StorageError> {
+    let bytes = serde_json::to_vec(value).map_err(write_err)?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(sync);
+    db.put_cf_opt(cf(db, cf_name)?, key, bytes, &opts)
+        .map_err(write_err)
+}
+
+/// The Raft log and vote, in RocksDB.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    sync: std_mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    fn last_entry_id(&self) -> Result<Option<LogId<u64>>, StorageError> {
+        let mut it = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS)?, IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, v) = item.map_err(read_err)?;
+                let entry: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(read_err)?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf_logs = cf(&self.db, CF_LOGS)?;
+        let mut out = Vec::new();
+        let start_key = start.to_be_bytes();
+        let it = self
+            .db
+            .iterator_cf(cf_logs, IteratorMode::From(&start_key, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(read_err)?;
+            let idx = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| read_err(std::io::Error::other("log key is not 8 bytes")))?,
+            );
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId<u64>> = get_json(&self.db, CF_META, KEY_LAST_PURGED)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        put_json(&self.db, CF_META, KEY_VOTE, vote, true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        get_json(&self.db, CF_META, KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
+        // Not synced: losing it only delays re-applying the log until the leader commits again.
+        put_json(&self.db, CF_META, KEY_COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
+        Ok(get_json::<Option<LogId<u64>>>(&self.db, CF_META, KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let cf_logs = cf(&self.db, CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.put_cf(cf_logs, entry.log_id.index.to_be_bytes(), bytes);
+        }
+        // Written (and readable) now; durable once the sync thread has fsynced the WAL.
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync
+            .send(callback)
+            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("sync thread gone")))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        let cf_logs = cf(&self.db, CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf_logs, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete_cf(cf_logs, u64::MAX.to_be_bytes());
+        self.db
+            .write_opt(batch, &sync_opts())
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        let cf_logs = cf(&self.db, CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf(&self.db, CF_META)?,
+            KEY_LAST_PURGED,
+            serde_json::to_vec(&log_id).map_err(write_err)?,
+        );
+        batch.delete_range_cf(
+            cf_logs,
+            0u64.to_be_bytes(),
+            log_id.index.saturating_add(1).to_be_bytes(),
+        );
+        self.db
+            .write_opt(batch, &sync_opts())
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[derive(Default, Clone)]
+struct SmInner {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    state: DcState,
+}
+
+/// What a snapshot holds: the catalog and the Raft position it reflects.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    catalog: DcSnapshot,
+}
+
+/// The catalog state machine: in memory, published as views, snapshotted to RocksDB.
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    datacenter: Arc<str>,
+    views: watch::Sender<Arc<View>>,
+    inner: SmInner,
+}
+
+impl StateMachineStore {
+    fn load_snapshot(&mut self) -> Result<(), StorageError> {
+        let Some(bytes) = self
+            .db
+            .get_cf(cf(&self.db, CF_SNAPSHOT)?, KEY_SNAPSHOT_DATA)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
+            return Ok(());
+        };
+        self.install_body(&bytes)
+    }
+
+    fn install_body(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let body: SnapshotBody =
+            serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        self.inner = SmInner {
+            last_applied: body.last_applied,
+            membership: body.membership,
+            state: DcState::from_snapshot(body.catalog),
+        };
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let view = View::new(self.datacenter.clone(), self.inner.state.clone());
+        self.views.send_replace(Arc::new(view));
+    }
+
+    fn apply_command(state: &mut DcState, cmd: Command, index: u64) -> WriteOutcome {
+        let (changed, found) = match cmd {
+            Command::RegisterNode { node } => (state.upsert_node(node, index), true),
+            Command::Register { instance, checks } => {
+                (state.register(instance, checks, index), true)
+            }
+            Command::Deregister { node, id } => {
+                let existed = state.deregister(&node, &id, index);
+                (existed, existed)
+            }
+            Command::UpdateCheck {
+                node,
+                check_id,
+                status,
+                output,
+            } => match state.update_check(&node, &check_id, status, &output, index) {
+                Some(changed) => (changed, true),
+                None => (false, false),
+            },
+        };
+        WriteOutcome {
+            index,
+            changed,
+            found,
+        }
+    }
+}
+
+/// Builds snapshots from a frozen copy of the state machine.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    frozen: SmInner,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let body = SnapshotBody {
+            last_applied: self.frozen.last_applied,
+            membership: self.frozen.membership.clone(),
+            catalog: self.frozen.state.to_snapshot(),
+        };
+        let data =
+            serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match self.frozen.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.frozen.last_applied,
+            last_membership: self.frozen.membership.clone(),
+            snapshot_id,
+        };
+        save_snapshot(&self.db, &meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Persists a snapshot with fsync: the log before it may be purged right after.
+fn save_snapshot(
+    db: &DB,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let sig = Some(meta.signature());
+    let cf_snap = cf(db, CF_SNAPSHOT)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        cf_snap,
+        KEY_SNAPSHOT_META,
+        serde_json::to_vec(meta).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?,
+    );
+    batch.put_cf(cf_snap, KEY_SNAPSHOT_DATA, data);
+    db.write_opt(batch, &sync_opts())
+        .map_err(|e| StorageIOError::write_snapshot(sig, &e).into())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError> {
+        Ok((self.inner.last_applied, self.inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let before = self.inner.state.index();
+        let mut out = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            self.inner.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => WriteOutcome {
+                    index,
+                    changed: false,
+                    found: true,
+                },
+                EntryPayload::Normal(cmd) => Self::apply_command(&mut self.inner.state, cmd, index),
+                EntryPayload::Membership(m) => {
+                    self.inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                    WriteOutcome {
+                        index,
+                        changed: false,
+                        found: true,
+                    }
+                }
+            };
+            out.push(outcome);
+        }
+        if self.inner.state.index() != before {
+            self.publish();
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            frozen: self.inner.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        self.install_body(&data)?;
+        save_snapshot(&self.db, meta, &data)?;
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(meta) =
+            get_json::<SnapshotMeta<u64, BasicNode>>(&self.db, CF_SNAPSHOT, KEY_SNAPSHOT_META)?
+        else {
+            return Ok(None);
+        };
+        let data = self
+            .db
+            .get_cf(cf(&self.db, CF_SNAPSHOT)?, KEY_SNAPSHOT_DATA)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
+            .unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,24 @@
+# Sourced by the other scripts: checks and installs what the build needs, and picks the one
+# persistent cargo target folder that the demo, the tests and the benchmarks share.
+set -euo pipefail
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need_apt=()
+command -v cargo >/dev/null || { echo "meridian: cargo is missing: install Rust stable (rustup) first" >&2; exit 1; }
+command -v c++ >/dev/null || need_apt+=(g++)
+# RocksDB's bindings are generated with bindgen, which loads libclang at build time.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    need_apt+=(libclang-dev)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "meridian: installing ${need_apt[*]} with apt-get" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "meridian: missing build dependencies: run 'sudo apt-get install ${need_apt[*]}'" >&2
+        exit 1
+    fi
+fi

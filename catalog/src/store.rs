@@ -11,6 +11,10 @@
 //! dedicated thread fsyncs the write-ahead log once for every append queued meanwhile and only then
 //! tells openraft the entries are durable.
 
+// openraft's traits fix the error type to its (large) `StorageError`; boxing it here would only
+// move the cost around.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

@@ -1,0 +1,237 @@
+//! A running Meridian node: the catalog plus the HTTP API in front of it, started from a
+//! validated [`Config`], and stopped in order (HTTP first, then the catalog) on a signal.
+//!
+//! [`Agent::start`] is what `meridian agent`, `meridian demo` and in-process tests use.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use meridian_catalog::Catalog;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cli::AgentArgs;
+use crate::config::{Config, join_host_port};
+use crate::http::{self, ApiState};
+
+/// How long in-flight HTTP requests get to finish at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// A running node.
+pub struct Agent {
+    config: Config,
+    catalog: Catalog,
+    api: ApiState,
+    http_addr: SocketAddr,
+    stop_http: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    // Dropped (and so removed) only after the catalog has shut down.
+    temp_dir: Option<TempDir>,
+}
+
+impl Agent {
+    /// Validates `config`, binds the HTTP port, starts the catalog and serves the API.
+    /// `temp_dir`, if given, is the data folder and is removed when the agent is dropped.
+    #[tracing::instrument(skip_all, fields(dc = %config.datacenter, node = %config.node_name))]
+    pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<Agent> {
+        config.validate()?;
+        let catalog_cfg = config.to_catalog()?;
+        // Bind before starting the catalog, so a taken port fails fast and leaves nothing behind.
+        let http_bind = config.bind_addr(config.ports.http);
+        let listener = TcpListener::bind(http_bind)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
+        let http_addr = listener.local_addr()?;
+        let catalog = Catalog::start(catalog_cfg)
+            .await
+            .context("cannot start the catalog")?;
+        let api = ApiState::new(catalog.clone(), config.limits.max_body_bytes);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, api.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, "agent started");
+        Ok(Agent {
+            config,
+            catalog,
+            api,
+            http_addr,
+            stop_http: Some(stop_tx),
+            server: Some(server),
+            temp_dir,
+        })
+    }
+
+    /// Where the HTTP API listens (the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The HTTP API's state (counters).
+    pub fn api(&self) -> &ApiState {
+        &self.api
+    }
+
+    /// Whether the data folder is temporary (removed at shutdown).
+    pub fn data_is_temporary(&self) -> bool {
+        self.temp_dir.is_some()
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One line naming the node and its endpoints, printed at start.
+    pub fn endpoints_line(&self) -> String {
+        let c = &self.config;
+        let host = c.bind.to_string();
+        let data = c
+            .data_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        format!(
+            "meridian agent: node={} dc={} http={} rpc={} data_dir={} (reserved, not served yet: dns={} wan={} gateway={})",
+            c.node_name,
+            c.datacenter,
+            self.http_addr,
+            join_host_port(&host, c.ports.rpc),
+            data,
+            join_host_port(&host, c.ports.dns),
+            join_host_port(&host, c.ports.wan),
+            join_host_port(&host, c.ports.gateway),
+        )
+    }
+
+    /// Stops the HTTP API (ending blocking queries, giving in-flight requests a few seconds),
+    /// then the catalog, then removes a temporary data folder.
+    pub async fn shutdown(self) {
+        let Agent {
+            catalog,
+            api,
+            stop_http,
+            server,
+            temp_dir,
+            ..
+        } = self;
+        if let Some(stop) = stop_http {
+            let _ = stop.send(());
+        }
+        api.begin_shutdown();
+        if let Some(server) = server {
+            match tokio::time::timeout(HTTP_DRAIN, server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+                Err(_) => {
+                    tracing::warn!("HTTP requests still in flight after {HTTP_DRAIN:?}; closing")
+                }
+            }
+        }
+        catalog.shutdown().await;
+        // The store closes when its last handle goes; only then can its folder be removed.
+        drop(api);
+        drop(catalog);
+        if let Some(dir) = temp_dir {
+            remove_temp_dir(dir).await;
+        }
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Removes a temporary data folder, retrying briefly while the store's background threads let go
+/// of their last files.
+async fn remove_temp_dir(dir: TempDir) {
+    let path = dir.keep();
+    let mut last = None;
+    for _ in 0..20 {
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary data folder");
+    }
+}
+
+/// The configuration `meridian agent` runs with, and the temporary folder of a dev agent.
+pub fn agent_config(args: &AgentArgs) -> anyhow::Result<(Config, Option<TempDir>)> {
+    let ov = args.node.overrides();
+    if args.dev {
+        let mut cfg = Config::dev(&ov);
+        let temp = dev_data_dir(&mut cfg)?;
+        return Ok((cfg, temp));
+    }
+    let path = args
+        .config
+        .as_ref()
+        .context("either --dev or --config FILE is required")?;
+    let mut cfg = Config::load(path)?;
+    cfg.apply(&ov);
+    Ok((cfg, None))
+}
+
+/// Gives a dev configuration without a data folder a temporary one.
+pub fn dev_data_dir(cfg: &mut Config) -> anyhow::Result<Option<TempDir>> {
+    if cfg.data_dir.is_some() {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("meridian-dev-")
+        .tempdir()
+        .context("cannot create a temporary data folder")?;
+    cfg.data_dir = Some(dir.path().to_owned());
+    Ok(Some(dir))
+}
+
+/// Runs `meridian agent` until SIGINT or SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let (cfg, temp) = agent_config(&args)?;
+    let agent = Agent::start(cfg, temp).await?;
+    println!("{}", agent.endpoints_line());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

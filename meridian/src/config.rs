@@ -1,0 +1,673 @@
+//! The agent's TOML configuration: its shape (every table rejects unknown keys), safe defaults,
+//! flag overrides, the start-up `validate()` that names the bad key, and the conversion to the
+//! catalog's [`CatalogConfig`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meridian_catalog::{CatalogConfig, RaftTuning};
+use meridian_topology::names::validate_label;
+use serde::Deserialize;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape (toml names the key).
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml reported, with the line and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another one.
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid {
+        /// The key, in TOML path notation (`servers[1].rpc`).
+        key: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A whole agent configuration, as in the TOML file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Datacenter name (a DNS label).
+    pub datacenter: String,
+    /// This node's name (a DNS label, unique in the datacenter).
+    pub node_name: String,
+    /// This node's Raft ID; must be one of `servers`.
+    pub node_id: u64,
+    /// Address the listeners bind to.
+    #[serde(default = "localhost")]
+    pub bind: IpAddr,
+    /// Address other machines reach this node at; defaults to `bind`.
+    #[serde(default)]
+    pub advertise: Option<IpAddr>,
+    /// Folder for the catalog's RocksDB database.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Listening ports.
+    #[serde(default)]
+    pub ports: Ports,
+    /// The datacenter's voters.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// Request limits of the HTTP API.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Listening ports. Port 0 lets the system choose (useful in tests; the rpc port cannot be 0
+/// because the other servers must know it).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    /// Consul-compatible HTTP API and `/metrics`.
+    pub http: u16,
+    /// DNS (UDP and TCP).
+    pub dns: u16,
+    /// LAN gRPC: Raft and write forwarding.
+    pub rpc: u16,
+    /// WAN gRPC: federation.
+    pub wan: u16,
+    /// Gateway: TLS passthrough and the QUIC tunnel.
+    pub gateway: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            http: 8500,
+            dns: 8600,
+            rpc: 8300,
+            wan: 8302,
+            gateway: 8443,
+        }
+    }
+}
+
+impl Ports {
+    /// `(key, port)` pairs, for validation and printing.
+    pub fn named(&self) -> [(&'static str, u16); 5] {
+        [
+            ("ports.http", self.http),
+            ("ports.dns", self.dns),
+            ("ports.rpc", self.rpc),
+            ("ports.wan", self.wan),
+            ("ports.gateway", self.gateway),
+        ]
+    }
+}
+
+/// One voter of the datacenter.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Raft ID (non-zero).
+    pub id: u64,
+    /// Its LAN gRPC address, `host:port`.
+    pub rpc: String,
+}
+
+/// Raft timing and log compaction; every key optional.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Leader heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout, in milliseconds.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let t = RaftTuning::default();
+        RaftSection {
+            heartbeat_ms: millis(t.heartbeat),
+            election_timeout_min_ms: millis(t.election_timeout_min),
+            election_timeout_max_ms: millis(t.election_timeout_max),
+            snapshot_every: t.snapshot_every,
+            keep_logs: t.keep_logs,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Request limits of the HTTP API; every key optional.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// How long a write may wait for a leader and a commit, in milliseconds.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 512 * 1024,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Values given on the command line, which win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--bind`.
+    pub bind: Option<IpAddr>,
+    /// `--advertise`.
+    pub advertise: Option<IpAddr>,
+    /// `--node`.
+    pub node_name: Option<String>,
+    /// `--datacenter`.
+    pub datacenter: Option<String>,
+    /// `--http-port`.
+    pub http_port: Option<u16>,
+    /// `--dns-port`.
+    pub dns_port: Option<u16>,
+    /// `--rpc-port`.
+    pub rpc_port: Option<u16>,
+    /// `--wan-port`.
+    pub wan_port: Option<u16>,
+    /// `--gateway-port`.
+    pub gateway_port: Option<u16>,
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated: apply overrides first).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (not yet validated).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The one-node datacenter of `meridian agent --dev`: datacenter `dc1`, Raft ID 1, everything
+    /// on 127.0.0.1 (unless overridden). The data folder is left unset: the caller picks one.
+    pub fn dev(ov: &Overrides) -> Config {
+        let mut cfg = Config {
+            datacenter: "dc1".to_owned(),
+            node_name: "dev".to_owned(),
+            node_id: 1,
+            bind: localhost(),
+            advertise: None,
+            data_dir: None,
+            ports: Ports::default(),
+            servers: Vec::new(),
+            raft: RaftSection {
+                // One voter elects itself at once; short timeouts make the dev agent ready fast.
+                heartbeat_ms: 100,
+                election_timeout_min_ms: 300,
+                election_timeout_max_ms: 600,
+                ..RaftSection::default()
+            },
+            limits: Limits::default(),
+        };
+        cfg.apply(ov);
+        let host = cfg.advertise_ip().to_string();
+        cfg.servers = vec![Server {
+            id: 1,
+            rpc: join_host_port(&host, cfg.ports.rpc),
+        }];
+        cfg
+    }
+
+    /// Applies command-line values over the file's.
+    pub fn apply(&mut self, ov: &Overrides) {
+        if let Some(d) = &ov.data_dir {
+            self.data_dir = Some(d.clone());
+        }
+        if let Some(b) = ov.bind {
+            self.bind = b;
+        }
+        if let Some(a) = ov.advertise {
+            self.advertise = Some(a);
+        }
+        if let Some(n) = &ov.node_name {
+            self.node_name.clone_from(n);
+        }
+        if let Some(d) = &ov.datacenter {
+            self.datacenter.clone_from(d);
+        }
+        let ports = &mut self.ports;
+        for (slot, value) in [
+            (&mut ports.http, ov.http_port),
+            (&mut ports.dns, ov.dns_port),
+            (&mut ports.rpc, ov.rpc_port),
+            (&mut ports.wan, ov.wan_port),
+            (&mut ports.gateway, ov.gateway_port),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+    }
+
+    /// The address registered for this node: `advertise`, else `bind`.
+    pub fn advertise_ip(&self) -> IpAddr {
+        self.advertise.unwrap_or(self.bind)
+    }
+
+    /// Checks everything that can be checked before start-up; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_label("datacenter name", &self.datacenter)
+            .map_err(|e| ConfigError::invalid("datacenter", e.to_string()))?;
+        validate_label("node name", &self.node_name)
+            .map_err(|e| ConfigError::invalid("node_name", e.to_string()))?;
+        if self.advertise_ip().is_unspecified() {
+            let key = if self.advertise.is_some() {
+                "advertise"
+            } else {
+                "bind"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "an unspecified address (0.0.0.0 or ::) cannot be advertised; set `advertise`",
+            ));
+        }
+        match &self.data_dir {
+            None => {
+                return Err(ConfigError::invalid(
+                    "data_dir",
+                    "required (in the file or with --data-dir)",
+                ));
+            }
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(ConfigError::invalid("data_dir", "must not be empty"));
+            }
+            Some(_) => {}
+        }
+
+        let mut seen_ports = BTreeMap::new();
+        for (key, port) in self.ports.named() {
+            if port == 0 {
+                if key == "ports.rpc" {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "must not be 0: the other servers dial it",
+                    ));
+                }
+                continue;
+            }
+            if let Some(other) = seen_ports.insert(port, key) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("port {port} is already used by `{other}`"),
+                ));
+            }
+        }
+
+        if ![1, 3, 5].contains(&self.servers.len()) {
+            return Err(ConfigError::invalid(
+                "servers",
+                format!(
+                    "a datacenter needs 1, 3 or 5 voters, {} are listed",
+                    self.servers.len()
+                ),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.id == 0 {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].id"),
+                    "must not be 0",
+                ));
+            }
+            if !ids.insert(s.id) {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].id"),
+                    format!("id {} is listed twice", s.id),
+                ));
+            }
+            let port = rpc_port(&s.rpc).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!("{:?} is not host:port with a non-zero port", s.rpc),
+                )
+            })?;
+            if !addrs.insert(s.rpc.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!("address {} is listed twice", s.rpc),
+                ));
+            }
+            if s.id == self.node_id && port != self.ports.rpc {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!(
+                        "this node's own entry uses port {port} but `ports.rpc` is {}",
+                        self.ports.rpc
+                    ),
+                ));
+            }
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(ConfigError::invalid(
+                "node_id",
+                format!("{} is not the id of any [[servers]] entry", self.node_id),
+            ));
+        }
+
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(ConfigError::invalid("raft.heartbeat_ms", "must be > 0"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err(ConfigError::invalid(
+                "raft.election_timeout_min_ms",
+                "must be greater than raft.heartbeat_ms",
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(ConfigError::invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            ));
+        }
+        if r.snapshot_every == 0 {
+            return Err(ConfigError::invalid("raft.snapshot_every", "must be > 0"));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.limits.write_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "limits.write_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where a listener on `port` binds.
+    pub fn bind_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.bind, port)
+    }
+
+    /// The catalog's configuration. Call [`Config::validate`] first.
+    pub fn to_catalog(&self) -> Result<CatalogConfig, ConfigError> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or_else(|| ConfigError::invalid("data_dir", "required"))?;
+        let r = &self.raft;
+        Ok(CatalogConfig {
+            datacenter: self.datacenter.clone(),
+            node_name: self.node_name.clone(),
+            node_id: self.node_id,
+            advertise_addr: self.advertise_ip().to_string(),
+            rpc_bind: self.bind_addr(self.ports.rpc),
+            data_dir,
+            servers: self.servers.iter().map(|s| (s.id, s.rpc.clone())).collect(),
+            raft: RaftTuning {
+                heartbeat: Duration::from_millis(r.heartbeat_ms),
+                election_timeout_min: Duration::from_millis(r.election_timeout_min_ms),
+                election_timeout_max: Duration::from_millis(r.election_timeout_max_ms),
+                snapshot_every: r.snapshot_every,
+                keep_logs: r.keep_logs,
+            },
+            write_timeout: Duration::from_millis(self.limits.write_timeout_ms),
+        })
+    }
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The non-zero port of a `host:port` string with a non-empty host.
+fn rpc_port(addr: &str) -> Option<u16> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    port.parse().ok().filter(|p| *p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        datacenter = "dc1"
+        node_name = "n1"
+        node_id = 1
+        bind = "127.0.0.1"
+        data_dir = "/tmp/meridian/test-n1"
+        [ports]
+        http = 8500
+        [[servers]]
+        id = 1
+        rpc = "127.0.0.1:8300"
+        [[servers]]
+        id = 2
+        rpc = "127.0.0.1:8310"
+        [[servers]]
+        id = 3
+        rpc = "127.0.0.1:8320"
+    "#;
+
+    fn good() -> Config {
+        let cfg = Config::parse(GOOD).expect("parses");
+        cfg.validate().expect("valid");
+        cfg
+    }
+
+    fn invalid_key(cfg: &Config) -> String {
+        match cfg.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_conversion() {
+        let cfg = good();
+        assert_eq!(cfg.ports.dns, 8600);
+        assert_eq!(cfg.ports.gateway, 8443);
+        assert_eq!(cfg.limits.max_body_bytes, 512 * 1024);
+        let cat = cfg.to_catalog().expect("converts");
+        assert_eq!(cat.servers.len(), 3);
+        assert_eq!(cat.rpc_bind, "127.0.0.1:8300".parse().expect("addr"));
+        assert_eq!(cat.advertise_addr, "127.0.0.1");
+        assert_eq!(cat.raft.heartbeat, RaftTuning::default().heartbeat);
+    }
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("examples folder") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    cfg.validate()
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    cfg.to_catalog().expect("converts");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 12, "only {seen} example configs found");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        for (extra, key) in [
+            ("colour = \"blue\"", "colour"),
+            ("[ports]\nhttps = 1", "https"),
+            ("[raft]\nheartbeat = 1", "heartbeat"),
+            ("[limits]\nmax_body = 1", "max_body"),
+        ] {
+            let text = format!("{GOOD}\n{extra}\n").replace("[ports]\n        http = 8500", "");
+            let err = Config::parse(&text).expect_err(extra).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let text = GOOD.replace("rpc = \"127.0.0.1:8310\"", "rpc = \"x:1\"\nweight = 2");
+        let err = Config::parse(&text)
+            .expect_err("unknown server key")
+            .to_string();
+        assert!(err.contains("weight"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        let mut c = good();
+        c.datacenter = "dc_1".into();
+        assert_eq!(invalid_key(&c), "datacenter");
+
+        let mut c = good();
+        c.node_name = "-n1".into();
+        assert_eq!(invalid_key(&c), "node_name");
+
+        let mut c = good();
+        c.servers.pop();
+        assert_eq!(invalid_key(&c), "servers");
+
+        let mut c = good();
+        c.servers[2].id = 2;
+        assert_eq!(invalid_key(&c), "servers[2].id");
+
+        let mut c = good();
+        c.servers[2].rpc = "127.0.0.1:8310".into();
+        assert_eq!(invalid_key(&c), "servers[2].rpc");
+
+        let mut c = good();
+        c.servers[1].rpc = "127.0.0.1".into();
+        assert_eq!(invalid_key(&c), "servers[1].rpc");
+
+        let mut c = good();
+        c.node_id = 9;
+        assert_eq!(invalid_key(&c), "node_id");
+
+        let mut c = good();
+        c.ports.rpc = 8301;
+        assert_eq!(invalid_key(&c), "servers[0].rpc");
+
+        let mut c = good();
+        c.ports.dns = 8500;
+        assert_eq!(invalid_key(&c), "ports.dns");
+
+        let mut c = good();
+        c.data_dir = None;
+        assert_eq!(invalid_key(&c), "data_dir");
+
+        let mut c = good();
+        c.bind = "0.0.0.0".parse().expect("ip");
+        assert_eq!(invalid_key(&c), "bind");
+        c.advertise = Some("10.0.0.1".parse().expect("ip"));
+        c.validate().expect("advertise fixes it");
+
+        let mut c = good();
+        c.raft.election_timeout_max_ms = c.raft.election_timeout_min_ms;
+        assert_eq!(invalid_key(&c), "raft.election_timeout_max_ms");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c = good();
+        c.apply(&Overrides {
+            http_port: Some(9500),
+            node_name: Some("other".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(c.ports.http, 9500);
+        assert_eq!(c.node_name, "other");
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/tmp/x")));
+        c.validate().expect("still valid");
+        c.apply(&Overrides {
+            rpc_port: Some(9300),
+            ..Overrides::default()
+        });
+        assert_eq!(invalid_key(&c), "servers[0].rpc");
+    }
+
+    #[test]
+    fn dev_config_is_valid_once_it_has_a_folder() {
+        let ov = Overrides {
+            rpc_port: Some(9300),
+            node_name: Some("laptop".into()),
+            ..Overrides::default()
+        };
+        let mut c = Config::dev(&ov);
+        assert_eq!(c.servers[0].rpc, "127.0.0.1:9300");
+        assert_eq!(c.node_name, "laptop");
+        assert_eq!(invalid_key(&c), "data_dir");
+        c.data_dir = Some("/tmp/dev".into());
+        c.validate().expect("valid");
+    }
+}

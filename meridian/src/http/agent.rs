@@ -1,0 +1,232 @@
+//! The agent endpoints: this node's identity, its instances and checks, registration and
+//! deregistration, and the TTL check updates (`/v1/agent/*`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use meridian_catalog::Command;
+use meridian_topology::Health;
+use serde_json::json;
+
+use super::blocking::flag;
+use super::body::read_body;
+use super::catalog::{Pairs, read};
+use super::consul::{AgentServiceJson, HealthCheckJson};
+use super::register::{
+    build_registration, decode_check_update, decode_service_definition, truncate_output,
+};
+use super::{ApiError, ApiState};
+
+fn unknown_service(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+    ))
+}
+
+fn unknown_check(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+    ))
+}
+
+/// `GET /v1/agent/self`: the parts of Consul's answer that clients read.
+pub(super) async fn agent_self(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let cat = state.catalog();
+    let (dc, node) = (cat.datacenter().to_owned(), cat.node_name().to_owned());
+    read(&state, &q, move |view, _| {
+        let addr = view
+            .local()
+            .node(&node)
+            .map(|n| n.address.clone())
+            .unwrap_or_default();
+        json!({
+            "Config": {
+                "Datacenter": dc,
+                "NodeName": node,
+                "NodeID": "",
+                "Server": true,
+                "Version": env!("CARGO_PKG_VERSION"),
+            },
+            "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
+            "Meta": {},
+        })
+    })
+    .await
+}
+
+/// `GET /v1/agent/services`: this node's instances, by ID.
+pub(super) async fn agent_services(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let node = state.catalog().node_name().to_owned();
+    read(&state, &q, move |view, _| {
+        view.local()
+            .instances()
+            .filter(|i| i.node == node)
+            .map(|i| (i.id.clone(), AgentServiceJson::new(view.datacenter(), i)))
+            .collect::<BTreeMap<_, _>>()
+    })
+    .await
+}
+
+/// `GET /v1/agent/service/{id}`: one of this node's instances.
+pub(super) async fn agent_service(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let cat = state.catalog();
+    let node = cat.node_name().to_owned();
+    if cat.view().local().instance(&node, &id).is_none() {
+        return Err(unknown_service(&id));
+    }
+    read(&state, &q, move |view, _| {
+        view.local()
+            .instance(&node, &id)
+            .map(|i| AgentServiceJson::new(view.datacenter(), i))
+    })
+    .await
+}
+
+/// `GET /v1/agent/checks`: this node's checks, by ID.
+pub(super) async fn agent_checks(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let node = state.catalog().node_name().to_owned();
+    read(&state, &q, move |view, _| {
+        let dc = view.local();
+        dc.checks_on(&node)
+            .map(|c| {
+                let tags = dc
+                    .instance(&c.node, &c.service_id)
+                    .map(|i| i.tags.as_slice())
+                    .unwrap_or_default();
+                (c.id.clone(), HealthCheckJson::new(c, tags))
+            })
+            .collect::<BTreeMap<_, _>>()
+    })
+    .await
+}
+
+/// `PUT /v1/agent/service/register[?replace-existing-checks]`.
+pub(super) async fn register_service(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+    body: Body,
+) -> Result<(), ApiError> {
+    let body = read_body(body, state.max_body_bytes()).await?;
+    let mut replace = false;
+    for (k, v) in &q {
+        if k == "replace-existing-checks" {
+            replace = flag(k, v)?;
+        }
+    }
+    let def = decode_service_definition(&body)?;
+    let cat = state.catalog();
+    let reg = build_registration(def, cat.node_name(), replace, cat.view().local())?;
+    tracing::debug!(service = %reg.instance.service, id = %reg.instance.id, checks = reg.checks.len(), "register");
+    cat.write(Command::Register {
+        instance: reg.instance,
+        checks: reg.checks,
+    })
+    .await?;
+    Ok(())
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`: 404 unless the instance is on this node.
+pub(super) async fn deregister_service(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(), ApiError> {
+    let cat = state.catalog();
+    // The catalog says whether it existed: this node's view may lag a write just forwarded to
+    // the leader, so it cannot decide a 404 on its own.
+    let outcome = cat
+        .write(Command::Deregister {
+            node: cat.node_name().to_owned(),
+            id: id.clone(),
+        })
+        .await?;
+    if !outcome.found {
+        return Err(unknown_service(&id));
+    }
+    Ok(())
+}
+
+fn note(q: &[(String, String)]) -> String {
+    q.iter()
+        .rev()
+        .find(|(k, _)| k == "note")
+        .map(|(_, v)| truncate_output(v))
+        .unwrap_or_default()
+}
+
+/// `PUT /v1/agent/check/pass/{id}?note=`.
+pub(super) async fn check_pass(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    ttl_update(&state, &id, Health::Passing, &note(&q)).await
+}
+
+/// `PUT /v1/agent/check/warn/{id}?note=`.
+pub(super) async fn check_warn(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    ttl_update(&state, &id, Health::Warning, &note(&q)).await
+}
+
+/// `PUT /v1/agent/check/fail/{id}?note=`.
+pub(super) async fn check_fail(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    ttl_update(&state, &id, Health::Critical, &note(&q)).await
+}
+
+/// `PUT /v1/agent/check/update/{id}` with `{"Status": ..., "Output": ...}`.
+pub(super) async fn check_update(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<(), ApiError> {
+    let body = read_body(body, state.max_body_bytes()).await?;
+    let update = decode_check_update(&body)?;
+    let raw = update.status.unwrap_or_default();
+    let status = Health::parse(&raw)
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid check status: '{raw}'")))?;
+    let output = truncate_output(update.output.as_deref().unwrap_or_default());
+    ttl_update(&state, &id, status, &output).await
+}
+
+/// Sets a TTL check of this node. Like Consul, a check that exists but is not a TTL check is
+/// "unknown" to these endpoints.
+async fn ttl_update(
+    state: &ApiState,
+    id: &str,
+    status: Health,
+    output: &str,
+) -> Result<(), ApiError> {
+    let cat = state.catalog();
+    if let Some(c) = cat.view().local().check(cat.node_name(), id)
+        && c.type_name() != "ttl"
+    {
+        return Err(unknown_check(id));
+    }
+    let outcome = cat.update_local_check(id, status, output).await?;
+    if !outcome.found {
+        return Err(unknown_check(id));
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Read-side query parameters (`dc`, `index`, `wait`, `passing`, `tag`), Consul's blocking
+//! queries over the catalog's view watch, and the `X-Consul-*` headers every read carries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use meridian_catalog::Catalog;
+use meridian_topology::View;
+use tokio::sync::watch;
+
+use super::error::ApiError;
+use crate::duration::parse_go_duration;
+
+/// Wait of a blocking query that names none (Consul's default).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest wait of a blocking query (Consul's maximum).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The query parameters of a read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadParams {
+    /// `?dc=`.
+    pub dc: Option<String>,
+    /// `?index=`: block while the index is still this.
+    pub index: Option<u64>,
+    /// `?wait=`, bounded by [`MAX_WAIT`].
+    pub wait: Option<Duration>,
+    /// `?passing`.
+    pub passing: bool,
+    /// `?tag=`, repeatable: an instance must carry all of them.
+    pub tags: Vec<String>,
+}
+
+/// Whether a flag parameter (`?passing`, `?replace-existing-checks`) is on: present with no
+/// value or a true value.
+pub fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "" | "true" | "1" | "True" | "TRUE" => Ok(true),
+        "false" | "0" | "False" | "FALSE" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid value for ?{name}: {value:?}"
+        ))),
+    }
+}
+
+impl ReadParams {
+    /// Parses the query pairs; parameters this API does not use are ignored, as Consul does.
+    pub fn parse(pairs: &[(String, String)]) -> Result<ReadParams, ApiError> {
+        let mut p = ReadParams::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "dc" if !v.is_empty() => p.dc = Some(v.clone()),
+                "index" => {
+                    p.index = Some(
+                        v.parse()
+                            .map_err(|_| ApiError::bad_request(format!("Invalid index {v:?}")))?,
+                    );
+                }
+                "wait" => {
+                    let d = parse_go_duration(v)
+                        .map_err(|e| ApiError::bad_request(format!("Invalid wait time: {e}")))?;
+                    p.wait = Some(d.min(MAX_WAIT));
+                }
+                "passing" => p.passing = flag("passing", v)?,
+                "tag" => p.tags.push(v.clone()),
+                // Silently ignoring a filter would return wrong data.
+                "filter" => {
+                    return Err(ApiError::bad_request("?filter is not supported yet"));
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    /// Fails as Consul does when the query names a datacenter this node cannot answer for.
+    pub fn check_dc(&self, view: &View) -> Result<(), ApiError> {
+        match &self.dc {
+            Some(dc)
+                if !view
+                    .datacenters()
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(dc)) =>
+            {
+                Err(ApiError::internal("No path to datacenter"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The index a client sees: never 0, because Consul clients treat 0 as "do not block".
+pub fn reported_index(view: &View) -> u64 {
+    view.local().index().max(1)
+}
+
+/// The view to answer with: at once, or (for a blocking query whose index is still current) the
+/// first view with another index, or the current one when the wait (plus jitter) runs out or
+/// `closing` turns true.
+pub async fn wait_for_view(
+    catalog: &Catalog,
+    params: &ReadParams,
+    mut closing: watch::Receiver<bool>,
+) -> Arc<View> {
+    let Some(index) = params.index.filter(|i| *i > 0) else {
+        return catalog.view();
+    };
+    let mut rx = catalog.watch();
+    let current = rx.borrow_and_update().clone();
+    if reported_index(&current) != index {
+        return current;
+    }
+    let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    // Jitter spreads out the clients that all started waiting at the same moment.
+    let jitter_ms = u64::try_from(wait.as_millis() / 16).unwrap_or(0);
+    let jitter = Duration::from_millis(rand::random_range(0..=jitter_ms));
+    let deadline = tokio::time::Instant::now() + wait + jitter;
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                let view = rx.borrow_and_update().clone();
+                if changed.is_err() || reported_index(&view) != index {
+                    return view;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return rx.borrow().clone(),
+            _ = closing.wait_for(|c| *c) => return rx.borrow().clone(),
+        }
+    }
+}
+
+/// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` for an answer from `view`.
+pub fn consul_headers(catalog: &Catalog, view: &View) -> HeaderMap {
+    let status = catalog.status();
+    let mut h = HeaderMap::new();
+    let last_contact_ms = status
+        .last_contact
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for (name, value) in [
+        ("x-consul-index", reported_index(view).to_string()),
+        ("x-consul-knownleader", status.leader.is_some().to_string()),
+        ("x-consul-lastcontact", last_contact_ms.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_read_params() {
+        let p = ReadParams::parse(&pairs(&[
+            ("index", "42"),
+            ("wait", "30s"),
+            ("passing", ""),
+            ("tag", "a"),
+            ("tag", "b"),
+            ("dc", "dc1"),
+            ("stale", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(p.index, Some(42));
+        assert_eq!(p.wait, Some(Duration::from_secs(30)));
+        assert!(p.passing);
+        assert_eq!(p.tags, ["a", "b"]);
+        assert_eq!(p.dc.as_deref(), Some("dc1"));
+
+        let p = ReadParams::parse(&pairs(&[("wait", "1h"), ("passing", "false")])).expect("ok");
+        assert_eq!(p.wait, Some(MAX_WAIT));
+        assert!(!p.passing);
+    }
+
+    #[test]
+    fn rejects_bad_read_params() {
+        for q in [
+            ("index", "x"),
+            ("index", "-1"),
+            ("wait", "10"),
+            ("passing", "maybe"),
+            ("filter", "Service == web"),
+        ] {
+            let err = ReadParams::parse(&pairs(&[q])).expect_err(q.0);
+            assert_eq!(err.status, 400);
+        }
+    }
+
+    #[test]
+    fn unknown_dc_has_no_path() {
+        let view = View::new("dc1", Default::default());
+        let p = ReadParams {
+            dc: Some("dc9".into()),
+            ..ReadParams::default()
+        };
+        let err = p.check_dc(&view).expect_err("dc9");
+        assert_eq!(
+            (err.status.as_u16(), err.message.as_str()),
+            (500, "No path to datacenter")
+        );
+        let p = ReadParams {
+            dc: Some("DC1".into()),
+            ..ReadParams::default()
+        };
+        p.check_dc(&view).expect("local dc");
+        assert_eq!(reported_index(&view), 1);
+    }
+}

@@ -1,0 +1,141 @@
+//! The HTTP API's counters and the `/metrics` page in Prometheus text format. Hand-written (a
+//! few counters and gauges do not need a metrics crate); the counters live in the API state, not
+//! in globals, so two agents in one process (tests, the demo) count separately.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::StatusCode;
+use meridian_catalog::RaftStatus;
+use meridian_topology::View;
+
+/// Request counters of one HTTP server.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    by_code: Mutex<BTreeMap<u16, u64>>,
+    bad_requests: AtomicU64,
+}
+
+impl HttpMetrics {
+    /// Counts one answered request. Every 4xx is a bad request: the client sent something this
+    /// API rejects (malformed, unknown, too large, wrong method).
+    pub fn record(&self, status: StatusCode) {
+        if let Ok(mut m) = self.by_code.lock() {
+            *m.entry(status.as_u16()).or_default() += 1;
+        }
+        if status.is_client_error() {
+            self.bad_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests answered with `code` so far.
+    pub fn requests_with(&self, code: u16) -> u64 {
+        self.by_code
+            .lock()
+            .map(|m| m.get(&code).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Bad requests so far.
+    pub fn bad_requests(&self) -> u64 {
+        self.bad_requests.load(Ordering::Relaxed)
+    }
+
+    /// The `/metrics` page: these counters plus Raft's and the catalog's gauges.
+    pub fn render(&self, raft: &RaftStatus, view: &View) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP meridian_http_requests_total HTTP API requests answered, by status code.\n\
+             # TYPE meridian_http_requests_total counter\n",
+        );
+        if let Ok(m) = self.by_code.lock() {
+            for (code, n) in m.iter() {
+                let _ = writeln!(out, "meridian_http_requests_total{{code=\"{code}\"}} {n}");
+            }
+        }
+        let gauges: [(&str, &str, &str, u64); 6] = [
+            (
+                "meridian_http_bad_requests_total",
+                "counter",
+                "HTTP API requests rejected with a 4xx status.",
+                self.bad_requests(),
+            ),
+            (
+                "meridian_raft_term",
+                "gauge",
+                "Current Raft term.",
+                raft.term,
+            ),
+            (
+                "meridian_raft_last_applied_index",
+                "gauge",
+                "Last Raft log index applied to the catalog.",
+                raft.last_applied,
+            ),
+            (
+                "meridian_raft_is_leader",
+                "gauge",
+                "1 if this node leads its datacenter's Raft group.",
+                u64::from(raft.is_leader),
+            ),
+            (
+                "meridian_catalog_instances",
+                "gauge",
+                "Service instances registered in the local datacenter.",
+                view.local().instance_count() as u64,
+            ),
+            (
+                "meridian_catalog_index",
+                "gauge",
+                "Raft index of the last change to the local catalog.",
+                view.local().index(),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = HttpMetrics::default();
+        m.record(StatusCode::OK);
+        m.record(StatusCode::OK);
+        m.record(StatusCode::BAD_REQUEST);
+        m.record(StatusCode::PAYLOAD_TOO_LARGE);
+        m.record(StatusCode::SERVICE_UNAVAILABLE);
+        let raft = RaftStatus {
+            term: 3,
+            is_leader: true,
+            last_applied: 17,
+            ..RaftStatus::default()
+        };
+        let text = m.render(&raft, &View::new("dc1", Default::default()));
+        for line in [
+            "meridian_http_requests_total{code=\"200\"} 2",
+            "meridian_http_requests_total{code=\"413\"} 1",
+            "meridian_http_bad_requests_total 2",
+            "meridian_raft_term 3",
+            "meridian_raft_last_applied_index 17",
+            "meridian_raft_is_leader 1",
+            "meridian_catalog_instances 0",
+            "# TYPE meridian_http_requests_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The Consul-compatible HTTP API and `/metrics`: routes, the shared state, the per-request span
+//! and counters, the body limit, and serving with a graceful shutdown.
+//!
+//! Reads answer from the catalog's current [`View`](meridian_topology::View) (or wait for the
+//! next one in a blocking query); writes go through [`Catalog::write`], which forwards to the
+//! leader. Bad input is rejected before anything is written. [`router`] builds the whole API
+//! for a running catalog, which is what the integration tests and the agent both serve.
+
+mod agent;
+mod blocking;
+mod body;
+mod catalog;
+pub mod consul;
+mod error;
+mod metrics;
+pub mod register;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use meridian_catalog::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+pub use blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    catalog: Catalog,
+    metrics: HttpMetrics,
+    max_body_bytes: usize,
+    closing: watch::Sender<bool>,
+}
+
+impl ApiState {
+    /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`.
+    pub fn new(catalog: Catalog, max_body_bytes: usize) -> Self {
+        ApiState {
+            inner: Arc::new(StateInner {
+                catalog,
+                metrics: HttpMetrics::default(),
+                max_body_bytes,
+                closing: watch::Sender::new(false),
+            }),
+        }
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The request counters.
+    pub fn metrics(&self) -> &HttpMetrics {
+        &self.inner.metrics
+    }
+
+    /// Largest request body accepted.
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
+    /// Ends every blocking query at once (they answer with the current view), so that a
+    /// graceful shutdown does not wait up to ten minutes for them.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+}
+
+/// The whole API: Consul's endpoints, `/metrics`, a 404 for everything else.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.max_body_bytes();
+    Router::new()
+        .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/services", get(agent::agent_services))
+        .route("/v1/agent/checks", get(agent::agent_checks))
+        .route("/v1/agent/service/register", put(agent::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent::deregister_service),
+        )
+        .route("/v1/agent/service/{id}", get(agent::agent_service))
+        .route("/v1/agent/check/pass/{id}", put(agent::check_pass))
+        .route("/v1/agent/check/warn/{id}", put(agent::check_warn))
+        .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
+        .route("/v1/agent/check/update/{id}", put(agent::check_update))
+        .route("/v1/catalog/services", get(catalog::catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog::catalog_service))
+        .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
+        .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
+        .route("/v1/health/service/{name}", get(catalog::health_service))
+        .route("/v1/status/leader", get(catalog::status_leader))
+        .route("/v1/status/peers", get(catalog::status_peers))
+        .route("/metrics", get(metrics_page))
+        .fallback(unknown_path)
+        // Handlers read bodies with `body::read_body`, which enforces the limit itself (and
+        // drains an oversized body so the client sees the 413); this layer bounds any other
+        // body extractor a future route might use.
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then ends blocking queries and
+/// finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.begin_shutdown();
+        })
+        .await
+}
+
+/// One span per request, and the one place requests are counted and logged.
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    async move {
+        let started = Instant::now();
+        let mut resp = next.run(req).await;
+        let status = resp.status();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // axum answers 405 with an empty body; say it in words like every other error.
+            let (mut parts, _) = resp.into_parts();
+            parts.headers.insert(
+                CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp = Response::from_parts(parts, Body::from("Method not allowed"));
+        }
+        state.metrics().record(status);
+        let elapsed_ms = started.elapsed().as_millis();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
+        } else if status.is_client_error() {
+            tracing::info!(status = status.as_u16(), elapsed_ms, "bad request");
+        } else {
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "request");
+        }
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")
+}
+
+async fn metrics_page(State(state): State<ApiState>) -> Response {
+    let cat = state.catalog();
+    let text = state.metrics().render(&cat.status(), &cat.view());
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}

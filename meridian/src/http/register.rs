@@ -1,0 +1,1018 @@
+//! Decoding Consul's service definition (`PUT /v1/agent/service/register`) into the catalog's
+//! [`Instance`] and [`Check`]s: field names, defaults, validation and check-ID assignment as
+//! Consul's agent does them.
+//!
+//! Consul decodes JSON with Go's `encoding/json`, which matches field names case-insensitively,
+//! and also accepts snake_case spellings (`enable_tag_override`); some client libraries rely on
+//! that (python-consul sends `{"name": ..., "check": {"ttl": ...}}`). So keys are first mapped to
+//! their canonical PascalCase name, then decoded strictly: an unknown field is a 400.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use meridian_topology::dc::DcState;
+use meridian_topology::names::{validate_id, validate_label, validate_meta};
+use meridian_topology::{Check, CheckKind, CheckSpec, Health, Instance, Weights};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::duration::parse_go_duration;
+
+/// Shortest check interval; shorter ones are raised to it, as Consul does.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Timeout of a TCP or HTTP check that names none (Consul's default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest `DeregisterCriticalServiceAfter`; shorter ones are raised to it, as Consul does.
+pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// Longest check output kept (Consul's default `check_output_max_size`).
+pub const MAX_OUTPUT_BYTES: usize = 4096;
+
+const SERVICE_FIELDS: &[&str] = &[
+    "ID",
+    "Name",
+    "Tags",
+    "Address",
+    "Port",
+    "Meta",
+    "Weights",
+    "EnableTagOverride",
+    "TaggedAddresses",
+    "Kind",
+    "Check",
+    "Checks",
+    "SocketPath",
+    "Proxy",
+    "Connect",
+    "Namespace",
+    "Partition",
+    "Locality",
+    "Token",
+];
+
+const WEIGHTS_FIELDS: &[&str] = &["Passing", "Warning"];
+
+const CHECK_FIELDS: &[&str] = &[
+    "CheckID",
+    "ID",
+    "Name",
+    "Notes",
+    "Status",
+    "TCP",
+    "TCPUseTLS",
+    "HTTP",
+    "Method",
+    "Header",
+    "Body",
+    "DisableRedirects",
+    "TLSServerName",
+    "TLSSkipVerify",
+    "TTL",
+    "Interval",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "SuccessBeforePassing",
+    "FailuresBeforeWarning",
+    "FailuresBeforeCritical",
+    "OutputMaxSize",
+    "Args",
+    "ScriptArgs",
+    "Script",
+    "Shell",
+    "DockerContainerID",
+    "GRPC",
+    "GRPCUseTLS",
+    "H2PING",
+    "H2PingUseTLS",
+    "UDP",
+    "AliasNode",
+    "AliasService",
+    "OSService",
+];
+
+const CHECK_UPDATE_FIELDS: &[&str] = &["Status", "Output"];
+
+/// A Consul service definition, after key canonicalization.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ServiceDefinition {
+    /// Instance ID; defaults to the name.
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    /// Service name (a DNS label).
+    pub name: Option<String>,
+    /// Tags.
+    pub tags: Option<Vec<String>>,
+    /// Instance address; empty means the node's.
+    pub address: Option<String>,
+    /// Port; signed so that out-of-range values get our message rather than serde's.
+    pub port: Option<i64>,
+    /// Metadata.
+    pub meta: Option<BTreeMap<String, String>>,
+    /// SRV weights.
+    pub weights: Option<WeightsDefinition>,
+    /// Only affects Consul's anti-entropy, which Meridian does not have: accepted, ignored.
+    pub enable_tag_override: Option<bool>,
+    /// Accepted for compatibility, not stored yet.
+    pub tagged_addresses: Option<Value>,
+    /// Only the default (typical) kind is supported.
+    pub kind: Option<String>,
+    /// A single check.
+    pub check: Option<CheckDefinition>,
+    /// Several checks.
+    pub checks: Option<Vec<CheckDefinition>>,
+    /// Unix sockets are not supported.
+    pub socket_path: Option<String>,
+    /// Service mesh is not supported.
+    pub proxy: Option<Value>,
+    /// Service mesh is not supported.
+    pub connect: Option<Value>,
+    /// Enterprise namespaces: only the default one.
+    pub namespace: Option<String>,
+    /// Enterprise partitions: only the default one.
+    pub partition: Option<String>,
+    /// Accepted, ignored.
+    pub locality: Option<Value>,
+    /// ACL token: Meridian has no ACLs yet, so it is ignored.
+    pub token: Option<String>,
+}
+
+/// SRV weights as Consul spells them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct WeightsDefinition {
+    /// Weight while passing; must be at least 1.
+    pub passing: Option<u32>,
+    /// Weight while warning.
+    pub warning: Option<u32>,
+}
+
+/// A duration as Consul accepts it: a Go duration string or a number of nanoseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    /// `"10s"`.
+    Text(String),
+    /// Nanoseconds.
+    Nanos(u64),
+}
+
+/// A check inside a service definition (Consul's `CheckType`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct CheckDefinition {
+    /// Check ID.
+    #[serde(rename = "CheckID")]
+    pub check_id: Option<String>,
+    /// Check ID (the spelling of Consul's check definitions).
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    /// Name.
+    pub name: Option<String>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Initial status (Consul's default: critical).
+    pub status: Option<String>,
+    /// TCP check target, `host:port`.
+    #[serde(rename = "TCP")]
+    pub tcp: Option<String>,
+    /// TCP over TLS: not supported.
+    #[serde(rename = "TCPUseTLS")]
+    pub tcp_use_tls: Option<bool>,
+    /// HTTP check URL.
+    #[serde(rename = "HTTP")]
+    pub http: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// HTTP headers.
+    pub header: Option<BTreeMap<String, Vec<String>>>,
+    /// HTTP request body: not supported.
+    pub body: Option<String>,
+    /// Accepted, ignored.
+    pub disable_redirects: Option<bool>,
+    /// Accepted, ignored (no HTTPS checks).
+    #[serde(rename = "TLSServerName")]
+    pub tls_server_name: Option<String>,
+    /// Accepted, ignored (no HTTPS checks).
+    #[serde(rename = "TLSSkipVerify")]
+    pub tls_skip_verify: Option<bool>,
+    /// TTL of a TTL check.
+    #[serde(rename = "TTL")]
+    pub ttl: Option<DurationValue>,
+    /// Time between runs.
+    pub interval: Option<DurationValue>,
+    /// Time a run may take.
+    pub timeout: Option<DurationValue>,
+    /// Deregister the instance after this long critical.
+    pub deregister_critical_service_after: Option<DurationValue>,
+    /// Accepted, ignored.
+    pub success_before_passing: Option<u32>,
+    /// Accepted, ignored.
+    pub failures_before_warning: Option<u32>,
+    /// Accepted, ignored.
+    pub failures_before_critical: Option<u32>,
+    /// Accepted, ignored.
+    pub output_max_size: Option<u64>,
+    /// Script check: not supported.
+    pub args: Option<Vec<String>>,
+    /// Script check: not supported.
+    pub script_args: Option<Vec<String>>,
+    /// Legacy (pre-1.1) script check: not supported.
+    pub script: Option<String>,
+    /// Docker check: not supported.
+    pub shell: Option<String>,
+    /// Docker check: not supported.
+    #[serde(rename = "DockerContainerID")]
+    pub docker_container_id: Option<String>,
+    /// gRPC check: not supported.
+    #[serde(rename = "GRPC")]
+    pub grpc: Option<String>,
+    /// gRPC check: not supported.
+    #[serde(rename = "GRPCUseTLS")]
+    pub grpc_use_tls: Option<bool>,
+    /// H2PING check: not supported.
+    #[serde(rename = "H2PING")]
+    pub h2ping: Option<String>,
+    /// H2PING check: not supported.
+    #[serde(rename = "H2PingUseTLS")]
+    pub h2ping_use_tls: Option<bool>,
+    /// UDP check: not supported.
+    #[serde(rename = "UDP")]
+    pub udp: Option<String>,
+    /// Alias check: not supported.
+    pub alias_node: Option<String>,
+    /// Alias check: not supported.
+    pub alias_service: Option<String>,
+    /// Windows service check: not supported.
+    #[serde(rename = "OSService")]
+    pub os_service: Option<String>,
+}
+
+/// The body of `PUT /v1/agent/check/update/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct CheckUpdate {
+    /// `passing`, `warning` or `critical`.
+    pub status: Option<String>,
+    /// New output.
+    pub output: Option<String>,
+}
+
+/// Parses a JSON body into `T` after mapping its keys (and those of the nested objects `nested`
+/// names) to their canonical spelling.
+fn decode<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    fields: &'static [&'static str],
+    nested: &dyn Fn(&mut Value),
+) -> Result<T, ApiError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "Request decode failed: the body must be a JSON object",
+        ));
+    }
+    canonicalize(&mut value, fields);
+    nested(&mut value);
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
+}
+
+/// Decodes a service definition body.
+pub fn decode_service_definition(body: &[u8]) -> Result<ServiceDefinition, ApiError> {
+    decode(body, SERVICE_FIELDS, &|v| {
+        let Some(obj) = v.as_object_mut() else {
+            return;
+        };
+        if let Some(w) = obj.get_mut("Weights") {
+            canonicalize(w, WEIGHTS_FIELDS);
+        }
+        if let Some(c) = obj.get_mut("Check") {
+            canonicalize(c, CHECK_FIELDS);
+            // Consul skips a single Check that is entirely zero (Go clients send `{}`).
+            if is_zero(c) {
+                *c = Value::Null;
+            }
+        }
+        if let Some(Value::Array(cs)) = obj.get_mut("Checks") {
+            for c in cs {
+                canonicalize(c, CHECK_FIELDS);
+            }
+        }
+    })
+}
+
+/// Decodes the body of a check update.
+pub fn decode_check_update(body: &[u8]) -> Result<CheckUpdate, ApiError> {
+    decode(body, CHECK_UPDATE_FIELDS, &|_| {})
+}
+
+/// Renames the keys of `value` (if an object) that match one of `fields` ignoring case and
+/// underscores to that field's spelling. Other keys are kept, so that strict decoding names them.
+fn canonicalize(value: &mut Value, fields: &[&str]) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let old = std::mem::take(map);
+    for (k, v) in old {
+        let key = if fields.contains(&k.as_str()) {
+            k
+        } else {
+            let sk = squash(&k);
+            fields
+                .iter()
+                .find(|f| squash(f) == sk)
+                .map_or(k, |f| (*f).to_owned())
+        };
+        // Go keeps the last of two keys that differ only in case; so do we.
+        map.insert(key, v);
+    }
+}
+
+/// Whether a JSON value is Go's zero value of its type.
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_zero),
+    }
+}
+
+/// Parses a duration field; `what` names it in the error.
+fn duration(what: &str, v: &Option<DurationValue>) -> Result<Option<Duration>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(DurationValue::Nanos(n)) => Ok(Some(Duration::from_nanos(*n))),
+        Some(DurationValue::Text(s)) if s.is_empty() => Ok(None),
+        Some(DurationValue::Text(s)) => parse_go_duration(s)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("{what}: {e}"))),
+    }
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// A checked registration, ready for `Command::Register`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The instance.
+    pub instance: Instance,
+    /// Its checks, with Consul's IDs.
+    pub checks: Vec<Check>,
+}
+
+/// Validates a service definition and builds the instance and checks that `node` registers.
+/// `current` is the datacenter's current state: unless `replace_existing_checks`, the instance's
+/// checks that the definition does not carry are kept, as Consul's agent keeps them.
+pub fn build_registration(
+    def: ServiceDefinition,
+    node: &str,
+    replace_existing_checks: bool,
+    current: &DcState,
+) -> Result<Registration, ApiError> {
+    let name = non_empty(&def.name).ok_or_else(|| ApiError::bad_request("Missing service name"))?;
+    validate_label("service name", name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = non_empty(&def.id).unwrap_or(name).to_owned();
+    validate_id("service ID", &id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    if let Some(kind) = non_empty(&def.kind)
+        && kind != "typical"
+    {
+        return Err(ApiError::bad_request(format!(
+            "unsupported service Kind {kind:?}: only typical services are supported"
+        )));
+    }
+    if non_empty(&def.socket_path).is_some() {
+        return Err(ApiError::bad_request("SocketPath is not supported"));
+    }
+    for (field, v) in [("Proxy", &def.proxy), ("Connect", &def.connect)] {
+        if v.as_ref().is_some_and(|v| !is_zero(v)) {
+            return Err(ApiError::bad_request(format!(
+                "{field} is not supported: Meridian has no service mesh"
+            )));
+        }
+    }
+    for (field, v) in [("Namespace", &def.namespace), ("Partition", &def.partition)] {
+        if let Some(v) = non_empty(v)
+            && v != "default"
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field} {v:?} is not supported: only the default one exists"
+            )));
+        }
+    }
+
+    let port = def.port.unwrap_or(0);
+    let port = u16::try_from(port)
+        .map_err(|_| ApiError::bad_request(format!("Invalid Port {port}: must be in 0..65535")))?;
+    let address = def.address.clone().unwrap_or_default();
+    if !address.is_empty() {
+        validate_id("service address", &address)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if address.contains(char::is_whitespace) {
+            return Err(ApiError::bad_request(format!(
+                "service address {address:?} contains whitespace"
+            )));
+        }
+    }
+    let tags = def.tags.clone().unwrap_or_default();
+    for t in &tags {
+        validate_id("tag", t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let meta = def.meta.clone().unwrap_or_default();
+    validate_meta(&meta).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let weights = match &def.weights {
+        None => Weights::default(),
+        Some(w) => {
+            let passing = w.passing.unwrap_or(0);
+            if passing == 0 {
+                return Err(ApiError::bad_request("Passing must be greater than 0"));
+            }
+            Weights {
+                passing,
+                warning: w.warning.unwrap_or(0),
+            }
+        }
+    };
+
+    let instance = Instance {
+        id: id.clone(),
+        service: name.to_owned(),
+        node: node.to_owned(),
+        address,
+        port,
+        tags,
+        meta,
+        weights,
+        create_index: 0,
+        modify_index: 0,
+    };
+
+    let defs: Vec<(&str, &CheckDefinition)> = def
+        .check
+        .iter()
+        .map(|c| ("Check", c))
+        .chain(def.checks.iter().flatten().map(|c| ("Checks", c)))
+        .collect();
+    let numbered = defs.len() > 1;
+    let mut checks: Vec<Check> = Vec::with_capacity(defs.len());
+    for (i, (field, c)) in defs.into_iter().enumerate() {
+        let default_id = if numbered {
+            format!("service:{id}:{}", i + 1)
+        } else {
+            format!("service:{id}")
+        };
+        let check = build_check(c, field, default_id, &instance)?;
+        if checks.iter().any(|o| o.id == check.id) {
+            return Err(ApiError::bad_request(format!(
+                "duplicate check ID {:?} in the registration",
+                check.id
+            )));
+        }
+        if let Some(other) = current.check(node, &check.id)
+            && other.service_id != id
+        {
+            return Err(ApiError::bad_request(format!(
+                "check ID {:?} already belongs to {} on this node",
+                check.id,
+                if other.service_id.is_empty() {
+                    "a node check".to_owned()
+                } else {
+                    format!("service ID {:?}", other.service_id)
+                }
+            )));
+        }
+        checks.push(check);
+    }
+    if !replace_existing_checks {
+        let kept: Vec<Check> = current
+            .checks_on(node)
+            .filter(|c| c.service_id == id && !checks.iter().any(|n| n.id == c.id))
+            .cloned()
+            .collect();
+        checks.extend(kept);
+    }
+    Ok(Registration { instance, checks })
+}
+
+/// Builds one check of `inst` from its definition; `field` names it in errors.
+fn build_check(
+    c: &CheckDefinition,
+    field: &str,
+    default_id: String,
+    inst: &Instance,
+) -> Result<Check, ApiError> {
+    let bad = |msg: String| ApiError::bad_request(format!("{field}: {msg}"));
+
+    let unsupported = [
+        ("script", c.args.as_ref().is_some_and(|a| !a.is_empty())),
+        (
+            "script",
+            c.script_args.as_ref().is_some_and(|a| !a.is_empty()),
+        ),
+        ("script", non_empty(&c.script).is_some()),
+        ("docker", non_empty(&c.docker_container_id).is_some()),
+        ("docker", non_empty(&c.shell).is_some()),
+        ("gRPC", non_empty(&c.grpc).is_some()),
+        ("H2PING", non_empty(&c.h2ping).is_some()),
+        ("UDP", non_empty(&c.udp).is_some()),
+        ("alias", non_empty(&c.alias_node).is_some()),
+        ("alias", non_empty(&c.alias_service).is_some()),
+        ("OSService", non_empty(&c.os_service).is_some()),
+    ];
+    if let Some((kind, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(bad(format!(
+            "unsupported check type {kind:?}: only TCP, HTTP and TTL checks are supported"
+        )));
+    }
+    if c.tcp_use_tls == Some(true) {
+        return Err(bad("TCPUseTLS is not supported".to_owned()));
+    }
+    if non_empty(&c.body).is_some() {
+        return Err(bad("Body is not supported for HTTP checks".to_owned()));
+    }
+
+    let id = match (non_empty(&c.check_id), non_empty(&c.id)) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad(format!("CheckID {a:?} and ID {b:?} disagree")));
+        }
+        (Some(a), _) | (None, Some(a)) => a.to_owned(),
+        (None, None) => default_id,
+    };
+    validate_id("check ID", &id).map_err(|e| bad(e.to_string()))?;
+    let status = match non_empty(&c.status) {
+        None => Health::Critical,
+        Some(s) => Health::parse(s).ok_or_else(|| {
+            bad(format!(
+                "Status {s:?} is invalid: must be passing, warning or critical"
+            ))
+        })?,
+    };
+
+    let ttl = duration("TTL", &c.ttl).map_err(|e| bad(e.message))?;
+    let interval = duration("Interval", &c.interval).map_err(|e| bad(e.message))?;
+    let timeout = duration("Timeout", &c.timeout).map_err(|e| bad(e.message))?;
+    let deregister = duration(
+        "DeregisterCriticalServiceAfter",
+        &c.deregister_critical_service_after,
+    )
+    .map_err(|e| bad(e.message))?
+    .filter(|d| !d.is_zero())
+    .map(|d| d.max(MIN_DEREGISTER_AFTER));
+
+    let tcp = non_empty(&c.tcp);
+    let http = non_empty(&c.http);
+    let ttl = ttl.filter(|d| !d.is_zero());
+    let kinds =
+        usize::from(tcp.is_some()) + usize::from(http.is_some()) + usize::from(ttl.is_some());
+    if kinds != 1 {
+        return Err(bad(
+            "a check needs exactly one of TCP, HTTP or TTL (script, gRPC, Docker, H2PING, UDP and alias checks are not supported)"
+                .to_owned(),
+        ));
+    }
+
+    let spec = if let Some(ttl) = ttl {
+        CheckSpec {
+            kind: CheckKind::Ttl { ttl },
+            interval: ttl,
+            timeout: ttl,
+            deregister_critical_after: deregister,
+        }
+    } else {
+        let interval = interval
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad("Interval is required for TCP and HTTP checks".to_owned()))?;
+        let interval = if interval < MIN_INTERVAL {
+            tracing::warn!(check = %id, ?interval, "check interval below the 1s minimum, raised to 1s");
+            MIN_INTERVAL
+        } else {
+            interval
+        };
+        let timeout = timeout
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_TIMEOUT.min(interval));
+        let kind = match (tcp, http) {
+            (Some(addr), _) => {
+                let ok = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok || addr.contains(char::is_whitespace) {
+                    return Err(bad(format!("TCP {addr:?} is not host:port")));
+                }
+                CheckKind::Tcp {
+                    address: addr.to_owned(),
+                }
+            }
+            (None, Some(url)) => http_kind(c, url).map_err(bad)?,
+            // Exactly one kind was counted above; an error rather than a panic keeps this
+            // harmless if that logic ever changes.
+            (None, None) => return Err(ApiError::internal("check kind not determined")),
+        };
+        CheckSpec {
+            kind,
+            interval,
+            timeout,
+            deregister_critical_after: deregister,
+        }
+    };
+
+    Ok(Check {
+        id,
+        name: non_empty(&c.name).map_or_else(
+            || format!("Service '{}' check", inst.service),
+            str::to_owned,
+        ),
+        node: inst.node.clone(),
+        service_id: inst.id.clone(),
+        service_name: inst.service.clone(),
+        status,
+        output: String::new(),
+        notes: c.notes.clone().unwrap_or_default(),
+        spec: Some(spec),
+        create_index: 0,
+        modify_index: 0,
+    })
+}
+
+fn http_kind(c: &CheckDefinition, url: &str) -> Result<CheckKind, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("HTTP {url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "HTTP {url:?}: HTTPS checks are not supported yet (use http:// or a TCP check)"
+            ));
+        }
+        other => return Err(format!("HTTP {url:?}: unsupported scheme {other:?}")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("HTTP {url:?} has no host"));
+    }
+    let method = non_empty(&c.method).unwrap_or("GET").to_owned();
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.len() > 16 {
+        return Err(format!("Method {method:?} is not an HTTP method"));
+    }
+    let headers = c.header.clone().unwrap_or_default();
+    for (name, values) in &headers {
+        HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("Header {name:?} is not a valid header name"))?;
+        for v in values {
+            HeaderValue::from_str(v)
+                .map_err(|_| format!("Header {name:?} has an invalid value"))?;
+        }
+    }
+    Ok(CheckKind::Http {
+        url: url.to_owned(),
+        method,
+        headers,
+    })
+}
+
+/// Bounds check output as Consul does, saying how much was kept.
+pub fn truncate_output(output: &str) -> String {
+    if output.len() <= MAX_OUTPUT_BYTES {
+        return output.to_owned();
+    }
+    let mut end = MAX_OUTPUT_BYTES;
+    while !output.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} ... (captured {end} of {} bytes)",
+        &output[..end],
+        output.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_topology::Node;
+
+    fn register(body: &str) -> Result<Registration, ApiError> {
+        let def = decode_service_definition(body.as_bytes())?;
+        build_registration(def, "n1", true, &DcState::default())
+    }
+
+    fn rejected(body: &str) -> String {
+        let err = register(body).expect_err(body);
+        assert_eq!(err.status, 400, "{body}: {err}");
+        err.message
+    }
+
+    #[test]
+    fn full_definition() {
+        let r = register(
+            r#"{
+                "ID": "web-1", "Name": "web", "Tags": ["v1", "blue"], "Address": "10.0.0.5",
+                "Port": 8080, "Meta": {"version": "1.2"}, "Weights": {"Passing": 10, "Warning": 1},
+                "EnableTagOverride": false, "TaggedAddresses": {"lan": {"Address": "10.0.0.5", "Port": 8080}},
+                "Check": {"HTTP": "http://10.0.0.5:8080/health", "Interval": "10s", "Timeout": "1s",
+                          "Header": {"X-A": ["b"]}, "Method": "HEAD", "Notes": "n",
+                          "DeregisterCriticalServiceAfter": "90m", "TLSSkipVerify": true}
+            }"#,
+        )
+        .expect("valid");
+        let i = &r.instance;
+        assert_eq!(
+            (i.id.as_str(), i.service.as_str(), i.node.as_str()),
+            ("web-1", "web", "n1")
+        );
+        assert_eq!((i.address.as_str(), i.port), ("10.0.0.5", 8080));
+        assert_eq!(i.tags, ["v1", "blue"]);
+        assert_eq!(
+            i.weights,
+            Weights {
+                passing: 10,
+                warning: 1
+            }
+        );
+        assert_eq!(r.checks.len(), 1);
+        let c = &r.checks[0];
+        assert_eq!(c.id, "service:web-1");
+        assert_eq!(c.name, "Service 'web' check");
+        assert_eq!(c.status, Health::Critical);
+        assert_eq!(c.service_id, "web-1");
+        let spec = c.spec.as_ref().expect("spec");
+        assert_eq!(spec.interval, Duration::from_secs(10));
+        assert_eq!(spec.timeout, Duration::from_secs(1));
+        assert_eq!(
+            spec.deregister_critical_after,
+            Some(Duration::from_secs(5400))
+        );
+        match &spec.kind {
+            CheckKind::Http {
+                url,
+                method,
+                headers,
+            } => {
+                assert_eq!(url, "http://10.0.0.5:8080/health");
+                assert_eq!(method, "HEAD");
+                assert_eq!(headers["X-A"], ["b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_definition_defaults() {
+        let r = register(r#"{"Name": "db"}"#).expect("valid");
+        assert_eq!(r.instance.id, "db");
+        assert_eq!(r.instance.port, 0);
+        assert_eq!(r.instance.weights, Weights::default());
+        assert!(r.checks.is_empty());
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_in_snake_case() {
+        let r = register(
+            r#"{"name": "api", "id": "api-1", "port": 9000, "enable_tag_override": true,
+                "check": {"tcp": "127.0.0.1:9000", "interval": "5s", "check_id": "api-tcp",
+                          "deregister_critical_service_after": "2m"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(r.instance.id, "api-1");
+        assert_eq!(r.checks[0].id, "api-tcp");
+        let spec = r.checks[0].spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.kind,
+            CheckKind::Tcp {
+                address: "127.0.0.1:9000".into()
+            }
+        );
+        assert_eq!(spec.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn check_ids_as_consul_assigns_them() {
+        let r = register(
+            r#"{"Name": "web", "ID": "w1",
+                "Check": {"TTL": "30s"},
+                "Checks": [{"TCP": "localhost:80", "Interval": "10s"},
+                           {"CheckID": "mine", "TTL": "1m", "Status": "passing", "Name": "custom"},
+                           {"HTTP": "http://localhost/", "Interval": "1m30s"}]}"#,
+        )
+        .expect("valid");
+        let ids: Vec<_> = r.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["service:w1:1", "service:w1:2", "mine", "service:w1:4"]
+        );
+        assert_eq!(r.checks[2].status, Health::Passing);
+        assert_eq!(r.checks[2].name, "custom");
+        assert_eq!(r.checks[1].name, "Service 'web' check");
+
+        let r = register(r#"{"Name": "web", "Checks": [{"TTL": "30s"}]}"#).expect("valid");
+        assert_eq!(r.checks[0].id, "service:web");
+
+        // Go clients send an empty Check object when none is set; Consul skips it.
+        let r = register(r#"{"Name": "web", "Check": {"Interval": "", "TCPUseTLS": false}}"#)
+            .expect("valid");
+        assert!(r.checks.is_empty());
+    }
+
+    #[test]
+    fn durations_as_strings_or_nanoseconds() {
+        let r = register(r#"{"Name": "x", "Check": {"TCP": "h:1", "Interval": 2000000000}}"#)
+            .expect("valid");
+        let spec = r.checks[0].spec.as_ref().expect("spec");
+        assert_eq!(spec.interval, Duration::from_secs(2));
+        let r = register(r#"{"Name": "x", "Check": {"TCP": "h:1", "Interval": "100ms"}}"#)
+            .expect("valid");
+        assert_eq!(
+            r.checks[0].spec.as_ref().expect("spec").interval,
+            MIN_INTERVAL
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_400() {
+        for (body, needle) in [
+            ("{", "Request decode failed"),
+            ("[]", "JSON object"),
+            (r#"{"Name": "web", "Colour": "blue"}"#, "Colour"),
+            (
+                r#"{"Name": "web", "Check": {"TTL": "1s", "Colour": 1}}"#,
+                "Colour",
+            ),
+            (
+                r#"{"Name": "web", "Weights": {"Passing": 1, "Heavy": 1}}"#,
+                "Heavy",
+            ),
+            (r#"{"Name": "web_api"}"#, "not a valid DNS label"),
+            (r#"{"Name": "web.api"}"#, "not a valid DNS label"),
+            (r#"{"Port": 80}"#, "Missing service name"),
+            (r#"{"Name": "web", "Port": 70000}"#, "Invalid Port"),
+            (r#"{"Name": "web", "Port": -1}"#, "Invalid Port"),
+            (r#"{"Name": "web", "Port": "80"}"#, "Request decode failed"),
+            (r#"{"Name": "web", "ID": "a/b"}"#, "service ID"),
+            (r#"{"Name": "web", "Meta": {"consul-x": "y"}}"#, "reserved"),
+            (
+                r#"{"Name": "web", "Weights": {"Passing": 0}}"#,
+                "Passing must be greater than 0",
+            ),
+            (r#"{"Name": "web", "Kind": "connect-proxy"}"#, "Kind"),
+            (r#"{"Name": "web", "Connect": {"Native": true}}"#, "Connect"),
+            (
+                r#"{"Name": "web", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}"#,
+                "unsupported check type \"script\"",
+            ),
+            (
+                r#"{"name": "web", "check": {"script": "/bin/true", "interval": "10s"}}"#,
+                "unsupported check type \"script\"",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"GRPC": "h:1", "Interval": "10s"}}"#,
+                "unsupported check type \"gRPC\"",
+            ),
+            (
+                r#"{"Name": "web", "Checks": [{"DockerContainerID": "x", "Shell": "/bin/sh"}]}"#,
+                "unsupported check type \"docker\"",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"UDP": "h:1", "Interval": "10s"}}"#,
+                "\"UDP\"",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"AliasService": "db"}}"#,
+                "\"alias\"",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"H2PING": "h:1", "Interval": "10s"}}"#,
+                "\"H2PING\"",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TCP": "h:1"}}"#,
+                "Interval is required",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TCP": "h:1", "TTL": "10s"}}"#,
+                "exactly one",
+            ),
+            (r#"{"Name": "web", "Check": {"Notes": "x"}}"#, "exactly one"),
+            (
+                r#"{"Name": "web", "Check": {"TCP": "h", "Interval": "1s"}}"#,
+                "host:port",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TTL": "10 s"}}"#,
+                "TTL: invalid duration",
+            ),
+            (r#"{"Name": "web", "Check": {"TTL": "-1s"}}"#, "negative"),
+            (
+                r#"{"Name": "web", "Check": {"TCP": "h:1", "Interval": "soon"}}"#,
+                "Interval",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TTL": "1s", "Status": "ok"}}"#,
+                "Status",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"HTTP": "https://h/", "Interval": "1s"}}"#,
+                "HTTPS",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"HTTP": "not a url", "Interval": "1s"}}"#,
+                "not a URL",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"HTTP": "http://h/", "Interval": "1s", "Method": "g t"}}"#,
+                "Method",
+            ),
+            (
+                r#"{"Name": "web", "Checks": [{"TTL": "1s", "CheckID": "a"}, {"TTL": "1s", "CheckID": "a"}]}"#,
+                "duplicate check ID",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TTL": "1s", "CheckID": "a/b"}}"#,
+                "check ID",
+            ),
+        ] {
+            let msg = rejected(body);
+            assert!(msg.contains(needle), "{body}: {msg:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn existing_checks_are_kept_unless_replaced() {
+        let mut dc = DcState::default();
+        dc.upsert_node(
+            Node {
+                name: "n1".into(),
+                address: "127.0.0.1".into(),
+                meta: Default::default(),
+            },
+            1,
+        );
+        let first = register(
+            r#"{"Name": "web", "Checks": [{"CheckID": "a", "TTL": "10s"}, {"CheckID": "b", "TTL": "10s"}]}"#,
+        )
+        .expect("valid");
+        dc.register(first.instance, first.checks, 2);
+
+        let body = br#"{"Name": "web", "Check": {"CheckID": "a", "TTL": "10s"}}"#;
+        let keep = build_registration(
+            decode_service_definition(body).expect("decodes"),
+            "n1",
+            false,
+            &dc,
+        )
+        .expect("valid");
+        let mut ids: Vec<_> = keep.checks.iter().map(|c| c.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "b"]);
+
+        let replace = build_registration(
+            decode_service_definition(body).expect("decodes"),
+            "n1",
+            true,
+            &dc,
+        )
+        .expect("valid");
+        assert_eq!(replace.checks.len(), 1);
+
+        // Another service cannot take over a check ID.
+        let err = build_registration(
+            decode_service_definition(
+                br#"{"Name": "api", "Check": {"CheckID": "a", "TTL": "1s"}}"#,
+            )
+            .expect("decodes"),
+            "n1",
+            true,
+            &dc,
+        )
+        .expect_err("taken");
+        assert!(err.message.contains("already belongs"), "{}", err.message);
+    }
+
+    #[test]
+    fn check_update_body() {
+        let u = decode_check_update(br#"{"Status": "warning", "Output": "slow"}"#).expect("ok");
+        assert_eq!(u.status.as_deref(), Some("warning"));
+        let u = decode_check_update(br#"{"status": "passing"}"#).expect("ok");
+        assert_eq!(u.status.as_deref(), Some("passing"));
+        assert!(decode_check_update(br#"{"Status": "passing", "X": 1}"#).is_err());
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        assert_eq!(truncate_output("ok"), "ok");
+        let long = "é".repeat(3000);
+        let t = truncate_output(&long);
+        assert!(t.len() < MAX_OUTPUT_BYTES + 64);
+        assert!(t.ends_with("of 6000 bytes)"));
+    }
+}

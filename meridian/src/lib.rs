@@ -1,0 +1,14 @@
+//! The `meridian` binary's library: the command line ([`cli`]), the TOML configuration
+//! ([`config`]), a running node ([`agent::Agent`]: the catalog plus the Consul-compatible HTTP API
+//! of [`http`]), the demo, and the CLI commands that talk to an agent ([`client`]).
+//!
+//! It is a library so that integration tests can start an [`agent::Agent`] or serve
+//! [`http::router`] in-process; `main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod duration;
+pub mod http;

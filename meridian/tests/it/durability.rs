@@ -1,0 +1,168 @@
+//! Nothing acknowledged is lost: kill -9 of a leader under load, restarts of whole datacenters.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use tokio::sync::Mutex;
+
+use crate::harness::{Agent, Mode, Ports, eventually, leader_index, service, three_node_dc};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_agent_keeps_its_catalog_across_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mode = Mode::Dev {
+        data_dir: dir.path().join("data"),
+    };
+    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    agent.wait_ready().await?;
+    for i in 0..5 {
+        let r = agent
+            .put_json(
+                "/v1/agent/service/register",
+                &service("web", &format!("web-{i}"), 8080),
+            )
+            .await?;
+        ensure!(r.status().is_success(), "register: {}", r.status());
+    }
+    let r = agent
+        .http
+        .put(agent.url("/v1/agent/service/deregister/web-3"))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "deregister: {}", r.status());
+
+    // A clean stop, then a kill -9 right after more acknowledged writes: both keep everything.
+    agent.stop()?;
+    agent.restart()?;
+    agent.wait_ready().await?;
+    let r = agent
+        .put_json("/v1/agent/service/register", &service("web", "web-9", 8080))
+        .await?;
+    ensure!(r.status().is_success());
+    agent.kill9()?;
+    agent.restart()?;
+    agent.wait_ready().await?;
+    eventually(30, "the catalog to come back", || async {
+        agent.instance_ids("web").await.unwrap_or_default().len() == 5
+    })
+    .await?;
+    let ids: BTreeSet<_> = agent.instance_ids("web").await?.into_iter().collect();
+    let want: BTreeSet<String> = ["web-0", "web-1", "web-2", "web-4", "web-9"]
+        .map(String::from)
+        .into();
+    ensure!(ids == want, "after restarts: {ids:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_registration() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut agents = three_node_dc(dir.path())?;
+    for a in &agents {
+        a.wait_ready().await?;
+    }
+    let leader = leader_index(&agents).await?;
+    let follower = (leader + 1) % agents.len();
+    let url = agents[follower].url("/v1/agent/service/register");
+    let http = agents[follower].http.clone();
+
+    const TOTAL: usize = 400;
+    const CLIENTS: usize = 8;
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (next, acked, url, http) = (next.clone(), acked.clone(), url.clone(), http.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= TOTAL {
+                    return;
+                }
+                let id = format!("load-{i}");
+                let ok = http
+                    .put(&url)
+                    .json(&service("load", &id, 9000))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    acked.lock().await.insert(id);
+                }
+            }
+        }));
+    }
+    // Kill the leader once the load is well under way.
+    eventually(60, "the first 100 acknowledgements", || async {
+        acked.lock().await.len() >= 100
+    })
+    .await?;
+    agents[leader].kill9()?;
+    for c in clients {
+        c.await?;
+    }
+    for (i, a) in agents.iter_mut().enumerate() {
+        ensure!(i == leader || a.is_running(), "{} died", a.name);
+    }
+    let acked = acked.lock().await.clone();
+    ensure!(
+        acked.len() > 100,
+        "only {} registrations acknowledged",
+        acked.len()
+    );
+
+    check_all(&agents, Some(leader), "on the survivors", &acked).await?;
+
+    // Every node down, then all up again: still all there.
+    for a in agents.iter_mut() {
+        a.kill9()?;
+    }
+    for a in agents.iter_mut() {
+        a.restart()?;
+    }
+    for a in &agents {
+        a.wait_ready().await?;
+    }
+    check_all(&agents, None, "after restarting all three", &acked).await?;
+    Ok(())
+}
+
+/// Checks that every agent but `skip` holds every acknowledged registration, within a minute.
+async fn check_all(
+    agents: &[Agent],
+    skip: Option<usize>,
+    when: &str,
+    acked: &BTreeSet<String>,
+) -> Result<()> {
+    for (i, a) in agents.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let have: BTreeSet<String> = a
+                .instance_ids("load")
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            if acked.is_subset(&have) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let lost: Vec<_> = acked.difference(&have).take(10).collect();
+                bail!(
+                    "{when}: {} lost {} acknowledged registrations (first: {lost:?})",
+                    a.name,
+                    acked.difference(&have).count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

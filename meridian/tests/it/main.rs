@@ -1,0 +1,8 @@
+//! Integration tests against real `meridian` processes on loopback: durability across kill -9 and
+//! restarts, Consul-compatible HTTP behaviour, bad input, health checks and the CLI.
+
+mod cli;
+mod durability;
+mod harness;
+mod health;
+mod http_api;

@@ -44,6 +44,9 @@ enum What {
         /// Repetitions; the median is reported.
         #[arg(long)]
         reps: Option<usize>,
+        /// Send every registration to this node (1-3) instead of round-robin to all three.
+        #[arg(long)]
+        node: Option<usize>,
     },
 }
 
@@ -164,7 +167,12 @@ async fn wait_leader(http: &reqwest::Client, nodes: &[Node]) -> Result<()> {
     Ok(())
 }
 
-async fn catalog_once(bin: &Path, clients: usize, count: usize) -> Result<CatalogRun> {
+async fn catalog_once(
+    bin: &Path,
+    clients: usize,
+    count: usize,
+    only: Option<usize>,
+) -> Result<CatalogRun> {
     let dir = tempfile::tempdir()?;
     let nodes = start_dc(bin, dir.path())?;
     let http = reqwest::Client::builder()
@@ -175,7 +183,9 @@ async fn catalog_once(bin: &Path, clients: usize, count: usize) -> Result<Catalo
     let urls: Arc<Vec<String>> = Arc::new(
         nodes
             .iter()
-            .map(|n| format!("http://127.0.0.1:{}/v1/agent/service/register", n.http))
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|o| o == i + 1))
+            .map(|(_, n)| format!("http://127.0.0.1:{}/v1/agent/service/register", n.http))
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
@@ -292,12 +302,13 @@ async fn main() -> Result<()> {
             clients,
             count,
             reps,
+            node,
         } => {
             let count = count.unwrap_or(if cli.quick { 2_000 } else { 20_000 });
             let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
             let mut runs = Vec::new();
             for rep in 0..reps {
-                let run = catalog_once(&bin, clients, count).await?;
+                let run = catalog_once(&bin, clients, count, node).await?;
                 eprintln!(
                     "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, {} failed",
                     rep + 1,

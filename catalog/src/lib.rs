@@ -14,11 +14,12 @@ mod error;
 mod health;
 mod network;
 mod node;
+mod proposer;
 mod rpc;
 mod store;
 mod types;
 
-pub use command::{Command, WriteOutcome};
+pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
 pub use config::{CatalogConfig, RaftTuning};
 pub use error::CatalogError;
 pub use node::{Catalog, RaftStatus};

@@ -9,7 +9,7 @@ use meridian_protos::catalog::ForwardRequest;
 use meridian_protos::catalog::catalog_client::CatalogClient;
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
 use meridian_topology::{DcState, Health, Node, View, names};
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::health::HealthRunner;
 use crate::network::{self, NetworkFactory};
+use crate::proposer::{ProposeError, Proposer};
 use crate::store::open_store;
 use crate::types::Raft;
 use crate::{CatalogConfig, CatalogError, Command, WriteOutcome};
@@ -51,7 +52,10 @@ pub struct Catalog {
 struct Inner {
     cfg: CatalogConfig,
     raft: Raft,
+    proposer: Proposer,
     views: watch::Sender<Arc<View>>,
+    /// Dropped to nothing once RocksDB is closed.
+    store: std::sync::Weak<rocksdb::DB>,
     forward_clients: Mutex<HashMap<String, CatalogClient<Channel>>>,
     health: HealthRunner,
     stop_rpc: Mutex<Option<oneshot::Sender<()>>>,
@@ -101,10 +105,13 @@ impl Catalog {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.raft.keep_logs,
             snapshot_max_chunk_size: 1024 * 1024,
+            // Entries are batches of up to 256 KiB: this keeps an AppendEntries under 8 MiB.
+            max_payload_entries: 32,
             ..Default::default()
         }
         .validate()
         .map_err(|e| CatalogError::Config(e.to_string()))?;
+        let store = log.closed_watch();
         let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), NetworkFactory, log, sm)
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
@@ -116,7 +123,8 @@ impl Catalog {
                 source,
             })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (raft_svc, fwd_svc) = crate::rpc::services(raft.clone());
+        let (proposer, proposer_task) = Proposer::start(raft.clone());
+        let (raft_svc, fwd_svc) = crate::rpc::services(raft.clone(), proposer.clone());
         let rpc_task = tokio::spawn(
             async move {
                 let served = tonic::transport::Server::builder()
@@ -124,7 +132,8 @@ impl Catalog {
                     .add_service(raft_svc)
                     .add_service(fwd_svc)
                     .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
                         async {
                             let _ = stop_rx.await;
                         },
@@ -161,10 +170,12 @@ impl Catalog {
                 health: HealthRunner::new(cfg.node_name.clone()),
                 cfg,
                 raft,
+                proposer,
                 views,
+                store,
                 forward_clients: Mutex::new(HashMap::new()),
                 stop_rpc: Mutex::new(Some(stop_tx)),
-                tasks: Mutex::new(vec![rpc_task]),
+                tasks: Mutex::new(vec![rpc_task, proposer_task]),
             }),
         };
         let register = tokio::spawn(catalog.clone().register_self());
@@ -277,13 +288,11 @@ impl Catalog {
     }
 
     async fn write_local(&self, cmd: &Command) -> Result<WriteOutcome, Retry> {
-        match self.inner.raft.client_write(cmd.clone()).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Retry::WaitForLeader)
-            }
-            Err(RaftError::APIError(e)) => Err(Retry::Fatal(CatalogError::Raft(e.to_string()))),
-            Err(RaftError::Fatal(_)) => Err(Retry::Fatal(CatalogError::Shutdown)),
+        match self.inner.proposer.propose(cmd.clone()).await {
+            Ok(outcome) => Ok(outcome),
+            Err(ProposeError::NotLeader(_)) => Err(Retry::WaitForLeader),
+            Err(ProposeError::Rejected(e)) => Err(Retry::Fatal(CatalogError::Raft(e))),
+            Err(ProposeError::Shutdown) => Err(Retry::Fatal(CatalogError::Shutdown)),
         }
     }
 
@@ -298,11 +307,29 @@ impl Catalog {
             .await
             .map_err(|s| Retry::Backoff(format!("forward to {addr}: {}", s.message())))?;
         match reply.into_inner().result {
-            Some(ForwardResult::Outcome(bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| Retry::Backoff(format!("bad outcome from {addr}: {e}"))),
+            Some(ForwardResult::Outcome(bytes)) => {
+                let outcome: WriteOutcome = serde_json::from_slice(&bytes)
+                    .map_err(|e| Retry::Backoff(format!("bad outcome from {addr}: {e}")))?;
+                self.await_applied(outcome.index).await;
+                Ok(outcome)
+            }
             Some(ForwardResult::NotLeader(_)) => Err(Retry::WaitForLeader),
             Some(ForwardResult::Error(e)) => Err(Retry::Fatal(CatalogError::Raft(e))),
             None => Err(Retry::Backoff(format!("empty reply from {addr}"))),
+        }
+    }
+
+    /// Waits (briefly) until this node has applied `index`, so that a client that wrote through
+    /// a follower reads its own write from that follower. The write is committed either way.
+    async fn await_applied(&self, index: u64) {
+        let waited = self
+            .inner
+            .raft
+            .wait(Some(Duration::from_secs(2)))
+            .applied_index_at_least(Some(index), "read your write")
+            .await;
+        if let Err(e) = waited {
+            debug!(index, error = %e, "the write is committed but not yet applied here");
         }
     }
 
@@ -401,6 +428,14 @@ impl Catalog {
         }
         if let Some(rpc) = tasks.into_iter().next() {
             let _ = tokio::time::timeout(Duration::from_secs(5), rpc).await;
+        }
+        // Raft's tasks drop their store handles as they wind down; wait for RocksDB to close so
+        // the data folder can be reopened or removed as soon as this returns.
+        for _ in 0..100 {
+            if self.inner.store.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         info!("catalog stopped");
     }

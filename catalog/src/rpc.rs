@@ -4,7 +4,6 @@ use meridian_protos::catalog::catalog_server::{Catalog as CatalogRpc, CatalogSer
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
 use meridian_protos::catalog::raft_server::{Raft as RaftRpc, RaftServer};
 use meridian_protos::catalog::{ForwardReply, ForwardRequest, RaftPayload};
-use openraft::error::{ClientWriteError, RaftError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
@@ -12,14 +11,18 @@ use tracing::{debug, warn};
 
 use crate::command::Command;
 use crate::network::MAX_RPC_MESSAGE;
+use crate::proposer::{ProposeError, Proposer};
 use crate::types::Raft;
 
 /// Both gRPC services of a catalog node, ready to be added to a tonic server.
-pub(crate) fn services(raft: Raft) -> (RaftServer<RaftService>, CatalogServer<ForwardService>) {
-    let r = RaftServer::new(RaftService { raft: raft.clone() })
+pub(crate) fn services(
+    raft: Raft,
+    proposer: Proposer,
+) -> (RaftServer<RaftService>, CatalogServer<ForwardService>) {
+    let r = RaftServer::new(RaftService { raft })
         .max_decoding_message_size(MAX_RPC_MESSAGE)
         .max_encoding_message_size(MAX_RPC_MESSAGE);
-    let c = CatalogServer::new(ForwardService { raft })
+    let c = CatalogServer::new(ForwardService { proposer })
         .max_decoding_message_size(MAX_RPC_MESSAGE)
         .max_encoding_message_size(MAX_RPC_MESSAGE);
     (r, c)
@@ -69,7 +72,7 @@ impl RaftRpc for RaftService {
 
 /// Writes forwarded by followers; applied here if this node leads.
 pub(crate) struct ForwardService {
-    raft: Raft,
+    proposer: Proposer,
 }
 
 #[tonic::async_trait]
@@ -79,18 +82,20 @@ impl CatalogRpc for ForwardService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
         let cmd: Command = decode("forward", &request.into_inner().command)?;
-        let result = match self.raft.client_write(cmd).await {
-            Ok(resp) => match serde_json::to_vec(&resp.data) {
+        let result = match self.proposer.propose(cmd).await {
+            Ok(outcome) => match serde_json::to_vec(&outcome) {
                 Ok(bytes) => ForwardResult::Outcome(bytes),
                 Err(e) => ForwardResult::Error(format!("cannot encode outcome: {e}")),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                debug!(leader = ?f.leader_id, "forwarded write reached a non-leader");
-                ForwardResult::NotLeader(f.leader_node.map(|n| n.addr).unwrap_or_default())
+            Err(ProposeError::NotLeader(leader)) => {
+                debug!(leader = ?leader, "forwarded write reached a non-leader");
+                ForwardResult::NotLeader(leader.unwrap_or_default())
             }
-            Err(RaftError::APIError(e)) => ForwardResult::Error(e.to_string()),
-            // Raft stopped or failed: the caller should try another node.
-            Err(RaftError::Fatal(e)) => return Err(Status::unavailable(e.to_string())),
+            Err(ProposeError::Rejected(e)) => ForwardResult::Error(e),
+            // Raft stopped: the caller should try another node.
+            Err(ProposeError::Shutdown) => {
+                return Err(Status::unavailable("this node is shutting down"));
+            }
         };
         Ok(Response::new(ForwardReply {
             result: Some(result),

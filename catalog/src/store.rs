@@ -35,7 +35,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::command::{Command, WriteOutcome};
+use crate::command::{BatchOutcome, Command, WriteOutcome};
 use crate::types::{StorageError, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -162,6 +162,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// A handle that tells when the database has been closed (every strong handle dropped).
+    pub(crate) fn closed_watch(&self) -> std::sync::Weak<DB> {
+        Arc::downgrade(&self.db)
+    }
+
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, StorageError> {
         let mut it = self
             .db
@@ -437,7 +442,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((self.inner.last_applied, self.inner.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteOutcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -447,23 +452,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             let index = entry.log_id.index;
             self.inner.last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Blank => WriteOutcome {
-                    index,
-                    changed: false,
-                    found: true,
-                },
-                EntryPayload::Normal(cmd) => Self::apply_command(&mut self.inner.state, cmd, index),
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => batch
+                    .commands
+                    .into_iter()
+                    .map(|cmd| Self::apply_command(&mut self.inner.state, cmd, index))
+                    .collect(),
                 EntryPayload::Membership(m) => {
                     self.inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                    WriteOutcome {
-                        index,
-                        changed: false,
-                        found: true,
-                    }
+                    Vec::new()
                 }
             };
-            out.push(outcome);
+            out.push(BatchOutcome { outcomes });
         }
         if self.inner.state.index() != before {
             self.publish();

@@ -2,14 +2,14 @@
 
 use std::io::Cursor;
 
-use crate::command::{Command, WriteOutcome};
+use crate::command::{Batch, BatchOutcome};
 
 openraft::declare_raft_types!(
-    /// Raft types for the catalog: commands in, outcomes out, `u64` node IDs, nodes addressed by
-    /// their gRPC `host:port`, snapshots as JSON bytes.
+    /// Raft types for the catalog: batches of commands in, their outcomes out, `u64` node IDs,
+    /// nodes addressed by their gRPC `host:port`, snapshots as JSON bytes.
     pub TypeConfig:
-        D = Command,
-        R = WriteOutcome,
+        D = Batch,
+        R = BatchOutcome,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

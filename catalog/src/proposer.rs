@@ -1,0 +1,127 @@
+//! Coalesces concurrent writes into one Raft entry on the leader.
+//!
+//! Every write that reaches the leader (from its own HTTP API or forwarded by a follower) is queued
+//! here. At most [`MAX_INFLIGHT`] batches are being committed at a time; while they are, new
+//! writes wait in the queue, and the next batch takes all of them (up to a bound). Batches thus
+//! grow with load, and Raft's per-entry work and the fsync are paid once per batch rather than
+//! once per write, while a lone write still goes out at once.
+
+use openraft::error::{ClientWriteError, RaftError};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::debug;
+
+use crate::command::{Batch, Command, WriteOutcome};
+use crate::types::Raft;
+
+/// Most commands in one entry.
+const MAX_BATCH_COMMANDS: usize = 256;
+/// Most bytes (estimated) in one entry; a single larger command still goes alone.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Writes queued for the proposer before callers wait (backpressure).
+const QUEUE: usize = 4096;
+/// Batches being committed at once: enough to keep the pipeline busy, few enough that writes
+/// arriving meanwhile accumulate into the next batch.
+const MAX_INFLIGHT: usize = 2;
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone)]
+pub(crate) enum ProposeError {
+    /// This node does not lead (any more); the caller should find the leader.
+    NotLeader(Option<String>),
+    /// Raft refused the entry for a reason retrying does not fix.
+    Rejected(String),
+    /// Raft has stopped.
+    Shutdown,
+}
+
+type Reply = oneshot::Sender<Result<WriteOutcome, ProposeError>>;
+
+/// Handle to the proposer task of one node.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the proposer task for `raft`.
+    pub(crate) fn start(raft: Raft) -> (Proposer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Proposer { tx }, tokio::spawn(run(raft, rx)))
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied.
+    pub(crate) async fn propose(&self, cmd: Command) -> Result<WriteOutcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        rx.await.map_err(|_| ProposeError::Shutdown)?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    loop {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut bytes = first.0.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(next) => {
+                    bytes += next.0.approx_size();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        // Committing happens in its own task so the next batch forms meanwhile.
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(raft: Raft, batch: Vec<(Command, Reply)>) {
+    let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+    let n = commands.len();
+    let result = raft.client_write(Batch { commands }).await;
+    match result {
+        Ok(resp) if resp.data.outcomes.len() == n => {
+            for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Ok(resp) => {
+            let err = ProposeError::Rejected(format!(
+                "applied {} outcomes for {n} commands",
+                resp.data.outcomes.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        Err(e) => {
+            let err = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ProposeError::NotLeader(f.leader_node.map(|n| n.addr))
+                }
+                RaftError::APIError(e) => ProposeError::Rejected(e.to_string()),
+                RaftError::Fatal(_) => ProposeError::Shutdown,
+            };
+            debug!(commands = n, error = ?err, "batch not committed");
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

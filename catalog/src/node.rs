@@ -193,6 +193,8 @@ impl Catalog {
             name: self.inner.cfg.node_name.clone(),
             address: self.inner.cfg.advertise_addr.clone(),
             meta: BTreeMap::new(),
+            create_index: 0,
+            modify_index: 0,
         };
         loop {
             match self

@@ -119,10 +119,18 @@ impl DcState {
     }
 
     /// Adds or replaces a node. Returns whether anything changed.
-    pub fn upsert_node(&mut self, node: Node, index: u64) -> bool {
-        if self.nodes.get(&node.name).is_some_and(|n| **n == node) {
-            return false;
+    pub fn upsert_node(&mut self, mut node: Node, index: u64) -> bool {
+        match self.nodes.get(&node.name) {
+            Some(old) => {
+                node.create_index = old.create_index;
+                node.modify_index = old.modify_index;
+                if **old == node {
+                    return false;
+                }
+            }
+            None => node.create_index = index,
         }
+        node.modify_index = index;
         self.nodes.insert(node.name.clone(), Arc::new(node));
         self.index = index;
         true
@@ -404,9 +412,12 @@ mod tests {
                 name: "n1".into(),
                 address: "127.0.0.1".into(),
                 meta: Default::default(),
+                create_index: 0,
+                modify_index: 0,
             },
             1,
         );
+        assert_eq!(s.node("n1").map(|n| (n.create_index, n.modify_index)), Some((1, 1)));
         s.register(
             inst("n1", "web1", "web"),
             vec![check("n1", "c", "web1", Health::Warning)],

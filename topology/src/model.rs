@@ -55,6 +55,12 @@ pub struct Node {
     /// Free-form metadata.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// Raft index that created the node.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Raft index that last changed the node.
+    #[serde(default)]
+    pub modify_index: u64,
 }
 
 /// SRV weights an instance gets while passing and while warning.

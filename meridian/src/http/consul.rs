@@ -45,9 +45,9 @@ pub struct NodeJson {
     pub tagged_addresses: BTreeMap<String, String>,
     /// Node metadata.
     pub meta: BTreeMap<String, String>,
-    /// Raft index that created the node (not tracked per node yet: 0).
+    /// Raft index that created the node.
     pub create_index: u64,
-    /// Raft index that last changed the node (not tracked per node yet: 0).
+    /// Raft index that last changed the node.
     pub modify_index: u64,
 }
 
@@ -63,8 +63,8 @@ impl NodeJson {
             tagged_addresses: tagged(&address),
             meta: node.map(|n| n.meta.clone()).unwrap_or_default(),
             address,
-            create_index: 0,
-            modify_index: 0,
+            create_index: node.map_or(0, |n| n.create_index),
+            modify_index: node.map_or(0, |n| n.modify_index),
         }
     }
 }

@@ -954,6 +954,8 @@ mod tests {
                 name: "n1".into(),
                 address: "127.0.0.1".into(),
                 meta: Default::default(),
+                create_index: 0,
+                modify_index: 0,
             },
             1,
         );

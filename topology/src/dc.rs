@@ -417,7 +417,10 @@ mod tests {
             },
             1,
         );
-        assert_eq!(s.node("n1").map(|n| (n.create_index, n.modify_index)), Some((1, 1)));
+        assert_eq!(
+            s.node("n1").map(|n| (n.create_index, n.modify_index)),
+            Some((1, 1))
+        );
         s.register(
             inst("n1", "web1", "web"),
             vec![check("n1", "c", "web1", Health::Warning)],

@@ -10,6 +10,7 @@
 
 mod command;
 mod config;
+mod counters;
 mod error;
 mod health;
 mod network;
@@ -21,6 +22,7 @@ mod types;
 
 pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
 pub use config::{CatalogConfig, RaftTuning};
+pub use counters::CatalogCounters;
 pub use error::CatalogError;
 pub use node::{Catalog, RaftStatus};
 pub use store::{LogStore, StateMachineStore, open_store};

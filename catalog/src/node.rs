@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::counters::CatalogCounters;
 use crate::health::HealthRunner;
 use crate::network::{self, NetworkFactory};
 use crate::proposer::{ProposeError, Proposer};
@@ -53,6 +54,7 @@ struct Inner {
     cfg: CatalogConfig,
     raft: Raft,
     proposer: Proposer,
+    counters: Arc<CatalogCounters>,
     views: watch::Sender<Arc<View>>,
     /// Dropped to nothing once RocksDB is closed.
     store: std::sync::Weak<rocksdb::DB>,
@@ -123,8 +125,10 @@ impl Catalog {
                 source,
             })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (proposer, proposer_task) = Proposer::start(raft.clone());
-        let (raft_svc, fwd_svc) = crate::rpc::services(raft.clone(), proposer.clone());
+        let counters = Arc::new(CatalogCounters::default());
+        let (proposer, proposer_task) = Proposer::start(raft.clone(), counters.clone());
+        let (raft_svc, fwd_svc) =
+            crate::rpc::services(raft.clone(), proposer.clone(), counters.clone());
         let rpc_task = tokio::spawn(
             async move {
                 let served = tonic::transport::Server::builder()
@@ -171,6 +175,7 @@ impl Catalog {
                 cfg,
                 raft,
                 proposer,
+                counters,
                 views,
                 store,
                 forward_clients: Mutex::new(HashMap::new()),
@@ -226,6 +231,11 @@ impl Catalog {
         self.inner.views.borrow().clone()
     }
 
+    /// This node's counters, for `/metrics`.
+    pub fn counters(&self) -> &CatalogCounters {
+        &self.inner.counters
+    }
+
     /// A receiver that sees every new view.
     pub fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.inner.views.subscribe()
@@ -235,6 +245,7 @@ impl Catalog {
     ///
     /// Retries across leader changes until the configured write timeout. Commands are idempotent,
     /// so a retry after a lost reply cannot apply a change twice.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, CatalogError> {
         let timeout = self.inner.cfg.write_timeout;
         let deadline = Instant::now() + timeout;
@@ -255,14 +266,24 @@ impl Catalog {
             if !running {
                 return Err(CatalogError::Shutdown);
             }
+            let counters = &self.inner.counters;
             let attempt = match (leader_id, leader_addr) {
-                (Some(id), _) if id == self.inner.cfg.node_id => self.write_local(&cmd).await,
-                (Some(_), Some(addr)) => self.write_forward(&addr, &cmd).await,
+                (Some(id), _) if id == self.inner.cfg.node_id => {
+                    CatalogCounters::inc(&counters.writes_local);
+                    self.write_local(&cmd).await
+                }
+                (Some(_), Some(addr)) => {
+                    CatalogCounters::inc(&counters.writes_forwarded);
+                    self.write_forward(&addr, &cmd).await
+                }
                 _ => Err(Retry::WaitForLeader),
             };
             match attempt {
                 Ok(outcome) => return Ok(outcome),
-                Err(Retry::Fatal(e)) => return Err(e),
+                Err(Retry::Fatal(e)) => {
+                    CatalogCounters::inc(&counters.writes_failed);
+                    return Err(e);
+                }
                 Err(Retry::Backoff(e)) => {
                     last_error = e;
                     let now = Instant::now();
@@ -283,6 +304,7 @@ impl Catalog {
                 break;
             }
         }
+        CatalogCounters::inc(&self.inner.counters.writes_failed);
         Err(CatalogError::Unavailable {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             last_error,

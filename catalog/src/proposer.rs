@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::command::{Batch, Command, WriteOutcome};
+use crate::counters::CatalogCounters;
 use crate::types::Raft;
 
 /// Most commands in one entry.
@@ -46,9 +47,12 @@ pub(crate) struct Proposer {
 
 impl Proposer {
     /// Starts the proposer task for `raft`.
-    pub(crate) fn start(raft: Raft) -> (Proposer, tokio::task::JoinHandle<()>) {
+    pub(crate) fn start(
+        raft: Raft,
+        counters: Arc<CatalogCounters>,
+    ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Proposer { tx }, tokio::spawn(run(raft, rx)))
+        (Proposer { tx }, tokio::spawn(run(raft, rx, counters)))
     }
 
     /// Proposes `cmd` and waits until it is committed and applied.
@@ -62,7 +66,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>, counters: Arc<CatalogCounters>) {
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     loop {
         let Ok(permit) = inflight.clone().acquire_owned().await else {
@@ -82,6 +86,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
                 Err(_) => break,
             }
         }
+        CatalogCounters::inc(&counters.batches);
+        counters
+            .batched_writes
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Committing happens in its own task so the next batch forms meanwhile.
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -7,9 +7,12 @@ use meridian_protos::catalog::{ForwardReply, ForwardRequest, RaftPayload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, instrument, warn};
+
+use std::sync::Arc;
 
 use crate::command::Command;
+use crate::counters::CatalogCounters;
 use crate::network::MAX_RPC_MESSAGE;
 use crate::proposer::{ProposeError, Proposer};
 use crate::types::Raft;
@@ -18,18 +21,28 @@ use crate::types::Raft;
 pub(crate) fn services(
     raft: Raft,
     proposer: Proposer,
+    counters: Arc<CatalogCounters>,
 ) -> (RaftServer<RaftService>, CatalogServer<ForwardService>) {
-    let r = RaftServer::new(RaftService { raft })
-        .max_decoding_message_size(MAX_RPC_MESSAGE)
-        .max_encoding_message_size(MAX_RPC_MESSAGE);
-    let c = CatalogServer::new(ForwardService { proposer })
+    let r = RaftServer::new(RaftService {
+        raft,
+        counters: counters.clone(),
+    })
+    .max_decoding_message_size(MAX_RPC_MESSAGE)
+    .max_encoding_message_size(MAX_RPC_MESSAGE);
+    let c = CatalogServer::new(ForwardService { proposer, counters })
         .max_decoding_message_size(MAX_RPC_MESSAGE)
         .max_encoding_message_size(MAX_RPC_MESSAGE);
     (r, c)
 }
 
-fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Status> {
+/// Decodes a payload; a malformed one is logged and counted here, the one place for that event.
+fn decode<T: DeserializeOwned>(
+    counters: &CatalogCounters,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, Status> {
     serde_json::from_slice(bytes).map_err(|e| {
+        CatalogCounters::inc(&counters.rpc_rejected);
         warn!(rpc = what, error = %e, "rejected a malformed rpc payload");
         Status::invalid_argument(format!("malformed {what} payload: {e}"))
     })
@@ -44,28 +57,36 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 /// Raft messages from peers, handed to openraft.
 pub(crate) struct RaftService {
     raft: Raft,
+    counters: Arc<CatalogCounters>,
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    #[instrument(level = "debug", skip_all, name = "raft_append")]
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode("append_entries", &request.into_inner().json)?;
+        let rpc = decode(&self.counters, "append_entries", &request.into_inner().json)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
+    #[instrument(level = "debug", skip_all, name = "raft_vote")]
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode("vote", &request.into_inner().json)?;
+        let rpc = decode(&self.counters, "vote", &request.into_inner().json)?;
         encode(&self.raft.vote(rpc).await)
     }
 
+    #[instrument(level = "debug", skip_all, name = "raft_snapshot")]
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode("install_snapshot", &request.into_inner().json)?;
+        let rpc = decode(
+            &self.counters,
+            "install_snapshot",
+            &request.into_inner().json,
+        )?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }
@@ -73,15 +94,17 @@ impl RaftRpc for RaftService {
 /// Writes forwarded by followers; applied here if this node leads.
 pub(crate) struct ForwardService {
     proposer: Proposer,
+    counters: Arc<CatalogCounters>,
 }
 
 #[tonic::async_trait]
 impl CatalogRpc for ForwardService {
+    #[instrument(level = "debug", skip_all, name = "forwarded_write")]
     async fn forward(
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
-        let cmd: Command = decode("forward", &request.into_inner().command)?;
+        let cmd: Command = decode(&self.counters, "forward", &request.into_inner().command)?;
         let result = match self.proposer.propose(cmd).await {
             Ok(outcome) => match serde_json::to_vec(&outcome) {
                 Ok(bytes) => ForwardResult::Outcome(bytes),

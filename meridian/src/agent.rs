@@ -50,9 +50,14 @@ impl Agent {
             .context("cannot start the catalog")?;
         let api = ApiState::new(catalog.clone(), config.limits.max_body_bytes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(http::serve(listener, api.clone(), async move {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(http::serve(
+            listener,
+            api.clone(),
+            config.limits.max_connections,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, "agent started");
         Ok(Agent {
             config,
@@ -127,12 +132,14 @@ impl Agent {
             let _ = stop.send(());
         }
         api.begin_shutdown();
-        if let Some(server) = server {
-            match tokio::time::timeout(HTTP_DRAIN, server).await {
+        if let Some(mut server) = server {
+            match tokio::time::timeout(HTTP_DRAIN, &mut server).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
                 Err(_) => {
+                    // Dropping the handle would leave the server running on a closed catalog.
+                    server.abort();
                     tracing::warn!("HTTP requests still in flight after {HTTP_DRAIN:?}; closing")
                 }
             }

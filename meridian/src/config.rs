@@ -180,6 +180,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// How long a write may wait for a leader and a commit, in milliseconds.
     pub write_timeout_ms: u64,
+    /// Most HTTP connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -187,9 +189,17 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 512 * 1024,
             write_timeout_ms: 10_000,
+            // Below the usual 1024 open-file limit, which RocksDB and Raft share.
+            max_connections: 512,
         }
     }
 }
+
+/// Largest `limits.max_body_bytes`: a body is buffered whole before it is decoded.
+const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest Raft timing and write timeout, in milliseconds. Beyond it a value is surely a mistake,
+/// and far beyond it `Instant::now() + timeout` overflows and panics.
+const MAX_TIMING_MS: u64 = 10 * 60 * 1000;
 
 /// Values given on the command line, which win over the file.
 #[derive(Clone, Debug, Default)]
@@ -409,6 +419,19 @@ impl Config {
         }
 
         let r = &self.raft;
+        for (key, ms) in [
+            ("raft.heartbeat_ms", r.heartbeat_ms),
+            ("raft.election_timeout_min_ms", r.election_timeout_min_ms),
+            ("raft.election_timeout_max_ms", r.election_timeout_max_ms),
+            ("limits.write_timeout_ms", self.limits.write_timeout_ms),
+        ] {
+            if ms > MAX_TIMING_MS {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at most {MAX_TIMING_MS} (10 minutes)"),
+                ));
+            }
+        }
         if r.heartbeat_ms == 0 {
             return Err(ConfigError::invalid("raft.heartbeat_ms", "must be > 0"));
         }
@@ -427,10 +450,16 @@ impl Config {
         if r.snapshot_every == 0 {
             return Err(ConfigError::invalid("raft.snapshot_every", "must be > 0"));
         }
-        if self.limits.max_body_bytes < 1024 {
+        if !(1024..=MAX_BODY_LIMIT).contains(&self.limits.max_body_bytes) {
             return Err(ConfigError::invalid(
                 "limits.max_body_bytes",
-                "must be at least 1024",
+                format!("must be between 1024 and {MAX_BODY_LIMIT}"),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_connections",
+                "must be > 0",
             ));
         }
         if self.limits.write_timeout_ms == 0 {
@@ -634,6 +663,22 @@ mod tests {
         let mut c = good();
         c.raft.election_timeout_max_ms = c.raft.election_timeout_min_ms;
         assert_eq!(invalid_key(&c), "raft.election_timeout_max_ms");
+
+        let mut c = good();
+        c.raft.election_timeout_max_ms = u64::MAX;
+        assert_eq!(invalid_key(&c), "raft.election_timeout_max_ms");
+
+        let mut c = good();
+        c.limits.write_timeout_ms = u64::MAX;
+        assert_eq!(invalid_key(&c), "limits.write_timeout_ms");
+
+        let mut c = good();
+        c.limits.max_body_bytes = usize::MAX;
+        assert_eq!(invalid_key(&c), "limits.max_body_bytes");
+
+        let mut c = good();
+        c.limits.max_connections = 0;
+        assert_eq!(invalid_key(&c), "limits.max_connections");
     }
 
     #[test]

@@ -20,9 +20,15 @@ pub enum DurationError {
     Overflow(String),
 }
 
+/// Longest duration accepted: Go's `time.Duration` is an `i64` of nanoseconds (about 292 years), so
+/// Consul never sends more. The bound also keeps `Instant::now() + d` from overflowing (a panic)
+/// wherever a duration from the network becomes a deadline.
+pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX.unsigned_abs());
+
 /// Parses a Go duration: a sequence of decimal numbers, each with an optional fraction and a unit
 /// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as `"300ms"` or `"1h2m3.5s"`. `"0"` alone is
-/// allowed, as in Go. A leading `+` is accepted; a leading `-` is rejected.
+/// allowed, as in Go. A leading `+` is accepted; a leading `-` is rejected; more than
+/// [`MAX_DURATION`] is an overflow, as in Go.
 pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
     let invalid = || DurationError::Invalid(input.to_owned());
     let mut s = input;
@@ -80,11 +86,11 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
         }
         total = total.checked_add(nanos).ok_or_else(overflow)?;
     }
-    let secs = u64::try_from(total / 1_000_000_000)
-        .map_err(|_| DurationError::Overflow(input.to_owned()))?;
-    // The remainder is below 1e9, so it fits.
-    let sub = (total % 1_000_000_000) as u32;
-    Ok(Duration::new(secs, sub))
+    if total > MAX_DURATION.as_nanos() {
+        return Err(DurationError::Overflow(input.to_owned()));
+    }
+    let nanos = u64::try_from(total).map_err(|_| DurationError::Overflow(input.to_owned()))?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Formats a duration the way Go's `Duration.String` does for the values Consul shows
@@ -174,10 +180,17 @@ mod tests {
             parse_go_duration("-1s"),
             Err(DurationError::Negative(_))
         ));
-        assert!(matches!(
-            parse_go_duration("99999999999999999999999h"),
-            Err(DurationError::Overflow(_))
-        ));
+        for s in [
+            "99999999999999999999999h",
+            "2562048h",
+            "9223372036854775808ns",
+        ] {
+            assert!(
+                matches!(parse_go_duration(s), Err(DurationError::Overflow(_))),
+                "{s}"
+            );
+        }
+        assert_eq!(parse_go_duration("9223372036854775807ns"), Ok(MAX_DURATION));
     }
 
     #[test]

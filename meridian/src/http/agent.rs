@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::blocking::flag;
 use super::body::read_body;
-use super::catalog::{Pairs, read};
+use super::catalog::{Pairs, answer, read_view};
 use super::consul::{AgentServiceJson, HealthCheckJson};
 use super::register::{
     build_registration, decode_check_update, decode_service_definition, truncate_output,
@@ -36,27 +36,22 @@ pub(super) async fn agent_self(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
+    let (view, _) = read_view(&state, &q).await?;
     let cat = state.catalog();
-    let (dc, node) = (cat.datacenter().to_owned(), cat.node_name().to_owned());
-    read(&state, &q, move |view, _| {
-        let addr = view
-            .local()
-            .node(&node)
-            .map(|n| n.address.clone())
-            .unwrap_or_default();
-        json!({
-            "Config": {
-                "Datacenter": dc,
-                "NodeName": node,
-                "NodeID": "",
-                "Server": true,
-                "Version": env!("CARGO_PKG_VERSION"),
-            },
-            "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
-            "Meta": {},
-        })
-    })
-    .await
+    let (dc, node) = (cat.datacenter(), cat.node_name());
+    let addr = view.local().node(node).map_or("", |n| n.address.as_str());
+    let body = json!({
+        "Config": {
+            "Datacenter": dc,
+            "NodeName": node,
+            "NodeID": "",
+            "Server": true,
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
+        "Meta": {},
+    });
+    Ok(answer(&state, &view, &body))
 }
 
 /// `GET /v1/agent/services`: this node's instances, by ID.
@@ -64,15 +59,15 @@ pub(super) async fn agent_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let node = state.catalog().node_name().to_owned();
-    read(&state, &q, move |view, _| {
-        view.local()
-            .instances()
-            .filter(|i| i.node == node)
-            .map(|i| (i.id.clone(), AgentServiceJson::new(view.datacenter(), i)))
-            .collect::<BTreeMap<_, _>>()
-    })
-    .await
+    let (view, _) = read_view(&state, &q).await?;
+    let node = state.catalog().node_name();
+    let services: BTreeMap<&str, _> = view
+        .local()
+        .instances()
+        .filter(|i| i.node == node)
+        .map(|i| (i.id.as_str(), AgentServiceJson::new(view.datacenter(), i)))
+        .collect();
+    Ok(answer(&state, &view, &services))
 }
 
 /// `GET /v1/agent/service/{id}`: one of this node's instances.
@@ -82,16 +77,20 @@ pub(super) async fn agent_service(
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
     let cat = state.catalog();
-    let node = cat.node_name().to_owned();
-    if cat.view().local().instance(&node, &id).is_none() {
+    // Checked before blocking too, so that a wrong ID fails at once rather than after the wait.
+    if cat.view().local().instance(cat.node_name(), &id).is_none() {
         return Err(unknown_service(&id));
     }
-    read(&state, &q, move |view, _| {
-        view.local()
-            .instance(&node, &id)
-            .map(|i| AgentServiceJson::new(view.datacenter(), i))
-    })
-    .await
+    let (view, _) = read_view(&state, &q).await?;
+    let inst = view
+        .local()
+        .instance(cat.node_name(), &id)
+        .ok_or_else(|| unknown_service(&id))?;
+    Ok(answer(
+        &state,
+        &view,
+        &AgentServiceJson::new(view.datacenter(), inst),
+    ))
 }
 
 /// `GET /v1/agent/checks`: this node's checks, by ID.
@@ -99,20 +98,19 @@ pub(super) async fn agent_checks(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let node = state.catalog().node_name().to_owned();
-    read(&state, &q, move |view, _| {
-        let dc = view.local();
-        dc.checks_on(&node)
-            .map(|c| {
-                let tags = dc
-                    .instance(&c.node, &c.service_id)
-                    .map(|i| i.tags.as_slice())
-                    .unwrap_or_default();
-                (c.id.clone(), HealthCheckJson::new(c, tags))
-            })
-            .collect::<BTreeMap<_, _>>()
-    })
-    .await
+    let (view, _) = read_view(&state, &q).await?;
+    let dc = view.local();
+    let checks: BTreeMap<&str, _> = dc
+        .checks_on(state.catalog().node_name())
+        .map(|c| {
+            let tags = dc
+                .instance(&c.node, &c.service_id)
+                .map(|i| i.tags.as_slice())
+                .unwrap_or_default();
+            (c.id.as_str(), HealthCheckJson::new(c, tags))
+        })
+        .collect();
+    Ok(answer(&state, &view, &checks))
 }
 
 /// `PUT /v1/agent/service/register[?replace-existing-checks]`.
@@ -168,31 +166,19 @@ fn note(q: &[(String, String)]) -> String {
         .unwrap_or_default()
 }
 
-/// `PUT /v1/agent/check/pass/{id}?note=`.
-pub(super) async fn check_pass(
+/// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=`.
+pub(super) async fn check_set(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    Path((verb, id)): Path<(String, String)>,
     Query(q): Pairs,
 ) -> Result<(), ApiError> {
-    ttl_update(&state, &id, Health::Passing, &note(&q)).await
-}
-
-/// `PUT /v1/agent/check/warn/{id}?note=`.
-pub(super) async fn check_warn(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Pairs,
-) -> Result<(), ApiError> {
-    ttl_update(&state, &id, Health::Warning, &note(&q)).await
-}
-
-/// `PUT /v1/agent/check/fail/{id}?note=`.
-pub(super) async fn check_fail(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Pairs,
-) -> Result<(), ApiError> {
-    ttl_update(&state, &id, Health::Critical, &note(&q)).await
+    let status = match verb.as_str() {
+        "pass" => Health::Passing,
+        "warn" => Health::Warning,
+        "fail" => Health::Critical,
+        _ => return Err(super::unknown_path().await),
+    };
+    ttl_update(&state, &id, status, &note(&q)).await
 }
 
 /// `PUT /v1/agent/check/update/{id}` with `{"Status": ..., "Output": ...}`.

@@ -95,9 +95,13 @@ pub fn reported_index(view: &View) -> u64 {
     view.local().index().max(1)
 }
 
-/// The view to answer with: at once, or (for a blocking query whose index is still current) the
-/// first view with another index, or the current one when the wait (plus jitter) runs out or
-/// `closing` turns true.
+/// The view to answer with: at once, or (for a blocking query whose index is not behind the
+/// catalog's) the first view with a greater index, or the current one when the wait (plus jitter)
+/// runs out or `closing` turns true.
+///
+/// As in Consul, a query blocks while the index is *at most* the one asked for: a client that has
+/// seen index N from one agent and asks a lagging one waits for it to catch up, rather than being
+/// answered at once with older data.
 pub async fn wait_for_view(
     catalog: &Catalog,
     params: &ReadParams,
@@ -108,7 +112,7 @@ pub async fn wait_for_view(
     };
     let mut rx = catalog.watch();
     let current = rx.borrow_and_update().clone();
-    if reported_index(&current) != index {
+    if reported_index(&current) > index {
         return current;
     }
     let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
@@ -120,7 +124,7 @@ pub async fn wait_for_view(
         tokio::select! {
             changed = rx.changed() => {
                 let view = rx.borrow_and_update().clone();
-                if changed.is_err() || reported_index(&view) != index {
+                if changed.is_err() || reported_index(&view) > index {
                     return view;
                 }
             }

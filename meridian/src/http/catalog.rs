@@ -1,11 +1,13 @@
 //! The read endpoints over the datacenter's catalog: `/v1/catalog/*`, `/v1/health/service/*`
 //! and `/v1/status/*`, all answered from the current view, blocking where Consul blocks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use meridian_topology::dc::DcState;
 use meridian_topology::{Health, Instance, View};
 use serde::Serialize;
 
@@ -16,23 +18,31 @@ use super::{ApiError, ApiState};
 /// Query pairs in order, so that repeated keys (`?tag=a&tag=b`) survive.
 pub(super) type Pairs = Query<Vec<(String, String)>>;
 
-/// Parses the read parameters, waits as a blocking query asks, and answers `build(view)` as
-/// JSON with Consul's index headers.
-pub(super) async fn read<T: Serialize>(
+/// Parses the read parameters and waits as a blocking query asks: the view to answer from.
+pub(super) async fn read_view(
     state: &ApiState,
     pairs: &[(String, String)],
-    build: impl FnOnce(&View, &ReadParams) -> T,
-) -> Result<Response, ApiError> {
+) -> Result<(Arc<View>, ReadParams), ApiError> {
     let params = ReadParams::parse(pairs)?;
     let cat = state.catalog();
     params.check_dc(&cat.view())?;
     let view = wait_for_view(cat, &params, state.closing()).await;
-    let body = build(&view, &params);
-    Ok((consul_headers(cat, &view), Json(body)).into_response())
+    Ok((view, params))
 }
 
-fn has_tags(inst: &Instance, tags: &[String]) -> bool {
-    tags.iter().all(|t| inst.tags.contains(t))
+/// `body` as JSON with Consul's index headers for `view`.
+pub(super) fn answer(state: &ApiState, view: &View, body: &impl Serialize) -> Response {
+    (consul_headers(state.catalog(), view), Json(body)).into_response()
+}
+
+/// The instances of `name` that carry every tag `p` asks for.
+fn tagged_instances<'a>(
+    dc: &'a DcState,
+    name: &str,
+    p: &'a ReadParams,
+) -> impl Iterator<Item = &'a Instance> + 'a {
+    dc.instances_of(name)
+        .filter(|i| p.tags.iter().all(|t| i.tags.contains(t)))
 }
 
 /// `GET /v1/catalog/services`: service name to the union of its instances' tags.
@@ -40,21 +50,19 @@ pub(super) async fn catalog_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    read(&state, &q, |view, _| {
-        let dc = view.local();
-        dc.service_names()
-            .map(|name| {
-                let mut tags: Vec<String> = dc
-                    .instances_of(name)
-                    .flat_map(|i| i.tags.iter().cloned())
-                    .collect();
-                tags.sort_unstable();
-                tags.dedup();
-                (name.to_owned(), tags)
-            })
-            .collect::<BTreeMap<_, _>>()
-    })
-    .await
+    let (view, _) = read_view(&state, &q).await?;
+    let dc = view.local();
+    let services: BTreeMap<&str, BTreeSet<&str>> = dc
+        .service_names()
+        .map(|name| {
+            let tags = dc
+                .instances_of(name)
+                .flat_map(|i| i.tags.iter().map(String::as_str))
+                .collect();
+            (name, tags)
+        })
+        .collect();
+    Ok(answer(&state, &view, &services))
 }
 
 /// `GET /v1/catalog/service/{name}`: the instances of a service (`?tag=` filters).
@@ -63,14 +71,12 @@ pub(super) async fn catalog_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    read(&state, &q, |view, p| {
-        let dc = view.local();
-        dc.instances_of(&name)
-            .filter(|i| has_tags(i, &p.tags))
-            .map(|i| CatalogServiceJson::new(view.datacenter(), dc, i))
-            .collect::<Vec<_>>()
-    })
-    .await
+    let (view, p) = read_view(&state, &q).await?;
+    let dc = view.local();
+    let entries: Vec<_> = tagged_instances(dc, &name, &p)
+        .map(|i| CatalogServiceJson::new(view.datacenter(), dc, i))
+        .collect();
+    Ok(answer(&state, &view, &entries))
 }
 
 /// `GET /v1/health/service/{name}`: instances with their node and checks (`?passing`, `?tag=`).
@@ -79,15 +85,13 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    read(&state, &q, |view, p| {
-        let dc = view.local();
-        dc.instances_of(&name)
-            .filter(|i| has_tags(i, &p.tags))
-            .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
-            .map(|i| ServiceEntryJson::new(view.datacenter(), dc, i))
-            .collect::<Vec<_>>()
-    })
-    .await
+    let (view, p) = read_view(&state, &q).await?;
+    let dc = view.local();
+    let entries: Vec<_> = tagged_instances(dc, &name, &p)
+        .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
+        .map(|i| ServiceEntryJson::new(view.datacenter(), dc, i))
+        .collect();
+    Ok(answer(&state, &view, &entries))
 }
 
 /// `GET /v1/catalog/nodes`.
@@ -95,13 +99,13 @@ pub(super) async fn catalog_nodes(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    read(&state, &q, |view, _| {
-        view.local()
-            .nodes()
-            .map(|n| NodeJson::new(view.datacenter(), &n.name, Some(n)))
-            .collect::<Vec<_>>()
-    })
-    .await
+    let (view, _) = read_view(&state, &q).await?;
+    let nodes: Vec<_> = view
+        .local()
+        .nodes()
+        .map(|n| NodeJson::new(view.datacenter(), &n.name, Some(n)))
+        .collect();
+    Ok(answer(&state, &view, &nodes))
 }
 
 /// `GET /v1/catalog/datacenters`: the datacenters this node knows, local first.

@@ -1,5 +1,8 @@
 //! The JSON shapes Consul's HTTP API answers with (PascalCase, same types), built from the
 //! catalog's model, so that existing Consul clients decode our answers unchanged.
+//!
+//! They borrow from the view they describe: a read serializes straight from the catalog instead
+//! of copying every string of every instance first.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +11,9 @@ use meridian_topology::{Check, Instance, Node};
 use serde::Serialize;
 
 use crate::duration::format_go_duration;
+
+/// Metadata of a node missing from the catalog.
+static NO_META: BTreeMap<String, String> = BTreeMap::new();
 
 /// SRV weights.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -31,56 +37,61 @@ impl From<meridian_topology::Weights> for WeightsJson {
 /// A node, as in `/v1/catalog/nodes` and the `Node` of a health entry.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct NodeJson {
+pub struct NodeJson<'a> {
     /// Consul's node UUID; Meridian nodes have none yet, so it is empty.
     #[serde(rename = "ID")]
-    pub id: String,
+    pub id: &'static str,
     /// Node name.
-    pub node: String,
+    pub node: &'a str,
     /// Node address.
-    pub address: String,
+    pub address: &'a str,
     /// Datacenter.
-    pub datacenter: String,
+    pub datacenter: &'a str,
     /// `lan`, `lan_ipv4`, `wan`, `wan_ipv4`: the node's address, as Consul fills them by default.
-    pub tagged_addresses: BTreeMap<String, String>,
+    pub tagged_addresses: BTreeMap<&'static str, &'a str>,
     /// Node metadata.
-    pub meta: BTreeMap<String, String>,
+    pub meta: &'a BTreeMap<String, String>,
     /// Raft index that created the node.
     pub create_index: u64,
     /// Raft index that last changed the node.
     pub modify_index: u64,
 }
 
-impl NodeJson {
+impl<'a> NodeJson<'a> {
     /// Builds the node `name` of datacenter `dc`; a node missing from the catalog gets an empty
     /// address rather than failing the whole answer.
-    pub fn new(dc: &str, name: &str, node: Option<&Node>) -> Self {
-        let address = node.map(|n| n.address.clone()).unwrap_or_default();
+    pub fn new(dc: &'a str, name: &'a str, node: Option<&'a Node>) -> Self {
+        let address = node.map_or("", |n| n.address.as_str());
         NodeJson {
-            id: String::new(),
-            node: name.to_owned(),
-            datacenter: dc.to_owned(),
-            tagged_addresses: tagged(&address),
-            meta: node.map(|n| n.meta.clone()).unwrap_or_default(),
+            id: "",
+            node: name,
             address,
+            datacenter: dc,
+            tagged_addresses: tagged(address),
+            meta: node.map_or(&NO_META, |n| &n.meta),
             create_index: node.map_or(0, |n| n.create_index),
             modify_index: node.map_or(0, |n| n.modify_index),
         }
     }
 }
 
-fn tagged(address: &str) -> BTreeMap<String, String> {
-    if address.is_empty() {
-        return BTreeMap::new();
-    }
-    let v4 = address.parse::<std::net::Ipv4Addr>().is_ok();
+fn tagged(address: &str) -> BTreeMap<&'static str, &str> {
     let mut m = BTreeMap::new();
-    for k in ["lan", "wan"] {
-        m.insert(k.to_owned(), address.to_owned());
-        let family = if v4 { "ipv4" } else { "ipv6" };
-        if address.parse::<std::net::IpAddr>().is_ok() {
-            m.insert(format!("{k}_{family}"), address.to_owned());
+    if address.is_empty() {
+        return m;
+    }
+    m.insert("lan", address);
+    m.insert("wan", address);
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => {
+            m.insert("lan_ipv4", address);
+            m.insert("wan_ipv4", address);
         }
+        Ok(std::net::IpAddr::V6(_)) => {
+            m.insert("lan_ipv6", address);
+            m.insert("wan_ipv6", address);
+        }
+        Err(_) => {}
     }
     m
 }
@@ -88,45 +99,45 @@ fn tagged(address: &str) -> BTreeMap<String, String> {
 /// An instance as `/v1/agent/services` and a health entry's `Service` show it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct AgentServiceJson {
+pub struct AgentServiceJson<'a> {
     /// Instance ID.
     #[serde(rename = "ID")]
-    pub id: String,
+    pub id: &'a str,
     /// Service name.
-    pub service: String,
+    pub service: &'a str,
     /// Tags.
-    pub tags: Vec<String>,
+    pub tags: &'a [String],
     /// Metadata.
-    pub meta: BTreeMap<String, String>,
+    pub meta: &'a BTreeMap<String, String>,
     /// Port.
     pub port: u16,
     /// Instance address (empty: the node's).
-    pub address: String,
+    pub address: &'a str,
     /// SRV weights.
     pub weights: WeightsJson,
     /// Always false (no anti-entropy).
     pub enable_tag_override: bool,
     /// Datacenter.
-    pub datacenter: String,
+    pub datacenter: &'a str,
     /// Raft index that created the instance.
     pub create_index: u64,
     /// Raft index that last changed the instance.
     pub modify_index: u64,
 }
 
-impl AgentServiceJson {
+impl<'a> AgentServiceJson<'a> {
     /// Builds from an instance of datacenter `dc`.
-    pub fn new(dc: &str, i: &Instance) -> Self {
+    pub fn new(dc: &'a str, i: &'a Instance) -> Self {
         AgentServiceJson {
-            id: i.id.clone(),
-            service: i.service.clone(),
-            tags: i.tags.clone(),
-            meta: i.meta.clone(),
+            id: &i.id,
+            service: &i.service,
+            tags: &i.tags,
+            meta: &i.meta,
             port: i.port,
-            address: i.address.clone(),
+            address: &i.address,
             weights: i.weights.into(),
             enable_tag_override: false,
-            datacenter: dc.to_owned(),
+            datacenter: dc,
             create_index: i.create_index,
             modify_index: i.modify_index,
         }
@@ -136,30 +147,30 @@ impl AgentServiceJson {
 /// A health check as `/v1/health/service/...` and `/v1/agent/checks` show it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct HealthCheckJson {
+pub struct HealthCheckJson<'a> {
     /// Node.
-    pub node: String,
+    pub node: &'a str,
     /// Check ID.
     #[serde(rename = "CheckID")]
-    pub check_id: String,
+    pub check_id: &'a str,
     /// Name.
-    pub name: String,
+    pub name: &'a str,
     /// `passing`, `warning` or `critical`.
-    pub status: String,
+    pub status: &'static str,
     /// Notes.
-    pub notes: String,
+    pub notes: &'a str,
     /// Output of the last run.
-    pub output: String,
+    pub output: &'a str,
     /// Instance ID (empty for node checks).
     #[serde(rename = "ServiceID")]
-    pub service_id: String,
+    pub service_id: &'a str,
     /// Service name.
-    pub service_name: String,
+    pub service_name: &'a str,
     /// The instance's tags.
-    pub service_tags: Vec<String>,
+    pub service_tags: &'a [String],
     /// `tcp`, `http`, `ttl` or empty.
     #[serde(rename = "Type")]
-    pub kind: String,
+    pub kind: &'static str,
     /// Interval as a Go duration (empty for TTL checks).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub interval: String,
@@ -172,9 +183,9 @@ pub struct HealthCheckJson {
     pub modify_index: u64,
 }
 
-impl HealthCheckJson {
+impl<'a> HealthCheckJson<'a> {
     /// Builds from a check; `tags` are its instance's.
-    pub fn new(c: &Check, tags: &[String]) -> Self {
+    pub fn new(c: &'a Check, tags: &'a [String]) -> Self {
         let (interval, timeout) = match &c.spec {
             Some(s) if c.type_name() != "ttl" => (
                 format_go_duration(s.interval),
@@ -183,20 +194,16 @@ impl HealthCheckJson {
             _ => (String::new(), String::new()),
         };
         HealthCheckJson {
-            node: c.node.clone(),
-            check_id: c.id.clone(),
-            name: c.name.clone(),
-            status: c.status.as_str().to_owned(),
-            notes: c.notes.clone(),
-            output: c.output.clone(),
-            service_id: c.service_id.clone(),
-            service_name: c.service_name.clone(),
-            service_tags: if c.service_id.is_empty() {
-                Vec::new()
-            } else {
-                tags.to_vec()
-            },
-            kind: c.type_name().to_owned(),
+            node: &c.node,
+            check_id: &c.id,
+            name: &c.name,
+            status: c.status.as_str(),
+            notes: &c.notes,
+            output: &c.output,
+            service_id: &c.service_id,
+            service_name: &c.service_name,
+            service_tags: if c.service_id.is_empty() { &[] } else { tags },
+            kind: c.type_name(),
             interval,
             timeout,
             create_index: c.create_index,
@@ -208,18 +215,18 @@ impl HealthCheckJson {
 /// One entry of `/v1/health/service/{name}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ServiceEntryJson {
+pub struct ServiceEntryJson<'a> {
     /// The node.
-    pub node: NodeJson,
+    pub node: NodeJson<'a>,
     /// The instance.
-    pub service: AgentServiceJson,
+    pub service: AgentServiceJson<'a>,
     /// Its checks and its node's.
-    pub checks: Vec<HealthCheckJson>,
+    pub checks: Vec<HealthCheckJson<'a>>,
 }
 
-impl ServiceEntryJson {
+impl<'a> ServiceEntryJson<'a> {
     /// Builds the entry of `inst` from the datacenter's state.
-    pub fn new(dc_name: &str, dc: &DcState, inst: &Instance) -> Self {
+    pub fn new(dc_name: &'a str, dc: &'a DcState, inst: &'a Instance) -> Self {
         ServiceEntryJson {
             node: NodeJson::new(dc_name, &inst.node, dc.node(&inst.node)),
             service: AgentServiceJson::new(dc_name, inst),
@@ -234,35 +241,35 @@ impl ServiceEntryJson {
 /// One entry of `/v1/catalog/service/{name}` (Consul's `CatalogService`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CatalogServiceJson {
+pub struct CatalogServiceJson<'a> {
     /// Node UUID (empty).
     #[serde(rename = "ID")]
-    pub id: String,
+    pub id: &'static str,
     /// Node name.
-    pub node: String,
+    pub node: &'a str,
     /// Node address.
-    pub address: String,
+    pub address: &'a str,
     /// Datacenter.
-    pub datacenter: String,
+    pub datacenter: &'a str,
     /// The node's tagged addresses.
-    pub tagged_addresses: BTreeMap<String, String>,
+    pub tagged_addresses: BTreeMap<&'static str, &'a str>,
     /// The node's metadata.
-    pub node_meta: BTreeMap<String, String>,
+    pub node_meta: &'a BTreeMap<String, String>,
     /// Always empty (typical service).
-    pub service_kind: String,
+    pub service_kind: &'static str,
     /// Instance ID.
     #[serde(rename = "ServiceID")]
-    pub service_id: String,
+    pub service_id: &'a str,
     /// Service name.
-    pub service_name: String,
+    pub service_name: &'a str,
     /// Tags.
-    pub service_tags: Vec<String>,
+    pub service_tags: &'a [String],
     /// Instance address.
-    pub service_address: String,
+    pub service_address: &'a str,
     /// SRV weights.
     pub service_weights: WeightsJson,
     /// Metadata.
-    pub service_meta: BTreeMap<String, String>,
+    pub service_meta: &'a BTreeMap<String, String>,
     /// Port.
     pub service_port: u16,
     /// Always false.
@@ -273,9 +280,9 @@ pub struct CatalogServiceJson {
     pub modify_index: u64,
 }
 
-impl CatalogServiceJson {
+impl<'a> CatalogServiceJson<'a> {
     /// Builds the entry of `inst` from the datacenter's state.
-    pub fn new(dc_name: &str, dc: &DcState, inst: &Instance) -> Self {
+    pub fn new(dc_name: &'a str, dc: &'a DcState, inst: &'a Instance) -> Self {
         let node = NodeJson::new(dc_name, &inst.node, dc.node(&inst.node));
         CatalogServiceJson {
             id: node.id,
@@ -284,13 +291,13 @@ impl CatalogServiceJson {
             datacenter: node.datacenter,
             tagged_addresses: node.tagged_addresses,
             node_meta: node.meta,
-            service_kind: String::new(),
-            service_id: inst.id.clone(),
-            service_name: inst.service.clone(),
-            service_tags: inst.tags.clone(),
-            service_address: inst.address.clone(),
+            service_kind: "",
+            service_id: &inst.id,
+            service_name: &inst.service,
+            service_tags: &inst.tags,
+            service_address: &inst.address,
             service_weights: inst.weights.into(),
-            service_meta: inst.meta.clone(),
+            service_meta: &inst.meta,
             service_port: inst.port,
             service_enable_tag_override: false,
             create_index: inst.create_index,

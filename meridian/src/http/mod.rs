@@ -1,5 +1,6 @@
 //! The Consul-compatible HTTP API and `/metrics`: routes, the shared state, the per-request span
-//! and counters, the body limit, and serving with a graceful shutdown.
+//! and counters, the body limit, and serving (bounded connections, a request-head deadline, a
+//! graceful shutdown).
 //!
 //! Reads answer from the catalog's current [`View`](meridian_topology::View) (or wait for the
 //! next one in a blocking query); writes go through [`Catalog::write`], which forwards to the
@@ -12,6 +13,7 @@ mod body;
 mod catalog;
 pub mod consul;
 mod error;
+mod listener;
 mod metrics;
 pub mod register;
 
@@ -21,20 +23,22 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::serve::ListenerExt;
 use meridian_catalog::Catalog;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use listener::{Activity, LimitedListener};
+
 pub use blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
 pub use error::ApiError;
+pub use listener::HEADER_READ_TIMEOUT;
 pub use metrics::HttpMetrics;
 
 /// What every handler shares. Cheap to clone.
@@ -102,10 +106,9 @@ pub fn router(state: ApiState) -> Router {
             put(agent::deregister_service),
         )
         .route("/v1/agent/service/{id}", get(agent::agent_service))
-        .route("/v1/agent/check/pass/{id}", put(agent::check_pass))
-        .route("/v1/agent/check/warn/{id}", put(agent::check_warn))
-        .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
+        // `update` takes a body; `pass`, `warn` and `fail` differ only in the status they set.
         .route("/v1/agent/check/update/{id}", put(agent::check_update))
+        .route("/v1/agent/check/{verb}/{id}", put(agent::check_set))
         .route("/v1/catalog/services", get(catalog::catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog::catalog_service))
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
@@ -124,30 +127,35 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then ends blocking queries and
-/// finishes the requests in flight.
+/// finishes the requests in flight. At most `max_connections` are open at once, and each must
+/// send a request head within [`HEADER_READ_TIMEOUT`] whenever it has no request in flight.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    // Small request/response exchanges: Nagle's delay would add tens of milliseconds to each.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state.begin_shutdown();
-        })
-        .await
+    let listener = LimitedListener::new(listener, max_connections, HEADER_READ_TIMEOUT);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<Activity>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        state.begin_shutdown();
+    })
+    .await
 }
 
 /// One span per request, and the one place requests are counted and logged.
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    // Lifts the connection's request-head deadline while this request is handled.
+    let _busy = req
+        .extensions()
+        .get::<ConnectInfo<Activity>>()
+        .map(|c| c.0.begin());
     async move {
         let started = Instant::now();
         let mut resp = next.run(req).await;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::duration::parse_go_duration;
+use crate::duration::{MAX_DURATION, parse_go_duration};
 
 /// Shortest check interval; shorter ones are raised to it, as Consul does.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -314,26 +314,27 @@ fn canonicalize(value: &mut Value, fields: &[&str]) {
     let Value::Object(map) = value else {
         return;
     };
-    let squash = |s: &str| -> String {
-        s.chars()
-            .filter(|c| *c != '_')
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
     let old = std::mem::take(map);
     for (k, v) in old {
         let key = if fields.contains(&k.as_str()) {
             k
         } else {
-            let sk = squash(&k);
             fields
                 .iter()
-                .find(|f| squash(f) == sk)
+                .find(|f| squashed(f).eq(squashed(&k)))
                 .map_or(k, |f| (*f).to_owned())
         };
         // Go keeps the last of two keys that differ only in case; so do we.
         map.insert(key, v);
     }
+}
+
+/// `s` lowercased without underscores, as an iterator: keys are compared this way without
+/// building new strings, since it runs for every key of every body.
+fn squashed(s: &str) -> impl Iterator<Item = u8> + '_ {
+    s.bytes()
+        .filter(|b| *b != b'_')
+        .map(|b| b.to_ascii_lowercase())
 }
 
 /// Whether a JSON value is Go's zero value of its type.
@@ -352,7 +353,15 @@ fn is_zero(v: &Value) -> bool {
 fn duration(what: &str, v: &Option<DurationValue>) -> Result<Option<Duration>, ApiError> {
     match v {
         None => Ok(None),
-        Some(DurationValue::Nanos(n)) => Ok(Some(Duration::from_nanos(*n))),
+        Some(DurationValue::Nanos(n)) => {
+            let d = Duration::from_nanos(*n);
+            if d > MAX_DURATION {
+                return Err(ApiError::bad_request(format!(
+                    "{what}: {n} ns is too large (Go durations end at {MAX_DURATION:?})"
+                )));
+            }
+            Ok(Some(d))
+        }
         Some(DurationValue::Text(s)) if s.is_empty() => Ok(None),
         Some(DurationValue::Text(s)) => parse_go_duration(s)
             .map(Some)
@@ -417,7 +426,7 @@ pub fn build_registration(
     let port = def.port.unwrap_or(0);
     let port = u16::try_from(port)
         .map_err(|_| ApiError::bad_request(format!("Invalid Port {port}: must be in 0..65535")))?;
-    let address = def.address.clone().unwrap_or_default();
+    let address = def.address.unwrap_or_default();
     if !address.is_empty() {
         validate_id("service address", &address)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -427,11 +436,11 @@ pub fn build_registration(
             )));
         }
     }
-    let tags = def.tags.clone().unwrap_or_default();
+    let tags = def.tags.unwrap_or_default();
     for t in &tags {
         validate_id("tag", t).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let meta = def.meta.clone().unwrap_or_default();
+    let meta = def.meta.unwrap_or_default();
     validate_meta(&meta).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let weights = match &def.weights {
         None => Weights::default(),
@@ -912,6 +921,14 @@ mod tests {
                 "TTL: invalid duration",
             ),
             (r#"{"Name": "web", "Check": {"TTL": "-1s"}}"#, "negative"),
+            (
+                r#"{"Name": "web", "Check": {"TTL": 18446744073709551615}}"#,
+                "too large",
+            ),
+            (
+                r#"{"Name": "web", "Check": {"TTL": "2562048h"}}"#,
+                "too large",
+            ),
             (
                 r#"{"Name": "web", "Check": {"TCP": "h:1", "Interval": "soon"}}"#,
                 "Interval",

@@ -1,10 +1,15 @@
 //! Counters the catalog keeps for `/metrics`: plain atomics, read by whoever renders them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Monotonic counters of one catalog node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CatalogCounters {
+    /// When the node started; the origin of `last_append_ms`.
+    started: Instant,
+    /// Milliseconds after `started` of the last AppendEntries from a leader (0: none yet).
+    last_append_ms: AtomicU64,
     /// Write attempts proposed on this node as the leader.
     pub writes_local: AtomicU64,
     /// Write attempts this node forwarded to the leader.
@@ -19,7 +24,40 @@ pub struct CatalogCounters {
     pub rpc_rejected: AtomicU64,
 }
 
+impl Default for CatalogCounters {
+    fn default() -> Self {
+        CatalogCounters {
+            started: Instant::now(),
+            last_append_ms: AtomicU64::new(0),
+            writes_local: AtomicU64::new(0),
+            writes_forwarded: AtomicU64::new(0),
+            writes_failed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batched_writes: AtomicU64::new(0),
+            rpc_rejected: AtomicU64::new(0),
+        }
+    }
+}
+
 impl CatalogCounters {
+    /// Records that a leader's AppendEntries (or heartbeat) arrived now.
+    pub(crate) fn heard_from_leader(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_append_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Time since a leader was last heard from, if ever.
+    pub fn since_last_append(&self) -> Option<Duration> {
+        match self.last_append_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
     /// Adds one to `counter`.
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,13 @@ use crate::{Catalog, Command};
 
 /// Most bytes of an HTTP check's body kept as its output.
 const MAX_OUTPUT: usize = 4096;
+/// Longest interval, TTL or timeout a check task uses: tokio's timers overflow on absurd
+/// durations, and nobody means a check that runs less than once a month.
+const MAX_CHECK_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn bounded(d: Duration) -> Duration {
+    d.clamp(Duration::from_millis(100), MAX_CHECK_PERIOD)
+}
 
 /// Starts, restarts and stops this node's check tasks as the catalog changes.
 #[derive(Clone)]
@@ -124,17 +131,14 @@ impl CheckTask {
         match self.spec.kind.clone() {
             CheckKind::Ttl { ttl } => self.run_ttl(ttl).await,
             kind => {
-                let mut tick =
-                    tokio::time::interval(self.spec.interval.max(Duration::from_millis(100)));
+                let mut tick = tokio::time::interval(bounded(self.spec.interval));
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                let http = reqwest::Client::builder()
-                    .timeout(self.spec.timeout)
-                    .build()
-                    .ok();
+                let timeout = bounded(self.spec.timeout);
+                let http = reqwest::Client::builder().timeout(timeout).build().ok();
                 loop {
                     tick.tick().await;
                     let (status, output) = match &kind {
-                        CheckKind::Tcp { address } => probe_tcp(address, self.spec.timeout).await,
+                        CheckKind::Tcp { address } => probe_tcp(address, timeout).await,
                         CheckKind::Http {
                             url,
                             method,
@@ -152,6 +156,7 @@ impl CheckTask {
     }
 
     async fn run_ttl(&mut self, ttl: Duration) {
+        let ttl = bounded(ttl);
         loop {
             let expired = tokio::select! {
                 () = tokio::time::sleep(ttl) => true,
@@ -164,7 +169,7 @@ impl CheckTask {
                     .check(&self.node, &self.id)
                     .map_or(Health::Critical, |c| c.status);
                 if status != Health::Critical {
-                    info!(ttl_ms = ttl.as_millis() as u64, "TTL expired");
+                    info!(ttl = ?ttl, "TTL expired");
                 }
                 self.report(
                     Health::Critical,

@@ -74,6 +74,25 @@ fn validate(cfg: &CatalogConfig) -> Result<(), CatalogError> {
             cfg.servers.len()
         )));
     }
+    let hour = Duration::from_secs(3600);
+    if cfg.write_timeout.is_zero() || cfg.write_timeout > hour {
+        return Err(CatalogError::Config(format!(
+            "the write timeout must be between 1 ms and 1 h, not {:?}",
+            cfg.write_timeout
+        )));
+    }
+    if [
+        cfg.raft.heartbeat,
+        cfg.raft.election_timeout_min,
+        cfg.raft.election_timeout_max,
+    ]
+    .iter()
+    .any(|d| d.is_zero() || *d > hour)
+    {
+        return Err(CatalogError::Config(
+            "raft heartbeat and election timeouts must be between 1 ms and 1 h".into(),
+        ));
+    }
     if !cfg.servers.contains_key(&cfg.node_id) {
         return Err(CatalogError::Config(format!(
             "node id {} is not one of the servers",
@@ -201,6 +220,7 @@ impl Catalog {
             create_index: 0,
             modify_index: 0,
         };
+        let mut pause = Duration::from_millis(200);
         loop {
             match self
                 .write(Command::RegisterNode { node: node.clone() })
@@ -211,8 +231,10 @@ impl Catalog {
                     return;
                 }
                 Err(CatalogError::Shutdown) => return,
-                Err(e) => debug!(error = %e, "node registration will be retried"),
+                Err(e) => warn!(error = %e, retry_in = ?pause, "node registration failed"),
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -390,21 +412,25 @@ impl Catalog {
                 found: false,
             });
         };
-        self.inner.health.touch_ttl(check_id);
         if check.status == status && check.output == output {
+            self.inner.health.touch_ttl(check_id);
             return Ok(WriteOutcome {
                 index: view.local().index(),
                 changed: false,
                 found: true,
             });
         }
-        self.write(Command::UpdateCheck {
-            node: self.node_name().to_owned(),
-            check_id: check_id.to_owned(),
-            status,
-            output: output.to_owned(),
-        })
-        .await
+        let outcome = self
+            .write(Command::UpdateCheck {
+                node: self.node_name().to_owned(),
+                check_id: check_id.to_owned(),
+                status,
+                output: output.to_owned(),
+            })
+            .await?;
+        // Only a recorded status restarts the TTL: a failed update must still let it lapse.
+        self.inner.health.touch_ttl(check_id);
+        Ok(outcome)
     }
 
     /// Raft's state.
@@ -418,7 +444,7 @@ impl Catalog {
             is_leader: m.state == ServerState::Leader,
             last_contact: match (m.state, &leader) {
                 (ServerState::Leader, _) => Some(Duration::ZERO),
-                (_, Some(_)) => m.millis_since_quorum_ack.map(Duration::from_millis),
+                (_, Some(_)) => self.inner.counters.since_last_append(),
                 _ => None,
             },
             leader,

@@ -68,6 +68,7 @@ impl RaftRpc for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&self.counters, "append_entries", &request.into_inner().json)?;
+        self.counters.heard_from_leader();
         encode(&self.raft.append_entries(rpc).await)
     }
 

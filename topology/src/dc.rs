@@ -138,7 +138,8 @@ impl DcState {
 
     /// Registers (or re-registers) an instance with its checks, which replace the instance's
     /// previous checks. A check that already existed keeps its status and output, so a
-    /// re-registration does not flap a healthy instance. Returns whether anything changed.
+    /// re-registration does not flap a healthy instance; a check ID that belongs to another
+    /// instance on the node is skipped. Returns whether anything changed.
     pub fn register(&mut self, mut inst: Instance, checks: Vec<Check>, index: u64) -> bool {
         let key = inst.key();
         let old = self.instances.get(&key).cloned();
@@ -177,6 +178,8 @@ impl DcState {
         for mut c in checks {
             let ck = (c.node.clone(), c.id.clone());
             match self.checks.get(&ck) {
+                // A check ID belongs to one instance: a registration never takes over another's.
+                Some(old) if old.service_id != c.service_id => continue,
                 Some(old) => {
                     c.status = old.status;
                     c.output.clone_from(&old.output);
@@ -400,7 +403,17 @@ mod tests {
         );
         assert_eq!(s.check("n1", "a").map(|c| c.status), Some(Health::Passing));
         assert!(s.check("n1", "b").is_none());
-        assert!(s.deregister("n1", "web1", 4));
+        // Another instance cannot take over check "a".
+        s.register(
+            inst("n1", "web2", "web"),
+            vec![check("n1", "a", "web2", Health::Passing)],
+            4,
+        );
+        assert_eq!(
+            s.check("n1", "a").map(|c| c.service_id.as_str()),
+            Some("web1")
+        );
+        assert!(s.deregister("n1", "web1", 5));
         assert!(s.check("n1", "a").is_none());
     }
 

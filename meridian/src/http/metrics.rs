@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
-use meridian_catalog::RaftStatus;
+use meridian_catalog::{CatalogCounters, RaftStatus};
 use meridian_topology::View;
 
 /// Request counters of one HTTP server.
@@ -43,8 +43,8 @@ impl HttpMetrics {
         self.bad_requests.load(Ordering::Relaxed)
     }
 
-    /// The `/metrics` page: these counters plus Raft's and the catalog's gauges.
-    pub fn render(&self, raft: &RaftStatus, view: &View) -> String {
+    /// The `/metrics` page: these counters plus Raft's and the catalog's gauges and counters.
+    pub fn render(&self, raft: &RaftStatus, view: &View, catalog: &CatalogCounters) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP meridian_http_requests_total HTTP API requests answered, by status code.\n\
@@ -55,7 +55,8 @@ impl HttpMetrics {
                 let _ = writeln!(out, "meridian_http_requests_total{{code=\"{code}\"}} {n}");
             }
         }
-        let gauges: [(&str, &str, &str, u64); 6] = [
+        let get = CatalogCounters::get;
+        let gauges: [(&str, &str, &str, u64); 12] = [
             (
                 "meridian_http_bad_requests_total",
                 "counter",
@@ -92,6 +93,42 @@ impl HttpMetrics {
                 "Raft index of the last change to the local catalog.",
                 view.local().index(),
             ),
+            (
+                "meridian_catalog_writes_local_total",
+                "counter",
+                "Write attempts proposed on this node as the leader.",
+                get(&catalog.writes_local),
+            ),
+            (
+                "meridian_catalog_writes_forwarded_total",
+                "counter",
+                "Write attempts this node forwarded to the leader.",
+                get(&catalog.writes_forwarded),
+            ),
+            (
+                "meridian_catalog_writes_failed_total",
+                "counter",
+                "Writes that failed: no leader committed them in time, or Raft refused them.",
+                get(&catalog.writes_failed),
+            ),
+            (
+                "meridian_raft_proposed_entries_total",
+                "counter",
+                "Raft entries this node proposed as the leader (each a batch of writes).",
+                get(&catalog.batches),
+            ),
+            (
+                "meridian_raft_proposed_writes_total",
+                "counter",
+                "Writes carried by those entries (divide by entries for the mean batch size).",
+                get(&catalog.batched_writes),
+            ),
+            (
+                "meridian_rpc_rejected_payloads_total",
+                "counter",
+                "Malformed Raft or forwarding RPC payloads refused.",
+                get(&catalog.rpc_rejected),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = write!(
@@ -121,7 +158,8 @@ mod tests {
             last_applied: 17,
             ..RaftStatus::default()
         };
-        let text = m.render(&raft, &View::new("dc1", Default::default()));
+        let counters = CatalogCounters::default();
+        let text = m.render(&raft, &View::new("dc1", Default::default()), &counters);
         for line in [
             "meridian_http_requests_total{code=\"200\"} 2",
             "meridian_http_requests_total{code=\"413\"} 1",
@@ -130,6 +168,7 @@ mod tests {
             "meridian_raft_last_applied_index 17",
             "meridian_raft_is_leader 1",
             "meridian_catalog_instances 0",
+            "meridian_raft_proposed_entries_total 0",
             "# TYPE meridian_http_requests_total counter",
         ] {
             assert!(

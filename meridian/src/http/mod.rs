@@ -190,7 +190,9 @@ async fn unknown_path() -> ApiError {
 
 async fn metrics_page(State(state): State<ApiState>) -> Response {
     let cat = state.catalog();
-    let text = state.metrics().render(&cat.status(), &cat.view());
+    let text = state
+        .metrics()
+        .render(&cat.status(), &cat.view(), cat.counters());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -28,7 +28,7 @@ async fn services_and_members_commands() -> Result<()> {
     let mode = Mode::Dev {
         data_dir: dir.path().join("data"),
     };
-    let agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
     agent.wait_ready().await?;
 
     let (ok, out) = cli(

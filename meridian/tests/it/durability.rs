@@ -62,7 +62,7 @@ async fn dev_agent_keeps_its_catalog_across_restarts() -> Result<()> {
 async fn killing_the_leader_loses_no_acknowledged_registration() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut agents = three_node_dc(dir.path())?;
-    for a in &agents {
+    for a in agents.iter_mut() {
         a.wait_ready().await?;
     }
     let leader = leader_index(&agents).await?;
@@ -124,7 +124,7 @@ async fn killing_the_leader_loses_no_acknowledged_registration() -> Result<()> {
     for a in agents.iter_mut() {
         a.restart()?;
     }
-    for a in &agents {
+    for a in agents.iter_mut() {
         a.wait_ready().await?;
     }
     check_all(&agents, None, "after restarting all three", &acked).await?;

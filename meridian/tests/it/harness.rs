@@ -11,12 +11,24 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
-/// A free TCP port on loopback (also free for UDP in practice on a quiet machine).
+/// A free TCP port on loopback (also free for UDP in practice on a quiet machine), never the same
+/// one twice in this test process: the kernel may hand a just-released port out again, and two
+/// agents (or two ports of one agent) must not collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The ports of one agent.
@@ -156,10 +168,17 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the agent answers and knows a leader.
-    pub async fn wait_ready(&self) -> Result<()> {
+    /// Waits until the agent answers and knows a leader; fails at once if the process exited.
+    pub async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                bail!(
+                    "{} exited with {status}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
             if let Ok(r) = self.http.get(self.url("/v1/status/leader")).send().await
                 && r.status().is_success()
                 && let Ok(Value::String(leader)) = r.json::<Value>().await

@@ -23,7 +23,7 @@ async fn tcp_and_ttl_checks_drive_health() -> Result<()> {
     let mode = Mode::Dev {
         data_dir: dir.path().join("data"),
     };
-    let agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
     agent.wait_ready().await?;
 
     // TCP: passing while something listens, critical once it stops.

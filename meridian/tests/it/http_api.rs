@@ -11,7 +11,7 @@ async fn dev_agent(dir: &std::path::Path) -> Result<Agent> {
     let mode = Mode::Dev {
         data_dir: dir.join("data"),
     };
-    let agent = Agent::start("dev", mode, Ports::free(), dir)?;
+    let mut agent = Agent::start("dev", mode, Ports::free(), dir)?;
     agent.wait_ready().await?;
     Ok(agent)
 }

@@ -3,6 +3,7 @@
 //! The maps are persistent (structure-shared) so that cloning a `DcState` to publish a new
 //! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
@@ -11,6 +12,16 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 
 type CheckKey = (String, String);
+
+/// Service and node names are looked up case-insensitively (as DNS does, and Consul with it):
+/// the maps are keyed by the lowercased name, which allocates only when the name has capitals.
+fn lower(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
 
 /// A datacenter's catalog at one Raft index.
 #[derive(Clone, Debug, Default)]
@@ -46,14 +57,19 @@ impl DcState {
         self.nodes.values().map(|n| &**n)
     }
 
-    /// A node by name.
+    /// A node by name, ignoring case.
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name).map(|n| &**n)
+        self.nodes.get(&*lower(name)).map(|n| &**n)
     }
 
-    /// Names of the services with at least one instance, sorted.
+    /// Names of the services with at least one instance, sorted (ignoring case), as registered.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
-        self.by_service.keys().map(String::as_str)
+        self.by_service.values().filter_map(|keys| {
+            keys.iter()
+                .next()
+                .and_then(|k| self.instances.get(k))
+                .map(|i| i.service.as_str())
+        })
     }
 
     /// Number of registered instances.
@@ -61,10 +77,10 @@ impl DcState {
         self.instances.len()
     }
 
-    /// All instances of `service`, in key order.
+    /// All instances of `service` (ignoring case), in key order.
     pub fn instances_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Instance> + 'a {
         self.by_service
-            .get(service)
+            .get(&*lower(service))
             .into_iter()
             .flat_map(|keys| keys.iter())
             .filter_map(|k| self.instances.get(k).map(|i| &**i))
@@ -120,7 +136,8 @@ impl DcState {
 
     /// Adds or replaces a node. Returns whether anything changed.
     pub fn upsert_node(&mut self, mut node: Node, index: u64) -> bool {
-        match self.nodes.get(&node.name) {
+        let key = lower(&node.name).into_owned();
+        match self.nodes.get(&key) {
             Some(old) => {
                 node.create_index = old.create_index;
                 node.modify_index = old.modify_index;
@@ -131,7 +148,7 @@ impl DcState {
             None => node.create_index = index,
         }
         node.modify_index = index;
-        self.nodes.insert(node.name.clone(), Arc::new(node));
+        self.nodes.insert(key, Arc::new(node));
         self.index = index;
         true
     }
@@ -160,7 +177,7 @@ impl DcState {
             }
         }
         if let Some(o) = &old
-            && o.service != inst.service
+            && !o.service.eq_ignore_ascii_case(&inst.service)
         {
             self.unindex(&o.service, &key);
         }
@@ -201,7 +218,7 @@ impl DcState {
         }
         if changed {
             self.by_service
-                .entry(inst.service.clone())
+                .entry(lower(&inst.service).into_owned())
                 .or_default()
                 .insert(key.clone());
             self.instances.insert(key, Arc::new(inst));
@@ -254,10 +271,11 @@ impl DcState {
     }
 
     fn unindex(&mut self, service: &str, key: &InstanceKey) {
-        if let Some(set) = self.by_service.get_mut(service) {
+        let service = lower(service);
+        if let Some(set) = self.by_service.get_mut(&*service) {
             set.remove(key);
             if set.is_empty() {
-                self.by_service.remove(service);
+                self.by_service.remove(&*service);
             }
         }
     }
@@ -276,12 +294,12 @@ impl DcState {
     pub fn from_snapshot(snap: DcSnapshot) -> Self {
         let mut s = DcState::default();
         for n in snap.nodes {
-            s.nodes.insert(n.name.clone(), Arc::new(n));
+            s.nodes.insert(lower(&n.name).into_owned(), Arc::new(n));
         }
         for i in snap.instances {
             let key = i.key();
             s.by_service
-                .entry(i.service.clone())
+                .entry(lower(&i.service).into_owned())
                 .or_default()
                 .insert(key.clone());
             s.instances.insert(key, Arc::new(i));
@@ -343,6 +361,28 @@ mod tests {
         assert!(s.register(changed, vec![], 7));
         let i = s.instance("n1", "web1").expect("registered");
         assert_eq!((i.create_index, i.modify_index, i.port), (5, 7, 81));
+    }
+
+    #[test]
+    fn service_and_node_names_ignore_case() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "a", "Web"), vec![], 1);
+        s.register(inst("n1", "b", "web"), vec![], 2);
+        assert_eq!(s.instances_of("WEB").count(), 2);
+        assert_eq!(s.service_names().collect::<Vec<_>>(), ["Web"]);
+        s.upsert_node(
+            Node {
+                name: "Node1".into(),
+                address: "10.0.0.1".into(),
+                meta: Default::default(),
+                create_index: 0,
+                modify_index: 0,
+            },
+            3,
+        );
+        assert_eq!(s.node("node1").map(|n| n.name.as_str()), Some("Node1"));
+        assert!(s.deregister("n1", "a", 4));
+        assert_eq!(s.service_names().collect::<Vec<_>>(), ["web"]);
     }
 
     #[test]

@@ -7,9 +7,11 @@
 pub mod dc;
 mod model;
 pub mod names;
+mod resolve;
 mod view;
 
 pub use dc::DcState;
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
-pub use names::NameError;
+pub use names::{NameError, NameQuery, QueryNameError};
+pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
 pub use view::View;

@@ -1,7 +1,9 @@
-//! The name grammar shared by DNS and SNI. For now: what a valid DNS label, instance ID, tag and
-//! metadata entry is, so that everything the catalog accepts can later be named in DNS.
+//! The name grammar shared by DNS and SNI: what a valid DNS label, instance ID, tag and metadata
+//! entry is, and how a query name (`web.service.dc1.consul`, `_web._tcp.consul`,
+//! `n1.node.consul`, `7f000001.addr.consul`, ...) breaks down into what it asks for.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why a name was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +118,247 @@ pub fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), NameError> {
     Ok(())
 }
 
+/// What a name inside one of our domains asks for. Labels borrow from the parsed name; matching
+/// against the catalog is case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameQuery<'a> {
+    /// The domain itself (`consul.`): SOA and NS live here.
+    Apex,
+    /// Instances of a service, optionally with a tag, in a DC or by policy.
+    Service {
+        /// Service name.
+        service: &'a str,
+        /// Tag filter.
+        tag: Option<&'a str>,
+        /// Explicit datacenter; `None` means "resolve by policy".
+        dc: Option<&'a str>,
+    },
+    /// A node's own records (A/AAAA, TXT from its metadata).
+    Node {
+        /// Node name.
+        node: &'a str,
+        /// Explicit datacenter.
+        dc: Option<&'a str>,
+    },
+    /// An address encoded in hex (`7f000001.addr`), as SRV targets of instances with their own
+    /// address use.
+    Addr {
+        /// The decoded address.
+        ip: IpAddr,
+        /// Explicit datacenter.
+        dc: Option<&'a str>,
+    },
+    /// A named (prepared) query.
+    Query {
+        /// Query name.
+        name: &'a str,
+        /// Explicit datacenter.
+        dc: Option<&'a str>,
+    },
+}
+
+/// Why a name in our domain does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryNameError {
+    /// The name is outside every configured domain.
+    #[error("the name is outside our domains")]
+    NotOurs,
+    /// Inside our domain, but no form matches (answered NXDOMAIN).
+    #[error("no such name")]
+    Unknown,
+}
+
+/// Splits `name` (dots between labels, an optional trailing dot) at the first domain of
+/// `domains` it ends with, case-insensitively. Returns the index of that domain and the labels
+/// before it, rightmost last.
+pub fn strip_domain<'a>(name: &'a str, domains: &[&str]) -> Option<(usize, &'a str)> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    for (i, d) in domains.iter().enumerate() {
+        let d = d.trim_end_matches('.');
+        if name.len() == d.len() && name.eq_ignore_ascii_case(d) {
+            return Some((i, ""));
+        }
+        if name.len() > d.len() {
+            let (rest, tail) = name.split_at(name.len() - d.len());
+            if tail.eq_ignore_ascii_case(d) && rest.ends_with('.') {
+                return Some((i, &rest[..rest.len() - 1]));
+            }
+        }
+    }
+    None
+}
+
+/// Most labels a query name may have before the domain; anything longer is nothing we serve.
+const MAX_QUERY_LABELS: usize = 8;
+
+/// Parses the labels before the domain (as returned by [`strip_domain`]) into a [`NameQuery`].
+pub fn parse_query_name(rest: &str) -> Result<NameQuery<'_>, QueryNameError> {
+    if rest.is_empty() {
+        return Ok(NameQuery::Apex);
+    }
+    let mut labels: [&str; MAX_QUERY_LABELS] = [""; MAX_QUERY_LABELS];
+    let mut n = 0;
+    for label in rest.split('.') {
+        if n == MAX_QUERY_LABELS || label.is_empty() {
+            return Err(QueryNameError::Unknown);
+        }
+        labels[n] = label;
+        n += 1;
+    }
+    let l = &labels[..n];
+    let is = |s: &str, kw: &str| s.eq_ignore_ascii_case(kw);
+
+    // RFC 2782: _<service>._<tag|tcp|udp>[.service][.<dc>]
+    if l[0].starts_with('_') && n >= 2 && l[1].starts_with('_') {
+        let service = &l[0][1..];
+        let proto = &l[1][1..];
+        let tag = if is(proto, "tcp") || is(proto, "udp") {
+            None
+        } else {
+            Some(proto)
+        };
+        let (kind, dc) = match &l[2..] {
+            [] => ("service", None),
+            [k] if is(k, "service") || is(k, "query") => (*k, None),
+            [dc] => ("service", Some(*dc)),
+            [k, dc] if is(k, "service") || is(k, "query") => (*k, Some(*dc)),
+            _ => return Err(QueryNameError::Unknown),
+        };
+        if service.is_empty() || proto.is_empty() {
+            return Err(QueryNameError::Unknown);
+        }
+        return Ok(if is(kind, "query") {
+            NameQuery::Query { name: service, dc }
+        } else {
+            NameQuery::Service { service, tag, dc }
+        });
+    }
+
+    // <...>.<kind>[.<dc>]: find the kind keyword in the last or second-to-last place.
+    let kinds = ["service", "node", "addr", "query"];
+    let (kind_at, dc) = if kinds.iter().any(|k| is(l[n - 1], k)) {
+        (n - 1, None)
+    } else if n >= 2 && kinds.iter().any(|k| is(l[n - 2], k)) {
+        (n - 2, Some(l[n - 1]))
+    } else {
+        return Err(QueryNameError::Unknown);
+    };
+    let kind = l[kind_at];
+    let before = &l[..kind_at];
+    if is(kind, "service") {
+        match before {
+            [service] => Ok(NameQuery::Service {
+                service,
+                tag: None,
+                dc,
+            }),
+            [tag, service] => Ok(NameQuery::Service {
+                service,
+                tag: Some(tag),
+                dc,
+            }),
+            _ => Err(QueryNameError::Unknown),
+        }
+    } else if is(kind, "node") {
+        match before {
+            [node] => Ok(NameQuery::Node { node, dc }),
+            _ => Err(QueryNameError::Unknown),
+        }
+    } else if is(kind, "addr") {
+        match before {
+            [hex] => parse_hex_ip(hex)
+                .map(|ip| NameQuery::Addr { ip, dc })
+                .ok_or(QueryNameError::Unknown),
+            _ => Err(QueryNameError::Unknown),
+        }
+    } else {
+        match before {
+            [name] => Ok(NameQuery::Query { name, dc }),
+            _ => Err(QueryNameError::Unknown),
+        }
+    }
+}
+
+/// Decodes Consul's `.addr` label: 8 hex digits for IPv4, 32 for IPv6.
+pub fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
+    let b = hex.as_bytes();
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    match b.len() {
+        8 => {
+            let mut o = [0u8; 4];
+            for (i, byte) in o.iter_mut().enumerate() {
+                *byte = nibble(b[2 * i])? << 4 | nibble(b[2 * i + 1])?;
+            }
+            Some(IpAddr::V4(Ipv4Addr::from(o)))
+        }
+        32 => {
+            let mut o = [0u8; 16];
+            for (i, byte) in o.iter_mut().enumerate() {
+                *byte = nibble(b[2 * i])? << 4 | nibble(b[2 * i + 1])?;
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+        _ => None,
+    }
+}
+
+/// Encodes an address as Consul's `.addr` label (lowercase hex), into `buf`; returns the label.
+pub fn hex_ip(ip: IpAddr, buf: &mut [u8; 32]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (bytes, n): ([u8; 16], usize) = match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 16),
+    };
+    for (i, byte) in bytes[..n].iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&buf[..2 * n]).unwrap_or("")
+}
+
+/// Parses a reverse-lookup name (`4.3.2.1.in-addr.arpa.`, nibbles under `ip6.arpa.`).
+pub fn parse_reverse(name: &str) -> Option<IpAddr> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let lower_ends = |suffix: &str| {
+        name.len() > suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if lower_ends(".in-addr.arpa") {
+        let rest = &name[..name.len() - ".in-addr.arpa".len()];
+        let mut o = [0u8; 4];
+        let mut n = 0;
+        for label in rest.split('.') {
+            if n == 4 || label.is_empty() || label.len() > 3 {
+                return None;
+            }
+            o[3 - n] = label.parse().ok()?;
+            n += 1;
+        }
+        (n == 4).then(|| IpAddr::V4(Ipv4Addr::from(o)))
+    } else if lower_ends(".ip6.arpa") {
+        let rest = &name[..name.len() - ".ip6.arpa".len()];
+        let mut o = [0u8; 16];
+        let mut n = 0;
+        for label in rest.split('.') {
+            if n == 32 || label.len() != 1 {
+                return None;
+            }
+            let d = label.chars().next()?.to_digit(16)? as u8;
+            let pos = 31 - n;
+            o[pos / 2] |= if pos % 2 == 0 { d << 4 } else { d };
+            n += 1;
+        }
+        (n == 32).then(|| IpAddr::V6(Ipv6Addr::from(o)))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +413,157 @@ mod tests {
                 prop_assert!(s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
             }
             prop_assert_eq!(ok, validate_label("x", &s).is_ok());
+        }
+    }
+
+    #[test]
+    fn query_names() {
+        use NameQuery::*;
+        let d = ["consul", "alt.example"];
+        let q = |name: &'static str| {
+            let (_, rest) = strip_domain(name, &d).expect("ours");
+            parse_query_name(rest)
+        };
+        assert_eq!(q("consul."), Ok(Apex));
+        assert_eq!(
+            q("web.service.consul"),
+            Ok(Service {
+                service: "web",
+                tag: None,
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("WEB.Service.dc2.CONSUL."),
+            Ok(Service {
+                service: "WEB",
+                tag: None,
+                dc: Some("dc2")
+            })
+        );
+        assert_eq!(
+            q("v1.web.service.consul"),
+            Ok(Service {
+                service: "web",
+                tag: Some("v1"),
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("v1.web.service.dc1.alt.example"),
+            Ok(Service {
+                service: "web",
+                tag: Some("v1"),
+                dc: Some("dc1")
+            })
+        );
+        assert_eq!(
+            q("_web._tcp.service.consul"),
+            Ok(Service {
+                service: "web",
+                tag: None,
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("_web._udp.consul"),
+            Ok(Service {
+                service: "web",
+                tag: None,
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("_web._v1.dc3.consul"),
+            Ok(Service {
+                service: "web",
+                tag: Some("v1"),
+                dc: Some("dc3")
+            })
+        );
+        assert_eq!(
+            q("_web._tcp.service.dc3.consul"),
+            Ok(Service {
+                service: "web",
+                tag: None,
+                dc: Some("dc3")
+            })
+        );
+        assert_eq!(
+            q("_fail._tcp.query.consul"),
+            Ok(Query {
+                name: "fail",
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("n1.node.consul"),
+            Ok(Node {
+                node: "n1",
+                dc: None
+            })
+        );
+        assert_eq!(
+            q("n1.node.dc1.consul"),
+            Ok(Node {
+                node: "n1",
+                dc: Some("dc1")
+            })
+        );
+        assert_eq!(
+            q("7f000001.addr.dc1.consul"),
+            Ok(Addr {
+                ip: "127.0.0.1".parse().expect("ip"),
+                dc: Some("dc1")
+            })
+        );
+        assert_eq!(
+            q("fail.query.consul"),
+            Ok(Query {
+                name: "fail",
+                dc: None
+            })
+        );
+        for bad in [
+            "web.consul",
+            "a.b.web.service.consul",
+            "xyz.addr.consul",
+            "service.consul",
+            "a..service.consul",
+            "_web.consul",
+            "a.b.c.d.e.f.g.h.i.service.consul",
+        ] {
+            assert_eq!(q(bad), Err(QueryNameError::Unknown), "{bad}");
+        }
+        assert_eq!(strip_domain("web.service.other", &d), None);
+        assert_eq!(strip_domain("webconsul", &d), None);
+    }
+
+    #[test]
+    fn hex_and_reverse() {
+        let mut buf = [0u8; 32];
+        let v4: IpAddr = "10.1.2.255".parse().expect("ip");
+        assert_eq!(hex_ip(v4, &mut buf), "0a0102ff");
+        assert_eq!(parse_hex_ip("0a0102ff"), Some(v4));
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        let h = hex_ip(v6, &mut buf).to_owned();
+        assert_eq!(h.len(), 32);
+        assert_eq!(parse_hex_ip(&h), Some(v6));
+        assert_eq!(parse_reverse("255.2.1.10.in-addr.arpa."), Some(v4));
+        let rev6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
+        assert_eq!(parse_reverse(rev6), Some(v6));
+        assert_eq!(parse_reverse("1.2.3.in-addr.arpa"), None);
+        assert_eq!(parse_reverse("300.2.1.10.in-addr.arpa"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(s in "[a-zA-Z0-9._-]{0,300}") {
+            if let Some((_, rest)) = strip_domain(&s, &["consul"]) {
+                let _ = parse_query_name(rest);
+            }
+            let _ = parse_reverse(&s);
+            let _ = parse_hex_ip(&s);
         }
     }
 }

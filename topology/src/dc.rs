@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 
 type CheckKey = (String, String);
+/// Checks by node, then by check ID: lookups borrow the caller's strings, allocate nothing.
+type ChecksByNode = OrdMap<String, OrdMap<String, Arc<Check>>>;
 
 /// Service and node names are looked up case-insensitively (as DNS does, and Consul with it):
 /// the maps are keyed by the lowercased name, which allocates only when the name has capitals.
@@ -29,7 +31,7 @@ pub struct DcState {
     nodes: OrdMap<String, Arc<Node>>,
     instances: OrdMap<InstanceKey, Arc<Instance>>,
     by_service: OrdMap<String, OrdSet<InstanceKey>>,
-    checks: OrdMap<CheckKey, Arc<Check>>,
+    checks: ChecksByNode,
     index: u64,
 }
 
@@ -100,24 +102,21 @@ impl DcState {
 
     /// A check by node and check ID.
     pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
-        self.checks
-            .get(&(node.to_owned(), id.to_owned()))
-            .map(|c| &**c)
+        self.checks.get(node)?.get(id).map(|c| &**c)
     }
 
     /// All checks on `node`, node-level and service-level.
     pub fn checks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
-        let start = (node.to_owned(), String::new());
-        let node = node.to_owned();
         self.checks
-            .range(start..)
-            .take_while(move |((n, _), _)| *n == node)
-            .map(|(_, c)| &**c)
+            .get(node)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .map(|c| &**c)
     }
 
     /// All checks.
     pub fn checks(&self) -> impl Iterator<Item = &Check> {
-        self.checks.values().map(|c| &**c)
+        self.checks.values().flat_map(|m| m.values()).map(|c| &**c)
     }
 
     /// The checks that decide an instance's health: its own and its node's.
@@ -188,13 +187,12 @@ impl DcState {
             .filter(|c| c.service_id == inst.id && !checks.iter().any(|n| n.id == c.id))
             .map(|c| (c.node.clone(), c.id.clone()))
             .collect();
-        for k in stale {
-            self.checks.remove(&k);
+        for (n, id) in stale {
+            self.remove_check(&n, &id);
             changed = true;
         }
         for mut c in checks {
-            let ck = (c.node.clone(), c.id.clone());
-            match self.checks.get(&ck) {
+            match self.checks.get(&c.node).and_then(|m| m.get(&c.id)) {
                 // A check ID belongs to one instance: a registration never takes over another's.
                 Some(old) if old.service_id != c.service_id => continue,
                 Some(old) => {
@@ -204,14 +202,14 @@ impl DcState {
                     c.modify_index = old.modify_index;
                     if **old != c {
                         c.modify_index = index;
-                        self.checks.insert(ck, Arc::new(c));
+                        self.insert_check(c);
                         changed = true;
                     }
                 }
                 None => {
                     c.create_index = index;
                     c.modify_index = index;
-                    self.checks.insert(ck, Arc::new(c));
+                    self.insert_check(c);
                     changed = true;
                 }
             }
@@ -239,8 +237,8 @@ impl DcState {
             .filter(|c| c.service_id == id)
             .map(|c| (c.node.clone(), c.id.clone()))
             .collect();
-        for k in own {
-            self.checks.remove(&k);
+        for (n, id) in own {
+            self.remove_check(&n, &id);
         }
         self.index = index;
         true
@@ -256,8 +254,7 @@ impl DcState {
         output: &str,
         index: u64,
     ) -> Option<bool> {
-        let key = (node.to_owned(), id.to_owned());
-        let old = self.checks.get(&key)?;
+        let old = self.checks.get(node)?.get(id)?;
         if old.status == status && old.output == output {
             return Some(false);
         }
@@ -265,9 +262,25 @@ impl DcState {
         c.status = status;
         c.output = output.to_owned();
         c.modify_index = index;
-        self.checks.insert(key, Arc::new(c));
+        self.insert_check(c);
         self.index = index;
         Some(true)
+    }
+
+    fn insert_check(&mut self, c: Check) {
+        self.checks
+            .entry(c.node.clone())
+            .or_default()
+            .insert(c.id.clone(), Arc::new(c));
+    }
+
+    fn remove_check(&mut self, node: &str, id: &str) {
+        if let Some(m) = self.checks.get_mut(node) {
+            m.remove(id);
+            if m.is_empty() {
+                self.checks.remove(node);
+            }
+        }
     }
 
     fn unindex(&mut self, service: &str, key: &InstanceKey) {
@@ -305,7 +318,7 @@ impl DcState {
             s.instances.insert(key, Arc::new(i));
         }
         for c in snap.checks {
-            s.checks.insert((c.node.clone(), c.id.clone()), Arc::new(c));
+            s.insert_check(c);
         }
         s.index = snap.index;
         s

@@ -12,6 +12,9 @@ command -v c++ >/dev/null || need_apt+=(g++)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
     need_apt+=(libclang-dev)
 fi
+# The DNS integration tests query the agent with dig, and through unbound (a stub zone for consul.).
+command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_apt+=(unbound)
+command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "meridian: installing ${need_apt[*]} with apt-get" >&2

@@ -3,6 +3,11 @@
 //! `catalog` measures acknowledged registrations per second on a 3-node datacenter: many
 //! concurrent HTTP clients register services through every node (followers forward to the
 //! leader), each acknowledgement meaning the entry is fsynced on a majority and applied.
+//!
+//! `dns` loads Meridian's DNS server and Knot DNS (the same names as a static zone) with dnsperf,
+//! one core each, and reports queries/s, latency, CPU and memory side by side (see [`dns`]).
+
+mod dns;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,27 @@ enum What {
         /// Send every registration to this node (1-3) instead of round-robin to all three.
         #[arg(long)]
         node: Option<usize>,
+    },
+    /// dnsperf against Meridian's DNS server and against Knot DNS serving the same names.
+    Dns {
+        /// Services registered (and in Knot's zone).
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+        /// Instances per service.
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        /// Seconds per dnsperf run (default 15, quick 5).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Repetitions per server, the order alternating (default 4, quick 2).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// dnsperf's bound on outstanding queries.
+        #[arg(long, default_value_t = 20)]
+        outstanding: usize,
+        /// Which servers to measure.
+        #[arg(long, value_enum, default_value_t = dns::Servers::Both)]
+        servers: dns::Servers,
     },
 }
 
@@ -346,6 +372,24 @@ async fn main() -> Result<()> {
             );
             std::fs::write(cli.out.join("catalog.md"), &md)?;
             println!("{md}");
+        }
+        What::Dns {
+            services,
+            instances,
+            seconds,
+            reps,
+            outstanding,
+            servers,
+        } => {
+            let opt = dns::Options {
+                services,
+                instances,
+                seconds: seconds.unwrap_or(if cli.quick { 5 } else { 15 }),
+                reps: reps.unwrap_or(if cli.quick { 2 } else { 4 }),
+                outstanding,
+                servers,
+            };
+            dns::run(&bin, cli.quick, &cli.out, opt).await?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! A running Meridian node: the catalog plus the HTTP API in front of it, started from a
-//! validated [`Config`], and stopped in order (HTTP first, then the catalog) on a signal.
+//! A running Meridian node: the catalog plus the HTTP API and the DNS server in front of it,
+//! started from a validated [`Config`], and stopped in order (DNS and HTTP first, then the
+//! catalog) on a signal.
 //!
 //! [`Agent::start`] is what `meridian agent`, `meridian demo` and in-process tests use.
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use meridian_catalog::Catalog;
+use meridian_dns::DnsServer;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -26,6 +28,7 @@ pub struct Agent {
     catalog: Catalog,
     api: ApiState,
     http_addr: SocketAddr,
+    dns: Option<DnsServer>,
     stop_http: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     // Dropped (and so removed) only after the catalog has shut down.
@@ -48,7 +51,26 @@ impl Agent {
         let catalog = Catalog::start(catalog_cfg)
             .await
             .context("cannot start the catalog")?;
-        let api = ApiState::new(catalog.clone(), config.limits.max_body_bytes);
+        let dns_bind = config.bind_addr(config.ports.dns);
+        let dns = match DnsServer::start(
+            config.dns.to_settings(&config.node_name),
+            catalog.watch(),
+            dns_bind,
+            config.dns.threads,
+        )
+        .await
+        {
+            Ok(dns) => dns,
+            Err(e) => {
+                catalog.shutdown().await;
+                return Err(anyhow::Error::new(e));
+            }
+        };
+        let api = ApiState::new(
+            catalog.clone(),
+            config.limits.max_body_bytes,
+            Some(dns.counters()),
+        );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(
             listener,
@@ -58,12 +80,14 @@ impl Agent {
                 let _ = stop_rx.await;
             },
         ));
-        tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, "agent started");
+        let dns_addr = dns.local_addr();
+        tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, %dns_addr, "agent started");
         Ok(Agent {
             config,
             catalog,
             api,
             http_addr,
+            dns: Some(dns),
             stop_http: Some(stop_tx),
             server: Some(server),
             temp_dir,
@@ -73,6 +97,11 @@ impl Agent {
     /// Where the HTTP API listens (the real port when 0 was asked for).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the DNS server listens, UDP and TCP (the real port when 0 was asked for).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(DnsServer::local_addr)
     }
 
     /// The catalog.
@@ -104,30 +133,37 @@ impl Agent {
             .as_ref()
             .map(|d| d.display().to_string())
             .unwrap_or_default();
+        let dns = self
+            .dns_addr()
+            .map_or_else(|| join_host_port(&host, c.ports.dns), |a| a.to_string());
         format!(
-            "meridian agent: node={} dc={} http={} rpc={} data_dir={} (reserved, not served yet: dns={} wan={} gateway={})",
+            "meridian agent: node={} dc={} http={} dns={} rpc={} data_dir={} (reserved, not served yet: wan={} gateway={})",
             c.node_name,
             c.datacenter,
             self.http_addr,
+            dns,
             join_host_port(&host, c.ports.rpc),
             data,
-            join_host_port(&host, c.ports.dns),
             join_host_port(&host, c.ports.wan),
             join_host_port(&host, c.ports.gateway),
         )
     }
 
-    /// Stops the HTTP API (ending blocking queries, giving in-flight requests a few seconds),
-    /// then the catalog, then removes a temporary data folder.
+    /// Stops the DNS server, the HTTP API (ending blocking queries, giving in-flight requests a
+    /// few seconds), then the catalog, then removes a temporary data folder.
     pub async fn shutdown(self) {
         let Agent {
             catalog,
             api,
+            dns,
             stop_http,
             server,
             temp_dir,
             ..
         } = self;
+        if let Some(dns) = dns {
+            dns.shutdown().await;
+        }
         if let Some(stop) = stop_http {
             let _ = stop.send(());
         }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meridian_catalog::{CatalogConfig, RaftTuning};
-use meridian_topology::names::validate_label;
+use meridian_dns::normalize_domain;
+use meridian_topology::names::{is_label, validate_label};
 use serde::Deserialize;
 
 /// Why a configuration cannot be used.
@@ -81,6 +82,9 @@ pub struct Config {
     /// Request limits of the HTTP API.
     #[serde(default)]
     pub limits: Limits,
+    /// The DNS server.
+    #[serde(default)]
+    pub dns: DnsSection,
 }
 
 fn localhost() -> IpAddr {
@@ -195,6 +199,186 @@ impl Default for Limits {
     }
 }
 
+/// The DNS server (`[dns]`); every key optional, defaults as Consul's.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// The domain answered, `consul` by default.
+    pub domain: String,
+    /// A second domain answered like the first; answers use the domain that was asked.
+    pub alt_domain: Option<String>,
+    /// Leave out instances whose health is `warning` (critical ones are always left out).
+    pub only_passing: bool,
+    /// TTL of node, `.addr` and PTR records, in seconds.
+    pub node_ttl: u32,
+    /// TTL of service records, in seconds, by service name: an exact name beats the longest
+    /// `prefix*`, `*` is the fallback, 0 without a match.
+    pub service_ttl: BTreeMap<String, u32>,
+    /// Most answers in a UDP response to a query without EDNS (0: only the 512-byte limit).
+    pub udp_answer_limit: usize,
+    /// Most A/AAAA/SRV answers in any response (0: unlimited).
+    pub a_record_limit: usize,
+    /// Servers asked for names outside our domains (`ip` or `ip:port`), in order; without any,
+    /// such names are refused.
+    pub recursors: Vec<String>,
+    /// How long each recursor gets to answer, in milliseconds.
+    pub recursor_timeout_ms: u64,
+    /// Threads serving DNS (each with its own runtime); 0 serves on the agent's runtime.
+    pub threads: usize,
+    /// SOA fields of NXDOMAIN and NODATA answers.
+    pub soa: SoaSection,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            domain: "consul".to_owned(),
+            alt_domain: None,
+            only_passing: false,
+            node_ttl: 0,
+            service_ttl: BTreeMap::new(),
+            udp_answer_limit: 3,
+            a_record_limit: 0,
+            recursors: Vec::new(),
+            recursor_timeout_ms: 2000,
+            threads: 1,
+            soa: SoaSection::default(),
+        }
+    }
+}
+
+/// SOA fields (`[dns.soa]`), in seconds; the serial is a timestamp.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoaSection {
+    /// Refresh.
+    pub refresh: u32,
+    /// Retry.
+    pub retry: u32,
+    /// Expire.
+    pub expire: u32,
+    /// Minimum TTL (negative caching); also the SOA record's own TTL.
+    pub min_ttl: u32,
+}
+
+impl Default for SoaSection {
+    fn default() -> Self {
+        let d = meridian_dns::SoaSettings::default();
+        SoaSection {
+            refresh: d.refresh,
+            retry: d.retry,
+            expire: d.expire,
+            min_ttl: d.min_ttl,
+        }
+    }
+}
+
+/// Most DNS server threads.
+const MAX_DNS_THREADS: usize = 64;
+
+impl DnsSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_domain("dns.domain", &self.domain)?;
+        if let Some(alt) = &self.alt_domain {
+            check_domain("dns.alt_domain", alt)?;
+            let (d, a) = (normalize_domain(&self.domain), normalize_domain(alt));
+            if d == a || d.ends_with(&format!(".{a}")) || a.ends_with(&format!(".{d}")) {
+                return Err(ConfigError::invalid(
+                    "dns.alt_domain",
+                    "must differ from `dns.domain` and neither may be inside the other",
+                ));
+            }
+        }
+        for key in self.service_ttl.keys() {
+            let name = key.strip_suffix('*').unwrap_or(key);
+            let ok = key == "*"
+                || (!name.is_empty()
+                    && name.len() <= 63
+                    && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("dns.service_ttl.{key}"),
+                    "keys are a service name, a prefix ending in `*`, or `*`",
+                ));
+            }
+        }
+        for (i, r) in self.recursors.iter().enumerate() {
+            if parse_recursor(r).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("dns.recursors[{i}]"),
+                    format!("{r:?} is not an IP address or ip:port"),
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&self.recursor_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "dns.recursor_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.threads > MAX_DNS_THREADS {
+            return Err(ConfigError::invalid(
+                "dns.threads",
+                format!("must be at most {MAX_DNS_THREADS}"),
+            ));
+        }
+        for (key, v) in [
+            ("dns.soa.refresh", self.soa.refresh),
+            ("dns.soa.retry", self.soa.retry),
+            ("dns.soa.expire", self.soa.expire),
+        ] {
+            if i32::try_from(v).is_err() {
+                return Err(ConfigError::invalid(key, "must be below 2^31"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The DNS server's settings for node `node_name`. Call [`Config::validate`] first.
+    pub fn to_settings(&self, node_name: &str) -> meridian_dns::DnsSettings {
+        let mut s = meridian_dns::DnsSettings::new(&self.domain, node_name);
+        s.alt_domain = self.alt_domain.as_deref().map(normalize_domain);
+        s.only_passing = self.only_passing;
+        s.node_ttl = self.node_ttl;
+        s.service_ttl =
+            meridian_dns::TtlMap::new(self.service_ttl.iter().map(|(k, v)| (k.as_str(), *v)));
+        s.udp_answer_limit = self.udp_answer_limit;
+        s.a_record_limit = self.a_record_limit;
+        s.recursors = self
+            .recursors
+            .iter()
+            .filter_map(|r| parse_recursor(r))
+            .collect();
+        s.recursor_timeout = Duration::from_millis(self.recursor_timeout_ms);
+        s.soa = meridian_dns::SoaSettings {
+            refresh: self.soa.refresh,
+            retry: self.soa.retry,
+            expire: self.soa.expire,
+            min_ttl: self.soa.min_ttl,
+        };
+        s
+    }
+}
+
+/// A domain: dot-separated DNS labels, an optional trailing dot.
+fn check_domain(key: &str, d: &str) -> Result<(), ConfigError> {
+    let trimmed = d.strip_suffix('.').unwrap_or(d);
+    if trimmed.is_empty() || trimmed.len() > 200 || !trimmed.split('.').all(is_label) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{d:?} is not a domain of DNS labels (e.g. `consul`)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `ip` (port 53) or `ip:port` / `[ip6]:port`.
+fn parse_recursor(r: &str) -> Option<SocketAddr> {
+    r.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| r.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
 /// Largest `limits.max_body_bytes`: a body is buffered whole before it is decoded.
 const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// Largest Raft timing and write timeout, in milliseconds. Beyond it a value is surely a mistake,
@@ -270,6 +454,7 @@ impl Config {
                 ..RaftSection::default()
             },
             limits: Limits::default(),
+            dns: DnsSection::default(),
         };
         cfg.apply(ov);
         let host = cfg.advertise_ip().to_string();
@@ -468,7 +653,7 @@ impl Config {
                 "must be > 0",
             ));
         }
-        Ok(())
+        self.dns.validate()
     }
 
     /// Where a listener on `port` binds.
@@ -679,6 +864,63 @@ mod tests {
         let mut c = good();
         c.limits.max_connections = 0;
         assert_eq!(invalid_key(&c), "limits.max_connections");
+    }
+
+    #[test]
+    fn dns_section_is_read_and_validated() {
+        let text = format!(
+            "{GOOD}\n[dns]\ndomain = \"Mesh.\"\nalt_domain = \"meridian.example\"\n\
+             only_passing = true\nnode_ttl = 9\nudp_answer_limit = 0\na_record_limit = 4\n\
+             recursors = [\"127.0.0.53\", \"[::1]:5353\"]\nthreads = 2\n\
+             [dns.service_ttl]\n\"*\" = 1\n\"web*\" = 2\nweb = 3\n[dns.soa]\nretry = 60\n"
+        );
+        let c = Config::parse(&text).expect("parses");
+        c.validate().expect("valid");
+        let s = c.dns.to_settings("N1");
+        assert_eq!(s.domain, "mesh");
+        assert_eq!(s.alt_domain.as_deref(), Some("meridian.example"));
+        assert!(s.only_passing);
+        assert_eq!(
+            (s.node_ttl, s.udp_answer_limit, s.a_record_limit),
+            (9, 0, 4)
+        );
+        assert_eq!(
+            s.recursors,
+            [
+                "127.0.0.53:53".parse().expect("addr"),
+                "[::1]:5353".parse().expect("addr")
+            ]
+        );
+        assert_eq!(
+            (
+                s.service_ttl.get("web"),
+                s.service_ttl.get("webx"),
+                s.service_ttl.get("db")
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!((s.soa.retry, s.soa.refresh), (60, 3600));
+        assert_eq!(s.node_name, "n1");
+        assert_eq!(good().dns.udp_answer_limit, 3, "Consul's default");
+
+        let err = Config::parse(&format!("{GOOD}\n[dns]\nttl = 1\n"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("ttl"), "{err}");
+        for (edit, key) in [
+            ("domain = \"bad_domain\"", "dns.domain"),
+            ("domain = \"\"", "dns.domain"),
+            ("alt_domain = \"CONSUL\"", "dns.alt_domain"),
+            ("alt_domain = \"x.consul\"", "dns.alt_domain"),
+            ("recursors = [\"dns.example\"]", "dns.recursors[0]"),
+            ("recursor_timeout_ms = 0", "dns.recursor_timeout_ms"),
+            ("threads = 1000", "dns.threads"),
+            ("service_ttl = { \"we b\" = 1 }", "dns.service_ttl.we b"),
+            ("soa = { expire = 4294967295 }", "dns.soa.expire"),
+        ] {
+            let c = Config::parse(&format!("{GOOD}\n[dns]\n{edit}\n")).expect(edit);
+            assert_eq!(invalid_key(&c), key, "{edit}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `meridian demo`: a dev agent in this process with three demo services registered through its
 //! own HTTP API — `web` twice with HTTP checks against tiny backends the demo serves, `api` with
 //! a TCP check, `db` with a TTL check the demo keeps passing — then the endpoints and a few
-//! commands to try, until Ctrl-C (or `--exit-after`).
+//! commands to try (HTTP, CLI and `dig` against the DNS server), until Ctrl-C (or `--exit-after`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -169,6 +169,7 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
     let c = agent.config();
     let host = c.bind.to_string();
     let http = agent.http_addr();
+    let dns = agent.dns_addr().unwrap_or_else(|| c.bind_addr(c.ports.dns));
     let exe = std::env::current_exe()
         .ok()
         .map_or_else(|| "meridian".to_owned(), |p| p.display().to_string());
@@ -182,7 +183,7 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
          \n  HTTP API (Consul-compatible)  http://{http}\
          \n  Metrics                       http://{http}/metrics\
          \n  RPC (Raft, LAN gRPC)          {rpc}\
-         \n  DNS                           {dns}  (reserved; DNS answers come in a later release)\
+         \n  DNS (UDP and TCP)             {dns}\
          \n  WAN (federation gRPC)         {wan}  (reserved; federation comes in a later release)\
          \n  Gateway (SNI passthrough)     {gw}  (reserved; the gateway comes in a later release)\
          \n  Data folder                   {data}{removed}\n\
@@ -191,7 +192,9 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
          \n  curl -s http://{http}/v1/catalog/services\
          \n  {exe} services list{addr_flag}\
          \n  {exe} services show web{addr_flag}\
-         \n  {exe} members{addr_flag}\n\
+         \n  {exe} members{addr_flag}\
+         \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\
+         \n  dig @{dns_ip} -p {dns_port} +short web.service.consul A\n\
          \n{stop}",
         stop = match exit_after {
             Some(secs) => format!("Stopping in {secs} s (or on Ctrl-C)."),
@@ -200,7 +203,9 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
         dc = c.datacenter,
         node = c.node_name,
         rpc = join_host_port(&host, c.ports.rpc),
-        dns = join_host_port(&host, c.ports.dns),
+        dns = dns,
+        dns_ip = dns.ip(),
+        dns_port = dns.port(),
         wan = join_host_port(&host, c.ports.wan),
         gw = join_host_port(&host, c.ports.gateway),
         removed = if agent.data_is_temporary() {

@@ -4,6 +4,7 @@
 //! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
@@ -23,6 +24,11 @@ fn lower(name: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(name)
     }
+}
+
+/// Whether an address string is the IP `ip` (hostnames never are).
+fn same_ip(addr: &str, ip: IpAddr) -> bool {
+    !addr.is_empty() && addr.parse::<IpAddr>().is_ok_and(|a| a == ip)
 }
 
 /// A datacenter's catalog at one Raft index.
@@ -123,6 +129,26 @@ impl DcState {
     pub fn checks_of<'a>(&'a self, inst: &'a Instance) -> impl Iterator<Item = &'a Check> + 'a {
         self.checks_on(&inst.node)
             .filter(move |c| c.service_id.is_empty() || c.service_id == inst.id)
+    }
+
+    /// The address an instance is reached at: its own, else its node's (empty if neither is
+    /// known).
+    pub fn address_of<'a>(&'a self, inst: &'a Instance) -> &'a str {
+        if inst.address.is_empty() {
+            self.node(&inst.node).map_or("", |n| n.address.as_str())
+        } else {
+            &inst.address
+        }
+    }
+
+    /// Nodes whose address is `ip` (for reverse lookups). A linear scan: reverse lookups are rare.
+    pub fn nodes_at(&self, ip: IpAddr) -> impl Iterator<Item = &Node> {
+        self.nodes().filter(move |n| same_ip(&n.address, ip))
+    }
+
+    /// Instances with their own address equal to `ip` (for reverse lookups), in key order.
+    pub fn instances_at(&self, ip: IpAddr) -> impl Iterator<Item = &Instance> {
+        self.instances().filter(move |i| same_ip(&i.address, ip))
     }
 
     /// The worst status among an instance's checks; passing when it has none.
@@ -359,6 +385,42 @@ mod tests {
             create_index: 0,
             modify_index: 0,
         }
+    }
+
+    #[test]
+    fn addresses_and_reverse_lookups() {
+        let mut s = DcState::default();
+        let node = |name: &str, address: &str| Node {
+            name: name.into(),
+            address: address.into(),
+            meta: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        s.upsert_node(node("n1", "10.0.0.1"), 1);
+        s.upsert_node(node("n2", "db.example"), 2);
+        let mut own = inst("n1", "web2", "web");
+        own.address = "10.0.0.9".into();
+        s.register(inst("n1", "web1", "web"), vec![], 3);
+        s.register(own, vec![], 4);
+        s.register(inst("n3", "orphan", "web"), vec![], 5);
+        let addr = |id: &str, node: &str| {
+            let i = s.instance(node, id).expect("instance");
+            s.address_of(i).to_owned()
+        };
+        assert_eq!(addr("web1", "n1"), "10.0.0.1");
+        assert_eq!(addr("web2", "n1"), "10.0.0.9");
+        assert_eq!(addr("orphan", "n3"), "");
+        let ip = |a: &str| a.parse::<IpAddr>().expect("ip");
+        let nodes: Vec<_> = s.nodes_at(ip("10.0.0.1")).map(|n| n.name.clone()).collect();
+        assert_eq!(nodes, ["n1"]);
+        assert_eq!(s.nodes_at(ip("10.0.0.9")).count(), 0);
+        let own: Vec<_> = s
+            .instances_at(ip("10.0.0.9"))
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(own, ["web2"], "only instances with their own address");
+        assert_eq!(s.instances_at(ip("10.0.0.1")).count(), 0);
     }
 
     #[test]

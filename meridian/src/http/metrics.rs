@@ -1,4 +1,5 @@
-//! The HTTP API's counters and the `/metrics` page in Prometheus text format. Hand-written (a
+//! The HTTP API's counters and the `/metrics` page in Prometheus text format (with the catalog's
+//! and the DNS server's counters). Hand-written (a
 //! few counters and gauges do not need a metrics crate); the counters live in the API state, not
 //! in globals, so two agents in one process (tests, the demo) count separately.
 
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
 use meridian_catalog::{CatalogCounters, RaftStatus};
+use meridian_dns::DnsCounters;
 use meridian_topology::View;
 
 /// Request counters of one HTTP server.
@@ -43,8 +45,15 @@ impl HttpMetrics {
         self.bad_requests.load(Ordering::Relaxed)
     }
 
-    /// The `/metrics` page: these counters plus Raft's and the catalog's gauges and counters.
-    pub fn render(&self, raft: &RaftStatus, view: &View, catalog: &CatalogCounters) -> String {
+    /// The `/metrics` page: these counters plus Raft's and the catalog's gauges and counters,
+    /// and the DNS server's when it runs.
+    pub fn render(
+        &self,
+        raft: &RaftStatus,
+        view: &View,
+        catalog: &CatalogCounters,
+        dns: Option<&DnsCounters>,
+    ) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP meridian_http_requests_total HTTP API requests answered, by status code.\n\
@@ -136,7 +145,48 @@ impl HttpMetrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             );
         }
+        if let Some(dns) = dns {
+            render_dns(&mut out, dns);
+        }
         out
+    }
+}
+
+/// The DNS server's counters.
+fn render_dns(out: &mut String, dns: &DnsCounters) {
+    out.push_str(
+        "# HELP meridian_dns_responses_total DNS responses sent, by response code.\n\
+         # TYPE meridian_dns_responses_total counter\n",
+    );
+    for (rcode, n) in dns.responses() {
+        let _ = writeln!(out, "meridian_dns_responses_total{{rcode=\"{rcode}\"}} {n}");
+    }
+    for (name, help, value) in [
+        (
+            "meridian_dns_malformed_total",
+            "DNS packets that could not be decoded (answered FORMERR or dropped).",
+            dns.malformed_total(),
+        ),
+        (
+            "meridian_dns_truncated_total",
+            "UDP responses cut to fit and sent with TC set.",
+            dns.truncated_total(),
+        ),
+        (
+            "meridian_dns_forwarded_total",
+            "Queries outside our domains forwarded to the recursors.",
+            dns.forwarded_total(),
+        ),
+        (
+            "meridian_dns_forward_failures_total",
+            "Forwarded queries no recursor answered (answered SERVFAIL).",
+            dns.forward_failed_total(),
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        );
     }
 }
 
@@ -159,7 +209,15 @@ mod tests {
             ..RaftStatus::default()
         };
         let counters = CatalogCounters::default();
-        let text = m.render(&raft, &View::new("dc1", Default::default()), &counters);
+        let dns = DnsCounters::default();
+        dns.answered(meridian_dns::ResponseCode::NXDomain);
+        dns.malformed();
+        let text = m.render(
+            &raft,
+            &View::new("dc1", Default::default()),
+            &counters,
+            Some(&dns),
+        );
         for line in [
             "meridian_http_requests_total{code=\"200\"} 2",
             "meridian_http_requests_total{code=\"413\"} 1",
@@ -170,6 +228,9 @@ mod tests {
             "meridian_catalog_instances 0",
             "meridian_raft_proposed_entries_total 0",
             "# TYPE meridian_http_requests_total counter",
+            "meridian_dns_responses_total{rcode=\"NXDOMAIN\"} 1",
+            "meridian_dns_responses_total{rcode=\"NOERROR\"} 0",
+            "meridian_dns_malformed_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -30,6 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use meridian_catalog::Catalog;
+use meridian_dns::DnsCounters;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -50,17 +51,20 @@ pub struct ApiState {
 struct StateInner {
     catalog: Catalog,
     metrics: HttpMetrics,
+    dns: Option<Arc<DnsCounters>>,
     max_body_bytes: usize,
     closing: watch::Sender<bool>,
 }
 
 impl ApiState {
-    /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`.
-    pub fn new(catalog: Catalog, max_body_bytes: usize) -> Self {
+    /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`;
+    /// `/metrics` also shows the DNS server's counters `dns`.
+    pub fn new(catalog: Catalog, max_body_bytes: usize, dns: Option<Arc<DnsCounters>>) -> Self {
         ApiState {
             inner: Arc::new(StateInner {
                 catalog,
                 metrics: HttpMetrics::default(),
+                dns,
                 max_body_bytes,
                 closing: watch::Sender::new(false),
             }),
@@ -190,9 +194,12 @@ async fn unknown_path() -> ApiError {
 
 async fn metrics_page(State(state): State<ApiState>) -> Response {
     let cat = state.catalog();
-    let text = state
-        .metrics()
-        .render(&cat.status(), &cat.view(), cat.counters());
+    let text = state.metrics().render(
+        &cat.status(),
+        &cat.view(),
+        cat.counters(),
+        state.inner.dns.as_deref(),
+    );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -1,8 +1,10 @@
 //! Integration tests against real `meridian` processes on loopback: durability across kill -9 and
-//! restarts, Consul-compatible HTTP behaviour, bad input, health checks and the CLI.
+//! restarts, Consul-compatible HTTP behaviour, bad input, health checks, DNS and the CLI.
 
 mod cli;
+mod dns;
 mod durability;
 mod harness;
 mod health;
 mod http_api;
+mod unbound;

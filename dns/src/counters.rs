@@ -1,0 +1,100 @@
+//! The DNS server's counters: answers by response code, malformed packets, truncations and
+//! forwarded queries. Plain atomics owned by the server (no globals), read by `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hickory_server::proto::op::ResponseCode;
+
+/// Response codes counted by name; anything else is counted as `other`.
+const RCODES: [(ResponseCode, &str); 6] = [
+    (ResponseCode::NoError, "NOERROR"),
+    (ResponseCode::FormErr, "FORMERR"),
+    (ResponseCode::ServFail, "SERVFAIL"),
+    (ResponseCode::NXDomain, "NXDOMAIN"),
+    (ResponseCode::NotImp, "NOTIMP"),
+    (ResponseCode::Refused, "REFUSED"),
+];
+
+/// Counters of one DNS server.
+#[derive(Debug, Default)]
+pub struct DnsCounters {
+    by_rcode: [AtomicU64; 6],
+    other_rcode: AtomicU64,
+    malformed: AtomicU64,
+    truncated: AtomicU64,
+    forwarded: AtomicU64,
+    forward_failed: AtomicU64,
+}
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl DnsCounters {
+    /// Counts one response sent with `rcode`.
+    pub fn answered(&self, rcode: ResponseCode) {
+        match RCODES.iter().position(|(r, _)| *r == rcode) {
+            Some(i) => add(&self.by_rcode[i]),
+            None => add(&self.other_rcode),
+        }
+    }
+
+    /// Counts a packet that could not be decoded (answered FORMERR when its header was readable,
+    /// dropped otherwise).
+    pub fn malformed(&self) {
+        add(&self.malformed);
+    }
+
+    /// Counts a UDP response cut to fit (TC set).
+    pub fn truncated(&self) {
+        add(&self.truncated);
+    }
+
+    /// Counts a query forwarded to the recursors, and whether none of them answered.
+    pub fn forwarded(&self, failed: bool) {
+        add(&self.forwarded);
+        if failed {
+            add(&self.forward_failed);
+        }
+    }
+
+    /// Responses sent with each response code, by name (`NOERROR`, ..., `other`).
+    pub fn responses(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RCODES
+            .iter()
+            .zip(&self.by_rcode)
+            .map(|((_, name), c)| (*name, c.load(Ordering::Relaxed)))
+            .chain(std::iter::once((
+                "other",
+                self.other_rcode.load(Ordering::Relaxed),
+            )))
+    }
+
+    /// Responses sent with `rcode`.
+    pub fn responses_with(&self, rcode: ResponseCode) -> u64 {
+        RCODES.iter().position(|(r, _)| *r == rcode).map_or_else(
+            || self.other_rcode.load(Ordering::Relaxed),
+            |i| self.by_rcode[i].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Malformed packets so far.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Truncated UDP responses so far.
+    pub fn truncated_total(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
+    }
+
+    /// Queries forwarded so far.
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Forwarded queries no recursor answered.
+    pub fn forward_failed_total(&self) -> u64 {
+        self.forward_failed.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,373 @@
+//! [`DnsServer`]: the UDP and TCP listeners on the DNS port, the task that keeps the handler's
+//! view current, and orderly shutdown.
+//!
+//! Each server thread runs one UDP loop (receive, answer in place, send: no task per query) and
+//! one TCP accept loop (a task per connection, idle and read timeouts, a cap on connections).
+//! With `threads = 0` the loops run on the caller's runtime; otherwise each thread has its own
+//! single-threaded runtime over duplicates of the same sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_server::net::xfer::Protocol;
+use meridian_topology::View;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::counters::DnsCounters;
+use crate::handler::{DnsHandler, Prepared};
+use crate::settings::DnsSettings;
+
+/// How long a TCP connection may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long reading one TCP query or writing one response may take once started.
+const TCP_IO: Duration = Duration::from_secs(5);
+/// Most TCP connections served at once per server thread.
+const TCP_MAX_CONNECTIONS: usize = 256;
+
+/// Why the DNS server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// A listener could not be bound.
+    #[error("cannot listen for DNS over {protocol} on {addr}")]
+    Bind {
+        /// `UDP` or `TCP`.
+        protocol: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A server thread or its runtime could not be started.
+    #[error("cannot start a DNS server thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A running DNS server.
+pub struct DnsServer {
+    addr: SocketAddr,
+    handler: DnsHandler,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `bind` (port 0: one free port for both) and serves from the views
+    /// published on `views`, on `threads` dedicated threads (0: on the current runtime).
+    pub async fn start(
+        settings: DnsSettings,
+        mut views: watch::Receiver<Arc<View>>,
+        bind: SocketAddr,
+        threads: usize,
+    ) -> Result<DnsServer, DnsError> {
+        let (udp, tcp) = bind_both(bind)?;
+        let addr = udp.local_addr().map_err(|source| DnsError::Bind {
+            protocol: "UDP",
+            addr: bind,
+            source,
+        })?;
+        let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
+        let handler = DnsHandler::new(settings, current.clone(), Arc::new(DnsCounters::default()));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut feed_stop = stop_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = views.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        current.store(views.borrow_and_update().clone());
+                    }
+                    _ = feed_stop.changed() => break,
+                }
+            }
+        });
+        let mut handles = Vec::new();
+        if threads == 0 {
+            let (u, t) = into_tokio(udp, tcp).map_err(DnsError::Thread)?;
+            tasks.spawn(serve_udp(u, handler.clone(), stop_rx.clone()));
+            tasks.spawn(serve_tcp(t, handler.clone(), stop_rx));
+        } else {
+            for i in 0..threads {
+                let udp = udp.try_clone().map_err(DnsError::Thread)?;
+                let tcp = tcp.try_clone().map_err(DnsError::Thread)?;
+                let h = handler.clone();
+                let stop = stop_rx.clone();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(DnsError::Thread)?;
+                let handle = std::thread::Builder::new()
+                    .name(format!("meridian-dns-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            let (u, t) = match into_tokio(udp, tcp) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "DNS thread cannot use its sockets");
+                                    return;
+                                }
+                            };
+                            let udp = tokio::spawn(serve_udp(u, h.clone(), stop.clone()));
+                            serve_tcp(t, h, stop).await;
+                            let _ = udp.await;
+                        });
+                    })
+                    .map_err(DnsError::Thread)?;
+                handles.push(handle);
+            }
+        }
+        tracing::info!(%addr, threads, "DNS server started");
+        Ok(DnsServer {
+            addr,
+            handler,
+            stop,
+            tasks,
+            threads: handles,
+        })
+    }
+
+    /// Where the server listens (UDP and TCP share the port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's counters.
+    pub fn counters(&self) -> Arc<DnsCounters> {
+        self.handler.counters().clone()
+    }
+
+    /// The handler (for embedding in another hickory server).
+    pub fn handler(&self) -> &DnsHandler {
+        &self.handler
+    }
+
+    /// Stops the listeners and waits for the server threads to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        tracing::info!("DNS server stopped");
+    }
+}
+
+/// Binds UDP and TCP on the same port; with port 0, tries a few ports the system picks for UDP.
+fn bind_both(bind: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
+    let mut attempt = 0;
+    loop {
+        let udp = std::net::UdpSocket::bind(bind).map_err(|source| DnsError::Bind {
+            protocol: "UDP",
+            addr: bind,
+            source,
+        })?;
+        let addr = udp.local_addr().map_err(|source| DnsError::Bind {
+            protocol: "UDP",
+            addr: bind,
+            source,
+        })?;
+        match std::net::TcpListener::bind(addr) {
+            Ok(tcp) => {
+                udp.set_nonblocking(true).map_err(DnsError::Thread)?;
+                tcp.set_nonblocking(true).map_err(DnsError::Thread)?;
+                return Ok((udp, tcp));
+            }
+            Err(_) if bind.port() == 0 && attempt < 10 => attempt += 1,
+            Err(source) => {
+                return Err(DnsError::Bind {
+                    protocol: "TCP",
+                    addr,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn into_tokio(
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+) -> std::io::Result<(UdpSocket, TcpListener)> {
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
+/// Receives, answers and sends on one UDP socket until told to stop. Queries are answered in
+/// place; only forwarding (which waits on the network) runs on a task of its own.
+async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    let mut forwards = JoinSet::new();
+    loop {
+        let (n, src) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors surface here on some systems: not fatal.
+                    tracing::debug!(error = %e, "DNS UDP receive failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        while forwards.try_join_next().is_some() {}
+        let request = match h.decode(&buf[..n], src, Protocol::Udp) {
+            Ok(r) => r,
+            Err(Some(formerr)) => {
+                h.counters()
+                    .answered(hickory_server::proto::op::ResponseCode::FormErr);
+                let _ = sock.send_to(&formerr, src).await;
+                continue;
+            }
+            Err(None) => continue,
+        };
+        let span = query_span(&request);
+        let prepared = {
+            let _enter = span.enter();
+            let p = h.prepare(&request);
+            if let Prepared::Reply(reply) = &p {
+                h.encode(&request, reply, &mut out);
+            }
+            p
+        };
+        match prepared {
+            Prepared::Reply(_) => {
+                if let Err(e) = sock.send_to(&out, src).await {
+                    tracing::debug!(error = %e, %src, "DNS UDP send failed");
+                }
+            }
+            Prepared::Forward => {
+                let (h, sock) = (h.clone(), sock.clone());
+                forwards.spawn(
+                    async move {
+                        let reply = h.forward(&request).await;
+                        let mut out = Vec::with_capacity(512);
+                        h.encode(&request, &reply, &mut out);
+                        let _ = sock.send_to(&out, src).await;
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+/// The debug-level span of one query (its fields are only formatted when debug is enabled).
+fn query_span(request: &hickory_server::server::Request) -> tracing::Span {
+    match request.queries.queries().first() {
+        Some(q) => tracing::debug_span!(
+            "dns_query",
+            name = %q.original().name(),
+            qtype = %q.query_type(),
+            proto = %request.protocol(),
+            src = %request.src(),
+        ),
+        None => tracing::debug_span!("dns_query", proto = %request.protocol()),
+    }
+}
+
+/// Accepts TCP connections until told to stop; each is served on its own task.
+async fn serve_tcp(listener: TcpListener, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let (stream, src) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        while conns.try_join_next().is_some() {}
+        let h = h.clone();
+        conns.spawn(async move {
+            serve_tcp_conn(stream, src, h).await;
+            drop(permit);
+        });
+    }
+    conns.shutdown().await;
+}
+
+/// Serves length-prefixed queries on one connection until it closes, idles or misbehaves.
+async fn serve_tcp_conn(mut stream: TcpStream, src: SocketAddr, h: DnsHandler) {
+    let _ = stream.set_nodelay(true);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let n = usize::from(u16::from_be_bytes(len));
+        let mut buf = vec![0u8; n];
+        match tokio::time::timeout(TCP_IO, stream.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                h.counters().malformed();
+                return;
+            }
+        }
+        let request = match h.decode(&buf, src, Protocol::Tcp) {
+            Ok(r) => r,
+            Err(Some(formerr)) => {
+                h.counters()
+                    .answered(hickory_server::proto::op::ResponseCode::FormErr);
+                let _ = write_framed(&mut stream, &formerr).await;
+                continue;
+            }
+            // A response sent to us, or less than a header: nothing sensible follows.
+            Err(None) => return,
+        };
+        let span = query_span(&request);
+        async {
+            let reply = match h.prepare(&request) {
+                Prepared::Reply(r) => r,
+                Prepared::Forward => h.forward(&request).await,
+            };
+            h.encode(&request, &reply, &mut out);
+        }
+        .instrument(span)
+        .await;
+        if write_framed(&mut stream, &out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::other("response larger than 64 KiB"))?
+        .to_be_bytes();
+    let write = async {
+        stream.write_all(&len).await?;
+        stream.write_all(msg).await
+    };
+    tokio::time::timeout(TCP_IO, write)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+}

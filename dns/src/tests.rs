@@ -1,0 +1,844 @@
+//! Unit tests of the request path over a hand-built [`View`]: every query form, the answer
+//! shapes, health, response codes with their SOA, TTLs, trimming and TC, bad packets (with a
+//! proptest over random bytes), forwarding, and the handler inside hickory's own server.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use meridian_topology::{Check, DcState, Health, Instance, Node, View, Weights};
+use proptest::prelude::*;
+
+use crate::handler::{DnsHandler, Prepared};
+use crate::settings::{DnsSettings, TtlMap};
+use crate::{DnsCounters, SoaSettings};
+
+fn node(name: &str, address: &str) -> Node {
+    Node {
+        name: name.into(),
+        address: address.into(),
+        meta: BTreeMap::new(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+fn inst(service: &str, id: &str, node: &str, address: &str, port: u16) -> Instance {
+    Instance {
+        id: id.into(),
+        service: service.into(),
+        node: node.into(),
+        address: address.into(),
+        port,
+        tags: vec![],
+        meta: BTreeMap::new(),
+        weights: Weights::default(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+fn check(inst: &Instance, status: Health) -> Check {
+    Check {
+        id: format!("service:{}", inst.id),
+        name: String::new(),
+        node: inst.node.clone(),
+        service_id: inst.id.clone(),
+        service_name: inst.service.clone(),
+        status,
+        output: String::new(),
+        notes: String::new(),
+        spec: None,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// dc1: nodes n1 (10.0.0.1, meta), n2 (10.0.0.2), n6 (IPv6); `web` ×3 (one with its own address,
+/// one warning with weights 10/3), `db` critical only, `v6` on n6, `dup` ×2 on one address.
+fn view() -> View {
+    let mut s = DcState::default();
+    let mut n1 = node("n1", "10.0.0.1");
+    n1.meta.insert("rack".into(), "r1".into());
+    s.upsert_node(n1, 1);
+    s.upsert_node(node("n2", "10.0.0.2"), 2);
+    s.upsert_node(node("n6", "2001:db8::6"), 3);
+    let mut a = inst("web", "web-a", "n1", "", 8080);
+    a.tags = vec!["v1".into()];
+    let mut b = inst("web", "web-b", "n2", "", 8081);
+    b.weights = Weights {
+        passing: 10,
+        warning: 3,
+    };
+    b.tags = vec!["v2".into()];
+    let c = inst("web", "web-c", "n1", "10.0.0.9", 8082);
+    for (i, st) in [
+        (a, Health::Passing),
+        (b, Health::Warning),
+        (c, Health::Passing),
+    ] {
+        let ck = check(&i, st);
+        s.register(i, vec![ck], 4);
+    }
+    let db = inst("db", "db-1", "n1", "", 5432);
+    let ck = check(&db, Health::Critical);
+    s.register(db, vec![ck], 5);
+    s.register(inst("v6", "v6-1", "n6", "", 443), vec![], 6);
+    s.register(inst("dup", "dup-1", "n1", "10.0.0.7", 1), vec![], 7);
+    s.register(inst("dup", "dup-2", "n2", "10.0.0.7", 1), vec![], 8);
+    View::new("dc1", s)
+}
+
+fn big_view(n: usize) -> View {
+    let mut s = DcState::default();
+    for i in 0..n {
+        let name = format!("node-{i}");
+        s.upsert_node(
+            node(
+                &name,
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            ),
+            1,
+        );
+        s.register(inst("big", &format!("big-{i}"), &name, "", 80), vec![], 2);
+    }
+    View::new("dc1", s)
+}
+
+fn settings() -> DnsSettings {
+    let mut s = DnsSettings::new("consul", "n1");
+    s.alt_domain = Some("meridian.internal".into());
+    s
+}
+
+fn handler_with(s: DnsSettings, v: View) -> DnsHandler {
+    DnsHandler::new(
+        s,
+        Arc::new(ArcSwap::from_pointee(v)),
+        Arc::new(DnsCounters::default()),
+    )
+}
+
+fn handler() -> DnsHandler {
+    handler_with(settings(), view())
+}
+
+fn src() -> SocketAddr {
+    "127.0.0.1:5353".parse().expect("addr")
+}
+
+fn query_bytes(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("encodes")
+}
+
+/// Runs raw bytes through the handler as the UDP loop does; `None` when dropped.
+fn exchange(h: &DnsHandler, raw: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
+    let req = match h.decode(raw, src(), protocol) {
+        Ok(r) => r,
+        Err(formerr) => return formerr.map(|f| f.to_vec()),
+    };
+    let reply = match h.prepare(&req) {
+        Prepared::Reply(r) => r,
+        Prepared::Forward => panic!("no recursors configured"),
+    };
+    let mut out = Vec::new();
+    h.encode(&req, &reply, &mut out);
+    Some(out)
+}
+
+fn ask_with(
+    h: &DnsHandler,
+    name: &str,
+    qtype: RecordType,
+    edns: Option<u16>,
+    p: Protocol,
+) -> Message {
+    let raw = exchange(h, &query_bytes(name, qtype, edns), p).expect("answered");
+    Message::from_vec(&raw).expect("valid response")
+}
+
+fn ask(name: &str, qtype: RecordType) -> Message {
+    ask_with(&handler(), name, qtype, Some(1232), Protocol::Udp)
+}
+
+fn srv_targets(m: &Message) -> Vec<String> {
+    let mut t: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(format!(
+                "{} {} {} {}",
+                s.priority, s.weight, s.port, s.target
+            )),
+            _ => None,
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+fn addrs(records: &[Record]) -> Vec<String> {
+    let mut a: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(format!("{} {}", r.name, a.0)),
+            RData::AAAA(a) => Some(format!("{} {}", r.name, a.0)),
+            _ => None,
+        })
+        .collect();
+    a.sort();
+    a
+}
+
+fn assert_soa_authority(m: &Message, domain: &str) {
+    assert_eq!(m.authorities.len(), 1, "{m:?}");
+    let RData::SOA(soa) = &m.authorities[0].data else {
+        panic!("no SOA in {m:?}");
+    };
+    assert_eq!(m.authorities[0].name.to_string(), format!("{domain}."));
+    assert_eq!(soa.mname.to_string(), format!("n1.node.dc1.{domain}."));
+    assert_eq!(soa.rname.to_string(), format!("hostmaster.{domain}."));
+    assert_eq!(
+        (soa.refresh, soa.retry, soa.expire, soa.minimum),
+        (3600, 600, 86400, 0)
+    );
+    assert!(soa.serial > 1_700_000_000, "serial is a timestamp");
+}
+
+/// The additional section holds exactly the addresses of the SRV targets in the answer.
+fn assert_extras_in_step(m: &Message) {
+    let mut targets: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.target.to_string()),
+            _ => None,
+        })
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let mut extra: Vec<String> = m.additionals.iter().map(|r| r.name.to_string()).collect();
+    extra.sort();
+    assert_eq!(targets, extra, "additional records follow the answers");
+}
+
+#[test]
+fn srv_answers_as_consul_builds_them() {
+    let m = ask("web.service.consul.", RecordType::SRV);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.authoritative);
+    assert!(!m.metadata.truncation);
+    assert_eq!(
+        srv_targets(&m),
+        [
+            "1 1 8080 n1.node.dc1.consul.",
+            "1 1 8082 0a000009.addr.dc1.consul.",
+            "1 3 8081 n2.node.dc1.consul.",
+        ]
+    );
+    assert!(
+        m.answers
+            .iter()
+            .all(|r| r.name.to_string() == "web.service.consul.")
+    );
+    assert_eq!(
+        addrs(&m.additionals),
+        [
+            "0a000009.addr.dc1.consul. 10.0.0.9",
+            "n1.node.dc1.consul. 10.0.0.1",
+            "n2.node.dc1.consul. 10.0.0.2",
+        ]
+    );
+    assert_extras_in_step(&m);
+    // The OPT record echoes the client's UDP size.
+    assert_eq!(m.edns.as_ref().map(Edns::max_payload), Some(1232));
+}
+
+#[test]
+fn every_service_form_resolves() {
+    for (name, n) in [
+        ("web.service.consul", 3),
+        ("WEB.Service.CONSUL", 3),
+        ("v1.web.service.consul", 1),
+        ("web.service.dc1.consul", 3),
+        ("v2.web.service.dc1.consul", 1),
+        ("_web._tcp.service.consul", 3),
+        ("_web._udp.consul", 3),
+        ("_web._v1.service.dc1.consul", 1),
+        ("_web._tcp.dc1.consul", 3),
+        ("web.service.meridian.internal", 3),
+    ] {
+        let m = ask(name, RecordType::SRV);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(m.answers.len(), n, "{name}");
+        assert_extras_in_step(&m);
+    }
+    // Answers use the domain that was asked.
+    let m = ask("web.service.meridian.internal", RecordType::SRV);
+    assert!(
+        srv_targets(&m)
+            .iter()
+            .all(|t| t.ends_with(".dc1.meridian.internal."))
+    );
+    assert!(
+        m.additionals
+            .iter()
+            .all(|r| r.name.to_string().ends_with(".dc1.meridian.internal."))
+    );
+}
+
+#[test]
+fn health_decides_who_is_answered() {
+    // Critical never; warning unless only_passing.
+    let m = ask("db.service.consul", RecordType::SRV);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_soa_authority(&m, "consul");
+    let mut s = settings();
+    s.only_passing = true;
+    let h = handler_with(s, view());
+    let m = ask_with(
+        &h,
+        "web.service.consul",
+        RecordType::SRV,
+        None,
+        Protocol::Udp,
+    );
+    assert_eq!(
+        srv_targets(&m),
+        [
+            "1 1 8080 n1.node.dc1.consul.",
+            "1 1 8082 0a000009.addr.dc1.consul."
+        ]
+    );
+}
+
+#[test]
+fn address_answers_use_the_asked_name_and_are_deduplicated() {
+    let m = ask("Web.Service.Consul", RecordType::A);
+    assert_eq!(
+        addrs(&m.answers),
+        [
+            "Web.Service.Consul. 10.0.0.1",
+            "Web.Service.Consul. 10.0.0.2",
+            "Web.Service.Consul. 10.0.0.9",
+        ]
+    );
+    let m = ask("dup.service.consul", RecordType::A);
+    assert_eq!(addrs(&m.answers), ["dup.service.consul. 10.0.0.7"]);
+    let m = ask("dup.service.consul", RecordType::SRV);
+    assert_eq!(m.answers.len(), 1, "same address and port: one SRV");
+    let m = ask("v6.service.consul", RecordType::AAAA);
+    assert_eq!(addrs(&m.answers), ["v6.service.consul. 2001:db8::6"]);
+    // A service without records of the asked type: NODATA with the SOA.
+    for (name, t) in [
+        ("v6.service.consul", RecordType::A),
+        ("web.service.consul", RecordType::AAAA),
+        ("web.service.consul", RecordType::TXT),
+    ] {
+        let m = ask(name, t);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "{name} {t}"
+        );
+        assert!(m.answers.is_empty(), "{name} {t}");
+        assert_soa_authority(&m, "consul");
+    }
+}
+
+#[test]
+fn shuffled_on_every_query() {
+    let h = handler_with(settings(), big_view(50));
+    let first = |m: &Message| match &m.answers[0].data {
+        RData::A(a) => a.0,
+        other => panic!("{other:?}"),
+    };
+    let firsts: std::collections::HashSet<_> = (0..40)
+        .map(|_| {
+            first(&ask_with(
+                &h,
+                "big.service.consul",
+                RecordType::A,
+                Some(4096),
+                Protocol::Udp,
+            ))
+        })
+        .collect();
+    assert!(firsts.len() > 5, "order barely changes: {firsts:?}");
+}
+
+#[test]
+fn nodes_addrs_and_queries() {
+    let m = ask("n1.node.consul", RecordType::A);
+    assert_eq!(addrs(&m.answers), ["n1.node.consul. 10.0.0.1"]);
+    let m = ask("N1.node.dc1.consul", RecordType::TXT);
+    let RData::TXT(txt) = &m.answers[0].data else {
+        panic!("{m:?}");
+    };
+    assert_eq!(&*txt.txt_data[0], b"rack=r1");
+    let m = ask("n1.node.consul", RecordType::ANY);
+    assert_eq!(m.answers.len(), 2, "A and TXT");
+    let m = ask("n1.node.consul", RecordType::AAAA);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert_soa_authority(&m, "consul");
+    let m = ask("n6.node.consul", RecordType::AAAA);
+    assert_eq!(addrs(&m.answers), ["n6.node.consul. 2001:db8::6"]);
+
+    let m = ask("0a000009.addr.dc1.consul", RecordType::A);
+    assert_eq!(addrs(&m.answers), ["0a000009.addr.dc1.consul. 10.0.0.9"]);
+    let hex6 = "20010db8000000000000000000000006";
+    let m = ask(&format!("{hex6}.addr.consul"), RecordType::AAAA);
+    assert_eq!(m.answers.len(), 1);
+    let m = ask("0a000009.addr.consul", RecordType::AAAA);
+    assert!(m.answers.is_empty());
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+
+    for name in [
+        "nope.node.consul",
+        "n1.node.dc9.consul",
+        "nope.service.consul",
+        "web.service.dc9.consul",
+        "v9.web.service.consul",
+        "failover.query.consul",
+        "_web._tcp.query.consul",
+        "0a000009.addr.dc9.consul",
+        "zz.addr.consul",
+        "what.consul",
+        "a.b.c.web.service.consul",
+    ] {
+        let m = ask(name, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert!(m.answers.is_empty());
+        assert_soa_authority(&m, "consul");
+    }
+    let m = ask("nope.service.meridian.internal", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_soa_authority(&m, "meridian.internal");
+}
+
+#[test]
+fn apex_soa_and_ns() {
+    let mut s = settings();
+    s.soa = SoaSettings {
+        refresh: 10,
+        retry: 20,
+        expire: 30,
+        min_ttl: 40,
+    };
+    let h = handler_with(s, view());
+    let m = ask_with(&h, "consul.", RecordType::SOA, None, Protocol::Udp);
+    let RData::SOA(soa) = &m.answers[0].data else {
+        panic!("{m:?}");
+    };
+    assert_eq!(
+        (soa.refresh, soa.retry, soa.expire, soa.minimum),
+        (10, 20, 30, 40)
+    );
+    assert_eq!(m.answers[0].ttl, 40);
+    let m = ask("consul", RecordType::NS);
+    let RData::NS(ns) = &m.answers[0].data else {
+        panic!("{m:?}");
+    };
+    assert_eq!(ns.0.to_string(), "n1.node.dc1.consul.");
+    assert_eq!(addrs(&m.additionals), ["n1.node.dc1.consul. 10.0.0.1"]);
+    let m = ask("consul", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_soa_authority(&m, "consul");
+}
+
+#[test]
+fn reverse_lookups() {
+    let m = ask("1.0.0.10.in-addr.arpa", RecordType::PTR);
+    let ptrs: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(ptrs, ["n1.node.dc1.consul."]);
+    let m = ask("9.0.0.10.in-addr.arpa", RecordType::PTR);
+    let ptrs: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(ptrs, ["web.service.dc1.consul."]);
+    let m = ask(
+        "6.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+        RecordType::PTR,
+    );
+    assert_eq!(m.answers.len(), 1);
+    let m = ask("4.3.2.1.in-addr.arpa", RecordType::PTR);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn response_codes_for_what_we_do_not_serve() {
+    let h = handler();
+    let m = ask("example.com", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    // Unknown opcode: NOTIMP.
+    let mut raw = query_bytes("web.service.consul", RecordType::A, None);
+    raw[2] = (raw[2] & 0x87) | (2 << 3);
+    let m = Message::from_vec(&exchange(&h, &raw, Protocol::Udp).expect("answered")).expect("msg");
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    // Class CH: NOTIMP.
+    let mut q = Query::query(
+        Name::from_ascii("version.bind").expect("name"),
+        RecordType::TXT,
+    );
+    q.set_query_class(DNSClass::CH);
+    let mut msg = Message::new(1, MessageType::Query, OpCode::Query);
+    msg.add_query(q);
+    let raw = msg.to_vec().expect("encodes");
+    let m = Message::from_vec(&exchange(&h, &raw, Protocol::Udp).expect("answered")).expect("msg");
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    // Two questions or none: FORMERR.
+    let mut msg = Message::new(2, MessageType::Query, OpCode::Query);
+    for n in ["a.service.consul", "b.service.consul"] {
+        msg.add_query(Query::query(
+            Name::from_ascii(n).expect("name"),
+            RecordType::A,
+        ));
+    }
+    let raw = msg.to_vec().expect("encodes");
+    let m = Message::from_vec(&exchange(&h, &raw, Protocol::Udp).expect("answered")).expect("msg");
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    let raw = Message::new(3, MessageType::Query, OpCode::Query)
+        .to_vec()
+        .expect("encodes");
+    let m = Message::from_vec(&exchange(&h, &raw, Protocol::Udp).expect("answered")).expect("msg");
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // Zone transfers are refused.
+    let m = ask("consul", RecordType::AXFR);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(h.counters().responses_with(ResponseCode::NotImp) >= 2);
+}
+
+#[test]
+fn ttls_from_settings() {
+    let mut s = settings();
+    s.node_ttl = 30;
+    s.service_ttl = TtlMap::new([("*", 5), ("we*", 7), ("web", 9)]);
+    let h = handler_with(s, view());
+    let ttls = |name: &str, t| {
+        let m = ask_with(&h, name, t, None, Protocol::Udp);
+        m.answers
+            .iter()
+            .chain(&m.additionals)
+            .map(|r| r.ttl)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        ttls("web.service.consul", RecordType::SRV)
+            .iter()
+            .all(|t| *t == 9)
+    );
+    assert!(
+        ttls("v6.service.consul", RecordType::AAAA)
+            .iter()
+            .all(|t| *t == 5)
+    );
+    assert_eq!(ttls("n1.node.consul", RecordType::A), [30]);
+    assert_eq!(ttls("0a000009.addr.consul", RecordType::A), [30]);
+}
+
+#[test]
+fn udp_without_edns_is_cut_to_512_bytes_with_tc() {
+    // Consul's default answer limit: 3 answers, not a truncation.
+    let h = handler_with(settings(), big_view(40));
+    let m = ask_with(
+        &h,
+        "big.service.consul",
+        RecordType::SRV,
+        None,
+        Protocol::Udp,
+    );
+    assert_eq!(m.answers.len(), 3);
+    assert!(!m.metadata.truncation);
+    assert_extras_in_step(&m);
+
+    // Without the answer limit, the size limit cuts whole groups and sets TC.
+    let mut s = settings();
+    s.udp_answer_limit = 0;
+    let h = handler_with(s, big_view(40));
+    for t in [RecordType::SRV, RecordType::A] {
+        let raw = exchange(
+            &h,
+            &query_bytes("big.service.consul", t, None),
+            Protocol::Udp,
+        )
+        .expect("answered");
+        assert!(raw.len() <= 512, "{} bytes", raw.len());
+        let m = Message::from_vec(&raw).expect("valid");
+        assert!(m.metadata.truncation, "{t}");
+        assert!(
+            m.answers.len() > 3 && m.answers.len() < 40,
+            "{t}: {}",
+            m.answers.len()
+        );
+        assert_extras_in_step(&m);
+    }
+    assert!(h.counters().truncated_total() >= 2);
+
+    // EDNS with room for everything: no TC.
+    let m = ask_with(
+        &h,
+        "big.service.consul",
+        RecordType::SRV,
+        Some(4096),
+        Protocol::Udp,
+    );
+    assert_eq!(m.answers.len(), 40);
+    assert!(!m.metadata.truncation);
+    assert_extras_in_step(&m);
+}
+
+#[test]
+fn thousands_of_instances_never_overflow() {
+    let mut s = settings();
+    s.udp_answer_limit = 0;
+    let h = handler_with(s, big_view(5000));
+    for (edns, proto, limit) in [
+        (None, Protocol::Udp, 512),
+        (Some(1232), Protocol::Udp, 1232),
+        (Some(65535), Protocol::Udp, 65535),
+        (None, Protocol::Tcp, 65535),
+    ] {
+        for t in [RecordType::SRV, RecordType::A] {
+            let raw =
+                exchange(&h, &query_bytes("big.service.consul", t, edns), proto).expect("answered");
+            assert!(
+                raw.len() <= limit,
+                "{t} {edns:?} {proto}: {} bytes",
+                raw.len()
+            );
+            let m = Message::from_vec(&raw).expect("valid");
+            assert!(!m.answers.is_empty());
+            assert!(m.answers.len() < 5000);
+            assert_eq!(
+                m.metadata.truncation,
+                proto == Protocol::Udp,
+                "{t} {edns:?} {proto}"
+            );
+            assert_extras_in_step(&m);
+        }
+    }
+    // a_record_limit bounds every transport.
+    let mut s = settings();
+    s.a_record_limit = 5;
+    let h = handler_with(s, big_view(50));
+    let m = ask_with(
+        &h,
+        "big.service.consul",
+        RecordType::SRV,
+        None,
+        Protocol::Tcp,
+    );
+    assert_eq!(m.answers.len(), 5);
+    assert_extras_in_step(&m);
+}
+
+#[test]
+fn bad_packets_are_formerr_or_dropped() {
+    let h = handler();
+    // Shorter than a header: dropped.
+    assert_eq!(exchange(&h, &[0x12, 0x34, 0x01], Protocol::Udp), None);
+    // A response sent to us: dropped (no reflection).
+    let mut resp = query_bytes("web.service.consul", RecordType::A, None);
+    resp[2] |= 0x80;
+    assert_eq!(exchange(&h, &resp, Protocol::Udp), None);
+    let formerr = |raw: &[u8]| {
+        let out = exchange(&h, raw, Protocol::Udp).expect("answered");
+        let m = Message::from_vec(&out).expect("valid");
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(m.metadata.id, u16::from_be_bytes([raw[0], raw[1]]));
+    };
+    // Header claims a question that is not there.
+    formerr(&[0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+    // A compression pointer to itself.
+    let mut looped = vec![0xab, 0xce, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    formerr(&looped);
+    // Two pointers to each other.
+    let mut pair = vec![0xab, 0xcf, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    pair.extend_from_slice(&[1, b'a', 0xc0, 16, 0xc0, 12, 0, 1, 0, 1]);
+    formerr(&pair);
+    // 200 one-byte labels: longer than 255 bytes.
+    let mut long = vec![0xab, 0xd0, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    for _ in 0..200 {
+        long.extend_from_slice(&[1, b'x']);
+    }
+    long.extend_from_slice(&[0, 0, 1, 0, 1]);
+    formerr(&long);
+    assert_eq!(h.counters().malformed_total(), 6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let h = handler();
+        if let Some(out) = exchange(&h, &raw, Protocol::Udp) {
+            prop_assert!(out.len() <= 512 || raw.len() > 12);
+            prop_assert!(out.len() >= 12);
+        }
+    }
+
+    #[test]
+    fn mutated_queries_never_panic(
+        name in prop::sample::select(vec![
+            "web.service.consul", "_web._tcp.consul", "n1.node.consul", "0a000009.addr.consul",
+            "1.0.0.10.in-addr.arpa", "consul", "example.com",
+        ]),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        cut in any::<usize>(),
+    ) {
+        let h = handler();
+        let mut raw = query_bytes(name, RecordType::SRV, Some(1232));
+        for (i, b) in flips {
+            let i = i % raw.len();
+            raw[i] ^= b;
+        }
+        raw.truncate(cut % (raw.len() + 1) + 1);
+        if let Some(out) = exchange(&h, &raw, Protocol::Udp) {
+            prop_assert!(Message::from_vec(&out).is_ok() || out.len() == 12);
+        }
+    }
+}
+
+/// A fake upstream that answers every query with one A record.
+async fn fake_recursor() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.clone());
+            if let Some(first) = q.queries.first() {
+                r.add_answer(Record::from_rdata(
+                    first.name().clone(),
+                    60,
+                    RData::A(
+                        "192.0.2.1"
+                            .parse::<std::net::Ipv4Addr>()
+                            .expect("ip")
+                            .into(),
+                    ),
+                ));
+            }
+            let _ = sock.send_to(&r.to_vec().expect("encodes"), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn outside_names_go_to_the_recursors() {
+    let mut s = settings();
+    // A dead recursor first (nothing listens there), then a live one.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    s.recursors = vec![dead_addr, fake_recursor().await];
+    s.recursor_timeout = Duration::from_millis(300);
+    let h = handler_with(s, view());
+    let raw = query_bytes("example.com", RecordType::A, None);
+    let req = h.decode(&raw, src(), Protocol::Udp).expect("decodes");
+    assert!(matches!(h.prepare(&req), Prepared::Forward));
+    let reply = h.forward(&req).await;
+    let mut out = Vec::new();
+    h.encode(&req, &reply, &mut out);
+    let m = Message::from_vec(&out).expect("valid");
+    assert_eq!(m.metadata.id, 7);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.recursion_available);
+    assert_eq!(addrs(&m.answers), ["example.com. 192.0.2.1"]);
+    // Our own names are never forwarded.
+    let req = h
+        .decode(
+            &query_bytes("web.service.consul", RecordType::A, None),
+            src(),
+            Protocol::Udp,
+        )
+        .expect("decodes");
+    assert!(matches!(h.prepare(&req), Prepared::Reply(_)));
+
+    let mut s = settings();
+    s.recursors = vec![dead_addr];
+    s.recursor_timeout = Duration::from_millis(200);
+    let h = handler_with(s, view());
+    let req = h.decode(&raw, src(), Protocol::Udp).expect("decodes");
+    let reply = h.forward(&req).await;
+    h.encode(&req, &reply, &mut out);
+    let m = Message::from_vec(&out).expect("valid");
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(h.counters().forward_failed_total(), 1);
+}
+
+#[tokio::test]
+async fn the_handler_serves_inside_hickory_server() {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    let mut server = hickory_server::Server::new(handler());
+    server.register_socket(sock);
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    client
+        .send_to(
+            &query_bytes("web.service.consul", RecordType::SRV, None),
+            addr,
+        )
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("recv");
+    let m = Message::from_vec(&buf[..n]).expect("valid");
+    assert_eq!(m.answers.len(), 3);
+    server.shutdown_gracefully().await.expect("shutdown");
+}
+
+#[test]
+fn addresses_are_ip_literals_only() {
+    // An instance whose address is a hostname: SRV targets it, A leaves it out.
+    let mut s = DcState::default();
+    s.upsert_node(node("n1", "10.0.0.1"), 1);
+    s.register(
+        inst("ext", "ext-1", "n1", "db.example.org", 5432),
+        vec![],
+        2,
+    );
+    let h = handler_with(settings(), View::new("dc1", s));
+    let m = ask_with(
+        &h,
+        "ext.service.consul",
+        RecordType::SRV,
+        None,
+        Protocol::Udp,
+    );
+    assert_eq!(srv_targets(&m), ["1 1 5432 db.example.org."]);
+    assert!(m.additionals.is_empty());
+    let m = ask_with(&h, "ext.service.consul", RecordType::A, None, Protocol::Udp);
+    assert!(m.answers.is_empty());
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let _: IpAddr = "10.0.0.1".parse().expect("ip");
+}

@@ -156,6 +156,14 @@ impl DnsHandler {
         if request.metadata.op_code != OpCode::Query {
             return Prepared::Reply(Self::error(request, ResponseCode::NotImp));
         }
+        // RFC 6891 6.1.3: we speak EDNS version 0 only.
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            let mut reply = Self::error(request, ResponseCode::BADVERS);
+            if let Some(e) = reply.edns.as_mut() {
+                e.set_rcode_high(ResponseCode::BADVERS.high());
+            }
+            return Prepared::Reply(reply);
+        }
         let [query] = request.queries.queries() else {
             return Prepared::Reply(Self::error(request, ResponseCode::FormErr));
         };

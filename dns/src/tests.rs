@@ -679,6 +679,27 @@ fn bad_packets_are_formerr_or_dropped() {
     assert_eq!(h.counters().malformed_total(), 6);
 }
 
+#[test]
+fn edns_version_above_zero_is_badvers() {
+    let mut m = Message::new(9, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii("web.service.consul").expect("name"),
+        RecordType::SRV,
+    ));
+    let mut e = Edns::new();
+    e.set_version(1);
+    m.set_edns(e);
+    let raw = exchange(&handler(), &m.to_vec().expect("encodes"), Protocol::Udp).expect("answered");
+    let resp = Message::from_vec(&raw).expect("valid response");
+    // BADVERS and BADSIG share the value 16; hickory decodes it as BADSIG.
+    assert_eq!(
+        u16::from(resp.metadata.response_code),
+        u16::from(ResponseCode::BADVERS)
+    );
+    assert!(resp.answers.is_empty());
+    assert_eq!(resp.edns.as_ref().map(Edns::version), Some(0));
+}
+
 /// The fuzzing corpus in `dns/fuzz/corpus/request` (malformed headers, compression loops, huge
 /// label counts, odd classes and opcodes, EDNS variants, every query form) is replayed here on
 /// every test run, over UDP and TCP: each packet is answered with a parseable message or a bare

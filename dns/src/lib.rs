@@ -11,6 +11,8 @@
 //! server. Health and failover are never decided here: answers come from `topology::resolve`.
 
 pub mod answer;
+#[cfg(target_os = "linux")]
+mod batch;
 mod counters;
 mod handler;
 mod server;

@@ -205,6 +205,106 @@ fn into_tokio(
     Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
 }
 
+/// Receives, answers and sends on one UDP socket until told to stop, in batches: one
+/// `recvmmsg` takes everything queued (up to [`crate::batch::BATCH`] datagrams), the queries are
+/// answered in place, and one `sendmmsg` sends the answers. Only forwarding (which waits on the
+/// network) runs on a task of its own. The loop parks on readiness only when the socket is empty.
+#[cfg(target_os = "linux")]
+async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+    use std::os::fd::AsRawFd;
+
+    use crate::batch::{BATCH, UdpBatch};
+
+    let sock = Arc::new(sock);
+    let fd = sock.as_raw_fd();
+    let mut batch = UdpBatch::new();
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
+    let mut ready: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut forwards = JoinSet::new();
+    loop {
+        // Through tokio's readiness, so that an empty socket clears it and `readable()` parks.
+        let n = match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    r = sock.readable() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "DNS UDP socket not readable");
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+                while forwards.try_join_next().is_some() {}
+                continue;
+            }
+            Err(e) => {
+                // ICMP errors surface here on some systems: not fatal.
+                tracing::debug!(error = %e, "DNS UDP receive failed");
+                continue;
+            }
+        };
+        ready.clear();
+        for (i, out) in outs.iter_mut().enumerate().take(n) {
+            let (data, src) = batch.datagram(i);
+            let Some(src) = src else { continue };
+            out.clear();
+            let request = match h.decode(data, src, Protocol::Udp) {
+                Ok(r) => r,
+                Err(Some(formerr)) => {
+                    h.counters()
+                        .answered(hickory_server::proto::op::ResponseCode::FormErr);
+                    out.extend_from_slice(&formerr);
+                    ready.push((i, src));
+                    continue;
+                }
+                Err(None) => continue,
+            };
+            let span = query_span(&request);
+            let prepared = {
+                let _enter = span.enter();
+                let p = h.prepare(&request);
+                if let Prepared::Reply(reply) = &p {
+                    h.encode(&request, reply, out);
+                }
+                p
+            };
+            match prepared {
+                Prepared::Reply(_) => ready.push((i, src)),
+                Prepared::Forward => {
+                    let (h, sock) = (h.clone(), sock.clone());
+                    forwards.spawn(
+                        async move {
+                            let reply = h.forward(&request).await;
+                            let mut out = Vec::with_capacity(512);
+                            h.encode(&request, &reply, &mut out);
+                            send_udp(&sock, &out, src).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+        }
+        let msgs: Vec<(&[u8], SocketAddr)> = ready
+            .iter()
+            .filter_map(|(i, dst)| outs.get(*i).map(|o| (o.as_slice(), *dst)))
+            .collect();
+        // Straight to the kernel (non-blocking); whatever it does not take goes one by one.
+        let sent = match batch.send(fd, &msgs) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "DNS UDP batch send failed");
+                }
+                0
+            }
+        };
+        for (msg, dst) in msgs.iter().skip(sent) {
+            send_udp(&sock, msg, *dst).await;
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
 /// Receives, answers and sends on one UDP socket until told to stop. Queries are answered in
 /// place; only forwarding (which waits on the network) runs on a task of its own.
 ///

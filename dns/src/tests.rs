@@ -679,6 +679,53 @@ fn bad_packets_are_formerr_or_dropped() {
     assert_eq!(h.counters().malformed_total(), 6);
 }
 
+/// A burst of queries from one socket arrives in batches (`recvmmsg`/`sendmmsg` on Linux): every
+/// query gets exactly one answer, carrying its own ID, question and response code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_udp_queries_gets_one_matching_answer_each() {
+    let (_views, rx) = tokio::sync::watch::channel(Arc::new(view()));
+    let bind: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = crate::DnsServer::start(settings(), rx, bind, 1)
+        .await
+        .expect("server starts");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("client socket");
+    let cases = [
+        ("web.service.consul", ResponseCode::NoError),
+        ("n1.node.consul", ResponseCode::NoError),
+        ("nope.service.consul", ResponseCode::NXDomain),
+        ("example.com", ResponseCode::Refused),
+    ];
+    const N: u16 = 200;
+    for id in 0..N {
+        let (name, _) = cases[usize::from(id) % cases.len()];
+        let mut raw = query_bytes(name, RecordType::A, Some(1232));
+        raw[..2].copy_from_slice(&id.to_be_bytes());
+        sock.send_to(&raw, server.local_addr()).await.expect("send");
+    }
+    let mut seen = vec![false; usize::from(N)];
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..N {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("recv");
+        let m = Message::from_vec(&buf[..n]).expect("valid response");
+        let id = m.metadata.id;
+        let (name, rcode) = cases[usize::from(id) % cases.len()];
+        assert!(!seen[usize::from(id)], "two answers for query {id}");
+        seen[usize::from(id)] = true;
+        assert_eq!(
+            m.queries[0].name().to_ascii().trim_end_matches('.'),
+            name,
+            "query {id}"
+        );
+        assert_eq!(m.metadata.response_code, rcode, "query {id} ({name})");
+    }
+    server.shutdown().await;
+}
+
 #[test]
 fn edns_version_above_zero_is_badvers() {
     let mut m = Message::new(9, MessageType::Query, OpCode::Query);

@@ -246,42 +246,10 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
         ready.clear();
         for (i, out) in outs.iter_mut().enumerate().take(n) {
             let (data, src) = batch.datagram(i);
-            let Some(src) = src else { continue };
-            out.clear();
-            let request = match h.decode(data, src, Protocol::Udp) {
-                Ok(r) => r,
-                Err(Some(formerr)) => {
-                    h.counters()
-                        .answered(hickory_server::proto::op::ResponseCode::FormErr);
-                    out.extend_from_slice(&formerr);
-                    ready.push((i, src));
-                    continue;
-                }
-                Err(None) => continue,
-            };
-            let span = query_span(&request);
-            let prepared = {
-                let _enter = span.enter();
-                let p = h.prepare(&request);
-                if let Prepared::Reply(reply) = &p {
-                    h.encode(&request, reply, out);
-                }
-                p
-            };
-            match prepared {
-                Prepared::Reply(_) => ready.push((i, src)),
-                Prepared::Forward => {
-                    let (h, sock) = (h.clone(), sock.clone());
-                    forwards.spawn(
-                        async move {
-                            let reply = h.forward(&request).await;
-                            let mut out = Vec::with_capacity(512);
-                            h.encode(&request, &reply, &mut out);
-                            send_udp(&sock, &out, src).await;
-                        }
-                        .instrument(span),
-                    );
-                }
+            if let Some(src) = src
+                && answer_datagram(&h, data, src, out, &sock, &mut forwards)
+            {
+                ready.push((i, src));
             }
         }
         let msgs: Vec<(&[u8], SocketAddr)> = ready
@@ -337,39 +305,56 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
                 continue;
             }
         };
-        let request = match h.decode(&buf[..n], src, Protocol::Udp) {
-            Ok(r) => r,
-            Err(Some(formerr)) => {
-                h.counters()
-                    .answered(hickory_server::proto::op::ResponseCode::FormErr);
-                send_udp(&sock, &formerr, src).await;
-                continue;
-            }
-            Err(None) => continue,
-        };
-        let span = query_span(&request);
-        let prepared = {
-            let _enter = span.enter();
-            let p = h.prepare(&request);
-            if let Prepared::Reply(reply) = &p {
-                h.encode(&request, reply, &mut out);
-            }
-            p
-        };
-        match prepared {
-            Prepared::Reply(_) => send_udp(&sock, &out, src).await,
-            Prepared::Forward => {
-                let (h, sock) = (h.clone(), sock.clone());
-                forwards.spawn(
-                    async move {
-                        let reply = h.forward(&request).await;
-                        let mut out = Vec::with_capacity(512);
-                        h.encode(&request, &reply, &mut out);
-                        send_udp(&sock, &out, src).await;
-                    }
-                    .instrument(span),
-                );
-            }
+        if answer_datagram(&h, &buf[..n], src, &mut out, &sock, &mut forwards) {
+            send_udp(&sock, &out, src).await;
+        }
+    }
+}
+
+/// Answers one datagram into `out` and returns whether `out` now holds a reply to send. A query
+/// for the recursors is answered later, by a task of its own on `forwards`.
+fn answer_datagram(
+    h: &DnsHandler,
+    data: &[u8],
+    src: SocketAddr,
+    out: &mut Vec<u8>,
+    sock: &Arc<UdpSocket>,
+    forwards: &mut JoinSet<()>,
+) -> bool {
+    out.clear();
+    let request = match h.decode(data, src, Protocol::Udp) {
+        Ok(r) => r,
+        Err(Some(formerr)) => {
+            h.counters()
+                .answered(hickory_server::proto::op::ResponseCode::FormErr);
+            out.extend_from_slice(&formerr);
+            return true;
+        }
+        Err(None) => return false,
+    };
+    let span = query_span(&request);
+    let prepared = {
+        let _enter = span.enter();
+        let p = h.prepare(&request);
+        if let Prepared::Reply(reply) = &p {
+            h.encode(&request, reply, out);
+        }
+        p
+    };
+    match prepared {
+        Prepared::Reply(_) => true,
+        Prepared::Forward => {
+            let (h, sock) = (h.clone(), sock.clone());
+            forwards.spawn(
+                async move {
+                    let reply = h.forward(&request).await;
+                    let mut out = Vec::with_capacity(512);
+                    h.encode(&request, &reply, &mut out);
+                    send_udp(&sock, &out, src).await;
+                }
+                .instrument(span),
+            );
+            false
         }
     }
 }

@@ -390,28 +390,36 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let body = SnapshotBody {
-            last_applied: self.frozen.last_applied,
-            membership: self.frozen.membership.clone(),
-            catalog: self.frozen.state.to_snapshot(),
-        };
-        let data =
-            serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let snapshot_id = match self.frozen.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.frozen.last_applied,
-            last_membership: self.frozen.membership.clone(),
-            snapshot_id,
-        };
-        save_snapshot(&self.db, &meta, &data)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        // Serializing a large catalog and fsyncing it takes a while: keep it off the runtime's
+        // worker threads, which serve Raft and the APIs.
+        let (db, frozen) = (self.db.clone(), self.frozen.clone());
+        tokio::task::spawn_blocking(move || build_and_save(&db, &frozen))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
     }
+}
+
+fn build_and_save(db: &DB, frozen: &SmInner) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let body = SnapshotBody {
+        last_applied: frozen.last_applied,
+        membership: frozen.membership.clone(),
+        catalog: frozen.state.to_snapshot(),
+    };
+    let data = serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+    let snapshot_id = match frozen.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+        None => format!("empty-{}", data.len()),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: frozen.last_applied,
+        last_membership: frozen.membership.clone(),
+        snapshot_id,
+    };
+    save_snapshot(db, &meta, &data)?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
 }
 
 /// Persists a snapshot with fsync: the log before it may be purged right after.

@@ -56,8 +56,8 @@ struct Inner {
     proposer: Proposer,
     counters: Arc<CatalogCounters>,
     views: watch::Sender<Arc<View>>,
-    /// Dropped to nothing once RocksDB is closed.
-    store: std::sync::Weak<rocksdb::DB>,
+    /// Raised once RocksDB is closed.
+    store_closed: Arc<std::sync::atomic::AtomicBool>,
     forward_clients: Mutex<HashMap<String, CatalogClient<Channel>>>,
     health: HealthRunner,
     stop_rpc: Mutex<Option<oneshot::Sender<()>>>,
@@ -132,7 +132,7 @@ impl Catalog {
         }
         .validate()
         .map_err(|e| CatalogError::Config(e.to_string()))?;
-        let store = log.closed_watch();
+        let store_closed = log.closed_watch();
         let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), NetworkFactory, log, sm)
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
@@ -196,7 +196,7 @@ impl Catalog {
                 proposer,
                 counters,
                 views,
-                store,
+                store_closed,
                 forward_clients: Mutex::new(HashMap::new()),
                 stop_rpc: Mutex::new(Some(stop_tx)),
                 tasks: Mutex::new(vec![rpc_task, proposer_task]),
@@ -479,10 +479,15 @@ impl Catalog {
         if let Some(rpc) = tasks.into_iter().next() {
             let _ = tokio::time::timeout(Duration::from_secs(5), rpc).await;
         }
-        // Raft's tasks drop their store handles as they wind down; wait for RocksDB to close so
-        // the data folder can be reopened or removed as soon as this returns.
-        for _ in 0..100 {
-            if self.inner.store.strong_count() == 0 {
+        // Raft's tasks drop their store handles as they wind down; wait until RocksDB is closed,
+        // so the data folder can be reopened or removed, and the process can exit, as soon as
+        // this returns.
+        for _ in 0..200 {
+            if self
+                .inner
+                .store_closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -20,6 +20,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use meridian_topology::dc::DcSnapshot;
@@ -65,7 +66,10 @@ pub fn open_store(
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(read_err)?;
-    let db = Arc::new(db);
+    let db = Arc::new(Db {
+        inner: Some(db),
+        closed: Arc::new(AtomicBool::new(false)),
+    });
 
     let (sync_tx, sync_rx) = std_mpsc::channel::<LogFlushed<TypeConfig>>();
     let sync_db = db.clone();
@@ -87,6 +91,33 @@ pub fn open_store(
     sm.load_snapshot()?;
     sm.publish();
     Ok((log, sm))
+}
+
+/// The database, shared by the log store, the state machine and the sync thread. Whichever
+/// handle goes last closes RocksDB and then raises `closed`, so that shutdown (and a process
+/// exit right after it) can wait until RocksDB has really finished: its background threads must
+/// not outlive the process's static destructors.
+pub(crate) struct Db {
+    inner: Option<DB>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        // `inner` is only taken in `drop`.
+        self.inner
+            .as_ref()
+            .expect("the database is open until dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        self.closed.store(true, Ordering::Release);
+    }
 }
 
 /// Fsyncs the write-ahead log for every batch of queued appends, then acknowledges them.
@@ -157,14 +188,14 @@ fn put_json<T: Serialize>(
 /// The Raft log and vote, in RocksDB.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     sync: std_mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
-    /// A handle that tells when the database has been closed (every strong handle dropped).
-    pub(crate) fn closed_watch(&self) -> std::sync::Weak<DB> {
-        Arc::downgrade(&self.db)
+    /// A flag raised once RocksDB is closed (every handle dropped and the database shut down).
+    pub fn closed_watch(&self) -> Arc<AtomicBool> {
+        self.db.closed.clone()
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, StorageError> {
@@ -320,7 +351,7 @@ struct SnapshotBody {
 
 /// The catalog state machine: in memory, published as views, snapshotted to RocksDB.
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     datacenter: Arc<str>,
     views: watch::Sender<Arc<View>>,
     inner: SmInner,
@@ -384,42 +415,34 @@ impl StateMachineStore {
 
 /// Builds snapshots from a frozen copy of the state machine.
 pub struct SnapshotBuilder {
-    db: Arc<DB>,
+    db: Arc<Db>,
     frozen: SmInner,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Serializing a large catalog and fsyncing it takes a while: keep it off the runtime's
-        // worker threads, which serve Raft and the APIs.
-        let (db, frozen) = (self.db.clone(), self.frozen.clone());
-        tokio::task::spawn_blocking(move || build_and_save(&db, &frozen))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+        let body = SnapshotBody {
+            last_applied: self.frozen.last_applied,
+            membership: self.frozen.membership.clone(),
+            catalog: self.frozen.state.to_snapshot(),
+        };
+        let data =
+            serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match self.frozen.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.frozen.last_applied,
+            last_membership: self.frozen.membership.clone(),
+            snapshot_id,
+        };
+        save_snapshot(&self.db, &meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
-}
-
-fn build_and_save(db: &DB, frozen: &SmInner) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let body = SnapshotBody {
-        last_applied: frozen.last_applied,
-        membership: frozen.membership.clone(),
-        catalog: frozen.state.to_snapshot(),
-    };
-    let data = serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-    let snapshot_id = match frozen.last_applied {
-        Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-        None => format!("empty-{}", data.len()),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: frozen.last_applied,
-        last_membership: frozen.membership.clone(),
-        snapshot_id,
-    };
-    save_snapshot(db, &meta, &data)?;
-    Ok(Snapshot {
-        meta,
-        snapshot: Box::new(Cursor::new(data)),
-    })
 }
 
 /// Persists a snapshot with fsync: the log before it may be purged right after.

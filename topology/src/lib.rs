@@ -12,6 +12,6 @@ mod view;
 
 pub use dc::DcState;
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
-pub use names::{NameError, NameQuery, QueryNameError};
+pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
 pub use view::View;

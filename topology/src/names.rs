@@ -180,9 +180,13 @@ pub fn strip_domain<'a>(name: &'a str, domains: &[&str]) -> Option<(usize, &'a s
             return Some((i, ""));
         }
         if name.len() > d.len() {
-            let (rest, tail) = name.split_at(name.len() - d.len());
-            if tail.eq_ignore_ascii_case(d) && rest.ends_with('.') {
-                return Some((i, &rest[..rest.len() - 1]));
+            // Compare bytes first: the cut is a character boundary only once the (ASCII) domain
+            // matched, and a name with other characters must not panic here.
+            let cut = name.len() - d.len();
+            if name.as_bytes()[cut..].eq_ignore_ascii_case(d.as_bytes())
+                && name.as_bytes()[cut - 1] == b'.'
+            {
+                return Some((i, &name[..cut - 1]));
             }
         }
     }
@@ -280,6 +284,57 @@ pub fn parse_query_name(rest: &str) -> Result<NameQuery<'_>, QueryNameError> {
     }
 }
 
+/// A Consul mesh SNI name, `<service>.<namespace>.<dc>.internal.<trust-domain>`, as Connect
+/// proxies send it. Labels borrow from the parsed name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshName<'a> {
+    /// Service name.
+    pub service: &'a str,
+    /// Consul namespace (`default` outside Consul Enterprise).
+    pub namespace: &'a str,
+    /// The datacenter the name points at; the mesh form always has one.
+    pub dc: &'a str,
+}
+
+/// Parses Consul's mesh SNI form under `trust_domain` (case-insensitive, optional trailing dot).
+/// `NotOurs` if the name is not under `internal.<trust_domain>`, `Unknown` if the labels before
+/// it are not exactly three DNS labels.
+pub fn parse_mesh_name<'a>(
+    name: &'a str,
+    trust_domain: &str,
+) -> Result<MeshName<'a>, QueryNameError> {
+    let trust_domain = trust_domain.trim_end_matches('.');
+    // Names are ASCII (SNI and DNS alike); checking first also keeps the slicing below on
+    // character boundaries.
+    if trust_domain.is_empty() || !name.is_ascii() {
+        return Err(QueryNameError::NotOurs);
+    }
+    let Some((_, rest)) = strip_domain(name, &[trust_domain]) else {
+        return Err(QueryNameError::NotOurs);
+    };
+    let Some(rest) = rest
+        .len()
+        .checked_sub(".internal".len())
+        .filter(|&at| rest.as_bytes()[at..].eq_ignore_ascii_case(b".internal"))
+        .map(|at| &rest[..at])
+    else {
+        return Err(QueryNameError::NotOurs);
+    };
+    let mut labels = rest.split('.');
+    match (labels.next(), labels.next(), labels.next(), labels.next()) {
+        (Some(service), Some(namespace), Some(dc), None)
+            if is_label(service) && is_label(namespace) && is_label(dc) =>
+        {
+            Ok(MeshName {
+                service,
+                namespace,
+                dc,
+            })
+        }
+        _ => Err(QueryNameError::Unknown),
+    }
+}
+
 /// Decodes Consul's `.addr` label: 8 hex digits for IPv4, 32 for IPv6.
 pub fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
     let b = hex.as_bytes();
@@ -326,7 +381,8 @@ pub fn hex_ip(ip: IpAddr, buf: &mut [u8; 32]) -> &str {
 pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     let name = name.strip_suffix('.').unwrap_or(name);
     let lower_ends = |suffix: &str| {
-        name.len() > suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        name.len() > suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
     };
     if lower_ends(".in-addr.arpa") {
         let rest = &name[..name.len() - ".in-addr.arpa".len()];
@@ -537,6 +593,62 @@ mod tests {
         }
         assert_eq!(strip_domain("web.service.other", &d), None);
         assert_eq!(strip_domain("webconsul", &d), None);
+        // Non-ASCII before the domain must not cut inside a character.
+        assert_eq!(strip_domain("éonsul", &d), None);
+        assert_eq!(strip_domain("wéb.consul", &d), Some((0, "wéb")));
+        assert_eq!(parse_reverse("é.in-addr.arpa"), None);
+    }
+
+    #[test]
+    fn mesh_names() {
+        let td = "7c5e4a1f-1b2c-4d3e-8f90-a1b2c3d4e5f6.consul";
+        let name = format!("web.default.dc2.internal.{td}");
+        assert_eq!(
+            parse_mesh_name(&name, td),
+            Ok(MeshName {
+                service: "web",
+                namespace: "default",
+                dc: "dc2"
+            })
+        );
+        let upper = format!("Web.Default.DC2.Internal.{}.", td.to_ascii_uppercase());
+        assert_eq!(
+            parse_mesh_name(&upper, &format!("{td}.")).map(|m| m.dc),
+            Ok("DC2")
+        );
+        for not_ours in [
+            "web.default.dc2.internal.other.consul".to_owned(),
+            format!("web.default.dc2.external.{td}"),
+            format!("web.default.dc2internal.{td}"),
+            format!("internal.{td}"),
+            td.to_owned(),
+            "web.service.consul".to_owned(),
+            format!("wéb.default.dc2.internal.{td}"),
+        ] {
+            assert_eq!(
+                parse_mesh_name(&not_ours, td),
+                Err(QueryNameError::NotOurs),
+                "{not_ours}"
+            );
+        }
+        for unknown in [
+            format!(".internal.{td}"),
+            format!("default.dc2.internal.{td}"),
+            format!("v1.web.default.dc2.internal.{td}"),
+            format!("web..dc2.internal.{td}"),
+            format!("web_1.default.dc2.internal.{td}"),
+            format!("web.default.-dc2.internal.{td}"),
+        ] {
+            assert_eq!(
+                parse_mesh_name(&unknown, td),
+                Err(QueryNameError::Unknown),
+                "{unknown}"
+            );
+        }
+        assert_eq!(
+            parse_mesh_name("a.b.c.internal", ""),
+            Err(QueryNameError::NotOurs)
+        );
     }
 
     #[test]
@@ -558,12 +670,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsing_never_panics(s in "[a-zA-Z0-9._-]{0,300}") {
+        fn parsing_never_panics(s in "(\\PC|[.]){0,300}") {
             if let Some((_, rest)) = strip_domain(&s, &["consul"]) {
                 let _ = parse_query_name(rest);
             }
             let _ = parse_reverse(&s);
             let _ = parse_hex_ip(&s);
+            if let Ok(m) = parse_mesh_name(&s, "td.consul") {
+                prop_assert!(is_label(m.service) && is_label(m.namespace) && is_label(m.dc));
+            }
         }
     }
 }

@@ -45,8 +45,9 @@ fn instance(node: &str, id: &str) -> Instance {
     }
 }
 
+/// Polls `ok` for up to a minute (generous: the machine may be busy building).
 async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if ok() {
             return Ok(());
         }

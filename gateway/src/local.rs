@@ -1,0 +1,599 @@
+//! Local passthrough: accept a TCP connection, read its ClientHello within a byte bound and a
+//! timeout, route the SNI to a healthy local instance, replay the bytes read, then copy both ways
+//! until both sides have closed (half-close honoured). TLS is never terminated.
+//!
+//! Instances are chosen by power of two choices on the connections this gateway has open to
+//! each; a connect that fails or times out moves on to the next candidate before the client
+//! notices. Remote datacenters (the QUIC tunnel) are not handled here yet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use meridian_topology::{ResolveError, View, resolve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::client_hello::{self, HelloError, MAX_HELLO};
+use crate::names::{NameConfig, UnknownName, route};
+
+/// Settings of the local passthrough; none of the limits is hard-coded.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Which names are routed.
+    pub names: NameConfig,
+    /// How long a client has to send its whole ClientHello (cuts slowloris clients).
+    pub handshake_timeout: Duration,
+    /// How long one connect to an instance may take before the next one is tried.
+    pub connect_timeout: Duration,
+    /// Route only to instances whose checks pass (leave `warning` ones out).
+    pub only_passing: bool,
+}
+
+/// Why a connection was closed without being relayed; each variant is a stable log reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// The client did not send a routable ClientHello.
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    /// The ClientHello did not arrive within the handshake timeout.
+    #[error("no ClientHello within the handshake timeout")]
+    HandshakeTimeout,
+    /// The client closed before its ClientHello was complete.
+    #[error("the client closed during the ClientHello")]
+    ClientClosed,
+    /// The SNI is not a name the gateway routes.
+    #[error(transparent)]
+    UnknownName(#[from] UnknownName),
+    /// The name is a service, but it resolved to nothing.
+    #[error("{sni}: {error}")]
+    Resolve {
+        /// The name asked for.
+        sni: String,
+        /// Why it resolved to nothing.
+        error: ResolveError,
+    },
+    /// The name resolved to another datacenter, which needs the tunnel.
+    #[error("{sni} resolved to remote datacenter {dc}, which is not served yet")]
+    Remote {
+        /// The name asked for.
+        sni: String,
+        /// The datacenter it resolved to.
+        dc: String,
+    },
+    /// Every candidate instance refused or timed out.
+    #[error("no instance of {sni} accepted a connection ({tried} tried)")]
+    NoInstance {
+        /// The name asked for.
+        sni: String,
+        /// How many instances were tried.
+        tried: usize,
+    },
+    /// Reading from or writing to a socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ConnError {
+    /// A short, stable name for the outcome, for logs and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnError::Hello(e) => e.reason(),
+            ConnError::HandshakeTimeout => "handshake_timeout",
+            ConnError::ClientClosed => "client_closed",
+            ConnError::UnknownName(e) => e.reason(),
+            ConnError::Resolve { .. } => "no_healthy_instance",
+            ConnError::Remote { .. } => "remote",
+            ConnError::NoInstance { .. } => "connect_failed",
+            ConnError::Io(_) => "io",
+        }
+    }
+
+    /// The TLS alert to send before closing, where the client spoke TLS (RFC 8446 6.2).
+    fn alert(&self) -> Option<u8> {
+        const UNRECOGNIZED_NAME: u8 = 112;
+        const INTERNAL_ERROR: u8 = 80;
+        match self {
+            ConnError::Hello(
+                HelloError::NoSni | HelloError::InvalidSni { .. } | HelloError::DuplicateSni,
+            )
+            | ConnError::UnknownName(_) => Some(UNRECOGNIZED_NAME),
+            ConnError::Resolve { .. } | ConnError::Remote { .. } | ConnError::NoInstance { .. } => {
+                Some(INTERNAL_ERROR)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Open connections per instance address, for power of two choices.
+#[derive(Debug, Default)]
+struct Load(Mutex<HashMap<SocketAddr, usize>>);
+
+impl Load {
+    fn open(&self, addr: SocketAddr) -> usize {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&addr).copied().unwrap_or(0)
+    }
+
+    fn acquire(self: &Arc<Self>, addr: SocketAddr) -> LoadGuard {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *map.entry(addr).or_insert(0) += 1;
+        LoadGuard {
+            load: Arc::clone(self),
+            addr,
+        }
+    }
+}
+
+/// Counts one open connection to an instance until dropped.
+struct LoadGuard {
+    load: Arc<Load>,
+    addr: SocketAddr,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut map = self.load.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// The local passthrough gateway over a live view.
+#[derive(Debug)]
+pub struct LocalGateway {
+    view: Arc<ArcSwap<View>>,
+    config: LocalConfig,
+    load: Arc<Load>,
+}
+
+impl LocalGateway {
+    /// A gateway routing over the view the caller keeps current.
+    pub fn new(view: Arc<ArcSwap<View>>, config: LocalConfig) -> Self {
+        LocalGateway {
+            view,
+            config,
+            load: Arc::default(),
+        }
+    }
+
+    /// Accepts connections forever, one task each.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (client, peer) = match listener.accept().await {
+                Ok(c) => c,
+                // Per-connection errors (ECONNABORTED, EMFILE) must not end the listener.
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let gw = Arc::clone(&self);
+            let span = info_span!("conn", %peer, sni = tracing::field::Empty);
+            tokio::spawn(
+                async move {
+                    match gw.handle(client).await {
+                        Ok((up, down)) => debug!(up, down, "closed"),
+                        Err(e) => debug!(reason = e.reason(), error = %e, "refused"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// Relays one client connection; returns the bytes copied (client to instance, and back,
+    /// the ClientHello included).
+    pub async fn handle(&self, mut client: TcpStream) -> Result<(u64, u64), ConnError> {
+        let result = self.relay(&mut client).await;
+        if let Err(e) = &result
+            && let Some(alert) = e.alert()
+        {
+            // Best effort: the client may be gone already.
+            let _ = client.write_all(&[21, 3, 3, 0, 2, 2, alert]).await;
+            let _ = client.shutdown().await;
+        }
+        result
+    }
+
+    async fn relay(&self, client: &mut TcpStream) -> Result<(u64, u64), ConnError> {
+        let (buf, sni) = tokio::time::timeout(self.config.handshake_timeout, read_hello(client))
+            .await
+            .map_err(|_| ConnError::HandshakeTimeout)??;
+        tracing::Span::current().record("sni", sni.as_str());
+        let candidates = self.candidates(&sni)?;
+        let (mut backend, _guard) = self.connect(&sni, candidates).await?;
+        backend.write_all(&buf).await?;
+        let (up, down) = tokio::io::copy_bidirectional(client, &mut backend).await?;
+        Ok((up + buf.len() as u64, down))
+    }
+
+    /// The addresses of the healthy instances the SNI resolves to.
+    fn candidates(&self, sni: &str) -> Result<Vec<SocketAddr>, ConnError> {
+        let r = route(sni, &self.config.names)?;
+        let view = self.view.load();
+        let resolution = resolve(&view, &r.query(self.config.only_passing)).map_err(|error| {
+            ConnError::Resolve {
+                sni: sni.to_owned(),
+                error,
+            }
+        })?;
+        if resolution.dc != view.datacenter() {
+            return Err(ConnError::Remote {
+                sni: sni.to_owned(),
+                dc: resolution.dc.to_owned(),
+            });
+        }
+        let state = view.local();
+        // The data plane does no DNS lookups: an address that is not an IP is skipped.
+        Ok(resolution
+            .instances
+            .iter()
+            .filter_map(|(inst, _)| {
+                let ip: IpAddr = state.address_of(inst).parse().ok()?;
+                Some(SocketAddr::new(ip, inst.port))
+            })
+            .collect())
+    }
+
+    /// Connects to one of `candidates`, by power of two choices, trying the others on failure.
+    async fn connect(
+        &self,
+        sni: &str,
+        mut candidates: Vec<SocketAddr>,
+    ) -> Result<(TcpStream, LoadGuard), ConnError> {
+        let mut tried = 0;
+        while !candidates.is_empty() {
+            let i = self.pick(&candidates);
+            let addr = candidates.swap_remove(i);
+            tried += 1;
+            let guard = self.load.acquire(addr);
+            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
+            {
+                Ok(Ok(stream)) => {
+                    // Small writes (the hello, interactive protocols) go out at once.
+                    stream.set_nodelay(true)?;
+                    return Ok((stream, guard));
+                }
+                Ok(Err(e)) => debug!(%addr, error = %e, "connect failed, trying the next instance"),
+                Err(_) => debug!(%addr, "connect timed out, trying the next instance"),
+            }
+        }
+        Err(ConnError::NoInstance {
+            sni: sni.to_owned(),
+            tried,
+        })
+    }
+
+    /// Power of two choices: of two distinct random candidates, the one with fewer open
+    /// connections.
+    fn pick(&self, candidates: &[SocketAddr]) -> usize {
+        let n = candidates.len();
+        if n < 2 {
+            return 0;
+        }
+        let a = fastrand::usize(..n);
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        if self.load.open(candidates[b]) < self.load.open(candidates[a]) {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+/// Reads until the buffer holds a whole ClientHello, never more than [`MAX_HELLO`] bytes.
+async fn read_hello(client: &mut TcpStream) -> Result<(Vec<u8>, String), ConnError> {
+    let mut buf = Vec::with_capacity(2048);
+    loop {
+        if let Some(hello) = client_hello::parse(&buf)? {
+            return Ok((buf, hello.sni));
+        }
+        // `parse` answers TooLarge once the bound is reached, so there is always room here.
+        let have = buf.len();
+        buf.resize(MAX_HELLO.min(have + 4096), 0);
+        let n = client.read(&mut buf[have..]).await?;
+        buf.truncate(have + n);
+        if n == 0 {
+            return Err(ConnError::ClientClosed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_topology::dc::DcState;
+    use meridian_topology::{Instance, Weights};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{
+        ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
+    };
+    use std::io::{Read, Write};
+
+    const NAME: &str = "web.service.consul";
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn view(ports: &[u16]) -> View {
+        let mut s = DcState::default();
+        for (i, port) in ports.iter().enumerate() {
+            let inst = Instance {
+                id: format!("web-{i}"),
+                service: "web".into(),
+                node: "n1".into(),
+                address: "127.0.0.1".into(),
+                port: *port,
+                tags: vec![],
+                meta: Default::default(),
+                weights: Weights::default(),
+                create_index: 0,
+                modify_index: 0,
+            };
+            s.register(inst, vec![], i as u64 + 1);
+        }
+        View::new("dc1", s)
+    }
+
+    fn config(handshake_timeout: Duration) -> LocalConfig {
+        LocalConfig {
+            names: NameConfig {
+                domains: vec!["consul".into()],
+                trust_domain: None,
+            },
+            handshake_timeout,
+            connect_timeout: Duration::from_secs(2),
+            only_passing: false,
+        }
+    }
+
+    /// A rustls server holding a self-signed certificate for `NAME`: answers `pong:` and the
+    /// first four bytes it reads, then closes. Returns its address and the certificate.
+    fn tls_backend() -> (SocketAddr, CertificateDer<'static>) {
+        let ck = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).expect("cert");
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config");
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for sock in listener.incoming().flatten() {
+                let config = Arc::clone(&config);
+                std::thread::spawn(move || {
+                    let conn = ServerConnection::new(config).expect("server conn");
+                    let mut tls = StreamOwned::new(conn, sock);
+                    let mut ping = [0u8; 4];
+                    if tls.read_exact(&mut ping).is_ok() {
+                        let _ = tls.write_all(b"pong:");
+                        let _ = tls.write_all(&ping);
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                });
+            }
+        });
+        (addr, cert)
+    }
+
+    /// A rustls client trusting only `root`: sends `ping` to `name` through `addr` and reads
+    /// the answer to the end. Blocking.
+    fn tls_client(
+        addr: SocketAddr,
+        name: &str,
+        root: CertificateDer<'static>,
+    ) -> io::Result<Vec<u8>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(root).map_err(io::Error::other)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(name.to_owned()).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(Arc::new(config), name).map_err(io::Error::other)?;
+        let sock = std::net::TcpStream::connect(addr)?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut tls = StreamOwned::new(conn, sock);
+        tls.write_all(b"ping")?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// A port on loopback where nothing listens: connects are refused.
+    fn refused_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    async fn start(view: View, handshake_timeout: Duration) -> (SocketAddr, Arc<LocalGateway>) {
+        let gw = Arc::new(LocalGateway::new(
+            Arc::new(ArcSwap::from_pointee(view)),
+            config(handshake_timeout),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(Arc::clone(&gw).serve(listener));
+        (addr, gw)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passthrough_verifies_the_backend_certificate_end_to_end() {
+        let (backend, cert) = tls_backend();
+        // A dead instance next to the live one: refused connects move on to the next candidate.
+        let (gw, _) = start(
+            view(&[refused_port(), backend.port()]),
+            Duration::from_secs(5),
+        )
+        .await;
+        for _ in 0..8 {
+            let cert = cert.clone();
+            let out = tokio::task::spawn_blocking(move || tls_client(gw, NAME, cert))
+                .await
+                .expect("join")
+                .expect("TLS through the gateway");
+            assert_eq!(out, b"pong:ping");
+        }
+        // The same backend under a name it holds no certificate for: the gateway routes it
+        // (a tag-less alias), but the client's check fails, because nothing in between
+        // terminated TLS.
+        let err =
+            tokio::task::spawn_blocking(move || tls_client(gw, "web.service.dc1.consul", cert))
+                .await
+                .expect("join")
+                .expect_err("certificate is for another name");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    /// A connected pair: the client side and the gateway's handling of the server side.
+    async fn pair(
+        gw: Arc<LocalGateway>,
+    ) -> (
+        TcpStream,
+        tokio::task::JoinHandle<Result<(u64, u64), ConnError>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, tokio::spawn(async move { gw.handle(server).await }))
+    }
+
+    /// The first flight of a rustls client for `name`.
+    fn hello_for(name: &str) -> Vec<u8> {
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let name = ServerName::try_from(name.to_owned()).expect("name");
+        let mut conn = ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("write_tls");
+        out
+    }
+
+    async fn refused(gw: &Arc<LocalGateway>, send: &[u8]) -> (String, Vec<u8>) {
+        let (mut client, task) = pair(Arc::clone(gw)).await;
+        client.write_all(send).await.expect("write");
+        let err = task.await.expect("join").expect_err("refused");
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        (err.reason().to_owned(), got)
+    }
+
+    #[tokio::test]
+    async fn refusals_close_cleanly_with_an_alert_where_tls() {
+        let (backend, _) = tls_backend();
+        let gw = Arc::new(LocalGateway::new(
+            Arc::new(ArcSwap::from_pointee(view(&[backend.port()]))),
+            config(Duration::from_secs(5)),
+        ));
+        let unrecognized_name = vec![21, 3, 3, 0, 2, 2, 112];
+        let internal_error = vec![21, 3, 3, 0, 2, 2, 80];
+        assert_eq!(
+            refused(&gw, b"GET / HTTP/1.1\r\n\r\n").await,
+            ("not_tls".to_owned(), vec![])
+        );
+        assert_eq!(
+            refused(&gw, &hello_for("example.com")).await,
+            ("not_ours".to_owned(), unrecognized_name.clone())
+        );
+        assert_eq!(
+            refused(&gw, &hello_for("n1.node.consul")).await,
+            ("not_a_service".to_owned(), unrecognized_name.clone())
+        );
+        assert_eq!(
+            refused(&gw, &hello_for("127.0.0.1")).await,
+            ("no_sni".to_owned(), unrecognized_name)
+        );
+        assert_eq!(
+            refused(&gw, &hello_for("api.service.consul")).await,
+            ("no_healthy_instance".to_owned(), internal_error.clone())
+        );
+        let dead = Arc::new(LocalGateway::new(
+            Arc::new(ArcSwap::from_pointee(view(&[
+                refused_port(),
+                refused_port(),
+            ]))),
+            config(Duration::from_secs(5)),
+        ));
+        assert_eq!(
+            refused(&dead, &hello_for(NAME)).await,
+            ("connect_failed".to_owned(), internal_error)
+        );
+        let (mut client, task) = pair(Arc::clone(&dead)).await;
+        client.write_all(&[22, 3]).await.expect("write");
+        drop(client);
+        let err = task.await.expect("join").expect_err("refused");
+        assert_eq!(err.reason(), "client_closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_close_lets_the_backend_answer_after_the_client_is_done() {
+        // A backend that reads until the client's EOF, then answers with what it got: it only
+        // works if the gateway passes the client's FIN on and keeps the other direction open.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            sock.read_to_end(&mut got).await.expect("read");
+            let answer = format!("got {} bytes", got.len());
+            sock.write_all(answer.as_bytes()).await.expect("write");
+        });
+        let (gw, _) = start(view(&[backend.port()]), Duration::from_secs(5)).await;
+        let mut sent = hello_for(NAME);
+        sent.extend_from_slice(&[23; 100_000]);
+        let mut client = TcpStream::connect(gw).await.expect("connect");
+        client.write_all(&sent).await.expect("write");
+        client.shutdown().await.expect("half-close");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        assert_eq!(answer, format!("got {} bytes", sent.len()));
+    }
+
+    #[tokio::test]
+    async fn slowloris_is_cut_at_the_handshake_timeout() {
+        let gw = Arc::new(LocalGateway::new(
+            Arc::new(ArcSwap::from_pointee(view(&[]))),
+            config(Duration::from_millis(300)),
+        ));
+        let hello = hello_for(NAME);
+        let (mut client, task) = pair(gw).await;
+        let started = std::time::Instant::now();
+        // One byte every 50 ms: the whole hello would take many seconds.
+        let writer = tokio::spawn(async move {
+            for b in hello {
+                if client.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let err = task.await.expect("join").expect_err("cut");
+        assert_eq!(err.reason(), "handshake_timeout");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        writer.abort();
+    }
+}

@@ -367,20 +367,7 @@ async fn register(http_port: u16, insts: Vec<Instance>) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let leader = format!("http://127.0.0.1:{http_port}/v1/status/leader");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(&leader).send().await
-            && let Ok(s) = r.json::<String>().await
-            && !s.is_empty()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the dev agent had no leader within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::wait_leader(&client, &[http_port]).await?;
     let url = Arc::new(format!(
         "http://127.0.0.1:{http_port}/v1/agent/service/register"
     ));

@@ -173,11 +173,12 @@ fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
     Ok(nodes)
 }
 
-async fn wait_leader(http: &reqwest::Client, nodes: &[Node]) -> Result<()> {
+/// Waits until every agent on `http_ports` knows a Raft leader (60 s at most in all).
+async fn wait_leader(http: &reqwest::Client, http_ports: &[u16]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for n in nodes {
+    for port in http_ports {
+        let url = format!("http://127.0.0.1:{port}/v1/status/leader");
         loop {
-            let url = format!("http://127.0.0.1:{}/v1/status/leader", n.http);
             if let Ok(r) = http.get(&url).send().await
                 && let Ok(s) = r.json::<String>().await
                 && !s.is_empty()
@@ -185,7 +186,7 @@ async fn wait_leader(http: &reqwest::Client, nodes: &[Node]) -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the datacenter elected no leader within 60 s");
+                bail!("no leader known at 127.0.0.1:{port} within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -205,7 +206,8 @@ async fn catalog_once(
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(clients)
         .build()?;
-    wait_leader(&http, &nodes).await?;
+    let ports: Vec<u16> = nodes.iter().map(|n| n.http).collect();
+    wait_leader(&http, &ports).await?;
     let urls: Arc<Vec<String>> = Arc::new(
         nodes
             .iter()

@@ -226,15 +226,9 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
         let n = match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    r = sock.readable() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "DNS UDP socket not readable");
-                        }
-                    }
-                    _ = stop.changed() => break,
+                if !park(&sock, &mut stop, &mut forwards).await {
+                    break;
                 }
-                while forwards.try_join_next().is_some() {}
                 continue;
             }
             Err(e) => {
@@ -288,15 +282,9 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
         let (n, src) = match sock.try_recv_from(&mut buf) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    r = sock.readable() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "DNS UDP socket not readable");
-                        }
-                    }
-                    _ = stop.changed() => break,
+                if !park(&sock, &mut stop, &mut forwards).await {
+                    break;
                 }
-                while forwards.try_join_next().is_some() {}
                 continue;
             }
             Err(e) => {
@@ -309,6 +297,25 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
             send_udp(&sock, &out, src).await;
         }
     }
+}
+
+/// Waits until the socket has datagrams again (reaping finished forwards meanwhile); false when
+/// the server is told to stop instead.
+async fn park(
+    sock: &UdpSocket,
+    stop: &mut watch::Receiver<bool>,
+    forwards: &mut JoinSet<()>,
+) -> bool {
+    tokio::select! {
+        r = sock.readable() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "DNS UDP socket not readable");
+            }
+        }
+        _ = stop.changed() => return false,
+    }
+    while forwards.try_join_next().is_some() {}
+    true
 }
 
 /// Answers one datagram into `out` and returns whether `out` now holds a reply to send. A query

@@ -41,6 +41,24 @@ pub struct DcState {
     index: u64,
 }
 
+/// The keys that differ between two states of one catalog (see [`DcState::changes_since`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Nodes added, changed or removed, by lowercased name.
+    pub nodes: Vec<String>,
+    /// Instances added, changed or removed.
+    pub instances: Vec<InstanceKey>,
+    /// Nodes (as named by their checks) whose checks changed.
+    pub check_nodes: Vec<String>,
+}
+
+fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
+    match d {
+        imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
+        imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+    }
+}
+
 /// A `DcState` flattened for snapshots and persistence.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DcSnapshot {
@@ -253,18 +271,8 @@ impl DcState {
 
     /// Removes an instance and its checks. Returns whether it existed.
     pub fn deregister(&mut self, node: &str, id: &str, index: u64) -> bool {
-        let key = InstanceKey::new(node, id);
-        let Some(old) = self.instances.remove(&key) else {
+        if !self.remove_instance(node, id) {
             return false;
-        };
-        self.unindex(&old.service, &key);
-        let own: Vec<CheckKey> = self
-            .checks_on(node)
-            .filter(|c| c.service_id == id)
-            .map(|c| (c.node.clone(), c.id.clone()))
-            .collect();
-        for (n, id) in own {
-            self.remove_check(&n, &id);
         }
         self.index = index;
         true
@@ -291,6 +299,101 @@ impl DcState {
         self.insert_check(c);
         self.index = index;
         Some(true)
+    }
+
+    /// The instances registered on `node` (exact name), in ID order.
+    pub fn instances_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        let start = InstanceKey::new(node, "");
+        let node = node.to_owned();
+        self.instances
+            .range(start..)
+            .take_while(move |(k, _)| k.node == node)
+            .map(|(_, i)| &**i)
+    }
+
+    /// Sets a node and its node-level checks exactly as given, indexes included: the write side
+    /// of a read-only replica, which mirrors its origin rather than merging.
+    pub fn put_node(&mut self, node: Node, checks: Vec<Check>) {
+        let stale: Vec<String> = self
+            .checks_on(&node.name)
+            .filter(|c| c.service_id.is_empty())
+            .map(|c| c.id.clone())
+            .collect();
+        for id in stale {
+            self.remove_check(&node.name, &id);
+        }
+        for c in checks {
+            self.insert_check(c);
+        }
+        self.nodes
+            .insert(lower(&node.name).into_owned(), Arc::new(node));
+    }
+
+    /// Removes a node and its node-level checks (replicas). Returns whether it existed.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        let Some(old) = self.nodes.remove(&*lower(name)) else {
+            return false;
+        };
+        let own: Vec<String> = self
+            .checks_on(&old.name)
+            .filter(|c| c.service_id.is_empty())
+            .map(|c| c.id.clone())
+            .collect();
+        for id in own {
+            self.remove_check(&old.name, &id);
+        }
+        true
+    }
+
+    /// Sets an instance and its checks exactly as given, indexes included (replicas).
+    pub fn put_instance(&mut self, inst: Instance, checks: Vec<Check>) {
+        self.remove_instance(&inst.node, &inst.id);
+        for c in checks {
+            self.insert_check(c);
+        }
+        let key = inst.key();
+        self.by_service
+            .entry(lower(&inst.service).into_owned())
+            .or_default()
+            .insert(key.clone());
+        self.instances.insert(key, Arc::new(inst));
+    }
+
+    /// Removes an instance and its checks without touching the index (replicas). Returns whether
+    /// it existed.
+    pub fn remove_instance(&mut self, node: &str, id: &str) -> bool {
+        let key = InstanceKey::new(node, id);
+        let Some(old) = self.instances.remove(&key) else {
+            return false;
+        };
+        self.unindex(&old.service, &key);
+        let own: Vec<CheckKey> = self
+            .checks_on(node)
+            .filter(|c| c.service_id == id)
+            .map(|c| (c.node.clone(), c.id.clone()))
+            .collect();
+        for (n, id) in own {
+            self.remove_check(&n, &id);
+        }
+        true
+    }
+
+    /// Sets the index the state is at (replicas follow their origin's index).
+    pub fn set_index(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    /// What differs between `old` and this state, as keys. Costs O(changes × log n) when this
+    /// state was derived from `old`, because shared subtrees are skipped.
+    pub fn changes_since(&self, old: &DcState) -> Changes {
+        let mut out = Changes::default();
+        out.nodes
+            .extend(old.nodes.diff(&self.nodes).map(|d| diff_key(d).clone()));
+        out.instances
+            .extend(old.instances.diff(&self.instances).map(|d| diff_key(d).clone()));
+        out.check_nodes
+            .extend(old.checks.diff(&self.checks).map(|d| diff_key(d).clone()));
+        out
     }
 
     fn insert_check(&mut self, c: Check) {
@@ -559,5 +662,40 @@ mod tests {
         let back = DcState::from_snapshot(serde_json::from_str(&json).expect("deserialize"));
         assert_eq!(back.to_snapshot(), snap);
         assert_eq!(back.instances_of("web").count(), 1);
+    }
+
+    #[test]
+    fn changes_since_names_what_moved_and_replica_writes_mirror() {
+        let mut a = DcState::default();
+        a.register(
+            inst("n1", "web1", "web"),
+            vec![check("n1", "c1", "web1", Health::Passing)],
+            1,
+        );
+        a.register(inst("n2", "db1", "db"), vec![], 2);
+        let mut b = a.clone();
+        b.update_check("n1", "c1", Health::Critical, "down", 3);
+        b.deregister("n2", "db1", 4);
+        b.register(inst("n3", "api1", "api"), vec![], 5);
+        let ch = b.changes_since(&a);
+        assert_eq!(ch.check_nodes, ["n1"]);
+        assert_eq!(
+            ch.instances,
+            [InstanceKey::new("n2", "db1"), InstanceKey::new("n3", "api1")]
+        );
+        assert!(ch.nodes.is_empty());
+        assert_eq!(b.changes_since(&b), Changes::default());
+
+        // A replica built with the put/remove API answers like its origin.
+        let mut r = DcState::default();
+        for i in b.instances() {
+            r.put_instance(i.clone(), b.checks_of(i).cloned().collect());
+        }
+        r.set_index(b.index());
+        assert_eq!(r.to_snapshot(), b.to_snapshot());
+        assert_eq!(r.instances_on("n1").count(), 1);
+        assert!(r.remove_instance("n1", "web1"));
+        assert!(r.check("n1", "c1").is_none());
+        assert!(!r.remove_instance("n1", "web1"));
     }
 }

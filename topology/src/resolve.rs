@@ -1,6 +1,7 @@
 //! `resolve`: where a name goes. The one function DNS answers and gateway routes both come from,
 //! so the two can never disagree.
 
+use crate::dc::DcState;
 use crate::model::{Health, Instance};
 use crate::view::View;
 
@@ -11,7 +12,8 @@ pub struct ServiceQuery<'a> {
     pub service: &'a str,
     /// Only instances carrying this tag (case-insensitive).
     pub tag: Option<&'a str>,
-    /// An explicit datacenter; `None` resolves by policy (today: the local DC).
+    /// An explicit datacenter (local or a federated replica); `None` resolves by policy (today:
+    /// the local DC).
     pub dc: Option<&'a str>,
     /// Leave out instances whose health is `warning` (critical ones are always left out).
     pub only_passing: bool,
@@ -22,6 +24,8 @@ pub struct ServiceQuery<'a> {
 pub struct Resolution<'v> {
     /// The datacenter the instances are in.
     pub dc: &'v str,
+    /// That datacenter's catalog (for node addresses and checks).
+    pub state: &'v DcState,
     /// The healthy instances with their health, in catalog order (callers shuffle).
     pub instances: Vec<(&'v Instance, Health)>,
 }
@@ -43,12 +47,9 @@ pub enum ResolveError {
 
 /// Resolves a service query against a view.
 pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v>, ResolveError> {
-    if let Some(dc) = q.dc
-        && !dc.eq_ignore_ascii_case(view.datacenter())
-    {
+    let Some((dc, state)) = view.dc_state(q.dc) else {
         return Err(ResolveError::UnknownDatacenter);
-    }
-    let state = view.local();
+    };
     let mut any = false;
     let mut instances = Vec::new();
     for inst in state.instances_of(q.service) {
@@ -74,7 +75,8 @@ pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v
         Err(ResolveError::NoHealthyInstance)
     } else {
         Ok(Resolution {
-            dc: view.datacenter(),
+            dc,
+            state,
             instances,
         })
     }
@@ -83,7 +85,8 @@ pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dc::DcState;
+    use crate::view::RemoteDc;
+    use std::sync::Arc;
     use crate::model::{Check, Weights};
 
     fn inst(id: &str, tags: &[&str]) -> Instance {
@@ -174,5 +177,30 @@ mod tests {
         s.register(inst("c", &[]), vec![check("c", Health::Critical)], 1);
         let v = View::new("dc1", s);
         assert_eq!(resolve(&v, &q).err(), Some(ResolveError::NoHealthyInstance));
+    }
+
+    #[test]
+    fn a_named_remote_datacenter_reads_its_replica() {
+        let mut remote = DcState::default();
+        remote.register(inst("r1", &[]), vec![check("r1", Health::Passing)], 7);
+        let v = view().with_remotes(imbl::OrdMap::unit(
+            "dc2".into(),
+            Arc::new(RemoteDc {
+                name: "dc2".into(),
+                state: remote,
+                ..RemoteDc::default()
+            }),
+        ));
+        let q = ServiceQuery {
+            service: "web",
+            tag: None,
+            dc: Some("DC2"),
+            only_passing: false,
+        };
+        let r = resolve(&v, &q).expect("resolves in dc2");
+        assert_eq!((r.dc, ids(&r)), ("dc2", vec!["r1".to_owned()]));
+        assert_eq!(r.state.instance_count(), 1);
+        let local = ServiceQuery { dc: None, ..q };
+        assert_eq!(ids(&resolve(&v, &local).expect("local")), ["a", "b"]);
     }
 }

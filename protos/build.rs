@@ -3,9 +3,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Ordered maps encode deterministically, so equal entries hash equally on both ends of the WAN.
+    config.btree_map(["."]);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/catalog.proto"],
+        &["proto/catalog.proto", "proto/federation.proto"],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

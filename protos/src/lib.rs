@@ -6,3 +6,8 @@
 pub mod catalog {
     tonic::include_proto!("meridian.catalog.v1");
 }
+
+/// WAN federation: a datacenter's exported catalog streamed to the others.
+pub mod federation {
+    tonic::include_proto!("meridian.federation.v1");
+}

@@ -14,4 +14,4 @@ pub use dc::DcState;
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
-pub use view::View;
+pub use view::{RemoteDc, View};

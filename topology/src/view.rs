@@ -23,6 +23,8 @@ pub struct RemoteDc {
     pub connected: bool,
     /// Whether the replica was ever complete (a full sync finished, now or in a previous run).
     pub synced: bool,
+    /// The replica's content digest, equal to the origin's export digest when in sync.
+    pub digest: u64,
 }
 
 /// Everything a reader needs to answer a query, frozen at one moment. Cheap to clone.

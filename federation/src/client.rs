@@ -1,0 +1,230 @@
+//! The subscriber: one task per remote datacenter that keeps a stream open to one of its nodes,
+//! feeds the replica, persists it, and reconnects with jittered backoff when the stream breaks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use imbl::OrdMap;
+use meridian_protos::federation::federation_client::FederationClient;
+use meridian_protos::federation::sync_message::Kind;
+use meridian_topology::RemoteDc;
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+
+use crate::counters::{FederationCounters, PeerStats};
+use crate::replica::{ProtocolError, Replica};
+use crate::store::Store;
+use crate::tls::TlsError;
+
+/// The largest sync message accepted from an origin.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// A remote datacenter and the addresses of its nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub dc: String,
+    /// `host:port` of its nodes' WAN ports; host names are resolved at every connect.
+    pub addresses: Vec<String>,
+}
+
+/// What a subscriber task needs.
+pub struct Follower {
+    /// The remote datacenter.
+    pub peer: Peer,
+    /// This node's datacenter and name.
+    pub local_dc: String,
+    /// This node's name.
+    pub local_node: String,
+    /// Client TLS settings.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Replica storage.
+    pub store: Arc<Store>,
+    /// Where replicas are published.
+    pub remotes: watch::Sender<OrdMap<Arc<str>, Arc<RemoteDc>>>,
+    /// Counters.
+    pub counters: Arc<FederationCounters>,
+    /// Connect and handshake timeout.
+    pub connect_timeout: Duration,
+    /// The stream is declared dead after this long without a message.
+    pub idle_timeout: Duration,
+    /// Set at shutdown.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error(transparent)]
+    Connect(#[from] TlsError),
+    #[error("gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("origin refused: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("no message for {0:?}")]
+    Idle(Duration),
+    #[error("origin closed the stream")]
+    Closed,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Store(#[from] crate::FederationError),
+    #[error("shutting down")]
+    Stopped,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Follower {
+    fn publish(&self, replica: &Replica, stats: &PeerStats) {
+        let snap = replica.snapshot();
+        stats.connected.store(snap.connected, Ordering::Relaxed);
+        stats.index.store(snap.index, Ordering::Relaxed);
+        stats.lag.store(replica.lag(), Ordering::Relaxed);
+        stats
+            .confirmed_unix_ms
+            .store(snap.confirmed_unix_ms, Ordering::Relaxed);
+        let key: Arc<str> = self.peer.dc.to_ascii_lowercase().into();
+        self.remotes.send_modify(|m| {
+            m.insert(key, Arc::new(snap));
+        });
+    }
+
+    /// Runs until shutdown: load the persisted replica, publish it, then follow the origin.
+    pub async fn run(self, mut replica: Replica) {
+        let stats = self.counters.peer(&self.peer.dc);
+        self.publish(&replica, &stats);
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0usize;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let addr = match self.peer.addresses.get(attempt % self.peer.addresses.len().max(1)) {
+                Some(a) => a.clone(),
+                None => return,
+            };
+            attempt += 1;
+            let started = tokio::time::Instant::now();
+            let end = self.follow(&addr, &mut replica, &stats).await;
+            replica.disconnected();
+            self.publish(&replica, &stats);
+            stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            match &end {
+                StreamEnd::Stopped => return,
+                StreamEnd::Protocol(ProtocolError::DigestMismatch { .. }) => {
+                    self.counters.digest_mismatches.fetch_add(1, Ordering::Relaxed);
+                    replica.forget_index();
+                }
+                StreamEnd::Protocol(_) => {
+                    self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    replica.forget_index();
+                }
+                _ => {}
+            }
+            tracing::info!(dc = %self.peer.dc, peer = %addr, reason = %end, "federation stream ended");
+            // A stream that lived a while was healthy: start the backoff over.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = BACKOFF_MIN;
+            }
+            // Full jitter, so that the nodes of a DC do not reconnect in lockstep.
+            let sleep = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = crate::stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(dc = %self.peer.dc, peer = addr))]
+    async fn follow(&self, addr: &str, replica: &mut Replica, stats: &PeerStats) -> StreamEnd {
+        match self.follow_inner(addr, replica, stats).await {
+            Ok(()) => StreamEnd::Closed,
+            Err(e) => e,
+        }
+    }
+
+    async fn follow_inner(
+        &self,
+        addr: &str,
+        replica: &mut Replica,
+        stats: &PeerStats,
+    ) -> Result<(), StreamEnd> {
+        let tls = self.tls.clone();
+        let target = addr.to_owned();
+        let dc = self.peer.dc.clone();
+        let timeout = self.connect_timeout;
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let (tls, target, dc) = (tls.clone(), target.clone(), dc.clone());
+            async move {
+                let s = crate::tls::connect(tls, &target, &dc, timeout).await?;
+                Ok::<_, TlsError>(TokioIo::new(s))
+            }
+        });
+        // The URI is not used to connect (the connector is); it only names the authority.
+        let channel = Endpoint::from_static("http://federation.meridian")
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.idle_timeout / 2)
+            .keep_alive_timeout(self.idle_timeout)
+            .connect_with_connector(connector)
+            .await?;
+        let mut client = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let req = replica.request(&self.local_dc, &self.local_node);
+        stats
+            .bytes_out
+            .fetch_add(req.encoded_len() as u64, Ordering::Relaxed);
+        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        let from = req.from_index;
+        let mut stream = client.subscribe(req).await?.into_inner();
+        let mut stop = self.stop.clone();
+        let mut first = true;
+        loop {
+            let msg = tokio::select! {
+                m = tokio::time::timeout(self.idle_timeout, stream.message()) => match m {
+                    Err(_) => return Err(StreamEnd::Idle(self.idle_timeout)),
+                    Ok(m) => m?,
+                },
+                () = crate::stopped(&mut stop) => return Err(StreamEnd::Stopped),
+            };
+            let Some(msg) = msg else {
+                return Ok(());
+            };
+            stats
+                .bytes_in
+                .fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
+            stats.messages_in.fetch_add(1, Ordering::Relaxed);
+            if first {
+                match &msg.kind {
+                    Some(Kind::Reset(r)) if r.all => stats.full_syncs.fetch_add(1, Ordering::Relaxed),
+                    Some(Kind::Reset(_)) => stats.partial_syncs.fetch_add(1, Ordering::Relaxed),
+                    _ => stats.resumes.fetch_add(1, Ordering::Relaxed),
+                };
+                tracing::debug!(from, "federation stream open");
+                first = false;
+            }
+            let mut writes = Vec::new();
+            let applied = replica.apply(msg, crate::now_ms(), &mut writes)?;
+            if !writes.is_empty() {
+                let store = self.store.clone();
+                // Snapshots can be large: write off the runtime's workers.
+                tokio::task::spawn_blocking(move || {
+                    writes.into_iter().try_for_each(|b| store.write(b))
+                })
+                .await
+                .map_err(|_| StreamEnd::Closed)??;
+            }
+            if applied.synced {
+                tracing::info!(dc = %self.peer.dc, index = replica.snapshot().index, entries = replica.len(), "replica synced");
+            }
+            if applied.publish {
+                self.publish(replica, stats);
+            }
+        }
+    }
+}

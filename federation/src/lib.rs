@@ -1,0 +1,266 @@
+//! WAN federation: each datacenter streams its exported catalog to every other datacenter over
+//! mTLS gRPC, and every node keeps a persisted, read-only replica of each remote datacenter.
+//!
+//! [`Federation::start`] takes the local catalog's views and returns views that also hold the
+//! remote replicas; DNS and the HTTP API read those, so no query ever crosses the WAN.
+
+pub mod client;
+pub mod counters;
+pub mod entry;
+mod error;
+pub mod export;
+pub mod replica;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use imbl::OrdMap;
+use meridian_topology::View;
+use meridian_topology::RemoteDc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use client::Peer;
+pub use counters::FederationCounters;
+pub use error::FederationError;
+pub use export::ExportPolicy;
+pub use tls::TlsMaterial;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). The guard `wait_for` returns is
+/// dropped here, so callers' futures stay `Send`.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How a node federates.
+#[derive(Clone)]
+pub struct Settings {
+    /// This node's datacenter.
+    pub dc: String,
+    /// This node's name.
+    pub node: String,
+    /// Address of the WAN gRPC port.
+    pub bind: SocketAddr,
+    /// The remote datacenters to follow.
+    pub peers: Vec<Peer>,
+    /// What this datacenter exports.
+    pub policy: ExportPolicy,
+    /// This node's certificates.
+    pub tls: Arc<TlsMaterial>,
+    /// Where replicas are persisted.
+    pub data_dir: PathBuf,
+    /// Idle time after which an origin sends a heartbeat.
+    pub heartbeat: Duration,
+    /// A stream with no message for this long is dead (a few heartbeats).
+    pub idle_timeout: Duration,
+    /// Connect plus TLS handshake, as a client.
+    pub connect_timeout: Duration,
+    /// TLS handshake, as a server.
+    pub handshake_timeout: Duration,
+    /// Changed entries remembered for resumes; a subscriber further behind gets a digest
+    /// catch-up.
+    pub window: usize,
+}
+
+/// A running federation endpoint and its subscribers.
+pub struct Federation {
+    views: watch::Receiver<Arc<View>>,
+    counters: Arc<FederationCounters>,
+    exporter: Arc<export::Exporter>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Federation {
+    /// Binds the WAN port, loads the persisted replicas, and starts serving and following.
+    /// `local` is the local catalog's views.
+    pub async fn start(
+        settings: Settings,
+        mut local: watch::Receiver<Arc<View>>,
+    ) -> Result<Federation, FederationError> {
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .map_err(|source| FederationError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| FederationError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let counters = Arc::new(FederationCounters::default());
+        let store_dir = settings.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&store_dir))
+            .await
+            .map_err(|e| FederationError::Store(e.to_string()))??;
+        let store = Arc::new(store);
+
+        // Replicas from disk first, so that the first view already answers for remote DCs.
+        let mut replicas = Vec::new();
+        let mut remotes = OrdMap::new();
+        for peer in &settings.peers {
+            let (replica, corrupt) = replica::Replica::load(&peer.dc, &store)?;
+            if corrupt > 0 {
+                tracing::warn!(dc = %peer.dc, corrupt, "persisted replica entries did not decode; they will be resynced");
+                counters
+                    .corrupt_entries
+                    .fetch_add(corrupt as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if !replica.is_empty() {
+                tracing::info!(dc = %peer.dc, entries = replica.len(), index = replica.snapshot().index, "loaded persisted replica");
+            }
+            remotes.insert(
+                Arc::<str>::from(peer.dc.to_ascii_lowercase()),
+                Arc::new(replica.snapshot()),
+            );
+            replicas.push((peer.clone(), replica));
+        }
+        let remotes_tx: watch::Sender<OrdMap<Arc<str>, Arc<RemoteDc>>> =
+            watch::Sender::new(remotes.clone());
+        let first = Arc::new(View::clone(&local.borrow_and_update()).with_remotes(remotes));
+        let (views_tx, views) = watch::channel(first);
+        let (stop, stop_rx) = watch::channel(false);
+        let exporter = Arc::new(export::Exporter::new(
+            settings.policy.clone(),
+            settings.window,
+            local.borrow().local(),
+        ));
+        let mut tasks = Vec::new();
+
+        // Local changes feed the exporter; local and remote changes feed the composed view.
+        {
+            let exporter = exporter.clone();
+            let mut remotes_rx = remotes_tx.subscribe();
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = local.changed() => {
+                            if r.is_err() { return }
+                            let v = local.borrow_and_update().clone();
+                            exporter.update(v.local());
+                        }
+                        r = remotes_rx.changed() => if r.is_err() { return },
+                        () = crate::stopped(&mut stop) => return,
+                    }
+                    let composed = View::clone(&local.borrow())
+                        .with_remotes(remotes_rx.borrow_and_update().clone());
+                    views_tx.send_replace(Arc::new(composed));
+                }
+            }));
+        }
+
+        // The WAN endpoint.
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.server_config()?);
+        let (conn_tx, conn_rx) = mpsc::channel(16);
+        tasks.push(tokio::spawn(server::accept_loop(
+            listener,
+            acceptor,
+            settings.handshake_timeout,
+            counters.clone(),
+            conn_tx,
+            stop_rx.clone(),
+        )));
+        let service = server::Service {
+            dc: settings.dc.as_str().into(),
+            exporter: exporter.clone(),
+            counters: counters.clone(),
+            heartbeat: settings.heartbeat,
+            stop: stop_rx.clone(),
+        };
+        {
+            let mut stop = stop_rx.clone();
+            let router = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(settings.heartbeat))
+                .http2_keepalive_timeout(Some(settings.idle_timeout))
+                .add_service(service.into_server());
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "federation server stopped");
+                }
+            }));
+        }
+
+        // One follower per remote DC.
+        let client_tls = settings.tls.client_config()?;
+        for (peer, replica) in replicas {
+            let follower = client::Follower {
+                peer,
+                local_dc: settings.dc.clone(),
+                local_node: settings.node.clone(),
+                tls: client_tls.clone(),
+                store: store.clone(),
+                remotes: remotes_tx.clone(),
+                counters: counters.clone(),
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: settings.idle_timeout,
+                stop: stop_rx.clone(),
+            };
+            tasks.push(tokio::spawn(follower.run(replica)));
+        }
+        tracing::info!(addr = %local_addr, dc = %settings.dc, peers = settings.peers.len(), "federation listening");
+        Ok(Federation {
+            views,
+            counters,
+            exporter,
+            local_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The composed views (local catalog plus remote replicas).
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.views.clone()
+    }
+
+    /// The current composed view.
+    pub fn view(&self) -> Arc<View> {
+        self.views.borrow().clone()
+    }
+
+    /// This node's federation counters.
+    pub fn counters(&self) -> &Arc<FederationCounters> {
+        &self.counters
+    }
+
+    /// The WAN port's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The export's origin index, digest and number of entries.
+    pub fn export_position(&self) -> (u64, u64, usize) {
+        let (index, digest) = self.exporter.position();
+        (index, digest, self.exporter.len())
+    }
+
+    /// Stops serving and following, and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}

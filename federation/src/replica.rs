@@ -1,0 +1,482 @@
+//! The subscriber side: one remote datacenter's replica, fed by the origin's sync messages.
+//!
+//! A snapshot (after `Reset`) is staged on a copy and becomes visible only at `Synced`, so
+//! readers never see a half-received catalog; changes after that apply (and are published) as
+//! they come.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use meridian_protos::federation as pb;
+use meridian_topology::dc::DcState;
+use meridian_topology::RemoteDc;
+
+use crate::entry::{self, Hashed, Key};
+use crate::store::{Store, StoreBatch};
+
+/// Why a sync message was refused; the stream is dropped and restarted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A message arrived that the protocol does not allow at this point.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// An entry or key was malformed.
+    #[error("malformed entry: {0}")]
+    Malformed(&'static str),
+    /// After a snapshot, the replica's digest differs from the origin's.
+    #[error("digest mismatch after sync (origin {origin:016x}, replica {replica:016x})")]
+    DigestMismatch {
+        /// The origin's digest.
+        origin: u64,
+        /// Ours.
+        replica: u64,
+    },
+}
+
+#[derive(Clone, Default)]
+struct Data {
+    state: DcState,
+    /// Key → (key hash, entry hash).
+    hashes: OrdMap<Key, (u64, u64)>,
+    digest: u64,
+}
+
+impl Data {
+    fn upsert(&mut self, h: Hashed, batch: &mut StoreBatch) {
+        entry::apply_entry(&mut self.state, &h.entry);
+        batch.put(&h.key, &h.entry);
+        let old = self.hashes.insert(h.key, (h.key_hash, h.hash));
+        self.digest = self
+            .digest
+            .wrapping_sub(old.map_or(0, |o| o.1))
+            .wrapping_add(h.hash);
+    }
+
+    fn remove(&mut self, key: &Key, batch: &mut StoreBatch) {
+        if let Some((_, hash)) = self.hashes.remove(key) {
+            entry::remove_entry(&mut self.state, key);
+            batch.delete(key);
+            self.digest = self.digest.wrapping_sub(hash);
+        }
+    }
+}
+
+/// What applying a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Readers should see a new state.
+    pub publish: bool,
+    /// A snapshot just completed.
+    pub synced: bool,
+    /// Entries changed.
+    pub entries: usize,
+}
+
+/// One remote datacenter's replica.
+pub struct Replica {
+    dc: Arc<str>,
+    live: Data,
+    staging: Option<(Data, StoreBatch)>,
+    index: u64,
+    /// The newest index the origin announced.
+    origin_index: u64,
+    confirmed_unix_ms: u64,
+    synced: bool,
+    connected: bool,
+}
+
+impl Replica {
+    /// An empty replica of `dc`.
+    pub fn new(dc: &str) -> Replica {
+        Replica {
+            dc: dc.into(),
+            live: Data::default(),
+            staging: None,
+            index: 0,
+            origin_index: 0,
+            confirmed_unix_ms: 0,
+            synced: false,
+            connected: false,
+        }
+    }
+
+    /// The replica of `dc` as `store` last held it; returns it with the number of entries that
+    /// no longer decoded.
+    pub fn load(dc: &str, store: &Store) -> Result<(Replica, usize), crate::FederationError> {
+        let stored = store.load(dc)?;
+        let mut r = Replica::new(dc);
+        let mut corrupt = stored.corrupt;
+        let mut scratch = StoreBatch::new(dc);
+        for e in stored.entries {
+            match Hashed::from_proto(e) {
+                Ok(h) => r.live.upsert(h, &mut scratch),
+                Err(_) => corrupt += 1,
+            }
+        }
+        r.index = stored.index;
+        r.origin_index = stored.index;
+        r.confirmed_unix_ms = stored.confirmed_unix_ms;
+        r.synced = stored.synced;
+        // A replica with lost entries cannot resume by index: ask for a digest catch-up instead.
+        if corrupt > 0 {
+            r.index = 0;
+        }
+        r.live.state.set_index(r.index);
+        Ok((r, corrupt))
+    }
+
+    /// The subscription request that resumes this replica.
+    pub fn request(&self, subscriber_dc: &str, subscriber_node: &str) -> pb::SubscribeRequest {
+        let (bits, buckets) = if self.index == 0 && self.live.hashes.is_empty() {
+            (0, Vec::new())
+        } else {
+            let bits = entry::bucket_bits_for(self.live.hashes.len());
+            let mut buckets = vec![0u64; 1 << bits];
+            for (key_hash, hash) in self.live.hashes.values() {
+                let b = entry::bucket_of(*key_hash, bits) as usize;
+                buckets[b] = buckets[b].wrapping_add(*hash);
+            }
+            (bits, buckets)
+        };
+        pb::SubscribeRequest {
+            subscriber_dc: subscriber_dc.to_owned(),
+            origin_dc: self.dc.to_string(),
+            // With no index but entries on disk (corrupt store), the digest still saves work.
+            from_index: if self.live.hashes.is_empty() { 0 } else { self.index.max(1) },
+            bucket_bits: bits,
+            buckets,
+            subscriber_node: subscriber_node.to_owned(),
+        }
+    }
+
+    /// Applies one message from the origin at wall-clock time `now_ms`; what must be written to
+    /// disk is added to `out` (staged snapshots are written whole at `Synced`).
+    pub fn apply(
+        &mut self,
+        msg: pb::SyncMessage,
+        now_ms: u64,
+        out: &mut Vec<StoreBatch>,
+    ) -> Result<Applied, ProtocolError> {
+        let kind = msg.kind.ok_or(ProtocolError::Unexpected("empty message"))?;
+        let mut applied = Applied::default();
+        match kind {
+            pb::sync_message::Kind::Reset(r) => {
+                if self.staging.is_some() {
+                    return Err(ProtocolError::Unexpected("reset during a snapshot"));
+                }
+                let mut batch = StoreBatch::new(&self.dc);
+                let data = if r.all {
+                    batch.clear();
+                    Data::default()
+                } else {
+                    if r.bucket_bits > entry::MAX_BUCKET_BITS {
+                        return Err(ProtocolError::Malformed("too many buckets"));
+                    }
+                    let limit = 1u64 << r.bucket_bits;
+                    if r.buckets.iter().any(|b| u64::from(*b) >= limit) {
+                        return Err(ProtocolError::Malformed("bucket out of range"));
+                    }
+                    let drop: HashSet<u32> = r.buckets.into_iter().collect();
+                    let mut data = self.live.clone();
+                    let doomed: Vec<Key> = data
+                        .hashes
+                        .iter()
+                        .filter(|(_, (kh, _))| drop.contains(&entry::bucket_of(*kh, r.bucket_bits)))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in &doomed {
+                        data.remove(k, &mut batch);
+                    }
+                    data
+                };
+                self.staging = Some((data, batch));
+            }
+            pb::sync_message::Kind::Batch(b) => {
+                if b.index < self.index && self.staging.is_none() {
+                    return Err(ProtocolError::Unexpected("batch behind the replica"));
+                }
+                let mut upserts = Vec::with_capacity(b.upserts.len());
+                for e in b.upserts {
+                    upserts.push(Hashed::from_proto(e).map_err(ProtocolError::Malformed)?);
+                }
+                let mut removals = Vec::with_capacity(b.removals.len());
+                for k in &b.removals {
+                    removals.push(Key::from_proto(k).ok_or(ProtocolError::Malformed("empty key"))?);
+                }
+                applied.entries = upserts.len() + removals.len();
+                match &mut self.staging {
+                    Some((data, batch)) => {
+                        for h in upserts {
+                            data.upsert(h, batch);
+                        }
+                        for k in &removals {
+                            data.remove(k, batch);
+                        }
+                    }
+                    None => {
+                        let mut batch = StoreBatch::new(&self.dc);
+                        for h in upserts {
+                            self.live.upsert(h, &mut batch);
+                        }
+                        for k in &removals {
+                            self.live.remove(k, &mut batch);
+                        }
+                        self.advance(b.index, now_ms);
+                        batch.meta(self.index, self.confirmed_unix_ms, self.synced);
+                        out.push(batch);
+                        applied.publish = true;
+                    }
+                }
+                self.origin_index = self.origin_index.max(b.index);
+            }
+            pb::sync_message::Kind::Synced(s) => {
+                if let Some((data, mut batch)) = self.staging.take() {
+                    if data.digest != s.digest {
+                        return Err(ProtocolError::DigestMismatch {
+                            origin: s.digest,
+                            replica: data.digest,
+                        });
+                    }
+                    self.live = data;
+                    self.index = s.index;
+                    self.live.state.set_index(s.index);
+                    self.confirmed_unix_ms = now_ms;
+                    self.synced = true;
+                    batch.meta(self.index, now_ms, true);
+                    out.push(batch);
+                } else {
+                    // A resume: the replayed changes already applied.
+                    self.advance(s.index, now_ms);
+                    self.synced = true;
+                    let mut batch = StoreBatch::new(&self.dc);
+                    batch.meta(self.index, now_ms, true);
+                    out.push(batch);
+                    if self.live.digest != s.digest {
+                        return Err(ProtocolError::DigestMismatch {
+                            origin: s.digest,
+                            replica: self.live.digest,
+                        });
+                    }
+                }
+                self.origin_index = self.origin_index.max(s.index);
+                self.connected = true;
+                applied.publish = true;
+                applied.synced = true;
+            }
+            pb::sync_message::Kind::Heartbeat(h) => {
+                if self.staging.is_some() {
+                    return Err(ProtocolError::Unexpected("heartbeat during a snapshot"));
+                }
+                self.origin_index = self.origin_index.max(h.index);
+                self.advance(h.index, now_ms);
+                let mut batch = StoreBatch::new(&self.dc);
+                batch.meta(self.index, now_ms, self.synced);
+                out.push(batch);
+                applied.publish = true;
+            }
+        }
+        Ok(applied)
+    }
+
+    fn advance(&mut self, index: u64, now_ms: u64) {
+        if index > self.index {
+            self.index = index;
+            self.live.state.set_index(index);
+        }
+        self.confirmed_unix_ms = now_ms;
+    }
+
+    /// Marks the stream down (the replica keeps serving, stale) and drops a half-received
+    /// snapshot.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+        self.staging = None;
+    }
+
+    /// Forgets the index so the next subscription asks for a digest catch-up (after a digest
+    /// mismatch).
+    pub fn forget_index(&mut self) {
+        self.index = 0;
+    }
+
+    /// The replica as readers see it.
+    pub fn snapshot(&self) -> RemoteDc {
+        RemoteDc {
+            name: self.dc.clone(),
+            state: self.live.state.clone(),
+            index: self.index,
+            confirmed_unix_ms: self.confirmed_unix_ms,
+            connected: self.connected,
+            synced: self.synced,
+            digest: self.live.digest,
+        }
+    }
+
+    /// The replica's digest (equal to the origin's when in sync).
+    pub fn digest(&self) -> u64 {
+        self.live.digest
+    }
+
+    /// The origin's newest index minus ours.
+    pub fn lag(&self) -> u64 {
+        self.origin_index.saturating_sub(self.index)
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.live.hashes.len()
+    }
+
+    /// Whether the replica holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.live.hashes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{ExportPolicy, Exporter, Plan};
+    use meridian_topology::{Instance, Weights};
+
+    fn inst(id: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: "web".into(),
+            node: "n1".into(),
+            address: String::new(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            weights: Weights::default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    /// Turns a plan into the messages the server sends (without chunking).
+    fn messages(plan: Plan) -> Vec<pb::SyncMessage> {
+        use pb::sync_message::Kind;
+        let wrap = |k| pb::SyncMessage { kind: Some(k) };
+        match plan {
+            Plan::Resume {
+                deltas,
+                index,
+                digest,
+            } => {
+                let mut out: Vec<_> = deltas
+                    .iter()
+                    .map(|d| {
+                        wrap(Kind::Batch(pb::Batch {
+                            index: d.index,
+                            upserts: d.upserts.iter().map(|h| h.entry.clone()).collect(),
+                            removals: d.removals.iter().map(Key::to_proto).collect(),
+                        }))
+                    })
+                    .collect();
+                out.push(wrap(Kind::Synced(pb::Synced { index, digest })));
+                out
+            }
+            Plan::Catchup {
+                all,
+                buckets,
+                bucket_bits,
+                entries,
+                index,
+                digest,
+            } => vec![
+                wrap(Kind::Reset(pb::Reset {
+                    all,
+                    bucket_bits,
+                    buckets,
+                })),
+                wrap(Kind::Batch(pb::Batch {
+                    index,
+                    upserts: entries.iter().map(|h| h.entry.clone()).collect(),
+                    removals: vec![],
+                })),
+                wrap(Kind::Synced(pb::Synced { index, digest })),
+            ],
+        }
+    }
+
+    fn feed(r: &mut Replica, msgs: Vec<pb::SyncMessage>) -> Result<(), ProtocolError> {
+        let mut out = Vec::new();
+        for m in msgs {
+            r.apply(m, 1, &mut out)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn snapshot_then_catchup_converges_to_the_origin_digest() {
+        let mut s = DcState::default();
+        for i in 0..200 {
+            s.register(inst(&format!("w{i}")), vec![], i + 1);
+        }
+        let x = Exporter::new(ExportPolicy::all(), 10, &s);
+        let mut r = Replica::new("dc1");
+        feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
+        assert_eq!(r.digest(), x.position().1);
+        assert_eq!(r.snapshot().state.instance_count(), 200);
+
+        // The origin moves on past its window while the replica is away.
+        for i in 0..30 {
+            s.deregister("n1", &format!("w{i}"), 1000 + i);
+            x.update(&s);
+        }
+        s.register(inst("new"), vec![], 2000);
+        x.update(&s);
+        let req = r.request("dc2", "n1");
+        let plan = x.plan(req.from_index, req.bucket_bits, &req.buckets);
+        let sent = match &plan {
+            Plan::Catchup { all, entries, .. } => {
+                assert!(!all);
+                entries.len()
+            }
+            Plan::Resume { .. } => panic!("the window was too small to resume"),
+        };
+        assert!(sent < 171, "a catch-up resends only differing buckets ({sent} of 171)");
+        feed(&mut r, messages(plan)).expect("catch-up");
+        assert_eq!(r.digest(), x.position().1);
+        assert_eq!(r.snapshot().index, 2000);
+        assert_eq!(r.snapshot().state.instance_count(), 171);
+        assert!(r.snapshot().state.instance("n1", "w3").is_none());
+    }
+
+    #[test]
+    fn malformed_and_out_of_order_messages_are_refused() {
+        let mut r = Replica::new("dc1");
+        let mut out = Vec::new();
+        let empty = pb::SyncMessage { kind: None };
+        assert!(r.apply(empty, 1, &mut out).is_err());
+        let bad = pb::SyncMessage {
+            kind: Some(pb::sync_message::Kind::Reset(pb::Reset {
+                all: false,
+                bucket_bits: 2,
+                buckets: vec![9],
+            })),
+        };
+        assert_eq!(
+            r.apply(bad, 1, &mut out),
+            Err(ProtocolError::Malformed("bucket out of range"))
+        );
+        let wrong_digest = pb::SyncMessage {
+            kind: Some(pb::sync_message::Kind::Reset(pb::Reset {
+                all: true,
+                bucket_bits: 0,
+                buckets: vec![],
+            })),
+        };
+        r.apply(wrong_digest, 1, &mut out).expect("reset");
+        let synced = pb::SyncMessage {
+            kind: Some(pb::sync_message::Kind::Synced(pb::Synced { index: 5, digest: 7 })),
+        };
+        assert!(matches!(
+            r.apply(synced, 1, &mut out),
+            Err(ProtocolError::DigestMismatch { .. })
+        ));
+        assert!(!r.snapshot().synced, "nothing half-received becomes visible");
+    }
+}

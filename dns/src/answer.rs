@@ -305,8 +305,9 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn dc_matches(&self, dc: Option<&str>) -> bool {
-        dc.is_none_or(|d| d.eq_ignore_ascii_case(self.view.datacenter()))
+    /// Whether `dc` (local when `None`) is a datacenter this view answers for.
+    fn dc_known(&self, dc: Option<&str>) -> bool {
+        self.view.dc_state(dc).is_some()
     }
 
     fn service(&mut self, q: &ServiceQuery<'_>, qtype: RecordType, max_groups: usize) {
@@ -316,7 +317,7 @@ impl<'a> Builder<'a> {
         let mut instances = res.instances;
         fastrand::shuffle(&mut instances);
         let ttl = self.s.service_ttl.get(q.service);
-        let state = self.view.local();
+        let state = res.state;
         match qtype {
             RecordType::SRV => {
                 let mut seen_answer = Seen::new();
@@ -378,11 +379,7 @@ impl<'a> Builder<'a> {
     }
 
     fn node(&mut self, node: &str, dc: Option<&str>, qtype: RecordType) {
-        let found = if self.dc_matches(dc) {
-            self.view.local().node(node)
-        } else {
-            None
-        };
+        let found = self.view.dc_state(dc).and_then(|(_, s)| s.node(node));
         let Some(node) = found else {
             return self.nxdomain();
         };
@@ -414,7 +411,7 @@ impl<'a> Builder<'a> {
     }
 
     fn addr(&mut self, ip: IpAddr, dc: Option<&str>, qtype: RecordType) {
-        if !self.dc_matches(dc) {
+        if !self.dc_known(dc) {
             return self.nxdomain();
         }
         if family_wanted(qtype, ip) {

@@ -43,6 +43,8 @@ pub struct Follower {
     pub tls: Arc<rustls::ClientConfig>,
     /// Replica storage.
     pub store: Arc<Store>,
+    /// The known datacenters (addresses of this one, and news from the origin).
+    pub registry: Arc<crate::peers::Registry>,
     /// Where replicas are published.
     pub remotes: watch::Sender<OrdMap<Arc<str>, Arc<RemoteDc>>>,
     /// Counters.
@@ -104,9 +106,15 @@ impl Follower {
             if *self.stop.borrow() {
                 return;
             }
-            let addr = match self.peer.addresses.get(attempt % self.peer.addresses.len().max(1)) {
-                Some(a) => a.clone(),
-                None => return,
+            // Addresses are read at every attempt: other nodes may have told us new ones.
+            let addresses = self.registry.addresses(&self.peer.dc);
+            let addresses = if addresses.is_empty() {
+                self.peer.addresses.clone()
+            } else {
+                addresses
+            };
+            let Some(addr) = addresses.get(attempt % addresses.len().max(1)).cloned() else {
+                return;
             };
             attempt += 1;
             let started = tokio::time::Instant::now();
@@ -117,11 +125,15 @@ impl Follower {
             match &end {
                 StreamEnd::Stopped => return,
                 StreamEnd::Protocol(ProtocolError::DigestMismatch { .. }) => {
-                    self.counters.digest_mismatches.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .digest_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
                     replica.forget_index();
                 }
                 StreamEnd::Protocol(_) => {
-                    self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     replica.forget_index();
                 }
                 _ => {}
@@ -174,8 +186,10 @@ impl Follower {
             .keep_alive_timeout(self.idle_timeout)
             .connect_with_connector(connector)
             .await?;
-        let mut client = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let req = replica.request(&self.local_dc, &self.local_node);
+        let mut client =
+            FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut req = replica.request(&self.local_dc, &self.local_node);
+        req.subscriber_addresses = self.registry.own_addresses().to_vec();
         stats
             .bytes_out
             .fetch_add(req.encoded_len() as u64, Ordering::Relaxed);
@@ -201,12 +215,19 @@ impl Follower {
             stats.messages_in.fetch_add(1, Ordering::Relaxed);
             if first {
                 match &msg.kind {
-                    Some(Kind::Reset(r)) if r.all => stats.full_syncs.fetch_add(1, Ordering::Relaxed),
+                    Some(Kind::Reset(r)) if r.all => {
+                        stats.full_syncs.fetch_add(1, Ordering::Relaxed)
+                    }
                     Some(Kind::Reset(_)) => stats.partial_syncs.fetch_add(1, Ordering::Relaxed),
                     _ => stats.resumes.fetch_add(1, Ordering::Relaxed),
                 };
                 tracing::debug!(from, "federation stream open");
                 first = false;
+            }
+            match &msg.kind {
+                Some(Kind::Synced(s)) => self.registry.learn_all(&s.datacenters),
+                Some(Kind::Heartbeat(h)) => self.registry.learn_all(&h.datacenters),
+                _ => {}
             }
             let mut writes = Vec::new();
             let applied = replica.apply(msg, crate::now_ms(), &mut writes)?;

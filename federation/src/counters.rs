@@ -100,22 +100,86 @@ impl FederationCounters {
             .lock()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        type PeerGauge = (&'static str, &'static str, &'static str, fn(&PeerStats, u64) -> u64);
+        type PeerGauge = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&PeerStats, u64) -> u64,
+        );
         let per_peer: [PeerGauge; 11] = [
-            ("meridian_federation_connected", "gauge", "1 while the stream to the remote DC is up and synced.", |p, _| u64::from(p.connected.load(Ordering::Relaxed))),
-            ("meridian_federation_index", "gauge", "Origin Raft index of the remote DC's replica.", |p, _| get(&p.index)),
-            ("meridian_federation_index_lag", "gauge", "The remote DC's newest announced index minus the replica's.", |p, _| get(&p.lag)),
-            ("meridian_federation_seconds_since_update", "gauge", "Seconds since the remote DC last confirmed the replica (update or heartbeat).", |p, now| {
-                let c = get(&p.confirmed_unix_ms);
-                if c == 0 { u64::MAX } else { now.saturating_sub(c) / 1000 }
-            }),
-            ("meridian_federation_received_bytes_total", "counter", "Bytes of sync messages received from the remote DC.", |p, _| get(&p.bytes_in)),
-            ("meridian_federation_received_messages_total", "counter", "Sync messages received from the remote DC.", |p, _| get(&p.messages_in)),
-            ("meridian_federation_sent_bytes_total", "counter", "Bytes of subscription requests sent to the remote DC.", |p, _| get(&p.bytes_out)),
-            ("meridian_federation_disconnects_total", "counter", "Streams to the remote DC that ended.", |p, _| get(&p.disconnects)),
-            ("meridian_federation_full_syncs_total", "counter", "Full snapshots received from the remote DC.", |p, _| get(&p.full_syncs)),
-            ("meridian_federation_partial_syncs_total", "counter", "Digest catch-ups (only differing buckets) from the remote DC.", |p, _| get(&p.partial_syncs)),
-            ("meridian_federation_resumes_total", "counter", "Reconnects that resumed from the replica's index.", |p, _| get(&p.resumes)),
+            (
+                "meridian_federation_connected",
+                "gauge",
+                "1 while the stream to the remote DC is up and synced.",
+                |p, _| u64::from(p.connected.load(Ordering::Relaxed)),
+            ),
+            (
+                "meridian_federation_index",
+                "gauge",
+                "Origin Raft index of the remote DC's replica.",
+                |p, _| get(&p.index),
+            ),
+            (
+                "meridian_federation_index_lag",
+                "gauge",
+                "The remote DC's newest announced index minus the replica's.",
+                |p, _| get(&p.lag),
+            ),
+            (
+                "meridian_federation_seconds_since_update",
+                "gauge",
+                "Seconds since the remote DC last confirmed the replica (update or heartbeat).",
+                |p, now| {
+                    let c = get(&p.confirmed_unix_ms);
+                    if c == 0 {
+                        u64::MAX
+                    } else {
+                        now.saturating_sub(c) / 1000
+                    }
+                },
+            ),
+            (
+                "meridian_federation_received_bytes_total",
+                "counter",
+                "Bytes of sync messages received from the remote DC.",
+                |p, _| get(&p.bytes_in),
+            ),
+            (
+                "meridian_federation_received_messages_total",
+                "counter",
+                "Sync messages received from the remote DC.",
+                |p, _| get(&p.messages_in),
+            ),
+            (
+                "meridian_federation_sent_bytes_total",
+                "counter",
+                "Bytes of subscription requests sent to the remote DC.",
+                |p, _| get(&p.bytes_out),
+            ),
+            (
+                "meridian_federation_disconnects_total",
+                "counter",
+                "Streams to the remote DC that ended.",
+                |p, _| get(&p.disconnects),
+            ),
+            (
+                "meridian_federation_full_syncs_total",
+                "counter",
+                "Full snapshots received from the remote DC.",
+                |p, _| get(&p.full_syncs),
+            ),
+            (
+                "meridian_federation_partial_syncs_total",
+                "counter",
+                "Digest catch-ups (only differing buckets) from the remote DC.",
+                |p, _| get(&p.partial_syncs),
+            ),
+            (
+                "meridian_federation_resumes_total",
+                "counter",
+                "Reconnects that resumed from the replica's index.",
+                |p, _| get(&p.resumes),
+            ),
         ];
         for (name, kind, help, f) in per_peer {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -133,13 +197,43 @@ impl FederationCounters {
             .lock()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        type SubCounter = (&'static str, &'static str, &'static str, fn(&SubscriberStats) -> u64);
+        type SubCounter = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&SubscriberStats) -> u64,
+        );
         let per_sub: [SubCounter; 5] = [
-            ("meridian_federation_served_streams_total", "counter", "Sync streams opened by the subscribing DC.", |s| get(&s.streams)),
-            ("meridian_federation_served_streams_open", "gauge", "Sync streams of the subscribing DC open now.", |s| get(&s.open)),
-            ("meridian_federation_served_bytes_total", "counter", "Bytes of sync messages sent to the subscribing DC.", |s| get(&s.bytes_out)),
-            ("meridian_federation_served_messages_total", "counter", "Sync messages sent to the subscribing DC.", |s| get(&s.messages_out)),
-            ("meridian_federation_too_slow_total", "counter", "Streams cut because the subscriber fell out of the change window.", |s| get(&s.too_slow)),
+            (
+                "meridian_federation_served_streams_total",
+                "counter",
+                "Sync streams opened by the subscribing DC.",
+                |s| get(&s.streams),
+            ),
+            (
+                "meridian_federation_served_streams_open",
+                "gauge",
+                "Sync streams of the subscribing DC open now.",
+                |s| get(&s.open),
+            ),
+            (
+                "meridian_federation_served_bytes_total",
+                "counter",
+                "Bytes of sync messages sent to the subscribing DC.",
+                |s| get(&s.bytes_out),
+            ),
+            (
+                "meridian_federation_served_messages_total",
+                "counter",
+                "Sync messages sent to the subscribing DC.",
+                |s| get(&s.messages_out),
+            ),
+            (
+                "meridian_federation_too_slow_total",
+                "counter",
+                "Streams cut because the subscriber fell out of the change window.",
+                |s| get(&s.too_slow),
+            ),
         ];
         for (name, kind, help, f) in per_sub {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -154,15 +248,33 @@ impl FederationCounters {
         );
         if let Ok(m) = self.refused.lock() {
             for (reason, n) in m.iter() {
-                let _ = writeln!(out, "meridian_federation_refused_total{{reason=\"{reason}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "meridian_federation_refused_total{{reason=\"{reason}\"}} {n}"
+                );
             }
         }
         for (name, help, v) in [
-            ("meridian_federation_protocol_errors_total", "Sync messages that broke the protocol.", get(&self.protocol_errors)),
-            ("meridian_federation_digest_mismatches_total", "Syncs whose digest differed from the origin's.", get(&self.digest_mismatches)),
-            ("meridian_federation_corrupt_entries_total", "Persisted replica entries that no longer decoded.", get(&self.corrupt_entries)),
+            (
+                "meridian_federation_protocol_errors_total",
+                "Sync messages that broke the protocol.",
+                get(&self.protocol_errors),
+            ),
+            (
+                "meridian_federation_digest_mismatches_total",
+                "Syncs whose digest differed from the origin's.",
+                get(&self.digest_mismatches),
+            ),
+            (
+                "meridian_federation_corrupt_entries_total",
+                "Persisted replica entries that no longer decoded.",
+                get(&self.corrupt_entries),
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
     }
 }

@@ -60,7 +60,9 @@ impl Key {
     pub fn from_proto(k: &pb::EntryKey) -> Option<Key> {
         match k.key.as_ref()? {
             pb::entry_key::Key::Node(n) => Some(Key::node(n)),
-            pb::entry_key::Key::Instance(i) => Some(Key::Instance(InstanceKey::new(&i.node, &i.id))),
+            pb::entry_key::Key::Instance(i) => {
+                Some(Key::Instance(InstanceKey::new(&i.node, &i.id)))
+            }
         }
     }
 
@@ -139,7 +141,10 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
             Ok(Key::node(&node.name))
         }
         Some(pb::entry::Entry::Instance(i)) => {
-            let inst = i.instance.as_ref().ok_or("instance entry without an instance")?;
+            let inst = i
+                .instance
+                .as_ref()
+                .ok_or("instance entry without an instance")?;
             if inst.node.is_empty() || inst.id.is_empty() || inst.service.is_empty() {
                 return Err("instance entry without a node, ID or service");
             }
@@ -203,7 +208,10 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
     match entry.entry.as_ref() {
         Some(pb::entry::Entry::Node(n)) => {
             if let Some(node) = &n.node {
-                state.put_node(node_from_proto(node), n.checks.iter().map(check_from_proto).collect());
+                state.put_node(
+                    node_from_proto(node),
+                    n.checks.iter().map(check_from_proto).collect(),
+                );
             }
         }
         Some(pb::entry::Entry::Instance(i)) => {
@@ -399,7 +407,10 @@ mod tests {
         }
         assert_eq!(replica.instances_of("web").count(), 1);
         assert_eq!(replica.instances_of("secret").count(), 0, "not exported");
-        assert_eq!(replica.node("n1").map(|n| n.address.as_str()), Some("10.0.0.1"));
+        assert_eq!(
+            replica.node("n1").map(|n| n.address.as_str()),
+            Some("10.0.0.1")
+        );
         let web = replica.instance("N1", "web1").expect("web1");
         assert_eq!(web, s.instance("N1", "web1").expect("origin"));
     }

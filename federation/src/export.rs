@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use imbl::OrdMap;
-use meridian_topology::dc::DcState;
 use meridian_topology::InstanceKey;
+use meridian_topology::dc::DcState;
 use tokio::sync::watch;
 
 use crate::entry::{self, Hashed, Key};
@@ -124,7 +124,8 @@ impl Exporter {
             .map(|n| Key::node(&n.name))
             .chain(state.instances().map(|i| Key::Instance(i.key())));
         for key in keys {
-            if let Some(e) = entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
+            if let Some(e) =
+                entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
             {
                 let h = Hashed::new(key.clone(), e);
                 digest = digest.wrapping_add(h.hash);
@@ -269,9 +270,8 @@ impl Exporter {
             };
         }
         let expected = 1usize << bucket_bits.min(entry::MAX_BUCKET_BITS);
-        let all = from_index == 0
-            || buckets.len() != expected
-            || bucket_bits > entry::MAX_BUCKET_BITS;
+        let all =
+            from_index == 0 || buckets.len() != expected || bucket_bits > entry::MAX_BUCKET_BITS;
         let (bits, differing) = if all {
             (0, HashSet::new())
         } else {
@@ -370,16 +370,27 @@ mod tests {
     #[test]
     fn updates_emit_only_what_changed_and_respect_the_policy() {
         let mut s = DcState::default();
-        s.register(inst("n1", "web1", "web"), vec![check("n1", "c1", "web1")], 1);
+        s.register(
+            inst("n1", "web1", "web"),
+            vec![check("n1", "c1", "web1")],
+            1,
+        );
         s.register(inst("n1", "db1", "db"), vec![], 2);
         let x = Exporter::new(ExportPolicy::only(&["web".into()]), 100, &s);
-        assert_eq!(x.len(), 1, "web1 only: n1 has no node record, db is private");
+        assert_eq!(
+            x.len(),
+            1,
+            "web1 only: n1 has no node record, db is private"
+        );
 
         s.update_check("n1", "c1", Health::Critical, "down", 3);
         let d = x.update(&s).expect("a delta");
         assert_eq!(d.index, 3);
         assert_eq!(d.upserts.len(), 1);
-        assert_eq!(d.upserts[0].key, Key::Instance(InstanceKey::new("n1", "web1")));
+        assert_eq!(
+            d.upserts[0].key,
+            Key::Instance(InstanceKey::new("n1", "web1"))
+        );
 
         s.register(inst("n1", "db2", "db"), vec![], 4);
         assert!(x.update(&s).is_none(), "private change, no delta");

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod entry;
 mod error;
 pub mod export;
+pub mod peers;
 pub mod replica;
 pub mod server;
 pub mod store;
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use imbl::OrdMap;
-use meridian_topology::View;
 use meridian_topology::RemoteDc;
+use meridian_topology::View;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +39,15 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone). The guard `wait_for` returns is
@@ -57,6 +67,10 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// The remote datacenters to follow.
     pub peers: Vec<Peer>,
+    /// WAN addresses of nodes of datacenters to learn (their DC comes from their certificate).
+    pub join: Vec<String>,
+    /// The host other datacenters reach this node's WAN port at.
+    pub advertise_host: String,
     /// What this datacenter exports.
     pub policy: ExportPolicy,
     /// This node's certificates.
@@ -83,7 +97,7 @@ pub struct Federation {
     exporter: Arc<export::Exporter>,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Federation {
@@ -93,16 +107,19 @@ impl Federation {
         settings: Settings,
         mut local: watch::Receiver<Arc<View>>,
     ) -> Result<Federation, FederationError> {
-        let listener = TcpListener::bind(settings.bind)
-            .await
+        let listener =
+            TcpListener::bind(settings.bind)
+                .await
+                .map_err(|source| FederationError::Bind {
+                    addr: settings.bind,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|source| FederationError::Bind {
                 addr: settings.bind,
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| FederationError::Bind {
-            addr: settings.bind,
-            source,
-        })?;
         let counters = Arc::new(FederationCounters::default());
         let store_dir = settings.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || store::Store::open(&store_dir))
@@ -165,20 +182,126 @@ impl Federation {
             }));
         }
 
+        // One follower per remote DC: the configured ones now, learned ones as they come.
+        let client_tls = settings.tls.client_config()?;
+        let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Peer>();
+        let registry = Arc::new(peers::Registry::new(
+            &settings.dc,
+            vec![join_host_port(&settings.advertise_host, local_addr.port())],
+            Box::new(move |p| {
+                let _ = learned_tx.send(p);
+            }),
+        ));
+        let tasks = Arc::new(std::sync::Mutex::new(tasks));
+        let follower = {
+            let (settings, store, registry, remotes_tx, counters, stop_rx, tasks) = (
+                settings.clone(),
+                store.clone(),
+                registry.clone(),
+                remotes_tx.clone(),
+                counters.clone(),
+                stop_rx.clone(),
+                tasks.clone(),
+            );
+            move |peer: Peer, replica: replica::Replica| {
+                let f = client::Follower {
+                    peer,
+                    local_dc: settings.dc.clone(),
+                    local_node: settings.node.clone(),
+                    tls: client_tls.clone(),
+                    registry: registry.clone(),
+                    store: store.clone(),
+                    remotes: remotes_tx.clone(),
+                    counters: counters.clone(),
+                    connect_timeout: settings.connect_timeout,
+                    idle_timeout: settings.idle_timeout,
+                    stop: stop_rx.clone(),
+                };
+                let t = tokio::spawn(f.run(replica));
+                tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+            }
+        };
+        let mut configured = std::collections::BTreeSet::new();
+        for (peer, replica) in replicas {
+            configured.insert(peer.dc.to_ascii_lowercase());
+            registry.learn_configured(&peer);
+            follower(peer, replica);
+        }
+        {
+            let (store, counters, mut stop) = (store.clone(), counters.clone(), stop_rx.clone());
+            let spawner = tokio::spawn(async move {
+                loop {
+                    let peer = tokio::select! {
+                        p = learned_rx.recv() => match p { Some(p) => p, None => return },
+                        () = stopped(&mut stop) => return,
+                    };
+                    if configured.contains(&peer.dc.to_ascii_lowercase()) {
+                        continue;
+                    }
+                    // A learned DC's replica may be on disk from an earlier run.
+                    let replica = match replica::Replica::load(&peer.dc, &store) {
+                        Ok((r, corrupt)) => {
+                            counters
+                                .corrupt_entries
+                                .fetch_add(corrupt as u64, std::sync::atomic::Ordering::Relaxed);
+                            r
+                        }
+                        Err(e) => {
+                            tracing::warn!(dc = %peer.dc, error = %e, "cannot load the replica; starting empty");
+                            replica::Replica::new(&peer.dc)
+                        }
+                    };
+                    follower(peer, replica);
+                }
+            });
+            tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(spawner);
+        }
+        let discovery_tls = settings.tls.discovery_client_config()?;
+        for addr in settings.join.clone() {
+            let (registry, tls, mut stop) =
+                (registry.clone(), discovery_tls.clone(), stop_rx.clone());
+            let timeout = settings.connect_timeout;
+            let t = tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match tls::discover(tls.clone(), &addr, timeout).await {
+                        Ok(id) => {
+                            tracing::info!(%addr, dc = %id.dc, node = %id.node, "joined");
+                            registry.learn(&id.dc, std::slice::from_ref(&addr));
+                            return;
+                        }
+                        Err(e) => tracing::info!(%addr, error = %e, "cannot join yet; retrying"),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)) => {}
+                        () = stopped(&mut stop) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            });
+            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        }
         // The WAN endpoint.
         let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.server_config()?);
         let (conn_tx, conn_rx) = mpsc::channel(16);
-        tasks.push(tokio::spawn(server::accept_loop(
-            listener,
-            acceptor,
-            settings.handshake_timeout,
-            counters.clone(),
-            conn_tx,
-            stop_rx.clone(),
-        )));
+        tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tokio::spawn(server::accept_loop(
+                listener,
+                acceptor,
+                settings.handshake_timeout,
+                counters.clone(),
+                conn_tx,
+                stop_rx.clone(),
+            )));
         let service = server::Service {
             dc: settings.dc.as_str().into(),
             exporter: exporter.clone(),
+            registry: registry.clone(),
             counters: counters.clone(),
             heartbeat: settings.heartbeat,
             stop: stop_rx.clone(),
@@ -189,36 +312,22 @@ impl Federation {
                 .http2_keepalive_interval(Some(settings.heartbeat))
                 .http2_keepalive_timeout(Some(settings.idle_timeout))
                 .add_service(service.into_server());
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "federation server stopped");
-                }
-            }));
+            tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = router
+                        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "federation server stopped");
+                    }
+                }));
         }
 
-        // One follower per remote DC.
-        let client_tls = settings.tls.client_config()?;
-        for (peer, replica) in replicas {
-            let follower = client::Follower {
-                peer,
-                local_dc: settings.dc.clone(),
-                local_node: settings.node.clone(),
-                tls: client_tls.clone(),
-                store: store.clone(),
-                remotes: remotes_tx.clone(),
-                counters: counters.clone(),
-                connect_timeout: settings.connect_timeout,
-                idle_timeout: settings.idle_timeout,
-                stop: stop_rx.clone(),
-            };
-            tasks.push(tokio::spawn(follower.run(replica)));
-        }
         tracing::info!(addr = %local_addr, dc = %settings.dc, peers = settings.peers.len(), "federation listening");
         Ok(Federation {
             views,
@@ -257,9 +366,10 @@ impl Federation {
     }
 
     /// Stops serving and following, and waits for the tasks to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.stop.send_replace(true);
-        for t in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 use meridian_protos::federation as pb;
-use meridian_topology::dc::DcState;
 use meridian_topology::RemoteDc;
+use meridian_topology::dc::DcState;
 
 use crate::entry::{self, Hashed, Key};
 use crate::store::{Store, StoreBatch};
@@ -143,10 +143,15 @@ impl Replica {
             subscriber_dc: subscriber_dc.to_owned(),
             origin_dc: self.dc.to_string(),
             // With no index but entries on disk (corrupt store), the digest still saves work.
-            from_index: if self.live.hashes.is_empty() { 0 } else { self.index.max(1) },
+            from_index: if self.live.hashes.is_empty() {
+                0
+            } else {
+                self.index.max(1)
+            },
             bucket_bits: bits,
             buckets,
             subscriber_node: subscriber_node.to_owned(),
+            subscriber_addresses: Vec::new(),
         }
     }
 
@@ -375,7 +380,11 @@ mod tests {
                         }))
                     })
                     .collect();
-                out.push(wrap(Kind::Synced(pb::Synced { index, digest })));
+                out.push(wrap(Kind::Synced(pb::Synced {
+                    index,
+                    digest,
+                    datacenters: vec![],
+                })));
                 out
             }
             Plan::Catchup {
@@ -396,7 +405,11 @@ mod tests {
                     upserts: entries.iter().map(|h| h.entry.clone()).collect(),
                     removals: vec![],
                 })),
-                wrap(Kind::Synced(pb::Synced { index, digest })),
+                wrap(Kind::Synced(pb::Synced {
+                    index,
+                    digest,
+                    datacenters: vec![],
+                })),
             ],
         }
     }
@@ -437,7 +450,10 @@ mod tests {
             }
             Plan::Resume { .. } => panic!("the window was too small to resume"),
         };
-        assert!(sent < 171, "a catch-up resends only differing buckets ({sent} of 171)");
+        assert!(
+            sent < 171,
+            "a catch-up resends only differing buckets ({sent} of 171)"
+        );
         feed(&mut r, messages(plan)).expect("catch-up");
         assert_eq!(r.digest(), x.position().1);
         assert_eq!(r.snapshot().index, 2000);
@@ -471,12 +487,19 @@ mod tests {
         };
         r.apply(wrong_digest, 1, &mut out).expect("reset");
         let synced = pb::SyncMessage {
-            kind: Some(pb::sync_message::Kind::Synced(pb::Synced { index: 5, digest: 7 })),
+            kind: Some(pb::sync_message::Kind::Synced(pb::Synced {
+                index: 5,
+                digest: 7,
+                datacenters: vec![],
+            })),
         };
         assert!(matches!(
             r.apply(synced, 1, &mut out),
             Err(ProtocolError::DigestMismatch { .. })
         ));
-        assert!(!r.snapshot().synced, "nothing half-received becomes visible");
+        assert!(
+            !r.snapshot().synced,
+            "nothing half-received becomes visible"
+        );
     }
 }

@@ -146,6 +146,8 @@ pub struct Service {
     pub dc: Arc<str>,
     /// The exported catalog.
     pub exporter: Arc<Exporter>,
+    /// The known datacenters.
+    pub registry: Arc<crate::peers::Registry>,
     /// Counters.
     pub counters: Arc<FederationCounters>,
     /// Idle time after which a heartbeat is sent.
@@ -196,8 +198,12 @@ impl Federation for Service {
         }
         if req.subscriber_dc.eq_ignore_ascii_case(&self.dc) {
             self.counters.refuse("same_dc");
-            return Err(Status::failed_precondition("a datacenter does not subscribe to itself"));
+            return Err(Status::failed_precondition(
+                "a datacenter does not subscribe to itself",
+            ));
         }
+        // Federation is symmetric: follow a datacenter that follows us.
+        self.registry.learn(&peer.dc, &req.subscriber_addresses);
         // A subscriber that was ahead of this node (it synced from a node that had applied
         // more) waits briefly for this node to catch up, rather than being rolled back.
         let mut changed = self.exporter.watch();
@@ -211,12 +217,17 @@ impl Federation for Service {
             .plan(req.from_index, req.bucket_bits, &req.buckets);
         let stats = self.counters.subscriber(&peer.dc);
         stats.streams.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(from = req.from_index, plan = plan_name(&plan), "subscriber connected");
+        tracing::info!(
+            from = req.from_index,
+            plan = plan_name(&plan),
+            "subscriber connected"
+        );
         let (tx, rx) = mpsc::channel(8);
         let stream = Stream {
             tx,
             stats,
             exporter: self.exporter.clone(),
+            registry: self.registry.clone(),
             heartbeat: self.heartbeat,
             stop: self.stop.clone(),
         };
@@ -238,6 +249,7 @@ struct Stream {
     tx: mpsc::Sender<Result<pb::SyncMessage, Status>>,
     stats: Arc<SubscriberStats>,
     exporter: Arc<Exporter>,
+    registry: Arc<crate::peers::Registry>,
     heartbeat: Duration,
     stop: watch::Receiver<bool>,
 }
@@ -290,7 +302,12 @@ impl Stream {
                 for d in &deltas {
                     self.send_delta(d).await?;
                 }
-                self.send(Kind::Synced(pb::Synced { index, digest })).await?;
+                self.send(Kind::Synced(pb::Synced {
+                    index,
+                    digest,
+                    datacenters: self.registry.to_proto(),
+                }))
+                .await?;
                 index
             }
             Plan::Catchup {
@@ -315,7 +332,12 @@ impl Stream {
                     }))
                     .await?;
                 }
-                self.send(Kind::Synced(pb::Synced { index, digest })).await?;
+                self.send(Kind::Synced(pb::Synced {
+                    index,
+                    digest,
+                    datacenters: self.registry.to_proto(),
+                }))
+                .await?;
                 index
             }
         };
@@ -355,6 +377,7 @@ impl Stream {
                         self.send(Kind::Heartbeat(pb::Heartbeat {
                             index,
                             unix_ms: crate::now_ms(),
+                            datacenters: self.registry.to_proto(),
                         }))
                         .await?;
                         last_sent = tokio::time::Instant::now();

@@ -201,8 +201,15 @@ mod tests {
         let store = Store::open(dir.path())?;
         let dc1 = store.load("dc1")?;
         assert_eq!(dc1.entries.len(), 2);
-        assert_eq!((dc1.index, dc1.confirmed_unix_ms, dc1.synced), (42, 1_000, true));
-        assert_eq!(store.load("dc10")?.entries.len(), 1, "dc1's prefix is not dc10's");
+        assert_eq!(
+            (dc1.index, dc1.confirmed_unix_ms, dc1.synced),
+            (42, 1_000, true)
+        );
+        assert_eq!(
+            store.load("dc10")?.entries.len(),
+            1,
+            "dc1's prefix is not dc10's"
+        );
         let mut b = StoreBatch::new("dc1");
         b.clear();
         store.write(b)?;

@@ -793,6 +793,104 @@ impl TlsMaterial {
     }
 }
 
+impl TlsMaterial {
+    /// A client configuration for joining a datacenter known only by address: the server must
+    /// hold a certificate from the CA roots that is valid for the datacenter it names itself,
+    /// which the caller then reads with [`peer_identity`]. Otherwise as [`Self::client_config`].
+    pub fn discovery_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        const SIDE: &str = "client";
+        let config_err = |e: rustls::Error| TlsError::Config {
+            side: SIDE,
+            reason: e.to_string(),
+        };
+        let provider = ring();
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.root_store(SIDE)?, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config {
+                    side: SIDE,
+                    reason: e.to_string(),
+                })?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(OwnDcVerifier { inner }))
+            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Verifies a server certificate as WebPKI does, against the name of the datacenter the
+/// certificate itself names: proves "a federation server of some datacenter", for joins.
+#[derive(Debug)]
+struct OwnDcVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let identity = peer_identity(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        let name = server_name(&identity.dc)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Connects to `addr` as [`connect`] does, accepting a server of any datacenter under the CA
+/// (`config` from [`TlsMaterial::discovery_client_config`]), and returns the identity its
+/// certificate names.
+pub async fn discover(
+    config: Arc<ClientConfig>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Identity, TlsError> {
+    // The name is not checked by the discovery verifier; any valid one will do.
+    let stream = connect(config, addr, "join", timeout).await?;
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| TlsError::NoIdentity {
+            reason: format!("{addr} presented no certificate"),
+        })?;
+    peer_identity(cert)
+}
+
 impl Clone for TlsMaterial {
     fn clone(&self) -> Self {
         Self {

@@ -1,15 +1,17 @@
-//! A running Meridian node: the catalog plus the HTTP API and the DNS server in front of it,
-//! started from a validated [`Config`], and stopped in order (DNS and HTTP first, then the
-//! catalog) on a signal.
+//! A running Meridian node: the catalog, federation with the other datacenters, and the HTTP
+//! API and the DNS server in front of them, started from a validated [`Config`], and stopped in
+//! order (DNS and HTTP first, then federation, then the catalog) on a signal.
 //!
 //! [`Agent::start`] is what `meridian agent`, `meridian demo` and in-process tests use.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use meridian_catalog::Catalog;
 use meridian_dns::DnsServer;
+use meridian_federation::{Federation, TlsMaterial};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -26,6 +28,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 pub struct Agent {
     config: Config,
     catalog: Catalog,
+    federation: Option<Arc<Federation>>,
     api: ApiState,
     http_addr: SocketAddr,
     dns: Option<DnsServer>,
@@ -48,13 +51,28 @@ impl Agent {
             .await
             .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
         let http_addr = listener.local_addr()?;
+        // Certificates are checked before anything starts, so a bad file fails fast.
+        let federation_settings = federation_settings(&config)?;
         let catalog = Catalog::start(catalog_cfg)
             .await
             .context("cannot start the catalog")?;
+        let federation = match federation_settings {
+            None => None,
+            Some(settings) => match Federation::start(settings, catalog.watch()).await {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    catalog.shutdown().await;
+                    return Err(anyhow::Error::new(e).context("cannot start federation"));
+                }
+            },
+        };
+        let views = federation
+            .as_ref()
+            .map_or_else(|| catalog.watch(), |f| f.watch());
         let dns_bind = config.bind_addr(config.ports.dns);
         let dns = match DnsServer::start(
             config.dns.to_settings(&config.node_name),
-            catalog.watch(),
+            views.clone(),
             dns_bind,
             config.dns.threads,
         )
@@ -62,12 +80,17 @@ impl Agent {
         {
             Ok(dns) => dns,
             Err(e) => {
+                if let Some(f) = &federation {
+                    f.shutdown().await;
+                }
                 catalog.shutdown().await;
                 return Err(anyhow::Error::new(e));
             }
         };
         let api = ApiState::new(
             catalog.clone(),
+            views,
+            federation.clone(),
             config.limits.max_body_bytes,
             Some(dns.counters()),
         );
@@ -85,6 +108,7 @@ impl Agent {
         Ok(Agent {
             config,
             catalog,
+            federation,
             api,
             http_addr,
             dns: Some(dns),
@@ -107,6 +131,16 @@ impl Agent {
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Federation, when it runs.
+    pub fn federation(&self) -> Option<&Arc<Federation>> {
+        self.federation.as_ref()
+    }
+
+    /// Where the federation (WAN) port listens, when federation runs.
+    pub fn wan_addr(&self) -> Option<SocketAddr> {
+        self.federation.as_ref().map(|f| f.local_addr())
     }
 
     /// The HTTP API's state (counters).
@@ -136,15 +170,18 @@ impl Agent {
         let dns = self
             .dns_addr()
             .map_or_else(|| join_host_port(&host, c.ports.dns), |a| a.to_string());
+        let wan = self
+            .wan_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
         format!(
-            "meridian agent: node={} dc={} http={} dns={} rpc={} data_dir={} (reserved, not served yet: wan={} gateway={})",
+            "meridian agent: node={} dc={} http={} dns={} rpc={} wan={} data_dir={} (reserved, not served yet: gateway={})",
             c.node_name,
             c.datacenter,
             self.http_addr,
             dns,
             join_host_port(&host, c.ports.rpc),
+            wan,
             data,
-            join_host_port(&host, c.ports.wan),
             join_host_port(&host, c.ports.gateway),
         )
     }
@@ -154,6 +191,7 @@ impl Agent {
     pub async fn shutdown(self) {
         let Agent {
             catalog,
+            federation,
             api,
             dns,
             stop_http,
@@ -180,6 +218,10 @@ impl Agent {
                 }
             }
         }
+        if let Some(f) = &federation {
+            f.shutdown().await;
+        }
+        drop(federation);
         catalog.shutdown().await;
         // The store closes when its last handle goes; only then can its folder be removed.
         drop(api);
@@ -207,6 +249,57 @@ async fn remove_temp_dir(dir: TempDir) {
     if let Some(e) = last {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary data folder");
     }
+}
+
+/// Federation's settings, or `None` when it is off (no certificates and not `--dev`).
+fn federation_settings(config: &Config) -> anyhow::Result<Option<meridian_federation::Settings>> {
+    let f = &config.federation;
+    let tls = if config.dev {
+        TlsMaterial::dev(&config.datacenter, &config.node_name)
+            .context("cannot make a development certificate")?
+    } else {
+        let (Some(ca), Some(cert), Some(key)) = (&f.ca_file, &f.cert_file, &f.key_file) else {
+            tracing::info!("federation is off: no [federation] certificates configured");
+            return Ok(None);
+        };
+        let tls = TlsMaterial::from_files(ca, cert, key)?;
+        if tls.uses_dev_ca() {
+            anyhow::bail!(
+                "federation.ca_file is the published development CA, which is insecure and only accepted with --dev"
+            );
+        }
+        let id = tls.identity();
+        if !id.dc.eq_ignore_ascii_case(&config.datacenter) {
+            anyhow::bail!(
+                "federation.cert_file names datacenter {:?}, but this node is in {:?}",
+                id.dc,
+                config.datacenter
+            );
+        }
+        tls
+    };
+    let data_dir = config
+        .data_dir
+        .clone()
+        .context("data_dir is required")?
+        .join("federation");
+    let ms = Duration::from_millis;
+    Ok(Some(meridian_federation::Settings {
+        dc: config.datacenter.clone(),
+        node: config.node_name.clone(),
+        bind: config.bind_addr(config.ports.wan),
+        peers: f.peers(),
+        join: f.join.clone(),
+        advertise_host: config.advertise_ip().to_string(),
+        policy: f.policy(),
+        tls: Arc::new(tls),
+        data_dir,
+        heartbeat: ms(f.heartbeat_ms),
+        idle_timeout: ms(f.idle_timeout_ms),
+        connect_timeout: ms(f.connect_timeout_ms),
+        handshake_timeout: ms(f.handshake_timeout_ms),
+        window: f.resume_window,
+    }))
 }
 
 /// The configuration `meridian agent` runs with, and the temporary folder of a dev agent.

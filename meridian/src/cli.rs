@@ -30,6 +30,9 @@ pub enum Commands {
     Services(ServicesArgs),
     /// Lists the datacenter's nodes and its Raft servers, marking the leader.
     Members(ApiArgs),
+    /// Creates the federation's CA and node certificates.
+    #[command(subcommand)]
+    Tls(crate::tls_cmd::TlsCommand),
 }
 
 /// Where a node listens and what it is called; every value overrides the config file.
@@ -48,7 +51,7 @@ pub struct NodeArgs {
     #[arg(long = "node", value_name = "NAME")]
     pub node_name: Option<String>,
     /// Datacenter name (a DNS label).
-    #[arg(long, value_name = "DC")]
+    #[arg(long, visible_alias = "dc", value_name = "DC")]
     pub datacenter: Option<String>,
     /// HTTP API port (default 8500; 0 picks a free one).
     #[arg(long, value_name = "N")]
@@ -65,6 +68,10 @@ pub struct NodeArgs {
     /// Gateway port (default 8443).
     #[arg(long, value_name = "N")]
     pub gateway_port: Option<u16>,
+    /// WAN address (`host:port`) of a node of another datacenter to federate with; its
+    /// datacenter, and the ones it knows, are learned from it. Repeatable.
+    #[arg(long = "join-wan", value_name = "HOST:PORT")]
+    pub join_wan: Vec<String>,
 }
 
 impl NodeArgs {
@@ -81,6 +88,7 @@ impl NodeArgs {
             rpc_port: self.rpc_port,
             wan_port: self.wan_port,
             gateway_port: self.gateway_port,
+            join_wan: self.join_wan.clone(),
         }
     }
 }
@@ -212,6 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             crate::client::members(&api).await?;
         }
+        Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }

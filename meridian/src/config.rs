@@ -85,6 +85,197 @@ pub struct Config {
     /// The DNS server.
     #[serde(default)]
     pub dns: DnsSection,
+    /// WAN federation with other datacenters.
+    #[serde(default)]
+    pub federation: FederationSection,
+    /// A `--dev` agent: federation uses the published development CA.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+/// WAN federation (`[federation]`): certificates, export policy, peers and timings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// The federation CA's certificate (PEM). Federation is off when no certificates are set
+    /// (and the agent is not `--dev`).
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM), naming its datacenter (`meridian tls cert create`).
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Services other datacenters may see: names and `prefix*` patterns. Absent: everything.
+    pub export: Option<Vec<String>>,
+    /// The remote datacenters to follow.
+    pub peers: Vec<PeerSection>,
+    /// WAN addresses (`host:port`) of nodes of datacenters not listed in `peers`: their
+    /// datacenter is learned from their certificate, and the datacenters they know are followed
+    /// too (`--join-wan`).
+    pub join: Vec<String>,
+    /// Idle time after which an origin sends a heartbeat.
+    pub heartbeat_ms: u64,
+    /// A stream with no message for this long is declared dead and reconnected.
+    pub idle_timeout_ms: u64,
+    /// Connect and TLS handshake to a peer.
+    pub connect_timeout_ms: u64,
+    /// TLS handshake of an incoming peer.
+    pub handshake_timeout_ms: u64,
+    /// Changed entries remembered so reconnecting subscribers resume without a catch-up.
+    pub resume_window: usize,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        FederationSection {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            export: None,
+            peers: Vec::new(),
+            join: Vec::new(),
+            heartbeat_ms: 1_000,
+            idle_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
+            resume_window: 100_000,
+        }
+    }
+}
+
+/// A remote datacenter to follow (`[[federation.peers]]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its name.
+    pub dc: String,
+    /// `host:port` of some of its nodes' WAN ports; host names are resolved at every connect.
+    pub addresses: Vec<String>,
+}
+
+impl FederationSection {
+    /// Whether certificates are configured.
+    pub fn has_tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    fn validate(&self, own_dc: &str, dev: bool) -> Result<(), ConfigError> {
+        if dev && self.has_tls() {
+            return Err(ConfigError::invalid(
+                "federation",
+                "a --dev agent uses the development CA; certificate files are for real deployments",
+            ));
+        }
+        let files = [&self.ca_file, &self.cert_file, &self.key_file];
+        if self.has_tls() && files.iter().any(|f| f.is_none()) {
+            return Err(ConfigError::invalid(
+                "federation",
+                "`ca_file`, `cert_file` and `key_file` go together",
+            ));
+        }
+        for (i, a) in self.join.iter().enumerate() {
+            if rpc_port(a).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("federation.join[{i}]"),
+                    format!("{a:?} is not host:port with a non-zero port"),
+                ));
+            }
+        }
+        if (!self.peers.is_empty() || !self.join.is_empty()) && !self.has_tls() && !dev {
+            return Err(ConfigError::invalid(
+                "federation.peers",
+                "peers need `ca_file`, `cert_file` and `key_file` (federation is mutual TLS)",
+            ));
+        }
+        if let Some(export) = &self.export {
+            for (i, p) in export.iter().enumerate() {
+                let name = p.strip_suffix('*').unwrap_or(p);
+                if !(p == "*" || is_label(name)) {
+                    return Err(ConfigError::invalid(
+                        format!("federation.export[{i}]"),
+                        format!("{p:?} is not a service name or a `prefix*` pattern"),
+                    ));
+                }
+            }
+        }
+        let mut dcs = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            validate_label("datacenter name", &p.dc).map_err(|e| {
+                ConfigError::invalid(format!("federation.peers[{i}].dc"), e.to_string())
+            })?;
+            if p.dc.eq_ignore_ascii_case(own_dc) {
+                return Err(ConfigError::invalid(
+                    format!("federation.peers[{i}].dc"),
+                    "is this node's own datacenter",
+                ));
+            }
+            if !dcs.insert(p.dc.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    format!("federation.peers[{i}].dc"),
+                    format!("datacenter {} is listed twice", p.dc),
+                ));
+            }
+            if p.addresses.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("federation.peers[{i}].addresses"),
+                    "needs at least one host:port",
+                ));
+            }
+            for (j, a) in p.addresses.iter().enumerate() {
+                if rpc_port(a).is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("federation.peers[{i}].addresses[{j}]"),
+                        format!("{a:?} is not host:port with a non-zero port"),
+                    ));
+                }
+            }
+        }
+        for (key, ms) in [
+            ("federation.heartbeat_ms", self.heartbeat_ms),
+            ("federation.idle_timeout_ms", self.idle_timeout_ms),
+            ("federation.connect_timeout_ms", self.connect_timeout_ms),
+            ("federation.handshake_timeout_ms", self.handshake_timeout_ms),
+        ] {
+            if !(1..=MAX_TIMING_MS).contains(&ms) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be between 1 and {MAX_TIMING_MS}"),
+                ));
+            }
+        }
+        if self.idle_timeout_ms <= self.heartbeat_ms {
+            return Err(ConfigError::invalid(
+                "federation.idle_timeout_ms",
+                "must be greater than federation.heartbeat_ms (a few heartbeats)",
+            ));
+        }
+        if self.resume_window == 0 {
+            return Err(ConfigError::invalid(
+                "federation.resume_window",
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The export policy.
+    pub fn policy(&self) -> meridian_federation::ExportPolicy {
+        match &self.export {
+            None => meridian_federation::ExportPolicy::all(),
+            Some(list) if list.iter().any(|p| p == "*") => meridian_federation::ExportPolicy::all(),
+            Some(list) => meridian_federation::ExportPolicy::only(list),
+        }
+    }
+
+    /// The peers to follow.
+    pub fn peers(&self) -> Vec<meridian_federation::Peer> {
+        self.peers
+            .iter()
+            .map(|p| meridian_federation::Peer {
+                dc: p.dc.clone(),
+                addresses: p.addresses.clone(),
+            })
+            .collect()
+    }
 }
 
 fn localhost() -> IpAddr {
@@ -406,6 +597,8 @@ pub struct Overrides {
     pub rpc_port: Option<u16>,
     /// `--wan-port`.
     pub wan_port: Option<u16>,
+    /// `--join-wan` (appended to `federation.join`).
+    pub join_wan: Vec<String>,
     /// `--gateway-port`.
     pub gateway_port: Option<u16>,
 }
@@ -455,6 +648,8 @@ impl Config {
             },
             limits: Limits::default(),
             dns: DnsSection::default(),
+            federation: FederationSection::default(),
+            dev: true,
         };
         cfg.apply(ov);
         let host = cfg.advertise_ip().to_string();
@@ -482,6 +677,7 @@ impl Config {
         if let Some(d) = &ov.datacenter {
             self.datacenter.clone_from(d);
         }
+        self.federation.join.extend(ov.join_wan.iter().cloned());
         let ports = &mut self.ports;
         for (slot, value) in [
             (&mut ports.http, ov.http_port),
@@ -653,7 +849,8 @@ impl Config {
                 "must be > 0",
             ));
         }
-        self.dns.validate()
+        self.dns.validate()?;
+        self.federation.validate(&self.datacenter, self.dev)
     }
 
     /// Where a listener on `port` binds.

@@ -12,3 +12,4 @@ pub mod config;
 pub mod demo;
 pub mod duration;
 pub mod http;
+pub mod tls_cmd;

@@ -389,8 +389,11 @@ impl DcState {
         let mut out = Changes::default();
         out.nodes
             .extend(old.nodes.diff(&self.nodes).map(|d| diff_key(d).clone()));
-        out.instances
-            .extend(old.instances.diff(&self.instances).map(|d| diff_key(d).clone()));
+        out.instances.extend(
+            old.instances
+                .diff(&self.instances)
+                .map(|d| diff_key(d).clone()),
+        );
         out.check_nodes
             .extend(old.checks.diff(&self.checks).map(|d| diff_key(d).clone()));
         out
@@ -681,7 +684,10 @@ mod tests {
         assert_eq!(ch.check_nodes, ["n1"]);
         assert_eq!(
             ch.instances,
-            [InstanceKey::new("n2", "db1"), InstanceKey::new("n3", "api1")]
+            [
+                InstanceKey::new("n2", "db1"),
+                InstanceKey::new("n3", "api1")
+            ]
         );
         assert!(ch.nodes.is_empty());
         assert_eq!(b.changes_since(&b), Changes::default());

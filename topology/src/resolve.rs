@@ -85,9 +85,9 @@ pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Check, Weights};
     use crate::view::RemoteDc;
     use std::sync::Arc;
-    use crate::model::{Check, Weights};
 
     fn inst(id: &str, tags: &[&str]) -> Instance {
         Instance {

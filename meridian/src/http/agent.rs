@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::blocking::flag;
 use super::body::read_body;
-use super::catalog::{Pairs, answer, read_view};
+use super::catalog::{Pairs, answer_local, read_view};
 use super::consul::{AgentServiceJson, HealthCheckJson};
 use super::register::{
     build_registration, decode_check_update, decode_service_definition, truncate_output,
@@ -51,7 +51,7 @@ pub(super) async fn agent_self(
         "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
         "Meta": {},
     });
-    Ok(answer(&state, &view, &body))
+    Ok(answer_local(&state, &view, &body))
 }
 
 /// `GET /v1/agent/services`: this node's instances, by ID.
@@ -67,7 +67,7 @@ pub(super) async fn agent_services(
         .filter(|i| i.node == node)
         .map(|i| (i.id.as_str(), AgentServiceJson::new(view.datacenter(), i)))
         .collect();
-    Ok(answer(&state, &view, &services))
+    Ok(answer_local(&state, &view, &services))
 }
 
 /// `GET /v1/agent/service/{id}`: one of this node's instances.
@@ -86,7 +86,7 @@ pub(super) async fn agent_service(
         .local()
         .instance(cat.node_name(), &id)
         .ok_or_else(|| unknown_service(&id))?;
-    Ok(answer(
+    Ok(answer_local(
         &state,
         &view,
         &AgentServiceJson::new(view.datacenter(), inst),
@@ -110,7 +110,7 @@ pub(super) async fn agent_checks(
             (c.id.as_str(), HealthCheckJson::new(c, tags))
         })
         .collect();
-    Ok(answer(&state, &view, &checks))
+    Ok(answer_local(&state, &view, &checks))
 }
 
 /// `PUT /v1/agent/service/register[?replace-existing-checks]`.

@@ -90,9 +90,10 @@ impl ReadParams {
     }
 }
 
-/// The index a client sees: never 0, because Consul clients treat 0 as "do not block".
-pub fn reported_index(view: &View) -> u64 {
-    view.local().index().max(1)
+/// The index a client sees for datacenter `dc` (local when `None`): never 0, because Consul
+/// clients treat 0 as "do not block".
+pub fn reported_index(view: &View, dc: Option<&str>) -> u64 {
+    view.dc_state(dc).map_or(0, |(_, s)| s.index()).max(1)
 }
 
 /// The view to answer with: at once, or (for a blocking query whose index is not behind the
@@ -103,16 +104,17 @@ pub fn reported_index(view: &View) -> u64 {
 /// seen index N from one agent and asks a lagging one waits for it to catch up, rather than being
 /// answered at once with older data.
 pub async fn wait_for_view(
-    catalog: &Catalog,
+    views: &watch::Receiver<Arc<View>>,
     params: &ReadParams,
     mut closing: watch::Receiver<bool>,
 ) -> Arc<View> {
-    let Some(index) = params.index.filter(|i| *i > 0) else {
-        return catalog.view();
-    };
-    let mut rx = catalog.watch();
+    let mut rx = views.clone();
     let current = rx.borrow_and_update().clone();
-    if reported_index(&current) > index {
+    let Some(index) = params.index.filter(|i| *i > 0) else {
+        return current;
+    };
+    let dc = params.dc.as_deref();
+    if reported_index(&current, dc) > index {
         return current;
     }
     let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
@@ -124,7 +126,7 @@ pub async fn wait_for_view(
         tokio::select! {
             changed = rx.changed() => {
                 let view = rx.borrow_and_update().clone();
-                if changed.is_err() || reported_index(&view) > index {
+                if changed.is_err() || reported_index(&view, dc) > index {
                     return view;
                 }
             }
@@ -135,16 +137,31 @@ pub async fn wait_for_view(
 }
 
 /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` for an answer from `view`.
-pub fn consul_headers(catalog: &Catalog, view: &View) -> HeaderMap {
-    let status = catalog.status();
+///
+/// For a remote datacenter, "leader" and "last contact" describe the federation stream: known
+/// while it is up, and the milliseconds since the origin last confirmed the replica;
+/// `X-Meridian-Stale` says whether the answer comes from a replica that is not being updated.
+pub fn consul_headers(catalog: &Catalog, view: &View, dc: Option<&str>) -> HeaderMap {
+    let (known_leader, last_contact_ms, stale) = match dc.and_then(|d| view.remote(d)) {
+        Some(r) => (
+            r.connected,
+            meridian_federation::now_ms().saturating_sub(r.confirmed_unix_ms),
+            !r.connected,
+        ),
+        None => {
+            let status = catalog.status();
+            let ms = status
+                .last_contact
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            (status.leader.is_some(), ms, false)
+        }
+    };
     let mut h = HeaderMap::new();
-    let last_contact_ms = status
-        .last_contact
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for (name, value) in [
-        ("x-consul-index", reported_index(view).to_string()),
-        ("x-consul-knownleader", status.leader.is_some().to_string()),
+        ("x-consul-index", reported_index(view, dc).to_string()),
+        ("x-consul-knownleader", known_leader.to_string()),
         ("x-consul-lastcontact", last_contact_ms.to_string()),
+        ("x-meridian-stale", stale.to_string()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(HeaderName::from_static(name), v);
@@ -217,6 +234,6 @@ mod tests {
             ..ReadParams::default()
         };
         p.check_dc(&view).expect("local dc");
-        assert_eq!(reported_index(&view), 1);
+        assert_eq!(reported_index(&view, None), 1);
     }
 }

@@ -24,15 +24,34 @@ pub(super) async fn read_view(
     pairs: &[(String, String)],
 ) -> Result<(Arc<View>, ReadParams), ApiError> {
     let params = ReadParams::parse(pairs)?;
-    let cat = state.catalog();
-    params.check_dc(&cat.view())?;
-    let view = wait_for_view(cat, &params, state.closing()).await;
+    params.check_dc(&state.view())?;
+    let view = wait_for_view(state.views(), &params, state.closing()).await;
     Ok((view, params))
 }
 
-/// `body` as JSON with Consul's index headers for `view`.
-pub(super) fn answer(state: &ApiState, view: &View, body: &impl Serialize) -> Response {
-    (consul_headers(state.catalog(), view), Json(body)).into_response()
+/// `body` as JSON with Consul's index headers for datacenter `dc` of `view`.
+pub(super) fn answer(
+    state: &ApiState,
+    view: &View,
+    p: &ReadParams,
+    body: &impl Serialize,
+) -> Response {
+    (
+        consul_headers(state.catalog(), view, p.dc.as_deref()),
+        Json(body),
+    )
+        .into_response()
+}
+
+/// `body` as JSON with Consul's index headers for the local datacenter (the agent endpoints).
+pub(super) fn answer_local(state: &ApiState, view: &View, body: &impl Serialize) -> Response {
+    (consul_headers(state.catalog(), view, None), Json(body)).into_response()
+}
+
+/// The datacenter a read asks for (`?dc=`, else the local one) and its catalog.
+fn dc_of<'v>(view: &'v View, p: &ReadParams) -> Result<(&'v str, &'v DcState), ApiError> {
+    view.dc_state(p.dc.as_deref())
+        .ok_or_else(|| ApiError::internal("No path to datacenter"))
 }
 
 /// The instances of `name` that carry every tag `p` asks for.
@@ -50,8 +69,8 @@ pub(super) async fn catalog_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _) = read_view(&state, &q).await?;
-    let dc = view.local();
+    let (view, p) = read_view(&state, &q).await?;
+    let (_, dc) = dc_of(&view, &p)?;
     let services: BTreeMap<&str, BTreeSet<&str>> = dc
         .service_names()
         .map(|name| {
@@ -62,7 +81,7 @@ pub(super) async fn catalog_services(
             (name, tags)
         })
         .collect();
-    Ok(answer(&state, &view, &services))
+    Ok(answer(&state, &view, &p, &services))
 }
 
 /// `GET /v1/catalog/service/{name}`: the instances of a service (`?tag=` filters).
@@ -72,11 +91,11 @@ pub(super) async fn catalog_service(
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
     let (view, p) = read_view(&state, &q).await?;
-    let dc = view.local();
+    let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
-        .map(|i| CatalogServiceJson::new(view.datacenter(), dc, i))
+        .map(|i| CatalogServiceJson::new(dc_name, dc, i))
         .collect();
-    Ok(answer(&state, &view, &entries))
+    Ok(answer(&state, &view, &p, &entries))
 }
 
 /// `GET /v1/health/service/{name}`: instances with their node and checks (`?passing`, `?tag=`).
@@ -86,12 +105,12 @@ pub(super) async fn health_service(
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
     let (view, p) = read_view(&state, &q).await?;
-    let dc = view.local();
+    let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
-        .map(|i| ServiceEntryJson::new(view.datacenter(), dc, i))
+        .map(|i| ServiceEntryJson::new(dc_name, dc, i))
         .collect();
-    Ok(answer(&state, &view, &entries))
+    Ok(answer(&state, &view, &p, &entries))
 }
 
 /// `GET /v1/catalog/nodes`.
@@ -99,18 +118,19 @@ pub(super) async fn catalog_nodes(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _) = read_view(&state, &q).await?;
-    let nodes: Vec<_> = view
-        .local()
+    let (view, p) = read_view(&state, &q).await?;
+    let (dc_name, dc) = dc_of(&view, &p)?;
+    let nodes: Vec<_> = dc
         .nodes()
-        .map(|n| NodeJson::new(view.datacenter(), &n.name, Some(n)))
+        .map(|n| NodeJson::new(dc_name, &n.name, Some(n)))
         .collect();
-    Ok(answer(&state, &view, &nodes))
+    Ok(answer(&state, &view, &p, &nodes))
 }
 
-/// `GET /v1/catalog/datacenters`: the datacenters this node knows, local first.
+/// `GET /v1/catalog/datacenters`: the datacenters this node knows (local and federated), local
+/// first, then by name (nearest first once RTTs are measured).
 pub(super) async fn catalog_datacenters(State(state): State<ApiState>) -> Json<Vec<String>> {
-    let view = state.catalog().view();
+    let view = state.view();
     Json(view.datacenters().into_iter().map(str::to_owned).collect())
 }
 

@@ -2,8 +2,8 @@
 //! and counters, the body limit, and serving (bounded connections, a request-head deadline, a
 //! graceful shutdown).
 //!
-//! Reads answer from the catalog's current [`View`](meridian_topology::View) (or wait for the
-//! next one in a blocking query); writes go through [`Catalog::write`], which forwards to the
+//! Reads answer from the current [`View`] (the local catalog plus the federated replicas of
+//! remote datacenters; `?dc=` picks one), or wait for the next one in a blocking query; writes go through [`Catalog::write`], which forwards to the
 //! leader. Bad input is rejected before anything is written. [`router`] builds the whole API
 //! for a running catalog, which is what the integration tests and the agent both serve.
 
@@ -13,6 +13,7 @@ mod body;
 mod catalog;
 pub mod consul;
 mod error;
+mod federation;
 mod listener;
 mod metrics;
 pub mod register;
@@ -31,6 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use meridian_catalog::Catalog;
 use meridian_dns::DnsCounters;
+use meridian_federation::Federation;
+use meridian_topology::View;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -50,6 +53,8 @@ pub struct ApiState {
 
 struct StateInner {
     catalog: Catalog,
+    views: watch::Receiver<Arc<View>>,
+    federation: Option<Arc<Federation>>,
     metrics: HttpMetrics,
     dns: Option<Arc<DnsCounters>>,
     max_body_bytes: usize,
@@ -58,11 +63,20 @@ struct StateInner {
 
 impl ApiState {
     /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`;
-    /// `/metrics` also shows the DNS server's counters `dns`.
-    pub fn new(catalog: Catalog, max_body_bytes: usize, dns: Option<Arc<DnsCounters>>) -> Self {
+    /// reads come from `views` (the catalog's, or federation's with the remote DCs), and
+    /// `/metrics` also shows the DNS server's counters `dns` and federation's.
+    pub fn new(
+        catalog: Catalog,
+        views: watch::Receiver<Arc<View>>,
+        federation: Option<Arc<Federation>>,
+        max_body_bytes: usize,
+        dns: Option<Arc<DnsCounters>>,
+    ) -> Self {
         ApiState {
             inner: Arc::new(StateInner {
                 catalog,
+                views,
+                federation,
                 metrics: HttpMetrics::default(),
                 dns,
                 max_body_bytes,
@@ -74,6 +88,21 @@ impl ApiState {
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// The views reads are answered from.
+    pub fn views(&self) -> &watch::Receiver<Arc<View>> {
+        &self.inner.views
+    }
+
+    /// The current view (local catalog and remote replicas).
+    pub fn view(&self) -> Arc<View> {
+        self.inner.views.borrow().clone()
+    }
+
+    /// Federation, when it runs.
+    pub fn federation(&self) -> Option<&Arc<Federation>> {
+        self.inner.federation.as_ref()
     }
 
     /// The request counters.
@@ -120,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/health/service/{name}", get(catalog::health_service))
         .route("/v1/status/leader", get(catalog::status_leader))
         .route("/v1/status/peers", get(catalog::status_peers))
+        .route("/v1/federation/status", get(federation::status))
         .route("/metrics", get(metrics_page))
         .fallback(unknown_path)
         // Handlers read bodies with `body::read_body`, which enforces the limit itself (and
@@ -194,12 +224,16 @@ async fn unknown_path() -> ApiError {
 
 async fn metrics_page(State(state): State<ApiState>) -> Response {
     let cat = state.catalog();
-    let text = state.metrics().render(
+    let mut text = state.metrics().render(
         &cat.status(),
         &cat.view(),
         cat.counters(),
         state.inner.dns.as_deref(),
     );
+    if let Some(f) = state.federation() {
+        f.counters()
+            .render(&mut text, meridian_federation::now_ms());
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

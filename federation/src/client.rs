@@ -81,6 +81,32 @@ enum StreamEnd {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// A gRPC channel over mTLS to `addr`, which must be a server of datacenter `dc`.
+pub async fn channel(
+    tls: Arc<rustls::ClientConfig>,
+    addr: &str,
+    dc: &str,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let target = addr.to_owned();
+    let dc = dc.to_owned();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (tls, target, dc) = (tls.clone(), target.clone(), dc.clone());
+        async move {
+            let s = crate::tls::connect(tls, &target, &dc, connect_timeout).await?;
+            Ok::<_, TlsError>(TokioIo::new(s))
+        }
+    });
+    // The URI is not used to connect (the connector is); it only names the authority.
+    Endpoint::from_static("http://federation.meridian")
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(idle_timeout / 2)
+        .keep_alive_timeout(idle_timeout)
+        .connect_with_connector(connector)
+        .await
+}
+
 impl Follower {
     fn publish(&self, replica: &Replica, stats: &PeerStats) {
         let snap = replica.snapshot();
@@ -96,10 +122,11 @@ impl Follower {
         });
     }
 
-    /// Runs until shutdown: load the persisted replica, publish it, then follow the origin.
+    /// Runs until shutdown: publish the replica as loaded from disk, then follow the origin.
     pub async fn run(self, mut replica: Replica) {
         let stats = self.counters.peer(&self.peer.dc);
         self.publish(&replica, &stats);
+        let mut remembered = Vec::new();
         let mut backoff = BACKOFF_MIN;
         let mut attempt = 0usize;
         loop {
@@ -116,6 +143,14 @@ impl Follower {
             let Some(addr) = addresses.get(attempt % addresses.len().max(1)).cloned() else {
                 return;
             };
+            if addresses != remembered {
+                let mut b = crate::store::StoreBatch::new(&self.peer.dc);
+                b.addresses(&addresses);
+                if let Err(e) = self.store.write(b) {
+                    tracing::warn!(dc = %self.peer.dc, error = %e, "cannot persist the datacenter's addresses");
+                }
+                remembered = addresses.clone();
+            }
             attempt += 1;
             let started = tokio::time::Instant::now();
             let end = self.follow(&addr, &mut replica, &stats).await;
@@ -168,24 +203,14 @@ impl Follower {
         replica: &mut Replica,
         stats: &PeerStats,
     ) -> Result<(), StreamEnd> {
-        let tls = self.tls.clone();
-        let target = addr.to_owned();
-        let dc = self.peer.dc.clone();
-        let timeout = self.connect_timeout;
-        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let (tls, target, dc) = (tls.clone(), target.clone(), dc.clone());
-            async move {
-                let s = crate::tls::connect(tls, &target, &dc, timeout).await?;
-                Ok::<_, TlsError>(TokioIo::new(s))
-            }
-        });
-        // The URI is not used to connect (the connector is); it only names the authority.
-        let channel = Endpoint::from_static("http://federation.meridian")
-            .connect_timeout(self.connect_timeout)
-            .http2_keep_alive_interval(self.idle_timeout / 2)
-            .keep_alive_timeout(self.idle_timeout)
-            .connect_with_connector(connector)
-            .await?;
+        let channel = channel(
+            self.tls.clone(),
+            addr,
+            &self.peer.dc,
+            self.connect_timeout,
+            self.idle_timeout,
+        )
+        .await?;
         let mut client =
             FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut req = replica.request(&self.local_dc, &self.local_node);

@@ -259,6 +259,16 @@ impl Federation {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(spawner);
         }
+        // Datacenters followed in an earlier run (joined or learned) are followed again, from
+        // their replica on disk, even if no peer can be reached now.
+        match store.known_datacenters() {
+            Ok(list) => {
+                for (dc, addresses) in list {
+                    registry.learn(&dc, &addresses);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the datacenters on disk"),
+        }
         let discovery_tls = settings.tls.discovery_client_config()?;
         for addr in settings.join.clone() {
             let (registry, tls, mut stop) =

@@ -46,6 +46,10 @@ fn meta_key(dc: &str) -> Vec<u8> {
     [b"m", dc.as_bytes()].concat()
 }
 
+fn addresses_key(dc: &str) -> Vec<u8> {
+    [b"a", dc.as_bytes()].concat()
+}
+
 /// The end of the key range that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -87,6 +91,13 @@ impl StoreBatch {
     /// Removes an entry.
     pub fn delete(&mut self, key: &Key) {
         self.batch.delete(entry_key(&self.dc, key));
+    }
+
+    /// Records the WAN addresses the datacenter was reached at, so that a restarted node can
+    /// follow it again without its configuration naming it.
+    pub fn addresses(&mut self, addresses: &[String]) {
+        self.batch
+            .put(addresses_key(&self.dc), addresses.join("\n"));
     }
 
     /// Records the replica's position.
@@ -147,6 +158,31 @@ impl Store {
         Ok(out)
     }
 
+    /// The datacenters with addresses on disk, and those addresses.
+    pub fn known_datacenters(&self) -> Result<Vec<(String, Vec<String>)>, FederationError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator(rocksdb::IteratorMode::From(
+            b"a",
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (k, v) = item.map_err(|e| FederationError::Store(e.to_string()))?;
+            let Some(dc) = k.strip_prefix(b"a") else {
+                break;
+            };
+            let (Ok(dc), Ok(v)) = (std::str::from_utf8(dc), std::str::from_utf8(&v)) else {
+                continue;
+            };
+            let addresses = v
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            out.push((dc.to_owned(), addresses));
+        }
+        Ok(out)
+    }
+
     /// Applies `batch` atomically.
     pub fn write(&self, batch: StoreBatch) -> Result<(), FederationError> {
         let mut wo = WriteOptions::default();
@@ -189,6 +225,7 @@ mod tests {
                 b.put(&k, &e);
             }
             b.meta(42, 1_000, true);
+            b.addresses(&["10.0.0.1:8302".into(), "dc1.example:8302".into()]);
             store.write(b)?;
             let mut b = StoreBatch::new("dc10");
             let (k, e) = entry("z");

@@ -53,12 +53,17 @@ async fn register(agent: &Agent, body: Value) -> Result<()> {
     Ok(())
 }
 
-fn dns_addr(agent: &Agent) -> SocketAddr {
+pub(crate) fn dns_addr(agent: &Agent) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], agent.ports.dns))
 }
 
 /// One query with hickory's client, over UDP (with EDNS, as the client sends) or TCP.
-async fn query(addr: SocketAddr, name: &str, qtype: RecordType, tcp: bool) -> Result<Message> {
+pub(crate) async fn query(
+    addr: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    tcp: bool,
+) -> Result<Message> {
     let name = Name::from_ascii(name)?;
     let response = if tcp {
         let (connect, sender) = TcpClientStream::new(addr, None, None, TokioRuntimeProvider::new());
@@ -88,7 +93,7 @@ async fn raw_udp(addr: SocketAddr, packet: &[u8], wait: Duration) -> Result<Opti
     }
 }
 
-fn srv_lines(m: &Message) -> Vec<String> {
+pub(crate) fn srv_lines(m: &Message) -> Vec<String> {
     let mut v: Vec<String> = m
         .answers
         .iter()

@@ -70,17 +70,30 @@ pub struct Agent {
     mode: Mode,
     log: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
     pub http: reqwest::Client,
 }
 
 impl Agent {
     pub fn start(name: &str, mode: Mode, ports: Ports, log_dir: &Path) -> Result<Agent> {
+        Self::start_with(name, mode, ports, log_dir, &[])
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub fn start_with(
+        name: &str,
+        mode: Mode,
+        ports: Ports,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let mut agent = Agent {
             name: name.to_owned(),
             ports,
             mode,
             log: log_dir.join(format!("{name}.log")),
             child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -110,6 +123,7 @@ impl Agent {
                 cmd.arg("--config").arg(file);
             }
         }
+        cmd.args(&self.extra);
         cmd.env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

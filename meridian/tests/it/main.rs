@@ -4,6 +4,7 @@
 mod cli;
 mod dns;
 mod durability;
+mod federation;
 mod harness;
 mod health;
 mod http_api;

@@ -1,0 +1,499 @@
+//! WAN federation between real agent processes on loopback: replication of registrations,
+//! deregistrations and health to every other datacenter (HTTP `?dc=` and DNS), convergence after
+//! a partition with only the changes resent, answers from the persisted replica after a restart
+//! while the origin is gone, and refusal of bad peers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use hickory_net::proto::op::ResponseCode;
+use hickory_net::proto::rr::RecordType;
+use meridian_federation::tls::{self, TlsMaterial};
+use meridian_protos::federation::SubscribeRequest;
+use meridian_protos::federation::federation_client::FederationClient;
+use serde_json::{Value, json};
+
+use crate::dns::{dns_addr, query, srv_lines};
+use crate::harness::{Agent, BIN, Mode, Ports, eventually};
+
+/// A `--dev` agent of datacenter `dc`, joining the node at WAN port `join` if given.
+fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
+    let join = join.map(|p| format!("127.0.0.1:{p}"));
+    let mut extra = vec!["--dc", dc, "--node", "n1"];
+    if let Some(j) = &join {
+        extra.extend(["--join-wan", j.as_str()]);
+    }
+    Agent::start_with(
+        dc,
+        Mode::Dev {
+            data_dir: dir.join(dc),
+        },
+        Ports::free(),
+        dir,
+        &extra,
+    )
+}
+
+async fn status(agent: &Agent) -> Result<Value> {
+    agent.get_json("/v1/federation/status").await
+}
+
+/// The remote `dc` in `agent`'s federation status.
+async fn remote(agent: &Agent, dc: &str) -> Result<Value> {
+    let s = status(agent).await?;
+    s["Remotes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["Datacenter"] == dc))
+        .cloned()
+        .with_context(|| format!("{} does not know {dc}: {s}", agent.name))
+}
+
+/// Waits until `holder`'s replica of `origin`'s datacenter is connected and has the origin's
+/// exact digest.
+async fn converged(origin: &Agent, dc: &str, holder: &Agent, secs: u64) -> Result<()> {
+    let last = std::sync::Mutex::new(String::new());
+    let ok = eventually(secs, "replica digest equal to the origin's", || async {
+        let (Ok(o), Ok(r)) = (status(origin).await, remote(holder, dc).await) else {
+            return false;
+        };
+        if let Ok(mut l) = last.lock() {
+            *l = format!("origin {}\nreplica {r}", o["Export"]);
+        }
+        r["Connected"] == true && r["Digest"] == o["Export"]["Digest"]
+    })
+    .await;
+    ok.with_context(|| last.lock().map(|l| l.clone()).unwrap_or_default())
+}
+
+/// The value of a sample line `name` (with its labels, exactly as printed) on `/metrics`.
+async fn metric(agent: &Agent, name: &str) -> Result<f64> {
+    let text = agent
+        .http
+        .get(agent.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("{name} not on /metrics of {}", agent.name))
+}
+
+/// The sum of the samples on `/metrics` whose name and labels start with `prefix`.
+async fn metric_sum(agent: &Agent, prefix: &str) -> Result<f64> {
+    let text = agent
+        .http
+        .get(agent.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+async fn register(agent: &Agent, body: &Value) -> Result<()> {
+    let r = agent.put_json("/v1/agent/service/register", body).await?;
+    ensure!(r.status().is_success(), "register: {}", r.text().await?);
+    Ok(())
+}
+
+async fn health_ids(agent: &Agent, path: &str) -> Result<Vec<String>> {
+    let v = agent.get_json(path).await?;
+    let mut ids: Vec<String> = v
+        .as_array()
+        .context("an array")?
+        .iter()
+        .filter_map(|e| e["Service"]["ID"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+async fn srv(agent: &Agent, name: &str) -> Vec<String> {
+    match query(dns_addr(agent), name, RecordType::SRV, false).await {
+        Ok(m) if m.metadata.response_code == ResponseCode::NoError => srv_lines(&m),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datacenters_see_each_others_registrations_health_and_deregistrations() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut dc1 = dev_dc(dir.path(), "dc1", None)?;
+    dc1.wait_ready().await?;
+    let mut dc2 = dev_dc(dir.path(), "dc2", Some(dc1.ports.wan))?;
+    let mut dc3 = dev_dc(dir.path(), "dc3", Some(dc1.ports.wan))?;
+    dc2.wait_ready().await?;
+    dc3.wait_ready().await?;
+
+    let web = json!({"ID": "web1", "Name": "web", "Port": 8080, "Address": "127.0.0.1",
+                     "Check": {"TTL": "300s"}});
+    register(&dc1, &web).await?;
+    let r = dc1
+        .put_json("/v1/agent/check/pass/service:web1", &json!({}))
+        .await?;
+    ensure!(r.status().is_success());
+
+    for holder in [&dc2, &dc3] {
+        eventually(30, "web1 of dc1 passing in another DC", || async {
+            health_ids(holder, "/v1/health/service/web?dc=dc1&passing")
+                .await
+                .is_ok_and(|ids| ids == ["web1"])
+        })
+        .await
+        .with_context(|| format!("in {}", holder.name))?;
+        let answers = srv(holder, "web.service.dc1.consul.").await;
+        ensure!(
+            answers.len() == 1 && answers[0].contains(" 8080 "),
+            "{}: SRV {answers:?}",
+            holder.name
+        );
+        // The local DC has no such service: a DC-less name does not cross the WAN.
+        ensure!(srv(holder, "web.service.consul.").await.is_empty());
+    }
+
+    // Joining one DC is enough to learn the federation: dc3 follows dc2, dc1 follows both.
+    for (agent, want) in [(&dc1, ["dc1", "dc2", "dc3"]), (&dc3, ["dc3", "dc1", "dc2"])] {
+        eventually(30, "every datacenter known", || async {
+            agent
+                .get_json("/v1/catalog/datacenters")
+                .await
+                .is_ok_and(|v| v == json!(want))
+        })
+        .await
+        .with_context(|| format!("datacenters of {}", agent.name))?;
+    }
+    register(&dc2, &json!({"ID": "api1", "Name": "api", "Port": 9090})).await?;
+    for holder in [&dc1, &dc3] {
+        eventually(30, "api1 of dc2 everywhere", || async {
+            health_ids(holder, "/v1/health/service/api?dc=dc2")
+                .await
+                .is_ok_and(|ids| ids == ["api1"])
+        })
+        .await
+        .with_context(|| format!("in {}", holder.name))?;
+    }
+
+    // A health change travels.
+    let r = dc1
+        .put_json("/v1/agent/check/fail/service:web1", &json!({}))
+        .await?;
+    ensure!(r.status().is_success());
+    for holder in [&dc2, &dc3] {
+        eventually(30, "web1 critical in another DC", || async {
+            health_ids(holder, "/v1/health/service/web?dc=dc1&passing")
+                .await
+                .is_ok_and(|ids| ids.is_empty())
+        })
+        .await?;
+        ensure!(srv(holder, "web.service.dc1.consul.").await.is_empty());
+    }
+
+    // And so does a deregistration.
+    let r = dc1
+        .put_json("/v1/agent/service/deregister/web1", &json!({}))
+        .await?;
+    ensure!(r.status().is_success());
+    for holder in [&dc2, &dc3] {
+        eventually(30, "web1 gone in another DC", || async {
+            holder
+                .get_json("/v1/catalog/service/web?dc=dc1")
+                .await
+                .is_ok_and(|v| v == json!([]))
+        })
+        .await?;
+    }
+    converged(&dc1, "dc1", &dc2, 30).await?;
+    converged(&dc1, "dc1", &dc3, 30).await?;
+    Ok(())
+}
+
+/// Certificates made with `meridian tls`, as an operator would.
+fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(BIN).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "meridian {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let d = dir.to_str().context("utf-8 path")?;
+    run(&["tls", "ca", "create", "--dir", d])?;
+    for (dc, node) in nodes {
+        let ca = dir.join("meridian-ca.pem");
+        let key = dir.join("meridian-ca-key.pem");
+        run(&[
+            "tls",
+            "cert",
+            "create",
+            "--dc",
+            dc,
+            "--node",
+            node,
+            "--dir",
+            d,
+            "--ca",
+            ca.to_str().context("utf-8")?,
+            "--ca-key",
+            key.to_str().context("utf-8")?,
+        ])?;
+    }
+    Ok(())
+}
+
+/// A one-node datacenter from a config file with certificates from `certs`.
+fn config_dc(
+    dir: &Path,
+    certs: &Path,
+    dc: &str,
+    peers: &[(&str, u16)],
+    federation_extra: &str,
+) -> Result<Agent> {
+    let p = Ports::free();
+    let mut peer_tables = String::new();
+    for (peer, wan) in peers {
+        peer_tables.push_str(&format!(
+            "\n[[federation.peers]]\ndc = \"{peer}\"\naddresses = [\"127.0.0.1:{wan}\"]\n"
+        ));
+    }
+    let config = format!(
+        "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+         data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
+         gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
+         election_timeout_max_ms = 600\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n\
+         [federation]\nca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
+         key_file = \"{c}/{dc}-n1-key.pem\"\n{federation_extra}\n{peer_tables}",
+        data = dir.join(dc).display(),
+        http = p.http,
+        dns = p.dns,
+        rpc = p.rpc,
+        wan = p.wan,
+        gw = p.gateway,
+        c = certs.display(),
+    );
+    let file = dir.join(format!("{dc}.toml"));
+    std::fs::write(&file, config)?;
+    Agent::start(dc, Mode::Config { file }, p, dir)
+}
+
+/// Registers `ids` in `agent`, 64 at a time.
+async fn register_many(agent: &Agent, ids: impl Iterator<Item = String>) -> Result<()> {
+    use futures::StreamExt as _;
+    let results: Vec<Result<()>> = futures::stream::iter(ids)
+        .map(|id| async move {
+            register(
+                agent,
+                &json!({"ID": id, "Name": "bulk", "Port": 7000, "Address": "127.0.0.1"}),
+            )
+            .await
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    // A small change window, so that ten changes while dc2 is away push dc2's index out of it
+    // and the heal must use the digest catch-up.
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], "resume_window = 5")?;
+    dc1.wait_ready().await?;
+    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], "")?;
+    dc2.wait_ready().await?;
+
+    register_many(&dc1, (0..10_000).map(|i| format!("bulk{i}"))).await?;
+    converged(&dc1, "dc1", &dc2, 120).await?;
+    let full = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
+    ensure!(remote(&dc2, "dc1").await?["Instances"] == 10_000);
+
+    // Cut: dc2 goes away; dc1 changes ten instances.
+    dc2.stop()?;
+    for i in 0..5 {
+        let r = dc1
+            .put_json(&format!("/v1/agent/service/deregister/bulk{i}"), &json!({}))
+            .await?;
+        ensure!(r.status().is_success());
+    }
+    register_many(&dc1, (0..5).map(|i| format!("new{i}"))).await?;
+
+    // Heal.
+    dc2.restart()?;
+    dc2.wait_ready().await?;
+    converged(&dc1, "dc1", &dc2, 60).await?;
+    let ids = dc2.get_json("/v1/catalog/service/bulk?dc=dc1").await?;
+    let ids: Vec<&str> = ids
+        .as_array()
+        .context("array")?
+        .iter()
+        .filter_map(|e| e["ServiceID"].as_str())
+        .collect();
+    ensure!(ids.len() == 10_000 && ids.contains(&"new4") && !ids.contains(&"bulk0"));
+    let resumed = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
+    let partial = metric(&dc2, "meridian_federation_partial_syncs_total{dc=\"dc1\"}").await?;
+    eprintln!(
+        "full sync of 10,000 instances: {full} bytes; heal after 10 changes: {resumed} bytes"
+    );
+    ensure!(partial >= 1.0, "the heal was a digest catch-up ({partial})");
+    ensure!(
+        resumed * 50.0 < full,
+        "the heal received {resumed} bytes, the full sync {full}: not proportional to 10 changes"
+    );
+
+    // A short cut inside the window resumes from dc2's index instead.
+    dc2.stop()?;
+    register_many(&dc1, (0..2).map(|i| format!("later{i}"))).await?;
+    dc2.restart()?;
+    dc2.wait_ready().await?;
+    converged(&dc1, "dc1", &dc2, 60).await?;
+    let resumes = metric(&dc2, "meridian_federation_resumes_total{dc=\"dc1\"}").await?;
+    ensure!(resumes >= 1.0, "resumed from the index ({resumes})");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_the_origin_is_gone_answers_from_disk_marked_stale() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dc1 = dev_dc(dir.path(), "dc1", None)?;
+    dc1.wait_ready().await?;
+    let mut dc2 = dev_dc(dir.path(), "dc2", Some(dc1.ports.wan))?;
+    dc2.wait_ready().await?;
+    register(
+        &dc1,
+        &json!({"ID": "web1", "Name": "web", "Port": 8080, "Address": "127.0.0.1"}),
+    )
+    .await?;
+    converged(&dc1, "dc1", &dc2, 30).await?;
+    ensure!(remote(&dc2, "dc1").await?["Instances"] == 1);
+
+    dc1.kill9()?;
+    dc2.restart()?;
+    dc2.wait_ready().await?;
+    // At once, without dc1: from the replica on disk.
+    let r = dc2
+        .http
+        .get(dc2.url("/v1/health/service/web?dc=dc1"))
+        .send()
+        .await?;
+    let stale = r
+        .headers()
+        .get("x-meridian-stale")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = r.json().await?;
+    ensure!(body.as_array().map(Vec::len) == Some(1), "answer: {body}");
+    ensure!(
+        stale.as_deref() == Some("true"),
+        "X-Meridian-Stale: {stale:?}"
+    );
+    let rem = remote(&dc2, "dc1").await?;
+    ensure!(rem["Stale"] == true && rem["Synced"] == true, "{rem}");
+    let answers = srv(&dc2, "web.service.dc1.consul.").await;
+    ensure!(answers.len() == 1, "SRV from disk: {answers:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dc1 = dev_dc(dir.path(), "dc1", None)?;
+    dc1.wait_ready().await?;
+    let wan = format!("127.0.0.1:{}", dc1.ports.wan);
+    let t = Duration::from_secs(5);
+
+    // Plain TCP with garbage, and a silent TCP client.
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = tokio::net::TcpStream::connect(&wan).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let mut junk = tokio::net::TcpStream::connect(&wan).await?;
+        junk.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0])
+            .await?;
+    }
+    // A certificate from another CA.
+    let ca = tls::create_ca("some other CA")?;
+    let pair = tls::create_node_cert(&ca, "dc2", "evil", &[], 30)?;
+    // The client trusts dc1's (dev) CA, so it gets as far as sending its own certificate.
+    let foreign = TlsMaterial::from_pem(
+        &format!("{}{}", tls::DEV_CA_CERT_PEM, ca.cert_pem),
+        &pair.cert_pem,
+        &pair.key_pem,
+    )?;
+    let refused = async {
+        let ch = meridian_federation::client::channel(foreign.client_config()?, &wan, "dc1", t, t)
+            .await?;
+        FederationClient::new(ch)
+            .subscribe(request("dc2", "dc1"))
+            .await
+            .map_err(anyhow::Error::from)
+            .map(|_| ())
+    };
+    ensure!(
+        refused.await.is_err(),
+        "a foreign CA's certificate was accepted"
+    );
+
+    // A good certificate for dc2 whose request claims dc3.
+    let dc2 = TlsMaterial::dev("dc2", "liar")?;
+    let ch = meridian_federation::client::channel(dc2.client_config()?, &wan, "dc1", t, t).await?;
+    let mut client = FederationClient::new(ch);
+    match client.subscribe(request("dc3", "dc1")).await {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => bail!("a request claiming another DC got {other:?}"),
+    }
+    match client.subscribe(request("dc2", "dc9")).await {
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+        other => bail!("a request for another origin got {other:?}"),
+    }
+    // The same client, honest, is served.
+    let mut stream = client.subscribe(request("dc2", "dc1")).await?.into_inner();
+    let first = tokio::time::timeout(t, stream.message()).await??;
+    ensure!(first.is_some(), "an honest subscriber gets the snapshot");
+
+    eventually(10, "three handshake refusals counted", || async {
+        metric_sum(&dc1, "meridian_federation_refused_total{reason=\"handshake")
+            .await
+            .is_ok_and(|n| n >= 3.0)
+    })
+    .await?;
+    ensure!(
+        metric(
+            &dc1,
+            "meridian_federation_refused_total{reason=\"wrong_dc\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    ensure!(
+        metric(
+            &dc1,
+            "meridian_federation_refused_total{reason=\"wrong_origin\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    ensure!(dc1.is_running(), "dc1 survived");
+    ensure!(dc1.get_json("/v1/catalog/services").await.is_ok());
+    Ok(())
+}
+
+fn request(subscriber: &str, origin: &str) -> SubscribeRequest {
+    SubscribeRequest {
+        subscriber_dc: subscriber.to_owned(),
+        origin_dc: origin.to_owned(),
+        subscriber_node: "test".to_owned(),
+        ..SubscribeRequest::default()
+    }
+}

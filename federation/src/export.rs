@@ -252,8 +252,9 @@ impl Exporter {
         self.len() == 0
     }
 
-    /// What to send a subscriber at `from_index` holding `buckets` (sums of entry hashes at
-    /// `bucket_bits`; empty when it holds nothing).
+    /// What to send a subscriber at `from_index` (0: no usable index) holding `buckets` (sums of
+    /// entry hashes at `bucket_bits`; empty when it holds nothing): the changes since its index
+    /// when this node still has them all, else the buckets that differ.
     pub fn plan(&self, from_index: u64, bucket_bits: u32, buckets: &[u64]) -> Plan {
         let inner = self.lock();
         if from_index > 0 && from_index >= inner.ring_base && from_index <= inner.index {
@@ -270,8 +271,8 @@ impl Exporter {
             };
         }
         let expected = 1usize << bucket_bits.min(entry::MAX_BUCKET_BITS);
-        let all =
-            from_index == 0 || buckets.len() != expected || bucket_bits > entry::MAX_BUCKET_BITS;
+        // Without a digest (an empty replica) everything is sent.
+        let all = buckets.len() != expected || bucket_bits > entry::MAX_BUCKET_BITS;
         let (bits, differing) = if all {
             (0, HashSet::new())
         } else {

@@ -128,7 +128,7 @@ impl Replica {
 
     /// The subscription request that resumes this replica.
     pub fn request(&self, subscriber_dc: &str, subscriber_node: &str) -> pb::SubscribeRequest {
-        let (bits, buckets) = if self.index == 0 && self.live.hashes.is_empty() {
+        let (bits, buckets) = if self.live.hashes.is_empty() {
             (0, Vec::new())
         } else {
             let bits = entry::bucket_bits_for(self.live.hashes.len());
@@ -142,12 +142,9 @@ impl Replica {
         pb::SubscribeRequest {
             subscriber_dc: subscriber_dc.to_owned(),
             origin_dc: self.dc.to_string(),
-            // With no index but entries on disk (corrupt store), the digest still saves work.
-            from_index: if self.live.hashes.is_empty() {
-                0
-            } else {
-                self.index.max(1)
-            },
+            // 0 when the index is not trusted (a digest mismatch, a damaged store): the digest
+            // then decides what is resent.
+            from_index: self.index,
             bucket_bits: bits,
             buckets,
             subscriber_node: subscriber_node.to_owned(),
@@ -459,6 +456,28 @@ mod tests {
         assert_eq!(r.snapshot().index, 2000);
         assert_eq!(r.snapshot().state.instance_count(), 171);
         assert!(r.snapshot().state.instance("n1", "w3").is_none());
+    }
+
+    #[test]
+    fn a_replica_that_forgot_its_index_is_repaired_by_digest_not_by_resume() {
+        let mut s = DcState::default();
+        for i in 0..50 {
+            s.register(inst(&format!("w{i}")), vec![], i + 1);
+        }
+        let x = Exporter::new(ExportPolicy::all(), 1000, &s);
+        let mut r = Replica::new("dc1");
+        feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
+        // Something went wrong (say, a digest mismatch): the index is no longer trusted.
+        r.forget_index();
+        let req = r.request("dc2", "n1");
+        assert_eq!(req.from_index, 0);
+        match x.plan(req.from_index, req.bucket_bits, &req.buckets) {
+            Plan::Catchup { all, entries, .. } => {
+                assert!(!all);
+                assert!(entries.is_empty(), "nothing differs");
+            }
+            Plan::Resume { .. } => panic!("an untrusted index must not resume"),
+        }
     }
 
     #[test]

@@ -188,8 +188,18 @@ impl FederationSection {
         }
         if let Some(export) = &self.export {
             for (i, p) in export.iter().enumerate() {
-                let name = p.strip_suffix('*').unwrap_or(p);
-                if !(p == "*" || is_label(name)) {
+                // A prefix may end anywhere in a name, hyphen included (`api-*`).
+                let ok = match p.strip_suffix('*') {
+                    Some("") => true,
+                    Some(prefix) => {
+                        prefix.len() <= 63
+                            && prefix
+                                .bytes()
+                                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    }
+                    None => is_label(p),
+                };
+                if !ok {
                     return Err(ConfigError::invalid(
                         format!("federation.export[{i}]"),
                         format!("{p:?} is not a service name or a `prefix*` pattern"),
@@ -1118,6 +1128,46 @@ mod tests {
             let c = Config::parse(&format!("{GOOD}\n[dns]\n{edit}\n")).expect(edit);
             assert_eq!(invalid_key(&c), key, "{edit}");
         }
+    }
+
+    #[test]
+    fn federation_section_is_read_and_validated() {
+        let mut cfg = good();
+        assert!(!cfg.federation.has_tls(), "off by default");
+        cfg.federation.peers.push(PeerSection {
+            dc: "dc2".into(),
+            addresses: vec!["10.0.0.2:8302".into()],
+        });
+        assert_eq!(
+            invalid_key(&cfg),
+            "federation.peers",
+            "peers need certificates"
+        );
+        cfg.federation.ca_file = Some("ca.pem".into());
+        assert_eq!(
+            invalid_key(&cfg),
+            "federation",
+            "the three files go together"
+        );
+        cfg.federation.cert_file = Some("n1.pem".into());
+        cfg.federation.key_file = Some("n1-key.pem".into());
+        cfg.validate().expect("valid");
+        cfg.federation.peers[0].addresses.push("nohost".into());
+        assert_eq!(invalid_key(&cfg), "federation.peers[0].addresses[1]");
+        cfg.federation.peers[0].addresses.pop();
+        cfg.federation.peers[0].dc = cfg.datacenter.clone();
+        assert_eq!(invalid_key(&cfg), "federation.peers[0].dc", "not itself");
+        cfg.federation.peers[0].dc = "dc2".into();
+        cfg.federation.export = Some(vec!["web".into(), "api-*".into(), "bad name".into()]);
+        assert_eq!(invalid_key(&cfg), "federation.export[2]");
+        cfg.federation.export = Some(vec!["web".into(), "api-*".into()]);
+        assert!(cfg.federation.policy().allows("api-v1"));
+        assert!(!cfg.federation.policy().allows("db"));
+        cfg.federation.idle_timeout_ms = cfg.federation.heartbeat_ms;
+        assert_eq!(invalid_key(&cfg), "federation.idle_timeout_ms");
+        cfg.federation.idle_timeout_ms = 5_000;
+        cfg.dev = true;
+        assert_eq!(invalid_key(&cfg), "federation", "dev agents use the dev CA");
     }
 
     #[test]

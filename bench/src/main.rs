@@ -6,8 +6,13 @@
 //!
 //! `dns` loads Meridian's DNS server and Knot DNS (the same names as a static zone) with dnsperf,
 //! one core each, and reports queries/s, latency, CPU and memory side by side (see [`dns`]).
+//!
+//! `federation` runs three datacenters with an added WAN delay in a network namespace of its own
+//! and measures convergence (registration acknowledged in dc1 to DNS answer in dc2), initial sync
+//! time and bytes, and bytes per change (see [`federation`]).
 
 mod dns;
+mod federation;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +78,30 @@ enum What {
         /// Which servers to measure.
         #[arg(long, value_enum, default_value_t = dns::Servers::Both)]
         servers: dns::Servers,
+    },
+    /// Three datacenters over a delayed WAN: convergence, initial sync, bytes per change.
+    Federation {
+        /// Services registered in dc1 before the others join (default 10,000, quick 1,000).
+        #[arg(long)]
+        services: Option<usize>,
+        /// Instances per service.
+        #[arg(long, default_value_t = 5)]
+        instances: usize,
+        /// Registrations timed to dc2's DNS answer (default 1,000, quick 100).
+        #[arg(long)]
+        registrations: Option<usize>,
+        /// Single changes whose bytes are counted.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Concurrent clients for the bulk registrations.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Added one-way WAN delay between datacenters, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        wan_delay_ms: u64,
+        /// Internal: set when re-run inside the benchmark's network namespace.
+        #[arg(long, hide = true)]
+        in_netns: Option<String>,
     },
 }
 
@@ -392,6 +421,26 @@ async fn main() -> Result<()> {
                 servers,
             };
             dns::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Federation {
+            services,
+            instances,
+            registrations,
+            changes,
+            clients,
+            wan_delay_ms,
+            in_netns,
+        } => {
+            let opt = federation::Options {
+                services: services.unwrap_or(if cli.quick { 1_000 } else { 10_000 }),
+                instances,
+                registrations: registrations.unwrap_or(if cli.quick { 100 } else { 1_000 }),
+                changes,
+                clients,
+                wan_delay_ms,
+                in_netns,
+            };
+            federation::run(&bin, cli.quick, &cli.out, opt).await?;
         }
     }
     Ok(())

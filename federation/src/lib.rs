@@ -71,6 +71,9 @@ pub struct Settings {
     pub join: Vec<String>,
     /// The host other datacenters reach this node's WAN port at.
     pub advertise_host: String,
+    /// `host:port` addresses told to other datacenters instead of `advertise_host` and the
+    /// bound port (NAT, load balancers).
+    pub advertise: Vec<String>,
     /// What this datacenter exports.
     pub policy: ExportPolicy,
     /// This node's certificates.
@@ -187,7 +190,11 @@ impl Federation {
         let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Peer>();
         let registry = Arc::new(peers::Registry::new(
             &settings.dc,
-            vec![join_host_port(&settings.advertise_host, local_addr.port())],
+            if settings.advertise.is_empty() {
+                vec![join_host_port(&settings.advertise_host, local_addr.port())]
+            } else {
+                settings.advertise.clone()
+            },
             Box::new(move |p| {
                 let _ = learned_tx.send(p);
             }),

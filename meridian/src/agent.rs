@@ -291,6 +291,7 @@ fn federation_settings(config: &Config) -> anyhow::Result<Option<meridian_federa
         peers: f.peers(),
         join: f.join.clone(),
         advertise_host: config.advertise_ip().to_string(),
+        advertise: f.advertise.clone(),
         policy: f.policy(),
         tls: Arc::new(tls),
         data_dir,

@@ -112,6 +112,9 @@ pub struct FederationSection {
     /// datacenter is learned from their certificate, and the datacenters they know are followed
     /// too (`--join-wan`).
     pub join: Vec<String>,
+    /// The WAN addresses (`host:port`) other datacenters reach this node at, when not
+    /// `advertise:wan` (behind NAT or a load balancer); told to every peer.
+    pub advertise: Vec<String>,
     /// Idle time after which an origin sends a heartbeat.
     pub heartbeat_ms: u64,
     /// A stream with no message for this long is declared dead and reconnected.
@@ -133,6 +136,7 @@ impl Default for FederationSection {
             export: None,
             peers: Vec::new(),
             join: Vec::new(),
+            advertise: Vec::new(),
             heartbeat_ms: 1_000,
             idle_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
@@ -172,12 +176,17 @@ impl FederationSection {
                 "`ca_file`, `cert_file` and `key_file` go together",
             ));
         }
-        for (i, a) in self.join.iter().enumerate() {
-            if rpc_port(a).is_none() {
-                return Err(ConfigError::invalid(
-                    format!("federation.join[{i}]"),
-                    format!("{a:?} is not host:port with a non-zero port"),
-                ));
+        for (key, list) in [
+            ("federation.join", &self.join),
+            ("federation.advertise", &self.advertise),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                if rpc_port(a).is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}[{i}]"),
+                        format!("{a:?} is not host:port with a non-zero port"),
+                    ));
+                }
             }
         }
         if (!self.peers.is_empty() || !self.join.is_empty()) && !self.has_tls() && !dev {

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -258,7 +259,18 @@ fn config_dc(
     peers: &[(&str, u16)],
     federation_extra: &str,
 ) -> Result<Agent> {
-    let p = Ports::free();
+    config_dc_on(dir, certs, dc, Ports::free(), peers, federation_extra)
+}
+
+/// [`config_dc`] on given ports.
+fn config_dc_on(
+    dir: &Path,
+    certs: &Path,
+    dc: &str,
+    p: Ports,
+    peers: &[(&str, u16)],
+    federation_extra: &str,
+) -> Result<Agent> {
     let mut peer_tables = String::new();
     for (peer, wan) in peers {
         peer_tables.push_str(&format!(
@@ -307,11 +319,24 @@ async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
-    // A small change window, so that ten changes while dc2 is away push dc2's index out of it
-    // and the heal must use the digest catch-up.
-    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], "resume_window = 5")?;
+    // dc2 reaches dc1 only through a relay the test can cut, as a WAN partition would: dc1
+    // advertises the relay. A small change window, so that ten changes while cut push dc2's
+    // index out of it and the heal must use the digest catch-up.
+    let dc1_ports = Ports::free();
+    let wan = Relay::start(dc1_ports.wan).await?;
+    let mut dc1 = config_dc_on(
+        dir.path(),
+        &certs,
+        "dc1",
+        dc1_ports,
+        &[],
+        &format!(
+            "resume_window = 5\nadvertise = [\"127.0.0.1:{}\"]",
+            wan.port
+        ),
+    )?;
     dc1.wait_ready().await?;
-    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], "")?;
+    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", wan.port)], "")?;
     dc2.wait_ready().await?;
 
     register_many(&dc1, (0..10_000).map(|i| format!("bulk{i}"))).await?;
@@ -319,8 +344,15 @@ async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
     let full = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
     ensure!(remote(&dc2, "dc1").await?["Instances"] == 10_000);
 
-    // Cut: dc2 goes away; dc1 changes ten instances.
-    dc2.stop()?;
+    // Cut the WAN between them (dc2 keeps running); dc1 changes ten instances.
+    wan.cut();
+    eventually(30, "dc2 sees the link down", || async {
+        remote(&dc2, "dc1")
+            .await
+            .is_ok_and(|r| r["Connected"] == false)
+    })
+    .await?;
+    let before = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
     for i in 0..5 {
         let r = dc1
             .put_json(&format!("/v1/agent/service/deregister/bulk{i}"), &json!({}))
@@ -328,10 +360,11 @@ async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
         ensure!(r.status().is_success());
     }
     register_many(&dc1, (0..5).map(|i| format!("new{i}"))).await?;
+    // While cut, dc2 still answers for dc1, from the last state it had.
+    ensure!(remote(&dc2, "dc1").await?["Instances"] == 10_000);
 
     // Heal.
-    dc2.restart()?;
-    dc2.wait_ready().await?;
+    wan.heal();
     converged(&dc1, "dc1", &dc2, 60).await?;
     let ids = dc2.get_json("/v1/catalog/service/bulk?dc=dc1").await?;
     let ids: Vec<&str> = ids
@@ -340,16 +373,16 @@ async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
         .iter()
         .filter_map(|e| e["ServiceID"].as_str())
         .collect();
-    ensure!(ids.len() == 10_000 && ids.contains(&"new4") && !ids.contains(&"bulk0"));
-    let resumed = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
+    ensure!(ids.len() == 10_000, "{} bulk instances", ids.len());
+    ensure!(ids.contains(&"new4") && !ids.contains(&"bulk0"));
+    let healed = metric(&dc2, "meridian_federation_received_bytes_total{dc=\"dc1\"}").await?;
+    let resent = healed - before;
     let partial = metric(&dc2, "meridian_federation_partial_syncs_total{dc=\"dc1\"}").await?;
-    eprintln!(
-        "full sync of 10,000 instances: {full} bytes; heal after 10 changes: {resumed} bytes"
-    );
+    eprintln!("full sync of 10,000 instances: {full} bytes; heal after 10 changes: {resent} bytes");
     ensure!(partial >= 1.0, "the heal was a digest catch-up ({partial})");
     ensure!(
-        resumed * 50.0 < full,
-        "the heal received {resumed} bytes, the full sync {full}: not proportional to 10 changes"
+        resent * 50.0 < full,
+        "the heal received {resent} bytes, the full sync {full}: not proportional to 10 changes"
     );
 
     // A short cut inside the window resumes from dc2's index instead.
@@ -487,6 +520,57 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
     ensure!(dc1.is_running(), "dc1 survived");
     ensure!(dc1.get_json("/v1/catalog/services").await.is_ok());
     Ok(())
+}
+
+/// A TCP relay to a local port that can be cut (every connection dropped, new ones closed at
+/// once) and healed: a WAN partition on loopback.
+struct Relay {
+    port: u16,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Result<Relay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let cut = Arc::new(tokio::sync::watch::Sender::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *c.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut cut_rx = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Ok(Relay { port, cut, task })
+    }
+
+    fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn request(subscriber: &str, origin: &str) -> SubscribeRequest {

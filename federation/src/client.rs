@@ -81,6 +81,18 @@ enum StreamEnd {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// The TLS error behind a stream's end, if any (tonic wraps the connector's error).
+fn tls_cause(end: &StreamEnd) -> Option<&TlsError> {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(end);
+    while let Some(err) = e {
+        if let Some(t) = err.downcast_ref::<TlsError>() {
+            return Some(t);
+        }
+        e = err.source();
+    }
+    None
+}
+
 /// A gRPC channel over mTLS to `addr`, which must be a server of datacenter `dc`.
 pub async fn channel(
     tls: Arc<rustls::ClientConfig>,
@@ -173,7 +185,25 @@ impl Follower {
                 }
                 _ => {}
             }
-            tracing::info!(dc = %self.peer.dc, peer = %addr, reason = %end, "federation stream ended");
+            match tls_cause(&end) {
+                // The peer is not who it should be: an operator must look.
+                Some(
+                    e @ (TlsError::WrongName { .. }
+                    | TlsError::Handshake { .. }
+                    | TlsError::NoIdentity { .. }),
+                ) => {
+                    let reason = if matches!(e, TlsError::WrongName { .. }) {
+                        "peer_wrong_dc"
+                    } else {
+                        "peer_handshake"
+                    };
+                    self.counters.refuse(reason);
+                    tracing::warn!(dc = %self.peer.dc, peer = %addr, error = %e, "refused the peer's certificate");
+                }
+                _ => {
+                    tracing::info!(dc = %self.peer.dc, peer = %addr, reason = %end, "federation stream ended")
+                }
+            }
             // A stream that lived a while was healthy: start the backoff over.
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = BACKOFF_MIN;

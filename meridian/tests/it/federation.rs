@@ -156,6 +156,12 @@ async fn three_datacenters_see_each_others_registrations_health_and_deregistrati
             "{}: SRV {answers:?}",
             holder.name
         );
+        let rfc2782 = srv(holder, "_web._tcp.service.dc1.consul.").await;
+        ensure!(
+            rfc2782.len() == 1,
+            "{}: RFC 2782 SRV {rfc2782:?}",
+            holder.name
+        );
         // The local DC has no such service: a DC-less name does not cross the WAN.
         ensure!(srv(holder, "web.service.consul.").await.is_empty());
     }

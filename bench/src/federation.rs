@@ -5,7 +5,7 @@
 //! benchmark creates its own network namespace (loopback only, MTU 1500), runs itself and the
 //! three agents inside it, and sends every TCP packet to or from a WAN port through an iptables
 //! `NFQUEUE` rule to a small netlink delayer (in this file) that holds each packet for the delay
-//! before accepting it. Packets cross the queue once per hop (OUTPUT on loopback), so the one-way
+//! before accepting it. Packets cross the queue once per hop (INPUT on loopback), so the one-way
 //! delay between two DCs is the configured delay, and the round trip twice that (measured with a
 //! TCP connect to a probe port under the same rule). The benchmark's own HTTP and DNS traffic
 //! uses other ports and is not delayed. Without root or namespaces the benchmark runs on the
@@ -64,7 +64,8 @@ const CHANGE_SPACING: Duration = Duration::from_millis(50);
 const QUEUE: u16 = 7;
 /// The port of the RTT probe listener inside the namespace.
 const PROBE_PORT: u16 = 8399;
-/// Agents log warnings, and federation's info lines (joined, replica synced).
+/// Agents log warnings, and federation's info lines (joined, replica synced); the environment
+/// variable `MERIDIAN_BENCH_AGENT_LOG` overrides it.
 const AGENT_LOG: &str = "warn,meridian_federation=info";
 
 // ---------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ fn nfq_message(kind: u16, flags: u16, seq: u32, queue: u16, attrs: &[(u16, &[u8]
         m.extend_from_slice(&(len as u16).to_ne_bytes());
         m.extend_from_slice(&ty.to_ne_bytes());
         m.extend_from_slice(payload);
-        while m.len() % 4 != 0 {
+        while !m.len().is_multiple_of(4) {
             m.push(0);
         }
     }
@@ -454,6 +455,12 @@ impl Drop for Delayer {
 
 /// iptables rules in the namespace: one per WAN port and direction, each counting packets and
 /// bytes, and queueing them to the delayer when there is a delay.
+///
+/// The rules sit on INPUT, not OUTPUT: on OUTPUT a held packet still belongs to the sending
+/// socket, and TCP Small Queues then lets only about two packets per socket wait below TCP, which
+/// capped a stream at two segments per delay (about 60 KB/s). On loopback a packet is detached
+/// from its socket before INPUT, as netem detaches delayed packets, so TCP's windows and slow
+/// start behave as over a real link of that delay.
 struct Firewall;
 
 /// Packets and bytes per rule, keyed `spt:PORT` / `dpt:PORT`.
@@ -465,7 +472,7 @@ impl Firewall {
             for dir in ["--sport", "--dport"] {
                 let p = port.to_string();
                 let q = queue.map(|q| q.to_string());
-                let mut args = vec!["-w", "-A", "OUTPUT", "-p", "tcp", dir, &p, "-j"];
+                let mut args = vec!["-w", "-A", "INPUT", "-p", "tcp", dir, &p, "-j"];
                 match &q {
                     Some(q) => args.extend(["NFQUEUE", "--queue-num", q, "--queue-bypass"]),
                     None => args.push("ACCEPT"),
@@ -477,7 +484,7 @@ impl Firewall {
     }
 
     fn counters(&self) -> Result<IpCounters> {
-        let text = sh("iptables", &["-w", "-L", "OUTPUT", "-v", "-x", "-n"])?;
+        let text = sh("iptables", &["-w", "-L", "INPUT", "-v", "-x", "-n"])?;
         let mut m = IpCounters::new();
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -568,19 +575,29 @@ impl Agent {
         let log = dir.join(format!("{dc}.log"));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
-        cmd.args(["agent", "--dev", "--dc", dc, "--node", "n1", "--bind", "127.0.0.1"])
-            .arg("--data-dir")
-            .arg(dir.join(dc))
-            .args(["--http-port", &ports.http.to_string()])
-            .args(["--dns-port", &ports.dns.to_string()])
-            .args(["--rpc-port", &ports.rpc.to_string()])
-            .args(["--wan-port", &ports.wan.to_string()])
-            .args(["--gateway-port", &ports.gateway.to_string()]);
+        cmd.args([
+            "agent",
+            "--dev",
+            "--dc",
+            dc,
+            "--node",
+            "n1",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(dc))
+        .args(["--http-port", &ports.http.to_string()])
+        .args(["--dns-port", &ports.dns.to_string()])
+        .args(["--rpc-port", &ports.rpc.to_string()])
+        .args(["--wan-port", &ports.wan.to_string()])
+        .args(["--gateway-port", &ports.gateway.to_string()]);
         if let Some(j) = join {
             cmd.args(["--join-wan", &format!("127.0.0.1:{j}")]);
         }
+        let filter = std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into());
         let child = cmd
-            .env("RUST_LOG", AGENT_LOG)
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -1294,7 +1311,11 @@ async fn initial_sync(
 }
 
 /// Waits until every agent's replica of every other DC has that DC's export digest.
-async fn wait_mesh(http: &reqwest::Client, agents: &mut [&mut Agent], limit: Duration) -> Result<()> {
+async fn wait_mesh(
+    http: &reqwest::Client,
+    agents: &mut [&mut Agent],
+    limit: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let mut statuses = Vec::new();
@@ -1324,7 +1345,12 @@ async fn wait_mesh(http: &reqwest::Client, agents: &mut [&mut Agent], limit: Dur
 }
 
 /// Waits until `sub`'s replica of dc1 has dc1's export digest.
-async fn wait_replica(http: &reqwest::Client, dc1: &Agent, sub: &Agent, limit: Duration) -> Result<()> {
+async fn wait_replica(
+    http: &reqwest::Client,
+    dc1: &Agent,
+    sub: &Agent,
+    limit: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if let (Ok(o), Ok(s)) = (dc1.status(http).await, sub.status(http).await)
@@ -1334,7 +1360,10 @@ async fn wait_replica(http: &reqwest::Client, dc1: &Agent, sub: &Agent, limit: D
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{}'s replica of dc1 did not converge within {limit:?}", sub.dc);
+            bail!(
+                "{}'s replica of dc1 did not converge within {limit:?}",
+                sub.dc
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1345,6 +1374,8 @@ fn conv_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, (i / 256) as u8, (i % 256) as u8)
 }
 
+/// Runs the phases in a temporary folder, kept (with the agents' logs) when something fails or
+/// when `MERIDIAN_BENCH_KEEP` is set.
 async fn inner(
     bin: &Path,
     quick: bool,
@@ -1352,12 +1383,29 @@ async fn inner(
     opt: &Options,
     netns: Option<String>,
 ) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let delay = Duration::from_millis(if netns.is_some() {
-        opt.wan_delay_ms
-    } else {
-        0
-    });
+    let dir = tempfile::Builder::new()
+        .prefix("meridian-bench-fed")
+        .tempdir()?;
+    let r = phases(bin, quick, out, opt, netns, dir.path()).await;
+    if r.is_err() || std::env::var_os("MERIDIAN_BENCH_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!(
+            "federation: the agents' logs are kept in {}",
+            kept.display()
+        );
+    }
+    r
+}
+
+async fn phases(
+    bin: &Path,
+    quick: bool,
+    out: &Path,
+    opt: &Options,
+    netns: Option<String>,
+    dir: &Path,
+) -> Result<()> {
+    let delay = Duration::from_millis(if netns.is_some() { opt.wan_delay_ms } else { 0 });
     let ports = if netns.is_some() {
         [Ports::fixed(1), Ports::fixed(2), Ports::fixed(3)]
     } else {
@@ -1418,7 +1466,7 @@ async fn inner(
         .build()?;
 
     // 1. dc1 alone, loaded.
-    let mut dc1 = Agent::start(bin, dir.path(), "dc1", ports[0], None)?;
+    let mut dc1 = Agent::start(bin, dir, "dc1", ports[0], None)?;
     crate::wait_leader(&http, &[dc1.ports.http]).await?;
     dc1.check_running()?;
     let mut cpu: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
@@ -1486,7 +1534,7 @@ async fn inner(
     let (mut dc2, sync2) = initial_sync(
         &http,
         bin,
-        dir.path(),
+        dir,
         "dc2",
         ports[1],
         &mut dc1,
@@ -1497,7 +1545,7 @@ async fn inner(
     let (mut dc3, sync3) = initial_sync(
         &http,
         bin,
-        dir.path(),
+        dir,
         "dc3",
         ports[2],
         &mut dc1,
@@ -1614,7 +1662,11 @@ async fn inner(
 
     // 6. Steady state: single changes, spaced.
     let s0 = received(&http, &dc2, "dc1").await?;
-    let ip0 = fw.as_ref().map(Firewall::counters).transpose()?.unwrap_or_default();
+    let ip0 = fw
+        .as_ref()
+        .map(Firewall::counters)
+        .transpose()?
+        .unwrap_or_default();
     let t_steady = Instant::now();
     for j in 0..opt.changes {
         let name = format!("chg-{j}");
@@ -1630,7 +1682,11 @@ async fn inner(
     wait_replica(&http, &dc1, &dc3, Duration::from_secs(30)).await?;
     let steady_seconds = t_steady.elapsed().as_secs_f64();
     let s1 = received(&http, &dc2, "dc1").await?;
-    let ip1 = fw.as_ref().map(Firewall::counters).transpose()?.unwrap_or_default();
+    let ip1 = fw
+        .as_ref()
+        .map(Firewall::counters)
+        .transpose()?
+        .unwrap_or_default();
     let (pk, by) = ip_delta(&ip0, &ip1, &format!("spt:{}", dc1.ports.wan));
     let changes = opt.changes.max(1) as f64;
     let delta = Bytes {
@@ -1648,8 +1704,7 @@ async fn inner(
         idle_seconds,
         idle,
         heartbeat_bytes_per_second: hb_rate,
-        bytes_per_change_minus_idle_rate: (delta.received_bytes as f64
-            - hb_rate * steady_seconds)
+        bytes_per_change_minus_idle_rate: (delta.received_bytes as f64 - hb_rate * steady_seconds)
             / changes,
         ip_bytes_per_change_per_subscriber: by as f64 / changes / 2.0,
         ip_packets_per_change_per_subscriber: pk as f64 / changes / 2.0,
@@ -1714,7 +1769,7 @@ async fn inner(
             met(convergence.dc3.p99_ms <= target && convergence.dc3_timeouts == 0),
         ),
         format!(
-            "initial sync under 2 s (from learning dc1 to an equal digest): {} ",
+            "initial sync under 2 s (from learning dc1 to an equal digest): {}",
             syncs
                 .iter()
                 .map(|s| format!(
@@ -1743,11 +1798,7 @@ async fn inner(
         ),
     ];
     let command = std::iter::once("meridian-bench".to_owned())
-        .chain(
-            std::env::args()
-                .skip(1)
-                .take_while(|a| a != "--in-netns"),
-        )
+        .chain(std::env::args().skip(1).take_while(|a| a != "--in-netns"))
         .collect::<Vec<_>>()
         .join(" ");
     let report = Report {
@@ -1816,7 +1867,10 @@ fn markdown(r: &Report) -> Result<String> {
         s,
         "| replica | answered | p50 | p90 | p99 | max | mean | target p99 | |\n|---|---|---|---|---|---|---|---|---|"
     )?;
-    for (dc, d, t) in [("dc2", &c.dc2, c.dc2_timeouts), ("dc3", &c.dc3, c.dc3_timeouts)] {
+    for (dc, d, t) in [
+        ("dc2", &c.dc2, c.dc2_timeouts),
+        ("dc3", &c.dc3, c.dc3_timeouts),
+    ] {
         writeln!(
             s,
             "| {dc} | {}/{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | ≤ {:.0} ms | {} |",

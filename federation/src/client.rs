@@ -99,7 +99,6 @@ pub async fn channel(
     addr: &str,
     dc: &str,
     connect_timeout: Duration,
-    idle_timeout: Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let target = addr.to_owned();
     let dc = dc.to_owned();
@@ -110,11 +109,11 @@ pub async fn channel(
             Ok::<_, TlsError>(TokioIo::new(s))
         }
     });
-    // The URI is not used to connect (the connector is); it only names the authority.
+    // The URI is not used to connect (the connector is); it only names the authority. No
+    // HTTP/2 pings: a ping waits behind the data in flight, so on a slow link it would time out
+    // mid-snapshot; the origin's heartbeats and the idle timeout on messages detect a dead peer.
     Endpoint::from_static("http://federation.meridian")
         .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(idle_timeout / 2)
-        .keep_alive_timeout(idle_timeout)
         .connect_with_connector(connector)
         .await
 }
@@ -233,14 +232,7 @@ impl Follower {
         replica: &mut Replica,
         stats: &PeerStats,
     ) -> Result<(), StreamEnd> {
-        let channel = channel(
-            self.tls.clone(),
-            addr,
-            &self.peer.dc,
-            self.connect_timeout,
-            self.idle_timeout,
-        )
-        .await?;
+        let channel = channel(self.tls.clone(), addr, &self.peer.dc, self.connect_timeout).await?;
         let mut client =
             FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut req = replica.request(&self.local_dc, &self.local_node);

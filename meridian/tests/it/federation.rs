@@ -471,8 +471,8 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
         &pair.key_pem,
     )?;
     let refused = async {
-        let ch = meridian_federation::client::channel(foreign.client_config()?, &wan, "dc1", t, t)
-            .await?;
+        let ch =
+            meridian_federation::client::channel(foreign.client_config()?, &wan, "dc1", t).await?;
         FederationClient::new(ch)
             .subscribe(request("dc2", "dc1"))
             .await
@@ -486,7 +486,7 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
 
     // A good certificate for dc2 whose request claims dc3.
     let dc2 = TlsMaterial::dev("dc2", "liar")?;
-    let ch = meridian_federation::client::channel(dc2.client_config()?, &wan, "dc1", t, t).await?;
+    let ch = meridian_federation::client::channel(dc2.client_config()?, &wan, "dc1", t).await?;
     let mut client = FederationClient::new(ch);
     match client.subscribe(request("dc3", "dc1")).await {
         Err(s) if s.code() == tonic::Code::PermissionDenied => {}

@@ -15,11 +15,17 @@ fi
 # The DNS integration tests query the agent with dig, and through unbound (a stub zone for consul.).
 command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_apt+=(unbound)
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
+# The gateway's integration tests put nginx (TLS) behind it and drive it with curl and openssl.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "meridian: installing ${need_apt[*]} with apt-get" >&2
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+        # Debian starts the packaged nginx on port 80; the tests run their own.
+        service nginx stop >/dev/null 2>&1 || true
     else
         echo "meridian: missing build dependencies: run 'sudo apt-get install ${need_apt[*]}'" >&2
         exit 1

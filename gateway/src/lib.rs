@@ -8,9 +8,12 @@
 //! to a name outside its configured domains (no open relay).
 
 pub mod client_hello;
+pub mod counters;
 pub mod local;
 pub mod names;
+pub mod relay;
 
 pub use client_hello::{Hello, HelloError, MAX_HELLO};
+pub use counters::GatewayCounters;
 pub use local::{ConnError, LocalConfig, LocalGateway};
 pub use names::{NameConfig, Route, UnknownName, route};

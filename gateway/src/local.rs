@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client_hello::{self, HelloError, MAX_HELLO};
+use crate::counters::GatewayCounters;
 use crate::names::{NameConfig, UnknownName, route};
 
 /// Settings of the local passthrough; none of the limits is hard-coded.
@@ -32,6 +34,10 @@ pub struct LocalConfig {
     pub connect_timeout: Duration,
     /// Route only to instances whose checks pass (leave `warning` ones out).
     pub only_passing: bool,
+    /// A relayed connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// Why a connection was closed without being relayed; each variant is a stable log reason.
@@ -155,6 +161,7 @@ pub struct LocalGateway {
     view: Arc<ArcSwap<View>>,
     config: LocalConfig,
     load: Arc<Load>,
+    counters: Arc<GatewayCounters>,
 }
 
 impl LocalGateway {
@@ -164,12 +171,25 @@ impl LocalGateway {
             view,
             config,
             load: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
-    /// Accepts connections forever, one task each.
+    /// The gateway's counters.
+    pub fn counters(&self) -> &Arc<GatewayCounters> {
+        &self.counters
+    }
+
+    /// Accepts connections until the listener's task is dropped, one task each, at most
+    /// `max_connections` at once.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.config.max_connections.max(1),
+        ));
         loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return Ok(());
+            };
             let (client, peer) = match listener.accept().await {
                 Ok(c) => c,
                 // Per-connection errors (ECONNABORTED, EMFILE) must not end the listener.
@@ -183,10 +203,27 @@ impl LocalGateway {
             let span = info_span!("conn", %peer, sni = tracing::field::Empty);
             tokio::spawn(
                 async move {
+                    let _slot = slot;
+                    gw.counters.open.fetch_add(1, Ordering::Relaxed);
                     match gw.handle(client).await {
-                        Ok((up, down)) => debug!(up, down, "closed"),
-                        Err(e) => debug!(reason = e.reason(), error = %e, "refused"),
+                        Ok((up, down)) => {
+                            gw.counters.record("local", "relayed");
+                            debug!(up, down, "closed");
+                        }
+                        Err(e) => {
+                            let route = match &e {
+                                ConnError::NoInstance { .. } | ConnError::Io(_) => "local",
+                                ConnError::Remote { .. } => "remote",
+                                _ => "none",
+                            };
+                            if matches!(e, ConnError::Hello(_)) {
+                                gw.counters.hello_failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            gw.counters.record(route, e.reason());
+                            debug!(reason = e.reason(), error = %e, "refused");
+                        }
                     }
+                    gw.counters.open.fetch_sub(1, Ordering::Relaxed);
                 }
                 .instrument(span),
             );
@@ -215,7 +252,16 @@ impl LocalGateway {
         let candidates = self.candidates(&sni)?;
         let (mut backend, _guard) = self.connect(&sni, candidates).await?;
         backend.write_all(&buf).await?;
-        let (up, down) = tokio::io::copy_bidirectional(client, &mut backend).await?;
+        self.counters
+            .bytes_up
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let (up, down) = crate::relay::copy_both(
+            client,
+            &mut backend,
+            self.config.idle_timeout,
+            &self.counters,
+        )
+        .await?;
         Ok((up + buf.len() as u64, down))
     }
 
@@ -357,6 +403,8 @@ mod tests {
             handshake_timeout,
             connect_timeout: Duration::from_secs(2),
             only_passing: false,
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 64,
         }
     }
 

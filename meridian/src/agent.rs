@@ -29,6 +29,7 @@ pub struct Agent {
     config: Config,
     catalog: Catalog,
     federation: Option<Arc<Federation>>,
+    gateway: Option<RunningGateway>,
     api: ApiState,
     http_addr: SocketAddr,
     dns: Option<DnsServer>,
@@ -87,10 +88,26 @@ impl Agent {
                 return Err(anyhow::Error::new(e));
             }
         };
+        let gateway = if config.gateway.enabled {
+            match start_gateway(&config, views.clone()).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    dns.shutdown().await;
+                    if let Some(f) = &federation {
+                        f.shutdown().await;
+                    }
+                    catalog.shutdown().await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let api = ApiState::new(
             catalog.clone(),
             views,
             federation.clone(),
+            gateway.as_ref().map(|g| g.counters.clone()),
             config.limits.max_body_bytes,
             Some(dns.counters()),
         );
@@ -109,6 +126,7 @@ impl Agent {
             config,
             catalog,
             federation,
+            gateway,
             api,
             http_addr,
             dns: Some(dns),
@@ -143,6 +161,11 @@ impl Agent {
         self.federation.as_ref().map(|f| f.local_addr())
     }
 
+    /// Where the gateway listens, when it runs.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.addr)
+    }
+
     /// The HTTP API's state (counters).
     pub fn api(&self) -> &ApiState {
         &self.api
@@ -173,16 +196,19 @@ impl Agent {
         let wan = self
             .wan_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let gateway = self
+            .gateway_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
         format!(
-            "meridian agent: node={} dc={} http={} dns={} rpc={} wan={} data_dir={} (reserved, not served yet: gateway={})",
+            "meridian agent: node={} dc={} http={} dns={} rpc={} wan={} gateway={} data_dir={}",
             c.node_name,
             c.datacenter,
             self.http_addr,
             dns,
             join_host_port(&host, c.ports.rpc),
             wan,
+            gateway,
             data,
-            join_host_port(&host, c.ports.gateway),
         )
     }
 
@@ -192,6 +218,7 @@ impl Agent {
         let Agent {
             catalog,
             federation,
+            gateway,
             api,
             dns,
             stop_http,
@@ -199,6 +226,9 @@ impl Agent {
             temp_dir,
             ..
         } = self;
+        if let Some(g) = gateway {
+            g.stop();
+        }
         if let Some(dns) = dns {
             dns.shutdown().await;
         }
@@ -249,6 +279,60 @@ async fn remove_temp_dir(dir: TempDir) {
     if let Some(e) = last {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary data folder");
     }
+}
+
+/// The gateway's listener and tasks.
+struct RunningGateway {
+    addr: SocketAddr,
+    counters: Arc<meridian_gateway::GatewayCounters>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl RunningGateway {
+    /// Stops accepting; relays in flight end with their clients.
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds the gateway port and serves it over the live views.
+async fn start_gateway(
+    config: &Config,
+    mut views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
+) -> anyhow::Result<RunningGateway> {
+    let bind = config.bind_addr(config.ports.gateway);
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen for the gateway on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let current = Arc::new(arc_swap::ArcSwap::new(views.borrow_and_update().clone()));
+    // The data plane reads an ArcSwap: a load per connection, no lock shared with writers.
+    let follow = {
+        let current = current.clone();
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                current.store(views.borrow_and_update().clone());
+            }
+        })
+    };
+    let gw = Arc::new(meridian_gateway::LocalGateway::new(
+        current,
+        config.gateway.to_local(&config.dns),
+    ));
+    let counters = gw.counters().clone();
+    let serve = tokio::spawn(async move {
+        if let Err(e) = gw.serve(listener).await {
+            tracing::error!(error = %e, "gateway stopped");
+        }
+    });
+    tracing::info!(%addr, "gateway listening");
+    Ok(RunningGateway {
+        addr,
+        counters,
+        tasks: [follow, serve],
+    })
 }
 
 /// Federation's settings, or `None` when it is off (no certificates and not `--dev`).

@@ -88,6 +88,9 @@ pub struct Config {
     /// WAN federation with other datacenters.
     #[serde(default)]
     pub federation: FederationSection,
+    /// The mesh gateway (TLS passthrough routed by SNI).
+    #[serde(default)]
+    pub gateway: GatewaySection,
     /// A `--dev` agent: federation uses the published development CA.
     #[serde(skip)]
     pub dev: bool,
@@ -142,6 +145,87 @@ impl Default for FederationSection {
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             resume_window: 100_000,
+        }
+    }
+}
+
+/// The mesh gateway (`[gateway]`): limits and timeouts, none hard-coded.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Serve the gateway port.
+    pub enabled: bool,
+    /// Most connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send its whole ClientHello (cuts slowloris clients).
+    pub handshake_timeout_ms: u64,
+    /// Time one connect to an instance may take before the next instance is tried.
+    pub connect_timeout_ms: u64,
+    /// A relayed connection with no byte either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Route only to instances whose checks pass (leave `warning` ones out).
+    pub only_passing: bool,
+    /// The trust domain of Consul's mesh names (`<svc>.default.<dc>.internal.<trust-domain>`);
+    /// unset turns the mesh form off.
+    pub trust_domain: Option<String>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            enabled: true,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            idle_timeout_ms: 300_000,
+            only_passing: false,
+            trust_domain: None,
+        }
+    }
+}
+
+impl GatewaySection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.max_connections",
+                "must be > 0",
+            ));
+        }
+        for (key, ms) in [
+            ("gateway.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("gateway.connect_timeout_ms", self.connect_timeout_ms),
+            ("gateway.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(1..=MAX_TIMING_MS).contains(&ms) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be between 1 and {MAX_TIMING_MS}"),
+                ));
+            }
+        }
+        if let Some(td) = &self.trust_domain {
+            check_domain("gateway.trust_domain", td)?;
+        }
+        Ok(())
+    }
+
+    /// The gateway's settings, routing the DNS domains `dns` serves. Call
+    /// [`Config::validate`] first.
+    pub fn to_local(&self, dns: &DnsSection) -> meridian_gateway::LocalConfig {
+        let ms = Duration::from_millis;
+        let mut domains = vec![normalize_domain(&dns.domain)];
+        domains.extend(dns.alt_domain.as_deref().map(normalize_domain));
+        meridian_gateway::LocalConfig {
+            names: meridian_gateway::NameConfig {
+                domains,
+                trust_domain: self.trust_domain.as_deref().map(normalize_domain),
+            },
+            handshake_timeout: ms(self.handshake_timeout_ms),
+            connect_timeout: ms(self.connect_timeout_ms),
+            only_passing: self.only_passing,
+            idle_timeout: ms(self.idle_timeout_ms),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -668,6 +752,7 @@ impl Config {
             limits: Limits::default(),
             dns: DnsSection::default(),
             federation: FederationSection::default(),
+            gateway: GatewaySection::default(),
             dev: true,
         };
         cfg.apply(ov);
@@ -869,7 +954,8 @@ impl Config {
             ));
         }
         self.dns.validate()?;
-        self.federation.validate(&self.datacenter, self.dev)
+        self.federation.validate(&self.datacenter, self.dev)?;
+        self.gateway.validate()
     }
 
     /// Where a listener on `port` binds.

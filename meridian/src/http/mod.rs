@@ -33,6 +33,7 @@ use axum::routing::{get, put};
 use meridian_catalog::Catalog;
 use meridian_dns::DnsCounters;
 use meridian_federation::Federation;
+use meridian_gateway::GatewayCounters;
 use meridian_topology::View;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -55,6 +56,7 @@ struct StateInner {
     catalog: Catalog,
     views: watch::Receiver<Arc<View>>,
     federation: Option<Arc<Federation>>,
+    gateway: Option<Arc<GatewayCounters>>,
     metrics: HttpMetrics,
     dns: Option<Arc<DnsCounters>>,
     max_body_bytes: usize,
@@ -64,11 +66,12 @@ struct StateInner {
 impl ApiState {
     /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`;
     /// reads come from `views` (the catalog's, or federation's with the remote DCs), and
-    /// `/metrics` also shows the DNS server's counters `dns` and federation's.
+    /// `/metrics` also shows the DNS server's counters `dns`, federation's and the gateway's.
     pub fn new(
         catalog: Catalog,
         views: watch::Receiver<Arc<View>>,
         federation: Option<Arc<Federation>>,
+        gateway: Option<Arc<GatewayCounters>>,
         max_body_bytes: usize,
         dns: Option<Arc<DnsCounters>>,
     ) -> Self {
@@ -77,6 +80,7 @@ impl ApiState {
                 catalog,
                 views,
                 federation,
+                gateway,
                 metrics: HttpMetrics::default(),
                 dns,
                 max_body_bytes,
@@ -233,6 +237,9 @@ async fn metrics_page(State(state): State<ApiState>) -> Response {
     if let Some(f) = state.federation() {
         f.counters()
             .render(&mut text, meridian_federation::now_ms());
+    }
+    if let Some(g) = &state.inner.gateway {
+        g.render(&mut text);
     }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

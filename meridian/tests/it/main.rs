@@ -5,6 +5,7 @@ mod cli;
 mod dns;
 mod durability;
 mod federation;
+mod gateway;
 mod harness;
 mod health;
 mod http_api;

@@ -1,0 +1,90 @@
+//! The gateway's counters and their Prometheus text: connections by route and outcome, bytes,
+//! and ClientHello failures. They live in the gateway value, not in globals, so two agents in one
+//! process count apart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one gateway.
+#[derive(Debug, Default)]
+pub struct GatewayCounters {
+    /// `(route, outcome)` → connections. Route is `local`, `remote` or `none`; outcome is
+    /// `relayed` or a refusal reason.
+    outcomes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Bytes from clients to backends, ClientHellos included.
+    pub bytes_up: AtomicU64,
+    /// Bytes from backends to clients.
+    pub bytes_down: AtomicU64,
+    /// ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).
+    pub hello_failures: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+}
+
+impl GatewayCounters {
+    /// Counts one finished connection.
+    pub fn record(&self, route: &'static str, outcome: &'static str) {
+        let mut m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((route, outcome)).or_default() += 1;
+    }
+
+    /// Connections so far with this route and outcome.
+    pub fn count(&self, route: &str, outcome: &str) -> u64 {
+        let m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .filter(|((r, o), _)| *r == route && *o == outcome)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Appends the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP meridian_gateway_connections_total Gateway connections by route (local, remote, none) and outcome (relayed or why refused).\n\
+             # TYPE meridian_gateway_connections_total counter"
+        );
+        if let Ok(m) = self.outcomes.lock() {
+            for ((route, outcome), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "meridian_gateway_connections_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, kind, help, v) in [
+            (
+                "meridian_gateway_bytes_up_total",
+                "counter",
+                "Bytes relayed from clients to backends.",
+                load(&self.bytes_up),
+            ),
+            (
+                "meridian_gateway_bytes_down_total",
+                "counter",
+                "Bytes relayed from backends to clients.",
+                load(&self.bytes_down),
+            ),
+            (
+                "meridian_gateway_hello_failures_total",
+                "counter",
+                "ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).",
+                load(&self.hello_failures),
+            ),
+            (
+                "meridian_gateway_connections_open",
+                "gauge",
+                "Gateway connections open now.",
+                load(&self.open),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
+}

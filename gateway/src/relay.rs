@@ -1,0 +1,119 @@
+//! Copying a relayed connection both ways: half-close honoured (EOF on one side shuts down the
+//! write side of the other, and the other direction goes on), and closed when no byte has moved
+//! either way for the idle timeout.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::counters::GatewayCounters;
+
+/// Buffer per direction: large enough for bulk transfers, small enough for many connections.
+const BUF: usize = 16 * 1024;
+
+/// Copies `a`→`b` and `b`→`a` until both directions have ended; returns the bytes copied each
+/// way. Fails with `TimedOut` after `idle` without traffic.
+pub async fn copy_both<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    counters: &GatewayCounters,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, either way.
+    let last = AtomicU64::new(0);
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let up = half(&mut ar, &mut bw, &last, start, &counters.bytes_up);
+    let down = half(&mut br, &mut aw, &last, start, &counters.bytes_down);
+    let watchdog = async {
+        loop {
+            let idle_since = start + Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = idle_since + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => r,
+        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+async fn half<R, W>(
+    r: &mut R,
+    w: &mut W,
+    last: &AtomicU64,
+    start: Instant,
+    bytes: &AtomicU64,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // Half-close: the peer may still be sending the other way.
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last.store(ms, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn half_close_is_honoured_and_idle_connections_end() {
+        let (mut client, mut gw_client) = tokio::io::duplex(1024);
+        let (mut gw_backend, mut backend) = tokio::io::duplex(1024);
+        let counters = GatewayCounters::default();
+        let relay = tokio::spawn(async move {
+            copy_both(
+                &mut gw_client,
+                &mut gw_backend,
+                Duration::from_secs(10),
+                &counters,
+            )
+            .await
+        });
+        // The client sends and half-closes; the backend still answers afterwards.
+        client.write_all(b"request").await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"request");
+        backend.write_all(b"late answer").await.expect("write");
+        backend.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, b"late answer");
+        let (up, down) = relay.await.expect("join").expect("relay");
+        assert_eq!((up, down), (7, 11));
+
+        // A connection where nothing moves is closed after the idle timeout.
+        let (_c, mut gw_c) = tokio::io::duplex(64);
+        let (mut gw_b, _b) = tokio::io::duplex(64);
+        let counters = GatewayCounters::default();
+        let r = copy_both(&mut gw_c, &mut gw_b, Duration::from_secs(10), &counters).await;
+        assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+    }
+}

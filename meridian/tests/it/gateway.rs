@@ -1,0 +1,289 @@
+//! The gateway between real TLS peers: nginx instances holding a certificate for the service
+//! name behind it, curl in front of it checking that certificate end to end (proof that nothing
+//! in the path terminated TLS); an instance killed mid-run; bad and slow clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Agent, Mode, Ports, eventually, free_port};
+
+const NAME: &str = "web.service.consul";
+
+/// A self-signed certificate for `name`, made with openssl: `(cert, key)` paths.
+fn certificate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((cert, key))
+}
+
+/// An nginx serving HTTPS on `port` with `cert`, answering every request with `body`.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path, tag: &str, cert: &Path, key: &Path, body: &str) -> Result<Nginx> {
+        let port = free_port();
+        let prefix = dir.join(format!("nginx-{tag}"));
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+                 fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+                 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n\
+                 location / {{ return 200 \"{body}\\n\"; }}\n  }}\n}}\n",
+                p = prefix.display(),
+                c = cert.display(),
+                k = key.display(),
+            ),
+        )?;
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "nginx {tag} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx { child, port })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// One agent from a config file, with gateway limits suited to tests.
+fn gateway_agent(dir: &Path) -> Result<Agent> {
+    let p = Ports::free();
+    let config = format!(
+        "datacenter = \"dc1\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+         data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
+         gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
+         election_timeout_max_ms = 600\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n\
+         [gateway]\nhandshake_timeout_ms = 1500\nconnect_timeout_ms = 1000\n",
+        data = dir.join("data").display(),
+        http = p.http,
+        dns = p.dns,
+        rpc = p.rpc,
+        wan = p.wan,
+        gw = p.gateway,
+    );
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config)?;
+    Agent::start("gw", Mode::Config { file }, p, dir)
+}
+
+/// `curl` through the gateway at `gw_port`, trusting only `ca`: the body, or the error.
+async fn curl(gw_port: u16, name: &str, ca: &Path) -> Result<String> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{name}:{gw_port}:127.0.0.1")])
+        .arg(format!("https://{name}:{gw_port}/"))
+        .output()
+        .await
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!("curl: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn metric(agent: &Agent, name: &str) -> f64 {
+    let Ok(r) = agent.http.get(agent.url("/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passes_through_end_to_end_and_a_killed_instance_is_routed_around() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = certificate(dir.path(), NAME)?;
+    let mut a = Nginx::start(dir.path(), "a", &cert, &key, "backend-a")?;
+    let b = Nginx::start(dir.path(), "b", &cert, &key, "backend-b")?;
+    let mut agent = gateway_agent(dir.path())?;
+    agent.wait_ready().await?;
+    for (id, port) in [("web-a", a.port), ("web-b", b.port)] {
+        let r = agent
+            .put_json(
+                "/v1/agent/service/register",
+                &json!({"ID": id, "Name": "web", "Port": port, "Address": "127.0.0.1"}),
+            )
+            .await?;
+        ensure!(r.status().is_success());
+    }
+    let gw = agent.ports.gateway;
+
+    // curl checks nginx's certificate for the name: it would fail had anything in between
+    // terminated TLS (the gateway holds no certificate at all).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(curl(gw, NAME, &cert).await?);
+    }
+    ensure!(
+        seen == ["backend-a", "backend-b"].map(str::to_owned).into(),
+        "both instances get connections: {seen:?}"
+    );
+    // An unknown service is refused (TLS alert unrecognized_name), never relayed elsewhere.
+    ensure!(curl(gw, "nope.service.consul", &cert).await.is_err());
+
+    // Kill one instance (its registration stays): every new connection still succeeds.
+    a.kill();
+    for _ in 0..10 {
+        let body = curl(gw, NAME, &cert).await?;
+        ensure!(body == "backend-b", "after the kill: {body}");
+    }
+    ensure!(
+        metric(
+            &agent,
+            "meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"}"
+        )
+        .await
+            >= 30.0
+    );
+    drop(b);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = certificate(dir.path(), NAME)?;
+    let backend = Nginx::start(dir.path(), "a", &cert, &key, "backend-a")?;
+    let mut agent = gateway_agent(dir.path())?;
+    agent.wait_ready().await?;
+    let r = agent
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-a", "Name": "web", "Port": backend.port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success());
+    let gw = ("127.0.0.1", agent.ports.gateway);
+
+    // Not TLS: closed, counted.
+    let mut plain = tokio::net::TcpStream::connect(gw).await?;
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await?;
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await??;
+    ensure!(
+        n < 16,
+        "a plain HTTP client gets at most an alert, got {n} bytes"
+    );
+
+    // Hundreds of idle connections and a slowloris client (one byte of a ClientHello a
+    // second): new clients are still served, and the slow ones are cut at the handshake
+    // timeout (1.5 s here).
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(gw).await?);
+    }
+    let slow = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(gw).await?;
+        let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+        let started = Instant::now();
+        for b in hello {
+            if s.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        anyhow::Ok(started.elapsed())
+    });
+    let body = curl(agent.ports.gateway, NAME, &cert).await?;
+    ensure!(
+        body == "backend-a",
+        "served beside 300 idle connections: {body}"
+    );
+    let cut_after = slow.await??;
+    ensure!(
+        cut_after < Duration::from_secs(5),
+        "the slowloris client was cut after {cut_after:?}"
+    );
+    // The idle ones were cut too: their reads end.
+    for mut s in idle.drain(..).take(5) {
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await?;
+        ensure!(matches!(r, Ok(0) | Err(_)), "an idle connection was closed");
+    }
+    eventually(10, "refusals counted", || async {
+        metric(
+            &agent,
+            "meridian_gateway_connections_total{route=\"none\",outcome=\"handshake_timeout\"}",
+        )
+        .await
+            >= 300.0
+            && metric(&agent, "meridian_gateway_hello_failures_total").await >= 1.0
+    })
+    .await?;
+    ensure!(agent.is_running());
+    Ok(())
+}

@@ -37,6 +37,10 @@ impl ExportPolicy {
         let Some(only) = &self.only else {
             return true;
         };
+        // Remote gateways must find ours, whatever else is private.
+        if service.eq_ignore_ascii_case(meridian_topology::GATEWAY_SERVICE) {
+            return true;
+        }
         only.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => {
                 service.len() >= prefix.len()
@@ -366,6 +370,10 @@ mod tests {
         assert!(!p.allows("api"));
         assert!(!p.allows("db"));
         assert!(ExportPolicy::all().allows("anything"));
+        assert!(
+            p.allows(meridian_topology::GATEWAY_SERVICE),
+            "gateways are always exported"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct GatewayCounters {
     pub hello_failures: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// The tunnel, when there is one (its counters and connections are rendered too).
+    pub tunnel: std::sync::OnceLock<std::sync::Arc<crate::tunnel::Tunnel>>,
 }
 
 impl GatewayCounters {
@@ -86,5 +88,56 @@ impl GatewayCounters {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        if let Some(t) = self.tunnel.get() {
+            render_tunnel(out, t);
+        }
+    }
+}
+
+fn render_tunnel(out: &mut String, t: &crate::tunnel::Tunnel) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let s = &t.stats;
+    for (name, help, v) in [
+        (
+            "meridian_gateway_tunnel_connects_total",
+            "QUIC connections established to remote gateways.",
+            load(&s.connects),
+        ),
+        (
+            "meridian_gateway_tunnel_connect_failures_total",
+            "QUIC connection attempts to remote gateways that failed.",
+            load(&s.connect_failures),
+        ),
+        (
+            "meridian_gateway_tunnel_streams_out_total",
+            "Client connections tunnelled to remote gateways.",
+            load(&s.streams_out),
+        ),
+        (
+            "meridian_gateway_tunnel_streams_in_total",
+            "Tunnelled connections accepted from remote gateways.",
+            load(&s.streams_in),
+        ),
+        (
+            "meridian_gateway_tunnel_refused_total",
+            "Incoming QUIC connections refused (handshake failed).",
+            load(&s.refused),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meridian_gateway_tunnel_up 1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.\n\
+         # TYPE meridian_gateway_tunnel_up gauge"
+    );
+    for (dc, addr) in t.connections() {
+        let _ = writeln!(
+            out,
+            "meridian_gateway_tunnel_up{{dc=\"{dc}\",gateway=\"{addr}\"}} 1"
+        );
     }
 }

@@ -12,8 +12,10 @@ pub mod counters;
 pub mod local;
 pub mod names;
 pub mod relay;
+pub mod tunnel;
 
 pub use client_hello::{Hello, HelloError, MAX_HELLO};
 pub use counters::GatewayCounters;
 pub use local::{ConnError, LocalConfig, LocalGateway};
 pub use names::{NameConfig, Route, UnknownName, route};
+pub use tunnel::{Tunnel, TunnelConfig, TunnelError};

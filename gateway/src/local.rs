@@ -14,13 +14,27 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use meridian_topology::{ResolveError, View, resolve};
+use meridian_topology::{GATEWAY_SERVICE, Health, ResolveError, View, resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client_hello::{self, HelloError, MAX_HELLO};
 use crate::counters::GatewayCounters;
+use crate::tunnel::{Header, Tunnel, TunnelError};
+
+/// Where a name goes.
+enum Target {
+    /// Instances of this datacenter.
+    Local(Vec<SocketAddr>),
+    /// Another datacenter, through one of its gateways.
+    Remote {
+        /// The datacenter.
+        dc: String,
+        /// Its gateways' tunnel addresses.
+        gateways: Vec<SocketAddr>,
+    },
+}
 use crate::names::{NameConfig, UnknownName, route};
 
 /// Settings of the local passthrough; none of the limits is hard-coded.
@@ -64,8 +78,8 @@ pub enum ConnError {
         /// Why it resolved to nothing.
         error: ResolveError,
     },
-    /// The name resolved to another datacenter, which needs the tunnel.
-    #[error("{sni} resolved to remote datacenter {dc}, which is not served yet")]
+    /// The name resolved to another datacenter, and this gateway has no tunnel.
+    #[error("{sni} resolved to remote datacenter {dc}, but the tunnel is off")]
     Remote {
         /// The name asked for.
         sni: String,
@@ -80,6 +94,15 @@ pub enum ConnError {
         /// How many instances were tried.
         tried: usize,
     },
+    /// The tunnel to the remote datacenter could not carry the connection.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// A tunnelled stream named a datacenter other than this one (never relayed further).
+    #[error("a tunnelled stream for datacenter {0} reached this one")]
+    WrongDc(String),
+    /// A tunnelled stream's header was malformed or late.
+    #[error("bad tunnel header: {0}")]
+    BadHeader(String),
     /// Reading from or writing to a socket failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
@@ -96,6 +119,11 @@ impl ConnError {
             ConnError::Resolve { .. } => "no_healthy_instance",
             ConnError::Remote { .. } => "remote",
             ConnError::NoInstance { .. } => "connect_failed",
+            ConnError::Tunnel(TunnelError::Busy(_)) => "tunnel_busy",
+            ConnError::Tunnel(TunnelError::NoGateway(_)) => "no_remote_gateway",
+            ConnError::Tunnel(_) => "tunnel_failed",
+            ConnError::WrongDc(_) => "wrong_dc",
+            ConnError::BadHeader(_) => "bad_tunnel_header",
             ConnError::Io(_) => "io",
         }
     }
@@ -109,9 +137,10 @@ impl ConnError {
                 HelloError::NoSni | HelloError::InvalidSni { .. } | HelloError::DuplicateSni,
             )
             | ConnError::UnknownName(_) => Some(UNRECOGNIZED_NAME),
-            ConnError::Resolve { .. } | ConnError::Remote { .. } | ConnError::NoInstance { .. } => {
-                Some(INTERNAL_ERROR)
-            }
+            ConnError::Resolve { .. }
+            | ConnError::Remote { .. }
+            | ConnError::NoInstance { .. }
+            | ConnError::Tunnel(_) => Some(INTERNAL_ERROR),
             _ => None,
         }
     }
@@ -162,6 +191,7 @@ pub struct LocalGateway {
     config: LocalConfig,
     load: Arc<Load>,
     counters: Arc<GatewayCounters>,
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 impl LocalGateway {
@@ -172,7 +202,15 @@ impl LocalGateway {
             config,
             load: Arc::default(),
             counters: Arc::default(),
+            tunnel: None,
         }
+    }
+
+    /// This gateway, sending names of other datacenters through `tunnel`.
+    pub fn with_tunnel(mut self, tunnel: Arc<Tunnel>) -> Self {
+        let _ = self.counters.tunnel.set(tunnel.clone());
+        self.tunnel = Some(tunnel);
+        self
     }
 
     /// The gateway's counters.
@@ -206,14 +244,14 @@ impl LocalGateway {
                     let _slot = slot;
                     gw.counters.open.fetch_add(1, Ordering::Relaxed);
                     match gw.handle(client).await {
-                        Ok((up, down)) => {
-                            gw.counters.record("local", "relayed");
-                            debug!(up, down, "closed");
+                        Ok((route, up, down)) => {
+                            gw.counters.record(route, "relayed");
+                            debug!(route, up, down, "closed");
                         }
                         Err(e) => {
                             let route = match &e {
                                 ConnError::NoInstance { .. } | ConnError::Io(_) => "local",
-                                ConnError::Remote { .. } => "remote",
+                                ConnError::Remote { .. } | ConnError::Tunnel(_) => "remote",
                                 _ => "none",
                             };
                             if matches!(e, ConnError::Hello(_)) {
@@ -230,9 +268,12 @@ impl LocalGateway {
         }
     }
 
-    /// Relays one client connection; returns the bytes copied (client to instance, and back,
-    /// the ClientHello included).
-    pub async fn handle(&self, mut client: TcpStream) -> Result<(u64, u64), ConnError> {
+    /// Relays one client connection; returns the route (`local` or `remote`) and the bytes
+    /// copied (client to instance, and back, the ClientHello included).
+    pub async fn handle(
+        &self,
+        mut client: TcpStream,
+    ) -> Result<(&'static str, u64, u64), ConnError> {
         let result = self.relay(&mut client).await;
         if let Err(e) = &result
             && let Some(alert) = e.alert()
@@ -244,53 +285,128 @@ impl LocalGateway {
         result
     }
 
-    async fn relay(&self, client: &mut TcpStream) -> Result<(u64, u64), ConnError> {
+    async fn relay(&self, client: &mut TcpStream) -> Result<(&'static str, u64, u64), ConnError> {
         let (buf, sni) = tokio::time::timeout(self.config.handshake_timeout, read_hello(client))
             .await
             .map_err(|_| ConnError::HandshakeTimeout)??;
         tracing::Span::current().record("sni", sni.as_str());
-        let candidates = self.candidates(&sni)?;
-        let (mut backend, _guard) = self.connect(&sni, candidates).await?;
-        backend.write_all(&buf).await?;
         self.counters
             .bytes_up
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let (up, down) = crate::relay::copy_both(
-            client,
-            &mut backend,
-            self.config.idle_timeout,
-            &self.counters,
-        )
-        .await?;
-        Ok((up + buf.len() as u64, down))
+        match self.target(&sni, false)? {
+            Target::Local(candidates) => {
+                let (mut backend, _guard) = self.connect(&sni, candidates).await?;
+                backend.write_all(&buf).await?;
+                let (up, down) = crate::relay::copy_both(
+                    client,
+                    &mut backend,
+                    self.config.idle_timeout,
+                    &self.counters,
+                )
+                .await?;
+                Ok(("local", up + buf.len() as u64, down))
+            }
+            Target::Remote { dc, gateways } => {
+                let Some(tunnel) = &self.tunnel else {
+                    return Err(ConnError::Remote { sni, dc });
+                };
+                let (mut send, recv, _permit) = tunnel.open(&dc, &gateways).await?;
+                let header = Header { name: sni, dc }
+                    .encode()
+                    .ok_or_else(|| ConnError::BadHeader("name too long".into()))?;
+                send.write_all(&header).await.map_err(io::Error::from)?;
+                send.write_all(&buf).await.map_err(io::Error::from)?;
+                let mut remote = tokio::io::join(recv, send);
+                let (up, down) = crate::relay::copy_both(
+                    client,
+                    &mut remote,
+                    self.config.idle_timeout,
+                    &self.counters,
+                )
+                .await?;
+                Ok(("remote", up + buf.len() as u64, down))
+            }
+        }
     }
 
-    /// The addresses of the healthy instances the SNI resolves to.
-    fn candidates(&self, sni: &str) -> Result<Vec<SocketAddr>, ConnError> {
+    /// Serves one stream a remote gateway tunnelled here: reads its header, then relays it to
+    /// an instance of this datacenter, never further.
+    pub async fn serve_tunnelled(&self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let span = info_span!("tunnelled", sni = tracing::field::Empty);
+        let result = async {
+            let header =
+                tokio::time::timeout(self.config.handshake_timeout, Header::read(&mut recv))
+                    .await
+                    .map_err(|_| ConnError::HandshakeTimeout)?
+                    .map_err(|e| ConnError::BadHeader(e.to_string()))?;
+            tracing::Span::current().record("sni", header.name.as_str());
+            let local = self.view.load().datacenter().to_owned();
+            if !header.dc.eq_ignore_ascii_case(&local) {
+                return Err(ConnError::WrongDc(header.dc));
+            }
+            let Target::Local(candidates) = self.target(&header.name, true)? else {
+                return Err(ConnError::WrongDc(header.dc));
+            };
+            let (mut backend, _guard) = self.connect(&header.name, candidates).await?;
+            let mut stream = tokio::io::join(recv, send);
+            crate::relay::copy_both(
+                &mut stream,
+                &mut backend,
+                self.config.idle_timeout,
+                &self.counters,
+            )
+            .await
+            .map_err(ConnError::from)
+        }
+        .instrument(span)
+        .await;
+        match result {
+            Ok((up, down)) => {
+                self.counters.record("tunnelled_in", "relayed");
+                debug!(up, down, "tunnelled stream closed");
+            }
+            Err(e) => {
+                self.counters.record("tunnelled_in", e.reason());
+                debug!(reason = e.reason(), error = %e, "tunnelled stream refused");
+            }
+        }
+    }
+
+    /// Where the SNI goes: healthy local instances, or a remote DC and its gateways.
+    /// `local_only` (tunnelled streams) resolves in this datacenter whatever the name says.
+    fn target(&self, sni: &str, local_only: bool) -> Result<Target, ConnError> {
         let r = route(sni, &self.config.names)?;
         let view = self.view.load();
-        let resolution = resolve(&view, &r.query(self.config.only_passing)).map_err(|error| {
-            ConnError::Resolve {
-                sni: sni.to_owned(),
-                error,
-            }
+        let mut query = r.query(self.config.only_passing);
+        if local_only {
+            query.dc = Some(view.datacenter());
+        }
+        let resolution = resolve(&view, &query).map_err(|error| ConnError::Resolve {
+            sni: sni.to_owned(),
+            error,
         })?;
+        let state = resolution.state;
+        // The data plane does no DNS lookups: an address that is not an IP is skipped.
+        let socket =
+            |addr: &str, port: u16| Some(SocketAddr::new(addr.parse::<IpAddr>().ok()?, port));
         if resolution.dc != view.datacenter() {
-            return Err(ConnError::Remote {
-                sni: sni.to_owned(),
+            let gateways = state
+                .instances_of(GATEWAY_SERVICE)
+                .filter(|i| state.health_of(i) != Health::Critical)
+                .filter_map(|i| socket(state.address_of(i), i.port))
+                .collect();
+            return Ok(Target::Remote {
                 dc: resolution.dc.to_owned(),
+                gateways,
             });
         }
-        let state = view.local();
-        // The data plane does no DNS lookups: an address that is not an IP is skipped.
-        Ok(resolution
-            .instances
-            .iter()
-            .filter_map(|(inst, _)| {
-                let ip: IpAddr = state.address_of(inst).parse().ok()?;
-                Some(SocketAddr::new(ip, inst.port))
-            })
-            .collect())
+        Ok(Target::Local(
+            resolution
+                .instances
+                .iter()
+                .filter_map(|(inst, _)| socket(state.address_of(inst), inst.port))
+                .collect(),
+        ))
     }
 
     /// Connects to one of `candidates`, by power of two choices, trying the others on failure.
@@ -524,7 +640,10 @@ mod tests {
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (client, tokio::spawn(async move { gw.handle(server).await }))
+        (
+            client,
+            tokio::spawn(async move { gw.handle(server).await.map(|(_, up, down)| (up, down)) }),
+        )
     }
 
     /// The first flight of a rustls client for `name`.

@@ -53,7 +53,11 @@ impl Agent {
             .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
         let http_addr = listener.local_addr()?;
         // Certificates are checked before anything starts, so a bad file fails fast.
-        let federation_settings = federation_settings(&config)?;
+        let tls = federation_tls(&config)?;
+        let federation_settings = tls
+            .clone()
+            .map(|t| federation_settings(&config, t))
+            .transpose()?;
         let catalog = Catalog::start(catalog_cfg)
             .await
             .context("cannot start the catalog")?;
@@ -89,7 +93,7 @@ impl Agent {
             }
         };
         let gateway = if config.gateway.enabled {
-            match start_gateway(&config, views.clone()).await {
+            match start_gateway(&config, views.clone(), tls.clone(), catalog.clone()).await {
                 Ok(g) => Some(g),
                 Err(e) => {
                     dns.shutdown().await;
@@ -285,14 +289,57 @@ async fn remove_temp_dir(dir: TempDir) {
 struct RunningGateway {
     addr: SocketAddr,
     counters: Arc<meridian_gateway::GatewayCounters>,
-    tasks: [JoinHandle<()>; 2],
+    tunnel: Option<Arc<meridian_gateway::Tunnel>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
-    /// Stops accepting; relays in flight end with their clients.
+    /// Stops accepting and closes the tunnel; local relays in flight end with their clients.
     fn stop(self) {
+        if let Some(t) = &self.tunnel {
+            t.close();
+        }
         for t in self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Registers this gateway (its WAN address) in the catalog, so that federation tells remote
+/// gateways where to tunnel; retried until a leader takes it.
+fn advertise_gateway(
+    catalog: Catalog,
+    config: &Config,
+    addr: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let instance = meridian_topology::Instance {
+        id: meridian_topology::GATEWAY_SERVICE.to_owned(),
+        service: meridian_topology::GATEWAY_SERVICE.to_owned(),
+        node: config.node_name.clone(),
+        address: config.advertise_ip().to_string(),
+        port: addr.port(),
+        tags: vec!["wan".to_owned()],
+        meta: Default::default(),
+        weights: Default::default(),
+        create_index: 0,
+        modify_index: 0,
+    };
+    async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let cmd = meridian_catalog::Command::Register {
+                instance: instance.clone(),
+                checks: Vec::new(),
+            };
+            match catalog.write(cmd).await {
+                Ok(_) => {
+                    tracing::info!(port = instance.port, "gateway advertised in the catalog");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot advertise the gateway yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -301,6 +348,8 @@ impl RunningGateway {
 async fn start_gateway(
     config: &Config,
     mut views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
+    tls: Option<Arc<TlsMaterial>>,
+    catalog: Catalog,
 ) -> anyhow::Result<RunningGateway> {
     let bind = config.bind_addr(config.ports.gateway);
     let listener = TcpListener::bind(bind)
@@ -317,33 +366,64 @@ async fn start_gateway(
             }
         })
     };
-    let gw = Arc::new(meridian_gateway::LocalGateway::new(
-        current,
-        config.gateway.to_local(&config.dns),
-    ));
+    let mut gw = meridian_gateway::LocalGateway::new(current, config.gateway.to_local(&config.dns));
+    // The tunnel listens on UDP on the gateway's port number, with the federation certificates.
+    let tunnel = match &tls {
+        Some(tls) => {
+            let g = &config.gateway;
+            let tunnel_config = meridian_gateway::TunnelConfig {
+                server: tls.server_config()?,
+                client: tls.client_config()?,
+                server_name: Arc::new(meridian_federation::tls::server_dns_name),
+                max_streams_per_dc: g.max_tunnel_streams_per_dc,
+                connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+                idle_timeout: Duration::from_millis(g.tunnel_idle_timeout_ms),
+            };
+            let tunnel = Arc::new(
+                meridian_gateway::Tunnel::bind(addr, tunnel_config)
+                    .with_context(|| format!("cannot listen for the tunnel on udp {addr}"))?,
+            );
+            gw = gw.with_tunnel(tunnel.clone());
+            Some(tunnel)
+        }
+        None => None,
+    };
+    let gw = Arc::new(gw);
     let counters = gw.counters().clone();
-    let serve = tokio::spawn(async move {
+    let mut tasks = vec![follow];
+    if let Some(tunnel) = &tunnel {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(tunnel.clone().accept(move |send, recv| {
+            let gw = gw.clone();
+            async move { gw.serve_tunnelled(send, recv).await }
+        })));
+        tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr)));
+    }
+    tasks.push(tokio::spawn(async move {
         if let Err(e) = gw.serve(listener).await {
             tracing::error!(error = %e, "gateway stopped");
         }
-    });
-    tracing::info!(%addr, "gateway listening");
+    }));
+    tracing::info!(%addr, tunnel = tunnel.is_some(), "gateway listening");
     Ok(RunningGateway {
         addr,
         counters,
-        tasks: [follow, serve],
+        tunnel,
+        tasks,
     })
 }
 
 /// Federation's settings, or `None` when it is off (no certificates and not `--dev`).
-fn federation_settings(config: &Config) -> anyhow::Result<Option<meridian_federation::Settings>> {
+fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
     let f = &config.federation;
     let tls = if config.dev {
         TlsMaterial::dev(&config.datacenter, &config.node_name)
             .context("cannot make a development certificate")?
     } else {
         let (Some(ca), Some(cert), Some(key)) = (&f.ca_file, &f.cert_file, &f.key_file) else {
-            tracing::info!("federation is off: no [federation] certificates configured");
+            tracing::info!(
+                "federation and the gateway tunnel are off: no [federation] certificates configured"
+            );
             return Ok(None);
         };
         let tls = TlsMaterial::from_files(ca, cert, key)?;
@@ -362,13 +442,22 @@ fn federation_settings(config: &Config) -> anyhow::Result<Option<meridian_federa
         }
         tls
     };
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Federation's settings with the node's certificates `tls`.
+fn federation_settings(
+    config: &Config,
+    tls: Arc<TlsMaterial>,
+) -> anyhow::Result<meridian_federation::Settings> {
+    let f = &config.federation;
     let data_dir = config
         .data_dir
         .clone()
         .context("data_dir is required")?
         .join("federation");
     let ms = Duration::from_millis;
-    Ok(Some(meridian_federation::Settings {
+    Ok(meridian_federation::Settings {
         dc: config.datacenter.clone(),
         node: config.node_name.clone(),
         bind: config.bind_addr(config.ports.wan),
@@ -377,14 +466,14 @@ fn federation_settings(config: &Config) -> anyhow::Result<Option<meridian_federa
         advertise_host: config.advertise_ip().to_string(),
         advertise: f.advertise.clone(),
         policy: f.policy(),
-        tls: Arc::new(tls),
+        tls,
         data_dir,
         heartbeat: ms(f.heartbeat_ms),
         idle_timeout: ms(f.idle_timeout_ms),
         connect_timeout: ms(f.connect_timeout_ms),
         handshake_timeout: ms(f.handshake_timeout_ms),
         window: f.resume_window,
-    }))
+    })
 }
 
 /// The configuration `meridian agent` runs with, and the temporary folder of a dev agent.

@@ -168,6 +168,10 @@ pub struct GatewaySection {
     /// The trust domain of Consul's mesh names (`<svc>.default.<dc>.internal.<trust-domain>`);
     /// unset turns the mesh form off.
     pub trust_domain: Option<String>,
+    /// Most connections tunnelled to one remote datacenter at once.
+    pub max_tunnel_streams_per_dc: usize,
+    /// A tunnel connection with no packet for this long is dead (keep-alives at a third).
+    pub tunnel_idle_timeout_ms: u64,
 }
 
 impl Default for GatewaySection {
@@ -180,6 +184,8 @@ impl Default for GatewaySection {
             idle_timeout_ms: 300_000,
             only_passing: false,
             trust_domain: None,
+            max_tunnel_streams_per_dc: 1_000,
+            tunnel_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -196,6 +202,10 @@ impl GatewaySection {
             ("gateway.handshake_timeout_ms", self.handshake_timeout_ms),
             ("gateway.connect_timeout_ms", self.connect_timeout_ms),
             ("gateway.idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "gateway.tunnel_idle_timeout_ms",
+                self.tunnel_idle_timeout_ms,
+            ),
         ] {
             if !(1..=MAX_TIMING_MS).contains(&ms) {
                 return Err(ConfigError::invalid(

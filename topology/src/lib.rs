@@ -15,3 +15,7 @@ pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
 pub use view::{RemoteDc, View};
+
+/// The service each gateway registers in its datacenter's catalog (with its WAN address), which
+/// federation always exports so that remote gateways can find it.
+pub const GATEWAY_SERVICE: &str = "meridian-gateway";

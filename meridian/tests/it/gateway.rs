@@ -16,10 +16,19 @@ const NAME: &str = "web.service.consul";
 
 /// A self-signed certificate for `name`, made with openssl: `(cert, key)` paths.
 fn certificate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+    certificate_for(dir, name, &[])
+}
+
+/// A self-signed certificate for `name` and the names in `also`.
+fn certificate_for(dir: &Path, name: &str, also: &[&str]) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}-key.pem")),
     );
+    let sans: Vec<String> = std::iter::once(name)
+        .chain(also.iter().copied())
+        .map(|n| format!("DNS:{n}"))
+        .collect();
     let out = Command::new("openssl")
         .args([
             "req",
@@ -30,7 +39,7 @@ fn certificate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
             "ec_paramgen_curve:prime256v1",
         ])
         .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .args(["-addext", &format!("subjectAltName={}", sans.join(","))])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -285,5 +294,87 @@ async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
     })
     .await?;
     ensure!(agent.is_running());
+    Ok(())
+}
+
+/// A `--dev` agent of datacenter `dc`, joining the WAN port `join` if given.
+fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
+    let join = join.map(|p| format!("127.0.0.1:{p}"));
+    let mut extra = vec!["--dc", dc, "--node", "n1"];
+    if let Some(j) = &join {
+        extra.extend(["--join-wan", j.as_str()]);
+    }
+    Agent::start_with(
+        dc,
+        Mode::Dev {
+            data_dir: dir.join(dc),
+        },
+        Ports::free(),
+        dir,
+        &extra,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let remote_name = "web.service.dc1.consul";
+    let (cert, key) = certificate_for(dir.path(), NAME, &[remote_name])?;
+    let backend = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+    let mut dc1 = dev_dc(dir.path(), "dc1", None)?;
+    dc1.wait_ready().await?;
+    let mut dc2 = dev_dc(dir.path(), "dc2", Some(dc1.ports.wan))?;
+    dc2.wait_ready().await?;
+    let r = dc1
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-1", "Name": "web", "Port": backend.port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success());
+    // dc2 learns web and dc1's gateway through federation.
+    eventually(30, "dc1's web and gateway replicated to dc2", || async {
+        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
+        let gw = dc2
+            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
+            .await;
+        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await?;
+
+    // Through dc2's gateway, with curl checking the dc1 backend's certificate end to end.
+    for _ in 0..5 {
+        let body = curl(dc2.ports.gateway, remote_name, &cert).await?;
+        ensure!(body == "dc1-web", "through the tunnel: {body}");
+    }
+    // One QUIC connection carried them all, as streams.
+    let connects = metric(&dc2, "meridian_gateway_tunnel_connects_total").await;
+    if connects != 1.0 {
+        let text = dc2
+            .http
+            .get(dc2.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        bail!("{connects} tunnel connections:\n{text}");
+    }
+    ensure!(metric(&dc2, "meridian_gateway_tunnel_streams_out_total").await >= 5.0);
+    ensure!(metric(&dc1, "meridian_gateway_tunnel_streams_in_total").await >= 5.0);
+    ensure!(
+        metric(
+            &dc2,
+            "meridian_gateway_connections_total{route=\"remote\",outcome=\"relayed\"}"
+        )
+        .await
+            >= 5.0
+    );
+    // A name for dc2 itself, with no such service there, is not sent anywhere.
+    ensure!(
+        curl(dc2.ports.gateway, "web.service.dc2.consul", &cert)
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -1,0 +1,390 @@
+//! The QUIC tunnel between gateways of different datacenters: one long-lived connection per
+//! remote DC (mutual TLS with the federation certificates), re-established on failure and moved
+//! to another gateway of that DC when one dies; every client connection is one bidirectional
+//! stream starting with a small header (name, resolved DC), then the client's bytes unchanged.
+//!
+//! The receiving gateway routes a stream to its own instances only: a tunnelled connection is
+//! never sent on to a third DC, so routes cannot loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+/// ALPN of the tunnel.
+pub const ALPN: &[u8] = b"meridian-tunnel/1";
+/// Header version byte.
+const VERSION: u8 = 1;
+/// Longest name or DC in a header (a DNS name is at most 253 bytes).
+const MAX_FIELD: usize = 255;
+
+/// How the tunnel authenticates and what it allows.
+#[derive(Clone)]
+pub struct TunnelConfig {
+    /// Server side: requires a client certificate from the federation CA.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Client side: presents this node's certificate, trusts the federation CA.
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name a gateway of datacenter `dc` holds a certificate for.
+    pub server_name: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// Most tunnelled connections open at once to one remote DC.
+    pub max_streams_per_dc: usize,
+    /// Time to establish a QUIC connection to one remote gateway.
+    pub connect_timeout: Duration,
+    /// A QUIC connection with no packet for this long is dead (keep-alives run at a third).
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for TunnelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelConfig")
+            .field("max_streams_per_dc", &self.max_streams_per_dc)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a tunnel could not carry a connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// The remote DC advertises no gateway.
+    #[error("datacenter {0} has no gateway")]
+    NoGateway(String),
+    /// Every gateway of the DC failed.
+    #[error("no gateway of {dc} could be reached ({tried} tried): {last}")]
+    Unreachable {
+        /// The datacenter.
+        dc: String,
+        /// Gateways tried.
+        tried: usize,
+        /// The last failure.
+        last: String,
+    },
+    /// Too many tunnelled connections to this DC are open.
+    #[error("too many tunnelled connections to {0}")]
+    Busy(String),
+    /// The TLS configuration does not suit QUIC.
+    #[error("tunnel TLS: {0}")]
+    Tls(String),
+    /// A socket failed.
+    #[error("tunnel i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A stream's header, read by the receiving gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The SNI the client asked for.
+    pub name: String,
+    /// The datacenter the sender resolved it to.
+    pub dc: String,
+}
+
+impl Header {
+    /// The header's bytes: version, then name and DC, each with a one-byte length.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if self.name.len() > MAX_FIELD || self.dc.len() > MAX_FIELD {
+            return None;
+        }
+        let mut out = Vec::with_capacity(3 + self.name.len() + self.dc.len());
+        out.push(VERSION);
+        out.push(u8::try_from(self.name.len()).ok()?);
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(u8::try_from(self.dc.len()).ok()?);
+        out.extend_from_slice(self.dc.as_bytes());
+        Some(out)
+    }
+
+    /// Reads a header (at most 3 + 2 × 255 bytes).
+    pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Header> {
+        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+        if r.read_u8().await? != VERSION {
+            return Err(bad("unknown tunnel header version"));
+        }
+        let field = async |r: &mut R| -> io::Result<String> {
+            let n = usize::from(r.read_u8().await?);
+            let mut buf = vec![0u8; n];
+            r.read_exact(&mut buf).await?;
+            String::from_utf8(buf)
+                .ok()
+                .filter(|s| s.is_ascii())
+                .ok_or_else(|| bad("header field is not ASCII"))
+        };
+        let name = field(r).await?;
+        let dc = field(r).await?;
+        Ok(Header { name, dc })
+    }
+}
+
+/// The tunnel endpoint of one gateway: it accepts streams from remote gateways and opens
+/// streams to them, over one UDP socket.
+pub struct Tunnel {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    config: TunnelConfig,
+    /// Live connection per remote DC (lowercased), and the gateway it goes to.
+    conns: Mutex<HashMap<String, (SocketAddr, quinn::Connection)>>,
+    /// Stream budget per remote DC.
+    budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Connections established, by outcome, for metrics.
+    pub stats: TunnelStats,
+}
+
+/// Tunnel counters.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    /// QUIC connections established (as a client).
+    pub connects: std::sync::atomic::AtomicU64,
+    /// QUIC connection attempts that failed.
+    pub connect_failures: std::sync::atomic::AtomicU64,
+    /// Streams opened to remote gateways.
+    pub streams_out: std::sync::atomic::AtomicU64,
+    /// Streams accepted from remote gateways.
+    pub streams_in: std::sync::atomic::AtomicU64,
+    /// Incoming QUIC connections refused (handshake failed).
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+fn transport(idle: Duration, max_streams: usize) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(idle / 3));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+        u32::try_from(max_streams).unwrap_or(u32::MAX),
+    ));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+impl Tunnel {
+    /// Binds the tunnel's UDP socket on `addr`.
+    pub fn bind(addr: SocketAddr, config: TunnelConfig) -> Result<Tunnel, TunnelError> {
+        let mut server_tls = (*config.server).clone();
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let server_crypto =
+            QuicServerConfig::try_from(server_tls).map_err(|e| TunnelError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport(config.idle_timeout, config.max_streams_per_dc));
+        let mut client_tls = (*config.client).clone();
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let client_crypto =
+            QuicClientConfig::try_from(client_tls).map_err(|e| TunnelError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport(config.idle_timeout, config.max_streams_per_dc));
+        let endpoint = quinn::Endpoint::server(server, addr)?;
+        Ok(Tunnel {
+            endpoint,
+            client,
+            config,
+            conns: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            stats: TunnelStats::default(),
+        })
+    }
+
+    /// The UDP address the tunnel listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Open QUIC connections, by remote DC, with the gateway each goes to.
+    pub fn connections(&self) -> Vec<(String, SocketAddr)> {
+        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns
+            .iter()
+            .filter(|(_, (_, c))| c.close_reason().is_none())
+            .map(|(dc, (addr, _))| (dc.clone(), *addr))
+            .collect()
+    }
+
+    fn budget(&self, dc: &str) -> Arc<Semaphore> {
+        let mut b = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        b.entry(dc.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_streams_per_dc.max(1))))
+            .clone()
+    }
+
+    /// Opens a stream to datacenter `dc` through one of `gateways`, reusing the live connection
+    /// when there is one and moving to another gateway when a connection fails.
+    pub async fn open(
+        &self,
+        dc: &str,
+        gateways: &[SocketAddr],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, OwnedSemaphorePermit), TunnelError> {
+        let key = dc.to_ascii_lowercase();
+        let permit = self
+            .budget(&key)
+            .try_acquire_owned()
+            .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
+        let cached = {
+            let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.get(&key).cloned()
+        };
+        if let Some((addr, conn)) = cached {
+            match conn.open_bi().await {
+                Ok((send, recv)) => {
+                    self.count_stream();
+                    return Ok((send, recv, permit));
+                }
+                Err(e) => {
+                    debug!(%dc, gateway = %addr, error = %e, "tunnel connection lost; reconnecting");
+                    self.forget(&key, &conn);
+                }
+            }
+        }
+        if gateways.is_empty() {
+            return Err(TunnelError::NoGateway(dc.to_owned()));
+        }
+        let mut order: Vec<SocketAddr> = gateways.to_vec();
+        fastrand::shuffle(&mut order);
+        let name = (self.config.server_name)(dc);
+        let mut last;
+        for (tried, addr) in order.iter().enumerate() {
+            match self.connect(*addr, &name).await {
+                Ok(conn) => {
+                    info!(%dc, gateway = %addr, "tunnel connected");
+                    let opened = conn.open_bi().await;
+                    {
+                        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                        conns.insert(key.clone(), (*addr, conn));
+                    }
+                    match opened {
+                        Ok((send, recv)) => {
+                            self.count_stream();
+                            return Ok((send, recv, permit));
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(e) => {
+                    self.stats
+                        .connect_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(%dc, gateway = %addr, error = %e, "tunnel connect failed; trying the next gateway");
+                    last = e;
+                }
+            }
+            if tried + 1 == order.len() {
+                return Err(TunnelError::Unreachable {
+                    dc: dc.to_owned(),
+                    tried: tried + 1,
+                    last,
+                });
+            }
+        }
+        Err(TunnelError::NoGateway(dc.to_owned()))
+    }
+
+    fn count_stream(&self) {
+        self.stats
+            .streams_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn forget(&self, key: &str, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if conns
+            .get(key)
+            .is_some_and(|(_, c)| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(key);
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr, name: &str) -> Result<quinn::Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, name)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.config.connect_timeout))?
+            .map_err(|e| e.to_string())?;
+        self.stats
+            .connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// Accepts connections from remote gateways until the endpoint closes, and hands each
+    /// stream to `serve`.
+    pub async fn accept<F, Fut>(self: Arc<Self>, serve: F)
+    where
+        F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + Clone + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let tunnel = self.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tunnel
+                            .stats
+                            .refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!(%remote, error = %e, "tunnel connection refused");
+                        return;
+                    }
+                };
+                debug!(%remote, "tunnel connection accepted");
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tunnel
+                        .stats
+                        .streams_in
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(serve(send, recv));
+                }
+            });
+        }
+    }
+
+    /// Closes every connection and the socket.
+    pub fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
+    }
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn headers_round_trip_and_are_bounded() {
+        let h = Header {
+            name: "web.service.dc2.consul".into(),
+            dc: "dc2".into(),
+        };
+        let bytes = h.encode().expect("encodes");
+        let mut r = &bytes[..];
+        assert_eq!(Header::read(&mut r).await.expect("reads"), h);
+        let long = Header {
+            name: "x".repeat(300),
+            dc: "dc2".into(),
+        };
+        assert!(long.encode().is_none());
+        let mut bad: &[u8] = &[9, 1, b'a', 1, b'b'];
+        assert!(Header::read(&mut bad).await.is_err());
+        let mut short: &[u8] = &[1, 5, b'a'];
+        assert!(Header::read(&mut short).await.is_err());
+    }
+}

@@ -185,7 +185,7 @@ impl Default for GatewaySection {
             only_passing: false,
             trust_domain: None,
             max_tunnel_streams_per_dc: 1_000,
-            tunnel_idle_timeout_ms: 30_000,
+            tunnel_idle_timeout_ms: 10_000,
         }
     }
 }

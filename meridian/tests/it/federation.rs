@@ -223,7 +223,7 @@ async fn three_datacenters_see_each_others_registrations_health_and_deregistrati
 }
 
 /// Certificates made with `meridian tls`, as an operator would.
-fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
     let run = |args: &[&str]| -> Result<()> {
         let out = Command::new(BIN).args(args).output()?;
         ensure!(

@@ -378,3 +378,142 @@ async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> 
     );
     Ok(())
 }
+
+/// The gateway tunnel address (`ip:port`) dc2 uses for dc1, from its metrics.
+async fn tunnel_gateway(agent: &Agent) -> Option<String> {
+    let text = agent
+        .http
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("meridian_gateway_tunnel_up{dc=\"dc1\",gateway=\""))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_remote_gateway_dies_the_tunnel_moves_to_another() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(
+        &certs,
+        &[("dc1", "n1"), ("dc1", "n2"), ("dc1", "n3"), ("dc2", "n1")],
+    )?;
+    let remote_name = "web.service.dc1.consul";
+    let (cert, key) = certificate_for(dir.path(), NAME, &[remote_name])?;
+    let backend = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+
+    // dc1: three nodes, each with a gateway; a short tunnel idle timeout so a dead gateway is
+    // noticed in seconds.
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+    let servers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "[[servers]]\nid = {}\nrpc = \"127.0.0.1:{}\"\n",
+                i + 1,
+                p.rpc
+            )
+        })
+        .collect();
+    let node_config = |name: &str, dc: &str, id: usize, p: &Ports, servers: &str, peers: &str| {
+        format!(
+            "datacenter = \"{dc}\"\nnode_name = \"{name}\"\nnode_id = {id}\nbind = \"127.0.0.1\"\n\
+             data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
+             gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\n\
+             election_timeout_max_ms = 1000\n\n{servers}\n[gateway]\nconnect_timeout_ms = 1000\n\
+             tunnel_idle_timeout_ms = 3000\n\n[federation]\nca_file = \"{c}/meridian-ca.pem\"\n\
+             cert_file = \"{c}/{dc}-{name}.pem\"\nkey_file = \"{c}/{dc}-{name}-key.pem\"\n{peers}",
+            data = dir.path().join(format!("{dc}-{name}")).display(),
+            http = p.http,
+            dns = p.dns,
+            rpc = p.rpc,
+            wan = p.wan,
+            gw = p.gateway,
+            c = certs.display(),
+        )
+    };
+    let mut dc1 = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let file = dir.path().join(format!("dc1-{name}.toml"));
+        std::fs::write(&file, node_config(&name, "dc1", i + 1, p, &servers, ""))?;
+        dc1.push(Agent::start_with(
+            &format!("dc1-{name}"),
+            Mode::Config { file },
+            *p,
+            dir.path(),
+            &[],
+        )?);
+    }
+    for a in &mut dc1 {
+        a.wait_ready().await?;
+    }
+    let p2 = Ports::free();
+    let wans: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{}\"", p.wan))
+        .collect();
+    let peers = format!(
+        "\n[[federation.peers]]\ndc = \"dc1\"\naddresses = [{}]\n",
+        wans.join(", ")
+    );
+    let file = dir.path().join("dc2-n1.toml");
+    std::fs::write(
+        &file,
+        node_config(
+            "n1",
+            "dc2",
+            1,
+            &p2,
+            &format!("[[servers]]\nid = 1\nrpc = \"127.0.0.1:{}\"\n", p2.rpc),
+            &peers,
+        ),
+    )?;
+    let mut dc2 = Agent::start("dc2-n1", Mode::Config { file }, p2, dir.path())?;
+    dc2.wait_ready().await?;
+    let r = dc1[0]
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-1", "Name": "web", "Port": backend.port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success());
+    eventually(60, "dc1's web and three gateways in dc2", || async {
+        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
+        let gw = dc2
+            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
+            .await;
+        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
+    })
+    .await?;
+    for _ in 0..3 {
+        ensure!(curl(dc2.ports.gateway, remote_name, &cert).await? == "dc1-web");
+    }
+    let first = tunnel_gateway(&dc2).await.context("a live tunnel")?;
+    let victim = ports
+        .iter()
+        .position(|p| first.ends_with(&format!(":{}", p.gateway)))
+        .context("the tunnel goes to a dc1 gateway")?;
+    dc1[victim].kill9()?;
+
+    // New connections find their way through another gateway of dc1.
+    eventually(30, "a connection through another gateway", || async {
+        curl(dc2.ports.gateway, remote_name, &cert).await.is_ok()
+    })
+    .await?;
+    for _ in 0..5 {
+        let body = curl(dc2.ports.gateway, remote_name, &cert).await?;
+        ensure!(body == "dc1-web", "after the gateway died: {body}");
+    }
+    let now = tunnel_gateway(&dc2).await.context("a live tunnel again")?;
+    ensure!(now != first, "the tunnel moved from {first}");
+    Ok(())
+}

@@ -293,6 +293,20 @@ impl LocalGateway {
         self.counters
             .bytes_up
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        // A remote gateway's TCP-fallback tunnel names this gateway's own server name.
+        if let Some(tunnel) = &self.tunnel
+            && sni.eq_ignore_ascii_case(tunnel.own_name())
+        {
+            let tls = tokio::time::timeout(
+                self.config.handshake_timeout,
+                tunnel.accept_tcp(buf, &mut *client),
+            )
+            .await
+            .map_err(|_| ConnError::HandshakeTimeout)?
+            .map_err(|e| ConnError::BadHeader(format!("tunnel TLS: {e}")))?;
+            let (up, down) = self.serve_tunnel_stream(tls).await?;
+            return Ok(("tunnelled_in", up, down));
+        }
         match self.target(&sni, false)? {
             Target::Local(candidates) => {
                 let (mut backend, _guard) = self.connect(&sni, candidates).await?;
@@ -310,13 +324,12 @@ impl LocalGateway {
                 let Some(tunnel) = &self.tunnel else {
                     return Err(ConnError::Remote { sni, dc });
                 };
-                let (mut send, recv, _permit) = tunnel.open(&dc, &gateways).await?;
+                let (mut remote, _permit) = tunnel.open(&dc, &gateways).await?;
                 let header = Header { name: sni, dc }
                     .encode()
                     .ok_or_else(|| ConnError::BadHeader("name too long".into()))?;
-                send.write_all(&header).await.map_err(io::Error::from)?;
-                send.write_all(&buf).await.map_err(io::Error::from)?;
-                let mut remote = tokio::io::join(recv, send);
+                remote.write_all(&header).await?;
+                remote.write_all(&buf).await?;
                 let (up, down) = crate::relay::copy_both(
                     client,
                     &mut remote,
@@ -329,37 +342,13 @@ impl LocalGateway {
         }
     }
 
-    /// Serves one stream a remote gateway tunnelled here: reads its header, then relays it to
-    /// an instance of this datacenter, never further.
-    pub async fn serve_tunnelled(&self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    /// Serves one QUIC stream a remote gateway tunnelled here.
+    pub async fn serve_tunnelled(&self, send: quinn::SendStream, recv: quinn::RecvStream) {
         let span = info_span!("tunnelled", sni = tracing::field::Empty);
-        let result = async {
-            let header =
-                tokio::time::timeout(self.config.handshake_timeout, Header::read(&mut recv))
-                    .await
-                    .map_err(|_| ConnError::HandshakeTimeout)?
-                    .map_err(|e| ConnError::BadHeader(e.to_string()))?;
-            tracing::Span::current().record("sni", header.name.as_str());
-            let local = self.view.load().datacenter().to_owned();
-            if !header.dc.eq_ignore_ascii_case(&local) {
-                return Err(ConnError::WrongDc(header.dc));
-            }
-            let Target::Local(candidates) = self.target(&header.name, true)? else {
-                return Err(ConnError::WrongDc(header.dc));
-            };
-            let (mut backend, _guard) = self.connect(&header.name, candidates).await?;
-            let mut stream = tokio::io::join(recv, send);
-            crate::relay::copy_both(
-                &mut stream,
-                &mut backend,
-                self.config.idle_timeout,
-                &self.counters,
-            )
-            .await
-            .map_err(ConnError::from)
-        }
-        .instrument(span)
-        .await;
+        let result = self
+            .serve_tunnel_stream(tokio::io::join(recv, send))
+            .instrument(span)
+            .await;
         match result {
             Ok((up, down)) => {
                 self.counters.record("tunnelled_in", "relayed");
@@ -370,6 +359,35 @@ impl LocalGateway {
                 debug!(reason = e.reason(), error = %e, "tunnelled stream refused");
             }
         }
+    }
+
+    /// Reads a tunnelled connection's header, then relays it to an instance of this datacenter,
+    /// never further.
+    async fn serve_tunnel_stream<S>(&self, mut stream: S) -> Result<(u64, u64), ConnError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let header = tokio::time::timeout(self.config.handshake_timeout, Header::read(&mut stream))
+            .await
+            .map_err(|_| ConnError::HandshakeTimeout)?
+            .map_err(|e| ConnError::BadHeader(e.to_string()))?;
+        tracing::Span::current().record("sni", header.name.as_str());
+        let local = self.view.load().datacenter().to_owned();
+        if !header.dc.eq_ignore_ascii_case(&local) {
+            return Err(ConnError::WrongDc(header.dc));
+        }
+        let Target::Local(candidates) = self.target(&header.name, true)? else {
+            return Err(ConnError::WrongDc(header.dc));
+        };
+        let (mut backend, _guard) = self.connect(&header.name, candidates).await?;
+        let copied = crate::relay::copy_both(
+            &mut stream,
+            &mut backend,
+            self.config.idle_timeout,
+            &self.counters,
+        )
+        .await?;
+        Ok(copied)
     }
 
     /// Where the SNI goes: healthy local instances, or a remote DC and its gateways.

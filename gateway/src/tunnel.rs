@@ -39,6 +39,75 @@ pub struct TunnelConfig {
     pub connect_timeout: Duration,
     /// A QUIC connection with no packet for this long is dead (keep-alives run at a third).
     pub idle_timeout: Duration,
+    /// This gateway's datacenter (a TCP-fallback connection names it in its SNI).
+    pub local_dc: String,
+    /// How connections to remote gateways travel.
+    pub transport: WanTransport,
+}
+
+/// How tunnelled connections cross the WAN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WanTransport {
+    /// One pooled QUIC connection per remote DC, a stream per client connection.
+    #[default]
+    Quic,
+    /// A TCP + TLS connection to the remote gateway's TCP port per client connection, for
+    /// networks that drop UDP (one more WAN handshake per connection).
+    Tcp,
+}
+
+/// A connection through the tunnel, either transport.
+pub enum TunnelStream {
+    /// A QUIC stream.
+    Quic(tokio::io::Join<quinn::RecvStream, quinn::SendStream>),
+    /// A TLS connection over TCP.
+    Tcp(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for TunnelStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Quic(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            TunnelStream::Tcp(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TunnelStream::Quic(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            TunnelStream::Tcp(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Quic(s) => std::pin::Pin::new(s).poll_flush(cx),
+            TunnelStream::Tcp(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Quic(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            TunnelStream::Tcp(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl std::fmt::Debug for TunnelConfig {
@@ -129,6 +198,9 @@ impl Header {
 pub struct Tunnel {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
+    tcp_connector: tokio_rustls::TlsConnector,
+    tcp_acceptor: tokio_rustls::TlsAcceptor,
+    own_name: String,
     config: TunnelConfig,
     /// Live connection per remote DC (lowercased), and the gateway it goes to.
     conns: Mutex<HashMap<String, (SocketAddr, quinn::Connection)>>,
@@ -169,20 +241,26 @@ impl Tunnel {
     pub fn bind(addr: SocketAddr, config: TunnelConfig) -> Result<Tunnel, TunnelError> {
         let mut server_tls = (*config.server).clone();
         server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let tcp_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls.clone()));
         let server_crypto =
             QuicServerConfig::try_from(server_tls).map_err(|e| TunnelError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport(config.idle_timeout, config.max_streams_per_dc));
         let mut client_tls = (*config.client).clone();
         client_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let tcp_connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls.clone()));
         let client_crypto =
             QuicClientConfig::try_from(client_tls).map_err(|e| TunnelError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport(config.idle_timeout, config.max_streams_per_dc));
         let endpoint = quinn::Endpoint::server(server, addr)?;
+        let own_name = (config.server_name)(&config.local_dc);
         Ok(Tunnel {
             endpoint,
             client,
+            tcp_connector,
+            tcp_acceptor,
+            own_name,
             config,
             conns: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
@@ -212,18 +290,106 @@ impl Tunnel {
             .clone()
     }
 
-    /// Opens a stream to datacenter `dc` through one of `gateways`, reusing the live connection
-    /// when there is one and moving to another gateway when a connection fails.
+    /// The SNI a TCP-fallback connection to this gateway carries.
+    pub fn own_name(&self) -> &str {
+        &self.own_name
+    }
+
+    /// The server side of a TCP-fallback connection whose ClientHello (already read, in
+    /// `hello`) named [`Self::own_name`]: runs the mutual-TLS handshake, replaying `hello`.
+    pub async fn accept_tcp<S>(
+        &self,
+        hello: Vec<u8>,
+        stream: S,
+    ) -> io::Result<tokio_rustls::server::TlsStream<crate::relay::Prefixed<S>>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let r = self
+            .tcp_acceptor
+            .accept(crate::relay::Prefixed::new(hello, stream))
+            .await;
+        if r.is_err() {
+            self.stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.stats
+                .streams_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Opens a connection to datacenter `dc` through one of `gateways`: a stream on the live
+    /// QUIC connection (re-established, on another gateway if need be, when it failed), or a
+    /// new TCP + TLS connection with the TCP fallback.
     pub async fn open(
         &self,
         dc: &str,
         gateways: &[SocketAddr],
-    ) -> Result<(quinn::SendStream, quinn::RecvStream, OwnedSemaphorePermit), TunnelError> {
+    ) -> Result<(TunnelStream, OwnedSemaphorePermit), TunnelError> {
         let key = dc.to_ascii_lowercase();
         let permit = self
             .budget(&key)
             .try_acquire_owned()
             .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
+        let stream = match self.config.transport {
+            WanTransport::Quic => {
+                let (send, recv) = self.open_quic(dc, &key, gateways).await?;
+                TunnelStream::Quic(tokio::io::join(recv, send))
+            }
+            WanTransport::Tcp => TunnelStream::Tcp(Box::new(self.open_tcp(dc, gateways).await?)),
+        };
+        Ok((stream, permit))
+    }
+
+    async fn open_tcp(
+        &self,
+        dc: &str,
+        gateways: &[SocketAddr],
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, TunnelError> {
+        if gateways.is_empty() {
+            return Err(TunnelError::NoGateway(dc.to_owned()));
+        }
+        let name = rustls::pki_types::ServerName::try_from((self.config.server_name)(dc))
+            .map_err(|e| TunnelError::Tls(e.to_string()))?;
+        let mut order: Vec<SocketAddr> = gateways.to_vec();
+        fastrand::shuffle(&mut order);
+        let mut last = String::new();
+        for addr in &order {
+            let attempt = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                self.tcp_connector.connect(name.clone(), tcp).await
+            };
+            match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+                Ok(Ok(tls)) => {
+                    self.count_stream();
+                    return Ok(tls);
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no answer within {:?}", self.config.connect_timeout),
+            }
+            self.stats
+                .connect_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(%dc, gateway = %addr, error = %last, "tunnel (TCP) connect failed; trying the next gateway");
+        }
+        Err(TunnelError::Unreachable {
+            dc: dc.to_owned(),
+            tried: order.len(),
+            last,
+        })
+    }
+
+    async fn open_quic(
+        &self,
+        dc: &str,
+        key: &str,
+        gateways: &[SocketAddr],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        let key = key.to_owned();
         let cached = {
             let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
             conns.get(&key).cloned()
@@ -232,7 +398,7 @@ impl Tunnel {
             match conn.open_bi().await {
                 Ok((send, recv)) => {
                     self.count_stream();
-                    return Ok((send, recv, permit));
+                    return Ok((send, recv));
                 }
                 Err(e) => {
                     debug!(%dc, gateway = %addr, error = %e, "tunnel connection lost; reconnecting");
@@ -259,7 +425,7 @@ impl Tunnel {
                     match opened {
                         Ok((send, recv)) => {
                             self.count_stream();
-                            return Ok((send, recv, permit));
+                            return Ok((send, recv));
                         }
                         Err(e) => last = e.to_string(),
                     }

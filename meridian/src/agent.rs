@@ -378,6 +378,8 @@ async fn start_gateway(
                 max_streams_per_dc: g.max_tunnel_streams_per_dc,
                 connect_timeout: Duration::from_millis(g.connect_timeout_ms),
                 idle_timeout: Duration::from_millis(g.tunnel_idle_timeout_ms),
+                local_dc: config.datacenter.clone(),
+                transport: g.wan_transport.to_transport(),
             };
             let tunnel = Arc::new(
                 meridian_gateway::Tunnel::bind(addr, tunnel_config)

@@ -172,6 +172,30 @@ pub struct GatewaySection {
     pub max_tunnel_streams_per_dc: usize,
     /// A tunnel connection with no packet for this long is dead (keep-alives at a third).
     pub tunnel_idle_timeout_ms: u64,
+    /// How tunnelled connections cross the WAN: `quic` (one pooled connection per remote DC)
+    /// or `tcp` (a TLS connection per client connection, for networks that drop UDP).
+    pub wan_transport: WanTransportName,
+}
+
+/// `gateway.wan_transport`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WanTransportName {
+    /// QUIC (the default).
+    #[default]
+    Quic,
+    /// TCP + TLS.
+    Tcp,
+}
+
+impl WanTransportName {
+    /// The gateway's value.
+    pub fn to_transport(self) -> meridian_gateway::tunnel::WanTransport {
+        match self {
+            WanTransportName::Quic => meridian_gateway::tunnel::WanTransport::Quic,
+            WanTransportName::Tcp => meridian_gateway::tunnel::WanTransport::Tcp,
+        }
+    }
 }
 
 impl Default for GatewaySection {
@@ -186,6 +210,7 @@ impl Default for GatewaySection {
             trust_domain: None,
             max_tunnel_streams_per_dc: 1_000,
             tunnel_idle_timeout_ms: 10_000,
+            wan_transport: WanTransportName::Quic,
         }
     }
 }

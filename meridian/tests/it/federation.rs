@@ -258,7 +258,7 @@ pub(crate) fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
 }
 
 /// A one-node datacenter from a config file with certificates from `certs`.
-fn config_dc(
+pub(crate) fn config_dc(
     dir: &Path,
     certs: &Path,
     dc: &str,

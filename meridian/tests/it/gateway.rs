@@ -517,3 +517,51 @@ async fn when_a_remote_gateway_dies_the_tunnel_moves_to_another() -> Result<()> 
     ensure!(now != first, "the tunnel moved from {first}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_fallback_carries_cross_dc_connections_without_udp() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    let remote_name = "web.service.dc1.consul";
+    let (cert, key) = certificate_for(dir.path(), NAME, &[remote_name])?;
+    let backend = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+    let tcp = "\n[gateway]\nwan_transport = \"tcp\"\n";
+    let mut dc1 = crate::federation::config_dc(dir.path(), &certs, "dc1", &[], tcp)?;
+    dc1.wait_ready().await?;
+    let mut dc2 =
+        crate::federation::config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], tcp)?;
+    dc2.wait_ready().await?;
+    let r = dc1
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-1", "Name": "web", "Port": backend.port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success());
+    eventually(30, "dc1's web and gateway replicated to dc2", || async {
+        let gw = dc2
+            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
+            .await;
+        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
+        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await?;
+    for _ in 0..3 {
+        let body = curl(dc2.ports.gateway, remote_name, &cert).await?;
+        ensure!(body == "dc1-web", "through the TCP fallback: {body}");
+    }
+    // No QUIC connection: every client connection was its own TLS connection over TCP.
+    ensure!(metric(&dc2, "meridian_gateway_tunnel_connects_total").await == 0.0);
+    ensure!(metric(&dc2, "meridian_gateway_tunnel_streams_out_total").await >= 3.0);
+    ensure!(
+        metric(
+            &dc1,
+            "meridian_gateway_connections_total{route=\"tunnelled_in\",outcome=\"relayed\"}"
+        )
+        .await
+            >= 3.0
+    );
+    Ok(())
+}

@@ -69,6 +69,9 @@ pub struct Settings {
     pub node: String,
     /// Address of the WAN gRPC port.
     pub bind: SocketAddr,
+    /// Serve the WAN port (export this DC). Off for a gateway-only node, which has no catalog
+    /// and only follows (its own DC's servers among them).
+    pub serve: bool,
     /// The remote datacenters to follow.
     pub peers: Vec<Peer>,
     /// WAN addresses of nodes of datacenters to learn (their DC comes from their certificate).
@@ -102,7 +105,7 @@ pub struct Federation {
     views: watch::Receiver<Arc<View>>,
     counters: Arc<FederationCounters>,
     exporter: Arc<export::Exporter>,
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -114,19 +117,20 @@ impl Federation {
         settings: Settings,
         mut local: watch::Receiver<Arc<View>>,
     ) -> Result<Federation, FederationError> {
-        let listener =
-            TcpListener::bind(settings.bind)
-                .await
-                .map_err(|source| FederationError::Bind {
-                    addr: settings.bind,
-                    source,
-                })?;
+        let bind_error = |source| FederationError::Bind {
+            addr: settings.bind,
+            source,
+        };
+        let listener = if settings.serve {
+            Some(TcpListener::bind(settings.bind).await.map_err(bind_error)?)
+        } else {
+            None
+        };
         let local_addr = listener
-            .local_addr()
-            .map_err(|source| FederationError::Bind {
-                addr: settings.bind,
-                source,
-            })?;
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(bind_error)?;
         let counters = Arc::new(FederationCounters::default());
         let store_dir = settings.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || store::Store::open(&store_dir))
@@ -194,10 +198,11 @@ impl Federation {
         let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<Peer>();
         let registry = Arc::new(peers::Registry::new(
             &settings.dc,
-            if settings.advertise.is_empty() {
-                vec![join_host_port(&settings.advertise_host, local_addr.port())]
-            } else {
-                settings.advertise.clone()
+            match local_addr {
+                // Nothing to follow back on a node that does not serve.
+                None => Vec::new(),
+                Some(_) if !settings.advertise.is_empty() => settings.advertise.clone(),
+                Some(a) => vec![join_host_port(&settings.advertise_host, a.port())],
             },
             Box::new(move |p| {
                 let _ = learned_tx.send(p);
@@ -306,54 +311,55 @@ impl Federation {
             tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
         }
         // The WAN endpoint.
-        let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.server_config()?);
-        let (conn_tx, conn_rx) = mpsc::channel(16);
-        tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tokio::spawn(server::accept_loop(
-                listener,
-                acceptor,
-                settings.handshake_timeout,
-                counters.clone(),
-                conn_tx,
-                stop_rx.clone(),
-            )));
-        let service = server::Service {
-            dc: settings.dc.as_str().into(),
-            exporter: exporter.clone(),
-            registry: registry.clone(),
-            counters: counters.clone(),
-            heartbeat: settings.heartbeat,
-            stop: stop_rx.clone(),
-        };
-        {
-            let mut stop = stop_rx.clone();
-            // HTTP/2 pings only reclaim connections of vanished subscribers, so they are lenient:
-            // a ping queues behind the snapshot data already sent, and on a slow WAN a strict
-            // timeout cut initial syncs and restarted them from scratch (seen in the benchmark
-            // at 60 KB/s). Liveness of live streams comes from the heartbeats.
-            let router = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(SERVER_PING_INTERVAL))
-                .http2_keepalive_timeout(Some(SERVER_PING_TIMEOUT))
-                .add_service(service.into_server());
+        if let Some(listener) = listener {
+            let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.server_config()?);
+            let (conn_tx, conn_rx) = mpsc::channel(16);
             tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(tokio::spawn(async move {
-                    let shutdown = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    if let Err(e) = router
-                        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "federation server stopped");
-                    }
-                }));
+                .push(tokio::spawn(server::accept_loop(
+                    listener,
+                    acceptor,
+                    settings.handshake_timeout,
+                    counters.clone(),
+                    conn_tx,
+                    stop_rx.clone(),
+                )));
+            let service = server::Service {
+                dc: settings.dc.as_str().into(),
+                exporter: exporter.clone(),
+                registry: registry.clone(),
+                counters: counters.clone(),
+                heartbeat: settings.heartbeat,
+                stop: stop_rx.clone(),
+            };
+            {
+                let mut stop = stop_rx.clone();
+                // HTTP/2 pings only reclaim connections of vanished subscribers, so they are lenient:
+                // a ping queues behind the snapshot data already sent, and on a slow WAN a strict
+                // timeout cut initial syncs and restarted them from scratch (seen in the benchmark
+                // at 60 KB/s). Liveness of live streams comes from the heartbeats.
+                let router = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(SERVER_PING_INTERVAL))
+                    .http2_keepalive_timeout(Some(SERVER_PING_TIMEOUT))
+                    .add_service(service.into_server());
+                tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(tokio::spawn(async move {
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        if let Err(e) = router
+                            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+                            .await
+                        {
+                            tracing::error!(error = %e, "federation server stopped");
+                        }
+                    }));
+            }
         }
-
-        tracing::info!(addr = %local_addr, dc = %settings.dc, peers = settings.peers.len(), "federation listening");
+        tracing::info!(addr = ?local_addr, dc = %settings.dc, peers = settings.peers.len(), "federation started");
         Ok(Federation {
             views,
             counters,
@@ -379,8 +385,8 @@ impl Federation {
         &self.counters
     }
 
-    /// The WAN port's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The WAN port's address (`None` when not serving).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 

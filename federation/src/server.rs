@@ -196,12 +196,7 @@ impl Federation for Service {
                 self.dc, req.origin_dc
             )));
         }
-        if req.subscriber_dc.eq_ignore_ascii_case(&self.dc) {
-            self.counters.refuse("same_dc");
-            return Err(Status::failed_precondition(
-                "a datacenter does not subscribe to itself",
-            ));
-        }
+        // A subscriber of this very DC is a gateway-only node following its DC's servers.
         // Federation is symmetric: follow a datacenter that follows us.
         self.registry.learn(&peer.dc, &req.subscriber_addresses);
         // A subscriber that was ahead of this node (it synced from a node that had applied

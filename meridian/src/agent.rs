@@ -93,7 +93,7 @@ impl Agent {
             }
         };
         let gateway = if config.gateway.enabled {
-            match start_gateway(&config, views.clone(), tls.clone(), catalog.clone()).await {
+            match start_gateway(&config, views.clone(), tls.clone(), Some(catalog.clone())).await {
                 Ok(g) => Some(g),
                 Err(e) => {
                     dns.shutdown().await;
@@ -162,7 +162,7 @@ impl Agent {
 
     /// Where the federation (WAN) port listens, when federation runs.
     pub fn wan_addr(&self) -> Option<SocketAddr> {
-        self.federation.as_ref().map(|f| f.local_addr())
+        self.federation.as_ref().and_then(|f| f.local_addr())
     }
 
     /// Where the gateway listens, when it runs.
@@ -269,7 +269,7 @@ impl Agent {
 
 /// Removes a temporary data folder, retrying briefly while the store's background threads let go
 /// of their last files.
-async fn remove_temp_dir(dir: TempDir) {
+pub(crate) async fn remove_temp_dir(dir: TempDir) {
     let path = dir.keep();
     let mut last = None;
     for _ in 0..20 {
@@ -286,16 +286,16 @@ async fn remove_temp_dir(dir: TempDir) {
 }
 
 /// The gateway's listener and tasks.
-struct RunningGateway {
-    addr: SocketAddr,
-    counters: Arc<meridian_gateway::GatewayCounters>,
+pub(crate) struct RunningGateway {
+    pub(crate) addr: SocketAddr,
+    pub(crate) counters: Arc<meridian_gateway::GatewayCounters>,
     tunnel: Option<Arc<meridian_gateway::Tunnel>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
     /// Stops accepting and closes the tunnel; local relays in flight end with their clients.
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         if let Some(t) = &self.tunnel {
             t.close();
         }
@@ -345,11 +345,11 @@ fn advertise_gateway(
 }
 
 /// Binds the gateway port and serves it over the live views.
-async fn start_gateway(
+pub(crate) async fn start_gateway(
     config: &Config,
     mut views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
     tls: Option<Arc<TlsMaterial>>,
-    catalog: Catalog,
+    catalog: Option<Catalog>,
 ) -> anyhow::Result<RunningGateway> {
     let bind = config.bind_addr(config.ports.gateway);
     let listener = TcpListener::bind(bind)
@@ -399,7 +399,9 @@ async fn start_gateway(
             let gw = gw.clone();
             async move { gw.serve_tunnelled(send, recv).await }
         })));
-        tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr)));
+        if let Some(catalog) = catalog {
+            tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr)));
+        }
     }
     tasks.push(tokio::spawn(async move {
         if let Err(e) = gw.serve(listener).await {
@@ -416,7 +418,7 @@ async fn start_gateway(
 }
 
 /// Federation's settings, or `None` when it is off (no certificates and not `--dev`).
-fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
+pub(crate) fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
     let f = &config.federation;
     let tls = if config.dev {
         TlsMaterial::dev(&config.datacenter, &config.node_name)
@@ -448,7 +450,7 @@ fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
 }
 
 /// Federation's settings with the node's certificates `tls`.
-fn federation_settings(
+pub(crate) fn federation_settings(
     config: &Config,
     tls: Arc<TlsMaterial>,
 ) -> anyhow::Result<meridian_federation::Settings> {
@@ -463,7 +465,18 @@ fn federation_settings(
         dc: config.datacenter.clone(),
         node: config.node_name.clone(),
         bind: config.bind_addr(config.ports.wan),
-        peers: f.peers(),
+        serve: !config.gateway_only,
+        peers: {
+            let mut peers = f.peers();
+            if config.gateway_only {
+                // Its own DC, followed like a remote one; `View::followed` makes it local.
+                peers.push(meridian_federation::Peer {
+                    dc: config.datacenter.clone(),
+                    addresses: f.local_servers.clone(),
+                });
+            }
+            peers
+        },
         join: f.join.clone(),
         advertise_host: config.advertise_ip().to_string(),
         advertise: f.advertise.clone(),
@@ -511,6 +524,9 @@ pub fn dev_data_dir(cfg: &mut Config) -> anyhow::Result<Option<TempDir>> {
 /// Runs `meridian agent` until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (cfg, temp) = agent_config(&args)?;
+    if cfg.gateway_only {
+        return crate::gateway_only::run(cfg, temp).await;
+    }
     let agent = Agent::start(cfg, temp).await?;
     println!("{}", agent.endpoints_line());
     shutdown_signal().await;

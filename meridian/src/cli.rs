@@ -72,6 +72,13 @@ pub struct NodeArgs {
     /// datacenter, and the ones it knows, are learned from it. Repeatable.
     #[arg(long = "join-wan", value_name = "HOST:PORT")]
     pub join_wan: Vec<String>,
+    /// Run only the gateway (and DNS): no catalog, no vote; follow this DC's servers, given
+    /// with --follow, for the catalog.
+    #[arg(long)]
+    pub gateway_only: bool,
+    /// WAN address (`host:port`) of a server of this node's DC, for --gateway-only. Repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub follow: Vec<String>,
 }
 
 impl NodeArgs {
@@ -89,6 +96,8 @@ impl NodeArgs {
             wan_port: self.wan_port,
             gateway_port: self.gateway_port,
             join_wan: self.join_wan.clone(),
+            gateway_only: self.gateway_only,
+            follow: self.follow.clone(),
         }
     }
 }

@@ -94,6 +94,10 @@ pub struct Config {
     /// A `--dev` agent: federation uses the published development CA.
     #[serde(skip)]
     pub dev: bool,
+    /// A gateway-only node: no catalog and no vote; it follows its DC's servers
+    /// (`federation.local_servers`) and serves the gateway and DNS from what it learns.
+    #[serde(default)]
+    pub gateway_only: bool,
 }
 
 /// WAN federation (`[federation]`): certificates, export policy, peers and timings.
@@ -111,6 +115,9 @@ pub struct FederationSection {
     pub export: Option<Vec<String>>,
     /// The remote datacenters to follow.
     pub peers: Vec<PeerSection>,
+    /// WAN addresses (`host:port`) of this datacenter's servers, which a gateway-only node
+    /// follows (`--follow`).
+    pub local_servers: Vec<String>,
     /// WAN addresses (`host:port`) of nodes of datacenters not listed in `peers`: their
     /// datacenter is learned from their certificate, and the datacenters they know are followed
     /// too (`--join-wan`).
@@ -139,6 +146,7 @@ impl Default for FederationSection {
             export: None,
             peers: Vec::new(),
             join: Vec::new(),
+            local_servers: Vec::new(),
             advertise: Vec::new(),
             heartbeat_ms: 1_000,
             idle_timeout_ms: 5_000,
@@ -737,6 +745,10 @@ pub struct Overrides {
     pub wan_port: Option<u16>,
     /// `--join-wan` (appended to `federation.join`).
     pub join_wan: Vec<String>,
+    /// `--gateway-only`.
+    pub gateway_only: bool,
+    /// `--follow` (appended to `federation.local_servers`).
+    pub follow: Vec<String>,
     /// `--gateway-port`.
     pub gateway_port: Option<u16>,
 }
@@ -789,6 +801,7 @@ impl Config {
             federation: FederationSection::default(),
             gateway: GatewaySection::default(),
             dev: true,
+            gateway_only: false,
         };
         cfg.apply(ov);
         let host = cfg.advertise_ip().to_string();
@@ -817,6 +830,10 @@ impl Config {
             self.datacenter.clone_from(d);
         }
         self.federation.join.extend(ov.join_wan.iter().cloned());
+        self.federation
+            .local_servers
+            .extend(ov.follow.iter().cloned());
+        self.gateway_only |= ov.gateway_only;
         let ports = &mut self.ports;
         for (slot, value) in [
             (&mut ports.http, ov.http_port),
@@ -885,57 +902,9 @@ impl Config {
             }
         }
 
-        if ![1, 3, 5].contains(&self.servers.len()) {
-            return Err(ConfigError::invalid(
-                "servers",
-                format!(
-                    "a datacenter needs 1, 3 or 5 voters, {} are listed",
-                    self.servers.len()
-                ),
-            ));
-        }
-        let mut ids = BTreeSet::new();
-        let mut addrs = BTreeSet::new();
-        for (i, s) in self.servers.iter().enumerate() {
-            if s.id == 0 {
-                return Err(ConfigError::invalid(
-                    format!("servers[{i}].id"),
-                    "must not be 0",
-                ));
-            }
-            if !ids.insert(s.id) {
-                return Err(ConfigError::invalid(
-                    format!("servers[{i}].id"),
-                    format!("id {} is listed twice", s.id),
-                ));
-            }
-            let port = rpc_port(&s.rpc).ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("servers[{i}].rpc"),
-                    format!("{:?} is not host:port with a non-zero port", s.rpc),
-                )
-            })?;
-            if !addrs.insert(s.rpc.to_ascii_lowercase()) {
-                return Err(ConfigError::invalid(
-                    format!("servers[{i}].rpc"),
-                    format!("address {} is listed twice", s.rpc),
-                ));
-            }
-            if s.id == self.node_id && port != self.ports.rpc {
-                return Err(ConfigError::invalid(
-                    format!("servers[{i}].rpc"),
-                    format!(
-                        "this node's own entry uses port {port} but `ports.rpc` is {}",
-                        self.ports.rpc
-                    ),
-                ));
-            }
-        }
-        if !ids.contains(&self.node_id) {
-            return Err(ConfigError::invalid(
-                "node_id",
-                format!("{} is not the id of any [[servers]] entry", self.node_id),
-            ));
+        // A gateway-only node has no vote: the DC's servers are not its business.
+        if !self.gateway_only {
+            self.validate_servers()?;
         }
 
         let r = &self.raft;
@@ -990,7 +959,83 @@ impl Config {
         }
         self.dns.validate()?;
         self.federation.validate(&self.datacenter, self.dev)?;
+        if self.gateway_only {
+            if self.federation.local_servers.is_empty() {
+                return Err(ConfigError::invalid(
+                    "federation.local_servers",
+                    "a gateway-only node needs the WAN address of at least one server of its DC (--follow)",
+                ));
+            }
+            if !self.dev && !self.federation.has_tls() {
+                return Err(ConfigError::invalid(
+                    "federation",
+                    "a gateway-only node follows its DC over mutual TLS: set the certificates",
+                ));
+            }
+            if !self.gateway.enabled {
+                return Err(ConfigError::invalid(
+                    "gateway.enabled",
+                    "a gateway-only node needs its gateway",
+                ));
+            }
+        }
         self.gateway.validate()
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        if ![1, 3, 5].contains(&self.servers.len()) {
+            return Err(ConfigError::invalid(
+                "servers",
+                format!(
+                    "a datacenter needs 1, 3 or 5 voters, {} are listed",
+                    self.servers.len()
+                ),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.id == 0 {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].id"),
+                    "must not be 0",
+                ));
+            }
+            if !ids.insert(s.id) {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].id"),
+                    format!("id {} is listed twice", s.id),
+                ));
+            }
+            let port = rpc_port(&s.rpc).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!("{:?} is not host:port with a non-zero port", s.rpc),
+                )
+            })?;
+            if !addrs.insert(s.rpc.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!("address {} is listed twice", s.rpc),
+                ));
+            }
+            if s.id == self.node_id && port != self.ports.rpc {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].rpc"),
+                    format!(
+                        "this node's own entry uses port {port} but `ports.rpc` is {}",
+                        self.ports.rpc
+                    ),
+                ));
+            }
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(ConfigError::invalid(
+                "node_id",
+                format!("{} is not the id of any [[servers]] entry", self.node_id),
+            ));
+        }
+        Ok(())
     }
 
     /// Where a listener on `port` binds.

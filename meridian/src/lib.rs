@@ -11,5 +11,6 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod duration;
+pub mod gateway_only;
 pub mod http;
 pub mod tls_cmd;

@@ -90,6 +90,22 @@ impl View {
         }
     }
 
+    /// The view of a node without a catalog (a gateway-only node): the replica of its own
+    /// datacenter `dc` becomes the local catalog, the other replicas stay remote.
+    pub fn followed(&self, dc: &str) -> View {
+        let key: Arc<str> = dc.to_ascii_lowercase().into();
+        let local = self
+            .remotes
+            .get(&key)
+            .map(|r| r.state.clone())
+            .unwrap_or_default();
+        View {
+            datacenter: self.datacenter.clone(),
+            local,
+            remotes: self.remotes.without(&key),
+        }
+    }
+
     /// The datacenters this view knows, local first, then remote ones by name.
     pub fn datacenters(&self) -> Vec<&str> {
         let mut all = Vec::with_capacity(1 + self.remotes.len());
@@ -117,5 +133,11 @@ mod tests {
         assert_eq!(view.dc_state(Some("Dc2")).map(|(n, _)| n), Some("DC2"));
         assert!(view.dc_state(Some("dc3")).is_none());
         assert_eq!(view.datacenters(), ["dc1", "DC2"]);
+        let followed = view.followed("dc2");
+        assert_eq!(
+            followed.datacenters(),
+            ["dc1"],
+            "its own replica became local"
+        );
     }
 }

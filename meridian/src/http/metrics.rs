@@ -153,7 +153,8 @@ impl HttpMetrics {
 }
 
 /// The DNS server's counters.
-fn render_dns(out: &mut String, dns: &DnsCounters) {
+/// Appends the DNS server's counters in Prometheus text format.
+pub fn render_dns(out: &mut String, dns: &DnsCounters) {
     out.push_str(
         "# HELP meridian_dns_responses_total DNS responses sent, by response code.\n\
          # TYPE meridian_dns_responses_total counter\n",

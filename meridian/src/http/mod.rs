@@ -44,7 +44,7 @@ use listener::{Activity, LimitedListener};
 pub use blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
 pub use error::ApiError;
 pub use listener::HEADER_READ_TIMEOUT;
-pub use metrics::HttpMetrics;
+pub use metrics::{HttpMetrics, render_dns as render_dns_counters};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]

@@ -565,3 +565,73 @@ async fn the_tcp_fallback_carries_cross_dc_connections_without_udp() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_only_node_follows_its_datacenter_and_reaches_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dc2_name = "web.service.dc2.consul";
+    let (cert, key) = certificate_for(dir.path(), NAME, &[dc2_name])?;
+    let web1 = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+    let web2 = Nginx::start(dir.path(), "dc2-web", &cert, &key, "dc2-web")?;
+    let mut dc1 = dev_dc(dir.path(), "dc1", None)?;
+    dc1.wait_ready().await?;
+    let mut dc2 = dev_dc(dir.path(), "dc2", Some(dc1.ports.wan))?;
+    dc2.wait_ready().await?;
+    for (agent, port) in [(&dc1, web1.port), (&dc2, web2.port)] {
+        let r = agent
+            .put_json(
+                "/v1/agent/service/register",
+                &json!({"ID": "web-1", "Name": "web", "Port": port, "Address": "127.0.0.1"}),
+            )
+            .await?;
+        ensure!(r.status().is_success());
+    }
+    // No catalog, no vote: it follows dc1's server, and learns dc2 through it.
+    let follow = format!("127.0.0.1:{}", dc1.ports.wan);
+    let g1 = Agent::start_with(
+        "dc1-g1",
+        Mode::Dev {
+            data_dir: dir.path().join("g1"),
+        },
+        Ports::free(),
+        dir.path(),
+        &[
+            "--dc",
+            "dc1",
+            "--node",
+            "g1",
+            "--gateway-only",
+            "--follow",
+            &follow,
+        ],
+    )?;
+    eventually(30, "dc1's web through the gateway-only node", || async {
+        curl(g1.ports.gateway, NAME, &cert)
+            .await
+            .is_ok_and(|b| b == "dc1-web")
+    })
+    .await?;
+    eventually(
+        30,
+        "dc2's web through the gateway-only node's tunnel",
+        || async {
+            curl(g1.ports.gateway, dc2_name, &cert)
+                .await
+                .is_ok_and(|b| b == "dc2-web")
+        },
+    )
+    .await?;
+    let answer = crate::dns::query(
+        crate::dns::dns_addr(&g1),
+        "web.service.consul.",
+        hickory_net::proto::rr::RecordType::SRV,
+        false,
+    )
+    .await?;
+    ensure!(
+        crate::dns::srv_lines(&answer).len() == 1,
+        "DNS from the followed catalog: {answer:?}"
+    );
+    ensure!(metric(&g1, "meridian_gateway_tunnel_streams_out_total").await >= 1.0);
+    Ok(())
+}

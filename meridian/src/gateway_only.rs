@@ -1,0 +1,182 @@
+//! A gateway-only node (`meridian agent --gateway-only`): no catalog and no Raft vote, so
+//! gateways scale out apart from the voters. It follows its own DC's servers over federation as
+//! if they were a remote DC (and, through them, every other DC), and serves the gateway, its
+//! tunnel and DNS from that view; its HTTP port serves `/metrics` and the federation status.
+//!
+//! It does not advertise itself in the catalog (it has none to write to): remote DCs tunnel to
+//! the servers' gateways, and gateway-only nodes carry this DC's clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use meridian_dns::{DnsCounters, DnsServer};
+use meridian_federation::Federation;
+use meridian_topology::View;
+use meridian_topology::dc::DcState;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::agent::{RunningGateway, federation_settings, federation_tls, start_gateway};
+use crate::config::Config;
+
+/// A running gateway-only node.
+pub struct GatewayNode {
+    federation: Arc<Federation>,
+    dns: DnsServer,
+    gateway: RunningGateway,
+    http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    // Kept so that federation's "local catalog" (empty: there is none) stays open.
+    _local: watch::Sender<Arc<View>>,
+    temp_dir: Option<TempDir>,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    federation: Arc<Federation>,
+    gateway: Arc<meridian_gateway::GatewayCounters>,
+    dns: Arc<DnsCounters>,
+    views: watch::Receiver<Arc<View>>,
+}
+
+impl GatewayNode {
+    /// Starts following the DC's servers, then serves DNS, the gateway and HTTP.
+    pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<GatewayNode> {
+        config.validate()?;
+        let tls = federation_tls(&config)?
+            .context("a gateway-only node needs federation certificates (or --dev)")?;
+        let http_bind = config.bind_addr(config.ports.http);
+        let http = TcpListener::bind(http_bind)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
+        let http_addr = http.local_addr()?;
+        let dc = config.datacenter.clone();
+        let (local, local_rx) =
+            watch::channel(Arc::new(View::new(dc.as_str(), DcState::default())));
+        let settings = federation_settings(&config, tls.clone())?;
+        let federation = Arc::new(
+            Federation::start(settings, local_rx)
+                .await
+                .context("cannot start following the datacenter")?,
+        );
+        // Federation's view holds this DC as a remote replica: make it the local catalog.
+        let mut fed_views = federation.watch();
+        let first = Arc::new(fed_views.borrow_and_update().followed(&dc));
+        let (views_tx, views) = watch::channel(first);
+        let follow = tokio::spawn(async move {
+            while fed_views.changed().await.is_ok() {
+                let v = fed_views.borrow_and_update().followed(&dc);
+                views_tx.send_replace(Arc::new(v));
+            }
+        });
+        let dns = DnsServer::start(
+            config.dns.to_settings(&config.node_name),
+            views.clone(),
+            config.bind_addr(config.ports.dns),
+            config.dns.threads,
+        )
+        .await?;
+        let gateway = start_gateway(&config, views.clone(), Some(tls), None).await?;
+        let state = HttpState {
+            federation: federation.clone(),
+            gateway: gateway.counters.clone(),
+            dns: dns.counters(),
+            views,
+        };
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/v1/catalog/datacenters", get(datacenters))
+            .route("/v1/federation/status", get(status))
+            .with_state(state);
+        let serve = tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tracing::info!(dc = %config.datacenter, node = %config.node_name, gateway = %gateway.addr, "gateway-only node started");
+        Ok(GatewayNode {
+            federation,
+            dns,
+            gateway,
+            http_addr,
+            tasks: vec![follow, serve],
+            _local: local,
+            temp_dir,
+        })
+    }
+
+    /// Where the gateway listens.
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway.addr
+    }
+
+    /// Stops serving, then following.
+    pub async fn shutdown(self) {
+        self.gateway.stop();
+        self.dns.shutdown().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.federation.shutdown().await;
+        if let Some(dir) = self.temp_dir {
+            crate::agent::remove_temp_dir(dir).await;
+        }
+        tracing::info!("gateway-only node stopped");
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut text = String::new();
+    s.gateway.render(&mut text);
+    s.federation
+        .counters()
+        .render(&mut text, meridian_federation::now_ms());
+    crate::http::render_dns_counters(&mut text, &s.dns);
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+}
+
+async fn datacenters(State(s): State<HttpState>) -> axum::Json<Vec<String>> {
+    let v = s.views.borrow().clone();
+    axum::Json(v.datacenters().into_iter().map(str::to_owned).collect())
+}
+
+async fn status(State(s): State<HttpState>) -> axum::Json<serde_json::Value> {
+    let v = s.federation.view();
+    let remotes: Vec<_> = v
+        .remotes()
+        .map(|r| {
+            serde_json::json!({
+                "Datacenter": &*r.name, "Index": r.index, "Digest": format!("{:016x}", r.digest),
+                "Connected": r.connected, "Synced": r.synced, "Stale": !r.connected,
+                "Instances": r.state.instance_count(),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "Datacenter": v.datacenter(), "Enabled": true, "GatewayOnly": true, "Remotes": remotes,
+    }))
+}
+
+/// Runs a gateway-only node until SIGINT or SIGTERM.
+pub async fn run(config: Config, temp: Option<TempDir>) -> anyhow::Result<()> {
+    let node = GatewayNode::start(config, temp).await?;
+    println!(
+        "meridian gateway-only node: http={} gateway={}",
+        node.http_addr,
+        node.gateway_addr()
+    );
+    crate::agent::shutdown_signal().await;
+    node.shutdown().await;
+    Ok(())
+}

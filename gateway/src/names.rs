@@ -100,8 +100,12 @@ pub fn route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, Unknown
             Err(_) => return Err(UnknownName::NotAService),
         }
     }
-    let domains: Vec<&str> = config.domains.iter().map(String::as_str).collect();
-    let (_, rest) = strip_domain(sni, &domains).ok_or(UnknownName::NotOurs)?;
+    // One domain at a time: no allocation on the connection path.
+    let (_, rest) = config
+        .domains
+        .iter()
+        .find_map(|d| strip_domain(sni, &[d.as_str()]))
+        .ok_or(UnknownName::NotOurs)?;
     // `_web._tcp` (RFC 2782) also parses as a service, but is no host name: SNI takes the
     // plain form only.
     if !rest.split('.').all(is_label) {

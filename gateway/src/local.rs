@@ -330,11 +330,12 @@ impl LocalGateway {
                     return Err(ConnError::Remote { sni, dc });
                 };
                 let (mut remote, _permit) = tunnel.open(&dc, &gateways).await?;
-                let header = Header { name: sni, dc }
+                let mut first = Header { name: sni, dc }
                     .encode()
                     .ok_or_else(|| ConnError::BadHeader("name too long".into()))?;
-                remote.write_all(&header).await?;
-                remote.write_all(&buf).await?;
+                // Header and ClientHello in one write: one frame, one packet across the WAN.
+                first.extend_from_slice(&buf);
+                remote.write_all(&first).await?;
                 let (up, down) = crate::relay::copy_both(
                     client,
                     &mut remote,

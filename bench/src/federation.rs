@@ -117,8 +117,8 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
 }
 
 /// A network namespace of this benchmark, deleted (with anything still running in it) on drop.
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
 }
 
 fn is_root() -> bool {
@@ -139,7 +139,7 @@ fn have(tool: &str) -> bool {
 }
 
 /// Runs a command, failing with its stderr.
-fn sh(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn sh(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -185,7 +185,7 @@ fn ensure_iptables() -> Result<()> {
 }
 
 impl Netns {
-    fn create() -> Result<Netns> {
+    pub(crate) fn create() -> Result<Netns> {
         ensure!(is_root(), "not root");
         ensure!(have("ip"), "ip (iproute2) not found");
         ensure_iptables()?;
@@ -302,15 +302,15 @@ fn parse_netlink(buf: &[u8], ids: &mut Vec<u32>) -> Option<i32> {
 /// Holds every packet of netfilter queue `QUEUE` for a fixed delay, then accepts it. One thread
 /// reads the queue, another sleeps until each packet is due and accepts all due packets with
 /// one batch verdict (the delay is constant, so packets leave in the order they came).
-struct Delayer {
+pub(crate) struct Delayer {
     stop: Arc<AtomicBool>,
-    delayed: Arc<AtomicU64>,
-    overruns: Arc<AtomicU64>,
+    pub(crate) delayed: Arc<AtomicU64>,
+    pub(crate) overruns: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Delayer {
-    fn start(queue: u16, delay: Duration) -> Result<Delayer> {
+    pub(crate) fn start(queue: u16, delay: Duration) -> Result<Delayer> {
         use nix::errno::Errno;
         use nix::sys::socket::{
             AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv,
@@ -513,7 +513,7 @@ fn ip_delta(a: &IpCounters, b: &IpCounters, key: &str) -> (u64, u64) {
 
 /// TCP connect times to the probe port (whose packets cross the delayer like the WAN's): the
 /// SYN and the SYN-ACK each cross it once, so this is the round trip.
-fn probe_rtt(port: u16, n: usize, listener: &TcpListener) -> Result<Vec<f64>> {
+pub(crate) fn probe_rtt(port: u16, n: usize, listener: &TcpListener) -> Result<Vec<f64>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut v = Vec::new();
     for _ in 0..n {

@@ -10,9 +10,19 @@
 //! `federation` runs three datacenters with an added WAN delay in a network namespace of its own
 //! and measures convergence (registration acknowledged in dc1 to DNS answer in dc2), initial sync
 //! time and bytes, and bytes per change (see [`federation`]).
+//!
+//! `gateway` loads Meridian's gateway, HAProxy and nginx's stream module (TLS passthrough routed
+//! by SNI) and the backend directly with wrk over HTTPS: new TLS connections/s, keep-alive
+//! requests/s, bulk MB/s and added latency, with each proxy's CPU and memory (see [`gateway`]).
+//!
+//! `wan` times a new client connection's first response byte from dc2 to a service in dc1 over
+//! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
+//! (Consul's way) and directly (see [`wan`]).
 
 mod dns;
 mod federation;
+mod gateway;
+mod wan;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -97,6 +107,60 @@ enum What {
         #[arg(long, default_value_t = 64)]
         clients: usize,
         /// Added one-way WAN delay between datacenters, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        wan_delay_ms: u64,
+        /// Internal: set when re-run inside the benchmark's network namespace.
+        #[arg(long, hide = true)]
+        in_netns: Option<String>,
+    },
+    /// TLS passthrough by SNI: Meridian's gateway beside HAProxy, nginx stream and direct.
+    Gateway {
+        /// Seconds per throughput run: new connections, keep-alive, bulk (default 8, quick 2).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seconds per latency run: one connection, paced (default 5, quick 2).
+        #[arg(long)]
+        latency_seconds: Option<u64>,
+        /// Repetitions, the order of the paths rotating; the median is reported (default 3,
+        /// quick 1).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Size of the bulk file in MiB.
+        #[arg(long, default_value_t = 64)]
+        file_mib: usize,
+        /// wrk connections for new TLS connections per second (`Connection: close`).
+        #[arg(long, default_value_t = 32)]
+        close_connections: usize,
+        /// wrk connections for keep-alive requests per second.
+        #[arg(long, default_value_t = 64)]
+        keepalive_connections: usize,
+        /// wrk connections for the bulk transfer.
+        #[arg(long, default_value_t = 4)]
+        bulk_connections: usize,
+        /// wrk connections for the paced latency run.
+        #[arg(long, default_value_t = 8)]
+        paced_connections: usize,
+        /// Think time of each paced connection between requests, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        think_ms: u64,
+        /// Paths to measure, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        targets: Vec<gateway::Target>,
+        /// Process layouts, comma-separated, measured one after the other (default: both;
+        /// quick: own-core).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        layouts: Vec<gateway::Layout>,
+    },
+    /// Time to first byte of a new connection to another DC over a delayed WAN: the warm QUIC
+    /// tunnel beside the TCP fallback, two HAProxy relaying by SNI (Consul's way) and direct.
+    Wan {
+        /// New client connections timed per path (default 50, quick 10).
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Unrecorded connections per path first (the first one opens the QUIC tunnel).
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Added one-way WAN delay between the datacenters, in milliseconds.
         #[arg(long, default_value_t = 50)]
         wan_delay_ms: u64,
         /// Internal: set when re-run inside the benchmark's network namespace.
@@ -441,6 +505,54 @@ async fn main() -> Result<()> {
                 in_netns,
             };
             federation::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Gateway {
+            seconds,
+            latency_seconds,
+            reps,
+            file_mib,
+            close_connections,
+            keepalive_connections,
+            bulk_connections,
+            paced_connections,
+            think_ms,
+            targets,
+            layouts,
+        } => {
+            let opt = gateway::Options {
+                seconds: seconds.unwrap_or(if cli.quick { 2 } else { 8 }),
+                latency_seconds: latency_seconds.unwrap_or(if cli.quick { 2 } else { 5 }),
+                reps: reps.unwrap_or(if cli.quick { 1 } else { 3 }),
+                file_mib,
+                close_connections,
+                keepalive_connections,
+                bulk_connections,
+                paced_connections,
+                think_ms,
+                targets,
+                layouts: if !layouts.is_empty() {
+                    layouts
+                } else if cli.quick {
+                    vec![gateway::Layout::OwnCore]
+                } else {
+                    vec![gateway::Layout::OwnCore, gateway::Layout::SharedCore]
+                },
+            };
+            gateway::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Wan {
+            connections,
+            warmup,
+            wan_delay_ms,
+            in_netns,
+        } => {
+            let opt = wan::Options {
+                connections: connections.unwrap_or(if cli.quick { 10 } else { 50 }),
+                warmup,
+                wan_delay_ms,
+                in_netns,
+            };
+            wan::run(&bin, cli.quick, &cli.out, opt).await?;
         }
     }
     Ok(())

@@ -184,8 +184,8 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
          \n  Metrics                       http://{http}/metrics\
          \n  RPC (Raft, LAN gRPC)          {rpc}\
          \n  DNS (UDP and TCP)             {dns}\
-         \n  WAN (federation gRPC)         {wan}  (reserved; federation comes in a later release)\
-         \n  Gateway (SNI passthrough)     {gw}  (reserved; the gateway comes in a later release)\
+         \n  WAN (federation, mTLS gRPC)   {wan}\
+         \n  Gateway (SNI passthrough)     {gw}  (TCP; UDP for the QUIC tunnel)\
          \n  Data folder                   {data}{removed}\n\
          \nTry:\
          \n  curl -s 'http://{http}/v1/health/service/web?passing'\
@@ -194,7 +194,10 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
          \n  {exe} services show web{addr_flag}\
          \n  {exe} members{addr_flag}\
          \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\
-         \n  dig @{dns_ip} -p {dns_port} +short web.service.consul A\n\
+         \n  dig @{dns_ip} -p {dns_port} +short web.service.consul A\
+         \n  # a second datacenter that federates with this one (dc2 sees dc1's services, and back):\
+         \n  {exe} agent --dev --dc dc2 --http-port 9500 --dns-port 9600 --rpc-port 9300 --wan-port 9302 --gateway-port 9443 --join-wan {wan}\
+         \n  curl -s 'http://127.0.0.1:9500/v1/health/service/web?dc={dc}'\n\
          \n{stop}",
         stop = match exit_after {
             Some(secs) => format!("Stopping in {secs} s (or on Ctrl-C)."),
@@ -206,8 +209,12 @@ fn print_banner(agent: &Agent, exit_after: Option<u64>) {
         dns = dns,
         dns_ip = dns.ip(),
         dns_port = dns.port(),
-        wan = join_host_port(&host, c.ports.wan),
-        gw = join_host_port(&host, c.ports.gateway),
+        wan = agent
+            .wan_addr()
+            .map_or_else(|| join_host_port(&host, c.ports.wan), |a| a.to_string()),
+        gw = agent
+            .gateway_addr()
+            .map_or_else(|| join_host_port(&host, c.ports.gateway), |a| a.to_string()),
         removed = if agent.data_is_temporary() {
             " (removed at exit)"
         } else {

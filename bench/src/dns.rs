@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::tools::find_tool;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
@@ -117,22 +118,6 @@ struct Report {
 const QUERY_MIX: &str = "per service: `svc-N.service.consul SRV`, `_svc-N._tcp.service.consul SRV`, \
      `svc-N.service.consul A` (UDP, no EDNS)";
 
-/// Finds a program on PATH or in /usr/sbin (knotd lives there and a non-root PATH may lack it).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if out.status.success() && !path.is_empty() {
-        return Some(PathBuf::from(path));
-    }
-    let sbin = Path::new("/usr/sbin").join(name);
-    sbin.exists().then_some(sbin)
-}
-
 /// Finds knotd and dnsperf, installing the Debian packages `knot` and `dnsperf` with apt-get when
 /// they are missing and we are root; otherwise fails with a one-line message.
 fn ensure_peers() -> Result<(PathBuf, PathBuf)> {
@@ -142,39 +127,7 @@ fn ensure_peers() -> Result<(PathBuf, PathBuf)> {
         .filter(|(bin, _)| find_tool(bin).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
-    if !missing.is_empty() {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        if !root || find_tool("apt-get").is_none() {
-            bail!(
-                "meridian-bench dns needs {}: run 'sudo apt-get install -y {}'",
-                missing.join(" and "),
-                missing.join(" ")
-            );
-        }
-        eprintln!("dns: installing {} with apt-get", missing.join(" "));
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get")
-                .args(["update", "-qq"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-            if !install() {
-                bail!("apt-get install {} failed", missing.join(" "));
-            }
-        }
-    }
+    crate::tools::apt_install("dns", &missing)?;
     let knotd = find_tool("knotd").context("knotd not found after installing knot")?;
     let dnsperf = find_tool("dnsperf").context("dnsperf not found after installing it")?;
     Ok((knotd, dnsperf))

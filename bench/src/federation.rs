@@ -30,6 +30,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::tools::is_root;
 use anyhow::{Context, Result, bail, ensure};
 use meridian_protos::federation as pb;
 use prost::Message as _;
@@ -86,46 +87,12 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
             return inner(bin, quick, out, &opt, None).await;
         }
     };
-    eprintln!(
-        "federation: network namespace {} (loopback, MTU 1500); running the benchmark inside it",
-        ns.name
-    );
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .arg("--in-netns")
-        .arg(&ns.name)
-        .kill_on_drop(true)
-        .spawn()
-        .context("ip netns exec")?;
-    let status = tokio::select! {
-        s = child.wait() => s?,
-        _ = tokio::signal::ctrl_c() => {
-            let _ = child.kill().await;
-            drop(ns);
-            bail!("interrupted");
-        }
-    };
-    drop(ns);
-    ensure!(
-        status.success(),
-        "the benchmark inside the namespace failed ({status})"
-    );
-    Ok(())
+    run_inside(ns, "federation").await
 }
 
 /// A network namespace of this benchmark, deleted (with anything still running in it) on drop.
 pub(crate) struct Netns {
     pub(crate) name: String,
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn have(tool: &str) -> bool {
@@ -160,27 +127,39 @@ fn ensure_iptables() -> Result<()> {
     if have("iptables") {
         return Ok(());
     }
-    ensure!(
-        have("apt-get"),
-        "iptables is missing: install the iptables package"
+    crate::tools::apt_install("federation", &["iptables"])
+}
+
+/// Runs this benchmark's own command line again inside `ns` (with `--in-netns`), and deletes
+/// the namespace when it ends, fails or is interrupted; `bench` names the subcommand.
+pub(crate) async fn run_inside(ns: Netns, bench: &str) -> Result<()> {
+    eprintln!(
+        "{bench}: network namespace {} (loopback, MTU 1500); running the benchmark inside it",
+        ns.name
     );
-    eprintln!("federation: installing iptables with apt-get");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "iptables"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--in-netns")
+        .arg(&ns.name)
+        .kill_on_drop(true)
+        .spawn()
+        .context("ip netns exec")?;
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = tokio::signal::ctrl_c() => {
+            let _ = child.kill().await;
+            drop(ns);
+            bail!("interrupted");
+        }
     };
-    if !install() {
-        let _ = Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
-        ensure!(install(), "apt-get install iptables failed");
-    }
+    drop(ns);
+    ensure!(
+        status.success(),
+        "the benchmark inside the namespace failed ({status})"
+    );
     Ok(())
 }
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tools::{find_tool, is_root};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
@@ -420,29 +421,6 @@ impl Drop for Proc {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Finds a program on PATH or in /usr/sbin (nginx and haproxy live there).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if out.status.success() && !path.is_empty() {
-        return Some(PathBuf::from(path));
-    }
-    let sbin = Path::new("/usr/sbin").join(name);
-    sbin.exists().then_some(sbin)
-}
-
 /// The programs the benchmark runs.
 struct Tools {
     nginx: PathBuf,
@@ -473,31 +451,7 @@ fn ensure_tools() -> Result<Tools> {
     }
     missing.dedup();
     if !missing.is_empty() {
-        if !is_root() || find_tool("apt-get").is_none() {
-            bail!(
-                "meridian-bench gateway needs {}: run 'sudo apt-get install -y {}'",
-                missing.join(", "),
-                missing.join(" ")
-            );
-        }
-        eprintln!("gateway: installing {} with apt-get", missing.join(" "));
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get")
-                .args(["update", "-qq"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-            ensure!(install(), "apt-get install {} failed", missing.join(" "));
-        }
+        crate::tools::apt_install("gateway", &missing)?;
         // Debian starts the packaged nginx and haproxy as services; the benchmark runs its own.
         for svc in ["nginx", "haproxy"] {
             let _ = Command::new("service")

@@ -22,6 +22,7 @@
 mod dns;
 mod federation;
 mod gateway;
+mod tools;
 mod wan;
 
 use std::fmt::Write as _;

@@ -78,34 +78,7 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
     let ns = Netns::create().context(
         "wan: the benchmark needs its own network namespace and iptables (run it as root)",
     )?;
-    eprintln!(
-        "wan: network namespace {} (loopback, MTU 1500); running the benchmark inside it",
-        ns.name
-    );
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .arg("--in-netns")
-        .arg(&ns.name)
-        .kill_on_drop(true)
-        .spawn()
-        .context("ip netns exec")?;
-    let status = tokio::select! {
-        s = child.wait() => s?,
-        _ = tokio::signal::ctrl_c() => {
-            let _ = child.kill().await;
-            drop(ns);
-            bail!("interrupted");
-        }
-    };
-    drop(ns);
-    ensure!(
-        status.success(),
-        "the benchmark inside the namespace failed ({status})"
-    );
-    Ok(())
+    crate::federation::run_inside(ns, "wan").await
 }
 
 /// Runs the measurement in a temporary folder, kept (with every process's log) when something

@@ -20,7 +20,7 @@ use crate::dns::{dns_addr, query, srv_lines};
 use crate::harness::{Agent, BIN, Mode, Ports, eventually};
 
 /// A `--dev` agent of datacenter `dc`, joining the node at WAN port `join` if given.
-fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
+pub(crate) fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
     let join = join.map(|p| format!("127.0.0.1:{p}"));
     let mut extra = vec!["--dc", dc, "--node", "n1"];
     if let Some(j) = &join {
@@ -69,7 +69,7 @@ async fn converged(origin: &Agent, dc: &str, holder: &Agent, secs: u64) -> Resul
 }
 
 /// The value of a sample line `name` (with its labels, exactly as printed) on `/metrics`.
-async fn metric(agent: &Agent, name: &str) -> Result<f64> {
+pub(crate) async fn metric(agent: &Agent, name: &str) -> Result<f64> {
     let text = agent
         .http
         .get(agent.url("/metrics"))

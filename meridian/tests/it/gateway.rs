@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::federation::dev_dc;
 use crate::harness::{Agent, Mode, Ports, eventually, free_port};
 
 const NAME: &str = "web.service.consul";
@@ -158,14 +159,9 @@ async fn curl(gw_port: u16, name: &str, ca: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A sample on `/metrics`, 0 when absent (or the agent does not answer).
 async fn metric(agent: &Agent, name: &str) -> f64 {
-    let Ok(r) = agent.http.get(agent.url("/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    crate::federation::metric(agent, name).await.unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,24 +291,6 @@ async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
     .await?;
     ensure!(agent.is_running());
     Ok(())
-}
-
-/// A `--dev` agent of datacenter `dc`, joining the WAN port `join` if given.
-fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
-    let join = join.map(|p| format!("127.0.0.1:{p}"));
-    let mut extra = vec!["--dc", dc, "--node", "n1"];
-    if let Some(j) = &join {
-        extra.extend(["--join-wan", j.as_str()]);
-    }
-    Agent::start_with(
-        dc,
-        Mode::Dev {
-            data_dir: dir.join(dc),
-        },
-        Ports::free(),
-        dir,
-        &extra,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

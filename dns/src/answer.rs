@@ -14,7 +14,7 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use meridian_topology::names::{hex_ip, parse_query_name, parse_reverse, strip_domain};
-use meridian_topology::{Health, Instance, NameQuery, ServiceQuery, View, resolve};
+use meridian_topology::{AddressMode, Health, Instance, NameQuery, ServiceQuery, View, resolve};
 
 use crate::settings::DnsSettings;
 
@@ -118,6 +118,8 @@ pub fn answer(
                 tag,
                 dc,
                 only_passing: s.only_passing,
+                tags: &[],
+                policy: None,
             },
             qtype,
             max_groups,
@@ -311,9 +313,16 @@ impl<'a> Builder<'a> {
     }
 
     fn service(&mut self, q: &ServiceQuery<'_>, qtype: RecordType, max_groups: usize) {
-        let Ok(res) = resolve(self.view, q) else {
+        let Ok(mut res) = resolve(self.view, q) else {
             return self.nxdomain();
         };
+        if res.address_mode == AddressMode::Gateway {
+            // The client reaches the chosen DC through our own gateways, by SNI.
+            res = res.through_gateways(self.view);
+            if res.instances.is_empty() {
+                return self.nxdomain();
+            }
+        }
         let mut instances = res.instances;
         fastrand::shuffle(&mut instances);
         let ttl = self.s.service_ttl.get(q.service);

@@ -42,6 +42,8 @@ impl<'a> Route<'a> {
             tag: self.tag,
             dc: self.dc,
             only_passing,
+            tags: &[],
+            policy: None,
         }
     }
 }
@@ -164,7 +166,9 @@ mod tests {
                 service: "web",
                 tag: Some("v1"),
                 dc: Some("dc1"),
-                only_passing: true
+                only_passing: true,
+                tags: &[],
+                policy: None,
             }
         );
     }

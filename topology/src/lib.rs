@@ -1,16 +1,23 @@
 //! Meridian's brain, kept pure: the data model of a datacenter's catalog, the name grammar shared
 //! by DNS and SNI, and the immutable [`View`] that every reader (HTTP API, DNS, gateway) consults.
 //!
+//! It also decides failover: the DC failure detector ([`health`]) and the policies
+//! ([`failover`]) that `resolve` applies, so DNS answers and gateway routes never disagree.
+//!
 //! Nothing here touches sockets, clocks or disks. Producers (`catalog`, later `federation`) build a
 //! new [`View`] and publish it; consumers read a snapshot and never see a half-applied change.
 
 pub mod dc;
+pub mod failover;
+pub mod health;
 mod model;
 pub mod names;
 mod resolve;
 mod view;
 
 pub use dc::DcState;
+pub use failover::{AddressMode, Failover, FailoverPolicy};
+pub use health::{DcLiveness, DcStatus, Detector, DetectorConfig};
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};

@@ -1,22 +1,42 @@
 //! `resolve`: where a name goes. The one function DNS answers and gateway routes both come from,
-//! so the two can never disagree.
+//! so the two can never disagree. A query naming a DC is answered from that DC; a query without
+//! one is answered locally and fails over by policy (see [`FailoverPolicy`]).
 
 use crate::dc::DcState;
+use crate::failover::{AddressMode, Failover, FailoverPolicy};
 use crate::model::{Health, Instance};
 use crate::view::View;
 
 /// A request for the instances of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ServiceQuery<'a> {
     /// Service name (case-insensitive).
     pub service: &'a str,
     /// Only instances carrying this tag (case-insensitive).
     pub tag: Option<&'a str>,
-    /// An explicit datacenter (local or a federated replica); `None` resolves by policy (today:
-    /// the local DC).
+    /// An explicit datacenter (local or a federated replica); `None` resolves by policy.
     pub dc: Option<&'a str>,
     /// Leave out instances whose health is `warning` (critical ones are always left out).
     pub only_passing: bool,
+    /// Further tags, as prepared queries give them: every one must be present, and one written
+    /// `!tag` must be absent.
+    pub tags: &'a [String],
+    /// The failover policy for a query without a DC; `None` takes the view's default.
+    pub policy: Option<&'a FailoverPolicy>,
+}
+
+impl<'a> ServiceQuery<'a> {
+    /// A query for `service` in `dc` (or by policy), with the view's default policy.
+    pub fn new(service: &'a str, dc: Option<&'a str>) -> Self {
+        ServiceQuery {
+            service,
+            tag: None,
+            dc,
+            only_passing: false,
+            tags: &[],
+            policy: None,
+        }
+    }
 }
 
 /// The instances a query resolved to, all in one datacenter.
@@ -28,6 +48,29 @@ pub struct Resolution<'v> {
     pub state: &'v DcState,
     /// The healthy instances with their health, in catalog order (callers shuffle).
     pub instances: Vec<(&'v Instance, Health)>,
+    /// How many DCs were passed over: 0 when the first DC asked answered.
+    pub failovers: usize,
+    /// How the answer is addressed: `Direct` unless it failed over under a `gateway` policy.
+    pub address_mode: AddressMode,
+}
+
+impl<'v> Resolution<'v> {
+    /// The same answer addressed through the local DC's gateways: their healthy instances stand
+    /// in for the chosen DC's, which the gateway reaches by the client's SNI.
+    pub fn through_gateways(self, view: &'v View) -> Resolution<'v> {
+        let state = view.local();
+        let instances = state
+            .instances_of(crate::GATEWAY_SERVICE)
+            .map(|i| (i, state.health_of(i)))
+            .filter(|(_, h)| *h != Health::Critical)
+            .collect();
+        Resolution {
+            dc: view.datacenter(),
+            state,
+            instances,
+            ..self
+        }
+    }
 }
 
 /// Why a query resolved to nothing.
@@ -37,6 +80,9 @@ pub enum ResolveError {
     /// The query names a datacenter this view does not know.
     #[error("unknown datacenter")]
     UnknownDatacenter,
+    /// The query names a datacenter that is `Down` or `Drained`.
+    #[error("datacenter unavailable")]
+    DatacenterUnavailable,
     /// No instance of the service is registered (with that tag).
     #[error("no such service")]
     NoSuchService,
@@ -45,20 +91,23 @@ pub enum ResolveError {
     NoHealthyInstance,
 }
 
-/// Resolves a service query against a view.
-pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v>, ResolveError> {
-    let Some((dc, state)) = view.dc_state(q.dc) else {
-        return Err(ResolveError::UnknownDatacenter);
-    };
-    let mut any = false;
+/// The usable instances of the query's service in one DC, and how many match at all.
+fn in_dc<'v>(state: &'v DcState, q: &ServiceQuery<'_>) -> (Vec<(&'v Instance, Health)>, usize) {
+    let mut matching = 0;
     let mut instances = Vec::new();
     for inst in state.instances_of(q.service) {
         if let Some(tag) = q.tag
-            && !inst.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
+            && !has_tag(inst, tag)
         {
             continue;
         }
-        any = true;
+        if !q.tags.iter().all(|t| match t.strip_prefix('!') {
+            Some(absent) => !has_tag(inst, absent),
+            None => has_tag(inst, t),
+        }) {
+            continue;
+        }
+        matching += 1;
         let health = state.health_of(inst);
         let ok = match health {
             Health::Passing => true,
@@ -69,24 +118,131 @@ pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v
             instances.push((inst, health));
         }
     }
-    if !any {
-        Err(ResolveError::NoSuchService)
-    } else if instances.is_empty() {
-        Err(ResolveError::NoHealthyInstance)
+    (instances, matching)
+}
+
+fn has_tag(inst: &Instance, tag: &str) -> bool {
+    inst.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
+}
+
+fn empty_error(matching: usize) -> ResolveError {
+    if matching == 0 {
+        ResolveError::NoSuchService
     } else {
-        Ok(Resolution {
-            dc,
-            state,
-            instances,
-        })
+        ResolveError::NoHealthyInstance
     }
+}
+
+/// The DCs a failing-over query tries after the local one, in order: up to `nearest_n` of the
+/// available ones by RTT (unmeasured last, by name), then the policy's list. Unavailable DCs are
+/// skipped before counting, so a dead nearest DC does not use up a place.
+fn candidates<'v>(view: &'v View, policy: &FailoverPolicy) -> Vec<(&'v str, &'v DcState)> {
+    let f = view.failover();
+    let mut near: Vec<(&'v str, &'v DcState)> = view
+        .remotes()
+        .filter(|r| !f.unavailable(&r.name))
+        .map(|r| (&*r.name, &r.state))
+        .collect();
+    near.sort_by_key(|(name, _)| (f.rtt_us(name).unwrap_or(u32::MAX), *name));
+    near.truncate(policy.nearest_n);
+    for dc in &policy.datacenters {
+        if let Some((name, state)) = view.dc_state(Some(dc))
+            && name != view.datacenter()
+            && !near.iter().any(|(n, _)| *n == name)
+        {
+            near.push((name, state));
+        }
+    }
+    near
+}
+
+fn spills(policy: &FailoverPolicy, healthy: usize, matching: usize) -> bool {
+    policy
+        .spill_below
+        .is_some_and(|share| (healthy as f64) < share * matching as f64)
+}
+
+/// Resolves a service query against a view, failing over by policy when it names no DC.
+///
+/// A DC that is `Down` or `Drained` is never in an answer (the local DC answers a query that
+/// names it explicitly, so tunnelled connections still reach it). A DC whose instances of the
+/// service recovered within the failback period answers only when no other DC can.
+pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v>, ResolveError> {
+    let f: &Failover = view.failover();
+    let found = |dc: &'v str, state: &'v DcState, instances, failovers, mode| Resolution {
+        dc,
+        state,
+        instances,
+        failovers,
+        address_mode: mode,
+    };
+    if let Some(dc) = q.dc {
+        let Some((name, state)) = view.dc_state(Some(dc)) else {
+            return Err(ResolveError::UnknownDatacenter);
+        };
+        if name != view.datacenter() && f.unavailable(name) {
+            return Err(ResolveError::DatacenterUnavailable);
+        }
+        let (instances, matching) = in_dc(state, q);
+        if instances.is_empty() {
+            return Err(empty_error(matching));
+        }
+        return Ok(found(name, state, instances, 0, AddressMode::Direct));
+    }
+    let policy = q.policy.unwrap_or(&f.policy);
+    let (local, state) = (view.datacenter(), view.local());
+    let (instances, matching) = in_dc(state, q);
+    if !policy.enabled {
+        if instances.is_empty() {
+            return Err(empty_error(matching));
+        }
+        return Ok(found(local, state, instances, 0, AddressMode::Direct));
+    }
+    let local_usable = !instances.is_empty() && !f.unavailable(local);
+    if local_usable && !f.is_held(local, q.service) && !spills(policy, instances.len(), matching) {
+        return Ok(found(local, state, instances, 0, AddressMode::Direct));
+    }
+    let mut any_matching = matching;
+    let mut recovering = None;
+    for (i, (dc, remote)) in candidates(view, policy).into_iter().enumerate() {
+        if f.unavailable(dc) {
+            continue;
+        }
+        let (found_here, m) = in_dc(remote, q);
+        any_matching += m;
+        if found_here.is_empty() {
+            continue;
+        }
+        if f.is_held(dc, q.service) {
+            recovering.get_or_insert((dc, remote, found_here, i + 1));
+            continue;
+        }
+        return Ok(found(dc, remote, found_here, i + 1, policy.address_mode));
+    }
+    // Nothing better: the local DC below its spill share or still recovering, then a remote
+    // one still recovering, beats no answer.
+    if local_usable {
+        return Ok(found(local, state, instances, 0, AddressMode::Direct));
+    }
+    if let Some((dc, remote, found_here, failovers)) = recovering {
+        return Ok(found(
+            dc,
+            remote,
+            found_here,
+            failovers,
+            policy.address_mode,
+        ));
+    }
+    Err(empty_error(any_matching))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{DcLiveness, DcStatus};
     use crate::model::{Check, Weights};
     use crate::view::RemoteDc;
+    use proptest::prelude::*;
     use std::sync::Arc;
 
     fn inst(id: &str, tags: &[&str]) -> Instance {
@@ -135,12 +291,7 @@ mod tests {
     #[test]
     fn health_tags_and_datacenters() {
         let v = view();
-        let q = ServiceQuery {
-            service: "WEB",
-            tag: None,
-            dc: None,
-            only_passing: false,
-        };
+        let q = ServiceQuery::new("WEB", None);
         assert_eq!(ids(&resolve(&v, &q).expect("resolves")), ["a", "b"]);
         let passing = ServiceQuery {
             only_passing: true,
@@ -191,16 +342,287 @@ mod tests {
                 ..RemoteDc::default()
             }),
         ));
-        let q = ServiceQuery {
-            service: "web",
-            tag: None,
-            dc: Some("DC2"),
-            only_passing: false,
-        };
+        let q = ServiceQuery::new("web", Some("DC2"));
         let r = resolve(&v, &q).expect("resolves in dc2");
         assert_eq!((r.dc, ids(&r)), ("dc2", vec!["r1".to_owned()]));
         assert_eq!(r.state.instance_count(), 1);
         let local = ServiceQuery { dc: None, ..q };
         assert_eq!(ids(&resolve(&v, &local).expect("local")), ["a", "b"]);
+    }
+
+    fn remote(name: &str, instances: &[(&str, Health)]) -> (Arc<str>, Arc<RemoteDc>) {
+        let mut s = DcState::default();
+        for (i, (id, h)) in instances.iter().enumerate() {
+            s.register(inst(id, &[]), vec![check(id, *h)], i as u64 + 1);
+        }
+        (
+            name.into(),
+            Arc::new(RemoteDc {
+                name: name.into(),
+                state: s,
+                ..RemoteDc::default()
+            }),
+        )
+    }
+
+    fn live(status: DcStatus, rtt_us: u32) -> DcLiveness {
+        DcLiveness {
+            status,
+            rtt_us: Some(rtt_us),
+            ..DcLiveness::default()
+        }
+    }
+
+    /// dc1 (local) with `web` instances of the given health; dc2 (rtt 30 ms) and dc3 (rtt
+    /// 10 ms) each with one passing instance.
+    fn federation(local: &[(&str, Health)], failover: Failover) -> View {
+        let mut s = DcState::default();
+        for (i, (id, h)) in local.iter().enumerate() {
+            s.register(inst(id, &[]), vec![check(id, *h)], i as u64 + 1);
+        }
+        View::new("dc1", s)
+            .with_remotes(
+                [
+                    remote("dc2", &[("w2", Health::Passing)]),
+                    remote("dc3", &[("w3", Health::Passing)]),
+                ]
+                .into_iter()
+                .collect(),
+            )
+            .with_failover(Arc::new(failover))
+    }
+
+    fn liveness(dc2: DcStatus, dc3: DcStatus) -> imbl::OrdMap<Arc<str>, DcLiveness> {
+        [
+            (Arc::from("dc2"), live(dc2, 30_000)),
+            (Arc::from("dc3"), live(dc3, 10_000)),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn plain_names_fail_over_to_the_nearest_available_dc() {
+        let q = ServiceQuery::new("web", None);
+        let f = Failover {
+            liveness: liveness(DcStatus::Up, DcStatus::Up),
+            ..Failover::default()
+        };
+        let v = federation(&[("a", Health::Passing)], f.clone());
+        let r = resolve(&v, &q).expect("local");
+        assert_eq!((r.dc, r.failovers), ("dc1", 0));
+
+        let v = federation(&[("a", Health::Critical)], f.clone());
+        let r = resolve(&v, &q).expect("fails over");
+        assert_eq!(
+            (r.dc, r.failovers, ids(&r)),
+            ("dc3", 1, vec!["w3".to_owned()])
+        );
+
+        let down = Failover {
+            liveness: liveness(DcStatus::Up, DcStatus::Down),
+            ..f.clone()
+        };
+        let v = federation(&[("a", Health::Critical)], down);
+        assert_eq!(resolve(&v, &q).expect("dc2").dc, "dc2", "dc3 is down");
+
+        let ordered = FailoverPolicy {
+            nearest_n: 0,
+            datacenters: vec!["DC2".into(), "dc3".into()],
+            address_mode: AddressMode::Gateway,
+            ..FailoverPolicy::default()
+        };
+        let v = federation(&[], f.clone());
+        let r = resolve(
+            &v,
+            &ServiceQuery {
+                policy: Some(&ordered),
+                ..q
+            },
+        )
+        .expect("list");
+        assert_eq!((r.dc, r.address_mode), ("dc2", AddressMode::Gateway));
+
+        let off = FailoverPolicy {
+            enabled: false,
+            ..FailoverPolicy::default()
+        };
+        let v = federation(&[("a", Health::Critical)], f);
+        assert_eq!(
+            resolve(
+                &v,
+                &ServiceQuery {
+                    policy: Some(&off),
+                    ..q
+                }
+            )
+            .err(),
+            Some(ResolveError::NoHealthyInstance),
+            "Consul's behaviour when turned off"
+        );
+    }
+
+    #[test]
+    fn spill_held_and_drained() {
+        let q = ServiceQuery::new("web", None);
+        let spill = Arc::new(FailoverPolicy {
+            spill_below: Some(0.5),
+            ..FailoverPolicy::default()
+        });
+        let f = Failover {
+            liveness: liveness(DcStatus::Up, DcStatus::Up),
+            policy: spill,
+            ..Failover::default()
+        };
+        let one_of_three = [
+            ("a", Health::Passing),
+            ("b", Health::Critical),
+            ("c", Health::Critical),
+        ];
+        let v = federation(&one_of_three, f.clone());
+        assert_eq!(resolve(&v, &q).expect("spills").dc, "dc3");
+        let two_of_three = [
+            ("a", Health::Passing),
+            ("b", Health::Passing),
+            ("c", Health::Critical),
+        ];
+        let v = federation(&two_of_three, f.clone());
+        assert_eq!(resolve(&v, &q).expect("stays").dc, "dc1");
+
+        // Recovered locally but inside the stable period: the remote DC still answers...
+        let mut held = f.clone();
+        held.held.insert(("dc1".into(), "web".into()));
+        let v = federation(&two_of_three, held.clone());
+        assert_eq!(resolve(&v, &q).expect("held").dc, "dc3");
+        // ...unless nothing else can.
+        held.liveness = liveness(DcStatus::Down, DcStatus::Drained);
+        let v = federation(&two_of_three, held);
+        assert_eq!(resolve(&v, &q).expect("only dc1").dc, "dc1");
+
+        // A drained local DC sends even local clients away; an explicit remote DC that is down
+        // answers nothing; the local DC named explicitly still answers (tunnelled streams).
+        let mut drained = f;
+        drained
+            .liveness
+            .insert("dc1".into(), live(DcStatus::Drained, 0));
+        drained
+            .liveness
+            .insert("dc2".into(), live(DcStatus::Down, 0));
+        let v = federation(&two_of_three, drained);
+        assert_eq!(resolve(&v, &q).expect("away").dc, "dc3");
+        assert_eq!(
+            resolve(&v, &ServiceQuery::new("web", Some("dc2"))).err(),
+            Some(ResolveError::DatacenterUnavailable)
+        );
+        assert_eq!(
+            resolve(&v, &ServiceQuery::new("web", Some("dc1")))
+                .expect("own")
+                .dc,
+            "dc1"
+        );
+    }
+
+    #[test]
+    fn prepared_query_tags_all_match_and_negations_exclude() {
+        let mut s = DcState::default();
+        s.register(
+            inst("a", &["v1", "canary"]),
+            vec![check("a", Health::Passing)],
+            1,
+        );
+        s.register(inst("b", &["V1"]), vec![check("b", Health::Passing)], 2);
+        let v = View::new("dc1", s);
+        let tags = ["v1".to_owned(), "!canary".to_owned()];
+        let q = ServiceQuery {
+            tags: &tags,
+            ..ServiceQuery::new("web", None)
+        };
+        assert_eq!(ids(&resolve(&v, &q).expect("b")), ["b"]);
+    }
+
+    fn status() -> impl Strategy<Value = DcStatus> {
+        prop_oneof![
+            Just(DcStatus::Up),
+            Just(DcStatus::Suspect),
+            Just(DcStatus::Down),
+            Just(DcStatus::Drained),
+        ]
+    }
+
+    fn health() -> impl Strategy<Value = Health> {
+        prop_oneof![
+            Just(Health::Passing),
+            Just(Health::Warning),
+            Just(Health::Critical)
+        ]
+    }
+
+    proptest! {
+        /// Whatever the liveness, health, holds and policy, an answer never points at a DC that
+        /// is `Down` or `Drained` (the local DC named explicitly aside), and a query that fails
+        /// over only does so when the policy allows it.
+        #[test]
+        fn no_answer_points_at_a_down_or_drained_dc(
+            statuses in proptest::collection::vec(status(), 3),
+            healths in proptest::collection::vec(proptest::collection::vec(health(), 0..3), 3),
+            rtts in proptest::collection::vec(0u32..100_000, 3),
+            held in proptest::collection::vec(any::<bool>(), 3),
+            enabled in any::<bool>(),
+            nearest_n in 0usize..4,
+            list in proptest::collection::vec(0usize..4, 0..3),
+            spill in proptest::option::of(0.0f64..1.0),
+            explicit in proptest::option::of(0usize..4),
+        ) {
+            let names = ["dc1", "dc2", "dc3", "dc9"];
+            let mut states = Vec::new();
+            for (d, hs) in healths.iter().enumerate() {
+                let mut s = DcState::default();
+                for (i, h) in hs.iter().enumerate() {
+                    let id = format!("{}-{i}", names[d]);
+                    s.register(inst(&id, &[]), vec![check(&id, *h)], i as u64 + 1);
+                }
+                states.push(s);
+            }
+            let mut f = Failover::default();
+            for d in 0..3 {
+                f.liveness.insert(names[d].into(), live(statuses[d], rtts[d]));
+                if held[d] {
+                    f.held.insert((names[d].into(), "web".into()));
+                }
+            }
+            let policy = FailoverPolicy {
+                enabled,
+                nearest_n,
+                datacenters: list.iter().map(|&i| Arc::from(names[i])).collect(),
+                spill_below: spill,
+                address_mode: AddressMode::Direct,
+            };
+            // dc1 never marks itself down; only drained.
+            if f.liveness["dc1"].status == DcStatus::Down {
+                f.liveness.insert("dc1".into(), live(DcStatus::Up, 0));
+            }
+            let v = View::new("dc1", states[0].clone())
+                .with_remotes((1..3).map(|d| (Arc::from(names[d]), Arc::new(RemoteDc {
+                    name: names[d].into(),
+                    state: states[d].clone(),
+                    ..RemoteDc::default()
+                }))).collect())
+                .with_failover(Arc::new(f.clone()));
+            let q = ServiceQuery {
+                dc: explicit.map(|i| names[i]),
+                policy: Some(&policy),
+                ..ServiceQuery::new("web", None)
+            };
+            if let Ok(r) = resolve(&v, &q) {
+                prop_assert!(!r.instances.is_empty());
+                let explicit_local = q.dc == Some("dc1");
+                if enabled || q.dc.is_some() {
+                    prop_assert!(explicit_local || !f.unavailable(r.dc), "answered from {} which is {:?}", r.dc, f.liveness(r.dc).status);
+                }
+                if !enabled || q.dc.is_some() {
+                    prop_assert_eq!(r.failovers, 0);
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 
 use crate::dc::DcState;
+use crate::failover::Failover;
 
 /// A remote datacenter as this node knows it: a read-only replica fed by federation.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +35,8 @@ pub struct View {
     local: DcState,
     /// Remote datacenters by lowercased name.
     remotes: OrdMap<Arc<str>, Arc<RemoteDc>>,
+    /// Liveness, failback holds and the default failover policy.
+    failover: Arc<Failover>,
 }
 
 impl View {
@@ -43,6 +46,7 @@ impl View {
             datacenter: datacenter.into(),
             local,
             remotes: OrdMap::new(),
+            failover: Arc::default(),
         }
     }
 
@@ -50,6 +54,22 @@ impl View {
     pub fn with_remotes(mut self, remotes: OrdMap<Arc<str>, Arc<RemoteDc>>) -> Self {
         self.remotes = remotes;
         self
+    }
+
+    /// This view with the failover state `failover`.
+    pub fn with_failover(mut self, failover: Arc<Failover>) -> Self {
+        self.failover = failover;
+        self
+    }
+
+    /// The failover state: liveness, holds and the default policy.
+    pub fn failover(&self) -> &Failover {
+        &self.failover
+    }
+
+    /// The failover state, shared.
+    pub fn failover_arc(&self) -> &Arc<Failover> {
+        &self.failover
     }
 
     /// The local datacenter's name.
@@ -103,6 +123,7 @@ impl View {
             datacenter: self.datacenter.clone(),
             local,
             remotes: self.remotes.without(&key),
+            failover: self.failover.clone(),
         }
     }
 

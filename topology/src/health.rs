@@ -1,0 +1,443 @@
+//! The DC failure detector: turns probe results (data plane) and federation stream state
+//! (control plane) into each remote DC's `Up`/`Suspect`/`Down`, with hysteresis, plus `Drained`
+//! when an operator says so. Pure: the caller feeds it events and the time, in milliseconds of
+//! any monotonic clock.
+//!
+//! A DC goes `Down` after `down_after` without evidence of life, and comes back `Up` only after
+//! `failback_after` of unbroken evidence, so a flapping link changes answers at most once per
+//! `min(down_after, failback_after)`. The data plane is the evidence while it is being probed
+//! (it is what carries traffic: a DC whose gateways are all dead is `Down` even if its servers
+//! still stream); otherwise the control stream is. Control lost while the data plane answers is
+//! `stale`, not `Down`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::Serialize;
+
+/// A datacenter's state as the detector sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DcStatus {
+    /// Answers and routes may point at it.
+    #[default]
+    Up,
+    /// Evidence of life is late; still answered from, watched closely.
+    Suspect,
+    /// Lost: no answer or route points at it until it recovers for the stable period.
+    Down,
+    /// Taken out by an operator or a drill; treated like `Down` without waiting.
+    Drained,
+}
+
+impl DcStatus {
+    /// The state's name in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DcStatus::Up => "up",
+            DcStatus::Suspect => "suspect",
+            DcStatus::Down => "down",
+            DcStatus::Drained => "drained",
+        }
+    }
+}
+
+/// One DC's published liveness.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DcLiveness {
+    /// The state answers follow.
+    pub status: DcStatus,
+    /// When `status` last changed, in the detector's clock (ms).
+    pub since_ms: u64,
+    /// Smoothed data-plane round-trip time in microseconds, once measured.
+    pub rtt_us: Option<u32>,
+    /// The control stream is lost (the replica is stale) while the data plane still answers.
+    pub stale: bool,
+}
+
+/// The detector's thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// Without evidence of life for this long, a DC is `Suspect`.
+    pub suspect_after_ms: u64,
+    /// Without evidence of life for this long, a DC is `Down`.
+    pub down_after_ms: u64,
+    /// A `Down` DC is `Up` again after this long of unbroken evidence of life.
+    pub failback_after_ms: u64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        // With probes every 250 ms, a lost DC is `Down` within 1.5 s plus one probe timeout,
+        // well inside the 3 s bound we publish.
+        DetectorConfig {
+            suspect_after_ms: 600,
+            down_after_ms: 1500,
+            failback_after_ms: 5000,
+        }
+    }
+}
+
+/// One source of evidence (data plane or control plane).
+#[derive(Clone, Copy, Debug, Default)]
+struct Source {
+    /// Last time this source said "alive".
+    last_ok: Option<u64>,
+    /// Start of the current unbroken run of "alive", if the last report was "alive".
+    streak: Option<u64>,
+    /// Last time this source reported anything.
+    last_report: Option<u64>,
+}
+
+impl Source {
+    /// Records a report; a gap of more than `gap` since the previous one breaks the streak,
+    /// since nothing vouched for the DC in between.
+    fn report(&mut self, now: u64, alive: bool, gap: u64) {
+        if self
+            .last_report
+            .is_some_and(|t| now.saturating_sub(t) > gap)
+        {
+            self.streak = None;
+        }
+        self.last_report = Some(now);
+        if alive {
+            self.last_ok = Some(now);
+            self.streak.get_or_insert(now);
+        } else {
+            self.streak = None;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Track {
+    health: DcStatus,
+    /// When `health` last changed (or the DC was first seen).
+    health_since: u64,
+    /// When the published status (health or drained) last changed.
+    since: u64,
+    data: Source,
+    control: Source,
+    control_up: bool,
+    rtt_us: Option<f64>,
+    drained: bool,
+}
+
+/// The failure detector for every remote DC of one node.
+#[derive(Clone, Debug, Default)]
+pub struct Detector {
+    config: DetectorConfig,
+    dcs: BTreeMap<Arc<str>, Track>,
+}
+
+/// Weight of a new RTT sample in the moving average.
+const RTT_ALPHA: f64 = 0.2;
+
+impl Detector {
+    /// A detector with thresholds `config`.
+    pub fn new(config: DetectorConfig) -> Self {
+        Detector {
+            config,
+            dcs: BTreeMap::new(),
+        }
+    }
+
+    /// The detector's thresholds.
+    pub fn config(&self) -> DetectorConfig {
+        self.config
+    }
+
+    fn track(&mut self, dc: &str, now: u64) -> &mut Track {
+        let key: Arc<str> = dc.to_ascii_lowercase().into();
+        self.dcs.entry(key).or_insert_with(|| Track {
+            health: DcStatus::Up,
+            health_since: now,
+            since: now,
+            data: Source::default(),
+            control: Source::default(),
+            control_up: false,
+            rtt_us: None,
+            drained: false,
+        })
+    }
+
+    /// Starts watching `dc` (no-op if already watched): it is `Up` until evidence says otherwise.
+    pub fn watch(&mut self, dc: &str, now: u64) {
+        self.track(dc, now);
+    }
+
+    /// A data-plane probe of `dc` at `now`: answered after `rtt_us`, or failed (`None`).
+    pub fn probe(&mut self, dc: &str, now: u64, rtt_us: Option<u32>) {
+        let config = self.config;
+        let t = self.track(dc, now);
+        t.data.report(now, rtt_us.is_some(), config.down_after_ms);
+        if let Some(rtt) = rtt_us {
+            let rtt = f64::from(rtt);
+            t.rtt_us = Some(t.rtt_us.map_or(rtt, |s| s + RTT_ALPHA * (rtt - s)));
+        }
+        t.evaluate(now, &config);
+    }
+
+    /// The control plane's state for `dc` at `now`: whether its federation stream is up and
+    /// confirmed the replica recently.
+    pub fn control(&mut self, dc: &str, now: u64, up: bool) {
+        let config = self.config;
+        let t = self.track(dc, now);
+        t.control_up = up;
+        t.control.report(now, up, config.down_after_ms);
+        t.evaluate(now, &config);
+    }
+
+    /// Marks `dc` drained (or not), as an operator or a drill decided.
+    pub fn set_drained(&mut self, dc: &str, now: u64, drained: bool) {
+        let config = self.config;
+        let t = self.track(dc, now);
+        if t.drained != drained {
+            t.drained = drained;
+            t.since = now;
+        }
+        t.evaluate(now, &config);
+    }
+
+    /// Re-evaluates every DC at `now` (time passing is evidence too).
+    pub fn tick(&mut self, now: u64) {
+        let config = self.config;
+        for t in self.dcs.values_mut() {
+            t.evaluate(now, &config);
+        }
+    }
+
+    /// The status of `dc` (any case), if watched.
+    pub fn status(&self, dc: &str) -> Option<DcStatus> {
+        self.dcs
+            .get(dc.to_ascii_lowercase().as_str())
+            .map(Track::status)
+    }
+
+    /// Every watched DC's liveness, keyed by lowercased name.
+    pub fn liveness(&self) -> OrdMap<Arc<str>, DcLiveness> {
+        self.dcs
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    DcLiveness {
+                        status: t.status(),
+                        since_ms: t.since,
+                        // Rounded to whole microseconds; an RTT beyond u32 is no RTT.
+                        rtt_us: t.rtt_us.map(|r| r.round().min(f64::from(u32::MAX)) as u32),
+                        stale: t.stale(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl Track {
+    fn status(&self) -> DcStatus {
+        if self.drained {
+            DcStatus::Drained
+        } else {
+            self.health
+        }
+    }
+
+    /// The data plane is the evidence while it is probed, the control plane otherwise.
+    fn evidence(&self, now: u64, config: &DetectorConfig) -> &Source {
+        match self.data.last_report {
+            Some(t) if now.saturating_sub(t) <= config.down_after_ms => &self.data,
+            _ => &self.control,
+        }
+    }
+
+    fn stale(&self) -> bool {
+        !self.control_up && self.data.streak.is_some()
+    }
+
+    fn evaluate(&mut self, now: u64, config: &DetectorConfig) {
+        let before = self.status();
+        let health_before = self.health;
+        let source = *self.evidence(now, config);
+        // Both periods count from the last change at the earliest, so that switching between
+        // evidence sources never shortens the hysteresis.
+        let from = |t: u64| now.saturating_sub(t.max(self.health_since));
+        let silent = from(source.last_ok.unwrap_or(0));
+        self.health = match self.health {
+            DcStatus::Down | DcStatus::Drained => match source.streak {
+                Some(start) if from(start) >= config.failback_after_ms => DcStatus::Up,
+                _ => DcStatus::Down,
+            },
+            DcStatus::Up | DcStatus::Suspect => {
+                if silent >= config.down_after_ms {
+                    DcStatus::Down
+                } else if silent >= config.suspect_after_ms {
+                    DcStatus::Suspect
+                } else {
+                    DcStatus::Up
+                }
+            }
+        };
+        if self.health != health_before
+            && (self.health == DcStatus::Down || health_before == DcStatus::Down)
+        {
+            self.health_since = now;
+        }
+        if self.status() != before {
+            self.since = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const C: DetectorConfig = DetectorConfig {
+        suspect_after_ms: 600,
+        down_after_ms: 1500,
+        failback_after_ms: 5000,
+    };
+
+    #[test]
+    fn a_silent_dc_goes_suspect_then_down_and_recovers_after_the_stable_period() {
+        let mut d = Detector::new(C);
+        for t in (0..=1000).step_by(250) {
+            d.probe("dc2", t, Some(40_000));
+        }
+        assert_eq!(d.status("DC2"), Some(DcStatus::Up));
+        d.probe("dc2", 1250, None);
+        d.tick(1700);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
+        d.probe("dc2", 2400, None);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
+        d.tick(2500);
+        assert_eq!(
+            d.status("dc2"),
+            Some(DcStatus::Down),
+            "1.5 s after the last answer"
+        );
+        // Answers again: still Down until 5 s of unbroken answers.
+        for t in (3000..8000).step_by(250) {
+            d.probe("dc2", t, Some(40_000));
+            assert_eq!(d.status("dc2"), Some(DcStatus::Down), "at {t}");
+        }
+        d.probe("dc2", 7900, None);
+        for t in (8000..13_000).step_by(250) {
+            d.probe("dc2", t, Some(40_000));
+        }
+        d.tick(12_900);
+        assert_eq!(
+            d.status("dc2"),
+            Some(DcStatus::Down),
+            "a failure restarts the period"
+        );
+        d.probe("dc2", 13_000, Some(40_000));
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+        let l = d.liveness();
+        let dc2 = l.get("dc2").expect("watched");
+        assert_eq!((dc2.status, dc2.since_ms), (DcStatus::Up, 13_000));
+        assert_eq!(dc2.rtt_us, Some(40_000));
+    }
+
+    #[test]
+    fn control_lost_with_the_data_plane_answering_is_stale_not_down() {
+        let mut d = Detector::new(C);
+        d.control("dc2", 0, true);
+        for t in (0..=10_000).step_by(250) {
+            d.probe("dc2", t, Some(1000));
+            if t == 500 {
+                d.control("dc2", t, false);
+            }
+        }
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+        assert!(d.liveness()["dc2"].stale);
+        d.control("dc2", 10_000, true);
+        assert!(!d.liveness()["dc2"].stale);
+    }
+
+    #[test]
+    fn without_probes_the_control_stream_decides() {
+        let mut d = Detector::new(C);
+        d.control("dc3", 0, true);
+        d.control("dc3", 1000, true);
+        d.control("dc3", 1100, false);
+        d.tick(2400);
+        assert_eq!(d.status("dc3"), Some(DcStatus::Suspect));
+        d.tick(2500);
+        assert_eq!(d.status("dc3"), Some(DcStatus::Down));
+    }
+
+    #[test]
+    fn probes_that_stop_hand_over_to_the_control_stream() {
+        let mut d = Detector::new(C);
+        d.probe("dc2", 0, Some(1000));
+        for t in (0..10_000).step_by(500) {
+            d.control("dc2", t, true);
+        }
+        assert_eq!(
+            d.status("dc2"),
+            Some(DcStatus::Up),
+            "control alone keeps it up"
+        );
+    }
+
+    #[test]
+    fn drained_is_immediate_both_ways_and_keeps_the_health_underneath() {
+        let mut d = Detector::new(C);
+        d.probe("dc2", 0, Some(1000));
+        d.set_drained("dc2", 100, true);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Drained));
+        assert_eq!(d.liveness()["dc2"].since_ms, 100);
+        d.probe("dc2", 200, Some(1000));
+        d.set_drained("dc2", 300, false);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Probe(u64, bool),
+        Control(u64, bool),
+        Tick(u64),
+    }
+
+    fn events() -> impl Strategy<Value = Vec<Event>> {
+        let event = prop_oneof![
+            (1u64..700, any::<bool>()).prop_map(|(dt, ok)| Event::Probe(dt, ok)),
+            (1u64..700, any::<bool>()).prop_map(|(dt, up)| Event::Control(dt, up)),
+            (1u64..3000).prop_map(Event::Tick),
+        ];
+        proptest::collection::vec(event, 1..400)
+    }
+
+    proptest! {
+        /// Answers change no faster than the hysteresis allows: every period outside `Down`
+        /// lasts at least `down_after`, every `Down` period at least `failback_after`; and a DC
+        /// that has given no evidence for `down_after` is `Down`.
+        #[test]
+        fn hysteresis_bounds_flapping(events in events()) {
+            let mut d = Detector::new(C);
+            let mut now = 0;
+            d.watch("dc2", now);
+            let mut last_change = 0u64;
+            let mut was_down = false;
+            for e in events {
+                match e {
+                    Event::Probe(dt, ok) => { now += dt; d.probe("dc2", now, ok.then_some(5000)); }
+                    Event::Control(dt, up) => { now += dt; d.control("dc2", now, up); }
+                    Event::Tick(dt) => { now += dt; d.tick(now); }
+                }
+                let down = d.status("dc2") == Some(DcStatus::Down);
+                if down != was_down {
+                    let lasted = now - last_change;
+                    let bound = if was_down { C.failback_after_ms } else { C.down_after_ms };
+                    prop_assert!(lasted >= bound, "a {} period lasted {lasted} ms", if was_down { "down" } else { "up" });
+                    last_change = now;
+                    was_down = down;
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The commands a datacenter's Raft log carries, and what applying one reports.
 
-use meridian_topology::{Check, Health, Instance, Node};
+use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
 use serde::{Deserialize, Serialize};
 
 /// A change to the catalog, replicated through Raft.
@@ -37,6 +37,21 @@ pub enum Command {
         /// New output.
         output: String,
     },
+    /// Creates or replaces a prepared query. Applied only if `create` and the ID is new (or holds
+    /// this very query already, so a retried create succeeds), or if not `create` and the ID
+    /// exists, and only if no other query has the name. Otherwise nothing changes and the
+    /// outcome says `found: false`: the caller reads why from the view it answers from.
+    SetQuery {
+        /// The query, with its ID (chosen before the write, so every replica applies the same).
+        query: PreparedQuery,
+        /// Whether this is a create rather than an update.
+        create: bool,
+    },
+    /// Deletes a prepared query.
+    DeleteQuery {
+        /// Query ID.
+        id: String,
+    },
 }
 
 impl Command {
@@ -71,6 +86,20 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::Deregister { node, id } => node.len() + id.len(),
+                Command::SetQuery { query, .. } => {
+                    let svc = &query.service;
+                    query.id.len()
+                        + query.name.len()
+                        + svc.service.len()
+                        + svc.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+                        + svc
+                            .failover
+                            .datacenters
+                            .iter()
+                            .map(|d| d.len() + 4)
+                            .sum::<usize>()
+                }
+                Command::DeleteQuery { id } => id.len(),
                 Command::UpdateCheck {
                     node,
                     check_id,

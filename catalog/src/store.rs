@@ -404,6 +404,15 @@ impl StateMachineStore {
                 Some(changed) => (changed, true),
                 None => (false, false),
             },
+            // A refused query write changes nothing; the caller explains it from the view.
+            Command::SetQuery { query, create } => match state.set_query(query, create, index) {
+                Ok(changed) => (changed, true),
+                Err(_) => (false, false),
+            },
+            Command::DeleteQuery { id } => {
+                let existed = state.delete_query(&id, index);
+                (existed, existed)
+            }
         };
         WriteOutcome {
             index,
@@ -541,5 +550,126 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Batch;
+    use meridian_topology::prepared::{PreparedQuery, QueryService};
+    use openraft::CommittedLeaderId;
+
+    fn query(id: &str, name: &str) -> PreparedQuery {
+        PreparedQuery {
+            id: id.into(),
+            name: name.into(),
+            service: QueryService {
+                service: "web".into(),
+                ..Default::default()
+            },
+            dns_ttl: Some(10),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch { commands }),
+        }
+    }
+
+    fn open(dir: &Path) -> (LogStore, StateMachineStore, watch::Receiver<Arc<View>>) {
+        let (views, rx) = watch::channel(Arc::new(View::new("dc1", DcState::default())));
+        let (log, sm) = open_store(dir, "dc1", views).expect("opens");
+        (log, sm, rx)
+    }
+
+    /// Drops the store and waits until RocksDB is closed, so it can be opened again.
+    fn close(log: LogStore, sm: StateMachineStore) {
+        let closed = log.closed_watch();
+        drop((log, sm));
+        for _ in 0..1000 {
+            if closed.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the store was not closed within 10 s");
+    }
+
+    #[tokio::test]
+    async fn prepared_queries_are_applied_published_and_kept_in_snapshots() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = "aaaaaaaa-0000-0000-0000-000000000001";
+        let b = "bbbbbbbb-0000-0000-0000-000000000002";
+        let (log, mut sm, rx) = open(dir.path());
+        let out = sm
+            .apply([
+                entry(
+                    1,
+                    vec![
+                        Command::SetQuery {
+                            query: query(a, "web-fo"),
+                            create: true,
+                        },
+                        // The name is taken: refused, nothing changes.
+                        Command::SetQuery {
+                            query: query(b, "WEB-FO"),
+                            create: true,
+                        },
+                        // An update of a query that does not exist: refused.
+                        Command::SetQuery {
+                            query: query(b, "other"),
+                            create: false,
+                        },
+                    ],
+                ),
+                entry(
+                    2,
+                    vec![
+                        Command::SetQuery {
+                            query: query(b, "db-fo"),
+                            create: true,
+                        },
+                        Command::DeleteQuery { id: b.into() },
+                        Command::DeleteQuery { id: b.into() },
+                    ],
+                ),
+            ])
+            .await
+            .expect("applies");
+        let flags: Vec<Vec<(bool, bool)>> = out
+            .iter()
+            .map(|o| o.outcomes.iter().map(|w| (w.changed, w.found)).collect())
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                vec![(true, true), (false, false), (false, false)],
+                vec![(true, true), (true, true), (false, false)],
+            ]
+        );
+        let view = rx.borrow().clone();
+        let q = view.local().query_named("web-fo").expect("published");
+        assert_eq!((q.id.as_str(), q.create_index, q.dns_ttl), (a, 1, Some(10)));
+        assert!(view.local().query(b).is_none());
+        assert_eq!(view.local().index(), 2);
+
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.expect("snapshot");
+        drop(builder);
+        close(log, sm);
+
+        // A restart rebuilds the state from the snapshot: the query is still there.
+        let (log, sm, rx) = open(dir.path());
+        let view = rx.borrow().clone();
+        assert_eq!(
+            view.local().query(a).map(|q| q.name.as_str()),
+            Some("web-fo")
+        );
+        close(log, sm);
     }
 }

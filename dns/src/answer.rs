@@ -121,13 +121,13 @@ pub fn answer(
                 tags: &[],
                 policy: None,
             },
+            None,
             qtype,
             max_groups,
         ),
         Ok(NameQuery::Node { node, dc }) => b.node(node, dc, qtype),
         Ok(NameQuery::Addr { ip, dc }) => b.addr(ip, dc, qtype),
-        // Prepared queries come with the failover issue; until then none exists.
-        Ok(NameQuery::Query { .. }) => b.nxdomain(),
+        Ok(NameQuery::Query { name, dc }) => b.prepared(name, dc, qtype, max_groups),
     }
     Outcome::Ours(b.out)
 }
@@ -312,7 +312,30 @@ impl<'a> Builder<'a> {
         self.view.dc_state(dc).is_some()
     }
 
-    fn service(&mut self, q: &ServiceQuery<'_>, qtype: RecordType, max_groups: usize) {
+    /// A prepared query (by name or ID): answered like its service, with its tags, health
+    /// filter, failover targets and DNS TTL.
+    fn prepared(&mut self, name: &str, dc: Option<&str>, qtype: RecordType, max_groups: usize) {
+        let view = self.view;
+        // Queries live in their own DC and are not federated: only the local DC's are known.
+        if dc.is_some_and(|d| !d.eq_ignore_ascii_case(view.datacenter())) {
+            return self.nxdomain();
+        }
+        let Some(pq) = view.local().query_by_id_or_name(name) else {
+            return self.nxdomain();
+        };
+        let policy = pq.policy(view.failover().policy.address_mode);
+        let q = pq.service_query(&policy);
+        self.service(&q, pq.dns_ttl, qtype, max_groups);
+    }
+
+    /// Instances of a service; `ttl` overrides the configured service TTL.
+    fn service(
+        &mut self,
+        q: &ServiceQuery<'_>,
+        ttl: Option<u32>,
+        qtype: RecordType,
+        max_groups: usize,
+    ) {
         let Ok(mut res) = resolve(self.view, q) else {
             return self.nxdomain();
         };
@@ -325,7 +348,7 @@ impl<'a> Builder<'a> {
         }
         let mut instances = res.instances;
         fastrand::shuffle(&mut instances);
-        let ttl = self.s.service_ttl.get(q.service);
+        let ttl = ttl.unwrap_or_else(|| self.s.service_ttl.get(q.service));
         let state = res.state;
         match qtype {
             RecordType::SRV => {

@@ -944,3 +944,128 @@ fn addresses_are_ip_literals_only() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     let _: IpAddr = "10.0.0.1".parse().expect("ip");
 }
+
+/// A prepared query for `service` with `tags`, `only_passing`, failover to `failover` and a TTL.
+fn prepared(
+    id: &str,
+    name: &str,
+    service: &str,
+    tags: &[&str],
+    only_passing: bool,
+    failover: &[&str],
+    ttl: Option<u32>,
+) -> meridian_topology::PreparedQuery {
+    use meridian_topology::prepared::{QueryFailover, QueryService};
+    meridian_topology::PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        service: QueryService {
+            service: service.into(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            only_passing,
+            failover: QueryFailover {
+                nearest_n: 0,
+                datacenters: failover.iter().map(|d| Arc::from(*d)).collect(),
+            },
+        },
+        dns_ttl: ttl,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+#[test]
+fn prepared_queries_answer_like_their_service() {
+    const ID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+    let mut local = view().local().clone();
+    for (i, q) in [
+        prepared(ID, "web-v1", "web", &["v1"], false, &[], Some(42)),
+        prepared(
+            "11111111-0000-0000-0000-000000000001",
+            "web-ok",
+            "web",
+            &["!v1"],
+            true,
+            &[],
+            None,
+        ),
+        prepared(
+            "22222222-0000-0000-0000-000000000002",
+            "db-fo",
+            "db",
+            &[],
+            false,
+            &["dc2"],
+            None,
+        ),
+        prepared(
+            "33333333-0000-0000-0000-000000000003",
+            "db-local",
+            "db",
+            &[],
+            false,
+            &[],
+            None,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        local.set_query(q, true, 10 + i as u64).expect("stored");
+    }
+    // dc2 holds a healthy `db`; dc1's is critical.
+    let mut dc2 = DcState::default();
+    dc2.upsert_node(node("m1", "10.2.0.1"), 1);
+    dc2.register(inst("db", "db-9", "m1", "", 6432), vec![], 2);
+    let remote = meridian_topology::RemoteDc {
+        name: "dc2".into(),
+        state: dc2,
+        ..Default::default()
+    };
+    let v = View::new("dc1", local).with_remotes(
+        [(Arc::<str>::from("dc2"), Arc::new(remote))]
+            .into_iter()
+            .collect(),
+    );
+    let mut s = settings();
+    s.service_ttl = TtlMap::new([("*", 5)]);
+    let h = handler_with(s, v);
+    let ask = |name: &str, t| ask_with(&h, name, t, Some(1232), Protocol::Udp);
+
+    // Tags: only web-a carries v1. The query's TTL wins over the service TTL.
+    for name in [
+        "web-v1.query.consul",
+        "WEB-V1.query.dc1.consul",
+        &format!("{ID}.query.consul"),
+    ] {
+        let m = ask(name, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(m.answers.len(), 1, "{name}: {m:?}");
+        assert_eq!(m.answers[0].ttl, 42);
+    }
+    let m = ask("_web-v1._tcp.query.consul", RecordType::SRV);
+    assert_eq!(srv_targets(&m), ["1 1 8080 n1.node.dc1.consul."]);
+    assert_extras_in_step(&m);
+    assert!(m.answers.iter().chain(&m.additionals).all(|r| r.ttl == 42));
+
+    // `!v1` and only-passing: web-b (warning) and web-a (v1) are left out.
+    let m = ask("web-ok.query.consul", RecordType::SRV);
+    assert_eq!(srv_targets(&m), ["1 1 8082 0a000009.addr.dc1.consul."]);
+    assert!(m.answers.iter().all(|r| r.ttl == 5), "the service TTL");
+
+    // Failover: dc1's db is critical, so the query answers from dc2.
+    let m = ask("db-fo.query.consul", RecordType::SRV);
+    assert_eq!(srv_targets(&m), ["1 1 6432 m1.node.dc2.consul."]);
+    assert_eq!(addrs(&m.additionals), ["m1.node.dc2.consul. 10.2.0.1"]);
+    // Without failover targets there is nothing to answer with.
+    for name in [
+        "db-local.query.consul",
+        "nope.query.consul",
+        "web-v1.query.dc2.consul",
+        "_nope._tcp.query.consul",
+    ] {
+        let m = ask(name, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert_soa_authority(&m, "consul");
+    }
+}

@@ -51,6 +51,8 @@ pub struct Follower {
     pub counters: Arc<FederationCounters>,
     /// Connect and handshake timeout.
     pub connect_timeout: Duration,
+    /// The local address connections leave from (any when `None`).
+    pub source: Option<std::net::IpAddr>,
     /// The stream is declared dead after this long without a message.
     pub idle_timeout: Duration,
     /// Set at shutdown.
@@ -100,12 +102,23 @@ pub async fn channel(
     dc: &str,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    channel_from(tls, addr, dc, connect_timeout, None).await
+}
+
+/// [`channel`] from the local address `source` (any when `None`).
+pub async fn channel_from(
+    tls: Arc<rustls::ClientConfig>,
+    addr: &str,
+    dc: &str,
+    connect_timeout: Duration,
+    source: Option<std::net::IpAddr>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let target = addr.to_owned();
     let dc = dc.to_owned();
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
         let (tls, target, dc) = (tls.clone(), target.clone(), dc.clone());
         async move {
-            let s = crate::tls::connect(tls, &target, &dc, connect_timeout).await?;
+            let s = crate::tls::connect_from(tls, &target, &dc, connect_timeout, source).await?;
             Ok::<_, TlsError>(TokioIo::new(s))
         }
     });
@@ -232,7 +245,14 @@ impl Follower {
         replica: &mut Replica,
         stats: &PeerStats,
     ) -> Result<(), StreamEnd> {
-        let channel = channel(self.tls.clone(), addr, &self.peer.dc, self.connect_timeout).await?;
+        let channel = channel_from(
+            self.tls.clone(),
+            addr,
+            &self.peer.dc,
+            self.connect_timeout,
+            self.source,
+        )
+        .await?;
         let mut client =
             FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut req = replica.request(&self.local_dc, &self.local_node);

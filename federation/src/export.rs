@@ -37,8 +37,11 @@ impl ExportPolicy {
         let Some(only) = &self.only else {
             return true;
         };
-        // Remote gateways must find ours, whatever else is private.
-        if service.eq_ignore_ascii_case(meridian_topology::GATEWAY_SERVICE) {
+        // Remote gateways must find ours, and every DC must see a drain, whatever else is
+        // private.
+        if service.eq_ignore_ascii_case(meridian_topology::GATEWAY_SERVICE)
+            || service.eq_ignore_ascii_case(meridian_topology::DRAIN_SERVICE)
+        {
             return true;
         }
         only.iter().any(|p| match p.strip_suffix('*') {
@@ -371,7 +374,8 @@ mod tests {
         assert!(!p.allows("db"));
         assert!(ExportPolicy::all().allows("anything"));
         assert!(
-            p.allows(meridian_topology::GATEWAY_SERVICE),
+            p.allows(meridian_topology::GATEWAY_SERVICE)
+                && p.allows(meridian_topology::DRAIN_SERVICE),
             "gateways are always exported"
         );
     }

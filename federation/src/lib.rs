@@ -100,6 +100,15 @@ pub struct Settings {
     pub window: usize,
 }
 
+impl Settings {
+    /// The address outgoing WAN connections leave from: the bind address unless it is a
+    /// wildcard.
+    pub fn source(&self) -> Option<std::net::IpAddr> {
+        let ip = self.bind.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    }
+}
+
 /// A running federation endpoint and its subscribers.
 pub struct Federation {
     views: watch::Receiver<Arc<View>>,
@@ -230,6 +239,7 @@ impl Federation {
                     remotes: remotes_tx.clone(),
                     counters: counters.clone(),
                     connect_timeout: settings.connect_timeout,
+                    source: settings.source(),
                     idle_timeout: settings.idle_timeout,
                     stop: stop_rx.clone(),
                 };
@@ -290,10 +300,11 @@ impl Federation {
             let (registry, tls, mut stop) =
                 (registry.clone(), discovery_tls.clone(), stop_rx.clone());
             let timeout = settings.connect_timeout;
+            let source = settings.source();
             let t = tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match tls::discover(tls.clone(), &addr, timeout).await {
+                    match tls::discover(tls.clone(), &addr, timeout, source).await {
                         Ok(id) => {
                             tracing::info!(%addr, dc = %id.dc, node = %id.node, "joined");
                             registry.learn(&id.dc, std::slice::from_ref(&addr));

@@ -870,6 +870,25 @@ impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
     }
 }
 
+/// A TCP connection to `to`, from `source` when given (and of the same family).
+async fn connect_tcp(
+    to: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
+    match source {
+        Some(ip) if ip.is_ipv4() == to.is_ipv4() => {
+            let socket = if to.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(to).await
+        }
+        _ => TcpStream::connect(to).await,
+    }
+}
+
 /// Connects to `addr` as [`connect`] does, accepting a server of any datacenter under the CA
 /// (`config` from [`TlsMaterial::discovery_client_config`]), and returns the identity its
 /// certificate names.
@@ -877,9 +896,10 @@ pub async fn discover(
     config: Arc<ClientConfig>,
     addr: &str,
     timeout: Duration,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Identity, TlsError> {
     // The name is not checked by the discovery verifier; any valid one will do.
-    let stream = connect(config, addr, "join", timeout).await?;
+    let stream = connect_from(config, addr, "join", timeout, source).await?;
     let cert = stream
         .get_ref()
         .1
@@ -985,12 +1005,24 @@ pub async fn accept(
 /// Connects to `addr` (`host:port`, resolved now; each address is tried in turn) and runs the
 /// client side of the handshake, requiring the server to be a server of `dc`. The whole (resolve,
 /// connect, handshake) is bounded by `timeout`.
-#[tracing::instrument(level = "debug", skip_all, fields(peer = addr, dc))]
 pub async fn connect(
     config: Arc<ClientConfig>,
     addr: &str,
     dc: &str,
     timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+    connect_from(config, addr, dc, timeout, None).await
+}
+
+/// [`connect`] from the local address `source` (any when `None`), so that WAN traffic leaves
+/// from the node's own address on a host with several.
+#[tracing::instrument(level = "debug", skip_all, fields(peer = addr, dc))]
+pub async fn connect_from(
+    config: Arc<ClientConfig>,
+    addr: &str,
+    dc: &str,
+    timeout: Duration,
+    source: Option<std::net::IpAddr>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
     let name = server_name(dc)?;
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -1004,7 +1036,7 @@ pub async fn connect(
             })?;
         let mut last_error = None;
         for sock_addr in addrs {
-            let tcp = match TcpStream::connect(sock_addr).await {
+            let tcp = match connect_tcp(sock_addr, source).await {
                 Ok(tcp) => tcp,
                 Err(source) => {
                     tracing::debug!(%sock_addr, error = %source, "connect failed");

@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client_hello::{self, HelloError, MAX_HELLO};
 use crate::counters::GatewayCounters;
-use crate::tunnel::{Header, Tunnel, TunnelError};
+use crate::tunnel::{Header, PROBE_ANSWER, Tunnel, TunnelError};
 
 /// Where a name goes.
 enum Target {
@@ -309,8 +309,10 @@ impl LocalGateway {
             .await
             .map_err(|_| ConnError::HandshakeTimeout)?
             .map_err(|e| ConnError::BadHeader(format!("tunnel TLS: {e}")))?;
-            let (up, down) = self.serve_tunnel_stream(tls).await?;
-            return Ok(("tunnelled_in", up, down));
+            return Ok(match self.serve_tunnel_stream(tls).await? {
+                Some((up, down)) => ("tunnelled_in", up, down),
+                None => ("tunnelled_in_probe", 0, 0),
+            });
         }
         match self.target(&sni, false)? {
             Target::Local(candidates) => {
@@ -356,10 +358,11 @@ impl LocalGateway {
             .instrument(span)
             .await;
         match result {
-            Ok((up, down)) => {
+            Ok(Some((up, down))) => {
                 self.counters.record("tunnelled_in", "relayed");
                 debug!(up, down, "tunnelled stream closed");
             }
+            Ok(None) => self.counters.record("tunnelled_in", "probe"),
             Err(e) => {
                 self.counters.record("tunnelled_in", e.reason());
                 debug!(reason = e.reason(), error = %e, "tunnelled stream refused");
@@ -369,7 +372,8 @@ impl LocalGateway {
 
     /// Reads a tunnelled connection's header, then relays it to an instance of this datacenter,
     /// never further.
-    async fn serve_tunnel_stream<S>(&self, mut stream: S) -> Result<(u64, u64), ConnError>
+    /// A header without a name is a liveness probe: answered with one byte, `Ok(None)`.
+    async fn serve_tunnel_stream<S>(&self, mut stream: S) -> Result<Option<(u64, u64)>, ConnError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -382,6 +386,11 @@ impl LocalGateway {
         if !header.dc.eq_ignore_ascii_case(&local) {
             return Err(ConnError::WrongDc(header.dc));
         }
+        if header.name.is_empty() {
+            stream.write_all(&[PROBE_ANSWER]).await?;
+            stream.shutdown().await?;
+            return Ok(None);
+        }
         let Target::Local(candidates) = self.target(&header.name, true)? else {
             return Err(ConnError::WrongDc(header.dc));
         };
@@ -393,7 +402,7 @@ impl LocalGateway {
             &self.counters,
         )
         .await?;
-        Ok(copied)
+        Ok(Some(copied))
     }
 
     /// Where the SNI goes: healthy local instances, or a remote DC and its gateways.

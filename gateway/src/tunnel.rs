@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 pub const ALPN: &[u8] = b"meridian-tunnel/1";
 /// Header version byte.
 const VERSION: u8 = 1;
+/// The byte a gateway answers a probe (a header without a name) with.
+pub const PROBE_ANSWER: u8 = 0x50;
 /// Longest name or DC in a header (a DNS name is at most 253 bytes).
 const MAX_FIELD: usize = 255;
 
@@ -336,7 +338,7 @@ impl Tunnel {
             .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
         let stream = match self.config.transport {
             WanTransport::Quic => {
-                let (send, recv) = self.open_quic(dc, &key, gateways).await?;
+                let (send, recv) = self.open_quic_for(dc, &key, gateways, true).await?;
                 TunnelStream::Quic(tokio::io::join(recv, send))
             }
             WanTransport::Tcp => TunnelStream::Tcp(Box::new(self.open_tcp(dc, gateways).await?)),
@@ -359,7 +361,19 @@ impl Tunnel {
         let mut last = String::new();
         for addr in &order {
             let attempt = async {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                // From the gateway's own address, as the QUIC packets leave from it.
+                let tcp = match self.endpoint.local_addr().map(|a| a.ip()) {
+                    Ok(ip) if !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4() => {
+                        let socket = if ip.is_ipv4() {
+                            tokio::net::TcpSocket::new_v4()?
+                        } else {
+                            tokio::net::TcpSocket::new_v6()?
+                        };
+                        socket.bind(SocketAddr::new(ip, 0))?;
+                        socket.connect(*addr).await?
+                    }
+                    _ => tokio::net::TcpStream::connect(addr).await?,
+                };
                 tcp.set_nodelay(true)?;
                 self.tcp_connector.connect(name.clone(), tcp).await
             };
@@ -383,11 +397,13 @@ impl Tunnel {
         })
     }
 
-    async fn open_quic(
+    /// A stream to `dc`, counted in `streams_out` when `count` (probes are not).
+    async fn open_quic_for(
         &self,
         dc: &str,
         key: &str,
         gateways: &[SocketAddr],
+        count: bool,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
         let key = key.to_owned();
         let cached = {
@@ -397,7 +413,9 @@ impl Tunnel {
         if let Some((addr, conn)) = cached {
             match conn.open_bi().await {
                 Ok((send, recv)) => {
-                    self.count_stream();
+                    if count {
+                        self.count_stream();
+                    }
                     return Ok((send, recv));
                 }
                 Err(e) => {
@@ -424,7 +442,9 @@ impl Tunnel {
                     }
                     match opened {
                         Ok((send, recv)) => {
-                            self.count_stream();
+                            if count {
+                                self.count_stream();
+                            }
                             return Ok((send, recv));
                         }
                         Err(e) => last = e.to_string(),
@@ -447,6 +467,62 @@ impl Tunnel {
             }
         }
         Err(TunnelError::NoGateway(dc.to_owned()))
+    }
+
+    /// Probes datacenter `dc`: one round trip over its tunnel (connected first if need be, to
+    /// one of `gateways`), within `timeout`. A failed probe drops the pooled connection from the
+    /// pool (streams on it carry on), so the next probe or stream tries afresh, on another
+    /// gateway if that one died.
+    pub async fn probe(
+        &self,
+        dc: &str,
+        gateways: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Duration, TunnelError> {
+        let key = dc.to_ascii_lowercase();
+        let header = Header {
+            name: String::new(),
+            dc: dc.to_owned(),
+        }
+        .encode()
+        .ok_or_else(|| TunnelError::Tls(format!("datacenter name too long: {dc}")))?;
+        let attempt = async {
+            let mut stream = match self.config.transport {
+                WanTransport::Quic => {
+                    let (send, recv) = self.open_quic_for(dc, &key, gateways, false).await?;
+                    TunnelStream::Quic(tokio::io::join(recv, send))
+                }
+                WanTransport::Tcp => {
+                    TunnelStream::Tcp(Box::new(self.open_tcp(dc, gateways).await?))
+                }
+            };
+            let start = std::time::Instant::now();
+            stream.write_all(&header).await?;
+            stream.flush().await?;
+            let answer = stream.read_u8().await?;
+            if answer != PROBE_ANSWER {
+                return Err(TunnelError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected probe answer",
+                )));
+            }
+            let rtt = start.elapsed();
+            let _ = stream.shutdown().await;
+            Ok(rtt)
+        };
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(TunnelError::Unreachable {
+                dc: dc.to_owned(),
+                tried: 1,
+                last: format!("no probe answer within {timeout:?}"),
+            }),
+        };
+        if result.is_err() {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.remove(&key);
+        }
+        result
     }
 
     fn count_stream(&self) {

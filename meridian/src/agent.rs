@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::cli::AgentArgs;
 use crate::config::{Config, join_host_port};
-use crate::http::{self, ApiState};
+use crate::failover::FailoverRuntime;
+use crate::http::{self, ApiState, NodeInfo};
 
 /// How long in-flight HTTP requests get to finish at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -30,6 +31,7 @@ pub struct Agent {
     catalog: Catalog,
     federation: Option<Arc<Federation>>,
     gateway: Option<RunningGateway>,
+    failover: FailoverRuntime,
     api: ApiState,
     http_addr: SocketAddr,
     dns: Option<DnsServer>,
@@ -74,6 +76,9 @@ impl Agent {
         let views = federation
             .as_ref()
             .map_or_else(|| catalog.watch(), |f| f.watch());
+        // Readers see the producers' views through the failover stage.
+        let failover = FailoverRuntime::start(&config.failover, views);
+        let views = failover.watch();
         let dns_bind = config.bind_addr(config.ports.dns);
         let dns = match DnsServer::start(
             config.dns.to_settings(&config.node_name),
@@ -107,6 +112,10 @@ impl Agent {
         } else {
             None
         };
+        if let Some(t) = gateway.as_ref().and_then(|g| g.tunnel.clone()) {
+            failover.set_tunnel(t);
+        }
+        let dns_addr = dns.local_addr();
         let api = ApiState::new(
             catalog.clone(),
             views,
@@ -114,7 +123,14 @@ impl Agent {
             gateway.as_ref().map(|g| g.counters.clone()),
             config.limits.max_body_bytes,
             Some(dns.counters()),
-        );
+        )
+        .with_node(NodeInfo {
+            http: http_addr,
+            dns: Some(dns_addr),
+            gateway: gateway.as_ref().map(|g| g.addr),
+            clock: failover.clock(),
+            failover: Some(failover.counters().clone()),
+        });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(
             listener,
@@ -124,13 +140,13 @@ impl Agent {
                 let _ = stop_rx.await;
             },
         ));
-        let dns_addr = dns.local_addr();
         tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, %dns_addr, "agent started");
         Ok(Agent {
             config,
             catalog,
             federation,
             gateway,
+            failover,
             api,
             http_addr,
             dns: Some(dns),
@@ -223,6 +239,7 @@ impl Agent {
             catalog,
             federation,
             gateway,
+            failover,
             api,
             dns,
             stop_http,
@@ -230,6 +247,7 @@ impl Agent {
             temp_dir,
             ..
         } = self;
+        failover.stop();
         if let Some(g) = gateway {
             g.stop();
         }
@@ -289,7 +307,7 @@ pub(crate) async fn remove_temp_dir(dir: TempDir) {
 pub(crate) struct RunningGateway {
     pub(crate) addr: SocketAddr,
     pub(crate) counters: Arc<meridian_gateway::GatewayCounters>,
-    tunnel: Option<Arc<meridian_gateway::Tunnel>>,
+    pub(crate) tunnel: Option<Arc<meridian_gateway::Tunnel>>,
     tasks: Vec<JoinHandle<()>>,
 }
 

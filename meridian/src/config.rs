@@ -52,7 +52,7 @@ impl ConfigError {
 }
 
 /// A whole agent configuration, as in the TOML file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Datacenter name (a DNS label).
@@ -91,6 +91,9 @@ pub struct Config {
     /// The mesh gateway (TLS passthrough routed by SNI).
     #[serde(default)]
     pub gateway: GatewaySection,
+    /// DC failure detection and failover.
+    #[serde(default)]
+    pub failover: FailoverSection,
     /// A `--dev` agent: federation uses the published development CA.
     #[serde(skip)]
     pub dev: bool,
@@ -183,6 +186,117 @@ pub struct GatewaySection {
     /// How tunnelled connections cross the WAN: `quic` (one pooled connection per remote DC)
     /// or `tcp` (a TLS connection per client connection, for networks that drop UDP).
     pub wan_transport: WanTransportName,
+}
+
+/// DC failure detection and failover (`[failover]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSection {
+    /// Names without a DC fail over to other DCs (Consul's plain lookups never do).
+    pub enabled: bool,
+    /// Up to this many other DCs, nearest first by measured RTT, are tried first.
+    pub nearest_n: usize,
+    /// Then these DCs, in order.
+    pub datacenters: Vec<String>,
+    /// Fail over when fewer than this share (0 to 1) of the local instances is healthy.
+    pub spill_below: Option<f64>,
+    /// How answers from another DC are addressed: `direct` or `gateway`.
+    pub address_mode: meridian_topology::AddressMode,
+    /// How often each remote DC's gateways are probed.
+    pub probe_interval_ms: u64,
+    /// A probe not answered within this is a failure.
+    pub probe_timeout_ms: u64,
+    /// Without evidence of life for this long a DC is `suspect`.
+    pub suspect_after_ms: u64,
+    /// Without evidence of life for this long a DC is `down`.
+    pub down_after_ms: u64,
+    /// A DC (or a service's instances in it) must be healthy this long before answers return.
+    pub failback_after_ms: u64,
+    /// The control stream counts as lost when the origin confirmed nothing for this long.
+    pub control_stale_after_ms: u64,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        let d = meridian_topology::DetectorConfig::default();
+        let p = meridian_topology::FailoverPolicy::default();
+        FailoverSection {
+            enabled: p.enabled,
+            nearest_n: p.nearest_n,
+            datacenters: Vec::new(),
+            spill_below: None,
+            address_mode: p.address_mode,
+            probe_interval_ms: 250,
+            probe_timeout_ms: 500,
+            suspect_after_ms: d.suspect_after_ms,
+            down_after_ms: d.down_after_ms,
+            failback_after_ms: d.failback_after_ms,
+            // Heartbeats come every second; three missed is lost.
+            control_stale_after_ms: 3_000,
+        }
+    }
+}
+
+impl FailoverSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, ms) in [
+            ("failover.probe_interval_ms", self.probe_interval_ms),
+            ("failover.probe_timeout_ms", self.probe_timeout_ms),
+            ("failover.suspect_after_ms", self.suspect_after_ms),
+            ("failover.down_after_ms", self.down_after_ms),
+            ("failover.failback_after_ms", self.failback_after_ms),
+            (
+                "failover.control_stale_after_ms",
+                self.control_stale_after_ms,
+            ),
+        ] {
+            if !(1..=MAX_TIMING_MS).contains(&ms) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be between 1 and {MAX_TIMING_MS}"),
+                ));
+            }
+        }
+        if self.suspect_after_ms > self.down_after_ms {
+            return Err(ConfigError::invalid(
+                "failover.suspect_after_ms",
+                "must not exceed failover.down_after_ms",
+            ));
+        }
+        if let Some(share) = self.spill_below
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(ConfigError::invalid(
+                "failover.spill_below",
+                "must be a share between 0 and 1",
+            ));
+        }
+        for dc in &self.datacenters {
+            meridian_topology::names::validate_label("failover.datacenters", dc)
+                .map_err(|e| ConfigError::invalid("failover.datacenters", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The detector's thresholds.
+    pub fn detector(&self) -> meridian_topology::DetectorConfig {
+        meridian_topology::DetectorConfig {
+            suspect_after_ms: self.suspect_after_ms,
+            down_after_ms: self.down_after_ms,
+            failback_after_ms: self.failback_after_ms,
+        }
+    }
+
+    /// The default policy for names without a DC.
+    pub fn policy(&self) -> meridian_topology::FailoverPolicy {
+        meridian_topology::FailoverPolicy {
+            enabled: self.enabled,
+            nearest_n: self.nearest_n,
+            datacenters: self.datacenters.iter().map(|d| d.as_str().into()).collect(),
+            spill_below: self.spill_below,
+            address_mode: self.address_mode,
+        }
+    }
 }
 
 /// `gateway.wan_transport`.
@@ -800,6 +914,7 @@ impl Config {
             dns: DnsSection::default(),
             federation: FederationSection::default(),
             gateway: GatewaySection::default(),
+            failover: FailoverSection::default(),
             dev: true,
             gateway_only: false,
         };
@@ -979,6 +1094,7 @@ impl Config {
                 ));
             }
         }
+        self.failover.validate()?;
         self.gateway.validate()
     }
 

@@ -26,12 +26,14 @@ use tokio::task::JoinHandle;
 
 use crate::agent::{RunningGateway, federation_settings, federation_tls, start_gateway};
 use crate::config::Config;
+use crate::failover::FailoverRuntime;
 
 /// A running gateway-only node.
 pub struct GatewayNode {
     federation: Arc<Federation>,
     dns: DnsServer,
     gateway: RunningGateway,
+    failover: FailoverRuntime,
     http_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     // Kept so that federation's "local catalog" (empty: there is none) stays open.
@@ -77,6 +79,9 @@ impl GatewayNode {
                 views_tx.send_replace(Arc::new(v));
             }
         });
+        // It fails over like the servers it follows.
+        let failover = FailoverRuntime::start(&config.failover, views);
+        let views = failover.watch();
         let dns = DnsServer::start(
             config.dns.to_settings(&config.node_name),
             views.clone(),
@@ -85,6 +90,9 @@ impl GatewayNode {
         )
         .await?;
         let gateway = start_gateway(&config, views.clone(), Some(tls), None).await?;
+        if let Some(t) = gateway.tunnel.clone() {
+            failover.set_tunnel(t);
+        }
         let state = HttpState {
             federation: federation.clone(),
             gateway: gateway.counters.clone(),
@@ -106,6 +114,7 @@ impl GatewayNode {
             federation,
             dns,
             gateway,
+            failover,
             http_addr,
             tasks: vec![follow, serve],
             _local: local,
@@ -120,6 +129,7 @@ impl GatewayNode {
 
     /// Stops serving, then following.
     pub async fn shutdown(self) {
+        self.failover.stop();
         self.gateway.stop();
         self.dns.shutdown().await;
         for t in &self.tasks {

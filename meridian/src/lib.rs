@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod duration;
+pub mod failover;
 pub mod gateway_only;
 pub mod http;
 pub mod tls_cmd;

@@ -1,4 +1,5 @@
-//! One datacenter's catalog state: nodes, instances and checks, with their mutations.
+//! One datacenter's catalog state: nodes, instances, checks and prepared queries, with their
+//! mutations.
 //!
 //! The maps are persistent (structure-shared) so that cloning a `DcState` to publish a new
 //! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
@@ -11,6 +12,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
+use crate::prepared::PreparedQuery;
 
 type CheckKey = (String, String);
 /// Checks by node, then by check ID: lookups borrow the caller's strings, allocate nothing.
@@ -38,7 +40,32 @@ pub struct DcState {
     instances: OrdMap<InstanceKey, Arc<Instance>>,
     by_service: OrdMap<String, OrdSet<InstanceKey>>,
     checks: ChecksByNode,
+    /// Prepared queries by lowercased ID. They are the datacenter's own and never federated, so
+    /// [`DcState::changes_since`] does not look at them.
+    queries: OrdMap<String, Arc<PreparedQuery>>,
+    /// Lowercased query name to lowercased query ID, for the queries that have a name.
+    query_names: OrdMap<String, String>,
     index: u64,
+}
+
+/// Why [`DcState::set_query`] refused a query.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryConflict {
+    /// An update named a query that does not exist.
+    #[error("no prepared query with ID {0:?}")]
+    NotFound(String),
+    /// A create named an ID that another query already has.
+    #[error("a prepared query with ID {0:?} already exists")]
+    IdTaken(String),
+    /// Another query already has the name (ignoring case).
+    #[error("name {name:?} aliases an existing query name (query {id})")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The ID of the query that has it.
+        id: String,
+    },
 }
 
 /// The keys that differ between two states of one catalog (see [`DcState::changes_since`]).
@@ -70,6 +97,9 @@ pub struct DcSnapshot {
     pub instances: Vec<Instance>,
     /// All checks.
     pub checks: Vec<Check>,
+    /// All prepared queries (absent from snapshots written before queries existed).
+    #[serde(default)]
+    pub queries: Vec<PreparedQuery>,
 }
 
 impl DcState {
@@ -425,6 +455,87 @@ impl DcState {
         }
     }
 
+    /// All prepared queries, by ID.
+    pub fn queries(&self) -> impl Iterator<Item = &PreparedQuery> {
+        self.queries.values().map(|q| &**q)
+    }
+
+    /// A prepared query by ID, ignoring case.
+    pub fn query(&self, id: &str) -> Option<&PreparedQuery> {
+        self.queries.get(&*lower(id)).map(|q| &**q)
+    }
+
+    /// A prepared query by name, ignoring case.
+    pub fn query_named(&self, name: &str) -> Option<&PreparedQuery> {
+        let id = self.query_names.get(&*lower(name))?;
+        self.queries.get(id).map(|q| &**q)
+    }
+
+    /// A prepared query by ID or, failing that, by name, as Consul resolves what a client
+    /// executes (names never have the shape of an ID, so the two cannot collide).
+    pub fn query_by_id_or_name(&self, id_or_name: &str) -> Option<&PreparedQuery> {
+        self.query(id_or_name)
+            .or_else(|| self.query_named(id_or_name))
+    }
+
+    /// Creates (`create`: the ID must be new) or replaces (the ID must exist) a prepared query.
+    /// Its name must not be another query's. Indexes are set here; writing a query equal to the
+    /// stored one changes nothing, so a create retried after a lost reply succeeds. Returns
+    /// whether anything changed.
+    pub fn set_query(
+        &mut self,
+        mut query: PreparedQuery,
+        create: bool,
+        index: u64,
+    ) -> Result<bool, QueryConflict> {
+        let key = lower(&query.id).into_owned();
+        let old = self.queries.get(&key).cloned();
+        match &old {
+            None if !create => return Err(QueryConflict::NotFound(query.id)),
+            None => query.create_index = index,
+            Some(o) => {
+                query.create_index = o.create_index;
+                query.modify_index = o.modify_index;
+                if **o == query {
+                    return Ok(false);
+                }
+                if create {
+                    return Err(QueryConflict::IdTaken(query.id));
+                }
+            }
+        }
+        let name_key = lower(&query.name).into_owned();
+        if !name_key.is_empty()
+            && let Some(holder) = self.query_names.get(&name_key)
+            && *holder != key
+        {
+            return Err(QueryConflict::NameTaken {
+                name: query.name,
+                id: holder.clone(),
+            });
+        }
+        if let Some(o) = &old {
+            self.query_names.remove(&*lower(&o.name));
+        }
+        if !name_key.is_empty() {
+            self.query_names.insert(name_key, key.clone());
+        }
+        query.modify_index = index;
+        self.queries.insert(key, Arc::new(query));
+        self.index = index;
+        Ok(true)
+    }
+
+    /// Deletes a prepared query by ID (ignoring case). Returns whether it existed.
+    pub fn delete_query(&mut self, id: &str, index: u64) -> bool {
+        let Some(old) = self.queries.remove(&*lower(id)) else {
+            return false;
+        };
+        self.query_names.remove(&*lower(&old.name));
+        self.index = index;
+        true
+    }
+
     /// Flattens the state for a snapshot.
     pub fn to_snapshot(&self) -> DcSnapshot {
         DcSnapshot {
@@ -432,6 +543,7 @@ impl DcState {
             nodes: self.nodes().cloned().collect(),
             instances: self.instances().cloned().collect(),
             checks: self.checks().cloned().collect(),
+            queries: self.queries().cloned().collect(),
         }
     }
 
@@ -451,6 +563,14 @@ impl DcState {
         }
         for c in snap.checks {
             s.insert_check(c);
+        }
+        for q in snap.queries {
+            let key = lower(&q.id).into_owned();
+            if !q.name.is_empty() {
+                s.query_names
+                    .insert(lower(&q.name).into_owned(), key.clone());
+            }
+            s.queries.insert(key, Arc::new(q));
         }
         s.index = snap.index;
         s
@@ -703,5 +823,106 @@ mod tests {
         assert!(r.remove_instance("n1", "web1"));
         assert!(r.check("n1", "c1").is_none());
         assert!(!r.remove_instance("n1", "web1"));
+    }
+
+    fn query(id: &str, name: &str, service: &str) -> PreparedQuery {
+        PreparedQuery {
+            id: id.into(),
+            name: name.into(),
+            service: crate::prepared::QueryService {
+                service: service.into(),
+                ..Default::default()
+            },
+            dns_ttl: None,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    #[test]
+    fn prepared_queries_are_stored_by_id_and_unique_by_name() {
+        let mut s = DcState::default();
+        let a = "aaaaaaaa-0000-0000-0000-000000000001";
+        let b = "bbbbbbbb-0000-0000-0000-000000000002";
+        assert_eq!(s.set_query(query(a, "Web-Fo", "web"), true, 3), Ok(true));
+        assert_eq!(s.index(), 3);
+        let q = s.query_named("web-fo").expect("by name, ignoring case");
+        assert_eq!((q.id.as_str(), q.create_index, q.modify_index), (a, 3, 3));
+        assert_eq!(
+            s.query(&a.to_ascii_uppercase()).map(|q| q.name.as_str()),
+            Some("Web-Fo")
+        );
+        assert_eq!(s.query_by_id_or_name(a).map(|q| q.id.as_str()), Some(a));
+        assert_eq!(
+            s.query_by_id_or_name("WEB-FO").map(|q| q.id.as_str()),
+            Some(a)
+        );
+        assert!(s.query_by_id_or_name("nope").is_none());
+
+        // A create retried after a lost reply changes nothing and succeeds.
+        assert_eq!(s.set_query(query(a, "Web-Fo", "web"), true, 4), Ok(false));
+        assert_eq!(s.index(), 3);
+        // Another query cannot take the name, in any case.
+        assert_eq!(
+            s.set_query(query(b, "WEB-fo", "db"), true, 5),
+            Err(QueryConflict::NameTaken {
+                name: "WEB-fo".into(),
+                id: a.into()
+            })
+        );
+        // A different query under an existing ID is not a create.
+        assert_eq!(
+            s.set_query(query(a, "other", "db"), true, 5),
+            Err(QueryConflict::IdTaken(a.into()))
+        );
+        assert_eq!(
+            s.set_query(query(b, "db", "db"), false, 5),
+            Err(QueryConflict::NotFound(b.into()))
+        );
+        // Unnamed queries do not collide with each other.
+        assert_eq!(s.set_query(query(b, "", "db"), true, 6), Ok(true));
+        let c = "cccccccc-0000-0000-0000-000000000003";
+        assert_eq!(s.set_query(query(c, "", "db"), true, 7), Ok(true));
+        assert!(s.query_named("").is_none());
+
+        // Renaming frees the old name; the update keeps the create index.
+        assert_eq!(s.set_query(query(a, "api-fo", "api"), false, 8), Ok(true));
+        let q = s.query(a).expect("still there");
+        assert_eq!((q.create_index, q.modify_index), (3, 8));
+        assert!(s.query_named("web-fo").is_none());
+        assert_eq!(s.set_query(query(b, "web-fo", "db"), false, 9), Ok(true));
+        assert_eq!(s.queries().count(), 3);
+
+        assert!(s.delete_query(&b.to_ascii_uppercase(), 10));
+        assert!(!s.delete_query(b, 11));
+        assert_eq!(s.index(), 10);
+        assert!(s.query_named("web-fo").is_none());
+        assert_eq!(s.set_query(query(c, "web-fo", "db"), false, 12), Ok(true));
+    }
+
+    #[test]
+    fn prepared_queries_are_in_snapshots_but_not_in_changes() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "web1", "web"), vec![], 1);
+        let before = s.clone();
+        let id = "aaaaaaaa-0000-0000-0000-000000000001";
+        assert_eq!(s.set_query(query(id, "web-fo", "web"), true, 2), Ok(true));
+        assert_eq!(
+            s.changes_since(&before),
+            Changes::default(),
+            "queries are DC-local: federation never exports them"
+        );
+        let snap = s.to_snapshot();
+        assert_eq!(snap.queries.len(), 1);
+        let json = serde_json::to_string(&snap).expect("serialize");
+        let back = DcState::from_snapshot(serde_json::from_str(&json).expect("deserialize"));
+        assert_eq!(back.to_snapshot(), snap);
+        assert_eq!(back.query_named("WEB-FO").map(|q| q.id.as_str()), Some(id));
+        assert_eq!(back.index(), 2);
+
+        // A snapshot written before queries existed still loads.
+        let old = r#"{"index":1,"nodes":[],"instances":[],"checks":[]}"#;
+        let old = DcState::from_snapshot(serde_json::from_str(old).expect("old snapshot"));
+        assert_eq!(old.queries().count(), 0);
     }
 }

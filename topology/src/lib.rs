@@ -12,6 +12,7 @@ pub mod failover;
 pub mod health;
 mod model;
 pub mod names;
+pub mod prepared;
 mod resolve;
 mod view;
 
@@ -20,9 +21,14 @@ pub use failover::{AddressMode, Failover, FailoverPolicy};
 pub use health::{DcLiveness, DcStatus, Detector, DetectorConfig};
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
+pub use prepared::{PreparedQuery, QueryError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
 pub use view::{RemoteDc, View};
 
 /// The service each gateway registers in its datacenter's catalog (with its WAN address), which
 /// federation always exports so that remote gateways can find it.
 pub const GATEWAY_SERVICE: &str = "meridian-gateway";
+
+/// The service an operator's drain registers in its datacenter's catalog: while any instance of
+/// it exists, the DC is `Drained` everywhere (federation always exports it).
+pub const DRAIN_SERVICE: &str = "meridian-drain";

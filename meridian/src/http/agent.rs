@@ -50,6 +50,11 @@ pub(super) async fn agent_self(
         },
         "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
         "Meta": {},
+        "Meridian": {
+            "HttpAddr": state.node().map(|n| n.http.to_string()),
+            "DnsAddr": state.node().and_then(|n| n.dns).map(|a| a.to_string()),
+            "GatewayAddr": state.node().and_then(|n| n.gateway).map(|a| a.to_string()),
+        },
     });
     Ok(answer_local(&state, &view, &body))
 }

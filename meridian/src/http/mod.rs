@@ -13,9 +13,11 @@ mod body;
 mod catalog;
 pub mod consul;
 mod error;
+mod failover;
 mod federation;
 mod listener;
 mod metrics;
+mod query;
 pub mod register;
 
 use std::future::Future;
@@ -52,7 +54,23 @@ pub struct ApiState {
     inner: Arc<StateInner>,
 }
 
+/// What this node serves where, for `/v1/agent/self` and the failover endpoints.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// The HTTP API's address.
+    pub http: std::net::SocketAddr,
+    /// The DNS server's address.
+    pub dns: Option<std::net::SocketAddr>,
+    /// The gateway's address (TCP, and UDP for the tunnel).
+    pub gateway: Option<std::net::SocketAddr>,
+    /// The failure detector's clock.
+    pub clock: crate::failover::Clock,
+    /// The failover runtime's counters.
+    pub failover: Option<Arc<crate::failover::FailoverCounters>>,
+}
+
 struct StateInner {
+    node: Option<NodeInfo>,
     catalog: Catalog,
     views: watch::Receiver<Arc<View>>,
     federation: Option<Arc<Federation>>,
@@ -77,6 +95,7 @@ impl ApiState {
     ) -> Self {
         ApiState {
             inner: Arc::new(StateInner {
+                node: None,
                 catalog,
                 views,
                 federation,
@@ -87,6 +106,19 @@ impl ApiState {
                 closing: watch::Sender::new(false),
             }),
         }
+    }
+
+    /// This state with the node's addresses and failover clock (before it is shared).
+    pub fn with_node(mut self, node: NodeInfo) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.node = Some(node);
+        }
+        self
+    }
+
+    /// The node's addresses and failover clock, when set.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.inner.node.as_ref()
     }
 
     /// The catalog.
@@ -154,6 +186,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status/leader", get(catalog::status_leader))
         .route("/v1/status/peers", get(catalog::status_peers))
         .route("/v1/federation/status", get(federation::status))
+        .route("/v1/coordinate/datacenters", get(failover::datacenters))
+        .route(
+            "/v1/operator/drain",
+            put(failover::drain).delete(failover::undrain),
+        )
+        .route("/v1/query", get(query::list).post(query::create))
+        .route(
+            "/v1/query/{id}",
+            get(query::get_one).put(query::update).delete(query::delete),
+        )
+        .route("/v1/query/{id}/execute", get(query::execute))
         .route("/metrics", get(metrics_page))
         .fallback(unknown_path)
         // Handlers read bodies with `body::read_body`, which enforces the limit itself (and
@@ -240,6 +283,9 @@ async fn metrics_page(State(state): State<ApiState>) -> Response {
     }
     if let Some(g) = &state.inner.gateway {
         g.render(&mut text);
+    }
+    if let Some(c) = state.node().and_then(|n| n.failover.as_ref()) {
+        crate::failover::render(&mut text, &state.view(), c);
     }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -54,7 +54,7 @@ async fn register(agent: &Agent, body: Value) -> Result<()> {
 }
 
 pub(crate) fn dns_addr(agent: &Agent) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], agent.ports.dns))
+    SocketAddr::new(agent.host, agent.ports.dns)
 }
 
 /// One query with hickory's client, over UDP (with EDNS, as the client sends) or TCP.

@@ -21,7 +21,7 @@ fn certificate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// A self-signed certificate for `name` and the names in `also`.
-fn certificate_for(dir: &Path, name: &str, also: &[&str]) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn certificate_for(dir: &Path, name: &str, also: &[&str]) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}-key.pem")),
@@ -56,13 +56,19 @@ fn certificate_for(dir: &Path, name: &str, also: &[&str]) -> Result<(PathBuf, Pa
 }
 
 /// An nginx serving HTTPS on `port` with `cert`, answering every request with `body`.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Nginx {
-    fn start(dir: &Path, tag: &str, cert: &Path, key: &Path, body: &str) -> Result<Nginx> {
+    pub(crate) fn start(
+        dir: &Path,
+        tag: &str,
+        cert: &Path,
+        key: &Path,
+        body: &str,
+    ) -> Result<Nginx> {
         let port = free_port();
         let prefix = dir.join(format!("nginx-{tag}"));
         std::fs::create_dir_all(prefix.join("logs"))?;

@@ -67,6 +67,8 @@ pub enum Mode {
 pub struct Agent {
     pub name: String,
     pub ports: Ports,
+    /// The address the agent listens on (its config's `bind`).
+    pub host: std::net::IpAddr,
     mode: Mode,
     log: PathBuf,
     child: Option<Child>,
@@ -90,6 +92,7 @@ impl Agent {
         let mut agent = Agent {
             name: name.to_owned(),
             ports,
+            host: std::net::IpAddr::from([127, 0, 0, 1]),
             mode,
             log: log_dir.join(format!("{name}.log")),
             child: None,
@@ -133,7 +136,7 @@ impl Agent {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.http)
+        format!("http://{}:{}{path}", self.host, self.ports.http)
     }
 
     /// Starts the process again on the same data folder and ports.

@@ -4,9 +4,11 @@
 mod cli;
 mod dns;
 mod durability;
+mod failover;
 mod federation;
 mod gateway;
 mod harness;
 mod health;
 mod http_api;
+mod prepared_query;
 mod unbound;

@@ -1,0 +1,558 @@
+//! The failover runtime: probes every remote DC's gateways over the tunnel (data plane), reads
+//! each federation stream's state (control plane), feeds both to `topology`'s detector, tracks
+//! drains and services that recovered, and republishes the views with the result, so DNS, the
+//! gateway and the API all follow one decision.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meridian_gateway::Tunnel;
+use meridian_topology::{
+    DRAIN_SERVICE, DcLiveness, DcState, DcStatus, Detector, Failover, FailoverPolicy,
+    GATEWAY_SERVICE, Health, View,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::FailoverSection;
+
+/// The detector's clock: milliseconds since the runtime started.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Clock {
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the start.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Counters of the failover runtime, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FailoverCounters {
+    /// Probes answered.
+    pub probes_ok: std::sync::atomic::AtomicU64,
+    /// Probes failed or timed out.
+    pub probes_failed: std::sync::atomic::AtomicU64,
+    /// Changes of some DC's published status.
+    pub transitions: std::sync::atomic::AtomicU64,
+}
+
+/// The running failover stage between the producers' views and the readers.
+pub struct FailoverRuntime {
+    views: watch::Receiver<Arc<View>>,
+    clock: Clock,
+    tunnel: Arc<OnceLock<Arc<Tunnel>>>,
+    counters: Arc<FailoverCounters>,
+    task: JoinHandle<()>,
+}
+
+impl FailoverRuntime {
+    /// Starts the stage on the producers' views `input`.
+    pub fn start(config: &FailoverSection, input: watch::Receiver<Arc<View>>) -> Self {
+        let clock = Clock::new();
+        let tunnel = Arc::new(OnceLock::new());
+        let counters = Arc::new(FailoverCounters::default());
+        let policy = Arc::new(config.policy());
+        let first = input.borrow().clone();
+        let mut runner = Runner {
+            config: config.clone(),
+            detector: Detector::new(config.detector()),
+            policy,
+            clock,
+            last_input: first.clone(),
+            states: HashMap::new(),
+            holds: HashMap::new(),
+            published: None,
+            in_flight: HashSet::new(),
+            tunnel: tunnel.clone(),
+            counters: counters.clone(),
+        };
+        let now = clock.now_ms();
+        runner.remember_states(&first);
+        let (out, views) = watch::channel(runner.compose(&first, now));
+        let task = tokio::spawn(runner.run(input, out));
+        FailoverRuntime {
+            views,
+            clock,
+            tunnel,
+            counters,
+            task,
+        }
+    }
+
+    /// The views with failover applied.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.views.clone()
+    }
+
+    /// The detector's clock (for "in this state for" figures).
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// The runtime's counters.
+    pub fn counters(&self) -> &Arc<FailoverCounters> {
+        &self.counters
+    }
+
+    /// Probes go through `tunnel` from now on (once the gateway is up).
+    pub fn set_tunnel(&self, tunnel: Arc<Tunnel>) {
+        let _ = self.tunnel.set(tunnel);
+    }
+
+    /// Stops the stage.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FailoverRuntime {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes the failover metrics in Prometheus text format: every DC's status and RTT as this
+/// node sees them, and the probe counters.
+pub fn render(out: &mut String, view: &View, c: &FailoverCounters) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = view.failover();
+    let _ = writeln!(
+        out,
+        "# HELP meridian_failover_dc_status 1 for each DC's current status as this node sees it.\n# TYPE meridian_failover_dc_status gauge"
+    );
+    for dc in view.datacenters() {
+        let l = f.liveness(dc);
+        for s in [
+            DcStatus::Up,
+            DcStatus::Suspect,
+            DcStatus::Down,
+            DcStatus::Drained,
+        ] {
+            let v = u8::from(l.status == s);
+            let _ = writeln!(
+                out,
+                "meridian_failover_dc_status{{dc=\"{dc}\",status=\"{}\"}} {v}",
+                s.as_str()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meridian_failover_rtt_seconds Smoothed data-plane probe round trip to each DC.\n# TYPE meridian_failover_rtt_seconds gauge"
+    );
+    for dc in view.datacenters() {
+        if let Some(us) = f.rtt_us(dc) {
+            let _ = writeln!(
+                out,
+                "meridian_failover_rtt_seconds{{dc=\"{dc}\"}} {}",
+                f64::from(us) / 1e6
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meridian_failover_probes_total Data-plane probes of remote DCs' gateways.\n# TYPE meridian_failover_probes_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "meridian_failover_probes_total{{outcome=\"ok\"}} {}",
+        c.probes_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "meridian_failover_probes_total{{outcome=\"failed\"}} {}",
+        c.probes_failed.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meridian_failover_transitions_total Changes of a DC's status.\n# TYPE meridian_failover_transitions_total counter\nmeridian_failover_transitions_total {}",
+        c.transitions.load(Relaxed)
+    );
+}
+
+type ProbeResult = (Arc<str>, Option<u32>);
+
+struct Runner {
+    config: FailoverSection,
+    detector: Detector,
+    policy: Arc<FailoverPolicy>,
+    clock: Clock,
+    last_input: Arc<View>,
+    /// Each DC's catalog as last seen, to find services whose instances came back.
+    states: HashMap<Arc<str>, DcState>,
+    /// `(dc, service)` inside the failback period, until when (clock ms).
+    holds: HashMap<(Arc<str>, Arc<str>), u64>,
+    published: Option<Arc<Failover>>,
+    in_flight: HashSet<Arc<str>>,
+    tunnel: Arc<OnceLock<Arc<Tunnel>>>,
+    counters: Arc<FailoverCounters>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn drained(state: &DcState) -> bool {
+    state.instances_of(DRAIN_SERVICE).next().is_some()
+}
+
+/// The gateways of a DC that a probe or a tunnel may use.
+fn gateways(state: &DcState) -> Vec<SocketAddr> {
+    state
+        .instances_of(GATEWAY_SERVICE)
+        .filter(|i| state.health_of(i) != Health::Critical)
+        .filter_map(|i| {
+            let ip = state.address_of(i).parse::<IpAddr>().ok()?;
+            Some(SocketAddr::new(ip, i.port))
+        })
+        .collect()
+}
+
+/// Whether `state` has an instance of `service` that is not critical, and whether it has any.
+fn service_health(state: &DcState, service: &str) -> (bool, bool) {
+    let mut any = false;
+    for i in state.instances_of(service) {
+        any = true;
+        if state.health_of(i) != Health::Critical {
+            return (true, true);
+        }
+    }
+    (false, any)
+}
+
+/// The services whose instances (or their nodes' checks) differ between `old` and `new`.
+fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
+    let changes = new.changes_since(old);
+    let mut out: HashSet<Arc<str>> = HashSet::new();
+    let mut add = |s: &str| {
+        if !out.contains(s) {
+            out.insert(s.to_ascii_lowercase().into());
+        }
+    };
+    for key in &changes.instances {
+        for state in [old, new] {
+            if let Some(i) = state.instance(&key.node, &key.id) {
+                add(&i.service);
+            }
+        }
+    }
+    for node in changes.nodes.iter().chain(&changes.check_nodes) {
+        for state in [old, new] {
+            for i in state.instances_on(node) {
+                add(&i.service);
+            }
+        }
+    }
+    out
+}
+
+impl Runner {
+    async fn run(mut self, mut input: watch::Receiver<Arc<View>>, out: watch::Sender<Arc<View>>) {
+        let (tx, mut rx) = mpsc::channel::<ProbeResult>(64);
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.config.probe_interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut input_changed = false;
+            tokio::select! {
+                r = input.changed() => {
+                    if r.is_err() { return }
+                    let view = input.borrow_and_update().clone();
+                    self.track_recoveries(&view);
+                    self.last_input = view;
+                    input_changed = true;
+                }
+                _ = ticker.tick() => self.probe_all(&tx),
+                Some((dc, rtt)) = rx.recv() => {
+                    self.in_flight.remove(&dc);
+                    let counter = if rtt.is_some() { &self.counters.probes_ok } else { &self.counters.probes_failed };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.detector.probe(&dc, self.clock.now_ms(), rtt);
+                }
+            }
+            let now = self.clock.now_ms();
+            self.observe(now);
+            let failover = self.failover();
+            let changed = self
+                .published
+                .as_ref()
+                .is_none_or(|p| differs(p, &failover));
+            if changed || input_changed {
+                if let Some(p) = &self.published {
+                    self.count_transitions(p, &failover);
+                }
+                let failover = Arc::new(failover);
+                self.published = Some(failover.clone());
+                let view = View::clone(&self.last_input).with_failover(failover);
+                out.send_replace(Arc::new(view));
+            }
+        }
+    }
+
+    /// The first view, before the loop runs.
+    fn compose(&mut self, view: &Arc<View>, now: u64) -> Arc<View> {
+        self.observe(now);
+        let failover = Arc::new(self.failover());
+        self.published = Some(failover.clone());
+        Arc::new(View::clone(view).with_failover(failover))
+    }
+
+    fn count_transitions(&self, old: &Failover, new: &Failover) {
+        let moved = new
+            .liveness
+            .iter()
+            .filter(|(dc, l)| old.liveness.get(*dc).is_none_or(|o| o.status != l.status))
+            .count();
+        self.counters
+            .transitions
+            .fetch_add(moved as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Feeds the detector what the latest view says: the DCs, their control streams, drains.
+    fn observe(&mut self, now: u64) {
+        let unix = unix_ms();
+        let view = self.last_input.clone();
+        for r in view.remotes() {
+            let fresh = r.connected
+                && unix.saturating_sub(r.confirmed_unix_ms) <= self.config.control_stale_after_ms;
+            self.detector.control(&r.name, now, fresh);
+            self.detector.set_drained(&r.name, now, drained(&r.state));
+        }
+        self.detector.tick(now);
+        self.holds.retain(|_, until| *until > now);
+    }
+
+    /// Starts a probe of every remote DC that has gateways and no probe in flight.
+    fn probe_all(&mut self, tx: &mpsc::Sender<ProbeResult>) {
+        let Some(tunnel) = self.tunnel.get() else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.config.probe_timeout_ms);
+        for r in self.last_input.remotes() {
+            let dc: Arc<str> = r.name.to_ascii_lowercase().into();
+            if self.in_flight.contains(&dc) {
+                continue;
+            }
+            let gws = gateways(&r.state);
+            if gws.is_empty() {
+                continue;
+            }
+            self.in_flight.insert(dc.clone());
+            let (tunnel, tx) = (tunnel.clone(), tx.clone());
+            tokio::spawn(async move {
+                let rtt = match tunnel.probe(&dc, &gws, timeout).await {
+                    Ok(d) => Some(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+                    Err(e) => {
+                        tracing::debug!(%dc, error = %e, "probe failed");
+                        None
+                    }
+                };
+                let _ = tx.send((dc, rtt)).await;
+            });
+        }
+    }
+
+    fn remember_states(&mut self, view: &View) {
+        self.states.clear();
+        self.states.insert(
+            view.datacenter().to_ascii_lowercase().into(),
+            view.local().clone(),
+        );
+        for r in view.remotes() {
+            self.states
+                .insert(r.name.to_ascii_lowercase().into(), r.state.clone());
+        }
+    }
+
+    /// Holds every service whose instances in some DC were all critical and now are not, for
+    /// the failback period; releases a hold when they fail again.
+    fn track_recoveries(&mut self, view: &View) {
+        let now = self.clock.now_ms();
+        let until = now + self.config.failback_after_ms;
+        let dcs = std::iter::once((view.datacenter(), view.local()))
+            .chain(view.remotes().map(|r| (&*r.name, &r.state)));
+        for (dc, state) in dcs {
+            let key: Arc<str> = dc.to_ascii_lowercase().into();
+            if let Some(old) = self.states.get(&key) {
+                for service in touched_services(old, state) {
+                    let (was_healthy, existed) = service_health(old, &service);
+                    let (healthy, _) = service_health(state, &service);
+                    let hold = (key.clone(), service);
+                    if existed && !was_healthy && healthy {
+                        tracing::info!(dc = %hold.0, service = %hold.1, for_ms = self.config.failback_after_ms, "instances recovered; answers return after the failback period");
+                        self.holds.insert(hold, until);
+                    } else if !healthy {
+                        self.holds.remove(&hold);
+                    }
+                }
+            }
+        }
+        self.remember_states(view);
+    }
+
+    fn failover(&self) -> Failover {
+        let mut liveness = self.detector.liveness();
+        let local = &self.last_input;
+        if drained(local.local()) {
+            liveness.insert(
+                local.datacenter().to_ascii_lowercase().into(),
+                DcLiveness {
+                    status: DcStatus::Drained,
+                    ..DcLiveness::default()
+                },
+            );
+        }
+        Failover {
+            liveness,
+            held: self.holds.keys().cloned().collect(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// Whether readers must see `new`: a status, staleness or hold changed, or an RTT moved by more
+/// than a fifth (which may reorder the nearest DCs).
+fn differs(old: &Failover, new: &Failover) -> bool {
+    if old.held != new.held || old.liveness.len() != new.liveness.len() {
+        return true;
+    }
+    new.liveness.iter().any(|(dc, l)| {
+        let Some(o) = old.liveness.get(dc) else {
+            return true;
+        };
+        let rtt_moved = match (o.rtt_us, l.rtt_us) {
+            (Some(a), Some(b)) => a.abs_diff(b) > a / 5,
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        o.status != l.status || o.stale != l.stale || rtt_moved
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_topology::{Check, Instance};
+
+    fn inst(id: &str, service: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            port: 443,
+            tags: Vec::new(),
+            meta: Default::default(),
+            weights: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn check(id: &str, status: Health) -> Check {
+        Check {
+            id: format!("service:{id}"),
+            name: String::new(),
+            node: "n1".into(),
+            service_id: id.into(),
+            service_name: String::new(),
+            status,
+            output: String::new(),
+            notes: String::new(),
+            spec: None,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn runner(failback_after_ms: u64) -> Runner {
+        let config = FailoverSection {
+            failback_after_ms,
+            ..FailoverSection::default()
+        };
+        Runner {
+            detector: Detector::new(config.detector()),
+            policy: Arc::new(config.policy()),
+            config,
+            clock: Clock::new(),
+            last_input: Arc::new(View::new("dc3", DcState::default())),
+            states: HashMap::new(),
+            holds: HashMap::new(),
+            published: None,
+            in_flight: HashSet::new(),
+            tunnel: Arc::new(OnceLock::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    fn with_remote(state: &DcState) -> View {
+        let remote = meridian_topology::RemoteDc {
+            name: "dc1".into(),
+            state: state.clone(),
+            ..Default::default()
+        };
+        View::new("dc3", DcState::default())
+            .with_remotes(std::iter::once((Arc::<str>::from("dc1"), Arc::new(remote))).collect())
+    }
+
+    #[test]
+    fn a_service_that_recovers_in_a_replica_is_held_for_the_failback_period() {
+        let mut r = runner(60_000);
+        let mut s = DcState::default();
+        s.put_instance(inst("w1", "web"), vec![check("w1", Health::Passing)]);
+        r.track_recoveries(&with_remote(&s));
+        s.put_instance(inst("w1", "web"), vec![check("w1", Health::Critical)]);
+        r.track_recoveries(&with_remote(&s));
+        assert!(r.failover().held.is_empty(), "failing is not recovering");
+        s.put_instance(inst("w1", "web"), vec![check("w1", Health::Passing)]);
+        r.track_recoveries(&with_remote(&s));
+        let held = r.failover().held;
+        assert!(
+            held.contains(&(Arc::from("dc1"), Arc::from("web"))),
+            "{held:?}"
+        );
+        s.put_instance(inst("w1", "web"), vec![check("w1", Health::Critical)]);
+        r.track_recoveries(&with_remote(&s));
+        assert!(
+            r.failover().held.is_empty(),
+            "failing again releases the hold"
+        );
+    }
+
+    #[test]
+    fn touched_services_follow_instances_and_checks() {
+        let mut a = DcState::default();
+        a.register(inst("w1", "web"), vec![check("w1", Health::Critical)], 1);
+        a.register(inst("d1", "db"), vec![check("d1", Health::Passing)], 2);
+        let mut b = a.clone();
+        b.update_check("n1", "service:w1", Health::Passing, "", 3);
+        let t = touched_services(&a, &b);
+        // Both instances are on n1, whose checks changed.
+        assert!(t.contains("web"));
+        assert_eq!(service_health(&a, "web"), (false, true));
+        assert_eq!(service_health(&b, "web"), (true, true));
+        assert_eq!(service_health(&b, "nope"), (false, false));
+        assert_eq!(gateways(&b), Vec::<SocketAddr>::new());
+    }
+}

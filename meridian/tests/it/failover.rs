@@ -1,0 +1,394 @@
+//! Geo-failover against real processes: three DCs on their own loopback addresses, `web` behind
+//! real TLS (nginx) in dc1 and dc2. Losing dc1 (every process killed), losing only its `web`
+//! instances (checks critical) and a WAN partition between dc1 and dc3 alone must each move the
+//! answers of `web.service.consul` (DNS, and a connection through the gateway) to dc2, and move
+//! them back only after the failback period.
+//!
+//! Timing targets are the benchmark's (`meridian-bench failover`); these tests check behaviour
+//! with generous bounds and print what they measured.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hickory_net::proto::op::ResponseCode;
+use hickory_net::proto::rr::{RData, RecordType};
+use serde_json::{Value, json};
+
+use crate::dns::{dns_addr, query};
+use crate::federation::make_certs;
+use crate::gateway::{Nginx, certificate_for};
+use crate::harness::{Agent, Mode, Ports, eventually};
+
+const NAME: &str = "web.service.consul";
+/// The failback period these tests configure.
+const FAILBACK: Duration = Duration::from_secs(3);
+
+/// Three DCs, each one node on its own address, every DC a configured peer of the others; dc3
+/// prefers dc1 then dc2 for names without a DC.
+struct World {
+    dcs: Vec<Agent>,
+    /// `web`'s backend port in dc1 and dc2.
+    ports: [u16; 2],
+    ca: std::path::PathBuf,
+    _backends: Vec<Nginx>,
+    _dir: tempfile::TempDir,
+}
+
+fn host(i: usize) -> String {
+    format!("127.0.{}.1", i + 1)
+}
+
+impl World {
+    async fn start(web_check: bool) -> Result<World> {
+        let dir = tempfile::tempdir()?;
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs)?;
+        make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1"), ("dc3", "n1")])?;
+        let (cert, key) = certificate_for(dir.path(), NAME, &[])?;
+        let backends = vec![
+            Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?,
+            Nginx::start(dir.path(), "dc2-web", &cert, &key, "dc2-web")?,
+        ];
+        let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+        let mut dcs = Vec::new();
+        for i in 0..3 {
+            let dc = format!("dc{}", i + 1);
+            let mut peers = String::new();
+            for (j, p) in ports.iter().enumerate() {
+                if j != i {
+                    peers.push_str(&format!(
+                        "\n[[federation.peers]]\ndc = \"dc{}\"\naddresses = [\"{}:{}\"]\n",
+                        j + 1,
+                        host(j),
+                        p.wan
+                    ));
+                }
+            }
+            let order = if i == 2 {
+                "nearest_n = 0\ndatacenters = [\"dc1\", \"dc2\"]\n"
+            } else {
+                ""
+            };
+            let p = ports[i];
+            let config = format!(
+                "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"{h}\"\n\
+                 data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\n\
+                 wan = {wan}\ngateway = {gw}\n\n[raft]\nheartbeat_ms = 100\n\
+                 election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n[[servers]]\n\
+                 id = 1\nrpc = \"{h}:{rpc}\"\n\n[failover]\nfailback_after_ms = {fb}\n{order}\n\
+                 [federation]\nca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
+                 key_file = \"{c}/{dc}-n1-key.pem\"\n{peers}",
+                h = host(i),
+                data = dir.path().join(&dc).display(),
+                http = p.http,
+                dns = p.dns,
+                rpc = p.rpc,
+                wan = p.wan,
+                gw = p.gateway,
+                fb = FAILBACK.as_millis(),
+                c = certs.display(),
+            );
+            let file = dir.path().join(format!("{dc}.toml"));
+            std::fs::write(&file, config)?;
+            let mut agent = Agent::start(&dc, Mode::Config { file }, p, dir.path())?;
+            agent.host = host(i).parse()?;
+            dcs.push(agent);
+        }
+        for a in &mut dcs {
+            a.wait_ready().await?;
+        }
+        for (i, b) in backends.iter().enumerate() {
+            let mut def =
+                json!({"ID": "web-1", "Name": "web", "Port": b.port, "Address": "127.0.0.1"});
+            if web_check {
+                def["Check"] = json!({"CheckID": "web-ttl", "TTL": "300s"});
+            }
+            let r = dcs[i].put_json("/v1/agent/service/register", &def).await?;
+            ensure!(r.status().is_success(), "register in dc{}", i + 1);
+            if web_check {
+                set_check(&dcs[i], "pass").await?;
+            }
+        }
+        let world = World {
+            dcs,
+            ports: [backends[0].port, backends[1].port],
+            ca: cert,
+            _backends: backends,
+            _dir: dir,
+        };
+        // Everyone sees everyone's `web` and gateway; dc3 answers with dc1, its first choice.
+        for (i, a) in world.dcs.iter().enumerate() {
+            for dc in ["dc1", "dc2", "dc3"] {
+                let n = if dc == "dc3" { 0 } else { 1 };
+                eventually(60, &format!("dc{} sees {dc}", i + 1), || async move {
+                    let web = a
+                        .get_json(&format!("/v1/health/service/web?dc={dc}&passing=1"))
+                        .await;
+                    let gw = a
+                        .get_json(&format!("/v1/catalog/service/meridian-gateway?dc={dc}"))
+                        .await;
+                    web.is_ok_and(|v| v.as_array().is_some_and(|v| v.len() == n))
+                        && gw.is_ok_and(|v| v.as_array().is_some_and(|v| v.len() == 1))
+                })
+                .await?;
+            }
+        }
+        if web_check {
+            // The checks went from critical to passing: the instances are inside the failback
+            // period, and answered from only as a last resort, until it ends.
+            tokio::time::sleep(FAILBACK + Duration::from_millis(500)).await;
+        }
+        let w = &world;
+        eventually(
+            30,
+            "dc3 answers with dc1 over DNS and the gateway",
+            || async move { w.answer(2).await == Some(0) && w.route(2).await == Some(0) },
+        )
+        .await?;
+        Ok(world)
+    }
+
+    /// Which DC (index into `ports`) `web.service.consul` resolves to in DNS at `dc`, if any.
+    async fn answer(&self, dc: usize) -> Option<usize> {
+        let m = query(dns_addr(&self.dcs[dc]), NAME, RecordType::SRV, false)
+            .await
+            .ok()?;
+        if m.metadata.response_code != ResponseCode::NoError {
+            return None;
+        }
+        let ports: Vec<u16> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some(s.port),
+                _ => None,
+            })
+            .collect();
+        let first = *ports.first()?;
+        // One answer never mixes DCs.
+        if ports.iter().any(|p| *p != first) {
+            return Some(usize::MAX);
+        }
+        self.ports.iter().position(|p| *p == first)
+    }
+
+    /// Which DC's backend answers an HTTPS request through `dc`'s gateway (curl checks the
+    /// backend's certificate end to end), if any.
+    async fn route(&self, dc: usize) -> Option<usize> {
+        let a = &self.dcs[dc];
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(&self.ca)
+            .args([
+                "--resolve",
+                &format!("{NAME}:{}:{}", a.ports.gateway, a.host),
+            ])
+            .arg(format!("https://{NAME}:{}/", a.ports.gateway))
+            .output()
+            .await
+            .ok()?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "dc1-web" => Some(0),
+            "dc2-web" => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Polls until `dc` answers with `want` in DNS and through the gateway; the time it took.
+    async fn moves_to(&self, dc: usize, want: usize, within: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let (answer, route) = (self.answer(dc).await, self.route(dc).await);
+            if answer == Some(want) && route == Some(want) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "dc{} still answers {answer:?} and routes to {route:?} (want {want}) after {within:?}; log:\n{}",
+                    dc + 1,
+                    self.dcs[dc].log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Checks for `period` that `dc` keeps answering with `want`, never another DC.
+    async fn stays(&self, dc: usize, want: usize, period: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < period {
+            let answer = self.answer(dc).await;
+            ensure!(
+                answer == Some(want),
+                "dc{} answered {answer:?} (want {want}) {:?} into a stable period",
+                dc + 1,
+                start.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn status_of(&self, at: usize, dc: &str) -> Result<String> {
+        let list = self.dcs[at].get_json("/v1/coordinate/datacenters").await?;
+        list.as_array()
+            .and_then(|l| l.iter().find(|e| e["Datacenter"] == dc))
+            .and_then(|e| e["Status"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("dc{} does not list {dc}: {list}", at + 1))
+    }
+}
+
+async fn set_check(agent: &Agent, verb: &str) -> Result<()> {
+    let r = agent
+        .http
+        .put(agent.url(&format!("/v1/agent/check/{verb}/web-ttl")))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "check {verb}: {}", r.status());
+    Ok(())
+}
+
+/// Waits for the answers of dc3 to come back to dc1 after `since`, and checks that they did
+/// not come back before the failback period.
+async fn fails_back(w: &World, since: Instant) -> Result<Duration> {
+    w.moves_to(2, 0, Duration::from_secs(60)).await?;
+    let took = since.elapsed();
+    ensure!(
+        took >= FAILBACK,
+        "dc3 answered with dc1 again {took:?} after it recovered, inside the {FAILBACK:?} failback period; log:\n{}",
+        w.dcs[2].log_text()
+    );
+    Ok(took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_whole_dc_moves_answers_and_routes_and_they_return_after_the_stable_period()
+-> Result<()> {
+    let mut w = World::start(false).await?;
+    let lost = Instant::now();
+    w.dcs[0].kill9()?;
+    let dns_and_route = w.moves_to(2, 1, Duration::from_secs(15)).await?;
+    w.moves_to(1, 1, Duration::from_secs(15)).await?;
+    println!("dc1 lost: dc3 answers and routes to dc2 after {dns_and_route:?}");
+    ensure!(w.status_of(2, "dc1").await? == "down");
+    ensure!(w.status_of(1, "dc1").await? == "down");
+    w.stays(2, 1, Duration::from_secs(2)).await?;
+
+    w.dcs[0].restart()?;
+    let restarted = Instant::now();
+    let back = fails_back(&w, restarted).await?;
+    println!(
+        "dc1 restarted: dc3 answers with it again {back:?} later (lost for {:?})",
+        lost.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_instances_fail_over_even_inside_their_own_dc_and_fail_back_after_the_stable_period()
+-> Result<()> {
+    let w = World::start(true).await?;
+    set_check(&w.dcs[0], "fail").await?;
+    let took = w.moves_to(2, 1, Duration::from_secs(15)).await?;
+    // Plain names fail over inside dc1 too (Consul's never do).
+    w.moves_to(0, 1, Duration::from_secs(15)).await?;
+    println!("web critical in dc1: dc3 answers with dc2 after {took:?}");
+    // The DC itself is fine: only the service moved.
+    ensure!(w.status_of(2, "dc1").await? == "up");
+
+    set_check(&w.dcs[0], "pass").await?;
+    let healthy = Instant::now();
+    let back = fails_back(&w, healthy).await?;
+    w.moves_to(0, 0, Duration::from_secs(15)).await?;
+    println!("web passing in dc1 again: dc3 answers with dc1 {back:?} later");
+    Ok(())
+}
+
+/// A WAN partition on loopback: every packet between two addresses dropped (a blackhole, no
+/// reset), in both directions, until dropped.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    fn cut(a: &str, b: &str) -> Result<Partition> {
+        let mut p = Partition { rules: Vec::new() };
+        for (s, d) in [(a, b), (b, a)] {
+            let rule: Vec<String> = ["INPUT", "-s", s, "-d", d, "-j", "DROP"]
+                .iter()
+                .map(|x| (*x).to_owned())
+                .collect();
+            let out = Command::new("iptables")
+                .arg("-I")
+                .args(&rule)
+                .output()
+                .context("running iptables (the partition test needs root and iptables)")?;
+            ensure!(
+                out.status.success(),
+                "iptables: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            p.rules.push(rule);
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables").arg("-D").args(rule).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_between_dc1_and_dc3_fails_over_dc3_only() -> Result<()> {
+    let w = World::start(false).await?;
+    let cut = Partition::cut(&host(0), &host(2))?;
+    let took = w.moves_to(2, 1, Duration::from_secs(15)).await?;
+    println!("dc1 cut from dc3: dc3 answers with dc2 after {took:?}");
+    ensure!(w.status_of(2, "dc1").await? == "down");
+    // dc2 still reaches dc1: it neither marks it down nor stops answering for it.
+    ensure!(w.status_of(1, "dc1").await? == "up");
+    let m = query(
+        dns_addr(&w.dcs[1]),
+        "web.service.dc1.consul",
+        RecordType::SRV,
+        false,
+    )
+    .await?;
+    let ports: Vec<u16> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.port),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        ports == [w.ports[0]],
+        "dc2 answers dc1's web with {ports:?}"
+    );
+    // dc3 no longer answers for dc1 even when asked by name: its replica is stale and the DC
+    // unreachable.
+    let m = query(
+        dns_addr(&w.dcs[2]),
+        "web.service.dc1.consul",
+        RecordType::SRV,
+        false,
+    )
+    .await?;
+    ensure!(m.answers.is_empty(), "dc3 still answers for dc1: {m:?}");
+    w.stays(2, 1, Duration::from_secs(2)).await?;
+
+    drop(cut);
+    let healed = Instant::now();
+    let back = fails_back(&w, healed).await?;
+    println!("partition healed: dc3 answers with dc1 {back:?} later");
+    let v: Value = w.dcs[2].get_json("/v1/coordinate/datacenters").await?;
+    ensure!(v.as_array().is_some_and(|l| l.len() == 3), "{v}");
+    Ok(())
+}

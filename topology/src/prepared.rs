@@ -1,0 +1,708 @@
+//! Prepared queries, as Consul has them: a named, stored service lookup (service, tags,
+//! only-passing, failover datacenters, DNS TTL) that clients execute over HTTP
+//! (`/v1/query/<id or name>/execute`) or DNS (`<name>.query.<domain>`).
+//!
+//! A query belongs to the datacenter whose Raft group stores it and is never federated (Consul's
+//! are DC-local too). [`PreparedQuery`] is the stored form and serializes in Consul's JSON shape;
+//! [`QueryDefinition`] is what a client sends, checked by [`QueryDefinition::into_query`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::failover::{AddressMode, FailoverPolicy};
+use crate::names::is_label;
+
+/// Longest tag accepted in a query (the limit of instance tags).
+const MAX_TAG_LEN: usize = crate::names::MAX_ID_LEN;
+/// Most tags or failover datacenters a query may list; far beyond any real use, it bounds the
+/// work one stored query adds to every lookup.
+const MAX_LIST: usize = 64;
+
+/// Why a query definition was rejected. Messages follow Consul's where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// `Service.Service` is missing or empty.
+    #[error("Must provide a Service name to query")]
+    MissingService,
+    /// The service name is not a DNS label.
+    #[error("Bad Service name {0:?}: not a valid DNS label")]
+    BadService(String),
+    /// The query name is neither empty nor a DNS label.
+    #[error(
+        "Bad query name {0:?}: it must be empty or a valid DNS label (1-63 letters, digits or '-', not starting or ending with '-'), so that it can be asked for as <name>.query.<domain>"
+    )]
+    BadName(String),
+    /// The name has the shape of a query ID, which would make lookups by ID or name ambiguous.
+    #[error("Bad query name {0:?}: names shaped like a query ID are reserved")]
+    NameLooksLikeId(String),
+    /// `Failover.NearestN` is negative.
+    #[error("Bad NearestN '{0}', must be >= 0")]
+    BadNearestN(i64),
+    /// A failover datacenter is not a DNS label.
+    #[error("Bad failover datacenter {0:?}: not a valid datacenter name")]
+    BadDatacenter(String),
+    /// A tag is empty, too long, or only `!`.
+    #[error("Bad tag {0:?}: tags must be 1-256 bytes, with or without a leading '!'")]
+    BadTag(String),
+    /// A list is longer than this implementation accepts.
+    #[error("{what} lists {len} entries; at most {MAX_LIST} are accepted")]
+    TooMany {
+        /// The field.
+        what: &'static str,
+        /// How many were given.
+        len: usize,
+    },
+    /// `DNS.TTL` is not a duration.
+    #[error("Bad DNS TTL '{ttl}': {reason}")]
+    BadTtl {
+        /// The TTL as given.
+        ttl: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A Consul feature Meridian does not have was asked for.
+    #[error("{0} is not supported by Meridian")]
+    Unsupported(&'static str),
+}
+
+/// A prepared query as stored in the catalog and shown by `GET /v1/query`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PreparedQuery {
+    /// Query ID, UUID-shaped (8-4-4-4-12 lowercase hex).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Query name, unique in its datacenter ignoring case; empty for a query reached by ID only.
+    #[serde(default)]
+    pub name: String,
+    /// What the query looks up.
+    pub service: QueryService,
+    /// The TTL of DNS answers, in seconds; `None` uses the agent's configured service TTL.
+    #[serde(rename = "DNS", default, with = "dns_options")]
+    pub dns_ttl: Option<u32>,
+    /// Raft index that created the query.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Raft index that last changed the query.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+/// The service a query looks up and how (Consul's `ServiceQuery`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryService {
+    /// Service name (case-insensitive).
+    pub service: String,
+    /// Every tag must be on the instance (ignoring case); a tag starting with `!` must be absent.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Leave out instances whose health is `warning` too (critical ones always are).
+    #[serde(default)]
+    pub only_passing: bool,
+    /// Where to look when the local datacenter has no healthy instance.
+    #[serde(default)]
+    pub failover: QueryFailover,
+}
+
+/// A query's failover targets (Consul's `QueryFailoverOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryFailover {
+    /// Up to this many other datacenters, nearest first by measured RTT, are tried first.
+    #[serde(rename = "NearestN", default)]
+    pub nearest_n: usize,
+    /// Then these datacenters, in this order (those not tried yet).
+    #[serde(default, with = "arc_strs")]
+    pub datacenters: Vec<Arc<str>>,
+}
+
+impl PreparedQuery {
+    /// The failover policy the query resolves with: its own targets, always enabled (a query
+    /// without targets simply has nowhere to fail over to), addressed as `address_mode` says.
+    pub fn policy(&self, address_mode: AddressMode) -> FailoverPolicy {
+        FailoverPolicy {
+            enabled: true,
+            nearest_n: self.service.failover.nearest_n,
+            // Arc clones: building a policy per DNS question copies no strings.
+            datacenters: self.service.failover.datacenters.clone(),
+            spill_below: None,
+            address_mode,
+        }
+    }
+
+    /// The service query the prepared query stands for, resolved with `policy` (from
+    /// [`Self::policy`]).
+    pub fn service_query<'a>(&'a self, policy: &'a FailoverPolicy) -> crate::ServiceQuery<'a> {
+        crate::ServiceQuery {
+            service: &self.service.service,
+            tag: None,
+            dc: None,
+            only_passing: self.service.only_passing,
+            tags: &self.service.tags,
+            policy: Some(policy),
+        }
+    }
+
+    /// `DNS.TTL` as Consul shows it (`"10s"`, or empty when unset).
+    pub fn ttl_text(&self) -> String {
+        format_ttl(self.dns_ttl)
+    }
+}
+
+/// Formats a query ID (UUID-shaped, 8-4-4-4-12 lowercase hex) from 16 random bytes. The caller
+/// draws the bytes: this crate has no randomness of its own, and the ID must be chosen before the
+/// write enters the Raft log so that every replica applies the same one.
+pub fn format_query_id(bytes: [u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// Whether `s` has the shape of a query ID (8-4-4-4-12 hex digits, any case).
+pub fn is_query_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Parses a DNS TTL as Consul accepts it, a Go duration (`"10s"`, `"1m30s"`, `"1.5h"`), or,
+/// more leniently than Consul, a plain number of seconds; `"0"` is zero. The result is whole
+/// seconds, rounded down as Consul does (`"500ms"` is 0).
+pub fn parse_ttl(ttl: &str) -> Result<u32, QueryError> {
+    let bad = |reason| QueryError::BadTtl {
+        ttl: ttl.to_owned(),
+        reason,
+    };
+    let s = ttl.strip_prefix('+').unwrap_or(ttl);
+    if s.starts_with('-') {
+        return Err(bad("must be >= 0"));
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| bad("it is too large"));
+    }
+    if s.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let max = u128::from(u32::MAX) * NANOS_PER_SEC;
+    let mut rest = s;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (int_part, after) = rest.split_at(int_len);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(f) => f.split_at(f.bytes().take_while(u8::is_ascii_digit).count()),
+            None => ("", after),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(bad(
+                "expected a duration such as \"10s\", \"1m\" or \"500ms\"",
+            ));
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let unit: u128 = match &after[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => NANOS_PER_SEC,
+            "m" => 60 * NANOS_PER_SEC,
+            "h" => 3_600 * NANOS_PER_SEC,
+            "" => return Err(bad("missing unit (ns, us, ms, s, m or h)")),
+            _ => return Err(bad("unknown unit (expected ns, us, ms, s, m or h)")),
+        };
+        rest = &after[unit_len..];
+        let too_large = || bad("it is too large");
+        let whole: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| too_large())?
+        };
+        nanos = whole
+            .checked_mul(unit)
+            .and_then(|n| n.checked_add(nanos))
+            .ok_or_else(too_large)?;
+        // Fraction digits beyond nanosecond precision cannot change whole seconds.
+        let mut scale = unit;
+        for d in frac_part.bytes().take(20) {
+            scale /= 10;
+            nanos += u128::from(d - b'0') * scale;
+        }
+        if nanos > max {
+            return Err(too_large());
+        }
+    }
+    u32::try_from(nanos / NANOS_PER_SEC).map_err(|_| bad("it is too large"))
+}
+
+/// Formats a TTL in seconds as a Go duration (`"10s"`); `None` is the empty string.
+pub fn format_ttl(ttl: Option<u32>) -> String {
+    ttl.map(|s| format!("{s}s")).unwrap_or_default()
+}
+
+/// `DNS: {"TTL": "10s"}` on the wire, an optional number of seconds in memory.
+mod dns_options {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct DnsOptions {
+        #[serde(rename = "TTL", default)]
+        ttl: String,
+    }
+
+    pub(super) fn serialize<S: Serializer>(ttl: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        DnsOptions {
+            ttl: format_ttl(*ttl),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let o = DnsOptions::deserialize(d)?;
+        if o.ttl.is_empty() {
+            return Ok(None);
+        }
+        parse_ttl(&o.ttl)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Vec<Arc<str>>` as a list of strings (the workspace's serde has no `rc` feature).
+mod arc_strs {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(v: &[Arc<str>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| &**d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<str>>, D::Error> {
+        // Consul's Go clients send `null` for an empty list.
+        let v: Option<Vec<String>> = Option::deserialize(d)?;
+        Ok(v.unwrap_or_default().into_iter().map(Arc::from).collect())
+    }
+}
+
+/// A query as a client sends it (`POST /v1/query`, `PUT /v1/query/<id>`): Consul's whole
+/// `PreparedQuery` shape, so that Consul's clients (which send every field, mostly zero) are
+/// understood. Fields Meridian does not implement are accepted only at their zero value; an
+/// unknown field is an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct QueryDefinition {
+    /// Ignored: the ID comes from the URL, or is generated on create.
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    /// Query name.
+    pub name: Option<String>,
+    /// Session-bound queries: not supported.
+    pub session: Option<String>,
+    /// ACL token: Meridian has no ACLs yet, so it is ignored.
+    pub token: Option<String>,
+    /// Query templates: not supported.
+    pub template: Option<TemplateDefinition>,
+    /// What to look up.
+    pub service: Option<ServiceDefinition>,
+    /// DNS options.
+    #[serde(rename = "DNS")]
+    pub dns: Option<DnsDefinition>,
+    /// Ignored: indexes are the catalog's.
+    pub create_index: Option<u64>,
+    /// Ignored: indexes are the catalog's.
+    pub modify_index: Option<u64>,
+}
+
+/// Consul's `QueryTemplateOptions`; only the zero value is accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct TemplateDefinition {
+    /// Template type (`name_prefix_match`).
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    /// Regular expression.
+    pub regexp: Option<String>,
+    /// Whether empty interpolated tags are dropped.
+    pub remove_empty_tags: Option<bool>,
+}
+
+/// Consul's `ServiceQuery` as sent by clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ServiceDefinition {
+    /// Service name (required).
+    pub service: Option<String>,
+    /// Failover targets.
+    pub failover: Option<FailoverDefinition>,
+    /// Only instances whose health is passing.
+    pub only_passing: Option<bool>,
+    /// Required (`tag`) and forbidden (`!tag`) tags.
+    pub tags: Option<Vec<String>>,
+    /// Sorting by distance to a node: accepted and ignored (results are shuffled, as Consul
+    /// does when no coordinates are known).
+    pub near: Option<String>,
+    /// Check IDs to ignore: not supported.
+    #[serde(rename = "IgnoreCheckIDs")]
+    pub ignore_check_ids: Option<Vec<String>>,
+    /// Node metadata filter: not supported.
+    pub node_meta: Option<BTreeMap<String, String>>,
+    /// Service metadata filter: not supported.
+    pub service_meta: Option<BTreeMap<String, String>>,
+    /// Connect-capable endpoints: not supported.
+    pub connect: Option<bool>,
+    /// Cluster peering: not supported.
+    pub peer: Option<String>,
+    /// Sameness groups: not supported.
+    pub sameness_group: Option<String>,
+    /// Enterprise namespace: only the default one.
+    pub namespace: Option<String>,
+    /// Enterprise partition: only the default one.
+    pub partition: Option<String>,
+}
+
+/// Consul's `QueryFailoverOptions` as sent by clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct FailoverDefinition {
+    /// Nearest datacenters to try; signed so that a negative value gets Consul's message.
+    #[serde(rename = "NearestN")]
+    pub nearest_n: Option<i64>,
+    /// Datacenters to try, in order.
+    pub datacenters: Option<Vec<String>>,
+    /// Peer and datacenter targets: not supported (use `Datacenters`).
+    pub targets: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// Consul's `QueryDNSOptions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct DnsDefinition {
+    /// TTL of DNS answers, a Go duration.
+    #[serde(rename = "TTL")]
+    pub ttl: Option<String>,
+}
+
+fn set(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+fn non_empty_list<T>(v: &Option<Vec<T>>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_empty())
+}
+
+fn non_empty_map(m: &Option<BTreeMap<String, String>>) -> bool {
+    m.as_ref().is_some_and(|m| !m.is_empty())
+}
+
+impl QueryDefinition {
+    /// Checks the definition and builds the query with ID `id` (indexes are set when the
+    /// catalog applies it).
+    pub fn into_query(self, id: String) -> Result<PreparedQuery, QueryError> {
+        if set(&self.session) {
+            return Err(QueryError::Unsupported("Session"));
+        }
+        if let Some(t) = &self.template
+            && (set(&t.kind) || set(&t.regexp) || t.remove_empty_tags == Some(true))
+        {
+            return Err(QueryError::Unsupported("Template (query templates)"));
+        }
+        let name = self.name.unwrap_or_default();
+        if !name.is_empty() {
+            if is_query_id(&name) {
+                return Err(QueryError::NameLooksLikeId(name));
+            }
+            if !is_label(&name) {
+                return Err(QueryError::BadName(name));
+            }
+        }
+        let svc = self.service.unwrap_or_default();
+        let service = svc
+            .service
+            .filter(|s| !s.is_empty())
+            .ok_or(QueryError::MissingService)?;
+        if !is_label(&service) {
+            return Err(QueryError::BadService(service));
+        }
+        let unsupported = [
+            (
+                non_empty_list(&svc.ignore_check_ids),
+                "Service.IgnoreCheckIDs",
+            ),
+            (non_empty_map(&svc.node_meta), "Service.NodeMeta"),
+            (non_empty_map(&svc.service_meta), "Service.ServiceMeta"),
+            (svc.connect == Some(true), "Service.Connect"),
+            (set(&svc.peer), "Service.Peer (cluster peering)"),
+            (set(&svc.sameness_group), "Service.SamenessGroup"),
+            (
+                svc.namespace
+                    .as_deref()
+                    .is_some_and(|n| !n.is_empty() && n != "default"),
+                "Service.Namespace other than \"default\"",
+            ),
+            (
+                svc.partition
+                    .as_deref()
+                    .is_some_and(|p| !p.is_empty() && p != "default"),
+                "Service.Partition other than \"default\"",
+            ),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+            return Err(QueryError::Unsupported(what));
+        }
+        let tags = svc.tags.unwrap_or_default();
+        if tags.len() > MAX_LIST {
+            return Err(QueryError::TooMany {
+                what: "Service.Tags",
+                len: tags.len(),
+            });
+        }
+        if let Some(t) = tags.iter().find(|t| {
+            let bare = t.strip_prefix('!').unwrap_or(t);
+            bare.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control)
+        }) {
+            return Err(QueryError::BadTag(t.clone()));
+        }
+        let fo = svc.failover.unwrap_or_default();
+        if non_empty_list(&fo.targets) {
+            return Err(QueryError::Unsupported(
+                "Service.Failover.Targets (use Service.Failover.Datacenters)",
+            ));
+        }
+        let nearest = fo.nearest_n.unwrap_or(0);
+        let nearest_n = usize::try_from(nearest).map_err(|_| QueryError::BadNearestN(nearest))?;
+        let datacenters = fo.datacenters.unwrap_or_default();
+        if datacenters.len() > MAX_LIST {
+            return Err(QueryError::TooMany {
+                what: "Service.Failover.Datacenters",
+                len: datacenters.len(),
+            });
+        }
+        if let Some(dc) = datacenters.iter().find(|d| !is_label(d)) {
+            return Err(QueryError::BadDatacenter(dc.clone()));
+        }
+        let dns_ttl = match self.dns.and_then(|d| d.ttl).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(parse_ttl(&t)?),
+        };
+        Ok(PreparedQuery {
+            id,
+            name,
+            service: QueryService {
+                service,
+                tags,
+                only_passing: svc.only_passing.unwrap_or(false),
+                failover: QueryFailover {
+                    nearest_n,
+                    datacenters: datacenters.into_iter().map(Arc::from).collect(),
+                },
+            },
+            dns_ttl,
+            create_index: 0,
+            modify_index: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+
+    fn build(v: serde_json::Value) -> Result<PreparedQuery, QueryError> {
+        let def: QueryDefinition = serde_json::from_value(v).expect("decodes");
+        def.into_query(ID.to_owned())
+    }
+
+    #[test]
+    fn ids_are_uuid_shaped() {
+        let id = format_query_id([
+            0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f, 0x60, 0x71, 0x82, 0x93, 0xa4, 0xb5, 0xc6, 0xd7,
+            0xe8, 0xf9,
+        ]);
+        assert_eq!(id, ID);
+        assert!(is_query_id(&id));
+        assert!(is_query_id(&id.to_ascii_uppercase()));
+        assert!(!is_query_id("web"));
+        assert!(!is_query_id("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f"));
+        assert!(!is_query_id("0a1b2c3d44e5f-6071-8293-a4b5c6d7e8f9"));
+        assert!(!is_query_id("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8fg"));
+    }
+
+    #[test]
+    fn a_full_consul_definition_builds_and_round_trips_in_consul_shape() {
+        // What Consul's Go client sends: every field, most at their zero value.
+        let q = build(json!({
+            "ID": "", "Name": "web-failover", "Session": "", "Token": "",
+            "Template": { "Type": "", "Regexp": "", "RemoveEmptyTags": false },
+            "Service": {
+                "Service": "web", "Failover": { "NearestN": 2, "Datacenters": ["dc2", "dc3"], "Targets": null },
+                "IgnoreCheckIDs": null, "OnlyPassing": true, "Near": "_agent",
+                "Tags": ["v1", "!canary"], "NodeMeta": null, "ServiceMeta": {}, "Connect": false,
+                "Peer": "", "SamenessGroup": "", "Namespace": "default", "Partition": ""
+            },
+            "DNS": { "TTL": "10s" }, "CreateIndex": 0, "ModifyIndex": 0
+        }))
+        .expect("valid");
+        assert_eq!(q.id, ID);
+        assert_eq!(q.name, "web-failover");
+        assert_eq!(q.service.service, "web");
+        assert_eq!(q.service.tags, ["v1", "!canary"]);
+        assert!(q.service.only_passing);
+        assert_eq!(q.service.failover.nearest_n, 2);
+        let dcs: Vec<&str> = q
+            .service
+            .failover
+            .datacenters
+            .iter()
+            .map(|d| &**d)
+            .collect();
+        assert_eq!(dcs, ["dc2", "dc3"]);
+        assert_eq!(q.dns_ttl, Some(10));
+
+        let v = serde_json::to_value(&q).expect("serializes");
+        assert_eq!(
+            v,
+            json!({
+                "ID": ID, "Name": "web-failover",
+                "Service": {
+                    "Service": "web", "Tags": ["v1", "!canary"], "OnlyPassing": true,
+                    "Failover": { "NearestN": 2, "Datacenters": ["dc2", "dc3"] }
+                },
+                "DNS": { "TTL": "10s" }, "CreateIndex": 0, "ModifyIndex": 0
+            })
+        );
+        let back: PreparedQuery = serde_json::from_value(v).expect("deserializes");
+        assert_eq!(back, q);
+
+        let policy = q.policy(AddressMode::Gateway);
+        assert!(policy.enabled);
+        assert_eq!(policy.nearest_n, 2);
+        assert_eq!(policy.datacenters, q.service.failover.datacenters);
+        assert_eq!(policy.address_mode, AddressMode::Gateway);
+        assert_eq!(policy.spill_below, None);
+    }
+
+    #[test]
+    fn a_minimal_definition_gets_defaults() {
+        let q = build(json!({ "Service": { "Service": "db" } })).expect("valid");
+        assert_eq!(q.name, "");
+        assert!(q.service.tags.is_empty() && !q.service.only_passing);
+        assert_eq!(q.service.failover, QueryFailover::default());
+        assert_eq!(q.dns_ttl, None);
+        assert_eq!(q.ttl_text(), "");
+        let v = serde_json::to_value(&q).expect("serializes");
+        assert_eq!(v["DNS"], json!({ "TTL": "" }));
+        // Stored queries with absent or null optional parts still load.
+        let back: PreparedQuery = serde_json::from_value(json!({
+            "ID": ID, "Service": { "Service": "db", "Failover": { "Datacenters": null } }
+        }))
+        .expect("loads");
+        assert_eq!(back, q);
+    }
+
+    #[test]
+    fn bad_definitions_are_rejected_with_a_reason() {
+        let err = |v| build(v).expect_err("invalid").to_string();
+        assert_eq!(
+            err(json!({ "Name": "x" })),
+            "Must provide a Service name to query"
+        );
+        assert_eq!(
+            err(json!({ "Service": { "Service": "" } })),
+            "Must provide a Service name to query"
+        );
+        assert!(
+            err(json!({ "Name": "bad name", "Service": { "Service": "web" } }))
+                .contains("Bad query name")
+        );
+        assert!(err(json!({ "Name": ID, "Service": { "Service": "web" } })).contains("reserved"));
+        assert!(err(json!({ "Service": { "Service": "we_b" } })).contains("Bad Service name"));
+        assert_eq!(
+            err(json!({ "Service": { "Service": "web", "Failover": { "NearestN": -1 } } })),
+            "Bad NearestN '-1', must be >= 0"
+        );
+        assert!(
+            err(
+                json!({ "Service": { "Service": "web", "Failover": { "Datacenters": ["dc 2"] } } })
+            )
+            .contains("Bad failover datacenter")
+        );
+        assert!(err(json!({ "Service": { "Service": "web", "Tags": ["!"] } })).contains("Bad tag"));
+        assert!(err(json!({ "Service": { "Service": "web", "Tags": [""] } })).contains("Bad tag"));
+        assert!(
+            err(json!({ "Service": { "Service": "web" }, "DNS": { "TTL": "ten" } }))
+                .starts_with("Bad DNS TTL 'ten'")
+        );
+        assert!(
+            err(json!({ "Service": { "Service": "web" }, "Session": "s1" })).contains("Session")
+        );
+        assert!(
+            err(json!({ "Service": { "Service": "web" }, "Template": { "Type": "name_prefix_match" } }))
+                .contains("Template")
+        );
+        assert!(
+            err(json!({ "Service": { "Service": "web", "NodeMeta": { "a": "b" } } }))
+                .contains("NodeMeta")
+        );
+        assert!(
+            err(json!({ "Service": { "Service": "web", "Failover": { "Targets": [{ "Peer": "p" }] } } }))
+                .contains("Targets")
+        );
+        let many: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+        assert!(
+            err(json!({ "Service": { "Service": "web", "Tags": many } })).contains("at most 64")
+        );
+        // Unknown fields are named by the decoder.
+        let e = serde_json::from_value::<QueryDefinition>(json!({ "Servce": {} }))
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("Servce"), "{e}");
+    }
+
+    #[test]
+    fn ttls_parse_like_go_durations_or_seconds() {
+        assert_eq!(parse_ttl("10s"), Ok(10));
+        assert_eq!(parse_ttl("1m"), Ok(60));
+        assert_eq!(parse_ttl("1m30s"), Ok(90));
+        assert_eq!(parse_ttl("1.5h"), Ok(5400));
+        assert_eq!(parse_ttl("500ms"), Ok(0), "rounded down to whole seconds");
+        assert_eq!(parse_ttl("2500ms"), Ok(2));
+        assert_eq!(parse_ttl("0"), Ok(0));
+        assert_eq!(parse_ttl("30"), Ok(30), "plain seconds");
+        assert_eq!(parse_ttl("+5s"), Ok(5));
+        for bad in [
+            "",
+            "-1s",
+            "s",
+            "10x",
+            "1.s.",
+            "9999999999999s",
+            "99999999999",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(format_ttl(Some(90)), "90s");
+        assert_eq!(format_ttl(None), "");
+        // A stored TTL that no longer parses is a load error, not a silent default.
+        let e = serde_json::from_value::<PreparedQuery>(json!({
+            "ID": ID, "Service": { "Service": "db" }, "DNS": { "TTL": "-1s" }
+        }))
+        .expect_err("negative");
+        assert!(e.to_string().contains("must be >= 0"), "{e}");
+    }
+}

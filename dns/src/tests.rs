@@ -1069,3 +1069,92 @@ fn prepared_queries_answer_like_their_service() {
         assert_soa_authority(&m, "consul");
     }
 }
+
+/// dc1 with `db` critical and two local gateways (one critical); dc2 with a passing `db`.
+fn failover_view(mode: meridian_topology::AddressMode, dc2: meridian_topology::DcStatus) -> View {
+    use meridian_topology::{DcLiveness, Failover, FailoverPolicy, GATEWAY_SERVICE, RemoteDc};
+    let mut v = view();
+    let mut local = v.local().clone();
+    let gw = inst(GATEWAY_SERVICE, "gw-1", "n1", "10.0.0.1", 8443);
+    local.register(gw, vec![], 9);
+    let dead = inst(GATEWAY_SERVICE, "gw-2", "n2", "10.0.0.2", 8443);
+    let ck = check(&dead, Health::Critical);
+    local.register(dead, vec![ck], 10);
+    let mut remote = DcState::default();
+    remote.upsert_node(node("m1", "10.2.0.1"), 1);
+    remote.register(inst("db", "db-2", "m1", "", 6432), vec![], 2);
+    v = View::new("dc1", local).with_remotes(
+        std::iter::once((
+            Arc::<str>::from("dc2"),
+            Arc::new(RemoteDc {
+                name: "dc2".into(),
+                state: remote,
+                ..RemoteDc::default()
+            }),
+        ))
+        .collect(),
+    );
+    let failover = Failover {
+        liveness: std::iter::once((
+            Arc::<str>::from("dc2"),
+            DcLiveness {
+                status: dc2,
+                ..DcLiveness::default()
+            },
+        ))
+        .collect(),
+        policy: Arc::new(FailoverPolicy {
+            address_mode: mode,
+            ..FailoverPolicy::default()
+        }),
+        ..Failover::default()
+    };
+    v.with_failover(Arc::new(failover))
+}
+
+#[test]
+fn plain_names_fail_over_directly_or_through_the_local_gateways() {
+    use meridian_topology::{AddressMode, DcStatus};
+    let ask_in = |v: View, name: &str, t| {
+        ask_with(
+            &handler_with(settings(), v),
+            name,
+            t,
+            Some(1232),
+            Protocol::Udp,
+        )
+    };
+
+    // Direct: the remote instance, named in its own DC.
+    let v = failover_view(AddressMode::Direct, DcStatus::Up);
+    let m = ask_in(v.clone(), "db.service.consul", RecordType::SRV);
+    assert_eq!(srv_targets(&m), ["1 1 6432 m1.node.dc2.consul."]);
+    assert_eq!(addrs(&m.additionals), ["m1.node.dc2.consul. 10.2.0.1"]);
+    // A name with the DC is that DC only, as before.
+    let m = ask_in(v, "db.service.dc1.consul", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+    // Gateway: the live local gateway stands in; the client's SNI carries the service.
+    let v = failover_view(AddressMode::Gateway, DcStatus::Up);
+    let m = ask_in(v.clone(), "db.service.consul", RecordType::A);
+    assert_eq!(addrs(&m.answers), ["db.service.consul. 10.0.0.1"]);
+    let m = ask_in(v, "_db._tcp.service.consul", RecordType::SRV);
+    assert_eq!(srv_targets(&m), ["1 1 8443 0a000001.addr.dc1.consul."]);
+
+    // dc2 down or drained: nothing to answer with, rather than a dead DC.
+    for status in [DcStatus::Down, DcStatus::Drained] {
+        let v = failover_view(AddressMode::Direct, status);
+        let m = ask_in(v.clone(), "db.service.consul", RecordType::SRV);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{status:?}"
+        );
+        let m = ask_in(v, "db.service.dc2.consul", RecordType::SRV);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{status:?}"
+        );
+    }
+}

@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 pub const ALPN: &[u8] = b"meridian-tunnel/1";
 /// Header version byte.
 const VERSION: u8 = 1;
+/// Most connections kept per DC after failed probes.
+const MAX_RETIRED: usize = 4;
 /// The byte a gateway answers a probe (a header without a name) with.
 pub const PROBE_ANSWER: u8 = 0x50;
 /// Longest name or DC in a header (a DNS name is at most 253 bytes).
@@ -206,6 +208,9 @@ pub struct Tunnel {
     config: TunnelConfig,
     /// Live connection per remote DC (lowercased), and the gateway it goes to.
     conns: Mutex<HashMap<String, (SocketAddr, quinn::Connection)>>,
+    /// Connections taken out of the pool after a failed probe, by DC: streams on them carry on
+    /// (the failure may pass), until the DC is found down and they are closed.
+    retired: Mutex<HashMap<String, Vec<quinn::Connection>>>,
     /// Stream budget per remote DC.
     budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Connections established, by outcome, for metrics.
@@ -265,6 +270,7 @@ impl Tunnel {
             own_name,
             config,
             conns: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             stats: TunnelStats::default(),
         })
@@ -519,10 +525,42 @@ impl Tunnel {
             }),
         };
         if result.is_err() {
-            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.remove(&key);
+            let removed = {
+                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                conns.remove(&key)
+            };
+            if let Some((_, conn)) = removed {
+                let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+                let list = retired.entry(key).or_default();
+                list.retain(|c| c.close_reason().is_none());
+                // Bounded: the oldest goes first (its streams have had the longest to end).
+                if list.len() >= MAX_RETIRED {
+                    list.remove(0).close(quinn::VarInt::from_u32(1), b"retired");
+                }
+                list.push(conn);
+            }
         }
         result
+    }
+
+    /// Closes the pooled connection to `dc`, and with it every stream on it: their clients see
+    /// the connection end at once rather than at the idle timeout, and reconnect elsewhere.
+    /// For a DC found dead; the next stream to it connects afresh.
+    pub fn disconnect(&self, dc: &str) {
+        let key = dc.to_ascii_lowercase();
+        let removed = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.remove(&key)
+        };
+        let retired = {
+            let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            retired.remove(&key).unwrap_or_default()
+        };
+        let all = removed.map(|(_, c)| c).into_iter().chain(retired);
+        for conn in all {
+            info!(%dc, gateway = %conn.remote_address(), "closing the tunnel to a datacenter found down");
+            conn.close(quinn::VarInt::from_u32(1), b"datacenter down");
+        }
     }
 
     fn count_stream(&self) {

@@ -302,6 +302,7 @@ impl Runner {
             if changed || input_changed {
                 if let Some(p) = &self.published {
                     self.count_transitions(p, &failover);
+                    self.cut_dead(p, &failover);
                 }
                 let failover = Arc::new(failover);
                 self.published = Some(failover.clone());
@@ -317,6 +318,26 @@ impl Runner {
         let failover = Arc::new(self.failover());
         self.published = Some(failover.clone());
         Arc::new(View::clone(view).with_failover(failover))
+    }
+
+    /// Closes the tunnel to every DC that just went down, so that connections stuck on it end
+    /// now (their clients retry and are routed to a live DC) instead of at the idle timeout.
+    fn cut_dead(&self, old: &Failover, new: &Failover) {
+        let Some(tunnel) = self.tunnel.get() else {
+            return;
+        };
+        for (dc, l) in &new.liveness {
+            let was_down = old
+                .liveness
+                .get(dc)
+                .is_some_and(|o| o.status == DcStatus::Down);
+            if l.status == DcStatus::Down && !was_down {
+                tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
+                tunnel.disconnect(dc);
+            } else if was_down && l.status != DcStatus::Down {
+                tracing::warn!(%dc, status = l.status.as_str(), "datacenter back");
+            }
+        }
     }
 
     fn count_transitions(&self, old: &Failover, new: &Failover) {

@@ -93,14 +93,11 @@ impl Failover {
 
     /// Whether `service` in `dc` is inside its failback stable period.
     pub fn is_held(&self, dc: &str, service: &str) -> bool {
-        if self.held.is_empty() {
-            return false;
-        }
-        let key: (Arc<str>, Arc<str>) = (
-            dc.to_ascii_lowercase().into(),
-            service.to_ascii_lowercase().into(),
-        );
-        self.held.contains(&key)
+        // Few services are ever inside their failback period at once: a scan, no allocation
+        // on the DNS path.
+        self.held
+            .iter()
+            .any(|(d, s)| d.eq_ignore_ascii_case(dc) && s.eq_ignore_ascii_case(service))
     }
 
     /// The smoothed RTT to `dc` in microseconds, if measured.

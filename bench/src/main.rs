@@ -15,11 +15,16 @@
 //! by SNI) and the backend directly with wrk over HTTPS: new TLS connections/s, keep-alive
 //! requests/s, bulk MB/s and added latency, with each proxy's CPU and memory (see [`gateway`]).
 //!
+//! `failover` drains datacenter dc1 with `meridian drill dc-down` and kills it with `kill -9`,
+//! and measures from dc3 how long DNS answers and gateway connections keep going to dc1 and how
+//! long they take to come back (see [`failover`]).
+//!
 //! `wan` times a new client connection's first response byte from dc2 to a service in dc1 over
 //! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
 //! (Consul's way) and directly (see [`wan`]).
 
 mod dns;
+mod failover;
 mod federation;
 mod gateway;
 mod tools;
@@ -151,6 +156,22 @@ enum What {
         /// quick: own-core).
         #[arg(long, value_enum, value_delimiter = ',')]
         layouts: Vec<gateway::Layout>,
+    },
+    /// Failover and failback times from dc3 when dc1 is drained (`meridian drill dc-down`) and
+    /// when it is lost (`kill -9`), with the answers pointing at a DC already marked down.
+    Failover {
+        /// Drain drills (default 20, quick 3).
+        #[arg(long)]
+        drains: Option<usize>,
+        /// DC-loss runs (default 20, quick 3).
+        #[arg(long)]
+        losses: Option<usize>,
+        /// How long each drain lasts, in seconds.
+        #[arg(long, default_value_t = 3)]
+        drain_seconds: u64,
+        /// Probe interval in milliseconds (the resolution of every time).
+        #[arg(long, default_value_t = 50)]
+        poll_ms: u64,
     },
     /// Time to first byte of a new connection to another DC over a delayed WAN: the warm QUIC
     /// tunnel beside the TCP fallback, two HAProxy relaying by SNI (Consul's way) and direct.
@@ -540,6 +561,20 @@ async fn main() -> Result<()> {
                 },
             };
             gateway::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Failover {
+            drains,
+            losses,
+            drain_seconds,
+            poll_ms,
+        } => {
+            let opt = failover::Options {
+                drains: drains.unwrap_or(if cli.quick { 3 } else { 20 }),
+                losses: losses.unwrap_or(if cli.quick { 3 } else { 20 }),
+                drain_seconds,
+                poll_ms: poll_ms.clamp(10, 1000),
+            };
+            failover::run(&bin, &cli.out, opt).await?;
         }
         What::Wan {
             connections,

@@ -33,6 +33,10 @@ pub enum Commands {
     /// Creates the federation's CA and node certificates.
     #[command(subcommand)]
     Tls(crate::tls_cmd::TlsCommand),
+    /// Rehearses a failover (a DC drained, a service's instances failed) and reports what
+    /// clients in every other DC saw.
+    #[command(subcommand)]
+    Drill(crate::drill::DrillCommand),
 }
 
 /// Where a node listens and what it is called; every value overrides the config file.
@@ -123,9 +127,13 @@ pub struct DemoArgs {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECS")]
     pub exit_after: Option<u64>,
-    /// Where the demo's agent listens.
+    /// Where dc1 listens; dc2 and dc3 listen `--port-step` and twice that further (a port
+    /// given as 0 is a free one for each DC).
     #[command(flatten)]
     pub node: NodeArgs,
+    /// How far apart the three datacenters' ports are.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub port_step: u16,
 }
 
 /// Where the HTTP API of the agent to talk to is.
@@ -218,7 +226,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::agent::run(args).await?;
         }
         Commands::Demo(args) => {
-            init_logging("info");
+            // The demo tells its own story on stdout; three agents' logs would drown it.
+            init_logging("warn");
             crate::demo::run(args).await?;
         }
         Commands::Services(args) => {
@@ -230,6 +239,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::client::members(&api).await?;
         }
         Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
+        Commands::Drill(cmd) => {
+            init_logging("warn");
+            return crate::drill::run(cmd).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

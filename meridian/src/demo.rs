@@ -1,72 +1,173 @@
-//! `meridian demo`: a dev agent in this process with three demo services registered through its
-//! own HTTP API — `web` twice with HTTP checks against tiny backends the demo serves, `api` with
-//! a TCP check, `db` with a TTL check the demo keeps passing — then the endpoints and a few
-//! commands to try (HTTP, CLI and `dig` against the DNS server), until Ctrl-C (or `--exit-after`).
+//! `meridian demo`: three federated datacenters in this process, on loopback. `web` runs behind
+//! real TLS in dc1 and dc2 (backends with a certificate from a demo CA), `api` in dc1 and `db` in
+//! dc2 with HTTP and TTL checks; dc3 has no services of its own and fails over, dc1 first. The
+//! demo shows each DC's DNS answer, a connection through dc3's gateway that checks the backend's
+//! certificate end to end, then runs `meridian drill dc-down` against dc1 and prints its report,
+//! and serves until Ctrl-C (or `--exit-after`).
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::routing::get;
+use meridian_federation::tls::{PemPair, create_ca, create_node_cert};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::agent::{Agent, dev_data_dir, shutdown_signal};
 use crate::cli::DemoArgs;
 use crate::client::{ApiClient, HealthEntry, StatusError, worst};
-use crate::config::{Config, join_host_port};
+use crate::config::Config;
 
-/// How long the demo waits for its services to pass their checks.
+/// How long the demo waits for its services to pass their checks and federate.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// TTL of the `db` check; the demo refreshes it three times per TTL.
 const DB_TTL: Duration = Duration::from_secs(15);
+/// The datacenters.
+const DCS: [&str; 3] = ["dc1", "dc2", "dc3"];
+/// The name the TLS backends hold a certificate for, and clients send as SNI.
+const WEB: &str = "web.service.consul";
+/// How long the demo's drill keeps dc1 drained.
+const DRILL_FOR: Duration = Duration::from_secs(5);
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::dev(&args.node.overrides());
-    let temp = dev_data_dir(&mut cfg)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("meridian-demo-")
+        .tempdir()
+        .context("cannot create the demo's folder")?;
+    let ca = create_ca("Meridian demo CA")?;
+    let ca_file = scratch.path().join("demo-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem)?;
 
     let mut tasks = JoinSet::new();
-    let web1 = backend(&mut tasks, "web-1").await?;
-    let web2 = backend(&mut tasks, "web-2").await?;
+    let web1 = tls_backend(&mut tasks, &ca, "dc1").await?;
+    let web2 = tls_backend(&mut tasks, &ca, "dc2").await?;
     let api = backend(&mut tasks, "api").await?;
 
-    let agent = Agent::start(cfg, temp).await?;
-    let result = demo(&agent, &mut tasks, [web1, web2, api], args.exit_after).await;
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut result = Ok(());
+    for (i, dc) in DCS.iter().enumerate() {
+        match start_dc(&args, i, dc, agents.first()).await {
+            Ok(a) => agents.push(a),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = demo(
+            &agents,
+            &mut tasks,
+            [web1, web2, api],
+            &ca_file,
+            args.exit_after,
+        )
+        .await;
+    }
     tasks.shutdown().await;
-    agent.shutdown().await;
+    for a in agents.into_iter().rev() {
+        a.shutdown().await;
+    }
     result
 }
 
+/// Starts datacenter `dc`, the `i`th: dc1 on the ports given (8500, 8600, ... by default), the
+/// others `--port-step` further each, joining dc1 over the WAN.
+async fn start_dc(
+    args: &DemoArgs,
+    i: usize,
+    dc: &str,
+    first: Option<&Agent>,
+) -> anyhow::Result<Agent> {
+    let mut ov = args.node.overrides();
+    ov.datacenter = Some(dc.to_owned());
+    ov.node_name = Some(format!("{dc}-n1"));
+    ov.data_dir = args.node.data_dir.as_ref().map(|d| d.join(dc));
+    if let Some(a) = first.and_then(Agent::wan_addr) {
+        ov.join_wan = vec![a.to_string()];
+    }
+    let offset = u16::try_from(i)
+        .ok()
+        .and_then(|i| i.checked_mul(args.port_step))
+        .context("--port-step too large")?;
+    let base = Config::dev(&ov).ports;
+    for (port, default) in [
+        (&mut ov.http_port, base.http),
+        (&mut ov.dns_port, base.dns),
+        (&mut ov.rpc_port, base.rpc),
+        (&mut ov.wan_port, base.wan),
+        (&mut ov.gateway_port, base.gateway),
+    ] {
+        *port = Some(if default == 0 {
+            free_port()?
+        } else {
+            default
+                .checked_add(offset)
+                .with_context(|| format!("{dc}'s ports would pass 65535: lower --port-step"))?
+        });
+    }
+    let mut cfg = Config::dev(&ov);
+    if dc == "dc3" {
+        // dc3 has no `web` of its own: it prefers dc1, then dc2, so the drill has work to do.
+        cfg.failover.nearest_n = 0;
+        cfg.failover.datacenters = vec!["dc1".to_owned(), "dc2".to_owned()];
+    }
+    let temp = dev_data_dir(&mut cfg)?;
+    Agent::start(cfg, temp)
+        .await
+        .with_context(|| format!("cannot start {dc}"))
+}
+
+/// A port free on loopback right now (for a port given as 0: each DC gets its own).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
 async fn demo(
-    agent: &Agent,
+    agents: &[Agent],
     tasks: &mut JoinSet<()>,
     [web1, web2, api]: [SocketAddr; 3],
+    ca_file: &Path,
     exit_after: Option<u64>,
 ) -> anyhow::Result<()> {
-    let client = ApiClient::new(&agent.http_addr().to_string())?;
-    let definitions = [
-        json!({"ID": "web-1", "Name": "web", "Tags": ["v1"], "Address": "127.0.0.1", "Port": web1.port(),
-               "Meta": {"demo": "true"},
-               "Check": {"HTTP": format!("http://{web1}/health"), "Interval": "1s", "Timeout": "1s"}}),
-        json!({"ID": "web-2", "Name": "web", "Tags": ["v1"], "Address": "127.0.0.1", "Port": web2.port(),
-               "Meta": {"demo": "true"},
-               "Check": {"HTTP": format!("http://{web2}/health"), "Interval": "1s", "Timeout": "1s"}}),
-        json!({"ID": "api", "Name": "api", "Tags": ["grpc"], "Address": "127.0.0.1", "Port": api.port(),
-               "Check": {"TCP": api.to_string(), "Interval": "1s", "Timeout": "1s"}}),
-        json!({"ID": "db", "Name": "db", "Tags": ["primary"], "Address": "127.0.0.1", "Port": 5432,
-               "Check": {"CheckID": "service:db", "TTL": format!("{}s", DB_TTL.as_secs())}}),
-    ];
-    for def in &definitions {
-        register_with_retry(&client, def).await?;
-    }
+    let clients: Vec<ApiClient> = agents
+        .iter()
+        .map(|a| ApiClient::new(&a.http_addr().to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    let web = |addr: SocketAddr, dc: &str| {
+        json!({"ID": "web-1", "Name": "web", "Tags": ["tls"], "Address": "127.0.0.1", "Port": addr.port(),
+               "Meta": {"demo": dc},
+               "Check": {"TCP": addr.to_string(), "Interval": "1s", "Timeout": "1s"}})
+    };
+    register_with_retry(&clients[0], &web(web1, "dc1")).await?;
+    register_with_retry(
+        &clients[0],
+        &json!({"ID": "api", "Name": "api", "Tags": ["http"], "Address": "127.0.0.1", "Port": api.port(),
+                "Check": {"HTTP": format!("http://{api}/health"), "Interval": "1s", "Timeout": "1s"}}),
+    )
+    .await?;
+    register_with_retry(&clients[1], &web(web2, "dc2")).await?;
+    register_with_retry(
+        &clients[1],
+        &json!({"ID": "db", "Name": "db", "Tags": ["primary"], "Address": "127.0.0.1", "Port": 5432,
+                "Check": {"CheckID": "service:db", "TTL": format!("{}s", DB_TTL.as_secs())}}),
+    )
+    .await?;
     // The TTL check starts critical: pass it now and keep it passing.
-    client
+    clients[1]
         .put("/v1/agent/check/pass/service:db?note=demo", None)
         .await?;
-    let ttl_client = client.clone();
+    let ttl_client = clients[1].clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(DB_TTL / 3);
         loop {
@@ -80,8 +181,84 @@ async fn demo(
         }
     });
 
-    wait_until_passing(&client, &[("web", 2), ("api", 1), ("db", 1)]).await?;
-    print_banner(agent, exit_after);
+    // dc3 sees both DCs' `web` and gateways, and every DC is up for the others.
+    wait_until_passing(
+        &clients[2],
+        &[
+            ("web", "dc1", 1),
+            ("web", "dc2", 1),
+            ("api", "dc1", 1),
+            ("db", "dc2", 1),
+        ],
+    )
+    .await?;
+    wait_until_passing(
+        &clients[2],
+        &[
+            ("meridian-gateway", "dc1", 1),
+            ("meridian-gateway", "dc2", 1),
+        ],
+    )
+    .await?;
+    wait_until_passing(&clients[0], &[("meridian-gateway", "dc3", 1)]).await?;
+
+    println!(
+        "\nMeridian demo: three federated datacenters on loopback; web (TLS) in dc1 and dc2, api in dc1, db in dc2.\n"
+    );
+    let connector = tls_connector(ca_file)?;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    // Failover (and the RTT used to order DCs) starts once the first probes have answered.
+    loop {
+        let line = through_gateway(&connector, gateway_of(&agents[2])?, WEB).await;
+        if line.as_deref().is_ok_and(|l| l.contains("dc1")) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("dc3's gateway did not reach web in dc1 within {READY_TIMEOUT:?}: {line:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("DNS: `{WEB}` SRV at each DC's DNS server");
+    for a in agents {
+        let dns = a.dns_addr().context("the DNS server is not running")?;
+        let answer = srv(dns, WEB).await.unwrap_or_else(|e| format!("({e})"));
+        println!("  {:<4} {dns:<16} -> {answer}", a.config().datacenter);
+    }
+    println!(
+        "\nA TLS connection through dc3's gateway, SNI `{WEB}` (certificate checked end to end):"
+    );
+    let gw = gateway_of(&agents[2])?;
+    let body = through_gateway(&connector, gw, WEB).await?;
+    println!("  dc3 gateway {gw} -> {body}");
+    let named = "web.service.dc2.consul";
+    let gw1 = gateway_of(&agents[0])?;
+    match through_gateway(&connector, gw1, named).await {
+        Ok(body) => println!("  dc1 gateway {gw1}, SNI `{named}` -> {body}"),
+        Err(e) => println!("  dc1 gateway {gw1}, SNI `{named}` -> failed: {e:#}"),
+    }
+
+    println!(
+        "\nDrill: dc1 drained for {}s while every other DC resolves and connects every 100 ms.\n",
+        DRILL_FOR.as_secs()
+    );
+    let drill = crate::drill::DrillCommand::DcDown(crate::drill::DcDownArgs {
+        dc: "dc1".to_owned(),
+        service: Some("web".to_owned()),
+        common: crate::drill::CommonArgs {
+            duration: DRILL_FOR,
+            http: agents.iter().map(|a| a.http_addr().to_string()).collect(),
+            interval: Duration::from_millis(100),
+            failback_timeout: Duration::from_secs(30),
+            ca: Some(ca_file.to_owned()),
+            domain: "consul".to_owned(),
+            json: false,
+        },
+    });
+    let code = crate::drill::run(drill).await?;
+    if code != std::process::ExitCode::SUCCESS {
+        bail!("the drill could not run");
+    }
+    print_banner(agents, ca_file, exit_after);
 
     match exit_after {
         Some(secs) => {
@@ -94,6 +271,144 @@ async fn demo(
     }
     tracing::info!("demo stopping");
     Ok(())
+}
+
+fn gateway_of(agent: &Agent) -> anyhow::Result<SocketAddr> {
+    agent.gateway_addr().context("the gateway is not running")
+}
+
+/// The SRV answer for `name` at `dns`, as `host:port` pairs.
+async fn srv(dns: SocketAddr, name: &str) -> anyhow::Result<String> {
+    use hickory_net::client::{Client, ClientHandle as _};
+    use hickory_net::proto::rr::{DNSClass, Name, RData, RecordType};
+    use hickory_net::runtime::TokioRuntimeProvider;
+    use hickory_net::udp::UdpClientStream;
+    let stream = UdpClientStream::builder(dns, TokioRuntimeProvider::default()).build();
+    let (mut client, bg) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(bg);
+    let m = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.query(Name::from_ascii(name)?, DNSClass::IN, RecordType::SRV),
+    )
+    .await
+    .context("no answer within 2 s")??;
+    let m = m.into_message();
+    let mut out: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(format!("{}:{}", s.target, s.port)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        out.push(format!("{:?}", m.metadata.response_code));
+    }
+    Ok(out.join(", "))
+}
+
+/// A TLS client that trusts only the demo CA in `ca_file`.
+fn tls_connector(ca_file: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// One HTTPS request through the gateway at `gw` with SNI `name`: the response's last line.
+async fn through_gateway(
+    connector: &tokio_rustls::TlsConnector,
+    gw: SocketAddr,
+    name: &str,
+) -> anyhow::Result<String> {
+    let attempt = async {
+        let tcp = TcpStream::connect(gw).await?;
+        let mut tls = connector
+            .connect(ServerName::try_from(name.to_owned())?, tcp)
+            .await?;
+        tls.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::with_capacity(512);
+        (&mut tls).take(8192).read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf);
+        anyhow::Ok(text.lines().last().unwrap_or_default().trim().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .context("no answer within 3 s")?
+}
+
+/// Serves HTTPS on a free loopback port with a certificate for `web.service.consul` from `ca`,
+/// answering every request with the DC it stands in.
+async fn tls_backend(
+    tasks: &mut JoinSet<()>,
+    ca: &PemPair,
+    dc: &'static str,
+) -> anyhow::Result<SocketAddr> {
+    let names = [WEB.to_owned(), format!("web.service.{dc}.consul")];
+    let pair = create_node_cert(ca, dc, "web", &names, 30)?;
+    let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
+        .chain(CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind a demo backend on 127.0.0.1")?;
+    let addr = listener.local_addr()?;
+    tasks.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let serve = async {
+                    let mut tls = acceptor.accept(tcp).await?;
+                    // Read the request head (bounded), then answer and close.
+                    let mut buf = [0u8; 4096];
+                    let mut seen = 0;
+                    while seen < buf.len() {
+                        let n = tls.read(&mut buf[seen..]).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        seen += n;
+                        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let body = format!("hello from web in {dc}\n");
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    tls.write_all(head.as_bytes()).await?;
+                    tls.write_all(body.as_bytes()).await?;
+                    tls.shutdown().await?;
+                    std::io::Result::Ok(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), serve).await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// Serves a tiny HTTP backend on a free loopback port, for the demo's checks.
@@ -136,20 +451,25 @@ async fn register_with_retry(client: &ApiClient, def: &serde_json::Value) -> any
     }
 }
 
-/// Waits until each `(service, n)` has `n` passing instances.
-async fn wait_until_passing(client: &ApiClient, wanted: &[(&str, usize)]) -> anyhow::Result<()> {
+/// Waits until each `(service, dc, n)` has `n` passing instances as `client` sees them.
+async fn wait_until_passing(
+    client: &ApiClient,
+    wanted: &[(&str, &str, usize)],
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         let mut pending = Vec::new();
-        for (service, n) in wanted {
-            let entries: Vec<HealthEntry> =
-                client.get(&format!("/v1/health/service/{service}")).await?;
+        for (service, dc, n) in wanted {
+            let entries: Vec<HealthEntry> = client
+                .get(&format!("/v1/health/service/{service}?dc={dc}"))
+                .await
+                .unwrap_or_default();
             let passing = entries
                 .iter()
                 .filter(|e| worst(&e.checks) == "passing")
                 .count();
             if passing < *n {
-                pending.push(format!("{service}: {passing}/{n} passing"));
+                pending.push(format!("{service} in {dc}: {passing}/{n} passing"));
             }
         }
         if pending.is_empty() {
@@ -165,65 +485,50 @@ async fn wait_until_passing(client: &ApiClient, wanted: &[(&str, usize)]) -> any
     }
 }
 
-fn print_banner(agent: &Agent, exit_after: Option<u64>) {
-    let c = agent.config();
-    let host = c.bind.to_string();
-    let http = agent.http_addr();
-    let dns = agent.dns_addr().unwrap_or_else(|| c.bind_addr(c.ports.dns));
+fn print_banner(agents: &[Agent], ca_file: &Path, exit_after: Option<u64>) {
     let exe = std::env::current_exe()
         .ok()
         .map_or_else(|| "meridian".to_owned(), |p| p.display().to_string());
-    let addr_flag = if http.port() == 8500 && http.ip().is_loopback() {
-        String::new()
-    } else {
-        format!(" --http-addr {http}")
-    };
     println!(
-        "\nMeridian demo: datacenter {dc}, node {node}, services web (x2), api, db — all passing.\n\
-         \n  HTTP API (Consul-compatible)  http://{http}\
-         \n  Metrics                       http://{http}/metrics\
-         \n  RPC (Raft, LAN gRPC)          {rpc}\
-         \n  DNS (UDP and TCP)             {dns}\
-         \n  WAN (federation, mTLS gRPC)   {wan}\
-         \n  Gateway (SNI passthrough)     {gw}  (TCP; UDP for the QUIC tunnel)\
-         \n  Data folder                   {data}{removed}\n\
-         \nTry:\
-         \n  curl -s 'http://{http}/v1/health/service/web?passing'\
-         \n  curl -s http://{http}/v1/catalog/services\
-         \n  {exe} services list{addr_flag}\
-         \n  {exe} services show web{addr_flag}\
-         \n  {exe} members{addr_flag}\
+        "\n  DC    HTTP API (Consul)        DNS                 Gateway (TCP + QUIC)   WAN (federation)"
+    );
+    for a in agents {
+        let opt = |x: Option<SocketAddr>| x.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!(
+            "  {:<5} http://{:<17} {:<19} {:<22} {}",
+            a.config().datacenter,
+            a.http_addr().to_string(),
+            opt(a.dns_addr()),
+            opt(a.gateway_addr()),
+            opt(a.wan_addr()),
+        );
+    }
+    let (h1, h3) = (agents[0].http_addr(), agents[2].http_addr());
+    let dns3 = agents[2].dns_addr();
+    let gw3 = agents[2].gateway_addr();
+    let https: Vec<String> = agents
+        .iter()
+        .map(|a| format!("--http {}", a.http_addr()))
+        .collect();
+    println!(
+        "\nTry:\
+         \n  curl -s http://{h3}/v1/coordinate/datacenters\
+         \n  curl -s 'http://{h3}/v1/health/service/web?dc=dc2&passing'\
          \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\
-         \n  dig @{dns_ip} -p {dns_port} +short web.service.consul A\
-         \n  # a second datacenter that federates with this one (dc2 sees dc1's services, and back):\
-         \n  {exe} agent --dev --dc dc2 --http-port 9500 --dns-port 9600 --rpc-port 9300 --wan-port 9302 --gateway-port 9443 --join-wan {wan}\
-         \n  curl -s 'http://127.0.0.1:9500/v1/health/service/web?dc={dc}'\n\
+         \n  curl --cacert {ca} --resolve web.service.consul:{gw_port}:{gw_ip} https://web.service.consul:{gw_port}/\
+         \n  curl -s -X PUT http://{h1}/v1/operator/drain     # then ask dc3 again; DELETE undrains\
+         \n  {exe} drill dc-down --dc dc1 --for 10s --service web --ca {ca} {https}\
+         \n  {exe} services list --http-addr {h3}\n\
          \n{stop}",
+        ca = ca_file.display(),
+        dns_ip = dns3.map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
+        dns_port = dns3.map_or(0, |a| a.port()),
+        gw_ip = gw3.map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
+        gw_port = gw3.map_or(0, |a| a.port()),
+        https = https.join(" "),
         stop = match exit_after {
             Some(secs) => format!("Stopping in {secs} s (or on Ctrl-C)."),
             None => "Press Ctrl-C to stop.".to_owned(),
         },
-        dc = c.datacenter,
-        node = c.node_name,
-        rpc = join_host_port(&host, c.ports.rpc),
-        dns = dns,
-        dns_ip = dns.ip(),
-        dns_port = dns.port(),
-        wan = agent
-            .wan_addr()
-            .map_or_else(|| join_host_port(&host, c.ports.wan), |a| a.to_string()),
-        gw = agent
-            .gateway_addr()
-            .map_or_else(|| join_host_port(&host, c.ports.gateway), |a| a.to_string()),
-        removed = if agent.data_is_temporary() {
-            " (removed at exit)"
-        } else {
-            ""
-        },
-        data = c
-            .data_dir
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default(),
     );
 }

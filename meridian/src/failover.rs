@@ -81,6 +81,7 @@ impl FailoverRuntime {
             states: HashMap::new(),
             holds: HashMap::new(),
             published: None,
+            order: Vec::new(),
             in_flight: HashSet::new(),
             tunnel: tunnel.clone(),
             counters: counters.clone(),
@@ -203,6 +204,8 @@ struct Runner {
     /// `(dc, service)` inside the failback period, until when (clock ms).
     holds: HashMap<(Arc<str>, Arc<str>), u64>,
     published: Option<Arc<Failover>>,
+    /// Remote DCs nearest first, re-ranked with hysteresis at every publication.
+    order: Vec<Arc<str>>,
     in_flight: HashSet<Arc<str>>,
     tunnel: Arc<OnceLock<Arc<Tunnel>>>,
     counters: Arc<FailoverCounters>,
@@ -433,8 +436,9 @@ impl Runner {
         self.remember_states(view);
     }
 
-    fn failover(&self) -> Failover {
+    fn failover(&mut self) -> Failover {
         let mut liveness = self.detector.liveness();
+        self.order = meridian_topology::rank_by_rtt(&self.order, &liveness);
         let local = &self.last_input;
         if drained(local.local()) {
             liveness.insert(
@@ -449,6 +453,7 @@ impl Runner {
             liveness,
             held: self.holds.keys().cloned().collect(),
             policy: self.policy.clone(),
+            order: self.order.clone(),
         }
     }
 }
@@ -456,7 +461,7 @@ impl Runner {
 /// Whether readers must see `new`: a status, staleness or hold changed, or an RTT moved by more
 /// than a fifth (which may reorder the nearest DCs).
 fn differs(old: &Failover, new: &Failover) -> bool {
-    if old.held != new.held || old.liveness.len() != new.liveness.len() {
+    if old.held != new.held || old.order != new.order || old.liveness.len() != new.liveness.len() {
         return true;
     }
     new.liveness.iter().any(|(dc, l)| {
@@ -521,6 +526,7 @@ mod tests {
             states: HashMap::new(),
             holds: HashMap::new(),
             published: None,
+            order: Vec::new(),
             in_flight: HashSet::new(),
             tunnel: Arc::new(OnceLock::new()),
             counters: Arc::default(),

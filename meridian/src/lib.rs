@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod duration;
 pub mod failover;
 pub mod gateway_only;

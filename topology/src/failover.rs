@@ -69,6 +69,9 @@ pub struct Failover {
     pub held: OrdSet<(Arc<str>, Arc<str>)>,
     /// The policy for names without a DC.
     pub policy: Arc<FailoverPolicy>,
+    /// Remote DCs (lowercased) nearest first, ranked with hysteresis by [`rank_by_rtt`] so that
+    /// RTT jitter does not reorder answers; DCs not listed come after, by RTT.
+    pub order: Vec<Arc<str>>,
 }
 
 impl Failover {
@@ -100,8 +103,125 @@ impl Failover {
             .any(|(d, s)| d.eq_ignore_ascii_case(dc) && s.eq_ignore_ascii_case(service))
     }
 
+    /// Where `dc` stands in [`Self::order`] (any case); `usize::MAX` when unranked.
+    pub fn rank(&self, dc: &str) -> usize {
+        self.order
+            .iter()
+            .position(|d| d.eq_ignore_ascii_case(dc))
+            .unwrap_or(usize::MAX)
+    }
+
     /// The smoothed RTT to `dc` in microseconds, if measured.
     pub fn rtt_us(&self, dc: &str) -> Option<u32> {
         self.get(dc).and_then(|l| l.rtt_us)
+    }
+}
+
+/// A DC overtakes the one ranked ahead of it only when its RTT is below this share of that one's…
+const OVERTAKE_SHARE: f64 = 0.8;
+/// …and lower by at least this many microseconds: RTTs that differ by jitter keep their order.
+const OVERTAKE_MARGIN_US: u32 = 1_000;
+
+/// Ranks the DCs with a measured RTT in `liveness`, nearest first, starting from the previous
+/// ranking `prev`: a DC moves ahead of another only when it is clearly nearer (both a fifth and
+/// a millisecond), so two DCs at about the same distance do not swap places on every probe.
+pub fn rank_by_rtt(prev: &[Arc<str>], liveness: &OrdMap<Arc<str>, DcLiveness>) -> Vec<Arc<str>> {
+    let rtt = |dc: &Arc<str>| liveness.get(dc).and_then(|l| l.rtt_us);
+    // Keep the previous order for DCs still measured, then add new ones by RTT.
+    let mut order: Vec<Arc<str>> = prev.iter().filter(|d| rtt(d).is_some()).cloned().collect();
+    let mut new: Vec<Arc<str>> = liveness
+        .iter()
+        .filter(|(dc, l)| l.rtt_us.is_some() && !order.contains(dc))
+        .map(|(dc, _)| dc.clone())
+        .collect();
+    new.sort_by_key(|d| rtt(d));
+    for dc in new {
+        let r = rtt(&dc).unwrap_or(u32::MAX);
+        let at = order
+            .iter()
+            .position(|o| rtt(o).unwrap_or(u32::MAX) > r)
+            .unwrap_or(order.len());
+        order.insert(at, dc);
+    }
+    let clearly_nearer = |a: u32, b: u32| {
+        f64::from(a) < OVERTAKE_SHARE * f64::from(b) && b.saturating_sub(a) >= OVERTAKE_MARGIN_US
+    };
+    // Bubble passes: at most n, each swapping neighbours only on a clear difference.
+    for _ in 0..order.len() {
+        let mut swapped = false;
+        for i in 1..order.len() {
+            let (ahead, behind) = (rtt(&order[i - 1]), rtt(&order[i]));
+            if let (Some(a), Some(b)) = (ahead, behind)
+                && clearly_nearer(b, a)
+            {
+                order.swap(i - 1, i);
+                swapped = true;
+            }
+        }
+        if !swapped {
+            break;
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn live(rtts: &[(&str, u32)]) -> OrdMap<Arc<str>, DcLiveness> {
+        rtts.iter()
+            .map(|(dc, us)| {
+                (
+                    Arc::<str>::from(*dc),
+                    DcLiveness {
+                        rtt_us: Some(*us),
+                        ..DcLiveness::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn names(v: &[Arc<str>]) -> Vec<&str> {
+        v.iter().map(|d| &**d).collect()
+    }
+
+    #[test]
+    fn jitter_keeps_the_order_and_a_clear_difference_changes_it() {
+        let first = rank_by_rtt(&[], &live(&[("dc1", 4000), ("dc2", 3000), ("dc3", 50_000)]));
+        assert_eq!(names(&first), ["dc2", "dc1", "dc3"]);
+        // dc1 now a little nearer than dc2: within the margin, no swap.
+        let jitter = rank_by_rtt(
+            &first,
+            &live(&[("dc1", 2900), ("dc2", 3200), ("dc3", 50_000)]),
+        );
+        assert_eq!(names(&jitter), ["dc2", "dc1", "dc3"]);
+        // dc3 becomes clearly the nearest: it moves all the way up.
+        let moved = rank_by_rtt(
+            &jitter,
+            &live(&[("dc1", 2900), ("dc2", 3200), ("dc3", 100)]),
+        );
+        assert_eq!(names(&moved), ["dc3", "dc2", "dc1"]);
+        // A DC no longer measured leaves the ranking.
+        let gone = rank_by_rtt(&moved, &live(&[("dc1", 2900), ("dc3", 100)]));
+        assert_eq!(names(&gone), ["dc3", "dc1"]);
+    }
+
+    proptest! {
+        /// RTTs that move by less than the margin never reorder a ranking.
+        #[test]
+        fn small_moves_never_reorder(
+            base in proptest::collection::vec(0u32..200_000, 1..6),
+            noise in proptest::collection::vec(0u32..999, 6),
+        ) {
+            let dcs: Vec<String> = (0..base.len()).map(|i| format!("dc{i}")).collect();
+            let l1: OrdMap<Arc<str>, DcLiveness> = dcs.iter().zip(&base).map(|(d, r)| (Arc::from(d.as_str()), DcLiveness { rtt_us: Some(*r), ..DcLiveness::default() })).collect();
+            let first = rank_by_rtt(&[], &l1);
+            let l2: OrdMap<Arc<str>, DcLiveness> = dcs.iter().zip(&base).zip(&noise).map(|((d, r), n)| (Arc::from(d.as_str()), DcLiveness { rtt_us: Some(r.saturating_add(*n)), ..DcLiveness::default() })).collect();
+            let second = rank_by_rtt(&first, &l2);
+            prop_assert_eq!(first, second);
+        }
     }
 }

@@ -17,7 +17,7 @@ mod resolve;
 mod view;
 
 pub use dc::DcState;
-pub use failover::{AddressMode, Failover, FailoverPolicy};
+pub use failover::{AddressMode, Failover, FailoverPolicy, rank_by_rtt};
 pub use health::{DcLiveness, DcStatus, Detector, DetectorConfig};
 pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};

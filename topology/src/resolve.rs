@@ -143,7 +143,7 @@ fn candidates<'v>(view: &'v View, policy: &FailoverPolicy) -> Vec<(&'v str, &'v 
         .filter(|r| !f.unavailable(&r.name))
         .map(|r| (&*r.name, &r.state))
         .collect();
-    near.sort_by_key(|(name, _)| (f.rtt_us(name).unwrap_or(u32::MAX), *name));
+    near.sort_by_key(|(name, _)| (f.rank(name), f.rtt_us(name).unwrap_or(u32::MAX), *name));
     near.truncate(policy.nearest_n);
     for dc in &policy.datacenters {
         if let Some((name, state)) = view.dc_state(Some(dc))

@@ -60,3 +60,34 @@ async fn services_and_members_commands() -> Result<()> {
     );
     Ok(())
 }
+
+/// The README's main job: three federated DCs, DNS answers, a connection through a gateway, a
+/// drill with its report, then a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_federates_three_dcs_and_runs_a_drill() -> Result<()> {
+    // Port 0: every DC's ports are free ones.
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(BIN)
+            .args(["demo", "--exit-after", "1"])
+            .args(["--http-port", "0", "--dns-port", "0", "--rpc-port", "0"])
+            .args(["--wan-port", "0", "--gateway-port", "0"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "the demo failed:\n{all}");
+    for want in [
+        // dc3 has no web: it answers from dc1, and its gateway carries a verified connection.
+        "dc3 gateway",
+        "-> hello from web in dc1",
+        "SNI `web.service.dc2.consul` -> hello from web in dc2",
+        // The drill's verdict.
+        "every DC stopped answering with dc1: yes; failed back: yes; stale answers: 0",
+    ] {
+        ensure!(stdout.contains(want), "missing {want:?} in:\n{all}");
+    }
+    Ok(())
+}

@@ -11,20 +11,23 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
-/// A free TCP port on loopback (also free for UDP in practice on a quiet machine), never the same
-/// one twice in this test process: the kernel may hand a just-released port out again, and two
-/// agents (or two ports of one agent) must not collide.
+/// A free loopback port for an agent to listen on, TCP and UDP, never the same one twice in this
+/// test process. Drawn at random below the kernel's ephemeral range (32768 and up), so neither
+/// the outgoing connections of other tests nor another test process asking the kernel for a
+/// port can take it between this check and the agent's bind.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if !given.contains(&port) {
+        let port: u16 = rand::random_range(10_000..32_768);
+        if given.contains(&port) {
+            continue;
+        }
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
             given.push(port);
             return port;
         }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dns;
+mod drill;
 mod durability;
 mod failover;
 mod federation;

@@ -1,0 +1,794 @@
+//! `meridian drill`: rehearses a failover against a running federation and reports what clients
+//! saw, in numbers.
+//!
+//! `dc-down` drains a datacenter (`PUT /v1/operator/drain` on one of its nodes), `service-down`
+//! fails one service's instances in one datacenter (their TTL checks, `PUT
+//! /v1/agent/check/fail/<id>`). Meanwhile a probe client per datacenter ([`probe`]) resolves
+//! `<service>.service.<domain>` at that DC's DNS server, completes a TLS handshake through its
+//! gateway with that name as SNI, and reads that DC's status of every DC, once per interval. After
+//! `--for` the drill restores what it changed and keeps probing until every DC answers as it did
+//! before (or a timeout), then prints the findings ([`report`]).
+//!
+//! Bounded: every loop ends by time and by count, every request has a timeout, and traffic goes
+//! only to the nodes given with `--http` and the DNS and gateway addresses they report.
+
+pub mod probe;
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use clap::{Args, Subcommand};
+use meridian_topology::{DRAIN_SERVICE, GATEWAY_SERVICE};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use probe::{
+    HTTP_TIMEOUT, Http, InstanceMap, NodeInfo, RawRound, RoundProbe, TlsProber, dc_statuses,
+    ms_since,
+};
+use report::{Kind, Observed, Setup};
+
+/// Longest drill (`--for`).
+const MAX_FOR: Duration = Duration::from_secs(3600);
+/// Shortest and longest probe interval.
+const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(10));
+/// Longest failback wait.
+const MAX_FAILBACK: Duration = Duration::from_secs(600);
+/// Most nodes given with `--http`.
+const MAX_NODES: usize = 64;
+/// Most probe rounds per probing DC (about 3 hours at the default interval): bounds memory.
+const MAX_ROUNDS: usize = 100_000;
+/// Restore attempts (one second apart) before giving up.
+const RESTORE_ATTEMPTS: usize = 5;
+/// Services that are not applications.
+const INTERNAL_SERVICES: [&str; 3] = [GATEWAY_SERVICE, DRAIN_SERVICE, "consul"];
+
+/// `meridian drill ...`.
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Drains a datacenter for a while, probes DNS and the gateways from every other DC, restores
+    /// it, and reports how fast answers moved away and back.
+    DcDown(DcDownArgs),
+    /// Fails one service's instances in one datacenter (their TTL checks) for a while, probes
+    /// from every DC, restores the checks, and reports.
+    ServiceDown(ServiceDownArgs),
+}
+
+/// `meridian drill dc-down`.
+#[derive(Debug, Args)]
+pub struct DcDownArgs {
+    /// The datacenter to drain.
+    #[arg(long, value_name = "DC")]
+    pub dc: String,
+    /// The service to resolve and connect to (default: one registered in the drained DC,
+    /// preferably one that other DCs have too).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// What every drill takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `meridian drill service-down`.
+#[derive(Debug, Args)]
+pub struct ServiceDownArgs {
+    /// The datacenter whose instances fail.
+    #[arg(long, value_name = "DC")]
+    pub dc: String,
+    /// The service whose instances fail; each needs a TTL check (the API sets only those).
+    #[arg(long, value_name = "NAME")]
+    pub service: String,
+    /// What every drill takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The arguments every drill takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// How long the failure lasts (a Go duration: `30s`, `1m`).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_for)]
+    pub duration: Duration,
+    /// HTTP API (`host:port` or URL) of a node; give at least one node per datacenter (the
+    /// first one of each DC is probed). Repeatable.
+    #[arg(long = "http", value_name = "ADDR", required = true)]
+    pub http: Vec<String>,
+    /// Time between probe rounds of each DC.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Longest wait, after the restore, for answers to come back.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_failback)]
+    pub failback_timeout: Duration,
+    /// Check the certificates the gateways' connections reach against the CA certificates in
+    /// this PEM file. Without it ANY certificate is accepted: the drill then checks that the
+    /// handshake completes, not whom it reaches.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The DNS domain of the names resolved and sent as SNI.
+    #[arg(long, value_name = "DOMAIN", default_value = "consul")]
+    pub domain: String,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_bounded(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = crate::duration::parse_go_duration(s).map_err(|e| e.to_string())?;
+    if d < min || d > max {
+        return Err(format!(
+            "must be between {} and {}",
+            crate::duration::format_go_duration(min),
+            crate::duration::format_go_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_for(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_millis(100), MAX_FOR)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, INTERVAL_RANGE.0, INTERVAL_RANGE.1)
+}
+
+fn parse_failback(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::ZERO, MAX_FAILBACK)
+}
+
+/// What the drill changes, and how to undo it.
+enum Action {
+    /// Drain the DC through this node.
+    Drain { via: NodeInfo },
+    /// Fail these TTL checks, then set each back to its status.
+    FailChecks { checks: Vec<TtlCheck> },
+}
+
+/// A TTL check of an instance of the service.
+#[derive(Clone, Debug)]
+struct TtlCheck {
+    node: NodeInfo,
+    id: String,
+    instance: String,
+    /// `pass` or `warn`: how to restore it (critical ones are left alone).
+    restore: Option<&'static str>,
+}
+
+/// One probing DC.
+struct Prober {
+    node: NodeInfo,
+    attributed: bool,
+    rounds: Arc<Mutex<Vec<RawRound>>>,
+}
+
+impl Prober {
+    fn observed(&self, t0: Instant) -> Observed {
+        let rounds = self
+            .rounds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|r| r.relative_to(t0))
+            .collect();
+        Observed {
+            dc: self.node.dc.clone(),
+            node: self.node.base.clone(),
+            gateway_attributed: self.attributed,
+            rounds,
+        }
+    }
+}
+
+/// Runs the drill; the exit code (the report is printed whenever the drill started).
+#[tracing::instrument(skip_all)]
+pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
+    let (kind, target, service, common) = match cmd {
+        DrillCommand::DcDown(a) => (Kind::DcDown, a.dc, a.service, a.common),
+        DrillCommand::ServiceDown(a) => (Kind::ServiceDown, a.dc, Some(a.service), a.common),
+    };
+    let target = target.to_ascii_lowercase();
+    let domain = common.domain.trim_matches('.').to_ascii_lowercase();
+    ensure!(is_label(&target), "--dc {target:?} is not a DNS label");
+    ensure!(
+        !domain.is_empty() && domain.split('.').all(is_label),
+        "--domain {domain:?} is not a DNS name"
+    );
+    if let Some(s) = &service {
+        ensure!(is_label(s), "--service {s:?} is not a DNS label");
+    }
+    ensure!(
+        common.http.len() <= MAX_NODES,
+        "at most {MAX_NODES} --http nodes"
+    );
+    let http = Http::new()?;
+    let tls = TlsProber::new(common.ca.as_deref())?;
+
+    // Who is who.
+    let mut by_dc: BTreeMap<String, Vec<NodeInfo>> = BTreeMap::new();
+    for addr in &common.http {
+        let node = probe::discover(&http, addr).await?;
+        ensure!(
+            is_label(&node.dc),
+            "{} reports datacenter {:?}, not a DNS label",
+            node.base,
+            node.dc
+        );
+        tracing::debug!(dc = %node.dc, node = %node.node, dns = %node.dns, gateway = ?node.gateway, "node");
+        by_dc.entry(node.dc.clone()).or_default().push(node);
+    }
+    let target_nodes = by_dc.get(&target).cloned().with_context(|| {
+        format!(
+            "no --http node is in {target} (the nodes given are in {})",
+            by_dc.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let via = target_nodes[0].clone();
+    let known = federation_dcs(&http, &via).await?;
+    let mut notes = Vec::new();
+    for dc in &known {
+        if !by_dc.contains_key(dc) {
+            notes.push(format!(
+                "{dc} is not probed: no --http node of it was given"
+            ));
+        }
+    }
+
+    let service = match service {
+        Some(s) => s.to_ascii_lowercase(),
+        None => pick_service(&http, &via, &known).await?,
+    };
+    let mut map = InstanceMap::new(&domain);
+    for dc in &known {
+        let node = by_dc.get(dc).map_or(&via, |n| &n[0]);
+        let url = node.url(&format!("/v1/health/service/{service}?dc={dc}"));
+        let health = http.get_json(&url, HTTP_TIMEOUT).await?;
+        map.add_health(dc, &health);
+    }
+    ensure!(
+        map.instances_in(&target) > 0,
+        "{service} has no instance with an IP address in {target}: there is nothing to fail over"
+    );
+
+    let probers: Vec<NodeInfo> = by_dc
+        .iter()
+        .filter(|(dc, _)| kind == Kind::ServiceDown || **dc != target)
+        .map(|(_, nodes)| nodes[0].clone())
+        .collect();
+    ensure!(
+        !probers.is_empty(),
+        "no other datacenter to probe from: give --http nodes of the other DCs"
+    );
+
+    let action = match kind {
+        Kind::DcDown => {
+            let statuses = dc_statuses(&http, &via, HTTP_TIMEOUT)
+                .await
+                .with_context(|| format!("reading {target}'s status at {}", via.base))?;
+            if statuses.get(&target).map(String::as_str) == Some("drained") {
+                bail!(
+                    "{target} is drained already; undrain it first (DELETE /v1/operator/drain), \
+                     since the drill would undrain it at its end"
+                );
+            }
+            Action::Drain { via }
+        }
+        Kind::ServiceDown => {
+            notes.push(
+                "the instances were failed through their TTL checks: an application that \
+                 refreshes its TTL check during the drill ends the failure early"
+                    .into(),
+            );
+            Action::FailChecks {
+                checks: ttl_checks(&http, &target_nodes, &service).await?,
+            }
+        }
+    };
+
+    // Certificates: which DC's instances present which certificate, through each prober's
+    // gateway with the names that pin a DC.
+    let mut tls = tls;
+    let mut learn_error = None;
+    for p in &probers {
+        let Some(gw) = p.gateway else { continue };
+        for dc in map.dcs().map(str::to_owned).collect::<Vec<_>>() {
+            let tries = (2 * map.instances_in(&dc)).clamp(2, 8);
+            let sni = format!("{service}.service.{dc}.{domain}");
+            for _ in 0..tries {
+                if let Err(e) = tls.learn(gw, &sni, &dc).await {
+                    learn_error.get_or_insert(format!("{sni} through {gw}: {e}"));
+                }
+            }
+        }
+    }
+    if let Some(e) = learn_error {
+        notes.push(format!(
+            "some connections failed before the drill (the first: {e}); the probe client \
+             speaks TLS 1.3 only"
+        ));
+    }
+    let attributed_target = tls.attributable_dcs().contains(&target);
+    if !attributed_target {
+        notes.push(format!(
+            "gateway connections cannot be placed in a DC: {target}'s instances present no \
+             certificate of their own (or none answered through a gateway), so only their \
+             success is measured"
+        ));
+    }
+    let tls = Arc::new(tls);
+    let qname = format!("{service}.service.{domain}.");
+    let sni = format!("{service}.service.{domain}");
+
+    // Probe, from the baseline to the end.
+    let interval = common.interval;
+    let baseline = (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let total = baseline + common.duration + common.failback_timeout + Duration::from_secs(30);
+    let max_rounds = usize::try_from(total.as_millis() / interval.as_millis().max(1))
+        .unwrap_or(usize::MAX)
+        .saturating_add(100)
+        .min(MAX_ROUNDS);
+    let (ctl_tx, ctl_rx) = watch::channel(false);
+    let map = Arc::new(map);
+    let mut handles = Vec::new();
+    let mut running = Vec::new();
+    for node in probers {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let ctx = ProbeCtx {
+            probe: RoundProbe {
+                http: http.clone(),
+                node: node.clone(),
+                qname: qname.clone(),
+                sni: sni.clone(),
+                map: map.clone(),
+                tls: tls.clone(),
+            },
+            interval,
+            max_rounds,
+            rounds: rounds.clone(),
+        };
+        handles.push(tokio::spawn(probe_loop(ctx, ctl_rx.clone())));
+        running.push(Prober {
+            attributed: attributed_target && node.gateway.is_some(),
+            node,
+            rounds,
+        });
+    }
+    let from: Vec<&str> = running.iter().map(|p| p.node.dc.as_str()).collect();
+    eprintln!(
+        "drill {}: probing {sni} from {} every {} ms; baseline for {} ms",
+        kind.as_str(),
+        from.join(", "),
+        interval.as_millis(),
+        baseline.as_millis()
+    );
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    tokio::select! {
+        () = tokio::time::sleep(baseline) => {}
+        _ = tokio::signal::ctrl_c() => {
+            ctl_tx.send_replace(true);
+            bail!("interrupted before the drill started; nothing was changed");
+        }
+    }
+
+    // The failure.
+    let t0 = Instant::now();
+    if let Err(e) = act(&http, &action).await {
+        // Undo whatever part of it happened.
+        let _ = restore(&http, &action).await;
+        ctl_tx.send_replace(true);
+        return Err(e.context("the drill could not start"));
+    }
+    let action_ack_ms = ms_since(t0, Instant::now());
+    kick(&ctl_tx);
+    eprintln!(
+        "drill {}: {} at +0 ms (acknowledged in {:.0} ms); restoring after {} ms",
+        kind.as_str(),
+        match kind {
+            Kind::DcDown => format!("{target} drained"),
+            Kind::ServiceDown => format!("{service} failed in {target}"),
+        },
+        action_ack_ms,
+        common.duration.as_millis()
+    );
+    let mut interrupted = false;
+    tokio::select! {
+        () = tokio::time::sleep(common.duration) => {}
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("drill: interrupted; restoring now");
+            interrupted = true;
+        }
+    }
+
+    // The restore, then the wait for answers to come back.
+    let t1 = Instant::now();
+    let restored = restore(&http, &action).await;
+    let restore_ms = ms_since(t0, t1);
+    let restore_ack_ms = restored
+        .as_ref()
+        .ok()
+        .map(|()| ms_since(t1, Instant::now()));
+    kick(&ctl_tx);
+    if restored.is_ok() && !interrupted {
+        eprintln!(
+            "drill {}: restored; waiting up to {} ms for answers to come back",
+            kind.as_str(),
+            common.failback_timeout.as_millis()
+        );
+        let deadline = t1 + common.failback_timeout;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+            }
+            let observed: Vec<Observed> = running.iter().map(|p| p.observed(t0)).collect();
+            if report::failed_back(&observed, &target, restore_ms) || Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+    ctl_tx.send_replace(true);
+    for h in handles {
+        // Each round is bounded by its timeouts; a stuck task is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
+    let end_ms = ms_since(t0, Instant::now());
+    let observed: Vec<Observed> = running.iter().map(|p| p.observed(t0)).collect();
+    let setup = Setup {
+        kind,
+        target: target.clone(),
+        service,
+        domain,
+        for_ms: u64::try_from(common.duration.as_millis()).unwrap_or(u64::MAX),
+        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        started_unix_s,
+        action_ack_ms: Some(action_ack_ms),
+        restore_ms: Some(restore_ms),
+        restore_ack_ms,
+        end_ms,
+        interrupted,
+        notes,
+    };
+    let report = report::analyse(&setup, &observed);
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::human(&report));
+    }
+    if let Err(e) = restored {
+        return Err(e.context(format!(
+            "{target} was NOT restored: {}",
+            match &action {
+                Action::Drain { via } =>
+                    format!("undrain it with DELETE {}", via.url("/v1/operator/drain")),
+                Action::FailChecks { .. } =>
+                    "set the instances' TTL checks back with PUT /v1/agent/check/pass/<id>".into(),
+            }
+        )));
+    }
+    Ok(if interrupted {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Whether `s` is a DNS label as service and DC names are (letters, digits, `-`, `_`), so that it
+/// goes into URLs and names as it is.
+fn is_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The datacenters the federation knows, as `node` sees them.
+async fn federation_dcs(http: &Http, node: &NodeInfo) -> anyhow::Result<BTreeSet<String>> {
+    let v = http
+        .get_json(&node.url("/v1/catalog/datacenters"), HTTP_TIMEOUT)
+        .await?;
+    let mut dcs: BTreeSet<String> = v
+        .as_array()
+        .context("/v1/catalog/datacenters is not an array")?
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_ascii_lowercase))
+        .filter(|d| is_label(d))
+        .collect();
+    dcs.insert(node.dc.clone());
+    Ok(dcs)
+}
+
+/// A service of the drained DC to probe: preferably one that other DCs have too.
+async fn pick_service(
+    http: &Http,
+    via: &NodeInfo,
+    known: &BTreeSet<String>,
+) -> anyhow::Result<String> {
+    let names = |v: &Value| -> BTreeSet<String> {
+        v.as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|k| !INTERNAL_SERVICES.contains(&k.as_str()) && is_label(k))
+                    .map(|k| k.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let local = names(
+        &http
+            .get_json(&via.url("/v1/catalog/services"), HTTP_TIMEOUT)
+            .await?,
+    );
+    let mut elsewhere = BTreeSet::new();
+    for dc in known.iter().filter(|d| **d != via.dc) {
+        let url = via.url(&format!("/v1/catalog/services?dc={dc}"));
+        elsewhere.extend(names(&http.get_json(&url, HTTP_TIMEOUT).await?));
+    }
+    let pick = local
+        .iter()
+        .find(|s| elsewhere.contains(*s))
+        .or_else(|| local.iter().next())
+        .cloned()
+        .with_context(|| format!("{} has no service to probe; pass --service", via.dc))?;
+    eprintln!("drill: probing service {pick} (pass --service to choose)");
+    Ok(pick)
+}
+
+/// The TTL checks of every instance of `service` in the DC of `nodes`; each instance needs one,
+/// and its node must be among `nodes` (checks are set on the node that holds them).
+async fn ttl_checks(
+    http: &Http,
+    nodes: &[NodeInfo],
+    service: &str,
+) -> anyhow::Result<Vec<TtlCheck>> {
+    let url = nodes[0].url(&format!("/v1/health/service/{service}"));
+    let health = http.get_json(&url, HTTP_TIMEOUT).await?;
+    let mut out = Vec::new();
+    for e in health.as_array().into_iter().flatten() {
+        let node_name = e["Node"]["Node"].as_str().unwrap_or("");
+        let instance = e["Service"]["ID"].as_str().unwrap_or("").to_owned();
+        let node = nodes
+            .iter()
+            .find(|n| n.node == node_name)
+            .with_context(|| {
+                format!(
+                    "instance {instance} is on node {node_name}: give that node's HTTP address \
+                     with --http (checks are set on the node that holds them)"
+                )
+            })?;
+        let mut found = false;
+        for c in e["Checks"].as_array().into_iter().flatten() {
+            if c["ServiceID"].as_str() != Some(instance.as_str()) || c["Type"] != "ttl" {
+                continue;
+            }
+            let id = c["CheckID"].as_str().unwrap_or("").to_owned();
+            let restore = match c["Status"].as_str() {
+                Some("passing") => Some("pass"),
+                Some("warning") => Some("warn"),
+                _ => None,
+            };
+            out.push(TtlCheck {
+                node: node.clone(),
+                id,
+                instance: instance.clone(),
+                restore,
+            });
+            found = true;
+        }
+        ensure!(
+            found,
+            "instance {instance} of {service} has no TTL check: service-down fails instances \
+             through their TTL checks (PUT /v1/agent/check/fail/<id>), the only health the API \
+             lets a client set; register the instances with a TTL check"
+        );
+    }
+    ensure!(
+        !out.is_empty(),
+        "{service} has no instance in {}",
+        nodes[0].dc
+    );
+    Ok(out)
+}
+
+/// A path segment with everything but unreserved characters and `:` percent-encoded.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Applies the drill's failure.
+async fn act(http: &Http, action: &Action) -> anyhow::Result<()> {
+    match action {
+        Action::Drain { via } => {
+            http.put_json(
+                &via.url("/v1/operator/drain"),
+                &json!({"Reason": "meridian drill dc-down"}),
+            )
+            .await
+        }
+        Action::FailChecks { checks } => {
+            for c in checks {
+                let url = c.node.url(&format!(
+                    "/v1/agent/check/fail/{}?note=meridian%20drill%20service-down",
+                    path_segment(&c.id)
+                ));
+                http.put_empty(&url)
+                    .await
+                    .with_context(|| format!("failing instance {}", c.instance))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Undoes the drill's failure, retrying a few times.
+async fn restore(http: &Http, action: &Action) -> anyhow::Result<()> {
+    let mut last = anyhow!("not tried");
+    for attempt in 0..RESTORE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let r = match action {
+            Action::Drain { via } => http.delete(&via.url("/v1/operator/drain")).await,
+            Action::FailChecks { checks } => {
+                let mut r = Ok(());
+                for c in checks {
+                    let Some(verb) = c.restore else { continue };
+                    let url = c
+                        .node
+                        .url(&format!("/v1/agent/check/{verb}/{}", path_segment(&c.id)));
+                    if let Err(e) = http.put_empty(&url).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(attempt, error = %format!("{e:#}"), "restore failed");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// What one probing task needs.
+struct ProbeCtx {
+    probe: RoundProbe,
+    interval: Duration,
+    max_rounds: usize,
+    rounds: Arc<Mutex<Vec<RawRound>>>,
+}
+
+/// Starts a round of every probing task at once (they see a change of the stop flag that left
+/// it false).
+fn kick(ctl: &watch::Sender<bool>) {
+    ctl.send_modify(|_| {});
+}
+
+/// Probes one DC once per interval until told to stop (or `max_rounds`); a kick (sent right
+/// after the drill acts and restores) starts a round at once, so that a change faster than the
+/// interval is seen as fast as it happens.
+#[tracing::instrument(skip_all, fields(dc = %ctx.probe.node.dc))]
+async fn probe_loop(ctx: ProbeCtx, mut ctl: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(ctx.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for _ in 0..ctx.max_rounds {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = ctl.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                tick.reset();
+            }
+        }
+        if *ctl.borrow_and_update() {
+            break;
+        }
+        let round = ctx.probe.round().await;
+        ctx.rounds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(round);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_for("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_for("2h").is_err());
+        assert!(parse_for("0").is_err());
+        assert_eq!(parse_interval("100ms"), Ok(Duration::from_millis(100)));
+        assert!(parse_interval("1ms").is_err());
+        assert!(parse_interval("x").is_err());
+        assert_eq!(parse_failback("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn parses_the_documented_commands() {
+        use crate::cli::{Cli, Commands};
+        use clap::Parser as _;
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let cli = parse(&[
+            "meridian", "drill", "dc-down", "--dc", "dc1", "--for", "30s", "--http", "h1:8500",
+            "--http", "h2:8500", "--json",
+        ])
+        .expect("dc-down");
+        let Commands::Drill(DrillCommand::DcDown(a)) = cli.command else {
+            panic!("dc-down parsed as something else");
+        };
+        assert_eq!(a.common.http, ["h1:8500", "h2:8500"]);
+        assert_eq!(a.common.interval, Duration::from_millis(100));
+        assert!(a.common.json && a.service.is_none() && a.common.ca.is_none());
+        parse(&[
+            "meridian",
+            "drill",
+            "service-down",
+            "--dc",
+            "dc1",
+            "--service",
+            "web",
+            "--for",
+            "5s",
+            "--http",
+            "h",
+            "--ca",
+            "ca.pem",
+            "--interval",
+            "50ms",
+        ])
+        .expect("service-down");
+        // --for and --http are required; service-down needs --service.
+        assert!(parse(&["meridian", "drill", "dc-down", "--dc", "dc1", "--http", "h"]).is_err());
+        assert!(parse(&["meridian", "drill", "dc-down", "--dc", "dc1", "--for", "1s"]).is_err());
+        assert!(
+            parse(&[
+                "meridian",
+                "drill",
+                "service-down",
+                "--dc",
+                "d",
+                "--for",
+                "1s",
+                "--http",
+                "h"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(is_label("web") && is_label("dc-1") && is_label("_x"));
+        assert!(!is_label("") && !is_label("a/b") && !is_label("a.b") && !is_label("w?dc=x"));
+        assert!(!is_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn check_ids_are_escaped_in_paths() {
+        assert_eq!(path_segment("service:web-1"), "service:web-1");
+        assert_eq!(path_segment("a b/c?"), "a%20b%2Fc%3F");
+    }
+}

@@ -1,0 +1,832 @@
+//! The drill's probe client: what a client in one datacenter sees. It learns each node's
+//! datacenter and DNS and gateway addresses from `GET /v1/agent/self`, maps instance addresses to
+//! datacenters from `GET /v1/health/service/<service>?dc=<dc>`, resolves `<service>.service.<domain>`
+//! (SRV over UDP) at a DC's DNS server, completes a TLS handshake through a DC's gateway with the
+//! service name as SNI, and reads a DC's view of every datacenter from
+//! `GET /v1/coordinate/datacenters`.
+//!
+//! Every call has a timeout and talks only to addresses the operator gave (or that those nodes
+//! reported about themselves). The benchmark (`meridian-bench failover`) uses the same client.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use hickory_net::proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_net::proto::rr::{Name, RData, RecordType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{Instant, timeout};
+
+use super::report::{Round, Timed};
+
+/// Bound on one HTTP request made while setting up or acting (not in a probe round).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one DNS exchange.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on one TCP connect plus TLS handshake through a gateway.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one status read inside a probe round.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest HTTP answer body read (the health of a service with many instances fits).
+const MAX_BODY: usize = 16 << 20;
+
+/// A small HTTP client for the agents' API, with bounded requests.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    /// A client whose requests take at most [`HTTP_TIMEOUT`].
+    pub fn new() -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Http { client })
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> anyhow::Result<String> {
+        let resp = req
+            .timeout(limit)
+            .send()
+            .await
+            .with_context(|| format!("{what}: no answer"))?;
+        let status = resp.status();
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            bail!("{what}: answer too large");
+        }
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: answer cut"))?;
+        ensure!(body.len() <= MAX_BODY, "{what}: answer too large");
+        let text = String::from_utf8_lossy(&body).trim().to_owned();
+        ensure!(status.is_success(), "{what}: {status}: {text}");
+        Ok(text)
+    }
+
+    /// GETs `url` and decodes its JSON, within `limit`.
+    pub async fn get_json(&self, url: &str, limit: Duration) -> anyhow::Result<Value> {
+        let what = format!("GET {url}");
+        let text = self.send(self.client.get(url), &what, limit).await?;
+        serde_json::from_str(&text).with_context(|| format!("{what}: not JSON"))
+    }
+
+    /// PUTs `body` as JSON to `url`.
+    pub async fn put_json(&self, url: &str, body: &Value) -> anyhow::Result<()> {
+        let what = format!("PUT {url}");
+        let req = self.client.put(url).json(body);
+        self.send(req, &what, HTTP_TIMEOUT).await.map(drop)
+    }
+
+    /// PUTs nothing to `url`.
+    pub async fn put_empty(&self, url: &str) -> anyhow::Result<()> {
+        let what = format!("PUT {url}");
+        self.send(self.client.put(url), &what, HTTP_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// DELETEs `url`.
+    pub async fn delete(&self, url: &str) -> anyhow::Result<()> {
+        let what = format!("DELETE {url}");
+        self.send(self.client.delete(url), &what, HTTP_TIMEOUT)
+            .await
+            .map(drop)
+    }
+}
+
+/// The base URL (`http://host:port`) of an HTTP API given as `host:port` or a URL.
+pub fn base_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", addr.trim_end_matches('/'))
+    }
+}
+
+/// One node, as it describes itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Base URL of its HTTP API, as given.
+    pub base: String,
+    /// Its datacenter.
+    pub dc: String,
+    /// Its node name.
+    pub node: String,
+    /// Its DNS server (UDP).
+    pub dns: SocketAddr,
+    /// Its gateway, when it runs one.
+    pub gateway: Option<SocketAddr>,
+}
+
+impl NodeInfo {
+    /// The URL of `path` on this node's API.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Asks the node at `addr` (`host:port` or URL) who it is (`GET /v1/agent/self`).
+pub async fn discover(http: &Http, addr: &str) -> anyhow::Result<NodeInfo> {
+    let base = base_url(addr);
+    let v = http
+        .get_json(&format!("{base}/v1/agent/self"), HTTP_TIMEOUT)
+        .await
+        .with_context(|| format!("cannot reach the Meridian node at {base}"))?;
+    node_from_self(&base, &v).await
+}
+
+/// Builds a [`NodeInfo`] from an `/v1/agent/self` answer of the node at `base`.
+async fn node_from_self(base: &str, v: &Value) -> anyhow::Result<NodeInfo> {
+    let dc = v["Config"]["Datacenter"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("{base}/v1/agent/self has no Config.Datacenter"))?
+        .to_ascii_lowercase();
+    let node = v["Config"]["NodeName"].as_str().unwrap_or("").to_owned();
+    let m = &v["Meridian"];
+    ensure!(
+        m.is_object(),
+        "{base}/v1/agent/self has no \"Meridian\" object with the DNS and gateway addresses \
+         (a node of an older version?)"
+    );
+    let dns_text = m["DnsAddr"]
+        .as_str()
+        .with_context(|| format!("{base}/v1/agent/self has no Meridian.DnsAddr"))?;
+    let dns = reachable(base, dns_text)
+        .await
+        .with_context(|| format!("Meridian.DnsAddr of {base}"))?;
+    let gateway = match m["GatewayAddr"].as_str() {
+        Some(g) => Some(
+            reachable(base, g)
+                .await
+                .with_context(|| format!("Meridian.GatewayAddr of {base}"))?,
+        ),
+        None => None,
+    };
+    Ok(NodeInfo {
+        base: base.to_owned(),
+        dc,
+        node,
+        dns,
+        gateway,
+    })
+}
+
+/// `addr` as reported by the node at `base`; a wildcard address (`0.0.0.0`, `::`) becomes the
+/// address the node's API was reached at.
+async fn reachable(base: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    let sa: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not an address"))?;
+    if !sa.ip().is_unspecified() {
+        return Ok(sa);
+    }
+    let authority = base.split("://").nth(1).unwrap_or(base);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let found = timeout(HTTP_TIMEOUT, tokio::net::lookup_host(authority))
+        .await
+        .context("resolving the node's HTTP host took too long")?
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    Ok(SocketAddr::new(found.ip(), sa.port()))
+}
+
+/// Which datacenter each instance address belongs to, from the health endpoint of each DC.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceMap {
+    /// `(address, port)` to the DCs holding an instance there (one, unless addresses collide).
+    by_addr: HashMap<(IpAddr, u16), BTreeSet<String>>,
+    /// Instances per DC.
+    count: BTreeMap<String, usize>,
+    /// The DNS domain, to read the DC out of an SRV target as a last resort.
+    domain: String,
+}
+
+impl InstanceMap {
+    /// An empty map for names in `domain`.
+    pub fn new(domain: &str) -> Self {
+        InstanceMap {
+            domain: domain.trim_matches('.').to_ascii_lowercase(),
+            ..InstanceMap::default()
+        }
+    }
+
+    /// Adds the entries of a `/v1/health/service/<service>?dc=<dc>` answer; returns how many
+    /// instances had an IP address.
+    pub fn add_health(&mut self, dc: &str, health: &Value) -> usize {
+        let mut n = 0;
+        for e in health.as_array().into_iter().flatten() {
+            let svc_addr = e["Service"]["Address"].as_str().unwrap_or("");
+            let addr = if svc_addr.is_empty() {
+                e["Node"]["Address"].as_str().unwrap_or("")
+            } else {
+                svc_addr
+            };
+            let port = e["Service"]["Port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok());
+            if let (Ok(ip), Some(port)) = (addr.parse::<IpAddr>(), port) {
+                self.add(dc, ip, port);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Records an instance of `dc` at `ip:port`.
+    pub fn add(&mut self, dc: &str, ip: IpAddr, port: u16) {
+        let dc = dc.to_ascii_lowercase();
+        *self.count.entry(dc.clone()).or_default() += 1;
+        self.by_addr.entry((ip, port)).or_default().insert(dc);
+    }
+
+    /// Instances known in `dc`.
+    pub fn instances_in(&self, dc: &str) -> usize {
+        self.count.get(dc).copied().unwrap_or(0)
+    }
+
+    /// The DCs with at least one instance.
+    pub fn dcs(&self) -> impl Iterator<Item = &str> {
+        self.count.keys().map(String::as_str)
+    }
+
+    /// The DC of an SRV answer: by its address and port when they name one DC's instance,
+    /// else by the target name (`<hex>.addr.<dc>.<domain>` or `<node>.node.<dc>.<domain>`).
+    pub fn dc_of(&self, ip: Option<IpAddr>, port: u16, target: &str) -> Option<String> {
+        if let Some(ip) = ip
+            && let Some(dcs) = self.by_addr.get(&(ip, port))
+            && dcs.len() == 1
+        {
+            return dcs.iter().next().cloned();
+        }
+        let target = target.trim_end_matches('.').to_ascii_lowercase();
+        let rest = target
+            .strip_suffix(&self.domain)
+            .and_then(|r| r.strip_suffix('.'))?;
+        let mut labels = rest.rsplit('.');
+        let dc = labels.next()?;
+        let kind = labels.next()?;
+        ((kind == "addr" || kind == "node") && self.count.contains_key(dc)).then(|| dc.to_owned())
+    }
+}
+
+/// What one DNS query got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// Records came back; the DCs they point at, and how many could not be placed.
+    Answered {
+        /// DCs the answer's instances belong to.
+        dcs: BTreeSet<String>,
+        /// SRV records whose DC is unknown.
+        unattributed: usize,
+    },
+    /// No usable answer (timeout, error code, or no records).
+    Failed(String),
+}
+
+impl DnsOutcome {
+    /// The DCs answered with, if it succeeded.
+    pub fn dcs(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            DnsOutcome::Answered { dcs, .. } => Some(dcs),
+            DnsOutcome::Failed(_) => None,
+        }
+    }
+}
+
+/// Resolves `name` (SRV) at `server` over UDP, within [`DNS_TIMEOUT`], and places each answer
+/// in a DC with `map`.
+pub async fn resolve_srv(server: SocketAddr, name: &str, map: &InstanceMap) -> DnsOutcome {
+    match timeout(DNS_TIMEOUT, exchange(server, name, RecordType::SRV)).await {
+        Err(_) => DnsOutcome::Failed("timeout".into()),
+        Ok(Err(e)) => DnsOutcome::Failed(format!("{e:#}")),
+        Ok(Ok(m)) => place(&m, map),
+    }
+}
+
+/// Places the SRV records of `m` in DCs.
+fn place(m: &Message, map: &InstanceMap) -> DnsOutcome {
+    let code = m.metadata.response_code;
+    if code != ResponseCode::NoError {
+        return DnsOutcome::Failed(code.to_string());
+    }
+    let mut addrs: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+    for r in m.additionals.iter().chain(m.answers.iter()) {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        addrs.entry(r.name.to_lowercase()).or_default().push(ip);
+    }
+    let mut dcs = BTreeSet::new();
+    let mut unattributed = 0;
+    let mut records = 0;
+    for r in &m.answers {
+        let RData::SRV(srv) = &r.data else { continue };
+        records += 1;
+        let target = srv.target.to_lowercase();
+        let ip = addrs.get(&target).and_then(|v| v.first().copied());
+        match map.dc_of(ip, srv.port, &target.to_ascii()) {
+            Some(dc) => {
+                dcs.insert(dc);
+            }
+            None => unattributed += 1,
+        }
+    }
+    if records == 0 {
+        return DnsOutcome::Failed("no records".into());
+    }
+    DnsOutcome::Answered { dcs, unattributed }
+}
+
+/// One UDP exchange: a query for `name`/`qtype` without recursion, the matching response.
+async fn exchange(server: SocketAddr, name: &str, qtype: RecordType) -> anyhow::Result<Message> {
+    let qname = Name::from_ascii(name).with_context(|| format!("bad name {name:?}"))?;
+    let mut q = Message::query();
+    q.add_query(Query::query(qname, qtype));
+    q.metadata.recursion_desired = false;
+    let id = q.metadata.id;
+    let packet = q.to_vec().context("encoding the query")?;
+    let local: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(server).await?;
+    sock.send(&packet).await?;
+    let mut buf = vec![0u8; 4096];
+    // Datagrams that are not our answer (a late answer to nothing, garbage) are skipped; the
+    // caller's timeout bounds the loop.
+    loop {
+        let n = sock.recv(&mut buf).await?;
+        let Ok(m) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if m.metadata.id == id && m.metadata.message_type == MessageType::Response {
+            return Ok(m);
+        }
+    }
+}
+
+/// What one connection through a gateway got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// The handshake completed; the DC whose instance answered, when its certificate tells.
+    Connected {
+        /// The DC, if the certificate belongs to one DC's instances only.
+        dc: Option<String>,
+    },
+    /// The connection or the handshake failed.
+    Failed(String),
+}
+
+/// TLS connections through gateways, with the certificates seen before the drill telling which
+/// DC a connection reached. TLS 1.3 only: the workspace builds rustls without TLS 1.2, so a
+/// backend that offers only TLS 1.2 fails every probe with a `ProtocolVersion` alert.
+#[derive(Clone, Debug)]
+pub struct TlsProber {
+    /// For the probes: checks against `--ca`, or accepts any certificate.
+    config: Arc<ClientConfig>,
+    /// For learning certificates: accepts any.
+    any: Arc<ClientConfig>,
+    /// Leaf certificate (DER) to the DCs it was seen from.
+    certs: HashMap<Vec<u8>, BTreeSet<String>>,
+}
+
+impl TlsProber {
+    /// Checks server certificates against the CA certificates in `ca` (PEM), or accepts any
+    /// certificate when `ca` is `None`.
+    pub fn new(ca: Option<&Path>) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let any = Arc::new(
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+                .with_no_client_auth(),
+        );
+        let config = match ca {
+            None => any.clone(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                {
+                    let cert = cert.with_context(|| format!("bad PEM in {}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("bad certificate in {}", path.display()))?;
+                }
+                ensure!(!roots.is_empty(), "no certificate in {}", path.display());
+                Arc::new(
+                    ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            }
+        };
+        Ok(TlsProber {
+            config,
+            any,
+            certs: HashMap::new(),
+        })
+    }
+
+    /// Connects through `gateway` with SNI `sni` (certificates not checked) and records the
+    /// leaf certificate as one of `dc`'s; why the connection failed, if it did.
+    pub async fn learn(&mut self, gateway: SocketAddr, sni: &str, dc: &str) -> Result<(), String> {
+        match handshake(&self.any, gateway, sni).await {
+            Ok(Some(leaf)) => {
+                self.certs
+                    .entry(leaf)
+                    .or_default()
+                    .insert(dc.to_ascii_lowercase());
+                Ok(())
+            }
+            Ok(None) => Err("no certificate".into()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Whether some certificate seen belongs to one DC only (connections can be placed).
+    pub fn can_attribute(&self) -> bool {
+        self.certs.values().any(|dcs| dcs.len() == 1)
+    }
+
+    /// The DCs some certificate seen belongs to exclusively.
+    pub fn attributable_dcs(&self) -> BTreeSet<String> {
+        self.certs
+            .values()
+            .filter(|d| d.len() == 1)
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Connects through `gateway` with SNI `sni`, completing the handshake within
+    /// [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self, gateway: SocketAddr, sni: &str) -> ConnectOutcome {
+        match handshake(&self.config, gateway, sni).await {
+            Ok(leaf) => ConnectOutcome::Connected {
+                dc: leaf
+                    .and_then(|l| self.certs.get(&l))
+                    .filter(|dcs| dcs.len() == 1)
+                    .and_then(|dcs| dcs.iter().next().cloned()),
+            },
+            Err(e) => ConnectOutcome::Failed(format!("{e:#}")),
+        }
+    }
+}
+
+/// A TLS handshake through `gateway`; the server's leaf certificate.
+async fn handshake(
+    config: &Arc<ClientConfig>,
+    gateway: SocketAddr,
+    sni: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let name = ServerName::try_from(sni.to_owned()).context("bad SNI")?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let attempt = async {
+        let tcp = TcpStream::connect(gateway).await.context("connect")?;
+        tcp.set_nodelay(true)?;
+        let mut tls = connector.connect(name, tcp).await.context("handshake")?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
+        // close_notify; the backend's answer is not waited for.
+        let _ = timeout(Duration::from_millis(200), tls.shutdown()).await;
+        anyhow::Ok(leaf)
+    };
+    timeout(CONNECT_TIMEOUT, attempt).await.context("timeout")?
+}
+
+/// Accepts any server certificate (the drill checks that connections complete, not whom they
+/// reach, unless `--ca` is given), still checking the handshake's signatures.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Everything one probe round of one DC needs.
+#[derive(Clone, Debug)]
+pub struct RoundProbe {
+    /// The HTTP client.
+    pub http: Http,
+    /// The probed node: its DNS server, gateway and status.
+    pub node: NodeInfo,
+    /// The name resolved (fully qualified, with the final dot).
+    pub qname: String,
+    /// The SNI sent through the gateway.
+    pub sni: String,
+    /// Instance addresses to DCs.
+    pub map: Arc<InstanceMap>,
+    /// The TLS client and the certificates seen.
+    pub tls: Arc<TlsProber>,
+}
+
+/// An outcome with the instants its query was sent and answered.
+#[derive(Clone, Debug)]
+pub struct At<T> {
+    /// Query sent.
+    pub sent: Instant,
+    /// Outcome known.
+    pub at: Instant,
+    /// What happened.
+    pub outcome: T,
+}
+
+impl<T: Clone> At<T> {
+    /// With its instants in milliseconds since `t0`.
+    pub fn relative_to(&self, t0: Instant) -> Timed<T> {
+        Timed {
+            sent_ms: ms_since(t0, self.sent),
+            at_ms: ms_since(t0, self.at),
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+/// One probe round as it happened.
+#[derive(Clone, Debug)]
+pub struct RawRound {
+    /// Every DC's status in the probed DC's view before the queries (None: unreadable).
+    pub before: Option<BTreeMap<String, String>>,
+    /// The same after them.
+    pub after: Option<BTreeMap<String, String>>,
+    /// The DNS query.
+    pub dns: At<DnsOutcome>,
+    /// The connection through the gateway (None: the DC has none).
+    pub gateway: Option<At<ConnectOutcome>>,
+}
+
+impl RawRound {
+    /// The round with its times in milliseconds since `t0`, for [`report`](super::report).
+    pub fn relative_to(&self, t0: Instant) -> Round {
+        Round {
+            status_before: self.before.clone(),
+            status_after: self.after.clone(),
+            dns: self.dns.relative_to(t0),
+            gateway: self.gateway.as_ref().map(|g| g.relative_to(t0)),
+        }
+    }
+}
+
+impl RoundProbe {
+    /// One round: the DC's status, a DNS query, a connection through its gateway, the status
+    /// again. Bounded by the timeouts of its four steps.
+    pub async fn round(&self) -> RawRound {
+        let before = dc_statuses(&self.http, &self.node, STATUS_TIMEOUT)
+            .await
+            .ok();
+        let sent = Instant::now();
+        let outcome = resolve_srv(self.node.dns, &self.qname, &self.map).await;
+        let dns = At {
+            sent,
+            at: Instant::now(),
+            outcome,
+        };
+        let gateway = match self.node.gateway {
+            Some(gw) => {
+                let sent = Instant::now();
+                let outcome = self.tls.connect(gw, &self.sni).await;
+                Some(At {
+                    sent,
+                    at: Instant::now(),
+                    outcome,
+                })
+            }
+            None => None,
+        };
+        let after = dc_statuses(&self.http, &self.node, STATUS_TIMEOUT)
+            .await
+            .ok();
+        tracing::trace!(dc = %self.node.dc, dns = ?dns.outcome, gateway = ?gateway.as_ref().map(|g| &g.outcome), "round");
+        RawRound {
+            before,
+            after,
+            dns,
+            gateway,
+        }
+    }
+}
+
+/// One DC's view of every datacenter (`GET /v1/coordinate/datacenters`): DC to status.
+pub async fn dc_statuses(
+    http: &Http,
+    node: &NodeInfo,
+    limit: Duration,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let v = http
+        .get_json(&node.url("/v1/coordinate/datacenters"), limit)
+        .await?;
+    parse_statuses(&v)
+}
+
+/// DC to status from a `/v1/coordinate/datacenters` answer.
+pub fn parse_statuses(v: &Value) -> anyhow::Result<BTreeMap<String, String>> {
+    let entries = v
+        .as_array()
+        .context("/v1/coordinate/datacenters is not an array")?;
+    let mut out = BTreeMap::new();
+    for e in entries {
+        if let (Some(dc), Some(status)) = (e["Datacenter"].as_str(), e["Status"].as_str()) {
+            out.insert(dc.to_ascii_lowercase(), status.to_ascii_lowercase());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a status means answers must not point at the DC.
+pub fn unavailable(status: &str) -> bool {
+    matches!(status, "down" | "drained")
+}
+
+/// Time since `start` in milliseconds (negative before it).
+pub fn ms_since(start: Instant, at: Instant) -> f64 {
+    if at >= start {
+        at.duration_since(start).as_secs_f64() * 1000.0
+    } else {
+        -(start.duration_since(at).as_secs_f64() * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_net::proto::rr::rdata::{A, SRV};
+    use hickory_net::proto::rr::{DNSClass, Record};
+    use serde_json::json;
+
+    fn map() -> InstanceMap {
+        let mut m = InstanceMap::new("consul");
+        let health = |addr: &str, port: u16| json!([{"Node": {"Address": "10.9.9.9"}, "Service": {"Address": addr, "Port": port}}]);
+        assert_eq!(m.add_health("dc1", &health("127.0.0.1", 9001)), 1);
+        assert_eq!(m.add_health("DC2", &health("127.0.0.1", 9002)), 1);
+        // The node's address stands in for an empty instance address.
+        assert_eq!(m.add_health("dc2", &health("", 9003)), 1);
+        // An address shared by two DCs places nothing.
+        m.add_health("dc1", &health("10.0.0.1", 80));
+        m.add_health("dc2", &health("10.0.0.1", 80));
+        m.add_health("dc2", &json!({"not": "an array"}));
+        m
+    }
+
+    #[test]
+    fn answers_are_placed_by_address_and_port_then_by_target() {
+        let m = map();
+        let lo = Some("127.0.0.1".parse().expect("ip"));
+        assert_eq!(m.dc_of(lo, 9001, "x").as_deref(), Some("dc1"));
+        assert_eq!(m.dc_of(lo, 9002, "x").as_deref(), Some("dc2"));
+        assert_eq!(
+            m.dc_of(Some("10.9.9.9".parse().expect("ip")), 9003, "x")
+                .as_deref(),
+            Some("dc2")
+        );
+        assert_eq!(
+            m.dc_of(lo, 1, "7f000001.addr.dc1.consul."),
+            Some("dc1".into())
+        );
+        assert_eq!(m.dc_of(lo, 1, "n1.node.dc2.consul"), Some("dc2".into()));
+        assert_eq!(m.dc_of(lo, 1, "7f000001.addr.dc9.consul."), None);
+        assert_eq!(m.dc_of(lo, 1, "7f000001.addr.dc1.other."), None);
+        let shared = Some("10.0.0.1".parse().expect("ip"));
+        assert_eq!(m.dc_of(shared, 80, "x"), None);
+        assert_eq!(m.instances_in("dc2"), 3);
+        assert_eq!(m.dcs().collect::<Vec<_>>(), ["dc1", "dc2"]);
+    }
+
+    #[test]
+    fn an_srv_answer_names_its_dcs() {
+        let m = map();
+        let mut msg = Message::response(1, hickory_net::proto::op::OpCode::Query);
+        let asked = Name::from_ascii("web.service.consul.").expect("name");
+        for (target, port) in [
+            ("a.addr.dc1.consul.", 9001),
+            ("b.example.", 9002),
+            ("c.x.", 7),
+        ] {
+            let t = Name::from_ascii(target).expect("name");
+            msg.answers.push(Record::from_rdata(
+                asked.clone(),
+                0,
+                RData::SRV(SRV::new(1, 1, port, t.clone())),
+            ));
+            let mut a = Record::from_rdata(t, 0, RData::A(A::new(127, 0, 0, 1)));
+            a.dns_class = DNSClass::IN;
+            msg.additionals.push(a);
+        }
+        let DnsOutcome::Answered { dcs, unattributed } = place(&msg, &m) else {
+            panic!("answered");
+        };
+        assert_eq!(dcs.into_iter().collect::<Vec<_>>(), ["dc1", "dc2"]);
+        assert_eq!(unattributed, 1);
+        let empty = Message::response(1, hickory_net::proto::op::OpCode::Query);
+        assert!(matches!(place(&empty, &m), DnsOutcome::Failed(_)));
+        let mut nx = Message::response(1, hickory_net::proto::op::OpCode::Query);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        assert!(matches!(place(&nx, &m), DnsOutcome::Failed(_)));
+    }
+
+    #[test]
+    fn statuses_are_read_and_judged() {
+        let v = json!([
+            {"Datacenter": "dc1", "Local": true, "Status": "up", "RttMs": null, "Stale": false, "ForMs": 1},
+            {"Datacenter": "DC2", "Local": false, "Status": "Drained", "RttMs": 0.4, "Stale": false, "ForMs": 1},
+            {"Datacenter": "dc3"}
+        ]);
+        let s = parse_statuses(&v).expect("parsed");
+        assert_eq!(s.get("dc2").map(String::as_str), Some("drained"));
+        assert_eq!(s.len(), 2);
+        assert!(unavailable("down") && unavailable("drained"));
+        assert!(!unavailable("suspect") && !unavailable("up"));
+        assert!(parse_statuses(&json!({})).is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(base_url("127.0.0.1:8500"), "http://127.0.0.1:8500");
+        assert_eq!(base_url("http://h:1/"), "http://h:1");
+    }
+
+    #[tokio::test]
+    async fn wildcard_addresses_become_the_api_host() {
+        let a = reachable("http://127.0.0.1:8500", "0.0.0.0:8600")
+            .await
+            .expect("address");
+        assert_eq!(a, "127.0.0.1:8600".parse().expect("addr"));
+        let b = reachable("http://127.0.0.1:8500", "10.1.1.1:53")
+            .await
+            .expect("address");
+        assert_eq!(b, "10.1.1.1:53".parse().expect("addr"));
+        assert!(reachable("http://127.0.0.1:8500", "nope").await.is_err());
+    }
+}

@@ -21,6 +21,9 @@ pub struct GatewayCounters {
     pub hello_failures: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// Connections to another DC that never answered, resolved and sent again (the client saw
+    /// nothing of the failure).
+    pub rescues: AtomicU64,
     /// The tunnel, when there is one (its counters and connections are rendered too).
     pub tunnel: std::sync::OnceLock<std::sync::Arc<crate::tunnel::Tunnel>>,
 }
@@ -75,6 +78,12 @@ impl GatewayCounters {
                 "counter",
                 "ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).",
                 load(&self.hello_failures),
+            ),
+            (
+                "meridian_gateway_rescued_total",
+                "counter",
+                "Connections to another DC that never answered, resolved and sent again.",
+                load(&self.rescues),
             ),
             (
                 "meridian_gateway_connections_open",

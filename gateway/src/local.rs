@@ -327,17 +327,73 @@ impl LocalGateway {
                 .await?;
                 Ok(("local", up + buf.len() as u64, down))
             }
-            Target::Remote { dc, gateways } => {
+            Target::Remote {
+                mut dc,
+                mut gateways,
+            } => {
                 let Some(tunnel) = &self.tunnel else {
                     return Err(ConnError::Remote { sni, dc });
                 };
-                let (mut remote, _permit) = tunnel.open(&dc, &gateways).await?;
-                let mut first = Header { name: sni, dc }
-                    .encode()
-                    .ok_or_else(|| ConnError::BadHeader("name too long".into()))?;
-                // Header and ClientHello in one write: one frame, one packet across the WAN.
-                first.extend_from_slice(&buf);
-                remote.write_all(&first).await?;
+                let mut rescues = 0;
+                let (mut remote, _permit, answer) = loop {
+                    let attempt = async {
+                        let (mut remote, permit) = tunnel.open(&dc, &gateways).await?;
+                        let mut first = Header {
+                            name: sni.clone(),
+                            dc: dc.clone(),
+                        }
+                        .encode()
+                        .ok_or_else(|| ConnError::BadHeader("name too long".into()))?;
+                        // Header and ClientHello in one write: one frame, one packet across the
+                        // WAN.
+                        first.extend_from_slice(&buf);
+                        let answer = tokio::time::timeout(
+                            self.config.idle_timeout,
+                            first_answer(&mut remote, &first),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+                        })?;
+                        Ok::<_, ConnError>((remote, permit, answer))
+                    };
+                    let error = match attempt.await {
+                        Ok(done) => break done,
+                        Err(e) => e,
+                    };
+                    // Nothing reached the client yet: if the name now resolves elsewhere (the DC
+                    // was just found down), replay the ClientHello there.
+                    let next = self.target(&sni, false)?;
+                    let moved = match &next {
+                        Target::Remote { dc: d, .. } => !d.eq_ignore_ascii_case(&dc),
+                        Target::Local(_) => true,
+                    };
+                    if !moved || rescues == MAX_RESCUES {
+                        return Err(error);
+                    }
+                    rescues += 1;
+                    self.counters.rescues.fetch_add(1, Ordering::Relaxed);
+                    debug!(%dc, error = %error, "remote DC did not answer; sending the connection where the name resolves now");
+                    match next {
+                        Target::Remote { dc: d, gateways: g } => (dc, gateways) = (d, g),
+                        Target::Local(candidates) => {
+                            let (mut backend, _guard) = self.connect(&sni, candidates).await?;
+                            backend.write_all(&buf).await?;
+                            let (up, down) = crate::relay::copy_both(
+                                client,
+                                &mut backend,
+                                self.config.idle_timeout,
+                                &self.counters,
+                            )
+                            .await?;
+                            return Ok(("local", up + buf.len() as u64, down));
+                        }
+                    }
+                };
+                client.write_all(&answer).await?;
+                self.counters
+                    .bytes_down
+                    .fetch_add(answer.len() as u64, Ordering::Relaxed);
                 let (up, down) = crate::relay::copy_both(
                     client,
                     &mut remote,
@@ -345,7 +401,7 @@ impl LocalGateway {
                     &self.counters,
                 )
                 .await?;
-                Ok(("remote", up + buf.len() as u64, down))
+                Ok(("remote", up + buf.len() as u64, down + answer.len() as u64))
             }
         }
     }
@@ -504,6 +560,27 @@ async fn read_hello(client: &mut TcpStream) -> Result<(Vec<u8>, String), ConnErr
             return Err(ConnError::ClientClosed);
         }
     }
+}
+
+/// Most times a connection to another DC that never answered is resolved and sent again.
+const MAX_RESCUES: usize = 2;
+
+/// Writes `first` (header and ClientHello) to a tunnel stream and waits for the remote side's
+/// first bytes. Until they come the client has received nothing, so a stream that fails here can
+/// still be sent elsewhere with the same ClientHello.
+async fn first_answer<S>(remote: &mut S, first: &[u8]) -> io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    remote.write_all(first).await?;
+    let mut answer = Vec::with_capacity(crate::relay::BUF);
+    if remote.read_buf(&mut answer).await? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the remote side closed without answering",
+        ));
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::counters::GatewayCounters;
 
 /// Buffer per direction: large enough for bulk transfers, small enough for many connections.
-const BUF: usize = 16 * 1024;
+pub(crate) const BUF: usize = 16 * 1024;
 
 /// Copies `a`→`b` and `b`→`a` until both directions have ended; returns the bytes copied each
 /// way. Fails with `TimedOut` after `idle` without traffic.

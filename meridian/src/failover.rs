@@ -303,14 +303,18 @@ impl Runner {
                 .as_ref()
                 .is_none_or(|p| differs(p, &failover));
             if changed || input_changed {
-                if let Some(p) = &self.published {
-                    self.count_transitions(p, &failover);
-                    self.cut_dead(p, &failover);
-                }
+                let newly_down = match &self.published {
+                    Some(p) => {
+                        self.count_transitions(p, &failover);
+                        newly_down(p, &failover)
+                    }
+                    None => Vec::new(),
+                };
                 let failover = Arc::new(failover);
                 self.published = Some(failover.clone());
                 let view = View::clone(&self.last_input).with_failover(failover);
                 out.send_replace(Arc::new(view));
+                self.cut_dead(newly_down);
             }
         }
     }
@@ -323,24 +327,26 @@ impl Runner {
         Arc::new(View::clone(view).with_failover(failover))
     }
 
-    /// Closes the tunnel to every DC that just went down, so that connections stuck on it end
-    /// now (their clients retry and are routed to a live DC) instead of at the idle timeout.
-    fn cut_dead(&self, old: &Failover, new: &Failover) {
-        let Some(tunnel) = self.tunnel.get() else {
+    /// Closes the tunnel to every DC in `down` (just found down), so that connections stuck on
+    /// it end now instead of at the idle timeout: the gateway sends those that never got an
+    /// answer where the name resolves now, and clients of the others reconnect. A moment after
+    /// the view without the DC is published, so that the gateway already reads it.
+    fn cut_dead(&self, down: Vec<Arc<str>>) {
+        if down.is_empty() {
+            return;
+        }
+        for dc in &down {
+            tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
+        }
+        let Some(tunnel) = self.tunnel.get().cloned() else {
             return;
         };
-        for (dc, l) in &new.liveness {
-            let was_down = old
-                .liveness
-                .get(dc)
-                .is_some_and(|o| o.status == DcStatus::Down);
-            if l.status == DcStatus::Down && !was_down {
-                tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
-                tunnel.disconnect(dc);
-            } else if was_down && l.status != DcStatus::Down {
-                tracing::warn!(%dc, status = l.status.as_str(), "datacenter back");
+        tokio::spawn(async move {
+            tokio::time::sleep(CUT_DELAY).await;
+            for dc in down {
+                tunnel.disconnect(&dc);
             }
-        }
+        });
     }
 
     fn count_transitions(&self, old: &Failover, new: &Failover) {
@@ -457,6 +463,24 @@ impl Runner {
         }
     }
 }
+
+/// The DCs `down` in `new` and not in `old`.
+fn newly_down(old: &Failover, new: &Failover) -> Vec<Arc<str>> {
+    new.liveness
+        .iter()
+        .filter(|(dc, l)| {
+            l.status == DcStatus::Down
+                && !old
+                    .liveness
+                    .get(*dc)
+                    .is_some_and(|o| o.status == DcStatus::Down)
+        })
+        .map(|(dc, _)| dc.clone())
+        .collect()
+}
+
+/// How long after publishing a view without a dead DC its tunnel connections are closed.
+const CUT_DELAY: Duration = Duration::from_millis(50);
 
 /// Whether readers must see `new`: a status, staleness or hold changed, or an RTT moved by more
 /// than a fifth (which may reorder the nearest DCs).

@@ -241,7 +241,7 @@ fn pinned(core: Option<usize>, program: &Path) -> Command {
 fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) -> Result<Server> {
     let kdir = dir.join("knot");
     std::fs::create_dir_all(&kdir)?;
-    let port = crate::free_port()?;
+    let port = crate::tools::free_port()?;
     std::fs::write(kdir.join("consul.zone"), zone_text)?;
     let conf = kdir.join("knot.conf");
     std::fs::write(
@@ -276,11 +276,11 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
 /// `[dns] threads = 1` is explicit.
 fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Server, u16)> {
     let [http, dns, rpc, wan, gw] = [
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
     ];
     let conf = dir.join("meridian.toml");
     std::fs::write(
@@ -320,7 +320,7 @@ async fn register(http_port: u16, insts: Vec<Instance>) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    crate::wait_leader(&client, &[http_port]).await?;
+    crate::tools::wait_leader(&client, &[http_port]).await?;
     let url = Arc::new(format!(
         "http://127.0.0.1:{http_port}/v1/agent/service/register"
     ));

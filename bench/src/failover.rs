@@ -129,7 +129,7 @@ struct Backend {
 
 impl Backend {
     fn new(nginx: &Path, dir: &Path, dc: &str, cert: &Path, key: &Path) -> Result<Backend> {
-        let port = crate::free_port()?;
+        let port = crate::tools::free_port()?;
         let prefix = dir.join(format!("nginx-{dc}"));
         std::fs::create_dir_all(&prefix)?;
         std::fs::write(
@@ -270,11 +270,11 @@ fn backend_cert(openssl: &Path, dir: &Path, dc: &str) -> Result<(PathBuf, PathBu
 /// A one-node DC's config: default settings except dc3's preference for dc1, then dc2.
 fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Result<Dc> {
     let (http, dns, rpc, wan, gw) = (
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
     );
     let mut peer_tables = String::new();
     for (peer, port) in peers {

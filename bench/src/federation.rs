@@ -532,11 +532,11 @@ impl Ports {
 
     fn free() -> Result<Ports> {
         Ok(Ports {
-            http: crate::free_port()?,
-            dns: crate::free_port()?,
-            rpc: crate::free_port()?,
-            wan: crate::free_port()?,
-            gateway: crate::free_port()?,
+            http: crate::tools::free_port()?,
+            dns: crate::tools::free_port()?,
+            rpc: crate::tools::free_port()?,
+            wan: crate::tools::free_port()?,
+            gateway: crate::tools::free_port()?,
         })
     }
 }
@@ -1393,7 +1393,7 @@ async fn phases(
     let probe_port = if netns.is_some() {
         PROBE_PORT
     } else {
-        crate::free_port()?
+        crate::tools::free_port()?
     };
     let probe = TcpListener::bind(("127.0.0.1", probe_port))?;
 
@@ -1446,7 +1446,7 @@ async fn phases(
 
     // 1. dc1 alone, loaded.
     let mut dc1 = Agent::start(bin, dir, "dc1", ports[0], None)?;
-    crate::wait_leader(&http, &[dc1.ports.http]).await?;
+    crate::tools::wait_leader(&http, &[dc1.ports.http]).await?;
     dc1.check_running()?;
     let mut cpu: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     let mut mark = |phase: &str, agents: &[(&str, u32)]| {

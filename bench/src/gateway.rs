@@ -578,7 +578,7 @@ fn start_backend(
     www: &Path,
     core: Option<usize>,
 ) -> Result<(Proc, u16)> {
-    let port = crate::free_port()?;
+    let port = crate::tools::free_port()?;
     let prefix = dir.join("backend");
     std::fs::create_dir_all(&prefix)?;
     let conf = prefix.join("nginx.conf");
@@ -612,7 +612,7 @@ fn start_nginx_stream(
     backend: u16,
     core: Option<usize>,
 ) -> Result<(Proc, u16)> {
-    let port = crate::free_port()?;
+    let port = crate::tools::free_port()?;
     let prefix = dir.join("nginx-stream");
     std::fs::create_dir_all(&prefix)?;
     let conf = prefix.join("nginx.conf");
@@ -641,7 +641,7 @@ fn start_haproxy(
     backend: u16,
     core: Option<usize>,
 ) -> Result<(Proc, u16)> {
-    let port = crate::free_port()?;
+    let port = crate::tools::free_port()?;
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
         &conf,
@@ -665,11 +665,11 @@ fn start_haproxy(
 /// its tokio runtime at one worker thread. Returns the process, its gateway and HTTP ports.
 fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Proc, u16, u16)> {
     let [http, dns, rpc, wan, gw] = [
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
-        crate::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
+        crate::tools::free_port()?,
     ];
     let conf = dir.join("meridian.toml");
     std::fs::write(
@@ -708,7 +708,7 @@ async fn register(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    crate::wait_leader(&client, &[http_port]).await?;
+    crate::tools::wait_leader(&client, &[http_port]).await?;
     let r = client
         .put(format!(
             "http://127.0.0.1:{http_port}/v1/agent/service/register"

@@ -67,3 +67,31 @@ pub fn apt_install(bench: &str, packages: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A free TCP port on loopback (the kernel's pick).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until every agent on `http_ports` knows a Raft leader (60 s at most in all).
+pub async fn wait_leader(http: &reqwest::Client, http_ports: &[u16]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for port in http_ports {
+        let url = format!("http://127.0.0.1:{port}/v1/status/leader");
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && let Ok(s) = r.json::<String>().await
+                && !s.is_empty()
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no leader known at 127.0.0.1:{port} within 60 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

@@ -837,7 +837,7 @@ async fn measure(
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    crate::wait_leader(&http, &ports.map(|p| p.http)).await?;
+    crate::tools::wait_leader(&http, &ports.map(|p| p.http)).await?;
     for dc1 in [&q1, &t1] {
         let r = http
             .put(dc1.url("/v1/agent/service/register"))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, then every test (unit, storage conformance, and real
-# `meridian` processes), all in the one release profile so RocksDB is compiled once.
+# The whole test suite: format, lints, every test (unit, storage conformance, and real
+# `meridian` processes), then every benchmark's quick run, all in the one release profile so
+# RocksDB is compiled once.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 started=$(date +%s)
@@ -13,3 +14,12 @@ else
     cargo test --release --workspace --no-fail-fast
 fi
 echo "meridian: tests finished in $(( $(date +%s) - started )) s"
+# Every benchmark in its short form, beside its peers: fails only when a run could not complete
+# (a target missed is a finding in the report, not a failure). The WAN benchmarks need root for
+# their network namespace; MERIDIAN_SKIP_BENCH=1 skips this step.
+if [ "${MERIDIAN_SKIP_BENCH:-0}" != 1 ]; then
+    bench_started=$(date +%s)
+    cargo build --release -p meridian -p meridian-bench --bins
+    "$CARGO_TARGET_DIR/release/meridian-bench" all --quick --out "$CARGO_TARGET_DIR/bench-quick"
+    echo "meridian: quick benchmarks finished in $(( $(date +%s) - bench_started )) s; reports in $CARGO_TARGET_DIR/bench-quick"
+fi

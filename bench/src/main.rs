@@ -23,11 +23,13 @@
 //! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
 //! (Consul's way) and directly (see [`wan`]).
 
+mod all;
 mod catalog;
 mod dns;
 mod failover;
 mod federation;
 mod gateway;
+mod profile;
 mod tools;
 mod wan;
 
@@ -49,12 +51,20 @@ struct Cli {
     /// Where to write the JSON and Markdown reports.
     #[arg(long, global = true, default_value = "bench/results")]
     out: PathBuf,
+    /// Record a CPU profile of Meridian during the benchmark (`perf record`, all CPUs, then the
+    /// `meridian` processes' stacks) and write it as `<bench>.folded` and a `<bench>.svg`
+    /// flamegraph next to the reports.
+    #[arg(long, global = true)]
+    profile: bool,
     #[command(subcommand)]
     what: What,
 }
 
 #[derive(Subcommand)]
 enum What {
+    /// Every benchmark in turn, each as its own process (one that cannot complete does not stop
+    /// the others), then a summary in `all.md` and `all.json`.
+    All,
     /// Acknowledged registrations per second on a 3-node datacenter.
     Catalog {
         /// Concurrent clients.
@@ -219,7 +229,7 @@ fn today() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bin = match cli.meridian {
+    let bin = match cli.meridian.clone() {
         Some(b) => b,
         None => std::env::current_exe()?
             .parent()
@@ -233,7 +243,49 @@ async fn main() -> Result<()> {
         );
     }
     std::fs::create_dir_all(&cli.out)?;
+    let profile = if cli.profile && !matches!(cli.what, What::All) && !in_netns(&cli.what) {
+        Some(profile::Recorder::start(&cli.out, cli.what.name())?)
+    } else {
+        None
+    };
+    let result = run(cli, &bin).await;
+    if let Some(p) = profile {
+        match p.finish() {
+            Ok(svg) => eprintln!("profile: {}", svg.display()),
+            Err(e) => eprintln!("profile: not recorded: {e:#}"),
+        }
+    }
+    result
+}
+
+/// Whether this process is a benchmark re-run inside its own network namespace (its parent,
+/// outside, does the profiling).
+fn in_netns(what: &What) -> bool {
+    match what {
+        What::Federation { in_netns, .. } | What::Wan { in_netns, .. } => in_netns.is_some(),
+        _ => false,
+    }
+}
+
+impl What {
+    /// The benchmark's name, as on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            What::All => "all",
+            What::Catalog { .. } => "catalog",
+            What::Dns { .. } => "dns",
+            What::Federation { .. } => "federation",
+            What::Gateway { .. } => "gateway",
+            What::Failover { .. } => "failover",
+            What::Wan { .. } => "wan",
+        }
+    }
+}
+
+async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
+    let bin = bin.to_owned();
     match cli.what {
+        What::All => all::run(&bin, cli.quick, cli.profile, &cli.out)?,
         What::Catalog {
             clients,
             count,

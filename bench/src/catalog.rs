@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::tools::free_port;
+use crate::tools::{Meter, ProcessUsage, free_port, mib};
 use crate::{machine, median, today};
 
 /// Runs `reps` repetitions of `count` registrations by `clients` clients (all to node `node`
@@ -52,7 +52,7 @@ pub async fn run(
     };
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out.join("catalog.json"), &json)?;
-    let md = format!(
+    let mut md = format!(
         "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
          |---|---|---|---|---|---|\n\
          | catalog, 3-node DC, fsync | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
@@ -63,9 +63,49 @@ pub async fn run(
         report.median_p50_ms,
         report.median_p99_ms
     );
+    md.push_str(&resources_table(&report.runs)?);
     std::fs::write(out.join("catalog.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// Each node's CPU seconds and peak RSS per repetition, and the three nodes' CPU per
+/// acknowledged registration.
+fn resources_table(runs: &[CatalogRun]) -> Result<String> {
+    let mut s = String::from(
+        "\nCPU seconds (user + system) of each agent over the load, from the first registration \
+         to the last answer, and its peak RSS (VmHWM):\n\n\
+         | rep | n1 CPU / peak RSS | n2 | n3 | CPU of the 3 nodes per registration |\n\
+         |---|---|---|---|---|\n",
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let cells: Vec<String> = r
+            .processes
+            .iter()
+            .map(|p| {
+                let leader = if r.leader.as_deref() == Some(p.name.as_str()) {
+                    " (leader)"
+                } else {
+                    ""
+                };
+                format!("{}{leader}", p.cell())
+            })
+            .collect();
+        writeln!(
+            s,
+            "| {} | {} | {:.0} µs |",
+            i + 1,
+            cells.join(" | "),
+            r.cpu_us_per_registration
+        )?;
+    }
+    let peak = runs
+        .iter()
+        .flat_map(|r| r.processes.iter().map(|p| p.peak_rss_kib))
+        .max()
+        .unwrap_or(0);
+    writeln!(s, "\nHighest peak RSS of a node: {}.", mib(peak))?;
+    Ok(s)
 }
 
 #[derive(Serialize)]
@@ -79,6 +119,13 @@ struct CatalogRun {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The node that was the Raft leader at the end of the load (`n1`..`n3`), when known.
+    leader: Option<String>,
+    /// Each agent's CPU seconds over the load (first registration to last answer) and its peak
+    /// RSS (VmHWM, read at the end of the load).
+    processes: Vec<ProcessUsage>,
+    /// The three agents' CPU microseconds per acknowledged registration.
+    cpu_us_per_registration: f64,
 }
 
 #[derive(Serialize)]
@@ -93,8 +140,10 @@ struct CatalogReport {
 }
 
 struct Node {
+    name: String,
     child: Child,
     http: u16,
+    rpc: u16,
 }
 
 impl Drop for Node {
@@ -154,7 +203,12 @@ fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        nodes.push(Node { child, http: p[0] });
+        nodes.push(Node {
+            name,
+            child,
+            http: p[0],
+            rpc: p[2],
+        });
     }
     Ok(nodes)
 }
@@ -182,6 +236,10 @@ async fn catalog_once(
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let mut meters: Vec<Meter> = nodes
+        .iter()
+        .map(|n| Meter::start(&n.name, n.child.id()))
+        .collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -222,7 +280,13 @@ async fn catalog_once(
         failed += f;
     }
     let seconds = started.elapsed().as_secs_f64();
+    for m in &mut meters {
+        m.sample();
+    }
+    let leader = leader_name(&http, &nodes).await;
     drop(nodes);
+    let processes: Vec<ProcessUsage> = meters.iter().map(Meter::usage).collect();
+    let cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
     lat.sort();
     let pct = |p: f64| -> f64 {
         if lat.is_empty() {
@@ -241,5 +305,24 @@ async fn catalog_once(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
+        leader,
+        processes,
+        cpu_us_per_registration: cpu * 1e6 / lat.len().max(1) as f64,
     })
+}
+
+/// The name of the node the first answering node names as the Raft leader (by RPC address).
+async fn leader_name(http: &reqwest::Client, nodes: &[Node]) -> Option<String> {
+    for n in nodes {
+        let url = format!("http://127.0.0.1:{}/v1/status/leader", n.http);
+        if let Ok(r) = http.get(&url).send().await
+            && let Ok(addr) = r.json::<String>().await
+            && let Some(l) = nodes
+                .iter()
+                .find(|m| addr == format!("127.0.0.1:{}", m.rpc))
+        {
+            return Some(l.name.clone());
+        }
+    }
+    None
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::tools::find_tool;
+use crate::tools::{self, find_tool};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
@@ -205,6 +205,11 @@ impl Server {
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its CPU seconds so far; an error once it is gone.
+    fn cpu_seconds(&self) -> Result<f64> {
+        tools::cpu_seconds(self.pid()).with_context(|| format!("{} is gone", self.name))
     }
 
     fn check_running(&mut self, log: &Path) -> Result<()> {
@@ -573,29 +578,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rfind(')')
-        .and_then(|i| stat.get(i + 2..))
-        .context("odd /proc/pid/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14 and stime 15.
-    let utime: f64 = f.get(11).context("no utime")?.parse()?;
-    let stime: f64 = f.get(12).context("no stime")?.parse()?;
-    Ok((utime + stime) / ticks)
-}
-
 /// Busy CPU seconds of the whole machine (all cores), from the first line of /proc/stat.
 fn machine_busy_seconds(ticks: f64) -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
@@ -614,20 +596,6 @@ fn machine_busy_seconds(ticks: f64) -> Result<f64> {
         .map(|(_, v)| v)
         .sum();
     Ok(busy / ticks)
-}
-
-/// Peak resident set (VmHWM) in KiB, from /proc/<pid>/status.
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("no VmHWM value")?
-        .parse()?)
 }
 
 /// What one dnsperf run printed.
@@ -727,7 +695,7 @@ impl Load<'_> {
         if let Some(r) = rate {
             cmd.args(["-Q", &format!("{}", r.round() as u64)]);
         }
-        let cpu0 = cpu_seconds(server.pid(), self.ticks)?;
+        let cpu0 = server.cpu_seconds()?;
         let busy0 = machine_busy_seconds(self.ticks)?;
         let mut child = cmd
             .stdin(Stdio::null())
@@ -738,7 +706,7 @@ impl Load<'_> {
         let deadline = Instant::now() + Duration::from_secs(seconds + 20);
         let mut client_cpu = 0.0;
         let status = loop {
-            if let Ok(c) = cpu_seconds(child.id(), self.ticks) {
+            if let Some(c) = tools::cpu_seconds(child.id()) {
                 client_cpu = c;
             }
             if let Some(s) = child.try_wait()? {
@@ -751,7 +719,7 @@ impl Load<'_> {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let cpu = cpu_seconds(server.pid(), self.ticks)? - cpu0;
+        let cpu = server.cpu_seconds()? - cpu0;
         let busy = machine_busy_seconds(self.ticks)? - busy0;
         let text = std::fs::read_to_string(&out_path)?;
         if !status.success() {
@@ -859,7 +827,7 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         dir: dir.path(),
         core: client_core,
         outstanding: opt.outstanding,
-        ticks: clock_ticks(),
+        ticks: tools::clock_ticks(),
         retries: if quick { 0 } else { 2 },
     };
     // Warm-up (not recorded): caches, first allocations, the kernel's socket buffers.
@@ -926,7 +894,8 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
             cpu_seconds: runs.iter().filter(mine).map(|r| r.server_cpu_seconds).sum(),
             median_cpu_us_per_query: med(s.name, |r| r.server_cpu_us_per_query),
             avg_response_bytes: med(s.name, |r| r.avg_response_bytes),
-            peak_rss_kib: peak_rss_kib(s.pid())?,
+            peak_rss_kib: tools::status_kib(s.pid(), "VmHWM:")
+                .with_context(|| format!("{} ended before its peak RSS was read", s.name))?,
             latency_at_target_rate_ms: rated.map(|r| r.avg_latency_ms),
             qps_at_target_rate: rated.map(|r| r.qps),
         });

@@ -37,6 +37,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::tools::{Meter, ProcessUsage, mib};
+
 /// What `meridian-bench failover` was asked for.
 pub struct Options {
     /// Drain drills.
@@ -87,10 +89,17 @@ impl Proc {
         })
     }
 
-    /// SIGKILL, and reap.
-    fn kill9(mut self) {
+    /// SIGKILL, and reap; `meter` (if measuring) reads the process just before.
+    fn kill9(mut self, meter: Option<&mut Meter>) {
+        if let Some(m) = meter {
+            m.sample();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn check_running(&mut self) -> Result<()> {
@@ -115,6 +124,8 @@ struct Dc {
     config: PathBuf,
     agent: Option<Proc>,
     backend: Option<Backend>,
+    /// The agent's CPU and memory over the measured runs, once they begin.
+    meter: Option<Meter>,
 }
 
 /// An nginx TLS backend on a fixed port (so that it comes back where it was registered), with
@@ -125,6 +136,8 @@ struct Backend {
     prefix: PathBuf,
     nginx: PathBuf,
     proc: Option<Proc>,
+    /// Its CPU and memory over the measured runs, once they begin.
+    meter: Option<Meter>,
 }
 
 impl Backend {
@@ -152,6 +165,7 @@ impl Backend {
             prefix,
             nginx: nginx.to_owned(),
             proc: None,
+            meter: None,
         };
         b.start()?;
         Ok(b)
@@ -174,8 +188,18 @@ impl Backend {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(m) = self.meter.as_mut() {
+            m.restarted(p.pid());
+        }
         self.proc = Some(p);
         Ok(())
+    }
+
+    /// `kill -9`, its meter read just before.
+    fn kill9(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill9(self.meter.as_mut());
+        }
     }
 }
 
@@ -186,12 +210,46 @@ impl Dc {
             "RUST_LOG",
             std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into()),
         );
-        self.agent = Some(Proc::spawn(
-            self.name,
-            cmd,
-            &dir.join(format!("{}.log", self.name)),
-        )?);
+        let agent = Proc::spawn(self.name, cmd, &dir.join(format!("{}.log", self.name)))?;
+        if let Some(m) = self.meter.as_mut() {
+            m.restarted(agent.pid());
+        }
+        self.agent = Some(agent);
         Ok(())
+    }
+
+    /// `kill -9` of the agent, its meter read just before.
+    fn kill9(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.kill9(self.meter.as_mut());
+        }
+    }
+
+    /// Starts measuring the agent's and the backend's CPU and memory.
+    fn start_meters(&mut self) {
+        self.meter = self
+            .agent
+            .as_ref()
+            .map(|a| Meter::start(self.name, a.pid()));
+        if let Some(b) = self.backend.as_mut() {
+            b.meter = b
+                .proc
+                .as_ref()
+                .map(|p| Meter::start(&format!("nginx {}", self.name), p.pid()));
+        }
+    }
+
+    /// The agent's and the backend's figures, read now.
+    fn usage(&mut self) -> Vec<ProcessUsage> {
+        let backend = self.backend.as_mut().and_then(|b| b.meter.as_mut());
+        [self.meter.as_mut(), backend]
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                m.sample();
+                m.usage()
+            })
+            .collect()
     }
 
     fn url(&self, path: &str) -> String {
@@ -309,6 +367,7 @@ fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Re
         config: file,
         agent: None,
         backend: None,
+        meter: None,
     })
 }
 
@@ -538,13 +597,9 @@ async fn loss_once(
 
     let t0 = Instant::now();
     let dc1 = &mut dcs[0];
-    if let Some(a) = dc1.agent.take() {
-        a.kill9();
-    }
-    if let Some(b) = dc1.backend.as_mut()
-        && let Some(p) = b.proc.take()
-    {
-        p.kill9();
+    dc1.kill9();
+    if let Some(b) = dc1.backend.as_mut() {
+        b.kill9();
     }
     ctl_tx.send_modify(|_| {}); // a round at once
     let deadline = t0 + FAILOVER_TIMEOUT;
@@ -712,6 +767,11 @@ struct Report {
     loss: Summary,
     drain_runs: Vec<RunResult>,
     loss_runs: Vec<RunResult>,
+    /// From the first drain to the end of the last loss run.
+    measured_seconds: f64,
+    /// Each agent's and backend's CPU seconds over the runs (every incarnation of dc1's, which
+    /// each loss kills and starts again) and its peak RSS (the highest VmHWM of those).
+    processes: Vec<ProcessUsage>,
     /// Drain p99 < 1 s, loss p99 < 3 s, no run without failover, zero stale answers.
     targets_met: bool,
 }
@@ -767,6 +827,25 @@ fn markdown(r: &Report) -> String {
                 cell(x.slowest_gateway_failure_ms)
             );
         }
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU seconds (user + system) of each process over the {:.0} s of runs, and its peak \
+         RSS (VmHWM; dc1's agent and nginx are killed and started again by every DC loss: their \
+         figures add up every start):\n\n\
+         | process | CPU s | peak RSS | RSS at the end | starts |\n|---|---|---|---|---|",
+        r.measured_seconds
+    );
+    for p in &r.processes {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} s | {} | {} | {} |",
+            p.name,
+            p.cpu_seconds,
+            mib(p.peak_rss_kib),
+            mib(p.rss_kib),
+            p.starts
+        );
     }
     let _ = writeln!(
         s,
@@ -887,6 +966,10 @@ async fn measure(
         tls: Arc::new(tls),
     };
 
+    for dc in &mut dcs {
+        dc.start_meters();
+    }
+    let measured = Instant::now();
     let mut drain_runs = Vec::new();
     for i in 0..opt.drains {
         steady(&probe).await?;
@@ -921,6 +1004,8 @@ async fn measure(
         );
         loss_runs.push(r);
     }
+    let measured_seconds = measured.elapsed().as_secs_f64();
+    let processes: Vec<ProcessUsage> = dcs.iter_mut().flat_map(Dc::usage).collect();
     let drain = summarize(&drain_runs);
     let loss = summarize(&loss_runs);
     let targets_met = drain.failover_missing == 0
@@ -939,6 +1024,8 @@ async fn measure(
         loss,
         drain_runs,
         loss_runs,
+        measured_seconds,
+        processes,
         targets_met,
     };
     std::fs::write(

@@ -17,7 +17,10 @@
 //! rebuilt from dc1's API; (3) dc3 joins likewise; (4) an idle window measures heartbeat bytes;
 //! (5) convergence: one registration at a time in dc1, and from its HTTP acknowledgement, DNS
 //! queries to dc2 and dc3 every millisecond until the answer holds the new address; (6) steady
-//! state: single registrations 50 ms apart, and the bytes dc2 received per change.
+//! state: single registrations 50 ms apart, and the bytes dc2 received per change; (7) memory:
+//! three fresh DCs register 100,000 instances between them (10,000 with `--quick`), a third
+//! each, and once every replica has converged each agent's RSS is read (every node then holds
+//! all of them). Each agent's CPU seconds per phase and peak RSS are reported too.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,7 +33,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::tools::is_root;
+use crate::tools::{Meter, ProcessUsage, is_root, mib, status_kib};
 use anyhow::{Context, Result, bail, ensure};
 use meridian_protos::federation as pb;
 use prost::Message as _;
@@ -685,39 +688,10 @@ async fn received(http: &reqwest::Client, sub: &Agent, origin: &str) -> Result<B
 // ---------------------------------------------------------------------------------------------
 // /proc.
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process.
+/// CPU seconds of an agent since it started (0 once it is gone: every phase checks that the
+/// agents still run).
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> f64 { f.get(i).and_then(|x| x.parse().ok()).unwrap_or(0.0) };
-    (field(11) + field(12)) / clock_ticks()
-}
-
-/// A `Vm*` line of /proc/<pid>/status, in KiB.
-fn vm_kib(pid: u32, what: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(what))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::tools::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -970,8 +944,42 @@ struct Process {
     dc: String,
     /// CPU seconds in each phase.
     cpu_seconds: BTreeMap<String, f64>,
-    peak_rss_kib: u64,
-    rss_kib_at_end: u64,
+    /// VmHWM and VmRSS after the steady state (none: the agent was gone).
+    peak_rss_kib: Option<u64>,
+    rss_kib_at_end: Option<u64>,
+}
+
+/// The memory phase: three fresh DCs, each registering a third of the instances, every node
+/// then holding all of them (its own and two replicas).
+#[derive(Serialize)]
+struct Memory {
+    /// Instances in all (100,000; 10,000 with `--quick`).
+    instances: usize,
+    instances_per_service: usize,
+    /// Registrations acknowledged in all (the three DCs at once) and how long they took.
+    acknowledged: usize,
+    registration_seconds: f64,
+    /// From the last acknowledgement until every replica holds its origin's digest.
+    convergence_seconds: f64,
+    nodes: Vec<MemoryNode>,
+    /// (Σ RSS holding − Σ RSS empty) ÷ (3 × instances): resident bytes per instance held.
+    rss_bytes_per_instance_held: f64,
+}
+
+#[derive(Serialize)]
+struct MemoryNode {
+    dc: String,
+    /// Instances this DC registered (`services` services).
+    own_instances: usize,
+    services: usize,
+    /// Instances in this node's replicas of the two other DCs (`/v1/federation/status`).
+    replica_instances: u64,
+    /// Entries this DC exports (its instances and its node).
+    exported_entries: u64,
+    /// VmRSS with the three DCs federated and nothing registered.
+    rss_empty_kib: u64,
+    /// CPU seconds from the first registration to convergence, VmRSS then, and VmHWM.
+    usage: ProcessUsage,
 }
 
 #[derive(Serialize)]
@@ -990,6 +998,7 @@ struct Report {
     convergence: Convergence,
     steady_state: Steady,
     processes: Vec<Process>,
+    memory: Memory,
     targets: Vec<String>,
 }
 
@@ -1353,6 +1362,140 @@ fn conv_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, (i / 256) as u8, (i % 256) as u8)
 }
 
+/// Instances of the memory phase in all (a third registered in each DC), and with `--quick`.
+const MEMORY_INSTANCES: usize = 100_000;
+const MEMORY_INSTANCES_QUICK: usize = 10_000;
+
+/// The memory phase: starts dc1, dc2 and dc3 afresh in `dir` (dc2 and dc3 joining dc1), waits
+/// until they are federated, reads each agent's RSS, registers `instances` between them (a
+/// third in each DC, all three at once, `opt.instances` per service), waits until every replica
+/// holds its origin's digest, and reads each agent's RSS, peak RSS and CPU seconds again.
+async fn memory_phase(
+    http: &reqwest::Client,
+    bin: &Path,
+    dir: &Path,
+    ports: [Ports; 3],
+    instances: usize,
+    opt: &Options,
+) -> Result<Memory> {
+    std::fs::create_dir_all(dir)?;
+    let per_service = opt.instances.max(1);
+    eprintln!(
+        "federation: memory: three fresh DCs registering {instances} instances between them \
+         ({per_service} per service), each node then holding all of them"
+    );
+    let mut a1 = Agent::start(bin, dir, "dc1", ports[0], None)?;
+    crate::tools::wait_leader(http, &[a1.ports.http]).await?;
+    let mut a2 = Agent::start(bin, dir, "dc2", ports[1], Some(a1.ports.wan))?;
+    let mut a3 = Agent::start(bin, dir, "dc3", ports[2], Some(a1.ports.wan))?;
+    crate::tools::wait_leader(http, &[a2.ports.http, a3.ports.http]).await?;
+    wait_mesh(
+        http,
+        &mut [&mut a1, &mut a2, &mut a3],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let agents = [&a1, &a2, &a3];
+    let empty: Vec<u64> = agents
+        .iter()
+        .map(|a| status_kib(a.pid(), "VmRSS:").unwrap_or(0))
+        .collect();
+    let mut meters: Vec<Meter> = agents
+        .iter()
+        .map(|a| Meter::start(&a.dc, a.pid()))
+        .collect();
+    // DC k registers instances k, k + 3, k + 6, …: a third each, the first DCs one more.
+    let shares: Vec<usize> = (0..3).map(|k| (instances + 2 - k) / 3).collect();
+    let bodies = |share: usize| -> Result<Vec<Vec<u8>>> {
+        (0..share)
+            .map(|i| {
+                let (s, k) = (i / per_service, i % per_service);
+                register_body(
+                    &format!("svc-{s}-{k}"),
+                    &format!("svc-{s}"),
+                    20_000u16.saturating_add(k as u16),
+                    Ipv4Addr::new(10, (k + 1) as u8, (s / 256) as u8, (s % 256) as u8),
+                )
+            })
+            .collect()
+    };
+    let (b1, b2, b3) = (bodies(shares[0])?, bodies(shares[1])?, bodies(shares[2])?);
+    let url = |a: &Agent| a.url("/v1/agent/service/register");
+    let limit = Duration::from_secs(600);
+    let t0 = Instant::now();
+    let (l1, l2, l3) = tokio::join!(
+        register_all(http, url(agents[0]), b1, opt.clients, limit),
+        register_all(http, url(agents[1]), b2, opt.clients, limit),
+        register_all(http, url(agents[2]), b3, opt.clients, limit),
+    );
+    let loads = [l1?, l2?, l3?];
+    let registration_seconds = t0.elapsed().as_secs_f64();
+    let acknowledged: usize = loads.iter().map(|l| l.acknowledged).sum();
+    ensure!(
+        acknowledged == instances,
+        "memory: only {acknowledged} of {instances} registrations were acknowledged"
+    );
+    let t1 = Instant::now();
+    wait_mesh(
+        http,
+        &mut [&mut a1, &mut a2, &mut a3],
+        Duration::from_secs(300),
+    )
+    .await?;
+    let convergence_seconds = t1.elapsed().as_secs_f64();
+    for m in &mut meters {
+        m.sample();
+    }
+    let agents = [&a1, &a2, &a3];
+    let mut nodes = Vec::new();
+    for (k, a) in agents.iter().enumerate() {
+        let st = a.status(http).await?;
+        let replica_instances: u64 = st["Remotes"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["Instances"].as_u64()).sum())
+            .unwrap_or(0);
+        let usage = meters[k].usage();
+        eprintln!(
+            "federation: memory: {} holds {} own + {} replica instances: RSS {} (empty {}), \
+             peak {}, {:.2} CPU s",
+            a.dc,
+            shares[k],
+            replica_instances,
+            mib(usage.rss_kib),
+            mib(empty[k]),
+            mib(usage.peak_rss_kib),
+            usage.cpu_seconds
+        );
+        nodes.push(MemoryNode {
+            dc: a.dc.clone(),
+            own_instances: shares[k],
+            services: shares[k].div_ceil(per_service),
+            replica_instances,
+            exported_entries: st["Export"]["Entries"].as_u64().unwrap_or(0),
+            rss_empty_kib: empty[k],
+            usage,
+        });
+    }
+    drop((a1, a2, a3));
+    let held: u64 = nodes
+        .iter()
+        .map(|n| n.own_instances as u64 + n.replica_instances)
+        .sum();
+    let grown: f64 = nodes
+        .iter()
+        .map(|n| n.usage.rss_kib as f64 - n.rss_empty_kib as f64)
+        .sum();
+    Ok(Memory {
+        instances,
+        instances_per_service: per_service,
+        acknowledged,
+        registration_seconds,
+        convergence_seconds,
+        nodes,
+        rss_bytes_per_instance_held: grown * 1024.0 / held.max(1) as f64,
+    })
+}
+
 /// Runs the phases in a temporary folder, kept (with the agents' logs) when something fails or
 /// when `MERIDIAN_BENCH_KEEP` is set.
 async fn inner(
@@ -1451,9 +1594,12 @@ async fn phases(
     let mut cpu: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     let mut mark = |phase: &str, agents: &[(&str, u32)]| {
         for (dc, pid) in agents {
-            cpu.entry((*dc).to_owned())
-                .or_default()
-                .push((phase.to_owned(), cpu_seconds(*pid)));
+            // A gone agent gets no mark: its later phases show no figure.
+            if let Some(v) = crate::tools::cpu_seconds(*pid) {
+                cpu.entry((*dc).to_owned())
+                    .or_default()
+                    .push((phase.to_owned(), v));
+            }
         }
     };
     mark("start", &[("dc1", dc1.pid())]);
@@ -1714,8 +1860,8 @@ async fn phases(
             Process {
                 dc: a.dc.clone(),
                 cpu_seconds: per,
-                peak_rss_kib: vm_kib(a.pid(), "VmHWM:"),
-                rss_kib_at_end: vm_kib(a.pid(), "VmRSS:"),
+                peak_rss_kib: status_kib(a.pid(), "VmHWM:"),
+                rss_kib_at_end: status_kib(a.pid(), "VmRSS:"),
             }
         })
         .collect();
@@ -1734,6 +1880,32 @@ async fn phases(
     drop(dc3);
     drop(dc2);
     drop(dc1);
+
+    // 7. Memory: three fresh DCs holding the instances between them, with the same WAN delay.
+    let memory_instances = if quick {
+        MEMORY_INSTANCES_QUICK
+    } else {
+        MEMORY_INSTANCES
+    };
+    let memory_ports = if netns.is_some() {
+        let p = [Ports::fixed(4), Ports::fixed(5), Ports::fixed(6)];
+        Firewall::install(
+            &[p[0].wan, p[1].wan, p[2].wan],
+            delayer.as_ref().map(|_| QUEUE),
+        )?;
+        p
+    } else {
+        [Ports::free()?, Ports::free()?, Ports::free()?]
+    };
+    let memory = memory_phase(
+        &http,
+        bin,
+        &dir.join("memory"),
+        memory_ports,
+        memory_instances,
+        opt,
+    )
+    .await?;
     drop(delayer);
 
     let target = convergence.target_p99_ms;
@@ -1795,6 +1967,7 @@ async fn phases(
         convergence,
         steady_state: steady,
         processes,
+        memory,
         targets,
     };
     std::fs::write(
@@ -1922,6 +2095,11 @@ fn markdown(r: &Report) -> Result<String> {
     )?;
     writeln!(
         s,
+        "Each agent's CPU seconds (user + system) per phase, and its peak RSS (VmHWM) after the \
+         steady state:\n"
+    )?;
+    writeln!(
+        s,
         "| process | CPU s: load | initial sync | idle | convergence | steady state | peak RSS |\n|---|---|---|---|---|---|---|"
     )?;
     for p in &r.processes {
@@ -1939,9 +2117,56 @@ fn markdown(r: &Report) -> Result<String> {
             g("idle"),
             g("convergence"),
             g("steady state"),
-            p.peak_rss_kib as f64 / 1024.0
+            p.peak_rss_kib.map_or(0.0, |v| v as f64 / 1024.0)
         )?;
     }
+    let m = &r.memory;
+    let own = m.nodes.first().map_or(0, |n| n.own_instances);
+    writeln!(
+        s,
+        "\nMemory holding {} instances across 3 DCs{}: three fresh one-node DCs, federated, each \
+         registering about a third ({} = {} services × {}, all three at once: {} acknowledged in \
+         {:.1} s), every node then holding all {} (its own and two replicas; all replicas \
+         converged {:.1} s after the last acknowledgement). RSS read then; CPU from the first \
+         registration to convergence:\n",
+        m.instances,
+        if r.quick {
+            " (`--quick`: scaled down from 100,000)"
+        } else {
+            ""
+        },
+        own,
+        m.nodes.first().map_or(0, |n| n.services),
+        m.instances_per_service,
+        m.acknowledged,
+        m.registration_seconds,
+        m.instances,
+        m.convergence_seconds
+    )?;
+    writeln!(
+        s,
+        "| node | own instances | replica instances | RSS empty | RSS holding them | peak RSS | CPU s |\n|---|---|---|---|---|---|---|"
+    )?;
+    for n in &m.nodes {
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | **{}** | {} | {:.2} |",
+            n.dc,
+            n.own_instances,
+            n.replica_instances,
+            mib(n.rss_empty_kib),
+            mib(n.usage.rss_kib),
+            mib(n.usage.peak_rss_kib),
+            n.usage.cpu_seconds
+        )?;
+    }
+    writeln!(
+        s,
+        "\nReplica instances include each other DC's own `meridian-gateway` instance. RSS grown \
+         per instance held: {:.0} B ((RSS holding − RSS empty) ÷ instances held, over the three \
+         nodes).",
+        m.rss_bytes_per_instance_held
+    )?;
     writeln!(s, "\nTargets:\n")?;
     for t in &r.targets {
         writeln!(s, "- {t}")?;

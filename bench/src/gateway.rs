@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::tools::{find_tool, is_root};
+use crate::tools::{self, find_tool, is_root, status_kib};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
@@ -794,26 +794,9 @@ fn curl_get(curl: &Path, port: u16, cert: &Path, name: &str, path: &str) -> Resu
     })
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rfind(')')
-        .and_then(|i| stat.get(i + 2..))
-        .context("odd /proc/pid/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11).context("no utime")?.parse()?;
-    let stime: f64 = f.get(12).context("no stime")?.parse()?;
-    Ok((utime + stime) / ticks)
+/// User + system CPU seconds of a process (all its threads); an error once it is gone.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    tools::cpu_seconds(pid).with_context(|| format!("process {pid} is gone"))
 }
 
 /// CPU time from /proc/stat: per core, busy seconds (everything but idle and iowait, softirq
@@ -858,16 +841,6 @@ impl CpuTimes {
     fn busy(&self) -> f64 {
         self.cores.iter().sum()
     }
-}
-
-/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn thread_count(pid: u32) -> Option<usize> {
@@ -1055,8 +1028,8 @@ impl Load<'_> {
             p.check_running()?;
         }
         let proxy_pid = proxy.as_ref().map(|p| p.pid());
-        let proxy0 = proxy_pid.map_or(Ok(0.0), |p| cpu_seconds(p, self.ticks))?;
-        let backend0 = cpu_seconds(self.backend_pid, self.ticks)?;
+        let proxy0 = proxy_pid.map_or(Ok(0.0), cpu_seconds)?;
+        let backend0 = cpu_seconds(self.backend_pid)?;
         let cpu0 = CpuTimes::read(self.ticks)?;
         let started = Instant::now();
         let child = cmd
@@ -1074,7 +1047,7 @@ impl Load<'_> {
         let deadline = started + Duration::from_secs(seconds + 30);
         let mut wrk_cpu = 0.0;
         let status = loop {
-            if let Ok(c) = cpu_seconds(child.pid(), self.ticks) {
+            if let Some(c) = tools::cpu_seconds(child.pid()) {
                 wrk_cpu = c;
             }
             if let Some(s) = child.child.try_wait()? {
@@ -1089,8 +1062,8 @@ impl Load<'_> {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let proxy_cpu = proxy_pid.map_or(Ok(0.0), |p| cpu_seconds(p, self.ticks))? - proxy0;
-        let backend_cpu = cpu_seconds(self.backend_pid, self.ticks)? - backend0;
+        let proxy_cpu = proxy_pid.map_or(Ok(0.0), cpu_seconds)? - proxy0;
+        let backend_cpu = cpu_seconds(self.backend_pid)? - backend0;
         let cpu1 = CpuTimes::read(self.ticks)?;
         let busy = cpu1.busy() - cpu0.busy();
         let softirq = cpu1.softirq - cpu0.softirq;
@@ -1457,7 +1430,7 @@ async fn measure(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         .collect();
     let backend_idle_rss = status_kib(backend.pid(), "VmRSS:");
 
-    let ticks = clock_ticks();
+    let ticks = tools::clock_ticks();
     let mut runs: Vec<Run> = Vec::new();
     for layout in &opt.layouts {
         let (bc, pc, wc) = layout.cores();

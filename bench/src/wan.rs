@@ -35,6 +35,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::federation::{Delayer, Netns, probe_rtt, sh};
+use crate::tools::{Meter, ProcessUsage, mib};
 
 /// What `meridian-bench wan` was asked for.
 pub struct Options {
@@ -729,7 +730,21 @@ struct Report {
     tunnels: Tunnels,
     quic_vs_haproxy: Comparison,
     tcp_fallback_vs_quic_p50_ms: f64,
+    /// How long the timed connections took, and every server's CPU seconds over them and its
+    /// peak RSS.
+    timed_seconds: f64,
+    processes: Vec<ProcessFigures>,
     targets: Vec<String>,
+}
+
+/// One server's CPU seconds over the timed connections (warm-up excluded), its peak RSS
+/// (VmHWM since it started) and VmRSS at the end.
+#[derive(Serialize)]
+struct ProcessFigures {
+    #[serde(flatten)]
+    usage: ProcessUsage,
+    /// Timed connections that went through it.
+    connections: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,6 +918,20 @@ async fn measure(
     );
     let mut samples: BTreeMap<u16, Vec<Sample>> = BTreeMap::new();
     let mut errors: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    // CPU and memory of every server over the timed connections, and the path each serves.
+    let mut meters: Vec<(Meter, Option<Way>)> = [
+        (&backend, None),
+        (&hap1, Some(Way::HaproxyChain)),
+        (&hap2, Some(Way::HaproxyChain)),
+        (&q1.proc, Some(Way::MeridianQuic)),
+        (&q2.proc, Some(Way::MeridianQuic)),
+        (&t1.proc, Some(Way::MeridianTcp)),
+        (&t2.proc, Some(Way::MeridianTcp)),
+    ]
+    .into_iter()
+    .map(|(p, w)| (Meter::start(&p.name, p.child.id()), w))
+    .collect();
+    let timed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60 + 10 * opt.connections as u64);
     for round in 0..opt.connections {
         ensure!(
@@ -923,6 +952,10 @@ async fn measure(
             eprintln!("wan: {} rounds done", round + 1);
         }
     }
+    for (m, _) in &mut meters {
+        m.sample();
+    }
+    let timed_seconds = timed.elapsed().as_secs_f64();
     for p in [&mut backend, &mut hap1, &mut hap2] {
         p.check_running()?;
     }
@@ -1046,6 +1079,18 @@ async fn measure(
         met(cmp.met)
     )];
     let tcp_fallback_vs_quic_p50_ms = tcp.ttfb.p50_ms - quic.ttfb.p50_ms;
+    let processes = meters
+        .iter()
+        .map(|(m, w)| ProcessFigures {
+            usage: m.usage(),
+            // The backend answers every path's connections.
+            connections: paths
+                .iter()
+                .filter(|p| w.is_none_or(|w| w == p.way))
+                .map(|p| p.ok + p.failed)
+                .sum(),
+        })
+        .collect();
     let mut versions = BTreeMap::new();
     versions.insert("meridian", version(bin, "--version"));
     versions.insert("curl", version(Path::new("curl"), "--version"));
@@ -1077,6 +1122,8 @@ async fn measure(
         tunnels,
         quic_vs_haproxy: cmp,
         tcp_fallback_vs_quic_p50_ms,
+        timed_seconds,
+        processes,
         targets,
     };
     let md = markdown(&report)?;
@@ -1185,6 +1232,28 @@ fn markdown(r: &Report) -> Result<String> {
             )?;
         }
     }
+    writeln!(
+        s,
+        "CPU seconds (user + system) of every server over the {:.1} s of timed connections \
+         (the agents' include their background work: failover probes, federation heartbeats, \
+         Raft), and its peak RSS (VmHWM):\n\n\
+         | process | connections through it | CPU s | peak RSS | RSS at the end |\n\
+         |---|---|---|---|---|",
+        r.timed_seconds
+    )?;
+    for p in &r.processes {
+        let u = &p.usage;
+        writeln!(
+            s,
+            "| {} | {} | {:.2} s | {} | {} |",
+            u.name,
+            p.connections,
+            u.cpu_seconds,
+            mib(u.peak_rss_kib),
+            mib(u.rss_kib)
+        )?;
+    }
+    writeln!(s)?;
     let rules: Vec<String> = r
         .wan
         .rules

@@ -336,6 +336,17 @@ impl Partition {
                 .iter()
                 .map(|x| (*x).to_owned())
                 .collect();
+            // Rules a killed earlier run left behind would cut the link before the test does.
+            for _ in 0..16 {
+                let gone = Command::new("iptables")
+                    .arg("-D")
+                    .args(&rule)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if !gone.is_ok_and(|s| s.success()) {
+                    break;
+                }
+            }
             let out = Command::new("iptables")
                 .arg("-I")
                 .args(&rule)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use meridian_topology::{GATEWAY_SERVICE, Health, ResolveError, View, resolve};
+use meridian_topology::{ResolveError, View, resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info_span, warn};
@@ -315,18 +315,7 @@ impl LocalGateway {
             });
         }
         match self.target(&sni, false)? {
-            Target::Local(candidates) => {
-                let (mut backend, _guard) = self.connect(&sni, candidates).await?;
-                backend.write_all(&buf).await?;
-                let (up, down) = crate::relay::copy_both(
-                    client,
-                    &mut backend,
-                    self.config.idle_timeout,
-                    &self.counters,
-                )
-                .await?;
-                Ok(("local", up + buf.len() as u64, down))
-            }
+            Target::Local(candidates) => self.relay_local(client, &sni, candidates, &buf).await,
             Target::Remote {
                 mut dc,
                 mut gateways,
@@ -377,16 +366,7 @@ impl LocalGateway {
                     match next {
                         Target::Remote { dc: d, gateways: g } => (dc, gateways) = (d, g),
                         Target::Local(candidates) => {
-                            let (mut backend, _guard) = self.connect(&sni, candidates).await?;
-                            backend.write_all(&buf).await?;
-                            let (up, down) = crate::relay::copy_both(
-                                client,
-                                &mut backend,
-                                self.config.idle_timeout,
-                                &self.counters,
-                            )
-                            .await?;
-                            return Ok(("local", up + buf.len() as u64, down));
+                            return self.relay_local(client, &sni, candidates, &buf).await;
                         }
                     }
                 };
@@ -404,6 +384,27 @@ impl LocalGateway {
                 Ok(("remote", up + buf.len() as u64, down + answer.len() as u64))
             }
         }
+    }
+
+    /// Connects to one of the local `candidates`, replays the ClientHello `hello` and relays
+    /// `client` to it until both sides close.
+    async fn relay_local(
+        &self,
+        client: &mut TcpStream,
+        sni: &str,
+        candidates: Vec<SocketAddr>,
+        hello: &[u8],
+    ) -> Result<(&'static str, u64, u64), ConnError> {
+        let (mut backend, _guard) = self.connect(sni, candidates).await?;
+        backend.write_all(hello).await?;
+        let (up, down) = crate::relay::copy_both(
+            client,
+            &mut backend,
+            self.config.idle_timeout,
+            &self.counters,
+        )
+        .await?;
+        Ok(("local", up + hello.len() as u64, down))
     }
 
     /// Serves one QUIC stream a remote gateway tunnelled here.
@@ -479,14 +480,9 @@ impl LocalGateway {
         let socket =
             |addr: &str, port: u16| Some(SocketAddr::new(addr.parse::<IpAddr>().ok()?, port));
         if resolution.dc != view.datacenter() {
-            let gateways = state
-                .instances_of(GATEWAY_SERVICE)
-                .filter(|i| state.health_of(i) != Health::Critical)
-                .filter_map(|i| socket(state.address_of(i), i.port))
-                .collect();
             return Ok(Target::Remote {
                 dc: resolution.dc.to_owned(),
-                gateways,
+                gateways: state.gateway_addrs(),
             });
         }
         Ok(Target::Local(

@@ -342,14 +342,27 @@ impl Tunnel {
             .budget(&key)
             .try_acquire_owned()
             .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
-        let stream = match self.config.transport {
+        let stream = self.open_stream(dc, &key, gateways).await?;
+        self.stats
+            .streams_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((stream, permit))
+    }
+
+    /// A stream to `dc` over the configured transport (not counted: probes use it too).
+    async fn open_stream(
+        &self,
+        dc: &str,
+        key: &str,
+        gateways: &[SocketAddr],
+    ) -> Result<TunnelStream, TunnelError> {
+        Ok(match self.config.transport {
             WanTransport::Quic => {
-                let (send, recv) = self.open_quic_for(dc, &key, gateways, true).await?;
+                let (send, recv) = self.open_quic(dc, key, gateways).await?;
                 TunnelStream::Quic(tokio::io::join(recv, send))
             }
             WanTransport::Tcp => TunnelStream::Tcp(Box::new(self.open_tcp(dc, gateways).await?)),
-        };
-        Ok((stream, permit))
+        })
     }
 
     async fn open_tcp(
@@ -384,10 +397,7 @@ impl Tunnel {
                 self.tcp_connector.connect(name.clone(), tcp).await
             };
             match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-                Ok(Ok(tls)) => {
-                    self.count_stream();
-                    return Ok(tls);
-                }
+                Ok(Ok(tls)) => return Ok(tls),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("no answer within {:?}", self.config.connect_timeout),
             }
@@ -403,13 +413,11 @@ impl Tunnel {
         })
     }
 
-    /// A stream to `dc`, counted in `streams_out` when `count` (probes are not).
-    async fn open_quic_for(
+    async fn open_quic(
         &self,
         dc: &str,
         key: &str,
         gateways: &[SocketAddr],
-        count: bool,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
         let key = key.to_owned();
         let cached = {
@@ -419,9 +427,6 @@ impl Tunnel {
         if let Some((addr, conn)) = cached {
             match conn.open_bi().await {
                 Ok((send, recv)) => {
-                    if count {
-                        self.count_stream();
-                    }
                     return Ok((send, recv));
                 }
                 Err(e) => {
@@ -448,9 +453,6 @@ impl Tunnel {
                     }
                     match opened {
                         Ok((send, recv)) => {
-                            if count {
-                                self.count_stream();
-                            }
                             return Ok((send, recv));
                         }
                         Err(e) => last = e.to_string(),
@@ -493,15 +495,7 @@ impl Tunnel {
         .encode()
         .ok_or_else(|| TunnelError::Tls(format!("datacenter name too long: {dc}")))?;
         let attempt = async {
-            let mut stream = match self.config.transport {
-                WanTransport::Quic => {
-                    let (send, recv) = self.open_quic_for(dc, &key, gateways, false).await?;
-                    TunnelStream::Quic(tokio::io::join(recv, send))
-                }
-                WanTransport::Tcp => {
-                    TunnelStream::Tcp(Box::new(self.open_tcp(dc, gateways).await?))
-                }
-            };
+            let mut stream = self.open_stream(dc, &key, gateways).await?;
             let start = std::time::Instant::now();
             stream.write_all(&header).await?;
             stream.flush().await?;
@@ -561,12 +555,6 @@ impl Tunnel {
             info!(%dc, gateway = %conn.remote_address(), "closing the tunnel to a datacenter found down");
             conn.close(quinn::VarInt::from_u32(1), b"datacenter down");
         }
-    }
-
-    fn count_stream(&self) {
-        self.stats
-            .streams_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn forget(&self, key: &str, conn: &quinn::Connection) {

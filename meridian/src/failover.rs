@@ -4,14 +4,12 @@
 //! gateway and the API all follow one decision.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meridian_gateway::Tunnel;
 use meridian_topology::{
-    DRAIN_SERVICE, DcLiveness, DcState, DcStatus, Detector, Failover, FailoverPolicy,
-    GATEWAY_SERVICE, Health, View,
+    DRAIN_SERVICE, DcLiveness, DcState, DcStatus, Detector, Failover, FailoverPolicy, Health, View,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -221,18 +219,6 @@ fn drained(state: &DcState) -> bool {
     state.instances_of(DRAIN_SERVICE).next().is_some()
 }
 
-/// The gateways of a DC that a probe or a tunnel may use.
-fn gateways(state: &DcState) -> Vec<SocketAddr> {
-    state
-        .instances_of(GATEWAY_SERVICE)
-        .filter(|i| state.health_of(i) != Health::Critical)
-        .filter_map(|i| {
-            let ip = state.address_of(i).parse::<IpAddr>().ok()?;
-            Some(SocketAddr::new(ip, i.port))
-        })
-        .collect()
-}
-
 /// Whether `state` has an instance of `service` that is not critical, and whether it has any.
 fn service_health(state: &DcState, service: &str) -> (bool, bool) {
     let mut any = false;
@@ -385,7 +371,7 @@ impl Runner {
             if self.in_flight.contains(&dc) {
                 continue;
             }
-            let gws = gateways(&r.state);
+            let gws = r.state.gateway_addrs();
             if gws.is_empty() {
                 continue;
             }
@@ -604,6 +590,6 @@ mod tests {
         assert_eq!(service_health(&a, "web"), (false, true));
         assert_eq!(service_health(&b, "web"), (true, true));
         assert_eq!(service_health(&b, "nope"), (false, false));
-        assert_eq!(gateways(&b), Vec::<SocketAddr>::new());
+        assert!(b.gateway_addrs().is_empty());
     }
 }

@@ -199,6 +199,19 @@ impl DcState {
         self.instances().filter(move |i| same_ip(&i.address, ip))
     }
 
+    /// Where the DC's gateways take tunnelled connections: the address and port of every
+    /// instance of [`GATEWAY_SERVICE`](crate::GATEWAY_SERVICE) that is not critical. An address
+    /// that is not an IP is left out (the data plane does no DNS lookups).
+    pub fn gateway_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.instances_of(crate::GATEWAY_SERVICE)
+            .filter(|i| self.health_of(i) != Health::Critical)
+            .filter_map(|i| {
+                let ip = self.address_of(i).parse::<IpAddr>().ok()?;
+                Some(std::net::SocketAddr::new(ip, i.port))
+            })
+            .collect()
+    }
+
     /// The worst status among an instance's checks; passing when it has none.
     pub fn health_of(&self, inst: &Instance) -> Health {
         self.checks_of(inst)

@@ -143,11 +143,6 @@ impl Detector {
         }
     }
 
-    /// The detector's thresholds.
-    pub fn config(&self) -> DetectorConfig {
-        self.config
-    }
-
     fn track(&mut self, dc: &str, now: u64) -> &mut Track {
         let key: Arc<str> = dc.to_ascii_lowercase().into();
         self.dcs.entry(key).or_insert_with(|| Track {

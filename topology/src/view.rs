@@ -67,11 +67,6 @@ impl View {
         &self.failover
     }
 
-    /// The failover state, shared.
-    pub fn failover_arc(&self) -> &Arc<Failover> {
-        &self.failover
-    }
-
     /// The local datacenter's name.
     pub fn datacenter(&self) -> &str {
         &self.datacenter

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use meridian_catalog::Command;
-use meridian_topology::{DRAIN_SERVICE, DcStatus, Instance};
+use meridian_topology::{DRAIN_SERVICE, Instance};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,11 +47,7 @@ pub(super) async fn datacenters(State(state): State<ApiState>) -> Json<serde_jso
                 status: l.status.as_str(),
                 rtt_ms: l.rtt_us.map(|us| f64::from(us) / 1000.0),
                 stale: l.stale,
-                for_ms: if l.status == DcStatus::Up && l.since_ms == 0 {
-                    now
-                } else {
-                    now.saturating_sub(l.since_ms)
-                },
+                for_ms: now.saturating_sub(l.since_ms),
             }
         })
         .collect();

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use hickory_net::proto::op::ResponseCode;
+use hickory_net::proto::op::{Message, ResponseCode};
 use hickory_net::proto::rr::{RData, RecordType};
 use serde_json::{Value, json};
 
@@ -157,14 +157,7 @@ impl World {
         if m.metadata.response_code != ResponseCode::NoError {
             return None;
         }
-        let ports: Vec<u16> = m
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::SRV(s) => Some(s.port),
-                _ => None,
-            })
-            .collect();
+        let ports = srv_ports(&m);
         let first = *ports.first()?;
         // One answer never mixes DCs.
         if ports.iter().any(|p| *p != first) {
@@ -243,6 +236,17 @@ impl World {
             .map(str::to_owned)
             .with_context(|| format!("dc{} does not list {dc}: {list}", at + 1))
     }
+}
+
+/// The ports of the SRV records in an answer, in answer order.
+fn srv_ports(m: &Message) -> Vec<u16> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.port),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn set_check(agent: &Agent, verb: &str) -> Result<()> {
@@ -387,14 +391,7 @@ async fn a_partition_between_dc1_and_dc3_fails_over_dc3_only() -> Result<()> {
         false,
     )
     .await?;
-    let ports: Vec<u16> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(s) => Some(s.port),
-            _ => None,
-        })
-        .collect();
+    let ports = srv_ports(&m);
     ensure!(
         ports == [w.ports[0]],
         "dc2 answers dc1's web with {ports:?}"

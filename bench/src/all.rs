@@ -105,10 +105,6 @@ pub fn run(bin: &Path, quick: bool, profile: bool, out: &Path) -> Result<()> {
         quick,
         runs,
     };
-    std::fs::write(
-        out.join("all.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
     let mut md = format!(
         "# meridian-bench all{}: {}, {}\n",
         if quick { " --quick" } else { "" },
@@ -130,8 +126,7 @@ pub fn run(bin: &Path, quick: bool, profile: bool, out: &Path) -> Result<()> {
         }
         md.push('\n');
     }
-    std::fs::write(out.join("all.md"), &md)?;
-    println!("{md}");
+    crate::tools::write_report(out, "all", &summary, &md)?;
     let failed: Vec<&str> = summary
         .runs
         .iter()

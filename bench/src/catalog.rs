@@ -4,12 +4,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::tools::{Meter, ProcessUsage, free_port, mib};
@@ -50,8 +50,6 @@ pub async fn run(
         median_p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
         runs,
     };
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(out.join("catalog.json"), &json)?;
     let mut md = format!(
         "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
          |---|---|---|---|---|---|\n\
@@ -64,9 +62,7 @@ pub async fn run(
         report.median_p99_ms
     );
     md.push_str(&resources_table(&report.runs)?);
-    std::fs::write(out.join("catalog.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    crate::tools::write_report(out, "catalog", &report, &md)
 }
 
 /// Each node's CPU seconds and peak RSS per repetition, and the three nodes' CPU per
@@ -193,16 +189,15 @@ fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
             ),
         )?;
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = Command::new(bin)
-            .arg("agent")
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = crate::tools::spawn_logged(
+            Command::new(bin)
+                .arg("agent")
+                .arg("--config")
+                .arg(&cfg)
+                .env("RUST_LOG", "warn"),
+            log,
+            &bin.display().to_string(),
+        )?;
         nodes.push(Node {
             name,
             child,

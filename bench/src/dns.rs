@@ -6,10 +6,11 @@
 //! second, average latency, CPU seconds and peak RSS of each server, the ratio Meridian/Knot, and
 //! each server's latency at 0.7× Knot's rate (the issue's target).
 
+use crate::tools::pinned;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -231,18 +232,6 @@ impl Drop for Server {
     }
 }
 
-/// `taskset -c <core> program`, or just `program` on a one-core machine.
-fn pinned(core: Option<usize>, program: &Path) -> Command {
-    match core {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
 fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) -> Result<Server> {
     let kdir = dir.join("knot");
     std::fs::create_dir_all(&kdir)?;
@@ -262,14 +251,7 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
         ),
     )?;
     let log = std::fs::File::create(kdir.join("knot.log"))?;
-    let child = pinned(core, knotd)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting knotd")?;
+    let child = tools::spawn_logged(pinned(core, knotd).arg("-c").arg(&conf), log, "knotd")?;
     Ok(Server {
         name: "knot",
         child,
@@ -280,36 +262,19 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
 /// A one-node datacenter like `meridian agent --dev` (dc1, node `dev`), from a config file so that
 /// `[dns] threads = 1` is explicit.
 fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Server, u16)> {
-    let [http, dns, rpc, wan, gw] = [
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-    ];
-    let conf = dir.join("meridian.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "datacenter = \"dc1\"\nnode_name = \"dev\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-             data_dir = \"{}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
-             gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
-             election_timeout_max_ms = 600\n\n[dns]\nthreads = 1\n\n\
-             [[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n",
-            dir.join("meridian").display()
-        ),
-    )?;
+    let ports = tools::Ports::free()?;
+    let (http, dns) = (ports.http, ports.dns);
+    let conf = tools::one_node_config(dir, "dev", &dir.join("meridian"), &ports, "")?;
     let log = std::fs::File::create(dir.join("meridian.log"))?;
-    let child = pinned(core, bin)
-        .arg("agent")
-        .arg("--config")
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let child = tools::spawn_logged(
+        pinned(core, bin)
+            .arg("agent")
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_LOG", "warn"),
+        log,
+        &bin.display().to_string(),
+    )?;
     Ok((
         Server {
             name: "meridian",
@@ -923,11 +888,8 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         target_rate,
         answer_differences,
     };
-    std::fs::write(out.join("dns.json"), serde_json::to_string_pretty(&report)?)?;
     let md = markdown(&report, quick)?;
-    std::fs::write(out.join("dns.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    tools::write_report(out, "dns", &report, &md)
 }
 
 fn markdown(r: &Report, quick: bool) -> Result<String> {

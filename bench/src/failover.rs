@@ -77,12 +77,7 @@ impl Proc {
             .create(true)
             .append(true)
             .open(log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child = crate::tools::spawn_logged(&mut cmd, out, name)?;
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -121,6 +116,8 @@ impl Drop for Proc {
 struct Dc {
     name: &'static str,
     http: u16,
+    /// The WAN port, which the other DCs follow.
+    wan: u16,
     config: PathBuf,
     agent: Option<Proc>,
     backend: Option<Backend>,
@@ -296,44 +293,26 @@ fn federation_certs(bin: &Path, certs: &Path) -> Result<()> {
 fn backend_cert(openssl: &Path, dir: &Path, dc: &str) -> Result<(PathBuf, PathBuf)> {
     let cert = dir.join(format!("web-{dc}.pem"));
     let key = dir.join(format!("web-{dc}-key.pem"));
-    let (c, k) = (
-        cert.to_str().context("utf-8")?,
-        key.to_str().context("utf-8")?,
-    );
-    run_cmd(
+    let dc_name = format!("web.service.{dc}.consul");
+    crate::tools::self_signed_cert(
         openssl,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=web {dc}"),
-            "-addext",
-            &format!("subjectAltName=DNS:web.service.consul,DNS:web.service.{dc}.consul"),
-            "-keyout",
-            k,
-            "-out",
-            c,
-        ],
+        &cert,
+        &key,
+        &format!("web {dc}"),
+        &["web.service.consul", &dc_name],
     )?;
     Ok((cert, key))
 }
 
 /// A one-node DC's config: default settings except dc3's preference for dc1, then dc2.
 fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Result<Dc> {
-    let (http, dns, rpc, wan, gw) = (
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-    );
+    let crate::tools::Ports {
+        http,
+        dns,
+        rpc,
+        wan,
+        gateway: gw,
+    } = crate::tools::Ports::free()?;
     let mut peer_tables = String::new();
     for (peer, port) in peers {
         write!(
@@ -364,18 +343,12 @@ fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Re
             _ => "dc3",
         },
         http,
+        wan,
         config: file,
         agent: None,
         backend: None,
         meter: None,
     })
-}
-
-fn wan_port(config: &Path) -> Result<u16> {
-    let text = std::fs::read_to_string(config)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("wan = ")?.trim().parse().ok())
-        .context("wan port in the config")
 }
 
 /// Waits until the agent at `dc` answers and knows a leader.
@@ -397,35 +370,15 @@ async fn wait_ready(http: &reqwest::Client, dc: &mut Dc) -> Result<()> {
 }
 
 /// Probes with `probe` every `interval` into `rounds` until `ctl` says stop (at most `max`
-/// rounds); each other change of `ctl` (a kick, right after a kill or a restart) starts a round
-/// at once, as the drill does after it acts.
+/// rounds), as the drill does (see [`RoundProbe::run`]).
 fn spawn_poller(
     probe: RoundProbe,
     interval: Duration,
     max: usize,
     rounds: Arc<Mutex<Vec<RawRound>>>,
-    mut ctl: tokio::sync::watch::Receiver<bool>,
+    ctl: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for _ in 0..max {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = ctl.changed() => {
-                    if r.is_err() {
-                        break;
-                    }
-                    tick.reset();
-                }
-            }
-            if *ctl.borrow_and_update() {
-                break;
-            }
-            let r = probe.round().await;
-            rounds.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-        }
-    })
+    tokio::spawn(async move { probe.run(interval, max, &rounds, ctl).await })
 }
 
 /// Whether a round of dc3 shows `dc` as the answer in DNS and through the gateway, with every
@@ -891,10 +844,10 @@ async fn measure(
     federation_certs(bin, &certs)?;
     let mut dcs = Vec::new();
     let dc1 = write_config(dir, &certs, "dc1", &[])?;
-    let wan1 = wan_port(&dc1.config)?;
+    let wan1 = dc1.wan;
     dcs.push(dc1);
     let dc2 = write_config(dir, &certs, "dc2", &[("dc1", wan1)])?;
-    let wan2 = wan_port(&dc2.config)?;
+    let wan2 = dc2.wan;
     dcs.push(dc2);
     dcs.push(write_config(
         dir,
@@ -1028,14 +981,8 @@ async fn measure(
         processes,
         targets_met,
     };
-    std::fs::write(
-        out.join("failover.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let md = markdown(&report);
-    std::fs::write(out.join("failover.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    crate::tools::write_report(out, "failover", &report, &md)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! each, and once every replica has converged each agent's RSS is read (every node then holds
 //! all of them). Each agent's CPU seconds per phase and peak RSS are reported too.
 
+use crate::tools::Ports;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -511,39 +512,6 @@ pub(crate) fn probe_rtt(port: u16, n: usize, listener: &TcpListener) -> Result<V
 // ---------------------------------------------------------------------------------------------
 // Agents.
 
-#[derive(Clone, Copy, Serialize)]
-struct Ports {
-    http: u16,
-    dns: u16,
-    rpc: u16,
-    wan: u16,
-    gateway: u16,
-}
-
-impl Ports {
-    /// Fixed ports inside the namespace (nothing else runs there), below the ephemeral range so
-    /// that a client port can never be mistaken for a WAN port by the firewall rules.
-    fn fixed(k: u16) -> Ports {
-        Ports {
-            http: 8500 + k,
-            dns: 8600 + k,
-            rpc: 8300 + k,
-            wan: 8310 + k,
-            gateway: 8440 + k,
-        }
-    }
-
-    fn free() -> Result<Ports> {
-        Ok(Ports {
-            http: crate::tools::free_port()?,
-            dns: crate::tools::free_port()?,
-            rpc: crate::tools::free_port()?,
-            wan: crate::tools::free_port()?,
-            gateway: crate::tools::free_port()?,
-        })
-    }
-}
-
 /// A `meridian agent --dev` process of one datacenter, killed when dropped.
 struct Agent {
     dc: String,
@@ -578,13 +546,11 @@ impl Agent {
             cmd.args(["--join-wan", &format!("127.0.0.1:{j}")]);
         }
         let filter = std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into());
-        let child = cmd
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = crate::tools::spawn_logged(
+            cmd.env("RUST_LOG", filter),
+            file,
+            &bin.display().to_string(),
+        )?;
         Ok(Agent {
             dc: dc.to_owned(),
             child,
@@ -1970,14 +1936,8 @@ async fn phases(
         memory,
         targets,
     };
-    std::fs::write(
-        out.join("federation.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let md = markdown(&report)?;
-    std::fs::write(out.join("federation.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    crate::tools::write_report(out, "federation", &report, &md)
 }
 
 fn met(ok: bool) -> &'static str {

@@ -20,6 +20,7 @@
 //! certificate for the name (so nothing in between terminated TLS), and a name no proxy routes
 //! is checked to be refused.
 
+use crate::tools::pinned;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::TcpStream;
@@ -471,26 +472,8 @@ fn ensure_tools() -> Result<Tools> {
     })
 }
 
-/// `taskset -c <core> program`, or just `program` without a core.
-fn pinned(core: Option<usize>, program: &Path) -> Command {
-    match core {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
 fn spawn_logged(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
-    let file = std::fs::File::create(&log)?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+    let child = crate::tools::spawn_logged(&mut cmd, std::fs::File::create(&log)?, name)?;
     track(child.id());
     Ok(Proc { name, child, log })
 }
@@ -515,28 +498,7 @@ fn wait_listening(p: &mut Proc, port: u16) -> Result<()> {
 /// A self-signed ECDSA P-256 certificate for [`NAME`], made with openssl.
 fn certificate(openssl: &Path, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "ec"])
-        .args([
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args(["-subj", &format!("/CN={NAME}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{NAME}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl")?;
-    ensure!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::tools::self_signed_cert(openssl, &cert, &key, NAME, &[NAME])?;
     Ok((cert, key))
 }
 
@@ -664,26 +626,15 @@ fn start_haproxy(
 /// A one-node Meridian datacenter from a config file, `[gateway]` at its defaults (written out),
 /// its tokio runtime at one worker thread. Returns the process, its gateway and HTTP ports.
 fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Proc, u16, u16)> {
-    let [http, dns, rpc, wan, gw] = [
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-        crate::tools::free_port()?,
-    ];
-    let conf = dir.join("meridian.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "datacenter = \"dc1\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-             data_dir = \"{}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
-             gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
-             election_timeout_max_ms = 600\n\n[dns]\nthreads = 1\n\n\
-             [gateway]\nenabled = true\nmax_connections = 10000\nhandshake_timeout_ms = 5000\n\
-             connect_timeout_ms = 2000\nidle_timeout_ms = 300000\n\n\
-             [[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n",
-            dir.join("meridian-data").display()
-        ),
+    let ports = crate::tools::Ports::free()?;
+    let (http, gw) = (ports.http, ports.gateway);
+    let conf = crate::tools::one_node_config(
+        dir,
+        "n1",
+        &dir.join("meridian-data"),
+        &ports,
+        "[gateway]\nenabled = true\nmax_connections = 10000\nhandshake_timeout_ms = 5000\n\
+         connect_timeout_ms = 2000\nidle_timeout_ms = 300000\n\n",
     )?;
     let mut cmd = pinned(core, bin);
     cmd.arg("agent")
@@ -1571,14 +1522,8 @@ async fn measure(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         check_problems,
         meridian_metrics,
     };
-    std::fs::write(
-        out.join("gateway.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let md = markdown(&report, quick)?;
-    std::fs::write(out.join("gateway.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    crate::tools::write_report(out, "gateway", &report, &md)
 }
 
 fn ms(v: f64) -> String {

@@ -36,14 +36,13 @@ impl Recorder {
             .context("--profile needs perf (Debian: apt-get install linux-perf)")?;
         let data = out.join(format!("{name}.perf.data"));
         let log = std::fs::File::create(out.join(format!("{name}.perf.log")))?;
-        let child = Command::new(perf)
-            .args(["record", "-F", FREQUENCY, "-g", "-a", "-o"])
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting perf record")?;
+        let child = crate::tools::spawn_logged(
+            Command::new(perf)
+                .args(["record", "-F", FREQUENCY, "-g", "-a", "-o"])
+                .arg(&data),
+            log,
+            "perf record",
+        )?;
         eprintln!(
             "profile: perf record (every CPU, {FREQUENCY} Hz) into {}",
             data.display()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 /// Whether this process runs as root.
@@ -269,4 +269,140 @@ impl ProcessUsage {
 /// KiB as MiB with one decimal.
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Starts `cmd` with no input and both outputs into `log` (`what` names it in the error).
+pub fn spawn_logged(
+    cmd: &mut Command,
+    log: std::fs::File,
+    what: &str,
+) -> Result<std::process::Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {what}"))
+}
+
+/// The ports of one agent.
+#[derive(Clone, Copy, Serialize)]
+pub struct Ports {
+    /// HTTP API.
+    pub http: u16,
+    /// DNS.
+    pub dns: u16,
+    /// LAN gRPC (Raft).
+    pub rpc: u16,
+    /// WAN gRPC (federation).
+    pub wan: u16,
+    /// Gateway (TCP, and UDP for the tunnel).
+    pub gateway: u16,
+}
+
+impl Ports {
+    /// Fixed ports for agent `k` in a benchmark's own network namespace (nothing else runs
+    /// there), below the ephemeral range so that a client port can never be mistaken for a WAN
+    /// port by the firewall rules.
+    pub fn fixed(k: u16) -> Ports {
+        Ports {
+            http: 8500 + k,
+            dns: 8600 + k,
+            rpc: 8300 + k,
+            wan: 8310 + k,
+            gateway: 8440 + k,
+        }
+    }
+
+    /// Free loopback ports (the kernel's pick).
+    pub fn free() -> Result<Ports> {
+        Ok(Ports {
+            http: free_port()?,
+            dns: free_port()?,
+            rpc: free_port()?,
+            wan: free_port()?,
+            gateway: free_port()?,
+        })
+    }
+}
+
+/// `program` run on CPU `core` (`taskset -c`), or anywhere without one.
+pub fn pinned(core: Option<usize>, program: &Path) -> Command {
+    match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Writes `dir/meridian.toml`: a one-node datacenter dc1 (node `node`) on 127.0.0.1 and `p`,
+/// data in `data`, fast Raft timings, one DNS thread, then the TOML `extra`. Returns its path.
+pub fn one_node_config(
+    dir: &Path,
+    node: &str,
+    data: &Path,
+    p: &Ports,
+    extra: &str,
+) -> Result<PathBuf> {
+    let conf = dir.join("meridian.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "datacenter = \"dc1\"\nnode_name = \"{node}\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+             data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\n\
+             gateway = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
+             election_timeout_max_ms = 600\n\n[dns]\nthreads = 1\n\n{extra}\
+             [[servers]]\nid = 1\nrpc = \"127.0.0.1:{}\"\n",
+            data.display(),
+            p.http,
+            p.dns,
+            p.rpc,
+            p.wan,
+            p.gateway,
+            p.rpc,
+        ),
+    )?;
+    Ok(conf)
+}
+
+/// Makes a self-signed ECDSA P-256 certificate valid two days, with common name `cn` and the DNS
+/// names `names`, into `cert` and `key`, with `openssl`.
+pub fn self_signed_cert(
+    openssl: &Path,
+    cert: &Path,
+    key: &Path,
+    cn: &str,
+    names: &[&str],
+) -> Result<()> {
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let out = Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={cn}")])
+        .args(["-addext", &format!("subjectAltName={}", sans.join(","))])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Writes a benchmark's report: `out/<name>.json` (every raw figure) and `out/<name>.md` (its
+/// tables), and prints the tables.
+pub fn write_report(out: &Path, name: &str, report: &impl Serialize, md: &str) -> Result<()> {
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(out.join(format!("{name}.md")), md)?;
+    println!("{md}");
+    Ok(())
 }

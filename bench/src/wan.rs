@@ -22,6 +22,7 @@
 //! hop to dc2's gateway or HAProxy and the hop from dc1's gateway or HAProxy to the backend are
 //! not delayed.
 
+use crate::tools::Ports;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -180,12 +181,7 @@ struct Proc {
 impl Proc {
     fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
         let file = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child = crate::tools::spawn_logged(&mut cmd, file, name)?;
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -268,23 +264,7 @@ fn version(program: &Path, arg: &str) -> String {
 /// A self-signed P-256 certificate for [`NAME`], made with openssl: `(cert, key)`.
 fn backend_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("web.pem"), dir.join("web-key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={NAME}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{NAME}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl")?;
-    ensure!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::tools::self_signed_cert(Path::new("openssl"), &cert, &key, NAME, &[NAME])?;
     Ok((cert, key))
 }
 
@@ -341,29 +321,6 @@ fn start_haproxy(haproxy: &Path, dir: &Path, tag: &str, port: u16, to: u16) -> R
     )?;
     p.wait_listening(port)?;
     Ok(p)
-}
-
-/// The ports of one agent; fixed inside the namespace (nothing else runs there) and below the
-/// ephemeral range, so that a client port is never taken for a WAN port by the rules.
-#[derive(Clone, Copy, Serialize)]
-struct Ports {
-    http: u16,
-    dns: u16,
-    rpc: u16,
-    wan: u16,
-    gateway: u16,
-}
-
-impl Ports {
-    fn fixed(k: u16) -> Ports {
-        Ports {
-            http: 8500 + k,
-            dns: 8600 + k,
-            rpc: 8300 + k,
-            wan: 8310 + k,
-            gateway: 8440 + k,
-        }
-    }
 }
 
 /// A one-node datacenter from a config file, with certificates from `meridian tls`.
@@ -1127,10 +1084,7 @@ async fn measure(
         targets,
     };
     let md = markdown(&report)?;
-    std::fs::write(out.join("wan.json"), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(out.join("wan.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    crate::tools::write_report(out, "wan", &report, &md)
 }
 
 fn met(ok: bool) -> &'static str {

@@ -15,6 +15,7 @@
 pub mod probe;
 pub mod report;
 
+use crate::client::path_segment;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -597,19 +598,6 @@ async fn ttl_checks(
     Ok(out)
 }
 
-/// A path segment with everything but unreserved characters and `:` percent-encoded.
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Applies the drill's failure.
 async fn act(http: &Http, action: &Action) -> anyhow::Result<()> {
     match action {
@@ -683,32 +671,12 @@ fn kick(ctl: &watch::Sender<bool>) {
     ctl.send_modify(|_| {});
 }
 
-/// Probes one DC once per interval until told to stop (or `max_rounds`); a kick (sent right
-/// after the drill acts and restores) starts a round at once, so that a change faster than the
-/// interval is seen as fast as it happens.
+/// Probes one DC until told to stop (see [`RoundProbe::run`]).
 #[tracing::instrument(skip_all, fields(dc = %ctx.probe.node.dc))]
-async fn probe_loop(ctx: ProbeCtx, mut ctl: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(ctx.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    for _ in 0..ctx.max_rounds {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = ctl.changed() => {
-                if r.is_err() {
-                    break;
-                }
-                tick.reset();
-            }
-        }
-        if *ctl.borrow_and_update() {
-            break;
-        }
-        let round = ctx.probe.round().await;
-        ctx.rounds
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(round);
-    }
+async fn probe_loop(ctx: ProbeCtx, ctl: watch::Receiver<bool>) {
+    ctx.probe
+        .run(ctx.interval, ctx.max_rounds, &ctx.rounds, ctl)
+        .await;
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -25,7 +25,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::time::{Instant, timeout};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 use super::report::{Round, Timed};
 
@@ -675,6 +676,40 @@ impl RoundProbe {
             after,
             dns,
             gateway,
+        }
+    }
+
+    /// Runs a round every `interval` into `rounds` until `ctl` says stop (at most `max`
+    /// rounds); any other change of `ctl` (a kick, sent right after a failure is caused or
+    /// restored) starts a round at once, so that a change faster than the interval is seen as
+    /// fast as it happens.
+    pub async fn run(
+        &self,
+        interval: Duration,
+        max: usize,
+        rounds: &Mutex<Vec<RawRound>>,
+        mut ctl: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        for _ in 0..max {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = ctl.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    tick.reset();
+                }
+            }
+            if *ctl.borrow_and_update() {
+                break;
+            }
+            let round = self.round().await;
+            rounds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(round);
         }
     }
 }

@@ -72,16 +72,19 @@ impl Kind {
     }
 }
 
-/// The drill's settings and milestones, beside the rounds.
-#[derive(Clone, Debug)]
+/// The drill's settings and milestones, beside the rounds; the report carries them as they are.
+#[derive(Clone, Debug, Serialize)]
 pub struct Setup {
     /// The drill.
+    #[serde(rename = "drill")]
     pub kind: Kind,
     /// The DC drained, or whose instances failed.
+    #[serde(rename = "datacenter")]
     pub target: String,
     /// The service probed.
     pub service: String,
     /// The DNS domain.
+    #[serde(skip)]
     pub domain: String,
     /// How long the DC stayed drained, as asked.
     pub for_ms: u64,
@@ -103,40 +106,20 @@ pub struct Setup {
     pub notes: Vec<String>,
 }
 
-/// The report: per probing DC and overall.
+/// The report: per probing DC and overall. The probe interval is the resolution of its times
+/// (beside the rounds run at once after the failure and the restore); times are since the
+/// action.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// `dc-down` or `service-down`.
-    pub drill: Kind,
-    /// The DC drained, or whose instances failed.
-    pub datacenter: String,
-    /// The service probed.
-    pub service: String,
+    /// What was drilled, and when things happened.
+    #[serde(flatten)]
+    pub setup: Setup,
     /// The name resolved and sent as SNI.
     pub name: String,
-    /// How long the DC stayed drained, as asked.
-    pub for_ms: u64,
-    /// Probe interval: the resolution of the times below (beside the rounds run at once after
-    /// the failure and the restore).
-    pub interval_ms: u64,
-    /// Wall-clock start (Unix seconds).
-    pub started_unix_s: u64,
     /// The drill ran to its end and the DC was restored.
     pub completed: bool,
     /// The restore was acknowledged.
     pub restored: bool,
-    /// Stopped early by the operator (the DC was restored all the same).
-    pub interrupted: bool,
-    /// How long the action took to be acknowledged.
-    pub action_ack_ms: Option<f64>,
-    /// When the restore was sent, since the action.
-    pub restore_ms: Option<f64>,
-    /// How long the restore took to be acknowledged.
-    pub restore_ack_ms: Option<f64>,
-    /// When probing ended, since the action.
-    pub end_ms: f64,
-    /// Things the operator should know about this run.
-    pub notes: Vec<String>,
     /// Over every probing DC.
     pub overall: Overall,
     /// Each probing DC.
@@ -515,21 +498,10 @@ pub fn analyse(setup: &Setup, observed: &[Observed]) -> Report {
     };
     let restored = setup.restore_ack_ms.is_some();
     Report {
-        drill: setup.kind,
-        datacenter: setup.target.clone(),
-        service: setup.service.clone(),
+        setup: setup.clone(),
         name: format!("{}.service.{}", setup.service, setup.domain),
-        for_ms: setup.for_ms,
-        interval_ms: setup.interval_ms,
-        started_unix_s: setup.started_unix_s,
         completed: restored && !setup.interrupted,
         restored,
-        interrupted: setup.interrupted,
-        action_ack_ms: setup.action_ack_ms,
-        restore_ms: setup.restore_ms,
-        restore_ack_ms: setup.restore_ack_ms,
-        end_ms: setup.end_ms,
-        notes: setup.notes.clone(),
         overall,
         datacenters: dcs,
     }
@@ -572,9 +544,9 @@ fn moved_cell(c: &Channel, stopped: bool) -> String {
 /// The report as a table with a few lines of context.
 pub fn human(r: &Report) -> String {
     let mut s = String::new();
-    let what = match r.drill {
-        Kind::DcDown => format!("{} drained", r.datacenter),
-        Kind::ServiceDown => format!("{} failed in {}", r.service, r.datacenter),
+    let what = match r.setup.kind {
+        Kind::DcDown => format!("{} drained", r.setup.target),
+        Kind::ServiceDown => format!("{} failed in {}", r.setup.service, r.setup.target),
     };
     let from: Vec<&str> = r
         .datacenters
@@ -584,19 +556,19 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(
         s,
         "drill {}: {what} for {:.1} s; {} probed every {} ms from {}",
-        r.drill.as_str(),
-        r.for_ms as f64 / 1000.0,
+        r.setup.kind.as_str(),
+        r.setup.for_ms as f64 / 1000.0,
         r.name,
-        r.interval_ms,
+        r.setup.interval_ms,
         from.join(", ")
     );
     let _ = writeln!(
         s,
         "action acknowledged in {}; restore sent at {} (acknowledged in {}); probing ended at {}",
-        secs(r.action_ack_ms),
-        secs(r.restore_ms),
-        secs(r.restore_ack_ms),
-        secs(Some(r.end_ms)),
+        secs(r.setup.action_ack_ms),
+        secs(r.setup.restore_ms),
+        secs(r.setup.restore_ack_ms),
+        secs(Some(r.setup.end_ms)),
     );
     let _ = writeln!(s);
     let header = [
@@ -659,7 +631,7 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(
         s,
         "every DC stopped answering with {}: {}; failed back: {}; stale answers: {}{}",
-        r.datacenter,
+        r.setup.target,
         verdict(o.stopped),
         verdict(o.failed_back),
         o.stale_answers,
@@ -678,20 +650,20 @@ pub fn human(r: &Report) -> String {
          and one at once after the failure and after the restore. \"?\": connections cannot be \
          placed in a DC (the same certificate everywhere); \"n/a\": it did not answer with {} \
          before.",
-        match r.drill {
+        match r.setup.kind {
             Kind::DcDown => "drain",
             Kind::ServiceDown => "checks failed",
         },
-        r.interval_ms,
-        r.datacenter
+        r.setup.interval_ms,
+        r.setup.target
     );
-    if r.interrupted {
+    if r.setup.interrupted {
         let _ = writeln!(s, "INTERRUPTED: the drill was stopped early.");
     }
     if !r.restored {
         let _ = writeln!(s, "NOT RESTORED: see the error below.");
     }
-    for n in &r.notes {
+    for n in &r.setup.notes {
         let _ = writeln!(s, "note: {n}");
     }
     s

@@ -406,3 +406,20 @@ pub fn write_report(out: &Path, name: &str, report: &impl Serialize, md: &str) -
     println!("{md}");
     Ok(())
 }
+
+/// The report line that says how the WAN was emulated and that it held: the delayer's mode, the
+/// TCP connect RTT through it before and after (medians), packets delayed and overruns.
+pub fn wan_line(
+    mode: &str,
+    before_ms: &[f64],
+    after_ms: &[f64],
+    delayed: u64,
+    overruns: u64,
+) -> String {
+    format!(
+        "WAN: {mode}; TCP connect RTT {:.1} ms before, {:.1} ms after (median of 5); {delayed} \
+         packets delayed, {overruns} overruns.\n",
+        crate::median(before_ms.to_vec()),
+        crate::median(after_ms.to_vec()),
+    )
+}

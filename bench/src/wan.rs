@@ -1093,16 +1093,16 @@ fn met(ok: bool) -> &'static str {
 
 fn markdown(r: &Report) -> Result<String> {
     let mut s = String::new();
-    let med = |v: &[f64]| crate::median(v.to_vec());
     writeln!(
         s,
-        "WAN: {}; TCP connect RTT {:.1} ms before, {:.1} ms after (median of 5); {} packets \
-         delayed, {} overruns.\n",
-        r.wan.mode,
-        med(&r.wan.rtt_before_ms),
-        med(&r.wan.rtt_after_ms),
-        r.wan.delayed_packets,
-        r.wan.overruns
+        "{}",
+        crate::tools::wan_line(
+            &r.wan.mode,
+            &r.wan.rtt_before_ms,
+            &r.wan.rtt_after_ms,
+            r.wan.delayed_packets,
+            r.wan.overruns
+        )
     )?;
     writeln!(
         s,

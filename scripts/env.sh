@@ -21,6 +21,15 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # The failover tests cut a WAN link between two loopback addresses with iptables.
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
+# `cargo audit`, which scripts/test.sh runs (the demo does not need it): installed once into
+# ~/.cargo/bin, built in cargo's own temporary folder rather than the project's target, pinned
+# because the advisory database's format moves with the tool, without binary scanning (only
+# Cargo.lock is audited).
+need_cargo_audit() {
+    cargo audit --version >/dev/null 2>&1 && return
+    echo "meridian: installing cargo-audit (once, a few minutes)" >&2
+    env -u CARGO_TARGET_DIR cargo install --locked --no-default-features cargo-audit@0.22.2 >&2
+}
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "meridian: installing ${need_apt[*]} with apt-get" >&2

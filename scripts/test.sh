@@ -7,6 +7,10 @@ source scripts/env.sh
 started=$(date +%s)
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# Known advisories (RustSec) against Cargo.lock, from the snapshot in .ci/advisory-db (its date
+# and how to refresh it: .ci/advisory-db/SNAPSHOT); what is ignored, and why: .cargo/audit.toml.
+need_cargo_audit
+cargo audit
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --no-fail-fast
 else

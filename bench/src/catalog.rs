@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+use crate::tools::BENCH_SECURITY;
 use crate::tools::{Meter, ProcessUsage, free_port, mib};
 use crate::{machine, median, today};
 
@@ -177,7 +178,7 @@ fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
         std::fs::write(
             &cfg,
             format!(
-                "datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
+                "{BENCH_SECURITY}datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
                  data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n{servers}",
                 i + 1,
                 dir.join(&name).display(),

@@ -37,6 +37,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::tools::BENCH_SECURITY;
 use crate::tools::{Meter, ProcessUsage, mib};
 
 /// What `meridian-bench failover` was asked for.
@@ -326,7 +327,7 @@ fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Re
         ""
     };
     let config = format!(
-        "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+        "{BENCH_SECURITY}datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
          data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
          gateway = {gw}\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n[federation]\n\
          ca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
@@ -877,7 +878,7 @@ async fn measure(
     }
 
     // The probe client of dc3, as the drill builds it.
-    let client = Http::new()?;
+    let client = Http::new(None)?;
     let nodes: Vec<NodeInfo> = {
         let mut v = Vec::new();
         for dc in &dcs {

@@ -337,6 +337,11 @@ pub fn pinned(core: Option<usize>, program: &Path) -> Command {
     }
 }
 
+/// The top of every agent configuration a benchmark writes: the LAN rpc port in plain text and
+/// the HTTP API without tokens, so the figures measure the data path alone (the agent refuses
+/// both outside `--dev` unless told, as here).
+pub const BENCH_SECURITY: &str = "insecure = true\nacl.enabled = false\n";
+
 /// Writes `dir/meridian.toml`: a one-node datacenter dc1 (node `node`) on 127.0.0.1 and `p`,
 /// data in `data`, fast Raft timings, one DNS thread, then the TOML `extra`. Returns its path.
 pub fn one_node_config(
@@ -350,7 +355,7 @@ pub fn one_node_config(
     std::fs::write(
         &conf,
         format!(
-            "datacenter = \"dc1\"\nnode_name = \"{node}\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+            "{BENCH_SECURITY}datacenter = \"dc1\"\nnode_name = \"{node}\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
              data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\n\
              gateway = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
              election_timeout_max_ms = 600\n\n[dns]\nthreads = 1\n\n{extra}\

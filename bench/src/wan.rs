@@ -22,6 +22,7 @@
 //! hop to dc2's gateway or HAProxy and the hop from dc1's gateway or HAProxy to the backend are
 //! not delayed.
 
+use crate::tools::BENCH_SECURITY;
 use crate::tools::Ports;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -345,7 +346,7 @@ impl Agent {
             format!("\n[[federation.peers]]\ndc = \"dc1\"\naddresses = [\"127.0.0.1:{w}\"]\n")
         });
         let config = format!(
-            "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
+            "{BENCH_SECURITY}datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
              data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\n\
              wan = {wan}\ngateway = {gw}\n\n[raft]\nheartbeat_ms = 100\n\
              election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n[[servers]]\nid = 1\n\

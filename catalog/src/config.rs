@@ -26,6 +26,9 @@ pub struct CatalogConfig {
     pub raft: RaftTuning,
     /// How long a write may wait for a leader and a commit before it fails.
     pub write_timeout: Duration,
+    /// Mutual TLS on the rpc port; `None` runs it in plain text (anyone who reaches it can
+    /// vote and append).
+    pub tls: Option<crate::RpcTls>,
 }
 
 /// Raft timing and log compaction.

@@ -22,6 +22,8 @@ pub struct CatalogCounters {
     pub batched_writes: AtomicU64,
     /// Malformed RPC payloads refused.
     pub rpc_rejected: AtomicU64,
+    /// Connections to the rpc port refused in the TLS handshake (no certificate of this DC).
+    pub rpc_tls_refused: std::sync::Arc<AtomicU64>,
 }
 
 impl Default for CatalogCounters {
@@ -35,6 +37,7 @@ impl Default for CatalogCounters {
             batches: AtomicU64::new(0),
             batched_writes: AtomicU64::new(0),
             rpc_rejected: AtomicU64::new(0),
+            rpc_tls_refused: std::sync::Arc::new(AtomicU64::new(0)),
         }
     }
 }

@@ -18,6 +18,7 @@ mod node;
 mod proposer;
 mod rpc;
 mod store;
+mod tls;
 mod types;
 
 pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
@@ -26,4 +27,5 @@ pub use counters::CatalogCounters;
 pub use error::CatalogError;
 pub use node::{Catalog, RaftStatus};
 pub use store::{LogStore, StateMachineStore, open_store};
+pub use tls::RpcTls;
 pub use types::TypeConfig;

@@ -17,33 +17,54 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::RpcTls;
 use crate::types::TypeConfig;
 
 /// Largest gRPC message a catalog node sends or accepts (snapshot chunks are smaller).
 pub(crate) const MAX_RPC_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// Opens a lazily-connecting channel to a peer's rpc address.
+/// Opens a lazily-connecting channel to a peer's rpc address, over mutual TLS when `tls` is set.
 pub(crate) fn channel(
     addr: &str,
     connect_timeout: Duration,
+    tls: Option<&RpcTls>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    let Some(tls) = tls else {
+        return Ok(endpoint.connect_lazy());
+    };
+    let (tls, target) = (tls.clone(), addr.to_owned());
+    // The connector dials `addr` itself; the URI above only names the authority.
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (tls, target) = (tls.clone(), target.clone());
+        async move {
+            let stream = tokio::time::timeout(connect_timeout, crate::tls::connect(&tls, &target))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect timed out")
+                })??;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 /// Creates Raft clients for peers.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    /// Mutual TLS to the peers, when the rpc port runs it.
+    pub(crate) tls: Option<RpcTls>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        let client = channel(&node.addr, Duration::from_secs(2)).map(|ch| {
+        let client = channel(&node.addr, Duration::from_secs(2), self.tls.as_ref()).map(|ch| {
             RaftClient::new(ch)
                 .max_decoding_message_size(MAX_RPC_MESSAGE)
                 .max_encoding_message_size(MAX_RPC_MESSAGE)

@@ -133,7 +133,10 @@ impl Catalog {
         .validate()
         .map_err(|e| CatalogError::Config(e.to_string()))?;
         let store_closed = log.closed_watch();
-        let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), NetworkFactory, log, sm)
+        let network = NetworkFactory {
+            tls: cfg.tls.clone(),
+        };
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log, sm)
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
 
@@ -148,20 +151,35 @@ impl Catalog {
         let (proposer, proposer_task) = Proposer::start(raft.clone(), counters.clone());
         let (raft_svc, fwd_svc) =
             crate::rpc::services(raft.clone(), proposer.clone(), counters.clone());
+        let tls = cfg.tls.clone();
+        let refused = counters.rpc_tls_refused.clone();
         let rpc_task = tokio::spawn(
             async move {
-                let served = tonic::transport::Server::builder()
+                let server = tonic::transport::Server::builder()
                     .timeout(Duration::from_secs(30))
                     .add_service(raft_svc)
-                    .add_service(fwd_svc)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                        async {
-                            let _ = stop_rx.await;
-                        },
-                    )
-                    .await;
+                    .add_service(fwd_svc);
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                let served = match tls {
+                    Some(tls) => {
+                        let incoming = crate::tls::accept_loop(listener, &tls, refused);
+                        let incoming = futures::stream::unfold(incoming, |mut rx| async move {
+                            rx.recv().await.map(|conn| (conn, rx))
+                        });
+                        server.serve_with_incoming_shutdown(incoming, stop).await
+                    }
+                    None => {
+                        server
+                            .serve_with_incoming_shutdown(
+                                tonic::transport::server::TcpIncoming::from(listener)
+                                    .with_nodelay(Some(true)),
+                                stop,
+                            )
+                            .await
+                    }
+                };
                 if let Err(e) = served {
                     warn!(error = %e, "rpc server stopped");
                 }
@@ -388,7 +406,8 @@ impl Catalog {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let ch = network::channel(addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let ch = network::channel(addr, Duration::from_secs(2), self.inner.cfg.tls.as_ref())
+            .map_err(|e| e.to_string())?;
         let c = CatalogClient::new(ch)
             .max_decoding_message_size(network::MAX_RPC_MESSAGE)
             .max_encoding_message_size(network::MAX_RPC_MESSAGE);

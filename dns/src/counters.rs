@@ -1,5 +1,5 @@
-//! The DNS server's counters: answers by response code, malformed packets, truncations and
-//! forwarded queries. Plain atomics owned by the server (no globals), read by `/metrics`.
+//! The DNS server's counters: answers by response code, malformed packets, truncations,
+//! forwarded queries and UDP responses held back by the response-rate limit. Plain atomics owned by the server (no globals), read by `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +24,8 @@ pub struct DnsCounters {
     truncated: AtomicU64,
     forwarded: AtomicU64,
     forward_failed: AtomicU64,
+    rate_limited_dropped: AtomicU64,
+    rate_limited_slipped: AtomicU64,
 }
 
 fn add(c: &AtomicU64) {
@@ -56,6 +58,16 @@ impl DnsCounters {
         if failed {
             add(&self.forward_failed);
         }
+    }
+
+    /// Counts a UDP response dropped by the response-rate limit.
+    pub fn rate_limited_dropped(&self) {
+        add(&self.rate_limited_dropped);
+    }
+
+    /// Counts a UDP response the response-rate limit replaced by an empty truncated reply.
+    pub fn rate_limited_slipped(&self) {
+        add(&self.rate_limited_slipped);
     }
 
     /// Responses sent with each response code, by name (`NOERROR`, ..., `other`).
@@ -96,5 +108,15 @@ impl DnsCounters {
     /// Forwarded queries no recursor answered.
     pub fn forward_failed_total(&self) -> u64 {
         self.forward_failed.load(Ordering::Relaxed)
+    }
+
+    /// UDP responses dropped by the response-rate limit so far.
+    pub fn rate_limited_dropped_total(&self) -> u64 {
+        self.rate_limited_dropped.load(Ordering::Relaxed)
+    }
+
+    /// UDP responses sent as empty truncated replies by the response-rate limit so far.
+    pub fn rate_limited_slipped_total(&self) -> u64 {
+        self.rate_limited_slipped.load(Ordering::Relaxed)
     }
 }

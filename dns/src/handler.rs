@@ -285,6 +285,21 @@ impl DnsHandler {
         self.shared.counters.answered(rcode);
     }
 
+    /// Encodes into `out` (cleared first) the reply the response-rate limit sends instead of an
+    /// answer: no records, TC set, so that a real client retries over TCP. It is no larger than
+    /// the query (a header, the question, an OPT), so reflecting it gains an attacker nothing.
+    pub fn encode_slip(&self, request: &Request, out: &mut Vec<u8>) {
+        let mut reply = Self::error(request, ResponseCode::NoError);
+        reply.meta.truncation = true;
+        out.clear();
+        let mut enc = BinEncoder::new(out);
+        if let Err(e) = build(request, &reply).destructive_emit(&mut enc) {
+            // Cannot happen for a question that was decoded; send nothing rather than a stub.
+            tracing::warn!(error = %e, "cannot encode a truncated DNS reply");
+            out.clear();
+        }
+    }
+
     /// Decodes a packet. A packet that is not a query we can read is counted as malformed; the
     /// `Err` carries a FORMERR response when the header was readable (and was not a response).
     pub fn decode(

@@ -5,7 +5,8 @@
 //!
 //! [`DnsServer`] owns the sockets and keeps the view current; [`DnsHandler`] turns a request into
 //! a response (checks, [`answer`](crate::answer::answer), fitting to the transport's size);
-//! [`DnsSettings`] holds the configuration; [`DnsCounters`] what `/metrics` shows. Invariants:
+//! [`DnsSettings`] holds the configuration (with [`RateLimitSettings`], the per-client limit on
+//! UDP responses that blunts amplification); [`DnsCounters`] what `/metrics` shows. Invariants:
 //! every response fits its transport (512 bytes over UDP without EDNS, the EDNS size with it,
 //! 64 KiB over TCP), additional records always match the answers kept, and no input panics the
 //! server. Health and failover are never decided here: answers come from `topology::resolve`.
@@ -15,6 +16,7 @@ pub mod answer;
 mod batch;
 mod counters;
 mod handler;
+mod ratelimit;
 mod server;
 mod settings;
 #[cfg(test)]
@@ -23,5 +25,6 @@ mod tests;
 pub use counters::DnsCounters;
 pub use handler::{DnsHandler, Prepared, Reply, formerr};
 pub use hickory_server::proto::op::ResponseCode;
+pub use ratelimit::RateLimitSettings;
 pub use server::{DnsError, DnsServer};
 pub use settings::{DnsSettings, SoaSettings, TtlMap, normalize_domain};

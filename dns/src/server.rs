@@ -5,10 +5,14 @@
 //! one TCP accept loop (a task per connection, idle and read timeouts, a cap on connections).
 //! With `threads = 0` the loops run on the caller's runtime; otherwise each thread has its own
 //! single-threaded runtime over duplicates of the same sockets.
+//!
+//! UDP responses pass the response-rate limit ([`crate::ratelimit`]): one table shared by every
+//! thread, since any thread may read a client's next datagram from the shared socket. TCP is
+//! never limited: it cannot be spoofed, and it is where a limited client is sent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_server::net::xfer::Protocol;
@@ -21,6 +25,7 @@ use tracing::Instrument as _;
 
 use crate::counters::DnsCounters;
 use crate::handler::{DnsHandler, Prepared};
+use crate::ratelimit::{ClientLimit, RateLimiter, Verdict};
 use crate::settings::DnsSettings;
 
 /// How long a TCP connection may stay idle between queries.
@@ -29,6 +34,51 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const TCP_IO: Duration = Duration::from_secs(5);
 /// Most TCP connections served at once per server thread.
 const TCP_MAX_CONNECTIONS: usize = 256;
+
+/// The response-rate limit as the UDP loops use it: the shared table and its clock's origin.
+#[derive(Clone)]
+struct UdpLimit {
+    limiter: Arc<RateLimiter>,
+    origin: Instant,
+}
+
+/// One UDP loop's side of the response-rate limit: its handle on the shared table, and the time,
+/// read once per batch of datagrams rather than once per datagram.
+struct UdpGate<'a> {
+    limit: Option<(&'a UdpLimit, ClientLimit<'a>)>,
+    now_us: u64,
+}
+
+impl<'a> UdpGate<'a> {
+    fn new(limit: Option<&'a UdpLimit>) -> Self {
+        UdpGate {
+            limit: limit.map(|l| (l, ClientLimit::new(&l.limiter))),
+            now_us: 0,
+        }
+    }
+
+    /// Reads the clock: microseconds since the limit's origin.
+    fn tick(&mut self) {
+        if let Some((l, _)) = &self.limit {
+            self.now_us = u64::try_from(l.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        }
+    }
+
+    /// The verdict on one response to `src` (always `Send` without a limit); counts what it
+    /// holds back.
+    fn check(&mut self, h: &DnsHandler, src: SocketAddr) -> Verdict {
+        let Some((_, limit)) = &mut self.limit else {
+            return Verdict::Send;
+        };
+        let verdict = limit.check(src.ip(), self.now_us);
+        match verdict {
+            Verdict::Send => {}
+            Verdict::Drop => h.counters().rate_limited_dropped(),
+            Verdict::Slip => h.counters().rate_limited_slipped(),
+        }
+        verdict
+    }
+}
 
 /// Why the DNS server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +124,10 @@ impl DnsServer {
             source,
         })?;
         let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
+        let limit = RateLimiter::new(&settings.rate_limit).map(|l| UdpLimit {
+            limiter: Arc::new(l),
+            origin: Instant::now(),
+        });
         let handler = DnsHandler::new(settings, current.clone(), Arc::new(DnsCounters::default()));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -94,13 +148,14 @@ impl DnsServer {
         let mut handles = Vec::new();
         if threads == 0 {
             let (u, t) = into_tokio(udp, tcp).map_err(DnsError::Thread)?;
-            tasks.spawn(serve_udp(u, handler.clone(), stop_rx.clone()));
+            tasks.spawn(serve_udp(u, handler.clone(), limit, stop_rx.clone()));
             tasks.spawn(serve_tcp(t, handler.clone(), stop_rx));
         } else {
             for i in 0..threads {
                 let udp = udp.try_clone().map_err(DnsError::Thread)?;
                 let tcp = tcp.try_clone().map_err(DnsError::Thread)?;
                 let h = handler.clone();
+                let limit = limit.clone();
                 let stop = stop_rx.clone();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -117,7 +172,7 @@ impl DnsServer {
                                     return;
                                 }
                             };
-                            let udp = tokio::spawn(serve_udp(u, h.clone(), stop.clone()));
+                            let udp = tokio::spawn(serve_udp(u, h.clone(), limit, stop.clone()));
                             serve_tcp(t, h, stop).await;
                             let _ = udp.await;
                         });
@@ -210,7 +265,12 @@ fn into_tokio(
 /// answered in place, and one `sendmmsg` sends the answers. Only forwarding (which waits on the
 /// network) runs on a task of its own. The loop parks on readiness only when the socket is empty.
 #[cfg(target_os = "linux")]
-async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+async fn serve_udp(
+    sock: UdpSocket,
+    h: DnsHandler,
+    limit: Option<UdpLimit>,
+    mut stop: watch::Receiver<bool>,
+) {
     use std::os::fd::AsRawFd;
 
     use crate::batch::{BATCH, UdpBatch};
@@ -221,6 +281,7 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
     let mut ready: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut forwards = JoinSet::new();
+    let mut gate = UdpGate::new(limit.as_ref());
     loop {
         // Through tokio's readiness, so that an empty socket clears it and `readable()` parks.
         let n = match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
@@ -238,10 +299,11 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
             }
         };
         ready.clear();
+        gate.tick();
         for (i, out) in outs.iter_mut().enumerate().take(n) {
             let (data, src) = batch.datagram(i);
             if let Some(src) = src
-                && answer_datagram(&h, data, src, out, &sock, &mut forwards)
+                && answer_datagram(&h, data, src, out, &sock, &mut forwards, &mut gate)
             {
                 ready.push((i, src));
             }
@@ -273,11 +335,17 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
 /// The loop drains the socket with non-blocking reads and sends without awaiting, and only
 /// parks on readiness when the socket is empty: under load a query costs one `recvfrom` and one
 /// `sendto`, with no future, `select!` or wakeup per datagram.
-async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+async fn serve_udp(
+    sock: UdpSocket,
+    h: DnsHandler,
+    limit: Option<UdpLimit>,
+    mut stop: watch::Receiver<bool>,
+) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     let mut forwards = JoinSet::new();
+    let mut gate = UdpGate::new(limit.as_ref());
     loop {
         let (n, src) = match sock.try_recv_from(&mut buf) {
             Ok(r) => r,
@@ -293,7 +361,16 @@ async fn serve_udp(sock: UdpSocket, h: DnsHandler, mut stop: watch::Receiver<boo
                 continue;
             }
         };
-        if answer_datagram(&h, &buf[..n], src, &mut out, &sock, &mut forwards) {
+        gate.tick();
+        if answer_datagram(
+            &h,
+            &buf[..n],
+            src,
+            &mut out,
+            &sock,
+            &mut forwards,
+            &mut gate,
+        ) {
             send_udp(&sock, &out, src).await;
         }
     }
@@ -319,7 +396,9 @@ async fn park(
 }
 
 /// Answers one datagram into `out` and returns whether `out` now holds a reply to send. A query
-/// for the recursors is answered later, by a task of its own on `forwards`.
+/// for the recursors is answered later, by a task of its own on `forwards`. Every reply is first
+/// charged to the client's prefix at `gate`: over the limit it is dropped, or slipped as an empty
+/// truncated reply, before any work is done for it.
 fn answer_datagram(
     h: &DnsHandler,
     data: &[u8],
@@ -327,18 +406,36 @@ fn answer_datagram(
     out: &mut Vec<u8>,
     sock: &Arc<UdpSocket>,
     forwards: &mut JoinSet<()>,
+    gate: &mut UdpGate<'_>,
 ) -> bool {
     out.clear();
     let request = match h.decode(data, src, Protocol::Udp) {
         Ok(r) => r,
         Err(Some(formerr)) => {
-            h.counters()
-                .answered(hickory_server::proto::op::ResponseCode::FormErr);
+            let verdict = gate.check(h, src);
+            if verdict == Verdict::Drop {
+                return false;
+            }
             out.extend_from_slice(&formerr);
+            if verdict == Verdict::Slip {
+                // A FORMERR is already header-only: slipping it only adds TC.
+                out[2] |= 0x02;
+            } else {
+                h.counters()
+                    .answered(hickory_server::proto::op::ResponseCode::FormErr);
+            }
             return true;
         }
         Err(None) => return false,
     };
+    match gate.check(h, src) {
+        Verdict::Send => {}
+        Verdict::Drop => return false,
+        Verdict::Slip => {
+            h.encode_slip(&request, out);
+            return !out.is_empty();
+        }
+    }
     let span = query_span(&request);
     let prepared = {
         let _enter = span.enter();

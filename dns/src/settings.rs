@@ -1,9 +1,11 @@
 //! What the DNS server is told at start-up: its domains, TTLs, size limits, SOA fields and
-//! recursors. Built by the binary from its validated configuration; nothing here reads files.
+//! recursors, and the UDP response-rate limit. Built by the binary from its validated configuration; nothing here reads files.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use crate::ratelimit::RateLimitSettings;
 
 /// The DNS server's settings.
 #[derive(Clone, Debug)]
@@ -30,10 +32,12 @@ pub struct DnsSettings {
     pub soa: SoaSettings,
     /// This node's name: the NS and SOA primary of our domains are `<node>.node.<dc>.<domain>`.
     pub node_name: String,
+    /// The per-client limit on UDP responses (TCP is never limited).
+    pub rate_limit: RateLimitSettings,
 }
 
 impl DnsSettings {
-    /// Consul's defaults for `domain` with this node's name.
+    /// Consul's defaults for `domain` with this node's name, and the default response-rate limit.
     pub fn new(domain: &str, node_name: &str) -> Self {
         DnsSettings {
             domain: normalize_domain(domain),
@@ -47,6 +51,7 @@ impl DnsSettings {
             recursor_timeout: Duration::from_secs(2),
             soa: SoaSettings::default(),
             node_name: node_name.to_ascii_lowercase(),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }

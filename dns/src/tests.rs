@@ -1158,3 +1158,118 @@ fn plain_names_fail_over_directly_or_through_the_local_gateways() {
         );
     }
 }
+
+/// Over real sockets: a client that outruns the response-rate limit gets its burst, then every
+/// second response as an empty TC reply and none for the rest; a client in another /24 keeps its
+/// own burst; TCP from the limited address is answered in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_drops_and_slips_udp_per_prefix_and_spares_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut s = settings();
+    // 1/s after the burst, so that a slow machine adds at most a response or two.
+    s.rate_limit = crate::RateLimitSettings {
+        rate: 1,
+        burst: 20,
+        slip: 2,
+    };
+    let (_views, rx) = tokio::sync::watch::channel(Arc::new(view()));
+    let bind: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = crate::DnsServer::start(s, rx, bind, 1)
+        .await
+        .expect("server starts");
+    let to = server.local_addr();
+    let counters = server.counters();
+
+    /// Sends `n` queries from `sock` and sorts what comes back: (full answers, TC replies).
+    async fn flood(sock: &tokio::net::UdpSocket, to: SocketAddr, n: u16) -> (usize, usize) {
+        for id in 0..n {
+            let mut raw = query_bytes("web.service.consul", RecordType::A, None);
+            raw[..2].copy_from_slice(&id.to_be_bytes());
+            sock.send_to(&raw, to).await.expect("send");
+        }
+        let (mut full, mut slipped) = (0, 0);
+        let mut buf = vec![0u8; 4096];
+        // Until the server has been quiet for a while: dropped queries get nothing.
+        while let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+        {
+            let (len, _) = got.expect("recv");
+            let m = Message::from_vec(&buf[..len]).expect("valid response");
+            assert!(m.metadata.id < n, "an answer to a query we sent");
+            assert_eq!(m.queries.len(), 1, "the question is echoed");
+            if m.metadata.truncation {
+                assert!(
+                    m.answers.is_empty() && m.additionals.is_empty(),
+                    "slip is empty"
+                );
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+                slipped += 1;
+            } else {
+                assert_eq!(m.answers.len(), 3, "a full answer");
+                full += 1;
+            }
+        }
+        (full, slipped)
+    }
+
+    let started = std::time::Instant::now();
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("client a");
+    let (full, slipped) = flood(&a, to, 200).await;
+    let extra = usize::try_from(started.elapsed().as_secs()).expect("seconds") + 1;
+    assert!(
+        (20..=20 + extra).contains(&full),
+        "the burst and about 1/s: {full} full answers"
+    );
+    let limited = 200 - full;
+    assert_eq!(
+        slipped,
+        limited / 2,
+        "every second limited response slipped"
+    );
+    assert_eq!(
+        counters.rate_limited_slipped_total(),
+        u64::try_from(slipped).expect("n")
+    );
+    assert_eq!(
+        counters.rate_limited_dropped_total(),
+        u64::try_from(limited - limited / 2).expect("n")
+    );
+
+    // 127.0.1.1 is in another /24 (all of 127/8 is loopback): its own, untouched burst.
+    let b = tokio::net::UdpSocket::bind("127.0.1.1:0")
+        .await
+        .expect("client b");
+    assert_eq!(
+        flood(&b, to, 20).await,
+        (20, 0),
+        "another prefix is not limited"
+    );
+
+    // TCP from the limited address: more queries than the burst, all answered in full.
+    let mut tcp = tokio::net::TcpStream::connect(to).await.expect("tcp");
+    for id in 0..50u16 {
+        let mut raw = query_bytes("web.service.consul", RecordType::A, None);
+        raw[..2].copy_from_slice(&id.to_be_bytes());
+        // Length and message in one write: two would wait on Nagle and a delayed ACK.
+        let mut framed = u16::try_from(raw.len())
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        framed.extend_from_slice(&raw);
+        tcp.write_all(&framed).await.expect("write");
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).await.expect("length");
+        let mut resp = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut resp).await.expect("response");
+        let m = Message::from_vec(&resp).expect("valid response");
+        assert_eq!(m.metadata.id, id);
+        assert!(
+            !m.metadata.truncation && m.answers.len() == 3,
+            "TCP is never limited"
+        );
+    }
+    server.shutdown().await;
+}

@@ -44,13 +44,8 @@ impl ExportPolicy {
         {
             return true;
         }
-        only.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => {
-                service.len() >= prefix.len()
-                    && service.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-            }
-            None => p.eq_ignore_ascii_case(service),
-        })
+        only.iter()
+            .any(|p| meridian_topology::names::pattern_matches(p, service))
     }
 
     fn all_nodes(&self) -> bool {

@@ -34,6 +34,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use x509_parser::asn1_rs::Tag;
@@ -751,6 +752,14 @@ impl TlsMaterial {
     /// A server configuration that requires a client certificate signed by the CA roots, presents
     /// this node's certificate, speaks TLS 1.3 and ALPN `h2`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with(|webpki| webpki)
+    }
+
+    /// [`Self::server_config`] with the client verifier `wrap` makes of the WebPKI one.
+    fn server_config_with(
+        &self,
+        wrap: impl FnOnce(Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         const SIDE: &str = "server";
         let config_err = |e: rustls::Error| TlsError::Config {
             side: SIDE,
@@ -767,7 +776,7 @@ impl TlsMaterial {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(wrap(verifier))
             .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
             .map_err(config_err)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -794,6 +803,14 @@ impl TlsMaterial {
 }
 
 impl TlsMaterial {
+    /// A server configuration for the LAN rpc port: like [`Self::server_config`], but a client
+    /// must also hold a certificate naming this node's own datacenter, so a node of another DC
+    /// under the same CA cannot join this DC's Raft group.
+    pub fn lan_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let dc = self.identity.dc.clone();
+        self.server_config_with(move |inner| Arc::new(SameDcClientVerifier { inner, dc }))
+    }
+
     /// A client configuration for joining a datacenter known only by address: the server must
     /// hold a certificate from the CA roots that is valid for the datacenter it names itself,
     /// which the caller then reads with [`peer_identity`]. Otherwise as [`Self::client_config`].
@@ -820,6 +837,58 @@ impl TlsMaterial {
             .map_err(config_err)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// Verifies a client certificate as WebPKI does, then requires it to name datacenter `dc`.
+#[derive(Debug)]
+struct SameDcClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    dc: String,
+}
+
+impl ClientCertVerifier for SameDcClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match peer_identity(end_entity) {
+            Ok(id) if id.dc == self.dc => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

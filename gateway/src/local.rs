@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use meridian_topology::names::pattern_matches;
 use meridian_topology::{ResolveError, View, resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,6 +53,9 @@ pub struct LocalConfig {
     pub idle_timeout: Duration,
     /// Most connections open at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Services other datacenters may reach through the tunnel (names or `prefix*`, as
+    /// federation's export policy); `None`: every service.
+    pub export: Option<Vec<String>>,
 }
 
 /// Why a connection was closed without being relayed; each variant is a stable log reason.
@@ -103,6 +107,9 @@ pub enum ConnError {
     /// A tunnelled stream's header was malformed or late.
     #[error("bad tunnel header: {0}")]
     BadHeader(String),
+    /// A tunnelled stream asked for a service this datacenter does not export.
+    #[error("service {0} is not exported to other datacenters")]
+    NotExported(String),
     /// Reading from or writing to a socket failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
@@ -124,6 +131,7 @@ impl ConnError {
             ConnError::Tunnel(_) => "tunnel_failed",
             ConnError::WrongDc(_) => "wrong_dc",
             ConnError::BadHeader(_) => "bad_tunnel_header",
+            ConnError::NotExported(_) => "not_exported",
             ConnError::Io(_) => "io",
         }
     }
@@ -448,6 +456,12 @@ impl LocalGateway {
             stream.shutdown().await?;
             return Ok(None);
         }
+        if let Some(export) = &self.config.export {
+            let service = route(&header.name, &self.config.names)?.service;
+            if !export.iter().any(|p| pattern_matches(p, service)) {
+                return Err(ConnError::NotExported(service.to_owned()));
+            }
+        }
         let Target::Local(candidates) = self.target(&header.name, true)? else {
             return Err(ConnError::WrongDc(header.dc));
         };
@@ -627,7 +641,49 @@ mod tests {
             only_passing: false,
             idle_timeout: Duration::from_secs(30),
             max_connections: 64,
+            export: None,
         }
+    }
+
+    #[tokio::test]
+    async fn tunnelled_streams_reach_only_exported_services() {
+        let (backend, _) = tls_backend();
+        let gw = |export: Option<Vec<String>>| {
+            let mut c = config(Duration::from_secs(5));
+            c.export = export;
+            LocalGateway::new(Arc::new(ArcSwap::from_pointee(view(&[backend.port()]))), c)
+        };
+        let header = crate::tunnel::Header {
+            name: NAME.into(),
+            dc: "dc1".into(),
+        }
+        .encode()
+        .expect("header");
+        let stream = |first: &[u8]| {
+            let (mut near, far) = tokio::io::duplex(4096);
+            let first = first.to_vec();
+            tokio::spawn(async move {
+                let _ = near.write_all(&first).await;
+                let _ = near.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = near.read_to_end(&mut sink).await;
+            });
+            far
+        };
+        let private = gw(Some(vec!["api*".into()]));
+        let err = private
+            .serve_tunnel_stream(stream(&header))
+            .await
+            .expect_err("web is not exported");
+        assert_eq!(err.reason(), "not_exported");
+        let mut first = header.clone();
+        first.extend_from_slice(&hello_for(NAME));
+        let open = gw(Some(vec!["web".into()]));
+        let relayed = open
+            .serve_tunnel_stream(stream(&first))
+            .await
+            .expect("web is exported");
+        assert!(relayed.is_some());
     }
 
     /// A rustls server holding a self-signed certificate for `NAME`: answers `pong:` and the

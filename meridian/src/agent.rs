@@ -47,7 +47,7 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(dc = %config.datacenter, node = %config.node_name))]
     pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<Agent> {
         config.validate()?;
-        let catalog_cfg = config.to_catalog()?;
+        let mut catalog_cfg = config.to_catalog()?;
         // Bind before starting the catalog, so a taken port fails fast and leaves nothing behind.
         let http_bind = config.bind_addr(config.ports.http);
         let listener = TcpListener::bind(http_bind)
@@ -56,6 +56,13 @@ impl Agent {
         let http_addr = listener.local_addr()?;
         // Certificates are checked before anything starts, so a bad file fails fast.
         let tls = federation_tls(&config)?;
+        catalog_cfg.tls = tls.as_deref().map(rpc_tls).transpose()?;
+        if catalog_cfg.tls.is_none() {
+            tracing::warn!("the LAN rpc port runs without TLS (insecure = true)");
+        }
+        if !config.acl.to_acl(config.dev).enabled() {
+            tracing::warn!("the HTTP API runs without ACL tokens: anyone who reaches it may write");
+        }
         let federation_settings = tls
             .clone()
             .map(|t| federation_settings(&config, t))
@@ -124,6 +131,7 @@ impl Agent {
             config.limits.max_body_bytes,
             Some(dns.counters()),
         )
+        .with_acl(config.acl.to_acl(config.dev))
         .with_node(NodeInfo {
             http: http_addr,
             dns: Some(dns_addr),
@@ -136,6 +144,7 @@ impl Agent {
             listener,
             api.clone(),
             config.limits.max_connections,
+            config.limits.max_connections_per_client,
             async move {
                 let _ = stop_rx.await;
             },
@@ -384,7 +393,10 @@ pub(crate) async fn start_gateway(
             }
         })
     };
-    let mut gw = meridian_gateway::LocalGateway::new(current, config.gateway.to_local(&config.dns));
+    let mut local = config.gateway.to_local(&config.dns);
+    // Other DCs reach through the tunnel only what they may see through federation.
+    local.export = config.federation.export.clone();
+    let mut gw = meridian_gateway::LocalGateway::new(current, local);
     // The tunnel listens on UDP on the gateway's port number, with the federation certificates.
     let tunnel = match &tls {
         Some(tls) => {
@@ -432,6 +444,17 @@ pub(crate) async fn start_gateway(
         counters,
         tunnel,
         tasks,
+    })
+}
+
+/// Mutual TLS for the LAN rpc port from the node's certificate: peers must hold a certificate
+/// from the same CA that names this DC.
+fn rpc_tls(tls: &TlsMaterial) -> anyhow::Result<meridian_catalog::RpcTls> {
+    Ok(meridian_catalog::RpcTls {
+        server: tls.lan_server_config()?,
+        client: tls.client_config()?,
+        server_name: meridian_federation::tls::server_name(&tls.identity().dc)?,
+        handshake_timeout: Duration::from_secs(5),
     })
 }
 

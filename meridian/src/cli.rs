@@ -147,6 +147,14 @@ pub struct ApiArgs {
         global = true
     )]
     pub http_addr: String,
+    /// ACL token sent with every request (`X-Consul-Token`).
+    #[arg(
+        long,
+        env = "MERIDIAN_HTTP_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 /// `meridian services`.

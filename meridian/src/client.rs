@@ -12,6 +12,19 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::{ApiArgs, RegisterArgs, ServicesCommand};
 
+/// The headers that present `token` to the API (none without one); the value is marked
+/// sensitive so it is never printed.
+pub fn token_headers(token: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(t)
+            .map_err(|_| anyhow!("the ACL token is not valid in an HTTP header"))?;
+        value.set_sensitive(true);
+        headers.insert("x-consul-token", value);
+    }
+    Ok(headers)
+}
+
 /// A client of one agent's HTTP API that turns failures into one-line errors.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -20,14 +33,15 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client of the API at `addr` (`host:port` or an `http://` URL).
-    pub fn new(addr: &str) -> anyhow::Result<Self> {
+    /// A client of the API at `addr` (`host:port` or an `http://` URL), presenting `token`.
+    pub fn new(addr: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = if addr.contains("://") {
             addr.trim_end_matches('/').to_owned()
         } else {
             format!("http://{addr}")
         };
         let http = reqwest::Client::builder()
+            .default_headers(token_headers(token)?)
             .timeout(Duration::from_secs(30))
             .build()
             .context("cannot build the HTTP client")?;
@@ -110,7 +124,7 @@ pub fn path_segment(s: &str) -> String {
 
 /// Runs `meridian services ...`.
 pub async fn services(api: &ApiArgs, cmd: ServicesCommand) -> anyhow::Result<()> {
-    let client = ApiClient::new(&api.http_addr)?;
+    let client = ApiClient::new(&api.http_addr, api.token.as_deref())?;
     match cmd {
         ServicesCommand::Register(args) => {
             let body = register_body(&args)?;
@@ -167,7 +181,7 @@ pub async fn services(api: &ApiArgs, cmd: ServicesCommand) -> anyhow::Result<()>
 
 /// Runs `meridian members`.
 pub async fn members(api: &ApiArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&api.http_addr)?;
+    let client = ApiClient::new(&api.http_addr, api.token.as_deref())?;
     let nodes: Vec<NodeEntry> = client.get("/v1/catalog/nodes").await?;
     let leader: String = client.get("/v1/status/leader").await?;
     let peers: Vec<String> = client.get("/v1/status/peers").await?;

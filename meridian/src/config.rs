@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use meridian_catalog::{CatalogConfig, RaftTuning};
 use meridian_dns::normalize_domain;
-use meridian_topology::names::{is_label, validate_label};
+use meridian_topology::names::{is_label, is_service_pattern, validate_label};
 use serde::Deserialize;
 
 /// Why a configuration cannot be used.
@@ -43,7 +43,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             reason: reason.into(),
@@ -94,6 +94,13 @@ pub struct Config {
     /// DC failure detection and failover.
     #[serde(default)]
     pub failover: FailoverSection,
+    /// Who may use the HTTP API.
+    #[serde(default)]
+    pub acl: crate::acl::AclSection,
+    /// Run the LAN rpc port without TLS (no certificates set). Outside `--dev` the agent refuses
+    /// to start that way unless this says so.
+    #[serde(default)]
+    pub insecure: bool,
     /// A `--dev` agent: federation uses the published development CA.
     #[serde(skip)]
     pub dev: bool,
@@ -383,6 +390,7 @@ impl GatewaySection {
             only_passing: self.only_passing,
             idle_timeout: ms(self.idle_timeout_ms),
             max_connections: self.max_connections,
+            export: None,
         }
     }
 }
@@ -439,17 +447,7 @@ impl FederationSection {
         if let Some(export) = &self.export {
             for (i, p) in export.iter().enumerate() {
                 // A prefix may end anywhere in a name, hyphen included (`api-*`).
-                let ok = match p.strip_suffix('*') {
-                    Some("") => true,
-                    Some(prefix) => {
-                        prefix.len() <= 63
-                            && prefix
-                                .bytes()
-                                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                    }
-                    None => is_label(p),
-                };
-                if !ok {
+                if !is_service_pattern(p) {
                     return Err(ConfigError::invalid(
                         format!("federation.export[{i}]"),
                         format!("{p:?} is not a service name or a `prefix*` pattern"),
@@ -637,6 +635,8 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// Most HTTP connections open at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Most HTTP connections open at once from one client address; more are closed at once.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Limits {
@@ -646,6 +646,8 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             // Below the usual 1024 open-file limit, which RocksDB and Raft share.
             max_connections: 512,
+            // Consul's `http_max_conns_per_client`.
+            max_connections_per_client: 200,
         }
     }
 }
@@ -678,6 +680,14 @@ pub struct DnsSection {
     pub threads: usize,
     /// SOA fields of NXDOMAIN and NODATA answers.
     pub soa: SoaSection,
+    /// UDP responses a second per client /24 (IPv6: /56) once its burst is spent, against
+    /// amplification; 0 turns the limit off. TCP is never limited.
+    pub response_rate_limit: u32,
+    /// Responses a client prefix may get at once after being quiet.
+    pub response_rate_burst: u32,
+    /// Every Nth response over the limit goes out as an empty truncated reply, so that a real
+    /// client retries over TCP; 0: all are dropped.
+    pub response_rate_slip: u32,
 }
 
 impl Default for DnsSection {
@@ -694,6 +704,10 @@ impl Default for DnsSection {
             recursor_timeout_ms: 2000,
             threads: 1,
             soa: SoaSection::default(),
+            // The dns crate's default (1,000/s, burst 2,000, slip 2) says why those numbers.
+            response_rate_limit: meridian_dns::RateLimitSettings::default().rate,
+            response_rate_burst: meridian_dns::RateLimitSettings::default().burst,
+            response_rate_slip: meridian_dns::RateLimitSettings::default().slip,
         }
     }
 }
@@ -782,6 +796,19 @@ impl DnsSection {
                 return Err(ConfigError::invalid(key, "must be below 2^31"));
             }
         }
+        // Past a million a second the limit is finer than the limiter's microsecond clock.
+        if self.response_rate_limit > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "dns.response_rate_limit",
+                "must be at most 1000000 (0 turns the limit off)",
+            ));
+        }
+        if self.response_rate_limit > 0 && !(1..=1_000_000).contains(&self.response_rate_burst) {
+            return Err(ConfigError::invalid(
+                "dns.response_rate_burst",
+                "must be between 1 and 1000000",
+            ));
+        }
         Ok(())
     }
 
@@ -806,6 +833,11 @@ impl DnsSection {
             retry: self.soa.retry,
             expire: self.soa.expire,
             min_ttl: self.soa.min_ttl,
+        };
+        s.rate_limit = meridian_dns::RateLimitSettings {
+            rate: self.response_rate_limit,
+            burst: self.response_rate_burst,
+            slip: self.response_rate_slip,
         };
         s
     }
@@ -915,6 +947,8 @@ impl Config {
             federation: FederationSection::default(),
             gateway: GatewaySection::default(),
             failover: FailoverSection::default(),
+            acl: crate::acl::AclSection::default(),
+            insecure: false,
             dev: true,
             gateway_only: false,
         };
@@ -1060,6 +1094,12 @@ impl Config {
                 format!("must be between 1024 and {MAX_BODY_LIMIT}"),
             ));
         }
+        if self.limits.max_connections_per_client == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_connections_per_client",
+                "must be > 0",
+            ));
+        }
         if self.limits.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.max_connections",
@@ -1074,6 +1114,15 @@ impl Config {
         }
         self.dns.validate()?;
         self.federation.validate(&self.datacenter, self.dev)?;
+        self.acl.validate()?;
+        if !self.dev && !self.insecure && !self.gateway_only && !self.federation.has_tls() {
+            return Err(ConfigError::invalid(
+                "insecure",
+                "refusing to run the LAN rpc port (Raft) without TLS: set [federation] ca_file, \
+                 cert_file and key_file (`meridian tls cert create`), or `insecure = true` to \
+                 accept anyone who can reach the port",
+            ));
+        }
         if self.gateway_only {
             if self.federation.local_servers.is_empty() {
                 return Err(ConfigError::invalid(
@@ -1182,6 +1231,7 @@ impl Config {
                 keep_logs: r.keep_logs,
             },
             write_timeout: Duration::from_millis(self.limits.write_timeout_ms),
+            tls: None,
         })
     }
 }
@@ -1210,6 +1260,7 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
+        insecure = true
         datacenter = "dc1"
         node_name = "n1"
         node_id = 1
@@ -1252,6 +1303,45 @@ mod tests {
         assert_eq!(cat.rpc_bind, "127.0.0.1:8300".parse().expect("addr"));
         assert_eq!(cat.advertise_addr, "127.0.0.1");
         assert_eq!(cat.raft.heartbeat, RaftTuning::default().heartbeat);
+    }
+
+    #[test]
+    fn a_plain_text_rpc_port_needs_insecure_or_dev() {
+        let mut cfg = good();
+        cfg.insecure = false;
+        assert_eq!(invalid_key(&cfg), "insecure");
+        cfg.dev = true;
+        cfg.validate()
+            .expect("a --dev agent may run without certificates");
+        let mut tls = good();
+        tls.insecure = false;
+        tls.federation.ca_file = Some("ca.pem".into());
+        tls.federation.cert_file = Some("n1.pem".into());
+        tls.federation.key_file = Some("n1-key.pem".into());
+        tls.validate()
+            .expect("certificates make the rpc port mutual TLS");
+    }
+
+    #[test]
+    fn acl_tokens_are_read_and_validated() {
+        let text = format!(
+            "{GOOD}\n[acl]\nanonymous_read = true\nmanagement_token = \"0123456789abcdef0\"\n\
+             [[acl.tokens]]\ndescription = \"ci\"\nsecret = \"fedcba98765432100\"\n\
+             scope = \"write\"\nservices = [\"web*\"]\n"
+        );
+        let cfg = Config::parse(&text).expect("parses");
+        cfg.validate().expect("valid");
+        let acl = cfg.acl.to_acl(false);
+        assert!(acl.enabled());
+        let grant = acl
+            .authorize(Some("fedcba98765432100"), crate::acl::Need::ServiceWrite)
+            .expect("write token");
+        assert!(grant.may_write_service("web-1") && !grant.may_write_service("db"));
+        let short = format!("{GOOD}\n[acl]\nmanagement_token = \"short\"\n");
+        assert_eq!(
+            invalid_key(&Config::parse(&short).expect("parses")),
+            "acl.management_token"
+        );
     }
 
     #[test]
@@ -1400,6 +1490,8 @@ mod tests {
         assert_eq!((s.soa.retry, s.soa.refresh), (60, 3600));
         assert_eq!(s.node_name, "n1");
         assert_eq!(good().dns.udp_answer_limit, 3, "Consul's default");
+        let rl = good().dns.to_settings("n1").rate_limit;
+        assert_eq!((rl.rate, rl.burst, rl.slip), (1000, 2000, 2));
 
         let err = Config::parse(&format!("{GOOD}\n[dns]\nttl = 1\n"))
             .expect_err("unknown key")
@@ -1415,6 +1507,8 @@ mod tests {
             ("threads = 1000", "dns.threads"),
             ("service_ttl = { \"we b\" = 1 }", "dns.service_ttl.we b"),
             ("soa = { expire = 4294967295 }", "dns.soa.expire"),
+            ("response_rate_limit = 2000000", "dns.response_rate_limit"),
+            ("response_rate_burst = 0", "dns.response_rate_burst"),
         ] {
             let c = Config::parse(&format!("{GOOD}\n[dns]\n{edit}\n")).expect(edit);
             assert_eq!(invalid_key(&c), key, "{edit}");

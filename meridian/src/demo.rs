@@ -142,7 +142,7 @@ async fn demo(
 ) -> anyhow::Result<()> {
     let clients: Vec<ApiClient> = agents
         .iter()
-        .map(|a| ApiClient::new(&a.http_addr().to_string()))
+        .map(|a| ApiClient::new(&a.http_addr().to_string(), None))
         .collect::<anyhow::Result<_>>()?;
     let web = |addr: SocketAddr, dc: &str| {
         json!({"ID": "web-1", "Name": "web", "Tags": ["tls"], "Address": "127.0.0.1", "Port": addr.port(),
@@ -247,6 +247,7 @@ async fn demo(
         common: crate::drill::CommonArgs {
             duration: DRILL_FOR,
             http: agents.iter().map(|a| a.http_addr().to_string()).collect(),
+            token: None,
             interval: Duration::from_millis(100),
             failback_timeout: Duration::from_secs(30),
             ca: Some(ca_file.to_owned()),

@@ -100,6 +100,10 @@ pub struct CommonArgs {
     /// first one of each DC is probed). Repeatable.
     #[arg(long = "http", value_name = "ADDR", required = true)]
     pub http: Vec<String>,
+    /// ACL token for the drill's changes and reads: an `operator` token (or the management
+    /// token) covers drains and check updates.
+    #[arg(long, env = "MERIDIAN_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Time between probe rounds of each DC.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_interval)]
     pub interval: Duration,
@@ -207,7 +211,7 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         common.http.len() <= MAX_NODES,
         "at most {MAX_NODES} --http nodes"
     );
-    let http = Http::new()?;
+    let http = Http::new(common.token.as_deref())?;
     let tls = TlsProber::new(common.ca.as_deref())?;
 
     // Who is who.

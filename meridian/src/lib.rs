@@ -5,6 +5,7 @@
 //! It is a library so that integration tests can start an [`agent::Agent`] or serve
 //! [`http::router`] in-process; `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod acl;
 pub mod agent;
 pub mod cli;
 pub mod client;

@@ -51,6 +51,31 @@ pub fn is_label(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
+/// Whether `p` is a service name pattern: a DNS label, `prefix*` (the prefix may end in `-`), or
+/// `*`.
+pub fn is_service_pattern(p: &str) -> bool {
+    match p.strip_suffix('*') {
+        Some(prefix) => {
+            prefix.len() <= 63
+                && prefix
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        }
+        None => is_label(p),
+    }
+}
+
+/// Whether `service` matches `pattern` (see [`is_service_pattern`]), ignoring case.
+pub fn pattern_matches(pattern: &str, service: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => {
+            service.len() >= prefix.len()
+                && service.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        }
+        None => pattern.eq_ignore_ascii_case(service),
+    }
+}
+
 /// Checks that `name` is a DNS label; `what` names it in the error.
 pub fn validate_label(what: &'static str, name: &str) -> Result<(), NameError> {
     if is_label(name) {

@@ -27,6 +27,7 @@ fn config(dir: &Path, id: u64, servers: &BTreeMap<u64, String>) -> CatalogConfig
             keep_logs: 10,
         },
         write_timeout: Duration::from_secs(20),
+        tls: None,
     }
 }
 

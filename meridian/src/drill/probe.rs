@@ -48,9 +48,10 @@ pub struct Http {
 }
 
 impl Http {
-    /// A client whose requests take at most [`HTTP_TIMEOUT`].
-    pub fn new() -> anyhow::Result<Self> {
+    /// A client whose requests take at most [`HTTP_TIMEOUT`] and carry `token`, if any.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .default_headers(crate::client::token_headers(token)?)
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .build()

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -17,7 +18,7 @@ use super::consul::{AgentServiceJson, HealthCheckJson};
 use super::register::{
     build_registration, decode_check_update, decode_service_definition, truncate_output,
 };
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Grant};
 
 fn unknown_service(id: &str) -> ApiError {
     ApiError::not_found(format!(
@@ -121,6 +122,7 @@ pub(super) async fn agent_checks(
 /// `PUT /v1/agent/service/register[?replace-existing-checks]`.
 pub(super) async fn register_service(
     State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
     Query(q): Pairs,
     body: Body,
 ) -> Result<(), ApiError> {
@@ -134,6 +136,15 @@ pub(super) async fn register_service(
     let def = decode_service_definition(&body)?;
     let cat = state.catalog();
     let reg = build_registration(def, cat.node_name(), replace, cat.view().local())?;
+    grant.require_service_write(&reg.instance.service)?;
+    // Re-registering an ID replaces that instance, so the token must cover what it replaces too.
+    if let Some(old) = cat
+        .view()
+        .local()
+        .instance(cat.node_name(), &reg.instance.id)
+    {
+        grant.require_service_write(&old.service)?;
+    }
     tracing::debug!(service = %reg.instance.service, id = %reg.instance.id, checks = reg.checks.len(), "register");
     cat.write(Command::Register {
         instance: reg.instance,
@@ -146,9 +157,20 @@ pub(super) async fn register_service(
 /// `PUT /v1/agent/service/deregister/{id}`: 404 unless the instance is on this node.
 pub(super) async fn deregister_service(
     State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<(), ApiError> {
     let cat = state.catalog();
+    if !grant.is_management() {
+        // A scoped token must name what it removes; an instance this node does not see yet
+        // (a write still in flight) is unknown to it.
+        let view = cat.view();
+        let inst = view
+            .local()
+            .instance(cat.node_name(), &id)
+            .ok_or_else(|| unknown_service(&id))?;
+        grant.require_service_write(&inst.service)?;
+    }
     // The catalog says whether it existed: this node's view may lag a write just forwarded to
     // the leader, so it cannot decide a 404 on its own.
     let outcome = cat
@@ -174,6 +196,7 @@ fn note(q: &[(String, String)]) -> String {
 /// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=`.
 pub(super) async fn check_set(
     State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
     Path((verb, id)): Path<(String, String)>,
     Query(q): Pairs,
 ) -> Result<(), ApiError> {
@@ -183,12 +206,13 @@ pub(super) async fn check_set(
         "fail" => Health::Critical,
         _ => return Err(super::unknown_path().await),
     };
-    ttl_update(&state, &id, status, &note(&q)).await
+    ttl_update(&state, &grant, &id, status, &note(&q)).await
 }
 
 /// `PUT /v1/agent/check/update/{id}` with `{"Status": ..., "Output": ...}`.
 pub(super) async fn check_update(
     State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<(), ApiError> {
@@ -198,18 +222,31 @@ pub(super) async fn check_update(
     let status = Health::parse(&raw)
         .ok_or_else(|| ApiError::bad_request(format!("Invalid check status: '{raw}'")))?;
     let output = truncate_output(update.output.as_deref().unwrap_or_default());
-    ttl_update(&state, &id, status, &output).await
+    ttl_update(&state, &grant, &id, status, &output).await
 }
 
 /// Sets a TTL check of this node. Like Consul, a check that exists but is not a TTL check is
 /// "unknown" to these endpoints.
 async fn ttl_update(
     state: &ApiState,
+    grant: &Grant,
     id: &str,
     status: Health,
     output: &str,
 ) -> Result<(), ApiError> {
     let cat = state.catalog();
+    if !grant.is_management() {
+        let view = cat.view();
+        let dc = view.local();
+        let check = dc
+            .check(cat.node_name(), id)
+            .ok_or_else(|| unknown_check(id))?;
+        let service = dc
+            .instance(cat.node_name(), &check.service_id)
+            .map(|i| i.service.as_str())
+            .unwrap_or_default();
+        grant.require_check_update(service)?;
+    }
     if let Some(c) = cat.view().local().check(cat.node_name(), id)
         && c.type_name() != "ttl"
     {

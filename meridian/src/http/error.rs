@@ -42,6 +42,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::acl::Denied> for ApiError {
+    fn from(e: crate::acl::Denied) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let status = match e {

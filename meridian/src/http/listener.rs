@@ -11,11 +11,12 @@
 //! [`Activity::begin`] tells the connection, reached through the `ConnectInfo` axum attaches to
 //! every request. Request bodies have their own deadline (see `body.rs`).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,20 +31,65 @@ use tokio::time::{Instant, Sleep};
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A TCP listener that holds at most `max_connections` connections open at once (further clients
-/// wait in the kernel's backlog) and gives each a request-head deadline.
+/// wait in the kernel's backlog), at most `per_client` of them from one source address (more are
+/// closed at once and counted), and gives each a request-head deadline.
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     header_timeout: Duration,
+    per_client: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    refused: Arc<AtomicU64>,
 }
 
 impl LimitedListener {
-    /// Wraps `inner`.
-    pub fn new(inner: TcpListener, max_connections: usize, header_timeout: Duration) -> Self {
+    /// Wraps `inner`; connections refused for `per_client` are counted in `refused`.
+    pub fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        per_client: usize,
+        header_timeout: Duration,
+        refused: Arc<AtomicU64>,
+    ) -> Self {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
             header_timeout,
+            per_client: per_client.max(1),
+            open: Arc::default(),
+            refused,
+        }
+    }
+
+    /// Counts a connection from `ip`, or `None` when that source already has its share.
+    fn admit(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= self.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// One connection's place in its source's share; given back when the connection closes.
+struct ClientSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -55,8 +101,18 @@ impl Listener for LimitedListener {
     async fn accept(&mut self) -> (Conn, SocketAddr) {
         // The semaphore is never closed, so this only waits; `None` would merely lift the bound.
         let permit = self.permits.clone().acquire_owned().await.ok();
-        // axum's accept logs and retries errors such as running out of file descriptors.
-        let (stream, addr) = Listener::accept(&mut self.inner).await;
+        let (stream, addr, slot) = loop {
+            // axum's accept logs and retries errors such as running out of file descriptors.
+            let (stream, addr) = Listener::accept(&mut self.inner).await;
+            match self.admit(addr.ip()) {
+                Some(slot) => break (stream, addr, slot),
+                None => {
+                    // Dropping the stream closes it: one source cannot take every connection.
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %addr.ip(), "HTTP connection refused: too many from this client");
+                }
+            }
+        };
         // Small request/response exchanges: Nagle's delay would add tens of milliseconds to each.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -72,6 +128,7 @@ impl Listener for LimitedListener {
             activity,
             deadline,
             _permit: permit,
+            _slot: slot,
         };
         (conn, addr)
     }
@@ -142,6 +199,7 @@ pub struct Conn {
     activity: Activity,
     deadline: Pin<Box<Sleep>>,
     _permit: Option<OwnedSemaphorePermit>,
+    _slot: ClientSlot,
 }
 
 fn head_timed_out() -> io::Error {
@@ -232,6 +290,14 @@ mod tests {
     }
 
     async fn server(max_connections: usize) -> SocketAddr {
+        server_with(max_connections, usize::MAX, Arc::default()).await
+    }
+
+    async fn server_with(
+        max_connections: usize,
+        per_client: usize,
+        refused: Arc<AtomicU64>,
+    ) -> SocketAddr {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let app = Router::new()
@@ -245,7 +311,7 @@ mod tests {
                 }),
             )
             .layer(middleware::from_fn(track));
-        let listener = LimitedListener::new(tcp, max_connections, TIMEOUT);
+        let listener = LimitedListener::new(tcp, max_connections, per_client, TIMEOUT, refused);
         tokio::spawn(async move {
             let _ = axum::serve(
                 listener,
@@ -263,6 +329,32 @@ mod tests {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn one_client_cannot_take_every_connection() {
+        let refused = Arc::new(AtomicU64::new(0));
+        let addr = server_with(8, 2, refused.clone()).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.expect("answer");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            held.push(s);
+        }
+        // A third connection from the same address is closed without an answer.
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(get_once(&mut third, "/").await, "");
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+        // Its share comes back when one closes.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = TcpStream::connect(addr).await.expect("connect");
+        assert!(get_once(&mut again, "/").await.starts_with("HTTP/1.1 200"));
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@ use meridian_topology::View;
 pub struct HttpMetrics {
     by_code: Mutex<BTreeMap<u16, u64>>,
     bad_requests: AtomicU64,
+    acl_denied: AtomicU64,
+    /// Connections closed because their source had its share open already.
+    pub(crate) per_client_refused: std::sync::Arc<AtomicU64>,
 }
 
 impl HttpMetrics {
@@ -30,6 +33,11 @@ impl HttpMetrics {
         if status.is_client_error() {
             self.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one request refused by the ACL (also counted by [`HttpMetrics::record`]).
+    pub fn denied(&self) {
+        self.acl_denied.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests answered with `code` so far.
@@ -65,12 +73,24 @@ impl HttpMetrics {
             }
         }
         let get = CatalogCounters::get;
-        let gauges: [(&str, &str, &str, u64); 12] = [
+        let gauges: [(&str, &str, &str, u64); 15] = [
+            (
+                "meridian_http_connections_refused_total",
+                "counter",
+                "HTTP connections closed because their client had limits.max_connections_per_client open.",
+                self.per_client_refused.load(Ordering::Relaxed),
+            ),
             (
                 "meridian_http_bad_requests_total",
                 "counter",
                 "HTTP API requests rejected with a 4xx status.",
                 self.bad_requests(),
+            ),
+            (
+                "meridian_http_acl_denied_total",
+                "counter",
+                "HTTP API requests refused by the ACL (403).",
+                self.acl_denied.load(Ordering::Relaxed),
             ),
             (
                 "meridian_raft_term",
@@ -133,6 +153,12 @@ impl HttpMetrics {
                 get(&catalog.batched_writes),
             ),
             (
+                "meridian_rpc_tls_refused_total",
+                "counter",
+                "Connections to the rpc port refused in the TLS handshake (no certificate of this DC).",
+                get(&catalog.rpc_tls_refused),
+            ),
+            (
                 "meridian_rpc_rejected_payloads_total",
                 "counter",
                 "Malformed Raft or forwarding RPC payloads refused.",
@@ -182,6 +208,16 @@ pub fn render_dns(out: &mut String, dns: &DnsCounters) {
             "meridian_dns_forward_failures_total",
             "Forwarded queries no recursor answered (answered SERVFAIL).",
             dns.forward_failed_total(),
+        ),
+        (
+            "meridian_dns_rate_limited_dropped_total",
+            "UDP responses dropped by the per-client response-rate limit.",
+            dns.rate_limited_dropped_total(),
+        ),
+        (
+            "meridian_dns_rate_limited_slipped_total",
+            "UDP responses the response-rate limit sent as empty TC replies instead.",
+            dns.rate_limited_slipped_total(),
         ),
     ] {
         let _ = write!(

@@ -41,7 +41,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::acl::{Acl, Need, presented_token};
 use listener::{Activity, LimitedListener};
+
+pub use crate::acl::Grant;
 
 pub use blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
 pub use error::ApiError;
@@ -79,6 +82,7 @@ struct StateInner {
     dns: Option<Arc<DnsCounters>>,
     max_body_bytes: usize,
     closing: watch::Sender<bool>,
+    acl: Arc<Acl>,
 }
 
 impl ApiState {
@@ -104,6 +108,7 @@ impl ApiState {
                 dns,
                 max_body_bytes,
                 closing: watch::Sender::new(false),
+                acl: Arc::new(Acl::open()),
             }),
         }
     }
@@ -112,6 +117,15 @@ impl ApiState {
     pub fn with_node(mut self, node: NodeInfo) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.node = Some(node);
+        }
+        self
+    }
+
+    /// This state enforcing `acl` (before it is shared); without it, every request may do
+    /// everything.
+    pub fn with_acl(mut self, acl: Acl) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.acl = Arc::new(acl);
         }
         self
     }
@@ -203,21 +217,30 @@ pub fn router(state: ApiState) -> Router {
         // drains an oversized body so the client sees the 413); this layer bounds any other
         // body extractor a future route might use.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then ends blocking queries and
-/// finishes the requests in flight. At most `max_connections` are open at once, and each must
+/// finishes the requests in flight. At most `max_connections` are open at once (`max_per_client`
+/// from one address), and each must
 /// send a request head within [`HEADER_READ_TIMEOUT`] whenever it has no request in flight.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
     max_connections: usize,
+    max_per_client: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    let listener = LimitedListener::new(listener, max_connections, HEADER_READ_TIMEOUT);
+    let listener = LimitedListener::new(
+        listener,
+        max_connections,
+        max_per_client,
+        HEADER_READ_TIMEOUT,
+        state.metrics().per_client_refused.clone(),
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<Activity>(),
@@ -229,6 +252,10 @@ pub async fn serve(
     .await
 }
 
+/// Largest total size of a request's header names and values. hyper already bounds the head it
+/// buffers (about 400 KiB, 100 headers); no Consul client needs more than a few KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// One span per request, and the one place requests are counted and logged.
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
@@ -239,7 +266,22 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
         .map(|c| c.0.begin());
     async move {
         let started = Instant::now();
-        let mut resp = next.run(req).await;
+        let header_bytes: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        let mut resp = if header_bytes > MAX_HEADER_BYTES {
+            ApiError {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                message: format!(
+                    "Request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
+                ),
+            }
+            .into_response()
+        } else {
+            next.run(req).await
+        };
         let status = resp.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
             // axum answers 405 with an empty body; say it in words like every other error.
@@ -251,6 +293,10 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
             resp = Response::from_parts(parts, Body::from("Method not allowed"));
         }
         state.metrics().record(status);
+        // Only the ACL answers 403: at the door, or in a handler for one service.
+        if status == StatusCode::FORBIDDEN {
+            state.metrics().denied();
+        }
         let elapsed_ms = started.elapsed().as_millis();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
@@ -263,6 +309,24 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
     }
     .instrument(span)
     .await
+}
+
+/// Decides whether the request's token covers its endpoint, before any handler runs; handlers
+/// that change one service check the [`Grant`] this leaves in the request for that service.
+async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let need = Need::of(&parts.method, parts.uri.path());
+    let token = presented_token(&parts);
+    match state.inner.acl.authorize(token.as_deref(), need) {
+        Ok(grant) => {
+            parts.extensions.insert(grant);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(denied) => {
+            tracing::info!(reason = %denied, "request refused by acl");
+            ApiError::from(denied).into_response()
+        }
+    }
 }
 
 async fn unknown_path() -> ApiError {

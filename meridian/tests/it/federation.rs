@@ -275,7 +275,7 @@ pub(crate) fn config_dc(
 }
 
 /// [`config_dc`] on given ports.
-fn config_dc_on(
+pub(crate) fn config_dc_on(
     dir: &Path,
     certs: &Path,
     dc: &str,

@@ -11,6 +11,25 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
+/// The management token of every config-file agent the harness starts (unless the test's
+/// config has its own `[acl]`); [`Agent::http`] presents it.
+pub const TEST_TOKEN: &str = "meridian-test-management-token";
+
+/// What the harness adds to a test's config file, which tests of other things leave out: the
+/// management token, and `insecure = true` when the file sets no certificates (the agent refuses
+/// a plain-text rpc port otherwise).
+fn with_test_security(toml: &str) -> String {
+    let mut out = String::new();
+    if !toml.contains("ca_file") && !toml.contains("insecure") {
+        out.push_str("insecure = true\n");
+    }
+    out.push_str(toml);
+    if !toml.contains("[acl]") && !toml.contains("acl.") {
+        out.push_str(&format!("\n[acl]\nmanagement_token = \"{TEST_TOKEN}\"\n"));
+    }
+    out
+}
+
 /// A free loopback port for an agent to listen on, TCP and UDP, never the same one twice in this
 /// test process. Drawn at random below the kernel's ephemeral range (32768 and up), so neither
 /// the outgoing connections of other tests nor another test process asking the kernel for a
@@ -101,6 +120,14 @@ impl Agent {
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::HeaderName::from_static("x-consul-token"),
+                        reqwest::header::HeaderValue::from_static(TEST_TOKEN),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
                 .timeout(Duration::from_secs(30))
                 .build()?,
         };
@@ -126,6 +153,12 @@ impl Agent {
                     .args(["--gateway-port", &p.gateway.to_string()]);
             }
             Mode::Config { file } => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let secured = with_test_security(&text);
+                if secured != text {
+                    std::fs::write(file, secured)?;
+                }
                 cmd.arg("--config").arg(file);
             }
         }

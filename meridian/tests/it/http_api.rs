@@ -187,6 +187,14 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() -> Result<()> {
     let big = json!({"Name": "web", "Port": 80, "Meta": {"k": "x".repeat(4 * 1024 * 1024)}});
     let r = agent.put_json("/v1/agent/service/register", &big).await?;
     ensure!(r.status() == 413, "oversized body gave {}", r.status());
+    // Oversized headers.
+    let r = agent
+        .http
+        .get(agent.url("/v1/catalog/services"))
+        .header("x-padding", "x".repeat(20 * 1024))
+        .send()
+        .await?;
+    ensure!(r.status() == 431, "oversized headers gave {}", r.status());
     // Unknown things.
     let r = agent
         .http

@@ -12,4 +12,5 @@ mod harness;
 mod health;
 mod http_api;
 mod prepared_query;
+mod security;
 mod unbound;

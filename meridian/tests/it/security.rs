@@ -1,0 +1,616 @@
+//! Security against real agent processes: ACL tokens on every write endpoint, mutual TLS on the
+//! LAN rpc port (a rogue node can neither join nor inject), the gateway's refusal of names
+//! outside its domains, and a federation that keeps working while its CA is rotated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use meridian_federation::TlsMaterial;
+use meridian_protos::catalog::ForwardRequest;
+use meridian_protos::catalog::catalog_client::CatalogClient;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::federation::{config_dc, config_dc_on, make_certs, metric};
+use crate::harness::{Agent, Mode, Ports, TEST_TOKEN, eventually};
+
+const READ: &str = "read-token-0123456789";
+const WRITE_WEB: &str = "write-web-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// An `[acl]` section with the harness's management token and three scoped tokens.
+fn acl_section() -> String {
+    format!(
+        "\n[acl]\nmanagement_token = \"{TEST_TOKEN}\"\n\
+         [[acl.tokens]]\ndescription = \"reader\"\nsecret = \"{READ}\"\nscope = \"read\"\n\
+         [[acl.tokens]]\ndescription = \"web deployer\"\nsecret = \"{WRITE_WEB}\"\n\
+         scope = \"write\"\nservices = [\"web\"]\n\
+         [[acl.tokens]]\ndescription = \"operator\"\nsecret = \"{OPERATOR}\"\nscope = \"operator\"\n"
+    )
+}
+
+async fn send(
+    agent: &Agent,
+    method: &Method,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
+    // A client without the harness's default token.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut req = client.request(method.clone(), agent.url(path));
+    if let Some(t) = token {
+        req = req.header("X-Consul-Token", t);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await?;
+    Ok((resp.status().as_u16(), resp.text().await?))
+}
+
+/// What a write could change: instances, checks and their status, drains, prepared queries.
+async fn state(agent: &Agent) -> Result<Value> {
+    Ok(json!({
+        "services": agent.get_json("/v1/catalog/services").await?,
+        "instances": agent.get_json("/v1/agent/services").await?,
+        "checks": agent.get_json("/v1/agent/checks").await?,
+        "queries": agent.get_json("/v1/query").await?,
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_endpoint_needs_a_token_of_the_right_scope() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &[("dc1", "n1")])?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], &acl_section())?;
+    dc1.wait_ready().await?;
+    for (id, name) in [("web-1", "web"), ("db-1", "db")] {
+        let body = json!({"ID": id, "Name": name, "Port": 80,
+            "Check": {"CheckID": format!("{name}-ttl"), "TTL": "600s"}});
+        let (code, text) = send(
+            &dc1,
+            &Method::PUT,
+            "/v1/agent/service/register",
+            Some(&body),
+            Some(TEST_TOKEN),
+        )
+        .await?;
+        ensure!(code == 200, "register {id}: {code} {text}");
+    }
+    let query = json!({"Name": "q1", "Service": {"Service": "web"}});
+    let (code, text) = send(
+        &dc1,
+        &Method::POST,
+        "/v1/query",
+        Some(&query),
+        Some(TEST_TOKEN),
+    )
+    .await?;
+    ensure!(code == 200, "create query: {code} {text}");
+    let qid = serde_json::from_str::<Value>(&text)?["ID"]
+        .as_str()
+        .context("query ID")?
+        .to_owned();
+    let before = state(&dc1).await?;
+
+    let web2 = json!({"ID": "web-2", "Name": "web", "Port": 81});
+    let db2 = json!({"ID": "db-2", "Name": "db", "Port": 82});
+    // Re-registering db's ID under web's name would replace db's instance.
+    let hijack = json!({"ID": "db-1", "Name": "web", "Port": 83});
+    let critical = json!({"Status": "critical"});
+    let query_path = format!("/v1/query/{qid}");
+    // Every write endpoint, and the scoped tokens it refuses (no token and the read token are
+    // refused everywhere).
+    let cases: Vec<(Method, &str, Option<&Value>, Vec<&str>)> = vec![
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            Some(&web2),
+            vec![OPERATOR],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            Some(&db2),
+            vec![WRITE_WEB, OPERATOR],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            Some(&hijack),
+            vec![WRITE_WEB],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/deregister/web-1",
+            None,
+            vec![OPERATOR],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/service/deregister/db-1",
+            None,
+            vec![WRITE_WEB, OPERATOR],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/pass/db-ttl",
+            None,
+            vec![WRITE_WEB],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/warn/db-ttl",
+            None,
+            vec![WRITE_WEB],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/fail/db-ttl",
+            None,
+            vec![WRITE_WEB],
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/update/db-ttl",
+            Some(&critical),
+            vec![WRITE_WEB],
+        ),
+        (Method::PUT, "/v1/operator/drain", None, vec![WRITE_WEB]),
+        (Method::DELETE, "/v1/operator/drain", None, vec![WRITE_WEB]),
+        (Method::POST, "/v1/query", Some(&query), vec![WRITE_WEB]),
+        (Method::PUT, &query_path, Some(&query), vec![WRITE_WEB]),
+        (Method::DELETE, &query_path, None, vec![WRITE_WEB]),
+    ];
+    let mut refused = 0;
+    for (method, path, body, wrong) in &cases {
+        let tokens = [None, Some(READ), Some("not-a-token-0123456789")]
+            .into_iter()
+            .chain(wrong.iter().map(|t| Some(*t)));
+        for token in tokens {
+            let (code, text) = send(&dc1, method, path, *body, token).await?;
+            ensure!(
+                code == 403 && text.starts_with("Permission denied"),
+                "{method} {path} with {token:?}: {code} {text}"
+            );
+            refused += 1;
+        }
+    }
+    let after = state(&dc1).await?;
+    ensure!(
+        before == after,
+        "refused writes changed the agent:\n{before}\n{after}"
+    );
+    let denied = metric(&dc1, "meridian_http_acl_denied_total").await?;
+    ensure!(
+        denied >= f64::from(refused),
+        "{refused} refusals, {denied} counted"
+    );
+
+    // The right scopes do what the wrong ones could not.
+    for (method, path, body, token) in [
+        (
+            Method::PUT,
+            "/v1/agent/service/register",
+            Some(&web2),
+            WRITE_WEB,
+        ),
+        (
+            Method::PUT,
+            "/v1/agent/check/update/web-ttl",
+            Some(&critical),
+            WRITE_WEB,
+        ),
+        (Method::PUT, "/v1/agent/check/fail/db-ttl", None, OPERATOR),
+        (Method::PUT, "/v1/operator/drain", None, OPERATOR),
+        (Method::DELETE, "/v1/operator/drain", None, OPERATOR),
+        (Method::DELETE, query_path.as_str(), None, OPERATOR),
+    ] {
+        let (code, text) = send(&dc1, &method, path, body, Some(token)).await?;
+        ensure!(code == 200, "{method} {path}: {code} {text}");
+    }
+    let ids = dc1.instance_ids("web").await?;
+    ensure!(
+        ids.contains(&"web-2".to_owned()),
+        "web-2 registered: {ids:?}"
+    );
+
+    // Reads need a token too (anonymous reads are off here), in any of Consul's three forms.
+    let (code, _) = send(&dc1, &Method::GET, "/v1/catalog/services", None, None).await?;
+    ensure!(code == 403, "an anonymous read: {code}");
+    let plain = reqwest::Client::new();
+    let bearer = plain
+        .get(dc1.url("/v1/catalog/services"))
+        .bearer_auth(READ)
+        .send()
+        .await?;
+    ensure!(bearer.status() == 200, "Bearer: {}", bearer.status());
+    let query = plain
+        .get(dc1.url(&format!("/v1/catalog/services?token={READ}")))
+        .send()
+        .await?;
+    ensure!(query.status() == 200, "?token=: {}", query.status());
+
+    let log = dc1.log_text();
+    for secret in [READ, WRITE_WEB, OPERATOR, TEST_TOKEN] {
+        ensure!(!log.contains(secret), "a secret is in the log");
+    }
+    Ok(())
+}
+
+/// A 3-server DC config (`n1`..`n3`) for `node`, with its certificate and CA files.
+fn dc1_node_config(dir: &Path, node: usize, ports: &[Ports], ca: &Path, cert: &Path) -> String {
+    let mut servers = String::new();
+    for (i, p) in ports.iter().enumerate() {
+        servers.push_str(&format!(
+            "[[servers]]\nid = {}\nrpc = \"127.0.0.1:{}\"\n",
+            i + 1,
+            p.rpc
+        ));
+    }
+    let p = ports[node - 1];
+    let key = cert.with_file_name(
+        cert.file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.replace(".pem", "-key.pem"))
+            .unwrap_or_default(),
+    );
+    format!(
+        "datacenter = \"dc1\"\nnode_name = \"n{node}\"\nnode_id = {node}\nbind = \"127.0.0.1\"\n\
+         data_dir = \"{data}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n\n\
+         [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n\
+         {servers}\n[federation]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        p.http,
+        p.dns,
+        p.rpc,
+        p.wan,
+        p.gateway,
+        ca.display(),
+        cert.display(),
+        key.display(),
+        data = dir.join(format!("n{node}")).display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (certs, rogue) = (dir.path().join("certs"), dir.path().join("rogue"));
+    make_certs(&certs, &[("dc1", "n1"), ("dc1", "n2"), ("dc2", "n1")])?;
+    // The rogue has its own CA (its certificate is "self-signed" as far as dc1 is concerned)
+    // but trusts dc1's CA too, so only dc1's side of each handshake can stop it.
+    make_certs(&rogue, &[("dc1", "n3")])?;
+    let bundle = rogue.join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(rogue.join("meridian-ca.pem"))?
+            + &std::fs::read_to_string(certs.join("meridian-ca.pem"))?,
+    )?;
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+    let mut nodes = Vec::new();
+    for (node, ca, cert) in [
+        (1, certs.join("meridian-ca.pem"), certs.join("dc1-n1.pem")),
+        (2, certs.join("meridian-ca.pem"), certs.join("dc1-n2.pem")),
+        (3, bundle.clone(), rogue.join("dc1-n3.pem")),
+    ] {
+        let file = dir.path().join(format!("n{node}.toml"));
+        std::fs::write(&file, dc1_node_config(dir.path(), node, &ports, &ca, &cert))?;
+        nodes.push(Agent::start(
+            &format!("n{node}"),
+            Mode::Config { file },
+            ports[node - 1],
+            dir.path(),
+        )?);
+    }
+    for n in &mut nodes[..2] {
+        n.wait_ready().await?;
+    }
+    // n1 and n2 form the group over mutual TLS and replicate writes.
+    let r = nodes[0]
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-1", "Name": "web", "Port": 80}),
+        )
+        .await?;
+    ensure!(r.status().is_success(), "register: {}", r.text().await?);
+    eventually(30, "n2 replicates web-1", || async {
+        nodes[1]
+            .instance_ids("web")
+            .await
+            .is_ok_and(|ids| ids == ["web-1"])
+    })
+    .await?;
+
+    // The rogue n3 never hears from the leader: the leader cannot verify it as a server of dc1
+    // (its client certificate is refused), nor can it vote.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader: Value = nodes[2].get_json("/v1/status/leader").await?;
+    ensure!(leader == "", "the rogue node learned a leader: {leader}");
+    ensure!(
+        nodes[2].instance_ids("web").await?.is_empty(),
+        "the rogue node received entries"
+    );
+    // Injecting a write by hand into the leader: in plain text, with the rogue's certificate,
+    // and with a certificate of the right CA for another DC. None reaches the catalog.
+    let leader: Value = nodes[0].get_json("/v1/status/leader").await?;
+    let n1_rpc = leader.as_str().context("leader address")?.to_owned();
+    ensure!(
+        n1_rpc != format!("127.0.0.1:{}", ports[2].rpc),
+        "the rogue node leads"
+    );
+    let forward = |service: &str| -> Result<ForwardRequest> {
+        let command = meridian_catalog::Command::Register {
+            instance: meridian_topology::Instance {
+                id: format!("{service}-1"),
+                service: service.to_owned(),
+                node: "n1".into(),
+                address: "203.0.113.1".into(),
+                port: 1,
+                tags: vec![],
+                meta: Default::default(),
+                weights: Default::default(),
+                create_index: 0,
+                modify_index: 0,
+            },
+            checks: vec![],
+        };
+        Ok(ForwardRequest {
+            command: serde_json::to_vec(&command)?,
+        })
+    };
+    let inject = forward("evil")?;
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{n1_rpc}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let r = CatalogClient::new(ch).forward(inject.clone()).await;
+        ensure!(r.is_err(), "a plain-text forward was answered: {r:?}");
+    }
+    let read = |p: &Path| std::fs::read_to_string(p);
+    let rogue_tls = TlsMaterial::from_pem(
+        &read(&bundle)?,
+        &read(&rogue.join("dc1-n3.pem"))?,
+        &read(&rogue.join("dc1-n3-key.pem"))?,
+    )?;
+    let member = TlsMaterial::from_pem(
+        &read(&certs.join("meridian-ca.pem"))?,
+        &read(&certs.join("dc1-n2.pem"))?,
+        &read(&certs.join("dc1-n2-key.pem"))?,
+    )?;
+    let other_dc = TlsMaterial::from_pem(
+        &read(&certs.join("meridian-ca.pem"))?,
+        &read(&certs.join("dc2-n1.pem"))?,
+        &read(&certs.join("dc2-n1-key.pem"))?,
+    )?;
+    for (who, tls) in [("rogue CA", rogue_tls), ("dc2's certificate", other_dc)] {
+        let ch = meridian_federation::client::channel_from(
+            tls.client_config()?,
+            &n1_rpc,
+            "dc1",
+            Duration::from_secs(2),
+            None,
+        )
+        .await;
+        if let Ok(ch) = ch {
+            let r = CatalogClient::new(ch).forward(inject.clone()).await;
+            ensure!(r.is_err(), "{who}: the forward was answered: {r:?}");
+        }
+    }
+    // The same request with a member's certificate is applied: the refusals above are the
+    // certificates', not the request's.
+    let ch = meridian_federation::client::channel_from(
+        member.client_config()?,
+        &n1_rpc,
+        "dc1",
+        Duration::from_secs(2),
+        None,
+    )
+    .await?;
+    CatalogClient::new(ch).forward(forward("good")?).await?;
+    eventually(30, "the member's write is applied", || async {
+        nodes[0]
+            .instance_ids("good")
+            .await
+            .is_ok_and(|ids| !ids.is_empty())
+    })
+    .await?;
+    for n in &nodes[..2] {
+        ensure!(
+            n.instance_ids("evil").await?.is_empty(),
+            "{}: an injected entry was applied",
+            n.name
+        );
+    }
+    let refused = metric(&nodes[0], "meridian_rpc_tls_refused_total").await?
+        + metric(&nodes[1], "meridian_rpc_tls_refused_total").await?;
+    ensure!(refused >= 2.0, "refused handshakes are counted: {refused}");
+    Ok(())
+}
+
+/// A ClientHello naming `sni` byte for byte, whatever it is (rustls will not put an IP literal
+/// in SNI; an attacker will).
+fn raw_client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let len16 = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
+    let mut sni_ext = Vec::new();
+    sni_ext.extend_from_slice(&len16(name.len() + 3));
+    sni_ext.push(0);
+    sni_ext.extend_from_slice(&len16(name.len()));
+    sni_ext.extend_from_slice(name);
+    let mut exts = vec![0, 0];
+    exts.extend_from_slice(&len16(sni_ext.len()));
+    exts.extend_from_slice(&sni_ext);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&len16(exts.len()));
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&len16(body.len()));
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&len16(hs.len()));
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Sends a ClientHello for `sni` to the gateway and returns what came back before the close.
+async fn hello(agent: &Agent, sni: &str) -> Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", agent.ports.gateway)).await?;
+    s.write_all(&raw_client_hello(sni)).await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .context("the gateway kept the connection open")??;
+    Ok(got)
+}
+
+async fn gateway_outcome(agent: &Agent, outcome: &str) -> Result<f64> {
+    Ok(metric(
+        agent,
+        &format!("meridian_gateway_connections_total{{route=\"none\",outcome=\"{outcome}\"}}"),
+    )
+    .await
+    .unwrap_or(0.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_is_no_open_relay() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &[("dc1", "n1")])?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], "")?;
+    dc1.wait_ready().await?;
+    // An HTTP API a relay would love to reach, registered as nothing.
+    let http = dc1.ports.http;
+    let unrecognized_name = vec![21, 3, 3, 0, 2, 2, 112];
+    for sni in [
+        "evil.example.com".to_owned(),
+        "127.0.0.1".to_owned(),
+        format!("127.0.0.1:{http}"),
+        "::1".to_owned(),
+        "web.service.consul.evil.example".to_owned(),
+        "n1.node.consul".to_owned(),
+    ] {
+        let got = hello(&dc1, &sni).await?;
+        ensure!(
+            got == unrecognized_name,
+            "SNI {sni:?}: the gateway answered {got:?} instead of refusing the name"
+        );
+    }
+    let refused = gateway_outcome(&dc1, "not_ours").await?
+        + gateway_outcome(&dc1, "invalid_sni").await?
+        + gateway_outcome(&dc1, "not_a_service").await?;
+    ensure!(refused >= 6.0, "refusals counted: {refused}");
+    // A name in the domain is routed (to nothing here): the refusals above are about the name.
+    let got = hello(&dc1, "web.service.consul").await?;
+    ensure!(got == vec![21, 3, 3, 0, 2, 2, 80], "web: {got:?}");
+    Ok(())
+}
+
+/// Waits until `to` sees the instance `id` registered now in `from` (through federation).
+async fn replicates(from: &Agent, to: &Agent, id: &str) -> Result<()> {
+    let r = from
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": id, "Name": "rot", "Port": 80}),
+        )
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "register {id}: {}",
+        r.text().await?
+    );
+    let dc = from.name.clone();
+    eventually(30, &format!("{} sees {id} of {dc}", to.name), || async {
+        to.get_json(&format!("/v1/catalog/service/rot?dc={dc}"))
+            .await
+            .is_ok_and(|v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| e["ServiceID"] == id))
+            })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_keeps_working_while_its_ca_is_rotated() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (certs, new) = (dir.path().join("certs"), dir.path().join("new"));
+    make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    make_certs(&new, &[("dc1", "n1"), ("dc2", "n1")])?;
+    // dc2's first certificate, from the CA about to be retired, for the last check.
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old)?;
+    for f in ["dc2-n1.pem", "dc2-n1-key.pem"] {
+        std::fs::copy(certs.join(f), old.join(f))?;
+    }
+    let (p1, p2) = (Ports::free(), Ports::free());
+    let dc1 = config_dc_on(dir.path(), &certs, "dc1", p1, &[("dc2", p2.wan)], "")?;
+    let dc2 = config_dc_on(dir.path(), &certs, "dc2", p2, &[("dc1", p1.wan)], "")?;
+    let mut dcs = [dc1, dc2];
+    for a in &mut dcs {
+        a.wait_ready().await?;
+    }
+    replicates(&dcs[0], &dcs[1], "r0").await?;
+
+    let ca = certs.join("meridian-ca.pem");
+    let old_ca = std::fs::read_to_string(&ca)?;
+    let new_ca = std::fs::read_to_string(new.join("meridian-ca.pem"))?;
+    // Each step restarts one node at a time, and after each restart both directions must
+    // still replicate.
+    for step in ["trust-both", "new-cert", "new-ca"] {
+        match step {
+            // 1. Both CAs trusted.
+            "trust-both" => std::fs::write(&ca, format!("{old_ca}{new_ca}"))?,
+            // 3. The old CA no longer trusted.
+            "new-ca" => std::fs::write(&ca, &new_ca)?,
+            _ => {}
+        }
+        for i in 0..2 {
+            if step == "new-cert" {
+                // 2. New certificates: for a while one DC holds the new CA's, the other the
+                //    old one's.
+                let dc = &dcs[i].name;
+                for f in [format!("{dc}-n1.pem"), format!("{dc}-n1-key.pem")] {
+                    std::fs::copy(new.join(&f), certs.join(&f))?;
+                }
+            }
+            dcs[i].restart()?;
+            dcs[i].wait_ready().await?;
+            let tag = format!("{step}-{i}");
+            replicates(&dcs[0], &dcs[1], &tag).await?;
+            replicates(&dcs[1], &dcs[0], &tag).await?;
+        }
+    }
+    // A node still holding an old-CA certificate is now refused.
+    let stale = TlsMaterial::from_pem(
+        &format!("{old_ca}{new_ca}"),
+        &std::fs::read_to_string(old.join("dc2-n1.pem"))?,
+        &std::fs::read_to_string(old.join("dc2-n1-key.pem"))?,
+    )?;
+    let r = meridian_federation::tls::connect(
+        stale.client_config()?,
+        &format!("127.0.0.1:{}", p1.wan),
+        "dc1",
+        Duration::from_secs(3),
+    )
+    .await;
+    if let Ok(mut s) = r {
+        // TLS 1.3: the server's verdict on the client certificate arrives after the handshake.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+        ensure!(
+            !matches!(read, Ok(Ok(n)) if n > 0),
+            "an old-CA certificate was accepted"
+        );
+    }
+    Ok(())
+}

@@ -25,10 +25,11 @@ pub async fn run(
     count: usize,
     reps: usize,
     node: Option<usize>,
+    secure: bool,
 ) -> Result<()> {
     let mut runs = Vec::new();
     for rep in 0..reps {
-        let run = catalog_once(bin, clients, count, node).await?;
+        let run = catalog_once(bin, clients, count, node, secure).await?;
         eprintln!(
             "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, {} failed",
             rep + 1,
@@ -54,8 +55,13 @@ pub async fn run(
     let mut md = format!(
         "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
          |---|---|---|---|---|---|\n\
-         | catalog, 3-node DC, fsync | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
+         | catalog, 3-node DC, fsync{} | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
         report.runs.len(),
+        if secure {
+            ", mutual TLS on rpc, ACL token"
+        } else {
+            ""
+        },
         clients,
         count,
         report.median_per_second,
@@ -63,7 +69,8 @@ pub async fn run(
         report.median_p99_ms
     );
     md.push_str(&resources_table(&report.runs)?);
-    crate::tools::write_report(out, "catalog", &report, &md)
+    let name = if secure { "catalog-secure" } else { "catalog" };
+    crate::tools::write_report(out, name, &report, &md)
 }
 
 /// Each node's CPU seconds and peak RSS per repetition, and the three nodes' CPU per
@@ -150,7 +157,49 @@ impl Drop for Node {
     }
 }
 
-fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
+/// The management token of `--secure` runs.
+const BENCH_TOKEN: &str = "meridian-bench-management-token";
+
+/// The TOML that makes a node secure (`--secure`) or plain: certificates for its rpc port (made
+/// with `meridian tls`, as an operator would) and an ACL, or [`BENCH_SECURITY`].
+fn security_toml(bin: &Path, dir: &Path, name: &str, secure: bool) -> Result<(String, String)> {
+    if !secure {
+        return Ok((BENCH_SECURITY.to_owned(), String::new()));
+    }
+    let certs = dir.join("certs");
+    let ca = certs.join("meridian-ca.pem");
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(bin).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "meridian {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let d = certs.display().to_string();
+    if !ca.exists() {
+        run(&["tls", "ca", "create", "--dir", &d])?;
+    }
+    let (ca_s, key_s) = (
+        ca.display().to_string(),
+        certs.join("meridian-ca-key.pem").display().to_string(),
+    );
+    run(&[
+        "tls", "cert", "create", "--dc", "dc1", "--node", name, "--dir", &d, "--ca", &ca_s,
+        "--ca-key", &key_s,
+    ])?;
+    Ok((
+        String::new(),
+        format!(
+            "\n[federation]\nca_file = \"{ca_s}\"\ncert_file = \"{d}/dc1-{name}.pem\"\n\
+             key_file = \"{d}/dc1-{name}-key.pem\"\n\n[acl]\nmanagement_token = \"{BENCH_TOKEN}\"\n"
+        ),
+    ))
+}
+
+fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Node>> {
     let ports: Vec<[u16; 5]> = (0..3)
         .map(|_| -> Result<[u16; 5]> {
             Ok([
@@ -175,11 +224,12 @@ fn start_dc(bin: &Path, dir: &Path) -> Result<Vec<Node>> {
     for (i, p) in ports.iter().enumerate() {
         let name = format!("n{}", i + 1);
         let cfg = dir.join(format!("{name}.toml"));
+        let (top, tables) = security_toml(bin, dir, &name, secure)?;
         std::fs::write(
             &cfg,
             format!(
-                "{BENCH_SECURITY}datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
-                 data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n{servers}",
+                "{top}datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
+                 data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n{servers}{tables}",
                 i + 1,
                 dir.join(&name).display(),
                 p[0],
@@ -214,10 +264,19 @@ async fn catalog_once(
     clients: usize,
     count: usize,
     only: Option<usize>,
+    secure: bool,
 ) -> Result<CatalogRun> {
     let dir = tempfile::tempdir()?;
-    let nodes = start_dc(bin, dir.path())?;
+    let nodes = start_dc(bin, dir.path(), secure)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if secure {
+        headers.insert(
+            "x-consul-token",
+            reqwest::header::HeaderValue::from_static(BENCH_TOKEN),
+        );
+    }
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(clients)
         .build()?;

@@ -76,6 +76,10 @@ enum What {
         /// Repetitions; the median is reported.
         #[arg(long)]
         reps: Option<usize>,
+        /// Run the nodes as a real deployment does: mutual TLS on the rpc port (Raft) and ACL
+        /// tokens on the HTTP API (the report is then `catalog-secure`).
+        #[arg(long)]
+        secure: bool,
         /// Send every registration to this node (1-3) instead of round-robin to all three.
         #[arg(long)]
         node: Option<usize>,
@@ -291,10 +295,11 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             count,
             reps,
             node,
+            secure,
         } => {
             let count = count.unwrap_or(if cli.quick { 2_000 } else { 20_000 });
             let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
-            catalog::run(&bin, &cli.out, clients, count, reps, node).await?;
+            catalog::run(&bin, &cli.out, clients, count, reps, node, secure).await?;
         }
         What::Dns {
             services,

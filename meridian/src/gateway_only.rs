@@ -104,8 +104,18 @@ impl GatewayNode {
             .route("/v1/catalog/datacenters", get(datacenters))
             .route("/v1/federation/status", get(status))
             .with_state(state);
+        let acl = config.acl.to_acl(config.dev);
+        let limits = config.limits;
         let serve = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
+            let served = crate::http::serve_router(
+                http,
+                app,
+                acl,
+                limits.max_connections,
+                limits.max_connections_per_client,
+            )
+            .await;
+            if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });

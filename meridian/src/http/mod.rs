@@ -256,6 +256,41 @@ pub async fn serve(
 /// buffers (about 400 KiB, 100 headers); no Consul client needs more than a few KiB.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Serves `app`, a router without an [`ApiState`] (a gateway-only node's few read endpoints),
+/// behind `acl` and the API's connection limits, until the process ends.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    acl: Acl,
+    max_connections: usize,
+    max_per_client: usize,
+) -> std::io::Result<()> {
+    let acl = Arc::new(acl);
+    let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let acl = acl.clone();
+        async move {
+            // Lifts the connection's request-head deadline while this request is handled.
+            let _busy = req
+                .extensions()
+                .get::<ConnectInfo<Activity>>()
+                .map(|c| c.0.begin());
+            check_acl(&acl, req, next).await
+        }
+    }));
+    let listener = LimitedListener::new(
+        listener,
+        max_connections,
+        max_per_client,
+        HEADER_READ_TIMEOUT,
+        Arc::default(),
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<Activity>(),
+    )
+    .await
+}
+
 /// One span per request, and the one place requests are counted and logged.
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
@@ -314,10 +349,14 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    check_acl(&state.inner.acl, req, next).await
+}
+
+async fn check_acl(acl: &Acl, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let need = Need::of(&parts.method, parts.uri.path());
     let token = presented_token(&parts);
-    match state.inner.acl.authorize(token.as_deref(), need) {
+    match acl.authorize(token.as_deref(), need) {
         Ok(grant) => {
             parts.extensions.insert(grant);
             next.run(Request::from_parts(parts, body)).await

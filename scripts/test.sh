@@ -7,6 +7,9 @@ source scripts/env.sh
 started=$(date +%s)
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The chaos suite's checker self-tests run a deliberately broken build beside the real one
+# (its own binary name, so target/release/meridian stays the real thing).
+cargo build --release -p meridian --features chaos-broken --bin meridian-broken
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --no-fail-fast
 else

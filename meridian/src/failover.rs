@@ -430,6 +430,19 @@ impl Runner {
 
     fn failover(&mut self) -> Failover {
         let mut liveness = self.detector.liveness();
+        // Chaos self-test fault (feature `chaos-broken` only): a resolver that ignores `Down`.
+        #[cfg(feature = "chaos-broken")]
+        if crate::chaos_break::active("ignore-down") {
+            liveness = liveness
+                .into_iter()
+                .map(|(dc, mut l)| {
+                    if l.status == DcStatus::Down {
+                        l.status = DcStatus::Up;
+                    }
+                    (dc, l)
+                })
+                .collect();
+        }
         self.order = meridian_topology::rank_by_rtt(&self.order, &liveness);
         let local = &self.last_input;
         if drained(local.local()) {

@@ -6,6 +6,9 @@
 //! [`http::router`] in-process; `main.rs` only parses the command line and calls [`cli::run`].
 
 pub mod agent;
+// Deliberate faults for the chaos tests' checker self-tests; absent from normal builds.
+#[cfg(feature = "chaos-broken")]
+mod chaos_break;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -11,6 +11,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # and how to refresh it: .ci/advisory-db/SNAPSHOT); what is ignored, and why: .cargo/audit.toml.
 need_cargo_audit
 cargo audit
+# The chaos suite's checker self-tests run a deliberately broken build beside the real one
+# (its own binary name, so target/release/meridian stays the real thing).
+cargo build --release -p meridian --features chaos-broken --bin meridian-broken
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --no-fail-fast
 else

@@ -8,6 +8,9 @@
 //! [`meridian_topology::View`], which readers take with [`Catalog::view`] or wait on with
 //! [`Catalog::watch`].
 
+// Deliberate faults for the chaos tests' checker self-tests; absent from normal builds.
+#[cfg(feature = "chaos-broken")]
+mod chaos_break;
 mod command;
 mod config;
 mod counters;

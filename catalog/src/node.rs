@@ -287,6 +287,11 @@ impl Catalog {
     /// so a retry after a lost reply cannot apply a change twice.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, CatalogError> {
+        // Chaos self-test fault (feature `chaos-broken` only): acknowledge before committing.
+        #[cfg(feature = "chaos-broken")]
+        if let Some(acked) = crate::chaos_break::ack_before_commit(self, &cmd) {
+            return Ok(acked);
+        }
         let timeout = self.inner.cfg.write_timeout;
         let deadline = Instant::now() + timeout;
         let mut metrics = self.inner.raft.metrics();

@@ -152,6 +152,12 @@ pub enum TunnelError {
     Io(#[from] io::Error),
 }
 
+/// Failed probes in a row after which a DC's pooled connection is retired and the next probe
+/// or stream connects afresh (to another gateway, if that one died). One is not enough: on a
+/// lossy WAN a single probe can lose a packet, and reconnecting costs two round trips more,
+/// which turned one loss into a DC declared down.
+const RETIRE_AFTER_FAILED_PROBES: u32 = 2;
+
 /// A stream's header, read by the receiving gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -211,6 +217,12 @@ pub struct Tunnel {
     /// Connections taken out of the pool after a failed probe, by DC: streams on them carry on
     /// (the failure may pass), until the DC is found down and they are closed.
     retired: Mutex<HashMap<String, Vec<quinn::Connection>>>,
+    /// Probes failed in a row, by DC: the pooled connection is retired at
+    /// [`RETIRE_AFTER_FAILED_PROBES`].
+    failed_probes: Mutex<HashMap<String, u32>>,
+    /// The gateway of each DC whose connection was last retired: tried last when reconnecting,
+    /// since it is most likely the one that died.
+    suspect_gateway: Mutex<HashMap<String, SocketAddr>>,
     /// Stream budget per remote DC.
     budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Connections established, by outcome, for metrics.
@@ -271,6 +283,8 @@ impl Tunnel {
             config,
             conns: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashMap::new()),
+            failed_probes: Mutex::new(HashMap::new()),
+            suspect_gateway: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             stats: TunnelStats::default(),
         })
@@ -440,6 +454,16 @@ impl Tunnel {
         }
         let mut order: Vec<SocketAddr> = gateways.to_vec();
         fastrand::shuffle(&mut order);
+        let suspect = self
+            .suspect_gateway
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        if let Some(pos) = suspect.and_then(|a| order.iter().position(|o| *o == a)) {
+            let a = order.remove(pos);
+            order.push(a);
+        }
         let name = (self.config.server_name)(dc);
         let mut last;
         for (tried, addr) in order.iter().enumerate() {
@@ -478,9 +502,9 @@ impl Tunnel {
     }
 
     /// Probes datacenter `dc`: one round trip over its tunnel (connected first if need be, to
-    /// one of `gateways`), within `timeout`. A failed probe drops the pooled connection from the
-    /// pool (streams on it carry on), so the next probe or stream tries afresh, on another
-    /// gateway if that one died.
+    /// one of `gateways`, within the connect timeout), answered within `timeout`. Two failed
+    /// in a row drop the pooled connection from the pool (streams on it carry on), so the next
+    /// probe or stream tries afresh, on another gateway if that one died.
     pub async fn probe(
         &self,
         dc: &str,
@@ -494,36 +518,69 @@ impl Tunnel {
         }
         .encode()
         .ok_or_else(|| TunnelError::Tls(format!("datacenter name too long: {dc}")))?;
+        let no_answer = || TunnelError::Unreachable {
+            dc: dc.to_owned(),
+            tried: 1,
+            last: format!("no probe answer within {timeout:?}"),
+        };
         let attempt = async {
+            // Connecting is bounded by the connect timeout, per gateway. Only the exchange is
+            // held to `timeout`: a handshake takes a round trip or two more, so on a WAN whose
+            // RTT is above half the timeout, a probe that had to reconnect after one loss would
+            // always time out, and the DC would never come back.
             let mut stream = self.open_stream(dc, &key, gateways).await?;
             let start = std::time::Instant::now();
-            stream.write_all(&header).await?;
-            stream.flush().await?;
-            let answer = stream.read_u8().await?;
-            if answer != PROBE_ANSWER {
-                return Err(TunnelError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "unexpected probe answer",
-                )));
-            }
+            let exchange = async {
+                stream.write_all(&header).await?;
+                stream.flush().await?;
+                let answer = stream.read_u8().await?;
+                if answer != PROBE_ANSWER {
+                    return Err(TunnelError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unexpected probe answer",
+                    )));
+                }
+                Ok(())
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| no_answer())??;
             let rtt = start.elapsed();
             let _ = stream.shutdown().await;
             Ok(rtt)
         };
-        let result = match tokio::time::timeout(timeout, attempt).await {
+        // The whole is bounded too: every gateway's connect, then the exchange.
+        let bound = self.config.connect_timeout
+            * u32::try_from(gateways.len().max(1)).unwrap_or(u32::MAX)
+            + timeout;
+        let result = match tokio::time::timeout(bound, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(TunnelError::Unreachable {
-                dc: dc.to_owned(),
-                tried: 1,
-                last: format!("no probe answer within {timeout:?}"),
-            }),
+            Err(_) => Err(no_answer()),
         };
-        if result.is_err() {
+        let failed_in_a_row = {
+            let mut failed = self
+                .failed_probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if result.is_ok() {
+                failed.remove(&key);
+                0
+            } else {
+                let n = failed.entry(key.clone()).or_default();
+                *n += 1;
+                *n
+            }
+        };
+        if failed_in_a_row >= RETIRE_AFTER_FAILED_PROBES {
             let removed = {
                 let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
                 conns.remove(&key)
             };
-            if let Some((_, conn)) = removed {
+            if let Some((addr, conn)) = removed {
+                self.suspect_gateway
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.clone(), addr);
                 let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
                 let list = retired.entry(key).or_default();
                 list.retain(|c| c.close_reason().is_none());

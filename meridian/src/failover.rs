@@ -80,7 +80,7 @@ impl FailoverRuntime {
             holds: HashMap::new(),
             published: None,
             order: Vec::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             tunnel: tunnel.clone(),
             counters: counters.clone(),
         };
@@ -204,7 +204,8 @@ struct Runner {
     published: Option<Arc<Failover>>,
     /// Remote DCs nearest first, re-ranked with hysteresis at every publication.
     order: Vec<Arc<str>>,
-    in_flight: HashSet<Arc<str>>,
+    /// Probes in flight per DC.
+    in_flight: HashMap<Arc<str>, usize>,
     tunnel: Arc<OnceLock<Arc<Tunnel>>>,
     counters: Arc<FailoverCounters>,
 }
@@ -257,6 +258,9 @@ fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
     out
 }
 
+/// Probes of one DC in flight at once.
+const MAX_PROBES_IN_FLIGHT: usize = 3;
+
 impl Runner {
     async fn run(mut self, mut input: watch::Receiver<Arc<View>>, out: watch::Sender<Arc<View>>) {
         let (tx, mut rx) = mpsc::channel::<ProbeResult>(64);
@@ -275,7 +279,9 @@ impl Runner {
                 }
                 _ = ticker.tick() => self.probe_all(&tx),
                 Some((dc, rtt)) = rx.recv() => {
-                    self.in_flight.remove(&dc);
+                    if let Some(n) = self.in_flight.get_mut(&dc) {
+                        *n = n.saturating_sub(1);
+                    }
                     let counter = if rtt.is_some() { &self.counters.probes_ok } else { &self.counters.probes_failed };
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.detector.probe(&dc, self.clock.now_ms(), rtt);
@@ -360,22 +366,39 @@ impl Runner {
         self.holds.retain(|_, until| *until > now);
     }
 
-    /// Starts a probe of every remote DC that has gateways and no probe in flight.
+    /// Starts a probe of every remote DC that has gateways and fewer than
+    /// [`MAX_PROBES_IN_FLIGHT`] probes in flight.
     fn probe_all(&mut self, tx: &mpsc::Sender<ProbeResult>) {
         let Some(tunnel) = self.tunnel.get() else {
             return;
         };
-        let timeout = Duration::from_millis(self.config.probe_timeout_ms);
+        let configured = Duration::from_millis(self.config.probe_timeout_ms);
+        // Never more than the detection bound: a probe must be able to fail in time.
+        let longest = Duration::from_millis(self.config.down_after_ms / 2).max(configured);
         for r in self.last_input.remotes() {
             let dc: Arc<str> = r.name.to_ascii_lowercase().into();
-            if self.in_flight.contains(&dc) {
+            // Probes overlap, up to a few: on a long, lossy WAN one probe waiting out a lost
+            // packet must not leave the DC without evidence until it times out.
+            if self
+                .in_flight
+                .get(&dc)
+                .is_some_and(|n| *n >= MAX_PROBES_IN_FLIGHT)
+            {
                 continue;
             }
+            // The timeout follows the DC's measured RTT: on a long, lossy WAN one lost packet
+            // costs the probe a retransmission, about two round trips more, and a fixed 500 ms
+            // would fail every such probe and keep a reachable DC down.
+            let timeout = self
+                .detector
+                .rtt_us(&dc)
+                .map(|us| Duration::from_micros((us * 3.0) as u64))
+                .map_or(configured, |t| t.clamp(configured, longest));
             let gws = r.state.gateway_addrs();
             if gws.is_empty() {
                 continue;
             }
-            self.in_flight.insert(dc.clone());
+            *self.in_flight.entry(dc.clone()).or_default() += 1;
             let (tunnel, tx) = (tunnel.clone(), tx.clone());
             tokio::spawn(async move {
                 let rtt = match tunnel.probe(&dc, &gws, timeout).await {
@@ -430,6 +453,19 @@ impl Runner {
 
     fn failover(&mut self) -> Failover {
         let mut liveness = self.detector.liveness();
+        // Chaos self-test fault (feature `chaos-broken` only): a resolver that ignores `Down`.
+        #[cfg(feature = "chaos-broken")]
+        if crate::chaos_break::active("ignore-down") {
+            liveness = liveness
+                .into_iter()
+                .map(|(dc, mut l)| {
+                    if l.status == DcStatus::Down {
+                        l.status = DcStatus::Up;
+                    }
+                    (dc, l)
+                })
+                .collect();
+        }
         self.order = meridian_topology::rank_by_rtt(&self.order, &liveness);
         let local = &self.last_input;
         if drained(local.local()) {
@@ -537,7 +573,7 @@ mod tests {
             holds: HashMap::new(),
             published: None,
             order: Vec::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             tunnel: Arc::new(OnceLock::new()),
             counters: Arc::default(),
         }

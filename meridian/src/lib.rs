@@ -7,6 +7,9 @@
 
 pub mod acl;
 pub mod agent;
+// Deliberate faults for the chaos tests' checker self-tests; absent from normal builds.
+#[cfg(feature = "chaos-broken")]
+mod chaos_break;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -92,8 +92,10 @@ struct Source {
 
 impl Source {
     /// Records a report; a gap of more than `gap` since the previous one breaks the streak,
-    /// since nothing vouched for the DC in between.
-    fn report(&mut self, now: u64, alive: bool, gap: u64) {
+    /// since nothing vouched for the DC in between. So does a failure, unless the DC said
+    /// "alive" within `tolerance`: on a lossy WAN an isolated lost probe is no sign of death,
+    /// and a run that any single loss broke would keep a reachable DC down for good.
+    fn report(&mut self, now: u64, alive: bool, gap: u64, tolerance: u64) {
         if self
             .last_report
             .is_some_and(|t| now.saturating_sub(t) > gap)
@@ -104,7 +106,10 @@ impl Source {
         if alive {
             self.last_ok = Some(now);
             self.streak.get_or_insert(now);
-        } else {
+        } else if self
+            .last_ok
+            .is_none_or(|t| now.saturating_sub(t) > tolerance)
+        {
             self.streak = None;
         }
     }
@@ -157,7 +162,8 @@ impl Detector {
         })
     }
 
-    /// Starts watching `dc` (no-op if already watched): it is `Up` until evidence says otherwise.
+    /// Starts watching `dc` (no-op if already watched): it is `Up` until evidence says otherwise,
+    /// but published as `Down` until it first shows evidence of life.
     pub fn watch(&mut self, dc: &str, now: u64) {
         self.track(dc, now);
     }
@@ -166,7 +172,12 @@ impl Detector {
     pub fn probe(&mut self, dc: &str, now: u64, rtt_us: Option<u32>) {
         let config = self.config;
         let t = self.track(dc, now);
-        t.data.report(now, rtt_us.is_some(), config.down_after_ms);
+        t.data.report(
+            now,
+            rtt_us.is_some(),
+            config.down_after_ms,
+            config.suspect_after_ms,
+        );
         if let Some(rtt) = rtt_us {
             let rtt = f64::from(rtt);
             t.rtt_us = Some(t.rtt_us.map_or(rtt, |s| s + RTT_ALPHA * (rtt - s)));
@@ -180,7 +191,8 @@ impl Detector {
         let config = self.config;
         let t = self.track(dc, now);
         t.control_up = up;
-        t.control.report(now, up, config.down_after_ms);
+        t.control
+            .report(now, up, config.down_after_ms, config.suspect_after_ms);
         t.evaluate(now, &config);
     }
 
@@ -203,6 +215,11 @@ impl Detector {
         }
     }
 
+    /// The smoothed probe round trip to `dc` (any case), in microseconds, once measured.
+    pub fn rtt_us(&self, dc: &str) -> Option<f64> {
+        self.dcs.get(dc.to_ascii_lowercase().as_str())?.rtt_us
+    }
+
     /// The status of `dc` (any case), if watched.
     pub fn status(&self, dc: &str) -> Option<DcStatus> {
         self.dcs
@@ -218,7 +235,7 @@ impl Detector {
                 (
                     k.clone(),
                     DcLiveness {
-                        status: t.status(),
+                        status: t.published_status(),
                         since_ms: t.since,
                         // Rounded to whole microseconds; an RTT beyond u32 is no RTT.
                         rtt_us: t.rtt_us.map(|r| r.round().min(f64::from(u32::MAX)) as u32),
@@ -236,6 +253,17 @@ impl Track {
             DcStatus::Drained
         } else {
             self.health
+        }
+    }
+
+    /// The status answers go by: a DC that has shown no evidence of life since this node started
+    /// is not answered for (as if `Down`), since its replica on disk may be all that is left of
+    /// it; its first evidence makes it `Up` at once, as it was never found down.
+    fn published_status(&self) -> DcStatus {
+        if !self.drained && self.data.last_ok.is_none() && self.control.last_ok.is_none() {
+            DcStatus::Down
+        } else {
+            self.status()
         }
     }
 
@@ -315,11 +343,14 @@ mod tests {
             "1.5 s after the last answer"
         );
         // Answers again: still Down until 5 s of unbroken answers.
-        for t in (3000..8000).step_by(250) {
+        for t in (3000..7000).step_by(250) {
             d.probe("dc2", t, Some(40_000));
             assert_eq!(d.status("dc2"), Some(DcStatus::Down), "at {t}");
         }
-        d.probe("dc2", 7900, None);
+        // Failures for longer than `suspect_after` without an answer restart the period.
+        for t in [7000, 7250, 7500, 7750] {
+            d.probe("dc2", t, None);
+        }
         for t in (8000..13_000).step_by(250) {
             d.probe("dc2", t, Some(40_000));
         }
@@ -327,7 +358,7 @@ mod tests {
         assert_eq!(
             d.status("dc2"),
             Some(DcStatus::Down),
-            "a failure restarts the period"
+            "failures restart the period"
         );
         d.probe("dc2", 13_000, Some(40_000));
         assert_eq!(d.status("dc2"), Some(DcStatus::Up));
@@ -335,6 +366,19 @@ mod tests {
         let dc2 = l.get("dc2").expect("watched");
         assert_eq!((dc2.status, dc2.since_ms), (DcStatus::Up, 13_000));
         assert_eq!(dc2.rtt_us, Some(40_000));
+    }
+
+    #[test]
+    fn an_isolated_lost_probe_does_not_restart_the_failback_period() {
+        let mut d = Detector::new(C);
+        d.probe("dc2", 0, Some(1_000));
+        d.tick(1600);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Down));
+        // Answers for 5 s, with one probe lost on a lossy link in the middle.
+        for t in (2000..=7000).step_by(250) {
+            d.probe("dc2", t, (t != 4500).then_some(1_000));
+        }
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
     }
 
     #[test]
@@ -405,6 +449,21 @@ mod tests {
             (1u64..3000).prop_map(Event::Tick),
         ];
         proptest::collection::vec(event, 1..400)
+    }
+
+    #[test]
+    fn a_dc_is_answered_for_only_once_it_has_shown_evidence_of_life() {
+        let mut d = Detector::new(C);
+        d.watch("dc2", 0);
+        // A node that starts while dc2 is cut off must not answer from dc2's replica on disk.
+        assert_eq!(d.liveness()["dc2"].status, DcStatus::Down);
+        d.probe("dc2", 100, Some(1_000));
+        // Its first evidence brings it back at once: it was never found down.
+        assert_eq!(d.liveness()["dc2"].status, DcStatus::Up);
+        let mut c = Detector::new(C);
+        c.watch("dc3", 0);
+        c.control("dc3", 50, true);
+        assert_eq!(c.liveness()["dc3"].status, DcStatus::Up);
     }
 
     proptest! {

@@ -1,0 +1,734 @@
+//! A whole federation of real `meridian` processes on loopback: N datacenters of M nodes, every
+//! inter-DC path through a [`Wan`] link, a TLS backend for `web` in some DCs, federation
+//! certificates made at run time, and a run folder holding configs, data and logs (kept when a
+//! run fails, removed when it passes).
+//!
+//! Every agent configuration is written by [`agent_config`], and only there, so settings every
+//! agent needs (security defaults, say) are added in one place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use meridian_federation::tls::{PemPair, create_ca, create_node_cert};
+use serde_json::{Value, json};
+
+use crate::addr::{backend_ip, dc_name, free_port, link_ip, node_ip};
+use crate::backend::{self, Backend, SERVICE};
+use crate::history::History;
+use crate::kernel;
+use crate::link::Wan;
+use crate::process::Proc;
+
+/// The failback period agents are configured with.
+pub const FAILBACK: Duration = Duration::from_secs(3);
+/// `down_after_ms` agents are configured with (the default).
+pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Nodes per DC (1, 3 or 5); DC `d` is `nodes[d - 1]`.
+    pub nodes: Vec<usize>,
+    /// DCs with a `web` backend; the others fail over to these, in this order.
+    pub web_in: Vec<usize>,
+    /// The binary under test.
+    pub bin: PathBuf,
+    /// Extra environment for every agent (a fault to compile in, for the broken build).
+    pub env: Vec<(String, String)>,
+    /// Seeds the links' RNG.
+    pub seed: u64,
+    /// How links are cut (`proxy` or `iptables`; default: see [`kernel::choose`]).
+    pub cuts: Option<&'static str>,
+}
+
+/// The ports of one node.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// HTTP API.
+    pub http: u16,
+    /// DNS (UDP and TCP).
+    pub dns: u16,
+    /// Raft and forwarded writes.
+    pub rpc: u16,
+    /// Federation.
+    pub wan: u16,
+    /// Gateway (TCP) and QUIC tunnel (UDP).
+    pub gateway: u16,
+}
+
+/// Where a node is, for clients (shared with the workload; the process stays in the cluster).
+#[derive(Clone, Debug)]
+pub struct NodeAddr {
+    /// Its DC (from 1).
+    pub dc: usize,
+    /// Its index in the DC (from 1).
+    pub idx: usize,
+    /// Its node name (`n<idx>`).
+    pub name: String,
+    /// Its listen address.
+    pub ip: IpAddr,
+    /// Its ports.
+    pub ports: Ports,
+}
+
+impl NodeAddr {
+    /// `http://ip:port{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:{}{path}", self.ip, self.ports.http)
+    }
+
+    /// The DNS server.
+    pub fn dns(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.ports.dns)
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.ports.gateway)
+    }
+
+    /// `dcD-nI`, for logs and reports.
+    pub fn label(&self) -> String {
+        format!("{}-{}", dc_name(self.dc), self.name)
+    }
+}
+
+/// Everything [`agent_config`] needs to write one agent's configuration.
+#[derive(Debug)]
+pub struct AgentConfig<'a> {
+    /// The node.
+    pub node: &'a NodeAddr,
+    /// Its DC's voters.
+    pub servers: Vec<&'a NodeAddr>,
+    /// Every other DC's nodes (reached at their link addresses).
+    pub peers: Vec<&'a NodeAddr>,
+    /// Its data folder.
+    pub data_dir: &'a Path,
+    /// Folder of `meridian-ca.pem` and `<dc>-<node>.pem`.
+    pub certs: &'a Path,
+    /// DCs to fail over to in order, when the node's own DC has no `web`.
+    pub failover_order: Option<&'a [usize]>,
+}
+
+/// The management token of every agent the harness starts; its HTTP clients present it.
+pub const TOKEN: &str = "meridian-chaos-management-token";
+
+/// An HTTP client of the agents' API that presents [`TOKEN`].
+pub fn api_client(timeout: Duration) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .default_headers(meridian::client::token_headers(Some(TOKEN))?)
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .build()?)
+}
+
+/// The configuration file of one agent. The one place agent configs are written.
+pub fn agent_config(c: &AgentConfig<'_>) -> Result<String> {
+    let n = c.node;
+    let dc = dc_name(n.dc);
+    let mut s = String::new();
+    writeln!(
+        s,
+        "datacenter = \"{dc}\"\nnode_name = \"{}\"\nnode_id = {}",
+        n.name, n.idx
+    )?;
+    writeln!(
+        s,
+        "bind = \"{}\"\nadvertise = \"{}\"",
+        n.ip,
+        link_ip(n.dc, n.idx)
+    )?;
+    writeln!(s, "data_dir = \"{}\"", c.data_dir.display())?;
+    writeln!(
+        s,
+        "\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}",
+        n.ports.http, n.ports.dns, n.ports.rpc, n.ports.wan, n.ports.gateway
+    )?;
+    // Fast elections keep scenarios short; the ratios are the defaults'.
+    writeln!(
+        s,
+        "\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000"
+    )?;
+    for srv in &c.servers {
+        writeln!(
+            s,
+            "\n[[servers]]\nid = {}\nrpc = \"{}:{}\"",
+            srv.idx, srv.ip, srv.ports.rpc
+        )?;
+    }
+    writeln!(
+        s,
+        "\n[failover]\nfailback_after_ms = {}",
+        FAILBACK.as_millis()
+    )?;
+    if let Some(order) = c.failover_order {
+        let list: Vec<String> = order
+            .iter()
+            .map(|d| format!("\"{}\"", dc_name(*d)))
+            .collect();
+        writeln!(s, "nearest_n = 0\ndatacenters = [{}]", list.join(", "))?;
+    }
+    let certs = c.certs.display();
+    writeln!(
+        s,
+        "\n[federation]\nca_file = \"{certs}/meridian-ca.pem\"\ncert_file = \"{certs}/{dc}-{name}.pem\"\n\
+         key_file = \"{certs}/{dc}-{name}-key.pem\"",
+        name = n.name
+    )?;
+    let mut by_dc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for p in &c.peers {
+        by_dc.entry(p.dc).or_default().push(format!(
+            "\"{}:{}\"",
+            link_ip(p.dc, p.idx),
+            p.ports.wan
+        ));
+    }
+    // The rpc port runs mutual TLS with the certificates above; the API needs the token.
+    writeln!(s, "\n[acl]\nmanagement_token = \"{TOKEN}\"")?;
+    for (d, addrs) in by_dc {
+        writeln!(
+            s,
+            "\n[[federation.peers]]\ndc = \"{}\"\naddresses = [{}]",
+            dc_name(d),
+            addrs.join(", ")
+        )?;
+    }
+    Ok(s)
+}
+
+/// A node: where it is and its process.
+#[derive(Debug)]
+pub struct Node {
+    /// Its address and ports.
+    pub addr: NodeAddr,
+    /// Its process.
+    pub proc: Proc,
+    /// The scenario killed it (a dead process is then no finding).
+    pub killed_on_purpose: bool,
+}
+
+/// A running federation.
+pub struct Cluster {
+    /// What was started.
+    pub spec: ClusterSpec,
+    /// Every node, DC by DC.
+    pub nodes: Vec<Node>,
+    /// The WAN links.
+    pub wan: Wan,
+    /// The run's record.
+    pub history: History,
+    /// CA of the backends' certificates.
+    pub web_ca: PemPair,
+    /// Backend addresses per DC.
+    pub backends: BTreeMap<usize, SocketAddr>,
+    _backends: Vec<Backend>,
+    /// HTTP client for control and checks.
+    pub http: reqwest::Client,
+    /// Directed cuts in force (from, to), for the reachability ground truth.
+    cuts: BTreeSet<(usize, usize)>,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Cluster {
+    /// Starts everything and waits until every node sees every DC up with its services.
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster> {
+        ensure!(spec.bin.exists(), "{} does not exist", spec.bin.display());
+        let base =
+            std::env::var_os("MERIDIAN_CHAOS_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+        std::fs::create_dir_all(&base)?;
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-chaos-")
+            .tempdir_in(&base)?;
+        let path = dir.path().to_owned();
+        let certs = path.join("certs");
+        std::fs::create_dir_all(&certs)?;
+        let kernel = kernel::choose(spec.cuts)?;
+        let wan = Wan::new(spec.seed, kernel);
+        let history = History::new();
+        history.fault(format!(
+            "run folder {}; binary {}; WAN cuts by {}; shaping by the proxy (netem {})",
+            path.display(),
+            spec.bin.display(),
+            wan.cut_mechanism(),
+            if kernel::netem_available() {
+                "present but unused"
+            } else {
+                "absent"
+            }
+        ));
+
+        let fed_ca = create_ca("meridian chaos federation")?;
+        std::fs::write(certs.join("meridian-ca.pem"), &fed_ca.cert_pem)?;
+        let mut addrs = Vec::new();
+        for (d0, count) in spec.nodes.iter().enumerate() {
+            let dc = d0 + 1;
+            for idx in 1..=*count {
+                let ips = [node_ip(dc, idx), link_ip(dc, idx)];
+                let ports = Ports {
+                    http: free_port(&ips),
+                    dns: free_port(&ips),
+                    rpc: free_port(&ips),
+                    wan: free_port(&ips),
+                    gateway: free_port(&ips),
+                };
+                let name = format!("n{idx}");
+                let pair = create_node_cert(&fed_ca, &dc_name(dc), &name, &[], 2)?;
+                std::fs::write(
+                    certs.join(format!("{}-{name}.pem", dc_name(dc))),
+                    &pair.cert_pem,
+                )?;
+                std::fs::write(
+                    certs.join(format!("{}-{name}-key.pem", dc_name(dc))),
+                    &pair.key_pem,
+                )?;
+                addrs.push(NodeAddr {
+                    dc,
+                    idx,
+                    name,
+                    ip: node_ip(dc, idx).into(),
+                    ports,
+                });
+            }
+        }
+        for a in &addrs {
+            wan.proxy_tcp(
+                a.dc,
+                (link_ip(a.dc, a.idx), a.ports.wan).into(),
+                (a.ip, a.ports.wan).into(),
+            )
+            .await?;
+            wan.proxy_udp(
+                a.dc,
+                (link_ip(a.dc, a.idx), a.ports.gateway).into(),
+                (a.ip, a.ports.gateway).into(),
+            )
+            .await?;
+            // The tunnel's TCP transport, should a config ask for it.
+            wan.proxy_tcp(
+                a.dc,
+                (link_ip(a.dc, a.idx), a.ports.gateway).into(),
+                (a.ip, a.ports.gateway).into(),
+            )
+            .await?;
+        }
+
+        let web_ca = create_ca("meridian chaos web")?;
+        let mut backends = BTreeMap::new();
+        let mut servers_up = Vec::new();
+        for &dc in &spec.web_in {
+            let port = free_port(&[backend_ip(dc)]);
+            let b = Backend::start(dc, (backend_ip(dc), port).into(), &web_ca).await?;
+            backends.insert(dc, b.addr);
+            servers_up.push(b);
+        }
+
+        let mut nodes = Vec::new();
+        for a in &addrs {
+            let data = path.join(a.label());
+            let cfg = agent_config(&AgentConfig {
+                node: a,
+                servers: addrs.iter().filter(|b| b.dc == a.dc).collect(),
+                peers: addrs.iter().filter(|b| b.dc != a.dc).collect(),
+                data_dir: &data,
+                certs: &certs,
+                failover_order: (!spec.web_in.contains(&a.dc)).then_some(spec.web_in.as_slice()),
+            })?;
+            let file = path.join(format!("{}.toml", a.label()));
+            std::fs::write(&file, cfg)?;
+            let proc = Proc::start(
+                &a.label(),
+                &spec.bin,
+                vec![
+                    "agent".into(),
+                    "--config".into(),
+                    file.display().to_string(),
+                ],
+                spec.env.clone(),
+                &path.join(format!("{}.log", a.label())),
+            )?;
+            nodes.push(Node {
+                addr: a.clone(),
+                proc,
+                killed_on_purpose: false,
+            });
+        }
+        let mut c = Cluster {
+            spec,
+            nodes,
+            wan,
+            history,
+            web_ca,
+            backends,
+            _backends: servers_up,
+            http: api_client(Duration::from_secs(5))?,
+            cuts: BTreeSet::new(),
+            dir: Some(dir),
+            path,
+        };
+        if let Err(e) = c.settle_start().await {
+            let kept = c.keep();
+            return Err(e.context(format!("configs and logs kept in {}", kept.display())));
+        }
+        Ok(c)
+    }
+
+    async fn settle_start(&mut self) -> Result<()> {
+        let dcs = self.spec.nodes.len();
+        for dc in 1..=dcs {
+            self.wait_leader(dc, Duration::from_secs(60)).await?;
+        }
+        for (&dc, addr) in &self.backends.clone() {
+            let node = self
+                .addrs()
+                .into_iter()
+                .find(|a| a.dc == dc)
+                .context("a node")?;
+            let body = json!({"ID": "web-1", "Name": SERVICE, "Port": addr.port(), "Address": addr.ip().to_string()});
+            let r = self
+                .http
+                .put(node.url("/v1/agent/service/register"))
+                .json(&body)
+                .send()
+                .await?;
+            ensure!(
+                r.status().is_success(),
+                "registering web in dc{dc}: {}",
+                r.status()
+            );
+        }
+        // Every node sees every DC's gateways and web, and every DC up.
+        let want_web: BTreeMap<usize, usize> = (1..=dcs)
+            .map(|d| (d, usize::from(self.backends.contains_key(&d))))
+            .collect();
+        let addrs = self.addrs();
+        let client = self.http.clone();
+        self.wait_for(
+            Duration::from_secs(90),
+            "every node to see every DC up with its services",
+            || {
+                let (http, addrs, want_web) = (client.clone(), addrs.clone(), want_web.clone());
+                async move {
+                    for a in &addrs {
+                        for (&dc, &n) in &want_web {
+                            let url = a.url(&format!(
+                                "/v1/health/service/{SERVICE}?dc={}&passing=1",
+                                dc_name(dc)
+                            ));
+                            if count(&http, &url).await != Some(n) {
+                                return false;
+                            }
+                            let url = a.url(&format!(
+                                "/v1/catalog/service/meridian-gateway?dc={}",
+                                dc_name(dc)
+                            ));
+                            if count(&http, &url).await.unwrap_or(0) == 0 {
+                                return false;
+                            }
+                            if dc != a.dc && status_of(&http, a, dc).await.as_deref() != Some("up")
+                            {
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await?;
+        self.history
+            .fault("cluster ready: every node sees every DC up");
+        Ok(())
+    }
+
+    /// Polls `f` every 200 ms (sampling processes meanwhile) until it holds or `limit` passes.
+    pub async fn wait_for<F, Fut>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut f: F,
+    ) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            if f().await {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                bail!("timed out after {limit:?} waiting for {what}");
+            }
+            self.sample();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sleeps `d`, sampling every process's memory and liveness twice a second.
+    pub async fn sleep(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.sample();
+            tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// Samples memory and notices processes that died by themselves.
+    pub fn sample(&mut self) {
+        for n in &mut self.nodes {
+            if !n.killed_on_purpose && !n.proc.is_running() {
+                continue;
+            }
+            n.proc.sample_rss();
+        }
+    }
+
+    /// Where every node is.
+    pub fn addrs(&self) -> Vec<NodeAddr> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Number of DCs.
+    pub fn dcs(&self) -> usize {
+        self.spec.nodes.len()
+    }
+
+    /// Indexes (into `nodes`) of DC `dc`'s nodes.
+    pub fn nodes_of(&self, dc: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].addr.dc == dc)
+            .collect()
+    }
+
+    /// Waits for DC `dc` to have a leader that its live nodes agree on; its index in `nodes`.
+    pub async fn wait_leader(&mut self, dc: usize, limit: Duration) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            let mut seen = BTreeSet::new();
+            let mut asked = 0;
+            for i in self.nodes_of(dc) {
+                let n = &self.nodes[i];
+                if n.proc.pid().is_none() || n.proc.is_frozen() {
+                    continue;
+                }
+                asked += 1;
+                if let Ok(r) = self.http.get(n.addr.url("/v1/status/leader")).send().await
+                    && let Ok(Value::String(l)) = r.json::<Value>().await
+                    && !l.is_empty()
+                {
+                    seen.insert(l);
+                }
+            }
+            if asked > 0 && seen.len() == 1 {
+                let leader = seen.into_iter().next().unwrap_or_default();
+                if let Some(i) = self.nodes_of(dc).into_iter().find(|i| {
+                    let a = &self.nodes[*i].addr;
+                    leader == format!("{}:{}", a.ip, a.ports.rpc)
+                }) {
+                    return Ok(i);
+                }
+            }
+            if start.elapsed() > limit {
+                bail!("dc{dc} has no agreed leader within {limit:?}");
+            }
+            self.sample();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn recompute_reachability(&self) {
+        let dcs = self.dcs();
+        let mut out = BTreeSet::new();
+        for t in 1..=dcs {
+            let alive = self
+                .nodes
+                .iter()
+                .filter(|n| n.addr.dc == t && n.proc.pid().is_some() && !n.proc.is_frozen())
+                .count();
+            for o in 1..=dcs {
+                if o != t
+                    && (alive == 0 || self.cuts.contains(&(o, t)) || self.cuts.contains(&(t, o)))
+                {
+                    out.insert((o, t));
+                }
+            }
+        }
+        self.history.set_unreachable(&out);
+    }
+
+    /// kill -9 of node `i`.
+    pub fn kill9(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        n.proc.kill9()?;
+        n.killed_on_purpose = true;
+        let label = n.addr.label();
+        self.history.fault(format!("kill -9 {label}"));
+        self.history
+            .node_blind(self.nodes[i].addr.dc, &self.nodes[i].addr.name);
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// SIGSTOP of node `i`.
+    pub fn freeze(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].proc.freeze()?;
+        let label = self.nodes[i].addr.label();
+        self.history.fault(format!("SIGSTOP {label}"));
+        self.history
+            .node_blind(self.nodes[i].addr.dc, &self.nodes[i].addr.name);
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// SIGCONT of node `i`.
+    pub fn thaw(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].proc.thaw()?;
+        let label = self.nodes[i].addr.label();
+        self.history.fault(format!("SIGCONT {label}"));
+        self.history
+            .node_back(self.nodes[i].addr.dc, &self.nodes[i].addr.name);
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Starts node `i` again on its data folder.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].proc.restart()?;
+        self.nodes[i].killed_on_purpose = false;
+        let label = self.nodes[i].addr.label();
+        self.history
+            .fault(format!("restart {label} on its data folder"));
+        self.history
+            .node_back(self.nodes[i].addr.dc, &self.nodes[i].addr.name);
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Silently drops everything from `from` to `to`.
+    pub fn one_way(&mut self, from: usize, to: usize) -> Result<()> {
+        self.wan.one_way(from, to)?;
+        self.cuts.insert((from, to));
+        self.history.fault(format!(
+            "one-way cut dc{from} -> dc{to} ({})",
+            self.wan.cut_mechanism()
+        ));
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Silently drops everything between `a` and `b`.
+    pub fn blackhole(&mut self, a: usize, b: usize) -> Result<()> {
+        self.wan.blackhole(a, b)?;
+        self.cuts.extend([(a, b), (b, a)]);
+        self.history.fault(format!(
+            "blackhole dc{a} <-> dc{b} ({})",
+            self.wan.cut_mechanism()
+        ));
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Partition that resets and refuses between `a` and `b`.
+    pub fn partition(&mut self, a: usize, b: usize) -> Result<()> {
+        self.wan.partition(a, b)?;
+        self.cuts.extend([(a, b), (b, a)]);
+        self.history.fault(format!(
+            "partition (reset, refuse) dc{a} <-> dc{b} ({})",
+            self.wan.cut_mechanism()
+        ));
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Lifts the cuts between `a` and `b`.
+    pub fn heal(&mut self, a: usize, b: usize) -> Result<()> {
+        self.wan.heal(a, b)?;
+        self.cuts.remove(&(a, b));
+        self.cuts.remove(&(b, a));
+        self.history.fault(format!("heal dc{a} <-> dc{b}"));
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Lifts every cut and shaping.
+    pub fn heal_all(&mut self) -> Result<()> {
+        self.wan.heal_all()?;
+        self.cuts.clear();
+        self.history.fault("heal every link");
+        self.recompute_reachability();
+        Ok(())
+    }
+
+    /// Shapes every link both ways.
+    pub fn shape_all(&mut self, shape: crate::link::Shape) {
+        for a in 1..=self.dcs() {
+            for b in 1..=self.dcs() {
+                if a != b {
+                    self.wan.shape(a, b, shape);
+                }
+            }
+        }
+        self.history
+            .fault(format!("every WAN link shaped: {shape:?}"));
+    }
+
+    /// A client for TLS connections through the gateways.
+    pub fn tls_client(&self) -> Result<backend::Client> {
+        backend::Client::new(&self.web_ca)
+    }
+
+    /// The run folder (configs, data, logs).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the run folder after the cluster is gone (a failed run).
+    pub fn keep(&mut self) -> PathBuf {
+        if let Some(d) = self.dir.take() {
+            let _ = d.keep();
+        }
+        self.path.clone()
+    }
+
+    /// Stops every process (SIGKILL; the data is checked before this).
+    pub fn shutdown(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.proc.kill9();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Length of the JSON array at `url`, if it answers one.
+pub async fn count(http: &reqwest::Client, url: &str) -> Option<usize> {
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json::<Value>().await.ok()?.as_array().map(Vec::len)
+}
+
+/// The status of DC `dc` as node `a` sees it (`up`, `suspect`, `down`, `drained`).
+pub async fn status_of(http: &reqwest::Client, a: &NodeAddr, dc: usize) -> Option<String> {
+    let r = http
+        .get(a.url("/v1/coordinate/datacenters"))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    v.as_array()?
+        .iter()
+        .find(|e| e["Datacenter"] == dc_name(dc).as_str())
+        .and_then(|e| e["Status"].as_str())
+        .map(str::to_owned)
+}

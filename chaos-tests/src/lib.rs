@@ -1,0 +1,25 @@
+//! Chaos tests for Meridian: real `meridian` processes (several datacenters of several nodes
+//! on loopback) run a client workload while faults are injected, and checkers then test the
+//! promises of DESIGN.md against what the clients saw and what every node holds.
+//!
+//! The pieces: [`addr`] (the address plan: every node on its own loopback address, every
+//! inter-DC path through a link address), [`link`] (the user-space TCP/UDP WAN proxy with
+//! delay, jitter, loss, bandwidth caps, cuts and resets, seeded), [`kernel`] (the same cuts as
+//! iptables rules when running as root, and the netem probe), [`process`] (kill -9,
+//! SIGSTOP/SIGCONT, restart on the same data folder), [`cluster`] (a whole federation and its
+//! TLS backends), [`workload`] and [`history`] (what clients did and got, timestamped),
+//! [`check`] (the invariants) and [`scenario`] (fault schedules from a seed, and the runner).
+
+pub mod addr;
+pub mod backend;
+pub mod check;
+pub mod cluster;
+pub mod history;
+pub mod kernel;
+pub mod link;
+pub mod process;
+pub mod scenario;
+pub mod workload;
+
+pub use cluster::{Cluster, ClusterSpec};
+pub use scenario::{Options, RunReport, Scenario};

@@ -1,0 +1,114 @@
+//! The chaos suite against the real `meridian` binary: every scenario of the default set must
+//! pass, and the checkers must fail on a deliberately broken build (`meridian-broken`, feature
+//! `chaos-broken`), which shows that each would notice its property broken.
+//!
+//! The scenarios run one at a time (a nextest test group of one thread, and a lock for
+//! `cargo test`): each starts five processes, and cuts by address range. `MERIDIAN_CHAOS_SEED`
+//! replays a seed in every test.
+
+use anyhow::{Result, ensure};
+use meridian_chaos_tests::scenario::{self, Options, RunReport, Scenario};
+
+/// One scenario at a time in this process, too.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn seed() -> Option<u64> {
+    std::env::var("MERIDIAN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
+async fn must_pass(s: Scenario, cuts: Option<&'static str>) -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let r = scenario::run(
+        s,
+        &Options {
+            seed: seed(),
+            cuts,
+            ..Options::default()
+        },
+    )
+    .await?;
+    println!("{r}");
+    ensure!(r.passed(), "{r}");
+    Ok(())
+}
+
+/// Runs `s` on the broken build with `fault` on, and checks that `checker` fails.
+async fn must_catch(s: Scenario, fault: &str, checker: &str) -> Result<RunReport> {
+    let _one = SERIAL.lock().await;
+    let bin = scenario::binary("meridian-broken", &["chaos-broken"])?;
+    let r = scenario::run(
+        s,
+        &Options {
+            seed: seed(),
+            bin: Some(bin),
+            env: vec![("MERIDIAN_CHAOS_BREAK".into(), fault.into())],
+            ..Options::default()
+        },
+    )
+    .await?;
+    println!("{r}");
+    ensure!(
+        r.failed_checkers().contains(checker),
+        "the {checker} checker passed a build with {fault}:\n{r}"
+    );
+    // The failure was the point: its folder is not worth keeping.
+    if let Some(d) = &r.run_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(r)
+}
+
+/// One test per scenario; `proxy` forces the user-space cuts (the others cut with iptables
+/// when the tests run as root, as CI does), so both mechanisms run in CI.
+macro_rules! scenarios {
+    ($($test:ident => $s:expr, $cuts:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() -> Result<()> {
+            must_pass($s, $cuts).await
+        }
+    )*};
+}
+
+scenarios! {
+    dc_loss_and_return => Scenario::DcLoss, None;
+    symmetric_partition => Scenario::Partition, None;
+    symmetric_partition_in_the_proxy => Scenario::Partition, Some("proxy");
+    one_way_partition => Scenario::OneWayPartition, Some("proxy");
+    leader_kill_during_writes => Scenario::LeaderKill, None;
+    frozen_leader => Scenario::FrozenLeader, None;
+    gateway_killed_with_connections_open => Scenario::GatewayKill, None;
+    slow_wan => Scenario::SlowWan, None;
+    flapping_link => Scenario::FlappingLink, Some("proxy");
+    node_restarted_during_a_partition => Scenario::RestartInPartition, None;
+    whole_dc_restarted_at_once => Scenario::DcRestart, None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_checker_catches_acknowledging_before_commit() -> Result<()> {
+    must_catch(Scenario::LeaderKill, "ack-before-commit", "durability").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_dc_checker_catches_a_resolver_that_ignores_down() -> Result<()> {
+    must_catch(Scenario::DcLoss, "ignore-down", "dead-dc-answers").await?;
+    Ok(())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_schedule() {
+    for s in Scenario::ALL {
+        for seed in [1, 42, 7_777] {
+            assert_eq!(
+                scenario::plan(s, seed, false).to_string(),
+                scenario::plan(s, seed, false).to_string()
+            );
+        }
+    }
+    let differ = (0..20u64)
+        .map(|seed| scenario::plan(Scenario::Partition, seed, false).to_string())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(differ.len() > 1, "seeds do not change the schedule");
+}

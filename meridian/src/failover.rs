@@ -374,7 +374,7 @@ impl Runner {
         };
         let configured = Duration::from_millis(self.config.probe_timeout_ms);
         // Never more than the detection bound: a probe must be able to fail in time.
-        let longest = Duration::from_millis(self.config.down_after_ms / 2).max(configured);
+        let longest = Duration::from_millis(self.config.down_after_ms).max(configured);
         for r in self.last_input.remotes() {
             let dc: Arc<str> = r.name.to_ascii_lowercase().into();
             // Probes overlap, up to a few: on a long, lossy WAN one probe waiting out a lost
@@ -386,13 +386,14 @@ impl Runner {
             {
                 continue;
             }
-            // The timeout follows the DC's measured RTT: on a long, lossy WAN one lost packet
-            // costs the probe a retransmission, about two round trips more, and a fixed 500 ms
-            // would fail every such probe and keep a reachable DC down.
+            // The timeout follows the DC's measured RTT: on a long WAN a probe that must
+            // reconnect first takes three round trips, and one with a lost packet a
+            // retransmission more; a fixed 500 ms would fail every such probe and keep a
+            // reachable DC down.
             let timeout = self
                 .detector
                 .rtt_us(&dc)
-                .map(|us| Duration::from_micros((us * 3.0) as u64))
+                .map(|us| Duration::from_micros((us * 4.0) as u64))
                 .map_or(configured, |t| t.clamp(configured, longest));
             let gws = r.state.gateway_addrs();
             if gws.is_empty() {

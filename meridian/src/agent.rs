@@ -60,7 +60,8 @@ impl Agent {
         if catalog_cfg.tls.is_none() {
             tracing::warn!("the LAN rpc port runs without TLS (insecure = true)");
         }
-        if !config.acl.to_acl(config.dev).enabled() {
+        let acl = config.acl.to_acl(config.dev);
+        if !acl.enabled() {
             tracing::warn!("the HTTP API runs without ACL tokens: anyone who reaches it may write");
         }
         let federation_settings = tls
@@ -131,7 +132,7 @@ impl Agent {
             config.limits.max_body_bytes,
             Some(dns.counters()),
         )
-        .with_acl(config.acl.to_acl(config.dev))
+        .with_acl(acl)
         .with_node(NodeInfo {
             http: http_addr,
             dns: Some(dns_addr),

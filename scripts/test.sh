@@ -5,6 +5,8 @@
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 started=$(date +%s)
+# The set-up's own detection, against fake library folders.
+bash scripts/env-test.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # Known advisories (RustSec) against Cargo.lock, from the snapshot in .ci/advisory-db (its date

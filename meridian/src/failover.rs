@@ -323,13 +323,20 @@ impl Runner {
     /// it end now instead of at the idle timeout: the gateway sends those that never got an
     /// answer where the name resolves now, and clients of the others reconnect. A moment after
     /// the view without the DC is published, so that the gateway already reads it.
-    fn cut_dead(&self, down: Vec<Arc<str>>) {
+    fn cut_dead(&self, down: Vec<(Arc<str>, bool)>) {
         if down.is_empty() {
             return;
         }
-        for dc in &down {
-            tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
+        for (dc, was_up) in &down {
+            // A DC this node has not seen yet is not news (every remote starts so): only one that
+            // was published up and went down is a warning.
+            if *was_up {
+                tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
+            } else {
+                tracing::info!(%dc, "datacenter not yet reachable: no answers into it until it is");
+            }
         }
+        let down: Vec<Arc<str>> = down.into_iter().map(|(dc, _)| dc).collect();
         let Some(tunnel) = self.tunnel.get().cloned() else {
             return;
         };
@@ -488,17 +495,19 @@ impl Runner {
 }
 
 /// The DCs `down` in `new` and not in `old`.
-fn newly_down(old: &Failover, new: &Failover) -> Vec<Arc<str>> {
+fn newly_down(old: &Failover, new: &Failover) -> Vec<(Arc<str>, bool)> {
     new.liveness
         .iter()
-        .filter(|(dc, l)| {
-            l.status == DcStatus::Down
-                && !old
-                    .liveness
-                    .get(*dc)
-                    .is_some_and(|o| o.status == DcStatus::Down)
+        .filter_map(|(dc, l)| {
+            if l.status != DcStatus::Down {
+                return None;
+            }
+            match old.liveness.get(dc) {
+                Some(o) if o.status == DcStatus::Down => None,
+                Some(_) => Some((dc.clone(), true)),
+                None => Some((dc.clone(), false)),
+            }
         })
-        .map(|(dc, _)| dc.clone())
         .collect()
 }
 
@@ -628,5 +637,38 @@ mod tests {
         assert_eq!(service_health(&b, "web"), (true, true));
         assert_eq!(service_health(&b, "nope"), (false, false));
         assert!(b.gateway_addrs().is_empty());
+    }
+
+    fn liveness(entries: &[(&str, DcStatus)]) -> Failover {
+        Failover {
+            liveness: entries
+                .iter()
+                .map(|(dc, status)| {
+                    let l = DcLiveness {
+                        status: *status,
+                        ..Default::default()
+                    };
+                    (Arc::from(*dc), l)
+                })
+                .collect(),
+            ..Failover::default()
+        }
+    }
+
+    #[test]
+    fn a_dc_never_seen_is_not_reported_as_gone_down() {
+        let before = liveness(&[("dc2", DcStatus::Up), ("dc3", DcStatus::Down)]);
+        let after = liveness(&[
+            ("dc2", DcStatus::Down),
+            ("dc3", DcStatus::Down),
+            ("dc4", DcStatus::Down),
+        ]);
+        let mut down = newly_down(&before, &after);
+        down.sort();
+        // dc2 was up and went down (a warning); dc4 appeared unseen (not news); dc3 stays down.
+        assert_eq!(
+            down,
+            vec![(Arc::from("dc2"), true), (Arc::from("dc4"), false)]
+        );
     }
 }

@@ -29,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use meridian::drill::probe::{
+use meridian_client::probe::{
     self, ConnectOutcome, Http, InstanceMap, NodeInfo, RawRound, RoundProbe, TlsProber,
 };
-use meridian::drill::report::{self, Kind, Observed, Setup};
+use meridian_client::report::{self, Kind, Observed, Setup};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;

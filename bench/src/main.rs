@@ -23,6 +23,10 @@
 //! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
 //! (Consul's way) and directly (see [`wan`]).
 
+// Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
+// is for the libraries.
+#![allow(clippy::disallowed_methods)]
+
 mod all;
 mod catalog;
 mod dns;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use meridian_federation::tls::{PemPair, create_ca, create_node_cert};
+use meridian_identity::{PemPair, create_ca, create_node_cert};
 use serde_json::{Value, json};
 
 use crate::addr::{backend_ip, dc_name, free_port, link_ip, node_ip};
@@ -120,7 +120,7 @@ pub const TOKEN: &str = "meridian-chaos-management-token";
 /// An HTTP client of the agents' API that presents [`TOKEN`].
 pub fn api_client(timeout: Duration) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .default_headers(meridian::client::token_headers(Some(TOKEN))?)
+        .default_headers(meridian_client::api::token_headers(Some(TOKEN))?)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(2))
         .build()?)

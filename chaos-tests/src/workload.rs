@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian::drill::probe::{DnsOutcome, InstanceMap, resolve_srv};
+use meridian_client::probe::{DnsOutcome, InstanceMap, resolve_srv};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::watch;

@@ -106,6 +106,7 @@ fn record_bound(r: &Record) -> usize {
     name_bound(&r.name) + 10 + rdata
 }
 
+#[allow(clippy::disallowed_methods)] // The SOA serial is the Unix time, as Consul's is.
 fn now_serial() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

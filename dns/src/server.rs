@@ -126,6 +126,8 @@ impl DnsServer {
         let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
         let limit = RateLimiter::new(&settings.rate_limit).map(|l| UdpLimit {
             limiter: Arc::new(l),
+            // The rate limiter's own monotonic origin: it takes time as offsets from it.
+            #[allow(clippy::disallowed_methods)]
             origin: Instant::now(),
         });
         let handler = DnsHandler::new(settings, current.clone(), Arc::new(DnsCounters::default()));

@@ -1213,6 +1213,7 @@ async fn rate_limit_drops_and_slips_udp_per_prefix_and_spares_tcp() {
         (full, slipped)
     }
 
+    #[allow(clippy::disallowed_methods)] // The test measures real time.
     let started = std::time::Instant::now();
     let a = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await

@@ -15,21 +15,13 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
 use crate::counters::{FederationCounters, PeerStats};
+use crate::peers::Peer;
 use crate::replica::{ProtocolError, Replica};
 use crate::store::Store;
-use crate::tls::TlsError;
+use meridian_identity::TlsError;
 
 /// The largest sync message accepted from an origin.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-/// A remote datacenter and the addresses of its nodes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// Its name.
-    pub dc: String,
-    /// `host:port` of its nodes' WAN ports; host names are resolved at every connect.
-    pub addresses: Vec<String>,
-}
 
 /// What a subscriber task needs.
 pub struct Follower {
@@ -118,7 +110,8 @@ pub async fn channel_from(
     let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
         let (tls, target, dc) = (tls.clone(), target.clone(), dc.clone());
         async move {
-            let s = crate::tls::connect_from(tls, &target, &dc, connect_timeout, source).await?;
+            let s =
+                meridian_identity::connect_from(tls, &target, &dc, connect_timeout, source).await?;
             Ok::<_, TlsError>(TokioIo::new(s))
         }
     });

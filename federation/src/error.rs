@@ -8,7 +8,7 @@ pub enum FederationError {
     Store(String),
     /// TLS material could not be loaded or used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] meridian_identity::TlsError),
     /// A socket could not be bound.
     #[error("cannot listen for federation on {addr}: {source}")]
     Bind {

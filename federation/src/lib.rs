@@ -13,7 +13,6 @@ pub mod peers;
 pub mod replica;
 pub mod server;
 pub mod store;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,30 +27,22 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub use client::Peer;
 pub use counters::FederationCounters;
 pub use error::FederationError;
 pub use export::ExportPolicy;
-pub use tls::TlsMaterial;
+use meridian_identity::TlsMaterial;
+pub use peers::Peer;
 
 /// How often the origin pings an HTTP/2 connection, and how long it waits for the answer.
 const SERVER_PING_INTERVAL: Duration = Duration::from_secs(30);
 const SERVER_PING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
+#[allow(clippy::disallowed_methods)] // The one reader of the wall clock below the node.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `host:port`, with IPv6 hosts in brackets.
-fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone). The guard `wait_for` returns is
@@ -211,7 +202,10 @@ impl Federation {
                 // Nothing to follow back on a node that does not serve.
                 None => Vec::new(),
                 Some(_) if !settings.advertise.is_empty() => settings.advertise.clone(),
-                Some(a) => vec![join_host_port(&settings.advertise_host, a.port())],
+                Some(a) => vec![meridian_topology::names::join_host_port(
+                    &settings.advertise_host,
+                    a.port(),
+                )],
             },
             Box::new(move |p| {
                 let _ = learned_tx.send(p);
@@ -304,7 +298,7 @@ impl Federation {
             let t = tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match tls::discover(tls.clone(), &addr, timeout, source).await {
+                    match meridian_identity::discover(tls.clone(), &addr, timeout, source).await {
                         Ok(id) => {
                             tracing::info!(%addr, dc = %id.dc, node = %id.node, "joined");
                             registry.learn(&id.dc, std::slice::from_ref(&addr));

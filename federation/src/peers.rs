@@ -7,7 +7,14 @@ use std::sync::Mutex;
 
 use meridian_protos::federation as pb;
 
-use crate::client::Peer;
+/// A remote datacenter and the addresses of its nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub dc: String,
+    /// `host:port` of its nodes' WAN ports; host names are resolved at every connect.
+    pub addresses: Vec<String>,
+}
 
 /// Most addresses remembered per datacenter.
 const MAX_ADDRESSES: usize = 16;

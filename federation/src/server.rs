@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::counters::{FederationCounters, SubscriberStats};
 use crate::export::{Delta, Exporter, Plan};
-use crate::tls::{self, Identity, TlsError};
+use meridian_identity::{self as tls, Identity, TlsError};
 
 /// Entries per `Batch` message: keeps every message far below the gRPC size limit.
 const CHUNK: usize = 512;

@@ -1,11 +1,15 @@
 //! The gateway's counters and their Prometheus text: connections by route and outcome, bytes,
 //! and ClientHello failures. They live in the gateway value, not in globals, so two agents in one
-//! process count apart.
+//! process count apart. The tunnel counts and renders its own (`Tunnel::render`); the relay
+//! knows nothing of these: it copies `Metered` streams whose sinks
+//! ([`GatewayCounters::up`], [`GatewayCounters::down`]) add to the byte counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::meter::ByteSink;
 
 /// Counters of one gateway.
 #[derive(Debug, Default)]
@@ -24,11 +28,33 @@ pub struct GatewayCounters {
     /// Connections to another DC that never answered, resolved and sent again (the client saw
     /// nothing of the failure).
     pub rescues: AtomicU64,
-    /// The tunnel, when there is one (its counters and connections are rendered too).
-    pub tunnel: std::sync::OnceLock<std::sync::Arc<crate::tunnel::Tunnel>>,
+}
+
+/// Adds the bytes written to one side of a relay to one of the byte counters: written towards
+/// a backend is up, written towards a client is down. Counting writes, not reads, counts what
+/// was handed on, as the copy did when it counted after each write.
+#[derive(Debug)]
+pub struct Written<'a>(&'a AtomicU64);
+
+impl ByteSink for Written<'_> {
+    fn record_read(&mut self, _: usize) {}
+
+    fn record_write(&mut self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl GatewayCounters {
+    /// The sink for a relay's stream towards the backend (or the remote gateway).
+    pub fn up(&self) -> Written<'_> {
+        Written(&self.bytes_up)
+    }
+
+    /// The sink for a relay's stream towards the client (or the remote gateway that sent it).
+    pub fn down(&self) -> Written<'_> {
+        Written(&self.bytes_down)
+    }
+
     /// Counts one finished connection.
     pub fn record(&self, route: &'static str, outcome: &'static str) {
         let mut m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
@@ -44,8 +70,9 @@ impl GatewayCounters {
             .sum()
     }
 
-    /// Appends the counters in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// Appends the counters in Prometheus text format. Crate-private: the node renders the
+    /// gateway's families, these and the tunnel's, with `GatewayMetrics::render`.
+    pub(crate) fn render(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP meridian_gateway_connections_total Gateway connections by route (local, remote, none) and outcome (relayed or why refused).\n\
@@ -97,56 +124,5 @@ impl GatewayCounters {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
-        if let Some(t) = self.tunnel.get() {
-            render_tunnel(out, t);
-        }
-    }
-}
-
-fn render_tunnel(out: &mut String, t: &crate::tunnel::Tunnel) {
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let s = &t.stats;
-    for (name, help, v) in [
-        (
-            "meridian_gateway_tunnel_connects_total",
-            "QUIC connections established to remote gateways.",
-            load(&s.connects),
-        ),
-        (
-            "meridian_gateway_tunnel_connect_failures_total",
-            "QUIC connection attempts to remote gateways that failed.",
-            load(&s.connect_failures),
-        ),
-        (
-            "meridian_gateway_tunnel_streams_out_total",
-            "Client connections tunnelled to remote gateways.",
-            load(&s.streams_out),
-        ),
-        (
-            "meridian_gateway_tunnel_streams_in_total",
-            "Tunnelled connections accepted from remote gateways.",
-            load(&s.streams_in),
-        ),
-        (
-            "meridian_gateway_tunnel_refused_total",
-            "Incoming QUIC connections refused (handshake failed).",
-            load(&s.refused),
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meridian_gateway_tunnel_up 1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.\n\
-         # TYPE meridian_gateway_tunnel_up gauge"
-    );
-    for (dc, addr) in t.connections() {
-        let _ = writeln!(
-            out,
-            "meridian_gateway_tunnel_up{{dc=\"{dc}\",gateway=\"{addr}\"}} 1"
-        );
     }
 }

@@ -1,21 +1,49 @@
 //! Meridian's mesh gateway: the data plane that carries TLS between clients and service instances
-//! without terminating it. It reads the ClientHello's SNI ([`client_hello`], sans-IO and bounded
-//! by [`MAX_HELLO`]), maps the name to a service query ([`names`], the grammar DNS uses) and asks
-//! `topology::resolve` where it goes, exactly as DNS does; [`local`] relays to local instances.
+//! without terminating it, and between datacenters through a QUIC tunnel.
+//!
+//! A connection's path, one step per file: [`Gateway::start`] (`gateway.rs`) follows the views
+//! and runs the loops; `serve.rs` accepts a TCP connection and reads its ClientHello
+//! ([`client_hello`], sans-IO and bounded by [`MAX_HELLO`]); [`route`](mod@route) maps the SNI
+//! to a service query (the grammar DNS uses) and asks `topology::resolve` where it goes,
+//! exactly as DNS does.
+//! To this datacenter, [`local`] connects to an instance chosen by `balance.rs` and replays the
+//! ClientHello; to another one, `remote.rs` opens a stream through the [`tunnel`] with a
+//! [`header`] and the ClientHello, waits for the first answer and rescues the connection
+//! elsewhere if the DC never answers. On the far side, `inbound.rs` reads the header (or answers
+//! a probe), checks the export policy and relays to a local instance, never further. Every
+//! route ends in [`relay`]'s two-way copy, over streams wrapped by [`meter`] so that
+//! [`counters`] count the bytes; [`prefixed`] replays the bytes read to find the name.
 //!
 //! The gateway never decrypts: the bytes it read to find the name are replayed to the backend
 //! unchanged, so the client's certificate check is against the backend itself. It never relays
-//! to a name outside its configured domains (no open relay).
+//! to a name outside its configured domains (no open relay), and a tunnelled connection is never
+//! sent on to a third datacenter (no loops). Files depend on each other one way only: the
+//! leaves (`client_hello`, `route`, `header`, `prefixed`, `meter`, `relay`) import nothing from
+//! the crate, and each step imports only the steps after it.
 
+mod balance;
 pub mod client_hello;
 pub mod counters;
+mod error;
+#[cfg(test)]
+mod fixtures;
+mod gateway;
+pub mod header;
+mod inbound;
 pub mod local;
-pub mod names;
+pub mod meter;
+pub mod prefixed;
 pub mod relay;
+mod remote;
+pub mod route;
+mod serve;
 pub mod tunnel;
 
 pub use client_hello::{Hello, HelloError, MAX_HELLO};
 pub use counters::GatewayCounters;
-pub use local::{ConnError, LocalConfig, LocalGateway};
-pub use names::{NameConfig, Route, UnknownName, route};
-pub use tunnel::{Tunnel, TunnelConfig, TunnelError};
+pub use error::ConnError;
+pub use gateway::{Gateway, GatewayMetrics};
+pub use header::{Header, HeaderError, PROBE_ANSWER};
+pub use local::{LocalConfig, LocalGateway};
+pub use route::{NameConfig, Route, RouteError, Target, UnknownName, route};
+pub use tunnel::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, WanTransport};

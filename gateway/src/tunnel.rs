@@ -3,30 +3,35 @@
 //! to another gateway of that DC when one dies; every client connection is one bidirectional
 //! stream starting with a small header (name, resolved DC), then the client's bytes unchanged.
 //!
+//! This file owns the endpoint and the pool: binding, connecting (QUIC, or TCP + TLS where UDP
+//! is dropped), keeping one connection per DC, probing, retiring and closing, the TLS half of
+//! accepting, and the tunnel's own counters and their Prometheus text. What travels on a stream
+//! is [`crate::header`]'s; what is done with an inbound stream is `inbound.rs`'s, and with an
+//! outbound one `remote.rs`'s.
+//!
 //! The receiving gateway routes a stream to its own instances only: a tunnelled connection is
 //! never sent on to a third DC, so routes cannot loop.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
+
+use crate::header::{self, Header, HeaderError};
+use crate::prefixed::Prefixed;
 
 /// ALPN of the tunnel.
 pub const ALPN: &[u8] = b"meridian-tunnel/1";
-/// Header version byte.
-const VERSION: u8 = 1;
 /// Most connections kept per DC after failed probes.
 const MAX_RETIRED: usize = 4;
-/// The byte a gateway answers a probe (a header without a name) with.
-pub const PROBE_ANSWER: u8 = 0x50;
-/// Longest name or DC in a header (a DNS name is at most 253 bytes).
-const MAX_FIELD: usize = 255;
 
 /// How the tunnel authenticates and what it allows.
 #[derive(Clone)]
@@ -147,6 +152,9 @@ pub enum TunnelError {
     /// The TLS configuration does not suit QUIC.
     #[error("tunnel TLS: {0}")]
     Tls(String),
+    /// A probe could not be written, or its answer was wrong.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
     /// A socket failed.
     #[error("tunnel i/o: {0}")]
     Io(#[from] io::Error),
@@ -157,51 +165,6 @@ pub enum TunnelError {
 /// lossy WAN a single probe can lose a packet, and reconnecting costs two round trips more,
 /// which turned one loss into a DC declared down.
 const RETIRE_AFTER_FAILED_PROBES: u32 = 2;
-
-/// A stream's header, read by the receiving gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// The SNI the client asked for.
-    pub name: String,
-    /// The datacenter the sender resolved it to.
-    pub dc: String,
-}
-
-impl Header {
-    /// The header's bytes: version, then name and DC, each with a one-byte length.
-    pub fn encode(&self) -> Option<Vec<u8>> {
-        if self.name.len() > MAX_FIELD || self.dc.len() > MAX_FIELD {
-            return None;
-        }
-        let mut out = Vec::with_capacity(3 + self.name.len() + self.dc.len());
-        out.push(VERSION);
-        out.push(u8::try_from(self.name.len()).ok()?);
-        out.extend_from_slice(self.name.as_bytes());
-        out.push(u8::try_from(self.dc.len()).ok()?);
-        out.extend_from_slice(self.dc.as_bytes());
-        Some(out)
-    }
-
-    /// Reads a header (at most 3 + 2 × 255 bytes).
-    pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Header> {
-        let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
-        if r.read_u8().await? != VERSION {
-            return Err(bad("unknown tunnel header version"));
-        }
-        let field = async |r: &mut R| -> io::Result<String> {
-            let n = usize::from(r.read_u8().await?);
-            let mut buf = vec![0u8; n];
-            r.read_exact(&mut buf).await?;
-            String::from_utf8(buf)
-                .ok()
-                .filter(|s| s.is_ascii())
-                .ok_or_else(|| bad("header field is not ASCII"))
-        };
-        let name = field(r).await?;
-        let dc = field(r).await?;
-        Ok(Header { name, dc })
-    }
-}
 
 /// The tunnel endpoint of one gateway: it accepts streams from remote gateways and opens
 /// streams to them, over one UDP socket.
@@ -233,15 +196,15 @@ pub struct Tunnel {
 #[derive(Debug, Default)]
 pub struct TunnelStats {
     /// QUIC connections established (as a client).
-    pub connects: std::sync::atomic::AtomicU64,
+    pub connects: AtomicU64,
     /// QUIC connection attempts that failed.
-    pub connect_failures: std::sync::atomic::AtomicU64,
+    pub connect_failures: AtomicU64,
     /// Streams opened to remote gateways.
-    pub streams_out: std::sync::atomic::AtomicU64,
+    pub streams_out: AtomicU64,
     /// Streams accepted from remote gateways.
-    pub streams_in: std::sync::atomic::AtomicU64,
+    pub streams_in: AtomicU64,
     /// Incoming QUIC connections refused (handshake failed).
-    pub refused: std::sync::atomic::AtomicU64,
+    pub refused: AtomicU64,
 }
 
 fn transport(idle: Duration, max_streams: usize) -> Arc<quinn::TransportConfig> {
@@ -323,22 +286,15 @@ impl Tunnel {
         &self,
         hello: Vec<u8>,
         stream: S,
-    ) -> io::Result<tokio_rustls::server::TlsStream<crate::relay::Prefixed<S>>>
+    ) -> io::Result<tokio_rustls::server::TlsStream<Prefixed<S>>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let r = self
-            .tcp_acceptor
-            .accept(crate::relay::Prefixed::new(hello, stream))
-            .await;
+        let r = self.tcp_acceptor.accept(Prefixed::new(hello, stream)).await;
         if r.is_err() {
-            self.stats
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.stats
-                .streams_in
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.streams_in.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -357,9 +313,7 @@ impl Tunnel {
             .try_acquire_owned()
             .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
         let stream = self.open_stream(dc, &key, gateways).await?;
-        self.stats
-            .streams_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.streams_out.fetch_add(1, Ordering::Relaxed);
         Ok((stream, permit))
     }
 
@@ -415,10 +369,9 @@ impl Tunnel {
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("no answer within {:?}", self.config.connect_timeout),
             }
-            self.stats
-                .connect_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(%dc, gateway = %addr, error = %last, "tunnel (TCP) connect failed; trying the next gateway");
+            self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            // Counted; the caller hears of it only if every gateway fails.
+            debug!(%dc, gateway = %addr, error = %last, "tunnel (TCP) connect failed");
         }
         Err(TunnelError::Unreachable {
             dc: dc.to_owned(),
@@ -483,10 +436,9 @@ impl Tunnel {
                     }
                 }
                 Err(e) => {
-                    self.stats
-                        .connect_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(%dc, gateway = %addr, error = %e, "tunnel connect failed; trying the next gateway");
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    // Counted; the caller hears of it only if every gateway fails.
+                    debug!(%dc, gateway = %addr, error = %e, "tunnel connect failed");
                     last = e;
                 }
             }
@@ -512,12 +464,7 @@ impl Tunnel {
         timeout: Duration,
     ) -> Result<Duration, TunnelError> {
         let key = dc.to_ascii_lowercase();
-        let header = Header {
-            name: String::new(),
-            dc: dc.to_owned(),
-        }
-        .encode()
-        .ok_or_else(|| TunnelError::Tls(format!("datacenter name too long: {dc}")))?;
+        let header = Header::probe(dc).encode()?;
         let no_answer = || TunnelError::Unreachable {
             dc: dc.to_owned(),
             tried: 1,
@@ -525,16 +472,9 @@ impl Tunnel {
         };
         let attempt = async {
             let mut stream = self.open_stream(dc, &key, gateways).await?;
+            #[allow(clippy::disallowed_methods)] // A probe measures a real round trip.
             let start = std::time::Instant::now();
-            stream.write_all(&header).await?;
-            stream.flush().await?;
-            let answer = stream.read_u8().await?;
-            if answer != PROBE_ANSWER {
-                return Err(TunnelError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "unexpected probe answer",
-                )));
-            }
+            header::send_probe(&mut stream, &header).await?;
             let rtt = start.elapsed();
             let _ = stream.shutdown().await;
             Ok(rtt)
@@ -622,9 +562,7 @@ impl Tunnel {
             .await
             .map_err(|_| format!("no answer within {:?}", self.config.connect_timeout))?
             .map_err(|e| e.to_string())?;
-        self.stats
-            .connects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
@@ -643,20 +581,14 @@ impl Tunnel {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tunnel
-                            .stats
-                            .refused
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tunnel.stats.refused.fetch_add(1, Ordering::Relaxed);
                         info!(%remote, error = %e, "tunnel connection refused");
                         return;
                     }
                 };
                 debug!(%remote, "tunnel connection accepted");
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tunnel
-                        .stats
-                        .streams_in
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tunnel.stats.streams_in.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(serve(send, recv));
                 }
             });
@@ -668,6 +600,56 @@ impl Tunnel {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"shutting down");
     }
+
+    /// Appends the tunnel's counters and live connections in Prometheus text format.
+    /// Crate-private: the node renders them with `GatewayMetrics::render`.
+    pub(crate) fn render(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        for (name, help, v) in [
+            (
+                "meridian_gateway_tunnel_connects_total",
+                "QUIC connections established to remote gateways.",
+                load(&s.connects),
+            ),
+            (
+                "meridian_gateway_tunnel_connect_failures_total",
+                "QUIC connection attempts to remote gateways that failed.",
+                load(&s.connect_failures),
+            ),
+            (
+                "meridian_gateway_tunnel_streams_out_total",
+                "Client connections tunnelled to remote gateways.",
+                load(&s.streams_out),
+            ),
+            (
+                "meridian_gateway_tunnel_streams_in_total",
+                "Tunnelled connections accepted from remote gateways.",
+                load(&s.streams_in),
+            ),
+            (
+                "meridian_gateway_tunnel_refused_total",
+                "Incoming QUIC connections refused (handshake failed).",
+                load(&s.refused),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP meridian_gateway_tunnel_up 1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.\n\
+             # TYPE meridian_gateway_tunnel_up gauge"
+        );
+        for (dc, addr) in self.connections() {
+            let _ = writeln!(
+                out,
+                "meridian_gateway_tunnel_up{{dc=\"{dc}\",gateway=\"{addr}\"}} 1"
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -675,30 +657,5 @@ impl std::fmt::Debug for Tunnel {
         f.debug_struct("Tunnel")
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn headers_round_trip_and_are_bounded() {
-        let h = Header {
-            name: "web.service.dc2.consul".into(),
-            dc: "dc2".into(),
-        };
-        let bytes = h.encode().expect("encodes");
-        let mut r = &bytes[..];
-        assert_eq!(Header::read(&mut r).await.expect("reads"), h);
-        let long = Header {
-            name: "x".repeat(300),
-            dc: "dc2".into(),
-        };
-        assert!(long.encode().is_none());
-        let mut bad: &[u8] = &[9, 1, b'a', 1, b'b'];
-        assert!(Header::read(&mut bad).await.is_err());
-        let mut short: &[u8] = &[1, 5, b'a'];
-        assert!(Header::read(&mut short).await.is_err());
     }
 }

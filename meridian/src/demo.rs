@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::routing::get;
-use meridian_federation::tls::{PemPair, create_ca, create_node_cert};
+use meridian_identity::{PemPair, create_ca, create_node_cert};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -21,10 +21,27 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::agent::{Agent, dev_data_dir, shutdown_signal};
-use crate::cli::DemoArgs;
-use crate::client::{ApiClient, HealthEntry, StatusError, worst};
-use crate::config::Config;
+use clap::Args;
+use meridian_client::api::{ApiClient, HealthEntry, StatusError, worst};
+use meridian_node::agent::{Agent, dev_data_dir, shutdown_signal};
+use meridian_node::config::Config;
+
+use crate::args::NodeArgs;
+
+/// `meridian demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    pub exit_after: Option<u64>,
+    /// Where dc1 listens; dc2 and dc3 listen `--port-step` and twice that further (a port
+    /// given as 0 is a free one for each DC).
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// How far apart the three datacenters' ports are.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub port_step: u16,
+}
 
 /// How long the demo waits for its services to pass their checks and federate.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

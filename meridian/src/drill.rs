@@ -12,10 +12,6 @@
 //! Bounded: every loop ends by time and by count, every request has a timeout, and traffic goes
 //! only to the nodes given with `--http` and the DNS and gateway addresses they report.
 
-pub mod probe;
-pub mod report;
-
-use crate::client::path_segment;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,16 +20,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use clap::{Args, Subcommand};
+use meridian_topology::names::is_label;
 use meridian_topology::{DRAIN_SERVICE, GATEWAY_SERVICE};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use probe::{
-    HTTP_TIMEOUT, Http, InstanceMap, NodeInfo, RawRound, RoundProbe, TlsProber, dc_statuses,
+use meridian_client::api::path_segment;
+use meridian_client::probe::{
+    self, HTTP_TIMEOUT, Http, InstanceMap, NodeInfo, RawRound, RoundProbe, TlsProber, dc_statuses,
     ms_since,
 };
-use report::{Kind, Observed, Setup};
+use meridian_client::report::{self, Kind, Observed, Setup};
 
 /// Longest drill (`--for`).
 const MAX_FOR: Duration = Duration::from_secs(3600);
@@ -124,12 +122,12 @@ pub struct CommonArgs {
 }
 
 fn parse_bounded(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = crate::duration::parse_go_duration(s).map_err(|e| e.to_string())?;
+    let d = meridian_node::duration::parse_go_duration(s).map_err(|e| e.to_string())?;
     if d < min || d > max {
         return Err(format!(
             "must be between {} and {}",
-            crate::duration::format_go_duration(min),
-            crate::duration::format_go_duration(max)
+            meridian_node::duration::format_go_duration(min),
+            meridian_node::duration::format_go_duration(max)
         ));
     }
     Ok(d)
@@ -486,14 +484,6 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Whether `s` is a DNS label as service and DC names are (letters, digits, `-`, `_`), so that it
-/// goes into URLs and names as it is.
-fn is_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The datacenters the federation knows, as `node` sees them.
 async fn federation_dcs(http: &Http, node: &NodeInfo) -> anyhow::Result<BTreeSet<String>> {
     let v = http
@@ -700,8 +690,18 @@ mod tests {
 
     #[test]
     fn parses_the_documented_commands() {
-        use crate::cli::{Cli, Commands};
         use clap::Parser as _;
+        /// `meridian drill` alone, so the test needs nothing of the whole command line.
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Commands,
+        }
+        #[derive(Debug, clap::Subcommand)]
+        enum Commands {
+            #[command(subcommand)]
+            Drill(DrillCommand),
+        }
         let parse = |args: &[&str]| Cli::try_parse_from(args);
         let cli = parse(&[
             "meridian", "drill", "dc-down", "--dc", "dc1", "--for", "30s", "--http", "h1:8500",

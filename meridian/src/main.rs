@@ -1,5 +1,9 @@
 //! The `meridian` binary: parses the command line and runs it (see the `meridian` library).
 
+// Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
+// is for the libraries.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;

@@ -1,6 +1,6 @@
 //! `meridian tls ...`: makes the federation's certificates as PEM files: the federation CA
 //! (`tls ca create`) and one certificate per node (`tls cert create`), with
-//! [`meridian_federation::tls`]. Private keys are written with mode 0600, and existing files are
+//! [`meridian_identity`]. Private keys are written with mode 0600, and existing files are
 //! only overwritten with `--force`.
 
 use std::fs::OpenOptions;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use meridian_federation::tls::{
+use meridian_identity::{
     DEFAULT_CA_COMMON_NAME, DEFAULT_NODE_CERT_DAYS, PemPair, create_ca, create_node_cert,
     validate_label,
 };

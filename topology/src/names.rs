@@ -51,6 +51,15 @@ pub fn is_label(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
+/// `host:port`, with an IPv6 host in brackets (`[::1]:8500`).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Whether `p` is a service name pattern: a DNS label, `prefix*` (the prefix may end in `-`), or
 /// `*`.
 pub fn is_service_pattern(p: &str) -> bool {

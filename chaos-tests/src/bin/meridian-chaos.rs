@@ -2,6 +2,10 @@
 //! each saw. `--scenario NAME` (repeatable; default: all), `--seed N` to replay a schedule,
 //! `--soak` for longer faults and more clients, `--bin PATH` for another binary.
 
+// Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
+// is for the libraries.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,6 +1,10 @@
 //! `meridian-broken`: the `meridian` command line built with the `chaos-broken` feature, whose
 //! deliberate faults (`MERIDIAN_CHAOS_BREAK`) the chaos tests use to test their checkers.
 
+// Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
+// is for the libraries.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use hickory_net::proto::op::ResponseCode;
 use hickory_net::proto::rr::RecordType;
-use meridian_federation::tls::{self, TlsMaterial};
+use meridian_identity::{self as tls, TlsMaterial};
 use meridian_protos::federation::SubscribeRequest;
 use meridian_protos::federation::federation_client::FederationClient;
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use meridian_federation::TlsMaterial;
+use meridian_identity::TlsMaterial;
 use meridian_protos::catalog::ForwardRequest;
 use meridian_protos::catalog::catalog_client::CatalogClient;
 use reqwest::Method;
@@ -596,7 +596,7 @@ async fn federation_keeps_working_while_its_ca_is_rotated() -> Result<()> {
         &std::fs::read_to_string(old.join("dc2-n1.pem"))?,
         &std::fs::read_to_string(old.join("dc2-n1-key.pem"))?,
     )?;
-    let r = meridian_federation::tls::connect(
+    let r = meridian_identity::connect(
         stale.client_config()?,
         &format!("127.0.0.1:{}", p1.wan),
         "dc1",

@@ -1,125 +1,84 @@
-//! The CLI commands that talk to a running agent over its HTTP API (`services ...`, `members`),
-//! and the small HTTP client they share with the demo.
+//! `meridian services ...` and `meridian members`: the commands that talk to a running agent's
+//! HTTP API through [`meridian_client::ApiClient`], and print what it answers as tables.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow, bail};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use anyhow::{Context as _, bail};
+use clap::{ArgGroup, Args, Subcommand};
+use meridian_client::api::{ApiClient, HealthEntry, NodeEntry, path_segment, worst};
 use serde_json::{Map, Value, json};
 
-use crate::cli::{ApiArgs, RegisterArgs, ServicesCommand};
+use crate::args::ApiArgs;
 
-/// The headers that present `token` to the API (none without one); the value is marked
-/// sensitive so it is never printed.
-pub fn token_headers(token: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(t)
-            .map_err(|_| anyhow!("the ACL token is not valid in an HTTP header"))?;
-        value.set_sensitive(true);
-        headers.insert("x-consul-token", value);
-    }
-    Ok(headers)
+/// `meridian services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// The agent to talk to.
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ServicesCommand,
 }
 
-/// A client of one agent's HTTP API that turns failures into one-line errors.
-#[derive(Debug, Clone)]
-pub struct ApiClient {
-    base: String,
-    http: reqwest::Client,
+/// `meridian services ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Registers a service on the agent, from a Consul JSON definition or from flags.
+    Register(Box<RegisterArgs>),
+    /// Deregisters a service instance of the agent by its ID.
+    Deregister {
+        /// The instance ID.
+        id: String,
+    },
+    /// Lists the services of the datacenter with their tags.
+    List,
+    /// Shows the instances of a service with their node, address and health.
+    Show {
+        /// The service name.
+        name: String,
+    },
 }
 
-impl ApiClient {
-    /// A client of the API at `addr` (`host:port` or an `http://` URL), presenting `token`.
-    pub fn new(addr: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let base = if addr.contains("://") {
-            addr.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let http = reqwest::Client::builder()
-            .default_headers(token_headers(token)?)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(ApiClient { base, http })
-    }
-
-    /// The API's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            anyhow!(
-                "cannot reach the Meridian HTTP API at {}: {cause}",
-                self.base
-            )
-        })?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let body = resp.text().await.unwrap_or_default();
-        Err(StatusError {
-            status: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or_default().to_owned(),
-            message: body.trim().to_owned(),
-        }
-        .into())
-    }
-
-    /// GETs `path` and decodes the JSON answer.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self
-            .send(self.http.get(format!("{}{path}", self.base)))
-            .await?;
-        resp.json()
-            .await
-            .with_context(|| format!("unexpected answer from GET {path}"))
-    }
-
-    /// PUTs `body` (JSON bytes, or nothing) to `path`.
-    pub async fn put(&self, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<()> {
-        let mut req = self.http.put(format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
-        }
-        self.send(req).await.map(drop)
-    }
-}
-
-/// The API answered with an error status; the message is the API's own.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{status} {reason}{}{message}", if message.is_empty() { "" } else { ": " })]
-pub struct StatusError {
-    /// HTTP status code.
-    pub status: u16,
-    /// Its reason phrase.
-    pub reason: String,
-    /// The body the API sent.
-    pub message: String,
-}
-
-/// Percent-encodes a path segment (IDs may hold `:` or spaces).
-pub fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// `meridian services register`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("check").args(["check_tcp", "check_http", "check_ttl"])))]
+pub struct RegisterArgs {
+    /// A Consul service definition in JSON (`-` for stdin); instead of the flags.
+    #[arg(value_name = "FILE.json", conflicts_with_all = ["name", "port", "id", "address", "tags", "meta", "check_tcp", "check_http", "check_ttl"])]
+    pub file: Option<PathBuf>,
+    /// Service name.
+    #[arg(long, required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Port the instance listens on.
+    #[arg(long, required_unless_present = "file")]
+    pub port: Option<u16>,
+    /// Instance ID (defaults to the name).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Instance address (defaults to the node's).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// A tag; repeat for more.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Metadata `key=value`; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// TCP check against `host:port`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub check_tcp: Option<String>,
+    /// HTTP check against a URL.
+    #[arg(long, value_name = "URL")]
+    pub check_http: Option<String>,
+    /// TTL check with this TTL (`30s`); update it with PUT /v1/agent/check/pass/service:<id>.
+    #[arg(long, value_name = "DURATION")]
+    pub check_ttl: Option<String>,
+    /// Interval of a TCP or HTTP check.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub interval: String,
 }
 
 /// Runs `meridian services ...`.
@@ -167,7 +126,7 @@ pub async fn services(api: &ApiArgs, cmd: ServicesCommand) -> anyhow::Result<()>
                     vec![
                         e.service.id,
                         e.node.node,
-                        crate::config::join_host_port(&host, e.service.port),
+                        meridian_topology::names::join_host_port(&host, e.service.port),
                         worst(&e.checks).to_owned(),
                         e.service.tags.join(","),
                     ]
@@ -275,62 +234,6 @@ fn register_body(args: &RegisterArgs) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&Value::Object(def))?)
 }
 
-/// The parts of a health entry the CLI shows.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct HealthEntry {
-    pub(crate) node: NodeEntry,
-    pub(crate) service: ServiceEntry,
-    #[serde(default)]
-    pub(crate) checks: Vec<CheckEntry>,
-}
-
-/// A node as the API shows it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct NodeEntry {
-    pub(crate) node: String,
-    #[serde(default)]
-    pub(crate) address: String,
-    #[serde(default)]
-    pub(crate) datacenter: String,
-}
-
-/// An instance as the API shows it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct ServiceEntry {
-    #[serde(rename = "ID")]
-    pub(crate) id: String,
-    #[serde(default)]
-    pub(crate) address: String,
-    #[serde(default)]
-    pub(crate) port: u16,
-    #[serde(default)]
-    pub(crate) tags: Vec<String>,
-}
-
-/// A check as the API shows it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct CheckEntry {
-    pub(crate) status: String,
-}
-
-/// The worst status among `checks` (passing when there are none), as Consul ranks them.
-pub(crate) fn worst(checks: &[CheckEntry]) -> &str {
-    let rank = |s: &str| match s {
-        "passing" => 0,
-        "warning" => 1,
-        _ => 2,
-    };
-    checks
-        .iter()
-        .map(|c| c.status.as_str())
-        .max_by_key(|s| rank(s))
-        .unwrap_or("passing")
-}
-
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -361,16 +264,16 @@ mod tests {
     use clap::Parser as _;
 
     fn register_args(args: &[&str]) -> RegisterArgs {
-        let mut full = vec!["meridian", "services", "register"];
+        /// `meridian services` alone, so the test needs nothing of the whole command line.
+        #[derive(clap::Parser)]
+        struct Services {
+            #[command(subcommand)]
+            command: ServicesCommand,
+        }
+        let mut full = vec!["services", "register"];
         full.extend_from_slice(args);
-        match crate::cli::Cli::try_parse_from(full)
-            .expect("parses")
-            .command
-        {
-            crate::cli::Commands::Services(s) => match s.command {
-                ServicesCommand::Register(r) => *r,
-                other => panic!("{other:?}"),
-            },
+        match Services::try_parse_from(full).expect("parses").command {
+            ServicesCommand::Register(r) => *r,
             other => panic!("{other:?}"),
         }
     }
@@ -397,9 +300,10 @@ mod tests {
         let v: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["Check"]["HTTP"], "http://127.0.0.1:8080/health");
         assert_eq!(v["Meta"]["team"], "core");
-        let def = crate::http::register::decode_service_definition(&body).expect("decodes");
-        let reg = crate::http::register::build_registration(def, "n1", true, &Default::default())
-            .expect("valid");
+        let def = meridian_node::http::register::decode_service_definition(&body).expect("decodes");
+        let reg =
+            meridian_node::http::register::build_registration(def, "n1", true, &Default::default())
+                .expect("valid");
         assert_eq!(reg.instance.id, "web-1");
         assert_eq!(reg.checks[0].id, "service:web-1");
 
@@ -415,14 +319,5 @@ mod tests {
 
         let bad = register_args(&["--name", "web", "--port", "1", "--meta", "novalue"]);
         assert!(register_body(&bad).is_err());
-    }
-
-    #[test]
-    fn worst_status_and_segments() {
-        let c = |s: &str| CheckEntry { status: s.into() };
-        assert_eq!(worst(&[]), "passing");
-        assert_eq!(worst(&[c("passing"), c("warning")]), "warning");
-        assert_eq!(worst(&[c("critical"), c("warning")]), "critical");
-        assert_eq!(path_segment("service:db 1/x"), "service:db%201%2Fx");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use meridian_catalog::{CatalogConfig, RaftTuning};
 use meridian_dns::normalize_domain;
+pub use meridian_topology::names::join_host_port;
 use meridian_topology::names::{is_label, is_service_pattern, validate_label};
 use serde::Deserialize;
 
@@ -40,6 +41,15 @@ pub enum ConfigError {
         /// Why it is rejected.
         reason: String,
     },
+}
+
+impl From<crate::acl::AclError> for ConfigError {
+    fn from(e: crate::acl::AclError) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
 }
 
 impl ConfigError {
@@ -1233,15 +1243,6 @@ impl Config {
             write_timeout: Duration::from_millis(self.limits.write_timeout_ms),
             tls: None,
         })
-    }
-}
-
-/// `host:port`, with IPv6 hosts in brackets.
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

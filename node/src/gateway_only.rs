@@ -44,7 +44,7 @@ pub struct GatewayNode {
 #[derive(Clone)]
 struct HttpState {
     federation: Arc<Federation>,
-    gateway: Arc<meridian_gateway::GatewayCounters>,
+    gateway: meridian_gateway::GatewayMetrics,
     dns: Arc<DnsCounters>,
     views: watch::Receiver<Arc<View>>,
 }
@@ -95,7 +95,7 @@ impl GatewayNode {
         }
         let state = HttpState {
             federation: federation.clone(),
-            gateway: gateway.counters.clone(),
+            gateway: gateway.metrics.clone(),
             dns: dns.counters(),
             views,
         };

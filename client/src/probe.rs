@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use hickory_net::proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_net::proto::rr::{Name, RData, RecordType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -28,102 +28,14 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
-use super::report::{Round, Timed};
+pub use crate::api::{HTTP_TIMEOUT, Http, base_url};
 
-/// Bound on one HTTP request made while setting up or acting (not in a probe round).
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one DNS exchange.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on one TCP connect plus TLS handshake through a gateway.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one status read inside a probe round.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// Largest HTTP answer body read (the health of a service with many instances fits).
-const MAX_BODY: usize = 16 << 20;
-
-/// A small HTTP client for the agents' API, with bounded requests.
-#[derive(Clone, Debug)]
-pub struct Http {
-    client: reqwest::Client,
-}
-
-impl Http {
-    /// A client whose requests take at most [`HTTP_TIMEOUT`] and carry `token`, if any.
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .default_headers(crate::client::token_headers(token)?)
-            .timeout(HTTP_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Http { client })
-    }
-
-    async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-        limit: Duration,
-    ) -> anyhow::Result<String> {
-        let resp = req
-            .timeout(limit)
-            .send()
-            .await
-            .with_context(|| format!("{what}: no answer"))?;
-        let status = resp.status();
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            bail!("{what}: answer too large");
-        }
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{what}: answer cut"))?;
-        ensure!(body.len() <= MAX_BODY, "{what}: answer too large");
-        let text = String::from_utf8_lossy(&body).trim().to_owned();
-        ensure!(status.is_success(), "{what}: {status}: {text}");
-        Ok(text)
-    }
-
-    /// GETs `url` and decodes its JSON, within `limit`.
-    pub async fn get_json(&self, url: &str, limit: Duration) -> anyhow::Result<Value> {
-        let what = format!("GET {url}");
-        let text = self.send(self.client.get(url), &what, limit).await?;
-        serde_json::from_str(&text).with_context(|| format!("{what}: not JSON"))
-    }
-
-    /// PUTs `body` as JSON to `url`.
-    pub async fn put_json(&self, url: &str, body: &Value) -> anyhow::Result<()> {
-        let what = format!("PUT {url}");
-        let req = self.client.put(url).json(body);
-        self.send(req, &what, HTTP_TIMEOUT).await.map(drop)
-    }
-
-    /// PUTs nothing to `url`.
-    pub async fn put_empty(&self, url: &str) -> anyhow::Result<()> {
-        let what = format!("PUT {url}");
-        self.send(self.client.put(url), &what, HTTP_TIMEOUT)
-            .await
-            .map(drop)
-    }
-
-    /// DELETEs `url`.
-    pub async fn delete(&self, url: &str) -> anyhow::Result<()> {
-        let what = format!("DELETE {url}");
-        self.send(self.client.delete(url), &what, HTTP_TIMEOUT)
-            .await
-            .map(drop)
-    }
-}
-
-/// The base URL (`http://host:port`) of an HTTP API given as `host:port` or a URL.
-pub fn base_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.trim_end_matches('/').to_owned()
-    } else {
-        format!("http://{}", addr.trim_end_matches('/'))
-    }
-}
-
 /// One node, as it describes itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -631,7 +543,7 @@ pub struct RawRound {
 }
 
 impl RawRound {
-    /// The round with its times in milliseconds since `t0`, for [`report`](super::report).
+    /// The round with its times in milliseconds since `t0`, for [`report`](crate::report).
     pub fn relative_to(&self, t0: Instant) -> Round {
         Round {
             status_before: self.before.clone(),
@@ -753,6 +665,30 @@ pub fn ms_since(start: Instant, at: Instant) -> f64 {
     } else {
         -(start.duration_since(at).as_secs_f64() * 1000.0)
     }
+}
+
+/// One probe round of one DC.
+#[derive(Clone, Debug)]
+pub struct Round {
+    /// Every DC's status in the prober's view, read just before the queries (None: unreadable).
+    pub status_before: Option<BTreeMap<String, String>>,
+    /// The same, read just after them.
+    pub status_after: Option<BTreeMap<String, String>>,
+    /// The DNS query.
+    pub dns: Timed<DnsOutcome>,
+    /// The connection through the gateway, when the DC has one.
+    pub gateway: Option<Timed<ConnectOutcome>>,
+}
+
+/// An outcome and when its query was sent and answered.
+#[derive(Clone, Debug)]
+pub struct Timed<T> {
+    /// When the query was sent.
+    pub sent_ms: f64,
+    /// When the outcome was known.
+    pub at_ms: f64,
+    /// What happened.
+    pub outcome: T,
 }
 
 #[cfg(test)]

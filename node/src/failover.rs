@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use meridian_gateway::Tunnel;
 use meridian_topology::{
@@ -26,6 +26,8 @@ impl Clock {
     /// A clock starting now.
     pub fn new() -> Self {
         Clock {
+            // The failover stage's epoch: every later reading is an offset from it.
+            #[allow(clippy::disallowed_methods)]
             epoch: Instant::now(),
         }
     }
@@ -210,12 +212,6 @@ struct Runner {
     counters: Arc<FailoverCounters>,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn drained(state: &DcState) -> bool {
     state.instances_of(DRAIN_SERVICE).next().is_some()
 }
@@ -361,7 +357,7 @@ impl Runner {
 
     /// Feeds the detector what the latest view says: the DCs, their control streams, drains.
     fn observe(&mut self, now: u64) {
-        let unix = unix_ms();
+        let unix = meridian_federation::now_ms();
         let view = self.last_input.clone();
         for r in view.remotes() {
             let fresh = r.connected

@@ -91,7 +91,8 @@ pub(super) async fn drain(
         create_index: 0,
         modify_index: 0,
     };
-    tracing::warn!(dc = %cat.datacenter(), "datacenter drained by an operator");
+    // Deliberate (an operator or a drill): worth a line, not a warning.
+    tracing::info!(dc = %cat.datacenter(), "datacenter drained by an operator");
     cat.write(Command::Register {
         instance,
         checks: Vec::new(),
@@ -116,7 +117,7 @@ pub(super) async fn undrain(
     for (node, id) in marks {
         cat.write(Command::Deregister { node, id }).await?;
     }
-    tracing::warn!(dc = %cat.datacenter(), "datacenter undrained by an operator");
+    tracing::info!(dc = %cat.datacenter(), "datacenter undrained by an operator");
     Ok(Json(
         json!({ "Datacenter": cat.datacenter(), "Drained": false }),
     ))

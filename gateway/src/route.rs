@@ -1,14 +1,19 @@
-//! From an SNI name to a service query, in the grammar DNS uses (`topology::names`):
-//! `[<tag>.]<service>.service[.<dc>].<domain>` and Consul's mesh form
-//! `<service>.<namespace>.<dc>.internal.<trust-domain>`.
+//! Routing, pure over a `topology::View`: from an SNI name to a service query, in the grammar
+//! DNS uses (`topology::names`): `[<tag>.]<service>.service[.<dc>].<domain>` and Consul's mesh
+//! form `<service>.<namespace>.<dc>.internal.<trust-domain>` ([`route`]); then, through
+//! `topology::resolve` exactly as DNS answers, to where the connection goes ([`target`]): this
+//! datacenter's instances, or another datacenter's gateways.
 //!
 //! Anything else is an unknown name and is refused: the gateway is never an open relay, so IP
-//! literals, node or address names and names outside the configured domains go nowhere.
+//! literals, node or address names and names outside the configured domains go nowhere. No
+//! sockets and no clock here: the failover decision is the view's, never the gateway's.
 
-use meridian_topology::ServiceQuery;
+use std::net::{IpAddr, SocketAddr};
+
 use meridian_topology::names::{
     NameQuery, QueryNameError, is_label, parse_mesh_name, parse_query_name, strip_domain,
 };
+use meridian_topology::{ResolveError, ServiceQuery, View, resolve};
 
 /// The only namespace routed: Meridian's catalog has no namespaces, so a name in another one
 /// (Consul Enterprise) is a different service that we do not have.
@@ -117,6 +122,73 @@ pub fn route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, Unknown
         Ok(NameQuery::Service { service, tag, dc }) => Ok(Route { service, tag, dc }),
         _ => Err(UnknownName::NotAService),
     }
+}
+
+/// Where a name goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Instances of this datacenter.
+    Local(Vec<SocketAddr>),
+    /// Another datacenter, through one of its gateways.
+    Remote {
+        /// The datacenter.
+        dc: String,
+        /// Its gateways' tunnel addresses.
+        gateways: Vec<SocketAddr>,
+    },
+}
+
+/// Why a name has no target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The SNI is not a name the gateway routes.
+    #[error(transparent)]
+    UnknownName(#[from] UnknownName),
+    /// The name is a service, but it resolved to nothing.
+    #[error("{sni}: {error}")]
+    Resolve {
+        /// The name asked for.
+        sni: String,
+        /// Why it resolved to nothing.
+        error: ResolveError,
+    },
+}
+
+/// Where the SNI goes in `view`: healthy local instances, or a remote DC and its gateways.
+/// `local_only` (tunnelled streams) resolves in this datacenter whatever the name says.
+pub fn target(
+    view: &View,
+    sni: &str,
+    names: &NameConfig,
+    only_passing: bool,
+    local_only: bool,
+) -> Result<Target, RouteError> {
+    let r = route(sni, names)?;
+    let mut query = r.query(only_passing);
+    if local_only {
+        query.dc = Some(view.datacenter());
+    }
+    let resolution = resolve(view, &query).map_err(|error| RouteError::Resolve {
+        sni: sni.to_owned(),
+        error,
+    })?;
+    let state = resolution.state;
+    // The data plane does no DNS lookups: an address that is not an IP is skipped.
+    let socket = |addr: &str, port: u16| Some(SocketAddr::new(addr.parse::<IpAddr>().ok()?, port));
+    if resolution.dc != view.datacenter() {
+        return Ok(Target::Remote {
+            dc: resolution.dc.to_owned(),
+            gateways: state.gateway_addrs(),
+        });
+    }
+    Ok(Target::Local(
+        resolution
+            .instances
+            .iter()
+            .filter_map(|(inst, _)| socket(state.address_of(inst), inst.port))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -228,6 +300,73 @@ mod tests {
                 "{not_service}"
             );
         }
+    }
+
+    #[test]
+    fn targets_follow_the_view() {
+        use meridian_topology::dc::DcState;
+        use meridian_topology::{GATEWAY_SERVICE, Instance, RemoteDc};
+        use std::sync::Arc;
+        let instance = |service: &str, port: u16| Instance {
+            id: format!("{service}-{port}"),
+            service: service.into(),
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            port,
+            tags: vec![],
+            meta: Default::default(),
+            weights: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        let state = |instances: &[(&str, u16)]| {
+            let mut s = DcState::default();
+            for (i, (service, port)) in instances.iter().enumerate() {
+                s.register(instance(service, *port), vec![], i as u64 + 1);
+            }
+            s
+        };
+        let dc2 = RemoteDc {
+            name: "dc2".into(),
+            state: state(&[("web", 9001), (GATEWAY_SERVICE, 8443)]),
+            connected: true,
+            synced: true,
+            ..RemoteDc::default()
+        };
+        let mut view = View::new("dc1", DcState::default())
+            .with_remotes(std::iter::once((Arc::<str>::from("dc2"), Arc::new(dc2))).collect());
+        let names = config();
+        let gw: SocketAddr = "127.0.0.1:8443".parse().expect("addr");
+        // No local instance: the name fails over to dc2, through its gateway.
+        assert_eq!(
+            target(&view, "web.service.consul", &names, false, false),
+            Ok(Target::Remote {
+                dc: "dc2".into(),
+                gateways: vec![gw],
+            })
+        );
+        assert_eq!(
+            target(&view, "web.service.dc2.consul", &names, false, false),
+            Ok(Target::Remote {
+                dc: "dc2".into(),
+                gateways: vec![gw],
+            })
+        );
+        // A tunnelled stream resolves here only, whatever the name says.
+        assert!(matches!(
+            target(&view, "web.service.dc2.consul", &names, false, true),
+            Err(RouteError::Resolve { .. })
+        ));
+        view = View::new("dc1", state(&[("web", 9002)]));
+        let local: SocketAddr = "127.0.0.1:9002".parse().expect("addr");
+        assert_eq!(
+            target(&view, "web.service.consul", &names, true, true),
+            Ok(Target::Local(vec![local]))
+        );
+        assert_eq!(
+            target(&view, "n1.node.consul", &names, false, false),
+            Err(RouteError::UnknownName(UnknownName::NotAService))
+        );
     }
 
     proptest! {

@@ -13,8 +13,6 @@ use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
-use crate::config::ConfigError;
-
 /// A secret from the configuration: shown as `[redacted]` by `Debug`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -77,11 +75,30 @@ pub struct AclSection {
     pub tokens: Vec<TokenSection>,
 }
 
+/// An `[acl]` value the agent refuses: its key (TOML path) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config key `{key}`: {reason}")]
+pub struct AclError {
+    /// The key, in TOML path notation (`acl.tokens[0].secret`).
+    pub key: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl AclError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        AclError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Shortest secret accepted: guessing must stay out of reach.
 const MIN_SECRET_LEN: usize = 16;
 
 impl AclSection {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), AclError> {
         let mut secrets: Vec<&str> = Vec::new();
         if let Some(m) = &self.management_token {
             check_secret("acl.management_token", &m.0)?;
@@ -90,7 +107,7 @@ impl AclSection {
         for (i, t) in self.tokens.iter().enumerate() {
             check_secret(&format!("acl.tokens[{i}].secret"), &t.secret.0)?;
             if secrets.contains(&t.secret.0.as_str()) {
-                return Err(ConfigError::invalid(
+                return Err(AclError::invalid(
                     format!("acl.tokens[{i}].secret"),
                     "is the secret of another token",
                 ));
@@ -98,13 +115,13 @@ impl AclSection {
             secrets.push(&t.secret.0);
             match (t.scope, t.services.is_empty()) {
                 (Scope::Write, true) => {
-                    return Err(ConfigError::invalid(
+                    return Err(AclError::invalid(
                         format!("acl.tokens[{i}].services"),
                         "a `write` token needs the services it may change (`*` for all)",
                     ));
                 }
                 (Scope::Read | Scope::Operator | Scope::Management, false) => {
-                    return Err(ConfigError::invalid(
+                    return Err(AclError::invalid(
                         format!("acl.tokens[{i}].services"),
                         "only `write` tokens are limited to services",
                     ));
@@ -113,7 +130,7 @@ impl AclSection {
             }
             for (j, p) in t.services.iter().enumerate() {
                 if !is_service_pattern(p) {
-                    return Err(ConfigError::invalid(
+                    return Err(AclError::invalid(
                         format!("acl.tokens[{i}].services[{j}]"),
                         format!("{p:?} is not a service name or a `prefix*` pattern"),
                     ));
@@ -156,9 +173,9 @@ impl AclSection {
     }
 }
 
-fn check_secret(key: &str, s: &str) -> Result<(), ConfigError> {
+fn check_secret(key: &str, s: &str) -> Result<(), AclError> {
     if s.len() < MIN_SECRET_LEN {
-        return Err(ConfigError::invalid(
+        return Err(AclError::invalid(
             key,
             format!(
                 "must be at least {MIN_SECRET_LEN} characters (generate one with `openssl rand -hex 16`)"
@@ -166,7 +183,7 @@ fn check_secret(key: &str, s: &str) -> Result<(), ConfigError> {
         ));
     }
     if !s.bytes().all(|c| c.is_ascii_graphic()) {
-        return Err(ConfigError::invalid(
+        return Err(AclError::invalid(
             key,
             "must be printable ASCII without spaces (it travels in an HTTP header)",
         ));
@@ -535,7 +552,7 @@ mod tests {
         ] {
             let s: AclSection = toml::from_str(toml).expect(toml);
             match s.validate() {
-                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                Err(AclError { key: k, .. }) => assert_eq!(k, key, "{toml}"),
                 other => panic!("{toml}: {other:?}"),
             }
         }

@@ -35,7 +35,7 @@ use axum::routing::{get, put};
 use meridian_catalog::Catalog;
 use meridian_dns::DnsCounters;
 use meridian_federation::Federation;
-use meridian_gateway::GatewayCounters;
+use meridian_gateway::GatewayMetrics;
 use meridian_topology::View;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,7 +77,7 @@ struct StateInner {
     catalog: Catalog,
     views: watch::Receiver<Arc<View>>,
     federation: Option<Arc<Federation>>,
-    gateway: Option<Arc<GatewayCounters>>,
+    gateway: Option<GatewayMetrics>,
     metrics: HttpMetrics,
     dns: Option<Arc<DnsCounters>>,
     max_body_bytes: usize,
@@ -93,7 +93,7 @@ impl ApiState {
         catalog: Catalog,
         views: watch::Receiver<Arc<View>>,
         federation: Option<Arc<Federation>>,
-        gateway: Option<Arc<GatewayCounters>>,
+        gateway: Option<GatewayMetrics>,
         max_body_bytes: usize,
         dns: Option<Arc<DnsCounters>>,
     ) -> Self {
@@ -300,6 +300,7 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
         .get::<ConnectInfo<Activity>>()
         .map(|c| c.0.begin());
     async move {
+        #[allow(clippy::disallowed_methods)] // Request timing for the access log and metrics.
         let started = Instant::now();
         let header_bytes: usize = req
             .headers()

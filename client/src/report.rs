@@ -13,31 +13,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::probe::{ConnectOutcome, DnsOutcome, unavailable};
-
-/// One probe round of one DC.
-#[derive(Clone, Debug)]
-pub struct Round {
-    /// Every DC's status in the prober's view, read just before the queries (None: unreadable).
-    pub status_before: Option<BTreeMap<String, String>>,
-    /// The same, read just after them.
-    pub status_after: Option<BTreeMap<String, String>>,
-    /// The DNS query.
-    pub dns: Timed<DnsOutcome>,
-    /// The connection through the gateway, when the DC has one.
-    pub gateway: Option<Timed<ConnectOutcome>>,
-}
-
-/// An outcome and when its query was sent and answered.
-#[derive(Clone, Debug)]
-pub struct Timed<T> {
-    /// When the query was sent.
-    pub sent_ms: f64,
-    /// When the outcome was known.
-    pub at_ms: f64,
-    /// What happened.
-    pub outcome: T,
-}
+use crate::probe::{ConnectOutcome, DnsOutcome, Round, unavailable};
 
 /// Everything the drill observed from one DC.
 #[derive(Clone, Debug)]
@@ -672,6 +648,7 @@ pub fn human(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::Timed;
 
     fn status(dc1: &str) -> Option<BTreeMap<String, String>> {
         Some(BTreeMap::from([

@@ -1,0 +1,411 @@
+//! A running gateway, as a node starts it: [`Gateway::start`] follows the published views into
+//! the `ArcSwap` the data plane reads (a load per connection, no lock shared with the
+//! publisher), serves the TCP port, and accepts the tunnel's inbound streams; the handle gives
+//! the bound address, the counters, the tunnel, the `/metrics` text of all of them, and the
+//! shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use meridian_topology::View;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::counters::GatewayCounters;
+use crate::local::{LocalConfig, LocalGateway};
+use crate::tunnel::Tunnel;
+
+/// A gateway serving its port (and its tunnel, when it has one) until [`Gateway::shutdown`].
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    gateway: Arc<LocalGateway>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Serves `listener` over the views `views` publishes, with `config`, and sends names of
+    /// other datacenters through `tunnel` (whose inbound streams it serves too). Spawns its
+    /// tasks on the current Tokio runtime.
+    pub fn start(
+        listener: TcpListener,
+        mut views: watch::Receiver<Arc<View>>,
+        config: LocalConfig,
+        tunnel: Option<Arc<Tunnel>>,
+    ) -> io::Result<Gateway> {
+        let addr = listener.local_addr()?;
+        let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
+        // The data plane reads an ArcSwap: a load per connection, no lock shared with writers.
+        let follow = {
+            let current = Arc::clone(&current);
+            tokio::spawn(async move {
+                while views.changed().await.is_ok() {
+                    current.store(views.borrow_and_update().clone());
+                }
+            })
+        };
+        let mut gateway = LocalGateway::new(current, config);
+        if let Some(tunnel) = &tunnel {
+            gateway = gateway.with_tunnel(Arc::clone(tunnel));
+        }
+        let gateway = Arc::new(gateway);
+        let mut tasks = vec![follow];
+        if let Some(tunnel) = tunnel {
+            tasks.push(tokio::spawn(Arc::clone(&gateway).accept_tunnelled(tunnel)));
+        }
+        let serve = Arc::clone(&gateway).serve(listener);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        }));
+        Ok(Gateway {
+            addr,
+            gateway,
+            tasks,
+        })
+    }
+
+    /// The TCP address the gateway listens on (the tunnel's UDP port has the same number).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gateway's counters (connections and bytes).
+    pub fn counters(&self) -> &Arc<GatewayCounters> {
+        self.gateway.counters()
+    }
+
+    /// The tunnel, when the gateway has one.
+    pub fn tunnel(&self) -> Option<&Arc<Tunnel>> {
+        self.gateway.tunnel()
+    }
+
+    /// Everything the gateway counts, to render at `/metrics`.
+    pub fn metrics(&self) -> GatewayMetrics {
+        GatewayMetrics::new(
+            Arc::clone(self.gateway.counters()),
+            self.gateway.tunnel().cloned(),
+        )
+    }
+
+    /// The gateway value the tasks serve with.
+    pub fn local(&self) -> &Arc<LocalGateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting and closes the tunnel; local relays in flight end with their clients.
+    pub fn shutdown(self) {
+        if let Some(t) = self.gateway.tunnel() {
+            t.close();
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The gateway's counters and its tunnel's, rendered together as `/metrics` has always shown
+/// them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GatewayMetrics {
+    counters: Arc<GatewayCounters>,
+    tunnel: Option<Arc<Tunnel>>,
+}
+
+impl GatewayMetrics {
+    /// The metrics of a gateway with these counters, and this tunnel if it has one.
+    pub fn new(counters: Arc<GatewayCounters>, tunnel: Option<Arc<Tunnel>>) -> Self {
+        GatewayMetrics { counters, tunnel }
+    }
+
+    /// The gateway's counters.
+    pub fn counters(&self) -> &Arc<GatewayCounters> {
+        &self.counters
+    }
+
+    /// Appends every gateway family in Prometheus text format: the connection counters, then
+    /// the tunnel's (when there is one).
+    pub fn render(&self, out: &mut String) {
+        self.counters.render(out);
+        if let Some(t) = &self.tunnel {
+            t.render(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use rustls::RootCertStore;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use crate::fixtures::{
+        NAME, cert, config, provider, tls_backend, tls_backend_for, tls_client, view,
+        view_with_remote, web_state,
+    };
+    use crate::tunnel::{TunnelConfig, WanTransport};
+
+    async fn start(views: watch::Receiver<Arc<View>>, tunnel: Option<Arc<Tunnel>>) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Gateway::start(listener, views, config(Duration::from_secs(5)), tunnel).expect("start")
+    }
+
+    async fn client(addr: SocketAddr, name: &str, root: CertificateDer<'static>) -> Vec<u8> {
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || tls_client(addr, &name, root))
+            .await
+            .expect("join")
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_follows_the_views_and_shutdown_stops_accepting() {
+        let (backend, root) = tls_backend();
+        let (tx, rx) = watch::channel(Arc::new(view(&[])));
+        let gw = start(rx, None).await;
+        let addr = gw.local_addr();
+        assert!(gw.tunnel().is_none());
+        // No instance yet: refused.
+        assert_eq!(client(addr, NAME, root.clone()).await, b"");
+        // Counted when the connection's task ends, just after the client saw the close.
+        for _ in 0..100 {
+            if gw.counters().count("none", "no_healthy_instance") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.counters().count("none", "no_healthy_instance"), 1);
+        // Published views reach the data plane.
+        tx.send_replace(Arc::new(view(&[backend.port()])));
+        let mut relayed = Vec::new();
+        for _ in 0..100 {
+            relayed = client(addr, NAME, root.clone()).await;
+            if !relayed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(relayed, b"pong:ping");
+        for _ in 0..100 {
+            if gw.counters().count("local", "relayed") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let metrics = gw.metrics();
+        let mut text = String::new();
+        metrics.render(&mut text);
+        assert!(
+            text.contains(
+                "meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("tunnel"), "{text}");
+        gw.shutdown();
+        let mut stopped = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stopped, "still accepting after shutdown");
+        // The handle's metrics outlive it.
+        assert!(metrics.counters().bytes_up.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        // The node keeps the handle in its agent and the metrics in its HTTP state (axum).
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<Gateway>();
+        shared::<GatewayMetrics>();
+    }
+
+    #[test]
+    fn counters_render_as_before() {
+        let c = GatewayCounters::default();
+        c.record("local", "relayed");
+        c.record("local", "relayed");
+        c.record("none", "not_tls");
+        c.bytes_up.store(5, Ordering::Relaxed);
+        c.bytes_down.store(7, Ordering::Relaxed);
+        c.hello_failures.store(1, Ordering::Relaxed);
+        c.rescues.store(2, Ordering::Relaxed);
+        c.open.store(3, Ordering::Relaxed);
+        let mut text = String::new();
+        GatewayMetrics::new(Arc::new(c), None).render(&mut text);
+        let expected = "\
+# HELP meridian_gateway_connections_total Gateway connections by route (local, remote, none) and outcome (relayed or why refused).
+# TYPE meridian_gateway_connections_total counter
+meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"} 2
+meridian_gateway_connections_total{route=\"none\",outcome=\"not_tls\"} 1
+# HELP meridian_gateway_bytes_up_total Bytes relayed from clients to backends.
+# TYPE meridian_gateway_bytes_up_total counter
+meridian_gateway_bytes_up_total 5
+# HELP meridian_gateway_bytes_down_total Bytes relayed from backends to clients.
+# TYPE meridian_gateway_bytes_down_total counter
+meridian_gateway_bytes_down_total 7
+# HELP meridian_gateway_hello_failures_total ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).
+# TYPE meridian_gateway_hello_failures_total counter
+meridian_gateway_hello_failures_total 1
+# HELP meridian_gateway_rescued_total Connections to another DC that never answered, resolved and sent again.
+# TYPE meridian_gateway_rescued_total counter
+meridian_gateway_rescued_total 2
+# HELP meridian_gateway_connections_open Gateway connections open now.
+# TYPE meridian_gateway_connections_open gauge
+meridian_gateway_connections_open 3
+";
+        assert_eq!(text, expected);
+    }
+
+    /// A tunnel on `addr`'s port (UDP), for gateways of `dc`, holding `cert` (every test
+    /// gateway holds the same one, for `gw.dc1.test` and `gw.dc2.test`, and trusts it).
+    fn tunnel(
+        addr: SocketAddr,
+        dc: &str,
+        transport: WanTransport,
+        (cert, key): &(CertificateDer<'static>, PrivateKeyDer<'static>),
+    ) -> Arc<Tunnel> {
+        let (cert, key) = (cert.clone(), key.clone_key());
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.clone()).expect("root");
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server config");
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let config = TunnelConfig {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            server_name: Arc::new(|dc: &str| format!("gw.{dc}.test")),
+            max_streams_per_dc: 16,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            local_dc: dc.to_owned(),
+            transport,
+        };
+        Arc::new(Tunnel::bind(addr, config).expect("tunnel"))
+    }
+
+    /// dc2's gateway carries a client to dc1's backend through the tunnel; dc1's serves the
+    /// stream (QUIC from the endpoint, or TCP fallback on its TCP port) and probes.
+    async fn across_the_tunnel(transport: WanTransport) {
+        let name = "web.service.dc1.consul";
+        let (backend, root) = tls_backend_for(name);
+        let gw_cert = cert(&["gw.dc1.test", "gw.dc2.test"]);
+        let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a1 = l1.local_addr().expect("addr");
+        let (_tx1, rx1) = watch::channel(Arc::new(view(&[backend.port()])));
+        let t1 = tunnel(a1, "dc1", transport, &gw_cert);
+        let dc1 = Gateway::start(l1, rx1, config(Duration::from_secs(5)), Some(t1)).expect("start");
+        let l2 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a2 = l2.local_addr().expect("addr");
+        let dc2_view = view_with_remote("dc2", "dc1", web_state(&[backend.port()]), a1.port());
+        let (_tx2, rx2) = watch::channel(Arc::new(dc2_view));
+        let t2 = tunnel(a2, "dc2", transport, &gw_cert);
+        let dc2 = Gateway::start(l2, rx2, config(Duration::from_secs(5)), Some(t2)).expect("start");
+
+        for _ in 0..3 {
+            let got = client(a2, name, root.clone()).await;
+            assert_eq!(
+                got,
+                b"pong:ping",
+                "{:?} {:?}",
+                dc2.counters(),
+                dc1.counters()
+            );
+        }
+        let t2 = dc2.tunnel().expect("tunnel");
+        t2.probe("dc1", &[a1], Duration::from_secs(5))
+            .await
+            .expect("probe answered");
+
+        let (c1, c2) = (dc1.counters(), dc2.counters());
+        // Outcomes are counted as each connection's task ends, on both sides. A probe is
+        // labelled where it arrived: by the inbound QUIC handler, or by the TCP front door for
+        // the fallback.
+        let probes =
+            || c1.count("tunnelled_in", "probe") + c1.count("tunnelled_in_probe", "relayed");
+        for _ in 0..100 {
+            if c1.count("tunnelled_in", "relayed") == 3
+                && probes() == 1
+                && c2.count("remote", "relayed") == 3
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c1.count("tunnelled_in", "relayed"), 3, "{c1:?}");
+        assert_eq!(probes(), 1, "{c1:?}");
+        assert_eq!(c2.count("remote", "relayed"), 3, "{c2:?}");
+        // Bytes were counted on both sides, each way.
+        for c in [c1, c2] {
+            assert!(c.bytes_up.load(Ordering::Relaxed) > 0);
+            assert!(c.bytes_down.load(Ordering::Relaxed) > 0);
+        }
+        let mut text = String::new();
+        dc2.metrics().render(&mut text);
+        assert!(
+            text.contains(
+                "meridian_gateway_connections_total{route=\"remote\",outcome=\"relayed\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE meridian_gateway_tunnel_connects_total counter\n"));
+        assert!(
+            text.contains("meridian_gateway_tunnel_streams_out_total 3\n"),
+            "{text}"
+        );
+        if transport == WanTransport::Quic {
+            assert!(
+                text.contains("meridian_gateway_tunnel_connects_total 1\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "meridian_gateway_tunnel_up{{dc=\"dc1\",gateway=\"{a1}\"}} 1\n"
+                )),
+                "{text}"
+            );
+        } else {
+            assert!(
+                text.contains("meridian_gateway_tunnel_connects_total 0\n"),
+                "{text}"
+            );
+        }
+        let mut text = String::new();
+        dc1.metrics().render(&mut text);
+        assert!(
+            text.contains("meridian_gateway_tunnel_streams_in_total 4\n"),
+            "{text}"
+        );
+        dc2.shutdown();
+        dc1.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_reaches_another_datacenter_over_quic() {
+        across_the_tunnel(WanTransport::Quic).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_reaches_another_datacenter_over_the_tcp_fallback() {
+        across_the_tunnel(WanTransport::Tcp).await;
+    }
+}

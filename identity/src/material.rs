@@ -1,0 +1,401 @@
+//! A node's loaded TLS material and the rustls server and client configurations built from it.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier as _;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
+
+use crate::error::{material, pem_reason};
+use crate::*;
+
+/// One PEM input and the file it came from, if any.
+#[derive(Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pem: &'a str,
+    path: Option<&'a Path>,
+}
+
+impl<'a> Source<'a> {
+    fn certs(self, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(self.pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| material(what, self.path, pem_reason(&e, "CERTIFICATE")))?;
+        if certs.is_empty() {
+            return Err(material(what, self.path, "no CERTIFICATE PEM block"));
+        }
+        Ok(certs)
+    }
+}
+
+pub(crate) fn ring() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A node's TLS identity: the CA roots it trusts, its certificate chain and key, and the
+/// [`Identity`] its certificate names. It never holds a CA key.
+pub struct TlsMaterial {
+    roots: Vec<CertificateDer<'static>>,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    identity: Identity,
+}
+
+impl TlsMaterial {
+    /// Loads PEM text: `ca_pem` holds one or more CA certificates (the trusted roots), `cert_pem`
+    /// the node certificate (then any intermediates), `key_pem` its private key.
+    ///
+    /// Fails unless the node certificate names a node, matches the key, and verifies against the
+    /// roots now as both a server of its datacenter and a client.
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        Self::load(
+            Source {
+                pem: ca_pem,
+                path: None,
+            },
+            Source {
+                pem: cert_pem,
+                path: None,
+            },
+            Source {
+                pem: key_pem,
+                path: None,
+            },
+        )
+    }
+
+    /// Loads the CA certificates, node certificate and node key from PEM files, like
+    /// [`TlsMaterial::from_pem`]; errors name the file.
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| TlsError::File {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
+        Self::load(
+            Source {
+                pem: &ca_pem,
+                path: Some(ca),
+            },
+            Source {
+                pem: &cert_pem,
+                path: Some(cert),
+            },
+            Source {
+                pem: &key_pem,
+                path: Some(key),
+            },
+        )
+    }
+
+    /// Signs a fresh certificate for node `node` of `dc` with the **insecure** development CA, in
+    /// memory. For `--dev` only: see [`DEV_CA_CERT_PEM`].
+    pub fn dev(dc: &str, node: &str) -> Result<Self, TlsError> {
+        let ca = PemPair {
+            cert_pem: DEV_CA_CERT_PEM.to_owned(),
+            key_pem: DEV_CA_KEY_PEM.to_owned(),
+        };
+        let pair = create_node_cert(&ca, dc, node, &[], DEFAULT_NODE_CERT_DAYS)?;
+        Self::from_pem(DEV_CA_CERT_PEM, &pair.cert_pem, &pair.key_pem)
+    }
+
+    fn load(ca: Source<'_>, cert: Source<'_>, key: Source<'_>) -> Result<Self, TlsError> {
+        let roots = ca.certs("CA certificate")?;
+        let mut store = RootCertStore::empty();
+        for root in &roots {
+            store
+                .add(root.clone())
+                .map_err(|e| material("CA certificate", ca.path, e.to_string()))?;
+        }
+        let store = Arc::new(store);
+
+        let cert_chain = cert.certs("node certificate")?;
+        let key_der = PrivateKeyDer::from_pem_slice(key.pem.as_bytes())
+            .map_err(|e| material("node key", key.path, pem_reason(&e, "PRIVATE KEY")))?;
+        let (leaf, intermediates) = cert_chain
+            .split_first()
+            .ok_or_else(|| material("node certificate", cert.path, "it is empty"))?;
+        let identity = peer_identity(leaf).map_err(|e| match e {
+            TlsError::NoIdentity { reason } => material("node certificate", cert.path, reason),
+            other => other,
+        })?;
+
+        let provider = ring();
+        rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key_der.clone_key(), &provider)
+            .map_err(|e| {
+                let reason = match e {
+                    rustls::Error::InconsistentKeys(_) => {
+                        "it does not belong to the node certificate".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                material("node key", key.path, reason)
+            })?;
+
+        let not_trusted = |e: rustls::Error| {
+            material(
+                "node certificate",
+                cert.path,
+                format!("it does not verify against the CA certificates: {e}"),
+            )
+        };
+        let now = UnixTime::now();
+        WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
+            .build()
+            .map_err(|e| material("CA certificate", ca.path, e.to_string()))?
+            .verify_server_cert(leaf, intermediates, &server_name(&identity.dc)?, &[], now)
+            .map_err(not_trusted)?;
+        WebPkiClientVerifier::builder_with_provider(store, provider)
+            .build()
+            .map_err(|e| material("CA certificate", ca.path, e.to_string()))?
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(not_trusted)?;
+
+        Ok(Self {
+            roots,
+            cert_chain,
+            key: key_der,
+            identity,
+        })
+    }
+
+    /// The datacenter and node this material's certificate names.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The trusted CA certificates.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The node certificate, then any intermediates.
+    pub fn cert_chain(&self) -> &[CertificateDer<'static>] {
+        &self.cert_chain
+    }
+
+    /// Whether the development CA is among the trusted roots (then anyone can join: `--dev` only).
+    pub fn uses_dev_ca(&self) -> bool {
+        CertificateDer::from_pem_slice(DEV_CA_CERT_PEM.as_bytes())
+            .is_ok_and(|dev| self.roots.contains(&dev))
+    }
+
+    fn root_store(&self, side: &'static str) -> Result<Arc<RootCertStore>, TlsError> {
+        let mut store = RootCertStore::empty();
+        for root in &self.roots {
+            store.add(root.clone()).map_err(|e| TlsError::Config {
+                side,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Arc::new(store))
+    }
+
+    /// A server configuration that requires a client certificate signed by the CA roots, presents
+    /// this node's certificate, speaks TLS 1.3 and ALPN `h2`.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with(|webpki| webpki)
+    }
+
+    /// [`Self::server_config`] with the client verifier `wrap` makes of the WebPKI one.
+    fn server_config_with(
+        &self,
+        wrap: impl FnOnce(Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        const SIDE: &str = "server";
+        let config_err = |e: rustls::Error| TlsError::Config {
+            side: SIDE,
+            reason: e.to_string(),
+        };
+        let provider = ring();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.root_store(SIDE)?, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config {
+                    side: SIDE,
+                    reason: e.to_string(),
+                })?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_client_cert_verifier(wrap(verifier))
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration that trusts only the CA roots, presents this node's certificate,
+    /// speaks TLS 1.3 and ALPN `h2`. Verify servers with [`server_name`].
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        const SIDE: &str = "client";
+        let config_err = |e: rustls::Error| TlsError::Config {
+            side: SIDE,
+            reason: e.to_string(),
+        };
+        let mut config = ClientConfig::builder_with_provider(ring())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_root_certificates(self.root_store(SIDE)?)
+            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl TlsMaterial {
+    /// A server configuration for the LAN rpc port: like [`Self::server_config`], but a client
+    /// must also hold a certificate naming this node's own datacenter, so a node of another DC
+    /// under the same CA cannot join this DC's Raft group.
+    pub fn lan_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let dc = self.identity.dc.clone();
+        self.server_config_with(move |inner| Arc::new(SameDcClientVerifier { inner, dc }))
+    }
+
+    /// A client configuration for joining a datacenter known only by address: the server must
+    /// hold a certificate from the CA roots that is valid for the datacenter it names itself,
+    /// which the caller then reads with [`peer_identity`]. Otherwise as [`Self::client_config`].
+    pub fn discovery_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        const SIDE: &str = "client";
+        let config_err = |e: rustls::Error| TlsError::Config {
+            side: SIDE,
+            reason: e.to_string(),
+        };
+        let provider = ring();
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.root_store(SIDE)?, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config {
+                    side: SIDE,
+                    reason: e.to_string(),
+                })?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(OwnDcVerifier { inner }))
+            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The signature checks of a verifier that wraps a WebPKI one in `inner`: only the certificate
+/// check differs.
+macro_rules! delegate_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
+/// Verifies a client certificate as WebPKI does, then requires it to name datacenter `dc`.
+#[derive(Debug)]
+struct SameDcClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    dc: String,
+}
+
+impl ClientCertVerifier for SameDcClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match peer_identity(end_entity) {
+            Ok(id) if id.dc == self.dc => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            )),
+        }
+    }
+
+    delegate_signature_checks!();
+}
+
+/// Verifies a server certificate as WebPKI does, against the name of the datacenter the
+/// certificate itself names: proves "a federation server of some datacenter", for joins.
+#[derive(Debug)]
+struct OwnDcVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let identity = peer_identity(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        let name = server_name(&identity.dc)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    delegate_signature_checks!();
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        Self {
+            roots: self.roots.clone(),
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity)
+            .field("roots", &self.roots.len())
+            .field("cert_chain", &self.cert_chain.len())
+            .field("uses_dev_ca", &self.uses_dev_ca())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,569 @@
+//! The identity crate's tests: issuing, loading, handshakes and names.
+
+// Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
+// is for the libraries.
+#![allow(clippy::disallowed_methods)]
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::CertificateError;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::issue::ca_issuer;
+use crate::names::identity_of;
+use crate::*;
+
+/// Handshake budget for the tests that expect success (loopback, so far more than enough).
+const LONG: Duration = Duration::from_secs(10);
+
+type Accepted = Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
+
+fn node(ca: &PemPair, dc: &str, node: &str) -> TlsMaterial {
+    let pair = create_node_cert(ca, dc, node, &[], 30).expect("node certificate");
+    TlsMaterial::from_pem(&ca.cert_pem, &pair.cert_pem, &pair.key_pem).expect("material")
+}
+
+fn x509_of(pem: &str, check: impl FnOnce(&X509Certificate<'_>)) {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+    check(&x509);
+}
+
+/// A loopback listener whose first connection goes through [`accept`] with `timeout`.
+async fn serve_once(server: &TlsMaterial, timeout: Duration) -> (String, JoinHandle<Accepted>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let acceptor = TlsAcceptor::from(server.server_config().expect("server config"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("TCP accept");
+        accept(&acceptor, tcp, timeout).await
+    });
+    (addr, task)
+}
+
+#[test]
+fn create_ca_makes_a_p256_ca_with_path_length_zero_for_ten_years() {
+    let ca = create_ca(DEFAULT_CA_COMMON_NAME).expect("CA");
+    assert!(ca.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    x509_of(&ca.cert_pem, |x509| {
+        assert_eq!(x509.subject(), x509.issuer());
+        let cn = x509.subject().iter_common_name().next().expect("CN");
+        assert_eq!(cn.as_str().expect("CN text"), DEFAULT_CA_COMMON_NAME);
+        let bc = x509
+            .basic_constraints()
+            .expect("ext")
+            .expect("basicConstraints");
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = x509.key_usage().expect("ext").expect("keyUsage").value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        assert_eq!(
+            x509.public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok()),
+            Some(x509_parser::oid_registry::OID_EC_P256)
+        );
+        let years = (x509.validity().not_after.timestamp()
+            - x509.validity().not_before.timestamp())
+            / (365 * 24 * 3600);
+        assert_eq!(years, 10);
+    });
+    assert!(matches!(create_ca(" "), Err(TlsError::InvalidName { .. })));
+}
+
+#[test]
+fn node_cert_carries_the_federation_names_extra_sans_and_both_ekus() {
+    let ca = create_ca("Test CA").expect("CA");
+    let extra = ["10.0.0.7".to_owned(), "Fed.Example.COM".to_owned()];
+    let pair = create_node_cert(&ca, "dc1", "n1", &extra, 90).expect("node certificate");
+    x509_of(&pair.cert_pem, |x509| {
+        let cn = x509.subject().iter_common_name().next().expect("CN");
+        assert_eq!(cn.as_str().expect("CN text"), "n1.server.dc1.meridian");
+        let sans = x509.subject_alternative_name().expect("ext").expect("SAN");
+        let names: Vec<String> = sans
+            .value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                GeneralName::DNSName(dns) => (*dns).to_owned(),
+                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "server.dc1.meridian",
+                "n1.server.dc1.meridian",
+                "ip:[10, 0, 0, 7]",
+                "fed.example.com"
+            ]
+        );
+        let eku = x509.extended_key_usage().expect("ext").expect("EKU").value;
+        assert!(eku.server_auth && eku.client_auth);
+        let bc = x509
+            .basic_constraints()
+            .expect("ext")
+            .expect("basicConstraints");
+        assert!(!bc.value.ca);
+        let days = (x509.validity().not_after.timestamp() - x509.validity().not_before.timestamp())
+            / (24 * 3600);
+        assert_eq!(days, 90, "90 days plus the clock-skew allowance");
+    });
+    let id = peer_identity(&CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).expect("PEM"))
+        .expect("identity");
+    assert_eq!(
+        id,
+        Identity {
+            dc: "dc1".into(),
+            node: "n1".into()
+        }
+    );
+}
+
+/// (a) Two nodes of different datacenters, one CA: the handshake completes, the server sees
+/// the client's identity and the client has verified `server.dc1.meridian`.
+#[tokio::test]
+async fn nodes_of_two_dcs_signed_by_one_ca_complete_a_handshake() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    let client = node(&ca, "dc2", "n2");
+    assert_eq!(
+        client.identity(),
+        &Identity {
+            dc: "dc2".into(),
+            node: "n2".into()
+        }
+    );
+    assert_eq!(
+        server_name("dc1").expect("name").to_str(),
+        "server.dc1.meridian"
+    );
+
+    let (addr, task) = serve_once(&server, LONG).await;
+    let config = client.client_config().expect("client config");
+    let mut tls = connect(config, &addr, "dc1", LONG)
+        .await
+        .expect("client handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN_H2));
+
+    let (mut served, identity) = task.await.expect("join").expect("server handshake");
+    assert_eq!(
+        identity,
+        Identity {
+            dc: "dc2".into(),
+            node: "n2".into()
+        }
+    );
+    assert_eq!(served.get_ref().1.alpn_protocol(), Some(ALPN_H2));
+
+    tls.write_all(b"ping").await.expect("client write");
+    tls.flush().await.expect("client flush");
+    let mut buf = [0; 4];
+    served.read_exact(&mut buf).await.expect("server read");
+    assert_eq!(&buf, b"ping");
+    served.write_all(b"pong").await.expect("server write");
+    served.flush().await.expect("server flush");
+    tls.read_exact(&mut buf).await.expect("client read");
+    assert_eq!(&buf, b"pong");
+}
+
+/// (b) A client whose certificate comes from another CA is refused by the server, even though
+/// the client itself trusts the server's CA.
+#[tokio::test]
+async fn client_with_a_certificate_from_another_ca_is_refused() {
+    let ca = create_ca("Test CA").expect("CA");
+    let rogue_ca = create_ca("Rogue CA").expect("rogue CA");
+    let server = node(&ca, "dc1", "n1");
+    let rogue = create_node_cert(&rogue_ca, "dc1", "n2", &[], 30).expect("rogue cert");
+    let both_roots = format!("{}{}", ca.cert_pem, rogue_ca.cert_pem);
+    let client =
+        TlsMaterial::from_pem(&both_roots, &rogue.cert_pem, &rogue.key_pem).expect("material");
+
+    let (addr, task) = serve_once(&server, LONG).await;
+    // TLS 1.3: the client finishes its side before the server has judged its certificate.
+    let client_result = connect(client.client_config().expect("config"), &addr, "dc1", LONG).await;
+    let err = task
+        .await
+        .expect("join")
+        .expect_err("server must refuse the client");
+    assert!(
+        matches!(
+            &err,
+            TlsError::Handshake { source, .. } if matches!(
+                **source,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            )
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    if let Ok(mut tls) = client_result {
+        let mut buf = [0; 1];
+        assert!(
+            !matches!(tls.read(&mut buf).await, Ok(n) if n > 0),
+            "the refused client must not receive data"
+        );
+    }
+}
+
+/// (c) A client expecting dc3 refuses a dc1 server: the name does not match.
+#[tokio::test]
+async fn client_expecting_another_dc_refuses_the_server() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    let client = node(&ca, "dc3", "n3");
+    let (addr, task) = serve_once(&server, LONG).await;
+    let err = connect(client.client_config().expect("config"), &addr, "dc3", LONG)
+        .await
+        .expect_err("the name must not match");
+    assert!(
+        matches!(&err, TlsError::WrongName { expected_dc, .. } if expected_dc == "dc3"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("\"dc3\""), "{err}");
+    assert!(task.await.expect("join").is_err());
+}
+
+/// (d) Bytes that are not TLS make the handshake fail cleanly.
+#[tokio::test]
+async fn garbage_bytes_fail_the_handshake() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        &[0u8; 64][..],
+    ] {
+        let (addr, task) = serve_once(&server, LONG).await;
+        let mut tcp = TcpStream::connect(&addr).await.expect("TCP connect");
+        tcp.write_all(garbage).await.expect("write garbage");
+        let err = task.await.expect("join").expect_err("not TLS");
+        assert!(matches!(err, TlsError::Handshake { .. }), "{err}");
+        assert!(!err.is_transient());
+        drop(tcp);
+    }
+}
+
+/// (d) A client that connects and says nothing is dropped when the timeout expires.
+#[tokio::test]
+async fn silent_client_times_out() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    let timeout = Duration::from_millis(300);
+    let (addr, task) = serve_once(&server, timeout).await;
+    let tcp = TcpStream::connect(&addr).await.expect("TCP connect");
+    let started = tokio::time::Instant::now();
+    let err = task.await.expect("join").expect_err("silent client");
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, TlsError::Timeout { after, .. } if after == timeout),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert!(elapsed < timeout + Duration::from_secs(2), "{elapsed:?}");
+    drop(tcp);
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_is_an_io_error() {
+    let ca = create_ca("Test CA").expect("CA");
+    let client = node(&ca, "dc1", "n1");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    let err = connect(client.client_config().expect("config"), &addr, "dc1", LONG)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(
+            err,
+            TlsError::Io {
+                op: "connect to",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_transient());
+}
+
+/// (e) Nodes made with the development CA federate, and are flagged as such.
+#[tokio::test]
+async fn dev_nodes_handshake_and_are_flagged_as_dev() {
+    let server = TlsMaterial::dev("dc1", "n1").expect("dev server");
+    let client = TlsMaterial::dev("dc2", "n2").expect("dev client");
+    assert!(server.uses_dev_ca() && client.uses_dev_ca());
+    let (addr, task) = serve_once(&server, LONG).await;
+    connect(client.client_config().expect("config"), &addr, "dc1", LONG)
+        .await
+        .expect("client handshake");
+    let (_, identity) = task.await.expect("join").expect("server handshake");
+    assert_eq!(
+        identity,
+        Identity {
+            dc: "dc2".into(),
+            node: "n2".into()
+        }
+    );
+
+    let ca = create_ca("Test CA").expect("CA");
+    assert!(!node(&ca, "dc1", "n1").uses_dev_ca());
+}
+
+#[test]
+fn the_dev_ca_is_the_published_insecure_one_and_still_valid() {
+    let ca = PemPair {
+        cert_pem: DEV_CA_CERT_PEM.to_owned(),
+        key_pem: DEV_CA_KEY_PEM.to_owned(),
+    };
+    ca_issuer(&ca).expect("the dev CA key matches its certificate");
+    x509_of(DEV_CA_CERT_PEM, |x509| {
+        let cn = x509.subject().iter_common_name().next().expect("CN");
+        assert_eq!(cn.as_str().expect("CN text"), DEV_CA_COMMON_NAME);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let left_days = (x509.validity().not_after.timestamp() - now as i64) / (24 * 3600);
+        assert!(
+            left_days > 365,
+            "the development CA expires within a year: make a new one (see src/dev_ca/README.md)"
+        );
+    });
+}
+
+/// (f) Datacenter and node names must be lowercase DNS labels; extra SANs must not pose as
+/// federation names.
+#[test]
+fn invalid_names_and_sans_are_rejected() {
+    let ca = create_ca("Test CA").expect("CA");
+    let long = "a".repeat(64);
+    for dc in ["", "DC1", "-dc", "dc-", "dc.1", "dc_1", long.as_str()] {
+        let err = create_node_cert(&ca, dc, "n1", &[], 30).expect_err(dc);
+        assert!(
+            matches!(&err, TlsError::InvalidName { what: "datacenter name", value, .. } if value == dc),
+            "{err}"
+        );
+    }
+    let err = create_node_cert(&ca, "dc1", "N1", &[], 30).expect_err("uppercase node");
+    assert_eq!(
+        err.to_string(),
+        "invalid node name \"N1\": only lowercase letters a-z, digits 0-9 and '-' are allowed"
+    );
+    create_node_cert(&ca, "d-1", &"n".repeat(63), &[], 30).expect("63-character label");
+    for san in [
+        "server.dc2.meridian",
+        "n9.server.dc2.meridian",
+        "*.dc2.meridian",
+        "X.MERIDIAN",
+        "*.example.com",
+        "host.",
+        "not a name",
+    ] {
+        let err = create_node_cert(&ca, "dc1", "n1", &[san.to_owned()], 30).expect_err(san);
+        assert!(
+            matches!(
+                &err,
+                TlsError::InvalidName {
+                    what: "extra SAN",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    for days in [0, MAX_NODE_CERT_DAYS + 1] {
+        assert!(matches!(
+            create_node_cert(&ca, "dc1", "n1", &[], days),
+            Err(TlsError::InvalidDays { .. })
+        ));
+    }
+    assert!(server_name("Dc1").is_err());
+}
+
+#[test]
+fn identity_comes_only_from_a_node_server_name() {
+    assert_eq!(
+        identity_of("n1.server.dc1.meridian"),
+        Some(Identity {
+            dc: "dc1".into(),
+            node: "n1".into()
+        })
+    );
+    for name in [
+        "server.dc1.meridian",
+        "n1.client.dc1.meridian",
+        "n1.server.dc1.consul",
+        "a.n1.server.dc1.meridian",
+        "-n.server.dc1.meridian",
+        "n1.server..meridian",
+    ] {
+        assert_eq!(identity_of(name), None, "{name}");
+    }
+
+    let plain = rcgen::generate_simple_self_signed(["example.com".to_owned()]).expect("cert");
+    let err = peer_identity(plain.cert.der()).expect_err("no identity");
+    assert!(err.to_string().contains("example.com"), "{err}");
+    let two = rcgen::generate_simple_self_signed([
+        "n1.server.dc1.meridian".to_owned(),
+        "n2.server.dc1.meridian".to_owned(),
+    ])
+    .expect("cert");
+    assert!(matches!(
+        peer_identity(two.cert.der()),
+        Err(TlsError::NoIdentity { .. })
+    ));
+    assert!(peer_identity(&CertificateDer::from(vec![1, 2, 3])).is_err());
+}
+
+#[test]
+fn material_that_does_not_fit_together_is_rejected() {
+    let ca = create_ca("Test CA").expect("CA");
+    let other_ca = create_ca("Other CA").expect("other CA");
+    let n1 = create_node_cert(&ca, "dc1", "n1", &[], 30).expect("n1");
+    let n2 = create_node_cert(&ca, "dc1", "n2", &[], 30).expect("n2");
+
+    let err = TlsMaterial::from_pem(&ca.cert_pem, &n1.cert_pem, &n2.key_pem)
+        .expect_err("key of another node");
+    assert!(
+        matches!(
+            &err,
+            TlsError::Material {
+                what: "node key",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = TlsMaterial::from_pem(&other_ca.cert_pem, &n1.cert_pem, &n1.key_pem)
+        .expect_err("signed by another CA");
+    assert!(
+        matches!(
+            &err,
+            TlsError::Material {
+                what: "node certificate",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = TlsMaterial::from_pem(&ca.cert_pem, &ca.cert_pem, &ca.key_pem)
+        .expect_err("the CA is not a node");
+    assert!(err.to_string().contains("none of its DNS names"), "{err}");
+    let err = TlsMaterial::from_pem("", &n1.cert_pem, &n1.key_pem).expect_err("no roots");
+    assert!(
+        matches!(
+            &err,
+            TlsError::Material {
+                what: "CA certificate",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = TlsMaterial::from_pem(&ca.cert_pem, &n1.cert_pem, &n1.cert_pem).expect_err("no key");
+    assert!(
+        matches!(
+            &err,
+            TlsError::Material {
+                what: "node key",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let wrong_key = PemPair {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: other_ca.key_pem.clone(),
+    };
+    let err = create_node_cert(&wrong_key, "dc1", "n1", &[], 30).expect_err("CA key mismatch");
+    assert!(
+        matches!(&err, TlsError::Material { what: "CA key", .. }),
+        "{err}"
+    );
+    let not_a_ca = PemPair {
+        cert_pem: n1.cert_pem.clone(),
+        key_pem: n1.key_pem.clone(),
+    };
+    let err = create_node_cert(&not_a_ca, "dc1", "n3", &[], 30).expect_err("not a CA");
+    assert!(err.to_string().contains("not a CA"), "{err}");
+}
+
+#[test]
+fn from_files_errors_name_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = create_ca("Test CA").expect("CA");
+    let n1 = create_node_cert(&ca, "dc1", "n1", &[], 30).expect("n1");
+    let ca_path = dir.path().join("ca.pem");
+    let cert_path = dir.path().join("dc1-n1.pem");
+    let key_path = dir.path().join("dc1-n1-key.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).expect("write");
+    std::fs::write(&cert_path, &n1.cert_pem).expect("write");
+    std::fs::write(&key_path, &n1.key_pem).expect("write");
+
+    let material = TlsMaterial::from_files(&ca_path, &cert_path, &key_path).expect("load");
+    assert_eq!(material.identity().to_string(), "dc1/n1");
+    assert!(!format!("{material:?}").contains("PRIVATE"));
+
+    let missing = dir.path().join("missing.pem");
+    let err = TlsMaterial::from_files(&ca_path, &missing, &key_path).expect_err("missing");
+    assert!(
+        matches!(&err, TlsError::File { path, .. } if *path == missing),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+
+    std::fs::write(&key_path, "not a key").expect("write");
+    let err = TlsMaterial::from_files(&ca_path, &cert_path, &key_path).expect_err("bad key");
+    assert!(err.to_string().contains("dc1-n1-key.pem"), "{err}");
+}
+
+/// A CA made by another tool, with a subject in PrintableString and no subject key
+/// identifier: the certificates signed with it still chain to it.
+#[tokio::test]
+async fn a_foreign_ca_signs_certificates_that_chain_to_it() {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CountryName,
+        DnValue::PrintableString("NL".try_into().expect("printable")),
+    );
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Example Ops");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        DnValue::PrintableString("Ops Root".try_into().expect("printable")),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).expect("foreign CA");
+    let ca = PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let server = node(&ca, "dc1", "n1");
+    let client = node(&ca, "dc2", "n2");
+    let (addr, task) = serve_once(&server, LONG).await;
+    connect(client.client_config().expect("config"), &addr, "dc1", LONG)
+        .await
+        .expect("client handshake");
+    task.await.expect("join").expect("server handshake");
+}

@@ -1,0 +1,561 @@
+//! A running Meridian node: the catalog, federation with the other datacenters, and the HTTP
+//! API and the DNS server in front of them, started from a validated [`Config`], and stopped in
+//! order (DNS and HTTP first, then federation, then the catalog) on a signal.
+//!
+//! [`Agent::start`] is what `meridian agent`, `meridian demo` and in-process tests use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use meridian_catalog::Catalog;
+use meridian_dns::DnsServer;
+use meridian_federation::Federation;
+use meridian_identity::TlsMaterial;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, join_host_port};
+use crate::failover::FailoverRuntime;
+use crate::http::{self, ApiState, NodeInfo};
+
+/// How long in-flight HTTP requests get to finish at shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// A running node.
+pub struct Agent {
+    config: Config,
+    catalog: Catalog,
+    federation: Option<Arc<Federation>>,
+    gateway: Option<RunningGateway>,
+    failover: FailoverRuntime,
+    api: ApiState,
+    http_addr: SocketAddr,
+    dns: Option<DnsServer>,
+    stop_http: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    // Dropped (and so removed) only after the catalog has shut down.
+    temp_dir: Option<TempDir>,
+}
+
+impl Agent {
+    /// Validates `config`, binds the HTTP port, starts the catalog and serves the API.
+    /// `temp_dir`, if given, is the data folder and is removed when the agent is dropped.
+    #[tracing::instrument(skip_all, fields(dc = %config.datacenter, node = %config.node_name))]
+    pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<Agent> {
+        config.validate()?;
+        let mut catalog_cfg = config.to_catalog()?;
+        // Bind before starting the catalog, so a taken port fails fast and leaves nothing behind.
+        let http_bind = config.bind_addr(config.ports.http);
+        let listener = TcpListener::bind(http_bind)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
+        let http_addr = listener.local_addr()?;
+        // Certificates are checked before anything starts, so a bad file fails fast.
+        let tls = federation_tls(&config)?;
+        catalog_cfg.tls = tls.as_deref().map(rpc_tls).transpose()?;
+        if catalog_cfg.tls.is_none() {
+            tracing::warn!("the LAN rpc port runs without TLS (insecure = true)");
+        }
+        let acl = config.acl.to_acl(config.dev);
+        if !acl.enabled() {
+            // Open on loopback is how a dev agent and the demo run: only this machine reaches
+            // it, so it is worth a line, not a warning. Open on any other address is a warning.
+            if http_addr.ip().is_loopback() {
+                tracing::info!(%http_addr, "the HTTP API runs without ACL tokens, on loopback only");
+            } else {
+                tracing::warn!(%http_addr, "the HTTP API runs without ACL tokens: anyone who reaches it may write");
+            }
+        }
+        let federation_settings = tls
+            .clone()
+            .map(|t| federation_settings(&config, t))
+            .transpose()?;
+        let catalog = Catalog::start(catalog_cfg)
+            .await
+            .context("cannot start the catalog")?;
+        let federation = match federation_settings {
+            None => None,
+            Some(settings) => match Federation::start(settings, catalog.watch()).await {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    catalog.shutdown().await;
+                    return Err(anyhow::Error::new(e).context("cannot start federation"));
+                }
+            },
+        };
+        let views = federation
+            .as_ref()
+            .map_or_else(|| catalog.watch(), |f| f.watch());
+        // Readers see the producers' views through the failover stage.
+        let failover = FailoverRuntime::start(&config.failover, views);
+        let views = failover.watch();
+        let dns_bind = config.bind_addr(config.ports.dns);
+        let dns = match DnsServer::start(
+            config.dns.to_settings(&config.node_name),
+            views.clone(),
+            dns_bind,
+            config.dns.threads,
+        )
+        .await
+        {
+            Ok(dns) => dns,
+            Err(e) => {
+                if let Some(f) = &federation {
+                    f.shutdown().await;
+                }
+                catalog.shutdown().await;
+                return Err(anyhow::Error::new(e));
+            }
+        };
+        let gateway = if config.gateway.enabled {
+            match start_gateway(&config, views.clone(), tls.clone(), Some(catalog.clone())).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    dns.shutdown().await;
+                    if let Some(f) = &federation {
+                        f.shutdown().await;
+                    }
+                    catalog.shutdown().await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(t) = gateway.as_ref().and_then(|g| g.tunnel.clone()) {
+            failover.set_tunnel(t);
+        }
+        let dns_addr = dns.local_addr();
+        let api = ApiState::new(
+            catalog.clone(),
+            views,
+            federation.clone(),
+            gateway.as_ref().map(|g| g.metrics.clone()),
+            config.limits.max_body_bytes,
+            Some(dns.counters()),
+        )
+        .with_acl(acl)
+        .with_node(NodeInfo {
+            http: http_addr,
+            dns: Some(dns_addr),
+            gateway: gateway.as_ref().map(|g| g.addr),
+            clock: failover.clock(),
+            failover: Some(failover.counters().clone()),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(
+            listener,
+            api.clone(),
+            config.limits.max_connections,
+            config.limits.max_connections_per_client,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        tracing::info!(node = %config.node_name, dc = %config.datacenter, %http_addr, %dns_addr, "agent started");
+        Ok(Agent {
+            config,
+            catalog,
+            federation,
+            gateway,
+            failover,
+            api,
+            http_addr,
+            dns: Some(dns),
+            stop_http: Some(stop_tx),
+            server: Some(server),
+            temp_dir,
+        })
+    }
+
+    /// Where the HTTP API listens (the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the DNS server listens, UDP and TCP (the real port when 0 was asked for).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(DnsServer::local_addr)
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Federation, when it runs.
+    pub fn federation(&self) -> Option<&Arc<Federation>> {
+        self.federation.as_ref()
+    }
+
+    /// Where the federation (WAN) port listens, when federation runs.
+    pub fn wan_addr(&self) -> Option<SocketAddr> {
+        self.federation.as_ref().and_then(|f| f.local_addr())
+    }
+
+    /// Where the gateway listens, when it runs.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.addr)
+    }
+
+    /// The HTTP API's state (counters).
+    pub fn api(&self) -> &ApiState {
+        &self.api
+    }
+
+    /// Whether the data folder is temporary (removed at shutdown).
+    pub fn data_is_temporary(&self) -> bool {
+        self.temp_dir.is_some()
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One line naming the node and its endpoints, printed at start.
+    pub fn endpoints_line(&self) -> String {
+        let c = &self.config;
+        let host = c.bind.to_string();
+        let data = c
+            .data_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let dns = self
+            .dns_addr()
+            .map_or_else(|| join_host_port(&host, c.ports.dns), |a| a.to_string());
+        let wan = self
+            .wan_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let gateway = self
+            .gateway_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        format!(
+            "meridian agent: node={} dc={} http={} dns={} rpc={} wan={} gateway={} data_dir={}",
+            c.node_name,
+            c.datacenter,
+            self.http_addr,
+            dns,
+            join_host_port(&host, c.ports.rpc),
+            wan,
+            gateway,
+            data,
+        )
+    }
+
+    /// Stops the DNS server, the HTTP API (ending blocking queries, giving in-flight requests a
+    /// few seconds), then the catalog, then removes a temporary data folder.
+    pub async fn shutdown(self) {
+        let Agent {
+            catalog,
+            federation,
+            gateway,
+            failover,
+            api,
+            dns,
+            stop_http,
+            server,
+            temp_dir,
+            ..
+        } = self;
+        failover.stop();
+        if let Some(g) = gateway {
+            g.stop();
+        }
+        if let Some(dns) = dns {
+            dns.shutdown().await;
+        }
+        if let Some(stop) = stop_http {
+            let _ = stop.send(());
+        }
+        api.begin_shutdown();
+        if let Some(mut server) = server {
+            match tokio::time::timeout(HTTP_DRAIN, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+                Err(_) => {
+                    // Dropping the handle would leave the server running on a closed catalog.
+                    server.abort();
+                    tracing::warn!("HTTP requests still in flight after {HTTP_DRAIN:?}; closing")
+                }
+            }
+        }
+        if let Some(f) = &federation {
+            f.shutdown().await;
+        }
+        drop(federation);
+        catalog.shutdown().await;
+        // The store closes when its last handle goes; only then can its folder be removed.
+        drop(api);
+        drop(catalog);
+        if let Some(dir) = temp_dir {
+            remove_temp_dir(dir).await;
+        }
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Removes a temporary data folder, retrying briefly while the store's background threads let go
+/// of their last files.
+pub(crate) async fn remove_temp_dir(dir: TempDir) {
+    let path = dir.keep();
+    let mut last = None;
+    for _ in 0..20 {
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary data folder");
+    }
+}
+
+/// The running gateway and the node's own task around it (advertising it in the catalog).
+pub(crate) struct RunningGateway {
+    pub(crate) addr: SocketAddr,
+    /// The gateway's counters and its tunnel's, for `/metrics`.
+    pub(crate) metrics: meridian_gateway::GatewayMetrics,
+    pub(crate) tunnel: Option<Arc<meridian_gateway::Tunnel>>,
+    gateway: meridian_gateway::Gateway,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting and closes the tunnel; local relays in flight end with their clients.
+    pub(crate) fn stop(self) {
+        self.gateway.shutdown();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Registers this gateway (its WAN address) in the catalog, so that federation tells remote
+/// gateways where to tunnel; retried until a leader takes it.
+fn advertise_gateway(
+    catalog: Catalog,
+    config: &Config,
+    addr: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let instance = meridian_topology::Instance {
+        id: meridian_topology::GATEWAY_SERVICE.to_owned(),
+        service: meridian_topology::GATEWAY_SERVICE.to_owned(),
+        node: config.node_name.clone(),
+        address: config.advertise_ip().to_string(),
+        port: addr.port(),
+        tags: vec!["wan".to_owned()],
+        meta: Default::default(),
+        weights: Default::default(),
+        create_index: 0,
+        modify_index: 0,
+    };
+    async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let cmd = meridian_catalog::Command::Register {
+                instance: instance.clone(),
+                checks: Vec::new(),
+            };
+            match catalog.write(cmd).await {
+                Ok(_) => {
+                    tracing::info!(port = instance.port, "gateway advertised in the catalog");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot advertise the gateway yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Binds the gateway port and serves it over the live views.
+pub(crate) async fn start_gateway(
+    config: &Config,
+    views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
+    tls: Option<Arc<TlsMaterial>>,
+    catalog: Option<Catalog>,
+) -> anyhow::Result<RunningGateway> {
+    let bind = config.bind_addr(config.ports.gateway);
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen for the gateway on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let mut local = config.gateway.to_local(&config.dns);
+    // Other DCs reach through the tunnel only what they may see through federation.
+    local.export = config.federation.export.clone();
+    // The tunnel listens on UDP on the gateway's port number, with the federation certificates.
+    let tunnel = match &tls {
+        Some(tls) => {
+            let g = &config.gateway;
+            let tunnel_config = meridian_gateway::TunnelConfig {
+                server: tls.server_config()?,
+                client: tls.client_config()?,
+                server_name: Arc::new(meridian_identity::server_dns_name),
+                max_streams_per_dc: g.max_tunnel_streams_per_dc,
+                connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+                idle_timeout: Duration::from_millis(g.tunnel_idle_timeout_ms),
+                local_dc: config.datacenter.clone(),
+                transport: g.wan_transport.to_transport(),
+            };
+            Some(Arc::new(
+                meridian_gateway::Tunnel::bind(addr, tunnel_config)
+                    .with_context(|| format!("cannot listen for the tunnel on udp {addr}"))?,
+            ))
+        }
+        None => None,
+    };
+    // Follows `views` into the data plane, serves the TCP port and the tunnel's inbound streams.
+    let gateway = meridian_gateway::Gateway::start(listener, views, local, tunnel.clone())
+        .context("cannot start the gateway")?;
+    let mut tasks = Vec::new();
+    if tunnel.is_some()
+        && let Some(catalog) = catalog
+    {
+        tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr)));
+    }
+    tracing::info!(%addr, tunnel = tunnel.is_some(), "gateway listening");
+    Ok(RunningGateway {
+        addr,
+        metrics: gateway.metrics(),
+        tunnel,
+        gateway,
+        tasks,
+    })
+}
+
+/// Mutual TLS for the LAN rpc port from the node's certificate: peers must hold a certificate
+/// from the same CA that names this DC.
+fn rpc_tls(tls: &TlsMaterial) -> anyhow::Result<meridian_catalog::RpcTls> {
+    Ok(meridian_catalog::RpcTls {
+        server: tls.lan_server_config()?,
+        client: tls.client_config()?,
+        server_name: meridian_identity::server_name(&tls.identity().dc)?,
+        handshake_timeout: Duration::from_secs(5),
+    })
+}
+
+/// Federation's settings, or `None` when it is off (no certificates and not `--dev`).
+pub(crate) fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
+    let f = &config.federation;
+    let tls = if config.dev {
+        TlsMaterial::dev(&config.datacenter, &config.node_name)
+            .context("cannot make a development certificate")?
+    } else {
+        let (Some(ca), Some(cert), Some(key)) = (&f.ca_file, &f.cert_file, &f.key_file) else {
+            tracing::info!(
+                "federation and the gateway tunnel are off: no [federation] certificates configured"
+            );
+            return Ok(None);
+        };
+        let tls = TlsMaterial::from_files(ca, cert, key)?;
+        if tls.uses_dev_ca() {
+            anyhow::bail!(
+                "federation.ca_file is the published development CA, which is insecure and only accepted with --dev"
+            );
+        }
+        let id = tls.identity();
+        if !id.dc.eq_ignore_ascii_case(&config.datacenter) {
+            anyhow::bail!(
+                "federation.cert_file names datacenter {:?}, but this node is in {:?}",
+                id.dc,
+                config.datacenter
+            );
+        }
+        tls
+    };
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Federation's settings with the node's certificates `tls`.
+pub(crate) fn federation_settings(
+    config: &Config,
+    tls: Arc<TlsMaterial>,
+) -> anyhow::Result<meridian_federation::Settings> {
+    let f = &config.federation;
+    let data_dir = config
+        .data_dir
+        .clone()
+        .context("data_dir is required")?
+        .join("federation");
+    let ms = Duration::from_millis;
+    Ok(meridian_federation::Settings {
+        dc: config.datacenter.clone(),
+        node: config.node_name.clone(),
+        bind: config.bind_addr(config.ports.wan),
+        serve: !config.gateway_only,
+        peers: {
+            let mut peers = f.peers();
+            if config.gateway_only {
+                // Its own DC, followed like a remote one; `View::followed` makes it local.
+                peers.push(meridian_federation::Peer {
+                    dc: config.datacenter.clone(),
+                    addresses: f.local_servers.clone(),
+                });
+            }
+            peers
+        },
+        join: f.join.clone(),
+        advertise_host: config.advertise_ip().to_string(),
+        advertise: f.advertise.clone(),
+        policy: f.policy(),
+        tls,
+        data_dir,
+        heartbeat: ms(f.heartbeat_ms),
+        idle_timeout: ms(f.idle_timeout_ms),
+        connect_timeout: ms(f.connect_timeout_ms),
+        handshake_timeout: ms(f.handshake_timeout_ms),
+        window: f.resume_window,
+    })
+}
+
+/// Gives a dev configuration without a data folder a temporary one.
+pub fn dev_data_dir(cfg: &mut Config) -> anyhow::Result<Option<TempDir>> {
+    if cfg.data_dir.is_some() {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("meridian-dev-")
+        .tempdir()
+        .context("cannot create a temporary data folder")?;
+    cfg.data_dir = Some(dir.path().to_owned());
+    Ok(Some(dir))
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1346,6 +1346,41 @@ mod tests {
     }
 
     #[test]
+    fn the_test_kit_writes_configs_the_agent_accepts() {
+        use meridian_testkit::config::{Federation, Peer};
+        let dir = Path::new("/tmp/meridian-kit");
+        let mut dc = meridian_testkit::agent::dc_configs("dc2", 3, dir);
+        let c = &mut dc[1];
+        c.insecure = false;
+        c.advertise = Some("127.0.0.2".parse().expect("ip"));
+        c.federation = Some(Federation {
+            peers: vec![Peer {
+                dc: "dc1".into(),
+                addresses: vec!["127.0.0.1:8302".into()],
+            }],
+            export: Some(vec!["web".into()]),
+            ..Federation::with_certs(&dir.join("ca.pem"), &dir.join("n.pem"), &dir.join("k.pem"))
+        });
+        c.set("failover", "nearest_n", 0);
+        c.set("failover", "datacenters", vec!["dc1"]);
+        c.set("gateway", "max_connections", 100);
+        let cfg = Config::parse(&c.to_toml().expect("toml")).unwrap_or_else(|e| panic!("{e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((cfg.datacenter.as_str(), cfg.node_id), ("dc2", 2));
+        assert_eq!(cfg.servers.len(), 3);
+        assert_eq!(cfg.ports.rpc, c.ports.rpc);
+        assert_eq!(cfg.failover.datacenters, ["dc1"]);
+        assert_eq!(cfg.federation.peers[0].dc, "dc1");
+        assert_eq!(cfg.gateway.max_connections, 100);
+        assert!(cfg.acl.to_acl(false).enabled());
+        // The one-node default too.
+        let one = meridian_testkit::AgentConfig::new("dc1", "n1", c.ports, dir);
+        Config::parse(&one.to_toml().expect("toml"))
+            .and_then(|c| c.validate().map(|()| c))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn every_example_config_is_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let mut seen = 0;

@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::*;
+use crate::MAX_NODE_CERT_DAYS;
 
 /// Why a certificate could not be made or loaded, or a TLS connection failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use rustls::{CertificateError, ClientConfig};
 use tokio::net::TcpStream;
 
-use crate::*;
+use crate::error::TlsError;
+use crate::names::{Identity, peer_identity, server_name};
 
 /// A TCP connection to `to`, from `source` when given (and of the same family).
 async fn connect_tcp(
@@ -29,7 +30,7 @@ async fn connect_tcp(
 }
 
 /// Connects to `addr` as [`connect`] does, accepting a server of any datacenter under the CA
-/// (`config` from [`TlsMaterial::discovery_client_config`]), and returns the identity its
+/// (`config` from [`crate::TlsMaterial::discovery_client_config`]), and returns the identity its
 /// certificate names.
 pub async fn discover(
     config: Arc<ClientConfig>,

@@ -17,8 +17,10 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::x509::X509Name;
 
+use crate::error::TlsError;
 use crate::error::{generate, material, pem_reason};
-use crate::*;
+use crate::names::{node_dns_name, server_dns_name, validate_label};
+use crate::{CA_VALIDITY_DAYS, CLOCK_SKEW_ALLOWANCE, DOMAIN, MAX_NODE_CERT_DAYS};
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone, PartialEq, Eq)]

@@ -13,8 +13,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
+use crate::error::TlsError;
 use crate::error::{material, pem_reason};
-use crate::*;
+use crate::issue::{PemPair, create_node_cert};
+use crate::names::{Identity, peer_identity, server_name};
+use crate::{ALPN_H2, DEFAULT_NODE_CERT_DAYS, DEV_CA_CERT_PEM, DEV_CA_KEY_PEM};
 
 /// One PEM input and the file it came from, if any.
 #[derive(Clone, Copy)]
@@ -72,7 +75,7 @@ impl TlsMaterial {
     }
 
     /// Loads the CA certificates, node certificate and node key from PEM files, like
-    /// [`TlsMaterial::from_pem`]; errors name the file.
+    /// [`crate::TlsMaterial::from_pem`]; errors name the file.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| TlsError::File {

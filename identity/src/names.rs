@@ -5,7 +5,8 @@ use std::fmt;
 use rustls::pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
 
-use crate::*;
+use crate::error::TlsError;
+use crate::{DOMAIN, SERVER_LABEL};
 
 /// Which node of which datacenter a certificate belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -170,6 +170,44 @@ impl Agent {
         Ok(self.http.put(self.url(path)).json(body).send().await?)
     }
 
+    /// IDs of the instances of `service` its catalog holds.
+    pub async fn instance_ids(&self, service: &str) -> Result<Vec<String>> {
+        let v = self
+            .get_json(&format!("/v1/catalog/service/{service}"))
+            .await?;
+        Ok(v.as_array()
+            .context("/v1/catalog/service is not an array")?
+            .iter()
+            .filter_map(|e| e["ServiceID"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// SIGKILL: nothing is flushed.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.proc.kill9()
+    }
+
+    /// SIGTERM, then a clean exit within 20 s (an error otherwise).
+    pub fn stop(&mut self) -> Result<()> {
+        self.proc.stop()
+    }
+
+    /// Stops it cleanly (SIGTERM) and starts it again on the same data folder and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.stop()?;
+        self.proc.restart()
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> Result<String> {
         crate::metrics::scrape(&self.http, &self.base()).await

@@ -94,6 +94,23 @@ impl Federation {
 pub struct Acl {
     /// The management token.
     pub management_token: String,
+    /// Scoped tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<AclToken>,
+}
+
+/// One `[[acl.tokens]]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AclToken {
+    /// What it is for.
+    pub description: String,
+    /// Its secret.
+    pub secret: String,
+    /// `read`, `write` or `operator`.
+    pub scope: String,
+    /// The services a `write` token may change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// One agent's configuration file.
@@ -159,6 +176,7 @@ impl AgentConfig {
             federation: None,
             acl: Some(Acl {
                 management_token: TEST_TOKEN.to_owned(),
+                tokens: Vec::new(),
             }),
             extra: toml::Table::new(),
         }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, ensure};
 
-use crate::harness::{Agent, BIN, Mode, Ports};
+use crate::harness::{Agent, BIN};
 
 fn cli(agent: &Agent, args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new(BIN)
@@ -25,10 +25,7 @@ fn cli(agent: &Agent, args: &[&str]) -> Result<(bool, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_and_members_commands() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mode = Mode::Dev {
-        data_dir: dir.path().join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
     agent.wait_ready().await?;
 
     let (ok, out) = cli(

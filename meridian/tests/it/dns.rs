@@ -16,29 +16,21 @@ use hickory_net::tcp::TcpClientStream;
 use hickory_net::udp::UdpClientStream;
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, Mode, Ports, eventually};
+use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
 
 /// A one-node datacenter from a config file with a `[dns]` section: an alternative domain, no
 /// UDP answer limit (so the 512-byte rule shows), TTLs.
 async fn dns_agent(dir: &Path) -> Result<Agent> {
-    let p = Ports::free();
-    let file = dir.join("agent.toml");
-    let config = format!(
-        "datacenter = \"dc1\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-         data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
-         gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
-         election_timeout_max_ms = 600\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n\
-         [dns]\nalt_domain = \"meridian.test\"\nudp_answer_limit = 0\nnode_ttl = 7\n\
-         [dns.service_ttl]\n\"web*\" = 5\n\"*\" = 1\n",
-        data = dir.join("data").display(),
-        http = p.http,
-        dns = p.dns,
-        rpc = p.rpc,
-        wan = p.wan,
-        gw = p.gateway,
-    );
-    std::fs::write(&file, config)?;
-    let mut agent = Agent::start("dns", Mode::Config { file }, p, dir)?;
+    let mut c = AgentConfig::new("dc1", "n1", Ports::free(), &dir.join("data"));
+    c.raft = quick_raft();
+    c.set("dns", "alt_domain", "meridian.test")
+        .set("dns", "udp_answer_limit", 0)
+        .set("dns", "node_ttl", 7);
+    let mut ttl = toml::Table::new();
+    ttl.insert("web*".into(), 5.into());
+    ttl.insert("*".into(), 1.into());
+    c.set("dns", "service_ttl", ttl);
+    let mut agent = Agent::start("dns", &c, dir, &[])?;
     agent.wait_ready().await?;
     Ok(agent)
 }

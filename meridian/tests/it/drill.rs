@@ -253,16 +253,19 @@ async fn drills_move_answers_away_from_a_datacenter_and_back() -> Result<()> {
     let web1 = Backend::start(&tls[0].0, &tls[0].1, "dc1").await?;
     let web2 = Backend::start(&tls[1].0, &tls[1].1, "dc2").await?;
 
-    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], "")?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], |_| {})?;
     dc1.wait_ready().await?;
-    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], "")?;
+    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], |_| {})?;
     // dc3 has no web of its own: it goes to dc1 first, then dc2.
     let mut dc3 = config_dc(
         dir.path(),
         &certs,
         "dc3",
         &[("dc1", dc1.ports.wan), ("dc2", dc2.ports.wan)],
-        "\n[failover]\nnearest_n = 0\ndatacenters = [\"dc1\", \"dc2\"]\n",
+        |c| {
+            c.set("failover", "nearest_n", 0)
+                .set("failover", "datacenters", vec!["dc1", "dc2"]);
+        },
     )?;
     dc2.wait_ready().await?;
     dc3.wait_ready().await?;

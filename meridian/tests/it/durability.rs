@@ -9,15 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use tokio::sync::Mutex;
 
-use crate::harness::{Agent, Mode, Ports, eventually, leader_index, service, three_node_dc};
+use crate::harness::{Agent, eventually, leader_index, service, three_node_dc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_agent_keeps_its_catalog_across_restarts() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mode = Mode::Dev {
-        data_dir: dir.path().join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
     agent.wait_ready().await?;
     for i in 0..5 {
         let r = agent

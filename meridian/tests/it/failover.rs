@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use crate::dns::{dns_addr, query};
 use crate::federation::make_certs;
 use crate::gateway::{Nginx, certificate_for};
-use crate::harness::{Agent, Mode, Ports, eventually};
+use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
+use meridian_testkit::config::{Federation, Peer};
 
 const NAME: &str = "web.service.consul";
 /// The failback period these tests configure.
@@ -54,45 +55,37 @@ impl World {
         let mut dcs = Vec::new();
         for i in 0..3 {
             let dc = format!("dc{}", i + 1);
-            let mut peers = String::new();
-            for (j, p) in ports.iter().enumerate() {
-                if j != i {
-                    peers.push_str(&format!(
-                        "\n[[federation.peers]]\ndc = \"dc{}\"\naddresses = [\"{}:{}\"]\n",
-                        j + 1,
-                        host(j),
-                        p.wan
-                    ));
-                }
+            let peers = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, p)| Peer {
+                    dc: format!("dc{}", j + 1),
+                    addresses: vec![format!("{}:{}", host(j), p.wan)],
+                })
+                .collect();
+            let mut c = AgentConfig::new(&dc, "n1", ports[i], &dir.path().join(&dc));
+            c.bind = host(i).parse()?;
+            c.servers[0].rpc = format!("{}:{}", host(i), ports[i].rpc);
+            c.raft = quick_raft();
+            c.insecure = false;
+            c.federation = Some(Federation {
+                peers,
+                ..Federation::with_certs(
+                    &certs.join("meridian-ca.pem"),
+                    &certs.join(format!("{dc}-n1.pem")),
+                    &certs.join(format!("{dc}-n1-key.pem")),
+                )
+            });
+            c.set("failover", "failback_after_ms", FAILBACK.as_millis() as i64);
+            if i == 2 {
+                c.set("failover", "nearest_n", 0).set(
+                    "failover",
+                    "datacenters",
+                    vec!["dc1", "dc2"],
+                );
             }
-            let order = if i == 2 {
-                "nearest_n = 0\ndatacenters = [\"dc1\", \"dc2\"]\n"
-            } else {
-                ""
-            };
-            let p = ports[i];
-            let config = format!(
-                "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"{h}\"\n\
-                 data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\n\
-                 wan = {wan}\ngateway = {gw}\n\n[raft]\nheartbeat_ms = 100\n\
-                 election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n[[servers]]\n\
-                 id = 1\nrpc = \"{h}:{rpc}\"\n\n[failover]\nfailback_after_ms = {fb}\n{order}\n\
-                 [federation]\nca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
-                 key_file = \"{c}/{dc}-n1-key.pem\"\n{peers}",
-                h = host(i),
-                data = dir.path().join(&dc).display(),
-                http = p.http,
-                dns = p.dns,
-                rpc = p.rpc,
-                wan = p.wan,
-                gw = p.gateway,
-                fb = FAILBACK.as_millis(),
-                c = certs.display(),
-            );
-            let file = dir.path().join(format!("{dc}.toml"));
-            std::fs::write(&file, config)?;
-            let mut agent = Agent::start(&dc, Mode::Config { file }, p, dir.path())?;
-            agent.host = host(i).parse()?;
+            let agent = Agent::start(&dc, &c, dir.path(), &[])?;
             dcs.push(agent);
         }
         for a in &mut dcs {

@@ -17,7 +17,8 @@ use meridian_protos::federation::federation_client::FederationClient;
 use serde_json::{Value, json};
 
 use crate::dns::{dns_addr, query, srv_lines};
-use crate::harness::{Agent, BIN, Mode, Ports, eventually};
+use crate::harness::{Agent, AgentConfig, BIN, Ports, eventually, quick_raft};
+use meridian_testkit::config::{Federation, Peer};
 
 /// A `--dev` agent of datacenter `dc`, joining the node at WAN port `join` if given.
 pub(crate) fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
@@ -26,15 +27,7 @@ pub(crate) fn dev_dc(dir: &Path, dc: &str, join: Option<u16>) -> Result<Agent> {
     if let Some(j) = &join {
         extra.extend(["--join-wan", j.as_str()]);
     }
-    Agent::start_with(
-        dc,
-        Mode::Dev {
-            data_dir: dir.join(dc),
-        },
-        Ports::free(),
-        dir,
-        &extra,
-    )
+    Agent::start_dev(dc, Ports::free(), &dir.join(dc), dir, &extra)
 }
 
 async fn status(agent: &Agent) -> Result<Value> {
@@ -263,15 +256,16 @@ pub(crate) fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// A one-node datacenter from a config file with certificates from `certs`.
+/// A one-node datacenter from a config file with certificates from `certs`, following `peers`
+/// (`(dc, wan port)` on 127.0.0.1), changed by `customize`.
 pub(crate) fn config_dc(
     dir: &Path,
     certs: &Path,
     dc: &str,
     peers: &[(&str, u16)],
-    federation_extra: &str,
+    customize: impl FnOnce(&mut AgentConfig),
 ) -> Result<Agent> {
-    config_dc_on(dir, certs, dc, Ports::free(), peers, federation_extra)
+    config_dc_on(dir, certs, dc, Ports::free(), peers, customize)
 }
 
 /// [`config_dc`] on given ports.
@@ -281,32 +275,27 @@ pub(crate) fn config_dc_on(
     dc: &str,
     p: Ports,
     peers: &[(&str, u16)],
-    federation_extra: &str,
+    customize: impl FnOnce(&mut AgentConfig),
 ) -> Result<Agent> {
-    let mut peer_tables = String::new();
-    for (peer, wan) in peers {
-        peer_tables.push_str(&format!(
-            "\n[[federation.peers]]\ndc = \"{peer}\"\naddresses = [\"127.0.0.1:{wan}\"]\n"
-        ));
-    }
-    let config = format!(
-        "datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-         data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
-         gateway = {gw}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\n\
-         election_timeout_max_ms = 600\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n\
-         [federation]\nca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
-         key_file = \"{c}/{dc}-n1-key.pem\"\n{federation_extra}\n{peer_tables}",
-        data = dir.join(dc).display(),
-        http = p.http,
-        dns = p.dns,
-        rpc = p.rpc,
-        wan = p.wan,
-        gw = p.gateway,
-        c = certs.display(),
-    );
-    let file = dir.join(format!("{dc}.toml"));
-    std::fs::write(&file, config)?;
-    Agent::start(dc, Mode::Config { file }, p, dir)
+    let mut c = AgentConfig::new(dc, "n1", p, &dir.join(dc));
+    c.raft = quick_raft();
+    c.insecure = false;
+    c.federation = Some(Federation {
+        peers: peers
+            .iter()
+            .map(|(peer, wan)| Peer {
+                dc: (*peer).to_owned(),
+                addresses: vec![format!("127.0.0.1:{wan}")],
+            })
+            .collect(),
+        ..Federation::with_certs(
+            &certs.join("meridian-ca.pem"),
+            &certs.join(format!("{dc}-n1.pem")),
+            &certs.join(format!("{dc}-n1-key.pem")),
+        )
+    });
+    customize(&mut c);
+    Agent::start(dc, &c, dir, &[])
 }
 
 /// Registers `ids` in `agent`, 64 at a time.
@@ -336,19 +325,15 @@ async fn after_a_partition_only_the_changes_are_resent() -> Result<()> {
     // index out of it and the heal must use the digest catch-up.
     let dc1_ports = Ports::free();
     let wan = Relay::start(dc1_ports.wan).await?;
-    let mut dc1 = config_dc_on(
-        dir.path(),
-        &certs,
-        "dc1",
-        dc1_ports,
-        &[],
-        &format!(
-            "resume_window = 5\nadvertise = [\"127.0.0.1:{}\"]",
-            wan.port
-        ),
-    )?;
+    let mut dc1 = config_dc_on(dir.path(), &certs, "dc1", dc1_ports, &[], |c| {
+        c.set("federation", "resume_window", 5).set(
+            "federation",
+            "advertise",
+            vec![format!("127.0.0.1:{}", wan.port)],
+        );
+    })?;
     dc1.wait_ready().await?;
-    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", wan.port)], "")?;
+    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", wan.port)], |_| {})?;
     dc2.wait_ready().await?;
 
     // 10,000 instances, plus the one each node registers for its own gateway.

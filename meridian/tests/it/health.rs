@@ -3,7 +3,7 @@
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, Mode, Ports, eventually};
+use crate::harness::{Agent, eventually};
 
 async fn passing_ids(agent: &Agent, service: &str) -> Vec<String> {
     agent
@@ -20,10 +20,7 @@ async fn passing_ids(agent: &Agent, service: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_ttl_checks_drive_health() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mode = Mode::Dev {
-        data_dir: dir.path().join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
     agent.wait_ready().await?;
 
     // TCP: passing while something listens, critical once it stops.

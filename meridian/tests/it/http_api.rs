@@ -5,13 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, Mode, Ports, service};
+use crate::harness::{Agent, service};
 
 async fn dev_agent(dir: &std::path::Path) -> Result<Agent> {
-    let mode = Mode::Dev {
-        data_dir: dir.join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir)?;
+    let mut agent = crate::harness::dev("dev", &dir.join("data"), dir, &[])?;
     agent.wait_ready().await?;
     Ok(agent)
 }

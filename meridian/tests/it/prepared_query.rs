@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::dns::{dns_addr, query, srv_lines};
 use crate::federation::dev_dc;
-use crate::harness::{Agent, Mode, Ports, eventually};
+use crate::harness::{Agent, eventually};
 
 async fn register(agent: &Agent, body: Value) -> Result<()> {
     let r = agent.put_json("/v1/agent/service/register", &body).await?;
@@ -98,10 +98,7 @@ fn node_ids(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_queries_crud_execute_dns_restart_and_bad_input() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mode = Mode::Dev {
-        data_dir: dir.path().join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
     agent.wait_ready().await?;
     register(
         &agent,

@@ -14,21 +14,29 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::federation::{config_dc, config_dc_on, make_certs, metric};
-use crate::harness::{Agent, Mode, Ports, TEST_TOKEN, eventually};
+use crate::harness::{Agent, AgentConfig, Ports, TEST_TOKEN, eventually, quick_raft};
+use meridian_testkit::config::{Acl, AclToken, Federation, Server};
 
 const READ: &str = "read-token-0123456789";
 const WRITE_WEB: &str = "write-web-token-0123456789";
 const OPERATOR: &str = "operator-token-0123456789";
 
 /// An `[acl]` section with the harness's management token and three scoped tokens.
-fn acl_section() -> String {
-    format!(
-        "\n[acl]\nmanagement_token = \"{TEST_TOKEN}\"\n\
-         [[acl.tokens]]\ndescription = \"reader\"\nsecret = \"{READ}\"\nscope = \"read\"\n\
-         [[acl.tokens]]\ndescription = \"web deployer\"\nsecret = \"{WRITE_WEB}\"\n\
-         scope = \"write\"\nservices = [\"web\"]\n\
-         [[acl.tokens]]\ndescription = \"operator\"\nsecret = \"{OPERATOR}\"\nscope = \"operator\"\n"
-    )
+fn acl() -> Acl {
+    let token = |description: &str, secret: &str, scope: &str, services: &[&str]| AclToken {
+        description: description.to_owned(),
+        secret: secret.to_owned(),
+        scope: scope.to_owned(),
+        services: services.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    Acl {
+        management_token: TEST_TOKEN.to_owned(),
+        tokens: vec![
+            token("reader", READ, "read", &[]),
+            token("web deployer", WRITE_WEB, "write", &["web"]),
+            token("operator", OPERATOR, "operator", &[]),
+        ],
+    }
 }
 
 async fn send(
@@ -68,7 +76,7 @@ async fn every_write_endpoint_needs_a_token_of_the_right_scope() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     make_certs(&certs, &[("dc1", "n1")])?;
-    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], &acl_section())?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], |c| c.acl = Some(acl()))?;
     dc1.wait_ready().await?;
     for (id, name) in [("web-1", "web"), ("db-1", "db")] {
         let body = json!({"ID": id, "Name": name, "Port": 80,
@@ -245,37 +253,34 @@ async fn every_write_endpoint_needs_a_token_of_the_right_scope() -> Result<()> {
 }
 
 /// A 3-server DC config (`n1`..`n3`) for `node`, with its certificate and CA files.
-fn dc1_node_config(dir: &Path, node: usize, ports: &[Ports], ca: &Path, cert: &Path) -> String {
-    let mut servers = String::new();
-    for (i, p) in ports.iter().enumerate() {
-        servers.push_str(&format!(
-            "[[servers]]\nid = {}\nrpc = \"127.0.0.1:{}\"\n",
-            i + 1,
-            p.rpc
-        ));
-    }
-    let p = ports[node - 1];
+fn dc1_node_config(
+    dir: &Path,
+    node: usize,
+    ports: &[Ports],
+    ca: &Path,
+    cert: &Path,
+) -> AgentConfig {
     let key = cert.with_file_name(
         cert.file_name()
             .and_then(|n| n.to_str())
             .map(|n| n.replace(".pem", "-key.pem"))
             .unwrap_or_default(),
     );
-    format!(
-        "datacenter = \"dc1\"\nnode_name = \"n{node}\"\nnode_id = {node}\nbind = \"127.0.0.1\"\n\
-         data_dir = \"{data}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n\n\
-         [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n\
-         {servers}\n[federation]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        p.http,
-        p.dns,
-        p.rpc,
-        p.wan,
-        p.gateway,
-        ca.display(),
-        cert.display(),
-        key.display(),
-        data = dir.join(format!("n{node}")).display(),
-    )
+    let name = format!("n{node}");
+    let mut c = AgentConfig::new("dc1", &name, ports[node - 1], &dir.join(&name));
+    c.node_id = node as u64;
+    c.raft = quick_raft();
+    c.insecure = false;
+    c.servers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Server {
+            id: i as u64 + 1,
+            rpc: format!("127.0.0.1:{}", p.rpc),
+        })
+        .collect();
+    c.federation = Some(Federation::with_certs(ca, cert, &key));
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,14 +304,8 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
         (2, certs.join("meridian-ca.pem"), certs.join("dc1-n2.pem")),
         (3, bundle.clone(), rogue.join("dc1-n3.pem")),
     ] {
-        let file = dir.path().join(format!("n{node}.toml"));
-        std::fs::write(&file, dc1_node_config(dir.path(), node, &ports, &ca, &cert))?;
-        nodes.push(Agent::start(
-            &format!("n{node}"),
-            Mode::Config { file },
-            ports[node - 1],
-            dir.path(),
-        )?);
+        let config = dc1_node_config(dir.path(), node, &ports, &ca, &cert);
+        nodes.push(Agent::start(&format!("n{node}"), &config, dir.path(), &[])?);
     }
     for n in &mut nodes[..2] {
         n.wait_ready().await?;
@@ -486,7 +485,7 @@ async fn the_gateway_is_no_open_relay() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     make_certs(&certs, &[("dc1", "n1")])?;
-    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], "")?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], |_| {})?;
     dc1.wait_ready().await?;
     // An HTTP API a relay would love to reach, registered as nothing.
     let http = dc1.ports.http;
@@ -553,8 +552,8 @@ async fn federation_keeps_working_while_its_ca_is_rotated() -> Result<()> {
         std::fs::copy(certs.join(f), old.join(f))?;
     }
     let (p1, p2) = (Ports::free(), Ports::free());
-    let dc1 = config_dc_on(dir.path(), &certs, "dc1", p1, &[("dc2", p2.wan)], "")?;
-    let dc2 = config_dc_on(dir.path(), &certs, "dc2", p2, &[("dc1", p1.wan)], "")?;
+    let dc1 = config_dc_on(dir.path(), &certs, "dc1", p1, &[("dc2", p2.wan)], |_| {})?;
+    let dc2 = config_dc_on(dir.path(), &certs, "dc2", p2, &[("dc1", p1.wan)], |_| {})?;
     let mut dcs = [dc1, dc2];
     for a in &mut dcs {
         a.wait_ready().await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 
-use crate::harness::{Agent, Mode, Ports, eventually, free_port};
+use crate::harness::{eventually, free_port};
 
 /// A program on PATH or in /usr/sbin, or a failure naming the Debian package to install.
 fn need(program: &str, package: &str) -> Result<PathBuf> {
@@ -135,10 +135,7 @@ async fn unbound_stub_zone_answers_srv_and_a() -> Result<()> {
     let unbound_bin = need("unbound", "unbound")?;
     let dig_bin = need("dig", "bind9-dnsutils")?;
     let dir = tempfile::tempdir()?;
-    let mode = Mode::Dev {
-        data_dir: dir.path().join("data"),
-    };
-    let mut agent = Agent::start("dev", mode, Ports::free(), dir.path())?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
     agent.wait_ready().await?;
     for (id, port, addr) in [("web-1", 8080, "10.0.0.1"), ("web-2", 8081, "10.0.0.2")] {
         let body = json!({ "ID": id, "Name": "web", "Port": port, "Address": addr });

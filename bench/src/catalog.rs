@@ -4,17 +4,20 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use meridian_testkit::Agent;
+use meridian_testkit::agent::{dc_configs, leader_index};
+use meridian_testkit::certs::Pki;
+use meridian_testkit::config::{Acl, Federation};
+use meridian_testkit::meter::{Meter, ProcessUsage, mib};
+use meridian_testkit::stats::median;
 use serde::Serialize;
 
-use crate::tools::BENCH_SECURITY;
-use crate::tools::{Meter, ProcessUsage, free_port, mib};
-use crate::{machine, median, today};
+use crate::{machine, procs, today};
 
 /// Runs `reps` repetitions of `count` registrations by `clients` clients (all to node `node`
 /// when given), and writes `catalog.json` and `catalog.md` into `out`.
@@ -47,9 +50,9 @@ pub async fn run(
         benchmark: "catalog",
         date: today(),
         machine: machine(),
-        median_per_second: median(runs.iter().map(|r| r.per_second).collect()),
-        median_p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
-        median_p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+        median_per_second: median(&runs.iter().map(|r| r.per_second).collect::<Vec<_>>()),
+        median_p50_ms: median(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
+        median_p99_ms: median(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
         runs,
     };
     let mut md = format!(
@@ -143,118 +146,41 @@ struct CatalogReport {
     median_p99_ms: f64,
 }
 
-struct Node {
-    name: String,
-    child: Child,
-    http: u16,
-    rpc: u16,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The management token of `--secure` runs.
 const BENCH_TOKEN: &str = "meridian-bench-management-token";
 
-/// The TOML that makes a node secure (`--secure`) or plain: certificates for its rpc port (made
-/// with `meridian tls`, as an operator would) and an ACL, or [`BENCH_SECURITY`].
-fn security_toml(bin: &Path, dir: &Path, name: &str, secure: bool) -> Result<(String, String)> {
-    if !secure {
-        return Ok((BENCH_SECURITY.to_owned(), String::new()));
-    }
-    let certs = dir.join("certs");
-    let ca = certs.join("meridian-ca.pem");
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new(bin).args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "meridian {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+/// Starts a 3-node DC (nodes `n1`…`n3`) in `dir`: secure (`--secure`: certificates for the rpc
+/// port from the kit's CA, an ACL) or open (see `tools::open_config`), with the node's default
+/// Raft timings either way.
+fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Agent>> {
+    let pki = if secure {
+        Some(Pki::new(&dir.join("certs"))?)
+    } else {
+        None
     };
-    let d = certs.display().to_string();
-    if !ca.exists() {
-        run(&["tls", "ca", "create", "--dir", &d])?;
-    }
-    let (ca_s, key_s) = (
-        ca.display().to_string(),
-        certs.join("meridian-ca-key.pem").display().to_string(),
-    );
-    run(&[
-        "tls", "cert", "create", "--dc", "dc1", "--node", name, "--dir", &d, "--ca", &ca_s,
-        "--ca-key", &key_s,
-    ])?;
-    Ok((
-        String::new(),
-        format!(
-            "\n[federation]\nca_file = \"{ca_s}\"\ncert_file = \"{d}/dc1-{name}.pem\"\n\
-             key_file = \"{d}/dc1-{name}-key.pem\"\n\n[acl]\nmanagement_token = \"{BENCH_TOKEN}\"\n"
-        ),
-    ))
-}
-
-fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Node>> {
-    let ports: Vec<[u16; 5]> = (0..3)
-        .map(|_| -> Result<[u16; 5]> {
-            Ok([
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-            ])
-        })
-        .collect::<Result<_>>()?;
-    let mut servers = String::new();
-    for (i, p) in ports.iter().enumerate() {
-        write!(
-            servers,
-            "\n[[servers]]\nid = {}\nrpc = \"127.0.0.1:{}\"\n",
-            i + 1,
-            p[2]
-        )?;
-    }
     let mut nodes = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        let name = format!("n{}", i + 1);
-        let cfg = dir.join(format!("{name}.toml"));
-        let (top, tables) = security_toml(bin, dir, &name, secure)?;
-        std::fs::write(
-            &cfg,
-            format!(
-                "{top}datacenter = \"dc1\"\nnode_name = \"{name}\"\nnode_id = {}\nbind = \"127.0.0.1\"\n\
-                 data_dir = \"{}\"\n\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}\n{servers}{tables}",
-                i + 1,
-                dir.join(&name).display(),
-                p[0],
-                p[1],
-                p[2],
-                p[3],
-                p[4]
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = crate::tools::spawn_logged(
-            Command::new(bin)
-                .arg("agent")
-                .arg("--config")
-                .arg(&cfg)
-                .env("RUST_LOG", "warn"),
-            log,
-            &bin.display().to_string(),
-        )?;
-        nodes.push(Node {
-            name,
-            child,
-            http: p[0],
-            rpc: p[2],
-        });
+    for kit in dc_configs("dc1", 3, dir) {
+        let mut c = crate::tools::open_config("dc1", &kit.node_name, kit.ports, &kit.data_dir);
+        c.node_id = kit.node_id;
+        c.servers = kit.servers;
+        if let Some(pki) = &pki {
+            let f = pki.node_files("dc1", &c.node_name, &[])?;
+            c.insecure = false;
+            c.federation = Some(Federation::with_certs(&f.ca, &f.cert, &f.key));
+            c.extra.remove("acl");
+            c.acl = Some(Acl {
+                management_token: BENCH_TOKEN.to_owned(),
+            });
+        }
+        let name = c.node_name.clone();
+        nodes.push(procs::configured_agent(
+            &name,
+            bin,
+            &c,
+            dir,
+            &[("RUST_LOG", "warn")],
+            None,
+        )?);
     }
     Ok(nodes)
 }
@@ -267,7 +193,7 @@ async fn catalog_once(
     secure: bool,
 ) -> Result<CatalogRun> {
     let dir = tempfile::tempdir()?;
-    let nodes = start_dc(bin, dir.path(), secure)?;
+    let mut nodes = start_dc(bin, dir.path(), secure)?;
     let mut headers = reqwest::header::HeaderMap::new();
     if secure {
         headers.insert(
@@ -280,21 +206,21 @@ async fn catalog_once(
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(clients)
         .build()?;
-    let ports: Vec<u16> = nodes.iter().map(|n| n.http).collect();
-    crate::tools::wait_leader(&http, &ports).await?;
+    let bases: Vec<String> = nodes.iter().map(Agent::base).collect();
+    meridian_testkit::wait::leader_known(&http, &bases, Duration::from_secs(60)).await?;
     let urls: Arc<Vec<String>> = Arc::new(
         nodes
             .iter()
             .enumerate()
             .filter(|(i, _)| only.is_none_or(|o| o == i + 1))
-            .map(|(_, n)| format!("http://127.0.0.1:{}/v1/agent/service/register", n.http))
+            .map(|(_, n)| n.url("/v1/agent/service/register"))
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
     let mut meters: Vec<Meter> = nodes
         .iter()
-        .map(|n| Meter::start(&n.name, n.child.id()))
-        .collect();
+        .map(|n| Ok(Meter::start(&n.name, procs::pid(&n.proc)?)))
+        .collect::<Result<_>>()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -338,7 +264,14 @@ async fn catalog_once(
     for m in &mut meters {
         m.sample();
     }
-    let leader = leader_name(&http, &nodes).await;
+    // The nodes' own clients present no token: a secure DC's leader is asked with ours.
+    for n in &mut nodes {
+        n.http = http.clone();
+    }
+    let leader = leader_index(&nodes, Duration::from_secs(5))
+        .await
+        .ok()
+        .map(|i| nodes[i].name.clone());
     drop(nodes);
     let processes: Vec<ProcessUsage> = meters.iter().map(Meter::usage).collect();
     let cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
@@ -364,20 +297,4 @@ async fn catalog_once(
         processes,
         cpu_us_per_registration: cpu * 1e6 / lat.len().max(1) as f64,
     })
-}
-
-/// The name of the node the first answering node names as the Raft leader (by RPC address).
-async fn leader_name(http: &reqwest::Client, nodes: &[Node]) -> Option<String> {
-    for n in nodes {
-        let url = format!("http://127.0.0.1:{}/v1/status/leader", n.http);
-        if let Ok(r) = http.get(&url).send().await
-            && let Ok(addr) = r.json::<String>().await
-            && let Some(l) = nodes
-                .iter()
-                .find(|m| addr == format!("127.0.0.1:{}", m.rpc))
-        {
-            return Some(l.name.clone());
-        }
-    }
-    None
 }

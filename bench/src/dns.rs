@@ -6,18 +6,23 @@
 //! second, average latency, CPU seconds and peak RSS of each server, the ratio Meridian/Knot, and
 //! each server's latency at 0.7× Knot's rate (the target).
 
-use crate::tools::pinned;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::tools::{self, find_tool};
 use anyhow::{Context, Result, bail};
+use hickory_net::proto::op::{Message, MessageType, Query};
+use hickory_net::proto::rr::{Name, RecordType};
+use meridian_testkit::meter::{clock_ticks, cpu_seconds, status_kib};
+use meridian_testkit::stats::median;
+use meridian_testkit::{Ports, Proc};
 use serde::Serialize;
+
+use crate::procs;
+use crate::tools::{self, find_tool};
 
 /// Which servers to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -192,16 +197,16 @@ fn query_file(services: usize) -> Result<String> {
     Ok(q)
 }
 
-/// A server process, killed when dropped.
+/// A DNS server under test: its process (killed when dropped) and its port on 127.0.0.1.
 struct Server {
     name: &'static str,
-    child: Child,
+    proc: Proc,
     port: u16,
 }
 
 impl Server {
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn pid(&self) -> Result<u32> {
+        procs::pid(&self.proc)
     }
 
     fn addr(&self) -> SocketAddr {
@@ -210,32 +215,14 @@ impl Server {
 
     /// Its CPU seconds so far; an error once it is gone.
     fn cpu_seconds(&self) -> Result<f64> {
-        tools::cpu_seconds(self.pid()).with_context(|| format!("{} is gone", self.name))
-    }
-
-    fn check_running(&mut self, log: &Path) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited with {status}; log:\n{}",
-                self.name,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        cpu_seconds(self.pid()?).with_context(|| format!("{} is gone", self.name))
     }
 }
 
 fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) -> Result<Server> {
     let kdir = dir.join("knot");
     std::fs::create_dir_all(&kdir)?;
-    let port = crate::tools::free_port()?;
+    let port = meridian_testkit::free_port();
     std::fs::write(kdir.join("consul.zone"), zone_text)?;
     let conf = kdir.join("knot.conf");
     std::fs::write(
@@ -250,59 +237,51 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
             d = kdir.display()
         ),
     )?;
-    let log = std::fs::File::create(kdir.join("knot.log"))?;
-    let child = tools::spawn_logged(pinned(core, knotd).arg("-c").arg(&conf), log, "knotd")?;
+    let conf = conf.to_str().context("a UTF-8 path")?.to_owned();
+    let proc = procs::start(
+        "knot",
+        core,
+        knotd,
+        vec!["-c".to_owned(), conf],
+        &[],
+        &kdir.join("knot.log"),
+    )?;
     Ok(Server {
         name: "knot",
-        child,
+        proc,
         port,
     })
 }
 
 /// A one-node datacenter like `meridian agent --dev` (dc1, node `dev`), from a config file so that
-/// `[dns] threads = 1` is explicit.
-fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Server, u16)> {
-    let ports = tools::Ports::free()?;
-    let (http, dns) = (ports.http, ports.dns);
+/// `[dns] threads = 1` is explicit. Returns the server and its agent's HTTP API.
+fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Server, String)> {
+    let ports = Ports::free();
+    let mut config = tools::one_node_config("dev", &dir.join("meridian"), ports);
     // dnsperf sends 100,000+ queries a second from the one address 127.0.0.1: the per-client
-    // response-rate limit (on by default) would measure itself, not the server. `extra` lands
-    // in the `[dns]` section.
-    let conf = tools::one_node_config(
-        dir,
-        "dev",
-        &dir.join("meridian"),
-        &ports,
-        "response_rate_limit = 0\n\n",
-    )?;
-    let log = std::fs::File::create(dir.join("meridian.log"))?;
-    let child = tools::spawn_logged(
-        pinned(core, bin)
-            .arg("agent")
-            .arg("--config")
-            .arg(&conf)
-            .env("RUST_LOG", "warn"),
-        log,
-        &bin.display().to_string(),
-    )?;
+    // response-rate limit (on by default) would measure itself, not the server.
+    config.set("dns", "response_rate_limit", 0);
+    let agent =
+        procs::configured_agent("meridian", bin, &config, dir, &[("RUST_LOG", "warn")], core)?;
+    let base = agent.base();
     Ok((
         Server {
             name: "meridian",
-            child,
-            port: dns,
+            proc: agent.proc,
+            port: ports.dns,
         },
-        http,
+        base,
     ))
 }
 
-/// Registers every instance through the agent's HTTP API, 32 requests at a time.
-async fn register(http_port: u16, insts: Vec<Instance>) -> Result<()> {
+/// Registers every instance through the agent's HTTP API at `base`, 32 requests at a time.
+async fn register(base: &str, insts: Vec<Instance>) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    crate::tools::wait_leader(&client, &[http_port]).await?;
-    let url = Arc::new(format!(
-        "http://127.0.0.1:{http_port}/v1/agent/service/register"
-    ));
+    meridian_testkit::wait::leader_known(&client, &[base.to_owned()], Duration::from_secs(60))
+        .await?;
+    let url = Arc::new(format!("{base}/v1/agent/service/register"));
     let insts = Arc::new(insts);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -345,151 +324,74 @@ struct Rr {
     data: String,
 }
 
-/// A parsed DNS answer.
+/// A DNS answer, its records in a comparable form.
 struct Answer {
-    rcode: u8,
+    rcode: u16,
     truncated: bool,
     records: Vec<Rr>,
 }
 
-fn encode_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>> {
-    let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // no RD, one question
-    for label in name.trim_end_matches('.').split('.') {
-        let len = u8::try_from(label.len()).context("label too long")?;
-        m.push(len);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.push(0);
-    m.extend_from_slice(&qtype.to_be_bytes());
-    m.extend_from_slice(&1u16.to_be_bytes());
-    Ok(m)
-}
-
-fn u16_at(m: &[u8], pos: usize) -> Result<u16> {
-    let b = m.get(pos..pos + 2).context("short DNS message")?;
-    Ok(u16::from_be_bytes([b[0], b[1]]))
-}
-
-/// Reads a possibly compressed name at `pos`; returns it and the position after it.
-fn read_name(m: &[u8], mut pos: usize) -> Result<(String, usize)> {
-    let mut name = String::new();
-    let mut end = None;
-    for _ in 0..128 {
-        let len = *m.get(pos).context("short name")?;
-        if len & 0xc0 == 0xc0 {
-            end.get_or_insert(pos + 2);
-            pos = usize::from(u16_at(m, pos)? & 0x3fff);
-            continue;
-        }
-        if len == 0 {
-            if name.is_empty() {
-                name.push('.');
-            }
-            return Ok((name.to_ascii_lowercase(), end.unwrap_or(pos + 1)));
-        }
-        let label = m
-            .get(pos + 1..pos + 1 + usize::from(len))
-            .context("short label")?;
-        name.push_str(&String::from_utf8_lossy(label));
-        name.push('.');
-        pos += 1 + usize::from(len);
-    }
-    bail!("name too long or a compression loop")
-}
-
-fn parse_answer(m: &[u8]) -> Result<Answer> {
-    let flags = u16_at(m, 2)?;
-    let counts = [u16_at(m, 4)?, u16_at(m, 6)?, u16_at(m, 8)?, u16_at(m, 10)?];
-    let mut pos = 12;
-    for _ in 0..counts[0] {
-        pos = read_name(m, pos)?.1 + 4;
-    }
-    let mut records = Vec::new();
-    for (section, n) in [
-        ("answer", counts[1]),
-        ("authority", counts[2]),
-        ("additional", counts[3]),
-    ] {
-        for _ in 0..n {
-            let (name, p) = read_name(m, pos)?;
-            let rtype = u16_at(m, p)?;
-            let rdlen = usize::from(u16_at(m, p + 8)?);
-            let rd = p + 10;
-            let rdata = m.get(rd..rd + rdlen).context("short rdata")?;
-            let data = match rtype {
-                1 if rdlen == 4 => {
-                    Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]).to_string()
-                }
-                33 => format!(
-                    "{} {} {} {}",
-                    u16_at(m, rd)?,
-                    u16_at(m, rd + 2)?,
-                    u16_at(m, rd + 4)?,
-                    read_name(m, rd + 6)?.0
-                ),
-                6 => {
-                    let (mname, p2) = read_name(m, rd)?;
-                    let (rname, p3) = read_name(m, p2)?;
-                    let nums: Vec<String> = (0..5)
-                        .map(|k| -> Result<String> {
-                            let b = m.get(p3 + 4 * k..p3 + 4 * k + 4).context("short SOA")?;
-                            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]).to_string())
-                        })
-                        .collect::<Result<_>>()?;
-                    format!("{mname} {rname} {}", nums.join(" "))
-                }
-                2 => read_name(m, rd)?.0,
-                _ => format!("{rdata:02x?}"),
-            };
-            pos = rd + rdlen;
-            if rtype != 41 {
-                records.push(Rr {
-                    section,
-                    name,
-                    rtype,
-                    data,
-                });
-            }
-        }
-    }
-    records.sort();
-    Ok(Answer {
-        rcode: (flags & 0xf) as u8,
-        truncated: flags & 0x0200 != 0,
-        records,
+/// The records of `m` (the EDNS OPT record aside, as hickory keeps it apart), names lowercased,
+/// sorted.
+fn records(m: &Message) -> Vec<Rr> {
+    let mut records: Vec<Rr> = [
+        ("answer", &m.answers),
+        ("authority", &m.authorities),
+        ("additional", &m.additionals),
+    ]
+    .into_iter()
+    .flat_map(|(section, rrs)| {
+        rrs.iter().map(move |r| Rr {
+            section,
+            name: r.name.to_ascii().to_ascii_lowercase(),
+            rtype: r.record_type().into(),
+            data: r.data.to_string().to_ascii_lowercase(),
+        })
     })
+    .collect();
+    records.sort();
+    records
 }
 
-/// One UDP query with a 1 s timeout and up to three tries.
-fn ask(server: SocketAddr, name: &str, qtype: u16) -> Result<Answer> {
+/// One UDP query (no recursion desired, no EDNS) with a 1 s timeout and up to three tries.
+fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Answer> {
+    let qname = Name::from_ascii(name).with_context(|| format!("bad name {name:?}"))?;
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut buf = [0u8; 65_535];
     for id in 1..=3u16 {
-        sock.send_to(&encode_query(id, name, qtype)?, server)?;
+        let mut q = Message::query();
+        q.add_query(Query::query(qname.clone(), qtype));
+        q.metadata.id = id;
+        q.metadata.recursion_desired = false;
+        sock.send_to(&q.to_vec().context("encoding the query")?, server)?;
         if let Ok((n, _)) = sock.recv_from(&mut buf)
-            && n >= 12
-            && u16_at(&buf, 0)? == id
+            && let Ok(m) = Message::from_vec(&buf[..n])
+            && m.metadata.id == id
+            && m.metadata.message_type == MessageType::Response
         {
-            return parse_answer(&buf[..n]);
+            return Ok(Answer {
+                rcode: m.metadata.response_code.into(),
+                truncated: m.metadata.truncation,
+                records: records(&m),
+            });
         }
     }
     bail!("no answer from {server} to {name} after 3 tries")
 }
 
 /// Waits until `server` answers the last service's SRV query with all its instances.
-fn wait_dns(server: &mut Server, log: &Path, services: usize, per: usize) -> Result<()> {
+fn wait_dns(server: &mut Server, services: usize, per: usize) -> Result<()> {
     let name = format!("svc-{}.service.consul", services - 1);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        server.check_running(log)?;
-        let last = ask(server.addr(), &name, 33);
+        procs::check_running(&mut server.proc)?;
+        let last = ask(server.addr(), &name, RecordType::SRV);
+        let srv = u16::from(RecordType::SRV);
         if let Ok(a) = &last
             && a.records
                 .iter()
-                .filter(|r| r.section == "answer" && r.rtype == 33)
+                .filter(|r| r.section == "answer" && r.rtype == srv)
                 .count()
                 == per
         {
@@ -514,13 +416,13 @@ fn compare(meridian: SocketAddr, knot: SocketAddr, services: usize) -> Result<Ve
     let mut diffs = Vec::new();
     for s in [0, services / 2, services - 1] {
         for (name, qtype) in [
-            (format!("svc-{s}.service.consul"), 33),
-            (format!("_svc-{s}._tcp.service.consul"), 33),
-            (format!("svc-{s}.service.consul"), 1),
+            (format!("svc-{s}.service.consul"), RecordType::SRV),
+            (format!("_svc-{s}._tcp.service.consul"), RecordType::SRV),
+            (format!("svc-{s}.service.consul"), RecordType::A),
         ] {
             let m = ask(meridian, &name, qtype)?;
             let k = ask(knot, &name, qtype)?;
-            let what = if qtype == 33 { "SRV" } else { "A" };
+            let what = qtype;
             if m.rcode != k.rcode || m.truncated != k.truncated {
                 diffs.push(format!(
                     "{name} {what}: meridian rcode {} tc {}, knot rcode {} tc {}",
@@ -540,16 +442,6 @@ fn compare(meridian: SocketAddr, knot: SocketAddr, services: usize) -> Result<Ve
         }
     }
     Ok(diffs)
-}
-
-/// The median, the mean of the middle two for an even count (reps alternate, so counts are even).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        n => v[n / 2],
-    }
 }
 
 /// Busy CPU seconds of the whole machine (all cores), from the first line of /proc/stat.
@@ -659,36 +551,46 @@ impl Load<'_> {
     /// One dnsperf run against `server`, bounded by `-l seconds` (and killed 20 s after that).
     fn run(&self, server: &mut Server, seconds: u64, rate: Option<f64>, rep: usize) -> Result<Run> {
         let out_path = self.dir.join("dnsperf.out");
-        let out = std::fs::File::create(&out_path)?;
-        let mut cmd = pinned(self.core, self.dnsperf);
-        cmd.args(["-s", "127.0.0.1", "-p", &server.port.to_string()])
-            .arg("-d")
-            .arg(self.queries)
-            .args(["-l", &seconds.to_string(), "-c", "1", "-T", "1", "-t", "2"])
-            .args(["-q", &self.outstanding.to_string()]);
+        // Each run's output alone (the kit's process appends to its log).
+        std::fs::File::create(&out_path)?;
+        let mut args: Vec<String> = ["-s", "127.0.0.1", "-p", &server.port.to_string(), "-d"]
+            .map(str::to_owned)
+            .into();
+        args.push(self.queries.to_str().context("a UTF-8 path")?.to_owned());
+        args.extend(
+            [
+                "-l",
+                &seconds.to_string(),
+                "-c",
+                "1",
+                "-T",
+                "1",
+                "-t",
+                "2",
+                "-q",
+                &self.outstanding.to_string(),
+            ]
+            .map(str::to_owned),
+        );
         if let Some(r) = rate {
-            cmd.args(["-Q", &format!("{}", r.round() as u64)]);
+            args.extend(["-Q".to_owned(), format!("{}", r.round() as u64)]);
         }
         let cpu0 = server.cpu_seconds()?;
         let busy0 = machine_busy_seconds(self.ticks)?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting dnsperf")?;
+        let mut child = procs::start("dnsperf", self.core, self.dnsperf, args, &[], &out_path)?;
+        // dnsperf's output is the result, printed by the caller when it fails.
+        child.print_log_on_failure = false;
+        let pid = procs::pid(&child)?;
         let deadline = Instant::now() + Duration::from_secs(seconds + 20);
         let mut client_cpu = 0.0;
         let status = loop {
-            if let Some(c) = tools::cpu_seconds(child.id()) {
+            if let Some(c) = cpu_seconds(pid) {
                 client_cpu = c;
             }
-            if let Some(s) = child.try_wait()? {
+            if let Some(s) = child.exit_status() {
                 break s;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
                 bail!("dnsperf against {} did not stop in time", server.name);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -761,30 +663,20 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
     let mut knot = None;
     if want_knot {
         let mut k = start_knot(&knotd, dir.path(), &zone(&insts)?, server_core)?;
-        wait_dns(
-            &mut k,
-            &dir.path().join("knot/knot.log"),
-            opt.services,
-            opt.instances,
-        )?;
+        wait_dns(&mut k, opt.services, opt.instances)?;
         knot = Some(k);
     }
     let mut meridian = None;
     if want_meridian {
         let (mut m, http) = start_meridian(bin, dir.path(), server_core)?;
         let started = Instant::now();
-        register(http, insts).await?;
+        register(&http, insts).await?;
         eprintln!(
             "dns: registered {} instances in {:.1} s",
             opt.services * opt.instances,
             started.elapsed().as_secs_f64()
         );
-        wait_dns(
-            &mut m,
-            &dir.path().join("meridian.log"),
-            opt.services,
-            opt.instances,
-        )?;
+        wait_dns(&mut m, opt.services, opt.instances)?;
         meridian = Some(m);
     }
     let answer_differences = match (&meridian, &knot) {
@@ -801,7 +693,7 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         dir: dir.path(),
         core: client_core,
         outstanding: opt.outstanding,
-        ticks: tools::clock_ticks(),
+        ticks: clock_ticks(),
         retries: if quick { 0 } else { 2 },
     };
     // Warm-up (not recorded): caches, first allocations, the kernel's socket buffers.
@@ -835,10 +727,11 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
     }
     let med = |server: &str, f: fn(&Run) -> f64| {
         median(
-            runs.iter()
+            &runs
+                .iter()
                 .filter(|r| r.server == server && r.rate_limit.is_none())
                 .map(f)
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     };
     let knot_qps = knot.as_ref().map(|_| med("knot", |r| r.qps));
@@ -868,7 +761,7 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
             cpu_seconds: runs.iter().filter(mine).map(|r| r.server_cpu_seconds).sum(),
             median_cpu_us_per_query: med(s.name, |r| r.server_cpu_us_per_query),
             avg_response_bytes: med(s.name, |r| r.avg_response_bytes),
-            peak_rss_kib: tools::status_kib(s.pid(), "VmHWM:")
+            peak_rss_kib: status_kib(s.pid()?, "VmHWM:")
                 .with_context(|| format!("{} ended before its peak RSS was read", s.name))?,
             latency_at_target_rate_ms: rated.map(|r| r.avg_latency_ms),
             qps_at_target_rate: rated.map(|r| r.qps),
@@ -951,4 +844,38 @@ fn markdown(r: &Report, quick: bool) -> Result<String> {
         )?;
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_net::proto::op::OpCode;
+    use hickory_net::proto::rr::rdata::{A, SRV};
+    use hickory_net::proto::rr::{RData, Record};
+
+    #[test]
+    fn records_compare_by_section_name_type_and_lowercased_data() {
+        let name = Name::from_ascii("svc-0.service.consul.").expect("name");
+        let target = Name::from_ascii("0A01_0000.addr.DC1.consul.").expect("name");
+        let mut m = Message::response(1, OpCode::Query);
+        m.answers.push(Record::from_rdata(
+            name,
+            0,
+            RData::SRV(SRV::new(1, 1, 20_000, target.clone())),
+        ));
+        m.additionals
+            .push(Record::from_rdata(target, 0, RData::A(A::new(10, 1, 0, 0))));
+        let m = Message::from_vec(&m.to_vec().expect("encodes")).expect("decodes");
+        let rs = records(&m);
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            (rs[0].section, rs[0].rtype, rs[0].data.as_str()),
+            ("additional", 1, "10.1.0.0")
+        );
+        assert_eq!(rs[0].name, "0a01_0000.addr.dc1.consul.");
+        assert_eq!(
+            (rs[1].section, rs[1].rtype, rs[1].data.as_str()),
+            ("answer", 33, "1 1 20000 0a01_0000.addr.dc1.consul.")
+        );
+    }
 }

@@ -22,9 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +35,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::tools::BENCH_SECURITY;
-use crate::tools::{Meter, ProcessUsage, mib};
+use meridian_testkit::certs::Pki;
+use meridian_testkit::config::{Federation, Peer};
+use meridian_testkit::meter::{Meter, ProcessUsage, mib};
+use meridian_testkit::{Agent, AgentConfig, Ports, Proc};
+
+use crate::procs;
 
 /// What `meridian-bench failover` was asked for.
 pub struct Options {
@@ -66,61 +68,13 @@ const BASELINE: Duration = Duration::from_millis(500);
 /// dc1 stays dead this long after failover, to see that answers do not come back early.
 const HOLD_DOWN: Duration = Duration::from_secs(1);
 
-/// A process of the benchmark, killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = crate::tools::spawn_logged(&mut cmd, out, name)?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-        })
-    }
-
-    /// SIGKILL, and reap; `meter` (if measuring) reads the process just before.
-    fn kill9(mut self, meter: Option<&mut Meter>) {
-        if let Some(m) = meter {
-            m.sample();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}", self.name);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One datacenter: its agent and, for dc1 and dc2, its `web` backend.
 struct Dc {
     name: &'static str,
-    http: u16,
-    /// The WAN port, which the other DCs follow.
-    wan: u16,
-    config: PathBuf,
-    agent: Option<Proc>,
+    ports: Ports,
+    config: AgentConfig,
+    /// Its agent, once started (killed and started again on the same data by the loss runs).
+    agent: Option<Agent>,
     backend: Option<Backend>,
     /// The agent's CPU and memory over the measured runs, once they begin.
     meter: Option<Meter>,
@@ -133,6 +87,7 @@ struct Backend {
     port: u16,
     prefix: PathBuf,
     nginx: PathBuf,
+    /// Its process, once started (killed and started again by the loss runs).
     proc: Option<Proc>,
     /// Its CPU and memory over the measured runs, once they begin.
     meter: Option<Meter>,
@@ -140,7 +95,7 @@ struct Backend {
 
 impl Backend {
     fn new(nginx: &Path, dir: &Path, dc: &str, cert: &Path, key: &Path) -> Result<Backend> {
-        let port = crate::tools::free_port()?;
+        let port = meridian_testkit::free_port();
         let prefix = dir.join(format!("nginx-{dc}"));
         std::fs::create_dir_all(&prefix)?;
         std::fs::write(
@@ -169,58 +124,83 @@ impl Backend {
         Ok(b)
     }
 
+    /// Starts nginx (again, after [`Backend::kill9`]) and waits until it listens (10 s at most).
     fn start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.nginx);
-        cmd.arg("-p")
-            .arg(&self.prefix)
-            .arg("-c")
-            .arg(self.prefix.join("nginx.conf"));
-        let mut p = Proc::spawn("nginx", cmd, &self.prefix.join("stdout.log"))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            p.check_running()?;
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "nginx does not listen on {} after 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let p = match &mut self.proc {
+            Some(p) => {
+                p.restart()?;
+                p
+            }
+            None => {
+                let args = vec![
+                    "-p".to_owned(),
+                    self.prefix.to_str().context("a UTF-8 path")?.to_owned(),
+                    "-c".to_owned(),
+                    self.prefix
+                        .join("nginx.conf")
+                        .to_str()
+                        .context("a UTF-8 path")?
+                        .to_owned(),
+                ];
+                let log = self.prefix.join("stdout.log");
+                self.proc
+                    .insert(procs::start("nginx", None, &self.nginx, args, &[], &log)?)
+            }
+        };
+        procs::wait_listening(p, self.port)?;
         if let Some(m) = self.meter.as_mut() {
-            m.restarted(p.pid());
+            m.restarted(procs::pid(p)?);
         }
-        self.proc = Some(p);
         Ok(())
     }
 
     /// `kill -9`, its meter read just before.
-    fn kill9(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.kill9(self.meter.as_mut());
+    fn kill9(&mut self) -> Result<()> {
+        if let Some(p) = self.proc.as_mut() {
+            if let Some(m) = self.meter.as_mut() {
+                m.sample();
+            }
+            p.kill9()?;
         }
+        Ok(())
     }
 }
 
 impl Dc {
+    /// Starts the agent (again, on its data, after [`Dc::kill9`]).
     fn start(&mut self, bin: &Path, dir: &Path) -> Result<()> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent").arg("--config").arg(&self.config).env(
-            "RUST_LOG",
-            std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into()),
-        );
-        let agent = Proc::spawn(self.name, cmd, &dir.join(format!("{}.log", self.name)))?;
+        let agent = match &mut self.agent {
+            Some(a) => {
+                a.proc.restart()?;
+                a
+            }
+            None => {
+                let log = procs::agent_log(AGENT_LOG);
+                self.agent.insert(procs::configured_agent(
+                    self.name,
+                    bin,
+                    &self.config,
+                    dir,
+                    &[("RUST_LOG", &log)],
+                    None,
+                )?)
+            }
+        };
         if let Some(m) = self.meter.as_mut() {
-            m.restarted(agent.pid());
+            m.restarted(procs::pid(&agent.proc)?);
         }
-        self.agent = Some(agent);
         Ok(())
     }
 
     /// `kill -9` of the agent, its meter read just before.
-    fn kill9(&mut self) {
-        if let Some(a) = self.agent.take() {
-            a.kill9(self.meter.as_mut());
+    fn kill9(&mut self) -> Result<()> {
+        if let Some(a) = self.agent.as_mut() {
+            if let Some(m) = self.meter.as_mut() {
+                m.sample();
+            }
+            a.proc.kill9()?;
         }
+        Ok(())
     }
 
     /// Starts measuring the agent's and the backend's CPU and memory.
@@ -228,12 +208,14 @@ impl Dc {
         self.meter = self
             .agent
             .as_ref()
-            .map(|a| Meter::start(self.name, a.pid()));
+            .and_then(|a| a.proc.pid())
+            .map(|pid| Meter::start(self.name, pid));
         if let Some(b) = self.backend.as_mut() {
             b.meter = b
                 .proc
                 .as_ref()
-                .map(|p| Meter::start(&format!("nginx {}", self.name), p.pid()));
+                .and_then(Proc::pid)
+                .map(|pid| Meter::start(&format!("nginx {}", self.name), pid));
         }
     }
 
@@ -251,43 +233,18 @@ impl Dc {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http)
+        format!("http://127.0.0.1:{}{path}", self.ports.http)
     }
-}
 
-/// Runs a command, failing with its stderr.
-fn run_cmd(program: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", program.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} {}: {}",
-        program.display(),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// Federation certificates for dc1..dc3 (node n1 each), with `meridian tls`.
-fn federation_certs(bin: &Path, certs: &Path) -> Result<()> {
-    let d = certs.to_str().context("utf-8 path")?;
-    run_cmd(bin, &["tls", "ca", "create", "--dir", d])?;
-    let ca = format!("{d}/meridian-ca.pem");
-    let key = format!("{d}/meridian-ca-key.pem");
-    for dc in ["dc1", "dc2", "dc3"] {
-        run_cmd(
-            bin,
-            &[
-                "tls", "cert", "create", "--dc", dc, "--node", "n1", "--dir", d, "--ca", &ca,
-                "--ca-key", &key,
-            ],
-        )?;
+    /// Waits until the agent answers and knows a leader (60 s at most), failing at once if it
+    /// exits.
+    async fn wait_ready(&mut self) -> Result<()> {
+        self.agent
+            .as_mut()
+            .context("waiting for an agent never started")?
+            .wait_ready()
+            .await
     }
-    Ok(())
 }
 
 /// A self-signed certificate for `web.service.consul` and `web.service.<dc>.consul`.
@@ -305,69 +262,34 @@ fn backend_cert(openssl: &Path, dir: &Path, dc: &str) -> Result<(PathBuf, PathBu
     Ok((cert, key))
 }
 
-/// A one-node DC's config: default settings except dc3's preference for dc1, then dc2.
-fn write_config(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Result<Dc> {
-    let crate::tools::Ports {
-        http,
-        dns,
-        rpc,
-        wan,
-        gateway: gw,
-    } = crate::tools::Ports::free()?;
-    let mut peer_tables = String::new();
-    for (peer, port) in peers {
-        write!(
-            peer_tables,
-            "\n[[federation.peers]]\ndc = \"{peer}\"\naddresses = [\"127.0.0.1:{port}\"]\n"
-        )?;
+/// A one-node DC's config, its node certificate from `pki`: default settings except dc3's
+/// preference for dc1, then dc2.
+fn dc_config(dir: &Path, pki: &Pki, dc: &'static str, peers: &[(&str, u16)]) -> Result<Dc> {
+    let ports = Ports::free();
+    let mut config = crate::tools::open_config(dc, "n1", ports, &dir.join(dc));
+    let f = pki.node_files(dc, "n1", &[])?;
+    config.federation = Some(Federation {
+        peers: peers
+            .iter()
+            .map(|(peer, port)| Peer {
+                dc: (*peer).to_owned(),
+                addresses: vec![format!("127.0.0.1:{port}")],
+            })
+            .collect(),
+        ..Federation::with_certs(&f.ca, &f.cert, &f.key)
+    });
+    if dc == "dc3" {
+        config.set("failover", "nearest_n", 0);
+        config.set("failover", "datacenters", vec!["dc1", "dc2"]);
     }
-    let failover = if dc == "dc3" {
-        "\n[failover]\nnearest_n = 0\ndatacenters = [\"dc1\", \"dc2\"]\n"
-    } else {
-        ""
-    };
-    let config = format!(
-        "{BENCH_SECURITY}datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-         data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\nwan = {wan}\n\
-         gateway = {gw}\n\n[[servers]]\nid = 1\nrpc = \"127.0.0.1:{rpc}\"\n\n[federation]\n\
-         ca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
-         key_file = \"{c}/{dc}-n1-key.pem\"\n{failover}{peer_tables}",
-        data = dir.join(dc).display(),
-        c = certs.display(),
-    );
-    let file = dir.join(format!("{dc}.toml"));
-    std::fs::write(&file, config)?;
     Ok(Dc {
-        name: match dc {
-            "dc1" => "dc1",
-            "dc2" => "dc2",
-            _ => "dc3",
-        },
-        http,
-        wan,
-        config: file,
+        name: dc,
+        ports,
+        config,
         agent: None,
         backend: None,
         meter: None,
     })
-}
-
-/// Waits until the agent at `dc` answers and knows a leader.
-async fn wait_ready(http: &reqwest::Client, dc: &mut Dc) -> Result<()> {
-    let deadline = Instant::now() + STEADY_TIMEOUT;
-    loop {
-        if let Some(a) = dc.agent.as_mut() {
-            a.check_running()?;
-        }
-        if let Ok(r) = http.get(dc.url("/v1/status/leader")).send().await
-            && let Ok(Value::String(s)) = r.json::<Value>().await
-            && !s.is_empty()
-        {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{} not ready in 60 s", dc.name);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Probes with `probe` every `interval` into `rounds` until `ctl` says stop (at most `max`
@@ -511,7 +433,7 @@ async fn drain_once(bin: &Path, dcs: &[Dc], opt: &Options) -> Result<RunResult> 
     .args(["--interval", &format!("{}ms", opt.poll_ms)])
     .kill_on_drop(true);
     for dc in dcs {
-        cmd.args(["--http", &format!("127.0.0.1:{}", dc.http)]);
+        cmd.args(["--http", &format!("127.0.0.1:{}", dc.ports.http)]);
     }
     let out = tokio::time::timeout(Duration::from_secs(opt.drain_seconds + 120), cmd.output())
         .await
@@ -535,7 +457,6 @@ async fn loss_once(
     dcs: &mut [Dc],
     probe: &RoundProbe,
     opt: &Options,
-    http: &reqwest::Client,
 ) -> Result<RunResult> {
     let interval = Duration::from_millis(opt.poll_ms);
     let rounds = Arc::new(Mutex::new(Vec::new()));
@@ -551,9 +472,9 @@ async fn loss_once(
 
     let t0 = Instant::now();
     let dc1 = &mut dcs[0];
-    dc1.kill9();
+    dc1.kill9()?;
     if let Some(b) = dc1.backend.as_mut() {
-        b.kill9();
+        b.kill9()?;
     }
     ctl_tx.send_modify(|_| {}); // a round at once
     let deadline = t0 + FAILOVER_TIMEOUT;
@@ -584,7 +505,7 @@ async fn loss_once(
     dc1.start(bin, dir)?;
     ctl_tx.send_modify(|_| {}); // a round at once
     let restart = async {
-        wait_ready(http, dc1).await?;
+        dc1.wait_ready().await?;
         let deadline = t1 + FAILBACK_TIMEOUT;
         while Instant::now() < deadline {
             tokio::time::sleep(interval).await;
@@ -841,18 +762,17 @@ async fn measure(
     out: &Path,
     opt: &Options,
 ) -> Result<()> {
-    let certs = dir.join("certs");
-    federation_certs(bin, &certs)?;
+    let pki = Pki::new(&dir.join("certs"))?;
     let mut dcs = Vec::new();
-    let dc1 = write_config(dir, &certs, "dc1", &[])?;
-    let wan1 = dc1.wan;
+    let dc1 = dc_config(dir, &pki, "dc1", &[])?;
+    let wan1 = dc1.ports.wan;
     dcs.push(dc1);
-    let dc2 = write_config(dir, &certs, "dc2", &[("dc1", wan1)])?;
-    let wan2 = dc2.wan;
+    let dc2 = dc_config(dir, &pki, "dc2", &[("dc1", wan1)])?;
+    let wan2 = dc2.ports.wan;
     dcs.push(dc2);
-    dcs.push(write_config(
+    dcs.push(dc_config(
         dir,
-        &certs,
+        &pki,
         "dc3",
         &[("dc1", wan1), ("dc2", wan2)],
     )?);
@@ -865,7 +785,7 @@ async fn measure(
         .build()?;
     for dc in &mut dcs {
         dc.start(bin, dir)?;
-        wait_ready(&http, dc).await?;
+        dc.wait_ready().await?;
     }
     for dc in &dcs[..2] {
         let port = dc.backend.as_ref().map_or(0, |b| b.port);
@@ -882,7 +802,7 @@ async fn measure(
     let nodes: Vec<NodeInfo> = {
         let mut v = Vec::new();
         for dc in &dcs {
-            v.push(probe::discover(&client, &format!("127.0.0.1:{}", dc.http)).await?);
+            v.push(probe::discover(&client, &format!("127.0.0.1:{}", dc.ports.http)).await?);
         }
         v
     };
@@ -943,7 +863,7 @@ async fn measure(
     let mut loss_runs = Vec::new();
     for i in 0..opt.losses {
         steady(&probe).await?;
-        let r = loss_once(bin, dir, &mut dcs, &probe, opt, &http).await?;
+        let r = loss_once(bin, dir, &mut dcs, &probe, opt).await?;
         eprintln!(
             "failover: DC loss {}/{}: failover {} (DNS {}, gateway {}, status down {}), failback {} \
              after the restart, stale {}",

@@ -22,24 +22,30 @@
 //! each, and once every replica has converged each agent's RSS is read (every node then holds
 //! all of them). Each agent's CPU seconds per phase and peak RSS are reported too.
 
-use crate::tools::Ports;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::tools::{Meter, ProcessUsage, is_root, mib, status_kib};
 use anyhow::{Context, Result, bail, ensure};
+use hickory_net::proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_net::proto::rr::{Name, RData, RecordType};
 use meridian_protos::federation as pb;
+use meridian_testkit::meter::{Meter, ProcessUsage, mib, status_kib};
+use meridian_testkit::wait::leader_known;
+use meridian_testkit::{Agent, Ports};
 use prost::Message as _;
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::procs;
+use crate::tools::{fixed_ports, is_root};
 
 /// What `meridian-bench federation` was asked for.
 pub struct Options {
@@ -512,122 +518,70 @@ pub(crate) fn probe_rtt(port: u16, n: usize, listener: &TcpListener) -> Result<V
 // ---------------------------------------------------------------------------------------------
 // Agents.
 
-/// A `meridian agent --dev` process of one datacenter, killed when dropped.
-struct Agent {
-    dc: String,
-    child: Child,
-    ports: Ports,
-    log: PathBuf,
+/// Starts `meridian agent --dev` as datacenter `dc` (node `n1`) on `ports`, data in
+/// `dir/<dc>`, joining the WAN port `join` when given; its log in `dir/<dc>.log`.
+fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>) -> Result<Agent> {
+    let mut args: Vec<String> = ["--dev", "--dc", dc, "--node", "n1", "--bind", "127.0.0.1"]
+        .map(str::to_owned)
+        .into();
+    args.push("--data-dir".to_owned());
+    args.push(dir.join(dc).to_str().context("a UTF-8 path")?.to_owned());
+    for (flag, port) in [
+        ("--http-port", ports.http),
+        ("--dns-port", ports.dns),
+        ("--rpc-port", ports.rpc),
+        ("--wan-port", ports.wan),
+        ("--gateway-port", ports.gateway),
+    ] {
+        args.push(flag.to_owned());
+        args.push(port.to_string());
+    }
+    if let Some(j) = join {
+        args.push("--join-wan".to_owned());
+        args.push(format!("127.0.0.1:{j}"));
+    }
+    let filter = procs::agent_log(AGENT_LOG);
+    procs::agent(
+        dc,
+        bin,
+        args,
+        &[("RUST_LOG", &filter)],
+        &dir.join(format!("{dc}.log")),
+        ports,
+        None,
+    )
 }
 
-impl Agent {
-    fn start(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>) -> Result<Agent> {
-        let log = dir.join(format!("{dc}.log"));
-        let file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "agent",
-            "--dev",
-            "--dc",
-            dc,
-            "--node",
-            "n1",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join(dc))
-        .args(["--http-port", &ports.http.to_string()])
-        .args(["--dns-port", &ports.dns.to_string()])
-        .args(["--rpc-port", &ports.rpc.to_string()])
-        .args(["--wan-port", &ports.wan.to_string()])
-        .args(["--gateway-port", &ports.gateway.to_string()]);
-        if let Some(j) = join {
-            cmd.args(["--join-wan", &format!("127.0.0.1:{j}")]);
-        }
-        let filter = std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into());
-        let child = crate::tools::spawn_logged(
-            cmd.env("RUST_LOG", filter),
-            file,
-            &bin.display().to_string(),
-        )?;
-        Ok(Agent {
-            dc: dc.to_owned(),
-            child,
-            ports,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.http)
-    }
-
-    fn dns_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports.dns))
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            bail!(
-                "{} exited with {status}; end of its log:\n{}",
-                self.dc,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    async fn status(&self, http: &reqwest::Client) -> Result<Value> {
-        Ok(http
-            .get(self.url("/v1/federation/status"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
-    }
-
-    async fn metrics(&self, http: &reqwest::Client) -> Result<String> {
-        Ok(http
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
-    }
-
-    /// The origin `dc`'s export digest as this agent's replica holds it, if connected and synced.
-    fn replica_digest<'a>(status: &'a Value, dc: &str) -> Option<&'a str> {
-        let r = status["Remotes"]
-            .as_array()?
-            .iter()
-            .find(|r| r["Datacenter"] == dc)?;
-        (r["Connected"] == true && r["Synced"] == true)
-            .then(|| r["Digest"].as_str())
-            .flatten()
-    }
+/// The agent's process id; 0 once it has been killed, which `/proc` reads as gone.
+fn pid(a: &Agent) -> u32 {
+    a.proc.pid().unwrap_or(0)
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `a`'s `/v1/federation/status`.
+async fn status(http: &reqwest::Client, a: &Agent) -> Result<Value> {
+    Ok(http
+        .get(a.url("/v1/federation/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
-/// The value of sample `key` (name with labels, as printed) in Prometheus text.
+/// The origin `dc`'s export digest as this agent's replica holds it, if connected and synced.
+fn replica_digest<'a>(status: &'a Value, dc: &str) -> Option<&'a str> {
+    let r = status["Remotes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["Datacenter"] == dc)?;
+    (r["Connected"] == true && r["Synced"] == true)
+        .then(|| r["Digest"].as_str())
+        .flatten()
+}
+
+/// The value of sample `key` in Prometheus text `text`, as a count (0 when absent).
 fn metric(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
+    meridian_testkit::metrics::value(text, key).map_or(0, |v| v as u64)
 }
 
 /// What a subscriber received from `origin`, and what the origin served it.
@@ -638,7 +592,7 @@ struct Bytes {
 }
 
 async fn received(http: &reqwest::Client, sub: &Agent, origin: &str) -> Result<Bytes> {
-    let text = sub.metrics(http).await?;
+    let text = meridian_testkit::metrics::scrape(http, &sub.base()).await?;
     Ok(Bytes {
         received_bytes: metric(
             &text,
@@ -657,71 +611,40 @@ async fn received(http: &reqwest::Client, sub: &Agent, origin: &str) -> Result<B
 /// CPU seconds of an agent since it started (0 once it is gone: every phase checks that the
 /// agents still run).
 fn cpu_seconds(pid: u32) -> f64 {
-    crate::tools::cpu_seconds(pid).unwrap_or(0.0)
+    meridian_testkit::meter::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------------
 // DNS.
 
-fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
-    let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        m.push(u8::try_from(label.len()).context("label too long")?);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
-    Ok(m)
-}
-
-/// Skips a possibly compressed name at `pos`.
-fn skip_name(m: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *m.get(pos)?;
-        if len & 0xc0 == 0xc0 {
-            return Some(pos + 2);
-        }
-        if len == 0 {
-            return Some(pos + 1);
-        }
-        pos += 1 + usize::from(len);
-    }
-}
-
-/// The A records of an answer to query `id` (empty for NXDOMAIN or no data); `None` when the
-/// datagram is not that answer.
-fn a_records(m: &[u8], id: u16) -> Option<Vec<Ipv4Addr>> {
-    let be = |p: usize| -> Option<u16> { Some(u16::from_be_bytes([*m.get(p)?, *m.get(p + 1)?])) };
-    if be(0)? != id || m.get(2)? & 0x80 == 0 {
+/// The A records of `m` if it is the answer to query `id` (empty for NXDOMAIN or no data);
+/// `None` when it is not that answer.
+fn a_records(m: &Message, id: u16) -> Option<Vec<Ipv4Addr>> {
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
         return None;
     }
-    let mut out = Vec::new();
-    if be(2)? & 0xf != 0 {
-        return Some(out);
+    if m.metadata.response_code != ResponseCode::NoError {
+        return Some(Vec::new());
     }
-    let mut pos = 12;
-    for _ in 0..be(4)? {
-        pos = skip_name(m, pos)? + 4;
-    }
-    for _ in 0..be(6)? {
-        pos = skip_name(m, pos)?;
-        let (ty, len) = (be(pos)?, usize::from(be(pos + 8)?));
-        let rd = m.get(pos + 10..pos + 10 + len)?;
-        if ty == 1 && len == 4 {
-            out.push(Ipv4Addr::new(rd[0], rd[1], rd[2], rd[3]));
-        }
-        pos += 10 + len;
-    }
-    Some(out)
+    Some(
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Asks one DNS server, over and over, whether a name has an address.
 struct DnsProbe {
     sock: UdpSocket,
     server: SocketAddr,
-    id: u16,
     queries: u64,
+    /// The query for the name last asked (no recursion desired, no EDNS), built once per name:
+    /// the probe asks every millisecond.
+    query: Option<(String, Message)>,
 }
 
 impl DnsProbe {
@@ -731,21 +654,36 @@ impl DnsProbe {
         Ok(DnsProbe {
             sock,
             server,
-            id: 0,
             queries: 0,
+            query: None,
         })
     }
 
     /// Whether the server's answer to `name` A holds `want` (false on no answer within 100 ms).
     fn has(&mut self, name: &str, want: Ipv4Addr) -> Result<bool> {
-        self.id = self.id.wrapping_add(1);
+        let (_, q) = match &mut self.query {
+            Some(q) if q.0 == name => q,
+            slot => {
+                let qname = Name::from_ascii(name).with_context(|| format!("bad name {name:?}"))?;
+                let mut q = Message::query();
+                q.add_query(Query::query(qname, RecordType::A));
+                q.metadata.id = 0;
+                q.metadata.recursion_desired = false;
+                slot.insert((name.to_owned(), q))
+            }
+        };
+        q.metadata.id = q.metadata.id.wrapping_add(1);
+        let id = q.metadata.id;
         self.queries += 1;
-        self.sock.send_to(&dns_query(self.id, name)?, self.server)?;
+        self.sock
+            .send_to(&q.to_vec().context("encoding the query")?, self.server)?;
         let mut buf = [0u8; 4096];
         loop {
             match self.sock.recv_from(&mut buf) {
                 Ok((n, _)) => {
-                    if let Some(addrs) = a_records(&buf[..n], self.id) {
+                    if let Ok(m) = Message::from_vec(&buf[..n])
+                        && let Some(addrs) = a_records(&m, id)
+                    {
                         return Ok(addrs.contains(&want));
                     }
                 }
@@ -1075,7 +1013,7 @@ async fn data_size(http: &reqwest::Client, dc1: &Agent) -> Result<DataSize> {
     let services = get("/v1/agent/services").await?;
     let nodes = get("/v1/catalog/nodes").await?;
     let checks = get("/v1/agent/checks").await?;
-    let status = dc1.status(http).await?;
+    let status = status(http, dc1).await?;
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let n = |v: &Value| v.as_u64().unwrap_or_default();
     let meta = |v: &Value| -> BTreeMap<String, String> {
@@ -1181,20 +1119,20 @@ async fn initial_sync(
     fw: Option<&Firewall>,
     data: &DataSize,
 ) -> Result<(Agent, SyncRun)> {
-    let want = dc1.status(http).await?["Export"]["Digest"]
+    let want = status(http, dc1).await?["Export"]["Digest"]
         .as_str()
         .context("dc1 exports no digest")?
         .to_owned();
     let ip0 = fw.map(Firewall::counters).transpose()?.unwrap_or_default();
-    let cpu0 = cpu_seconds(dc1.pid());
+    let cpu0 = cpu_seconds(pid(dc1));
     let t0 = Instant::now();
-    let mut sub = Agent::start(bin, dir, dc, ports, Some(dc1.ports.wan))?;
+    let mut sub = start_agent(bin, dir, dc, ports, Some(dc1.ports.wan))?;
     let (mut ready, mut learned) = (None, None);
     let deadline = t0 + Duration::from_secs(120);
     let synced = loop {
-        sub.check_running()?;
-        dc1.check_running()?;
-        if let Ok(st) = sub.status(http).await {
+        procs::check_running(&mut sub.proc)?;
+        procs::check_running(&mut dc1.proc)?;
+        if let Ok(st) = status(http, &sub).await {
             let now = t0.elapsed();
             ready.get_or_insert(now);
             let listed = st["Remotes"]
@@ -1203,7 +1141,7 @@ async fn initial_sync(
             if listed {
                 learned.get_or_insert(now);
             }
-            if Agent::replica_digest(&st, "dc1") == Some(want.as_str()) {
+            if replica_digest(&st, "dc1") == Some(want.as_str()) {
                 break now;
             }
         }
@@ -1215,8 +1153,8 @@ async fn initial_sync(
     let ready = ready.unwrap_or(synced);
     let learned = learned.unwrap_or(synced);
     let got = received(http, &sub, "dc1").await?;
-    let sub_text = sub.metrics(http).await?;
-    let origin_text = dc1.metrics(http).await?;
+    let sub_text = meridian_testkit::metrics::scrape(http, &sub.base()).await?;
+    let origin_text = meridian_testkit::metrics::scrape(http, &dc1.base()).await?;
     let ip1 = fw.map(Firewall::counters).transpose()?.unwrap_or_default();
     let wan1 = dc1.ports.wan;
     let (pk_from, by_from) = ip_delta(&ip0, &ip1, &format!("spt:{wan1}"));
@@ -1227,7 +1165,7 @@ async fn initial_sync(
         from_start_ms: ms(synced),
         http_ready_ms: ms(ready),
         from_learned_ms: ms(synced.saturating_sub(learned)),
-        log_joined_to_synced_ms: log_sync_ms(&sub.log, "dc1"),
+        log_joined_to_synced_ms: log_sync_ms(sub.proc.log(), "dc1"),
         received: got,
         full_syncs: metric(
             &sub_text,
@@ -1243,8 +1181,8 @@ async fn initial_sync(
         received_over_protobuf_data: got.received_bytes as f64 / data_bytes,
         ip_over_protobuf_data: by_from as f64 / data_bytes,
         received_bytes_per_entry: got.received_bytes as f64 / data.exported_entries.max(1) as f64,
-        origin_cpu_seconds: cpu_seconds(dc1.pid()) - cpu0,
-        subscriber_cpu_seconds: cpu_seconds(sub.pid()),
+        origin_cpu_seconds: cpu_seconds(pid(dc1)) - cpu0,
+        subscriber_cpu_seconds: cpu_seconds(pid(&sub)),
     };
     eprintln!(
         "federation: {dc} synced dc1 ({} entries) in {:.0} ms from its start, {:.0} ms after \
@@ -1274,8 +1212,8 @@ async fn wait_mesh(
     loop {
         let mut statuses = Vec::new();
         for a in agents.iter_mut() {
-            a.check_running()?;
-            statuses.push(a.status(http).await.ok());
+            procs::check_running(&mut a.proc)?;
+            statuses.push(status(http, a).await.ok());
         }
         let ok = statuses.iter().enumerate().all(|(i, s)| {
             let Some(s) = s else { return false };
@@ -1283,8 +1221,8 @@ async fn wait_mesh(
                 i == j
                     || o.as_ref().is_some_and(|o| {
                         let dc = o["Datacenter"].as_str().unwrap_or_default();
-                        Agent::replica_digest(s, dc).is_some()
-                            && Agent::replica_digest(s, dc) == o["Export"]["Digest"].as_str()
+                        replica_digest(s, dc).is_some()
+                            && replica_digest(s, dc) == o["Export"]["Digest"].as_str()
                     })
             })
         });
@@ -1307,16 +1245,16 @@ async fn wait_replica(
 ) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        if let (Ok(o), Ok(s)) = (dc1.status(http).await, sub.status(http).await)
+        if let (Ok(o), Ok(s)) = (status(http, dc1).await, status(http, sub).await)
             && o["Export"]["Digest"].as_str().is_some()
-            && Agent::replica_digest(&s, "dc1") == o["Export"]["Digest"].as_str()
+            && replica_digest(&s, "dc1") == o["Export"]["Digest"].as_str()
         {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
                 "{}'s replica of dc1 did not converge within {limit:?}",
-                sub.dc
+                sub.name
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1350,11 +1288,11 @@ async fn memory_phase(
         "federation: memory: three fresh DCs registering {instances} instances between them \
          ({per_service} per service), each node then holding all of them"
     );
-    let mut a1 = Agent::start(bin, dir, "dc1", ports[0], None)?;
-    crate::tools::wait_leader(http, &[a1.ports.http]).await?;
-    let mut a2 = Agent::start(bin, dir, "dc2", ports[1], Some(a1.ports.wan))?;
-    let mut a3 = Agent::start(bin, dir, "dc3", ports[2], Some(a1.ports.wan))?;
-    crate::tools::wait_leader(http, &[a2.ports.http, a3.ports.http]).await?;
+    let mut a1 = start_agent(bin, dir, "dc1", ports[0], None)?;
+    leader_known(http, &[a1.base()], Duration::from_secs(60)).await?;
+    let mut a2 = start_agent(bin, dir, "dc2", ports[1], Some(a1.ports.wan))?;
+    let mut a3 = start_agent(bin, dir, "dc3", ports[2], Some(a1.ports.wan))?;
+    leader_known(http, &[a2.base(), a3.base()], Duration::from_secs(60)).await?;
     wait_mesh(
         http,
         &mut [&mut a1, &mut a2, &mut a3],
@@ -1364,11 +1302,11 @@ async fn memory_phase(
     let agents = [&a1, &a2, &a3];
     let empty: Vec<u64> = agents
         .iter()
-        .map(|a| status_kib(a.pid(), "VmRSS:").unwrap_or(0))
+        .map(|a| status_kib(pid(a), "VmRSS:").unwrap_or(0))
         .collect();
     let mut meters: Vec<Meter> = agents
         .iter()
-        .map(|a| Meter::start(&a.dc, a.pid()))
+        .map(|a| Meter::start(&a.name, pid(a)))
         .collect();
     // DC k registers instances k, k + 3, k + 6, …: a third each, the first DCs one more.
     let shares: Vec<usize> = (0..3).map(|k| (instances + 2 - k) / 3).collect();
@@ -1415,7 +1353,7 @@ async fn memory_phase(
     let agents = [&a1, &a2, &a3];
     let mut nodes = Vec::new();
     for (k, a) in agents.iter().enumerate() {
-        let st = a.status(http).await?;
+        let st = status(http, a).await?;
         let replica_instances: u64 = st["Remotes"]
             .as_array()
             .map(|r| r.iter().filter_map(|r| r["Instances"].as_u64()).sum())
@@ -1424,7 +1362,7 @@ async fn memory_phase(
         eprintln!(
             "federation: memory: {} holds {} own + {} replica instances: RSS {} (empty {}), \
              peak {}, {:.2} CPU s",
-            a.dc,
+            a.name,
             shares[k],
             replica_instances,
             mib(usage.rss_kib),
@@ -1433,7 +1371,7 @@ async fn memory_phase(
             usage.cpu_seconds
         );
         nodes.push(MemoryNode {
-            dc: a.dc.clone(),
+            dc: a.name.clone(),
             own_instances: shares[k],
             services: shares[k].div_ceil(per_service),
             replica_instances,
@@ -1495,14 +1433,14 @@ async fn phases(
 ) -> Result<()> {
     let delay = Duration::from_millis(if netns.is_some() { opt.wan_delay_ms } else { 0 });
     let ports = if netns.is_some() {
-        [Ports::fixed(1), Ports::fixed(2), Ports::fixed(3)]
+        [fixed_ports(1), fixed_ports(2), fixed_ports(3)]
     } else {
-        [Ports::free()?, Ports::free()?, Ports::free()?]
+        [Ports::free(), Ports::free(), Ports::free()]
     };
     let probe_port = if netns.is_some() {
         PROBE_PORT
     } else {
-        crate::tools::free_port()?
+        meridian_testkit::free_port()
     };
     let probe = TcpListener::bind(("127.0.0.1", probe_port))?;
 
@@ -1554,21 +1492,21 @@ async fn phases(
         .build()?;
 
     // 1. dc1 alone, loaded.
-    let mut dc1 = Agent::start(bin, dir, "dc1", ports[0], None)?;
-    crate::tools::wait_leader(&http, &[dc1.ports.http]).await?;
-    dc1.check_running()?;
+    let mut dc1 = start_agent(bin, dir, "dc1", ports[0], None)?;
+    leader_known(&http, &[dc1.base()], Duration::from_secs(60)).await?;
+    procs::check_running(&mut dc1.proc)?;
     let mut cpu: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     let mut mark = |phase: &str, agents: &[(&str, u32)]| {
         for (dc, pid) in agents {
             // A gone agent gets no mark: its later phases show no figure.
-            if let Some(v) = crate::tools::cpu_seconds(*pid) {
+            if let Some(v) = meridian_testkit::meter::cpu_seconds(*pid) {
                 cpu.entry((*dc).to_owned())
                     .or_default()
                     .push((phase.to_owned(), v));
             }
         }
     };
-    mark("start", &[("dc1", dc1.pid())]);
+    mark("start", &[("dc1", pid(&dc1))]);
     let mut bodies = Vec::with_capacity(opt.services * opt.instances);
     for s in 0..opt.services {
         for k in 0..opt.instances {
@@ -1602,7 +1540,7 @@ async fn phases(
         load.acknowledged,
         load.registrations
     );
-    mark("load", &[("dc1", dc1.pid())]);
+    mark("load", &[("dc1", pid(&dc1))]);
     let data = data_size(&http, &dc1).await?;
     eprintln!(
         "federation: dc1 exports {} entries; rebuilt {} entries from its API: {} B of protobuf \
@@ -1650,7 +1588,7 @@ async fn phases(
         Duration::from_secs(60),
     )
     .await?;
-    let pids = [("dc1", dc1.pid()), ("dc2", dc2.pid()), ("dc3", dc3.pid())];
+    let pids = [("dc1", pid(&dc1)), ("dc2", pid(&dc2)), ("dc3", pid(&dc3))];
     mark("initial sync", &pids);
 
     // 4. Idle: heartbeats only.
@@ -1672,10 +1610,7 @@ async fn phases(
         opt.registrations
     );
     let url = dc1.url("/v1/agent/service/register");
-    let mut probes = [
-        DnsProbe::new(dc2.dns_addr())?,
-        DnsProbe::new(dc3.dns_addr())?,
-    ];
+    let mut probes = [DnsProbe::new(dc2.dns())?, DnsProbe::new(dc3.dns())?];
     let (mut acks, mut seen) = (Vec::new(), [Vec::new(), Vec::new()]);
     let mut timeouts = [0usize; 2];
     let c0 = received(&http, &dc2, "dc1").await?;
@@ -1717,9 +1652,9 @@ async fn phases(
             }
         }
         if (i + 1) % 100 == 0 {
-            dc1.check_running()?;
-            dc2.check_running()?;
-            dc3.check_running()?;
+            procs::check_running(&mut dc1.proc)?;
+            procs::check_running(&mut dc2.proc)?;
+            procs::check_running(&mut dc3.proc)?;
             let d = dist(seen[0].clone());
             eprintln!(
                 "federation: {} registrations: dc2 p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -1814,7 +1749,7 @@ async fn phases(
     let processes = [&dc1, &dc2, &dc3]
         .iter()
         .map(|a| {
-            let marks = cpu.get(&a.dc).cloned().unwrap_or_default();
+            let marks = cpu.get(&a.name).cloned().unwrap_or_default();
             let mut per = BTreeMap::new();
             let mut prev = 0.0;
             for (phase, v) in marks {
@@ -1824,10 +1759,10 @@ async fn phases(
                 prev = v;
             }
             Process {
-                dc: a.dc.clone(),
+                dc: a.name.clone(),
                 cpu_seconds: per,
-                peak_rss_kib: status_kib(a.pid(), "VmHWM:"),
-                rss_kib_at_end: status_kib(a.pid(), "VmRSS:"),
+                peak_rss_kib: status_kib(pid(a), "VmHWM:"),
+                rss_kib_at_end: status_kib(pid(a), "VmRSS:"),
             }
         })
         .collect();
@@ -1854,14 +1789,14 @@ async fn phases(
         MEMORY_INSTANCES
     };
     let memory_ports = if netns.is_some() {
-        let p = [Ports::fixed(4), Ports::fixed(5), Ports::fixed(6)];
+        let p = [fixed_ports(4), fixed_ports(5), fixed_ports(6)];
         Firewall::install(
             &[p[0].wan, p[1].wan, p[2].wan],
             delayer.as_ref().map(|_| QUEUE),
         )?;
         p
     } else {
-        [Ports::free()?, Ports::free()?, Ports::free()?]
+        [Ports::free(), Ports::free(), Ports::free()]
     };
     let memory = memory_phase(
         &http,
@@ -2132,4 +2067,30 @@ fn markdown(r: &Report) -> Result<String> {
         writeln!(s, "- {t}")?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_net::proto::op::OpCode;
+    use hickory_net::proto::rr::Record;
+    use hickory_net::proto::rr::rdata::A;
+
+    #[test]
+    fn only_the_answer_to_our_query_counts() {
+        let name = Name::from_ascii("svc-1.service.consul.").expect("name");
+        let mut m = Message::response(7, OpCode::Query);
+        m.answers
+            .push(Record::from_rdata(name, 0, RData::A(A::new(10, 200, 0, 1))));
+        let wire = m.to_vec().expect("encodes");
+        let m = Message::from_vec(&wire).expect("decodes");
+        assert_eq!(a_records(&m, 7), Some(vec![Ipv4Addr::new(10, 200, 0, 1)]));
+        assert_eq!(a_records(&m, 8), None, "another query's answer");
+        let mut nx = Message::response(7, OpCode::Query);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        assert_eq!(a_records(&nx, 7), Some(Vec::new()));
+        let mut q = Message::query();
+        q.metadata.id = 7;
+        assert_eq!(a_records(&q, 7), None, "a query is no answer");
+    }
 }

@@ -20,17 +20,20 @@
 //! certificate for the name (so nothing in between terminated TLS), and a name no proxy routes
 //! is checked to be refused.
 
-use crate::tools::pinned;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::tools::{self, find_tool, is_root, status_kib};
 use anyhow::{Context, Result, bail, ensure};
+use meridian_testkit::meter::{clock_ticks, status_kib};
+use meridian_testkit::stats::median;
+use meridian_testkit::{Ports, Proc, free_port};
 use serde::{Deserialize, Serialize};
+
+use crate::procs;
+use crate::tools::{self, find_tool, is_root};
 
 /// The name every path is reached by (SNI and HTTP Host).
 const NAME: &str = "web.service.consul";
@@ -389,36 +392,43 @@ async fn kill_on_signal() {
     std::process::exit(130);
 }
 
-/// A process started by the benchmark, killed when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
+/// A process started by the benchmark (the kit's [`Proc`], killed when dropped), listed in
+/// [`LIVE`] while it lives so that an interrupt kills it too.
+struct Tracked {
+    proc: Proc,
+    pid: u32,
 }
 
-impl Proc {
+impl Tracked {
+    /// Starts `program args…` on `core` (see [`procs::start`]), output into `log`, and tracks it.
+    fn start(
+        name: &str,
+        core: Option<usize>,
+        program: &Path,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Tracked> {
+        let proc = procs::start(name, core, program, args, env, log)?;
+        let pid = procs::pid(&proc)?;
+        track(pid);
+        Ok(Tracked { proc, pid })
+    }
+
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited with {status}; log {}:\n{}",
-                self.name,
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        Ok(())
+        procs::check_running(&mut self.proc)
     }
 }
 
-impl Drop for Proc {
+impl Drop for Tracked {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        untrack(self.child.id());
+        // Killed by the `Proc` dropped right after; an interrupt in between finds it untracked
+        // and leaves it to that.
+        untrack(self.pid);
     }
 }
 
@@ -472,27 +482,14 @@ fn ensure_tools() -> Result<Tools> {
     })
 }
 
-fn spawn_logged(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
-    let child = crate::tools::spawn_logged(&mut cmd, std::fs::File::create(&log)?, name)?;
-    track(child.id());
-    Ok(Proc { name, child, log })
-}
-
-/// Waits until something accepts TCP connections on `port` (10 s at most).
-fn wait_listening(p: &mut Proc, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        p.check_running()?;
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} does not listen on {port} after 10 s",
-            p.name
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `-p prefix -c conf`: an nginx of its own.
+fn nginx_args(prefix: &Path, conf: &Path) -> Result<Vec<String>> {
+    Ok(vec![
+        "-p".to_owned(),
+        prefix.to_str().context("a UTF-8 path")?.to_owned(),
+        "-c".to_owned(),
+        conf.to_str().context("a UTF-8 path")?.to_owned(),
+    ])
 }
 
 /// A self-signed ECDSA P-256 certificate for [`NAME`], made with openssl.
@@ -539,8 +536,8 @@ fn start_backend(
     key: &Path,
     www: &Path,
     core: Option<usize>,
-) -> Result<(Proc, u16)> {
-    let port = crate::tools::free_port()?;
+) -> Result<(Tracked, u16)> {
+    let port = free_port();
     let prefix = dir.join("backend");
     std::fs::create_dir_all(&prefix)?;
     let conf = prefix.join("nginx.conf");
@@ -560,10 +557,15 @@ fn start_backend(
             www = www.display(),
         ),
     )?;
-    let mut cmd = pinned(core, nginx);
-    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf);
-    let mut p = spawn_logged("backend nginx", cmd, prefix.join("stdout.log"))?;
-    wait_listening(&mut p, port)?;
+    let mut p = Tracked::start(
+        "backend nginx",
+        core,
+        nginx,
+        nginx_args(&prefix, &conf)?,
+        &[],
+        &prefix.join("stdout.log"),
+    )?;
+    procs::wait_listening(&mut p.proc, port)?;
     Ok((p, port))
 }
 
@@ -573,8 +575,8 @@ fn start_nginx_stream(
     dir: &Path,
     backend: u16,
     core: Option<usize>,
-) -> Result<(Proc, u16)> {
-    let port = crate::tools::free_port()?;
+) -> Result<(Tracked, u16)> {
+    let port = free_port();
     let prefix = dir.join("nginx-stream");
     std::fs::create_dir_all(&prefix)?;
     let conf = prefix.join("nginx.conf");
@@ -589,10 +591,15 @@ fn start_nginx_stream(
             common = nginx_common(&prefix),
         ),
     )?;
-    let mut cmd = pinned(core, nginx);
-    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf);
-    let mut p = spawn_logged("nginx stream", cmd, prefix.join("stdout.log"))?;
-    wait_listening(&mut p, port)?;
+    let mut p = Tracked::start(
+        "nginx stream",
+        core,
+        nginx,
+        nginx_args(&prefix, &conf)?,
+        &[],
+        &prefix.join("stdout.log"),
+    )?;
+    procs::wait_listening(&mut p.proc, port)?;
     Ok((p, port))
 }
 
@@ -602,8 +609,8 @@ fn start_haproxy(
     dir: &Path,
     backend: u16,
     core: Option<usize>,
-) -> Result<(Proc, u16)> {
-    let port = crate::tools::free_port()?;
+) -> Result<(Tracked, u16)> {
+    let port = free_port();
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
         &conf,
@@ -616,41 +623,58 @@ fn start_haproxy(
              backend web\n  server web-a 127.0.0.1:{backend}\n"
         ),
     )?;
-    let mut cmd = pinned(core, haproxy);
-    cmd.arg("-db").arg("-f").arg(&conf);
-    let mut p = spawn_logged("haproxy", cmd, dir.join("haproxy.log"))?;
-    wait_listening(&mut p, port)?;
+    let args = vec![
+        "-db".to_owned(),
+        "-f".to_owned(),
+        conf.to_str().context("a UTF-8 path")?.to_owned(),
+    ];
+    let mut p = Tracked::start(
+        "haproxy",
+        core,
+        haproxy,
+        args,
+        &[],
+        &dir.join("haproxy.log"),
+    )?;
+    procs::wait_listening(&mut p.proc, port)?;
     Ok((p, port))
 }
 
 /// A one-node Meridian datacenter from a config file, `[gateway]` at its defaults (written out),
-/// its tokio runtime at one worker thread. Returns the process, its gateway and HTTP ports.
-fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Proc, u16, u16)> {
-    let ports = crate::tools::Ports::free()?;
-    let (http, gw) = (ports.http, ports.gateway);
-    let conf = crate::tools::one_node_config(
+/// its tokio runtime at one worker thread. Returns the process, its gateway port and the base
+/// URL of its HTTP API.
+fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Tracked, u16, String)> {
+    let ports = Ports::free();
+    let mut config = tools::one_node_config("n1", &dir.join("meridian-data"), ports);
+    config
+        .set("gateway", "enabled", true)
+        .set("gateway", "max_connections", 10_000)
+        .set("gateway", "handshake_timeout_ms", 5_000)
+        .set("gateway", "connect_timeout_ms", 2_000)
+        .set("gateway", "idle_timeout_ms", 300_000);
+    let agent = procs::configured_agent(
+        "meridian",
+        bin,
+        &config,
         dir,
-        "n1",
-        &dir.join("meridian-data"),
-        &ports,
-        "[gateway]\nenabled = true\nmax_connections = 10000\nhandshake_timeout_ms = 5000\n\
-         connect_timeout_ms = 2000\nidle_timeout_ms = 300000\n\n",
+        &[("RUST_LOG", "warn"), ("TOKIO_WORKER_THREADS", "1")],
+        core,
     )?;
-    let mut cmd = pinned(core, bin);
-    cmd.arg("agent")
-        .arg("--config")
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .env("TOKIO_WORKER_THREADS", "1");
-    let mut p = spawn_logged("meridian", cmd, dir.join("meridian.log"))?;
-    wait_listening(&mut p, gw)?;
-    Ok((p, gw, http))
+    let base = agent.base();
+    let pid = procs::pid(&agent.proc)?;
+    track(pid);
+    let mut p = Tracked {
+        proc: agent.proc,
+        pid,
+    };
+    procs::wait_listening(&mut p.proc, ports.gateway)?;
+    Ok((p, ports.gateway, base))
 }
 
 /// Registers the backend as `web` and waits until the gateway relays to it.
 async fn register(
-    m: &mut Proc,
-    http_port: u16,
+    m: &mut Tracked,
+    base: &str,
     backend: u16,
     curl: &Path,
     gw: u16,
@@ -659,11 +683,10 @@ async fn register(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    crate::tools::wait_leader(&client, &[http_port]).await?;
+    meridian_testkit::wait::leader_known(&client, &[base.to_owned()], Duration::from_secs(60))
+        .await?;
     let r = client
-        .put(format!(
-            "http://127.0.0.1:{http_port}/v1/agent/service/register"
-        ))
+        .put(format!("{base}/v1/agent/service/register"))
         .json(&serde_json::json!({
             "ID": "web-a", "Name": "web", "Port": backend, "Address": "127.0.0.1",
         }))
@@ -747,7 +770,7 @@ fn curl_get(curl: &Path, port: u16, cert: &Path, name: &str, path: &str) -> Resu
 
 /// User + system CPU seconds of a process (all its threads); an error once it is gone.
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    tools::cpu_seconds(pid).with_context(|| format!("process {pid} is gone"))
+    meridian_testkit::meter::cpu_seconds(pid).with_context(|| format!("process {pid} is gone"))
 }
 
 /// CPU time from /proc/stat: per core, busy seconds (everything but idle and iowait, softirq
@@ -832,15 +855,6 @@ fn wrk_script(think_ms: u64) -> String {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        n => v[n / 2],
-    }
-}
-
 /// The settings every wrk run shares.
 struct Load<'a> {
     wrk: &'a Path,
@@ -901,7 +915,7 @@ impl Load<'_> {
         &self,
         target: Target,
         port: u16,
-        proxy: Option<&mut Proc>,
+        proxy: Option<&mut Tracked>,
         test: Test,
         rep: usize,
     ) -> Result<Run> {
@@ -937,7 +951,7 @@ impl Load<'_> {
         &self,
         target: Target,
         port: u16,
-        mut proxy: Option<&mut Proc>,
+        mut proxy: Option<&mut Tracked>,
         test: Test,
         rep: usize,
         seconds: Option<u64>,
@@ -970,11 +984,15 @@ impl Load<'_> {
             script = script.display(),
         );
         let out_path = self.dir.join("wrk.out");
-        let out = std::fs::File::create(&out_path)?;
-        let mut cmd = pinned(self.core, Path::new("unshare"));
+        // Each run's output alone (the kit's process appends to its log).
+        std::fs::File::create(&out_path)?;
         // Not root: a user namespace of our own lets us bind-mount there too.
-        cmd.arg(if is_root() { "-m" } else { "-rm" })
-            .args(["sh", "-c", &shell]);
+        let args = vec![
+            if is_root() { "-m" } else { "-rm" }.to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            shell,
+        ];
         if let Some(p) = proxy.as_deref_mut() {
             p.check_running()?;
         }
@@ -983,25 +1001,18 @@ impl Load<'_> {
         let backend0 = cpu_seconds(self.backend_pid)?;
         let cpu0 = CpuTimes::read(self.ticks)?;
         let started = Instant::now();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting wrk (through unshare)")?;
-        track(child.id());
-        let mut child = Proc {
-            name: "wrk",
-            child,
-            log: out_path.clone(),
-        };
+        let mut child =
+            Tracked::start("wrk", self.core, Path::new("unshare"), args, &[], &out_path)
+                .context("starting wrk (through unshare)")?;
+        // wrk's output is the result, shown by the caller when it fails.
+        child.proc.print_log_on_failure = false;
         let deadline = started + Duration::from_secs(seconds + 30);
         let mut wrk_cpu = 0.0;
         let status = loop {
-            if let Some(c) = tools::cpu_seconds(child.pid()) {
+            if let Some(c) = meridian_testkit::meter::cpu_seconds(child.pid()) {
                 wrk_cpu = c;
             }
-            if let Some(s) = child.child.try_wait()? {
+            if let Some(s) = child.proc.exit_status() {
                 break s;
             }
             if Instant::now() > deadline {
@@ -1079,15 +1090,12 @@ impl Load<'_> {
     }
 }
 
-/// Meridian's `meridian_gateway_*` metric lines.
-async fn gateway_metrics(http_port: u16) -> Vec<String> {
-    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics")).await else {
+/// Meridian's `meridian_gateway_*` metric lines, from its API at `base`.
+async fn gateway_metrics(base: &str) -> Vec<String> {
+    let Ok(text) = meridian_testkit::metrics::scrape(&reqwest::Client::new(), base).await else {
         return vec!["(metrics unavailable)".into()];
     };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
+    text.lines()
         .filter(|l| l.starts_with("meridian_gateway_"))
         .map(str::to_owned)
         .collect()
@@ -1126,7 +1134,7 @@ fn cell(runs: &[Run], layout: Layout, t: Target, test: Test) -> Cell {
         .iter()
         .filter(|r| r.layout == layout && r.target == t && r.test == test)
         .collect();
-    let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
+    let med = |f: &dyn Fn(&Run) -> f64| median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
     let range = |f: &dyn Fn(&Run) -> f64| {
         rs.iter()
             .map(|r| f(r))
@@ -1313,14 +1321,14 @@ async fn measure(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
 
     let (mut backend, backend_port) =
         start_backend(&tools.nginx, d, &cert, &key, &www, core(backend_core))?;
-    let mut procs: Vec<(Target, Option<Proc>, u16)> = Vec::new();
+    let mut procs: Vec<(Target, Option<Tracked>, u16)> = Vec::new();
     let mut meridian_http = None;
     for t in &targets {
         match t {
             Target::Direct => procs.push((*t, None, backend_port)),
             Target::Meridian => {
                 let (mut m, gw, http) = start_meridian(bin, d, core(proxy_core))?;
-                register(&mut m, http, backend_port, &tools.curl, gw, &cert).await?;
+                register(&mut m, &http, backend_port, &tools.curl, gw, &cert).await?;
                 meridian_http = Some(http);
                 procs.push((*t, Some(m), gw));
             }
@@ -1381,7 +1389,7 @@ async fn measure(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         .collect();
     let backend_idle_rss = status_kib(backend.pid(), "VmRSS:");
 
-    let ticks = tools::clock_ticks();
+    let ticks = clock_ticks();
     let mut runs: Vec<Run> = Vec::new();
     for layout in &opt.layouts {
         let (bc, pc, wc) = layout.cores();
@@ -1453,7 +1461,7 @@ async fn measure(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         }
     }
     let meridian_metrics = match meridian_http {
-        Some(h) => gateway_metrics(h).await,
+        Some(h) => gateway_metrics(&h).await,
         None => Vec::new(),
     };
     let mut processes = vec![ProcInfo {

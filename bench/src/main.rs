@@ -33,6 +33,7 @@ mod dns;
 mod failover;
 mod federation;
 mod gateway;
+mod procs;
 mod profile;
 mod tools;
 mod wan;
@@ -203,11 +204,6 @@ enum What {
         #[arg(long, hide = true)]
         in_netns: Option<String>,
     },
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn machine() -> String {

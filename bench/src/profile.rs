@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use meridian_testkit::Proc;
 
 /// Samples per second per CPU: enough for a profile, little enough for a 15-minute run.
 const FREQUENCY: &str = "99";
@@ -22,7 +23,7 @@ const MAX_DEPTH: usize = 128;
 
 /// A `perf record` running for the length of one benchmark.
 pub struct Recorder {
-    child: Child,
+    proc: Proc,
     data: PathBuf,
     folded: PathBuf,
     svg: PathBuf,
@@ -35,20 +36,20 @@ impl Recorder {
         let perf = crate::tools::find_tool("perf")
             .context("--profile needs perf (Debian: apt-get install linux-perf)")?;
         let data = out.join(format!("{name}.perf.data"));
-        let log = std::fs::File::create(out.join(format!("{name}.perf.log")))?;
-        let child = crate::tools::spawn_logged(
-            Command::new(perf)
-                .args(["record", "-F", FREQUENCY, "-g", "-a", "-o"])
-                .arg(&data),
-            log,
-            "perf record",
-        )?;
+        let mut args: Vec<String> = ["record", "-F", FREQUENCY, "-g", "-a", "-o"]
+            .map(str::to_owned)
+            .into();
+        args.push(data.to_str().context("a UTF-8 path")?.to_owned());
+        let log = out.join(format!("{name}.perf.log"));
+        let mut proc = Proc::start("perf record", &perf, args, Vec::new(), &log)?;
+        // perf's log says nothing about a failing benchmark.
+        proc.print_log_on_failure = false;
         eprintln!(
             "profile: perf record (every CPU, {FREQUENCY} Hz) into {}",
             data.display()
         );
         Ok(Recorder {
-            child,
+            proc,
             folded: out.join(format!("{name}.folded")),
             svg: out.join(format!("{name}.svg")),
             data,
@@ -58,14 +59,16 @@ impl Recorder {
 
     /// Stops recording, folds Meridian's stacks and draws the flamegraph; returns its path.
     pub fn finish(mut self) -> Result<PathBuf> {
-        // SIGINT is how perf record is told to write its data and stop.
+        // SIGINT is how perf record is told to write its data and stop (the kit's process
+        // knows SIGTERM, SIGKILL, SIGSTOP and SIGCONT only).
+        let pid = self.proc.pid().context("perf record is not running")?;
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args(["-INT", &pid.to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait()?.is_none() {
+        while self.proc.exit_status().is_none() {
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                // Dropping the process kills it.
                 bail!("perf record did not stop within 60 s of SIGINT");
             }
             std::thread::sleep(Duration::from_millis(100));

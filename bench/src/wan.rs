@@ -22,22 +22,25 @@
 //! hop to dc2's gateway or HAProxy and the hop from dc1's gateway or HAProxy to the backend are
 //! not delayed.
 
-use crate::tools::BENCH_SECURITY;
-use crate::tools::Ports;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use meridian_testkit::certs::Pki;
+use meridian_testkit::config::{Federation, Peer};
+use meridian_testkit::meter::{Meter, ProcessUsage, mib};
+use meridian_testkit::{Agent, Ports, Proc};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::federation::{Delayer, Netns, probe_rtt, sh};
-use crate::tools::{Meter, ProcessUsage, mib};
+use crate::procs;
+use crate::tools::fixed_ports;
 
 /// What `meridian-bench wan` was asked for.
 pub struct Options {
@@ -172,62 +175,6 @@ fn read_rules() -> Result<Vec<Rule>> {
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-/// A process of the benchmark (agent, nginx, HAProxy), killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
-        let file = std::fs::File::create(&log)?;
-        let child = crate::tools::spawn_logged(&mut cmd, file, name)?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            bail!(
-                "{} exited with {status}; end of its log:\n{}",
-                self.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    /// Waits (10 s at most) until `port` accepts TCP connections.
-    fn wait_listening(&mut self, port: u16) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.check_running()?;
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} did not listen on {port} within 10 s",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Finds a program on PATH or in /usr/sbin (nginx and haproxy live there).
 fn tool(name: &str) -> Result<PathBuf> {
     let sbin = Path::new("/usr/sbin").join(name);
@@ -291,10 +238,21 @@ fn start_backend(nginx: &Path, dir: &Path, cert: &Path, key: &Path) -> Result<Pr
             k = key.display(),
         ),
     )?;
-    let mut cmd = Command::new(nginx);
-    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf);
-    let mut p = Proc::spawn("backend nginx", cmd, prefix.join("stdout.log"))?;
-    p.wait_listening(BACKEND_PORT)?;
+    let args = vec![
+        "-p".to_owned(),
+        prefix.to_str().context("a UTF-8 path")?.to_owned(),
+        "-c".to_owned(),
+        conf.to_str().context("a UTF-8 path")?.to_owned(),
+    ];
+    let mut p = procs::start(
+        "backend nginx",
+        None,
+        nginx,
+        args,
+        &[],
+        &prefix.join("stdout.log"),
+    )?;
+    procs::wait_listening(&mut p, BACKEND_PORT)?;
     Ok(p)
 }
 
@@ -313,136 +271,64 @@ fn start_haproxy(haproxy: &Path, dir: &Path, tag: &str, port: u16, to: u16) -> R
              backend next\n  server next 127.0.0.1:{to}\n"
         ),
     )?;
-    let mut cmd = Command::new(haproxy);
-    cmd.arg("-db").arg("-f").arg(&conf);
-    let mut p = Proc::spawn(
+    let args = vec![
+        "-db".to_owned(),
+        "-f".to_owned(),
+        conf.to_str().context("a UTF-8 path")?.to_owned(),
+    ];
+    let mut p = procs::start(
         &format!("haproxy {tag}"),
-        cmd,
-        dir.join(format!("haproxy-{tag}.log")),
+        None,
+        haproxy,
+        args,
+        &[],
+        &dir.join(format!("haproxy-{tag}.log")),
     )?;
-    p.wait_listening(port)?;
+    procs::wait_listening(&mut p, port)?;
     Ok(p)
 }
 
-/// A one-node datacenter from a config file, with certificates from `meridian tls`.
-struct Agent {
-    proc: Proc,
+/// A one-node datacenter `dc` (agent `tag`) on `ports` with the tunnel's `transport`, its node
+/// certificate from `pki`, following dc1 at `peer_wan` when given.
+#[allow(clippy::too_many_arguments)]
+fn start_agent(
+    bin: &Path,
+    dir: &Path,
+    pki: &Pki,
+    tag: &str,
+    dc: &str,
     ports: Ports,
-}
-
-impl Agent {
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        bin: &Path,
-        dir: &Path,
-        certs: &Path,
-        tag: &str,
-        dc: &str,
-        ports: Ports,
-        transport: &str,
-        peer_wan: Option<u16>,
-    ) -> Result<Agent> {
-        let peers = peer_wan.map_or(String::new(), |w| {
-            format!("\n[[federation.peers]]\ndc = \"dc1\"\naddresses = [\"127.0.0.1:{w}\"]\n")
-        });
-        let config = format!(
-            "{BENCH_SECURITY}datacenter = \"{dc}\"\nnode_name = \"n1\"\nnode_id = 1\nbind = \"127.0.0.1\"\n\
-             data_dir = \"{data}\"\n\n[ports]\nhttp = {http}\ndns = {dns}\nrpc = {rpc}\n\
-             wan = {wan}\ngateway = {gw}\n\n[raft]\nheartbeat_ms = 100\n\
-             election_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n[[servers]]\nid = 1\n\
-             rpc = \"127.0.0.1:{rpc}\"\n\n[gateway]\nwan_transport = \"{transport}\"\n\n\
-             [federation]\nca_file = \"{c}/meridian-ca.pem\"\ncert_file = \"{c}/{dc}-n1.pem\"\n\
-             key_file = \"{c}/{dc}-n1-key.pem\"\n{peers}",
-            data = dir.join(format!("{tag}-data")).display(),
-            http = ports.http,
-            dns = ports.dns,
-            rpc = ports.rpc,
-            wan = ports.wan,
-            gw = ports.gateway,
-            c = certs.display(),
-        );
-        let file = dir.join(format!("{tag}.toml"));
-        std::fs::write(&file, config)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent").arg("--config").arg(&file).env(
-            "RUST_LOG",
-            std::env::var("MERIDIAN_BENCH_AGENT_LOG").unwrap_or_else(|_| AGENT_LOG.into()),
-        );
-        let proc = Proc::spawn(tag, cmd, dir.join(format!("{tag}.log")))?;
-        Ok(Agent { proc, ports })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.http)
-    }
-
-    async fn get_json(&self, http: &reqwest::Client, path: &str) -> Result<Value> {
-        Ok(http
-            .get(self.url(path))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
-    }
-
-    /// A sample of this agent's `/metrics` (name with labels, as printed; 0 when absent).
-    async fn metric(&self, http: &reqwest::Client, key: &str) -> Result<f64> {
-        let text = http
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0))
-    }
-}
-
-/// Makes the federation CA and the two nodes' certificates with `meridian tls`.
-fn make_certs(bin: &Path, dir: &Path) -> Result<()> {
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running meridian tls")?;
-        ensure!(
-            out.status.success(),
-            "meridian {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    };
-    let d = dir.to_str().context("a UTF-8 path")?;
-    let (ca, key) = (
-        format!("{d}/meridian-ca.pem"),
-        format!("{d}/meridian-ca-key.pem"),
-    );
-    run(&["tls", "ca", "create", "--dir", d])?;
-    for dc in ["dc1", "dc2"] {
-        run(&[
-            "tls", "cert", "create", "--dc", dc, "--node", "n1", "--dir", d, "--ca", &ca,
-            "--ca-key", &key,
-        ])?;
-    }
-    Ok(())
+    transport: &str,
+    peer_wan: Option<u16>,
+) -> Result<Agent> {
+    let mut config = crate::tools::open_config(dc, "n1", ports, &dir.join(format!("{tag}-data")));
+    config.raft = crate::tools::fast_raft();
+    config.set("gateway", "wan_transport", transport);
+    let f = pki.node_files(dc, "n1", &[])?;
+    config.federation = Some(Federation {
+        peers: peer_wan
+            .map(|w| Peer {
+                dc: "dc1".to_owned(),
+                addresses: vec![format!("127.0.0.1:{w}")],
+            })
+            .into_iter()
+            .collect(),
+        ..Federation::with_certs(&f.ca, &f.cert, &f.key)
+    });
+    let log = procs::agent_log(AGENT_LOG);
+    procs::configured_agent(tag, bin, &config, dir, &[("RUST_LOG", &log)], None)
 }
 
 /// Waits (60 s at most) until `dc2` holds dc1's `web` and `meridian-gateway` through federation.
-async fn wait_replicated(http: &reqwest::Client, dc2: &mut Agent, dc1: &mut Agent) -> Result<()> {
+async fn wait_replicated(dc2: &mut Agent, dc1: &mut Agent) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        dc1.proc.check_running()?;
-        dc2.proc.check_running()?;
+        procs::check_running(&mut dc1.proc)?;
+        procs::check_running(&mut dc2.proc)?;
         let one = |v: Result<Value>| v.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1));
-        if one(dc2.get_json(http, "/v1/catalog/service/web?dc=dc1").await)
+        if one(dc2.get_json("/v1/catalog/service/web?dc=dc1").await)
             && one(dc2
-                .get_json(http, "/v1/catalog/service/meridian-gateway?dc=dc1")
+                .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
                 .await)
         {
             return Ok(());
@@ -726,10 +612,10 @@ async fn measure(
 
     // Ports: [quic dc1, quic dc2, tcp dc1, tcp dc2].
     let ports = [
-        Ports::fixed(1),
-        Ports::fixed(2),
-        Ports::fixed(3),
-        Ports::fixed(4),
+        fixed_ports(1),
+        fixed_ports(2),
+        fixed_ports(3),
+        fixed_ports(4),
     ];
     let probe = TcpListener::bind(("127.0.0.1", PROBE_PORT))?;
 
@@ -783,23 +669,23 @@ async fn measure(
     // Two federations of two one-node datacenters: one with the QUIC tunnel, one with the TCP
     // fallback; dc2 follows dc1 across the WAN.
     let certs = dir.join("certs");
-    make_certs(bin, &certs)?;
-    let mut q1 = Agent::start(bin, dir, &certs, "quic-dc1", "dc1", ports[0], "quic", None)?;
-    let mut q2 = Agent::start(
+    let pki = Pki::new(&certs)?;
+    let mut q1 = start_agent(bin, dir, &pki, "quic-dc1", "dc1", ports[0], "quic", None)?;
+    let mut q2 = start_agent(
         bin,
         dir,
-        &certs,
+        &pki,
         "quic-dc2",
         "dc2",
         ports[1],
         "quic",
         Some(ports[0].wan),
     )?;
-    let mut t1 = Agent::start(bin, dir, &certs, "tcp-dc1", "dc1", ports[2], "tcp", None)?;
-    let mut t2 = Agent::start(
+    let mut t1 = start_agent(bin, dir, &pki, "tcp-dc1", "dc1", ports[2], "tcp", None)?;
+    let mut t2 = start_agent(
         bin,
         dir,
-        &certs,
+        &pki,
         "tcp-dc2",
         "dc2",
         ports[3],
@@ -810,7 +696,8 @@ async fn measure(
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    crate::tools::wait_leader(&http, &ports.map(|p| p.http)).await?;
+    let bases: Vec<String> = [&q1, &q2, &t1, &t2].map(|a| a.base()).into();
+    meridian_testkit::wait::leader_known(&http, &bases, Duration::from_secs(60)).await?;
     for dc1 in [&q1, &t1] {
         let r = http
             .put(dc1.url("/v1/agent/service/register"))
@@ -821,8 +708,8 @@ async fn measure(
             .await?;
         ensure!(r.status().is_success(), "registering web: {}", r.status());
     }
-    wait_replicated(&http, &mut q2, &mut q1).await?;
-    wait_replicated(&http, &mut t2, &mut t1).await?;
+    wait_replicated(&mut q2, &mut q1).await?;
+    wait_replicated(&mut t2, &mut t1).await?;
     eprintln!("wan: dc2 knows dc1's web and gateway in both federations");
 
     let port_of = |w: Way| match w {
@@ -838,7 +725,7 @@ async fn measure(
         "meridian_gateway_connections_total{route=\"tunnelled_in\",outcome=\"relayed\"}";
 
     // Warm-up: every path, unrecorded; the first QUIC connection opens the tunnel.
-    let quic_connects_before_warmup = q2.metric(&http, connects).await?;
+    let quic_connects_before_warmup = procs::metric_or_zero(&q2, connects).await?;
     let mut tls = BTreeMap::new();
     let mut cold = None;
     for w in WAYS {
@@ -863,11 +750,11 @@ async fn measure(
             }
         }
     }
-    let quic_connects_after_warmup = q2.metric(&http, connects).await?;
-    let quic_out0 = q2.metric(&http, streams_out).await?;
-    let quic_in0 = q1.metric(&http, streams_in).await?;
-    let tcp_out0 = t2.metric(&http, streams_out).await?;
-    let tcp_in0 = t1.metric(&http, tunnelled_in).await?;
+    let quic_connects_after_warmup = procs::metric_or_zero(&q2, connects).await?;
+    let quic_out0 = procs::metric_or_zero(&q2, streams_out).await?;
+    let quic_in0 = procs::metric_or_zero(&q1, streams_in).await?;
+    let tcp_out0 = procs::metric_or_zero(&t2, streams_out).await?;
+    let tcp_in0 = procs::metric_or_zero(&t1, tunnelled_in).await?;
 
     // The timed connections: one per path per round, one at a time, the order rotating.
     eprintln!(
@@ -887,8 +774,8 @@ async fn measure(
         (&t2.proc, Some(Way::MeridianTcp)),
     ]
     .into_iter()
-    .map(|(p, w)| (Meter::start(&p.name, p.child.id()), w))
-    .collect();
+    .map(|(p, w)| Ok((Meter::start(&p.name, procs::pid(p)?), w)))
+    .collect::<Result<_>>()?;
     let timed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60 + 10 * opt.connections as u64);
     for round in 0..opt.connections {
@@ -915,22 +802,22 @@ async fn measure(
     }
     let timed_seconds = timed.elapsed().as_secs_f64();
     for p in [&mut backend, &mut hap1, &mut hap2] {
-        p.check_running()?;
+        procs::check_running(p)?;
     }
     for a in [&mut q1, &mut q2, &mut t1, &mut t2] {
-        a.proc.check_running()?;
+        procs::check_running(&mut a.proc)?;
     }
     let tunnels = Tunnels {
         quic_connects_before_warmup,
         quic_connects_after_warmup,
-        quic_connects_after_run: q2.metric(&http, connects).await?,
+        quic_connects_after_run: procs::metric_or_zero(&q2, connects).await?,
         warm_throughout: false,
         quic_cold_first_connection: cold,
-        quic_streams_out: q2.metric(&http, streams_out).await? - quic_out0,
-        quic_streams_in_dc1: q1.metric(&http, streams_in).await? - quic_in0,
-        tcp_fallback_quic_connects: t2.metric(&http, connects).await?,
-        tcp_fallback_streams_out: t2.metric(&http, streams_out).await? - tcp_out0,
-        tcp_fallback_tunnelled_in_dc1: t1.metric(&http, tunnelled_in).await? - tcp_in0,
+        quic_streams_out: procs::metric_or_zero(&q2, streams_out).await? - quic_out0,
+        quic_streams_in_dc1: procs::metric_or_zero(&q1, streams_in).await? - quic_in0,
+        tcp_fallback_quic_connects: procs::metric_or_zero(&t2, connects).await?,
+        tcp_fallback_streams_out: procs::metric_or_zero(&t2, streams_out).await? - tcp_out0,
+        tcp_fallback_tunnelled_in_dc1: procs::metric_or_zero(&t1, tunnelled_in).await? - tcp_in0,
     };
     let tunnels = Tunnels {
         warm_throughout: tunnels.quic_connects_before_warmup == 0.0

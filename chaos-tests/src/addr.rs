@@ -3,10 +3,10 @@
 //! the [`crate::link`] proxy listens on the same ports and forwards to the node. Every packet
 //! between DCs therefore crosses a link, and the link knows which DC sent it from the source
 //! address (federation and tunnel connections leave from the node's bind address). Traffic
-//! inside a DC (Raft) and from the test's clients goes straight to the node.
+//! inside a DC (Raft) and from the test's clients goes straight to the node. Free ports on
+//! these addresses come from [`meridian_testkit::free_port_on`].
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Second octet of node addresses.
 pub const NODE_NET: u8 = 77;
@@ -50,30 +50,6 @@ pub fn dc_of(ip: IpAddr) -> Option<usize> {
 /// The name of DC `dc`.
 pub fn dc_name(dc: usize) -> String {
     format!("dc{dc}")
-}
-
-/// A port free for TCP and UDP on every address of `ips`, never handed out twice in this
-/// process. Drawn at random below the kernel's ephemeral range (32768 and up) so outgoing
-/// connections cannot take it between this check and the agent's bind.
-pub fn free_port(ips: &[Ipv4Addr]) -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port: u16 = rand::random_range(10_000..32_768);
-        if given.contains(&port) {
-            continue;
-        }
-        let free = ips.iter().all(|ip| {
-            let a = SocketAddr::from((*ip, port));
-            TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok()
-        });
-        if free {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,25 +3,29 @@
 //! certificates made at run time, and a run folder holding configs, data and logs (kept when a
 //! run fails, removed when it passes).
 //!
-//! Every agent configuration is written by [`agent_config`], and only there, so settings every
-//! agent needs (security defaults, say) are added in one place.
+//! Every agent configuration is made by [`agent_config`] (as testkit's typed
+//! [`AgentConfig`]), and only there, so settings every agent needs (security defaults, say) are
+//! added in one place. Ports, processes, certificates and waits are testkit's.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use meridian_identity::{PemPair, create_ca, create_node_cert};
+use anyhow::{Context as _, Result, ensure};
+use meridian_identity::{PemPair, create_ca};
+use meridian_testkit::certs::{NodeFiles, Pki};
+use meridian_testkit::config::{Acl, AgentConfig, Federation, Peer, Server};
+use meridian_testkit::process::Proc;
+use meridian_testkit::{Ports, free_port_on, wait};
 use serde_json::{Value, json};
 
-use crate::addr::{backend_ip, dc_name, free_port, link_ip, node_ip};
+use crate::addr::{backend_ip, dc_name, link_ip, node_ip};
 use crate::backend::{self, Backend, SERVICE};
 use crate::history::History;
 use crate::kernel;
 use crate::link::Wan;
-use crate::process::Proc;
 
 /// The failback period agents are configured with.
 pub const FAILBACK: Duration = Duration::from_secs(3);
@@ -43,21 +47,6 @@ pub struct ClusterSpec {
     pub seed: u64,
     /// How links are cut (`proxy` or `iptables`; default: see [`kernel::choose`]).
     pub cuts: Option<&'static str>,
-}
-
-/// The ports of one node.
-#[derive(Clone, Copy, Debug)]
-pub struct Ports {
-    /// HTTP API.
-    pub http: u16,
-    /// DNS (UDP and TCP).
-    pub dns: u16,
-    /// Raft and forwarded writes.
-    pub rpc: u16,
-    /// Federation.
-    pub wan: u16,
-    /// Gateway (TCP) and QUIC tunnel (UDP).
-    pub gateway: u16,
 }
 
 /// Where a node is, for clients (shared with the workload; the process stays in the cluster).
@@ -95,11 +84,16 @@ impl NodeAddr {
     pub fn label(&self) -> String {
         format!("{}-{}", dc_name(self.dc), self.name)
     }
+
+    /// `ip:port` of its rpc port, as `/v1/status/leader` names a leader.
+    pub fn rpc(&self) -> String {
+        SocketAddr::new(self.ip, self.ports.rpc).to_string()
+    }
 }
 
-/// Everything [`agent_config`] needs to write one agent's configuration.
+/// Everything [`agent_config`] needs to make one agent's configuration.
 #[derive(Debug)]
-pub struct AgentConfig<'a> {
+pub struct AgentSpec<'a> {
     /// The node.
     pub node: &'a NodeAddr,
     /// Its DC's voters.
@@ -108,8 +102,8 @@ pub struct AgentConfig<'a> {
     pub peers: Vec<&'a NodeAddr>,
     /// Its data folder.
     pub data_dir: &'a Path,
-    /// Folder of `meridian-ca.pem` and `<dc>-<node>.pem`.
-    pub certs: &'a Path,
+    /// Its certificate files (the CA's, its own and its key; see [`Pki::node_files`]).
+    pub certs: &'a NodeFiles,
     /// DCs to fail over to in order, when the node's own DC has no `web`.
     pub failover_order: Option<&'a [usize]>,
 }
@@ -126,78 +120,57 @@ pub fn api_client(timeout: Duration) -> Result<reqwest::Client> {
         .build()?)
 }
 
-/// The configuration file of one agent. The one place agent configs are written.
-pub fn agent_config(c: &AgentConfig<'_>) -> Result<String> {
+/// The configuration of one agent. The one place agent configs are made: bound to its node
+/// address, advertising its WAN face, fast Raft (testkit's), its DC's voters, the failback
+/// period (and the failover order in a DC without `web`), mutual TLS with its certificates,
+/// the other DCs at their link addresses, and the API behind [`TOKEN`].
+pub fn agent_config(c: &AgentSpec<'_>) -> AgentConfig {
     let n = c.node;
-    let dc = dc_name(n.dc);
-    let mut s = String::new();
-    writeln!(
-        s,
-        "datacenter = \"{dc}\"\nnode_name = \"{}\"\nnode_id = {}",
-        n.name, n.idx
-    )?;
-    writeln!(
-        s,
-        "bind = \"{}\"\nadvertise = \"{}\"",
-        n.ip,
-        link_ip(n.dc, n.idx)
-    )?;
-    writeln!(s, "data_dir = \"{}\"", c.data_dir.display())?;
-    writeln!(
-        s,
-        "\n[ports]\nhttp = {}\ndns = {}\nrpc = {}\nwan = {}\ngateway = {}",
-        n.ports.http, n.ports.dns, n.ports.rpc, n.ports.wan, n.ports.gateway
-    )?;
-    // Fast elections keep scenarios short; the ratios are the defaults'.
-    writeln!(
-        s,
-        "\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000"
-    )?;
-    for srv in &c.servers {
-        writeln!(
-            s,
-            "\n[[servers]]\nid = {}\nrpc = \"{}:{}\"",
-            srv.idx, srv.ip, srv.ports.rpc
-        )?;
-    }
-    writeln!(
-        s,
-        "\n[failover]\nfailback_after_ms = {}",
-        FAILBACK.as_millis()
-    )?;
+    let mut cfg = AgentConfig::new(&dc_name(n.dc), &n.name, n.ports, c.data_dir);
+    cfg.node_id = n.idx as u64;
+    cfg.bind = n.ip;
+    cfg.advertise = Some(link_ip(n.dc, n.idx).into());
+    cfg.servers = c
+        .servers
+        .iter()
+        .map(|srv| Server {
+            id: srv.idx as u64,
+            rpc: srv.rpc(),
+        })
+        .collect();
+    cfg.set(
+        "failover",
+        "failback_after_ms",
+        i64::try_from(FAILBACK.as_millis()).unwrap_or(i64::MAX),
+    );
     if let Some(order) = c.failover_order {
-        let list: Vec<String> = order
-            .iter()
-            .map(|d| format!("\"{}\"", dc_name(*d)))
-            .collect();
-        writeln!(s, "nearest_n = 0\ndatacenters = [{}]", list.join(", "))?;
+        let dcs: Vec<String> = order.iter().map(|d| dc_name(*d)).collect();
+        cfg.set("failover", "nearest_n", 0);
+        cfg.set("failover", "datacenters", dcs);
     }
-    let certs = c.certs.display();
-    writeln!(
-        s,
-        "\n[federation]\nca_file = \"{certs}/meridian-ca.pem\"\ncert_file = \"{certs}/{dc}-{name}.pem\"\n\
-         key_file = \"{certs}/{dc}-{name}-key.pem\"",
-        name = n.name
-    )?;
     let mut by_dc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for p in &c.peers {
-        by_dc.entry(p.dc).or_default().push(format!(
-            "\"{}:{}\"",
-            link_ip(p.dc, p.idx),
-            p.ports.wan
-        ));
+        by_dc
+            .entry(p.dc)
+            .or_default()
+            .push(SocketAddr::new(link_ip(p.dc, p.idx).into(), p.ports.wan).to_string());
     }
+    cfg.federation = Some(Federation {
+        peers: by_dc
+            .into_iter()
+            .map(|(d, addresses)| Peer {
+                dc: dc_name(d),
+                addresses,
+            })
+            .collect(),
+        ..Federation::with_certs(&c.certs.ca, &c.certs.cert, &c.certs.key)
+    });
     // The rpc port runs mutual TLS with the certificates above; the API needs the token.
-    writeln!(s, "\n[acl]\nmanagement_token = \"{TOKEN}\"")?;
-    for (d, addrs) in by_dc {
-        writeln!(
-            s,
-            "\n[[federation.peers]]\ndc = \"{}\"\naddresses = [{}]",
-            dc_name(d),
-            addrs.join(", ")
-        )?;
-    }
-    Ok(s)
+    cfg.insecure = false;
+    cfg.acl = Some(Acl {
+        management_token: TOKEN.to_owned(),
+    });
+    cfg
 }
 
 /// A node: where it is and its process.
@@ -245,8 +218,6 @@ impl Cluster {
             .prefix("meridian-chaos-")
             .tempdir_in(&base)?;
         let path = dir.path().to_owned();
-        let certs = path.join("certs");
-        std::fs::create_dir_all(&certs)?;
         let kernel = kernel::choose(spec.cuts)?;
         let wan = Wan::new(spec.seed, kernel);
         let history = History::new();
@@ -262,30 +233,16 @@ impl Cluster {
             }
         ));
 
-        let fed_ca = create_ca("meridian chaos federation")?;
-        std::fs::write(certs.join("meridian-ca.pem"), &fed_ca.cert_pem)?;
+        // The federation's CA and every node's certificate, in `certs/`.
+        let pki = Pki::new(&path.join("certs"))?;
         let mut addrs = Vec::new();
+        let mut certs = Vec::new();
         for (d0, count) in spec.nodes.iter().enumerate() {
             let dc = d0 + 1;
             for idx in 1..=*count {
-                let ips = [node_ip(dc, idx), link_ip(dc, idx)];
-                let ports = Ports {
-                    http: free_port(&ips),
-                    dns: free_port(&ips),
-                    rpc: free_port(&ips),
-                    wan: free_port(&ips),
-                    gateway: free_port(&ips),
-                };
+                let ports = Ports::free_on(&[node_ip(dc, idx).into(), link_ip(dc, idx).into()]);
                 let name = format!("n{idx}");
-                let pair = create_node_cert(&fed_ca, &dc_name(dc), &name, &[], 2)?;
-                std::fs::write(
-                    certs.join(format!("{}-{name}.pem", dc_name(dc))),
-                    &pair.cert_pem,
-                )?;
-                std::fs::write(
-                    certs.join(format!("{}-{name}-key.pem", dc_name(dc))),
-                    &pair.key_pem,
-                )?;
+                certs.push(pki.node_files(&dc_name(dc), &name, &[])?);
                 addrs.push(NodeAddr {
                     dc,
                     idx,
@@ -321,25 +278,25 @@ impl Cluster {
         let mut backends = BTreeMap::new();
         let mut servers_up = Vec::new();
         for &dc in &spec.web_in {
-            let port = free_port(&[backend_ip(dc)]);
+            let port = free_port_on(&[backend_ip(dc).into()]);
             let b = Backend::start(dc, (backend_ip(dc), port).into(), &web_ca).await?;
             backends.insert(dc, b.addr);
             servers_up.push(b);
         }
 
         let mut nodes = Vec::new();
-        for a in &addrs {
+        for (a, files) in addrs.iter().zip(&certs) {
             let data = path.join(a.label());
-            let cfg = agent_config(&AgentConfig {
+            let file = path.join(format!("{}.toml", a.label()));
+            agent_config(&AgentSpec {
                 node: a,
                 servers: addrs.iter().filter(|b| b.dc == a.dc).collect(),
                 peers: addrs.iter().filter(|b| b.dc != a.dc).collect(),
                 data_dir: &data,
-                certs: &certs,
+                certs: files,
                 failover_order: (!spec.web_in.contains(&a.dc)).then_some(spec.web_in.as_slice()),
-            })?;
-            let file = path.join(format!("{}.toml", a.label()));
-            std::fs::write(&file, cfg)?;
+            })
+            .write(&file)?;
             let proc = Proc::start(
                 &a.label(),
                 &spec.bin,
@@ -445,27 +402,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Polls `f` every 200 ms (sampling processes meanwhile) until it holds or `limit` passes.
-    pub async fn wait_for<F, Fut>(
-        &mut self,
-        limit: Duration,
-        what: &str,
-        mut f: F,
-    ) -> Result<Duration>
+    /// Waits up to `limit` for `f` to hold ([`wait::eventually`]), sampling every process
+    /// meanwhile; how long it took.
+    pub async fn wait_for<F, Fut>(&mut self, limit: Duration, what: &str, f: F) -> Result<Duration>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
+        Fut: Future<Output = bool>,
     {
         let start = Instant::now();
+        self.sampling(wait::eventually(limit, what, f)).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Runs `fut` to its end, sampling every process's memory and liveness every 200 ms
+    /// meanwhile.
+    async fn sampling<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
         loop {
-            if f().await {
-                return Ok(start.elapsed());
+            tokio::select! {
+                out = &mut fut => return out,
+                () = tokio::time::sleep(Duration::from_millis(200)) => self.sample(),
             }
-            if start.elapsed() > limit {
-                bail!("timed out after {limit:?} waiting for {what}");
-            }
-            self.sample();
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -507,38 +464,26 @@ impl Cluster {
 
     /// Waits for DC `dc` to have a leader that its live nodes agree on; its index in `nodes`.
     pub async fn wait_leader(&mut self, dc: usize, limit: Duration) -> Result<usize> {
-        let start = Instant::now();
-        loop {
-            let mut seen = BTreeSet::new();
-            let mut asked = 0;
-            for i in self.nodes_of(dc) {
-                let n = &self.nodes[i];
-                if n.proc.pid().is_none() || n.proc.is_frozen() {
-                    continue;
-                }
-                asked += 1;
-                if let Ok(r) = self.http.get(n.addr.url("/v1/status/leader")).send().await
-                    && let Ok(Value::String(l)) = r.json::<Value>().await
-                    && !l.is_empty()
-                {
-                    seen.insert(l);
-                }
-            }
-            if asked > 0 && seen.len() == 1 {
-                let leader = seen.into_iter().next().unwrap_or_default();
-                if let Some(i) = self.nodes_of(dc).into_iter().find(|i| {
-                    let a = &self.nodes[*i].addr;
-                    leader == format!("{}:{}", a.ip, a.ports.rpc)
-                }) {
-                    return Ok(i);
-                }
-            }
-            if start.elapsed() > limit {
-                bail!("dc{dc} has no agreed leader within {limit:?}");
-            }
-            self.sample();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // Who runs unfrozen changes only by the scenario's hand, not during the wait (a node
+        // that dies meanwhile answers nothing, and so names no leader).
+        let asked: Vec<String> = self
+            .nodes_of(dc)
+            .into_iter()
+            .map(|i| &self.nodes[i])
+            .filter(|n| n.proc.pid().is_some() && !n.proc.is_frozen())
+            .map(|n| n.addr.url(""))
+            .collect();
+        let rpcs: Vec<(usize, String)> = self
+            .nodes_of(dc)
+            .into_iter()
+            .map(|i| (i, self.nodes[i].addr.rpc()))
+            .collect();
+        let http = self.http.clone();
+        let what = format!("a leader that the live nodes of {} agree on", dc_name(dc));
+        self.sampling(wait::until_some(limit, &what, || {
+            agreed_leader(&http, &asked, &rpcs)
+        }))
+        .await
     }
 
     fn recompute_reachability(&self) {
@@ -707,6 +652,26 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The node (index and rpc address among `rpcs`) that every agent at `bases` that answers
+/// names as its leader, when they all name the same one.
+async fn agreed_leader(
+    http: &reqwest::Client,
+    bases: &[String],
+    rpcs: &[(usize, String)],
+) -> Option<usize> {
+    let mut seen = BTreeSet::new();
+    for base in bases {
+        if let Some(leader) = wait::leader_of(http, base).await {
+            seen.insert(leader);
+        }
+    }
+    if seen.len() != 1 {
+        return None;
+    }
+    let leader = seen.pop_first()?;
+    rpcs.iter().find(|(_, rpc)| *rpc == leader).map(|(i, _)| *i)
 }
 
 /// Length of the JSON array at `url`, if it answers one.

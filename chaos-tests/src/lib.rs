@@ -5,10 +5,13 @@
 //! The pieces: [`addr`] (the address plan: every node on its own loopback address, every
 //! inter-DC path through a link address), [`link`] (the user-space TCP/UDP WAN proxy with
 //! delay, jitter, loss, bandwidth caps, cuts and resets, seeded), [`kernel`] (the same cuts as
-//! iptables rules when running as root, and the netem probe), [`process`] (kill -9,
-//! SIGSTOP/SIGCONT, restart on the same data folder), [`cluster`] (a whole federation and its
-//! TLS backends), [`workload`] and [`history`] (what clients did and got, timestamped),
+//! iptables rules when running as root, and the netem probe), [`cluster`] (a whole federation
+//! and its TLS backends), [`workload`] and [`history`] (what clients did and got, timestamped),
 //! [`check`] (the invariants) and [`scenario`] (fault schedules from a seed, and the runner).
+//!
+//! What every harness needs comes from `meridian-testkit`: free ports, the agent process (kill
+//! -9, SIGSTOP/SIGCONT, restart on the same data folder), the typed config writer, the
+//! certificates and the waits.
 
 // Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
 // is for the libraries.
@@ -21,7 +24,6 @@ pub mod cluster;
 pub mod history;
 pub mod kernel;
 pub mod link;
-pub mod process;
 pub mod scenario;
 pub mod workload;
 

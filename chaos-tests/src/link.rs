@@ -534,12 +534,13 @@ async fn udp_back(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{free_port, link_ip, node_ip};
+    use crate::addr::{link_ip, node_ip};
+    use meridian_testkit::free_port_on;
     use tokio::net::TcpSocket;
 
     /// An echo server at node 1 of dc2, the proxy at its WAN face; a client in dc1.
     async fn tcp_setup(wan: &Wan) -> anyhow::Result<SocketAddr> {
-        let port = free_port(&[node_ip(2, 1), link_ip(2, 1)]);
+        let port = free_port_on(&[node_ip(2, 1).into(), link_ip(2, 1).into()]);
         let echo = TcpListener::bind((node_ip(2, 1), port)).await?;
         tokio::spawn(async move {
             while let Ok((s, _)) = echo.accept().await {
@@ -632,7 +633,7 @@ mod tests {
     /// Which of 200 datagrams came back through a link losing half of them, for `seed`.
     async fn udp_survivors(seed: u64) -> anyhow::Result<Vec<u16>> {
         let wan = Wan::new(seed, None);
-        let port = free_port(&[node_ip(2, 1), link_ip(2, 1)]);
+        let port = free_port_on(&[node_ip(2, 1).into(), link_ip(2, 1).into()]);
         let echo = UdpSocket::bind((node_ip(2, 1), port)).await?;
         let server = tokio::spawn(async move {
             let mut buf = [0u8; 64];

@@ -350,20 +350,6 @@ impl fmt::Display for RunReport {
     }
 }
 
-/// The target folder this executable was built into (`<target>/release/deps/x` for a test,
-/// `<target>/release/x` for a binary).
-fn target_release_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe
-        .parent()
-        .context("executable without a folder")?
-        .to_owned();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir.parent().context("deps without a parent")?.to_owned();
-    }
-    Ok(dir)
-}
-
 /// The path of binary `name` of the `meridian` package in this executable's target folder
 /// (`cargo nextest run --workspace` builds `meridian`). A binary that needs `features` is built
 /// first when cargo is at hand (a no-op when fresh). `MERIDIAN_CHAOS_BIN_DIR` names a folder of
@@ -373,7 +359,7 @@ pub fn binary(name: &str, features: &[&str]) -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("MERIDIAN_CHAOS_BIN_DIR") {
         return Ok(Path::new(&dir).join(name));
     }
-    let release = target_release_dir()?;
+    let release = meridian_testkit::process::target_dir()?;
     let path = release.join(name);
     let built = BUILT.get_or_init(Mutex::default);
     let mut built = built

@@ -168,9 +168,7 @@ fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Agent>> {
             c.insecure = false;
             c.federation = Some(Federation::with_certs(&f.ca, &f.cert, &f.key));
             c.extra.remove("acl");
-            c.acl = Some(Acl {
-                management_token: BENCH_TOKEN.to_owned(),
-            });
+            c.acl = Some(Acl::management(BENCH_TOKEN));
         }
         let name = c.node_name.clone();
         nodes.push(procs::configured_agent(

@@ -526,16 +526,7 @@ fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>
         .into();
     args.push("--data-dir".to_owned());
     args.push(dir.join(dc).to_str().context("a UTF-8 path")?.to_owned());
-    for (flag, port) in [
-        ("--http-port", ports.http),
-        ("--dns-port", ports.dns),
-        ("--rpc-port", ports.rpc),
-        ("--wan-port", ports.wan),
-        ("--gateway-port", ports.gateway),
-    ] {
-        args.push(flag.to_owned());
-        args.push(port.to_string());
-    }
+    args.extend(ports.args());
     if let Some(j) = join {
         args.push("--join-wan".to_owned());
         args.push(format!("127.0.0.1:{j}"));

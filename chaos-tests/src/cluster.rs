@@ -113,11 +113,7 @@ pub const TOKEN: &str = "meridian-chaos-management-token";
 
 /// An HTTP client of the agents' API that presents [`TOKEN`].
 pub fn api_client(timeout: Duration) -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .default_headers(meridian_client::api::token_headers(Some(TOKEN))?)
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(2))
-        .build()?)
+    meridian_testkit::agent::api_client_with(Some(TOKEN), timeout)
 }
 
 /// The configuration of one agent. The one place agent configs are made: bound to its node
@@ -167,9 +163,7 @@ pub fn agent_config(c: &AgentSpec<'_>) -> AgentConfig {
     });
     // The rpc port runs mutual TLS with the certificates above; the API needs the token.
     cfg.insecure = false;
-    cfg.acl = Some(Acl {
-        management_token: TOKEN.to_owned(),
-    });
+    cfg.acl = Some(Acl::management(TOKEN));
     cfg
 }
 

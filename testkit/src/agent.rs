@@ -33,9 +33,14 @@ pub struct Agent {
 
 /// An HTTP client presenting `token`, with a 30 s limit per request.
 pub fn api_client(token: Option<&str>) -> Result<reqwest::Client> {
+    api_client_with(token, Duration::from_secs(30))
+}
+
+/// An HTTP client presenting `token`, with `timeout` per request (2 s to connect).
+pub fn api_client_with(token: Option<&str>, timeout: Duration) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .default_headers(meridian_client::api::token_headers(token)?)
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs(2))
         .build()?)
 }
@@ -70,16 +75,7 @@ impl Agent {
             "--data-dir".into(),
             path_arg(data_dir)?,
         ];
-        for (flag, port) in [
-            ("--http-port", ports.http),
-            ("--dns-port", ports.dns),
-            ("--rpc-port", ports.rpc),
-            ("--wan-port", ports.wan),
-            ("--gateway-port", ports.gateway),
-        ] {
-            args.push(flag.into());
-            args.push(port.to_string());
-        }
+        args.extend(ports.args());
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
         Self::spawn(name, ports, IpAddr::from([127, 0, 0, 1]), args, dir)
     }

@@ -99,6 +99,16 @@ pub struct Acl {
     pub tokens: Vec<AclToken>,
 }
 
+impl Acl {
+    /// Only a management token.
+    pub fn management(token: &str) -> Acl {
+        Acl {
+            management_token: token.to_owned(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
 /// One `[[acl.tokens]]`.
 #[derive(Clone, Debug, Serialize)]
 pub struct AclToken {
@@ -174,10 +184,7 @@ impl AgentConfig {
                 rpc: format!("127.0.0.1:{}", ports.rpc),
             }],
             federation: None,
-            acl: Some(Acl {
-                management_token: TEST_TOKEN.to_owned(),
-                tokens: Vec::new(),
-            }),
+            acl: Some(Acl::management(TEST_TOKEN)),
             extra: toml::Table::new(),
         }
     }

@@ -56,6 +56,20 @@ impl Ports {
         Ports::free_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)])
     }
 
+    /// The `meridian agent` flags that set these ports (`--http-port N` …).
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--http-port", self.http),
+            ("--dns-port", self.dns),
+            ("--rpc-port", self.rpc),
+            ("--wan-port", self.wan),
+            ("--gateway-port", self.gateway),
+        ]
+        .into_iter()
+        .flat_map(|(flag, port)| [flag.to_owned(), port.to_string()])
+        .collect()
+    }
+
     /// Five ports free on every address of `ips`.
     pub fn free_on(ips: &[IpAddr]) -> Ports {
         Ports {

@@ -449,13 +449,7 @@ async fn truncation_dig_and_bad_packets() -> Result<()> {
     ensure!(!m.answers.is_empty(), "still serving");
 
     // The counters on /metrics.
-    let text = agent
-        .http
-        .get(agent.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = agent.metrics().await?;
     let value = |name: &str| -> Result<u64> {
         let line = text
             .lines()

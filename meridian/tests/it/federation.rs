@@ -63,32 +63,15 @@ async fn converged(origin: &Agent, dc: &str, holder: &Agent, secs: u64) -> Resul
 
 /// The value of a sample line `name` (with its labels, exactly as printed) on `/metrics`.
 pub(crate) async fn metric(agent: &Agent, name: &str) -> Result<f64> {
-    let text = agent
-        .http
-        .get(agent.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .with_context(|| format!("{name} not on /metrics of {}", agent.name))
+    agent.metric(name).await
 }
 
 /// The sum of the samples on `/metrics` whose name and labels start with `prefix`.
 async fn metric_sum(agent: &Agent, prefix: &str) -> Result<f64> {
-    let text = agent
-        .http
-        .get(agent.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
+    Ok(meridian_testkit::metrics::sum(
+        &agent.metrics().await?,
+        prefix,
+    ))
 }
 
 async fn register(agent: &Agent, body: &Value) -> Result<()> {

@@ -324,13 +324,7 @@ async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> 
     // One QUIC connection carried them all, as streams.
     let connects = metric(&dc2, "meridian_gateway_tunnel_connects_total").await;
     if connects != 1.0 {
-        let text = dc2
-            .http
-            .get(dc2.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = dc2.metrics().await?;
         bail!("{connects} tunnel connections:\n{text}");
     }
     ensure!(metric(&dc2, "meridian_gateway_tunnel_streams_out_total").await >= 5.0);
@@ -356,15 +350,7 @@ async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> 
 
 /// The gateway tunnel address (`ip:port`) dc2 uses for dc1, from its metrics.
 async fn tunnel_gateway(agent: &Agent) -> Option<String> {
-    let text = agent
-        .http
-        .get(agent.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = agent.metrics().await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("meridian_gateway_tunnel_up{dc=\"dc1\",gateway=\""))
         .and_then(|rest| rest.split('"').next())

@@ -234,13 +234,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() -> Result<()> {
         "{services_after} != {services_before}"
     );
     ensure!(agent.instance_ids("web").await? == ["web-1"]);
-    let metrics = agent
-        .http
-        .get(agent.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = agent.metrics().await?;
     ensure!(
         metrics.contains("meridian_http_bad_requests_total"),
         "{metrics}"

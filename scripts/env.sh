@@ -80,7 +80,7 @@ need_cargo_audit() {
 # Installs what is missing (as root, with apt-get), or says exactly what to install.
 meridian_install_missing() {
     local missing
-    command -v cargo >/dev/null || { echo "meridian: cargo is missing: install Rust stable (rustup) first" >&2; exit 1; }
+    command -v cargo >/dev/null || { echo "meridian: cargo is missing: install Rust with rustup first (rust-toolchain.toml pins the version it then uses)" >&2; exit 1; }
     mapfile -t missing < <(meridian_missing_packages)
     [ ${#missing[@]} -gt 0 ] || return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,4 +1,4 @@
-//! Counters the catalog keeps for `/metrics`: plain atomics, read by whoever renders them.
+//! Counters the catalog keeps: plain atomics, read at each scrape by `metrics.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

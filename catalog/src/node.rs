@@ -271,7 +271,7 @@ impl Catalog {
         self.inner.views.borrow().clone()
     }
 
-    /// This node's counters, for `/metrics`.
+    /// This node's counters.
     pub fn counters(&self) -> &CatalogCounters {
         &self.inner.counters
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use meridian_identity::{PemPair, create_node_cert};
+use meridian_identity::{PemPair, Role, create_node_cert};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -40,7 +40,7 @@ impl Backend {
             format!("{SERVICE}.service.consul"),
             format!("{SERVICE}.service.{dc_name}.consul"),
         ];
-        let pair = create_node_cert(ca, &dc_name, SERVICE, &sans, 2)?;
+        let pair = create_node_cert(ca, &dc_name, SERVICE, Role::Server, &sans, 2)?;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())?;

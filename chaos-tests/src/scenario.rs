@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -352,12 +352,12 @@ impl fmt::Display for RunReport {
 
 /// The path of binary `name` of the `meridian` package in this executable's target folder
 /// (`cargo nextest run --workspace` builds `meridian`). A binary that needs `features` is built
-/// first when cargo is at hand (a no-op when fresh). `MERIDIAN_CHAOS_BIN_DIR` names a folder of
-/// prebuilt binaries instead.
+/// first when cargo is at hand (a no-op when fresh). `MERIDIAN_BIN_DIR` names a folder of
+/// prebuilt binaries instead (the test kit's [`meridian_testkit::process::prebuilt_dir`]).
 pub fn binary(name: &str, features: &[&str]) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
-    if let Some(dir) = std::env::var_os("MERIDIAN_CHAOS_BIN_DIR") {
-        return Ok(Path::new(&dir).join(name));
+    if let Some(dir) = meridian_testkit::process::prebuilt_dir() {
+        return Ok(dir.join(name));
     }
     let release = meridian_testkit::process::target_dir()?;
     let path = release.join(name);

@@ -1,9 +1,15 @@
 //! The DNS server's counters: answers by response code, malformed packets, truncations,
-//! forwarded queries and UDP responses held back by the response-rate limit. Plain atomics owned by the server (no globals), read by `/metrics`.
+//! forwarded queries and UDP responses held back by the response-rate limit. Plain atomics owned
+//! by the server (no globals); their metric families are described here, once, and read at each
+//! scrape of the registry the node registers them on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hickory_server::proto::op::ResponseCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 /// Response codes counted by name; anything else is counted as `other`.
 const RCODES: [(ResponseCode, &str); 6] = [
@@ -118,5 +124,59 @@ impl DnsCounters {
     /// UDP responses sent as empty truncated replies by the response-rate limit so far.
     pub fn rate_limited_slipped_total(&self) -> u64 {
         self.rate_limited_slipped.load(Ordering::Relaxed)
+    }
+}
+
+impl Collector for DnsCounters {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = enc.encode_descriptor(
+            "meridian_dns_responses",
+            "DNS responses sent, by response code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (rcode, n) in self.responses() {
+            ConstCounter::new(n).encode(family.encode_family(&[("rcode", rcode)])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "meridian_dns_malformed",
+                "DNS packets that could not be decoded (answered FORMERR or dropped).",
+                self.malformed_total(),
+            ),
+            (
+                "meridian_dns_truncated",
+                "UDP responses cut to fit and sent with TC set.",
+                self.truncated_total(),
+            ),
+            (
+                "meridian_dns_forwarded",
+                "Queries outside our domains forwarded to the recursors.",
+                self.forwarded_total(),
+            ),
+            (
+                "meridian_dns_forward_failures",
+                "Forwarded queries no recursor answered (answered SERVFAIL).",
+                self.forward_failed_total(),
+            ),
+            (
+                "meridian_dns_rate_limited_dropped",
+                "UDP responses dropped by the per-client response-rate limit.",
+                self.rate_limited_dropped_total(),
+            ),
+            (
+                "meridian_dns_rate_limited_slipped",
+                "UDP responses the response-rate limit sent as empty TC replies instead.",
+                self.rate_limited_slipped_total(),
+            ),
+        ] {
+            ConstCounter::new(value).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
     }
 }

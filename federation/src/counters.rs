@@ -1,10 +1,17 @@
-//! Federation counters and their Prometheus text: per remote DC (as a subscriber) and per
-//! subscribing DC (as an origin), plus refusals of bad peers.
+//! Federation counters and their metric families: per remote DC (as a subscriber) and per
+//! subscribing DC (as an origin), plus refusals of bad peers. Each family is described here,
+//! once, and read at each scrape of the registry the node registers the counters on.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Counters of one remote datacenter this node subscribes to.
 #[derive(Debug, Default)]
@@ -93,8 +100,8 @@ impl FederationCounters {
         m.get(reason).copied().unwrap_or(0)
     }
 
-    /// Appends the counters in Prometheus text format; `now_ms` dates the staleness gauges.
-    pub fn render(&self, out: &mut String, now_ms: u64) {
+    /// Describes every family and its samples on `enc`; `now_ms` dates the staleness gauges.
+    fn encode_at(&self, enc: &mut DescriptorEncoder<'_>, now_ms: u64) -> fmt::Result {
         let peers: Vec<(String, Arc<PeerStats>)> = self
             .peers
             .lock()
@@ -102,32 +109,32 @@ impl FederationCounters {
             .unwrap_or_default();
         type PeerGauge = (
             &'static str,
-            &'static str,
+            MetricType,
             &'static str,
             fn(&PeerStats, u64) -> u64,
         );
         let per_peer: [PeerGauge; 11] = [
             (
                 "meridian_federation_connected",
-                "gauge",
+                MetricType::Gauge,
                 "1 while the stream to the remote DC is up and synced.",
                 |p, _| u64::from(p.connected.load(Ordering::Relaxed)),
             ),
             (
                 "meridian_federation_index",
-                "gauge",
+                MetricType::Gauge,
                 "Origin Raft index of the remote DC's replica.",
                 |p, _| get(&p.index),
             ),
             (
                 "meridian_federation_index_lag",
-                "gauge",
+                MetricType::Gauge,
                 "The remote DC's newest announced index minus the replica's.",
                 |p, _| get(&p.lag),
             ),
             (
                 "meridian_federation_seconds_since_update",
-                "gauge",
+                MetricType::Gauge,
                 "Seconds since the remote DC last confirmed the replica (update or heartbeat).",
                 |p, now| {
                     let c = get(&p.confirmed_unix_ms);
@@ -139,56 +146,58 @@ impl FederationCounters {
                 },
             ),
             (
-                "meridian_federation_received_bytes_total",
-                "counter",
+                "meridian_federation_received_bytes",
+                MetricType::Counter,
                 "Bytes of sync messages received from the remote DC.",
                 |p, _| get(&p.bytes_in),
             ),
             (
-                "meridian_federation_received_messages_total",
-                "counter",
+                "meridian_federation_received_messages",
+                MetricType::Counter,
                 "Sync messages received from the remote DC.",
                 |p, _| get(&p.messages_in),
             ),
             (
-                "meridian_federation_sent_bytes_total",
-                "counter",
+                "meridian_federation_sent_bytes",
+                MetricType::Counter,
                 "Bytes of subscription requests sent to the remote DC.",
                 |p, _| get(&p.bytes_out),
             ),
             (
-                "meridian_federation_disconnects_total",
-                "counter",
+                "meridian_federation_disconnects",
+                MetricType::Counter,
                 "Streams to the remote DC that ended.",
                 |p, _| get(&p.disconnects),
             ),
             (
-                "meridian_federation_full_syncs_total",
-                "counter",
+                "meridian_federation_full_syncs",
+                MetricType::Counter,
                 "Full snapshots received from the remote DC.",
                 |p, _| get(&p.full_syncs),
             ),
             (
-                "meridian_federation_partial_syncs_total",
-                "counter",
+                "meridian_federation_partial_syncs",
+                MetricType::Counter,
                 "Digest catch-ups (only differing buckets) from the remote DC.",
                 |p, _| get(&p.partial_syncs),
             ),
             (
-                "meridian_federation_resumes_total",
-                "counter",
+                "meridian_federation_resumes",
+                MetricType::Counter,
                 "Reconnects that resumed from the replica's index.",
                 |p, _| get(&p.resumes),
             ),
         ];
         for (name, kind, help, f) in per_peer {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
             for (dc, p) in &peers {
-                let v = f(p, now_ms);
-                if v == u64::MAX {
-                    let _ = writeln!(out, "{name}{{dc=\"{dc}\"}} +Inf");
-                } else {
-                    let _ = writeln!(out, "{name}{{dc=\"{dc}\"}} {v}");
+                let labels = [("dc", dc.as_str())];
+                let child = family.encode_family(&labels)?;
+                match (f(p, now_ms), kind) {
+                    // Never confirmed: infinitely stale.
+                    (u64::MAX, _) => ConstGauge::new(f64::INFINITY).encode(child)?,
+                    (v, MetricType::Counter) => ConstCounter::new(v).encode(child)?,
+                    (v, _) => ConstGauge::new(v).encode(child)?,
                 }
             }
         }
@@ -199,82 +208,155 @@ impl FederationCounters {
             .unwrap_or_default();
         type SubCounter = (
             &'static str,
-            &'static str,
+            MetricType,
             &'static str,
             fn(&SubscriberStats) -> u64,
         );
         let per_sub: [SubCounter; 5] = [
             (
-                "meridian_federation_served_streams_total",
-                "counter",
+                "meridian_federation_served_streams",
+                MetricType::Counter,
                 "Sync streams opened by the subscribing DC.",
                 |s| get(&s.streams),
             ),
             (
                 "meridian_federation_served_streams_open",
-                "gauge",
+                MetricType::Gauge,
                 "Sync streams of the subscribing DC open now.",
                 |s| get(&s.open),
             ),
             (
-                "meridian_federation_served_bytes_total",
-                "counter",
+                "meridian_federation_served_bytes",
+                MetricType::Counter,
                 "Bytes of sync messages sent to the subscribing DC.",
                 |s| get(&s.bytes_out),
             ),
             (
-                "meridian_federation_served_messages_total",
-                "counter",
+                "meridian_federation_served_messages",
+                MetricType::Counter,
                 "Sync messages sent to the subscribing DC.",
                 |s| get(&s.messages_out),
             ),
             (
-                "meridian_federation_too_slow_total",
-                "counter",
+                "meridian_federation_too_slow",
+                MetricType::Counter,
                 "Streams cut because the subscriber fell out of the change window.",
                 |s| get(&s.too_slow),
             ),
         ];
         for (name, kind, help, f) in per_sub {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
             for (dc, s) in &subs {
-                let _ = writeln!(out, "{name}{{subscriber_dc=\"{dc}\"}} {}", f(s));
+                let labels = [("subscriber_dc", dc.as_str())];
+                let child = family.encode_family(&labels)?;
+                if matches!(kind, MetricType::Counter) {
+                    ConstCounter::new(f(s)).encode(child)?;
+                } else {
+                    ConstGauge::new(f(s)).encode(child)?;
+                }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP meridian_federation_refused_total Federation connections or subscriptions refused, by reason.\n\
-             # TYPE meridian_federation_refused_total counter"
-        );
-        if let Ok(m) = self.refused.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "meridian_federation_refused_total{{reason=\"{reason}\"}} {n}"
-                );
-            }
+        let refused: Vec<(&'static str, u64)> = self
+            .refused
+            .lock()
+            .map(|m| m.iter().map(|(r, n)| (*r, *n)).collect())
+            .unwrap_or_default();
+        let mut family = enc.encode_descriptor(
+            "meridian_federation_refused",
+            "Federation connections or subscriptions refused, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in refused {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         for (name, help, v) in [
             (
-                "meridian_federation_protocol_errors_total",
+                "meridian_federation_protocol_errors",
                 "Sync messages that broke the protocol.",
                 get(&self.protocol_errors),
             ),
             (
-                "meridian_federation_digest_mismatches_total",
+                "meridian_federation_digest_mismatches",
                 "Syncs whose digest differed from the origin's.",
                 get(&self.digest_mismatches),
             ),
             (
-                "meridian_federation_corrupt_entries_total",
+                "meridian_federation_corrupt_entries",
                 "Persisted replica entries that no longer decoded.",
                 get(&self.corrupt_entries),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for FederationCounters {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        self.encode_at(&mut enc, crate::now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn exposition(c: &Arc<FederationCounters>, now_ms: u64) -> String {
+        #[derive(Debug)]
+        struct At(Arc<FederationCounters>, u64);
+        impl Collector for At {
+            fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+                self.0.encode_at(&mut enc, self.1)
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(At(c.clone(), now_ms)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        text
+    }
+
+    #[test]
+    fn families_carry_each_dc_and_a_never_confirmed_replica_is_infinitely_stale() {
+        let c = Arc::new(FederationCounters::default());
+        let dc2 = c.peer("dc2");
+        dc2.connected.store(true, Ordering::Relaxed);
+        dc2.index.store(42, Ordering::Relaxed);
+        dc2.confirmed_unix_ms.store(10_000, Ordering::Relaxed);
+        dc2.bytes_in.store(7, Ordering::Relaxed);
+        c.peer("dc3");
+        c.subscriber("dc4").open.store(2, Ordering::Relaxed);
+        c.refuse("wrong_dc");
+        let text = exposition(&c, 13_500);
+        for line in [
+            "# TYPE meridian_federation_connected gauge",
+            "meridian_federation_connected{dc=\"dc2\"} 1",
+            "meridian_federation_connected{dc=\"dc3\"} 0",
+            "meridian_federation_index{dc=\"dc2\"} 42",
+            "meridian_federation_seconds_since_update{dc=\"dc2\"} 3",
+            "# TYPE meridian_federation_received_bytes counter",
+            "meridian_federation_received_bytes_total{dc=\"dc2\"} 7",
+            "meridian_federation_served_streams_open{subscriber_dc=\"dc4\"} 2",
+            "meridian_federation_refused_total{reason=\"wrong_dc\"} 1",
+            "meridian_federation_protocol_errors_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
             );
         }
+        let stale = text
+            .lines()
+            .find_map(|l| l.strip_prefix("meridian_federation_seconds_since_update{dc=\"dc3\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(stale, Some(f64::INFINITY), "{text}");
     }
 }

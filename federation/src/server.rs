@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::counters::{FederationCounters, SubscriberStats};
 use crate::export::{Delta, Exporter, Plan};
-use meridian_identity::{self as tls, Identity, TlsError};
+use meridian_identity::{self as tls, Identity, Role, TlsError};
 
 /// Entries per `Batch` message: keeps every message far below the gRPC size limit.
 const CHUNK: usize = 512;
@@ -197,8 +197,12 @@ impl Federation for Service {
             )));
         }
         // A subscriber of this very DC is a gateway-only node following its DC's servers.
-        // Federation is symmetric: follow a datacenter that follows us.
-        self.registry.learn(&peer.dc, &req.subscriber_addresses);
+        // Federation is symmetric: follow a datacenter that follows us, at the addresses its
+        // servers give. A gateway certificate serves no federation: its addresses are not
+        // learned, so it cannot point this DC at endpoints of its choosing.
+        if peer.role == Role::Server {
+            self.registry.learn(&peer.dc, &req.subscriber_addresses);
+        }
         // A subscriber that was ahead of this node (it synced from a node that had applied
         // more) waits briefly for this node to catch up, rather than being rolled back.
         let mut changed = self.exporter.watch();

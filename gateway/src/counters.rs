@@ -1,13 +1,18 @@
-//! The gateway's counters and their Prometheus text: connections by route and outcome, bytes,
+//! The gateway's counters and their metric families: connections by route and outcome, bytes,
 //! and ClientHello failures. They live in the gateway value, not in globals, so two agents in one
-//! process count apart. The tunnel counts and renders its own (`Tunnel::render`); the relay
+//! process count apart. The tunnel counts and describes its own (`Tunnel::encode`); the relay
 //! knows nothing of these: it copies `Metered` streams whose sinks
 //! ([`GatewayCounters::up`], [`GatewayCounters::down`]) add to the byte counters.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::meter::ByteSink;
 
@@ -70,59 +75,59 @@ impl GatewayCounters {
             .sum()
     }
 
-    /// Appends the counters in Prometheus text format. Crate-private: the node renders the
-    /// gateway's families, these and the tunnel's, with `GatewayMetrics::render`.
-    pub(crate) fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP meridian_gateway_connections_total Gateway connections by route (local, remote, none) and outcome (relayed or why refused).\n\
-             # TYPE meridian_gateway_connections_total counter"
-        );
-        if let Ok(m) = self.outcomes.lock() {
-            for ((route, outcome), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "meridian_gateway_connections_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
-                );
-            }
+    /// Describes the connection families and their samples on `enc`. Crate-private: the node
+    /// registers the gateway's families, these and the tunnel's, as one `GatewayMetrics`.
+    pub(crate) fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let outcomes: Vec<((&'static str, &'static str), u64)> = self
+            .outcomes
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
+            .unwrap_or_default();
+        let mut family = enc.encode_descriptor(
+            "meridian_gateway_connections",
+            "Gateway connections by route (local, remote, none) and outcome (relayed or why refused).",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((route, outcome), n) in outcomes {
+            let labels = [("route", route), ("outcome", outcome)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (name, kind, help, v) in [
+        for (name, help, v) in [
             (
-                "meridian_gateway_bytes_up_total",
-                "counter",
+                "meridian_gateway_bytes_up",
                 "Bytes relayed from clients to backends.",
                 load(&self.bytes_up),
             ),
             (
-                "meridian_gateway_bytes_down_total",
-                "counter",
+                "meridian_gateway_bytes_down",
                 "Bytes relayed from backends to clients.",
                 load(&self.bytes_down),
             ),
             (
-                "meridian_gateway_hello_failures_total",
-                "counter",
+                "meridian_gateway_hello_failures",
                 "ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).",
                 load(&self.hello_failures),
             ),
             (
-                "meridian_gateway_rescued_total",
-                "counter",
+                "meridian_gateway_rescued",
                 "Connections to another DC that never answered, resolved and sent again.",
                 load(&self.rescues),
             ),
-            (
-                "meridian_gateway_connections_open",
-                "gauge",
-                "Gateway connections open now.",
-                load(&self.open),
-            ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
+        ConstGauge::new(load(&self.open)).encode(enc.encode_descriptor(
+            "meridian_gateway_connections_open",
+            "Gateway connections open now.",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }

@@ -1,8 +1,8 @@
 //! A running gateway, as a node starts it: [`Gateway::start`] follows the published views into
 //! the `ArcSwap` the data plane reads (a load per connection, no lock shared with the
 //! publisher), serves the TCP port, and accepts the tunnel's inbound streams; the handle gives
-//! the bound address, the counters, the tunnel, the `/metrics` text of all of them, and the
-//! shutdown.
+//! the bound address, the counters, the tunnel, the metric families of all of them (one
+//! collector for the node's registry), and the shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use meridian_topology::View;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -84,7 +86,7 @@ impl Gateway {
         self.gateway.tunnel()
     }
 
-    /// Everything the gateway counts, to render at `/metrics`.
+    /// Everything the gateway counts, to register on the node's metrics registry.
     pub fn metrics(&self) -> GatewayMetrics {
         GatewayMetrics::new(
             Arc::clone(self.gateway.counters()),
@@ -108,8 +110,8 @@ impl Gateway {
     }
 }
 
-/// The gateway's counters and its tunnel's, rendered together as `/metrics` has always shown
-/// them. Cheap to clone.
+/// The gateway's counters and its tunnel's, registered together on the node's registry (one
+/// [`Collector`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     counters: Arc<GatewayCounters>,
@@ -126,14 +128,16 @@ impl GatewayMetrics {
     pub fn counters(&self) -> &Arc<GatewayCounters> {
         &self.counters
     }
+}
 
-    /// Appends every gateway family in Prometheus text format: the connection counters, then
-    /// the tunnel's (when there is one).
-    pub fn render(&self, out: &mut String) {
-        self.counters.render(out);
+/// Every gateway family: the connection counters, then the tunnel's (when there is one).
+impl Collector for GatewayMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.counters.encode(&mut enc)?;
         if let Some(t) = &self.tunnel {
-            t.render(out);
+            t.encode(&mut enc)?;
         }
+        Ok(())
     }
 }
 
@@ -143,6 +147,7 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
+    use prometheus_client::registry::Registry;
     use rustls::RootCertStore;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -151,6 +156,15 @@ mod tests {
         view_with_remote, web_state,
     };
     use crate::tunnel::{TunnelConfig, WanTransport};
+
+    /// The `/metrics` text of a registry holding only `metrics`.
+    fn exposition(metrics: &GatewayMetrics) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics.clone()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        text
+    }
 
     async fn start(views: watch::Receiver<Arc<View>>, tunnel: Option<Arc<Tunnel>>) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -200,8 +214,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let metrics = gw.metrics();
-        let mut text = String::new();
-        metrics.render(&mut text);
+        let text = exposition(&metrics);
         assert!(
             text.contains(
                 "meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"} 1\n"
@@ -232,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_render_as_before() {
+    fn counters_keep_their_sample_names() {
         let c = GatewayCounters::default();
         c.record("local", "relayed");
         c.record("local", "relayed");
@@ -242,28 +255,30 @@ mod tests {
         c.hello_failures.store(1, Ordering::Relaxed);
         c.rescues.store(2, Ordering::Relaxed);
         c.open.store(3, Ordering::Relaxed);
-        let mut text = String::new();
-        GatewayMetrics::new(Arc::new(c), None).render(&mut text);
+        let text = exposition(&GatewayMetrics::new(Arc::new(c), None));
+        // OpenMetrics: a counter family is named without `_total`, its samples with it (the
+        // names Prometheus stores are the samples', unchanged since the hand-written text).
         let expected = "\
-# HELP meridian_gateway_connections_total Gateway connections by route (local, remote, none) and outcome (relayed or why refused).
-# TYPE meridian_gateway_connections_total counter
+# HELP meridian_gateway_connections Gateway connections by route (local, remote, none) and outcome (relayed or why refused).
+# TYPE meridian_gateway_connections counter
 meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"} 2
 meridian_gateway_connections_total{route=\"none\",outcome=\"not_tls\"} 1
-# HELP meridian_gateway_bytes_up_total Bytes relayed from clients to backends.
-# TYPE meridian_gateway_bytes_up_total counter
+# HELP meridian_gateway_bytes_up Bytes relayed from clients to backends.
+# TYPE meridian_gateway_bytes_up counter
 meridian_gateway_bytes_up_total 5
-# HELP meridian_gateway_bytes_down_total Bytes relayed from backends to clients.
-# TYPE meridian_gateway_bytes_down_total counter
+# HELP meridian_gateway_bytes_down Bytes relayed from backends to clients.
+# TYPE meridian_gateway_bytes_down counter
 meridian_gateway_bytes_down_total 7
-# HELP meridian_gateway_hello_failures_total ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).
-# TYPE meridian_gateway_hello_failures_total counter
+# HELP meridian_gateway_hello_failures ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).
+# TYPE meridian_gateway_hello_failures counter
 meridian_gateway_hello_failures_total 1
-# HELP meridian_gateway_rescued_total Connections to another DC that never answered, resolved and sent again.
-# TYPE meridian_gateway_rescued_total counter
+# HELP meridian_gateway_rescued Connections to another DC that never answered, resolved and sent again.
+# TYPE meridian_gateway_rescued counter
 meridian_gateway_rescued_total 2
 # HELP meridian_gateway_connections_open Gateway connections open now.
 # TYPE meridian_gateway_connections_open gauge
 meridian_gateway_connections_open 3
+# EOF
 ";
         assert_eq!(text, expected);
     }
@@ -359,15 +374,14 @@ meridian_gateway_connections_open 3
             assert!(c.bytes_up.load(Ordering::Relaxed) > 0);
             assert!(c.bytes_down.load(Ordering::Relaxed) > 0);
         }
-        let mut text = String::new();
-        dc2.metrics().render(&mut text);
+        let text = exposition(&dc2.metrics());
         assert!(
             text.contains(
                 "meridian_gateway_connections_total{route=\"remote\",outcome=\"relayed\"} 3\n"
             ),
             "{text}"
         );
-        assert!(text.contains("# TYPE meridian_gateway_tunnel_connects_total counter\n"));
+        assert!(text.contains("# TYPE meridian_gateway_tunnel_connects counter\n"));
         assert!(
             text.contains("meridian_gateway_tunnel_streams_out_total 3\n"),
             "{text}"
@@ -389,8 +403,7 @@ meridian_gateway_connections_open 3
                 "{text}"
             );
         }
-        let mut text = String::new();
-        dc1.metrics().render(&mut text);
+        let text = exposition(&dc1.metrics());
         assert!(
             text.contains("meridian_gateway_tunnel_streams_in_total 4\n"),
             "{text}"

@@ -77,7 +77,7 @@ impl LocalGateway {
         self
     }
 
-    /// The gateway's counters (connections and bytes; the tunnel renders its own).
+    /// The gateway's counters (connections and bytes; the tunnel keeps its own).
     pub fn counters(&self) -> &Arc<GatewayCounters> {
         &self.counters
     }

@@ -13,13 +13,16 @@
 //! never sent on to a third DC, so routes cannot loop.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -601,54 +604,56 @@ impl Tunnel {
             .close(quinn::VarInt::from_u32(0), b"shutting down");
     }
 
-    /// Appends the tunnel's counters and live connections in Prometheus text format.
-    /// Crate-private: the node renders them with `GatewayMetrics::render`.
-    pub(crate) fn render(&self, out: &mut String) {
+    /// Describes the tunnel's counters and live connections on `enc`. Crate-private: the node
+    /// registers them with the gateway's, as one `GatewayMetrics`.
+    pub(crate) fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let s = &self.stats;
         for (name, help, v) in [
             (
-                "meridian_gateway_tunnel_connects_total",
+                "meridian_gateway_tunnel_connects",
                 "QUIC connections established to remote gateways.",
                 load(&s.connects),
             ),
             (
-                "meridian_gateway_tunnel_connect_failures_total",
+                "meridian_gateway_tunnel_connect_failures",
                 "QUIC connection attempts to remote gateways that failed.",
                 load(&s.connect_failures),
             ),
             (
-                "meridian_gateway_tunnel_streams_out_total",
+                "meridian_gateway_tunnel_streams_out",
                 "Client connections tunnelled to remote gateways.",
                 load(&s.streams_out),
             ),
             (
-                "meridian_gateway_tunnel_streams_in_total",
+                "meridian_gateway_tunnel_streams_in",
                 "Tunnelled connections accepted from remote gateways.",
                 load(&s.streams_in),
             ),
             (
-                "meridian_gateway_tunnel_refused_total",
+                "meridian_gateway_tunnel_refused",
                 "Incoming QUIC connections refused (handshake failed).",
                 load(&s.refused),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meridian_gateway_tunnel_up 1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.\n\
-             # TYPE meridian_gateway_tunnel_up gauge"
-        );
+        let mut up = enc.encode_descriptor(
+            "meridian_gateway_tunnel_up",
+            "1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (dc, addr) in self.connections() {
-            let _ = writeln!(
-                out,
-                "meridian_gateway_tunnel_up{{dc=\"{dc}\",gateway=\"{addr}\"}} 1"
-            );
+            let labels = [("dc", dc), ("gateway", addr.to_string())];
+            ConstGauge::new(1u32).encode(up.encode_family(&labels)?)?;
         }
+        Ok(())
     }
 }
 

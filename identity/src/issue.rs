@@ -19,7 +19,7 @@ use x509_parser::x509::X509Name;
 
 use crate::error::TlsError;
 use crate::error::{generate, material, pem_reason};
-use crate::names::{node_dns_name, server_dns_name, validate_label};
+use crate::names::{Role, validate_label};
 use crate::{CA_VALIDITY_DAYS, CLOCK_SKEW_ALLOWANCE, DOMAIN, MAX_NODE_CERT_DAYS};
 
 /// A certificate and its private key, both PEM.
@@ -70,13 +70,15 @@ pub fn create_ca(common_name: &str) -> Result<PemPair, TlsError> {
     })
 }
 
-/// Makes the certificate of node `node` of datacenter `dc`, signed by `ca`: ECDSA P-256, DNS names
-/// `server.<dc>.meridian` and `<node>.server.<dc>.meridian` plus `extra_sans` (IP addresses or DNS
-/// names outside `.meridian`), serverAuth and clientAuth, valid for `days` days.
+/// Makes the certificate of node `node` of datacenter `dc` in `role`, signed by `ca`: ECDSA
+/// P-256, DNS names `<role>.<dc>.meridian` and `<node>.<role>.<dc>.meridian` plus `extra_sans`
+/// (IP addresses or DNS names outside `.meridian`), serverAuth and clientAuth, valid for `days`
+/// days.
 pub fn create_node_cert(
     ca: &PemPair,
     dc: &str,
     node: &str,
+    role: Role,
     extra_sans: &[String],
     days: u32,
 ) -> Result<PemPair, TlsError> {
@@ -86,8 +88,8 @@ pub fn create_node_cert(
         return Err(TlsError::InvalidDays { days });
     }
     let mut sans = vec![
-        dns_san(server_dns_name(dc))?,
-        dns_san(node_dns_name(dc, node))?,
+        dns_san(role.dns_name(dc))?,
+        dns_san(role.node_dns_name(dc, node))?,
     ];
     for extra in extra_sans {
         let san = extra_san(extra)?;
@@ -103,7 +105,7 @@ pub fn create_node_cert(
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, node_dns_name(dc, node));
+        .push(DnType::CommonName, role.node_dns_name(dc, node));
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -1,9 +1,11 @@
 //! Meridian's identities and every rustls configuration built from them (the rpc port, the WAN and
-//! the tunnel). The federation's mutual-TLS identities: a federation CA signs one certificate per node, and the
-//! certificate names the node's datacenter. A node of datacenter `dc1` called `n1` carries the DNS
-//! names `server.dc1.meridian` and `n1.server.dc1.meridian`; a client that verifies a peer
-//! against [`server_name`]`("dc1")` has proved the peer belongs to `dc1`, and a server reads the
-//! subscriber's datacenter and node from its certificate with [`peer_identity`].
+//! the tunnel). The federation's mutual-TLS identities: a federation CA signs one certificate per
+//! node, and the certificate names the node's datacenter and role ([`Role`]). A server of
+//! datacenter `dc1` called `n1` carries the DNS names `server.dc1.meridian` and
+//! `n1.server.dc1.meridian`; a gateway-only node `g1` carries `gateway.dc1.meridian` and
+//! `g1.gateway.dc1.meridian`. A client that verifies a peer against [`server_name`]`("dc1")` has
+//! proved the peer is a server of `dc1`, and a server reads the peer's datacenter, node and role
+//! from its certificate with [`peer_identity`] (the rpc port admits servers of its own DC only).
 //!
 //! [`create_ca`] and [`create_node_cert`] make the PEM files (the `meridian tls` commands call
 //! them); [`TlsMaterial`] loads them, checks that they fit together (the node certificate verifies
@@ -31,13 +33,15 @@ pub use handshake::{accept, connect, connect_from, discover};
 pub use issue::{PemPair, create_ca, create_node_cert};
 pub use material::TlsMaterial;
 pub use names::{
-    Identity, node_dns_name, peer_identity, server_dns_name, server_name, validate_label,
+    Identity, Role, node_dns_name, peer_identity, server_dns_name, server_name, validate_label,
 };
 
 /// The DNS zone every federation identity lives in.
 pub const DOMAIN: &str = "meridian";
 /// The label that marks a federation server name: `server.<dc>.meridian`.
 pub const SERVER_LABEL: &str = "server";
+/// The label that marks a gateway-only node's name: `gateway.<dc>.meridian`.
+pub const GATEWAY_LABEL: &str = "gateway";
 /// The common name [`create_ca`] is usually given.
 pub const DEFAULT_CA_COMMON_NAME: &str = "Meridian Federation CA";
 /// The common name of the published development CA.

@@ -16,7 +16,7 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use crate::error::TlsError;
 use crate::error::{material, pem_reason};
 use crate::issue::{PemPair, create_node_cert};
-use crate::names::{Identity, peer_identity, server_name};
+use crate::names::{Identity, Role, peer_identity, server_name};
 use crate::{ALPN_H2, DEFAULT_NODE_CERT_DAYS, DEV_CA_CERT_PEM, DEV_CA_KEY_PEM};
 
 /// One PEM input and the file it came from, if any.
@@ -56,7 +56,7 @@ impl TlsMaterial {
     /// the node certificate (then any intermediates), `key_pem` its private key.
     ///
     /// Fails unless the node certificate names a node, matches the key, and verifies against the
-    /// roots now as both a server of its datacenter and a client.
+    /// roots now as both a server of its datacenter (in its role) and a client.
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         Self::load(
             Source {
@@ -100,14 +100,14 @@ impl TlsMaterial {
         )
     }
 
-    /// Signs a fresh certificate for node `node` of `dc` with the **insecure** development CA, in
-    /// memory. For `--dev` only: see [`DEV_CA_CERT_PEM`].
-    pub fn dev(dc: &str, node: &str) -> Result<Self, TlsError> {
+    /// Signs a fresh certificate for node `node` of `dc` in `role` with the **insecure**
+    /// development CA, in memory. For `--dev` only: see [`DEV_CA_CERT_PEM`].
+    pub fn dev(dc: &str, node: &str, role: Role) -> Result<Self, TlsError> {
         let ca = PemPair {
             cert_pem: DEV_CA_CERT_PEM.to_owned(),
             key_pem: DEV_CA_KEY_PEM.to_owned(),
         };
-        let pair = create_node_cert(&ca, dc, node, &[], DEFAULT_NODE_CERT_DAYS)?;
+        let pair = create_node_cert(&ca, dc, node, role, &[], DEFAULT_NODE_CERT_DAYS)?;
         Self::from_pem(DEV_CA_CERT_PEM, &pair.cert_pem, &pair.key_pem)
     }
 
@@ -155,7 +155,13 @@ impl TlsMaterial {
         WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
             .build()
             .map_err(|e| material("CA certificate", ca.path, e.to_string()))?
-            .verify_server_cert(leaf, intermediates, &server_name(&identity.dc)?, &[], now)
+            .verify_server_cert(
+                leaf,
+                intermediates,
+                &identity.role.server_name(&identity.dc)?,
+                &[],
+                now,
+            )
             .map_err(not_trusted)?;
         WebPkiClientVerifier::builder_with_provider(store, provider)
             .build()
@@ -171,7 +177,7 @@ impl TlsMaterial {
         })
     }
 
-    /// The datacenter and node this material's certificate names.
+    /// The datacenter, node and role this material's certificate names.
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -258,11 +264,11 @@ impl TlsMaterial {
 
 impl TlsMaterial {
     /// A server configuration for the LAN rpc port: like [`Self::server_config`], but a client
-    /// must also hold a certificate naming this node's own datacenter, so a node of another DC
-    /// under the same CA cannot join this DC's Raft group.
+    /// must also hold a server certificate naming this node's own datacenter, so neither a node
+    /// of another DC under the same CA nor a gateway-only node can join this DC's Raft group.
     pub fn lan_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let dc = self.identity.dc.clone();
-        self.server_config_with(move |inner| Arc::new(SameDcClientVerifier { inner, dc }))
+        self.server_config_with(move |inner| Arc::new(SameDcServerVerifier { inner, dc }))
     }
 
     /// A client configuration for joining a datacenter known only by address: the server must
@@ -322,14 +328,15 @@ macro_rules! delegate_signature_checks {
     };
 }
 
-/// Verifies a client certificate as WebPKI does, then requires it to name datacenter `dc`.
+/// Verifies a client certificate as WebPKI does, then requires it to name a server of
+/// datacenter `dc`.
 #[derive(Debug)]
-struct SameDcClientVerifier {
+struct SameDcServerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     dc: String,
 }
 
-impl ClientCertVerifier for SameDcClientVerifier {
+impl ClientCertVerifier for SameDcServerVerifier {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -344,7 +351,7 @@ impl ClientCertVerifier for SameDcClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         match peer_identity(end_entity) {
-            Ok(id) if id.dc == self.dc => Ok(verified),
+            Ok(id) if id.dc == self.dc && id.role == Role::Server => Ok(verified),
             _ => Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,
             )),

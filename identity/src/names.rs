@@ -6,42 +6,108 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
 
 use crate::error::TlsError;
-use crate::{DOMAIN, SERVER_LABEL};
+use crate::{DOMAIN, GATEWAY_LABEL, SERVER_LABEL};
 
-/// Which node of which datacenter a certificate belongs to.
+/// What a node certificate lets its holder be. The role is a label of the certificate's names
+/// (`<node>.<role>.<dc>.meridian`), so a peer that verifies one role's name cannot be shown a
+/// certificate of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Role {
+    /// A Raft voter of its datacenter: joins the rpc port, serves federation and the tunnel.
+    #[default]
+    Server,
+    /// A gateway-only node: follows federation and opens tunnel streams; never a Raft member,
+    /// never a federation endpoint of its datacenter.
+    Gateway,
+}
+
+impl Role {
+    /// The label that names the role in a certificate: `server` or `gateway`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Server => SERVER_LABEL,
+            Role::Gateway => GATEWAY_LABEL,
+        }
+    }
+
+    /// The role a label names.
+    pub fn from_label(label: &str) -> Option<Role> {
+        [Role::Server, Role::Gateway]
+            .into_iter()
+            .find(|r| r.label() == label)
+    }
+
+    /// The DNS name every node of this role in `dc` carries: `<role>.<dc>.meridian`.
+    pub fn dns_name(self, dc: &str) -> String {
+        format!("{}.{dc}.{DOMAIN}", self.label())
+    }
+
+    /// The DNS name of one node of this role: `<node>.<role>.<dc>.meridian`.
+    pub fn node_dns_name(self, dc: &str, node: &str) -> String {
+        format!("{node}.{}.{dc}.{DOMAIN}", self.label())
+    }
+
+    /// The name a client verifies to prove its peer holds this role in `dc`.
+    pub fn server_name(self, dc: &str) -> Result<ServerName<'static>, TlsError> {
+        validate_label("datacenter name", dc)?;
+        let name = self.dns_name(dc);
+        ServerName::try_from(name.clone()).map_err(|_| TlsError::InvalidName {
+            what: "server name",
+            value: name,
+            reason: "it is not a valid DNS name",
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::from_label(&s.to_ascii_lowercase())
+            .ok_or_else(|| format!("{s:?} is not a role: use server or gateway"))
+    }
+}
+
+/// Which node of which datacenter a certificate belongs to, in which role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// The datacenter (a DNS label).
     pub dc: String,
     /// The node (a DNS label).
     pub node: String,
+    /// What the certificate lets the node be.
+    pub role: Role,
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.dc, self.node)
+        write!(f, "{}/{}", self.dc, self.node)?;
+        if self.role != Role::Server {
+            write!(f, " ({})", self.role)?;
+        }
+        Ok(())
     }
 }
 
 /// The DNS name every server of datacenter `dc` carries: `server.<dc>.meridian`.
 pub fn server_dns_name(dc: &str) -> String {
-    format!("{SERVER_LABEL}.{dc}.{DOMAIN}")
+    Role::Server.dns_name(dc)
 }
 
-/// The DNS name that identifies one node: `<node>.server.<dc>.meridian`.
+/// The DNS name that identifies one server: `<node>.server.<dc>.meridian`.
 pub fn node_dns_name(dc: &str, node: &str) -> String {
-    format!("{node}.{SERVER_LABEL}.{dc}.{DOMAIN}")
+    Role::Server.node_dns_name(dc, node)
 }
 
 /// The name a client verifies to prove its peer is a server of `dc`: `server.<dc>.meridian`.
 pub fn server_name(dc: &str) -> Result<ServerName<'static>, TlsError> {
-    validate_label("datacenter name", dc)?;
-    let name = server_dns_name(dc);
-    ServerName::try_from(name.clone()).map_err(|_| TlsError::InvalidName {
-        what: "server name",
-        value: name,
-        reason: "it is not a valid DNS name",
-    })
+    Role::Server.server_name(dc)
 }
 
 /// Checks that `value` is a lowercase DNS label (`a-z`, `0-9`, `-`; 1 to 63 characters; not
@@ -73,7 +139,8 @@ pub(crate) fn is_label(value: &str) -> bool {
     meridian_topology::names::is_label(value) && !value.bytes().any(|b| b.is_ascii_uppercase())
 }
 
-/// Reads the datacenter and node from a certificate's `<node>.server.<dc>.meridian` DNS name.
+/// Reads the datacenter, node and role from a certificate's `<node>.<role>.<dc>.meridian` DNS
+/// name.
 ///
 /// It does not verify the certificate: rustls has verified the chain by the time a server calls
 /// this on its peer's certificate.
@@ -108,16 +175,16 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
     }
     found.ok_or_else(|| TlsError::NoIdentity {
         reason: format!(
-            "none of its DNS names {dns_names:?} has the form <node>.{SERVER_LABEL}.<dc>.{DOMAIN}"
+            "none of its DNS names {dns_names:?} has the form <node>.{SERVER_LABEL}.<dc>.{DOMAIN} or <node>.{GATEWAY_LABEL}.<dc>.{DOMAIN}"
         ),
     })
 }
 
-/// The identity a DNS name `<node>.server.<dc>.meridian` stands for.
+/// The identity a DNS name `<node>.<role>.<dc>.meridian` stands for.
 pub(crate) fn identity_of(dns_name: &str) -> Option<Identity> {
     let name = dns_name.to_ascii_lowercase();
     let mut labels = name.split('.');
-    let (Some(node), Some(server), Some(dc), Some(domain), None) = (
+    let (Some(node), Some(role), Some(dc), Some(domain), None) = (
         labels.next(),
         labels.next(),
         labels.next(),
@@ -126,10 +193,10 @@ pub(crate) fn identity_of(dns_name: &str) -> Option<Identity> {
     ) else {
         return None;
     };
-    (server == SERVER_LABEL && domain == DOMAIN && is_label(node) && is_label(dc)).then(|| {
-        Identity {
-            dc: dc.to_owned(),
-            node: node.to_owned(),
-        }
+    let role = Role::from_label(role)?;
+    (domain == DOMAIN && is_label(node) && is_label(dc)).then(|| Identity {
+        dc: dc.to_owned(),
+        node: node.to_owned(),
+        role,
     })
 }

@@ -30,7 +30,7 @@ const LONG: Duration = Duration::from_secs(10);
 type Accepted = Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
 
 fn node(ca: &PemPair, dc: &str, node: &str) -> TlsMaterial {
-    let pair = create_node_cert(ca, dc, node, &[], 30).expect("node certificate");
+    let pair = create_node_cert(ca, dc, node, Role::Server, &[], 30).expect("node certificate");
     TlsMaterial::from_pem(&ca.cert_pem, &pair.cert_pem, &pair.key_pem).expect("material")
 }
 
@@ -88,7 +88,8 @@ fn create_ca_makes_a_p256_ca_with_path_length_zero_for_ten_years() {
 fn node_cert_carries_the_federation_names_extra_sans_and_both_ekus() {
     let ca = create_ca("Test CA").expect("CA");
     let extra = ["10.0.0.7".to_owned(), "Fed.Example.COM".to_owned()];
-    let pair = create_node_cert(&ca, "dc1", "n1", &extra, 90).expect("node certificate");
+    let pair =
+        create_node_cert(&ca, "dc1", "n1", Role::Server, &extra, 90).expect("node certificate");
     x509_of(&pair.cert_pem, |x509| {
         let cn = x509.subject().iter_common_name().next().expect("CN");
         assert_eq!(cn.as_str().expect("CN text"), "n1.server.dc1.meridian");
@@ -129,7 +130,8 @@ fn node_cert_carries_the_federation_names_extra_sans_and_both_ekus() {
         id,
         Identity {
             dc: "dc1".into(),
-            node: "n1".into()
+            node: "n1".into(),
+            role: Role::Server,
         }
     );
 }
@@ -145,7 +147,8 @@ async fn nodes_of_two_dcs_signed_by_one_ca_complete_a_handshake() {
         client.identity(),
         &Identity {
             dc: "dc2".into(),
-            node: "n2".into()
+            node: "n2".into(),
+            role: Role::Server,
         }
     );
     assert_eq!(
@@ -165,7 +168,8 @@ async fn nodes_of_two_dcs_signed_by_one_ca_complete_a_handshake() {
         identity,
         Identity {
             dc: "dc2".into(),
-            node: "n2".into()
+            node: "n2".into(),
+            role: Role::Server,
         }
     );
     assert_eq!(served.get_ref().1.alpn_protocol(), Some(ALPN_H2));
@@ -188,7 +192,8 @@ async fn client_with_a_certificate_from_another_ca_is_refused() {
     let ca = create_ca("Test CA").expect("CA");
     let rogue_ca = create_ca("Rogue CA").expect("rogue CA");
     let server = node(&ca, "dc1", "n1");
-    let rogue = create_node_cert(&rogue_ca, "dc1", "n2", &[], 30).expect("rogue cert");
+    let rogue =
+        create_node_cert(&rogue_ca, "dc1", "n2", Role::Server, &[], 30).expect("rogue cert");
     let both_roots = format!("{}{}", ca.cert_pem, rogue_ca.cert_pem);
     let client =
         TlsMaterial::from_pem(&both_roots, &rogue.cert_pem, &rogue.key_pem).expect("material");
@@ -237,6 +242,72 @@ async fn client_expecting_another_dc_refuses_the_server() {
     assert!(!err.is_transient());
     assert!(err.to_string().contains("\"dc3\""), "{err}");
     assert!(task.await.expect("join").is_err());
+}
+
+fn node_in_role(ca: &PemPair, dc: &str, node: &str, role: Role) -> TlsMaterial {
+    let pair = create_node_cert(ca, dc, node, role, &[], 30).expect("node certificate");
+    TlsMaterial::from_pem(&ca.cert_pem, &pair.cert_pem, &pair.key_pem).expect("material")
+}
+
+/// One handshake of `client` against `server`'s rpc-port configuration: did the server accept?
+async fn rpc_port_accepts(server: &TlsMaterial, client: &TlsMaterial) -> bool {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let acceptor = TlsAcceptor::from(server.lan_server_config().expect("rpc config"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("TCP accept");
+        accept(&acceptor, tcp, LONG).await
+    });
+    let dc = server.identity().dc.clone();
+    // TLS 1.3: the client finishes its side before the server has judged its certificate.
+    let _ = connect(client.client_config().expect("config"), &addr, &dc, LONG).await;
+    task.await.expect("join").is_ok()
+}
+
+/// A gateway certificate names its role, and the rpc port (Raft and write forwarding) admits
+/// servers of its own datacenter only: not a gateway-only node of that DC, not a server of
+/// another.
+#[tokio::test]
+async fn the_rpc_port_admits_servers_of_its_dc_and_refuses_gateways() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    let gateway = node_in_role(&ca, "dc1", "g1", Role::Gateway);
+    assert_eq!(
+        gateway.identity(),
+        &Identity {
+            dc: "dc1".into(),
+            node: "g1".into(),
+            role: Role::Gateway,
+        }
+    );
+    assert_eq!(gateway.identity().to_string(), "dc1/g1 (gateway)");
+    assert!(rpc_port_accepts(&server, &node(&ca, "dc1", "n2")).await);
+    assert!(!rpc_port_accepts(&server, &gateway).await);
+    assert!(!rpc_port_accepts(&server, &node(&ca, "dc2", "n2")).await);
+    // Elsewhere (federation, the tunnel) a gateway is an authenticated client like any node.
+    let (addr, task) = serve_once(&server, LONG).await;
+    connect(gateway.client_config().expect("config"), &addr, "dc1", LONG)
+        .await
+        .expect("gateway as a client");
+    let (_, identity) = task.await.expect("join").expect("server side");
+    assert_eq!(identity.role, Role::Gateway);
+}
+
+/// A gateway certificate cannot pose as a server: a client that verifies `server.dc1.meridian`
+/// refuses it, and a join (which looks for a server of any DC) does too.
+#[tokio::test]
+async fn a_gateway_certificate_cannot_pose_as_a_server() {
+    let ca = create_ca("Test CA").expect("CA");
+    let gateway = node_in_role(&ca, "dc1", "g1", Role::Gateway);
+    let client = node(&ca, "dc2", "n2");
+    let (addr, _task) = serve_once(&gateway, LONG).await;
+    let err = connect(client.client_config().expect("config"), &addr, "dc1", LONG)
+        .await
+        .expect_err("a gateway is not a server");
+    assert!(matches!(err, TlsError::WrongName { .. }), "{err}");
+    let (addr, _task) = serve_once(&gateway, LONG).await;
+    let config = client.discovery_client_config().expect("discovery config");
+    assert!(discover(config, &addr, LONG, None).await.is_err());
 }
 
 /// (d) Bytes that are not TLS make the handshake fail cleanly.
@@ -305,8 +376,8 @@ async fn connect_to_a_closed_port_is_an_io_error() {
 /// (e) Nodes made with the development CA federate, and are flagged as such.
 #[tokio::test]
 async fn dev_nodes_handshake_and_are_flagged_as_dev() {
-    let server = TlsMaterial::dev("dc1", "n1").expect("dev server");
-    let client = TlsMaterial::dev("dc2", "n2").expect("dev client");
+    let server = TlsMaterial::dev("dc1", "n1", Role::Server).expect("dev server");
+    let client = TlsMaterial::dev("dc2", "n2", Role::Server).expect("dev client");
     assert!(server.uses_dev_ca() && client.uses_dev_ca());
     let (addr, task) = serve_once(&server, LONG).await;
     connect(client.client_config().expect("config"), &addr, "dc1", LONG)
@@ -317,7 +388,8 @@ async fn dev_nodes_handshake_and_are_flagged_as_dev() {
         identity,
         Identity {
             dc: "dc2".into(),
-            node: "n2".into()
+            node: "n2".into(),
+            role: Role::Server,
         }
     );
 
@@ -354,18 +426,20 @@ fn invalid_names_and_sans_are_rejected() {
     let ca = create_ca("Test CA").expect("CA");
     let long = "a".repeat(64);
     for dc in ["", "DC1", "-dc", "dc-", "dc.1", "dc_1", long.as_str()] {
-        let err = create_node_cert(&ca, dc, "n1", &[], 30).expect_err(dc);
+        let err = create_node_cert(&ca, dc, "n1", Role::Server, &[], 30).expect_err(dc);
         assert!(
             matches!(&err, TlsError::InvalidName { what: "datacenter name", value, .. } if value == dc),
             "{err}"
         );
     }
-    let err = create_node_cert(&ca, "dc1", "N1", &[], 30).expect_err("uppercase node");
+    let err =
+        create_node_cert(&ca, "dc1", "N1", Role::Server, &[], 30).expect_err("uppercase node");
     assert_eq!(
         err.to_string(),
         "invalid node name \"N1\": only lowercase letters a-z, digits 0-9 and '-' are allowed"
     );
-    create_node_cert(&ca, "d-1", &"n".repeat(63), &[], 30).expect("63-character label");
+    create_node_cert(&ca, "d-1", &"n".repeat(63), Role::Server, &[], 30)
+        .expect("63-character label");
     for san in [
         "server.dc2.meridian",
         "n9.server.dc2.meridian",
@@ -375,7 +449,8 @@ fn invalid_names_and_sans_are_rejected() {
         "host.",
         "not a name",
     ] {
-        let err = create_node_cert(&ca, "dc1", "n1", &[san.to_owned()], 30).expect_err(san);
+        let err =
+            create_node_cert(&ca, "dc1", "n1", Role::Server, &[san.to_owned()], 30).expect_err(san);
         assert!(
             matches!(
                 &err,
@@ -389,7 +464,7 @@ fn invalid_names_and_sans_are_rejected() {
     }
     for days in [0, MAX_NODE_CERT_DAYS + 1] {
         assert!(matches!(
-            create_node_cert(&ca, "dc1", "n1", &[], days),
+            create_node_cert(&ca, "dc1", "n1", Role::Server, &[], days),
             Err(TlsError::InvalidDays { .. })
         ));
     }
@@ -397,16 +472,22 @@ fn invalid_names_and_sans_are_rejected() {
 }
 
 #[test]
-fn identity_comes_only_from_a_node_server_name() {
+fn identity_comes_only_from_a_node_name_of_a_known_role() {
     assert_eq!(
         identity_of("n1.server.dc1.meridian"),
         Some(Identity {
             dc: "dc1".into(),
-            node: "n1".into()
+            node: "n1".into(),
+            role: Role::Server,
         })
+    );
+    assert_eq!(
+        identity_of("g1.gateway.dc1.meridian").map(|id| id.role),
+        Some(Role::Gateway)
     );
     for name in [
         "server.dc1.meridian",
+        "gateway.dc1.meridian",
         "n1.client.dc1.meridian",
         "n1.server.dc1.consul",
         "a.n1.server.dc1.meridian",
@@ -435,8 +516,8 @@ fn identity_comes_only_from_a_node_server_name() {
 fn material_that_does_not_fit_together_is_rejected() {
     let ca = create_ca("Test CA").expect("CA");
     let other_ca = create_ca("Other CA").expect("other CA");
-    let n1 = create_node_cert(&ca, "dc1", "n1", &[], 30).expect("n1");
-    let n2 = create_node_cert(&ca, "dc1", "n2", &[], 30).expect("n2");
+    let n1 = create_node_cert(&ca, "dc1", "n1", Role::Server, &[], 30).expect("n1");
+    let n2 = create_node_cert(&ca, "dc1", "n2", Role::Server, &[], 30).expect("n2");
 
     let err = TlsMaterial::from_pem(&ca.cert_pem, &n1.cert_pem, &n2.key_pem)
         .expect_err("key of another node");
@@ -492,7 +573,8 @@ fn material_that_does_not_fit_together_is_rejected() {
         cert_pem: ca.cert_pem.clone(),
         key_pem: other_ca.key_pem.clone(),
     };
-    let err = create_node_cert(&wrong_key, "dc1", "n1", &[], 30).expect_err("CA key mismatch");
+    let err = create_node_cert(&wrong_key, "dc1", "n1", Role::Server, &[], 30)
+        .expect_err("CA key mismatch");
     assert!(
         matches!(&err, TlsError::Material { what: "CA key", .. }),
         "{err}"
@@ -501,7 +583,8 @@ fn material_that_does_not_fit_together_is_rejected() {
         cert_pem: n1.cert_pem.clone(),
         key_pem: n1.key_pem.clone(),
     };
-    let err = create_node_cert(&not_a_ca, "dc1", "n3", &[], 30).expect_err("not a CA");
+    let err =
+        create_node_cert(&not_a_ca, "dc1", "n3", Role::Server, &[], 30).expect_err("not a CA");
     assert!(err.to_string().contains("not a CA"), "{err}");
 }
 
@@ -509,7 +592,7 @@ fn material_that_does_not_fit_together_is_rejected() {
 fn from_files_errors_name_the_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = create_ca("Test CA").expect("CA");
-    let n1 = create_node_cert(&ca, "dc1", "n1", &[], 30).expect("n1");
+    let n1 = create_node_cert(&ca, "dc1", "n1", Role::Server, &[], 30).expect("n1");
     let ca_path = dir.path().join("ca.pem");
     let cert_path = dir.path().join("dc1-n1.pem");
     let key_path = dir.path().join("dc1-n1-key.pem");

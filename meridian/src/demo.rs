@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::routing::get;
-use meridian_identity::{PemPair, create_ca, create_node_cert};
+use meridian_identity::{PemPair, Role, create_ca, create_node_cert};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -374,7 +374,7 @@ async fn tls_backend(
     dc: &'static str,
 ) -> anyhow::Result<SocketAddr> {
     let names = [WEB.to_owned(), format!("web.service.{dc}.consul")];
-    let pair = create_node_cert(ca, dc, "web", &names, 30)?;
+    let pair = create_node_cert(ca, dc, "web", Role::Server, &names, 30)?;
     let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
         .chain(CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use meridian_identity::{
-    DEFAULT_CA_COMMON_NAME, DEFAULT_NODE_CERT_DAYS, PemPair, create_ca, create_node_cert,
+    DEFAULT_CA_COMMON_NAME, DEFAULT_NODE_CERT_DAYS, PemPair, Role, create_ca, create_node_cert,
     validate_label,
 };
 
@@ -68,13 +68,17 @@ pub enum CertCommand {
 #[derive(Args, Debug)]
 pub struct CertCreateArgs {
     /// Datacenter of the node (a lowercase DNS label); the certificate names
-    /// server.<DC>.meridian.
+    /// <ROLE>.<DC>.meridian.
     #[arg(long, visible_alias = "datacenter", value_name = "DC")]
     pub dc: String,
     /// Name of the node (a lowercase DNS label); the certificate names
-    /// <NAME>.server.<DC>.meridian.
+    /// <NAME>.<ROLE>.<DC>.meridian.
     #[arg(long, value_name = "NAME")]
     pub node: String,
+    /// What the node may be: `server` (a Raft voter; the default) or `gateway` (a gateway-only
+    /// node: it follows federation and opens tunnel streams, and the rpc port refuses it).
+    #[arg(long, value_name = "ROLE", default_value = "server")]
+    pub role: Role,
     /// The CA certificate (PEM).
     #[arg(long, value_name = "FILE", default_value = CA_CERT_FILE)]
     pub ca: PathBuf,
@@ -139,7 +143,7 @@ fn cert_create(args: &CertCreateArgs) -> anyhow::Result<()> {
         cert_pem: read(&args.ca, "CA certificate")?,
         key_pem: read(&args.ca_key, "CA key")?,
     };
-    let pair = create_node_cert(&ca, &args.dc, &args.node, &args.sans, args.days).with_context(
+    let pair = create_node_cert(&ca, &args.dc, &args.node, args.role, &args.sans, args.days).with_context(
         || {
             format!(
                 "cannot create the certificate of node {} of datacenter {} with the CA in {} and {}",

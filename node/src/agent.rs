@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use meridian_catalog::Catalog;
 use meridian_dns::DnsServer;
 use meridian_federation::Federation;
-use meridian_identity::TlsMaterial;
+use meridian_identity::{Role, TlsMaterial};
+use prometheus_client::registry::Registry;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -55,7 +56,7 @@ impl Agent {
             .with_context(|| format!("cannot listen for HTTP on {http_bind}"))?;
         let http_addr = listener.local_addr()?;
         // Certificates are checked before anything starts, so a bad file fails fast.
-        let tls = federation_tls(&config)?;
+        let tls = federation_tls(&config, Role::Server)?;
         catalog_cfg.tls = tls.as_deref().map(rpc_tls).transpose()?;
         if catalog_cfg.tls.is_none() {
             tracing::warn!("the LAN rpc port runs without TLS (insecure = true)");
@@ -130,13 +131,22 @@ impl Agent {
             failover.set_tunnel(t);
         }
         let dns_addr = dns.local_addr();
+        // Every part registers its own families; the API adds its and the catalog's.
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(dns.counters()));
+        if let Some(f) = &federation {
+            registry.register_collector(Box::new(f.counters().clone()));
+        }
+        if let Some(g) = &gateway {
+            registry.register_collector(Box::new(g.metrics.clone()));
+        }
+        registry.register_collector(Box::new(failover.metrics()));
         let api = ApiState::new(
             catalog.clone(),
             views,
             federation.clone(),
-            gateway.as_ref().map(|g| g.metrics.clone()),
             config.limits.max_body_bytes,
-            Some(dns.counters()),
+            registry,
         )
         .with_acl(acl)
         .with_node(NodeInfo {
@@ -144,7 +154,6 @@ impl Agent {
             dns: Some(dns_addr),
             gateway: gateway.as_ref().map(|g| g.addr),
             clock: failover.clock(),
-            failover: Some(failover.counters().clone()),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(
@@ -444,11 +453,16 @@ fn rpc_tls(tls: &TlsMaterial) -> anyhow::Result<meridian_catalog::RpcTls> {
     })
 }
 
-/// Federation's settings, or `None` when it is off (no certificates and not `--dev`).
-pub(crate) fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
+/// The node's certificates for federation, the rpc port and the tunnel, or `None` when they are
+/// off (no certificates and not `--dev`). A server (`role`) needs a server certificate; a
+/// gateway-only node takes either (it gets a gateway one with `--dev`).
+pub(crate) fn federation_tls(
+    config: &Config,
+    role: Role,
+) -> anyhow::Result<Option<Arc<TlsMaterial>>> {
     let f = &config.federation;
     let tls = if config.dev {
-        TlsMaterial::dev(&config.datacenter, &config.node_name)
+        TlsMaterial::dev(&config.datacenter, &config.node_name, role)
             .context("cannot make a development certificate")?
     } else {
         let (Some(ca), Some(cert), Some(key)) = (&f.ca_file, &f.cert_file, &f.key_file) else {
@@ -464,6 +478,13 @@ pub(crate) fn federation_tls(config: &Config) -> anyhow::Result<Option<Arc<TlsMa
             );
         }
         let id = tls.identity();
+        if role == Role::Server && id.role != Role::Server {
+            anyhow::bail!(
+                "federation.cert_file is a {} certificate ({}), but a server needs a server certificate: make one with `meridian tls cert create --role server`, or run this node with --gateway-only",
+                id.role,
+                id.role.node_dns_name(&id.dc, &id.node)
+            );
+        }
         if !id.dc.eq_ignore_ascii_case(&config.datacenter) {
             anyhow::bail!(
                 "federation.cert_file names datacenter {:?}, but this node is in {:?}",

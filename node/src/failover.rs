@@ -11,6 +11,11 @@ use meridian_gateway::Tunnel;
 use meridian_topology::{
     DRAIN_SERVICE, DcLiveness, DcState, DcStatus, Detector, Failover, FailoverPolicy, Health, View,
 };
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -44,7 +49,7 @@ impl Default for Clock {
     }
 }
 
-/// Counters of the failover runtime, for `/metrics`.
+/// Counters of the failover runtime (its families: [`FailoverMetrics`]).
 #[derive(Debug, Default)]
 pub struct FailoverCounters {
     /// Probes answered.
@@ -114,6 +119,14 @@ impl FailoverRuntime {
         &self.counters
     }
 
+    /// The stage's metric families, to register on the node's registry.
+    pub fn metrics(&self) -> FailoverMetrics {
+        FailoverMetrics {
+            views: self.views.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
     /// Probes go through `tunnel` from now on (once the gateway is up).
     pub fn set_tunnel(&self, tunnel: Arc<Tunnel>) {
         let _ = self.tunnel.set(tunnel);
@@ -131,64 +144,69 @@ impl Drop for FailoverRuntime {
     }
 }
 
-/// Writes the failover metrics in Prometheus text format: every DC's status and RTT as this
-/// node sees them, and the probe counters.
-pub fn render(out: &mut String, view: &View, c: &FailoverCounters) {
-    use std::fmt::Write as _;
-    use std::sync::atomic::Ordering::Relaxed;
-    let f = view.failover();
-    let _ = writeln!(
-        out,
-        "# HELP meridian_failover_dc_status 1 for each DC's current status as this node sees it.\n# TYPE meridian_failover_dc_status gauge"
-    );
-    for dc in view.datacenters() {
-        let l = f.liveness(dc);
-        for s in [
-            DcStatus::Up,
-            DcStatus::Suspect,
-            DcStatus::Down,
-            DcStatus::Drained,
+/// The failover stage's families: every DC's status and RTT as this node sees them (from the
+/// published views), and the probe counters. Register it on the node's registry.
+#[derive(Debug, Clone)]
+pub struct FailoverMetrics {
+    views: watch::Receiver<Arc<View>>,
+    counters: Arc<FailoverCounters>,
+}
+
+impl Collector for FailoverMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.views.borrow().clone();
+        let f = view.failover();
+        let mut family = enc.encode_descriptor(
+            "meridian_failover_dc_status",
+            "1 for each DC's current status as this node sees it.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for dc in view.datacenters() {
+            let l = f.liveness(dc);
+            for s in [
+                DcStatus::Up,
+                DcStatus::Suspect,
+                DcStatus::Down,
+                DcStatus::Drained,
+            ] {
+                let labels = [("dc", dc), ("status", s.as_str())];
+                ConstGauge::new(u32::from(l.status == s)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = enc.encode_descriptor(
+            "meridian_failover_rtt_seconds",
+            "Smoothed data-plane probe round trip to each DC.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for dc in view.datacenters() {
+            if let Some(us) = f.rtt_us(dc) {
+                ConstGauge::new(f64::from(us) / 1e6)
+                    .encode(family.encode_family(&[("dc", dc)])?)?;
+            }
+        }
+        let c = &self.counters;
+        let mut family = enc.encode_descriptor(
+            "meridian_failover_probes",
+            "Data-plane probes of remote DCs' gateways.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [
+            ("ok", c.probes_ok.load(Relaxed)),
+            ("failed", c.probes_failed.load(Relaxed)),
         ] {
-            let v = u8::from(l.status == s);
-            let _ = writeln!(
-                out,
-                "meridian_failover_dc_status{{dc=\"{dc}\",status=\"{}\"}} {v}",
-                s.as_str()
-            );
+            ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
         }
+        ConstCounter::new(c.transitions.load(Relaxed)).encode(enc.encode_descriptor(
+            "meridian_failover_transitions",
+            "Changes of a DC's status.",
+            None,
+            MetricType::Counter,
+        )?)
     }
-    let _ = writeln!(
-        out,
-        "# HELP meridian_failover_rtt_seconds Smoothed data-plane probe round trip to each DC.\n# TYPE meridian_failover_rtt_seconds gauge"
-    );
-    for dc in view.datacenters() {
-        if let Some(us) = f.rtt_us(dc) {
-            let _ = writeln!(
-                out,
-                "meridian_failover_rtt_seconds{{dc=\"{dc}\"}} {}",
-                f64::from(us) / 1e6
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meridian_failover_probes_total Data-plane probes of remote DCs' gateways.\n# TYPE meridian_failover_probes_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "meridian_failover_probes_total{{outcome=\"ok\"}} {}",
-        c.probes_ok.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "meridian_failover_probes_total{{outcome=\"failed\"}} {}",
-        c.probes_failed.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meridian_failover_transitions_total Changes of a DC's status.\n# TYPE meridian_failover_transitions_total counter\nmeridian_failover_transitions_total {}",
-        c.transitions.load(Relaxed)
-    );
 }
 
 type ProbeResult = (Arc<str>, Option<u32>);

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::get;
-use meridian_dns::{DnsCounters, DnsServer};
+use meridian_dns::DnsServer;
 use meridian_federation::Federation;
+use meridian_identity::Role;
 use meridian_topology::View;
 use meridian_topology::dc::DcState;
+use prometheus_client::registry::Registry;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -44,8 +45,7 @@ pub struct GatewayNode {
 #[derive(Clone)]
 struct HttpState {
     federation: Arc<Federation>,
-    gateway: meridian_gateway::GatewayMetrics,
-    dns: Arc<DnsCounters>,
+    registry: Arc<Registry>,
     views: watch::Receiver<Arc<View>>,
 }
 
@@ -53,7 +53,7 @@ impl GatewayNode {
     /// Starts following the DC's servers, then serves DNS, the gateway and HTTP.
     pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<GatewayNode> {
         config.validate()?;
-        let tls = federation_tls(&config)?
+        let tls = federation_tls(&config, Role::Gateway)?
             .context("a gateway-only node needs federation certificates (or --dev)")?;
         let http_bind = config.bind_addr(config.ports.http);
         let http = TcpListener::bind(http_bind)
@@ -93,10 +93,14 @@ impl GatewayNode {
         if let Some(t) = gateway.tunnel.clone() {
             failover.set_tunnel(t);
         }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(gateway.metrics.clone()));
+        registry.register_collector(Box::new(federation.counters().clone()));
+        registry.register_collector(Box::new(dns.counters()));
+        registry.register_collector(Box::new(failover.metrics()));
         let state = HttpState {
             federation: federation.clone(),
-            gateway: gateway.metrics.clone(),
-            dns: dns.counters(),
+            registry: Arc::new(registry),
             views,
         };
         let app = Router::new()
@@ -153,17 +157,8 @@ impl GatewayNode {
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut text = String::new();
-    s.gateway.render(&mut text);
-    s.federation
-        .counters()
-        .render(&mut text, meridian_federation::now_ms());
-    crate::http::render_dns_counters(&mut text, &s.dns);
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        text,
-    )
+async fn metrics(State(s): State<HttpState>) -> Response {
+    crate::metrics::page(&s.registry)
 }
 
 async fn datacenters(State(s): State<HttpState>) -> axum::Json<Vec<String>> {

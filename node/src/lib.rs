@@ -15,3 +15,4 @@ pub mod duration;
 pub mod failover;
 pub mod gateway_only;
 pub mod http;
+pub mod metrics;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use meridian_identity::{PemPair, create_ca, create_node_cert};
+use meridian_identity::{PemPair, Role, create_ca, create_node_cert};
 
 /// A CA and the folder its files go to.
 pub struct Pki {
@@ -41,10 +41,21 @@ impl Pki {
         self.dir.join("meridian-ca.pem")
     }
 
-    /// A certificate for node `node` of `dc` (valid 30 days, with `extra_sans`), written to
-    /// `dir/<dc>-<node>.pem` and `dir/<dc>-<node>-key.pem`.
+    /// A server certificate for node `node` of `dc` (valid 30 days, with `extra_sans`), written
+    /// to `dir/<dc>-<node>.pem` and `dir/<dc>-<node>-key.pem`.
     pub fn node_files(&self, dc: &str, node: &str, extra_sans: &[String]) -> Result<NodeFiles> {
-        let pair = create_node_cert(&self.ca, dc, node, extra_sans, 30)?;
+        self.role_files(dc, node, Role::Server, extra_sans)
+    }
+
+    /// [`Pki::node_files`] for a node in `role`.
+    pub fn role_files(
+        &self,
+        dc: &str,
+        node: &str,
+        role: Role,
+        extra_sans: &[String],
+    ) -> Result<NodeFiles> {
+        let pair = create_node_cert(&self.ca, dc, node, role, extra_sans, 30)?;
         let cert = self.dir.join(format!("{dc}-{node}.pem"));
         let key = self.dir.join(format!("{dc}-{node}-key.pem"));
         std::fs::write(&cert, &pair.cert_pem)?;

@@ -23,12 +23,18 @@ pub fn target_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The path of the workspace binary `name` (`meridian`): `MERIDIAN_BIN_DIR/name` when that is
-/// set, else beside the running executable in the target folder. Fails, saying how to build it,
-/// when it is missing.
+/// A folder of prebuilt binaries named by `MERIDIAN_BIN_DIR`, when it is set: tests, benchmarks
+/// and chaos scenarios then run those instead of the target folder's.
+pub fn prebuilt_dir() -> Option<PathBuf> {
+    std::env::var_os("MERIDIAN_BIN_DIR").map(PathBuf::from)
+}
+
+/// The path of the workspace binary `name` (`meridian`): in [`prebuilt_dir`] when that is set,
+/// else beside the running executable in the target folder. Fails, saying how to build it, when
+/// it is missing.
 pub fn bin(name: &str) -> Result<PathBuf> {
-    let dir = match std::env::var_os("MERIDIAN_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
+    let dir = match prebuilt_dir() {
+        Some(d) => d,
         None => target_dir()?,
     };
     let path = dir.join(name);

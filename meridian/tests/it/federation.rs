@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use hickory_net::proto::op::ResponseCode;
 use hickory_net::proto::rr::RecordType;
-use meridian_identity::{self as tls, TlsMaterial};
+use meridian_identity::{self as tls, Role, TlsMaterial};
 use meridian_protos::federation::SubscribeRequest;
 use meridian_protos::federation::federation_client::FederationClient;
 use serde_json::{Value, json};
@@ -218,24 +218,40 @@ pub(crate) fn make_certs(dir: &Path, nodes: &[(&str, &str)]) -> Result<()> {
     let d = dir.to_str().context("utf-8 path")?;
     run(&["tls", "ca", "create", "--dir", d])?;
     for (dc, node) in nodes {
-        let ca = dir.join("meridian-ca.pem");
-        let key = dir.join("meridian-ca-key.pem");
-        run(&[
-            "tls",
-            "cert",
-            "create",
-            "--dc",
-            dc,
-            "--node",
-            node,
-            "--dir",
-            d,
-            "--ca",
-            ca.to_str().context("utf-8")?,
-            "--ca-key",
-            key.to_str().context("utf-8")?,
-        ])?;
+        make_role_cert(dir, dc, node, "server")?;
     }
+    Ok(())
+}
+
+/// With `meridian tls cert create`, a certificate of `node` of `dc` in `role` (`server` or
+/// `gateway`) signed by the CA that [`make_certs`] wrote to `dir`.
+pub(crate) fn make_role_cert(dir: &Path, dc: &str, node: &str, role: &str) -> Result<()> {
+    let d = dir.to_str().context("utf-8 path")?;
+    let ca = dir.join("meridian-ca.pem");
+    let key = dir.join("meridian-ca-key.pem");
+    let args = [
+        "tls",
+        "cert",
+        "create",
+        "--dc",
+        dc,
+        "--node",
+        node,
+        "--role",
+        role,
+        "--dir",
+        d,
+        "--ca",
+        ca.to_str().context("utf-8")?,
+        "--ca-key",
+        key.to_str().context("utf-8")?,
+    ];
+    let out = Command::new(BIN).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "meridian {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -452,7 +468,7 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
     }
     // A certificate from another CA.
     let ca = tls::create_ca("some other CA")?;
-    let pair = tls::create_node_cert(&ca, "dc2", "evil", &[], 30)?;
+    let pair = tls::create_node_cert(&ca, "dc2", "evil", Role::Server, &[], 30)?;
     // The client trusts dc1's (dev) CA, so it gets as far as sending its own certificate.
     let foreign = TlsMaterial::from_pem(
         &format!("{}{}", tls::DEV_CA_CERT_PEM, ca.cert_pem),
@@ -474,7 +490,7 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
     );
 
     // A good certificate for dc2 whose request claims dc3.
-    let dc2 = TlsMaterial::dev("dc2", "liar")?;
+    let dc2 = TlsMaterial::dev("dc2", "liar", Role::Server)?;
     let ch = meridian_federation::client::channel(dc2.client_config()?, &wan, "dc1", t).await?;
     let mut client = FederationClient::new(ch);
     match client.subscribe(request("dc3", "dc1")).await {

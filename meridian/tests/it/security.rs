@@ -1,5 +1,6 @@
 //! Security against real agent processes: ACL tokens on every write endpoint, mutual TLS on the
-//! LAN rpc port (a rogue node can neither join nor inject), the gateway's refusal of names
+//! LAN rpc port (a rogue node can neither join nor inject, nor can a gateway-only node's
+//! certificate; a server will not start on one), the gateway's refusal of names
 //! outside its domains, and a federation that keeps working while its CA is rotated.
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::federation::{config_dc, config_dc_on, make_certs, metric};
+use crate::federation::{config_dc, config_dc_on, make_certs, make_role_cert, metric};
 use crate::harness::{Agent, AgentConfig, Ports, TEST_TOKEN, eventually, quick_raft};
 use meridian_testkit::config::{Acl, AclToken, Federation, Server};
 
@@ -288,6 +289,7 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let (certs, rogue) = (dir.path().join("certs"), dir.path().join("rogue"));
     make_certs(&certs, &[("dc1", "n1"), ("dc1", "n2"), ("dc2", "n1")])?;
+    make_role_cert(&certs, "dc1", "g1", "gateway")?;
     // The rogue has its own CA (its certificate is "self-signed" as far as dc1 is concerned)
     // but trusts dc1's CA too, so only dc1's side of each handshake can stop it.
     make_certs(&rogue, &[("dc1", "n3")])?;
@@ -388,7 +390,16 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
         &read(&certs.join("dc2-n1.pem"))?,
         &read(&certs.join("dc2-n1-key.pem"))?,
     )?;
-    for (who, tls) in [("rogue CA", rogue_tls), ("dc2's certificate", other_dc)] {
+    let gateway = TlsMaterial::from_pem(
+        &read(&certs.join("meridian-ca.pem"))?,
+        &read(&certs.join("dc1-g1.pem"))?,
+        &read(&certs.join("dc1-g1-key.pem"))?,
+    )?;
+    for (who, tls) in [
+        ("rogue CA", rogue_tls),
+        ("dc2's certificate", other_dc),
+        ("dc1's gateway certificate", gateway),
+    ] {
         let ch = meridian_federation::client::channel_from(
             tls.client_config()?,
             &n1_rpc,
@@ -429,7 +440,28 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
     }
     let refused = metric(&nodes[0], "meridian_rpc_tls_refused_total").await?
         + metric(&nodes[1], "meridian_rpc_tls_refused_total").await?;
-    ensure!(refused >= 2.0, "refused handshakes are counted: {refused}");
+    ensure!(refused >= 3.0, "refused handshakes are counted: {refused}");
+
+    // A server given a gateway certificate does not start, and says what to do instead.
+    let spare: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+    let config = dc1_node_config(
+        &dir.path().join("wrong-role"),
+        1,
+        &spare,
+        &certs.join("meridian-ca.pem"),
+        &certs.join("dc1-g1.pem"),
+    );
+    let mut wrong = Agent::start("wrong-role", &config, dir.path(), &[])?;
+    eventually(30, "a server on a gateway certificate exits", || {
+        let running = wrong.is_running();
+        async move { !running }
+    })
+    .await?;
+    let log = wrong.log_text();
+    ensure!(
+        log.contains("a server needs a server certificate") && log.contains("--role server"),
+        "the refusal says why: {log}"
+    );
     Ok(())
 }
 

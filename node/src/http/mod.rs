@@ -32,11 +32,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use meridian_catalog::Catalog;
-use meridian_dns::DnsCounters;
+use meridian_catalog::{Catalog, CatalogMetrics};
 use meridian_federation::Federation;
-use meridian_gateway::GatewayMetrics;
 use meridian_topology::View;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -49,7 +48,7 @@ pub use crate::acl::Grant;
 pub use blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
 pub use error::ApiError;
 pub use listener::HEADER_READ_TIMEOUT;
-pub use metrics::{HttpMetrics, render_dns as render_dns_counters};
+pub use metrics::HttpMetrics;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -68,8 +67,6 @@ pub struct NodeInfo {
     pub gateway: Option<std::net::SocketAddr>,
     /// The failure detector's clock.
     pub clock: crate::failover::Clock,
-    /// The failover runtime's counters.
-    pub failover: Option<Arc<crate::failover::FailoverCounters>>,
 }
 
 struct StateInner {
@@ -77,9 +74,8 @@ struct StateInner {
     catalog: Catalog,
     views: watch::Receiver<Arc<View>>,
     federation: Option<Arc<Federation>>,
-    gateway: Option<GatewayMetrics>,
-    metrics: HttpMetrics,
-    dns: Option<Arc<DnsCounters>>,
+    metrics: Arc<HttpMetrics>,
+    registry: Registry,
     max_body_bytes: usize,
     closing: watch::Sender<bool>,
     acl: Arc<Acl>,
@@ -87,25 +83,27 @@ struct StateInner {
 
 impl ApiState {
     /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`;
-    /// reads come from `views` (the catalog's, or federation's with the remote DCs), and
-    /// `/metrics` also shows the DNS server's counters `dns`, federation's and the gateway's.
+    /// reads come from `views` (the catalog's, or federation's with the remote DCs).
+    /// `/metrics` shows `registry` (the node's other parts registered theirs) with the API's
+    /// and the catalog's families added.
     pub fn new(
         catalog: Catalog,
         views: watch::Receiver<Arc<View>>,
         federation: Option<Arc<Federation>>,
-        gateway: Option<GatewayMetrics>,
         max_body_bytes: usize,
-        dns: Option<Arc<DnsCounters>>,
+        mut registry: Registry,
     ) -> Self {
+        let metrics = Arc::new(HttpMetrics::default());
+        registry.register_collector(Box::new(metrics.clone()));
+        registry.register_collector(Box::new(CatalogMetrics::new(&catalog)));
         ApiState {
             inner: Arc::new(StateInner {
                 node: None,
                 catalog,
                 views,
                 federation,
-                gateway,
-                metrics: HttpMetrics::default(),
-                dns,
+                metrics,
+                registry,
                 max_body_bytes,
                 closing: watch::Sender::new(false),
                 acl: Arc::new(Acl::open()),
@@ -374,26 +372,5 @@ async fn unknown_path() -> ApiError {
 }
 
 async fn metrics_page(State(state): State<ApiState>) -> Response {
-    let cat = state.catalog();
-    let mut text = state.metrics().render(
-        &cat.status(),
-        &cat.view(),
-        cat.counters(),
-        state.inner.dns.as_deref(),
-    );
-    if let Some(f) = state.federation() {
-        f.counters()
-            .render(&mut text, meridian_federation::now_ms());
-    }
-    if let Some(g) = &state.inner.gateway {
-        g.render(&mut text);
-    }
-    if let Some(c) = state.node().and_then(|n| n.failover.as_ref()) {
-        crate::failover::render(&mut text, &state.view(), c);
-    }
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        text,
-    )
-        .into_response()
+    crate::metrics::page(&state.inner.registry)
 }

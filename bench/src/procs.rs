@@ -1,31 +1,18 @@
 //! The benchmark's processes on the kit's one process type ([`Proc`]) and agent type
-//! ([`Agent`]): peers (Knot, nginx, HAProxy, dnsperf, wrk) and `meridian agent`s, each optionally
-//! pinned to one core with `taskset`. Only what the kit does not do lives here: the `taskset`
-//! prefix, the benchmark's own `meridian` binary (`--meridian`), an agent's log filter, and the
+//! ([`Agent`], started as [`Launch`] says): peers (Knot, nginx, HAProxy, dnsperf, wrk) and
+//! `meridian agent`s, each optionally pinned to one core. What lives here is the benchmark's
+//! shorthand for them (its own `meridian` binary, `--meridian`; an agent's log filter) and the
 //! checks every benchmark makes (still running? listening yet?).
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use meridian_testkit::{Agent, AgentConfig, Ports, Proc};
+use meridian_testkit::process::pinned;
+use meridian_testkit::{Agent, AgentConfig, Launch, Ports, Proc};
 
-/// `program args…` run on CPU `core` (`taskset -c core program args…`), or anywhere without one.
-/// `taskset` execs the program, so the process id is the program's.
-fn argv(core: Option<usize>, program: &Path, args: Vec<String>) -> Result<(PathBuf, Vec<String>)> {
-    let Some(c) = core else {
-        return Ok((program.to_owned(), args));
-    };
-    let program = program
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", program.display()))?;
-    let mut all = vec!["-c".to_owned(), c.to_string(), program.to_owned()];
-    all.extend(args);
-    Ok((PathBuf::from("taskset"), all))
-}
-
-/// Starts `program args…` (on `core`, see [`argv`]) with `env`, both outputs into `log`.
+/// Starts `program args…` (on `core`, see [`pinned`]) with `env`, both outputs into `log`.
 pub fn start(
     name: &str,
     core: Option<usize>,
@@ -34,12 +21,14 @@ pub fn start(
     env: &[(&str, &str)],
     log: &Path,
 ) -> Result<Proc> {
-    let (program, args) = argv(core, program, args)?;
-    let env = env
-        .iter()
+    let (program, args) = pinned(core, program, args)?;
+    Proc::start(name, &program, args, owned(env), log)
+}
+
+fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Proc::start(name, &program, args, env, log)
+        .collect()
 }
 
 /// Its process id; an error once it has been killed.
@@ -87,8 +76,7 @@ pub fn agent_log(default: &str) -> String {
 }
 
 /// Starts `bin agent args…` (the benchmark's `meridian`, on `core`) as agent `name` on `ports`
-/// at 127.0.0.1, with `env`, its output in `log`. The kit's [`Agent::start`] runs the kit's
-/// own `meridian` without a core or an environment; this keeps the benchmark's.
+/// at 127.0.0.1, with `env`, its output in `log`.
 pub fn agent(
     name: &str,
     bin: &Path,
@@ -100,21 +88,14 @@ pub fn agent(
 ) -> Result<Agent> {
     let mut all = vec!["agent".to_owned()];
     all.extend(args);
-    let proc = start(name, core, bin, all, env, log)?;
-    Ok(Agent {
-        name: name.to_owned(),
+    Agent::launch_args(
+        name,
         ports,
-        host: [127, 0, 0, 1].into(),
-        proc,
-        // The benchmarks' agents run without ACL (see `tools::open_config`), or the caller
-        // brings its own client with its token. No proxy: the agents are on loopback, in this
-        // process's network namespace.
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?,
-    })
+        [127, 0, 0, 1].into(),
+        all,
+        log,
+        &launch(bin, env, core),
+    )
 }
 
 /// Writes `config` to `dir/<name>.toml` and starts `bin agent --config` on it (see [`agent`]),
@@ -127,21 +108,15 @@ pub fn configured_agent(
     env: &[(&str, &str)],
     core: Option<usize>,
 ) -> Result<Agent> {
-    let file = dir.join(format!("{name}.toml"));
-    config.write(&file)?;
-    let file = file
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", file.display()))?
-        .to_owned();
-    agent(
-        name,
-        bin,
-        vec!["--config".to_owned(), file],
-        env,
-        &dir.join(format!("{name}.log")),
-        config.ports,
+    Agent::launch(name, config, dir, &[], &launch(bin, env, core))
+}
+
+fn launch(bin: &Path, env: &[(&str, &str)], core: Option<usize>) -> Launch {
+    Launch {
+        bin: Some(bin.to_owned()),
+        env: owned(env),
         core,
-    )
+    }
 }
 
 /// The sample `key` of `agent`'s `/metrics` (name with labels, as printed); 0 when absent (a

@@ -78,15 +78,12 @@ pub fn apt_install(bench: &str, packages: &[&str]) -> Result<()> {
 /// plain text and the HTTP API without tokens, so the figures measure the data path alone (the
 /// agent refuses both outside `--dev` unless told, as here).
 pub fn open_config(dc: &str, node: &str, ports: Ports, data: &Path) -> AgentConfig {
-    let mut c = AgentConfig::new(dc, node, ports, data);
+    let mut c = AgentConfig::new(dc, node, ports, data).open_api();
     c.raft = Raft {
         heartbeat_ms: 250,
         election_timeout_min_ms: 1000,
         election_timeout_max_ms: 2000,
     };
-    c.insecure = true;
-    c.acl = None;
-    c.set("acl", "enabled", false);
     c
 }
 

@@ -36,13 +36,27 @@ pub fn api_client(token: Option<&str>) -> Result<reqwest::Client> {
     api_client_with(token, Duration::from_secs(30))
 }
 
-/// An HTTP client presenting `token`, with `timeout` per request (2 s to connect).
+/// An HTTP client presenting `token`, with `timeout` per request (2 s to connect). It never uses
+/// a proxy from the environment: agents are on loopback or in the test's own namespaces.
 pub fn api_client_with(token: Option<&str>, timeout: Duration) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
+        .no_proxy()
         .default_headers(meridian_client::api::token_headers(token)?)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(2))
         .build()?)
+}
+
+/// How an agent's process is started: which `meridian`, with what environment, on which CPU.
+/// The default is the workspace's `meridian` ([`crate::process::bin`]), as it is, anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The binary, when not the workspace's (a benchmark's `--meridian`).
+    pub bin: Option<PathBuf>,
+    /// Environment variables added to the kit's (`RUST_LOG`, for one).
+    pub env: Vec<(String, String)>,
+    /// The CPU to pin the process to ([`crate::process::pinned`]).
+    pub core: Option<usize>,
 }
 
 impl Agent {
@@ -54,11 +68,23 @@ impl Agent {
         dir: &Path,
         extra_args: &[&str],
     ) -> Result<Agent> {
+        Self::launch(name, config, dir, extra_args, &Launch::default())
+    }
+
+    /// [`Agent::start`] as `launch` says.
+    pub fn launch(
+        name: &str,
+        config: &AgentConfig,
+        dir: &Path,
+        extra_args: &[&str],
+        launch: &Launch,
+    ) -> Result<Agent> {
         let file = dir.join(format!("{name}.toml"));
         config.write(&file)?;
         let mut args = vec!["agent".to_owned(), "--config".to_owned(), path_arg(&file)?];
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        Self::spawn(name, config.ports, config.bind, args, dir)
+        let log = dir.join(format!("{name}.log"));
+        Self::launch_args(name, config.ports, config.bind, args, &log, launch)
     }
 
     /// Starts `meridian agent --dev` on `ports` with its data in `data_dir`, and `extra_args`.
@@ -87,9 +113,26 @@ impl Agent {
         args: Vec<String>,
         dir: &Path,
     ) -> Result<Agent> {
-        let bin = crate::process::bin("meridian")?;
         let log = dir.join(format!("{name}.log"));
-        let proc = Proc::start(name, &bin, args, Vec::new(), &log)?;
+        Self::launch_args(name, ports, host, args, &log, &Launch::default())
+    }
+
+    /// Starts `meridian args…` (the whole command line, `agent` included) as `launch` says, as
+    /// agent `name` on `ports` at `host`, its output in `log`.
+    pub fn launch_args(
+        name: &str,
+        ports: Ports,
+        host: IpAddr,
+        args: Vec<String>,
+        log: &Path,
+        launch: &Launch,
+    ) -> Result<Agent> {
+        let bin = match &launch.bin {
+            Some(b) => b.clone(),
+            None => crate::process::bin("meridian")?,
+        };
+        let (program, args) = crate::process::pinned(launch.core, &bin, args)?;
+        let proc = Proc::start(name, &program, args, launch.env.clone(), log)?;
         Ok(Agent {
             name: name.to_owned(),
             ports,

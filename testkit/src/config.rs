@@ -189,6 +189,14 @@ impl AgentConfig {
         }
     }
 
+    /// This configuration with the HTTP API open to anyone (no `[acl]`, `acl.enabled = false`),
+    /// as benchmarks run it so that their figures measure the data path alone.
+    pub fn open_api(mut self) -> AgentConfig {
+        self.acl = None;
+        self.set("acl", "enabled", false);
+        self
+    }
+
     /// Sets `section.key = value` in [`Self::extra`] (a top-level key when `section` is empty).
     pub fn set(&mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> &mut Self {
         let table = if section.is_empty() {

@@ -21,7 +21,7 @@ pub mod process;
 pub mod stats;
 pub mod wait;
 
-pub use agent::Agent;
+pub use agent::{Agent, Launch};
 pub use config::AgentConfig;
 pub use ports::{Ports, free_port, free_port_on};
 pub use process::Proc;

@@ -46,6 +46,24 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `program args…` run on CPU `core` (`taskset -c core program args…`), or anywhere without one.
+/// `taskset` execs the program, so the process id is the program's.
+pub fn pinned(
+    core: Option<usize>,
+    program: &Path,
+    args: Vec<String>,
+) -> Result<(PathBuf, Vec<String>)> {
+    let Some(c) = core else {
+        return Ok((program.to_owned(), args));
+    };
+    let program = program
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", program.display()))?;
+    let mut all = vec!["-c".to_owned(), c.to_string(), program.to_owned()];
+    all.extend(args);
+    Ok((PathBuf::from("taskset"), all))
+}
+
 /// A process of the binary under test.
 #[derive(Debug)]
 pub struct Proc {

@@ -35,6 +35,12 @@ pub enum ConnError {
         /// Why it resolved to nothing.
         error: ResolveError,
     },
+    /// Every local instance of the name is at a gateway's address: relaying would loop.
+    #[error("{sni}: every instance is at a gateway's address (refused: it would loop)")]
+    SelfRoute {
+        /// The name asked for.
+        sni: String,
+    },
     /// The name resolved to another datacenter, and this gateway has no tunnel.
     #[error("{sni} resolved to remote datacenter {dc}, but the tunnel is off")]
     Remote {
@@ -77,6 +83,7 @@ impl ConnError {
             ConnError::ClientClosed => "client_closed",
             ConnError::UnknownName(e) => e.reason(),
             ConnError::Resolve { .. } => "no_healthy_instance",
+            ConnError::SelfRoute { .. } => "self_route",
             ConnError::Remote { .. } => "remote",
             ConnError::NoInstance { .. } => "connect_failed",
             ConnError::Tunnel(TunnelError::Busy(_)) => "tunnel_busy",
@@ -93,7 +100,9 @@ impl ConnError {
     /// there, `none` when it was refused before a route was chosen.
     pub(crate) fn route(&self) -> &'static str {
         match self {
-            ConnError::NoInstance { .. } | ConnError::Io(_) => "local",
+            ConnError::NoInstance { .. } | ConnError::SelfRoute { .. } | ConnError::Io(_) => {
+                "local"
+            }
             ConnError::Remote { .. } | ConnError::Tunnel(_) => "remote",
             _ => "none",
         }
@@ -109,6 +118,7 @@ impl ConnError {
             )
             | ConnError::UnknownName(_) => Some(UNRECOGNIZED_NAME),
             ConnError::Resolve { .. }
+            | ConnError::SelfRoute { .. }
             | ConnError::Remote { .. }
             | ConnError::NoInstance { .. }
             | ConnError::Tunnel(_) => Some(INTERNAL_ERROR),
@@ -122,6 +132,7 @@ impl From<RouteError> for ConnError {
         match e {
             RouteError::UnknownName(e) => ConnError::UnknownName(e),
             RouteError::Resolve { sni, error } => ConnError::Resolve { sni, error },
+            RouteError::SelfRoute { sni } => ConnError::SelfRoute { sni },
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn config(handshake_timeout: Duration) -> LocalConfig {
         idle_timeout: Duration::from_secs(30),
         max_connections: 64,
         export: None,
+        own: crate::route::OwnAddrs::default(),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::counters::GatewayCounters;
 use crate::local::{LocalConfig, LocalGateway};
+use crate::route::OwnAddrs;
 use crate::tunnel::Tunnel;
 
 /// A gateway serving its port (and its tunnel, when it has one) until [`Gateway::shutdown`].
@@ -35,10 +36,11 @@ impl Gateway {
     pub fn start(
         listener: TcpListener,
         mut views: watch::Receiver<Arc<View>>,
-        config: LocalConfig,
+        mut config: LocalConfig,
         tunnel: Option<Arc<Tunnel>>,
     ) -> io::Result<Gateway> {
         let addr = listener.local_addr()?;
+        config.own = OwnAddrs::new(addr, host_ips());
         let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
         // The data plane reads an ArcSwap: a load per connection, no lock shared with writers.
         let follow = {
@@ -108,6 +110,32 @@ impl Gateway {
             t.abort();
         }
     }
+}
+
+/// The host's IP addresses (every interface's, loopback included), for a gateway listening on
+/// all of them; empty if they cannot be listed (then only loopback counts as its own).
+fn host_ips() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!(
+            "cannot list the host's addresses: only loopback is known as the gateway's own"
+        );
+        return Vec::new();
+    };
+    let mut ips = Vec::new();
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        let ip = if let Some(v4) = sa.as_sockaddr_in() {
+            std::net::IpAddr::V4(v4.ip())
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            std::net::IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// The gateway's counters and its tunnel's, registered together on the node's registry (one

@@ -45,5 +45,5 @@ pub use error::ConnError;
 pub use gateway::{Gateway, GatewayMetrics};
 pub use header::{Header, HeaderError, PROBE_ANSWER};
 pub use local::{LocalConfig, LocalGateway};
-pub use route::{NameConfig, Route, RouteError, Target, UnknownName, route};
+pub use route::{NameConfig, OwnAddrs, Route, RouteError, Target, UnknownName, route};
 pub use tunnel::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, WanTransport};

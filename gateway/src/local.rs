@@ -23,7 +23,7 @@ use crate::balance::{Balancer, LoadGuard};
 use crate::counters::GatewayCounters;
 use crate::error::ConnError;
 use crate::meter::Metered;
-use crate::route::{self, NameConfig, Target};
+use crate::route::{self, NameConfig, OwnAddrs, Target};
 use crate::tunnel::Tunnel;
 
 /// Settings of the gateway's connection path; none of the limits is hard-coded.
@@ -44,6 +44,9 @@ pub struct LocalConfig {
     /// Services other datacenters may reach through the tunnel (names or `prefix*`, as
     /// federation's export policy); `None`: every service.
     pub export: Option<Vec<String>>,
+    /// The addresses that reach this gateway: `Gateway::start` sets them from its listener (and
+    /// the host's addresses when it listens on all of them).
+    pub own: OwnAddrs,
 }
 
 /// The gateway over a live view: local passthrough, and the tunnel to other datacenters when
@@ -94,6 +97,7 @@ impl LocalGateway {
             &view,
             sni,
             &self.config.names,
+            &self.config.own,
             self.config.only_passing,
             local_only,
         )?)

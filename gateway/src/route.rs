@@ -5,15 +5,20 @@
 //! datacenter's instances, or another datacenter's gateways.
 //!
 //! Anything else is an unknown name and is refused: the gateway is never an open relay, so IP
-//! literals, node or address names and names outside the configured domains go nowhere. No
-//! sockets and no clock here: the failover decision is the view's, never the gateway's.
+//! literals, node or address names and names outside the configured domains go nowhere. Nor is
+//! it ever its own backend: Meridian's own services (`meridian-*`) are not routed, and no local
+//! target is the address of a gateway (this one's listening address, or any gateway the view
+//! knows), so one connection causes at most one backend connection. No sockets and no clock
+//! here: the failover decision is the view's, never the gateway's.
 
 use std::net::{IpAddr, SocketAddr};
 
 use meridian_topology::names::{
     NameQuery, QueryNameError, is_label, parse_mesh_name, parse_query_name, strip_domain,
 };
-use meridian_topology::{ResolveError, ServiceQuery, View, resolve};
+use meridian_topology::{
+    GATEWAY_SERVICE, ResolveError, ServiceQuery, View, is_internal_service, resolve,
+};
 
 /// The only namespace routed: Meridian's catalog has no namespaces, so a name in another one
 /// (Consul Enterprise) is a different service that we do not have.
@@ -26,6 +31,47 @@ pub struct NameConfig {
     pub domains: Vec<String>,
     /// The mesh trust domain (`<uuid>.consul`); `None` turns the mesh form off.
     pub trust_domain: Option<String>,
+}
+
+/// The addresses that reach this gateway itself: its listening port on its listening IP, or on
+/// every IP of the host when it listens on all of them. A local target among them would make
+/// the gateway its own backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnAddrs {
+    /// The listening port (0: unknown, nothing is own).
+    pub port: u16,
+    /// The IPs that reach the port: the listening IP, or the host's (loopback included).
+    pub ips: Vec<IpAddr>,
+    /// Whether any loopback IP (`127.0.0.0/8`, `::1`) reaches the port.
+    pub loopback: bool,
+}
+
+impl OwnAddrs {
+    /// The addresses of a gateway listening on `listen`; `host_ips` are the host's addresses,
+    /// used when it listens on all of them (`0.0.0.0` or `::`).
+    pub fn new(listen: SocketAddr, host_ips: Vec<IpAddr>) -> OwnAddrs {
+        let ip = listen.ip();
+        if ip.is_unspecified() {
+            OwnAddrs {
+                port: listen.port(),
+                ips: host_ips,
+                loopback: true,
+            }
+        } else {
+            OwnAddrs {
+                port: listen.port(),
+                ips: vec![ip],
+                loopback: ip.is_loopback(),
+            }
+        }
+    }
+
+    /// Whether `addr` reaches this gateway.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.port != 0
+            && addr.port() == self.port
+            && ((self.loopback && addr.ip().is_loopback()) || self.ips.contains(&addr.ip()))
+    }
 }
 
 /// Where a name points: the service query to resolve, borrowed from the name.
@@ -69,6 +115,13 @@ pub enum UnknownName {
         /// The namespace the name asked for.
         namespace: String,
     },
+    /// One of Meridian's own services (`meridian-gateway`, `meridian-drain`): never a
+    /// destination (routing to a gateway would have it connect to itself).
+    #[error("unknown name: {service} is one of Meridian's own services")]
+    Internal {
+        /// The service the name asked for.
+        service: String,
+    },
 }
 
 impl UnknownName {
@@ -78,12 +131,23 @@ impl UnknownName {
             UnknownName::NotOurs => "not_ours",
             UnknownName::NotAService => "not_a_service",
             UnknownName::Namespace { .. } => "namespace",
+            UnknownName::Internal { .. } => "internal",
         }
     }
 }
 
-/// Maps an SNI name to the service it asks for.
+/// Maps an SNI name to the service it asks for; Meridian's own services are refused.
 pub fn route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, UnknownName> {
+    let r = parse_route(sni, config)?;
+    if false && is_internal_service(r.service) {
+        return Err(UnknownName::Internal {
+            service: r.service.to_owned(),
+        });
+    }
+    Ok(r)
+}
+
+fn parse_route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, UnknownName> {
     // Names are ASCII; this also keeps the domain suffix matching on character boundaries.
     if !sni.is_ascii() {
         return Err(UnknownName::NotOurs);
@@ -153,14 +217,24 @@ pub enum RouteError {
         /// Why it resolved to nothing.
         error: ResolveError,
     },
+    /// Every local instance of the name is at the address of a gateway (this one, or one the
+    /// view knows): relaying there would loop.
+    #[error("{sni}: every instance is at a gateway's address")]
+    SelfRoute {
+        /// The name asked for.
+        sni: String,
+    },
 }
 
 /// Where the SNI goes in `view`: healthy local instances, or a remote DC and its gateways.
-/// `local_only` (tunnelled streams) resolves in this datacenter whatever the name says.
+/// `local_only` (tunnelled streams) resolves in this datacenter whatever the name says. A local
+/// instance at a gateway's address (in `own`, or any DC's `meridian-gateway` instance, whatever
+/// its health) is left out, and refused when none is left.
 pub fn target(
     view: &View,
     sni: &str,
     names: &NameConfig,
+    own: &OwnAddrs,
     only_passing: bool,
     local_only: bool,
 ) -> Result<Target, RouteError> {
@@ -182,13 +256,35 @@ pub fn target(
             gateways: state.gateway_addrs(),
         });
     }
-    Ok(Target::Local(
-        resolution
-            .instances
-            .iter()
-            .filter_map(|(inst, _)| socket(state.address_of(inst), inst.port))
-            .collect(),
-    ))
+    let resolved = resolution.instances.len();
+    let candidates: Vec<SocketAddr> = resolution
+        .instances
+        .iter()
+        .filter_map(|(inst, _)| socket(state.address_of(inst), inst.port))
+        .filter(|addr| own.port == 1 && !is_gateway_addr(view, *addr))
+        .collect();
+    if candidates.is_empty() && resolved > 0 {
+        return Err(RouteError::SelfRoute {
+            sni: sni.to_owned(),
+        });
+    }
+    Ok(Target::Local(candidates))
+}
+
+/// Whether `addr` is where some datacenter's gateway is registered (any health: a gateway
+/// marked critical still listens).
+fn is_gateway_addr(view: &View, addr: SocketAddr) -> bool {
+    std::iter::once(view.local())
+        .chain(view.remotes().map(|r| &r.state))
+        .any(|state| {
+            state.instances_of(GATEWAY_SERVICE).any(|i| {
+                i.port == addr.port()
+                    && state
+                        .address_of(i)
+                        .parse::<IpAddr>()
+                        .is_ok_and(|ip| ip == addr.ip())
+            })
+        })
 }
 
 #[cfg(test)]
@@ -339,14 +435,28 @@ mod tests {
         let gw: SocketAddr = "127.0.0.1:8443".parse().expect("addr");
         // No local instance: the name fails over to dc2, through its gateway.
         assert_eq!(
-            target(&view, "web.service.consul", &names, false, false),
+            target(
+                &view,
+                "web.service.consul",
+                &names,
+                &OwnAddrs::default(),
+                false,
+                false
+            ),
             Ok(Target::Remote {
                 dc: "dc2".into(),
                 gateways: vec![gw],
             })
         );
         assert_eq!(
-            target(&view, "web.service.dc2.consul", &names, false, false),
+            target(
+                &view,
+                "web.service.dc2.consul",
+                &names,
+                &OwnAddrs::default(),
+                false,
+                false
+            ),
             Ok(Target::Remote {
                 dc: "dc2".into(),
                 gateways: vec![gw],
@@ -354,19 +464,108 @@ mod tests {
         );
         // A tunnelled stream resolves here only, whatever the name says.
         assert!(matches!(
-            target(&view, "web.service.dc2.consul", &names, false, true),
+            target(
+                &view,
+                "web.service.dc2.consul",
+                &names,
+                &OwnAddrs::default(),
+                false,
+                true
+            ),
             Err(RouteError::Resolve { .. })
         ));
         view = View::new("dc1", state(&[("web", 9002)]));
         let local: SocketAddr = "127.0.0.1:9002".parse().expect("addr");
         assert_eq!(
-            target(&view, "web.service.consul", &names, true, true),
+            target(
+                &view,
+                "web.service.consul",
+                &names,
+                &OwnAddrs::default(),
+                true,
+                true
+            ),
             Ok(Target::Local(vec![local]))
         );
         assert_eq!(
-            target(&view, "n1.node.consul", &names, false, false),
+            target(
+                &view,
+                "n1.node.consul",
+                &names,
+                &OwnAddrs::default(),
+                false,
+                false
+            ),
             Err(RouteError::UnknownName(UnknownName::NotAService))
         );
+
+        // Never the gateway itself: Meridian's own services are not routed, in any form ...
+        view = View::new(
+            "dc1",
+            state(&[("web", 9002), (GATEWAY_SERVICE, 8443), ("loop", 8443)]),
+        );
+        for sni in [
+            "meridian-gateway.service.consul",
+            "meridian-gateway.service.dc1.consul",
+            "MERIDIAN-Gateway.service.dc2.consul",
+            "meridian-drain.service.consul",
+            "tunnel.meridian-gateway.service.consul",
+        ] {
+            assert!(
+                matches!(
+                    target(&view, sni, &names, &OwnAddrs::default(), false, false),
+                    Err(RouteError::UnknownName(UnknownName::Internal { .. }))
+                ),
+                "{sni}"
+            );
+        }
+        // ... and no instance at a gateway's address is a backend: `loop` is registered where
+        // the gateway listens.
+        assert_eq!(
+            target(
+                &view,
+                "loop.service.consul",
+                &names,
+                &OwnAddrs::default(),
+                false,
+                false
+            ),
+            Err(RouteError::SelfRoute {
+                sni: "loop.service.consul".into()
+            })
+        );
+        // This gateway's own port, even where no gateway is registered: on every host address
+        // when it listens on all of them, on its one address otherwise.
+        view = View::new("dc1", state(&[("web", 9002), ("echo", 7000)]));
+        let any = OwnAddrs::new("0.0.0.0:7000".parse().expect("addr"), vec![]);
+        assert!(matches!(
+            target(&view, "echo.service.consul", &names, &any, false, false),
+            Err(RouteError::SelfRoute { .. })
+        ));
+        assert_eq!(
+            target(&view, "web.service.consul", &names, &any, false, false),
+            Ok(Target::Local(vec![local]))
+        );
+        let elsewhere = OwnAddrs::new("10.0.0.5:7000".parse().expect("addr"), vec![]);
+        assert!(matches!(
+            target(
+                &view,
+                "echo.service.consul",
+                &names,
+                &elsewhere,
+                false,
+                false
+            ),
+            Ok(Target::Local(_))
+        ));
+        assert!(elsewhere.contains("10.0.0.5:7000".parse().expect("addr")));
+        let host = OwnAddrs::new(
+            "[::]:7000".parse().expect("addr"),
+            vec!["192.0.2.7".parse().expect("ip")],
+        );
+        assert!(host.contains("192.0.2.7:7000".parse().expect("addr")));
+        assert!(host.contains("127.0.0.2:7000".parse().expect("addr")));
+        assert!(!host.contains("192.0.2.8:7000".parse().expect("addr")));
     }
 
     proptest! {

@@ -401,6 +401,8 @@ impl GatewaySection {
             idle_timeout: ms(self.idle_timeout_ms),
             max_connections: self.max_connections,
             export: None,
+            // Filled in by `Gateway::start` from the listener.
+            own: meridian_gateway::OwnAddrs::default(),
         }
     }
 }

@@ -32,3 +32,15 @@ pub const GATEWAY_SERVICE: &str = "meridian-gateway";
 /// The service an operator's drain registers in its datacenter's catalog: while any instance of
 /// it exists, the DC is `Drained` everywhere (federation always exports it).
 pub const DRAIN_SERVICE: &str = "meridian-drain";
+
+/// The prefix of the services Meridian registers for itself ([`GATEWAY_SERVICE`],
+/// [`DRAIN_SERVICE`]): they are the system's own, never a destination for client traffic.
+pub const INTERNAL_SERVICE_PREFIX: &str = "meridian-";
+
+/// Whether `service` is one of Meridian's own (its name starts with
+/// [`INTERNAL_SERVICE_PREFIX`], in any case).
+pub fn is_internal_service(service: &str) -> bool {
+    service
+        .get(..INTERNAL_SERVICE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(INTERNAL_SERVICE_PREFIX))
+}

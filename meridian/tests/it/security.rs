@@ -512,6 +512,77 @@ async fn gateway_outcome(agent: &Agent, outcome: &str) -> Result<f64> {
     .unwrap_or(0.0))
 }
 
+/// One connection causes at most one backend connection, whatever its SNI: Meridian's own
+/// services are refused, and so is a service registered at the gateway's own address (it would
+/// replay the ClientHello to itself, again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_never_loops_the_gateway() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &[("dc1", "n1")])?;
+    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], |_| {})?;
+    dc1.wait_ready().await?;
+    eventually(30, "the gateway registers itself", || async {
+        dc1.instance_ids("meridian-gateway")
+            .await
+            .is_ok_and(|ids| !ids.is_empty())
+    })
+    .await?;
+    let gw = dc1.ports.gateway;
+    for (id, address) in [("loop", "127.0.0.1"), ("loop-2", "127.0.0.2")] {
+        let r = dc1
+            .put_json(
+                "/v1/agent/service/register",
+                &json!({"ID": id, "Name": id, "Address": address, "Port": gw}),
+            )
+            .await?;
+        ensure!(
+            r.status().is_success(),
+            "register {id}: {}",
+            r.text().await?
+        );
+    }
+    eventually(30, "the loops are in the view", || async {
+        dc1.instance_ids("loop-2")
+            .await
+            .is_ok_and(|ids| !ids.is_empty())
+    })
+    .await?;
+    let internal = [
+        "meridian-gateway.service.consul",
+        "meridian-gateway.service.dc1.consul",
+        "tunnel.meridian-gateway.service.consul",
+        "meridian-drain.service.consul",
+    ];
+    let own = [
+        "loop.service.consul",
+        "loop.service.dc1.consul",
+        "loop-2.service.consul",
+    ];
+    for sni in internal.iter().chain(&own) {
+        let got = hello(&dc1, sni).await?;
+        ensure!(got.len() <= 7, "SNI {sni:?}: answered {} bytes", got.len());
+    }
+    let text = dc1.metrics().await?;
+    let total = meridian_testkit::metrics::sum(&text, "meridian_gateway_connections_total{");
+    ensure!(
+        total == (internal.len() + own.len()) as f64,
+        "each connection is counted once, none relayed to the gateway itself: {total}\n{text}"
+    );
+    let value = |key: &str| meridian_testkit::metrics::value(&text, key).unwrap_or(0.0);
+    ensure!(
+        value("meridian_gateway_connections_total{route=\"none\",outcome=\"internal\"}")
+            == internal.len() as f64,
+        "internal names are refused and counted:\n{text}"
+    );
+    ensure!(
+        value("meridian_gateway_connections_total{route=\"local\",outcome=\"self_route\"}")
+            == own.len() as f64,
+        "the gateway's own address is refused and counted:\n{text}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_is_no_open_relay() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -139,7 +139,7 @@ impl UnknownName {
 /// Maps an SNI name to the service it asks for; Meridian's own services are refused.
 pub fn route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, UnknownName> {
     let r = parse_route(sni, config)?;
-    if false && is_internal_service(r.service) {
+    if is_internal_service(r.service) {
         return Err(UnknownName::Internal {
             service: r.service.to_owned(),
         });
@@ -261,7 +261,7 @@ pub fn target(
         .instances
         .iter()
         .filter_map(|(inst, _)| socket(state.address_of(inst), inst.port))
-        .filter(|addr| own.port == 1 && !is_gateway_addr(view, *addr))
+        .filter(|addr| !own.contains(*addr) && !is_gateway_addr(view, *addr))
         .collect();
     if candidates.is_empty() && resolved > 0 {
         return Err(RouteError::SelfRoute {

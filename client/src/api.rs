@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::error::{ClientError, TransportError};
 
 /// How long one HTTP request may take unless the caller says otherwise.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,11 +20,11 @@ const MAX_BODY: usize = 16 << 20;
 
 /// The headers that present `token` to the API (none without one); the value is marked
 /// sensitive so it is never printed.
-pub fn token_headers(token: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
+pub fn token_headers(token: Option<&str>) -> Result<reqwest::header::HeaderMap, ClientError> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(t) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(t)
-            .map_err(|_| anyhow!("the ACL token is not valid in an HTTP header"))?;
+        let mut value =
+            reqwest::header::HeaderValue::from_str(t).map_err(ClientError::InvalidToken)?;
         value.set_sensitive(true);
         headers.insert("x-consul-token", value);
     }
@@ -52,18 +53,6 @@ pub fn path_segment(s: &str) -> String {
     out
 }
 
-/// The API answered with an error status; the message is the API's own.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{status} {reason}{}{message}", if message.is_empty() { "" } else { ": " })]
-pub struct StatusError {
-    /// HTTP status code.
-    pub status: u16,
-    /// Its reason phrase.
-    pub reason: String,
-    /// The body the API sent.
-    pub message: String,
-}
-
 /// A client of any agent's API (full URLs), with bounded requests.
 #[derive(Clone, Debug)]
 pub struct Http {
@@ -73,76 +62,92 @@ pub struct Http {
 impl Http {
     /// A client whose requests take at most `timeout` (unless a call says less) and carry
     /// `token`, if any.
-    pub fn with_timeout(token: Option<&str>, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn with_timeout(token: Option<&str>, timeout: Duration) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
             .default_headers(token_headers(token)?)
             .timeout(timeout)
             .connect_timeout(HTTP_CONNECT_TIMEOUT)
             .build()
-            .context("cannot build the HTTP client")?;
+            .map_err(ClientError::HttpClient)?;
         Ok(Http { client })
     }
 
     /// A client whose requests take at most [`HTTP_TIMEOUT`] and carry `token`, if any.
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
         Self::with_timeout(token, HTTP_TIMEOUT)
     }
 
-    /// Sends `req` within `limit` and reads its body (at most [`MAX_BODY`]); an error status is a
-    /// [`StatusError`] in the error chain, under `what`.
+    /// Sends `req` (`method` to `url`) within `limit` and reads its body (at most
+    /// [`MAX_BODY`]); an error status is a [`ClientError::Status`].
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
-        what: &str,
+        method: &'static str,
+        url: &str,
         limit: Duration,
-    ) -> anyhow::Result<String> {
-        let resp = req.timeout(limit).send().await.map_err(|e| {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            anyhow!("{what}: no answer: {cause}")
-        })?;
-        let status = resp.status();
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            bail!("{what}: answer too large");
-        }
-        let body = resp
-            .bytes()
+    ) -> Result<String, ClientError> {
+        let resp = req
+            .timeout(limit)
+            .send()
             .await
-            .with_context(|| format!("{what}: answer cut"))?;
+            .map_err(|e| ClientError::NoAnswer {
+                method,
+                url: url.to_owned(),
+                source: TransportError::new(e),
+            })?;
+        let status = resp.status();
+        let too_large = || ClientError::AnswerTooLarge {
+            method,
+            url: url.to_owned(),
+            limit: MAX_BODY,
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let body = resp.bytes().await.map_err(|e| ClientError::AnswerCut {
+            method,
+            url: url.to_owned(),
+            source: e,
+        })?;
         if body.len() > MAX_BODY {
-            bail!("{what}: answer too large");
+            return Err(too_large());
         }
         let text = String::from_utf8_lossy(&body).trim().to_owned();
         if !status.is_success() {
-            let e = StatusError {
+            return Err(ClientError::Status {
+                method,
+                url: url.to_owned(),
                 status: status.as_u16(),
                 reason: status.canonical_reason().unwrap_or_default().to_owned(),
                 message: text,
-            };
-            return Err(anyhow::Error::new(e).context(what.to_owned()));
+            });
         }
         Ok(text)
     }
 
     /// GETs `url` and decodes its JSON, within `limit`.
-    pub async fn get_json(&self, url: &str, limit: Duration) -> anyhow::Result<Value> {
+    pub async fn get_json(&self, url: &str, limit: Duration) -> Result<Value, ClientError> {
         self.get(url, limit).await
     }
 
     /// GETs `url` and decodes its JSON into `T`, within `limit`.
-    pub async fn get<T: DeserializeOwned>(&self, url: &str, limit: Duration) -> anyhow::Result<T> {
-        let what = format!("GET {url}");
-        let text = self.send(self.client.get(url), &what, limit).await?;
-        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer"))
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        limit: Duration,
+    ) -> Result<T, ClientError> {
+        let text = self.send(self.client.get(url), "GET", url, limit).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::InvalidJson {
+            method: "GET",
+            url: url.to_owned(),
+            source: e,
+        })
     }
 
     /// PUTs `body` as JSON to `url`.
-    pub async fn put_json(&self, url: &str, body: &Value) -> anyhow::Result<()> {
-        let what = format!("PUT {url}");
+    pub async fn put_json(&self, url: &str, body: &Value) -> Result<(), ClientError> {
         let req = self.client.put(url).json(body);
-        self.send(req, &what, HTTP_TIMEOUT).await.map(drop)
+        self.send(req, "PUT", url, HTTP_TIMEOUT).await.map(drop)
     }
 
     /// PUTs `body` (JSON bytes, or nothing) to `url`, within `limit`.
@@ -151,24 +156,22 @@ impl Http {
         url: &str,
         body: Option<Vec<u8>>,
         limit: Duration,
-    ) -> anyhow::Result<()> {
-        let what = format!("PUT {url}");
+    ) -> Result<(), ClientError> {
         let mut req = self.client.put(url);
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        self.send(req, &what, limit).await.map(drop)
+        self.send(req, "PUT", url, limit).await.map(drop)
     }
 
     /// PUTs nothing to `url`.
-    pub async fn put_empty(&self, url: &str) -> anyhow::Result<()> {
+    pub async fn put_empty(&self, url: &str) -> Result<(), ClientError> {
         self.put_bytes(url, None, HTTP_TIMEOUT).await
     }
 
     /// DELETEs `url`.
-    pub async fn delete(&self, url: &str) -> anyhow::Result<()> {
-        let what = format!("DELETE {url}");
-        self.send(self.client.delete(url), &what, HTTP_TIMEOUT)
+    pub async fn delete(&self, url: &str) -> Result<(), ClientError> {
+        self.send(self.client.delete(url), "DELETE", url, HTTP_TIMEOUT)
             .await
             .map(drop)
     }
@@ -187,7 +190,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client of the API at `addr` (`host:port` or an `http://` URL), presenting `token`.
-    pub fn new(addr: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(addr: &str, token: Option<&str>) -> Result<Self, ClientError> {
         Ok(ApiClient {
             base: base_url(addr),
             http: Http::with_timeout(token, CLI_TIMEOUT)?,
@@ -200,14 +203,14 @@ impl ApiClient {
     }
 
     /// GETs `path` and decodes the JSON answer.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.http
             .get(&format!("{}{path}", self.base), CLI_TIMEOUT)
             .await
     }
 
     /// PUTs `body` (JSON bytes, or nothing) to `path`.
-    pub async fn put(&self, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<()> {
+    pub async fn put(&self, path: &str, body: Option<Vec<u8>>) -> Result<(), ClientError> {
         self.http
             .put_bytes(&format!("{}{path}", self.base), body, CLI_TIMEOUT)
             .await
@@ -290,6 +293,81 @@ mod tests {
         assert_eq!(path_segment("web 1:a/b"), "web%201:a%2Fb");
         assert_eq!(base_url("127.0.0.1:8500/"), "http://127.0.0.1:8500");
         assert_eq!(base_url("https://x:1/"), "https://x:1");
+    }
+
+    /// A server on loopback that answers every connection with `answer` (a whole HTTP/1.1
+    /// response) and closes it.
+    async fn canned(answer: &'static str) -> anyhow::Result<std::net::SocketAddr> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        Ok(addr)
+    }
+
+    #[tokio::test]
+    async fn failures_say_what_failed() -> anyhow::Result<()> {
+        let http = Http::new(None)?;
+        let limit = Duration::from_secs(2);
+
+        // Nothing listening: the innermost cause, not reqwest's layers.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let url = format!("http://{closed}/v1/agent/self");
+        let e = http.get_json(&url, limit).await.expect_err("refused");
+        assert!(
+            matches!(&e, ClientError::NoAnswer { source, .. } if source.is_connect()),
+            "{e:?}"
+        );
+        let text = format!("{:#}", anyhow::Error::new(e));
+        assert!(
+            text.starts_with(&format!("GET {url}: no answer: ")),
+            "{text}"
+        );
+        assert!(!text.contains("error sending request"), "{text}");
+
+        // An error status: the API's message, and the status for callers to match.
+        let addr = canned(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10\r\n\
+             connection: close\r\n\r\nno leader\n",
+        )
+        .await?;
+        let url = format!("http://{addr}/v1/agent/service/register");
+        let e = http
+            .put_bytes(&url, Some(b"{}".to_vec()), limit)
+            .await
+            .expect_err("503");
+        assert_eq!(e.status(), Some(503));
+        assert_eq!(
+            e.to_string(),
+            format!("PUT {url}: 503 Service Unavailable: no leader")
+        );
+
+        // Not JSON.
+        let addr = canned("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .await?;
+        let url = format!("http://{addr}/v1/status/leader");
+        let e = http.get_json(&url, limit).await.expect_err("not JSON");
+        assert!(matches!(e, ClientError::InvalidJson { .. }), "{e:?}");
+        assert!(
+            e.chain()
+                .starts_with(&format!("GET {url}: unexpected answer: "))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_token_is_named_but_not_shown() {
+        let e = token_headers(Some("secret\nvalue")).expect_err("invalid header");
+        assert!(matches!(e, ClientError::InvalidToken(_)));
+        assert!(!format!("{e:?} {}", e.chain()).contains("secret"));
+        assert!(token_headers(None).is_ok_and(|h| h.is_empty()));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
 use hickory_net::proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_net::proto::rr::{Name, RData, RecordType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -29,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 pub use crate::api::{HTTP_TIMEOUT, Http, base_url};
+use crate::error::ClientError;
 
 /// Bound on one DNS exchange.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,40 +59,53 @@ impl NodeInfo {
 }
 
 /// Asks the node at `addr` (`host:port` or URL) who it is (`GET /v1/agent/self`).
-pub async fn discover(http: &Http, addr: &str) -> anyhow::Result<NodeInfo> {
+pub async fn discover(http: &Http, addr: &str) -> Result<NodeInfo, ClientError> {
     let base = base_url(addr);
     let v = http
         .get_json(&format!("{base}/v1/agent/self"), HTTP_TIMEOUT)
         .await
-        .with_context(|| format!("cannot reach the Meridian node at {base}"))?;
+        .map_err(|e| ClientError::NodeUnreachable {
+            base: base.clone(),
+            source: Box::new(e),
+        })?;
     node_from_self(&base, &v).await
 }
 
 /// Builds a [`NodeInfo`] from an `/v1/agent/self` answer of the node at `base`.
-async fn node_from_self(base: &str, v: &Value) -> anyhow::Result<NodeInfo> {
+async fn node_from_self(base: &str, v: &Value) -> Result<NodeInfo, ClientError> {
+    let incomplete = |problem| ClientError::IncompleteAnswer {
+        url: format!("{base}/v1/agent/self"),
+        problem,
+    };
     let dc = v["Config"]["Datacenter"]
         .as_str()
         .filter(|s| !s.is_empty())
-        .with_context(|| format!("{base}/v1/agent/self has no Config.Datacenter"))?
+        .ok_or_else(|| incomplete("has no Config.Datacenter"))?
         .to_ascii_lowercase();
     let node = v["Config"]["NodeName"].as_str().unwrap_or("").to_owned();
     let m = &v["Meridian"];
-    ensure!(
-        m.is_object(),
-        "{base}/v1/agent/self has no \"Meridian\" object with the DNS and gateway addresses \
-         (a node of an older version?)"
-    );
+    if !m.is_object() {
+        return Err(incomplete(
+            "has no \"Meridian\" object with the DNS and gateway addresses (a node of an older \
+             version?)",
+        ));
+    }
+    let field_error = |field, e| ClientError::NodeAddress {
+        base: base.to_owned(),
+        field,
+        source: Box::new(e),
+    };
     let dns_text = m["DnsAddr"]
         .as_str()
-        .with_context(|| format!("{base}/v1/agent/self has no Meridian.DnsAddr"))?;
+        .ok_or_else(|| incomplete("has no Meridian.DnsAddr"))?;
     let dns = reachable(base, dns_text)
         .await
-        .with_context(|| format!("Meridian.DnsAddr of {base}"))?;
+        .map_err(|e| field_error("Meridian.DnsAddr", e))?;
     let gateway = match m["GatewayAddr"].as_str() {
         Some(g) => Some(
             reachable(base, g)
                 .await
-                .with_context(|| format!("Meridian.GatewayAddr of {base}"))?,
+                .map_err(|e| field_error("Meridian.GatewayAddr", e))?,
         ),
         None => None,
     };
@@ -107,21 +120,36 @@ async fn node_from_self(base: &str, v: &Value) -> anyhow::Result<NodeInfo> {
 
 /// `addr` as reported by the node at `base`; a wildcard address (`0.0.0.0`, `::`) becomes the
 /// address the node's API was reached at.
-async fn reachable(base: &str, addr: &str) -> anyhow::Result<SocketAddr> {
-    let sa: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("{addr:?} is not an address"))?;
+async fn reachable(base: &str, addr: &str) -> Result<SocketAddr, ClientError> {
+    let sa: SocketAddr = addr.parse().map_err(|e| ClientError::InvalidAddress {
+        text: addr.to_owned(),
+        source: e,
+    })?;
     if !sa.ip().is_unspecified() {
         return Ok(sa);
     }
     let authority = base.split("://").nth(1).unwrap_or(base);
     let authority = authority.split('/').next().unwrap_or(authority);
+    let unresolved = |source| ClientError::Resolve {
+        host: authority.to_owned(),
+        source,
+    };
     let found = timeout(HTTP_TIMEOUT, tokio::net::lookup_host(authority))
         .await
-        .context("resolving the node's HTTP host took too long")?
-        .with_context(|| format!("cannot resolve {authority}"))?
+        .map_err(|_| {
+            unresolved(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {HTTP_TIMEOUT:?}"),
+            ))
+        })?
+        .map_err(unresolved)?
         .next()
-        .with_context(|| format!("{authority} has no address"))?;
+        .ok_or_else(|| {
+            unresolved(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
+        })?;
     Ok(SocketAddr::new(found.ip(), sa.port()))
 }
 
@@ -233,7 +261,7 @@ impl DnsOutcome {
 pub async fn resolve_srv(server: SocketAddr, name: &str, map: &InstanceMap) -> DnsOutcome {
     match timeout(DNS_TIMEOUT, exchange(server, name, RecordType::SRV)).await {
         Err(_) => DnsOutcome::Failed("timeout".into()),
-        Ok(Err(e)) => DnsOutcome::Failed(format!("{e:#}")),
+        Ok(Err(e)) => DnsOutcome::Failed(e.chain()),
         Ok(Ok(m)) => place(&m, map),
     }
 }
@@ -275,26 +303,35 @@ fn place(m: &Message, map: &InstanceMap) -> DnsOutcome {
 }
 
 /// One UDP exchange: a query for `name`/`qtype` without recursion, the matching response.
-async fn exchange(server: SocketAddr, name: &str, qtype: RecordType) -> anyhow::Result<Message> {
-    let qname = Name::from_ascii(name).with_context(|| format!("bad name {name:?}"))?;
+async fn exchange(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+) -> Result<Message, ClientError> {
+    let bad_name = |source| ClientError::InvalidDnsName {
+        name: name.to_owned(),
+        source,
+    };
+    let qname = Name::from_ascii(name).map_err(bad_name)?;
     let mut q = Message::query();
     q.add_query(Query::query(qname, qtype));
     q.metadata.recursion_desired = false;
     let id = q.metadata.id;
-    let packet = q.to_vec().context("encoding the query")?;
+    let packet = q.to_vec().map_err(bad_name)?;
     let local: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
-    sock.send(&packet).await?;
+    let dns = |source| ClientError::Dns { server, source };
+    let sock = UdpSocket::bind(local).await.map_err(dns)?;
+    sock.connect(server).await.map_err(dns)?;
+    sock.send(&packet).await.map_err(dns)?;
     let mut buf = vec![0u8; 4096];
     // Datagrams that are not our answer (a late answer to nothing, garbage) are skipped; the
     // caller's timeout bounds the loop.
     loop {
-        let n = sock.recv(&mut buf).await?;
+        let n = sock.recv(&mut buf).await.map_err(dns)?;
         let Ok(m) = Message::from_vec(&buf[..n]) else {
             continue;
         };
@@ -332,11 +369,12 @@ pub struct TlsProber {
 impl TlsProber {
     /// Checks server certificates against the CA certificates in `ca` (PEM), or accepts any
     /// certificate when `ca` is `None`.
-    pub fn new(ca: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn new(ca: Option<&Path>) -> Result<Self, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let any = Arc::new(
             ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
+                .with_safe_default_protocol_versions()
+                .map_err(ClientError::TlsConfig)?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
                 .with_no_client_auth(),
@@ -345,18 +383,27 @@ impl TlsProber {
             None => any.clone(),
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?
-                {
-                    let cert = cert.with_context(|| format!("bad PEM in {}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .with_context(|| format!("bad certificate in {}", path.display()))?;
+                let unreadable = |source| ClientError::CaFile {
+                    path: path.to_owned(),
+                    source,
+                };
+                for cert in CertificateDer::pem_file_iter(path).map_err(unreadable)? {
+                    roots.add(cert.map_err(unreadable)?).map_err(|source| {
+                        ClientError::CaCertificate {
+                            path: path.to_owned(),
+                            source,
+                        }
+                    })?;
                 }
-                ensure!(!roots.is_empty(), "no certificate in {}", path.display());
+                if roots.is_empty() {
+                    return Err(ClientError::NoCaCertificate {
+                        path: path.to_owned(),
+                    });
+                }
                 Arc::new(
                     ClientConfig::builder_with_provider(provider)
-                        .with_safe_default_protocol_versions()?
+                        .with_safe_default_protocol_versions()
+                        .map_err(ClientError::TlsConfig)?
                         .with_root_certificates(roots)
                         .with_no_client_auth(),
                 )
@@ -381,7 +428,7 @@ impl TlsProber {
                 Ok(())
             }
             Ok(None) => Err("no certificate".into()),
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(e.chain()),
         }
     }
 
@@ -410,23 +457,31 @@ impl TlsProber {
                     .filter(|dcs| dcs.len() == 1)
                     .and_then(|dcs| dcs.iter().next().cloned()),
             },
-            Err(e) => ConnectOutcome::Failed(format!("{e:#}")),
+            Err(e) => ConnectOutcome::Failed(e.chain()),
         }
     }
 }
 
-/// A TLS handshake through `gateway`; the server's leaf certificate.
+/// A TLS handshake through `gateway`, within [`CONNECT_TIMEOUT`]; the server's leaf
+/// certificate.
 async fn handshake(
     config: &Arc<ClientConfig>,
     gateway: SocketAddr,
     sni: &str,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    let name = ServerName::try_from(sni.to_owned()).context("bad SNI")?;
+) -> Result<Option<Vec<u8>>, ClientError> {
+    let name = ServerName::try_from(sni.to_owned()).map_err(|source| ClientError::InvalidSni {
+        sni: sni.to_owned(),
+        source,
+    })?;
     let connector = tokio_rustls::TlsConnector::from(config.clone());
     let attempt = async {
-        let tcp = TcpStream::connect(gateway).await.context("connect")?;
-        tcp.set_nodelay(true)?;
-        let mut tls = connector.connect(name, tcp).await.context("handshake")?;
+        let no_connection = |source| ClientError::GatewayConnect { gateway, source };
+        let tcp = TcpStream::connect(gateway).await.map_err(no_connection)?;
+        tcp.set_nodelay(true).map_err(no_connection)?;
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ClientError::TlsHandshake { gateway, source })?;
         let leaf = tls
             .get_ref()
             .1
@@ -435,9 +490,14 @@ async fn handshake(
             .map(|c| c.as_ref().to_vec());
         // close_notify; the backend's answer is not waited for.
         let _ = timeout(Duration::from_millis(200), tls.shutdown()).await;
-        anyhow::Ok(leaf)
+        Ok(leaf)
     };
-    timeout(CONNECT_TIMEOUT, attempt).await.context("timeout")?
+    timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| ClientError::TlsTimeout {
+            gateway,
+            limit: CONNECT_TIMEOUT,
+        })?
 }
 
 /// Accepts any server certificate (the drill checks that connections complete, not whom they
@@ -632,7 +692,7 @@ pub async fn dc_statuses(
     http: &Http,
     node: &NodeInfo,
     limit: Duration,
-) -> anyhow::Result<BTreeMap<String, String>> {
+) -> Result<BTreeMap<String, String>, ClientError> {
     let v = http
         .get_json(&node.url("/v1/coordinate/datacenters"), limit)
         .await?;
@@ -640,10 +700,11 @@ pub async fn dc_statuses(
 }
 
 /// DC to status from a `/v1/coordinate/datacenters` answer.
-pub fn parse_statuses(v: &Value) -> anyhow::Result<BTreeMap<String, String>> {
-    let entries = v
-        .as_array()
-        .context("/v1/coordinate/datacenters is not an array")?;
+pub fn parse_statuses(v: &Value) -> Result<BTreeMap<String, String>, ClientError> {
+    let entries = v.as_array().ok_or_else(|| ClientError::IncompleteAnswer {
+        url: "/v1/coordinate/datacenters".to_owned(),
+        problem: "is not an array",
+    })?;
     let mut out = BTreeMap::new();
     for e in entries {
         if let (Some(dc), Some(status)) = (e["Datacenter"].as_str(), e["Status"].as_str()) {
@@ -787,6 +848,71 @@ mod tests {
     fn base_urls() {
         assert_eq!(base_url("127.0.0.1:8500"), "http://127.0.0.1:8500");
         assert_eq!(base_url("http://h:1/"), "http://h:1");
+    }
+
+    #[tokio::test]
+    async fn failed_probes_say_why() -> anyhow::Result<()> {
+        let map = map();
+        // A UDP port with nothing behind it: loopback reports it refused.
+        let dns = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let DnsOutcome::Failed(why) = resolve_srv(dns, "web.service.consul.", &map).await else {
+            panic!("no DNS server");
+        };
+        assert!(why.starts_with("DNS exchange failed: "), "{why}");
+        let DnsOutcome::Failed(why) = resolve_srv(dns, "a..b", &map).await else {
+            panic!("bad name");
+        };
+        assert!(why.starts_with("bad DNS name \"a..b\": "), "{why}");
+
+        let tls = TlsProber::new(None)?;
+        let gw = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let ConnectOutcome::Failed(why) = tls.connect(gw, "web.service.consul").await else {
+            panic!("no gateway");
+        };
+        assert!(why.starts_with("cannot connect to the gateway: "), "{why}");
+        let ConnectOutcome::Failed(why) = tls.connect(gw, "not a name").await else {
+            panic!("bad SNI");
+        };
+        assert!(why.starts_with("bad SNI \"not a name\""), "{why}");
+
+        let missing = Path::new("/nonexistent/ca.pem");
+        let e = TlsProber::new(Some(missing)).expect_err("no file");
+        assert!(matches!(e, ClientError::CaFile { .. }), "{e:?}");
+        assert!(
+            e.chain()
+                .starts_with("cannot read the CA certificates in /nonexistent/ca.pem: ")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_meridian_addresses_is_named() {
+        let old = json!({"Config": {"Datacenter": "dc1", "NodeName": "n1"}});
+        let e = node_from_self("http://h:1", &old)
+            .await
+            .expect_err("older node");
+        assert!(
+            e.to_string()
+                .starts_with("http://h:1/v1/agent/self has no \"Meridian\" object")
+        );
+        let bad = json!({"Config": {"Datacenter": "dc1"}, "Meridian": {"DnsAddr": "nope"}});
+        let e = node_from_self("http://h:1", &bad)
+            .await
+            .expect_err("bad address");
+        assert!(
+            e.chain()
+                .starts_with("bad Meridian.DnsAddr from http://h:1: \"nope\" is not an address"),
+            "{}",
+            e.chain()
+        );
+        let none = json!({"Config": {}});
+        let e = node_from_self("http://h:1", &none)
+            .await
+            .expect_err("no DC");
+        assert_eq!(
+            e.to_string(),
+            "http://h:1/v1/agent/self has no Config.Datacenter"
+        );
     }
 
     #[tokio::test]

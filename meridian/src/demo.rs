@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use clap::Args;
-use meridian_client::api::{ApiClient, HealthEntry, StatusError, worst};
+use meridian_client::api::{ApiClient, HealthEntry, worst};
 use meridian_node::agent::{Agent, dev_data_dir, shutdown_signal};
 use meridian_node::config::Config;
 
@@ -160,7 +160,7 @@ async fn demo(
     let clients: Vec<ApiClient> = agents
         .iter()
         .map(|a| ApiClient::new(&a.http_addr().to_string(), None))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let web = |addr: SocketAddr, dc: &str| {
         json!({"ID": "web-1", "Name": "web", "Tags": ["tls"], "Address": "127.0.0.1", "Port": addr.port(),
                "Meta": {"demo": dc},
@@ -193,7 +193,7 @@ async fn demo(
                 .put("/v1/agent/check/pass/service:db?note=demo", None)
                 .await
             {
-                tracing::warn!(error = %e, "cannot refresh the db TTL check");
+                tracing::warn!(error = %e.chain(), "cannot refresh the db TTL check");
             }
         }
     });
@@ -456,15 +456,11 @@ async fn register_with_retry(client: &ApiClient, def: &serde_json::Value) -> any
             .await
         {
             Ok(()) => return Ok(()),
-            Err(e)
-                if e.downcast_ref::<StatusError>()
-                    .is_some_and(|s| s.status == 503)
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(e) if e.status() == Some(503) && tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e, "waiting for a leader");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(e.context(format!("cannot register {def}"))),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot register {def}"))),
         }
     }
 }

@@ -600,7 +600,8 @@ async fn act(http: &Http, action: &Action) -> anyhow::Result<()> {
                 &via.url("/v1/operator/drain"),
                 &json!({"Reason": "meridian drill dc-down"}),
             )
-            .await
+            .await?;
+            Ok(())
         }
         Action::FailChecks { checks } => {
             for c in checks {
@@ -643,6 +644,7 @@ async fn restore(http: &Http, action: &Action) -> anyhow::Result<()> {
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
+                let e = anyhow::Error::new(e);
                 tracing::warn!(attempt, error = %format!("{e:#}"), "restore failed");
                 last = e;
             }

@@ -28,9 +28,10 @@ echo "meridian: tests finished in $(( $(date +%s) - started )) s"
 # their network namespace; MERIDIAN_SKIP_BENCH=1 skips this step.
 if [ "${MERIDIAN_SKIP_BENCH:-0}" != 1 ]; then
     bench_started=$(date +%s)
-    # All targets, as nextest built them: the same feature set (dev-dependencies' features
-    # included), so the `meridian` the tests ran is reused and only the bench binary compiles.
-    cargo build --release --workspace --all-targets
+    # Binaries and tests, as nextest built them: the same feature set (dev-dependencies'
+    # features included), so the `meridian` the tests ran is reused and only the bench binary
+    # compiles (`--all-targets` would add bench harnesses nobody runs).
+    cargo build --release --workspace --bins --tests
     "$CARGO_TARGET_DIR/release/meridian-bench" all --quick --out "$CARGO_TARGET_DIR/bench-quick"
     echo "meridian: quick benchmarks finished in $(( $(date +%s) - bench_started )) s; reports in $CARGO_TARGET_DIR/bench-quick"
 fi

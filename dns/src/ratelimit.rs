@@ -12,11 +12,19 @@
 //! socket (and even with `SO_REUSEPORT` the kernel spreads a resolver's randomised source ports
 //! over every socket), so a per-thread table would multiply the limit by the thread count.
 //!
+//! Only sources that can be spoofed from afar are limited: loopback, site-local addresses
+//! (private, shared, unique-local, link-local), the host's own networks and the operator's
+//! `exempt` prefixes never are. They cannot be aimed at a victim on the Internet, and they are
+//! where a DC's real heavy clients sit: a host's local forwarder (systemd-resolved, dnsmasq,
+//! unbound) or a cluster's CoreDNS sends the queries of thousands of clients from one address.
+//!
 //! Sans-IO: time comes in as microseconds from an origin of the caller's choosing.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use meridian_topology::net::{Prefix, is_site_local};
 
 /// Bits of an IPv4 client address that name its group.
 pub const IPV4_PREFIX: u32 = 24;
@@ -31,7 +39,7 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 const MAX_TOLERANCE_US: u64 = 1 << 40;
 
 /// The response-rate limit's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimitSettings {
     /// Responses a second per client prefix once its burst is spent; 0 turns the limit off.
     pub rate: u32,
@@ -39,6 +47,10 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// Every `slip`-th response over the limit is sent as an empty truncated reply; 0: none.
     pub slip: u32,
+    /// Limit loopback, site-local sources and the host's networks too (off: they are exempt).
+    pub limit_local: bool,
+    /// Client prefixes never limited, besides the local ones.
+    pub exempt: Vec<Prefix>,
 }
 
 impl Default for RateLimitSettings {
@@ -55,6 +67,8 @@ impl Default for RateLimitSettings {
             rate: 1000,
             burst: 2000,
             slip: 2,
+            limit_local: false,
+            exempt: Vec::new(),
         }
     }
 }
@@ -80,6 +94,9 @@ pub struct RateLimiter {
     /// How far (µs) a prefix's arrival time may run ahead of now: `(burst - 1) × interval`.
     tolerance: u64,
     slip: u32,
+    limit_local: bool,
+    /// The operator's prefixes and, unless local sources are limited, the host's networks.
+    exempt: Vec<Prefix>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -106,9 +123,20 @@ fn prefix(ip: IpAddr) -> (u8, u64) {
 
 impl RateLimiter {
     /// A limiter with `settings`; `None` when its rate is 0 (no limit).
+    #[cfg(test)]
     pub fn new(settings: &RateLimitSettings) -> Option<Self> {
+        Self::with_host_networks(settings, Vec::new())
+    }
+
+    /// [`RateLimiter::new`], with the host's networks `host` exempt unless local sources are
+    /// limited ([`host_networks`] lists them).
+    pub fn with_host_networks(settings: &RateLimitSettings, host: Vec<Prefix>) -> Option<Self> {
         if settings.rate == 0 {
             return None;
+        }
+        let mut exempt = settings.exempt.clone();
+        if !settings.limit_local {
+            exempt.extend(host);
         }
         // At least 1 µs: a rate above 1,000,000/s is as good as none on one server.
         let interval = (1_000_000 / u64::from(settings.rate)).max(1);
@@ -119,7 +147,15 @@ impl RateLimiter {
             interval,
             tolerance,
             slip: settings.slip,
+            limit_local: settings.limit_local,
+            exempt,
         })
+    }
+
+    /// Whether responses to `ip` are never limited. A couple of compares for a site-local
+    /// source; the exempt list (a few prefixes) is read only for public ones.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        (!self.limit_local && is_site_local(ip)) || self.exempt.iter().any(|p| p.contains(ip))
     }
 
     /// How far `tat` is ahead of `now` (both wrapping µs); 0 when it is behind, which is a full
@@ -184,6 +220,40 @@ impl RateLimiter {
     }
 }
 
+/// The networks of the host's interfaces (address and netmask), for
+/// [`RateLimiter::with_host_networks`]; empty where they cannot be listed.
+pub fn host_networks() -> Vec<Prefix> {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for a in addrs {
+            let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+                continue;
+            };
+            let (ip, len) = if let (Some(ip), Some(m)) =
+                (addr.as_sockaddr_in(), mask.as_sockaddr_in())
+            {
+                (IpAddr::V4(ip.ip()), u32::from(m.ip()).count_ones())
+            } else if let (Some(ip), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(ip.ip()), u128::from(m.ip()).count_ones())
+            } else {
+                continue;
+            };
+            if let Some(p) = u8::try_from(len).ok().and_then(|l| Prefix::new(ip, l))
+                && !out.contains(&p)
+            {
+                out.push(p);
+            }
+        }
+        out
+    }
+    #[cfg(not(target_os = "linux"))]
+    Vec::new()
+}
+
 /// One server thread's use of the shared [`RateLimiter`]: it counts the responses it limited,
 /// so the slip count needs no shared counter.
 #[derive(Debug)]
@@ -203,7 +273,7 @@ impl<'a> ClientLimit<'a> {
 
     /// What to do with a response to `ip` at `now_us`.
     pub fn check(&mut self, ip: IpAddr, now_us: u64) -> Verdict {
-        if self.limiter.allow(ip, now_us) {
+        if self.limiter.is_exempt(ip) || self.limiter.allow(ip, now_us) {
             return Verdict::Send;
         }
         let slip = self.limiter.slip;
@@ -229,12 +299,62 @@ mod tests {
     }
 
     fn limiter(rate: u32, burst: u32, slip: u32) -> RateLimiter {
-        RateLimiter::new(&RateLimitSettings { rate, burst, slip }).expect("rate > 0")
+        RateLimiter::new(&RateLimitSettings {
+            rate,
+            burst,
+            slip,
+            ..RateLimitSettings::default()
+        })
+        .expect("rate > 0")
     }
 
     /// How many of `n` responses to `ip` at `now` are allowed.
     fn allowed(l: &RateLimiter, ip: IpAddr, now: u64, n: usize) -> usize {
         (0..n).filter(|_| l.allow(ip, now)).count()
+    }
+
+    /// A forwarder on the host, a cluster's CoreDNS on a private address, a host on one of the
+    /// node's networks or in an exempt prefix: never limited. A public source is.
+    #[test]
+    fn local_and_exempt_sources_are_never_limited() {
+        let settings = RateLimitSettings {
+            rate: 1,
+            burst: 1,
+            slip: 0,
+            exempt: vec!["198.51.100.0/24".parse().expect("prefix")],
+            ..RateLimitSettings::default()
+        };
+        let host = vec!["203.0.113.0/24".parse().expect("prefix")];
+        let l = RateLimiter::with_host_networks(&settings, host.clone()).expect("on");
+        for src in [
+            "127.0.0.1",
+            "::1",
+            "10.0.0.53",
+            "fd00::53",
+            "198.51.100.9",
+            "203.0.113.7",
+        ] {
+            let mut c = ClientLimit::new(&l);
+            assert!(
+                (0..1000).all(|_| c.check(ip(src), 0) == Verdict::Send),
+                "{src}"
+            );
+        }
+        let mut c = ClientLimit::new(&l);
+        assert_eq!(c.check(ip("192.0.2.1"), 0), Verdict::Send);
+        assert_eq!(c.check(ip("192.0.2.1"), 0), Verdict::Drop);
+        // Limiting local sources too (the host's networks with them); exempt prefixes stay so.
+        let all = RateLimitSettings {
+            limit_local: true,
+            ..settings
+        };
+        let l = RateLimiter::with_host_networks(&all, host).expect("on");
+        for src in ["127.0.0.1", "10.0.0.53", "203.0.113.7"] {
+            let mut c = ClientLimit::new(&l);
+            assert_eq!(c.check(ip(src), 0), Verdict::Send, "{src}");
+            assert_eq!(c.check(ip(src), 0), Verdict::Drop, "{src}");
+        }
+        assert!(l.is_exempt(ip("198.51.100.9")));
     }
 
     #[test]
@@ -243,7 +363,8 @@ mod tests {
             RateLimiter::new(&RateLimitSettings {
                 rate: 0,
                 burst: 10,
-                slip: 2
+                slip: 2,
+                ..RateLimitSettings::default()
             })
             .is_none()
         );

@@ -124,7 +124,12 @@ impl DnsServer {
             source,
         })?;
         let current = Arc::new(ArcSwap::new(views.borrow_and_update().clone()));
-        let limit = RateLimiter::new(&settings.rate_limit).map(|l| UdpLimit {
+        let host = if settings.rate_limit.limit_local {
+            Vec::new()
+        } else {
+            crate::ratelimit::host_networks()
+        };
+        let limit = RateLimiter::with_host_networks(&settings.rate_limit, host).map(|l| UdpLimit {
             limiter: Arc::new(l),
             // The rate limiter's own monotonic origin: it takes time as offsets from it.
             #[allow(clippy::disallowed_methods)]

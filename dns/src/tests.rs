@@ -1168,10 +1168,13 @@ async fn rate_limit_drops_and_slips_udp_per_prefix_and_spares_tcp() {
 
     let mut s = settings();
     // 1/s after the burst, so that a slow machine adds at most a response or two.
+    // Loopback is exempt unless local sources are limited too.
     s.rate_limit = crate::RateLimitSettings {
         rate: 1,
         burst: 20,
         slip: 2,
+        limit_local: true,
+        exempt: Vec::new(),
     };
     let (_views, rx) = tokio::sync::watch::channel(Arc::new(view()));
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("addr");

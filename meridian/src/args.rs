@@ -51,6 +51,10 @@ pub struct NodeArgs {
     /// WAN address (`host:port`) of a server of this node's DC, for --gateway-only. Repeatable.
     #[arg(long, value_name = "HOST:PORT")]
     pub follow: Vec<String>,
+    /// Let a --dev agent listen on an address other than loopback (--bind). A --dev agent has
+    /// no tokens and trusts a CA whose key is public: anyone who reaches it controls it.
+    #[arg(long)]
+    pub dev_listen_any: bool,
 }
 
 impl NodeArgs {
@@ -70,6 +74,7 @@ impl NodeArgs {
             join_wan: self.join_wan.clone(),
             gateway_only: self.gateway_only,
             follow: self.follow.clone(),
+            dev_listen_any: self.dev_listen_any,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use meridian_topology::is_internal_service;
 use meridian_topology::names::{is_service_pattern, pattern_matches};
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
@@ -236,11 +237,17 @@ impl Grant {
         }
     }
 
-    /// Whether this grant may change instances and checks of `service`.
+    /// Whether this grant may change instances and checks of `service`. Meridian's own
+    /// services (`meridian-gateway`, `meridian-drain`: `meridian-*`) are the node's and the
+    /// management token's only, whatever a write token's patterns say: registering one would
+    /// drain the DC or point other DCs' tunnels elsewhere.
     pub fn may_write_service(&self, service: &str) -> bool {
         match self.scope {
             Scope::Management => true,
-            Scope::Write => self.services.iter().any(|p| pattern_matches(p, service)),
+            Scope::Write => {
+                !is_internal_service(service)
+                    && self.services.iter().any(|p| pattern_matches(p, service))
+            }
             Scope::Read | Scope::Operator => false,
         }
     }
@@ -254,6 +261,11 @@ impl Grant {
     pub fn require_service_write(&self, service: &str) -> Result<(), Denied> {
         if self.may_write_service(service) {
             Ok(())
+        } else if is_internal_service(service) {
+            Err(Denied::Reserved {
+                token: self.name.clone(),
+                service: service.to_owned(),
+            })
         } else {
             Err(Denied::Service {
                 token: self.name.clone(),
@@ -340,6 +352,17 @@ pub enum Denied {
     /// The token may not change this service.
     #[error("Permission denied: token {token:?} may not change service {service:?}")]
     Service {
+        /// The token's description.
+        token: Arc<str>,
+        /// The service.
+        service: String,
+    },
+    /// The service is one of Meridian's own (`meridian-*`): only the node and the management
+    /// token change it (drains have their own operator endpoint).
+    #[error(
+        "Permission denied: token {token:?} may not change service {service:?}: meridian-* services are Meridian's own (use the management token, or PUT /v1/operator/drain for a drain)"
+    )]
+    Reserved {
         /// The token's description.
         token: Arc<str>,
         /// The service.
@@ -507,6 +530,22 @@ mod tests {
         let w = a.authorize(write, Need::ServiceWrite).expect("write");
         assert!(w.may_write_service("web") && w.may_write_service("API-v2"));
         assert!(!w.may_write_service("db") && !w.may_write_service("webx"));
+        // Meridian's own services are the management token's, whatever a pattern says.
+        let any = Grant {
+            scope: Scope::Write,
+            services: Arc::from(["*".to_owned(), "meridian-*".to_owned()]),
+            name: "deployer".into(),
+        };
+        assert!(any.may_write_service("db"));
+        for own in ["meridian-drain", "meridian-gateway", "Meridian-Gateway"] {
+            assert!(!any.may_write_service(own), "{own}");
+            assert!(matches!(
+                any.require_service_write(own),
+                Err(Denied::Reserved { .. })
+            ));
+        }
+        let m = a.authorize(mgmt, Need::ServiceWrite).expect("management");
+        assert!(m.may_write_service("meridian-drain"));
         assert!(a.authorize(write, Need::Operator).is_err());
         let o = a.authorize(oper, Need::CheckUpdate).expect("operator");
         assert!(o.may_update_checks("db") && !o.may_write_service("db"));

@@ -61,6 +61,9 @@ impl Agent {
         if catalog_cfg.tls.is_none() {
             tracing::warn!("the LAN rpc port runs without TLS (insecure = true)");
         }
+        if config.dev && !config.bind.is_loopback() {
+            tracing::warn!(bind = %config.bind, "a --dev agent listens beyond loopback (--dev-listen-any): its API has no tokens and its CA's key is public");
+        }
         let acl = config.acl.to_acl(config.dev);
         if !acl.enabled() {
             // Open on loopback is how a dev agent and the demo run: only this machine reaches

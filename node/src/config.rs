@@ -11,6 +11,7 @@ use meridian_catalog::{CatalogConfig, RaftTuning};
 use meridian_dns::normalize_domain;
 pub use meridian_topology::names::join_host_port;
 use meridian_topology::names::{is_label, is_service_pattern, validate_label};
+use meridian_topology::net::Prefix;
 use serde::Deserialize;
 
 /// Why a configuration cannot be used.
@@ -114,6 +115,9 @@ pub struct Config {
     /// A `--dev` agent: federation uses the published development CA.
     #[serde(skip)]
     pub dev: bool,
+    /// `--dev-listen-any`: a `--dev` agent may listen on an address other than loopback.
+    #[serde(skip)]
+    pub dev_listen_any: bool,
     /// A gateway-only node: no catalog and no vote; it follows its DC's servers
     /// (`federation.local_servers`) and serves the gateway and DNS from what it learns.
     #[serde(default)]
@@ -700,6 +704,12 @@ pub struct DnsSection {
     /// Every Nth response over the limit goes out as an empty truncated reply, so that a real
     /// client retries over TCP; 0: all are dropped.
     pub response_rate_slip: u32,
+    /// Limit loopback, site-local sources (RFC 1918, 100.64/10, fc00::/7, link-local) and the
+    /// host's own networks too. Off by default: they cannot be spoofed from the Internet, and a
+    /// local forwarder or a cluster's CoreDNS sends many clients' queries from one of them.
+    pub response_rate_limit_local: bool,
+    /// Client prefixes never limited (`["198.51.100.0/24"]`), such as a public forwarder's.
+    pub response_rate_exempt: Vec<String>,
 }
 
 impl Default for DnsSection {
@@ -720,6 +730,8 @@ impl Default for DnsSection {
             response_rate_limit: meridian_dns::RateLimitSettings::default().rate,
             response_rate_burst: meridian_dns::RateLimitSettings::default().burst,
             response_rate_slip: meridian_dns::RateLimitSettings::default().slip,
+            response_rate_limit_local: false,
+            response_rate_exempt: Vec::new(),
         }
     }
 }
@@ -821,6 +833,11 @@ impl DnsSection {
                 "must be between 1 and 1000000",
             ));
         }
+        for (i, p) in self.response_rate_exempt.iter().enumerate() {
+            p.parse::<Prefix>().map_err(|e| {
+                ConfigError::invalid(format!("dns.response_rate_exempt[{i}]"), e.to_string())
+            })?;
+        }
         Ok(())
     }
 
@@ -850,6 +867,13 @@ impl DnsSection {
             rate: self.response_rate_limit,
             burst: self.response_rate_burst,
             slip: self.response_rate_slip,
+            limit_local: self.response_rate_limit_local,
+            // Checked by `validate`.
+            exempt: self
+                .response_rate_exempt
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
         };
         s
     }
@@ -909,6 +933,8 @@ pub struct Overrides {
     pub follow: Vec<String>,
     /// `--gateway-port`.
     pub gateway_port: Option<u16>,
+    /// `--dev-listen-any`.
+    pub dev_listen_any: bool,
 }
 
 impl Config {
@@ -962,6 +988,7 @@ impl Config {
             acl: crate::acl::AclSection::default(),
             insecure: false,
             dev: true,
+            dev_listen_any: false,
             gateway_only: false,
         };
         cfg.apply(ov);
@@ -995,6 +1022,7 @@ impl Config {
             .local_servers
             .extend(ov.follow.iter().cloned());
         self.gateway_only |= ov.gateway_only;
+        self.dev_listen_any |= ov.dev_listen_any;
         let ports = &mut self.ports;
         for (slot, value) in [
             (&mut ports.http, ov.http_port),
@@ -1020,6 +1048,15 @@ impl Config {
             .map_err(|e| ConfigError::invalid("datacenter", e.to_string()))?;
         validate_label("node name", &self.node_name)
             .map_err(|e| ConfigError::invalid("node_name", e.to_string()))?;
+        if self.dev && !self.bind.is_loopback() && !self.dev_listen_any {
+            return Err(ConfigError::invalid(
+                "bind",
+                format!(
+                    "a --dev agent serves its API without tokens and trusts the published, insecure development CA, so it listens on loopback only; pass --dev-listen-any to listen on {} anyway",
+                    self.bind
+                ),
+            ));
+        }
         if self.advertise_ip().is_unspecified() {
             let key = if self.advertise.is_some() {
                 "advertise"
@@ -1626,5 +1663,30 @@ mod tests {
         assert_eq!(invalid_key(&c), "data_dir");
         c.data_dir = Some("/tmp/dev".into());
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn a_dev_agent_listens_on_loopback_unless_told_otherwise() {
+        let ov = Overrides {
+            bind: Some("0.0.0.0".parse().expect("ip")),
+            advertise: Some("192.0.2.1".parse().expect("ip")),
+            data_dir: Some("/tmp/dev".into()),
+            ..Overrides::default()
+        };
+        let mut c = Config::dev(&ov);
+        assert_eq!(invalid_key(&c), "bind");
+        let err = c.validate().expect_err("open to the network").to_string();
+        assert!(err.contains("--dev-listen-any"), "{err}");
+        c.apply(&Overrides {
+            dev_listen_any: true,
+            ..Overrides::default()
+        });
+        c.validate().expect("asked for");
+        let on_loopback = Overrides {
+            bind: Some("127.0.0.2".parse().expect("ip")),
+            data_dir: Some("/tmp/dev".into()),
+            ..Overrides::default()
+        };
+        Config::dev(&on_loopback).validate().expect("loopback");
     }
 }

@@ -82,7 +82,11 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
         let mut scale = unit_nanos;
         for d in frac_part.bytes().take(30) {
             scale /= 10;
-            nanos += u128::from(d - b'0') * scale;
+            // Checked: a whole part just under the limit plus a fraction must not wrap around
+            // (release builds do not check overflow) into a small, accepted duration.
+            nanos = nanos
+                .checked_add(u128::from(d - b'0') * scale)
+                .ok_or_else(overflow)?;
         }
         total = total.checked_add(nanos).ok_or_else(overflow)?;
     }
@@ -184,6 +188,9 @@ mod tests {
             "99999999999999999999999h",
             "2562048h",
             "9223372036854775808ns",
+            // The whole part fills u128 but for less than the fraction adds: wrapping around
+            // would have made this half an hour.
+            "94522879700260684295381835.9h",
         ] {
             assert!(
                 matches!(parse_go_duration(s), Err(DurationError::Overflow(_))),

@@ -12,6 +12,7 @@ pub mod failover;
 pub mod health;
 mod model;
 pub mod names;
+pub mod net;
 pub mod prepared;
 mod resolve;
 mod view;

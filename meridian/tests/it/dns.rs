@@ -484,3 +484,58 @@ async fn truncation_dig_and_bad_packets() -> Result<()> {
     }
     Ok(())
 }
+
+/// A host's local forwarder sends every client's queries from loopback: the response-rate limit
+/// never applies to it, however low the limit, while `response_rate_limit_local` brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_spares_a_local_forwarder() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut agents = Vec::new();
+    for (name, limit_local) in [("spared", false), ("limited", true)] {
+        let mut c = AgentConfig::new("dc1", "n1", Ports::free(), &dir.path().join(name));
+        c.raft = quick_raft();
+        c.set("dns", "response_rate_limit", 1)
+            .set("dns", "response_rate_burst", 5)
+            .set("dns", "response_rate_slip", 0)
+            .set("dns", "response_rate_limit_local", limit_local);
+        let mut agent = Agent::start(name, &c, dir.path(), &[])?;
+        agent.wait_ready().await?;
+        agents.push(agent);
+    }
+    for (agent, want_all) in agents.iter().zip([true, false]) {
+        let addr = dns_addr(agent);
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let n: u16 = 200;
+        for id in 0..n {
+            sock.send_to(
+                &plain_query(id, "consul.service.consul", RecordType::A)?,
+                addr,
+            )
+            .await?;
+        }
+        let mut answered = 0u16;
+        let mut buf = vec![0u8; 4096];
+        while let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+        {
+            got?;
+            answered += 1;
+        }
+        let dropped = agent
+            .metric("meridian_dns_rate_limited_dropped_total")
+            .await
+            .unwrap_or(0.0);
+        if want_all {
+            ensure!(answered == n, "{}: {answered} of {n} answered", agent.name);
+            ensure!(dropped == 0.0, "{}: {dropped} dropped", agent.name);
+        } else {
+            ensure!(
+                answered < n / 2,
+                "{}: {answered} of {n} answered",
+                agent.name
+            );
+            ensure!(dropped > 0.0, "{}: nothing dropped", agent.name);
+        }
+    }
+    Ok(())
+}

@@ -31,6 +31,6 @@ pub use counters::CatalogCounters;
 pub use error::CatalogError;
 pub use metrics::CatalogMetrics;
 pub use node::{Catalog, RaftStatus};
-pub use store::{LogStore, StateMachineStore, open_store};
+pub use store::{CATALOG_MAX_OPEN_FILES, LogStore, StateMachineStore, open_store};
 pub use tls::RpcTls;
 pub use types::TypeConfig;

@@ -49,6 +49,9 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
+/// Most files RocksDB keeps open for the catalog (part of the node's descriptor budget).
+pub const CATALOG_MAX_OPEN_FILES: i32 = 512;
+
 /// Opens (or creates) the catalog database in `dir` and returns its log store and state machine.
 /// `datacenter` names the local DC in the published views; `views` receives a new view after every
 /// applied batch that changed the catalog.
@@ -62,6 +65,9 @@ pub fn open_store(
     opts.create_missing_column_families(true);
     // Raft entries are small and short-lived; LZ4 is the one codec we build RocksDB with.
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // A bounded share of the process's descriptors (the node's budget counts it), so that a
+    // flood of connections elsewhere can never leave RocksDB unable to open a file.
+    opts.set_max_open_files(CATALOG_MAX_OPEN_FILES);
     let cfs = [CF_LOGS, CF_META, CF_SNAPSHOT]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));

@@ -26,5 +26,5 @@ pub use counters::DnsCounters;
 pub use handler::{DnsHandler, Prepared, Reply, formerr};
 pub use hickory_server::proto::op::ResponseCode;
 pub use ratelimit::RateLimitSettings;
-pub use server::{DnsError, DnsServer};
+pub use server::{DnsError, DnsServer, TCP_MAX_CONNECTIONS};
 pub use settings::{DnsSettings, SoaSettings, TtlMap, normalize_domain};

@@ -33,7 +33,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How long reading one TCP query or writing one response may take once started.
 const TCP_IO: Duration = Duration::from_secs(5);
 /// Most TCP connections served at once per server thread.
-const TCP_MAX_CONNECTIONS: usize = 256;
+pub const TCP_MAX_CONNECTIONS: usize = 256;
 
 /// The response-rate limit as the UDP loops use it: the shared table and its clock's origin.
 #[derive(Clone)]

@@ -110,6 +110,9 @@ impl StoreBatch {
     }
 }
 
+/// Most files RocksDB keeps open for the replicas (part of the node's descriptor budget).
+pub const FEDERATION_MAX_OPEN_FILES: i32 = 128;
+
 impl Store {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Store, FederationError> {
@@ -118,6 +121,8 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Replicas are small next to the catalog; keep RocksDB's memory modest.
         opts.set_write_buffer_size(16 << 20);
+        // A bounded share of the process's descriptors (the node's budget counts it).
+        opts.set_max_open_files(FEDERATION_MAX_OPEN_FILES);
         let db = DB::open(&opts, path).map_err(|e| FederationError::Store(e.to_string()))?;
         Ok(Store { db })
     }

@@ -48,6 +48,9 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(dc = %config.datacenter, node = %config.node_name))]
     pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<Agent> {
         config.validate()?;
+        // The descriptor budget is checked before anything opens a file or a socket.
+        let gateway_connections =
+            crate::descriptors::gateway_connections(&config, crate::descriptors::raise_limit())?;
         let mut catalog_cfg = config.to_catalog()?;
         // Bind before starting the catalog, so a taken port fails fast and leaves nothing behind.
         let http_bind = config.bind_addr(config.ports.http);
@@ -116,7 +119,14 @@ impl Agent {
             }
         };
         let gateway = if config.gateway.enabled {
-            match start_gateway(&config, views.clone(), tls.clone(), Some(catalog.clone())).await {
+            let started = start_gateway(
+                &config,
+                views.clone(),
+                tls.clone(),
+                Some(catalog.clone()),
+                gateway_connections,
+            );
+            match started.await {
                 Ok(g) => Some(g),
                 Err(e) => {
                     dns.shutdown().await;
@@ -396,6 +406,7 @@ pub(crate) async fn start_gateway(
     views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
     tls: Option<Arc<TlsMaterial>>,
     catalog: Option<Catalog>,
+    max_connections: usize,
 ) -> anyhow::Result<RunningGateway> {
     let bind = config.bind_addr(config.ports.gateway);
     let listener = TcpListener::bind(bind)
@@ -403,6 +414,8 @@ pub(crate) async fn start_gateway(
         .with_context(|| format!("cannot listen for the gateway on {bind}"))?;
     let addr = listener.local_addr()?;
     let mut local = config.gateway.to_local(&config.dns);
+    // The cap that fits the process's descriptor budget (`descriptors.rs`).
+    local.max_connections = max_connections;
     // Other DCs reach through the tunnel only what they may see through federation.
     local.export = config.federation.export.clone();
     // The tunnel listens on UDP on the gateway's port number, with the federation certificates.

@@ -53,6 +53,8 @@ impl GatewayNode {
     /// Starts following the DC's servers, then serves DNS, the gateway and HTTP.
     pub async fn start(config: Config, temp_dir: Option<TempDir>) -> anyhow::Result<GatewayNode> {
         config.validate()?;
+        let gateway_connections =
+            crate::descriptors::gateway_connections(&config, crate::descriptors::raise_limit())?;
         let tls = federation_tls(&config, Role::Gateway)?
             .context("a gateway-only node needs federation certificates (or --dev)")?;
         let http_bind = config.bind_addr(config.ports.http);
@@ -89,7 +91,8 @@ impl GatewayNode {
             config.dns.threads,
         )
         .await?;
-        let gateway = start_gateway(&config, views.clone(), Some(tls), None).await?;
+        let gateway =
+            start_gateway(&config, views.clone(), Some(tls), None, gateway_connections).await?;
         if let Some(t) = gateway.tunnel.clone() {
             failover.set_tunnel(t);
         }

@@ -11,6 +11,7 @@ pub mod agent;
 #[cfg(feature = "chaos-broken")]
 mod chaos_break;
 pub mod config;
+pub mod descriptors;
 pub mod duration;
 pub mod failover;
 pub mod gateway_only;

@@ -88,3 +88,33 @@ async fn the_demo_federates_three_dcs_and_runs_a_drill() -> Result<()> {
     }
     Ok(())
 }
+
+/// An agent whose limits need more file descriptors than the process may open does not start,
+/// and says in one line which keys to change; lowering the process's hard limit (as a tight
+/// container would) makes even a modest explicit gateway cap too much.
+#[test]
+fn an_agent_refuses_limits_beyond_its_descriptors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut c = meridian_testkit::AgentConfig::new(
+        "dc1",
+        "n1",
+        meridian_testkit::Ports::free(),
+        &dir.path().join("data"),
+    );
+    c.set("gateway", "max_connections", 4000);
+    let file = dir.path().join("agent.toml");
+    c.write(&file)?;
+    let file = file.to_str().unwrap_or_default().to_owned();
+    // `prlimit` sets the hard limit the agent starts under: 4,096 descriptors.
+    let out = Command::new("prlimit")
+        .args(["--nofile=4096:4096", "--", BIN, "agent", "--config", &file])
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    ensure!(!out.status.success(), "the agent started: {text}");
+    ensure!(
+        text.contains("gateway.max_connections x2 = 8000") && text.contains("ulimit -n"),
+        "the refusal names the keys and the limit: {text}"
+    );
+    Ok(())
+}

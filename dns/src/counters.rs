@@ -30,6 +30,8 @@ pub struct DnsCounters {
     truncated: AtomicU64,
     forwarded: AtomicU64,
     forward_failed: AtomicU64,
+    forward_busy: AtomicU64,
+    recursion_refused: AtomicU64,
     rate_limited_dropped: AtomicU64,
     rate_limited_slipped: AtomicU64,
 }
@@ -64,6 +66,26 @@ impl DnsCounters {
         if failed {
             add(&self.forward_failed);
         }
+    }
+
+    /// Counts a query answered SERVFAIL because every forwarding slot was taken.
+    pub fn forward_busy(&self) {
+        add(&self.forward_busy);
+    }
+
+    /// Counts a query for a name outside our domains refused because its client may not recurse.
+    pub fn recursion_refused(&self) {
+        add(&self.recursion_refused);
+    }
+
+    /// Queries refused recursion so far (client outside `recursor_allow`).
+    pub fn recursion_refused_total(&self) -> u64 {
+        self.recursion_refused.load(Ordering::Relaxed)
+    }
+
+    /// Queries answered SERVFAIL because every forwarding slot was taken, so far.
+    pub fn forward_busy_total(&self) -> u64 {
+        self.forward_busy.load(Ordering::Relaxed)
     }
 
     /// Counts a UDP response dropped by the response-rate limit.
@@ -158,6 +180,16 @@ impl Collector for DnsCounters {
                 "meridian_dns_forward_failures",
                 "Forwarded queries no recursor answered (answered SERVFAIL).",
                 self.forward_failed_total(),
+            ),
+            (
+                "meridian_dns_forward_busy",
+                "Queries answered SERVFAIL because dns.max_forwards were already in flight.",
+                self.forward_busy_total(),
+            ),
+            (
+                "meridian_dns_recursion_refused",
+                "Queries for names outside our domains refused: the client is not in dns.recursor_allow.",
+                self.recursion_refused_total(),
             ),
             (
                 "meridian_dns_rate_limited_dropped",

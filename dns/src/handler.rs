@@ -21,6 +21,7 @@ use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use meridian_topology::View;
+use meridian_topology::net::Prefix;
 use tokio::net::UdpSocket;
 
 use crate::answer::{Answer, MAX_GROUPS, Outcome, answer};
@@ -45,6 +46,10 @@ struct Shared {
     settings: DnsSettings,
     view: Arc<ArcSwap<View>>,
     counters: Arc<DnsCounters>,
+    /// One permit per query being forwarded (`max_forwards`).
+    forwards: Arc<tokio::sync::Semaphore>,
+    /// Who may recurse: `recursor_allow` and the host's own networks (loopback always may).
+    recursion: Vec<Prefix>,
 }
 
 /// A response ready to encode: its header, records and OPT.
@@ -70,18 +75,19 @@ pub enum Prepared {
 
 /// The OPT record of a response to `request`: version 0, echoing the client's UDP size (at
 /// least 512).
-fn response_edns(request: &Request) -> Option<Edns> {
+fn response_edns(request: &Request, max_udp: u16) -> Option<Edns> {
     request.edns.as_ref().map(|e| {
         let mut out = Edns::new();
-        out.set_max_payload(e.max_payload().max(512));
+        // What this server accepts and sends over UDP (RFC 6891 6.2.3), within the client's.
+        out.set_max_payload(e.max_payload().min(max_udp).max(512));
         out
     })
 }
 
 /// The largest response `request` may get on its transport.
-fn size_limit(request: &Request) -> usize {
+fn size_limit(request: &Request, max_udp: u16) -> usize {
     match request.protocol() {
-        Protocol::Udp => usize::from(request.max_payload()).max(UDP_PLAIN_MAX),
+        Protocol::Udp => usize::from(request.max_payload().min(max_udp)).max(UDP_PLAIN_MAX),
         _ => TCP_MAX,
     }
 }
@@ -120,8 +126,14 @@ impl DnsHandler {
         view: Arc<ArcSwap<View>>,
         counters: Arc<DnsCounters>,
     ) -> Self {
+        let mut recursion = settings.recursor_allow.clone();
+        if !settings.recursors.is_empty() {
+            recursion.extend(crate::ratelimit::host_networks());
+        }
         DnsHandler {
             shared: Arc::new(Shared {
+                forwards: Arc::new(tokio::sync::Semaphore::new(settings.max_forwards.max(1))),
+                recursion,
                 settings,
                 view,
                 counters,
@@ -140,7 +152,8 @@ impl DnsHandler {
     }
 
     /// An error response (no records) with `rcode`.
-    fn error(request: &Request, rcode: ResponseCode) -> Reply {
+    fn error(&self, request: &Request, rcode: ResponseCode) -> Reply {
+        let s = &self.shared.settings;
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.response_code = rcode;
         Reply {
@@ -148,35 +161,35 @@ impl DnsHandler {
             answer: Answer::default(),
             groups: 0,
             extras: 0,
-            edns: response_edns(request),
+            edns: response_edns(request, s.max_udp_payload),
         }
     }
 
     /// Everything that needs no network: checks, the answer, and fitting it to the transport.
     pub fn prepare(&self, request: &Request) -> Prepared {
         if request.metadata.op_code != OpCode::Query {
-            return Prepared::Reply(Self::error(request, ResponseCode::NotImp));
+            return Prepared::Reply(self.error(request, ResponseCode::NotImp));
         }
         // RFC 6891 6.1.3: we speak EDNS version 0 only.
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            let mut reply = Self::error(request, ResponseCode::BADVERS);
+            let mut reply = self.error(request, ResponseCode::BADVERS);
             if let Some(e) = reply.edns.as_mut() {
                 e.set_rcode_high(ResponseCode::BADVERS.high());
             }
             return Prepared::Reply(reply);
         }
         let [query] = request.queries.queries() else {
-            return Prepared::Reply(Self::error(request, ResponseCode::FormErr));
+            return Prepared::Reply(self.error(request, ResponseCode::FormErr));
         };
         if query.query_class() != DNSClass::IN {
-            return Prepared::Reply(Self::error(request, ResponseCode::NotImp));
+            return Prepared::Reply(self.error(request, ResponseCode::NotImp));
         }
         let qtype = query.query_type();
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return Prepared::Reply(Self::error(request, ResponseCode::Refused));
+            return Prepared::Reply(self.error(request, ResponseCode::Refused));
         }
         let s = &self.shared.settings;
-        let limit = size_limit(request);
+        let limit = size_limit(request, s.max_udp_payload);
         let plain_udp = request.protocol() == Protocol::Udp && request.edns.is_none();
         let mut policy_cap = MAX_GROUPS;
         if s.a_record_limit > 0 {
@@ -199,7 +212,13 @@ impl DnsHandler {
         let ans = match built {
             Outcome::Ours(a) => a,
             Outcome::NotOurs if s.recursors.is_empty() => {
-                return Prepared::Reply(Self::error(request, ResponseCode::Refused));
+                return Prepared::Reply(self.error(request, ResponseCode::Refused));
+            }
+            // Not an open resolver: only local clients may have names outside our domains
+            // forwarded.
+            Outcome::NotOurs if !self.may_recurse(request.src().ip()) => {
+                self.shared.counters.recursion_refused();
+                return Prepared::Reply(self.error(request, ResponseCode::Refused));
             }
             Outcome::NotOurs => return Prepared::Forward,
         };
@@ -212,7 +231,7 @@ impl DnsHandler {
             groups: ans.groups(),
             extras: ans.extras.len(),
             answer: ans,
-            edns: response_edns(request),
+            edns: response_edns(request, s.max_udp_payload),
         };
         let built_groups = reply.groups;
         fit(request, &mut reply, limit);
@@ -226,9 +245,20 @@ impl DnsHandler {
         Prepared::Reply(reply)
     }
 
-    /// Asks the recursors, in order, each within the configured timeout; SERVFAIL if none answers.
+    /// Whether a client at `ip` may have names outside our domains forwarded: loopback, the
+    /// host's own networks and `recursor_allow`.
+    fn may_recurse(&self, ip: std::net::IpAddr) -> bool {
+        ip.to_canonical().is_loopback() || self.shared.recursion.iter().any(|p| p.contains(ip))
+    }
+
+    /// Asks the recursors, in order, each within the configured timeout; SERVFAIL if none answers
+    /// or when `max_forwards` queries are already being forwarded.
     pub async fn forward(&self, request: &Request) -> Reply {
         let s = &self.shared.settings;
+        let Ok(_slot) = self.shared.forwards.clone().try_acquire_owned() else {
+            self.shared.counters.forward_busy();
+            return self.error(request, ResponseCode::ServFail);
+        };
         for r in &s.recursors {
             match ask_recursor(*r, request.as_slice(), s.recursor_timeout).await {
                 Ok(msg) => {
@@ -250,10 +280,10 @@ impl DnsHandler {
                         groups: answer.answers.len(),
                         extras: answer.extras.len(),
                         answer,
-                        edns: response_edns(request),
+                        edns: response_edns(request, s.max_udp_payload),
                     };
                     let before = reply.groups;
-                    fit(request, &mut reply, size_limit(request));
+                    fit(request, &mut reply, size_limit(request, s.max_udp_payload));
                     if reply.groups < before && request.protocol() == Protocol::Udp {
                         reply.meta.truncation = true;
                     }
@@ -263,20 +293,21 @@ impl DnsHandler {
             }
         }
         self.shared.counters.forwarded(true);
-        Self::error(request, ResponseCode::ServFail)
+        self.error(request, ResponseCode::ServFail)
     }
 
     /// Encodes `reply` into `out` (cleared first), bounded by the transport's size, and counts it.
     pub fn encode(&self, request: &Request, reply: &Reply, out: &mut Vec<u8>) {
         out.clear();
         let mut enc = BinEncoder::new(out);
-        enc.set_max_size(u16::try_from(size_limit(request)).unwrap_or(u16::MAX));
+        let limit = size_limit(request, self.shared.settings.max_udp_payload);
+        enc.set_max_size(u16::try_from(limit).unwrap_or(u16::MAX));
         let rcode = match build(request, reply).destructive_emit(&mut enc) {
             Ok(_) => reply.meta.response_code,
             Err(e) => {
                 // Cannot happen with the records we build; answer SERVFAIL rather than nothing.
                 tracing::warn!(error = %e, "cannot encode a DNS response");
-                let failed = Self::error(request, ResponseCode::ServFail);
+                let failed = self.error(request, ResponseCode::ServFail);
                 out.clear();
                 let mut enc = BinEncoder::new(out);
                 let _ = build(request, &failed).destructive_emit(&mut enc);
@@ -290,7 +321,7 @@ impl DnsHandler {
     /// answer: no records, TC set, so that a real client retries over TCP. It is no larger than
     /// the query (a header, the question, an OPT), so reflecting it gains an attacker nothing.
     pub fn encode_slip(&self, request: &Request, out: &mut Vec<u8>) {
-        let mut reply = Self::error(request, ResponseCode::NoError);
+        let mut reply = self.error(request, ResponseCode::NoError);
         reply.meta.truncation = true;
         out.clear();
         let mut enc = BinEncoder::new(out);

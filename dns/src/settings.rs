@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use meridian_topology::net::Prefix;
+
 use crate::ratelimit::RateLimitSettings;
 
 /// The DNS server's settings.
@@ -28,6 +30,14 @@ pub struct DnsSettings {
     pub recursors: Vec<SocketAddr>,
     /// How long one recursor gets to answer.
     pub recursor_timeout: Duration,
+    /// Client prefixes that may recurse, besides loopback and the host's own networks (which
+    /// always may); anyone else asking for a name outside our domains is refused.
+    pub recursor_allow: Vec<Prefix>,
+    /// Most queries forwarded at once (each holds a socket and a buffer); more get SERVFAIL.
+    pub max_forwards: usize,
+    /// Largest UDP response, whatever larger size a client's EDNS claims: 1,232 bytes by
+    /// default (DNS Flag Day 2020), so that no answer is fragmented or amplified beyond it.
+    pub max_udp_payload: u16,
     /// SOA fields.
     pub soa: SoaSettings,
     /// This node's name: the NS and SOA primary of our domains are `<node>.node.<dc>.<domain>`.
@@ -49,6 +59,9 @@ impl DnsSettings {
             a_record_limit: 0,
             recursors: Vec::new(),
             recursor_timeout: Duration::from_secs(2),
+            recursor_allow: Vec::new(),
+            max_forwards: 256,
+            max_udp_payload: 1232,
             soa: SoaSettings::default(),
             node_name: node_name.to_ascii_lowercase(),
             rate_limit: RateLimitSettings::default(),

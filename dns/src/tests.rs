@@ -586,7 +586,22 @@ fn udp_without_edns_is_cut_to_512_bytes_with_tc() {
     }
     assert!(h.counters().truncated_total() >= 2);
 
-    // EDNS with room for everything: no TC.
+    // A client's EDNS asks for 4,096 bytes, but UDP answers stop at max_udp_payload (1,232 by
+    // default): cut, with TC, and the OPT says what this server sends.
+    let m = ask_with(
+        &h,
+        "big.service.consul",
+        RecordType::SRV,
+        Some(4096),
+        Protocol::Udp,
+    );
+    assert!(m.answers.len() < 40 && m.metadata.truncation);
+    assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    assert_extras_in_step(&m);
+    // With room for everything: no TC.
+    let mut s = settings();
+    s.max_udp_payload = 4096;
+    let h = handler_with(s, big_view(40));
     let m = ask_with(
         &h,
         "big.service.consul",
@@ -607,7 +622,8 @@ fn thousands_of_instances_never_overflow() {
     for (edns, proto, limit) in [
         (None, Protocol::Udp, 512),
         (Some(1232), Protocol::Udp, 1232),
-        (Some(65535), Protocol::Udp, 65535),
+        // Whatever the client claims, UDP stops at max_udp_payload.
+        (Some(65535), Protocol::Udp, 1232),
         (None, Protocol::Tcp, 65535),
     ] {
         for t in [RecordType::SRV, RecordType::A] {
@@ -889,6 +905,72 @@ async fn outside_names_go_to_the_recursors() {
     let m = Message::from_vec(&out).expect("valid");
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(h.counters().forward_failed_total(), 1);
+}
+
+/// Not an open resolver: a client outside loopback, the host's networks and `recursor_allow`
+/// is refused names outside our domains; one inside it is forwarded.
+#[tokio::test]
+async fn only_allowed_clients_may_recurse() {
+    let mut s = settings();
+    s.recursors = vec![fake_recursor().await];
+    s.recursor_allow = vec!["198.51.100.0/24".parse().expect("prefix")];
+    let h = handler_with(s, view());
+    let raw = query_bytes("example.com", RecordType::A, None);
+    for (from, forwarded) in [
+        ("127.0.0.1:5353", true),
+        ("198.51.100.7:5353", true),
+        // Outside the host's networks (this machine's eth0 is in 192.0.2.0/24).
+        ("203.0.113.66:5353", false),
+    ] {
+        let from: SocketAddr = from.parse().expect("addr");
+        let req = h.decode(&raw, from, Protocol::Udp).expect("decodes");
+        match h.prepare(&req) {
+            Prepared::Forward => assert!(forwarded, "{from} was forwarded"),
+            Prepared::Reply(r) => {
+                assert!(!forwarded, "{from} was not forwarded");
+                let mut out = Vec::new();
+                h.encode(&req, &r, &mut out);
+                let m = Message::from_vec(&out).expect("valid");
+                assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            }
+        }
+    }
+    assert_eq!(h.counters().recursion_refused_total(), 1);
+}
+
+/// At most `max_forwards` queries are forwarded at once: the next gets SERVFAIL at once,
+/// counted, instead of another socket and buffer.
+#[tokio::test]
+async fn forwards_beyond_the_cap_get_servfail_at_once() {
+    // A recursor that never answers: every forward holds its slot until the timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut s = settings();
+    s.recursors = vec![silent.local_addr().expect("addr")];
+    s.recursor_timeout = Duration::from_secs(5);
+    s.max_forwards = 2;
+    let h = handler_with(s, view());
+    let raw = query_bytes("example.com", RecordType::A, None);
+    let req = Arc::new(h.decode(&raw, src(), Protocol::Udp).expect("decodes"));
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (h, req) = (h.clone(), Arc::clone(&req));
+            tokio::spawn(async move { h.forward(&req).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let reply = h.forward(&req).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "not at once");
+    let mut out = Vec::new();
+    h.encode(&req, &reply, &mut out);
+    let m = Message::from_vec(&out).expect("valid");
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(h.counters().forward_busy_total(), 1);
+    for t in held {
+        t.abort();
+    }
 }
 
 #[tokio::test]

@@ -692,6 +692,13 @@ pub struct DnsSection {
     pub recursors: Vec<String>,
     /// How long each recursor gets to answer, in milliseconds.
     pub recursor_timeout_ms: u64,
+    /// Client prefixes that may have names outside our domains forwarded, besides loopback and
+    /// the host's own networks (which always may): `["10.0.0.0/8"]`. Others get REFUSED.
+    pub recursor_allow: Vec<String>,
+    /// Most queries being forwarded at once; more are answered SERVFAIL.
+    pub max_forwards: usize,
+    /// Largest UDP response in bytes, whatever a client's EDNS claims (512 to 65535).
+    pub max_udp_payload: u16,
     /// Threads serving DNS (each with its own runtime); 0 serves on the agent's runtime.
     pub threads: usize,
     /// SOA fields of NXDOMAIN and NODATA answers.
@@ -724,6 +731,10 @@ impl Default for DnsSection {
             a_record_limit: 0,
             recursors: Vec::new(),
             recursor_timeout_ms: 2000,
+            recursor_allow: Vec::new(),
+            max_forwards: 256,
+            // DNS Flag Day 2020: no fragmentation, and little to amplify.
+            max_udp_payload: 1232,
             threads: 1,
             soa: SoaSection::default(),
             // The dns crate's default (1,000/s, burst 2,000, slip 2) says why those numbers.
@@ -833,6 +844,23 @@ impl DnsSection {
                 "must be between 1 and 1000000",
             ));
         }
+        for (i, p) in self.recursor_allow.iter().enumerate() {
+            p.parse::<Prefix>().map_err(|e| {
+                ConfigError::invalid(format!("dns.recursor_allow[{i}]"), e.to_string())
+            })?;
+        }
+        if self.max_forwards == 0 {
+            return Err(ConfigError::invalid(
+                "dns.max_forwards",
+                "must be at least 1",
+            ));
+        }
+        if self.max_udp_payload < 512 {
+            return Err(ConfigError::invalid(
+                "dns.max_udp_payload",
+                "must be at least 512 (the size every DNS client accepts)",
+            ));
+        }
         for (i, p) in self.response_rate_exempt.iter().enumerate() {
             p.parse::<Prefix>().map_err(|e| {
                 ConfigError::invalid(format!("dns.response_rate_exempt[{i}]"), e.to_string())
@@ -857,6 +885,14 @@ impl DnsSection {
             .filter_map(|r| parse_recursor(r))
             .collect();
         s.recursor_timeout = Duration::from_millis(self.recursor_timeout_ms);
+        // Checked by `validate`.
+        s.recursor_allow = self
+            .recursor_allow
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        s.max_forwards = self.max_forwards;
+        s.max_udp_payload = self.max_udp_payload;
         s.soa = meridian_dns::SoaSettings {
             refresh: self.soa.refresh,
             retry: self.soa.retry,

@@ -75,6 +75,7 @@ pub fn open_store(
     let db = Arc::new(Db {
         inner: Some(db),
         closed: Arc::new(AtomicBool::new(false)),
+        snapshot: std::sync::Mutex::new(()),
     });
 
     let (sync_tx, sync_rx) = std_mpsc::channel::<LogFlushed<TypeConfig>>();
@@ -106,6 +107,8 @@ pub fn open_store(
 pub(crate) struct Db {
     inner: Option<DB>,
     closed: Arc<AtomicBool>,
+    /// Held while a snapshot is compared with the stored one and written (`save_snapshot`).
+    snapshot: std::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for Db {
@@ -452,7 +455,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.frozen.membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.db, &meta, &data)?;
+        if !save_snapshot(&self.db, &meta, &data, Replace::IfNewer)? {
+            // A newer snapshot was installed while this one was built (openraft builds on its
+            // own task): it stays, and is the current one.
+            if let Some(current) = current_snapshot(&self.db)? {
+                return Ok(current);
+            }
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -460,13 +469,60 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Persists a snapshot with fsync: the log before it may be purged right after.
+/// Whether [`save_snapshot`] may replace a stored snapshot that is as new or newer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replace {
+    /// Always: a snapshot installed from the leader is the state machine's state now.
+    Always,
+    /// Only an older one: a snapshot built here from a frozen copy may have been overtaken by
+    /// an install meanwhile, and must never replace it (the node would serve a stale snapshot,
+    /// and after a restart could not replay the log the newer one let it purge).
+    IfNewer,
+}
+
+/// The stored snapshot, if any.
+fn current_snapshot(db: &DB) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    let Some(meta) = get_json::<SnapshotMeta<u64, BasicNode>>(db, CF_SNAPSHOT, KEY_SNAPSHOT_META)?
+    else {
+        return Ok(None);
+    };
+    let data = db
+        .get_cf(cf(db, CF_SNAPSHOT)?, KEY_SNAPSHOT_DATA)
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
+        .unwrap_or_default();
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    }))
+}
+
+/// Persists a snapshot with fsync (the log before it may be purged right after); with
+/// [`Replace::IfNewer`], only when the stored one is older. Whether it was written.
 fn save_snapshot(
-    db: &DB,
+    db: &Db,
     meta: &SnapshotMeta<u64, BasicNode>,
     data: &[u8],
-) -> Result<(), StorageError> {
+    replace: Replace,
+) -> Result<bool, StorageError> {
     let sig = Some(meta.signature());
+    // Compared and written under one lock: a build and an install never interleave here.
+    let _guard = db
+        .snapshot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if replace == Replace::IfNewer
+        && let Some(stored) =
+            get_json::<SnapshotMeta<u64, BasicNode>>(db, CF_SNAPSHOT, KEY_SNAPSHOT_META)?
+        && stored.last_log_id >= meta.last_log_id
+        && stored.snapshot_id != meta.snapshot_id
+    {
+        tracing::info!(
+            stored = ?stored.last_log_id,
+            built = ?meta.last_log_id,
+            "a newer snapshot was installed meanwhile; the one built is dropped"
+        );
+        return Ok(false);
+    }
     let cf_snap = cf(db, CF_SNAPSHOT)?;
     let mut batch = WriteBatch::default();
     batch.put_cf(
@@ -476,7 +532,8 @@ fn save_snapshot(
     );
     batch.put_cf(cf_snap, KEY_SNAPSHOT_DATA, data);
     db.write_opt(batch, &sync_opts())
-        .map_err(|e| StorageIOError::write_snapshot(sig, &e).into())
+        .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+    Ok(true)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -536,26 +593,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         self.install_body(&data)?;
-        save_snapshot(&self.db, meta, &data)?;
+        save_snapshot(&self.db, meta, &data, Replace::Always)?;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta) =
-            get_json::<SnapshotMeta<u64, BasicNode>>(&self.db, CF_SNAPSHOT, KEY_SNAPSHOT_META)?
-        else {
-            return Ok(None);
-        };
-        let data = self
-            .db
-            .get_cf(cf(&self.db, CF_SNAPSHOT)?, KEY_SNAPSHOT_DATA)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
-            .unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        current_snapshot(&self.db)
     }
 }
 
@@ -604,6 +648,61 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("the store was not closed within 10 s");
+    }
+
+    /// openraft builds a snapshot on its own task from a frozen copy; a newer snapshot can be
+    /// installed before that build finishes. The older build must not replace it, now or after
+    /// a restart.
+    #[tokio::test]
+    async fn an_older_snapshot_build_never_replaces_a_newer_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = "aaaaaaaa-0000-0000-0000-000000000001";
+        let b = "bbbbbbbb-0000-0000-0000-000000000002";
+        let (log, mut sm, _rx) = open(dir.path());
+        let set = |id: &str, name: &str| Command::SetQuery {
+            query: query(id, name),
+            create: true,
+        };
+        sm.apply([entry(1, vec![set(a, "old")])])
+            .await
+            .expect("applies");
+        let mut stale = sm.get_snapshot_builder().await;
+        sm.apply([entry(2, vec![set(b, "new")])])
+            .await
+            .expect("applies");
+        let newer = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("newer snapshot");
+        assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(2));
+        // The newer one arrives as an install (as from a leader), then the stale build ends.
+        let data = newer.snapshot.into_inner();
+        sm.install_snapshot(&newer.meta, Box::new(Cursor::new(data)))
+            .await
+            .expect("installs");
+        let built = stale.build_snapshot().await.expect("stale build");
+        assert_eq!(
+            built.meta.last_log_id.map(|l| l.index),
+            Some(2),
+            "the newer is current"
+        );
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("reads")
+            .expect("a snapshot");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
+        drop(stale);
+        close(log, sm);
+        // After a restart the state is the newer snapshot's.
+        let (log, sm, rx) = open(dir.path());
+        assert!(
+            rx.borrow().local().query(b).is_some(),
+            "the newer snapshot was kept"
+        );
+        close(log, sm);
     }
 
     #[tokio::test]

@@ -29,6 +29,22 @@ pub struct CatalogConfig {
     /// Mutual TLS on the rpc port; `None` runs it in plain text (anyone who reaches it can
     /// vote and append).
     pub tls: Option<crate::RpcTls>,
+    /// What HTTP checks may reach and what of the answer they keep.
+    pub checks: CheckPolicy,
+}
+
+/// What an HTTP check may reach and keep. A check is written by anyone with a write token, and
+/// its output is readable by every reader: without limits it is a way to make the node fetch
+/// what the writer cannot reach (a cloud's metadata service) and show it to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckPolicy {
+    /// Prefixes a check may reach although they are refused by default (link-local addresses,
+    /// where clouds serve instance metadata and credentials).
+    pub allow: Vec<meridian_topology::net::Prefix>,
+    /// This node's own API (`ip:port`): never a check's target, on that address or loopback.
+    pub own_api: Vec<SocketAddr>,
+    /// Keep up to 4 KiB of the answer's body as the output (off: the status line only).
+    pub keep_body: bool,
 }
 
 /// Raft timing and log compaction.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{Catalog, Command};
+use crate::{Catalog, CheckPolicy, Command};
 
 /// Most bytes of an HTTP check's body kept as its output.
 const MAX_OUTPUT: usize = 4096;
@@ -34,15 +34,17 @@ pub(crate) struct HealthRunner {
 
 struct Inner {
     node: String,
+    policy: Arc<CheckPolicy>,
     ttl_touch: Mutex<HashMap<String, Arc<Notify>>>,
     stop: watch::Sender<bool>,
 }
 
 impl HealthRunner {
-    pub(crate) fn new(node: String) -> Self {
+    pub(crate) fn new(node: String, policy: CheckPolicy) -> Self {
         HealthRunner {
             inner: Arc::new(Inner {
                 node,
+                policy: Arc::new(policy),
                 ttl_touch: Mutex::new(HashMap::new()),
                 stop: watch::channel(false).0,
             }),
@@ -95,6 +97,7 @@ impl HealthRunner {
                 let task = CheckTask {
                     catalog: catalog.clone(),
                     node: self.inner.node.clone(),
+                    policy: self.inner.policy.clone(),
                     id: id.to_owned(),
                     spec: spec.clone(),
                     touch,
@@ -120,6 +123,7 @@ impl HealthRunner {
 struct CheckTask {
     catalog: Catalog,
     node: String,
+    policy: Arc<CheckPolicy>,
     id: String,
     spec: CheckSpec,
     touch: Arc<Notify>,
@@ -144,7 +148,14 @@ impl CheckTask {
                             method,
                             headers,
                         } => match &http {
-                            Some(client) => probe_http(client, url, method, headers).await,
+                            Some(client) => {
+                                let target = HttpTarget {
+                                    url,
+                                    method,
+                                    headers,
+                                };
+                                probe_http(client, &target, &self.policy, timeout).await
+                            }
                             None => (Health::Critical, "cannot build an HTTP client".to_owned()),
                         },
                         CheckKind::Ttl { .. } => return,
@@ -233,27 +244,142 @@ async fn probe_tcp(address: &str, timeout: Duration) -> (Health, String) {
     }
 }
 
+/// What an HTTP check asks for.
+struct HttpTarget<'a> {
+    url: &'a str,
+    method: &'a str,
+    headers: &'a std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Whether `policy` lets a check reach `addr`: never a link-local address (cloud metadata)
+/// unless allowed, never this node's own API.
+fn allowed(policy: &CheckPolicy, addr: std::net::SocketAddr) -> Result<(), String> {
+    let ip = addr.ip().to_canonical();
+    let link_local = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    if link_local && !policy.allow.iter().any(|p| p.contains(ip)) {
+        return Err(format!(
+            "{ip} is link-local, where clouds serve instance metadata (allow it in checks.http_allow)"
+        ));
+    }
+    let own = policy.own_api.iter().any(|api| {
+        api.port() == addr.port() && (ip.is_loopback() || api.ip().to_canonical() == ip)
+    });
+    if own {
+        return Err(format!("{addr} is this node's own HTTP API"));
+    }
+    Ok(())
+}
+
+/// The check's URL pinned to each resolved, allowed address in turn (so that a name cannot
+/// resolve to something else between the check and the connect), and the `Host` it names.
+async fn pin(
+    url: &str,
+    policy: &CheckPolicy,
+    timeout: Duration,
+) -> Result<(Vec<reqwest::Url>, String), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed.host_str().ok_or("no host")?.to_owned();
+    let port = parsed.port_or_known_default().ok_or("no port")?;
+    let authority = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((bare.as_str(), port)))
+            .await
+            .map_err(|_| format!("resolving {host} took over {timeout:?}"))?
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .collect();
+    let mut refusal = None;
+    let mut pinned = Vec::new();
+    for addr in addrs {
+        match allowed(policy, addr) {
+            Ok(()) => {
+                let mut u = parsed.clone();
+                if u.set_ip_host(addr.ip()).is_ok() {
+                    pinned.push(u);
+                }
+            }
+            Err(why) => refusal = refusal.or(Some(why)),
+        }
+    }
+    // One refused address refuses the name: a name is either safe to check or not.
+    if let Some(why) = refusal {
+        return Err(why);
+    }
+    if pinned.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
+    Ok((pinned, authority))
+}
+
 async fn probe_http(
     client: &reqwest::Client,
-    url: &str,
-    method: &str,
-    headers: &std::collections::BTreeMap<String, Vec<String>>,
+    target: &HttpTarget<'_>,
+    policy: &CheckPolicy,
+    timeout: Duration,
 ) -> (Health, String) {
+    let HttpTarget {
+        url,
+        method,
+        headers,
+    } = *target;
     let method = match reqwest::Method::from_bytes(method.as_bytes()) {
         Ok(m) => m,
         Err(_) => return (Health::Critical, format!("invalid HTTP method {method:?}")),
     };
-    let mut req = client.request(method.clone(), url);
-    for (k, vs) in headers {
-        for v in vs {
-            req = req.header(k, v);
+    let (pinned, authority) = match pin(url, policy, timeout).await {
+        Ok(p) => p,
+        Err(why) => {
+            return (
+                Health::Critical,
+                format!("HTTP {method} {url}: refused: {why}"),
+            );
+        }
+    };
+    // Each address in turn, as a client of the name would (`localhost` is often ::1 first).
+    let mut last_error = None;
+    let mut answer = None;
+    for target in pinned {
+        let mut req = client
+            .request(method.clone(), target)
+            .header(reqwest::header::HOST, authority.as_str());
+        for (k, vs) in headers {
+            for v in vs {
+                req = req.header(k, v);
+            }
+        }
+        match req.send().await {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(e) if e.is_connect() => last_error = Some(e),
+            Err(e) => return (Health::Critical, format!("HTTP {method} {url}: {e}")),
         }
     }
-    let mut resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return (Health::Critical, format!("HTTP {method} {url}: {e}")),
+    let Some(mut resp) = answer else {
+        let why = last_error.map_or_else(|| "no address".to_owned(), |e| e.to_string());
+        return (Health::Critical, format!("HTTP {method} {url}: {why}"));
     };
     let code = resp.status();
+    let status = if code.is_success() {
+        Health::Passing
+    } else if code == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        Health::Warning
+    } else {
+        Health::Critical
+    };
+    if !policy.keep_body {
+        return (status, format!("HTTP {method} {url}: {code}"));
+    }
     let mut body = Vec::new();
     while body.len() < MAX_OUTPUT {
         match resp.chunk().await {
@@ -263,13 +389,6 @@ async fn probe_http(
             _ => break,
         }
     }
-    let status = if code.is_success() {
-        Health::Passing
-    } else if code == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        Health::Warning
-    } else {
-        Health::Critical
-    };
     (
         status,
         format!(

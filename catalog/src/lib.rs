@@ -26,7 +26,7 @@ mod tls;
 mod types;
 
 pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
-pub use config::{CatalogConfig, RaftTuning};
+pub use config::{CatalogConfig, CheckPolicy, RaftTuning};
 pub use counters::CatalogCounters;
 pub use error::CatalogError;
 pub use metrics::CatalogMetrics;

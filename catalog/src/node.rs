@@ -208,7 +208,7 @@ impl Catalog {
 
         let catalog = Catalog {
             inner: Arc::new(Inner {
-                health: HealthRunner::new(cfg.node_name.clone()),
+                health: HealthRunner::new(cfg.node_name.clone(), cfg.checks.clone()),
                 cfg,
                 raft,
                 proposer,

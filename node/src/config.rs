@@ -108,6 +108,9 @@ pub struct Config {
     /// Who may use the HTTP API.
     #[serde(default)]
     pub acl: crate::acl::AclSection,
+    /// What health checks may reach and keep.
+    #[serde(default)]
+    pub checks: ChecksSection,
     /// Run the LAN rpc port without TLS (no certificates set). Outside `--dev` the agent refuses
     /// to start that way unless this says so.
     #[serde(default)]
@@ -747,6 +750,18 @@ impl Default for DnsSection {
     }
 }
 
+/// What HTTP checks may reach and keep (`[checks]`). A check is written with a write token and
+/// read by every reader, so by default it cannot reach link-local addresses (cloud metadata) or
+/// this node's own API, and keeps the status line, not the body.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksSection {
+    /// Prefixes HTTP checks may reach although refused by default: `["169.254.0.0/16"]`.
+    pub http_allow: Vec<String>,
+    /// Keep up to 4 KiB of an HTTP check's response body as its output, as Consul does.
+    pub http_output_body: bool,
+}
+
 /// SOA fields (`[dns.soa]`), in seconds; the serial is a timestamp.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -1022,6 +1037,7 @@ impl Config {
             gateway: GatewaySection::default(),
             failover: FailoverSection::default(),
             acl: crate::acl::AclSection::default(),
+            checks: ChecksSection::default(),
             insecure: false,
             dev: true,
             dev_listen_any: false,
@@ -1198,6 +1214,11 @@ impl Config {
             ));
         }
         self.dns.validate()?;
+        for (i, p) in self.checks.http_allow.iter().enumerate() {
+            p.parse::<Prefix>().map_err(|e| {
+                ConfigError::invalid(format!("checks.http_allow[{i}]"), e.to_string())
+            })?;
+        }
         self.federation.validate(&self.datacenter, self.dev)?;
         self.acl.validate()?;
         if !self.dev && !self.insecure && !self.gateway_only && !self.federation.has_tls() {
@@ -1317,6 +1338,20 @@ impl Config {
             },
             write_timeout: Duration::from_millis(self.limits.write_timeout_ms),
             tls: None,
+            checks: meridian_catalog::CheckPolicy {
+                // Checked by `validate`.
+                allow: self
+                    .checks
+                    .http_allow
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect(),
+                own_api: vec![
+                    self.bind_addr(self.ports.http),
+                    SocketAddr::new(self.advertise_ip(), self.ports.http),
+                ],
+                keep_body: self.checks.http_output_body,
+            },
         })
     }
 }

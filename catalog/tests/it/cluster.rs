@@ -28,6 +28,7 @@ fn config(dir: &Path, id: u64, servers: &BTreeMap<u64, String>) -> CatalogConfig
         },
         write_timeout: Duration::from_secs(20),
         tls: None,
+        checks: Default::default(),
     }
 }
 

@@ -86,7 +86,7 @@ impl Http {
         url: &str,
         limit: Duration,
     ) -> Result<String, ClientError> {
-        let resp = req
+        let mut resp = req
             .timeout(limit)
             .send()
             .await
@@ -104,13 +104,18 @@ impl Http {
         if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
             return Err(too_large());
         }
-        let body = resp.bytes().await.map_err(|e| ClientError::AnswerCut {
+        // Read as it arrives, and stop at the cap: an answer without a length (chunked, or
+        // closed at its end) is bounded by size too, not only by the request's time limit.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::AnswerCut {
             method,
             url: url.to_owned(),
             source: e,
-        })?;
-        if body.len() > MAX_BODY {
-            return Err(too_large());
+        })? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         let text = String::from_utf8_lossy(&body).trim().to_owned();
         if !status.is_success() {
@@ -310,6 +315,37 @@ mod tests {
             }
         });
         Ok(addr)
+    }
+
+    /// An answer with no length (closed at its end) is read only up to the cap.
+    #[tokio::test]
+    async fn an_answer_without_a_length_is_capped_too() -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    .await;
+                let block = vec![b' '; 1 << 20];
+                // Bounded: twice the cap, then the end.
+                for _ in 0..2 * (MAX_BODY >> 20) {
+                    if s.write_all(&block).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let http = Http::new(None)?;
+        let e = http
+            .get_json(&format!("http://{addr}/big"), Duration::from_secs(10))
+            .await
+            .expect_err("too large");
+        assert!(matches!(e, ClientError::AnswerTooLarge { .. }), "{e:?}");
+        Ok(())
     }
 
     #[tokio::test]

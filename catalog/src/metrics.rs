@@ -4,11 +4,9 @@
 
 use std::fmt;
 
+use meridian_topology::metrics;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::counters::CatalogCounters;
 use crate::node::Catalog;
@@ -36,82 +34,73 @@ impl Collector for CatalogMetrics {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         let raft = self.0.status();
         let view = self.0.view();
-        for (name, help, value) in [
-            ("meridian_raft_term", "Current Raft term.", raft.term),
-            (
-                "meridian_raft_last_applied_index",
-                "Last Raft log index applied to the catalog.",
-                raft.last_applied,
-            ),
-            (
-                "meridian_raft_is_leader",
-                "1 if this node leads its datacenter's Raft group.",
-                u64::from(raft.is_leader),
-            ),
-            (
-                "meridian_catalog_instances",
-                "Service instances registered in the local datacenter.",
-                view.local().instance_count() as u64,
-            ),
-            (
-                "meridian_catalog_index",
-                "Raft index of the last change to the local catalog.",
-                view.local().index(),
-            ),
-        ] {
-            ConstGauge::new(value).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
+        metrics::gauges(
+            &mut enc,
+            &[
+                ("meridian_raft_term", "Current Raft term.", raft.term),
+                (
+                    "meridian_raft_last_applied_index",
+                    "Last Raft log index applied to the catalog.",
+                    raft.last_applied,
+                ),
+                (
+                    "meridian_raft_is_leader",
+                    "1 if this node leads its datacenter's Raft group.",
+                    u64::from(raft.is_leader),
+                ),
+                (
+                    "meridian_catalog_instances",
+                    "Service instances registered in the local datacenter.",
+                    view.local().instance_count() as u64,
+                ),
+                (
+                    "meridian_catalog_index",
+                    "Raft index of the last change to the local catalog.",
+                    view.local().index(),
+                ),
+            ],
+        )?;
         let c = self.0.counters();
         let get = CatalogCounters::get;
-        for (name, help, value) in [
-            (
-                "meridian_catalog_writes_local",
-                "Write attempts proposed on this node as the leader.",
-                get(&c.writes_local),
-            ),
-            (
-                "meridian_catalog_writes_forwarded",
-                "Write attempts this node forwarded to the leader.",
-                get(&c.writes_forwarded),
-            ),
-            (
-                "meridian_catalog_writes_failed",
-                "Writes that failed: no leader committed them in time, or Raft refused them.",
-                get(&c.writes_failed),
-            ),
-            (
-                "meridian_raft_proposed_entries",
-                "Raft entries this node proposed as the leader (each a batch of writes).",
-                get(&c.batches),
-            ),
-            (
-                "meridian_raft_proposed_writes",
-                "Writes carried by those entries (divide by entries for the mean batch size).",
-                get(&c.batched_writes),
-            ),
-            (
-                "meridian_rpc_tls_refused",
-                "Connections to the rpc port refused in the TLS handshake (no certificate of this DC).",
-                get(&c.rpc_tls_refused),
-            ),
-            (
-                "meridian_rpc_rejected_payloads",
-                "Malformed Raft or forwarding RPC payloads refused.",
-                get(&c.rpc_rejected),
-            ),
-        ] {
-            ConstCounter::new(value).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        Ok(())
+        metrics::counters(
+            &mut enc,
+            &[
+                (
+                    "meridian_catalog_writes_local",
+                    "Write attempts proposed on this node as the leader.",
+                    get(&c.writes_local),
+                ),
+                (
+                    "meridian_catalog_writes_forwarded",
+                    "Write attempts this node forwarded to the leader.",
+                    get(&c.writes_forwarded),
+                ),
+                (
+                    "meridian_catalog_writes_failed",
+                    "Writes that failed: no leader committed them in time, or Raft refused them.",
+                    get(&c.writes_failed),
+                ),
+                (
+                    "meridian_raft_proposed_entries",
+                    "Raft entries this node proposed as the leader (each a batch of writes).",
+                    get(&c.batches),
+                ),
+                (
+                    "meridian_raft_proposed_writes",
+                    "Writes carried by those entries (divide by entries for the mean batch size).",
+                    get(&c.batched_writes),
+                ),
+                (
+                    "meridian_rpc_tls_refused",
+                    "Connections to the rpc port refused in the TLS handshake (no certificate of this DC).",
+                    get(&c.rpc_tls_refused),
+                ),
+                (
+                    "meridian_rpc_rejected_payloads",
+                    "Malformed Raft or forwarding RPC payloads refused.",
+                    get(&c.rpc_rejected),
+                ),
+            ],
+        )
     }
 }

@@ -6,10 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hickory_server::proto::op::ResponseCode;
+use meridian_topology::metrics;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 
 /// Response codes counted by name; anything else is counted as `other`.
 const RCODES: [(ResponseCode, &str); 6] = [
@@ -151,64 +150,56 @@ impl DnsCounters {
 
 impl Collector for DnsCounters {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut family = enc.encode_descriptor(
+        metrics::counter_by(
+            &mut enc,
             "meridian_dns_responses",
             "DNS responses sent, by response code.",
-            None,
-            MetricType::Counter,
+            self.responses().map(|(rcode, n)| ([("rcode", rcode)], n)),
         )?;
-        for (rcode, n) in self.responses() {
-            ConstCounter::new(n).encode(family.encode_family(&[("rcode", rcode)])?)?;
-        }
-        for (name, help, value) in [
-            (
-                "meridian_dns_malformed",
-                "DNS packets that could not be decoded (answered FORMERR or dropped).",
-                self.malformed_total(),
-            ),
-            (
-                "meridian_dns_truncated",
-                "UDP responses cut to fit and sent with TC set.",
-                self.truncated_total(),
-            ),
-            (
-                "meridian_dns_forwarded",
-                "Queries outside our domains forwarded to the recursors.",
-                self.forwarded_total(),
-            ),
-            (
-                "meridian_dns_forward_failures",
-                "Forwarded queries no recursor answered (answered SERVFAIL).",
-                self.forward_failed_total(),
-            ),
-            (
-                "meridian_dns_forward_busy",
-                "Queries answered SERVFAIL because dns.max_forwards were already in flight.",
-                self.forward_busy_total(),
-            ),
-            (
-                "meridian_dns_recursion_refused",
-                "Queries for names outside our domains refused: the client is not in dns.recursor_allow.",
-                self.recursion_refused_total(),
-            ),
-            (
-                "meridian_dns_rate_limited_dropped",
-                "UDP responses dropped by the per-client response-rate limit.",
-                self.rate_limited_dropped_total(),
-            ),
-            (
-                "meridian_dns_rate_limited_slipped",
-                "UDP responses the response-rate limit sent as empty TC replies instead.",
-                self.rate_limited_slipped_total(),
-            ),
-        ] {
-            ConstCounter::new(value).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        Ok(())
+        metrics::counters(
+            &mut enc,
+            &[
+                (
+                    "meridian_dns_malformed",
+                    "DNS packets that could not be decoded (answered FORMERR or dropped).",
+                    self.malformed_total(),
+                ),
+                (
+                    "meridian_dns_truncated",
+                    "UDP responses cut to fit and sent with TC set.",
+                    self.truncated_total(),
+                ),
+                (
+                    "meridian_dns_forwarded",
+                    "Queries outside our domains forwarded to the recursors.",
+                    self.forwarded_total(),
+                ),
+                (
+                    "meridian_dns_forward_failures",
+                    "Forwarded queries no recursor answered (answered SERVFAIL).",
+                    self.forward_failed_total(),
+                ),
+                (
+                    "meridian_dns_forward_busy",
+                    "Queries answered SERVFAIL because dns.max_forwards were already in flight.",
+                    self.forward_busy_total(),
+                ),
+                (
+                    "meridian_dns_recursion_refused",
+                    "Queries for names outside our domains refused: the client is not in dns.recursor_allow.",
+                    self.recursion_refused_total(),
+                ),
+                (
+                    "meridian_dns_rate_limited_dropped",
+                    "UDP responses dropped by the per-client response-rate limit.",
+                    self.rate_limited_dropped_total(),
+                ),
+                (
+                    "meridian_dns_rate_limited_slipped",
+                    "UDP responses the response-rate limit sent as empty TC replies instead.",
+                    self.rate_limited_slipped_total(),
+                ),
+            ],
+        )
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use meridian_topology::metrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
@@ -245,15 +246,13 @@ impl FederationCounters {
             ),
         ];
         for (name, kind, help, f) in per_sub {
-            let mut family = enc.encode_descriptor(name, help, None, kind)?;
-            for (dc, s) in &subs {
-                let labels = [("subscriber_dc", dc.as_str())];
-                let child = family.encode_family(&labels)?;
-                if matches!(kind, MetricType::Counter) {
-                    ConstCounter::new(f(s)).encode(child)?;
-                } else {
-                    ConstGauge::new(f(s)).encode(child)?;
-                }
+            let samples = subs
+                .iter()
+                .map(|(dc, s)| ([("subscriber_dc", dc.as_str())], f(s)));
+            if matches!(kind, MetricType::Counter) {
+                metrics::counter_by(enc, name, help, samples)?;
+            } else {
+                metrics::gauge_by(enc, name, help, samples)?;
             }
         }
         let refused: Vec<(&'static str, u64)> = self
@@ -261,40 +260,34 @@ impl FederationCounters {
             .lock()
             .map(|m| m.iter().map(|(r, n)| (*r, *n)).collect())
             .unwrap_or_default();
-        let mut family = enc.encode_descriptor(
+        metrics::counter_by(
+            enc,
             "meridian_federation_refused",
             "Federation connections or subscriptions refused, by reason.",
-            None,
-            MetricType::Counter,
+            refused
+                .into_iter()
+                .map(|(reason, n)| ([("reason", reason)], n)),
         )?;
-        for (reason, n) in refused {
-            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
-        }
-        for (name, help, v) in [
-            (
-                "meridian_federation_protocol_errors",
-                "Sync messages that broke the protocol.",
-                get(&self.protocol_errors),
-            ),
-            (
-                "meridian_federation_digest_mismatches",
-                "Syncs whose digest differed from the origin's.",
-                get(&self.digest_mismatches),
-            ),
-            (
-                "meridian_federation_corrupt_entries",
-                "Persisted replica entries that no longer decoded.",
-                get(&self.corrupt_entries),
-            ),
-        ] {
-            ConstCounter::new(v).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        Ok(())
+        metrics::counters(
+            enc,
+            &[
+                (
+                    "meridian_federation_protocol_errors",
+                    "Sync messages that broke the protocol.",
+                    get(&self.protocol_errors),
+                ),
+                (
+                    "meridian_federation_digest_mismatches",
+                    "Syncs whose digest differed from the origin's.",
+                    get(&self.digest_mismatches),
+                ),
+                (
+                    "meridian_federation_corrupt_entries",
+                    "Persisted replica entries that no longer decoded.",
+                    get(&self.corrupt_entries),
+                ),
+            ],
+        )
     }
 }
 

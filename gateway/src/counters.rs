@@ -9,10 +9,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use meridian_topology::metrics;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::meter::ByteSink;
 
@@ -83,51 +81,47 @@ impl GatewayCounters {
             .lock()
             .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
             .unwrap_or_default();
-        let mut family = enc.encode_descriptor(
+        metrics::counter_by(
+            enc,
             "meridian_gateway_connections",
             "Gateway connections by route (local, remote, none) and outcome (relayed or why refused).",
-            None,
-            MetricType::Counter,
+            outcomes
+                .into_iter()
+                .map(|((route, outcome), n)| ([("route", route), ("outcome", outcome)], n)),
         )?;
-        for ((route, outcome), n) in outcomes {
-            let labels = [("route", route), ("outcome", outcome)];
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
-        }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (name, help, v) in [
-            (
-                "meridian_gateway_bytes_up",
-                "Bytes relayed from clients to backends.",
-                load(&self.bytes_up),
-            ),
-            (
-                "meridian_gateway_bytes_down",
-                "Bytes relayed from backends to clients.",
-                load(&self.bytes_down),
-            ),
-            (
-                "meridian_gateway_hello_failures",
-                "ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).",
-                load(&self.hello_failures),
-            ),
-            (
-                "meridian_gateway_rescued",
-                "Connections to another DC that never answered, resolved and sent again.",
-                load(&self.rescues),
-            ),
-        ] {
-            ConstCounter::new(v).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        ConstGauge::new(load(&self.open)).encode(enc.encode_descriptor(
-            "meridian_gateway_connections_open",
-            "Gateway connections open now.",
-            None,
-            MetricType::Gauge,
-        )?)
+        metrics::counters(
+            enc,
+            &[
+                (
+                    "meridian_gateway_bytes_up",
+                    "Bytes relayed from clients to backends.",
+                    load(&self.bytes_up),
+                ),
+                (
+                    "meridian_gateway_bytes_down",
+                    "Bytes relayed from backends to clients.",
+                    load(&self.bytes_down),
+                ),
+                (
+                    "meridian_gateway_hello_failures",
+                    "ClientHellos that could not be parsed (not TLS, malformed, too large, no SNI).",
+                    load(&self.hello_failures),
+                ),
+                (
+                    "meridian_gateway_rescued",
+                    "Connections to another DC that never answered, resolved and sent again.",
+                    load(&self.rescues),
+                ),
+            ],
+        )?;
+        metrics::gauges(
+            enc,
+            &[(
+                "meridian_gateway_connections_open",
+                "Gateway connections open now.",
+                load(&self.open),
+            )],
+        )
     }
 }

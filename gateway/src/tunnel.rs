@@ -19,10 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use meridian_topology::metrics;
+use prometheus_client::encoding::DescriptorEncoder;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -609,51 +607,44 @@ impl Tunnel {
     pub(crate) fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let s = &self.stats;
-        for (name, help, v) in [
-            (
-                "meridian_gateway_tunnel_connects",
-                "QUIC connections established to remote gateways.",
-                load(&s.connects),
-            ),
-            (
-                "meridian_gateway_tunnel_connect_failures",
-                "QUIC connection attempts to remote gateways that failed.",
-                load(&s.connect_failures),
-            ),
-            (
-                "meridian_gateway_tunnel_streams_out",
-                "Client connections tunnelled to remote gateways.",
-                load(&s.streams_out),
-            ),
-            (
-                "meridian_gateway_tunnel_streams_in",
-                "Tunnelled connections accepted from remote gateways.",
-                load(&s.streams_in),
-            ),
-            (
-                "meridian_gateway_tunnel_refused",
-                "Incoming QUIC connections refused (handshake failed).",
-                load(&s.refused),
-            ),
-        ] {
-            ConstCounter::new(v).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        let mut up = enc.encode_descriptor(
+        metrics::counters(
+            enc,
+            &[
+                (
+                    "meridian_gateway_tunnel_connects",
+                    "QUIC connections established to remote gateways.",
+                    load(&s.connects),
+                ),
+                (
+                    "meridian_gateway_tunnel_connect_failures",
+                    "QUIC connection attempts to remote gateways that failed.",
+                    load(&s.connect_failures),
+                ),
+                (
+                    "meridian_gateway_tunnel_streams_out",
+                    "Client connections tunnelled to remote gateways.",
+                    load(&s.streams_out),
+                ),
+                (
+                    "meridian_gateway_tunnel_streams_in",
+                    "Tunnelled connections accepted from remote gateways.",
+                    load(&s.streams_in),
+                ),
+                (
+                    "meridian_gateway_tunnel_refused",
+                    "Incoming QUIC connections refused (handshake failed).",
+                    load(&s.refused),
+                ),
+            ],
+        )?;
+        metrics::gauge_by(
+            enc,
             "meridian_gateway_tunnel_up",
             "1 per remote datacenter with a live QUIC connection, labelled with the gateway it goes to.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (dc, addr) in self.connections() {
-            let labels = [("dc", dc), ("gateway", addr.to_string())];
-            ConstGauge::new(1u32).encode(up.encode_family(&labels)?)?;
-        }
-        Ok(())
+            self.connections()
+                .into_iter()
+                .map(|(dc, addr)| ([("dc", dc), ("gateway", addr.to_string())], 1u32)),
+        )
     }
 }
 

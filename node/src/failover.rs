@@ -8,14 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use meridian_gateway::Tunnel;
+use meridian_topology::metrics;
 use meridian_topology::{
     DRAIN_SERVICE, DcLiveness, DcState, DcStatus, Detector, Failover, FailoverPolicy, Health, View,
 };
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -157,55 +155,52 @@ impl Collector for FailoverMetrics {
         use std::sync::atomic::Ordering::Relaxed;
         let view = self.views.borrow().clone();
         let f = view.failover();
-        let mut family = enc.encode_descriptor(
+        const STATUSES: [DcStatus; 4] = [
+            DcStatus::Up,
+            DcStatus::Suspect,
+            DcStatus::Down,
+            DcStatus::Drained,
+        ];
+        let dcs = view.datacenters();
+        metrics::gauge_by(
+            &mut enc,
             "meridian_failover_dc_status",
             "1 for each DC's current status as this node sees it.",
-            None,
-            MetricType::Gauge,
+            dcs.iter().flat_map(|dc| {
+                let current = f.liveness(dc).status;
+                STATUSES.iter().map(move |s| {
+                    (
+                        [("dc", *dc), ("status", s.as_str())],
+                        u32::from(current == *s),
+                    )
+                })
+            }),
         )?;
-        for dc in view.datacenters() {
-            let l = f.liveness(dc);
-            for s in [
-                DcStatus::Up,
-                DcStatus::Suspect,
-                DcStatus::Down,
-                DcStatus::Drained,
-            ] {
-                let labels = [("dc", dc), ("status", s.as_str())];
-                ConstGauge::new(u32::from(l.status == s)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = enc.encode_descriptor(
+        metrics::gauge_by(
+            &mut enc,
             "meridian_failover_rtt_seconds",
             "Smoothed data-plane probe round trip to each DC.",
-            None,
-            MetricType::Gauge,
+            dcs.iter()
+                .filter_map(|dc| Some(([("dc", *dc)], f64::from(f.rtt_us(dc)?) / 1e6))),
         )?;
-        for dc in view.datacenters() {
-            if let Some(us) = f.rtt_us(dc) {
-                ConstGauge::new(f64::from(us) / 1e6)
-                    .encode(family.encode_family(&[("dc", dc)])?)?;
-            }
-        }
         let c = &self.counters;
-        let mut family = enc.encode_descriptor(
+        metrics::counter_by(
+            &mut enc,
             "meridian_failover_probes",
             "Data-plane probes of remote DCs' gateways.",
-            None,
-            MetricType::Counter,
+            [
+                ([("outcome", "ok")], c.probes_ok.load(Relaxed)),
+                ([("outcome", "failed")], c.probes_failed.load(Relaxed)),
+            ],
         )?;
-        for (outcome, n) in [
-            ("ok", c.probes_ok.load(Relaxed)),
-            ("failed", c.probes_failed.load(Relaxed)),
-        ] {
-            ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
-        }
-        ConstCounter::new(c.transitions.load(Relaxed)).encode(enc.encode_descriptor(
-            "meridian_failover_transitions",
-            "Changes of a DC's status.",
-            None,
-            MetricType::Counter,
-        )?)
+        metrics::counters(
+            &mut enc,
+            &[(
+                "meridian_failover_transitions",
+                "Changes of a DC's status.",
+                c.transitions.load(Relaxed),
+            )],
+        )
     }
 }
 

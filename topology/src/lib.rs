@@ -10,6 +10,7 @@
 pub mod dc;
 pub mod failover;
 pub mod health;
+pub mod metrics;
 mod model;
 pub mod names;
 pub mod net;

@@ -7,10 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
+use meridian_topology::metrics;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 
 /// Request counters of one HTTP server.
 #[derive(Debug, Default)]
@@ -62,41 +61,34 @@ impl Collector for HttpMetrics {
             .lock()
             .map(|m| m.iter().map(|(c, n)| (*c, *n)).collect())
             .unwrap_or_default();
-        let mut family = enc.encode_descriptor(
+        metrics::counter_by(
+            &mut enc,
             "meridian_http_requests",
             "HTTP API requests answered, by status code.",
-            None,
-            MetricType::Counter,
+            by_code
+                .into_iter()
+                .map(|(code, n)| ([("code", code.to_string())], n)),
         )?;
-        for (code, n) in by_code {
-            let labels = [("code", code.to_string())];
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
-        }
-        for (name, help, value) in [
-            (
-                "meridian_http_connections_refused",
-                "HTTP connections closed because their client had limits.max_connections_per_client open.",
-                self.per_client_refused.load(Ordering::Relaxed),
-            ),
-            (
-                "meridian_http_bad_requests",
-                "HTTP API requests rejected with a 4xx status.",
-                self.bad_requests(),
-            ),
-            (
-                "meridian_http_acl_denied",
-                "HTTP API requests refused by the ACL (403).",
-                self.acl_denied.load(Ordering::Relaxed),
-            ),
-        ] {
-            ConstCounter::new(value).encode(enc.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        Ok(())
+        metrics::counters(
+            &mut enc,
+            &[
+                (
+                    "meridian_http_connections_refused",
+                    "HTTP connections closed because their client had limits.max_connections_per_client open.",
+                    self.per_client_refused.load(Ordering::Relaxed),
+                ),
+                (
+                    "meridian_http_bad_requests",
+                    "HTTP API requests rejected with a 4xx status.",
+                    self.bad_requests(),
+                ),
+                (
+                    "meridian_http_acl_denied",
+                    "HTTP API requests refused by the ACL (403).",
+                    self.acl_denied.load(Ordering::Relaxed),
+                ),
+            ],
+        )
     }
 }
 

@@ -18,6 +18,11 @@
 //! where a DC's real heavy clients sit: a host's local forwarder (systemd-resolved, dnsmasq,
 //! unbound) or a cluster's CoreDNS sends the queries of thousands of clients from one address.
 //!
+//! The limit counts bytes as well as responses: a response longer than [`BYTES_PER_CHARGE`]
+//! is charged once more for every started [`BYTES_PER_CHARGE`] bytes beyond the first, after it
+//! is sent ([`RateLimiter::charge_bytes`]), so a prefix receives at most `rate` ×
+//! [`BYTES_PER_CHARGE`] bytes a second whatever it asks for (large answers, forwarded ones).
+//!
 //! Sans-IO: time comes in as microseconds from an origin of the caller's choosing.
 
 use std::hash::{BuildHasher, RandomState};
@@ -30,6 +35,8 @@ use meridian_topology::net::{Prefix, is_site_local};
 pub const IPV4_PREFIX: u32 = 24;
 /// Bits of an IPv6 client address that name its group (a site's allocation is /48 to /56).
 pub const IPV6_PREFIX: u32 = 56;
+/// Bytes of a response that one charge covers (the classic DNS datagram).
+pub const BYTES_PER_CHARGE: usize = 512;
 /// Slots in the table (8 bytes each: 128 KiB), in sets of two.
 pub const SLOTS: usize = 1 << 14;
 /// Low bits of a slot: the prefix's theoretical arrival time, in microseconds, wrapping.
@@ -169,13 +176,46 @@ impl RateLimiter {
         }
     }
 
+    /// `ip`'s prefix's tag and the first slot of its set.
+    fn slot(&self, ip: IpAddr) -> (u64, usize) {
+        let h = self.hasher.hash_one(prefix(ip));
+        // Two slots per set, side by side in one cache line.
+        (h >> TIME_BITS, (h as usize) & (SLOTS - 1) & !1)
+    }
+
+    /// Charges `ip`'s prefix `extra` more responses at `now_us`, without refusing anything: its
+    /// next responses are limited sooner. The debt stops at the point where the next one is
+    /// refused, so a prefix is never held back longer than one interval past its burst.
+    pub fn debit(&self, ip: IpAddr, now_us: u64, extra: u64) {
+        let (tag, set) = self.slot(ip);
+        let now = now_us & TIME_MASK;
+        let most = self.tolerance + self.interval;
+        for i in [set, set + 1] {
+            let mut seen = self.slots[i].load(Ordering::Relaxed);
+            // A prefix not in its set (its slot was taken meanwhile) owes nothing more.
+            while seen >> TIME_BITS == tag {
+                let ahead = self.ahead(seen & TIME_MASK, now);
+                let owed = ahead
+                    .saturating_add(extra.saturating_mul(self.interval))
+                    .min(most);
+                let tat = (now + owed) & TIME_MASK;
+                match self.slots[i].compare_exchange_weak(
+                    seen,
+                    tag << TIME_BITS | tat,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return,
+                    Err(now_seen) => seen = now_seen,
+                }
+            }
+        }
+    }
+
     /// Charges one response to `ip`'s prefix at `now_us`; false when the prefix is over its
     /// limit (nothing is charged then).
     pub fn allow(&self, ip: IpAddr, now_us: u64) -> bool {
-        let h = self.hasher.hash_one(prefix(ip));
-        let tag = h >> TIME_BITS;
-        // Two slots per set, side by side in one cache line.
-        let set = (h as usize) & (SLOTS - 1) & !1;
+        let (tag, set) = self.slot(ip);
         let now = now_us & TIME_MASK;
         loop {
             let (a, b) = (
@@ -254,6 +294,18 @@ pub fn host_networks() -> Vec<Prefix> {
     Vec::new()
 }
 
+impl RateLimiter {
+    /// Charges `ip`'s prefix for a response of `len` bytes that was sent: once more per started
+    /// [`BYTES_PER_CHARGE`] beyond the first (which [`ClientLimit::check`] charged). Nothing for a
+    /// short response or an exempt source.
+    pub fn charge_bytes(&self, ip: IpAddr, now_us: u64, len: usize) {
+        let extra = (len.saturating_sub(1) / BYTES_PER_CHARGE) as u64;
+        if extra > 0 && !self.is_exempt(ip) {
+            self.debit(ip, now_us, extra);
+        }
+    }
+}
+
 /// One server thread's use of the shared [`RateLimiter`]: it counts the responses it limited,
 /// so the slip count needs no shared counter.
 #[derive(Debug)]
@@ -311,6 +363,36 @@ mod tests {
     /// How many of `n` responses to `ip` at `now` are allowed.
     fn allowed(l: &RateLimiter, ip: IpAddr, now: u64, n: usize) -> usize {
         (0..n).filter(|_| l.allow(ip, now)).count()
+    }
+
+    /// Large responses spend a prefix's burst faster: a 1,232-byte answer costs three charges,
+    /// so a burst of ten covers four of them where it covers ten short ones; the refusal that
+    /// follows lasts no longer than for short ones (one interval after the bucket refills).
+    #[test]
+    fn large_responses_are_charged_by_their_bytes() {
+        let l = limiter(10, 10, 0);
+        let big = ip("192.0.2.1");
+        let mut sent = 0;
+        while l.allow(big, 0) {
+            l.charge_bytes(big, 0, 1232);
+            sent += 1;
+            assert!(sent <= 10, "never refused");
+        }
+        assert_eq!(sent, 4);
+        assert_eq!(allowed(&l, ip("203.0.113.5"), 0, 100), 10, "a short-answer prefix");
+        // 100 ms later (one interval at 10/s) the big prefix gets exactly one more.
+        assert_eq!(allowed(&l, big, 100_000, 5), 1);
+        // Short answers and exempt sources are never charged extra.
+        let short = ip("198.51.100.1");
+        for _ in 0..10 {
+            assert!(l.allow(short, 0));
+            l.charge_bytes(short, 0, BYTES_PER_CHARGE);
+        }
+        assert!(!l.allow(short, 0));
+        let local = ip("10.0.0.53");
+        l.charge_bytes(local, 0, 65_535);
+        let mut c = ClientLimit::new(&l);
+        assert_eq!(c.check(local, 0), Verdict::Send);
     }
 
     /// A forwarder on the host, a cluster's CoreDNS on a private address, a host on one of the

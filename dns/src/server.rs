@@ -42,6 +42,13 @@ struct UdpLimit {
     origin: Instant,
 }
 
+impl UdpLimit {
+    /// Microseconds since the limit's origin.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 /// One UDP loop's side of the response-rate limit: its handle on the shared table, and the time,
 /// read once per batch of datagrams rather than once per datagram.
 struct UdpGate<'a> {
@@ -60,7 +67,14 @@ impl<'a> UdpGate<'a> {
     /// Reads the clock: microseconds since the limit's origin.
     fn tick(&mut self) {
         if let Some((l, _)) = &self.limit {
-            self.now_us = u64::try_from(l.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.now_us = l.now_us();
+        }
+    }
+
+    /// Charges `src`'s prefix for the bytes of a `len`-byte response beyond the first charge.
+    fn charge_bytes(&self, src: SocketAddr, len: usize) {
+        if let Some((l, _)) = &self.limit {
+            l.limiter.charge_bytes(src.ip(), self.now_us, len);
         }
     }
 
@@ -453,14 +467,21 @@ fn answer_datagram(
         p
     };
     match prepared {
-        Prepared::Reply(_) => true,
+        Prepared::Reply(_) => {
+            gate.charge_bytes(src, out.len());
+            true
+        }
         Prepared::Forward => {
             let (h, sock) = (h.clone(), sock.clone());
+            let limit = gate.limit.as_ref().map(|(l, _)| (*l).clone());
             forwards.spawn(
                 async move {
                     let reply = h.forward(&request).await;
                     let mut out = Vec::with_capacity(512);
                     h.encode(&request, &reply, &mut out);
+                    if let Some(l) = limit {
+                        l.limiter.charge_bytes(src.ip(), l.now_us(), out.len());
+                    }
                     send_udp(&sock, &out, src).await;
                 }
                 .instrument(span),

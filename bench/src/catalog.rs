@@ -19,27 +19,38 @@ use serde::Serialize;
 
 use crate::{machine, procs, today};
 
-/// Runs `reps` repetitions of `count` registrations by `clients` clients (all to node `node`
-/// when given), and writes `catalog.json` and `catalog.md` into `out`.
-pub async fn run(
-    bin: &Path,
-    out: &Path,
-    clients: usize,
-    count: usize,
-    reps: usize,
-    node: Option<usize>,
-    secure: bool,
-) -> Result<()> {
+/// One repetition's load: who registers how much where, and the catalog it runs beside.
+pub struct Load {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Timed registrations.
+    pub count: usize,
+    /// Every registration to this node (1-3) instead of round-robin.
+    pub node: Option<usize>,
+    /// Mutual TLS on the rpc port and ACL tokens on the HTTP API.
+    pub secure: bool,
+    /// Instances registered (untimed) before the timed load.
+    pub preload: usize,
+    /// The nodes' `raft.snapshot_every`, when not the default.
+    pub snapshot_every: Option<u64>,
+}
+
+/// Runs `reps` repetitions of `load`, and writes `catalog.json` and `catalog.md` (or the
+/// `-secure` / `-snapshot` variants) into `out`.
+pub async fn run(bin: &Path, out: &Path, load: &Load, reps: usize) -> Result<()> {
     let mut runs = Vec::new();
     for rep in 0..reps {
-        let run = catalog_once(bin, clients, count, node, secure).await?;
+        let run = catalog_once(bin, load).await?;
         eprintln!(
-            "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, {} failed",
+            "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} failed, {} snapshots during the load",
             rep + 1,
             run.per_second,
             run.p50_ms,
             run.p99_ms,
-            run.failed
+            run.max_ms,
+            run.failed,
+            run.snapshots_during
+                .map_or("?".to_owned(), |n| n.to_string()),
         );
         if run.acknowledged == 0 {
             bail!("no registration was acknowledged");
@@ -55,24 +66,50 @@ pub async fn run(
         median_p99_ms: median(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
         runs,
     };
+    let beside = match (load.preload, load.snapshot_every) {
+        (0, _) => String::new(),
+        (n, Some(every)) => {
+            format!(", beside {n} preloaded instances, a snapshot every {every} entries")
+        }
+        (n, None) => format!(", beside {n} preloaded instances"),
+    };
     let mut md = format!(
         "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
          |---|---|---|---|---|---|\n\
-         | catalog, 3-node DC, fsync{} | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
+         | catalog, 3-node DC, fsync{}{beside} | {} | {} | {:.0} | {:.1} ms | {:.1} ms |\n",
         report.runs.len(),
-        if secure {
+        if load.secure {
             ", mutual TLS on rpc, ACL token"
         } else {
             ""
         },
-        clients,
-        count,
+        load.clients,
+        load.count,
         report.median_per_second,
         report.median_p50_ms,
         report.median_p99_ms
     );
+    if load.preload > 0 {
+        md.push_str("\nPer repetition: p99 and the slowest acknowledgement, and the snapshots the three nodes built during the timed load (`meridian_raft_snapshots_built_total`; ? where the binary has no such metric):\n\n| rep | p99 | max | snapshots | snapshot build time |\n|---|---|---|---|---|\n");
+        for (i, r) in report.runs.iter().enumerate() {
+            writeln!(
+                md,
+                "| {} | {:.1} ms | {:.1} ms | {} | {} |",
+                i + 1,
+                r.p99_ms,
+                r.max_ms,
+                r.snapshots_during.map_or("?".to_owned(), |n| n.to_string()),
+                r.snapshot_seconds_during
+                    .map_or("?".to_owned(), |s| format!("{s:.2} s")),
+            )?;
+        }
+    }
     md.push_str(&resources_table(&report.runs)?);
-    let name = if secure { "catalog-secure" } else { "catalog" };
+    let name = match (load.secure, load.preload) {
+        (true, _) => "catalog-secure",
+        (false, 0) => "catalog",
+        (false, _) => "catalog-snapshot",
+    };
     crate::tools::write_report(out, name, &report, &md)
 }
 
@@ -133,6 +170,12 @@ struct CatalogRun {
     processes: Vec<ProcessUsage>,
     /// The three agents' CPU microseconds per acknowledged registration.
     cpu_us_per_registration: f64,
+    /// Instances registered before the timed load.
+    preloaded: usize,
+    /// Snapshots built by the three nodes during the timed load (None: no such metric).
+    snapshots_during: Option<u64>,
+    /// Seconds the three nodes spent building them.
+    snapshot_seconds_during: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -152,7 +195,12 @@ const BENCH_TOKEN: &str = "meridian-bench-management-token";
 /// Starts a 3-node DC (nodes `n1`…`n3`) in `dir`: secure (`--secure`: certificates for the rpc
 /// port from the kit's CA, an ACL) or open (see `tools::open_config`), with the node's default
 /// Raft timings either way.
-fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Agent>> {
+fn start_dc(
+    bin: &Path,
+    dir: &Path,
+    secure: bool,
+    snapshot_every: Option<u64>,
+) -> Result<Vec<Agent>> {
     let pki = if secure {
         Some(Pki::new(&dir.join("certs"))?)
     } else {
@@ -163,6 +211,9 @@ fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Agent>> {
         let mut c = crate::tools::open_config("dc1", &kit.node_name, kit.ports, &kit.data_dir);
         c.node_id = kit.node_id;
         c.servers = kit.servers;
+        if let Some(every) = snapshot_every {
+            c.set("raft", "snapshot_every", i64::try_from(every)?);
+        }
         if let Some(pki) = &pki {
             let f = pki.node_files("dc1", &c.node_name, &[])?;
             c.insecure = false;
@@ -183,17 +234,11 @@ fn start_dc(bin: &Path, dir: &Path, secure: bool) -> Result<Vec<Agent>> {
     Ok(nodes)
 }
 
-async fn catalog_once(
-    bin: &Path,
-    clients: usize,
-    count: usize,
-    only: Option<usize>,
-    secure: bool,
-) -> Result<CatalogRun> {
+async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
     let dir = tempfile::tempdir()?;
-    let mut nodes = start_dc(bin, dir.path(), secure)?;
+    let mut nodes = start_dc(bin, dir.path(), load.secure, load.snapshot_every)?;
     let mut headers = reqwest::header::HeaderMap::new();
-    if secure {
+    if load.secure {
         headers.insert(
             "x-consul-token",
             reqwest::header::HeaderValue::from_static(BENCH_TOKEN),
@@ -202,7 +247,7 @@ async fn catalog_once(
     let http = reqwest::Client::builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(clients)
+        .pool_max_idle_per_host(load.clients)
         .build()?;
     let bases: Vec<String> = nodes.iter().map(Agent::base).collect();
     meridian_testkit::wait::leader_known(&http, &bases, Duration::from_secs(60)).await?;
@@ -210,16 +255,84 @@ async fn catalog_once(
         nodes
             .iter()
             .enumerate()
-            .filter(|(i, _)| only.is_none_or(|o| o == i + 1))
+            .filter(|(i, _)| load.node.is_none_or(|o| o == i + 1))
             .map(|(_, n)| n.url("/v1/agent/service/register"))
             .collect(),
     );
-    let next = Arc::new(AtomicUsize::new(0));
+    if load.preload > 0 {
+        let t = Instant::now();
+        let (lat, failed) = register_all(&http, &urls, "pre", load.preload, load.clients).await?;
+        eprintln!(
+            "catalog: preloaded {} instances in {:.1} s ({failed} failed)",
+            lat.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let snapshots_before = snapshot_totals(&http, &bases).await;
     let mut meters: Vec<Meter> = nodes
         .iter()
         .map(|n| Ok(Meter::start(&n.name, procs::pid(&n.proc)?)))
         .collect::<Result<_>>()?;
     let started = Instant::now();
+    let (mut lat, failed) = register_all(&http, &urls, "svc", load.count, load.clients).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    for m in &mut meters {
+        m.sample();
+    }
+    let snapshots_after = snapshot_totals(&http, &bases).await;
+    let (snapshots_during, snapshot_seconds_during) = match (snapshots_before, snapshots_after) {
+        (Some(b), Some(a)) => (Some(a.0.saturating_sub(b.0)), Some(a.1 - b.1)),
+        _ => (None, None),
+    };
+    // The nodes' own clients present no token: a secure DC's leader is asked with ours.
+    for n in &mut nodes {
+        n.http = http.clone();
+    }
+    let leader = leader_index(&nodes, Duration::from_secs(5))
+        .await
+        .ok()
+        .map(|i| nodes[i].name.clone());
+    drop(nodes);
+    let processes: Vec<ProcessUsage> = meters.iter().map(Meter::usage).collect();
+    let cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    Ok(CatalogRun {
+        clients: load.clients,
+        attempted: load.count,
+        acknowledged: lat.len(),
+        failed,
+        seconds,
+        per_second: lat.len() as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        leader,
+        processes,
+        cpu_us_per_registration: cpu * 1e6 / lat.len().max(1) as f64,
+        preloaded: load.preload,
+        snapshots_during,
+        snapshot_seconds_during,
+    })
+}
+
+/// Registers `count` instances `<prefix>-<i>` (of 100 services) by `clients` concurrent
+/// clients, round-robin over `urls`: each acknowledged registration's latency, and how many
+/// failed.
+async fn register_all(
+    http: &reqwest::Client,
+    urls: &Arc<Vec<String>>,
+    prefix: &'static str,
+    count: usize,
+    clients: usize,
+) -> Result<(Vec<Duration>, usize)> {
+    let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (http, urls, next) = (http.clone(), urls.clone(), next.clone());
@@ -232,7 +345,7 @@ async fn catalog_once(
                     break;
                 }
                 let body = serde_json::json!({
-                    "ID": format!("svc-{i}"), "Name": format!("svc-{}", i % 100),
+                    "ID": format!("{prefix}-{i}"), "Name": format!("{prefix}-{}", i % 100),
                     "Port": 1024 + (i % 60000), "Address": "10.1.2.3", "Tags": ["bench"],
                 });
                 let t = Instant::now();
@@ -258,41 +371,20 @@ async fn catalog_once(
         lat.extend(l);
         failed += f;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    for m in &mut meters {
-        m.sample();
+    Ok((lat, failed))
+}
+
+/// Snapshots built and seconds spent building them, summed over the nodes at `bases` (None
+/// when a node does not export the metrics).
+async fn snapshot_totals(http: &reqwest::Client, bases: &[String]) -> Option<(u64, f64)> {
+    let mut built = 0;
+    let mut seconds = 0.0;
+    for base in bases {
+        let text = meridian_testkit::metrics::scrape(http, base).await.ok()?;
+        built +=
+            meridian_testkit::metrics::value(&text, "meridian_raft_snapshots_built_total")? as u64;
+        seconds +=
+            meridian_testkit::metrics::value(&text, "meridian_raft_snapshot_build_seconds_total")?;
     }
-    // The nodes' own clients present no token: a secure DC's leader is asked with ours.
-    for n in &mut nodes {
-        n.http = http.clone();
-    }
-    let leader = leader_index(&nodes, Duration::from_secs(5))
-        .await
-        .ok()
-        .map(|i| nodes[i].name.clone());
-    drop(nodes);
-    let processes: Vec<ProcessUsage> = meters.iter().map(Meter::usage).collect();
-    let cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
-    lat.sort();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        lat[i].as_secs_f64() * 1000.0
-    };
-    Ok(CatalogRun {
-        clients,
-        attempted: count,
-        acknowledged: lat.len(),
-        failed,
-        seconds,
-        per_second: lat.len() as f64 / seconds,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: pct(1.0),
-        leader,
-        processes,
-        cpu_us_per_registration: cpu * 1e6 / lat.len().max(1) as f64,
-    })
+    Some((built, seconds))
 }

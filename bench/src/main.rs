@@ -88,6 +88,15 @@ enum What {
         /// Send every registration to this node (1-3) instead of round-robin to all three.
         #[arg(long)]
         node: Option<usize>,
+        /// Instances registered before the timed load (not timed), so that every snapshot the
+        /// load triggers serializes and stores a catalog this big (the report is then
+        /// `catalog-snapshot`).
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        /// The nodes' `raft.snapshot_every` (log entries between snapshots); with `--preload`
+        /// a small value makes the timed load run beside several snapshots.
+        #[arg(long)]
+        snapshot_every: Option<u64>,
     },
     /// dnsperf against Meridian's DNS server and against Knot DNS serving the same names.
     Dns {
@@ -296,10 +305,19 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             reps,
             node,
             secure,
+            preload,
+            snapshot_every,
         } => {
-            let count = count.unwrap_or(if cli.quick { 2_000 } else { 20_000 });
+            let load = catalog::Load {
+                clients,
+                count: count.unwrap_or(if cli.quick { 2_000 } else { 20_000 }),
+                node,
+                secure,
+                preload,
+                snapshot_every,
+            };
             let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
-            catalog::run(&bin, &cli.out, clients, count, reps, node, secure).await?;
+            catalog::run(&bin, &cli.out, &load, reps).await?;
         }
         What::Dns {
             services,

@@ -24,6 +24,12 @@ pub struct CatalogCounters {
     pub rpc_rejected: AtomicU64,
     /// Connections to the rpc port refused in the TLS handshake (no certificate of this DC).
     pub rpc_tls_refused: std::sync::Arc<AtomicU64>,
+    /// Snapshots this node built from its state machine and stored.
+    pub snapshots_built: AtomicU64,
+    /// Microseconds spent building them (serializing the catalog and storing it with fsync).
+    pub snapshot_build_us: AtomicU64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: AtomicU64,
 }
 
 impl Default for CatalogCounters {
@@ -40,6 +46,9 @@ impl Default for CatalogCounters {
             batched_writes: AtomicU64::new(0),
             rpc_rejected: AtomicU64::new(0),
             rpc_tls_refused: std::sync::Arc::new(AtomicU64::new(0)),
+            snapshots_built: AtomicU64::new(0),
+            snapshot_build_us: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
         }
     }
 }

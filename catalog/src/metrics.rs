@@ -100,7 +100,25 @@ impl Collector for CatalogMetrics {
                     "Malformed Raft or forwarding RPC payloads refused.",
                     get(&c.rpc_rejected),
                 ),
+                (
+                    "meridian_raft_snapshots_built",
+                    "Snapshots this node built from its catalog and stored.",
+                    get(&c.snapshots_built),
+                ),
+                (
+                    "meridian_raft_snapshots_installed",
+                    "Snapshots this node installed from a leader.",
+                    get(&c.snapshots_installed),
+                ),
             ],
+        )?;
+        metrics::counters(
+            &mut enc,
+            &[(
+                "meridian_raft_snapshot_build_seconds",
+                "Seconds spent building snapshots (serializing the catalog, storing it with fsync), off the runtime's workers.",
+                get(&c.snapshot_build_us) as f64 / 1e6,
+            )],
         )
     }
 }

@@ -114,8 +114,14 @@ impl Catalog {
             cfg.datacenter.as_str(),
             DcState::default(),
         )));
-        let (log, sm) = open_store(&cfg.data_dir.join("raft"), &cfg.datacenter, views.clone())
-            .map_err(|e| CatalogError::Storage(e.to_string()))?;
+        let counters = Arc::new(CatalogCounters::default());
+        let (log, sm) = open_store(
+            &cfg.data_dir.join("raft"),
+            &cfg.datacenter,
+            views.clone(),
+            counters.clone(),
+        )
+        .map_err(|e| CatalogError::Storage(e.to_string()))?;
 
         let raft_cfg = openraft::Config {
             cluster_name: cfg.datacenter.clone(),
@@ -147,7 +153,6 @@ impl Catalog {
                 source,
             })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let counters = Arc::new(CatalogCounters::default());
         let (proposer, proposer_task) = Proposer::start(raft.clone(), counters.clone());
         let (raft_svc, fwd_svc) =
             crate::rpc::services(raft.clone(), proposer.clone(), counters.clone());

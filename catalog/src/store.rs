@@ -10,6 +10,11 @@
 //! Appends are group-committed: `append` writes the batch (visible to readers at once), then a
 //! dedicated thread fsyncs the write-ahead log once for every append queued meanwhile and only then
 //! tells openraft the entries are durable.
+//!
+//! Nothing here fsyncs or serializes the catalog on a runtime worker: the vote, truncation,
+//! purge, and a snapshot's build, install and read run on tokio's blocking pool. The runtime's
+//! few workers also answer DNS, HTTP and Raft heartbeats, and a 100 ms snapshot build on one of
+//! them is a 100 ms stall for everything queued behind it.
 
 // openraft's traits fix the error type to its (large) `StorageError`; boxing it here would only
 // move the cost around.
@@ -37,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::{BatchOutcome, Command, WriteOutcome};
+use crate::counters::CatalogCounters;
 use crate::types::{StorageError, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -54,11 +60,12 @@ pub const CATALOG_MAX_OPEN_FILES: i32 = 512;
 
 /// Opens (or creates) the catalog database in `dir` and returns its log store and state machine.
 /// `datacenter` names the local DC in the published views; `views` receives a new view after every
-/// applied batch that changed the catalog.
+/// applied batch that changed the catalog; `counters` counts snapshots.
 pub fn open_store(
     dir: &Path,
     datacenter: &str,
     views: watch::Sender<Arc<View>>,
+    counters: Arc<CatalogCounters>,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -76,6 +83,7 @@ pub fn open_store(
         inner: Some(db),
         closed: Arc::new(AtomicBool::new(false)),
         snapshot: std::sync::Mutex::new(()),
+        counters,
     });
 
     let (sync_tx, sync_rx) = std_mpsc::channel::<LogFlushed<TypeConfig>>();
@@ -109,6 +117,8 @@ pub(crate) struct Db {
     closed: Arc<AtomicBool>,
     /// Held while a snapshot is compared with the stored one and written (`save_snapshot`).
     snapshot: std::sync::Mutex<()>,
+    /// The node's counters (snapshots built and installed).
+    counters: Arc<CatalogCounters>,
 }
 
 impl std::ops::Deref for Db {
@@ -144,6 +154,18 @@ fn wal_sync_loop(db: &DB, rx: &std_mpsc::Receiver<LogFlushed<TypeConfig>>) {
             );
         }
     }
+}
+
+/// Runs `work` on tokio's blocking pool (see the module's note on why).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(
+            StorageIOError::write(&std::io::Error::other(format!("storage task failed: {e}")))
+                .into(),
+        )
+    })
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -271,8 +293,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        put_json(&self.db, CF_META, KEY_VOTE, vote, true)
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        let (db, vote) = (self.db.clone(), *vote);
+        off_runtime(move || {
+            put_json(&db, CF_META, KEY_VOTE, &vote, true)
+                .map_err(|e| StorageIOError::write_vote(&e).into())
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -315,31 +341,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
-        let cf_logs = cf(&self.db, CF_LOGS)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf_logs, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
-        batch.delete_cf(cf_logs, u64::MAX.to_be_bytes());
-        self.db
-            .write_opt(batch, &sync_opts())
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let db = self.db.clone();
+        off_runtime(move || {
+            let cf_logs = cf(&db, CF_LOGS)?;
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf_logs, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+            batch.delete_cf(cf_logs, u64::MAX.to_be_bytes());
+            db.write_opt(batch, &sync_opts())
+                .map_err(|e| StorageIOError::write_logs(&e).into())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
-        let cf_logs = cf(&self.db, CF_LOGS)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, CF_META)?,
-            KEY_LAST_PURGED,
-            serde_json::to_vec(&log_id).map_err(write_err)?,
-        );
-        batch.delete_range_cf(
-            cf_logs,
-            0u64.to_be_bytes(),
-            log_id.index.saturating_add(1).to_be_bytes(),
-        );
-        self.db
-            .write_opt(batch, &sync_opts())
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let db = self.db.clone();
+        off_runtime(move || {
+            let cf_logs = cf(&db, CF_LOGS)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                cf(&db, CF_META)?,
+                KEY_LAST_PURGED,
+                serde_json::to_vec(&log_id).map_err(write_err)?,
+            );
+            batch.delete_range_cf(
+                cf_logs,
+                0u64.to_be_bytes(),
+                log_id.index.saturating_add(1).to_be_bytes(),
+            );
+            db.write_opt(batch, &sync_opts())
+                .map_err(|e| StorageIOError::write_logs(&e).into())
+        })
+        .await
     }
 }
 
@@ -348,6 +380,19 @@ struct SmInner {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
     state: DcState,
+}
+
+impl SmInner {
+    /// The state machine a snapshot's body holds.
+    fn decode(bytes: &[u8]) -> Result<SmInner, StorageError> {
+        let body: SnapshotBody =
+            serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(SmInner {
+            last_applied: body.last_applied,
+            membership: body.membership,
+            state: DcState::from_snapshot(body.catalog),
+        })
+    }
 }
 
 /// What a snapshot holds: the catalog and the Raft position it reflects.
@@ -375,17 +420,7 @@ impl StateMachineStore {
         else {
             return Ok(());
         };
-        self.install_body(&bytes)
-    }
-
-    fn install_body(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        let body: SnapshotBody =
-            serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        self.inner = SmInner {
-            last_applied: body.last_applied,
-            membership: body.membership,
-            state: DcState::from_snapshot(body.catalog),
-        };
+        self.inner = SmInner::decode(&bytes)?;
         Ok(())
     }
 
@@ -439,34 +474,50 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let body = SnapshotBody {
-            last_applied: self.frozen.last_applied,
-            membership: self.frozen.membership.clone(),
-            catalog: self.frozen.state.to_snapshot(),
-        };
-        let data =
-            serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let snapshot_id = match self.frozen.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.frozen.last_applied,
-            last_membership: self.frozen.membership.clone(),
-            snapshot_id,
-        };
-        if !save_snapshot(&self.db, &meta, &data, Replace::IfNewer)? {
-            // A newer snapshot was installed while this one was built (openraft builds on its
-            // own task): it stays, and is the current one.
-            if let Some(current) = current_snapshot(&self.db)? {
-                return Ok(current);
-            }
-        }
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        // The frozen copy shares its maps with the live state (persistent maps): cloning it
+        // is cheap, serializing it is not, and that happens off the runtime.
+        let (db, frozen) = (self.db.clone(), self.frozen.clone());
+        off_runtime(move || build_snapshot(&db, &frozen)).await
     }
+}
+
+/// Serializes `frozen` and stores it as the snapshot unless a newer one is stored; the
+/// snapshot that is current afterwards. Blocking.
+fn build_snapshot(db: &Db, frozen: &SmInner) -> Result<Snapshot<TypeConfig>, StorageError> {
+    #[allow(clippy::disallowed_methods)] // a duration for a metric; nothing decides by it
+    let started = std::time::Instant::now();
+    let body = SnapshotBody {
+        last_applied: frozen.last_applied,
+        membership: frozen.membership.clone(),
+        catalog: frozen.state.to_snapshot(),
+    };
+    let data = serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+    let snapshot_id = match frozen.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+        None => format!("empty-{}", data.len()),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: frozen.last_applied,
+        last_membership: frozen.membership.clone(),
+        snapshot_id,
+    };
+    let saved = save_snapshot(db, &meta, &data, Replace::IfNewer)?;
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    CatalogCounters::inc(&db.counters.snapshots_built);
+    db.counters
+        .snapshot_build_us
+        .fetch_add(micros, Ordering::Relaxed);
+    if !saved {
+        // A newer snapshot was installed while this one was built (openraft builds on its
+        // own task): it stays, and is the current one.
+        if let Some(current) = current_snapshot(db)? {
+            return Ok(current);
+        }
+    }
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
 }
 
 /// Whether [`save_snapshot`] may replace a stored snapshot that is as new or newer.
@@ -591,15 +642,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        self.install_body(&data)?;
-        save_snapshot(&self.db, meta, &data, Replace::Always)?;
+        let (db, meta) = (self.db.clone(), meta.clone());
+        // Decoded, then stored with fsync, off the runtime; the state machine changes only
+        // once both succeeded.
+        self.inner = off_runtime(move || {
+            let data = snapshot.into_inner();
+            let inner = SmInner::decode(&data)?;
+            save_snapshot(&db, &meta, &data, Replace::Always)?;
+            CatalogCounters::inc(&db.counters.snapshots_installed);
+            Ok(inner)
+        })
+        .await?;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        current_snapshot(&self.db)
+        let db = self.db.clone();
+        off_runtime(move || current_snapshot(&db)).await
     }
 }
 
@@ -633,7 +693,8 @@ mod tests {
 
     fn open(dir: &Path) -> (LogStore, StateMachineStore, watch::Receiver<Arc<View>>) {
         let (views, rx) = watch::channel(Arc::new(View::new("dc1", DcState::default())));
-        let (log, sm) = open_store(dir, "dc1", views).expect("opens");
+        let (log, sm) =
+            open_store(dir, "dc1", views, Arc::new(CatalogCounters::default())).expect("opens");
         (log, sm, rx)
     }
 

@@ -379,7 +379,11 @@ mod tests {
             assert!(sent <= 10, "never refused");
         }
         assert_eq!(sent, 4);
-        assert_eq!(allowed(&l, ip("203.0.113.5"), 0, 100), 10, "a short-answer prefix");
+        assert_eq!(
+            allowed(&l, ip("203.0.113.5"), 0, 100),
+            10,
+            "a short-answer prefix"
+        );
         // 100 ms later (one interval at 10/s) the big prefix gets exactly one more.
         assert_eq!(allowed(&l, big, 100_000, 5), 1);
         // Short answers and exempt sources are never charged extra.

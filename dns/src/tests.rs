@@ -831,37 +831,13 @@ proptest! {
     }
 }
 
-/// A fake upstream that answers every query with one A record.
+/// A fake upstream that answers every query with one A record (192.0.2.1).
 async fn fake_recursor() -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = sock.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
-            r.metadata.recursion_available = true;
-            r.add_queries(q.queries.clone());
-            if let Some(first) = q.queries.first() {
-                r.add_answer(Record::from_rdata(
-                    first.name().clone(),
-                    60,
-                    RData::A(
-                        "192.0.2.1"
-                            .parse::<std::net::Ipv4Addr>()
-                            .expect("ip")
-                            .into(),
-                    ),
-                ));
-            }
-            let _ = sock.send_to(&r.to_vec().expect("encodes"), from).await;
-        }
-    });
-    addr
+    hostile_recursor(Arc::new(std::sync::Mutex::new(Spoil {
+        answers: 1,
+        ..Spoil::default()
+    })))
+    .await
 }
 
 #[tokio::test]
@@ -1358,4 +1334,116 @@ async fn rate_limit_drops_and_slips_udp_per_prefix_and_spares_tcp() {
         );
     }
     server.shutdown().await;
+}
+
+/// How the hostile recursor spoils its next answer.
+#[derive(Clone, Debug, Default)]
+struct Spoil {
+    /// A records in the answer (past 1,232 bytes from about 80).
+    answers: usize,
+    /// Answer with another query ID.
+    wrong_id: bool,
+    /// Bytes XORed at these offsets (modulo the length).
+    flips: Vec<(usize, u8)>,
+    /// Keep this many bytes (modulo the length + 1); `None`: all.
+    cut: Option<usize>,
+}
+
+/// A recursor on loopback that answers each query as `spoil` says at that moment, with A
+/// records 192.0.2.1, 192.0.2.2, ….
+async fn hostile_recursor(spoil: Arc<std::sync::Mutex<Spoil>>) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let plan = spoil.lock().expect("not poisoned").clone();
+            let id = if plan.wrong_id {
+                q.metadata.id.wrapping_add(1)
+            } else {
+                q.metadata.id
+            };
+            let mut r = Message::new(id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.clone());
+            if let Some(first) = q.queries.first() {
+                for i in 0..plan.answers {
+                    let ip = std::net::Ipv4Addr::from(0xC000_0201u32 + i as u32);
+                    r.add_answer(Record::from_rdata(
+                        first.name().clone(),
+                        60,
+                        RData::A(ip.into()),
+                    ));
+                }
+            }
+            let mut out = r.to_vec().expect("encodes");
+            for &(i, b) in &plan.flips {
+                let i = i % out.len();
+                out[i] ^= b;
+            }
+            if let Some(cut) = plan.cut {
+                out.truncate(cut % (out.len() + 1));
+            }
+            let _ = sock.send_to(&out, from).await;
+        }
+    });
+    addr
+}
+
+/// Whatever a recursor sends back (oversize, cut, corrupted, another query's ID), the client
+/// gets one well-formed reply with its own ID, within its UDP payload size: the
+/// real forwarding path (sockets, timeout, re-encoding) under a bounded proptest.
+#[test]
+fn hostile_recursor_answers_never_reach_the_client_unchecked() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spoil = Arc::new(std::sync::Mutex::new(Spoil::default()));
+    let mut s = settings();
+    s.recursors = vec![rt.block_on(hostile_recursor(spoil.clone()))];
+    s.recursor_timeout = Duration::from_millis(40);
+    let h = handler_with(s, view());
+    let strategy = (
+        0usize..160,
+        any::<bool>(),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        proptest::option::of(any::<usize>()),
+        prop_oneof![Just(None), Just(Some(512u16)), Just(Some(4096u16))],
+        prop::sample::select(vec![RecordType::A, RecordType::TXT, RecordType::ANY]),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&strategy, |(answers, wrong_id, flips, cut, edns, qtype)| {
+        *spoil.lock().expect("not poisoned") = Spoil {
+            answers,
+            wrong_id,
+            flips,
+            cut,
+        };
+        let raw = query_bytes("example.com", qtype, edns);
+        let req = h.decode(&raw, src(), Protocol::Udp).expect("decodes");
+        prop_assert!(matches!(h.prepare(&req), Prepared::Forward));
+        let reply = rt.block_on(h.forward(&req));
+        let mut out = Vec::new();
+        h.encode(&req, &reply, &mut out);
+        let limit = match edns {
+            None => 512,
+            Some(size) => usize::from(size).clamp(512, 1232),
+        };
+        prop_assert!(out.len() <= limit, "{} bytes over {limit}", out.len());
+        let m = Message::from_vec(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(m.metadata.id, 7);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }

@@ -14,6 +14,8 @@ pub mod config;
 pub mod descriptors;
 pub mod duration;
 pub mod failover;
+#[cfg(test)]
+mod fuzz;
 pub mod gateway_only;
 pub mod http;
 pub mod metrics;

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -14,8 +14,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 /// A family without labels: its name (counters without `_total`), help and value.
 pub type Family<'a, V> = (&'a str, &'a str, V);
 
-/// One unlabelled counter family per entry of `families`.
-pub fn counters(enc: &mut DescriptorEncoder<'_>, families: &[Family<'_, u64>]) -> fmt::Result {
+/// One unlabelled counter family per entry of `families` (counts, or seconds as `f64`).
+pub fn counters<V: EncodeCounterValue + Copy>(
+    enc: &mut DescriptorEncoder<'_>,
+    families: &[Family<'_, V>],
+) -> fmt::Result {
     for &(name, help, value) in families {
         ConstCounter::new(value).encode(enc.encode_descriptor(
             name,

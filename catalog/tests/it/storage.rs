@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use meridian_catalog::{LogStore, StateMachineStore, TypeConfig, open_store};
+use meridian_catalog::{CatalogCounters, LogStore, StateMachineStore, TypeConfig, open_store};
 use meridian_topology::{DcState, View};
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
@@ -36,7 +36,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, Guard> for RocksBuild
     async fn build(&self) -> Result<(Guard, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (views, _) = watch::channel(Arc::new(View::new("dc1", DcState::default())));
-        let (log, sm) = open_store(dir.path(), "dc1", views)?;
+        let (log, sm) = open_store(
+            dir.path(),
+            "dc1",
+            views,
+            Arc::new(CatalogCounters::default()),
+        )?;
         let guard = Guard {
             closed: log.closed_watch(),
             _dir: dir,

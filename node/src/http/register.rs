@@ -29,7 +29,7 @@ pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// Longest check output kept (Consul's default `check_output_max_size`).
 pub const MAX_OUTPUT_BYTES: usize = 4096;
 
-const SERVICE_FIELDS: &[&str] = &[
+pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "ID",
     "Name",
     "Tags",
@@ -51,9 +51,9 @@ const SERVICE_FIELDS: &[&str] = &[
     "Token",
 ];
 
-const WEIGHTS_FIELDS: &[&str] = &["Passing", "Warning"];
+pub(crate) const WEIGHTS_FIELDS: &[&str] = &["Passing", "Warning"];
 
-const CHECK_FIELDS: &[&str] = &[
+pub(crate) const CHECK_FIELDS: &[&str] = &[
     "CheckID",
     "ID",
     "Name",

@@ -49,7 +49,22 @@ pub struct Follower {
     pub idle_timeout: Duration,
     /// Set at shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Publish the replica before its first sync (configured datacenters: readers see them
+    /// down rather than absent). A learned datacenter appears only once it answered, so a
+    /// phantom one never shows.
+    pub announce: bool,
 }
+
+/// The addresses last persisted for the datacenter, and when.
+#[derive(Default)]
+struct Persisted {
+    addresses: Vec<(String, u64)>,
+    at_ms: u64,
+}
+
+/// Last answers are rewritten this often even when the addresses did not change, so that the
+/// learned TTL holds across restarts.
+const PERSIST_EVERY_MS: u64 = 10 * 60 * 1000;
 
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -133,21 +148,81 @@ impl Follower {
         stats
             .confirmed_unix_ms
             .store(snap.confirmed_unix_ms, Ordering::Relaxed);
+        if !self.announce && !snap.synced && replica.is_empty() {
+            return;
+        }
         let key: Arc<str> = self.peer.dc.to_ascii_lowercase().into();
         self.remotes.send_modify(|m| {
             m.insert(key, Arc::new(snap));
         });
     }
 
+    /// The datacenter was forgotten (none of its learned addresses answered): it leaves the
+    /// view, the metrics and the disk.
+    async fn forget(&self) {
+        let key = self.peer.dc.to_ascii_lowercase();
+        self.remotes
+            .send_if_modified(|m| m.remove(key.as_str()).is_some());
+        self.counters.forget_peer(&self.peer.dc);
+        let store = self.store.clone();
+        let mut b = crate::store::StoreBatch::new(&self.peer.dc);
+        b.forget();
+        match tokio::task::spawn_blocking(move || store.write(b)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(dc = %self.peer.dc, error = %e, "cannot drop the forgotten datacenter's replica")
+            }
+            Err(e) => {
+                tracing::warn!(dc = %self.peer.dc, error = %e, "cannot drop the forgotten datacenter's replica")
+            }
+        }
+        tracing::info!(dc = %self.peer.dc, "stopped following a forgotten datacenter");
+    }
+
+    /// Writes the addresses that answered, when they changed or their answers grew old.
+    async fn persist_addresses(&self, persisted: &mut Persisted) {
+        let now = crate::now_ms();
+        let proven = self.registry.proven(&self.peer.dc);
+        let same = proven.len() == persisted.addresses.len()
+            && proven
+                .iter()
+                .zip(&persisted.addresses)
+                .all(|(a, b)| a.0 == b.0);
+        // Nothing ever answered: nothing to write (a phantom leaves no trace on disk).
+        if same && (proven.is_empty() || now.saturating_sub(persisted.at_ms) < PERSIST_EVERY_MS) {
+            return;
+        }
+        let mut b = crate::store::StoreBatch::new(&self.peer.dc);
+        b.addresses(&proven);
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.write(b)).await {
+            Ok(Ok(())) => {
+                persisted.addresses = proven;
+                persisted.at_ms = now;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(dc = %self.peer.dc, error = %e, "cannot persist the datacenter's addresses")
+            }
+            Err(e) => {
+                tracing::warn!(dc = %self.peer.dc, error = %e, "cannot persist the datacenter's addresses")
+            }
+        }
+    }
+
     /// Runs until shutdown: publish the replica as loaded from disk, then follow the origin.
     pub async fn run(self, mut replica: Replica) {
         let stats = self.counters.peer(&self.peer.dc);
         self.publish(&replica, &stats);
-        let mut remembered = Vec::new();
+        let mut persisted = Persisted::default();
         let mut backoff = BACKOFF_MIN;
         let mut attempt = 0usize;
+        let mut warned_too_large = false;
         loop {
             if *self.stop.borrow() {
+                return;
+            }
+            if !self.registry.keep_following(&self.peer.dc) {
+                self.forget().await;
                 return;
             }
             // Addresses are read at every attempt: other nodes may have told us new ones.
@@ -160,22 +235,31 @@ impl Follower {
             let Some(addr) = addresses.get(attempt % addresses.len().max(1)).cloned() else {
                 return;
             };
-            if addresses != remembered {
-                let mut b = crate::store::StoreBatch::new(&self.peer.dc);
-                b.addresses(&addresses);
-                if let Err(e) = self.store.write(b) {
-                    tracing::warn!(dc = %self.peer.dc, error = %e, "cannot persist the datacenter's addresses");
-                }
-                remembered = addresses.clone();
-            }
+            self.persist_addresses(&mut persisted).await;
             attempt += 1;
             let started = tokio::time::Instant::now();
-            let end = self.follow(&addr, &mut replica, &stats).await;
+            let end = self
+                .follow(&addr, &mut replica, &stats, &mut persisted)
+                .await;
             replica.disconnected();
             self.publish(&replica, &stats);
             stats.disconnects.fetch_add(1, Ordering::Relaxed);
             match &end {
                 StreamEnd::Stopped => return,
+                StreamEnd::Protocol(ProtocolError::TooLarge { what, limit }) => {
+                    // The replica keeps its last good state (the staging was dropped whole);
+                    // the origin is asked again only after the longest backoff.
+                    self.counters.refuse(if *what == "bytes" {
+                        "staging_bytes"
+                    } else {
+                        "replica_entries"
+                    });
+                    if !warned_too_large {
+                        tracing::warn!(dc = %self.peer.dc, peer = %addr, what, limit, "the origin sends more than this node holds for one datacenter; refused (raise federation.max_replica_entries or max_staging_bytes if it is honest)");
+                        warned_too_large = true;
+                    }
+                    backoff = BACKOFF_MAX;
+                }
                 StreamEnd::Protocol(ProtocolError::DigestMismatch { .. }) => {
                     self.counters
                         .digest_mismatches
@@ -225,8 +309,14 @@ impl Follower {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(dc = %self.peer.dc, peer = addr))]
-    async fn follow(&self, addr: &str, replica: &mut Replica, stats: &PeerStats) -> StreamEnd {
-        match self.follow_inner(addr, replica, stats).await {
+    async fn follow(
+        &self,
+        addr: &str,
+        replica: &mut Replica,
+        stats: &PeerStats,
+        persisted: &mut Persisted,
+    ) -> StreamEnd {
+        match self.follow_inner(addr, replica, stats, persisted).await {
             Ok(()) => StreamEnd::Closed,
             Err(e) => e,
         }
@@ -237,6 +327,7 @@ impl Follower {
         addr: &str,
         replica: &mut Replica,
         stats: &PeerStats,
+        persisted: &mut Persisted,
     ) -> Result<(), StreamEnd> {
         let channel = channel_from(
             self.tls.clone(),
@@ -284,9 +375,16 @@ impl Follower {
                 tracing::debug!(from, "federation stream open");
                 first = false;
             }
+            // The TLS handshake verified the origin as a server of `peer.dc`: its word on its
+            // own datacenter is trusted, on others it is a relay (see `peers`).
+            let now = crate::now_ms();
             match &msg.kind {
-                Some(Kind::Synced(s)) => self.registry.learn_all(&s.datacenters),
-                Some(Kind::Heartbeat(h)) => self.registry.learn_all(&h.datacenters),
+                Some(Kind::Synced(s)) => {
+                    self.registry.learn_all(&self.peer.dc, &s.datacenters, now)
+                }
+                Some(Kind::Heartbeat(h)) => {
+                    self.registry.learn_all(&self.peer.dc, &h.datacenters, now)
+                }
                 _ => {}
             }
             let mut writes = Vec::new();
@@ -299,6 +397,12 @@ impl Follower {
                 })
                 .await
                 .map_err(|_| StreamEnd::Closed)??;
+            }
+            // A completed sync proves the address; heartbeats after it keep it proven (and
+            // its last answer on disk fresh) while the stream lives.
+            if applied.synced || applied.publish && replica.is_connected() {
+                self.registry.answered(&self.peer.dc, addr, now);
+                self.persist_addresses(persisted).await;
             }
             if applied.synced {
                 tracing::info!(dc = %self.peer.dc, index = replica.snapshot().index, entries = replica.len(), "replica synced");

@@ -1,5 +1,7 @@
 //! Federation counters and their metric families: per remote DC (as a subscriber) and per
-//! subscribing DC (as an origin), plus refusals of bad peers. Each family is described here,
+//! subscribing DC (as an origin), plus refusals of bad peers (by reason: handshakes, streams
+//! over the per-certificate cap, snapshots over the staging caps, learned addresses refused)
+//! and learned entries expired. Each family is described here,
 //! once, and read at each scrape of the registry the node registers the counters on.
 
 use std::collections::BTreeMap;
@@ -70,6 +72,10 @@ pub struct FederationCounters {
     pub digest_mismatches: AtomicU64,
     /// Persisted replica entries that no longer decoded at start.
     pub corrupt_entries: AtomicU64,
+    /// Learned addresses forgotten because they did not answer in time.
+    pub expired_addresses: AtomicU64,
+    /// Learned datacenters forgotten because none of their addresses answered in time.
+    pub forgotten_datacenters: AtomicU64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -87,6 +93,21 @@ impl FederationCounters {
     pub fn subscriber(&self, dc: &str) -> Arc<SubscriberStats> {
         let mut m = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(dc.to_owned()).or_default().clone()
+    }
+
+    /// Counts learned addresses and datacenters forgotten for not answering.
+    pub fn expired(&self, addresses: u64, datacenters: u64) {
+        self.expired_addresses
+            .fetch_add(addresses, Ordering::Relaxed);
+        self.forgotten_datacenters
+            .fetch_add(datacenters, Ordering::Relaxed);
+    }
+
+    /// Drops the counters of remote datacenter `dc` (forgotten), so that datacenters that come
+    /// and go do not grow the metrics without bound.
+    pub fn forget_peer(&self, dc: &str) {
+        let mut m = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(dc);
     }
 
     /// Counts a refused connection or subscription, by reason.
@@ -285,6 +306,16 @@ impl FederationCounters {
                     "meridian_federation_corrupt_entries",
                     "Persisted replica entries that no longer decoded.",
                     get(&self.corrupt_entries),
+                ),
+                (
+                    "meridian_federation_expired_addresses",
+                    "Learned datacenter addresses forgotten because they did not answer in time.",
+                    get(&self.expired_addresses),
+                ),
+                (
+                    "meridian_federation_forgotten_datacenters",
+                    "Learned datacenters forgotten because none of their addresses answered in time.",
+                    get(&self.forgotten_datacenters),
                 ),
             ],
         )

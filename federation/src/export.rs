@@ -256,22 +256,28 @@ impl Exporter {
 
     /// What to send a subscriber at `from_index` (0: no usable index) holding `buckets` (sums of
     /// entry hashes at `bucket_bits`; empty when it holds nothing): the changes since its index
-    /// when this node still has them all, else the buckets that differ.
+    /// when this node still has them all, else the buckets that differ. A catch-up scans every
+    /// entry: call it off the runtime's workers (`spawn_blocking`).
     pub fn plan(&self, from_index: u64, bucket_bits: u32, buckets: &[u64]) -> Plan {
-        let inner = self.lock();
-        if from_index > 0 && from_index >= inner.ring_base && from_index <= inner.index {
-            let deltas = inner
-                .ring
-                .iter()
-                .filter(|d| d.index > from_index)
-                .cloned()
-                .collect();
-            return Plan::Resume {
-                deltas,
-                index: inner.index,
-                digest: inner.digest,
-            };
-        }
+        // Only what is needed is taken under the lock, in O(1) for the entries (an `imbl` map
+        // shares its nodes): the scan below must not hold up `update` or other subscribers.
+        let (entries, index, digest) = {
+            let inner = self.lock();
+            if from_index > 0 && from_index >= inner.ring_base && from_index <= inner.index {
+                let deltas = inner
+                    .ring
+                    .iter()
+                    .filter(|d| d.index > from_index)
+                    .cloned()
+                    .collect();
+                return Plan::Resume {
+                    deltas,
+                    index: inner.index,
+                    digest: inner.digest,
+                };
+            }
+            (inner.entries.clone(), inner.index, inner.digest)
+        };
         let expected = 1usize << bucket_bits.min(entry::MAX_BUCKET_BITS);
         // Without a digest (an empty replica) everything is sent.
         let all = buckets.len() != expected || bucket_bits > entry::MAX_BUCKET_BITS;
@@ -279,7 +285,7 @@ impl Exporter {
             (0, HashSet::new())
         } else {
             let mut mine = vec![0u64; expected];
-            for h in inner.entries.values() {
+            for h in entries.values() {
                 let b = entry::bucket_of(h.key_hash, bucket_bits) as usize;
                 mine[b] = mine[b].wrapping_add(h.hash);
             }
@@ -289,8 +295,7 @@ impl Exporter {
                 .collect();
             (bucket_bits, differing)
         };
-        let entries = inner
-            .entries
+        let entries = entries
             .values()
             .filter(|h| all || differing.contains(&entry::bucket_of(h.key_hash, bits)))
             .cloned()
@@ -302,8 +307,8 @@ impl Exporter {
             buckets,
             bucket_bits: bits,
             entries,
-            index: inner.index,
-            digest: inner.digest,
+            index,
+            digest,
         }
     }
 

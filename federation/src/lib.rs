@@ -9,6 +9,7 @@ pub mod counters;
 pub mod entry;
 mod error;
 pub mod export;
+pub mod limits;
 pub mod peers;
 pub mod replica;
 pub mod server;
@@ -30,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use counters::FederationCounters;
 pub use error::FederationError;
 pub use export::ExportPolicy;
+pub use limits::Limits;
 use meridian_identity::TlsMaterial;
 pub use peers::Peer;
 
@@ -49,6 +51,22 @@ pub fn now_ms() -> u64 {
 /// dropped here, so callers' futures stay `Send`.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Reads datacenter `dc`'s replica from `store` off the runtime's workers (it iterates RocksDB
+/// and hashes every entry), capped by `limits`; returns it with the number of entries that no
+/// longer decoded.
+async fn load_replica(
+    dc: &str,
+    store: &Arc<store::Store>,
+    limits: &Limits,
+) -> Result<(replica::Replica, usize), FederationError> {
+    let (dc, store) = (dc.to_owned(), store.clone());
+    let (mut r, corrupt) = tokio::task::spawn_blocking(move || replica::Replica::load(&dc, &store))
+        .await
+        .map_err(|e| FederationError::Store(e.to_string()))??;
+    r.set_limits(limits.max_replica_entries, limits.max_staging_bytes);
+    Ok((r, corrupt))
 }
 
 /// How a node federates.
@@ -89,6 +107,8 @@ pub struct Settings {
     /// Changed entries remembered for resumes; a subscriber further behind gets a digest
     /// catch-up.
     pub window: usize,
+    /// Caps on what one peer can make this node hold.
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -105,6 +125,7 @@ pub struct Federation {
     views: watch::Receiver<Arc<View>>,
     counters: Arc<FederationCounters>,
     exporter: Arc<export::Exporter>,
+    registry: Arc<peers::Registry>,
     local_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
@@ -142,7 +163,7 @@ impl Federation {
         let mut replicas = Vec::new();
         let mut remotes = OrdMap::new();
         for peer in &settings.peers {
-            let (replica, corrupt) = replica::Replica::load(&peer.dc, &store)?;
+            let (replica, corrupt) = load_replica(&peer.dc, &store, &settings.limits).await?;
             if corrupt > 0 {
                 tracing::warn!(dc = %peer.dc, corrupt, "persisted replica entries did not decode; they will be resynced");
                 counters
@@ -207,6 +228,8 @@ impl Federation {
                     a.port(),
                 )],
             },
+            settings.limits.clone(),
+            counters.clone(),
             Box::new(move |p| {
                 let _ = learned_tx.send(p);
             }),
@@ -222,7 +245,7 @@ impl Federation {
                 stop_rx.clone(),
                 tasks.clone(),
             );
-            move |peer: Peer, replica: replica::Replica| {
+            move |peer: Peer, replica: replica::Replica, announce: bool| {
                 let f = client::Follower {
                     peer,
                     local_dc: settings.dc.clone(),
@@ -236,6 +259,7 @@ impl Federation {
                     source: settings.source(),
                     idle_timeout: settings.idle_timeout,
                     stop: stop_rx.clone(),
+                    announce,
                 };
                 let t = tokio::spawn(f.run(replica));
                 tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
@@ -245,10 +269,11 @@ impl Federation {
         for (peer, replica) in replicas {
             configured.insert(peer.dc.to_ascii_lowercase());
             registry.learn_configured(&peer);
-            follower(peer, replica);
+            follower(peer, replica, true);
         }
         {
             let (store, counters, mut stop) = (store.clone(), counters.clone(), stop_rx.clone());
+            let limits = settings.limits.clone();
             let spawner = tokio::spawn(async move {
                 loop {
                     let peer = tokio::select! {
@@ -259,7 +284,7 @@ impl Federation {
                         continue;
                     }
                     // A learned DC's replica may be on disk from an earlier run.
-                    let replica = match replica::Replica::load(&peer.dc, &store) {
+                    let replica = match load_replica(&peer.dc, &store, &limits).await {
                         Ok((r, corrupt)) => {
                             counters
                                 .corrupt_entries
@@ -268,10 +293,12 @@ impl Federation {
                         }
                         Err(e) => {
                             tracing::warn!(dc = %peer.dc, error = %e, "cannot load the replica; starting empty");
-                            replica::Replica::new(&peer.dc)
+                            let mut r = replica::Replica::new(&peer.dc);
+                            r.set_limits(limits.max_replica_entries, limits.max_staging_bytes);
+                            r
                         }
                     };
-                    follower(peer, replica);
+                    follower(peer, replica, false);
                 }
             });
             tasks
@@ -280,14 +307,57 @@ impl Federation {
                 .push(spawner);
         }
         // Datacenters followed in an earlier run (joined or learned) are followed again, from
-        // their replica on disk, even if no peer can be reached now.
-        match store.known_datacenters() {
+        // their replica on disk, even if no peer can be reached now; only addresses that
+        // answered were persisted, with their last answer, so the learned TTL still applies.
+        let on_disk = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.known_datacenters())
+                .await
+                .map_err(|e| FederationError::Store(e.to_string()))
+                .and_then(|r| r)
+        };
+        match on_disk {
             Ok(list) => {
+                let now = now_ms();
                 for (dc, addresses) in list {
-                    registry.learn(&dc, &addresses);
+                    registry.restore(&dc, &addresses, now);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list the datacenters on disk"),
+        }
+        // Learned addresses that do not answer are forgotten (their followers then stop).
+        {
+            let (registry, store, mut stop) = (registry.clone(), store.clone(), stop_rx.clone());
+            let every = (settings.limits.unproven_ttl / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let t = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = stopped(&mut stop) => return,
+                    }
+                    let gone = registry.expire(now_ms());
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    // Off the disk now, even if the follower is shut down before it notices.
+                    let store = store.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        gone.iter().try_for_each(|dc| {
+                            let mut b = store::StoreBatch::new(dc);
+                            b.forget();
+                            store.write(b)
+                        })
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::warn!("cannot drop forgotten datacenters from disk");
+                    }
+                }
+            });
+            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
         }
         let discovery_tls = settings.tls.discovery_client_config()?;
         for addr in settings.join.clone() {
@@ -301,7 +371,14 @@ impl Federation {
                     match meridian_identity::discover(tls.clone(), &addr, timeout, source).await {
                         Ok(id) => {
                             tracing::info!(%addr, dc = %id.dc, node = %id.node, "joined");
-                            registry.learn(&id.dc, std::slice::from_ref(&addr));
+                            // The operator named this address: it never expires.
+                            registry.learn(
+                                peers::Source::Configured,
+                                "join",
+                                &id.dc,
+                                std::slice::from_ref(&addr),
+                                now_ms(),
+                            );
                             return;
                         }
                         Err(e) => tracing::info!(%addr, error = %e, "cannot join yet; retrying"),
@@ -337,6 +414,7 @@ impl Federation {
                 counters: counters.clone(),
                 heartbeat: settings.heartbeat,
                 stop: stop_rx.clone(),
+                streams: limits::StreamCap::new(settings.limits.max_streams_per_identity),
             };
             {
                 let mut stop = stop_rx.clone();
@@ -369,6 +447,7 @@ impl Federation {
             views,
             counters,
             exporter,
+            registry,
             local_addr,
             stop,
             tasks,
@@ -388,6 +467,12 @@ impl Federation {
     /// This node's federation counters.
     pub fn counters(&self) -> &Arc<FederationCounters> {
         &self.counters
+    }
+
+    /// The remote datacenters known now (configured, joined and learned) and their addresses,
+    /// best first.
+    pub fn datacenters(&self) -> Vec<Peer> {
+        self.registry.datacenters()
     }
 
     /// The WAN port's address (`None` when not serving).

@@ -24,6 +24,15 @@ pub enum ProtocolError {
     /// An entry or key was malformed.
     #[error("malformed entry: {0}")]
     Malformed(&'static str),
+    /// The origin sent more than this node holds for one datacenter: the snapshot being staged
+    /// is dropped (never applied in part) and the replica keeps its last good state.
+    #[error("the origin sent more than the cap of {limit} {what}")]
+    TooLarge {
+        /// `entries` or `bytes`.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
     /// After a snapshot, the replica's digest differs from the origin's.
     #[error("digest mismatch after sync (origin {origin:016x}, replica {replica:016x})")]
     DigestMismatch {
@@ -53,6 +62,21 @@ impl Data {
             .wrapping_add(h.hash);
     }
 
+    /// Whether `upserts` leave at most `max` entries.
+    fn fits(&self, upserts: &[Hashed], max: usize) -> Result<(), ProtocolError> {
+        let new = upserts
+            .iter()
+            .filter(|h| !self.hashes.contains_key(&h.key))
+            .count();
+        if self.hashes.len().saturating_add(new) > max {
+            return Err(ProtocolError::TooLarge {
+                what: "entries",
+                limit: max,
+            });
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, key: &Key, batch: &mut StoreBatch) {
         if let Some((_, hash)) = self.hashes.remove(key) {
             entry::remove_entry(&mut self.state, key);
@@ -78,6 +102,10 @@ pub struct Replica {
     dc: Arc<str>,
     live: Data,
     staging: Option<(Data, StoreBatch)>,
+    /// Most entries held (live or staged).
+    max_entries: usize,
+    /// Most bytes a staged snapshot holds before `Synced` writes it.
+    max_staging_bytes: usize,
     index: u64,
     /// The newest index the origin announced.
     origin_index: u64,
@@ -93,12 +121,21 @@ impl Replica {
             dc: dc.into(),
             live: Data::default(),
             staging: None,
+            max_entries: usize::MAX,
+            max_staging_bytes: usize::MAX,
             index: 0,
             origin_index: 0,
             confirmed_unix_ms: 0,
             synced: false,
             connected: false,
         }
+    }
+
+    /// Caps the entries the replica holds and the bytes a staged snapshot holds (unlimited until
+    /// set).
+    pub fn set_limits(&mut self, max_entries: usize, max_staging_bytes: usize) {
+        self.max_entries = max_entries;
+        self.max_staging_bytes = max_staging_bytes;
     }
 
     /// The replica of `dc` as `store` last held it; returns it with the number of entries that
@@ -209,14 +246,28 @@ impl Replica {
                 applied.entries = upserts.len() + removals.len();
                 match &mut self.staging {
                     Some((data, batch)) => {
+                        // Checked before applying, so a refused snapshot never grows past the
+                        // cap; the staging is dropped whole.
+                        if let Err(e) = data.fits(&upserts, self.max_entries) {
+                            self.staging = None;
+                            return Err(e);
+                        }
                         for h in upserts {
                             data.upsert(h, batch);
                         }
                         for k in &removals {
                             data.remove(k, batch);
                         }
+                        if batch.size_bytes() > self.max_staging_bytes {
+                            self.staging = None;
+                            return Err(ProtocolError::TooLarge {
+                                what: "bytes",
+                                limit: self.max_staging_bytes,
+                            });
+                        }
                     }
                     None => {
+                        self.live.fits(&upserts, self.max_entries)?;
                         let mut batch = StoreBatch::new(&self.dc);
                         for h in upserts {
                             self.live.upsert(h, &mut batch);
@@ -315,6 +366,11 @@ impl Replica {
         }
     }
 
+    /// Whether the stream completed its sync and is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
     /// The replica's digest (equal to the origin's when in sync).
     pub fn digest(&self) -> u64 {
         self.live.digest
@@ -355,6 +411,15 @@ mod tests {
             create_index: 0,
             modify_index: 0,
         }
+    }
+
+    /// A DC with instances `w0`..`w{n-1}`, registered at indexes 1..=n.
+    fn registered(n: u64) -> DcState {
+        let mut s = DcState::default();
+        for i in 0..n {
+            s.register(inst(&format!("w{i}")), vec![], i + 1);
+        }
+        s
     }
 
     /// Turns a plan into the messages the server sends (without chunking).
@@ -412,19 +477,24 @@ mod tests {
     }
 
     fn feed(r: &mut Replica, msgs: Vec<pb::SyncMessage>) -> Result<(), ProtocolError> {
-        let mut out = Vec::new();
+        feed_into(r, msgs, &mut Vec::new())
+    }
+
+    /// Applies `msgs` until one is refused; what is to be written goes to `out`.
+    fn feed_into(
+        r: &mut Replica,
+        msgs: Vec<pb::SyncMessage>,
+        out: &mut Vec<StoreBatch>,
+    ) -> Result<(), ProtocolError> {
         for m in msgs {
-            r.apply(m, 1, &mut out)?;
+            r.apply(m, 1, out)?;
         }
         Ok(())
     }
 
     #[test]
     fn snapshot_then_catchup_converges_to_the_origin_digest() {
-        let mut s = DcState::default();
-        for i in 0..200 {
-            s.register(inst(&format!("w{i}")), vec![], i + 1);
-        }
+        let mut s = registered(200);
         let x = Exporter::new(ExportPolicy::all(), 10, &s);
         let mut r = Replica::new("dc1");
         feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
@@ -460,10 +530,7 @@ mod tests {
 
     #[test]
     fn a_replica_that_forgot_its_index_is_repaired_by_digest_not_by_resume() {
-        let mut s = DcState::default();
-        for i in 0..50 {
-            s.register(inst(&format!("w{i}")), vec![], i + 1);
-        }
+        let s = registered(50);
         let x = Exporter::new(ExportPolicy::all(), 1000, &s);
         let mut r = Replica::new("dc1");
         feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
@@ -520,5 +587,49 @@ mod tests {
             !r.snapshot().synced,
             "nothing half-received becomes visible"
         );
+    }
+
+    #[test]
+    fn an_oversize_snapshot_is_refused_whole_and_the_last_good_state_stays() {
+        let mut s = registered(10);
+        let small = Exporter::new(ExportPolicy::all(), 10, &s);
+        let mut r = Replica::new("dc1");
+        r.set_limits(20, 1 << 20);
+        feed(&mut r, messages(small.plan(0, 0, &[]))).expect("a snapshot under the caps");
+        let good = (r.digest(), r.snapshot().index, r.len());
+
+        for i in 10..30 {
+            s.register(inst(&format!("w{i}")), vec![], i + 1);
+        }
+        let big = Exporter::new(ExportPolicy::all(), 10, &s);
+        let mut out = Vec::new();
+        assert_eq!(
+            feed_into(&mut r, messages(big.plan(0, 0, &[])), &mut out),
+            Err(ProtocolError::TooLarge {
+                what: "entries",
+                limit: 20
+            })
+        );
+        assert!(out.is_empty(), "nothing of the refused snapshot is written");
+        assert_eq!((r.digest(), r.snapshot().index, r.len()), good);
+        assert_eq!(r.snapshot().state.instance_count(), 10);
+
+        // By bytes: the staged batch outgrows the cap.
+        let mut r = Replica::new("dc1");
+        r.set_limits(1_000, 512);
+        let mut out = Vec::new();
+        assert_eq!(
+            feed_into(&mut r, messages(big.plan(0, 0, &[])), &mut out),
+            Err(ProtocolError::TooLarge {
+                what: "bytes",
+                limit: 512
+            })
+        );
+        assert!(r.is_empty() && out.is_empty());
+        // The staging is gone: the next stream starts over with a Reset, not "reset during a
+        // snapshot".
+        r.set_limits(1_000, 1 << 20);
+        feed(&mut r, messages(big.plan(0, 0, &[]))).expect("under raised caps");
+        assert_eq!(r.len(), 30);
     }
 }

@@ -154,6 +154,8 @@ pub struct Service {
     pub heartbeat: Duration,
     /// Set at shutdown: streams end.
     pub stop: watch::Receiver<bool>,
+    /// Streams open per subscriber certificate.
+    pub streams: crate::limits::StreamCap,
 }
 
 impl Service {
@@ -196,12 +198,33 @@ impl Federation for Service {
                 self.dc, req.origin_dc
             )));
         }
+        // One certificate holds at most so many streams: a compromised node cannot tie up the
+        // origin's tasks and memory with endless subscriptions.
+        let permit = match self.streams.acquire(&peer) {
+            Ok(p) => p,
+            Err(over) => {
+                self.counters.refuse("stream_cap");
+                if over.first {
+                    tracing::warn!(peer = %peer, max = over.max, "subscriber is at its cap of open streams; refusing more");
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "at most {} open subscribe streams per certificate",
+                    over.max
+                )));
+            }
+        };
         // A subscriber of this very DC is a gateway-only node following its DC's servers.
         // Federation is symmetric: follow a datacenter that follows us, at the addresses its
         // servers give. A gateway certificate serves no federation: its addresses are not
         // learned, so it cannot point this DC at endpoints of its choosing.
         if peer.role == Role::Server {
-            self.registry.learn(&peer.dc, &req.subscriber_addresses);
+            self.registry.learn(
+                crate::peers::Source::Own,
+                &peer.to_string(),
+                &peer.dc,
+                &req.subscriber_addresses,
+                crate::now_ms(),
+            );
         }
         // A subscriber that was ahead of this node (it synced from a node that had applied
         // more) waits briefly for this node to catch up, rather than being rolled back.
@@ -211,13 +234,18 @@ impl Federation for Service {
             changed.wait_for(|i| *i >= req.from_index),
         )
         .await;
-        let plan = self
-            .exporter
-            .plan(req.from_index, req.bucket_bits, &req.buckets);
+        // A catch-up scans every exported entry: off the runtime's workers.
+        let exporter = self.exporter.clone();
+        let from_index = req.from_index;
+        let plan = tokio::task::spawn_blocking(move || {
+            exporter.plan(req.from_index, req.bucket_bits, &req.buckets)
+        })
+        .await
+        .map_err(|_| Status::internal("planning the stream failed"))?;
         let stats = self.counters.subscriber(&peer.dc);
         stats.streams.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            from = req.from_index,
+            from = from_index,
             plan = plan_name(&plan),
             "subscriber connected"
         );
@@ -229,6 +257,7 @@ impl Federation for Service {
             registry: self.registry.clone(),
             heartbeat: self.heartbeat,
             stop: self.stop.clone(),
+            _permit: permit,
         };
         tokio::spawn(stream.run(plan));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -251,6 +280,8 @@ struct Stream {
     registry: Arc<crate::peers::Registry>,
     heartbeat: Duration,
     stop: watch::Receiver<bool>,
+    /// Held while the stream runs: counts it against the subscriber's cap.
+    _permit: crate::limits::StreamPermit,
 }
 
 /// The stream ended: the subscriber went away.

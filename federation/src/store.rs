@@ -93,11 +93,28 @@ impl StoreBatch {
         self.batch.delete(entry_key(&self.dc, key));
     }
 
-    /// Records the WAN addresses the datacenter was reached at, so that a restarted node can
-    /// follow it again without its configuration naming it.
-    pub fn addresses(&mut self, addresses: &[String]) {
-        self.batch
-            .put(addresses_key(&self.dc), addresses.join("\n"));
+    /// Records the WAN addresses the datacenter answered at, each with its last answer (ms
+    /// since the Unix epoch), so that a restarted node follows it again without its
+    /// configuration naming it, and forgets an address that stopped answering long ago.
+    pub fn addresses(&mut self, addresses: &[(String, u64)]) {
+        let lines: Vec<String> = addresses
+            .iter()
+            .map(|(a, ms)| format!("{a}\t{ms}"))
+            .collect();
+        self.batch.put(addresses_key(&self.dc), lines.join("\n"));
+    }
+
+    /// Drops everything held for the datacenter: entries, position and addresses (it was
+    /// forgotten).
+    pub fn forget(&mut self) {
+        self.clear();
+        self.batch.delete(meta_key(&self.dc));
+        self.batch.delete(addresses_key(&self.dc));
+    }
+
+    /// Bytes the batch holds (what a staged snapshot costs in memory until it is written).
+    pub fn size_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
     }
 
     /// Records the replica's position.
@@ -163,8 +180,10 @@ impl Store {
         Ok(out)
     }
 
-    /// The datacenters with addresses on disk, and those addresses.
-    pub fn known_datacenters(&self) -> Result<Vec<(String, Vec<String>)>, FederationError> {
+    /// The datacenters with addresses on disk, and those addresses with their last answer (0
+    /// when not recorded, as older versions wrote them).
+    #[allow(clippy::type_complexity)]
+    pub fn known_datacenters(&self) -> Result<Vec<(String, Vec<(String, u64)>)>, FederationError> {
         let mut out = Vec::new();
         let iter = self.db.iterator(rocksdb::IteratorMode::From(
             b"a",
@@ -178,12 +197,17 @@ impl Store {
             let (Ok(dc), Ok(v)) = (std::str::from_utf8(dc), std::str::from_utf8(&v)) else {
                 continue;
             };
-            let addresses = v
+            let addresses: Vec<(String, u64)> = v
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(str::to_owned)
+                .map(|l| match l.split_once('\t') {
+                    Some((a, ms)) => (a.to_owned(), ms.parse().unwrap_or(0)),
+                    None => (l.to_owned(), 0),
+                })
                 .collect();
-            out.push((dc.to_owned(), addresses));
+            if !addresses.is_empty() {
+                out.push((dc.to_owned(), addresses));
+            }
         }
         Ok(out)
     }
@@ -230,7 +254,7 @@ mod tests {
                 b.put(&k, &e);
             }
             b.meta(42, 1_000, true);
-            b.addresses(&["10.0.0.1:8302".into(), "dc1.example:8302".into()]);
+            b.addresses(&[("10.0.0.1:8302".into(), 7), ("dc1.example:8302".into(), 0)]);
             store.write(b)?;
             let mut b = StoreBatch::new("dc10");
             let (k, e) = entry("z");
@@ -241,6 +265,16 @@ mod tests {
             store.write(b)?;
         }
         let store = Store::open(dir.path())?;
+        assert_eq!(
+            store.known_datacenters()?,
+            [(
+                "dc1".to_owned(),
+                vec![
+                    ("10.0.0.1:8302".to_owned(), 7),
+                    ("dc1.example:8302".to_owned(), 0)
+                ]
+            )]
+        );
         let dc1 = store.load("dc1")?;
         assert_eq!(dc1.entries.len(), 2);
         assert_eq!(
@@ -256,6 +290,13 @@ mod tests {
         b.clear();
         store.write(b)?;
         assert!(store.load("dc1")?.entries.is_empty());
+        assert_eq!(store.load("dc10")?.entries.len(), 1);
+        // A forgotten datacenter leaves nothing behind, and nothing of another.
+        let mut b = StoreBatch::new("dc1");
+        b.forget();
+        store.write(b)?;
+        assert!(store.known_datacenters()?.is_empty());
+        assert_eq!(store.load("dc1")?.index, 0);
         assert_eq!(store.load("dc10")?.entries.len(), 1);
         Ok(())
     }

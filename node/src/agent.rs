@@ -552,6 +552,7 @@ pub(crate) fn federation_settings(
         connect_timeout: ms(f.connect_timeout_ms),
         handshake_timeout: ms(f.handshake_timeout_ms),
         window: f.resume_window,
+        limits: f.limits(),
     })
 }
 

@@ -162,6 +162,21 @@ pub struct FederationSection {
     pub handshake_timeout_ms: u64,
     /// Changed entries remembered so reconnecting subscribers resume without a catch-up.
     pub resume_window: usize,
+    /// Subscribe streams this node serves at once to one peer certificate; more are refused
+    /// (RESOURCE_EXHAUSTED, counted as `refused{reason="stream_cap"}`).
+    pub max_streams_per_peer: usize,
+    /// Entries one remote datacenter's replica (or a snapshot being received) may hold; a
+    /// stream that sends more is refused (`refused{reason="replica_entries"}`).
+    pub max_replica_entries: usize,
+    /// Bytes a snapshot being received may hold before it is written; a stream that sends more
+    /// is refused (`refused{reason="staging_bytes"}`).
+    pub max_staging_bytes: usize,
+    /// A learned (not configured or joined) address that never completed a sync is forgotten
+    /// after this long, and a learned datacenter left without addresses with it.
+    pub unproven_ttl_ms: u64,
+    /// A learned address that answered once but not since is forgotten after this long, also
+    /// across restarts.
+    pub learned_ttl_ms: u64,
 }
 
 impl Default for FederationSection {
@@ -180,6 +195,11 @@ impl Default for FederationSection {
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             resume_window: 100_000,
+            max_streams_per_peer: 16,
+            max_replica_entries: 1_000_000,
+            max_staging_bytes: 256 << 20,
+            unproven_ttl_ms: 10 * 60 * 1000,
+            learned_ttl_ms: 72 * 60 * 60 * 1000,
         }
     }
 }
@@ -531,6 +551,26 @@ impl FederationSection {
                 "must be > 0",
             ));
         }
+        for (key, n) in [
+            ("federation.max_streams_per_peer", self.max_streams_per_peer),
+            ("federation.max_replica_entries", self.max_replica_entries),
+            ("federation.max_staging_bytes", self.max_staging_bytes),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(key, "must be > 0"));
+            }
+        }
+        for (key, ms) in [
+            ("federation.unproven_ttl_ms", self.unproven_ttl_ms),
+            ("federation.learned_ttl_ms", self.learned_ttl_ms),
+        ] {
+            if ms < 1_000 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be at least 1000 (one second)",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -540,6 +580,17 @@ impl FederationSection {
             None => meridian_federation::ExportPolicy::all(),
             Some(list) if list.iter().any(|p| p == "*") => meridian_federation::ExportPolicy::all(),
             Some(list) => meridian_federation::ExportPolicy::only(list),
+        }
+    }
+
+    /// The caps on what one peer can make this node hold.
+    pub fn limits(&self) -> meridian_federation::Limits {
+        meridian_federation::Limits {
+            max_streams_per_identity: self.max_streams_per_peer,
+            max_replica_entries: self.max_replica_entries,
+            max_staging_bytes: self.max_staging_bytes,
+            unproven_ttl: std::time::Duration::from_millis(self.unproven_ttl_ms),
+            learned_ttl: std::time::Duration::from_millis(self.learned_ttl_ms),
         }
     }
 

@@ -467,13 +467,35 @@ meridian_gateway_connections_open 3
         dc1.shutdown();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_client_holds_at_most_its_share_of_a_datacenters_streams() {
+    type GwCert = (CertificateDer<'static>, PrivateKeyDer<'static>);
+
+    /// A dc1 tunnel on loopback accepting (and dropping) streams: the shared certificate, the
+    /// address to bind others on, the tunnel and its address.
+    fn listening_dc1() -> (GwCert, SocketAddr, Arc<Tunnel>, SocketAddr) {
         let gw_cert = cert(&["gw.dc1.test", "gw.dc2.test"]);
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
         let t1 = tunnel(any, "dc1", WanTransport::Quic, &gw_cert);
         let a1 = t1.local_addr().expect("addr");
         tokio::spawn(Arc::clone(&t1).accept(|_, _, _| async {}));
+        (gw_cert, any, t1, a1)
+    }
+
+    /// A new dc2 tunnel that connects to dc1 at `a1` and sends a byte on a stream.
+    async fn dc2_sending_one_byte(
+        gw_cert: &GwCert,
+        any: SocketAddr,
+        a1: SocketAddr,
+    ) -> Arc<Tunnel> {
+        let t = tunnel(any, "dc2", WanTransport::Quic, gw_cert);
+        if let Ok((mut stream, _)) = t.open("dc1", &[a1], None).await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"x").await;
+        }
+        t
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_holds_at_most_its_share_of_a_datacenters_streams() {
+        let (gw_cert, any, t1, a1) = listening_dc1();
         let t2 = tunnel(any, "dc2", WanTransport::Quic, &gw_cert);
         let (a, b) = (
             Some(std::net::IpAddr::from([127, 0, 0, 2])),
@@ -497,6 +519,46 @@ meridian_gateway_connections_open 3
         held.pop();
         assert!(t2.open("dc1", &[a1], a).await.is_ok(), "a place given back");
         t2.close();
+        t1.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_holds_at_most_its_share_of_quic_connections() {
+        let (gw_cert, any, t1, a1) = listening_dc1();
+        let s = &t1.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        // Five gateways of dc2, one QUIC connection each, each sending a byte on a stream. The
+        // helper's server asks no client certificate, so all five are one peer (127.0.0.1),
+        // whose cap is 4.
+        let mut peers = Vec::new();
+        for _ in 0..5 {
+            peers.push(dc2_sending_one_byte(&gw_cert, any, a1).await);
+        }
+        for _ in 0..200 {
+            if load(&s.over_peer_connections) == 1 && load(&s.streams_in) == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(load(&s.over_peer_connections), 1, "the fifth is closed");
+        assert_eq!(load(&s.streams_in), 4, "the first four are served");
+        // Each validated its address first; no handshake was refused.
+        assert_eq!(load(&s.retries), 5);
+        assert_eq!(load(&s.over_handshakes), 0);
+        // One gone, another gets in.
+        peers.remove(0).close();
+        let mut admitted = false;
+        for _ in 0..50 {
+            let t = dc2_sending_one_byte(&gw_cert, any, a1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if load(&s.streams_in) == 5 {
+                admitted = true;
+                peers.push(t);
+                break;
+            }
+            t.close();
+        }
+        assert!(admitted, "a place given back: {:?}", s);
         t1.close();
     }
 

@@ -66,6 +66,13 @@ pub enum ConnError {
     /// A tunnelled stream's header was malformed or late.
     #[error("bad tunnel header: {0}")]
     BadHeader(String),
+    /// A tunnelled stream came while the gateway held `max_connections` (it would need a backend
+    /// socket beyond the budget).
+    #[error("the gateway is at its connection budget")]
+    GatewayFull,
+    /// A tunnelled stream came from a peer already holding its share of streams here.
+    #[error("the remote peer holds its share of tunnelled streams")]
+    PeerLimit,
     /// A tunnelled stream asked for a service this datacenter does not export.
     #[error("service {0} is not exported to other datacenters")]
     NotExported(String),
@@ -87,10 +94,13 @@ impl ConnError {
             ConnError::Remote { .. } => "remote",
             ConnError::NoInstance { .. } => "connect_failed",
             ConnError::Tunnel(TunnelError::Busy(_)) => "tunnel_busy",
+            ConnError::Tunnel(TunnelError::ClientShare { .. }) => "client_share",
             ConnError::Tunnel(TunnelError::NoGateway(_)) => "no_remote_gateway",
             ConnError::Tunnel(_) => "tunnel_failed",
             ConnError::WrongDc(_) => "wrong_dc",
             ConnError::BadHeader(_) => "bad_tunnel_header",
+            ConnError::GatewayFull => "gateway_full",
+            ConnError::PeerLimit => "peer_limit",
             ConnError::NotExported(_) => "not_exported",
             ConnError::Io(_) => "io",
         }

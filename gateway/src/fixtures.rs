@@ -90,6 +90,7 @@ pub fn config(handshake_timeout: Duration) -> LocalConfig {
         only_passing: false,
         idle_timeout: Duration::from_secs(30),
         max_connections: 64,
+        max_connections_per_client: 64,
         export: None,
         own: crate::route::OwnAddrs::default(),
     }

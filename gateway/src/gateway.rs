@@ -183,7 +183,7 @@ mod tests {
         NAME, cert, config, provider, tls_backend, tls_backend_for, tls_client, view,
         view_with_remote, web_state,
     };
-    use crate::tunnel::{TunnelConfig, WanTransport};
+    use crate::tunnel::{TunnelConfig, TunnelError, WanTransport};
 
     /// The `/metrics` text of a registry holding only `metrics`.
     fn exposition(metrics: &GatewayMetrics) -> String {
@@ -278,6 +278,7 @@ mod tests {
         c.record("local", "relayed");
         c.record("local", "relayed");
         c.record("none", "not_tls");
+        c.record("none", crate::serve::CLIENT_LIMIT);
         c.bytes_up.store(5, Ordering::Relaxed);
         c.bytes_down.store(7, Ordering::Relaxed);
         c.hello_failures.store(1, Ordering::Relaxed);
@@ -290,6 +291,7 @@ mod tests {
 # HELP meridian_gateway_connections Gateway connections by route (local, remote, none) and outcome (relayed or why refused).
 # TYPE meridian_gateway_connections counter
 meridian_gateway_connections_total{route=\"local\",outcome=\"relayed\"} 2
+meridian_gateway_connections_total{route=\"none\",outcome=\"client_limit\"} 1
 meridian_gateway_connections_total{route=\"none\",outcome=\"not_tls\"} 1
 # HELP meridian_gateway_bytes_up Bytes relayed from clients to backends.
 # TYPE meridian_gateway_bytes_up counter
@@ -338,6 +340,11 @@ meridian_gateway_connections_open 3
             client: Arc::new(client),
             server_name: Arc::new(|dc: &str| format!("gw.{dc}.test")),
             max_streams_per_dc: 16,
+            max_streams_per_client: 4,
+            max_connections_per_peer: 4,
+            max_streams_per_peer: 16,
+            max_handshakes: 8,
+            retry: true,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             local_dc: dc.to_owned(),
@@ -436,8 +443,123 @@ meridian_gateway_connections_open 3
             text.contains("meridian_gateway_tunnel_streams_in_total 4\n"),
             "{text}"
         );
+        // dc2's one QUIC connection validated its address first (a Retry), and no cap refused it.
+        let retries = if transport == WanTransport::Quic {
+            1
+        } else {
+            0
+        };
+        assert!(
+            text.contains(&format!(
+                "meridian_gateway_tunnel_retries_total {retries}\n"
+            )),
+            "{text}"
+        );
+        for limit in ["handshakes", "peer_connections"] {
+            assert!(
+                text.contains(&format!(
+                    "meridian_gateway_tunnel_limited_total{{limit=\"{limit}\"}} 0\n"
+                )),
+                "{text}"
+            );
+        }
         dc2.shutdown();
         dc1.shutdown();
+    }
+
+    type GwCert = (CertificateDer<'static>, PrivateKeyDer<'static>);
+
+    /// A dc1 tunnel on loopback accepting (and dropping) streams: the shared certificate, the
+    /// address to bind others on, the tunnel and its address.
+    fn listening_dc1() -> (GwCert, SocketAddr, Arc<Tunnel>, SocketAddr) {
+        let gw_cert = cert(&["gw.dc1.test", "gw.dc2.test"]);
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let t1 = tunnel(any, "dc1", WanTransport::Quic, &gw_cert);
+        let a1 = t1.local_addr().expect("addr");
+        tokio::spawn(Arc::clone(&t1).accept(|_, _, _| async {}));
+        (gw_cert, any, t1, a1)
+    }
+
+    /// A new dc2 tunnel that connects to dc1 at `a1` and sends a byte on a stream.
+    async fn dc2_sending_one_byte(
+        gw_cert: &GwCert,
+        any: SocketAddr,
+        a1: SocketAddr,
+    ) -> Arc<Tunnel> {
+        let t = tunnel(any, "dc2", WanTransport::Quic, gw_cert);
+        if let Ok((mut stream, _)) = t.open("dc1", &[a1], None).await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"x").await;
+        }
+        t
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_holds_at_most_its_share_of_a_datacenters_streams() {
+        let (gw_cert, any, t1, a1) = listening_dc1();
+        let t2 = tunnel(any, "dc2", WanTransport::Quic, &gw_cert);
+        let (a, b) = (
+            Some(std::net::IpAddr::from([127, 0, 0, 2])),
+            Some(std::net::IpAddr::from([127, 0, 0, 3])),
+        );
+        // The helper's share is 4 of a budget of 16.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            match t2.open("dc1", &[a1], a).await {
+                Ok(open) => held.push(open),
+                Err(e) => panic!("within the share: {e}"),
+            }
+        }
+        match t2.open("dc1", &[a1], a).await {
+            Err(TunnelError::ClientShare { client, .. }) => assert_eq!(Some(client), a),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a fifth stream beyond the share"),
+        }
+        // Another client is carried meanwhile, and a closed stream gives its place back.
+        assert!(t2.open("dc1", &[a1], b).await.is_ok(), "another client");
+        held.pop();
+        assert!(t2.open("dc1", &[a1], a).await.is_ok(), "a place given back");
+        t2.close();
+        t1.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_holds_at_most_its_share_of_quic_connections() {
+        let (gw_cert, any, t1, a1) = listening_dc1();
+        let s = &t1.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        // Five gateways of dc2, one QUIC connection each, each sending a byte on a stream. The
+        // helper's server asks no client certificate, so all five are one peer (127.0.0.1),
+        // whose cap is 4.
+        let mut peers = Vec::new();
+        for _ in 0..5 {
+            peers.push(dc2_sending_one_byte(&gw_cert, any, a1).await);
+        }
+        for _ in 0..200 {
+            if load(&s.over_peer_connections) == 1 && load(&s.streams_in) == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(load(&s.over_peer_connections), 1, "the fifth is closed");
+        assert_eq!(load(&s.streams_in), 4, "the first four are served");
+        // Each validated its address first; no handshake was refused.
+        assert_eq!(load(&s.retries), 5);
+        assert_eq!(load(&s.over_handshakes), 0);
+        // One gone, another gets in.
+        peers.remove(0).close();
+        let mut admitted = false;
+        for _ in 0..50 {
+            let t = dc2_sending_one_byte(&gw_cert, any, a1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if load(&s.streams_in) == 5 {
+                admitted = true;
+                peers.push(t);
+                break;
+            }
+            t.close();
+        }
+        assert!(admitted, "a place given back: {:?}", s);
+        t1.close();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

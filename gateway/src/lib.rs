@@ -18,10 +18,16 @@
 //! unchanged, so the client's certificate check is against the backend itself. It never relays
 //! to a name outside its configured domains (no open relay), and a tunnelled connection is never
 //! sent on to a third datacenter (no loops). Files depend on each other one way only: the
-//! leaves (`client_hello`, `route`, `header`, `prefixed`, `meter`, `relay`) import nothing from
-//! the crate, and each step imports only the steps after it.
+//! leaves (`client_hello`, `route`, `header`, `prefixed`, `meter`, `relay`, `caps`) import
+//! nothing from the crate, and each step imports only the steps after it.
+//!
+//! Every party's share is capped ([`caps`]): connections per client address at the front door,
+//! a client address's share of each remote DC's streams, and, on the receiving side of the
+//! tunnel, connections and streams per peer and handshakes in progress; tunnelled streams take
+//! from the same connection budget as clients.
 
 mod balance;
+pub mod caps;
 pub mod client_hello;
 pub mod counters;
 mod error;

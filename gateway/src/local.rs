@@ -10,7 +10,7 @@
 //! gateways tunnelled here. They depend on this file, never the reverse.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,10 @@ use arc_swap::ArcSwap;
 use meridian_topology::View;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::balance::{Balancer, LoadGuard};
+use crate::caps::KeyedCap;
 use crate::counters::GatewayCounters;
 use crate::error::ConnError;
 use crate::meter::Metered;
@@ -39,8 +41,12 @@ pub struct LocalConfig {
     pub only_passing: bool,
     /// A relayed connection with no byte either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Most connections open at once; more wait in the kernel's accept queue.
+    /// Most connections open at once; more wait in the kernel's accept queue. Streams tunnelled
+    /// here by other datacenters take from the same budget (each holds a backend socket).
     pub max_connections: usize,
+    /// Most connections open at once from one client address; more are closed at once, so one
+    /// client cannot take every slot of `max_connections`.
+    pub max_connections_per_client: usize,
     /// Services other datacenters may reach through the tunnel (names or `prefix*`, as
     /// federation's export policy); `None`: every service.
     pub export: Option<Vec<String>>,
@@ -59,12 +65,19 @@ pub struct LocalGateway {
     pub(crate) balancer: Balancer,
     pub(crate) counters: Arc<GatewayCounters>,
     pub(crate) tunnel: Option<Arc<Tunnel>>,
+    /// The connection budget (`max_connections`): one permit per client connection, and per
+    /// stream tunnelled here while it is relayed.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Connections open per client address (`max_connections_per_client`).
+    pub(crate) clients: KeyedCap<IpAddr>,
 }
 
 impl LocalGateway {
     /// A gateway routing over the view the caller keeps current.
     pub fn new(view: Arc<ArcSwap<View>>, config: LocalConfig) -> Self {
         LocalGateway {
+            slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            clients: KeyedCap::new(config.max_connections_per_client),
             view,
             config,
             balancer: Balancer::default(),

@@ -38,10 +38,12 @@ impl LocalGateway {
         let Some(tunnel) = &self.tunnel else {
             return Err(ConnError::Remote { sni, dc });
         };
+        // Its share of each DC's stream budget is per client address.
+        let client_ip = client.peer_addr().ok().map(|a| a.ip());
         let mut rescues = 0;
         let (mut remote, _permit, answer) = loop {
             let attempt = async {
-                let (mut remote, permit) = tunnel.open(&dc, &gateways).await?;
+                let (mut remote, permit) = tunnel.open(&dc, &gateways, client_ip).await?;
                 let header = Header {
                     name: sni.clone(),
                     dc: dc.clone(),

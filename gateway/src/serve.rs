@@ -14,20 +14,22 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::caps::ClientSlot;
 use crate::client_hello::{self, MAX_HELLO};
 use crate::error::ConnError;
 use crate::local::LocalGateway;
 use crate::route::Target;
 
+/// The outcome label of a connection closed at accept because its client address already had
+/// `max_connections_per_client` open.
+pub(crate) const CLIENT_LIMIT: &str = "client_limit";
+
 impl LocalGateway {
     /// Accepts connections until the listener's task is dropped, one task each, at most
-    /// `max_connections` at once.
+    /// `max_connections` at once and `max_connections_per_client` from one client address.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.config.max_connections.max(1),
-        ));
         loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
                 return Ok(());
             };
             let (client, peer) = match listener.accept().await {
@@ -38,6 +40,15 @@ impl LocalGateway {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
+            };
+            // One brief lock: without it one client address could hold every slot (idle, or
+            // between ClientHello and the idle timeout) and the gateway would serve no one else.
+            let Some(client_slot) = self.clients.try_acquire(peer.ip()) else {
+                // Dropped: closed at once, before any byte is read; the global slot goes back
+                // with it. Not logged one by one: a flood would flood the log too.
+                drop(client);
+                self.counters.record("none", CLIENT_LIMIT);
+                continue;
             };
             // Without it, the backend's small TLS records wait for the client's delayed ACK
             // (Nagle), up to 40 ms each on Linux, or a whole round trip across a WAN hop.
@@ -50,7 +61,7 @@ impl LocalGateway {
                 async move {
                     let _slot = slot;
                     gw.counters.open.fetch_add(1, Ordering::Relaxed);
-                    match gw.handle(client).await {
+                    match gw.handle_admitted(client, Some(client_slot)).await {
                         Ok((route, up, down)) => {
                             gw.counters.record(route, "relayed");
                             debug!(route, up, down, "closed");
@@ -72,11 +83,19 @@ impl LocalGateway {
 
     /// Relays one client connection; returns the route (`local` or `remote`) and the bytes
     /// copied (client to instance, and back, the ClientHello included).
-    pub async fn handle(
+    pub async fn handle(&self, client: TcpStream) -> Result<(&'static str, u64, u64), ConnError> {
+        self.handle_admitted(client, None).await
+    }
+
+    /// [`Self::handle`], for a connection holding `client_slot`, its place in its client
+    /// address's share (given back early if it turns out to be a remote gateway's tunnel, which
+    /// its peer's own cap then covers).
+    async fn handle_admitted(
         &self,
         mut client: TcpStream,
+        mut client_slot: Option<ClientSlot>,
     ) -> Result<(&'static str, u64, u64), ConnError> {
-        let result = self.dispatch(&mut client).await;
+        let result = self.dispatch(&mut client, &mut client_slot).await;
         if let Err(e) = &result
             && let Some(alert) = e.alert()
         {
@@ -91,6 +110,7 @@ impl LocalGateway {
     async fn dispatch(
         &self,
         client: &mut TcpStream,
+        client_slot: &mut Option<ClientSlot>,
     ) -> Result<(&'static str, u64, u64), ConnError> {
         let (buf, sni) = tokio::time::timeout(self.config.handshake_timeout, read_hello(client))
             .await
@@ -103,7 +123,9 @@ impl LocalGateway {
         if let Some(tunnel) = &self.tunnel
             && sni.eq_ignore_ascii_case(tunnel.own_name())
         {
-            return self.serve_tcp_tunnel(tunnel, buf, client).await;
+            return self
+                .serve_tcp_tunnel(tunnel, buf, client, client_slot)
+                .await;
         }
         match self.target(&sni, false)? {
             Target::Local(candidates) => self.relay_local(client, &sni, candidates, &buf).await,
@@ -302,5 +324,66 @@ mod tests {
         assert_eq!(err.reason(), "handshake_timeout");
         assert!(started.elapsed() < Duration::from_secs(2));
         writer.abort();
+    }
+
+    /// A TCP connection to `gw` from the loopback address `from`.
+    async fn connect_from(from: [u8; 4], gw: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((from, 0)))
+            .expect("bind the source address");
+        socket.connect(gw).await.expect("connect")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_client_address_at_its_cap_does_not_stop_another() {
+        let (backend, cert) = tls_backend();
+        let mut c = config(Duration::from_secs(30));
+        c.max_connections_per_client = 3;
+        let gw = Arc::new(LocalGateway::new(
+            Arc::new(ArcSwap::from_pointee(view(&[backend.port()]))),
+            c,
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(Arc::clone(&gw).serve(listener));
+        // 127.0.0.2 holds its three, idle (the handshake timeout is far off).
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(connect_from([127, 0, 0, 2], addr).await);
+        }
+        // Its fourth is closed at once, before a byte is read, and counted.
+        let mut fourth = connect_from([127, 0, 0, 2], addr).await;
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+            .await
+            .expect("closed at once, not at the handshake timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(gw.counters().count("none", CLIENT_LIMIT), 1);
+        // Another address is relayed meanwhile.
+        let out = tokio::task::spawn_blocking(move || tls_client(addr, NAME, cert))
+            .await
+            .expect("join")
+            .expect("relayed beside a client at its cap");
+        assert_eq!(out, b"pong:ping");
+        // Closing one gives its place back.
+        drop(idle.pop());
+        let ip = std::net::IpAddr::from([127, 0, 0, 2]);
+        for _ in 0..100 {
+            if gw.clients.held(&ip) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.clients.held(&ip), 2);
+        let _again = connect_from([127, 0, 0, 2], addr).await;
+        for _ in 0..100 {
+            if gw.clients.held(&ip) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.clients.held(&ip), 3, "admitted again");
+        assert_eq!(gw.counters().count("none", CLIENT_LIMIT), 1);
     }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
 
+use crate::caps::{KeyedCap, KeyedSlot};
 use crate::header::{self, Header, HeaderError};
 use crate::prefixed::Prefixed;
 
@@ -45,6 +46,19 @@ pub struct TunnelConfig {
     pub server_name: Arc<dyn Fn(&str) -> String + Send + Sync>,
     /// Most tunnelled connections open at once to one remote DC.
     pub max_streams_per_dc: usize,
+    /// Most of them from one client address (its share of each DC's budget), so one client
+    /// cannot hold every cross-DC slot.
+    pub max_streams_per_client: usize,
+    /// Most QUIC connections one remote peer (one certificate) holds to this gateway at once.
+    pub max_connections_per_peer: usize,
+    /// Most streams one remote peer has relayed here at once, both transports.
+    pub max_streams_per_peer: usize,
+    /// Most QUIC handshakes in progress at once; more incoming connections are refused.
+    pub max_handshakes: usize,
+    /// Validate a new QUIC client's address with a Retry packet before any handshake work, so
+    /// a spoofed source cannot make this gateway send handshakes to a victim, or hold a
+    /// handshake slot without a real return path.
+    pub retry: bool,
     /// Time to establish a QUIC connection to one remote gateway.
     pub connect_timeout: Duration,
     /// A QUIC connection with no packet for this long is dead (keep-alives run at a third).
@@ -124,6 +138,11 @@ impl std::fmt::Debug for TunnelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelConfig")
             .field("max_streams_per_dc", &self.max_streams_per_dc)
+            .field("max_streams_per_client", &self.max_streams_per_client)
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("max_streams_per_peer", &self.max_streams_per_peer)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("retry", &self.retry)
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
@@ -150,6 +169,14 @@ pub enum TunnelError {
     /// Too many tunnelled connections to this DC are open.
     #[error("too many tunnelled connections to {0}")]
     Busy(String),
+    /// This client address already holds its share of the tunnelled connections to this DC.
+    #[error("client {client} holds its share of the tunnelled connections to {dc}")]
+    ClientShare {
+        /// The datacenter.
+        dc: String,
+        /// The client's address.
+        client: IpAddr,
+    },
     /// The TLS configuration does not suit QUIC.
     #[error("tunnel TLS: {0}")]
     Tls(String),
@@ -189,6 +216,14 @@ pub struct Tunnel {
     suspect_gateway: Mutex<HashMap<String, SocketAddr>>,
     /// Stream budget per remote DC.
     budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each client address's share of each DC's budget.
+    client_shares: KeyedCap<(IpAddr, String)>,
+    /// Incoming QUIC connections per remote peer.
+    peer_conns: KeyedCap<PeerId>,
+    /// Streams relayed here per remote peer.
+    peer_streams: KeyedCap<PeerId>,
+    /// Incoming QUIC handshakes in progress.
+    handshakes: Arc<Semaphore>,
     /// Connections established, by outcome, for metrics.
     pub stats: TunnelStats,
 }
@@ -206,6 +241,50 @@ pub struct TunnelStats {
     pub streams_in: AtomicU64,
     /// Incoming QUIC connections refused (handshake failed).
     pub refused: AtomicU64,
+    /// Incoming QUIC connections refused because `max_handshakes` were in progress.
+    pub over_handshakes: AtomicU64,
+    /// Incoming QUIC connections closed because their peer held `max_connections_per_peer`.
+    pub over_peer_connections: AtomicU64,
+    /// Incoming QUIC connections asked to validate their address (Retry sent).
+    pub retries: AtomicU64,
+}
+
+/// Who a remote peer is, for its caps: its certificate (the leaf, as presented), or, without
+/// client authentication, its IP address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerId(Arc<[u8]>);
+
+impl PeerId {
+    /// The peer presenting `certs` (leaf first) from `addr`.
+    pub fn new(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>, addr: IpAddr) -> Self {
+        match certs.and_then(|c| c.first()) {
+            Some(leaf) => PeerId(Arc::from(leaf.as_ref())),
+            None => PeerId(match addr {
+                IpAddr::V4(a) => Arc::from(a.octets().as_slice()),
+                IpAddr::V6(a) => Arc::from(a.octets().as_slice()),
+            }),
+        }
+    }
+
+    /// The peer of a QUIC connection.
+    fn of(conn: &quinn::Connection) -> Self {
+        let certs = conn.peer_identity().and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        });
+        PeerId::new(
+            certs.as_deref().map(Vec::as_slice),
+            conn.remote_address().ip(),
+        )
+    }
+}
+
+/// What an outbound tunnelled connection holds while it is open: a place in its DC's budget and
+/// in its client's share of it. Given back when dropped.
+#[derive(Debug)]
+pub struct TunnelPermit {
+    _dc: OwnedSemaphorePermit,
+    _client: Option<KeyedSlot<(IpAddr, String)>>,
 }
 
 fn transport(idle: Duration, max_streams: usize) -> Arc<quinn::TransportConfig> {
@@ -244,13 +323,17 @@ impl Tunnel {
             tcp_connector,
             tcp_acceptor,
             own_name,
-            config,
             conns: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashMap::new()),
             failed_probes: Mutex::new(HashMap::new()),
             suspect_gateway: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            client_shares: KeyedCap::new(config.max_streams_per_client),
+            peer_conns: KeyedCap::new(config.max_connections_per_peer),
+            peer_streams: KeyedCap::new(config.max_streams_per_peer),
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
             stats: TunnelStats::default(),
+            config,
         })
     }
 
@@ -300,22 +383,48 @@ impl Tunnel {
         r
     }
 
-    /// Opens a connection to datacenter `dc` through one of `gateways`: a stream on the live
-    /// QUIC connection (re-established, on another gateway if need be, when it failed), or a
-    /// new TCP + TLS connection with the TCP fallback.
+    /// Opens a connection to datacenter `dc` through one of `gateways` for a client at
+    /// `client` (when known): a stream on the live QUIC connection (re-established, on another
+    /// gateway if need be, when it failed), or a new TCP + TLS connection with the TCP
+    /// fallback. Refused when the DC's budget is spent or the client holds its share of it.
     pub async fn open(
         &self,
         dc: &str,
         gateways: &[SocketAddr],
-    ) -> Result<(TunnelStream, OwnedSemaphorePermit), TunnelError> {
+        client: Option<IpAddr>,
+    ) -> Result<(TunnelStream, TunnelPermit), TunnelError> {
         let key = dc.to_ascii_lowercase();
+        // The share first: a client over it must not take (even briefly) a slot of the budget.
+        let share = match client {
+            Some(ip) => Some(
+                self.client_shares
+                    .try_acquire((ip, key.clone()))
+                    .ok_or_else(|| TunnelError::ClientShare {
+                        dc: dc.to_owned(),
+                        client: ip,
+                    })?,
+            ),
+            None => None,
+        };
         let permit = self
             .budget(&key)
             .try_acquire_owned()
             .map_err(|_| TunnelError::Busy(dc.to_owned()))?;
         let stream = self.open_stream(dc, &key, gateways).await?;
         self.stats.streams_out.fetch_add(1, Ordering::Relaxed);
-        Ok((stream, permit))
+        Ok((
+            stream,
+            TunnelPermit {
+                _dc: permit,
+                _client: share,
+            },
+        ))
+    }
+
+    /// A place in `peer`'s share of the streams relayed here, or `None` when it holds all of
+    /// them (`max_streams_per_peer`).
+    pub(crate) fn admit_stream(&self, peer: PeerId) -> Option<KeyedSlot<PeerId>> {
+        self.peer_streams.try_acquire(peer)
     }
 
     /// A stream to `dc` over the configured transport (not counted: probes use it too).
@@ -568,29 +677,71 @@ impl Tunnel {
     }
 
     /// Accepts connections from remote gateways until the endpoint closes, and hands each
-    /// stream to `serve`.
+    /// stream to `serve` with its peer. An unvalidated address is first sent a Retry (when
+    /// `retry` is on); at most `max_handshakes` handshakes run at once and a peer holds at most
+    /// `max_connections_per_peer` connections; the rest are refused and counted.
     pub async fn accept<F, Fut>(self: Arc<Self>, serve: F)
     where
-        F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + Clone + 'static,
+        F: Fn(PeerId, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + Clone + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            // Before any handshake work: a Retry costs one small packet and no state, and the
+            // client comes back with a token proving it receives at its source address.
+            if self.config.retry && !incoming.remote_address_validated() {
+                match incoming.retry() {
+                    Ok(()) => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Only for a validated address, which was checked above.
+                    Err(e) => e.into_incoming().ignore(),
+                }
+                continue;
+            }
+            let Ok(handshake) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                // Refused with a close, not silently dropped: a real peer tries another gateway
+                // or again, rather than waiting out its connect timeout.
+                incoming.refuse();
+                self.stats.over_handshakes.fetch_add(1, Ordering::Relaxed);
+                debug!(%remote, "tunnel connection refused: too many handshakes in progress");
+                continue;
+            };
             let tunnel = self.clone();
             let serve = serve.clone();
             tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
+                // Bounded in time as well as in number: a handshake that stalls gives its slot
+                // back at the connect timeout rather than at the idle timeout.
+                let handshake_done =
+                    tokio::time::timeout(tunnel.config.connect_timeout, incoming).await;
+                drop(handshake);
+                let conn = match handshake_done {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
                         tunnel.stats.refused.fetch_add(1, Ordering::Relaxed);
                         info!(%remote, error = %e, "tunnel connection refused");
                         return;
                     }
+                    Err(_) => {
+                        tunnel.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        info!(%remote, "tunnel connection refused: handshake timed out");
+                        return;
+                    }
+                };
+                let peer = PeerId::of(&conn);
+                let Some(_peer_slot) = tunnel.peer_conns.try_acquire(peer.clone()) else {
+                    tunnel
+                        .stats
+                        .over_peer_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!(%remote, "tunnel connection closed: this peer holds too many");
+                    conn.close(quinn::VarInt::from_u32(2), b"too many connections");
+                    return;
                 };
                 debug!(%remote, "tunnel connection accepted");
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tunnel.stats.streams_in.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(serve(send, recv));
+                    tokio::spawn(serve(peer.clone(), send, recv));
                 }
             });
         }
@@ -635,7 +786,22 @@ impl Tunnel {
                     "Incoming QUIC connections refused (handshake failed).",
                     load(&s.refused),
                 ),
+                (
+                    "meridian_gateway_tunnel_retries",
+                    "Incoming QUIC connections sent a Retry to validate their address.",
+                    load(&s.retries),
+                ),
             ],
+        )?;
+        metrics::counter_by(
+            enc,
+            "meridian_gateway_tunnel_limited",
+            "Incoming QUIC connections refused by a cap: handshakes (gateway.max_tunnel_handshakes in progress) or peer_connections (the peer held gateway.max_tunnel_connections_per_peer).",
+            [
+                ("handshakes", load(&s.over_handshakes)),
+                ("peer_connections", load(&s.over_peer_connections)),
+            ]
+            .map(|(limit, n)| ([("limit", limit)], n)),
         )?;
         metrics::gauge_by(
             enc,

@@ -210,8 +210,11 @@ impl Default for FederationSection {
 pub struct GatewaySection {
     /// Serve the gateway port.
     pub enabled: bool,
-    /// Most connections open at once; more wait in the kernel's accept queue.
+    /// Most connections open at once; more wait in the kernel's accept queue. Streams other
+    /// DCs tunnel here take from the same budget.
     pub max_connections: usize,
+    /// Most connections open at once from one client address; more are closed at once.
+    pub max_connections_per_client: usize,
     /// Time a client has to send its whole ClientHello (cuts slowloris clients).
     pub handshake_timeout_ms: u64,
     /// Time one connect to an instance may take before the next instance is tried.
@@ -225,6 +228,18 @@ pub struct GatewaySection {
     pub trust_domain: Option<String>,
     /// Most connections tunnelled to one remote datacenter at once.
     pub max_tunnel_streams_per_dc: usize,
+    /// Most of them from one client address; unset: an eighth of `max_tunnel_streams_per_dc`,
+    /// at least 4.
+    pub max_tunnel_streams_per_client: Option<usize>,
+    /// Most QUIC connections one remote peer (one certificate) holds to this gateway at once.
+    pub max_tunnel_connections_per_peer: usize,
+    /// Most streams one remote peer has relayed through this gateway at once (both transports).
+    pub max_tunnel_streams_per_peer: usize,
+    /// Most incoming QUIC handshakes in progress at once.
+    pub max_tunnel_handshakes: usize,
+    /// Validate a new QUIC peer's address with a Retry before the handshake (one more round
+    /// trip per new tunnel connection; the connections are pooled).
+    pub tunnel_retry: bool,
     /// A tunnel connection with no packet for this long is dead (keep-alives at a third).
     pub tunnel_idle_timeout_ms: u64,
     /// How tunnelled connections cross the WAN: `quic` (one pooled connection per remote DC)
@@ -369,12 +384,25 @@ impl Default for GatewaySection {
         GatewaySection {
             enabled: true,
             max_connections: 10_000,
+            // 2.5 % of the default budget: at least 40 client addresses are needed to fill it,
+            // and a busy client's pool (nginx, Envoy: hundreds) still fits. Behind a NAT,
+            // clients share an address: raise it there.
+            max_connections_per_client: 256,
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
             idle_timeout_ms: 300_000,
             only_passing: false,
             trust_domain: None,
             max_tunnel_streams_per_dc: 1_000,
+            max_tunnel_streams_per_client: None,
+            // A remote gateway keeps one pooled connection per DC and up to four retired ones
+            // (after failed probes); the rest is slack for reconnects while old ones idle out.
+            max_tunnel_connections_per_peer: 16,
+            // What one remote gateway may itself send to this DC (its max_tunnel_streams_per_dc).
+            max_tunnel_streams_per_peer: 1_000,
+            // Peers reconnect rarely (pooled connections); a flood of handshakes is not a peer.
+            max_tunnel_handshakes: 64,
+            tunnel_retry: true,
             tunnel_idle_timeout_ms: 10_000,
             wan_transport: WanTransportName::Quic,
         }
@@ -383,11 +411,33 @@ impl Default for GatewaySection {
 
 impl GatewaySection {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_connections == 0 {
-            return Err(ConfigError::invalid(
-                "gateway.max_connections",
-                "must be > 0",
-            ));
+        for (key, n) in [
+            ("gateway.max_connections", self.max_connections),
+            (
+                "gateway.max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+            (
+                "gateway.max_tunnel_streams_per_dc",
+                self.max_tunnel_streams_per_dc,
+            ),
+            (
+                "gateway.max_tunnel_streams_per_client",
+                self.max_tunnel_streams_per_client.unwrap_or(1),
+            ),
+            (
+                "gateway.max_tunnel_connections_per_peer",
+                self.max_tunnel_connections_per_peer,
+            ),
+            (
+                "gateway.max_tunnel_streams_per_peer",
+                self.max_tunnel_streams_per_peer,
+            ),
+            ("gateway.max_tunnel_handshakes", self.max_tunnel_handshakes),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(key, "must be > 0"));
+            }
         }
         for (key, ms) in [
             ("gateway.handshake_timeout_ms", self.handshake_timeout_ms),
@@ -411,6 +461,13 @@ impl GatewaySection {
         Ok(())
     }
 
+    /// A client address's share of each remote DC's tunnel streams: the configured one, or an
+    /// eighth of the DC's budget (at least 4).
+    pub fn tunnel_streams_per_client(&self) -> usize {
+        self.max_tunnel_streams_per_client
+            .unwrap_or_else(|| meridian_gateway::caps::share(self.max_tunnel_streams_per_dc, 8, 4))
+    }
+
     /// The gateway's settings, routing the DNS domains `dns` serves. Call
     /// [`Config::validate`] first.
     pub fn to_local(&self, dns: &DnsSection) -> meridian_gateway::LocalConfig {
@@ -427,6 +484,7 @@ impl GatewaySection {
             only_passing: self.only_passing,
             idle_timeout: ms(self.idle_timeout_ms),
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             export: None,
             // Filled in by `Gateway::start` from the listener.
             own: meridian_gateway::OwnAddrs::default(),
@@ -1465,6 +1523,35 @@ mod tests {
         assert_eq!(cat.rpc_bind, "127.0.0.1:8300".parse().expect("addr"));
         assert_eq!(cat.advertise_addr, "127.0.0.1");
         assert_eq!(cat.raft.heartbeat, RaftTuning::default().heartbeat);
+    }
+
+    #[test]
+    fn gateway_caps_have_safe_defaults_and_refuse_zero() {
+        let cfg = good();
+        let g = &cfg.gateway;
+        assert_eq!(g.max_connections_per_client, 256);
+        assert!(g.tunnel_retry);
+        // An eighth of the DC's budget, at least 4, unless set.
+        assert_eq!(g.tunnel_streams_per_client(), 125);
+        let local = g.to_local(&cfg.dns);
+        assert_eq!(local.max_connections_per_client, 256);
+        let text = format!(
+            "{GOOD}\n[gateway]\nmax_tunnel_streams_per_dc = 16\nmax_connections_per_client = 8\n"
+        );
+        let small = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(small.gateway.tunnel_streams_per_client(), 4);
+        assert_eq!(small.gateway.max_connections_per_client, 8);
+        for key in [
+            "max_connections_per_client",
+            "max_tunnel_streams_per_client",
+            "max_tunnel_connections_per_peer",
+            "max_tunnel_streams_per_peer",
+            "max_tunnel_handshakes",
+        ] {
+            let text = format!("{GOOD}\n[gateway]\n{key} = 0\n");
+            let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(invalid_key(&cfg), format!("gateway.{key}"));
+        }
     }
 
     #[test]

@@ -154,8 +154,25 @@ async fn curl(gw_port: u16, name: &str, ca: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Waits until `agent` (in dc2) has dc1's one instance of `service` and dc1's gateway, learnt
+/// through federation.
+pub(crate) async fn replicated_with_gateway(agent: &Agent, service: &str) -> Result<()> {
+    let what = format!("dc1's {service} and gateway replicated to dc2");
+    eventually(30, &what, || async {
+        let one = |path: String| async move {
+            agent
+                .get_json(&path)
+                .await
+                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+        };
+        one(format!("/v1/catalog/service/{service}?dc=dc1")).await
+            && one("/v1/catalog/service/meridian-gateway?dc=dc1".to_owned()).await
+    })
+    .await
+}
+
 /// A sample on `/metrics`, 0 when absent (or the agent does not answer).
-async fn metric(agent: &Agent, name: &str) -> f64 {
+pub(crate) async fn metric(agent: &Agent, name: &str) -> f64 {
     crate::federation::metric(agent, name).await.unwrap_or(0.0)
 }
 
@@ -239,9 +256,10 @@ async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
 
     // Hundreds of idle connections and a slowloris client (one byte of a ClientHello a
     // second): new clients are still served, and the slow ones are cut at the handshake
-    // timeout (1.5 s here).
+    // timeout (1.5 s here). All from 127.0.0.1, as curl is: 200 stay within one address's
+    // share (`max_connections_per_client`, 256); beyond it, see gateway_caps.rs.
     let mut idle = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..200 {
         idle.push(tokio::net::TcpStream::connect(gw).await?);
     }
     let slow = tokio::spawn(async move {
@@ -261,7 +279,7 @@ async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
     let body = curl(agent.ports.gateway, NAME, &cert).await?;
     ensure!(
         body == "backend-a",
-        "served beside 300 idle connections: {body}"
+        "served beside 200 idle connections: {body}"
     );
     let cut_after = slow.await??;
     ensure!(
@@ -280,7 +298,7 @@ async fn bad_and_slow_clients_are_cut_and_do_not_starve_others() -> Result<()> {
             "meridian_gateway_connections_total{route=\"none\",outcome=\"handshake_timeout\"}",
         )
         .await
-            >= 300.0
+            >= 200.0
             && metric(&agent, "meridian_gateway_hello_failures_total").await >= 1.0
     })
     .await?;
@@ -306,15 +324,7 @@ async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> 
         .await?;
     ensure!(r.status().is_success());
     // dc2 learns web and dc1's gateway through federation.
-    eventually(30, "dc1's web and gateway replicated to dc2", || async {
-        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
-        let gw = dc2
-            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
-            .await;
-        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
-            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
-    })
-    .await?;
+    replicated_with_gateway(&dc2, "web").await?;
 
     // Through dc2's gateway, with curl checking the dc1 backend's certificate end to end.
     for _ in 0..5 {
@@ -476,15 +486,7 @@ async fn the_tcp_fallback_carries_cross_dc_connections_without_udp() -> Result<(
         )
         .await?;
     ensure!(r.status().is_success());
-    eventually(30, "dc1's web and gateway replicated to dc2", || async {
-        let gw = dc2
-            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
-            .await;
-        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
-        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
-            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
-    })
-    .await?;
+    replicated_with_gateway(&dc2, "web").await?;
     for _ in 0..3 {
         let body = curl(dc2.ports.gateway, remote_name, &cert).await?;
         ensure!(body == "dc1-web", "through the TCP fallback: {body}");

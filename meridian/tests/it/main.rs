@@ -12,6 +12,7 @@ mod durability;
 mod failover;
 mod federation;
 mod gateway;
+mod gateway_caps;
 mod harness;
 mod health;
 mod http_api;

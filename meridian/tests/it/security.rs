@@ -467,7 +467,7 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
 
 /// A ClientHello naming `sni` byte for byte, whatever it is (rustls will not put an IP literal
 /// in SNI; an attacker will).
-fn raw_client_hello(sni: &str) -> Vec<u8> {
+pub(crate) fn raw_client_hello(sni: &str) -> Vec<u8> {
     let name = sni.as_bytes();
     let len16 = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
     let mut sni_ext = Vec::new();

@@ -14,7 +14,6 @@ mod chaos_break;
 /// Without the faults, the one hook store.rs calls at its sync points always says "sync".
 #[cfg(not(feature = "chaos-broken"))]
 mod chaos_break {
-    #[inline(always)]
     pub(crate) const fn wal_sync() -> bool {
         true
     }

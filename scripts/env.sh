@@ -52,6 +52,9 @@ meridian_has_libclang() {
 meridian_missing_packages() {
     local root="${MERIDIAN_ROOT:-}"
     meridian_has_program c++ || echo g++
+    # The power-loss chaos tests compile their LD_PRELOAD interposer with cc at run time (g++
+    # brings gcc along, but cc alone must be checked: it is what is run).
+    meridian_has_program cc || echo gcc
     # RocksDB's bindings are generated with bindgen, which loads libclang at build time.
     meridian_has_libclang "$root" || echo libclang-dev
     # The DNS integration tests query the agent with dig, and through unbound (a stub zone for consul.).

@@ -2,7 +2,10 @@
 //! `MERIDIAN_CHAOS_BREAK` (comma-separated names), so the chaos tests can show their checkers
 //! fail when a property is broken. `ack-before-commit`: a registration is acknowledged at once
 //! and committed 1.5 s later, so a crash in between loses an acknowledged write.
+//! `skip-wal-sync`: the catalog's RocksDB write-ahead log is never synced (appends are still
+//! written, so they survive kill -9, but not a power loss).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::{Catalog, Command, WriteOutcome};
@@ -15,6 +18,13 @@ tokio::task_local! {
 /// Whether fault `name` is switched on.
 fn active(name: &str) -> bool {
     std::env::var("MERIDIAN_CHAOS_BREAK").is_ok_and(|v| v.split(',').any(|f| f.trim() == name))
+}
+
+/// Whether the catalog store syncs its write-ahead log: false with `skip-wal-sync` on. Read once,
+/// because store.rs asks at every sync point (the sync thread's `flush_wal`, every `set_sync`).
+pub(crate) fn wal_sync() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    !*SKIP.get_or_init(|| active("skip-wal-sync"))
 }
 
 /// With `ack-before-commit` on, starts the write in the background and returns a made-up

@@ -144,7 +144,7 @@ fn wal_sync_loop(db: &DB, rx: &std_mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         pending.extend(rx.try_iter());
-        let result = db.flush_wal(true);
+        let result = db.flush_wal(crate::chaos_break::wal_sync());
         for cb in pending {
             cb.log_io_completed(
                 result
@@ -187,7 +187,7 @@ fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageEr
 
 fn sync_opts() -> WriteOptions {
     let mut o = WriteOptions::default();
-    o.set_sync(true);
+    o.set_sync(crate::chaos_break::wal_sync());
     o
 }
 
@@ -211,7 +211,7 @@ fn put_json<T: Serialize>(
 ) -> Result<(), StorageError> {
     let bytes = serde_json::to_vec(value).map_err(write_err)?;
     let mut opts = WriteOptions::default();
-    opts.set_sync(sync);
+    opts.set_sync(sync && crate::chaos_break::wal_sync());
     db.put_cf_opt(cf(db, cf_name)?, key, bytes, &opts)
         .map_err(write_err)
 }

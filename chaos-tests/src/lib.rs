@@ -8,6 +8,8 @@
 //! iptables rules when running as root, and the netem probe), [`cluster`] (a whole federation
 //! and its TLS backends), [`workload`] and [`history`] (what clients did and got, timestamped),
 //! [`check`] (the invariants) and [`scenario`] (fault schedules from a seed, and the runner).
+//! [`powerloss`] is apart: one DC under an `LD_PRELOAD` interposer whose power is cut (every
+//! data folder rolled back to what was fsync'ed), for the durability that kill -9 cannot test.
 //!
 //! What every harness needs comes from `meridian-testkit`: free ports, the agent process (kill
 //! -9, SIGSTOP/SIGCONT, restart on the same data folder), the typed config writer, the
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod history;
 pub mod kernel;
 pub mod link;
+pub mod powerloss;
 pub mod scenario;
 pub mod workload;
 

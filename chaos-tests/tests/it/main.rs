@@ -7,6 +7,7 @@
 //! replays a seed in every test.
 
 use anyhow::{Result, ensure};
+use meridian_chaos_tests::powerloss;
 use meridian_chaos_tests::scenario::{self, Options, RunReport, Scenario};
 
 /// One scenario at a time in this process, too.
@@ -94,6 +95,62 @@ async fn durability_checker_catches_acknowledging_before_commit() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_dc_checker_catches_a_resolver_that_ignores_down() -> Result<()> {
     must_catch(Scenario::DcLoss, "ignore-down", "dead-dc-answers").await?;
+    Ok(())
+}
+
+/// A DC-wide power loss (every data folder rolled back to what was fsync'ed) on the real build:
+/// no acknowledged registration may be lost, and the journals must show the WAL being synced
+/// (else the test would pass for the wrong reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_keeps_every_acknowledged_write() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let mut r = powerloss::run(&powerloss::Options::default()).await?;
+    println!("{r}");
+    let ok = r.acked > 0
+        && r.most_lost() == 0
+        && !r.unmodelled()
+        && r.cuts
+            .iter()
+            .all(|(_, c)| c.wal_syncs > 0 && c.raft_dir_syncs > 0);
+    if !ok {
+        r.keep();
+    }
+    ensure!(r.acked > 0, "nothing was acknowledged before the cut:\n{r}");
+    ensure!(
+        !r.unmodelled(),
+        "the journals show what the model cannot represent:\n{r}"
+    );
+    ensure!(
+        r.cuts
+            .iter()
+            .all(|(_, c)| c.wal_syncs > 0 && c.raft_dir_syncs > 0),
+        "the interposer saw no fsync of some node's WAL or RocksDB folder:\n{r}"
+    );
+    ensure!(r.most_lost() == 0, "acknowledged registrations lost:\n{r}");
+    Ok(())
+}
+
+/// The same power loss on a build that never syncs its WAL (`skip-wal-sync`): acknowledged
+/// registrations must be lost, which shows the test above would notice a missing sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_catches_a_skipped_wal_sync() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let bin = scenario::binary("meridian-broken", &["chaos-broken"])?;
+    let mut r = powerloss::run(&powerloss::Options {
+        bin: Some(bin),
+        env: vec![("MERIDIAN_CHAOS_BREAK".into(), "skip-wal-sync".into())],
+        ..powerloss::Options::default()
+    })
+    .await?;
+    println!("{r}");
+    if r.acked == 0 || r.most_lost() == 0 {
+        r.keep();
+    }
+    ensure!(r.acked > 0, "nothing was acknowledged before the cut:\n{r}");
+    ensure!(
+        r.most_lost() > 0,
+        "a build that never syncs its WAL lost no acknowledged registration:\n{r}"
+    );
     Ok(())
 }
 

@@ -33,6 +33,7 @@ pub struct DnsCounters {
     recursion_refused: AtomicU64,
     rate_limited_dropped: AtomicU64,
     rate_limited_slipped: AtomicU64,
+    tcp_client_limit: AtomicU64,
 }
 
 fn add(c: &AtomicU64) {
@@ -85,6 +86,16 @@ impl DnsCounters {
     /// Queries answered SERVFAIL because every forwarding slot was taken, so far.
     pub fn forward_busy_total(&self) -> u64 {
         self.forward_busy.load(Ordering::Relaxed)
+    }
+
+    /// Counts a TCP connection closed because its address had `max_tcp_per_client` open.
+    pub fn tcp_client_limit(&self) {
+        add(&self.tcp_client_limit);
+    }
+
+    /// TCP connections closed for `max_tcp_per_client` so far.
+    pub fn tcp_client_limit_total(&self) -> u64 {
+        self.tcp_client_limit.load(Ordering::Relaxed)
     }
 
     /// Counts a UDP response dropped by the response-rate limit.
@@ -188,6 +199,11 @@ impl Collector for DnsCounters {
                     "meridian_dns_recursion_refused",
                     "Queries for names outside our domains refused: the client is not in dns.recursor_allow.",
                     self.recursion_refused_total(),
+                ),
+                (
+                    "meridian_dns_tcp_client_limit",
+                    "TCP connections closed at once: their address already had dns.max_tcp_connections_per_client open.",
+                    self.tcp_client_limit_total(),
                 ),
                 (
                     "meridian_dns_rate_limited_dropped",

@@ -27,4 +27,4 @@ pub use handler::{DnsHandler, Prepared, Reply, formerr};
 pub use hickory_server::proto::op::ResponseCode;
 pub use ratelimit::RateLimitSettings;
 pub use server::{DnsError, DnsServer, TCP_MAX_CONNECTIONS};
-pub use settings::{DnsSettings, SoaSettings, TtlMap, normalize_domain};
+pub use settings::{DEFAULT_TCP_PER_CLIENT, DnsSettings, SoaSettings, TtlMap, normalize_domain};

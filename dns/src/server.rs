@@ -10,13 +10,14 @@
 //! thread, since any thread may read a client's next datagram from the shared socket. TCP is
 //! never limited: it cannot be spoofed, and it is where a limited client is sent.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_server::net::xfer::Protocol;
 use meridian_topology::View;
+use meridian_topology::caps::KeyedCap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -149,6 +150,8 @@ impl DnsServer {
             #[allow(clippy::disallowed_methods)]
             origin: Instant::now(),
         });
+        // Shared by every thread's accept loop: any thread may accept a client's connection.
+        let tcp_clients = KeyedCap::new(settings.max_tcp_per_client);
         let handler = DnsHandler::new(settings, current.clone(), Arc::new(DnsCounters::default()));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -170,13 +173,14 @@ impl DnsServer {
         if threads == 0 {
             let (u, t) = into_tokio(udp, tcp).map_err(DnsError::Thread)?;
             tasks.spawn(serve_udp(u, handler.clone(), limit, stop_rx.clone()));
-            tasks.spawn(serve_tcp(t, handler.clone(), stop_rx));
+            tasks.spawn(serve_tcp(t, handler.clone(), tcp_clients, stop_rx));
         } else {
             for i in 0..threads {
                 let udp = udp.try_clone().map_err(DnsError::Thread)?;
                 let tcp = tcp.try_clone().map_err(DnsError::Thread)?;
                 let h = handler.clone();
                 let limit = limit.clone();
+                let clients = tcp_clients.clone();
                 let stop = stop_rx.clone();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -194,7 +198,7 @@ impl DnsServer {
                                 }
                             };
                             let udp = tokio::spawn(serve_udp(u, h.clone(), limit, stop.clone()));
-                            serve_tcp(t, h, stop).await;
+                            serve_tcp(t, h, clients, stop).await;
                             let _ = udp.await;
                         });
                     })
@@ -516,8 +520,15 @@ fn query_span(request: &hickory_server::server::Request) -> tracing::Span {
     }
 }
 
-/// Accepts TCP connections until told to stop; each is served on its own task.
-async fn serve_tcp(listener: TcpListener, h: DnsHandler, mut stop: watch::Receiver<bool>) {
+/// Accepts TCP connections until told to stop; each is served on its own task, at most
+/// `max_tcp_per_client` of them per client address (`clients`, shared by every thread): more
+/// are closed at once and counted, so one client cannot take a thread's every slot.
+async fn serve_tcp(
+    listener: TcpListener,
+    h: DnsHandler,
+    clients: KeyedCap<IpAddr>,
+    mut stop: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -540,10 +551,15 @@ async fn serve_tcp(listener: TcpListener, h: DnsHandler, mut stop: watch::Receiv
             _ = stop.changed() => break,
         };
         while conns.try_join_next().is_some() {}
+        let Some(slot) = clients.try_acquire(src.ip()) else {
+            // Dropping the stream closes it; the permit goes back with it.
+            h.counters().tcp_client_limit();
+            continue;
+        };
         let h = h.clone();
         conns.spawn(async move {
             serve_tcp_conn(stream, src, h).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
     conns.shutdown().await;

@@ -35,6 +35,9 @@ pub struct DnsSettings {
     pub recursor_allow: Vec<Prefix>,
     /// Most queries forwarded at once (each holds a socket and a buffer); more get SERVFAIL.
     pub max_forwards: usize,
+    /// Most TCP connections one client address holds at once, across the server's threads;
+    /// more are closed at once (counted).
+    pub max_tcp_per_client: usize,
     /// Largest UDP response, whatever larger size a client's EDNS claims: 1,232 bytes by
     /// default (DNS Flag Day 2020), so that no answer is fragmented or amplified beyond it.
     pub max_udp_payload: u16,
@@ -45,6 +48,10 @@ pub struct DnsSettings {
     /// The per-client limit on UDP responses (TCP is never limited).
     pub rate_limit: RateLimitSettings,
 }
+
+/// Default TCP connections per client address: a resolver pipelines many queries on one or two
+/// connections, so 32 is plenty for one and still leaves most of a thread's 256 to others.
+pub const DEFAULT_TCP_PER_CLIENT: usize = 32;
 
 impl DnsSettings {
     /// Consul's defaults for `domain` with this node's name, and the default response-rate limit.
@@ -61,6 +68,7 @@ impl DnsSettings {
             recursor_timeout: Duration::from_secs(2),
             recursor_allow: Vec::new(),
             max_forwards: 256,
+            max_tcp_per_client: DEFAULT_TCP_PER_CLIENT,
             max_udp_payload: 1232,
             soa: SoaSettings::default(),
             node_name: node_name.to_ascii_lowercase(),

@@ -1447,3 +1447,71 @@ fn hostile_recursor_answers_never_reach_the_client_unchecked() {
         panic!("{e}");
     }
 }
+
+/// One client holding its share of DNS-over-TCP connections (all four threads' worth would
+/// be 1,024) cannot stop another: the next connection from its address is closed at once and
+/// counted, another address is answered, and a closed connection gives its place back.
+#[tokio::test]
+async fn one_client_cannot_hold_every_tcp_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut s = settings();
+    s.max_tcp_per_client = 4;
+    let (_views, rx) = tokio::sync::watch::channel(Arc::new(view()));
+    let bind: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = crate::DnsServer::start(s, rx, bind, 2)
+        .await
+        .expect("server starts");
+    let to = server.local_addr();
+    let counters = server.counters();
+
+    async fn connect_from(src: &str, to: SocketAddr) -> tokio::net::TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{src}:0").parse().expect("addr"))
+            .expect("bind");
+        sock.connect(to).await.expect("connect")
+    }
+    /// One query over `conn`: the answer's ID, or `None` when the server closed it.
+    async fn ask_tcp(conn: &mut tokio::net::TcpStream) -> Option<u16> {
+        let raw = query_bytes("web.service.consul", RecordType::A, None);
+        let len = u16::try_from(raw.len()).expect("short");
+        conn.write_all(&len.to_be_bytes()).await.ok()?;
+        conn.write_all(&raw).await.ok()?;
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut len))
+            .await
+            .expect("an answer or a close within 5 s")
+            .ok()?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut buf).await.ok()?;
+        Some(Message::from_vec(&buf).expect("valid").metadata.id)
+    }
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_from("127.0.0.2", to).await;
+        assert_eq!(ask_tcp(&mut c).await, Some(7), "within the share");
+        held.push(c);
+    }
+    let mut over = connect_from("127.0.0.2", to).await;
+    assert_eq!(ask_tcp(&mut over).await, None, "the fifth is closed");
+    assert_eq!(counters.tcp_client_limit_total(), 1);
+    let mut other = connect_from("127.0.0.3", to).await;
+    assert_eq!(
+        ask_tcp(&mut other).await,
+        Some(7),
+        "another client is served"
+    );
+    // A closed connection gives its place back (the server sees the close, then frees it).
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = connect_from("127.0.0.2", to).await;
+        if ask_tcp(&mut c).await.is_some() {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the freed place is given again");
+}

@@ -20,12 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span};
 
-use crate::caps::ClientSlot;
 use crate::error::ConnError;
 use crate::header::{self, Header};
 use crate::local::LocalGateway;
 use crate::route::{Target, route};
 use crate::tunnel::{PeerId, Tunnel};
+use meridian_topology::caps::ClientSlot;
 
 impl LocalGateway {
     /// Accepts QUIC connections from remote gateways on `tunnel` until its endpoint closes, and

@@ -27,7 +27,6 @@
 //! from the same connection budget as clients.
 
 mod balance;
-pub mod caps;
 pub mod client_hello;
 pub mod counters;
 mod error;

@@ -21,12 +21,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::balance::{Balancer, LoadGuard};
-use crate::caps::KeyedCap;
 use crate::counters::GatewayCounters;
 use crate::error::ConnError;
 use crate::meter::Metered;
 use crate::route::{self, NameConfig, OwnAddrs, Target};
 use crate::tunnel::Tunnel;
+use meridian_topology::caps::KeyedCap;
 
 /// Settings of the gateway's connection path; none of the limits is hard-coded.
 #[derive(Debug, Clone)]

@@ -14,11 +14,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::caps::ClientSlot;
 use crate::client_hello::{self, MAX_HELLO};
 use crate::error::ConnError;
 use crate::local::LocalGateway;
 use crate::route::Target;
+use meridian_topology::caps::ClientSlot;
 
 /// The outcome label of a connection closed at accept because its client address already had
 /// `max_connections_per_client` open.

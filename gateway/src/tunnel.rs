@@ -26,9 +26,9 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
 
-use crate::caps::{KeyedCap, KeyedSlot};
 use crate::header::{self, Header, HeaderError};
 use crate::prefixed::Prefixed;
+use meridian_topology::caps::{KeyedCap, KeyedSlot};
 
 /// ALPN of the tunnel.
 pub const ALPN: &[u8] = b"meridian-tunnel/1";

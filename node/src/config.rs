@@ -465,7 +465,7 @@ impl GatewaySection {
     /// eighth of the DC's budget (at least 4).
     pub fn tunnel_streams_per_client(&self) -> usize {
         self.max_tunnel_streams_per_client
-            .unwrap_or_else(|| meridian_gateway::caps::share(self.max_tunnel_streams_per_dc, 8, 4))
+            .unwrap_or_else(|| meridian_topology::caps::share(self.max_tunnel_streams_per_dc, 8, 4))
     }
 
     /// The gateway's settings, routing the DNS domains `dns` serves. Call
@@ -809,6 +809,8 @@ pub struct DnsSection {
     pub recursor_allow: Vec<String>,
     /// Most queries being forwarded at once; more are answered SERVFAIL.
     pub max_forwards: usize,
+    /// Most DNS-over-TCP connections one client address holds at once; more are closed.
+    pub max_tcp_connections_per_client: usize,
     /// Largest UDP response in bytes, whatever a client's EDNS claims (512 to 65535).
     pub max_udp_payload: u16,
     /// Threads serving DNS (each with its own runtime); 0 serves on the agent's runtime.
@@ -845,6 +847,7 @@ impl Default for DnsSection {
             recursor_timeout_ms: 2000,
             recursor_allow: Vec::new(),
             max_forwards: 256,
+            max_tcp_connections_per_client: meridian_dns::DEFAULT_TCP_PER_CLIENT,
             // DNS Flag Day 2020: no fragmentation, and little to amplify.
             max_udp_payload: 1232,
             threads: 1,
@@ -979,6 +982,12 @@ impl DnsSection {
                 "must be at least 1",
             ));
         }
+        if self.max_tcp_connections_per_client == 0 {
+            return Err(ConfigError::invalid(
+                "dns.max_tcp_connections_per_client",
+                "must be at least 1",
+            ));
+        }
         if self.max_udp_payload < 512 {
             return Err(ConfigError::invalid(
                 "dns.max_udp_payload",
@@ -1016,6 +1025,7 @@ impl DnsSection {
             .filter_map(|p| p.parse().ok())
             .collect();
         s.max_forwards = self.max_forwards;
+        s.max_tcp_per_client = self.max_tcp_connections_per_client;
         s.max_udp_payload = self.max_udp_payload;
         s.soa = meridian_dns::SoaSettings {
             refresh: self.soa.refresh,

@@ -7,6 +7,7 @@
 //! Nothing here touches sockets, clocks or disks. Producers (`catalog`, later `federation`) build a
 //! new [`View`] and publish it; consumers read a snapshot and never see a half-applied change.
 
+pub mod caps;
 pub mod dc;
 pub mod failover;
 pub mod health;

@@ -11,17 +11,17 @@
 //! [`Activity::begin`] tells the connection, reached through the `ConnectInfo` axum attaches to
 //! every request. Request bodies have their own deadline (see `body.rs`).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use meridian_topology::caps::{ClientSlot, KeyedCap};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,8 +37,7 @@ pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     header_timeout: Duration,
-    per_client: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: KeyedCap<IpAddr>,
     refused: Arc<AtomicU64>,
 }
 
@@ -55,41 +54,8 @@ impl LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
             header_timeout,
-            per_client: per_client.max(1),
-            open: Arc::default(),
+            clients: KeyedCap::new(per_client),
             refused,
-        }
-    }
-
-    /// Counts a connection from `ip`, or `None` when that source already has its share.
-    fn admit(&self, ip: IpAddr) -> Option<ClientSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(ip).or_default();
-        if *n >= self.per_client {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            ip,
-            open: self.open.clone(),
-        })
-    }
-}
-
-/// One connection's place in its source's share; given back when the connection closes.
-struct ClientSlot {
-    ip: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
         }
     }
 }
@@ -104,7 +70,7 @@ impl Listener for LimitedListener {
         let (stream, addr, slot) = loop {
             // axum's accept logs and retries errors such as running out of file descriptors.
             let (stream, addr) = Listener::accept(&mut self.inner).await;
-            match self.admit(addr.ip()) {
+            match self.clients.try_acquire(addr.ip()) {
                 Some(slot) => break (stream, addr, slot),
                 None => {
                     // Dropping the stream closes it: one source cannot take every connection.

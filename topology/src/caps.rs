@@ -1,7 +1,8 @@
-//! Per-key caps on what one party may hold open at once: connections per client address at the
-//! TCP front door, a client address's share of the streams to one remote datacenter, and the
-//! QUIC connections and tunnelled streams of one remote peer. A global cap alone lets a single
-//! party take every slot; these keep a share for everyone else.
+//! Per-key caps on what one party may hold open at once: connections per client address (the
+//! gateway's TCP front door, the HTTP API, DNS over TCP), a client address's share of the
+//! gateway's streams to one remote datacenter, and the QUIC connections and tunnelled streams of
+//! one remote peer. A global cap alone lets a single party take every slot; these keep a share
+//! for everyone else.
 //!
 //! [`KeyedCap`] is pure bookkeeping (no sockets, no clocks): a count per key behind one mutex,
 //! held for a hash lookup and an add (no await, no allocation beyond the key's first slot), and

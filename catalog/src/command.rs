@@ -52,6 +52,21 @@ pub enum Command {
         /// Query ID.
         id: String,
     },
+    /// Applies `command` only if the instance `node`/`id` is then of `service` (`None`: absent),
+    /// as the ACL check that allowed the write saw it. The check reads a view and the write
+    /// commits later: without the guard, an instance re-registered meanwhile under a service
+    /// the token may not write would be replaced or removed by it. Otherwise nothing changes
+    /// and the outcome says `guard_failed`.
+    Guarded {
+        /// Node of the instance the check looked at.
+        node: String,
+        /// Its ID.
+        id: String,
+        /// Its service then (`None`: it did not exist).
+        service: Option<String>,
+        /// The write itself.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -100,6 +115,17 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::DeleteQuery { id } => id.len(),
+                Command::Guarded {
+                    node,
+                    id,
+                    service,
+                    command,
+                } => {
+                    node.len()
+                        + id.len()
+                        + service.as_ref().map_or(0, String::len)
+                        + command.approx_size()
+                }
                 Command::UpdateCheck {
                     node,
                     check_id,
@@ -119,6 +145,9 @@ pub struct WriteOutcome {
     pub changed: bool,
     /// False when the command named an instance or check that does not exist.
     pub found: bool,
+    /// A [`Command::Guarded`] found the instance changed since its check: nothing was applied.
+    #[serde(default)]
+    pub guard_failed: bool,
 }
 
 /// What one Raft entry carries: the commands that reached the leader together, applied in order.

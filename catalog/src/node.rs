@@ -439,6 +439,7 @@ impl Catalog {
                 index: view.local().index(),
                 changed: false,
                 found: false,
+                guard_failed: false,
             });
         };
         if check.status == status && check.output == output {
@@ -447,6 +448,7 @@ impl Catalog {
                 index: view.local().index(),
                 changed: false,
                 found: true,
+                guard_failed: false,
             });
         }
         let outcome = self

@@ -457,11 +457,28 @@ impl StateMachineStore {
                 let existed = state.delete_query(&id, index);
                 (existed, existed)
             }
+            Command::Guarded {
+                node,
+                id,
+                service,
+                command,
+            } => {
+                let now = state.instance(&node, &id).map(|i| i.service.as_str());
+                if now != service.as_deref() {
+                    return WriteOutcome {
+                        index,
+                        guard_failed: true,
+                        ..WriteOutcome::default()
+                    };
+                }
+                return Self::apply_command(state, *command, index);
+            }
         };
         WriteOutcome {
             index,
             changed,
             found,
+            guard_failed: false,
         }
     }
 }
@@ -837,5 +854,74 @@ mod tests {
             Some("web-fo")
         );
         close(log, sm);
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use meridian_topology::{Instance, Weights};
+
+    fn instance(id: &str, service: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: Vec::new(),
+            meta: Default::default(),
+            weights: Weights::default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn guarded(service: Option<&str>, command: Command) -> Command {
+        Command::Guarded {
+            node: "n1".into(),
+            id: "x".into(),
+            service: service.map(str::to_owned),
+            command: Box::new(command),
+        }
+    }
+
+    fn service_of_x(state: &DcState) -> Option<String> {
+        state.instance("n1", "x").map(|i| i.service.clone())
+    }
+
+    /// A write checked against one owner of an instance ID never lands on another: the ID was
+    /// re-registered as `db` between a `web` token's check and its write.
+    #[test]
+    fn a_guarded_write_applies_only_to_the_instance_its_check_saw() {
+        let mut state = DcState::default();
+        let register = |service: &str| Command::Register {
+            instance: instance("x", service),
+            checks: Vec::new(),
+        };
+        let deregister = Command::Deregister {
+            node: "n1".into(),
+            id: "x".into(),
+        };
+        // Checked while absent: a new registration.
+        let o = StateMachineStore::apply_command(&mut state, guarded(None, register("web")), 1);
+        assert!(o.changed && !o.guard_failed);
+        // Meanwhile the ID became `db`'s (another token's write committed first).
+        StateMachineStore::apply_command(&mut state, register("db"), 2);
+        for (i, stale) in [
+            guarded(Some("web"), deregister.clone()),
+            guarded(None, register("web")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let o = StateMachineStore::apply_command(&mut state, stale, 3 + i as u64);
+            assert!(o.guard_failed && !o.changed, "{o:?}");
+            assert_eq!(service_of_x(&state).as_deref(), Some("db"), "untouched");
+        }
+        // Checked against what is there now, it applies.
+        let o = StateMachineStore::apply_command(&mut state, guarded(Some("db"), deregister), 5);
+        assert!(o.found && o.changed && !o.guard_failed);
+        assert_eq!(service_of_x(&state), None);
     }
 }

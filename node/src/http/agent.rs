@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use meridian_catalog::Command;
+use meridian_catalog::{Command, WriteOutcome};
 use meridian_topology::Health;
 use serde_json::json;
 
@@ -19,6 +19,52 @@ use super::register::{
     build_registration, decode_check_update, decode_service_definition, truncate_output,
 };
 use super::{ApiError, ApiState, Grant};
+
+/// Writes `cmd`, which replaces or removes this node's instance `id`, once `grant` may write
+/// the service that instance has; for a scoped token the write is guarded by what the check saw
+/// ([`Command::Guarded`]), and checked again on the newer view if the instance changed before it
+/// committed. `absent_ok`: an instance that does not exist needs no permission (a new
+/// registration); otherwise it is a 404.
+async fn write_checked(
+    state: &ApiState,
+    grant: &Grant,
+    id: &str,
+    cmd: Command,
+    absent_ok: bool,
+) -> Result<WriteOutcome, ApiError> {
+    let cat = state.catalog();
+    if grant.is_management() {
+        return Ok(cat.write(cmd).await?);
+    }
+    // Each failed guard means a concurrent write to this very ID committed first, and the view
+    // read next includes it: a few rounds settle anything but a deliberate flood.
+    for _ in 0..4 {
+        let seen = cat
+            .view()
+            .local()
+            .instance(cat.node_name(), id)
+            .map(|i| i.service.clone());
+        match &seen {
+            Some(service) => grant.require_service_write(service)?,
+            None if !absent_ok => return Err(unknown_service(id)),
+            None => {}
+        }
+        let outcome = cat
+            .write(Command::Guarded {
+                node: cat.node_name().to_owned(),
+                id: id.to_owned(),
+                service: seen,
+                command: Box::new(cmd.clone()),
+            })
+            .await?;
+        if !outcome.guard_failed {
+            return Ok(outcome);
+        }
+    }
+    Err(ApiError::internal(format!(
+        "service ID {id:?} kept changing during the write; try again"
+    )))
+}
 
 fn unknown_service(id: &str) -> ApiError {
     ApiError::not_found(format!(
@@ -137,20 +183,15 @@ pub(super) async fn register_service(
     let cat = state.catalog();
     let reg = build_registration(def, cat.node_name(), replace, cat.view().local())?;
     grant.require_service_write(&reg.instance.service)?;
-    // Re-registering an ID replaces that instance, so the token must cover what it replaces too.
-    if let Some(old) = cat
-        .view()
-        .local()
-        .instance(cat.node_name(), &reg.instance.id)
-    {
-        grant.require_service_write(&old.service)?;
-    }
     tracing::debug!(service = %reg.instance.service, id = %reg.instance.id, checks = reg.checks.len(), "register");
-    cat.write(Command::Register {
+    // Re-registering an ID replaces that instance, so the token must cover what it replaces
+    // too, as it is when the write commits.
+    let id = reg.instance.id.clone();
+    let cmd = Command::Register {
         instance: reg.instance,
         checks: reg.checks,
-    })
-    .await?;
+    };
+    write_checked(&state, &grant, &id, cmd, true).await?;
     Ok(())
 }
 
@@ -161,24 +202,14 @@ pub(super) async fn deregister_service(
     Path(id): Path<String>,
 ) -> Result<(), ApiError> {
     let cat = state.catalog();
-    if !grant.is_management() {
-        // A scoped token must name what it removes; an instance this node does not see yet
-        // (a write still in flight) is unknown to it.
-        let view = cat.view();
-        let inst = view
-            .local()
-            .instance(cat.node_name(), &id)
-            .ok_or_else(|| unknown_service(&id))?;
-        grant.require_service_write(&inst.service)?;
-    }
-    // The catalog says whether it existed: this node's view may lag a write just forwarded to
-    // the leader, so it cannot decide a 404 on its own.
-    let outcome = cat
-        .write(Command::Deregister {
-            node: cat.node_name().to_owned(),
-            id: id.clone(),
-        })
-        .await?;
+    // A scoped token must name what it removes; an instance this node does not see yet (a write
+    // still in flight) is unknown to it. For a management token the catalog says whether it
+    // existed: this node's view may lag a write just forwarded to the leader.
+    let cmd = Command::Deregister {
+        node: cat.node_name().to_owned(),
+        id: id.clone(),
+    };
+    let outcome = write_checked(&state, &grant, &id, cmd, false).await?;
     if !outcome.found {
         return Err(unknown_service(&id));
     }

@@ -208,6 +208,10 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
     match entry.entry.as_ref() {
         Some(pb::entry::Entry::Node(n)) => {
             if let Some(node) = &n.node {
+                // Node names ignore case but checks are filed under the name as spelled: the
+                // old record goes first, with its checks, or a node re-sent in another case
+                // (`n1`, then `N1`) would keep checks that no removal ever reaches.
+                state.remove_node(&node.name);
                 state.put_node(
                     node_from_proto(node),
                     n.checks.iter().map(check_from_proto).collect(),

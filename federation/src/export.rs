@@ -329,6 +329,9 @@ impl Exporter {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use meridian_topology::{Check, Health, Instance, Weights};

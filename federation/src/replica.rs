@@ -62,13 +62,15 @@ impl Data {
             .wrapping_add(h.hash);
     }
 
-    /// Whether `upserts` leave at most `max` entries.
+    /// Whether `upserts` leave at most `max` entries. A key upserted twice in one batch is
+    /// one entry (counting it twice refused a batch that fits).
     fn fits(&self, upserts: &[Hashed], max: usize) -> Result<(), ProtocolError> {
-        let new = upserts
+        let new: HashSet<&Key> = upserts
             .iter()
-            .filter(|h| !self.hashes.contains_key(&h.key))
-            .count();
-        if self.hashes.len().saturating_add(new) > max {
+            .map(|h| &h.key)
+            .filter(|k| !self.hashes.contains_key(*k))
+            .collect();
+        if self.hashes.len().saturating_add(new.len()) > max {
             return Err(ProtocolError::TooLarge {
                 what: "entries",
                 limit: max,
@@ -393,7 +395,10 @@ impl Replica {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fuzz;
+
+#[cfg(test)]
+pub(crate) mod tests {
     use super::*;
     use crate::export::{ExportPolicy, Exporter, Plan};
     use meridian_topology::{Instance, Weights};
@@ -423,7 +428,7 @@ mod tests {
     }
 
     /// Turns a plan into the messages the server sends (without chunking).
-    fn messages(plan: Plan) -> Vec<pb::SyncMessage> {
+    pub(crate) fn messages(plan: Plan) -> Vec<pb::SyncMessage> {
         use pb::sync_message::Kind;
         let wrap = |k| pb::SyncMessage { kind: Some(k) };
         match plan {

@@ -26,8 +26,6 @@ run() {
 
 run meridian-gateway header::fuzz
 run meridian-federation replica::fuzz export::fuzz
-# The node and DNS properties set their case counts in code, which PROPTEST_CASES does not
-# override (proptest reads it only for a default config): they run at their own counts.
 run meridian-node fuzz::
 run meridian-dns random_bytes_never_panic mutated_queries_never_panic \
     hostile_recursor_answers_never_reach_the_client_unchecked

@@ -798,7 +798,7 @@ fn fuzz_corpus_replays_cleanly() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(meridian_topology::fuzz_cases(2000)))]
 
     #[test]
     fn random_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -1417,10 +1417,9 @@ fn hostile_recursor_answers_never_reach_the_client_unchecked() {
         prop_oneof![Just(None), Just(Some(512u16)), Just(Some(4096u16))],
         prop::sample::select(vec![RecordType::A, RecordType::TXT, RecordType::ANY]),
     );
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 200,
-        ..ProptestConfig::default()
-    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(
+        meridian_topology::fuzz_cases(200),
+    ));
     let result = runner.run(&strategy, |(answers, wrong_id, flips, cut, edns, qtype)| {
         *spoil.lock().expect("not poisoned") = Spoil {
             answers,

@@ -62,7 +62,7 @@ fn json() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(meridian_topology::fuzz_cases(3000)))]
 
     /// Any text: an error or a duration within Go's range, never a panic.
     #[test]

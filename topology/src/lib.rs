@@ -47,3 +47,12 @@ pub fn is_internal_service(service: &str) -> bool {
         .get(..INTERNAL_SERVICE_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(INTERNAL_SERVICE_PREFIX))
 }
+
+/// Cases for one bounded fuzz property (the crates' proptest `fuzz` tests): `PROPTEST_CASES`
+/// when set (a deeper run, `scripts/fuzz.sh`), else `default` (the test suite's count).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -13,11 +13,6 @@ use super::*;
 use crate::replica::Replica;
 use crate::replica::tests::messages;
 
-/// Cases per property: `PROPTEST_CASES` when set, else `default`.
-fn cases(default: u32) -> u32 {
-    crate::replica::fuzz::cases(default)
-}
-
 /// One change to the origin's catalog.
 #[derive(Debug, Clone)]
 enum Op {
@@ -144,7 +139,7 @@ fn bucket_bits() -> impl Strategy<Value = u32> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(1000)))]
+    #![proptest_config(ProptestConfig::with_cases(meridian_topology::fuzz_cases(1000)))]
 
     /// A replica synced at any point of the origin's history, then left behind (inside the
     /// change window or outside it, its index forgotten or not, its state diverged or not),

@@ -12,14 +12,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// Cases per property: `PROPTEST_CASES` when set, else `default`.
-pub(crate) fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Nodes and instance IDs are drawn from a few names, so sequences upsert, replace and remove
 /// the same keys over and over.
 const NODES: [&str; 3] = ["n0", "n1", "n2"];
@@ -404,7 +396,7 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(3000)))]
+    #![proptest_config(ProptestConfig::with_cases(meridian_topology::fuzz_cases(3000)))]
 
     /// Any sequence of messages and disconnects: after every step the replica holds what the
     /// reference model holds (a half-received snapshot never shows), within its caps, with an

@@ -13,14 +13,6 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::*;
 
-/// Cases per property: `PROPTEST_CASES` when set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// How the stream ends once its bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -206,7 +198,7 @@ fn end() -> impl Strategy<Value = End> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(3000)))]
+    #![proptest_config(ProptestConfig::with_cases(meridian_topology::fuzz_cases(3000)))]
 
     /// Any bytes, in any chunks: exactly what the reference decoder gives (a header or a clean
     /// error, never a panic), having read exactly the bytes it took, never past `MAX_HEADER`.

@@ -271,9 +271,15 @@ impl Federation {
             registry.learn_configured(&peer);
             follower(peer, replica, true);
         }
+        // Replicas of DCs followed in an earlier run, loaded below before the node answers; the
+        // follower the registry then starts for each takes its replica from here.
+        let preloaded: Arc<std::sync::Mutex<std::collections::HashMap<String, replica::Replica>>> =
+            Arc::default();
+        let already = configured.clone();
         {
             let (store, counters, mut stop) = (store.clone(), counters.clone(), stop_rx.clone());
             let limits = settings.limits.clone();
+            let preloaded = preloaded.clone();
             let spawner = tokio::spawn(async move {
                 loop {
                     let peer = tokio::select! {
@@ -284,7 +290,15 @@ impl Federation {
                         continue;
                     }
                     // A learned DC's replica may be on disk from an earlier run.
-                    let replica = match load_replica(&peer.dc, &store, &limits).await {
+                    let ready = preloaded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&peer.dc.to_ascii_lowercase());
+                    let loaded = match ready {
+                        Some(r) => Ok((r, 0)),
+                        None => load_replica(&peer.dc, &store, &limits).await,
+                    };
+                    let replica = match loaded {
                         Ok((r, corrupt)) => {
                             counters
                                 .corrupt_entries
@@ -320,7 +334,43 @@ impl Federation {
             Ok(list) => {
                 let now = now_ms();
                 for (dc, addresses) in list {
+                    let key = dc.to_ascii_lowercase();
+                    if already.contains(&key) {
+                        registry.restore(&dc, &addresses, now);
+                        continue;
+                    }
+                    // Shown from disk at once (stale until its origin confirms it), so that a
+                    // node restarted while that DC is unreachable answers for it from the
+                    // first request on, not once a task gets to it.
+                    match load_replica(&dc, &store, &settings.limits).await {
+                        Ok((r, corrupt)) => {
+                            counters
+                                .corrupt_entries
+                                .fetch_add(corrupt as u64, std::sync::atomic::Ordering::Relaxed);
+                            if r.snapshot().synced || !r.is_empty() {
+                                let snap = Arc::new(r.snapshot());
+                                remotes_tx.send_modify(|m| {
+                                    m.insert(key.as_str().into(), snap);
+                                });
+                            }
+                            preloaded
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(key.clone(), r);
+                        }
+                        Err(e) => {
+                            tracing::warn!(dc = %dc, error = %e, "cannot load the replica; it will be resynced");
+                        }
+                    }
                     registry.restore(&dc, &addresses, now);
+                    if registry.addresses(&dc).is_empty() {
+                        // Not followed after all (nothing left to dial): not shown either.
+                        preloaded
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                        remotes_tx.send_if_modified(|m| m.remove(key.as_str()).is_some());
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list the datacenters on disk"),

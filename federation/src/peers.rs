@@ -425,8 +425,10 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// The addresses of learned datacenter `dc` worth persisting (those that answered a sync)
-    /// and their last answer. Configured addresses come from the configuration at each start.
+    /// The addresses of datacenter `dc` worth persisting (those that answered a sync) and their
+    /// last answer. Configured and joined ones too: a joined address names its DC only once
+    /// discovery reaches it, so after a restart with that DC unreachable only the disk says
+    /// which DC it was, and its replica is still served from disk (marked stale).
     pub fn proven(&self, dc: &str) -> Vec<(String, u64)> {
         self.lock()
             .known
@@ -434,7 +436,7 @@ impl Registry {
             .map(|k| {
                 k.addresses
                     .iter()
-                    .filter(|a| a.source != Source::Configured && a.answered_ms > 0)
+                    .filter(|a| a.answered_ms > 0)
                     .map(|a| (a.addr.clone(), a.answered_ms))
                     .collect()
             })

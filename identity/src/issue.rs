@@ -87,6 +87,19 @@ pub fn create_node_cert(
     if !(1..=MAX_NODE_CERT_DAYS).contains(&days) {
         return Err(TlsError::InvalidDays { days });
     }
+    sign_node_cert(ca, dc, node, role, extra_sans, validity(days))
+}
+
+/// Signs a node certificate valid from `.0` to `.1` (no checks on the names or the period: the
+/// caller's, or a test's that needs an expired one).
+pub(crate) fn sign_node_cert(
+    ca: &PemPair,
+    dc: &str,
+    node: &str,
+    role: Role,
+    extra_sans: &[String],
+    (not_before, not_after): (SystemTime, SystemTime),
+) -> Result<PemPair, TlsError> {
     let mut sans = vec![
         dns_san(role.dns_name(dc))?,
         dns_san(role.node_dns_name(dc, node))?,
@@ -114,7 +127,6 @@ pub fn create_node_cert(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    let (not_before, not_after) = validity(days);
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     let cert = params

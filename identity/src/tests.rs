@@ -251,6 +251,14 @@ fn node_in_role(ca: &PemPair, dc: &str, node: &str, role: Role) -> TlsMaterial {
 
 /// One handshake of `client` against `server`'s rpc-port configuration: did the server accept?
 async fn rpc_port_accepts(server: &TlsMaterial, client: &TlsMaterial) -> bool {
+    rpc_port_accepts_config(server, client.client_config().expect("config")).await
+}
+
+/// [`rpc_port_accepts`] for a client's raw rustls configuration.
+async fn rpc_port_accepts_config(
+    server: &TlsMaterial,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> bool {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr").to_string();
     let acceptor = TlsAcceptor::from(server.lan_server_config().expect("rpc config"));
@@ -260,7 +268,7 @@ async fn rpc_port_accepts(server: &TlsMaterial, client: &TlsMaterial) -> bool {
     });
     let dc = server.identity().dc.clone();
     // TLS 1.3: the client finishes its side before the server has judged its certificate.
-    let _ = connect(client.client_config().expect("config"), &addr, &dc, LONG).await;
+    let _ = connect(client, &addr, &dc, LONG).await;
     task.await.expect("join").is_ok()
 }
 
@@ -291,6 +299,43 @@ async fn the_rpc_port_admits_servers_of_its_dc_and_refuses_gateways() {
         .expect("gateway as a client");
     let (_, identity) = task.await.expect("join").expect("server side");
     assert_eq!(identity.role, Role::Gateway);
+}
+
+/// A server certificate of this very DC is refused on the rpc port once expired, or before it
+/// is valid: the port checks the validity period as well as the DC and the role.
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused_on_the_rpc_port() {
+    let ca = create_ca("Test CA").expect("CA");
+    let server = node(&ca, "dc1", "n1");
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    for period in [(now - 30 * day, now - day), (now + day, now + 30 * day)] {
+        let pair = crate::issue::sign_node_cert(&ca, "dc1", "n2", Role::Server, &[], period)
+            .expect("node certificate");
+        // A node refuses to load such material; an attacker's client presents it anyway.
+        assert!(TlsMaterial::from_pem(&ca.cert_pem, &pair.cert_pem, &pair.key_pem).is_err());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("CA"))
+            .expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).expect("cert")],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).expect("key"),
+        )
+        .expect("client config");
+        assert!(
+            !rpc_port_accepts_config(&server, std::sync::Arc::new(client)).await,
+            "{period:?}"
+        );
+    }
+    // The same node with a valid certificate is admitted.
+    assert!(rpc_port_accepts(&server, &node(&ca, "dc1", "n2")).await);
 }
 
 /// A gateway certificate cannot pose as a server: a client that verifies `server.dc1.meridian`

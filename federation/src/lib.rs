@@ -266,9 +266,13 @@ impl Federation {
             }
         };
         let mut configured = std::collections::BTreeSet::new();
-        for (peer, replica) in replicas {
+        // Every configured DC is recorded before any follower starts: the first origin to sync
+        // relays its list, and a configured DC must not be taken for a relayed one meanwhile.
+        for (peer, _) in &replicas {
             configured.insert(peer.dc.to_ascii_lowercase());
-            registry.learn_configured(&peer);
+            registry.learn_configured(peer);
+        }
+        for (peer, replica) in replicas {
             follower(peer, replica, true);
         }
         // Replicas of DCs followed in an earlier run, loaded below before the node answers; the

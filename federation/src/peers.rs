@@ -188,6 +188,8 @@ impl Registry {
                 told_by: "configuration".to_owned(),
             });
         }
+        // Configured first, whatever a relay told before the configuration was read.
+        k.sort();
     }
 
     /// Adds addresses of datacenter `dc` that `source` told (`from` names it in logs) at

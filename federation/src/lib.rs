@@ -351,10 +351,10 @@ impl Federation {
                             counters
                                 .corrupt_entries
                                 .fetch_add(corrupt as u64, std::sync::atomic::Ordering::Relaxed);
-                            if r.snapshot().synced || !r.is_empty() {
-                                let snap = Arc::new(r.snapshot());
+                            let snap = r.snapshot();
+                            if snap.synced || !r.is_empty() {
                                 remotes_tx.send_modify(|m| {
-                                    m.insert(key.as_str().into(), snap);
+                                    m.insert(key.as_str().into(), Arc::new(snap));
                                 });
                             }
                             preloaded

@@ -183,7 +183,7 @@ mod tests {
         NAME, cert, config, provider, tls_backend, tls_backend_for, tls_client, view,
         view_with_remote, web_state,
     };
-    use crate::tunnel::{TunnelConfig, TunnelError, WanTransport};
+    use crate::tunnel::{RetryPolicy, TunnelConfig, TunnelError, WanTransport};
 
     /// The `/metrics` text of a registry holding only `metrics`.
     fn exposition(metrics: &GatewayMetrics) -> String {
@@ -319,7 +319,19 @@ meridian_gateway_connections_open 3
         addr: SocketAddr,
         dc: &str,
         transport: WanTransport,
+        gw_cert: &(CertificateDer<'static>, PrivateKeyDer<'static>),
+    ) -> Arc<Tunnel> {
+        tunnel_with(addr, dc, transport, gw_cert, RetryPolicy::Always, 8)
+    }
+
+    /// [`tunnel`] with its Retry policy and handshake slots.
+    fn tunnel_with(
+        addr: SocketAddr,
+        dc: &str,
+        transport: WanTransport,
         (cert, key): &(CertificateDer<'static>, PrivateKeyDer<'static>),
+        retry: RetryPolicy,
+        max_handshakes: usize,
     ) -> Arc<Tunnel> {
         let (cert, key) = (cert.clone(), key.clone_key());
         let mut roots = RootCertStore::empty();
@@ -343,8 +355,8 @@ meridian_gateway_connections_open 3
             max_streams_per_client: 4,
             max_connections_per_peer: 4,
             max_streams_per_peer: 16,
-            max_handshakes: 8,
-            retry: true,
+            max_handshakes,
+            retry,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             local_dc: dc.to_owned(),
@@ -560,6 +572,77 @@ meridian_gateway_connections_open 3
         }
         assert!(admitted, "a place given back: {:?}", s);
         t1.close();
+    }
+
+    /// With `under-load`, a quiet gateway starts every handshake at once (no Retry round trip);
+    /// once half of its handshake slots are taken, a new client is sent a Retry first, and
+    /// still gets in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_is_sent_only_once_handshakes_pile_up() {
+        let gw_cert = cert(&["gw.dc1.test", "gw.dc2.test"]);
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let t1 = tunnel_with(
+            any,
+            "dc1",
+            WanTransport::Quic,
+            &gw_cert,
+            RetryPolicy::UnderLoad,
+            2,
+        );
+        let a1 = t1.local_addr().expect("addr");
+        tokio::spawn(Arc::clone(&t1).accept(|_, _, _| async {}));
+        let s = &t1.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let served = |n: u64| async move {
+            for _ in 0..200 {
+                if load(&s.streams_in) == n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        let quiet = dc2_sending_one_byte(&gw_cert, any, a1).await;
+        assert!(served(1).await, "the first client is served");
+        assert_eq!(load(&s.retries), 0, "a quiet gateway sends no Retry");
+        // A client whose answers are lost (a relay that forwards its packets to dc1 and drops
+        // dc1's) holds one of the two handshake slots until the handshake times out.
+        let relay = tokio::net::UdpSocket::bind(any).await.expect("relay");
+        let relay_addr = relay.local_addr().expect("relay addr");
+        let relaying = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                if from != a1 {
+                    let _ = relay.send_to(&buf[..n], a1).await;
+                }
+            }
+        });
+        let stalled = tunnel(any, "dc2", WanTransport::Quic, &gw_cert);
+        let stalling = {
+            let stalled = Arc::clone(&stalled);
+            tokio::spawn(async move { stalled.open("dc1", &[relay_addr], None).await.is_ok() })
+        };
+        let mut held = false;
+        for _ in 0..200 {
+            if t1.handshakes_in_progress() == 1 {
+                held = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(held, "the stalled client holds a handshake slot");
+        let loaded = dc2_sending_one_byte(&gw_cert, any, a1).await;
+        assert!(served(2).await, "a client is served under load: {s:?}");
+        assert_eq!(load(&s.retries), 1, "after a Retry");
+        assert_eq!(load(&s.over_handshakes), 0);
+        assert!(
+            !stalling.await.expect("join"),
+            "no answer reached the stalled client"
+        );
+        relaying.abort();
+        for t in [quiet, loaded, stalled, t1] {
+            t.close();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

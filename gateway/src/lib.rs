@@ -51,4 +51,6 @@ pub use gateway::{Gateway, GatewayMetrics};
 pub use header::{Header, HeaderError, PROBE_ANSWER};
 pub use local::{LocalConfig, LocalGateway};
 pub use route::{NameConfig, OwnAddrs, Route, RouteError, Target, UnknownName, route};
-pub use tunnel::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, WanTransport};
+pub use tunnel::{
+    RetryPolicy, Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, WanTransport,
+};

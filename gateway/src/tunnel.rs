@@ -23,7 +23,7 @@ use meridian_topology::metrics;
 use prometheus_client::encoding::DescriptorEncoder;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};
 
 use crate::header::{self, Header, HeaderError};
@@ -55,10 +55,10 @@ pub struct TunnelConfig {
     pub max_streams_per_peer: usize,
     /// Most QUIC handshakes in progress at once; more incoming connections are refused.
     pub max_handshakes: usize,
-    /// Validate a new QUIC client's address with a Retry packet before any handshake work, so
-    /// a spoofed source cannot make this gateway send handshakes to a victim, or hold a
-    /// handshake slot without a real return path.
-    pub retry: bool,
+    /// When a new QUIC client's address is validated with a Retry packet before any handshake
+    /// work, so a spoofed source cannot make this gateway send handshakes to a victim, or hold
+    /// a handshake slot without a real return path.
+    pub retry: RetryPolicy,
     /// Time to establish a QUIC connection to one remote gateway.
     pub connect_timeout: Duration,
     /// A QUIC connection with no packet for this long is dead (keep-alives run at a third).
@@ -67,6 +67,21 @@ pub struct TunnelConfig {
     pub local_dc: String,
     /// How connections to remote gateways travel.
     pub transport: WanTransport,
+}
+
+/// When the tunnel asks a new QUIC client to prove its address with a Retry (RFC 9000 §8.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Never: every handshake starts at once.
+    Never,
+    /// When at least half of the handshake slots are taken: a flood of spoofed Initials is
+    /// answered with stateless Retries before it can fill them, while a peer reconnecting to a
+    /// quiet gateway saves the round trip (on a 200 ms WAN, the difference between a
+    /// reconnect that fits within a failover probe's timeout and one that does not).
+    #[default]
+    UnderLoad,
+    /// Always, before any handshake work.
+    Always,
 }
 
 /// How tunnelled connections cross the WAN.
@@ -224,9 +239,15 @@ pub struct Tunnel {
     peer_streams: KeyedCap<PeerId>,
     /// Incoming QUIC handshakes in progress.
     handshakes: Arc<Semaphore>,
+    /// The connection being dialled to each remote DC (lowercased), if any: one at a time,
+    /// shared by every caller, and carried on by its own task when they give up.
+    dialing: Mutex<HashMap<String, watch::Receiver<Option<Dialed>>>>,
     /// Connections established, by outcome, for metrics.
-    pub stats: TunnelStats,
+    pub stats: Arc<TunnelStats>,
 }
+
+/// How a dial ended: the gateway and connection, or why every gateway failed.
+type Dialed = Result<(SocketAddr, quinn::Connection), (usize, String)>;
 
 /// Tunnel counters.
 #[derive(Debug, Default)]
@@ -287,6 +308,23 @@ pub struct TunnelPermit {
     _client: Option<KeyedSlot<(IpAddr, String)>>,
 }
 
+/// Connects to the gateway at `addr` as `name`, within `timeout`.
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint
+        .connect_with(client.clone(), addr, name)
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())
+}
+
 fn transport(idle: Duration, max_streams: usize) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
@@ -332,9 +370,15 @@ impl Tunnel {
             peer_conns: KeyedCap::new(config.max_connections_per_peer),
             peer_streams: KeyedCap::new(config.max_streams_per_peer),
             handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
-            stats: TunnelStats::default(),
+            dialing: Mutex::new(HashMap::new()),
+            stats: Arc::default(),
             config,
         })
+    }
+
+    /// Incoming QUIC handshakes in progress now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.config.max_handshakes.max(1) - self.handshakes.available_permits()
     }
 
     /// The UDP address the tunnel listens on.
@@ -515,52 +559,104 @@ impl Tunnel {
         if gateways.is_empty() {
             return Err(TunnelError::NoGateway(dc.to_owned()));
         }
+        let mut dialed = self.dial(dc, &key, gateways);
+        // Cancel-safe: a caller that gives up (a probe's timeout) leaves the dial running, and
+        // the next caller waits on the same one instead of starting the handshake over.
+        let result = match dialed.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        {
+            let mut dialing = self.dialing.lock().unwrap_or_else(PoisonError::into_inner);
+            if dialing.get(&key).is_some_and(|d| d.same_channel(&dialed)) {
+                dialing.remove(&key);
+            }
+        }
+        let (addr, conn) = match result {
+            Some(Ok(c)) => c,
+            Some(Err((tried, last))) => {
+                return Err(TunnelError::Unreachable {
+                    dc: dc.to_owned(),
+                    tried,
+                    last,
+                });
+            }
+            None => return Err(TunnelError::NoGateway(dc.to_owned())),
+        };
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = conns
+                .get(&key)
+                .is_some_and(|(_, c)| c.stable_id() == conn.stable_id());
+            if !known {
+                info!(%dc, gateway = %addr, "tunnel connected");
+                conns.insert(key.clone(), (addr, conn.clone()));
+            }
+        }
+        conn.open_bi().await.map_err(|e| TunnelError::Unreachable {
+            dc: dc.to_owned(),
+            tried: 1,
+            last: e.to_string(),
+        })
+    }
+
+    /// The dial in progress to `dc`, or a new one: a task that tries `gateways` in a random
+    /// order (the one last retired for `dc` last), each for up to the connect timeout, and
+    /// publishes the first connection or the last error.
+    ///
+    /// It runs on its own task so that a handshake outlives the caller that started it: on a
+    /// long WAN a reconnect takes two or three round trips, more than a probe waits, and a
+    /// handshake restarted by every probe would never finish.
+    fn dial(
+        &self,
+        dc: &str,
+        key: &str,
+        gateways: &[SocketAddr],
+    ) -> watch::Receiver<Option<Dialed>> {
+        let mut dialing = self.dialing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = dialing.get(key) {
+            return d.clone();
+        }
         let mut order: Vec<SocketAddr> = gateways.to_vec();
         fastrand::shuffle(&mut order);
         let suspect = self
             .suspect_gateway
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key)
             .copied();
         if let Some(pos) = suspect.and_then(|a| order.iter().position(|o| *o == a)) {
             let a = order.remove(pos);
             order.push(a);
         }
+        let (tx, rx) = watch::channel(None);
+        dialing.insert(key.to_owned(), rx.clone());
+        let endpoint = self.endpoint.clone();
+        let client = self.client.clone();
         let name = (self.config.server_name)(dc);
-        let mut last;
-        for (tried, addr) in order.iter().enumerate() {
-            match self.connect(*addr, &name).await {
-                Ok(conn) => {
-                    info!(%dc, gateway = %addr, "tunnel connected");
-                    let opened = conn.open_bi().await;
-                    {
-                        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-                        conns.insert(key.clone(), (*addr, conn));
+        let timeout = self.config.connect_timeout;
+        let stats = Arc::clone(&self.stats);
+        let dc = dc.to_owned();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            for addr in &order {
+                match connect(&endpoint, &client, *addr, &name, timeout).await {
+                    Ok(conn) => {
+                        stats.connects.fetch_add(1, Ordering::Relaxed);
+                        tx.send_replace(Some(Ok((*addr, conn))));
+                        return;
                     }
-                    match opened {
-                        Ok((send, recv)) => {
-                            return Ok((send, recv));
-                        }
-                        Err(e) => last = e.to_string(),
+                    Err(e) => {
+                        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        // Counted; the caller hears of it only if every gateway fails.
+                        debug!(%dc, gateway = %addr, error = %e, "tunnel connect failed");
+                        last = e;
                     }
                 }
-                Err(e) => {
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    // Counted; the caller hears of it only if every gateway fails.
-                    debug!(%dc, gateway = %addr, error = %e, "tunnel connect failed");
-                    last = e;
-                }
             }
-            if tried + 1 == order.len() {
-                return Err(TunnelError::Unreachable {
-                    dc: dc.to_owned(),
-                    tried: tried + 1,
-                    last,
-                });
-            }
-        }
-        Err(TunnelError::NoGateway(dc.to_owned()))
+            tx.send_replace(Some(Err((order.len(), last))));
+        });
+        rx
     }
 
     /// Probes datacenter `dc`: one round trip over its tunnel (connected first if need be, to
@@ -663,22 +759,9 @@ impl Tunnel {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr, name: &str) -> Result<quinn::Connection, String> {
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), addr, name)
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.config.connect_timeout))?
-            .map_err(|e| e.to_string())?;
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
-    }
-
     /// Accepts connections from remote gateways until the endpoint closes, and hands each
-    /// stream to `serve` with its peer. An unvalidated address is first sent a Retry (when
-    /// `retry` is on); at most `max_handshakes` handshakes run at once and a peer holds at most
+    /// stream to `serve` with its peer. An unvalidated address is first sent a Retry (as
+    /// `retry` says); at most `max_handshakes` handshakes run at once and a peer holds at most
     /// `max_connections_per_peer` connections; the rest are refused and counted.
     pub async fn accept<F, Fut>(self: Arc<Self>, serve: F)
     where
@@ -689,7 +772,14 @@ impl Tunnel {
             let remote = incoming.remote_address();
             // Before any handshake work: a Retry costs one small packet and no state, and the
             // client comes back with a token proving it receives at its source address.
-            if self.config.retry && !incoming.remote_address_validated() {
+            let retry = match self.config.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::UnderLoad => {
+                    self.handshakes.available_permits() * 2 <= self.config.max_handshakes.max(1)
+                }
+            };
+            if retry && !incoming.remote_address_validated() {
                 match incoming.retry() {
                     Ok(()) => {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -431,7 +431,7 @@ pub(crate) async fn start_gateway(
                 max_connections_per_peer: g.max_tunnel_connections_per_peer,
                 max_streams_per_peer: g.max_tunnel_streams_per_peer,
                 max_handshakes: g.max_tunnel_handshakes,
-                retry: g.tunnel_retry,
+                retry: g.tunnel_retry.to_policy(),
                 connect_timeout: Duration::from_millis(g.connect_timeout_ms),
                 idle_timeout: Duration::from_millis(g.tunnel_idle_timeout_ms),
                 local_dc: config.datacenter.clone(),

@@ -237,9 +237,10 @@ pub struct GatewaySection {
     pub max_tunnel_streams_per_peer: usize,
     /// Most incoming QUIC handshakes in progress at once.
     pub max_tunnel_handshakes: usize,
-    /// Validate a new QUIC peer's address with a Retry before the handshake (one more round
-    /// trip per new tunnel connection; the connections are pooled).
-    pub tunnel_retry: bool,
+    /// When a new QUIC peer's address is validated with a Retry before the handshake (one more
+    /// round trip for that connection): `under-load` (half the handshake slots taken),
+    /// `always` or `never`.
+    pub tunnel_retry: RetryPolicyName,
     /// A tunnel connection with no packet for this long is dead (keep-alives at a third).
     pub tunnel_idle_timeout_ms: u64,
     /// How tunnelled connections cross the WAN: `quic` (one pooled connection per remote DC)
@@ -379,6 +380,30 @@ impl WanTransportName {
     }
 }
 
+/// `gateway.tunnel_retry`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryPolicyName {
+    /// Only when at least half of the handshake slots are taken (the default).
+    #[default]
+    UnderLoad,
+    /// Before every new connection.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl RetryPolicyName {
+    /// The gateway's value.
+    pub fn to_policy(self) -> meridian_gateway::RetryPolicy {
+        match self {
+            RetryPolicyName::UnderLoad => meridian_gateway::RetryPolicy::UnderLoad,
+            RetryPolicyName::Always => meridian_gateway::RetryPolicy::Always,
+            RetryPolicyName::Never => meridian_gateway::RetryPolicy::Never,
+        }
+    }
+}
+
 impl Default for GatewaySection {
     fn default() -> Self {
         GatewaySection {
@@ -402,7 +427,7 @@ impl Default for GatewaySection {
             max_tunnel_streams_per_peer: 1_000,
             // Peers reconnect rarely (pooled connections); a flood of handshakes is not a peer.
             max_tunnel_handshakes: 64,
-            tunnel_retry: true,
+            tunnel_retry: RetryPolicyName::UnderLoad,
             tunnel_idle_timeout_ms: 10_000,
             wan_transport: WanTransportName::Quic,
         }
@@ -1540,7 +1565,7 @@ mod tests {
         let cfg = good();
         let g = &cfg.gateway;
         assert_eq!(g.max_connections_per_client, 256);
-        assert!(g.tunnel_retry);
+        assert_eq!(g.tunnel_retry, RetryPolicyName::UnderLoad);
         // An eighth of the DC's budget, at least 4, unless set.
         assert_eq!(g.tunnel_streams_per_client(), 125);
         let local = g.to_local(&cfg.dns);

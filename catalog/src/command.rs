@@ -52,6 +52,24 @@ pub enum Command {
         /// Query ID.
         id: String,
     },
+    /// Adds or replaces one check as given: node-level, or of an existing instance on its node
+    /// (`found: false` when that instance does not exist).
+    SetCheck {
+        /// The check.
+        check: Check,
+    },
+    /// Removes one check.
+    DeregisterCheck {
+        /// Node the check is on.
+        node: String,
+        /// Check ID.
+        check_id: String,
+    },
+    /// Removes a node with every instance and check on it.
+    DeregisterNode {
+        /// The node.
+        node: String,
+    },
     /// Applies `command` only if the instance `node`/`id` is then of `service` (`None`: absent),
     /// as the ACL check that allowed the write saw it. The check reads a view and the write
     /// commits later: without the guard, an instance re-registered meanwhile under a service
@@ -101,6 +119,18 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::Deregister { node, id } => node.len() + id.len(),
+                Command::SetCheck { check: c } => {
+                    FIXED
+                        + c.id.len()
+                        + c.name.len()
+                        + c.node.len()
+                        + c.service_id.len()
+                        + c.output.len()
+                        + c.notes.len()
+                        + 128
+                }
+                Command::DeregisterCheck { node, check_id } => node.len() + check_id.len(),
+                Command::DeregisterNode { node } => node.len(),
                 Command::SetQuery { query, .. } => {
                     let svc = &query.service;
                     query.id.len()

@@ -44,6 +44,9 @@ pub struct RaftStatus {
     pub last_contact: Option<Duration>,
 }
 
+/// Node metadata key under which a server records its rpc address when it registers itself.
+pub const SERVER_META: &str = "meridian-rpc";
+
 /// A running catalog node. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
@@ -236,10 +239,19 @@ impl Catalog {
 
     /// Registers this node in the catalog, retrying until a leader accepts it.
     async fn register_self(self) {
+        // The rpc address marks the node as a Meridian server (`/v1/agent/members` lists those,
+        // in every DC, since the node travels through federation).
+        let cfg = &self.inner.cfg;
+        let meta = cfg
+            .servers
+            .get(&cfg.node_id)
+            .map(|rpc| (SERVER_META.to_owned(), rpc.clone()))
+            .into_iter()
+            .collect();
         let node = Node {
-            name: self.inner.cfg.node_name.clone(),
-            address: self.inner.cfg.advertise_addr.clone(),
-            meta: BTreeMap::new(),
+            name: cfg.node_name.clone(),
+            address: cfg.advertise_addr.clone(),
+            meta,
             create_index: 0,
             modify_index: 0,
         };

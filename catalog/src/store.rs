@@ -457,6 +457,18 @@ impl StateMachineStore {
                 let existed = state.delete_query(&id, index);
                 (existed, existed)
             }
+            Command::SetCheck { check } => match state.set_check(check, index) {
+                Some(changed) => (changed, true),
+                None => (false, false),
+            },
+            Command::DeregisterCheck { node, check_id } => {
+                let existed = state.delete_check(&node, &check_id, index);
+                (existed, existed)
+            }
+            Command::DeregisterNode { node } => {
+                let existed = state.deregister_node(&node, index);
+                (existed, existed)
+            }
             Command::Guarded {
                 node,
                 id,

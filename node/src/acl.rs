@@ -286,6 +286,19 @@ impl Grant {
         }
     }
 
+    /// Checks that this grant may change node-level state (node checks, node maintenance):
+    /// operators and management.
+    pub fn require_node_write(&self) -> Result<(), Denied> {
+        match self.scope {
+            Scope::Operator | Scope::Management => Ok(()),
+            Scope::Read | Scope::Write => Err(Denied::Scope {
+                token: self.name.clone(),
+                scope: scope_name(self.scope),
+                what: "change node-level checks or maintenance (operator scope)",
+            }),
+        }
+    }
+
     /// Whether this is the management grant (or ACLs are off).
     pub fn is_management(&self) -> bool {
         self.scope == Scope::Management
@@ -315,12 +328,17 @@ impl Need {
         if method == Method::GET || method == Method::HEAD {
             return Need::Read;
         }
-        if path == "/v1/agent/service/register" || path.starts_with("/v1/agent/service/deregister/")
+        if path == "/v1/agent/service/register"
+            || path.starts_with("/v1/agent/service/deregister/")
+            || path.starts_with("/v1/agent/service/maintenance/")
         {
             Need::ServiceWrite
         } else if path.starts_with("/v1/agent/check/") {
             Need::CheckUpdate
-        } else if path.starts_with("/v1/operator/") || path.starts_with("/v1/query") {
+        } else if path.starts_with("/v1/operator/")
+            || path.starts_with("/v1/query")
+            || path == "/v1/agent/maintenance"
+        {
             Need::Operator
         } else {
             Need::Management

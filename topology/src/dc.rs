@@ -344,6 +344,59 @@ impl DcState {
         Some(true)
     }
 
+    /// Adds or replaces one check, as given (status included): node-level when its
+    /// `service_id` is empty, else of that instance on its node, whose service name it takes.
+    /// Returns `None` when that instance does not exist, else whether anything changed.
+    pub fn set_check(&mut self, mut c: Check, index: u64) -> Option<bool> {
+        if !c.service_id.is_empty() {
+            c.service_name = self.instance(&c.node, &c.service_id)?.service.clone();
+        }
+        match self.checks.get(&c.node).and_then(|m| m.get(&c.id)) {
+            Some(old) => {
+                c.create_index = old.create_index;
+                c.modify_index = old.modify_index;
+                if **old == c {
+                    return Some(false);
+                }
+            }
+            None => c.create_index = index,
+        }
+        c.modify_index = index;
+        self.insert_check(c);
+        self.index = index;
+        Some(true)
+    }
+
+    /// Removes one check (node-level or of an instance). Returns whether it existed.
+    pub fn delete_check(&mut self, node: &str, id: &str, index: u64) -> bool {
+        if self.check(node, id).is_none() {
+            return false;
+        }
+        self.remove_check(node, id);
+        self.index = index;
+        true
+    }
+
+    /// Removes a node with every instance and check on it. Returns whether any of them existed.
+    pub fn deregister_node(&mut self, name: &str, index: u64) -> bool {
+        let name = self.node(name).map_or(name, |n| n.name.as_str()).to_owned();
+        let ids: Vec<String> = self.instances_on(&name).map(|i| i.id.clone()).collect();
+        let mut existed = !ids.is_empty();
+        for id in ids {
+            self.remove_instance(&name, &id);
+        }
+        let checks: Vec<String> = self.checks_on(&name).map(|c| c.id.clone()).collect();
+        existed |= !checks.is_empty();
+        for id in checks {
+            self.remove_check(&name, &id);
+        }
+        existed |= self.remove_node(&name);
+        if existed {
+            self.index = index;
+        }
+        existed
+    }
+
     /// The instances registered on `node` (exact name), in ID order.
     pub fn instances_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Instance> + 'a {
         let start = InstanceKey::new(node, "");

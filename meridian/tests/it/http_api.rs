@@ -241,3 +241,181 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// The SRV answers for `web.service.consul` at `dns`.
+async fn web_srv(dns: std::net::SocketAddr) -> Result<Vec<String>> {
+    use hickory_net::proto::rr::RecordType;
+    let m = crate::dns::query(dns, "web.service.consul.", RecordType::SRV, false).await?;
+    Ok(crate::dns::srv_lines(&m))
+}
+
+/// Status and body of a request with method `method` (`GET` or `PUT`) on `path`.
+async fn call(agent: &Agent, put: bool, path: &str) -> Result<(u16, String)> {
+    let req = if put {
+        agent.http.put(agent.url(path))
+    } else {
+        agent.http.get(agent.url(path))
+    };
+    let r = req.send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// Consul's node, health and member endpoints, check registration, and maintenance mode: a
+/// service put in maintenance leaves DNS answers (as a failing check does) and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_health_members_checks_and_maintenance() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let agent = dev_agent(dir.path()).await?;
+    for (id, port) in [("web-1", 8080), ("web-2", 8081)] {
+        let mut body = service("web", id, port);
+        body["Check"] = json!({ "TTL": "30s", "Status": "passing" });
+        let r = agent.put_json("/v1/agent/service/register", &body).await?;
+        ensure!(r.status().is_success(), "register: {}", r.text().await?);
+    }
+    let me = agent.get_json("/v1/agent/self").await?["Config"]["NodeName"]
+        .as_str()
+        .context("node name")?
+        .to_owned();
+
+    // The node with its instances, by ID and as a list; an unknown node.
+    let node = agent.get_json(&format!("/v1/catalog/node/{me}")).await?;
+    ensure!(node["Node"]["Node"] == me.as_str(), "{node}");
+    ensure!(node["Services"]["web-2"]["Port"] == 8081, "{node}");
+    ensure!(node["Services"]["web-1"]["Service"] == "web", "{node}");
+    ensure!(agent.get_json("/v1/catalog/node/nobody").await? == Value::Null);
+    let list = agent
+        .get_json(&format!("/v1/catalog/node-services/{me}"))
+        .await?;
+    let ids: Vec<&str> = list["Services"]
+        .as_array()
+        .context("Services")?
+        .iter()
+        .filter_map(|s| s["ID"].as_str())
+        .collect();
+    ensure!(ids.contains(&"web-1") && ids.contains(&"web-2"), "{list}");
+    let none = agent.get_json("/v1/catalog/node-services/nobody").await?;
+    ensure!(none == json!({ "Node": null, "Services": [] }), "{none}");
+
+    // Checks by node, by service, by state.
+    let checks = agent.get_json(&format!("/v1/health/node/{me}")).await?;
+    ensure!(checks.as_array().map(Vec::len) == Some(2), "{checks}");
+    let web = agent.get_json("/v1/health/checks/web").await?;
+    ensure!(web.as_array().map(Vec::len) == Some(2), "{web}");
+    ensure!(
+        web[0]["ServiceName"] == "web" && web[0]["Status"] == "passing" && web[0]["Type"] == "ttl",
+        "{web}"
+    );
+    let any = agent.get_json("/v1/health/state/any").await?;
+    ensure!(any.as_array().map(Vec::len) == Some(2), "{any}");
+    let critical = agent.get_json("/v1/health/state/critical").await?;
+    ensure!(critical == json!([]), "{critical}");
+    let (code, text) = call(&agent, false, "/v1/health/state/sick").await?;
+    ensure!(code == 400 && text.contains("sick"), "{code} {text}");
+
+    // This DC's one server, alive; and with ?wan, named <node>.<dc>.
+    let members = agent.get_json("/v1/agent/members").await?;
+    ensure!(
+        members[0]["Name"] == me.as_str() && members[0]["Status"] == 1,
+        "{members}"
+    );
+    ensure!(members[0]["Tags"]["dc"] == "dc1", "{members}");
+    let wan = agent.get_json("/v1/agent/members?wan=1").await?;
+    ensure!(wan[0]["Name"] == format!("{me}.dc1").as_str(), "{wan}");
+
+    // A node check registered and removed.
+    let r = agent
+        .put_json(
+            "/v1/agent/check/register",
+            &json!({ "Name": "disk", "TTL": "60s", "Status": "warning" }),
+        )
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "check register: {}",
+        r.text().await?
+    );
+    let checks = agent.get_json(&format!("/v1/health/node/{me}")).await?;
+    let disk = checks
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["CheckID"] == "disk"))
+        .context("the node check")?;
+    ensure!(
+        disk["Status"] == "warning" && disk["ServiceID"] == "",
+        "{disk}"
+    );
+    // A warning node check shows in its instances' aggregate, and in the HTTP status.
+    let (code, body) = call(&agent, false, "/v1/agent/health/service/name/web").await?;
+    let warn: Value = serde_json::from_str(&body)?;
+    ensure!(
+        code == 429 && warn[0]["AggregatedStatus"] == "warning",
+        "{code} {warn}"
+    );
+    let (code, _) = call(&agent, true, "/v1/agent/check/deregister/disk").await?;
+    ensure!(code == 200, "deregister check: {code}");
+    let (code, _) = call(&agent, true, "/v1/agent/check/deregister/disk").await?;
+    ensure!(code == 404, "an unknown check: {code}");
+    let r = agent
+        .put_json(
+            "/v1/agent/check/register",
+            &json!({ "Name": "x", "ServiceID": "nope", "TTL": "5s" }),
+        )
+        .await?;
+    ensure!(r.status() == 404, "a check of an unknown instance");
+
+    // web-1 in maintenance: critical, out of DNS answers, then back.
+    let dns = crate::dns::dns_addr(&agent);
+    let srv = |_: ()| web_srv(dns);
+    ensure!(srv(()).await?.len() == 2);
+    let (code, text) = call(&agent, true, "/v1/agent/service/maintenance/web-1").await?;
+    ensure!(code == 400 && text.contains("enable"), "{code} {text}");
+    let (code, _) = call(
+        &agent,
+        true,
+        "/v1/agent/service/maintenance/web-1?enable=true&reason=upgrade",
+    )
+    .await?;
+    ensure!(code == 200, "maintenance on: {code}");
+    let (code, body) = call(&agent, false, "/v1/agent/health/service/id/web-1").await?;
+    ensure!(code == 503, "{code} {body}");
+    let entry: Value = serde_json::from_str(&body)?;
+    let mcheck = entry["Checks"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["CheckID"] == "_service_maintenance:web-1")
+        })
+        .context("the maintenance check")?;
+    ensure!(
+        mcheck["Status"] == "critical" && mcheck["Notes"] == "upgrade",
+        "{mcheck}"
+    );
+    let answers = srv(()).await?;
+    ensure!(
+        answers.len() == 1 && answers[0].contains(" 8081 "),
+        "{answers:?}"
+    );
+    let (code, _) = call(
+        &agent,
+        true,
+        "/v1/agent/service/maintenance/web-1?enable=false",
+    )
+    .await?;
+    ensure!(code == 200, "maintenance off: {code}");
+    ensure!(srv(()).await?.len() == 2);
+
+    // The whole node in maintenance: no answer at all, then both back.
+    let (code, _) = call(&agent, true, "/v1/agent/maintenance?enable=true").await?;
+    ensure!(code == 200, "node maintenance on: {code}");
+    let (code, text) = call(
+        &agent,
+        false,
+        "/v1/agent/health/service/name/web?format=text",
+    )
+    .await?;
+    ensure!(code == 503 && text == "critical", "{code} {text}");
+    ensure!(srv(()).await?.is_empty());
+    let (code, _) = call(&agent, true, "/v1/agent/maintenance?enable=false").await?;
+    ensure!(code == 200, "node maintenance off: {code}");
+    ensure!(srv(()).await?.len() == 2);
+    Ok(())
+}

@@ -6,17 +6,21 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
-use meridian_catalog::{Command, WriteOutcome};
-use meridian_topology::Health;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use meridian_catalog::{Command, SERVER_META, WriteOutcome};
+use meridian_topology::Instance;
+use meridian_topology::dc::DcState;
+use meridian_topology::{Check, Health};
 use serde_json::json;
 
 use super::blocking::flag;
 use super::body::read_body;
 use super::catalog::{Pairs, answer_local, read_view};
-use super::consul::{AgentServiceJson, HealthCheckJson};
+use super::consul::{AgentServiceJson, HealthCheckJson, checks_json};
 use super::register::{
-    build_registration, decode_check_update, decode_service_definition, truncate_output,
+    build_agent_check, build_registration, decode_check_definition, decode_check_update,
+    decode_service_definition, truncate_output,
 };
 use super::{ApiError, ApiState, Grant};
 
@@ -286,6 +290,358 @@ async fn ttl_update(
     let outcome = cat.update_local_check(id, status, output).await?;
     if !outcome.found {
         return Err(unknown_check(id));
+    }
+    Ok(())
+}
+
+/// One member as `/v1/agent/members` shows it (Consul's Serf member).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MemberJson<'a> {
+    name: String,
+    addr: &'a str,
+    port: u16,
+    tags: BTreeMap<&'static str, String>,
+    /// Serf's status: 1 alive, 3 left, 4 failed.
+    status: u8,
+    protocol_min: u8,
+    protocol_max: u8,
+    protocol_cur: u8,
+    delegate_min: u8,
+    delegate_max: u8,
+    delegate_cur: u8,
+}
+
+/// The servers of one DC's catalog: the nodes that registered themselves with [`SERVER_META`].
+fn servers_of<'a>(
+    dc_name: &'a str,
+    dc: &'a DcState,
+    wan: bool,
+    status: impl Fn(&str) -> u8 + 'a,
+) -> impl Iterator<Item = MemberJson<'a>> + 'a {
+    dc.nodes().filter_map(move |n| {
+        let rpc = n.meta.get(SERVER_META)?;
+        let port = rpc
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        let mut tags = BTreeMap::new();
+        tags.insert("role", "consul".to_owned());
+        tags.insert("dc", dc_name.to_owned());
+        tags.insert("port", port.to_string());
+        tags.insert(
+            "build",
+            concat!("meridian-", env!("CARGO_PKG_VERSION")).to_owned(),
+        );
+        Some(MemberJson {
+            // Consul names WAN members `<node>.<dc>`.
+            name: if wan {
+                format!("{}.{dc_name}", n.name)
+            } else {
+                n.name.clone()
+            },
+            addr: &n.address,
+            port,
+            tags,
+            status: status(rpc),
+            protocol_min: 1,
+            protocol_max: 5,
+            protocol_cur: 2,
+            delegate_min: 2,
+            delegate_max: 5,
+            delegate_cur: 4,
+        })
+    })
+}
+
+/// `GET /v1/agent/members[?wan=1]`: this DC's servers (alive while they are Raft voters), or
+/// with `wan` every known DC's (failed while their DC is down).
+pub(super) async fn agent_members(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let mut wan = false;
+    for (k, v) in &q {
+        match k.as_str() {
+            "wan" => wan = flag(k, v)?,
+            // Segments and partitions are Consul Enterprise's: only the default one exists.
+            "segment" | "partition" if !v.is_empty() && v != "default" => {
+                return Err(ApiError::bad_request(format!(
+                    "?{k}={v}: Meridian has only the default {k}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let view = state.view();
+    let voters = state.catalog().status().peers;
+    let members: Vec<MemberJson<'_>> = if wan {
+        let failover = view.failover();
+        let local = servers_of(view.datacenter(), view.local(), true, |_| 1);
+        let remote = view.remotes().flat_map(|r| {
+            let status = if failover.unavailable(&r.name) { 4 } else { 1 };
+            servers_of(&r.name, &r.state, true, move |_| status)
+        });
+        local.chain(remote).collect()
+    } else {
+        servers_of(view.datacenter(), view.local(), false, |rpc| {
+            if voters.iter().any(|v| v == rpc) {
+                1
+            } else {
+                3
+            }
+        })
+        .collect()
+    };
+    Ok(axum::Json(members).into_response())
+}
+
+/// Consul's aggregate of an instance's checks, and the HTTP status that says it: 200 passing,
+/// 429 warning, 503 critical.
+fn aggregate(status: Health) -> (&'static str, StatusCode) {
+    match status {
+        Health::Passing => ("passing", StatusCode::OK),
+        Health::Warning => ("warning", StatusCode::TOO_MANY_REQUESTS),
+        Health::Critical => ("critical", StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// One instance with its aggregated status, as `/v1/agent/health/service/*` shows it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentHealthJson<'a> {
+    aggregated_status: &'static str,
+    service: AgentServiceJson<'a>,
+    checks: Vec<HealthCheckJson<'a>>,
+}
+
+fn agent_health<'a>(dc_name: &'a str, dc: &'a DcState, i: &'a Instance) -> AgentHealthJson<'a> {
+    AgentHealthJson {
+        aggregated_status: aggregate(dc.health_of(i)).0,
+        service: AgentServiceJson::new(dc_name, i),
+        checks: checks_json(dc, dc.checks_of(i)),
+    }
+}
+
+/// Whether `?format=text` asks for the bare status.
+fn text_format(q: &[(String, String)]) -> Result<bool, ApiError> {
+    match q.iter().rev().find(|(k, _)| k == "format") {
+        None => Ok(false),
+        Some((_, v)) if v == "text" => Ok(true),
+        Some((_, v)) => Err(ApiError::bad_request(format!(
+            "Invalid format {v:?}: only \"text\" is known"
+        ))),
+    }
+}
+
+/// `GET /v1/agent/health/service/name/{name}[?format=text]`: this node's instances of the
+/// service with their aggregated status; the HTTP status is the worst of them (404: none).
+pub(super) async fn agent_health_by_name(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let text = text_format(&q)?;
+    let view = state.view();
+    let (dc_name, dc) = (view.datacenter(), view.local());
+    let node = state.catalog().node_name();
+    let mine: Vec<&Instance> = dc.instances_of(&name).filter(|i| i.node == node).collect();
+    let Some(worst) = mine.iter().map(|i| dc.health_of(i)).max() else {
+        return Err(ApiError::not_found(format!("ServiceName {name} Not Found")));
+    };
+    let (word, code) = aggregate(worst);
+    if text {
+        return Ok((code, word).into_response());
+    }
+    let body: Vec<_> = mine.iter().map(|i| agent_health(dc_name, dc, i)).collect();
+    Ok((code, axum::Json(body)).into_response())
+}
+
+/// `GET /v1/agent/health/service/id/{id}[?format=text]`: one of this node's instances with its
+/// aggregated status, and the HTTP status that says it.
+pub(super) async fn agent_health_by_id(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let text = text_format(&q)?;
+    let view = state.view();
+    let (dc_name, dc) = (view.datacenter(), view.local());
+    let inst = dc
+        .instance(state.catalog().node_name(), &id)
+        .ok_or_else(|| ApiError::not_found(format!("ServiceId {id} not found")))?;
+    let entry = agent_health(dc_name, dc, inst);
+    let code = aggregate(dc.health_of(inst)).1;
+    if text {
+        return Ok((code, entry.aggregated_status).into_response());
+    }
+    Ok((code, axum::Json(entry)).into_response())
+}
+
+/// `PUT /v1/agent/check/register`: a check of this node (node-level; operators) or of one of
+/// its instances (`ServiceID`; writers of that service). Registering an existing ID replaces
+/// the check, status included.
+pub(super) async fn register_check(
+    State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
+    body: Body,
+) -> Result<(), ApiError> {
+    let body = read_body(body, state.max_body_bytes()).await?;
+    let def = decode_check_definition(&body)?;
+    let cat = state.catalog();
+    let check = build_agent_check(&def, cat.node_name(), cat.view().local())?;
+    tracing::debug!(check = %check.id, service_id = %check.service_id, "register check");
+    write_check(&state, &grant, check).await
+}
+
+/// Writes `check` of this node, with the permission its owner needs.
+async fn write_check(state: &ApiState, grant: &Grant, check: Check) -> Result<(), ApiError> {
+    let sid = check.service_id.clone();
+    let cmd = Command::SetCheck { check };
+    let outcome = if sid.is_empty() {
+        grant.require_node_write()?;
+        state.catalog().write(cmd).await?
+    } else {
+        write_checked(state, grant, &sid, cmd, false).await?
+    };
+    if !outcome.found {
+        return Err(unknown_service(&sid));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/agent/check/deregister/{id}`: removes a check of this node.
+pub(super) async fn deregister_check(
+    State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Result<(), ApiError> {
+    let cat = state.catalog();
+    let sid = cat
+        .view()
+        .local()
+        .check(cat.node_name(), &id)
+        .map(|c| c.service_id.clone())
+        .ok_or_else(|| unknown_check(&id))?;
+    let cmd = Command::DeregisterCheck {
+        node: cat.node_name().to_owned(),
+        check_id: id.clone(),
+    };
+    let outcome = if sid.is_empty() {
+        grant.require_node_write()?;
+        cat.write(cmd).await?
+    } else {
+        write_checked(&state, &grant, &sid, cmd, false).await?
+    };
+    if !outcome.found {
+        return Err(unknown_check(&id));
+    }
+    Ok(())
+}
+
+/// Consul's check ID for node maintenance.
+const NODE_MAINTENANCE: &str = "_node_maintenance";
+/// Consul's check ID prefix for a service's maintenance (`_service_maintenance:<id>`).
+const SERVICE_MAINTENANCE: &str = "_service_maintenance:";
+
+/// `?enable=` (required) and `?reason=` of the maintenance endpoints.
+fn maintenance_params(q: &[(String, String)]) -> Result<(bool, Option<String>), ApiError> {
+    let mut enable = None;
+    let mut reason = None;
+    for (k, v) in q {
+        match k.as_str() {
+            "enable" => enable = Some(flag(k, v)?),
+            "reason" if !v.is_empty() => reason = Some(truncate_output(v)),
+            _ => {}
+        }
+    }
+    let enable = enable.ok_or_else(|| ApiError::bad_request("Missing value for enable"))?;
+    Ok((enable, reason))
+}
+
+/// The critical check that puts a node (`service` `None`) or one instance in maintenance: DNS,
+/// the gateway and failover treat it as any failing check.
+fn maintenance_check(node: &str, service: Option<&Instance>, reason: Option<String>) -> Check {
+    let (id, name, what) = match service {
+        None => (NODE_MAINTENANCE.to_owned(), "Node Maintenance Mode", "node"),
+        Some(i) => (
+            format!("{SERVICE_MAINTENANCE}{}", i.id),
+            "Service Maintenance Mode",
+            "service",
+        ),
+    };
+    Check {
+        id,
+        name: name.to_owned(),
+        node: node.to_owned(),
+        service_id: service.map(|i| i.id.clone()).unwrap_or_default(),
+        service_name: service.map(|i| i.service.clone()).unwrap_or_default(),
+        status: Health::Critical,
+        output: String::new(),
+        notes: reason.unwrap_or_else(|| {
+            format!(
+                "Maintenance mode is enabled for this {what}, but no reason was provided. This is a default message."
+            )
+        }),
+        spec: None,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// `PUT /v1/agent/maintenance?enable=&reason=`: this node in or out of maintenance (operators).
+pub(super) async fn node_maintenance(
+    State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    let (enable, reason) = maintenance_params(&q)?;
+    grant.require_node_write()?;
+    let cat = state.catalog();
+    let node = cat.node_name();
+    let cmd = if enable {
+        Command::SetCheck {
+            check: maintenance_check(node, None, reason),
+        }
+    } else {
+        Command::DeregisterCheck {
+            node: node.to_owned(),
+            check_id: NODE_MAINTENANCE.to_owned(),
+        }
+    };
+    cat.write(cmd).await?;
+    Ok(())
+}
+
+/// `PUT /v1/agent/service/maintenance/{id}?enable=&reason=`: one of this node's instances in
+/// or out of maintenance (writers of its service).
+pub(super) async fn service_maintenance(
+    State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
+    Path(id): Path<String>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    let (enable, reason) = maintenance_params(&q)?;
+    let cat = state.catalog();
+    let node = cat.node_name();
+    let view = cat.view();
+    let inst = view
+        .local()
+        .instance(node, &id)
+        .ok_or_else(|| unknown_service(&id))?;
+    let cmd = if enable {
+        Command::SetCheck {
+            check: maintenance_check(node, Some(inst), reason),
+        }
+    } else {
+        Command::DeregisterCheck {
+            node: node.to_owned(),
+            check_id: format!("{SERVICE_MAINTENANCE}{id}"),
+        }
+    };
+    let outcome = write_checked(&state, &grant, &id, cmd, false).await?;
+    if enable && !outcome.found {
+        return Err(unknown_service(&id));
     }
     Ok(())
 }

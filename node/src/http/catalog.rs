@@ -12,7 +12,10 @@ use meridian_topology::{Health, Instance, View};
 use serde::Serialize;
 
 use super::blocking::{ReadParams, consul_headers, wait_for_view};
-use super::consul::{CatalogServiceJson, NodeJson, ServiceEntryJson};
+use super::consul::{
+    AgentServiceJson, CatalogServiceJson, NodeJson, NodeServiceListJson, NodeServicesJson,
+    ServiceEntryJson, checks_json,
+};
 use super::{ApiError, ApiState};
 
 /// Query pairs in order, so that repeated keys (`?tag=a&tag=b`) survive.
@@ -125,6 +128,97 @@ pub(super) async fn catalog_nodes(
         .map(|n| NodeJson::new(dc_name, &n.name, Some(n)))
         .collect();
     Ok(answer(&state, &view, &p, &nodes))
+}
+
+/// `GET /v1/catalog/node/{node}`: the node and its instances by ID; `null` for a node the
+/// catalog does not hold, as Consul answers.
+pub(super) async fn catalog_node(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let (view, p) = read_view(&state, &q).await?;
+    let (dc_name, dc) = dc_of(&view, &p)?;
+    let body = dc.node(&node).map(|n| NodeServicesJson {
+        node: NodeJson::new(dc_name, &n.name, Some(n)),
+        services: dc
+            .instances_on(&n.name)
+            .map(|i| (i.id.as_str(), AgentServiceJson::new(dc_name, i)))
+            .collect(),
+    });
+    Ok(answer(&state, &view, &p, &body))
+}
+
+/// `GET /v1/catalog/node-services/{node}`: the node and its instances as a list.
+pub(super) async fn catalog_node_services(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let (view, p) = read_view(&state, &q).await?;
+    let (dc_name, dc) = dc_of(&view, &p)?;
+    let known = dc.node(&node);
+    let body = NodeServiceListJson {
+        node: known.map(|n| NodeJson::new(dc_name, &n.name, Some(n))),
+        services: known
+            .into_iter()
+            .flat_map(|n| dc.instances_on(&n.name))
+            .map(|i| AgentServiceJson::new(dc_name, i))
+            .collect(),
+    };
+    Ok(answer(&state, &view, &p, &body))
+}
+
+/// `GET /v1/health/node/{node}`: the node's checks, node-level and of its instances.
+pub(super) async fn health_node(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let (view, p) = read_view(&state, &q).await?;
+    let (_, dc) = dc_of(&view, &p)?;
+    let name = dc.node(&node).map_or(node.as_str(), |n| n.name.as_str());
+    let checks = checks_json(dc, dc.checks_on(name));
+    Ok(answer(&state, &view, &p, &checks))
+}
+
+/// `GET /v1/health/checks/{service}`: the checks of the service's instances.
+pub(super) async fn health_checks(
+    State(state): State<ApiState>,
+    Path(service): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let (view, p) = read_view(&state, &q).await?;
+    let (_, dc) = dc_of(&view, &p)?;
+    let checks = checks_json(
+        dc,
+        dc.instances_of(&service)
+            .flat_map(|i| dc.checks_on(&i.node).filter(|c| c.service_id == i.id)),
+    );
+    Ok(answer(&state, &view, &p, &checks))
+}
+
+/// `GET /v1/health/state/{state}`: every check in `passing`, `warning` or `critical`, or `any`.
+pub(super) async fn health_state(
+    State(state): State<ApiState>,
+    Path(wanted): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let status = match wanted.as_str() {
+        "any" => None,
+        s => Some(Health::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid check state {s:?}: one of any, passing, warning, critical"
+            ))
+        })?),
+    };
+    let (view, p) = read_view(&state, &q).await?;
+    let (_, dc) = dc_of(&view, &p)?;
+    let checks = checks_json(
+        dc,
+        dc.checks().filter(|c| status.is_none_or(|s| c.status == s)),
+    );
+    Ok(answer(&state, &view, &p, &checks))
 }
 
 /// `GET /v1/catalog/datacenters`: the datacenters this node knows (local and federated), local

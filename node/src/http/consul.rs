@@ -305,3 +305,40 @@ impl<'a> CatalogServiceJson<'a> {
         }
     }
 }
+
+/// `/v1/catalog/node/{node}`: a node and its instances by ID (Consul's `NodeServices`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServicesJson<'a> {
+    /// The node.
+    pub node: NodeJson<'a>,
+    /// Its instances, by ID.
+    pub services: BTreeMap<&'a str, AgentServiceJson<'a>>,
+}
+
+/// `/v1/catalog/node-services/{node}`: a node and its instances as a list (Consul's
+/// `NodeServiceList`); `Node` is null for a node the catalog does not hold.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServiceListJson<'a> {
+    /// The node, if known.
+    pub node: Option<NodeJson<'a>>,
+    /// Its instances.
+    pub services: Vec<AgentServiceJson<'a>>,
+}
+
+/// The checks of `checks` as Consul shows them, each with its instance's tags.
+pub fn checks_json<'a>(
+    dc: &'a DcState,
+    checks: impl Iterator<Item = &'a Check> + 'a,
+) -> Vec<HealthCheckJson<'a>> {
+    checks
+        .map(|c| {
+            let tags = dc
+                .instance(&c.node, &c.service_id)
+                .map(|i| i.tags.as_slice())
+                .unwrap_or_default();
+            HealthCheckJson::new(c, tags)
+        })
+        .collect()
+}

@@ -187,6 +187,25 @@ pub fn router(state: ApiState) -> Router {
             put(agent::deregister_service),
         )
         .route("/v1/agent/service/{id}", get(agent::agent_service))
+        .route("/v1/agent/members", get(agent::agent_members))
+        .route("/v1/agent/maintenance", put(agent::node_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(agent::service_maintenance),
+        )
+        .route("/v1/agent/check/register", put(agent::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent::deregister_check),
+        )
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(agent::agent_health_by_name),
+        )
+        .route(
+            "/v1/agent/health/service/id/{id}",
+            get(agent::agent_health_by_id),
+        )
         // `update` takes a body; `pass`, `warn` and `fail` differ only in the status they set.
         .route("/v1/agent/check/update/{id}", put(agent::check_update))
         .route("/v1/agent/check/{verb}/{id}", put(agent::check_set))
@@ -194,7 +213,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/catalog/service/{name}", get(catalog::catalog_service))
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
         .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
+        .route("/v1/catalog/node/{node}", get(catalog::catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::catalog_node_services),
+        )
         .route("/v1/health/service/{name}", get(catalog::health_service))
+        .route("/v1/health/node/{node}", get(catalog::health_node))
+        .route("/v1/health/checks/{service}", get(catalog::health_checks))
+        .route("/v1/health/state/{state}", get(catalog::health_state))
         .route("/v1/status/leader", get(catalog::status_leader))
         .route("/v1/status/peers", get(catalog::status_peers))
         .route("/v1/federation/status", get(federation::status))

@@ -89,6 +89,7 @@ pub(crate) const CHECK_FIELDS: &[&str] = &[
     "AliasNode",
     "AliasService",
     "OSService",
+    "ServiceID",
 ];
 
 const CHECK_UPDATE_FIELDS: &[&str] = &["Status", "Output"];
@@ -247,6 +248,10 @@ pub struct CheckDefinition {
     /// Windows service check: not supported.
     #[serde(rename = "OSService")]
     pub os_service: Option<String>,
+    /// The instance the check belongs to (`/v1/agent/check/register`; inside a service
+    /// definition it can only name that service).
+    #[serde(rename = "ServiceID")]
+    pub service_id: Option<String>,
 }
 
 /// The body of `PUT /v1/agent/check/update/{id}`.
@@ -483,7 +488,19 @@ pub fn build_registration(
         } else {
             format!("service:{id}")
         };
-        let check = build_check(c, field, default_id, &instance)?;
+        if let Some(sid) = non_empty(&c.service_id)
+            && sid != id
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field}: ServiceID {sid:?} is not this service's ID {id:?}"
+            )));
+        }
+        let owner = CheckOwner {
+            node,
+            service_id: &instance.id,
+            service_name: &instance.service,
+        };
+        let check = build_check(c, field, default_id, owner)?;
         if checks.iter().any(|o| o.id == check.id) {
             return Err(ApiError::bad_request(format!(
                 "duplicate check ID {:?} in the registration",
@@ -493,15 +510,7 @@ pub fn build_registration(
         if let Some(other) = current.check(node, &check.id)
             && other.service_id != id
         {
-            return Err(ApiError::bad_request(format!(
-                "check ID {:?} already belongs to {} on this node",
-                check.id,
-                if other.service_id.is_empty() {
-                    "a node check".to_owned()
-                } else {
-                    format!("service ID {:?}", other.service_id)
-                }
-            )));
+            return Err(taken(other));
         }
         checks.push(check);
     }
@@ -516,12 +525,73 @@ pub fn build_registration(
     Ok(Registration { instance, checks })
 }
 
-/// Builds one check of `inst` from its definition; `field` names it in errors.
+/// Decodes the body of `PUT /v1/agent/check/register`.
+pub fn decode_check_definition(body: &[u8]) -> Result<CheckDefinition, ApiError> {
+    decode(body, CHECK_FIELDS, &|_| {})
+}
+
+/// What a check belongs to: a node, and an instance on it (empty for a node check).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckOwner<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// The instance's ID; empty for a node check.
+    pub service_id: &'a str,
+    /// The instance's service.
+    pub service_name: &'a str,
+}
+
+/// Validates a check registered on its own (`/v1/agent/check/register`) on `node`: a node
+/// check, or one of an instance on `node` named by `ServiceID`. Its ID defaults to its name,
+/// which is required, as in Consul.
+pub fn build_agent_check(
+    def: &CheckDefinition,
+    node: &str,
+    current: &DcState,
+) -> Result<Check, ApiError> {
+    let name = non_empty(&def.name).ok_or_else(|| ApiError::bad_request("Missing check name"))?;
+    let (service_id, service_name) = match non_empty(&def.service_id) {
+        None => ("", ""),
+        Some(sid) => {
+            let inst = current.instance(node, sid).ok_or_else(|| {
+                ApiError::not_found(format!("ServiceID {sid:?} does not exist on this node"))
+            })?;
+            (inst.id.as_str(), inst.service.as_str())
+        }
+    };
+    let owner = CheckOwner {
+        node,
+        service_id,
+        service_name,
+    };
+    let check = build_check(def, "check", name.to_owned(), owner)?;
+    if let Some(other) = current.check(node, &check.id)
+        && other.service_id != check.service_id
+    {
+        return Err(taken(other));
+    }
+    Ok(check)
+}
+
+/// The refusal of a check ID that `other` already holds on the node.
+fn taken(other: &Check) -> ApiError {
+    ApiError::bad_request(format!(
+        "check ID {:?} already belongs to {} on this node",
+        other.id,
+        if other.service_id.is_empty() {
+            "a node check".to_owned()
+        } else {
+            format!("service ID {:?}", other.service_id)
+        }
+    ))
+}
+
+/// Builds one check of `owner` from its definition; `field` names it in errors.
 fn build_check(
     c: &CheckDefinition,
     field: &str,
     default_id: String,
-    inst: &Instance,
+    owner: CheckOwner<'_>,
 ) -> Result<Check, ApiError> {
     let bad = |msg: String| ApiError::bad_request(format!("{field}: {msg}"));
 
@@ -641,12 +711,12 @@ fn build_check(
     Ok(Check {
         id,
         name: non_empty(&c.name).map_or_else(
-            || format!("Service '{}' check", inst.service),
+            || format!("Service '{}' check", owner.service_name),
             str::to_owned,
         ),
-        node: inst.node.clone(),
-        service_id: inst.id.clone(),
-        service_name: inst.service.clone(),
+        node: owner.node.to_owned(),
+        service_id: owner.service_id.to_owned(),
+        service_name: owner.service_name.to_owned(),
         status,
         output: String::new(),
         notes: c.notes.clone().unwrap_or_default(),

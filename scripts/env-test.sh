@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tests scripts/env.sh's detection against fake library folders, so that a check satisfied by an
-# unrelated file (Debian's libclang-cpp.so.14 taken for bindgen's libclang) cannot come back.
-# Run by scripts/test.sh; prints "env detection: N passed, M failed".
+# Tests scripts/env.sh's detection against fake library folders and fake programs, so that a
+# check satisfied by an unrelated file (Debian's libclang-cpp.so.14 taken for bindgen's libclang)
+# or by a program too old to use cannot come back. Run by scripts/test.sh; prints
+# "env detection: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MERIDIAN_ENV_FUNCTIONS_ONLY=1 source scripts/env.sh
@@ -23,17 +24,30 @@ make_root() {
     done
 }
 
-# `expect NAME yes|no`: whether detection under the fake root NAME must ask for libclang-dev.
+# `make_program NAME PROGRAM SCRIPT`: an executable $work/NAME/PROGRAM (relative) running the
+# shell SCRIPT.
+make_program() {
+    local file=$work/$1/$2
+    mkdir -p "$(dirname "$file")"
+    printf '#!/bin/sh\n%s\n' "$3" >"$file"
+    chmod +x "$file"
+}
+
+# `expect NAME yes|no [PACKAGE]`: whether detection under the fake root NAME, with only its bin/
+# on PATH, must ask for PACKAGE (default libclang-dev).
 expect() {
-    local name=$1 want=$2 got=no
-    if MERIDIAN_ROOT=$work/$name meridian_missing_packages | grep -qx libclang-dev; then
+    local name=$1 want=$2 package=${3:-libclang-dev} got=no missing
+    # Read whole before grep: `grep -q` would stop reading at its match, and the writer's
+    # SIGPIPE would fail the pipeline (pipefail).
+    missing=$(PATH=$work/$name/bin MERIDIAN_ROOT=$work/$name meridian_missing_packages)
+    if grep -qx "$package" <<<"$missing"; then
         got=yes
     fi
     if [ "$got" = "$want" ]; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
-        echo "env detection: $name: asks for libclang-dev: $got, expected $want" >&2
+        echo "env detection: $name: asks for $package: $got, expected $want" >&2
     fi
 }
 
@@ -57,6 +71,39 @@ LIBCLANG_PATH=/opt/llvm/lib expect custom no
 # Nothing at all.
 make_root empty
 expect empty yes
+expect empty yes nodejs
+expect empty yes npm
+expect empty yes python3-venv
+
+# Node.js and npm are asked what version they are. Debian 12's node 18 and npm 9 do.
+make_program node18 bin/node 'echo 18'
+make_program node18 bin/npm 'echo 9.2.0'
+expect node18 no nodejs
+expect node18 no npm
+# Debian 11's node 12 and npm 7: node is too old for the tests, npm reads lockfile v3.
+make_program node12 bin/node 'echo 12'
+make_program node12 bin/npm 'echo 7.5.2'
+expect node12 yes nodejs
+expect node12 no npm
+# A node that does not run (a broken install), and npm 6, which cannot read the lock file.
+make_program broken bin/node 'exit 127'
+make_program broken bin/npm 'echo 6.14.4'
+expect broken yes nodejs
+expect broken yes npm
+
+# Debian's python3 is run with the real check: this machine's, as it is (scripts/env.sh has
+# installed python3-venv by now); without ensurepip (python3-venv missing); and claiming 3.9.
+mkdir -p "$work/venv/usr/bin" "$work/no-ensurepip/usr/bin" "$work/py39/usr/bin"
+ln -s /usr/bin/python3 "$work/venv/usr/bin/python3"
+expect venv no python3-venv
+mkdir -p "$work/no-ensurepip/lib"
+echo 'raise ImportError("no module named ensurepip")' >"$work/no-ensurepip/lib/ensurepip.py"
+make_program no-ensurepip usr/bin/python3 "PYTHONPATH=$work/no-ensurepip/lib exec /usr/bin/python3 \"\$@\""
+expect no-ensurepip yes python3-venv
+mkdir -p "$work/py39/lib"
+echo 'import sys; sys.version_info = (3, 9, 2, "final", 0)' >"$work/py39/lib/sitecustomize.py"
+make_program py39 usr/bin/python3 "PYTHONPATH=$work/py39/lib exec /usr/bin/python3 \"\$@\""
+expect py39 yes python3-venv
 
 echo "env detection: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -10,6 +10,8 @@ set -euo pipefail
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The checkout this file belongs to, wherever it is sourced from.
+MERIDIAN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Whether a program is on PATH or in the sbin folders (unbound, nginx and iptables live there, and
 # a non-root PATH may lack them). `[ -x ]` follows symlinks, so a dangling alternatives link left
@@ -46,6 +48,32 @@ meridian_has_libclang() {
     return 1
 }
 
+# Whether the `node` on PATH can run the npm `consul` client's tests: Node.js 18 or newer
+# (Debian 12's; consul 2.0.1 declares no engines, but its uuid 10 needs 16, and the tests use the
+# global fetch of 18). Asked of the program itself: a node that does not run does not count.
+meridian_has_node() {
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || return 1
+    [[ $major =~ ^[0-9]+$ ]] && [ "$major" -ge 18 ]
+}
+
+# Whether the `npm` on PATH reads the committed package-lock.json (lockfile v3: npm 7 or newer;
+# Debian 12 has 9). NodeSource's nodejs brings its own npm, so Debian's is asked for only when
+# there is none that works.
+meridian_has_npm() {
+    local version
+    version=$(npm --version 2>/dev/null) || return 1
+    [[ ${version%%.*} =~ ^[0-9]+$ ]] && [ "${version%%.*}" -ge 7 ]
+}
+
+# Whether Debian's python3 under the folder $1 ("" for the real system) can make the py-consul
+# venv: Python 3.10 or newer (py-consul 1.8.0's floor) with venv's ensurepip and the pip wheel it
+# installs (python3-venv; without it `python3 -m venv` fails). Never the python3 on PATH, which
+# may be a pyenv shim or another interpreter.
+meridian_has_python_venv() {
+    "$1/usr/bin/python3" -c 'import sys, venv, ensurepip; ensurepip.version(); sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1
+}
+
 # The Debian packages this machine lacks for the build and the tests, one per line. The library
 # folders are searched under MERIDIAN_ROOT (default: the real system), which is how
 # scripts/env-test.sh checks the detection itself.
@@ -68,6 +96,11 @@ meridian_missing_packages() {
     # network namespaces with ip.
     meridian_has_program iptables || echo iptables
     meridian_has_program ip || echo iproute2
+    # The client compatibility tests (meridian/tests/it/clients.rs) run the npm `consul` client
+    # with node and py-consul in a venv of Debian's python3.
+    meridian_has_node || echo nodejs
+    meridian_has_npm || echo npm
+    meridian_has_python_venv "$root" || echo python3-venv
 }
 
 # `cargo audit`, which scripts/test.sh runs (the demo does not need it): installed once into
@@ -103,7 +136,74 @@ meridian_install_missing() {
     fi
 }
 
+# The Consul clients that meridian/tests/it/clients.rs drives, pinned in meridian/tests/clients/:
+# the npm `consul` (package-lock.json, installed with `npm ci`) and PyPI's py-consul
+# (requirements.txt with hashes, into a venv of Debian's /usr/bin/python3). Each goes into a
+# folder of ~/.cache/meridian/clients named by the hash of what pins it (and of the Python
+# version), so a changed pin installs anew and checkouts pinning different versions keep their
+# own; a folder counts only once the client loads from it, and installs are serialized by a lock
+# so parallel runs do not interleave. Exports MERIDIAN_NODE_CLIENTS (a folder whose node_modules
+# holds `consul`) and MERIDIAN_PY_CLIENTS (the venv's python) for the tests.
+meridian_install_clients() {
+    local src=$MERIDIAN_REPO/meridian/tests/clients cache=$HOME/.cache/meridian/clients hash
+    local npm_dir venv_dir
+    mkdir -p "$cache"
+    hash=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -c1-16)
+    npm_dir=$cache/npm-$hash
+    hash=$({ cat "$src/requirements.txt"; /usr/bin/python3 --version; } | sha256sum | cut -c1-16)
+    venv_dir=$cache/venv-$hash
+    (
+        flock 9
+        if ! meridian_npm_clients_load "$npm_dir"; then
+            echo "meridian: installing the npm consul client (npm ci) into $npm_dir" >&2
+            rm -rf "$npm_dir"
+            mkdir -p "$npm_dir"
+            cp "$src/package.json" "$src/package-lock.json" "$npm_dir/"
+            (cd "$npm_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+            meridian_npm_clients_load "$npm_dir" || { echo "meridian: the npm consul client does not load from $npm_dir after npm ci" >&2; exit 1; }
+        fi
+        if ! meridian_py_clients_load "$venv_dir" "$src/requirements.txt"; then
+            echo "meridian: installing py-consul into the venv $venv_dir" >&2
+            rm -rf "$venv_dir"
+            /usr/bin/python3 -m venv "$venv_dir"
+            "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+                --require-hashes --only-binary=:all: -r "$src/requirements.txt" >&2
+            meridian_py_clients_load "$venv_dir" "$src/requirements.txt" || { echo "meridian: py-consul does not import from $venv_dir after pip install" >&2; exit 1; }
+        fi
+    ) 9>"$cache/install.lock"
+    export MERIDIAN_NODE_CLIENTS=$npm_dir
+    export MERIDIAN_PY_CLIENTS=$venv_dir/bin/python
+}
+
+# Whether the folder $1 holds every package of its package-lock.json at the locked version, and
+# the npm `consul` client loads from it and makes a client.
+meridian_npm_clients_load() {
+    (cd "$1" 2>/dev/null && node -e '
+        const fs = require("fs");
+        for (const [path, locked] of Object.entries(require("./package-lock.json").packages)) {
+            if (path && JSON.parse(fs.readFileSync(`${path}/package.json`)).version !== locked.version) process.exit(1);
+        }
+        const Consul = require("consul");
+        new Consul({ host: "127.0.0.1" });
+    ') >/dev/null 2>&1
+}
+
+# Whether the venv $1 holds every package that requirements.txt $2 pins, at its pinned version,
+# and py-consul imports from it and makes a client.
+meridian_py_clients_load() {
+    "$1/bin/python" -c '
+import re, sys
+from importlib.metadata import version
+for name, pinned in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(sys.argv[1]).read(), re.M):
+    if version(name) != pinned:
+        sys.exit(1)
+import consul
+consul.Consul(host="127.0.0.1", port=8500)
+' "$2" >/dev/null 2>&1
+}
+
 # scripts/env-test.sh sources this file only for its functions.
 if [ "${MERIDIAN_ENV_FUNCTIONS_ONLY:-0}" != 1 ]; then
     meridian_install_missing
+    meridian_install_clients
 fi

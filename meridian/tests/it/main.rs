@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod cli;
+mod clients;
 mod dns;
 mod drill;
 mod durability;

@@ -121,13 +121,16 @@ async fn npm_consul_client() -> Result<()> {
     let modules = installed("MERIDIAN_NODE_CLIENTS")?;
     let dir = tempfile::tempdir()?;
     let agent = dev_agent(dir.path()).await?;
-    run_script(
-        &agent,
-        "node",
-        &["consul-npm.test.mjs"],
-        &[("MERIDIAN_NODE_CLIENTS", &modules)],
-    )
-    .await
+    for script in ["consul-npm.test.mjs", "consul-npm.nodes.test.mjs"] {
+        run_script(
+            &agent,
+            "node",
+            &[script],
+            &[("MERIDIAN_NODE_CLIENTS", &modules)],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,5 +139,8 @@ async fn py_consul_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let agent = dev_agent(dir.path()).await?;
     // -E: none of the caller's PYTHON* variables; -B: no bytecode written into the source tree.
-    run_script(&agent, &python, &["-E", "-B", "test_py_consul.py"], &[]).await
+    for script in ["test_py_consul.py", "test_py_consul_nodes.py"] {
+        run_script(&agent, &python, &["-E", "-B", script], &[]).await?;
+    }
+    Ok(())
 }

@@ -38,7 +38,7 @@ async fn write_checked(
 ) -> Result<WriteOutcome, ApiError> {
     let cat = state.catalog();
     if grant.is_management() {
-        return Ok(cat.write(cmd).await?);
+        return state.write(cmd).await;
     }
     // Each failed guard means a concurrent write to this very ID committed first, and the view
     // read next includes it: a few rounds settle anything but a deliberate flood.
@@ -53,7 +53,7 @@ async fn write_checked(
             None if !absent_ok => return Err(unknown_service(id)),
             None => {}
         }
-        let outcome = cat
+        let outcome = state
             .write(Command::Guarded {
                 node: cat.node_name().to_owned(),
                 id: id.to_owned(),
@@ -288,6 +288,7 @@ async fn ttl_update(
         return Err(unknown_check(id));
     }
     let outcome = cat.update_local_check(id, status, output).await?;
+    state.settle(&outcome).await;
     if !outcome.found {
         return Err(unknown_check(id));
     }
@@ -500,7 +501,7 @@ async fn write_check(state: &ApiState, grant: &Grant, check: Check) -> Result<()
     let cmd = Command::SetCheck { check };
     let outcome = if sid.is_empty() {
         grant.require_node_write()?;
-        state.catalog().write(cmd).await?
+        state.write(cmd).await?
     } else {
         write_checked(state, grant, &sid, cmd, false).await?
     };
@@ -529,7 +530,7 @@ pub(super) async fn deregister_check(
     };
     let outcome = if sid.is_empty() {
         grant.require_node_write()?;
-        cat.write(cmd).await?
+        state.write(cmd).await?
     } else {
         write_checked(&state, &grant, &sid, cmd, false).await?
     };
@@ -609,7 +610,7 @@ pub(super) async fn node_maintenance(
             check_id: NODE_MAINTENANCE.to_owned(),
         }
     };
-    cat.write(cmd).await?;
+    state.write(cmd).await?;
     Ok(())
 }
 

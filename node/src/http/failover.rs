@@ -93,11 +93,12 @@ pub(super) async fn drain(
     };
     // Deliberate (an operator or a drill): worth a line, not a warning.
     tracing::info!(dc = %cat.datacenter(), "datacenter drained by an operator");
-    cat.write(Command::Register {
-        instance,
-        checks: Vec::new(),
-    })
-    .await?;
+    state
+        .write(Command::Register {
+            instance,
+            checks: Vec::new(),
+        })
+        .await?;
     Ok(Json(
         json!({ "Datacenter": cat.datacenter(), "Drained": true }),
     ))
@@ -115,7 +116,7 @@ pub(super) async fn undrain(
         .map(|i| (i.node.clone(), i.id.clone()))
         .collect();
     for (node, id) in marks {
-        cat.write(Command::Deregister { node, id }).await?;
+        state.write(Command::Deregister { node, id }).await?;
     }
     tracing::info!(dc = %cat.datacenter(), "datacenter undrained by an operator");
     Ok(Json(

@@ -32,7 +32,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use meridian_catalog::{Catalog, CatalogMetrics};
+use meridian_catalog::{Catalog, CatalogMetrics, Command, WriteOutcome};
 use meridian_federation::Federation;
 use meridian_topology::View;
 use prometheus_client::registry::Registry;
@@ -41,6 +41,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::acl::{Acl, Need, presented_token};
+
+/// Longest a write's answer waits for reads on this agent to see it.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 use listener::{Activity, LimitedListener};
 
 pub use crate::acl::Grant;
@@ -141,6 +144,27 @@ impl ApiState {
     /// The views reads are answered from.
     pub fn views(&self) -> &watch::Receiver<Arc<View>> {
         &self.inner.views
+    }
+
+    /// Writes `cmd` through the catalog, and returns once reads on this agent see it.
+    pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, ApiError> {
+        let outcome = self.catalog().write(cmd).await?;
+        self.settle(&outcome).await;
+        Ok(outcome)
+    }
+
+    /// Waits (briefly) until the views reads are answered from hold `outcome`'s write. Reads
+    /// go through the failover stage, a step behind the catalog: without this, a client that
+    /// writes and then reads this agent (as Consul's clients and tests do) could read the
+    /// state from before its own acknowledged write.
+    pub async fn settle(&self, outcome: &WriteOutcome) {
+        if !outcome.changed {
+            return;
+        }
+        let mut views = self.inner.views.clone();
+        let caught_up = views.wait_for(|v| v.local().index() >= outcome.index);
+        // Bounded: a stage that stalls delays the answer, never holds it.
+        let _ = tokio::time::timeout(SETTLE_LIMIT, caught_up).await;
     }
 
     /// The current view (local catalog and remote replicas).

@@ -79,7 +79,7 @@ async fn write_query(state: &ApiState, query: PreparedQuery, create: bool) -> Re
     let id = query.id.clone();
     tracing::debug!(id = %id, name = %query.name, service = %query.service.service, create, "prepared query write");
     let attempted = query.clone();
-    let outcome = cat.write(Command::SetQuery { query, create }).await?;
+    let outcome = state.write(Command::SetQuery { query, create }).await?;
     if outcome.found {
         return Ok(());
     }
@@ -149,10 +149,7 @@ pub(super) async fn delete(
     }
     // The catalog says whether it existed: this node's view may lag a write that another node
     // forwarded to the leader.
-    let outcome = state
-        .catalog()
-        .write(Command::DeleteQuery { id: id.clone() })
-        .await?;
+    let outcome = state.write(Command::DeleteQuery { id: id.clone() }).await?;
     if !outcome.found {
         return Err(not_found(&id));
     }

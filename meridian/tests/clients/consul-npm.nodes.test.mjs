@@ -1,0 +1,194 @@
+// The npm `consul` client against Meridian's node, health, member, check-registration and
+// maintenance endpoints, case by case (run by meridian/tests/it/clients.rs).
+//
+// Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
+// MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 MERIDIAN_NODE_CLIENTS=… node
+// consul-npm.nodes.test.mjs [CASE...]. Every name here starts with `jsp`.
+
+import { client, env, raw, run, statusOf } from "./case-runner.mjs";
+
+const consul = client();
+
+const web = {
+  name: "jspweb",
+  id: "jspweb-1",
+  tags: ["blue"],
+  meta: { version: "1" },
+  port: 8180,
+  check: { ttl: "30s", status: "passing" },
+};
+const webCheck = "service:jspweb-1";
+
+/** Registers jspweb-1 (passing) if it is not there. */
+async function ensureWeb() {
+  await consul.agent.service.register(web);
+  await consul.agent.check.pass(webCheck);
+}
+
+const cases = [
+  [
+    "agent.members",
+    async (t) => {
+      const members = await consul.agent.members();
+      if (!t.shape("agent.members", members, ["@Member"])) return;
+      const me = members.find((m) => m.Name === env.node);
+      t.ok("agent.members", me, `no member named ${env.node}`);
+      t.equal("Addr", me?.Addr, env.addr.split(":")[0]);
+      t.equal("Status (1: alive)", me?.Status, 1);
+      t.equal("Tags.dc", me?.Tags?.dc, env.dc);
+    },
+  ],
+  [
+    "agent.check.register/deregister",
+    async (t) => {
+      await ensureWeb();
+      await consul.agent.check.register({ name: "jsp node check", id: "jspnode", ttl: "30s", notes: "node level" });
+      await consul.agent.check.register({
+        name: "jsp extra",
+        id: "jspweb-extra",
+        serviceid: web.id,
+        ttl: "30s",
+        status: "warning",
+      });
+      const checks = await consul.agent.check.list();
+      const node = checks.jspnode;
+      if (t.shape('agent.check.list["jspnode"]', node, "@AgentCheck")) {
+        t.equal("node check Name", node.Name, "jsp node check");
+        t.equal("node check Notes", node.Notes, "node level");
+        t.equal("node check ServiceID", node.ServiceID, "");
+        t.equal("node check Type", node.Type, "ttl");
+        t.equal("node check Status", node.Status, "critical");
+      }
+      const extra = checks["jspweb-extra"];
+      if (t.shape('agent.check.list["jspweb-extra"]', extra, "@AgentCheck")) {
+        t.equal("service check ServiceID", extra.ServiceID, web.id);
+        t.equal("service check ServiceName", extra.ServiceName, web.name);
+        t.equal("service check Status", extra.Status, "warning");
+      }
+      await consul.agent.check.pass("jspnode");
+      t.equal("node check after pass", (await consul.agent.check.list()).jspnode?.Status, "passing");
+      // A failing node check makes every instance on the node unhealthy, as in Consul.
+      await consul.agent.check.fail("jspnode");
+      t.equal("health.service passing, node check failing", await consul.health.service({ service: web.name, passing: true }), []);
+      const entry = (await consul.health.service(web.name))[0];
+      t.equal(
+        "health.service Checks",
+        (entry?.Checks ?? []).map((c) => c.CheckID).sort(),
+        ["jspnode", "jspweb-extra", webCheck].sort(),
+      );
+      await consul.agent.check.deregister("jspnode");
+      await consul.agent.check.deregister("jspweb-extra");
+      const after = await consul.agent.check.list();
+      t.equal("after deregister", [after.jspnode, after["jspweb-extra"]], [undefined, undefined]);
+    },
+  ],
+  [
+    "agent.maintenance",
+    async (t) => {
+      await ensureWeb();
+      await consul.agent.maintenance({ enable: true, reason: "jsp drill" });
+      const c = (await consul.agent.check.list())._node_maintenance;
+      if (t.shape('agent.check.list["_node_maintenance"]', c, "@AgentCheck")) {
+        t.equal("Status", c.Status, "critical");
+        t.equal("Notes", c.Notes, "jsp drill");
+        t.equal("ServiceID", c.ServiceID, "");
+      }
+      t.equal("health.service passing, node in maintenance", await consul.health.service({ service: web.name, passing: true }), []);
+      await consul.agent.maintenance(false);
+      t.equal("after disable", (await consul.agent.check.list())._node_maintenance, undefined);
+      t.equal(
+        "health.service passing after disable",
+        (await consul.health.service({ service: web.name, passing: true })).map((e) => e.Service.ID),
+        [web.id],
+      );
+    },
+  ],
+  [
+    "agent.service.maintenance",
+    async (t) => {
+      await ensureWeb();
+      const id = `_service_maintenance:${web.id}`;
+      await consul.agent.service.maintenance({ id: web.id, enable: true, reason: "jsp deploy" });
+      const c = (await consul.agent.check.list())[id];
+      if (t.shape(`agent.check.list["${id}"]`, c, "@AgentCheck")) {
+        t.equal("Status", c.Status, "critical");
+        t.equal("Notes", c.Notes, "jsp deploy");
+        t.equal("ServiceID", c.ServiceID, web.id);
+        t.equal("ServiceName", c.ServiceName, web.name);
+      }
+      t.equal("health.service passing, in maintenance", await consul.health.service({ service: web.name, passing: true }), []);
+      await consul.agent.service.maintenance({ id: web.id, enable: false });
+      t.equal("after disable", (await consul.agent.check.list())[id], undefined);
+      t.equal(
+        "unknown service: status",
+        await statusOf(consul.agent.service.maintenance({ id: "jspnope", enable: true })),
+        404,
+      );
+    },
+  ],
+  [
+    "health.checks",
+    async (t) => {
+      await ensureWeb();
+      const checks = await consul.health.checks(web.name);
+      if (!t.shape("health.checks", checks, ["@HealthCheck"])) return;
+      t.equal("CheckIDs", checks.map((c) => c.CheckID), [webCheck]);
+      t.equal("Status", checks[0]?.Status, "passing");
+      t.equal("Node", checks[0]?.Node, env.node);
+      t.equal("ServiceName", checks[0]?.ServiceName, web.name);
+      t.equal("an unknown service", await consul.health.checks("jspnope"), []);
+    },
+  ],
+  [
+    "health.state",
+    async (t) => {
+      await ensureWeb();
+      const any = await consul.health.state("any");
+      if (!t.shape("health.state any", any, ["@HealthCheck"])) return;
+      t.ok("health.state any", any.some((c) => c.CheckID === webCheck), `no ${webCheck}`);
+      const ids = async (state) => (await consul.health.state(state)).map((c) => c.CheckID);
+      t.ok("passing, while passing", (await ids("passing")).includes(webCheck), "missing");
+      t.ok("critical, while passing", !(await ids("critical")).includes(webCheck), "listed");
+      await consul.agent.check.warn(webCheck);
+      t.ok("warning, once warning", (await ids("warning")).includes(webCheck), "missing");
+      await consul.agent.check.fail(webCheck);
+      t.ok("critical, once failing", (await ids("critical")).includes(webCheck), "missing");
+      t.ok("passing, once failing", !(await ids("passing")).includes(webCheck), "listed");
+      await consul.agent.check.pass(webCheck);
+      // The client checks the state itself; Meridian answers an unknown one with a 400.
+      t.equal("an unknown state: status", (await raw("GET", "/v1/health/state/bogus"))[0], 400);
+    },
+  ],
+  [
+    "health.node",
+    async (t) => {
+      await ensureWeb();
+      const checks = await consul.health.node(env.node);
+      if (!t.shape("health.node", checks, ["@HealthCheck"])) return;
+      t.ok("health.node", checks.some((c) => c.CheckID === webCheck), `no ${webCheck}`);
+      t.ok("health.node Node", checks.every((c) => c.Node === env.node), "a check of another node");
+      t.equal("an unknown node", await consul.health.node("jspnope"), []);
+    },
+  ],
+  [
+    "catalog.node.services",
+    async (t) => {
+      await ensureWeb();
+      const n = await consul.catalog.node.services(env.node);
+      if (!t.shape("catalog.node.services", n, "@CatalogNode")) return;
+      t.equal("Node.Node", n.Node.Node, env.node);
+      t.equal("Node.Datacenter", n.Node.Datacenter, env.dc);
+      const s = n.Services[web.id];
+      if (t.shape(`Services["${web.id}"]`, s, "@NodeService")) {
+        t.equal("Service", s.Service, web.name);
+        t.equal("Tags", s.Tags, web.tags);
+        t.equal("Port", s.Port, web.port);
+        t.equal("Meta", s.Meta, web.meta);
+      }
+      // Consul answers an unknown node with 200 and null.
+      t.equal("an unknown node", await raw("GET", "/v1/catalog/node/jspnope"), [200, null]);
+    },
+  ],
+];
+
+await run("consul-npm nodes", cases);

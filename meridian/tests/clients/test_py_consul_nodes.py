@@ -1,0 +1,161 @@
+"""py-consul against Meridian's node, health, member, check-registration and maintenance
+endpoints, case by case (run by meridian/tests/it/clients.rs).
+
+Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
+MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consul_nodes.py
+[CASE...]. Every name here starts with `pyp`.
+"""
+
+import consul
+from case_runner import DC, HOST, NODE, raw, run
+
+c = consul.Consul()
+WEB_CHECK = "service:pypweb-1"
+
+
+def ensure_web():
+    """Registers pypweb-1 (passing)."""
+    c.agent.service.register(
+        "pypweb", service_id="pypweb-1", port=8180, tags=["blue"], meta={"version": "1"}, check=consul.Check.ttl("30s")
+    )
+    c.agent.check.ttl_pass(WEB_CHECK)
+
+
+def ids(service, **kw):
+    return [e["Service"]["ID"] for e in c.health.service(service, **kw)[1]]
+
+
+# --- Endpoints being added ---------------------------------------------------------------------
+
+
+def agent_members(t):
+    members = c.agent.members()
+    if not t.shape("agent.members", members, ["@Member"]):
+        return
+    me = [m for m in members if m["Name"] == NODE]
+    t.equal("members named like the agent", len(me), 1)
+    for m in me:
+        t.equal("Addr", m["Addr"], HOST)
+        t.equal("Status (1: alive)", m["Status"], 1)
+        t.equal("Tags.dc", m["Tags"].get("dc"), DC)
+
+
+def agent_check_register(t):
+    ensure_web()
+    t.equal("register node check", c.agent.check.register("pyp node check", consul.Check.ttl("30s"), check_id="pypnode", notes="node level"), True)
+    t.equal("register service check", c.agent.check.register("pyp extra", consul.Check.ttl("30s"), check_id="pypweb-extra", service_id="pypweb-1"), True)
+    checks = c.agent.checks()
+    node = checks.get("pypnode")
+    if t.shape('agent.checks["pypnode"]', node, "@AgentCheck"):
+        t.equal("node check Name", node["Name"], "pyp node check")
+        t.equal("node check Notes", node["Notes"], "node level")
+        t.equal("node check ServiceID", node["ServiceID"], "")
+        t.equal("node check Type", node["Type"], "ttl")
+    extra = checks.get("pypweb-extra")
+    if t.shape('agent.checks["pypweb-extra"]', extra, "@AgentCheck"):
+        t.equal("service check ServiceID", extra["ServiceID"], "pypweb-1")
+        t.equal("service check ServiceName", extra["ServiceName"], "pypweb")
+    c.agent.check.ttl_pass("pypweb-extra")
+    c.agent.check.ttl_fail("pypnode")
+    # A failing node check makes every instance on the node unhealthy, as in Consul.
+    t.equal("health.service passing, node check failing", ids("pypweb", passing=True), [])
+    c.agent.check.ttl_pass("pypnode")
+    t.equal("health.service passing, all passing", ids("pypweb", passing=True), ["pypweb-1"])
+    t.equal("deregister node check", c.agent.check.deregister("pypnode"), True)
+    t.equal("deregister service check", c.agent.check.deregister("pypweb-extra"), True)
+    after = c.agent.checks()
+    t.equal("after deregister", [after.get("pypnode"), after.get("pypweb-extra")], [None, None])
+
+
+def agent_maintenance(t):
+    ensure_web()
+    # py-consul sends enable=True / enable=False (Python's spelling), which Consul accepts.
+    t.equal("maintenance on", c.agent.maintenance(True, reason="pyp drill"), True)
+    check = c.agent.checks().get("_node_maintenance")
+    if t.shape('agent.checks["_node_maintenance"]', check, "@AgentCheck"):
+        t.equal("Status", check["Status"], "critical")
+        t.equal("Notes", check["Notes"], "pyp drill")
+    t.equal("health.service passing, node in maintenance", ids("pypweb", passing=True), [])
+    t.equal("maintenance off", c.agent.maintenance(False), True)
+    t.equal("after off", c.agent.checks().get("_node_maintenance"), None)
+    t.equal("health.service passing after off", ids("pypweb", passing=True), ["pypweb-1"])
+
+
+def agent_service_maintenance(t):
+    ensure_web()
+    check_id = "_service_maintenance:pypweb-1"
+    t.equal("maintenance on", c.agent.service.maintenance("pypweb-1", True, reason="pyp deploy"), True)
+    check = c.agent.checks().get(check_id)
+    if t.shape(f'agent.checks["{check_id}"]', check, "@AgentCheck"):
+        t.equal("Status", check["Status"], "critical")
+        t.equal("Notes", check["Notes"], "pyp deploy")
+        t.equal("ServiceID", check["ServiceID"], "pypweb-1")
+    t.equal("health.service passing, in maintenance", ids("pypweb", passing=True), [])
+    t.equal("maintenance off", c.agent.service.maintenance("pypweb-1", False), True)
+    t.equal("after off", c.agent.checks().get(check_id), None)
+
+
+def health_checks(t):
+    ensure_web()
+    index, checks = c.health.checks("pypweb")
+    t.ok("index", index.isdigit(), f"X-Consul-Index {index!r}")
+    if t.shape("health.checks", checks, ["@HealthCheck"]):
+        t.equal("CheckIDs", [ch["CheckID"] for ch in checks], [WEB_CHECK])
+        t.equal("Status", [ch["Status"] for ch in checks], ["passing"])
+    t.equal("an unknown service", c.health.checks("pypnope")[1], [])
+
+
+def health_state(t):
+    ensure_web()
+    _, every = c.health.state("any")
+    if not t.shape("health.state any", every, ["@HealthCheck"]):
+        return
+    t.ok("health.state any", any(ch["CheckID"] == WEB_CHECK for ch in every), f"no {WEB_CHECK}")
+
+    def listed(state):
+        return WEB_CHECK in [ch["CheckID"] for ch in c.health.state(state)[1]]
+
+    t.ok("passing, while passing", listed("passing"), "missing")
+    c.agent.check.ttl_warn(WEB_CHECK)
+    t.ok("warning, once warning", listed("warning"), "missing")
+    c.agent.check.ttl_fail(WEB_CHECK)
+    t.ok("critical, once failing", listed("critical"), "missing")
+    t.ok("passing, once failing", not listed("passing"), "listed")
+    c.agent.check.ttl_pass(WEB_CHECK)
+
+
+def health_node(t):
+    ensure_web()
+    _, checks = c.health.node(NODE)
+    if t.shape("health.node", checks, ["@HealthCheck"]):
+        t.ok("health.node", any(ch["CheckID"] == WEB_CHECK for ch in checks), f"no {WEB_CHECK}")
+        t.ok("health.node Node", all(ch["Node"] == NODE for ch in checks), "a check of another node")
+
+
+def catalog_node(t):
+    ensure_web()
+    _, n = c.catalog.node(NODE)
+    if not t.shape("catalog.node", n, "@CatalogNode"):
+        return
+    t.equal("Node.Node", n["Node"]["Node"], NODE)
+    s = n["Services"].get("pypweb-1")
+    if t.shape('Services["pypweb-1"]', s, "@NodeService"):
+        t.equal("Service", s["Service"], "pypweb")
+        t.equal("Port", s["Port"], 8180)
+    # py-consul answers None for Consul's 200 with null (an unknown node).
+    t.equal("an unknown node", c.catalog.node("pypnope")[1], None)
+
+
+run(
+    "py-consul nodes",
+    [
+        ("agent.members", agent_members),
+        ("agent.check.register/deregister", agent_check_register),
+        ("agent.maintenance", agent_maintenance),
+        ("agent.service.maintenance", agent_service_maintenance),
+        ("health.checks", health_checks),
+        ("health.state", health_state),
+        ("health.node", health_node),
+        ("catalog.node", catalog_node),
+    ],
+)

@@ -15,6 +15,7 @@ pub mod consul;
 mod error;
 mod failover;
 mod federation;
+pub(crate) mod filter;
 mod listener;
 mod metrics;
 mod query;

@@ -249,6 +249,22 @@ async fn web_srv(dns: std::net::SocketAddr) -> Result<Vec<String>> {
     Ok(crate::dns::srv_lines(&m))
 }
 
+/// The ports of `web`'s health entries that `filter` keeps.
+async fn filtered_ports(agent: &Agent, filter: &str) -> Result<Vec<u64>> {
+    let path = format!("/v1/health/service/web?filter={}", urlencode(filter));
+    let v = agent.get_json(&path).await?;
+    Ok(v.as_array()
+        .context("array")?
+        .iter()
+        .filter_map(|e| e["Service"]["Port"].as_u64())
+        .collect())
+}
+
+/// `s` as a query-string value.
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 /// Status and body of a request with method `method` (`GET` or `PUT`) on `path`.
 async fn call(agent: &Agent, put: bool, path: &str) -> Result<(u16, String)> {
     let req = if put {
@@ -311,6 +327,53 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
     ensure!(critical == json!([]), "{critical}");
     let (code, text) = call(&agent, false, "/v1/health/state/sick").await?;
     ensure!(code == 400 && text.contains("sick"), "{code} {text}");
+
+    // ?filter in Consul's language, on every listing; a bad one is a 400 naming the position,
+    // and an endpoint without filtering refuses one rather than ignoring it.
+    let port = |q: &'static str| filtered_ports(&agent, q);
+    ensure!(port("Service.Port == 8081").await? == [8081]);
+    ensure!(port("Service.ID matches \"-1$\" or Service.Port == 9999").await? == [8080]);
+    ensure!(
+        port("\"passing\" in Checks.Status and Service.Tags contains t1")
+            .await?
+            .len()
+            == 2
+    );
+    ensure!(port("not Node.Node == dev").await?.is_empty());
+    let by_port = agent
+        .get_json(&format!(
+            "/v1/catalog/service/web?filter={}",
+            urlencode("ServicePort == 8080")
+        ))
+        .await?;
+    ensure!(by_port.as_array().map(Vec::len) == Some(1), "{by_port}");
+    let mine = agent
+        .get_json(&format!(
+            "/v1/agent/services?filter={}",
+            urlencode("ID == \"web-2\"")
+        ))
+        .await?;
+    ensure!(
+        mine.as_object().map(|m| m.len()) == Some(1) && mine["web-2"].is_object(),
+        "{mine}"
+    );
+    let (code, text) = call(
+        &agent,
+        false,
+        &format!(
+            "/v1/health/service/web?filter={}",
+            urlencode("Service.Port ==")
+        ),
+    )
+    .await?;
+    ensure!(code == 400 && text.contains("at 16"), "{code} {text}");
+    let (code, text) = call(
+        &agent,
+        false,
+        &format!("/v1/agent/self?filter={}", urlencode("a == b")),
+    )
+    .await?;
+    ensure!(code == 400 && text.contains("filter"), "{code} {text}");
 
     // This DC's one server, alive; and with ?wan, named <node>.<dc>.
     let members = agent.get_json("/v1/agent/members").await?;

@@ -16,8 +16,9 @@ use serde_json::json;
 
 use super::blocking::flag;
 use super::body::read_body;
-use super::catalog::{Pairs, answer_local, read_view};
+use super::catalog::{Pairs, answer_local, filtered, read_view, read_view_filtered};
 use super::consul::{AgentServiceJson, HealthCheckJson, checks_json};
+use super::filter::Filter;
 use super::register::{
     build_agent_check, build_registration, decode_check_definition, decode_check_update,
     decode_service_definition, truncate_output,
@@ -115,13 +116,14 @@ pub(super) async fn agent_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _) = read_view(&state, &q).await?;
+    let (view, _, filter) = read_view_filtered(&state, &q).await?;
     let node = state.catalog().node_name();
     let services: BTreeMap<&str, _> = view
         .local()
         .instances()
         .filter(|i| i.node == node)
         .map(|i| (i.id.as_str(), AgentServiceJson::new(view.datacenter(), i)))
+        .filter(|(_, s)| filter.as_ref().is_none_or(|f| f.matches_serialized(s)))
         .collect();
     Ok(answer_local(&state, &view, &services))
 }
@@ -154,17 +156,12 @@ pub(super) async fn agent_checks(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _) = read_view(&state, &q).await?;
+    let (view, _, filter) = read_view_filtered(&state, &q).await?;
     let dc = view.local();
-    let checks: BTreeMap<&str, _> = dc
-        .checks_on(state.catalog().node_name())
-        .map(|c| {
-            let tags = dc
-                .instance(&c.node, &c.service_id)
-                .map(|i| i.tags.as_slice())
-                .unwrap_or_default();
-            (c.id.as_str(), HealthCheckJson::new(c, tags))
-        })
+    let checks: BTreeMap<&str, _> = checks_json(dc, dc.checks_on(state.catalog().node_name()))
+        .into_iter()
+        .filter(|c| filter.as_ref().is_none_or(|f| f.matches_serialized(c)))
+        .map(|c| (c.check_id, c))
         .collect();
     Ok(answer_local(&state, &view, &checks))
 }
@@ -362,9 +359,14 @@ pub(super) async fn agent_members(
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
     let mut wan = false;
+    let mut filter = None;
     for (k, v) in &q {
         match k.as_str() {
             "wan" => wan = flag(k, v)?,
+            "filter" => {
+                filter = Filter::from_query(Some(v))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
             // Segments and partitions are Consul Enterprise's: only the default one exists.
             "segment" | "partition" if !v.is_empty() && v != "default" => {
                 return Err(ApiError::bad_request(format!(
@@ -394,7 +396,7 @@ pub(super) async fn agent_members(
         })
         .collect()
     };
-    Ok(axum::Json(members).into_response())
+    Ok(axum::Json(filtered(filter.as_ref(), members)).into_response())
 }
 
 /// Consul's aggregate of an instance's checks, and the HTTP status that says it: 200 passing,

@@ -1,4 +1,4 @@
-//! Read-side query parameters (`dc`, `index`, `wait`, `passing`, `tag`), Consul's blocking
+//! Read-side query parameters (`dc`, `index`, `wait`, `passing`, `tag`, `filter`), Consul's blocking
 //! queries over the catalog's view watch, and the `X-Consul-*` headers every read carries.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use meridian_topology::View;
 use tokio::sync::watch;
 
 use super::error::ApiError;
+use super::filter::Filter;
 use crate::duration::parse_go_duration;
 
 /// Wait of a blocking query that names none (Consul's default).
@@ -45,9 +46,25 @@ pub fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
 }
 
 impl ReadParams {
-    /// Parses the query pairs; parameters this API does not use are ignored, as Consul does.
+    /// Parses the query pairs of an endpoint that has no `?filter` (a filter is refused: ignoring
+    /// it would return wrong data).
     pub fn parse(pairs: &[(String, String)]) -> Result<ReadParams, ApiError> {
+        let (p, filter) = ReadParams::parse_filtered(pairs)?;
+        match filter {
+            Some(_) => Err(ApiError::bad_request(
+                "?filter is not supported on this endpoint",
+            )),
+            None => Ok(p),
+        }
+    }
+
+    /// Parses the query pairs of a listing endpoint, with its `?filter` expression (Consul's
+    /// filter language; an empty one is none).
+    pub fn parse_filtered(
+        pairs: &[(String, String)],
+    ) -> Result<(ReadParams, Option<Filter>), ApiError> {
         let mut p = ReadParams::default();
+        let mut filter = None;
         for (k, v) in pairs {
             match k.as_str() {
                 "dc" if !v.is_empty() => p.dc = Some(v.clone()),
@@ -64,14 +81,14 @@ impl ReadParams {
                 }
                 "passing" => p.passing = flag("passing", v)?,
                 "tag" => p.tags.push(v.clone()),
-                // Silently ignoring a filter would return wrong data.
                 "filter" => {
-                    return Err(ApiError::bad_request("?filter is not supported yet"));
+                    filter = Filter::from_query(Some(v))
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 }
                 _ => {}
             }
         }
-        Ok(p)
+        Ok((p, filter))
     }
 
     /// Fails as Consul does when the query names a datacenter this node cannot answer for.

@@ -16,6 +16,7 @@ use super::consul::{
     AgentServiceJson, CatalogServiceJson, NodeJson, NodeServiceListJson, NodeServicesJson,
     ServiceEntryJson, checks_json,
 };
+use super::filter::Filter;
 use super::{ApiError, ApiState};
 
 /// Query pairs in order, so that repeated keys (`?tag=a&tag=b`) survive.
@@ -30,6 +31,25 @@ pub(super) async fn read_view(
     params.check_dc(&state.view())?;
     let view = wait_for_view(state.views(), &params, state.closing()).await;
     Ok((view, params))
+}
+
+/// [`read_view`] for a listing endpoint: also its `?filter`.
+pub(super) async fn read_view_filtered(
+    state: &ApiState,
+    pairs: &[(String, String)],
+) -> Result<(Arc<View>, ReadParams, Option<Filter>), ApiError> {
+    let (params, filter) = ReadParams::parse_filtered(pairs)?;
+    params.check_dc(&state.view())?;
+    let view = wait_for_view(state.views(), &params, state.closing()).await;
+    Ok((view, params, filter))
+}
+
+/// The items of `items` that `filter` keeps (all without one).
+pub(super) fn filtered<T: Serialize>(filter: Option<&Filter>, items: Vec<T>) -> Vec<T> {
+    match filter {
+        Some(f) => f.retain(items),
+        None => items,
+    }
 }
 
 /// `body` as JSON with Consul's index headers for datacenter `dc` of `view`.
@@ -72,16 +92,25 @@ pub(super) async fn catalog_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
-    let (_, dc) = dc_of(&view, &p)?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
+    let (dc_name, dc) = dc_of(&view, &p)?;
+    // As Consul, a filter selects instances (`CatalogService` fields) before they are grouped.
+    let kept = |i: &Instance| {
+        filter
+            .as_ref()
+            .is_none_or(|f| f.matches_serialized(&CatalogServiceJson::new(dc_name, dc, i)))
+    };
     let services: BTreeMap<&str, BTreeSet<&str>> = dc
         .service_names()
-        .map(|name| {
+        .filter_map(|name| {
+            let mut any = false;
             let tags = dc
                 .instances_of(name)
+                .filter(|i| kept(i))
+                .inspect(|_| any = true)
                 .flat_map(|i| i.tags.iter().map(String::as_str))
                 .collect();
-            (name, tags)
+            any.then_some((name, tags))
         })
         .collect();
     Ok(answer(&state, &view, &p, &services))
@@ -93,11 +122,12 @@ pub(super) async fn catalog_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .map(|i| CatalogServiceJson::new(dc_name, dc, i))
         .collect();
+    let entries = filtered(filter.as_ref(), entries);
     Ok(answer(&state, &view, &p, &entries))
 }
 
@@ -107,12 +137,13 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
         .map(|i| ServiceEntryJson::new(dc_name, dc, i))
         .collect();
+    let entries = filtered(filter.as_ref(), entries);
     Ok(answer(&state, &view, &p, &entries))
 }
 
@@ -121,12 +152,13 @@ pub(super) async fn catalog_nodes(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let nodes: Vec<_> = dc
         .nodes()
         .map(|n| NodeJson::new(dc_name, &n.name, Some(n)))
         .collect();
+    let nodes = filtered(filter.as_ref(), nodes);
     Ok(answer(&state, &view, &p, &nodes))
 }
 
@@ -155,16 +187,17 @@ pub(super) async fn catalog_node_services(
     Path(node): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let known = dc.node(&node);
+    let services = known
+        .into_iter()
+        .flat_map(|n| dc.instances_on(&n.name))
+        .map(|i| AgentServiceJson::new(dc_name, i))
+        .collect();
     let body = NodeServiceListJson {
         node: known.map(|n| NodeJson::new(dc_name, &n.name, Some(n))),
-        services: known
-            .into_iter()
-            .flat_map(|n| dc.instances_on(&n.name))
-            .map(|i| AgentServiceJson::new(dc_name, i))
-            .collect(),
+        services: filtered(filter.as_ref(), services),
     };
     Ok(answer(&state, &view, &p, &body))
 }
@@ -175,10 +208,10 @@ pub(super) async fn health_node(
     Path(node): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (_, dc) = dc_of(&view, &p)?;
     let name = dc.node(&node).map_or(node.as_str(), |n| n.name.as_str());
-    let checks = checks_json(dc, dc.checks_on(name));
+    let checks = filtered(filter.as_ref(), checks_json(dc, dc.checks_on(name)));
     Ok(answer(&state, &view, &p, &checks))
 }
 
@@ -188,13 +221,14 @@ pub(super) async fn health_checks(
     Path(service): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (_, dc) = dc_of(&view, &p)?;
     let checks = checks_json(
         dc,
         dc.instances_of(&service)
             .flat_map(|i| dc.checks_on(&i.node).filter(|c| c.service_id == i.id)),
     );
+    let checks = filtered(filter.as_ref(), checks);
     Ok(answer(&state, &view, &p, &checks))
 }
 

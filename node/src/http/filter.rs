@@ -57,14 +57,6 @@
 //! bytes, [`MAX_DEPTH`] nested parentheses and `not`s, [`MAX_REGEXES`] regular expressions of
 //! bounded compiled size. Neither parsing nor evaluation recurses deeper than that nesting.
 
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the endpoints are wired to this in another change; remove this then"
-    )
-)]
-
 use regex::{Regex, RegexBuilder};
 use serde::Serialize;
 use serde_json::Value;

@@ -1,5 +1,6 @@
 // The npm `consul` client against Meridian's node, health, member, check-registration and
-// maintenance endpoints, case by case (run by meridian/tests/it/clients.rs).
+// maintenance endpoints and node-level registration (catalog register), and the full shapes of agent.self and
+// query.get, case by case (run by meridian/tests/it/clients.rs).
 //
 // Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
 // MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 MERIDIAN_NODE_CLIENTS=… node
@@ -187,6 +188,76 @@ const cases = [
       }
       // Consul answers an unknown node with 200 and null.
       t.equal("an unknown node", await raw("GET", "/v1/catalog/node/jspnope"), [200, null]);
+    },
+  ],
+  [
+    "catalog.register/deregister (an external node, as consul-esm does)",
+    async (t) => {
+      const reg = {
+        node: "jspext",
+        address: "127.0.0.2",
+        nodemeta: { "external-node": "true", "external-probe": "true" },
+        service: { id: "jspext-1", service: "jspext", port: 9100, tags: ["ext"], meta: { owner: "esm" } },
+        check: {
+          checkid: "jspext-1-tcp",
+          name: "jspext tcp",
+          node: "jspext",
+          serviceid: "jspext-1",
+          status: "passing",
+          definition: { tcp: "127.0.0.2:9100", intervalduration: "10s", timeoutduration: "1s" },
+        },
+      };
+      await consul.catalog.register(reg);
+      const nodes = await consul.catalog.node.list();
+      const n = nodes.find((x) => x.Node === "jspext");
+      if (t.shape("catalog.node.list[jspext]", n, "@Node")) {
+        t.equal("Address", n.Address, "127.0.0.2");
+        t.equal("Meta", n.Meta, reg.nodemeta);
+      }
+      const entries = await consul.catalog.service.nodes("jspext");
+      if (t.shape("catalog.service.nodes", entries, ["@CatalogService"])) {
+        t.equal("Node", entries.map((e) => e.Node), ["jspext"]);
+        t.equal("NodeMeta", entries[0]?.NodeMeta, reg.nodemeta);
+        t.equal("ServiceID", entries[0]?.ServiceID, "jspext-1");
+        t.equal("ServiceMeta", entries[0]?.ServiceMeta, { owner: "esm" });
+      }
+      const healthy = await consul.health.service({ service: "jspext", passing: true });
+      if (t.shape("health.service", healthy, ["@ServiceEntry"])) {
+        t.equal("health.service instances", healthy.map((e) => e.Service.ID), ["jspext-1"]);
+        t.equal("health.service Node.Address", healthy[0]?.Node.Address, "127.0.0.2");
+        t.equal("health.service Checks", healthy[0]?.Checks.map((c) => [c.CheckID, c.Status]), [["jspext-1-tcp", "passing"]]);
+      }
+      t.equal("health.node", (await consul.health.node("jspext")).map((c) => c.CheckID), ["jspext-1-tcp"]);
+      t.ok("catalog.node.services", (await consul.catalog.node.services("jspext"))?.Services?.["jspext-1"], "no jspext-1");
+      // Only this agent's own instances are the agent's.
+      t.equal("agent.service.list", (await consul.agent.service.list())["jspext-1"], undefined);
+      // ESM reports a check's new status by registering it again.
+      await consul.catalog.register({ ...reg, check: { ...reg.check, status: "critical" } });
+      t.equal("passing, once critical", await consul.health.service({ service: "jspext", passing: true }), []);
+      await consul.catalog.deregister({ node: "jspext", serviceid: "jspext-1" });
+      t.equal("catalog.service.nodes after service deregister", await consul.catalog.service.nodes("jspext"), []);
+      t.ok("node kept", (await consul.catalog.node.list()).some((x) => x.Node === "jspext"), "node gone with its service");
+      await consul.catalog.deregister("jspext");
+      t.ok("node deregister", !(await consul.catalog.node.list()).some((x) => x.Node === "jspext"), "node still listed");
+    },
+  ],
+  [
+    "agent.self: every documented Config and Member field",
+    async (t) => {
+      t.shape("agent.self", await consul.agent.self(), "@AgentSelfFull");
+    },
+  ],
+  [
+    "query.get: Session, Token and Template",
+    async (t) => {
+      // Consul's PreparedQuery always carries Session, Token and Template (zero values when
+      // unused).
+      const { ID } = await consul.query.create({ name: "jspq", service: { service: web.name } });
+      try {
+        t.shape("query.get", await consul.query.get(ID), "@PreparedQueryFull");
+      } finally {
+        await consul.query.destroy(ID);
+      }
     },
   ],
 ];

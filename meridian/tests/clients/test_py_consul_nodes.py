@@ -1,5 +1,5 @@
 """py-consul against Meridian's node, health, member, check-registration and maintenance
-endpoints, case by case (run by meridian/tests/it/clients.rs).
+endpoints and node-level registration (catalog register), case by case (run by meridian/tests/it/clients.rs).
 
 Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
 MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consul_nodes.py
@@ -146,6 +146,46 @@ def catalog_node(t):
     t.equal("an unknown node", c.catalog.node("pypnope")[1], None)
 
 
+def catalog_register(t):
+    service = {"ID": "pypext-1", "Service": "pypext", "Port": 9100, "Tags": ["ext"]}
+    check = {
+        "Node": "pypext",
+        "CheckID": "pypext-1-tcp",
+        "Name": "pypext tcp",
+        "Status": "passing",
+        "ServiceID": "pypext-1",
+        "Definition": {"TCP": "127.0.0.2:9100", "IntervalDuration": "10s", "TimeoutDuration": "1s"},
+    }
+    t.equal("catalog.register", c.catalog.register("pypext", "127.0.0.2", service=service, check=check), True)
+    _, entries = c.catalog.service("pypext")
+    if t.shape("catalog.service", entries, ["@CatalogService"]):
+        t.equal("Node", [e["Node"] for e in entries], ["pypext"])
+        t.equal("Address", [e["Address"] for e in entries], ["127.0.0.2"])
+    _, healthy = c.health.service("pypext", passing=True)
+    if t.shape("health.service", healthy, ["@ServiceEntry"]):
+        t.equal("health.service Checks", [[ch["CheckID"], ch["Status"]] for e in healthy for ch in e["Checks"]], [["pypext-1-tcp", "passing"]])
+    c.catalog.register("pypext", "127.0.0.2", service=service, check={**check, "Status": "critical"})
+    t.equal("passing, once critical", ids("pypext", passing=True), [])
+    t.equal("deregister the service", c.catalog.deregister("pypext", service_id="pypext-1"), True)
+    t.equal("catalog.service after", c.catalog.service("pypext")[1], [])
+    t.equal("deregister the node", c.catalog.deregister("pypext"), True)
+    t.ok("node gone", all(n["Node"] != "pypext" for n in c.catalog.nodes()[1]), "still listed")
+
+
+def agent_self_full(t):
+    t.shape("agent.self", c.agent.self(), "@AgentSelfFull")
+
+
+def query_get_full(t):
+    # Consul's PreparedQuery always carries Session, Token and Template (zero values when
+    # unused).
+    _, created = raw("POST", "/v1/query", {"Name": "pypfull", "Service": {"Service": "pypweb"}})
+    try:
+        t.shape("query.get", c.query.get(created["ID"]), ["@PreparedQueryFull"])
+    finally:
+        c.query.delete(created["ID"])
+
+
 run(
     "py-consul nodes",
     [
@@ -157,5 +197,8 @@ run(
         ("health.state", health_state),
         ("health.node", health_node),
         ("catalog.node", catalog_node),
+        ("catalog.register/deregister (an external node, as consul-esm does)", catalog_register),
+        ("agent.self: every documented Config and Member field", agent_self_full),
+        ("query.get: Session, Token and Template", query_get_full),
     ],
 )

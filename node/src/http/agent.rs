@@ -83,6 +83,26 @@ fn unknown_check(id: &str) -> ApiError {
     ))
 }
 
+/// The version of Consul's HTTP API that Meridian's endpoints and shapes follow.
+pub const CONSUL_API_VERSION: &str = "1.15.0";
+
+/// A node's ID in Consul's UUID shape, derived from its DC and name: stable across restarts
+/// and the same on every node that shows it.
+fn node_uuid(dc: &str, node: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, format!("{dc}\n{node}").as_bytes());
+    let b = d.as_ref();
+    let hex =
+        |r: std::ops::Range<usize>| -> String { b[r].iter().map(|x| format!("{x:02x}")).collect() };
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(0..4),
+        hex(4..6),
+        hex(6..8),
+        hex(8..10),
+        hex(10..16)
+    )
+}
+
 /// `GET /v1/agent/self`: the parts of Consul's answer that clients read.
 pub(super) async fn agent_self(
     State(state): State<ApiState>,
@@ -92,17 +112,43 @@ pub(super) async fn agent_self(
     let cat = state.catalog();
     let (dc, node) = (cat.datacenter(), cat.node_name());
     let addr = view.local().node(node).map_or("", |n| n.address.as_str());
+    let rpc_port = cat
+        .status()
+        .peers
+        .iter()
+        .chain(
+            view.local()
+                .node(node)
+                .and_then(|n| n.meta.get(SERVER_META)),
+        )
+        .find_map(|rpc| {
+            rpc.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+        })
+        .unwrap_or(0);
     let body = json!({
         "Config": {
             "Datacenter": dc,
+            // Meridian has no primary DC: every DC is its own.
+            "PrimaryDatacenter": dc,
             "NodeName": node,
-            "NodeID": "",
+            "NodeID": node_uuid(dc, node),
             "Server": true,
-            "Version": env!("CARGO_PKG_VERSION"),
+            // The Consul API version whose endpoints and shapes Meridian's follow (the table in
+            // the README); tools that gate features on Consul's version read this.
+            "Version": CONSUL_API_VERSION,
+            "Revision": concat!("meridian-", env!("CARGO_PKG_VERSION")),
         },
-        "Member": { "Name": node, "Addr": addr, "Tags": { "dc": dc, "role": "consul" }, "Status": 1 },
+        "Member": {
+            "Name": node,
+            "Addr": addr,
+            "Port": rpc_port,
+            "Tags": { "dc": dc, "role": "consul", "build": concat!("meridian-", env!("CARGO_PKG_VERSION")) },
+            "Status": 1,
+        },
         "Meta": {},
         "Meridian": {
+            "Version": env!("CARGO_PKG_VERSION"),
             "HttpAddr": state.node().map(|n| n.http.to_string()),
             "DnsAddr": state.node().and_then(|n| n.dns).map(|a| a.to_string()),
             "GatewayAddr": state.node().and_then(|n| n.gateway).map(|a| a.to_string()),

@@ -13,6 +13,7 @@ mod body;
 mod catalog;
 pub mod consul;
 mod error;
+mod external;
 mod failover;
 mod federation;
 pub(crate) mod filter;
@@ -239,6 +240,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
         .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
         .route("/v1/catalog/node/{node}", get(catalog::catalog_node))
+        .route("/v1/catalog/register", put(external::register))
+        .route("/v1/catalog/deregister", put(external::deregister))
         .route(
             "/v1/catalog/node-services/{node}",
             get(catalog::catalog_node_services),

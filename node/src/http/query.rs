@@ -166,7 +166,7 @@ pub(super) async fn list(
     // The catalog's own view: never behind the composed one, and already holding this node's
     // own writes.
     let view = state.catalog().view();
-    let queries: Vec<&PreparedQuery> = view.local().queries().collect();
+    let queries: Vec<QueryJson<'_>> = view.local().queries().map(QueryJson::new).collect();
     Ok(answer_local(&state, &view, &queries))
 }
 
@@ -184,7 +184,39 @@ pub(super) async fn get_one(
     local_only(&state, &p)?;
     let view = state.catalog().view();
     let query = view.local().query(&id).ok_or_else(|| not_found(&id))?;
-    Ok(answer_local(&state, &view, &[query]))
+    Ok(answer_local(&state, &view, &[QueryJson::new(query)]))
+}
+
+/// A query as `GET /v1/query` shows it: Consul's fields that Meridian does not support
+/// (sessions, tokens, templates) are there with their zero values, as Consul sends them.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueryJson<'a> {
+    #[serde(flatten)]
+    query: &'a PreparedQuery,
+    session: &'static str,
+    token: &'static str,
+    template: TemplateJson,
+}
+
+/// Consul's `QueryTemplateOptions`, zero.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct TemplateJson {
+    r#type: &'static str,
+    regexp: &'static str,
+    remove_empty_tags: bool,
+}
+
+impl<'a> QueryJson<'a> {
+    fn new(query: &'a PreparedQuery) -> Self {
+        QueryJson {
+            query,
+            session: "",
+            token: "",
+            template: TemplateJson::default(),
+        }
+    }
 }
 
 /// Consul's `PreparedQueryExecuteResponse`.

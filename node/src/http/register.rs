@@ -334,6 +334,15 @@ fn canonicalize(value: &mut Value, fields: &[&str]) {
     }
 }
 
+/// The value of `obj`'s key that is `name` ignoring case and underscores, as Go's decoder
+/// matches JSON keys to fields (the last such key, as Go keeps).
+pub fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.iter()
+        .rev()
+        .find(|(k, _)| squashed(k).eq(squashed(name)))
+        .map(|(_, v)| v)
+}
+
 /// `s` lowercased without underscores, as an iterator: keys are compared this way without
 /// building new strings, since it runs for every key of every body.
 fn squashed(s: &str) -> impl Iterator<Item = u8> + '_ {

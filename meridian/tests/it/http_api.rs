@@ -482,3 +482,133 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
     ensure!(srv(()).await?.len() == 2);
     Ok(())
 }
+
+/// Every read route, walked with the parameters of Consul's that change an answer: each is
+/// honoured (the answer changes as asked) or refused with a 400 that names it, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let agent = dev_agent(dir.path()).await?;
+    let r = agent
+        .put_json("/v1/agent/service/register", &service("web", "web-1", 8080))
+        .await?;
+    ensure!(r.status().is_success(), "register: {}", r.text().await?);
+    let q = json!({ "Name": "webq", "Service": { "Service": "web" } });
+    let created: Value = agent
+        .http
+        .post(agent.url("/v1/query"))
+        .json(&q)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let qid = created["ID"].as_str().context("query ID")?.to_owned();
+    let routes = [
+        "/v1/agent/self".to_owned(),
+        "/v1/agent/services".to_owned(),
+        "/v1/agent/checks".to_owned(),
+        "/v1/agent/service/web-1".to_owned(),
+        "/v1/agent/members".to_owned(),
+        "/v1/agent/health/service/name/web".to_owned(),
+        "/v1/agent/health/service/id/web-1".to_owned(),
+        "/v1/catalog/services".to_owned(),
+        "/v1/catalog/service/web".to_owned(),
+        "/v1/catalog/nodes".to_owned(),
+        "/v1/catalog/node/dev".to_owned(),
+        "/v1/catalog/node-services/dev".to_owned(),
+        "/v1/catalog/datacenters".to_owned(),
+        "/v1/health/service/web".to_owned(),
+        "/v1/health/node/dev".to_owned(),
+        "/v1/health/checks/web".to_owned(),
+        "/v1/health/state/any".to_owned(),
+        "/v1/status/leader".to_owned(),
+        "/v1/status/peers".to_owned(),
+        "/v1/coordinate/datacenters".to_owned(),
+        "/v1/federation/status".to_owned(),
+        "/v1/query".to_owned(),
+        format!("/v1/query/{qid}"),
+        format!("/v1/query/{qid}/execute"),
+    ];
+    // Parameters Meridian cannot honour: refused on every route, with the parameter named.
+    for route in &routes {
+        for param in [
+            "near=_agent",
+            "consistent",
+            "ns=team",
+            "partition=eu",
+            "peer=other",
+            "merge-central-config",
+        ] {
+            let (code, text) = call(&agent, false, &format!("{route}?{param}")).await?;
+            let key = param.split('=').next().unwrap_or(param);
+            ensure!(
+                code == 400 && text.contains(key),
+                "{route}?{param}: {code} {text}"
+            );
+        }
+        // Allowed staleness is what every read gives already.
+        let (code, text) = call(&agent, false, &format!("{route}?stale")).await?;
+        ensure!(code == 200, "{route}?stale: {code} {text}");
+    }
+    // ?node-meta and ?filter: honoured by the listings, refused elsewhere.
+    let listings = [
+        "/v1/agent/services",
+        "/v1/agent/checks",
+        "/v1/catalog/services",
+        "/v1/catalog/service/web",
+        "/v1/catalog/nodes",
+        "/v1/catalog/node-services/dev",
+        "/v1/health/service/web",
+        "/v1/health/node/dev",
+        "/v1/health/checks/web",
+        "/v1/health/state/any",
+    ];
+    for route in &routes {
+        let (code, text) = call(&agent, false, &format!("{route}?node-meta=zone:nowhere")).await?;
+        if listings.contains(&route.as_str()) {
+            ensure!(code == 200, "{route}?node-meta: {code} {text}");
+            let v: Value = serde_json::from_str(&text)?;
+            let empty = match &v {
+                Value::Array(a) => a.is_empty(),
+                Value::Object(o) => o
+                    .get("Services")
+                    .map_or(o.is_empty(), |s| s.as_array().is_some_and(Vec::is_empty)),
+                _ => false,
+            };
+            ensure!(empty, "{route}?node-meta=zone:nowhere kept something: {v}");
+        } else {
+            ensure!(
+                code == 400 && text.contains("node-meta"),
+                "{route}?node-meta: {code} {text}"
+            );
+        }
+    }
+    // The node's own metadata matches: nothing is left out.
+    let me = agent.get_json("/v1/catalog/node/dev").await?;
+    let rpc = me["Node"]["Meta"]["meridian-rpc"]
+        .as_str()
+        .context("the server's meta")?
+        .to_owned();
+    let kept = agent
+        .get_json(&format!(
+            "/v1/health/service/web?node-meta={}",
+            urlencode(&format!("meridian-rpc:{rpc}"))
+        ))
+        .await?;
+    ensure!(kept.as_array().map(Vec::len) == Some(1), "{kept}");
+    // Another DC's Raft status is not replicated here.
+    let (code, text) = call(&agent, false, "/v1/status/leader?dc=dc9").await?;
+    ensure!(code == 400 && text.contains("dc9"), "{code} {text}");
+    // ?cached: answered from the local view, and said so.
+    let r = agent
+        .http
+        .get(agent.url("/v1/health/service/web?cached"))
+        .send()
+        .await?;
+    ensure!(
+        r.headers().get("x-cache").and_then(|v| v.to_str().ok()) == Some("HIT"),
+        "{:?}",
+        r.headers()
+    );
+    Ok(())
+}

@@ -162,12 +162,13 @@ pub(super) async fn agent_services(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _, filter) = read_view_filtered(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let node = state.catalog().node_name();
+    let mine = p.node_meta_ok(view.local().node(node));
     let services: BTreeMap<&str, _> = view
         .local()
         .instances()
-        .filter(|i| i.node == node)
+        .filter(|i| mine && i.node == node)
         .map(|i| (i.id.as_str(), AgentServiceJson::new(view.datacenter(), i)))
         .filter(|(_, s)| filter.as_ref().is_none_or(|f| f.matches_serialized(s)))
         .collect();
@@ -202,9 +203,11 @@ pub(super) async fn agent_checks(
     State(state): State<ApiState>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, _, filter) = read_view_filtered(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let dc = view.local();
-    let checks: BTreeMap<&str, _> = checks_json(dc, dc.checks_on(state.catalog().node_name()))
+    let node = state.catalog().node_name();
+    let mine = p.node_meta_ok(dc.node(node));
+    let checks: BTreeMap<&str, _> = checks_json(dc, dc.checks_on(node).filter(|_| mine))
         .into_iter()
         .filter(|c| filter.as_ref().is_none_or(|f| f.matches_serialized(c)))
         .map(|c| (c.check_id, c))

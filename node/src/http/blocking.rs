@@ -31,6 +31,10 @@ pub struct ReadParams {
     pub passing: bool,
     /// `?tag=`, repeatable: an instance must carry all of them.
     pub tags: Vec<String>,
+    /// `?node-meta=key:value`, repeatable: the node must carry all of them.
+    pub node_meta: Vec<(String, String)>,
+    /// `?cached`: answered with `X-Cache` (the local view is Meridian's cache).
+    pub cached: bool,
 }
 
 /// Whether a flag parameter (`?passing`, `?replace-existing-checks`) is on: present with no
@@ -50,16 +54,21 @@ impl ReadParams {
     /// it would return wrong data).
     pub fn parse(pairs: &[(String, String)]) -> Result<ReadParams, ApiError> {
         let (p, filter) = ReadParams::parse_filtered(pairs)?;
-        match filter {
-            Some(_) => Err(ApiError::bad_request(
+        if filter.is_some() {
+            return Err(ApiError::bad_request(
                 "?filter is not supported on this endpoint",
-            )),
-            None => Ok(p),
+            ));
         }
+        if !p.node_meta.is_empty() {
+            return Err(ApiError::bad_request(
+                "?node-meta is not supported on this endpoint",
+            ));
+        }
+        Ok(p)
     }
 
-    /// Parses the query pairs of a listing endpoint, with its `?filter` expression (Consul's
-    /// filter language; an empty one is none).
+    /// Parses the query pairs of a listing endpoint, which honours `?node-meta` too, with its
+    /// `?filter` expression (Consul's filter language; an empty one is none).
     pub fn parse_filtered(
         pairs: &[(String, String)],
     ) -> Result<(ReadParams, Option<Filter>), ApiError> {
@@ -81,6 +90,13 @@ impl ReadParams {
                 }
                 "passing" => p.passing = flag("passing", v)?,
                 "tag" => p.tags.push(v.clone()),
+                "node-meta" => {
+                    let (key, value) = v.split_once(':').ok_or_else(|| {
+                        ApiError::bad_request(format!("?node-meta={v:?}: expected key:value"))
+                    })?;
+                    p.node_meta.push((key.to_owned(), value.to_owned()));
+                }
+                "cached" => p.cached = flag("cached", v)?,
                 "filter" => {
                     filter = Filter::from_query(Some(v))
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -89,6 +105,15 @@ impl ReadParams {
             }
         }
         Ok((p, filter))
+    }
+
+    /// Whether `node` carries every `?node-meta` pair (a node missing from the catalog carries
+    /// none).
+    pub fn node_meta_ok(&self, node: Option<&meridian_topology::Node>) -> bool {
+        self.node_meta.iter().all(|(k, v)| {
+            node.and_then(|n| n.meta.get(k))
+                .is_some_and(|have| have == v)
+        })
     }
 
     /// Fails as Consul does when the query names a datacenter this node cannot answer for.

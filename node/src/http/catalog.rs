@@ -59,11 +59,14 @@ pub(super) fn answer(
     p: &ReadParams,
     body: &impl Serialize,
 ) -> Response {
-    (
-        consul_headers(state.catalog(), view, p.dc.as_deref()),
-        Json(body),
-    )
-        .into_response()
+    let mut headers = consul_headers(state.catalog(), view, p.dc.as_deref());
+    if p.cached {
+        // The view is Meridian's cache: every answer comes from it, kept current by Raft and
+        // federation rather than by a refresh.
+        headers.insert("x-cache", axum::http::HeaderValue::from_static("HIT"));
+        headers.insert("age", axum::http::HeaderValue::from_static("0"));
+    }
+    (headers, Json(body)).into_response()
 }
 
 /// `body` as JSON with Consul's index headers for the local datacenter (the agent endpoints).
@@ -77,7 +80,7 @@ fn dc_of<'v>(view: &'v View, p: &ReadParams) -> Result<(&'v str, &'v DcState), A
         .ok_or_else(|| ApiError::internal("No path to datacenter"))
 }
 
-/// The instances of `name` that carry every tag `p` asks for.
+/// The instances of `name` that carry every tag `p` asks for, on nodes with its node metadata.
 fn tagged_instances<'a>(
     dc: &'a DcState,
     name: &str,
@@ -85,6 +88,7 @@ fn tagged_instances<'a>(
 ) -> impl Iterator<Item = &'a Instance> + 'a {
     dc.instances_of(name)
         .filter(|i| p.tags.iter().all(|t| i.tags.contains(t)))
+        .filter(|i| p.node_meta_ok(dc.node(&i.node)))
 }
 
 /// `GET /v1/catalog/services`: service name to the union of its instances' tags.
@@ -96,9 +100,10 @@ pub(super) async fn catalog_services(
     let (dc_name, dc) = dc_of(&view, &p)?;
     // As Consul, a filter selects instances (`CatalogService` fields) before they are grouped.
     let kept = |i: &Instance| {
-        filter
-            .as_ref()
-            .is_none_or(|f| f.matches_serialized(&CatalogServiceJson::new(dc_name, dc, i)))
+        p.node_meta_ok(dc.node(&i.node))
+            && filter
+                .as_ref()
+                .is_none_or(|f| f.matches_serialized(&CatalogServiceJson::new(dc_name, dc, i)))
     };
     let services: BTreeMap<&str, BTreeSet<&str>> = dc
         .service_names()
@@ -156,6 +161,7 @@ pub(super) async fn catalog_nodes(
     let (dc_name, dc) = dc_of(&view, &p)?;
     let nodes: Vec<_> = dc
         .nodes()
+        .filter(|n| p.node_meta_ok(Some(n)))
         .map(|n| NodeJson::new(dc_name, &n.name, Some(n)))
         .collect();
     let nodes = filtered(filter.as_ref(), nodes);
@@ -189,7 +195,7 @@ pub(super) async fn catalog_node_services(
 ) -> Result<Response, ApiError> {
     let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
-    let known = dc.node(&node);
+    let known = dc.node(&node).filter(|n| p.node_meta_ok(Some(n)));
     let services = known
         .into_iter()
         .flat_map(|n| dc.instances_on(&n.name))
@@ -211,7 +217,12 @@ pub(super) async fn health_node(
     let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (_, dc) = dc_of(&view, &p)?;
     let name = dc.node(&node).map_or(node.as_str(), |n| n.name.as_str());
-    let checks = filtered(filter.as_ref(), checks_json(dc, dc.checks_on(name)));
+    let checks = if p.node_meta_ok(dc.node(name)) {
+        checks_json(dc, dc.checks_on(name))
+    } else {
+        Vec::new()
+    };
+    let checks = filtered(filter.as_ref(), checks);
     Ok(answer(&state, &view, &p, &checks))
 }
 
@@ -226,6 +237,7 @@ pub(super) async fn health_checks(
     let checks = checks_json(
         dc,
         dc.instances_of(&service)
+            .filter(|i| p.node_meta_ok(dc.node(&i.node)))
             .flat_map(|i| dc.checks_on(&i.node).filter(|c| c.service_id == i.id)),
     );
     let checks = filtered(filter.as_ref(), checks);
@@ -246,12 +258,15 @@ pub(super) async fn health_state(
             ))
         })?),
     };
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (_, dc) = dc_of(&view, &p)?;
     let checks = checks_json(
         dc,
-        dc.checks().filter(|c| status.is_none_or(|s| c.status == s)),
+        dc.checks()
+            .filter(|c| status.is_none_or(|s| c.status == s))
+            .filter(|c| p.node_meta_ok(dc.node(&c.node))),
     );
+    let checks = filtered(filter.as_ref(), checks);
     Ok(answer(&state, &view, &p, &checks))
 }
 
@@ -262,12 +277,33 @@ pub(super) async fn catalog_datacenters(State(state): State<ApiState>) -> Json<V
     Json(view.datacenters().into_iter().map(str::to_owned).collect())
 }
 
+/// Refuses `?dc=` naming another datacenter: the status endpoints describe this DC's Raft group,
+/// and another DC's is not replicated here.
+fn local_status(state: &ApiState, q: &[(String, String)]) -> Result<(), ApiError> {
+    for (k, v) in q {
+        if k == "dc" && !v.is_empty() && !v.eq_ignore_ascii_case(state.catalog().datacenter()) {
+            return Err(ApiError::bad_request(format!(
+                "?dc={v}: the Raft status of another datacenter is not replicated here; ask one of its agents"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `GET /v1/status/leader`: the leader's RPC address as a JSON string, empty when none is known.
-pub(super) async fn status_leader(State(state): State<ApiState>) -> Json<String> {
-    Json(state.catalog().status().leader.unwrap_or_default())
+pub(super) async fn status_leader(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Json<String>, ApiError> {
+    local_status(&state, &q)?;
+    Ok(Json(state.catalog().status().leader.unwrap_or_default()))
 }
 
 /// `GET /v1/status/peers`: the voters' RPC addresses.
-pub(super) async fn status_peers(State(state): State<ApiState>) -> Json<Vec<String>> {
-    Json(state.catalog().status().peers)
+pub(super) async fn status_peers(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Json<Vec<String>>, ApiError> {
+    local_status(&state, &q)?;
+    Ok(Json(state.catalog().status().peers))
 }

@@ -270,6 +270,7 @@ pub fn router(state: ApiState) -> Router {
         // drains an oversized body so the client sees the 413); this layer bounds any other
         // body extractor a future route might use.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(refuse_unsupported_params))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -402,6 +403,65 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
 
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
+/// Refuses, on every route, the query parameters of Consul's that would change an answer and
+/// that Meridian cannot honour: ignoring them would return data the caller did not ask for.
+async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
+    if let Some(q) = req.uri().query() {
+        let path = req.uri().path();
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if let Some(why) = unsupported_param(&k, &v) {
+                return ApiError::bad_request(format!("?{k}: {why}")).into_response();
+            }
+            if matches!(&*k, "filter" | "node-meta") && !is_listing(path, &k) {
+                return ApiError::bad_request(format!("?{k} is not supported on this endpoint"))
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether the route at `path` filters its answer by `?filter` or `?node-meta` (`key`), as
+/// Consul's listing endpoints do. The handlers refuse them too; this keeps every other route,
+/// whatever its parameter parsing, from ignoring them.
+fn is_listing(path: &str, key: &str) -> bool {
+    const EXACT: [&str; 4] = [
+        "/v1/agent/services",
+        "/v1/agent/checks",
+        "/v1/catalog/services",
+        "/v1/catalog/nodes",
+    ];
+    const PREFIXES: [&str; 6] = [
+        "/v1/catalog/service/",
+        "/v1/catalog/node-services/",
+        "/v1/health/service/",
+        "/v1/health/node/",
+        "/v1/health/checks/",
+        "/v1/health/state/",
+    ];
+    EXACT.contains(&path)
+        || PREFIXES.iter().any(|p| path.starts_with(p))
+        || (key == "filter" && path == "/v1/agent/members")
+}
+
+/// Why Meridian cannot honour `?key=value`, if it cannot.
+fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        "near" => Some(
+            "sorting by network distance is not supported: Meridian measures RTT between datacenters, not nodes",
+        ),
+        "consistent" => Some(
+            "consistent reads are not supported: every read is answered from this agent's replica of the catalog, as Consul's ?stale (X-Consul-LastContact says how fresh it is)",
+        ),
+        "ns" | "partition" | "sg" if !value.is_empty() && value != "default" => {
+            Some("Meridian has only the default namespace, partition and sameness group")
+        }
+        "peer" if !value.is_empty() => Some("cluster peering is not supported"),
+        "merge-central-config" => Some("Meridian has no central config entries"),
+        _ => None,
+    }
+}
+
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     check_acl(&state.inner.acl, req, next).await
 }

@@ -680,7 +680,7 @@ pub async fn count(http: &reqwest::Client, url: &str) -> Option<usize> {
 /// The status of DC `dc` as node `a` sees it (`up`, `suspect`, `down`, `drained`).
 pub async fn status_of(http: &reqwest::Client, a: &NodeAddr, dc: usize) -> Option<String> {
     let r = http
-        .get(a.url("/v1/coordinate/datacenters"))
+        .get(a.url("/v1/federation/datacenters"))
         .send()
         .await
         .ok()?;

@@ -3,7 +3,7 @@
 //! datacenters from `GET /v1/health/service/<service>?dc=<dc>`, resolves `<service>.service.<domain>`
 //! (SRV over UDP) at a DC's DNS server, completes a TLS handshake through a DC's gateway with the
 //! service name as SNI, and reads a DC's view of every datacenter from
-//! `GET /v1/coordinate/datacenters`.
+//! `GET /v1/federation/datacenters`.
 //!
 //! Every call has a timeout and talks only to addresses the operator gave (or that those nodes
 //! reported about themselves). The benchmark (`meridian-bench failover`) uses the same client.
@@ -687,22 +687,22 @@ impl RoundProbe {
     }
 }
 
-/// One DC's view of every datacenter (`GET /v1/coordinate/datacenters`): DC to status.
+/// One DC's view of every datacenter (`GET /v1/federation/datacenters`): DC to status.
 pub async fn dc_statuses(
     http: &Http,
     node: &NodeInfo,
     limit: Duration,
 ) -> Result<BTreeMap<String, String>, ClientError> {
     let v = http
-        .get_json(&node.url("/v1/coordinate/datacenters"), limit)
+        .get_json(&node.url("/v1/federation/datacenters"), limit)
         .await?;
     parse_statuses(&v)
 }
 
-/// DC to status from a `/v1/coordinate/datacenters` answer.
+/// DC to status from a `/v1/federation/datacenters` answer.
 pub fn parse_statuses(v: &Value) -> Result<BTreeMap<String, String>, ClientError> {
     let entries = v.as_array().ok_or_else(|| ClientError::IncompleteAnswer {
-        url: "/v1/coordinate/datacenters".to_owned(),
+        url: "/v1/federation/datacenters".to_owned(),
         problem: "is not an array",
     })?;
     let mut out = BTreeMap::new();

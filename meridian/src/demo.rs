@@ -526,7 +526,7 @@ fn print_banner(agents: &[Agent], ca_file: &Path, exit_after: Option<u64>) {
         .collect();
     println!(
         "\nTry:\
-         \n  curl -s http://{h3}/v1/coordinate/datacenters\
+         \n  curl -s http://{h3}/v1/federation/datacenters\
          \n  curl -s 'http://{h3}/v1/health/service/web?dc=dc2&passing'\
          \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\
          \n  curl --cacert {ca} --resolve web.service.consul:{gw_port}:{gw_ip} https://web.service.consul:{gw_port}/\

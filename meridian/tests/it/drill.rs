@@ -315,7 +315,7 @@ async fn drills_move_answers_away_from_a_datacenter_and_back() -> Result<()> {
     for agent in [&dc1, &dc2, &dc3] {
         eventually(30, "every DC up", || async {
             agent
-                .get_json("/v1/coordinate/datacenters")
+                .get_json("/v1/federation/datacenters")
                 .await
                 .is_ok_and(|v| {
                     v.as_array()
@@ -366,7 +366,7 @@ async fn drills_move_answers_away_from_a_datacenter_and_back() -> Result<()> {
     );
     // dc1 is back: the drill undrained it.
     eventually(30, "dc1 up again everywhere", || async {
-        dc3.get_json("/v1/coordinate/datacenters")
+        dc3.get_json("/v1/federation/datacenters")
             .await
             .is_ok_and(|v| {
                 v.as_array()

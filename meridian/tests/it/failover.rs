@@ -222,7 +222,7 @@ impl World {
     }
 
     async fn status_of(&self, at: usize, dc: &str) -> Result<String> {
-        let list = self.dcs[at].get_json("/v1/coordinate/datacenters").await?;
+        let list = self.dcs[at].get_json("/v1/federation/datacenters").await?;
         list.as_array()
             .and_then(|l| l.iter().find(|e| e["Datacenter"] == dc))
             .and_then(|e| e["Status"].as_str())
@@ -411,7 +411,7 @@ async fn a_partition_between_dc1_and_dc3_fails_over_dc3_only() -> Result<()> {
     let healed = Instant::now();
     let back = fails_back(&w, healed).await?;
     println!("partition healed: dc3 answers with dc1 {back:?} later");
-    let v: Value = w.dcs[2].get_json("/v1/coordinate/datacenters").await?;
+    let v: Value = w.dcs[2].get_json("/v1/federation/datacenters").await?;
     ensure!(v.as_array().is_some_and(|l| l.len() == 3), "{v}");
     Ok(())
 }

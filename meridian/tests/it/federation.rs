@@ -435,7 +435,7 @@ async fn a_node_restarted_while_the_origin_is_gone_answers_from_disk_marked_stal
     // stream answers), no answer points at it, from disk or not.
     eventually(30, "dc1 down as dc2 sees it, and out of DNS", || async {
         let down = dc2
-            .get_json("/v1/coordinate/datacenters")
+            .get_json("/v1/federation/datacenters")
             .await
             .is_ok_and(|v| {
                 v.as_array().is_some_and(|l| {

@@ -523,7 +523,9 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         "/v1/health/state/any".to_owned(),
         "/v1/status/leader".to_owned(),
         "/v1/status/peers".to_owned(),
+        "/v1/federation/datacenters".to_owned(),
         "/v1/coordinate/datacenters".to_owned(),
+        "/v1/coordinate/nodes".to_owned(),
         "/v1/federation/status".to_owned(),
         "/v1/query".to_owned(),
         format!("/v1/query/{qid}"),
@@ -596,6 +598,21 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         ))
         .await?;
     ensure!(kept.as_array().map(Vec::len) == Some(1), "{kept}");
+    // Consul's coordinate shapes, this DC's server at the origin.
+    let dcs = agent.get_json("/v1/coordinate/datacenters").await?;
+    ensure!(
+        dcs[0]["Datacenter"] == "dc1" && dcs[0]["Coordinates"][0]["Node"] == "dev.dc1",
+        "{dcs}"
+    );
+    ensure!(
+        dcs[0]["Coordinates"][0]["Coord"]["Vec"] == json!(vec![0.0; 8]),
+        "{dcs}"
+    );
+    let nodes = agent.get_json("/v1/coordinate/nodes").await?;
+    ensure!(
+        nodes[0]["Node"] == "dev" && nodes[0]["Coord"]["Height"].is_f64(),
+        "{nodes}"
+    );
     // Another DC's Raft status is not replicated here.
     let (code, text) = call(&agent, false, "/v1/status/leader?dc=dc9").await?;
     ensure!(code == 400 && text.contains("dc9"), "{code} {text}");

@@ -1,6 +1,7 @@
 //! Failover endpoints: every DC's liveness and RTT as this node measures them
-//! (`GET /v1/coordinate/datacenters`), and an operator's drain of this node's DC
-//! (`PUT`/`DELETE /v1/operator/drain`).
+//! (`GET /v1/federation/datacenters`), the same RTTs as Consul's network coordinates
+//! (`GET /v1/coordinate/datacenters`, `/v1/coordinate/nodes`), and an operator's drain of this
+//! node's DC (`PUT`/`DELETE /v1/operator/drain`).
 
 use axum::Json;
 use axum::body::Body;
@@ -29,8 +30,8 @@ struct DcJson<'a> {
     for_ms: u64,
 }
 
-/// `GET /v1/coordinate/datacenters`: every DC this node knows, local first, with its status
-/// and RTT (Consul answers Vivaldi coordinates here; we answer what we measure).
+/// `GET /v1/federation/datacenters`: every DC this node knows, local first, with its status
+/// and measured RTT.
 pub(super) async fn datacenters(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let view = state.view();
     let now = state.node().map_or(0, |n| n.clock.now_ms());
@@ -52,6 +53,118 @@ pub(super) async fn datacenters(State(state): State<ApiState>) -> Json<serde_jso
         })
         .collect();
     Json(json!(list))
+}
+
+/// Consul's network coordinate.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CoordJson {
+    vec: [f64; 8],
+    error: f64,
+    adjustment: f64,
+    height: f64,
+}
+
+/// Consul's smallest height: a coordinate always has some.
+const MIN_HEIGHT: f64 = 1.0e-5;
+
+/// The coordinate of a DC measured `rtt_us` away from this one (this DC: the origin). Consul's
+/// estimate of the RTT between two coordinates is their distance plus both heights, so placing
+/// every DC on one axis at its measured RTT makes the estimate from this DC exact; between two
+/// other DCs it is the difference of their RTTs, a lower bound.
+fn coord(rtt_us: Option<u32>) -> CoordJson {
+    let mut vec = [0.0; 8];
+    vec[0] = rtt_us.map_or(0.0, |us| f64::from(us) / 1e6);
+    CoordJson {
+        vec,
+        // Vivaldi starts at 1.5 and falls as samples agree; a measured RTT is as good as it
+        // gets, an unmeasured one is the starting guess.
+        error: if rtt_us.is_some() { 0.0 } else { 1.5 },
+        adjustment: 0.0,
+        height: MIN_HEIGHT,
+    }
+}
+
+/// One DC's servers with their coordinates (Consul's `DatacenterMap`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct DcCoordsJson {
+    datacenter: String,
+    #[serde(rename = "AreaID")]
+    area_id: &'static str,
+    coordinates: Vec<NodeCoordJson>,
+}
+
+/// A node with its coordinate.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeCoordJson {
+    node: String,
+    segment: &'static str,
+    partition: &'static str,
+    coord: CoordJson,
+}
+
+/// `GET /v1/coordinate/datacenters`, in Consul's shape: each DC's servers (`<node>.<dc>`) at
+/// the coordinate of their DC's measured RTT from this one. Meridian measures RTT between DCs
+/// (its probes through the gateways), not between nodes: a DC's servers share its coordinate.
+pub(super) async fn coordinate_datacenters(
+    State(state): State<ApiState>,
+) -> Json<Vec<DcCoordsJson>> {
+    let view = state.view();
+    let f = view.failover();
+    let list = view
+        .datacenters()
+        .into_iter()
+        .enumerate()
+        .map(|(i, dc)| {
+            let rtt = if i == 0 { Some(0) } else { f.rtt_us(dc) };
+            let servers = view.dc_state(Some(dc)).map(|(_, s)| s);
+            DcCoordsJson {
+                datacenter: dc.to_owned(),
+                area_id: "wan",
+                coordinates: servers
+                    .into_iter()
+                    .flat_map(|s| s.nodes())
+                    .filter(|n| n.meta.contains_key(meridian_catalog::SERVER_META))
+                    .map(|n| NodeCoordJson {
+                        node: format!("{}.{dc}", n.name),
+                        segment: "",
+                        partition: "default",
+                        coord: coord(rtt),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Json(list)
+}
+
+/// `GET /v1/coordinate/nodes[?dc=]`, in Consul's shape: the DC's nodes at the coordinate of
+/// their DC (the origin for this one); Meridian does not measure RTT between nodes of a DC.
+pub(super) async fn coordinate_nodes(
+    State(state): State<ApiState>,
+    axum::extract::Query(q): super::catalog::Pairs,
+) -> Result<axum::response::Response, ApiError> {
+    let (view, p) = super::catalog::read_view(&state, &q).await?;
+    let (dc, nodes) = view
+        .dc_state(p.dc.as_deref())
+        .ok_or_else(|| ApiError::internal("No path to datacenter"))?;
+    let rtt = if dc == view.datacenter() {
+        Some(0)
+    } else {
+        view.failover().rtt_us(dc)
+    };
+    let list: Vec<NodeCoordJson> = nodes
+        .nodes()
+        .map(|n| NodeCoordJson {
+            node: n.name.clone(),
+            segment: "",
+            partition: "default",
+            coord: coord(rtt),
+        })
+        .collect();
+    Ok(super::catalog::answer(&state, &view, &p, &list))
 }
 
 /// The optional body of a drain.

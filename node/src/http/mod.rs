@@ -253,7 +253,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status/leader", get(catalog::status_leader))
         .route("/v1/status/peers", get(catalog::status_peers))
         .route("/v1/federation/status", get(federation::status))
-        .route("/v1/coordinate/datacenters", get(failover::datacenters))
+        .route("/v1/federation/datacenters", get(failover::datacenters))
+        .route(
+            "/v1/coordinate/datacenters",
+            get(failover::coordinate_datacenters),
+        )
+        .route("/v1/coordinate/nodes", get(failover::coordinate_nodes))
         .route(
             "/v1/operator/drain",
             put(failover::drain).delete(failover::undrain),

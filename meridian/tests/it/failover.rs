@@ -313,6 +313,26 @@ async fn critical_instances_fail_over_even_inside_their_own_dc_and_fail_back_aft
     let took = w.moves_to(2, 1, Duration::from_secs(15)).await?;
     // Plain names fail over inside dc1 too (Consul's never do).
     w.moves_to(0, 1, Duration::from_secs(15)).await?;
+    // HTTP clients see the same answer when they ask for it (`?failover`), and Consul's
+    // answer (dc1's critical instance) when they do not.
+    let r = w.dcs[0]
+        .http
+        .get(w.dcs[0].url("/v1/health/service/web?failover&passing"))
+        .send()
+        .await?;
+    let dc = r
+        .headers()
+        .get("x-meridian-datacenter")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let entries: Value = r.json().await?;
+    ensure!(dc.as_deref() == Some("dc2"), "{dc:?} {entries}");
+    ensure!(
+        entries[0]["Service"]["Port"] == w.ports[1] && entries[0]["Node"]["Datacenter"] == "dc2",
+        "{entries}"
+    );
+    let plain = w.dcs[0].get_json("/v1/health/service/web").await?;
+    ensure!(plain[0]["Service"]["Port"] == w.ports[0], "{plain}");
     println!("web critical in dc1: dc3 answers with dc2 after {took:?}");
     // The DC itself is fine: only the service moved.
     ensure!(w.status_of(2, "dc1").await? == "up");

@@ -613,6 +613,34 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         nodes[0]["Node"] == "dev" && nodes[0]["Coord"]["Height"].is_f64(),
         "{nodes}"
     );
+    // ?failover: what the plain DNS name resolves to, here the local DC; only on the health of
+    // a service, and not with an explicit DC.
+    let r = agent
+        .http
+        .get(agent.url("/v1/health/service/web?failover"))
+        .send()
+        .await?;
+    ensure!(
+        r.headers()
+            .get("x-meridian-datacenter")
+            .and_then(|v| v.to_str().ok())
+            == Some("dc1"),
+        "{:?}",
+        r.headers()
+    );
+    let v: Value = r.json().await?;
+    ensure!(v[0]["Service"]["ID"] == "web-1", "{v}");
+    for path in [
+        "/v1/health/service/web?failover&dc=dc1",
+        "/v1/catalog/service/web?failover",
+        "/v1/agent/services?failover",
+    ] {
+        let (code, text) = call(&agent, false, path).await?;
+        ensure!(
+            code == 400 && text.contains("failover"),
+            "{path}: {code} {text}"
+        );
+    }
     // Another DC's Raft status is not replicated here.
     let (code, text) = call(&agent, false, "/v1/status/leader?dc=dc9").await?;
     ensure!(code == 400 && text.contains("dc9"), "{code} {text}");

@@ -35,6 +35,9 @@ pub struct ReadParams {
     pub node_meta: Vec<(String, String)>,
     /// `?cached`: answered with `X-Cache` (the local view is Meridian's cache).
     pub cached: bool,
+    /// `?failover` (health of a service only): resolved by the failover policy, as DNS and the
+    /// gateway resolve the service's plain name.
+    pub failover: bool,
 }
 
 /// Whether a flag parameter (`?passing`, `?replace-existing-checks`) is on: present with no
@@ -97,6 +100,7 @@ impl ReadParams {
                     p.node_meta.push((key.to_owned(), value.to_owned()));
                 }
                 "cached" => p.cached = flag("cached", v)?,
+                "failover" => p.failover = flag("failover", v)?,
                 "filter" => {
                     filter = Filter::from_query(Some(v))
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use meridian_topology::dc::DcState;
-use meridian_topology::{Health, Instance, View};
+
+use meridian_topology::{Health, Instance, ServiceQuery, View, resolve};
 use serde::Serialize;
 
 use super::blocking::{ReadParams, consul_headers, wait_for_view};
@@ -143,6 +145,9 @@ pub(super) async fn health_service(
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
     let (view, p, filter) = read_view_filtered(&state, &q).await?;
+    if p.failover {
+        return failover_entries(&state, &view, &p, filter.as_ref(), &name);
+    }
     let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
@@ -150,6 +155,53 @@ pub(super) async fn health_service(
         .collect();
     let entries = filtered(filter.as_ref(), entries);
     Ok(answer(&state, &view, &p, &entries))
+}
+
+/// `GET /v1/health/service/{name}?failover`: what `<name>.service.<domain>` resolves to (the
+/// local DC, or the DC the failover policy moved it to), as health entries of the instances
+/// where they are; `X-Meridian-Datacenter` names the DC and `X-Meridian-Failovers` how many
+/// were passed over. Consul has no such answer (its HTTP API never fails over).
+fn failover_entries(
+    state: &ApiState,
+    view: &View,
+    p: &ReadParams,
+    filter: Option<&Filter>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    if p.dc.is_some() {
+        return Err(ApiError::bad_request(
+            "?failover resolves by the failover policy: it does not take ?dc=",
+        ));
+    }
+    if p.index.is_some() {
+        return Err(ApiError::bad_request(
+            "?failover does not block yet: drop ?index, or block without ?failover",
+        ));
+    }
+    let query = ServiceQuery {
+        tags: &p.tags,
+        only_passing: p.passing,
+        ..ServiceQuery::new(name, None)
+    };
+    let (dc, failovers, entries) = match resolve(view, &query) {
+        Ok(res) => {
+            let entries: Vec<_> = res
+                .instances
+                .iter()
+                .filter(|(i, _)| p.node_meta_ok(res.state.node(&i.node)))
+                .map(|(i, _)| ServiceEntryJson::new(res.dc, res.state, i))
+                .collect();
+            (res.dc, res.failovers, filtered(filter, entries))
+        }
+        // Nowhere to go: an empty answer from this DC, as for a service without instances.
+        Err(_) => (view.datacenter(), 0, Vec::new()),
+    };
+    let mut headers = consul_headers(state.catalog(), view, None);
+    if let Ok(v) = HeaderValue::from_str(dc) {
+        headers.insert("x-meridian-datacenter", v);
+    }
+    headers.insert("x-meridian-failovers", HeaderValue::from(failovers));
+    Ok((headers, Json(entries)).into_response())
 }
 
 /// `GET /v1/catalog/nodes`.

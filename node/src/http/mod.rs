@@ -417,6 +417,12 @@ async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
             if let Some(why) = unsupported_param(&k, &v) {
                 return ApiError::bad_request(format!("?{k}: {why}")).into_response();
             }
+            if k == "failover" && !path.starts_with("/v1/health/service/") {
+                return ApiError::bad_request(
+                    "?failover is supported on /v1/health/service/:name only",
+                )
+                .into_response();
+            }
             if matches!(&*k, "filter" | "node-meta") && !is_listing(path, &k) {
                 return ApiError::bad_request(format!("?{k} is not supported on this endpoint"))
                     .into_response();

@@ -680,6 +680,85 @@ mod tests {
     }
 
     #[test]
+    fn a_check_set_alone_decides_health_and_a_node_check_covers_every_instance() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "web1", "web"), vec![], 1);
+        s.register(inst("n1", "api1", "api"), vec![], 2);
+        // A check of an instance that does not exist is refused, and changes nothing.
+        assert_eq!(
+            s.set_check(check("n1", "c", "nope", Health::Critical), 3),
+            None
+        );
+        assert_eq!(s.index(), 2);
+        // A service check takes its instance's service name, and its status as given.
+        let c = check("n1", "_service_maintenance:web1", "web1", Health::Critical);
+        assert_eq!(s.set_check(c.clone(), 4), Some(true));
+        let stored = s.check("n1", "_service_maintenance:web1").expect("set");
+        assert_eq!(
+            (stored.service_name.as_str(), stored.create_index),
+            ("web", 4)
+        );
+        assert_eq!(
+            s.health_of(s.instance("n1", "web1").expect("web1")),
+            Health::Critical
+        );
+        assert_eq!(
+            s.health_of(s.instance("n1", "api1").expect("api1")),
+            Health::Passing
+        );
+        // The same check again changes nothing; a new status does, keeping its creation.
+        assert_eq!(s.set_check(c.clone(), 5), Some(false));
+        let passing = Check {
+            status: Health::Passing,
+            ..c
+        };
+        assert_eq!(s.set_check(passing, 6), Some(true));
+        let stored = s.check("n1", "_service_maintenance:web1").expect("set");
+        assert_eq!((stored.create_index, stored.modify_index), (4, 6));
+        // A node check covers every instance on the node.
+        s.set_check(check("n1", "_node_maintenance", "", Health::Critical), 7);
+        assert_eq!(
+            s.health_of(s.instance("n1", "api1").expect("api1")),
+            Health::Critical
+        );
+        assert!(s.delete_check("n1", "_node_maintenance", 8));
+        assert!(!s.delete_check("n1", "_node_maintenance", 9));
+        assert_eq!(s.index(), 8);
+        assert_eq!(
+            s.health_of(s.instance("n1", "api1").expect("api1")),
+            Health::Passing
+        );
+    }
+
+    #[test]
+    fn deregistering_a_node_removes_everything_on_it_and_nothing_else() {
+        let mut s = DcState::default();
+        let node = Node {
+            name: "ext".into(),
+            address: "10.0.0.2".into(),
+            meta: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        s.upsert_node(node, 1);
+        s.register(
+            inst("ext", "db1", "db"),
+            vec![check("ext", "c1", "db1", Health::Passing)],
+            2,
+        );
+        s.set_check(check("ext", "ping", "", Health::Passing), 3);
+        s.register(inst("n1", "db2", "db"), vec![], 4);
+        assert!(s.deregister_node("EXT", 5));
+        assert!(s.node("ext").is_none());
+        assert!(s.instance("ext", "db1").is_none());
+        assert_eq!(s.checks_on("ext").count(), 0);
+        assert_eq!(s.instances_of("db").count(), 1);
+        assert_eq!(s.index(), 5);
+        assert!(!s.deregister_node("ext", 6));
+        assert_eq!(s.index(), 5);
+    }
+
+    #[test]
     fn addresses_and_reverse_lookups() {
         let mut s = DcState::default();
         let node = |name: &str, address: &str| Node {

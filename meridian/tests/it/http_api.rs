@@ -657,3 +657,69 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
     );
     Ok(())
 }
+
+/// A prepared query's execution and `?failover` block (`?index=&wait=`) until their answer
+/// changes: the index they answer with is the answer's digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_by_failover_policy_block_until_they_change() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let agent = dev_agent(dir.path()).await?;
+    let r = agent
+        .put_json("/v1/agent/service/register", &service("web", "web-1", 8080))
+        .await?;
+    ensure!(r.status().is_success(), "register: {}", r.text().await?);
+    let created: Value = agent
+        .http
+        .post(agent.url("/v1/query"))
+        .json(&json!({ "Name": "webq", "Service": { "Service": "web" } }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let qid = created["ID"].as_str().context("query ID")?.to_owned();
+    for (path, count) in [
+        (format!("/v1/query/{qid}/execute"), "Nodes"),
+        ("/v1/health/service/web?failover".to_owned(), ""),
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let r = agent.http.get(agent.url(&path)).send().await?;
+        let index = index_of(&r)?;
+        // Unchanged, the same index; a blocking call with it waits out a short wait.
+        let again = agent.http.get(agent.url(&path)).send().await?;
+        ensure!(
+            index_of(&again)? == index,
+            "{path}: the index of the same answer"
+        );
+        let started = Instant::now();
+        let r = agent
+            .http
+            .get(agent.url(&format!("{path}{sep}index={index}&wait=300ms")))
+            .send()
+            .await?;
+        ensure!(
+            started.elapsed() >= Duration::from_millis(250) && index_of(&r)? == index,
+            "{path}: returned before its wait with nothing changed"
+        );
+        // A new instance wakes it at once, with a new index and the new answer.
+        let url = agent.url(&format!("{path}{sep}index={index}&wait=30s"));
+        let http = agent.http.clone();
+        let blocked = tokio::spawn(async move { http.get(url).send().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ensure!(!blocked.is_finished(), "{path}: did not block");
+        let id = format!("web-{}", path.len());
+        let r = agent
+            .put_json("/v1/agent/service/register", &service("web", &id, 9000))
+            .await?;
+        ensure!(r.status().is_success(), "register: {}", r.text().await?);
+        let r = tokio::time::timeout(Duration::from_secs(10), blocked).await???;
+        ensure!(index_of(&r)? != index, "{path}: a new index");
+        let v: Value = r.json().await?;
+        let list = if count.is_empty() { &v } else { &v[count] };
+        ensure!(
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|e| e["Service"]["ID"] == id.as_str())),
+            "{path}: the new instance in {v}"
+        );
+    }
+    Ok(())
+}

@@ -152,15 +152,29 @@ pub fn reported_index(view: &View, dc: Option<&str>) -> u64 {
 pub async fn wait_for_view(
     views: &watch::Receiver<Arc<View>>,
     params: &ReadParams,
+    closing: watch::Receiver<bool>,
+) -> Arc<View> {
+    let Some(index) = params.index.filter(|i| *i > 0) else {
+        return views.borrow().clone();
+    };
+    let dc = params.dc.as_deref();
+    wait_until(views, params, closing, |view| {
+        reported_index(view, dc) > index
+    })
+    .await
+}
+
+/// The first view for which `moved` holds (the current one included), or the current one when
+/// the blocking query's wait (plus jitter) runs out or `closing` turns true.
+pub async fn wait_until(
+    views: &watch::Receiver<Arc<View>>,
+    params: &ReadParams,
     mut closing: watch::Receiver<bool>,
+    moved: impl Fn(&View) -> bool,
 ) -> Arc<View> {
     let mut rx = views.clone();
     let current = rx.borrow_and_update().clone();
-    let Some(index) = params.index.filter(|i| *i > 0) else {
-        return current;
-    };
-    let dc = params.dc.as_deref();
-    if reported_index(&current, dc) > index {
+    if moved(&current) {
         return current;
     }
     let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
@@ -172,7 +186,7 @@ pub async fn wait_for_view(
         tokio::select! {
             changed = rx.changed() => {
                 let view = rx.borrow_and_update().clone();
-                if changed.is_err() || reported_index(&view, dc) > index {
+                if changed.is_err() || moved(&view) {
                     return view;
                 }
             }
@@ -180,6 +194,39 @@ pub async fn wait_for_view(
             _ = closing.wait_for(|c| *c) => return rx.borrow().clone(),
         }
     }
+}
+
+/// The index of an answer that follows the failover policy (a prepared query's execution,
+/// `?failover`): a digest of what it resolves to (the DC, how many were passed over, and each
+/// instance with its index and health), so that a blocking query wakes exactly when the answer
+/// changes, whichever DC it comes from. Not monotonic: Consul's clients reset a blocking query
+/// whose index goes backwards, as its documentation asks. Below 2^53 (JavaScript clients) and
+/// never 0 (which means "do not block").
+pub fn resolution_index(view: &View, query: &meridian_topology::ServiceQuery<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match meridian_topology::resolve(view, query) {
+        Ok(res) => {
+            res.dc.hash(&mut h);
+            res.failovers.hash(&mut h);
+            let mut seen: Vec<_> = res
+                .instances
+                .iter()
+                .map(|(i, health)| (&i.node, &i.id, i.modify_index, *health))
+                .collect();
+            seen.sort_unstable();
+            seen.hash(&mut h);
+            // Node and check changes (a node check, a check's output) move the answer's body too.
+            for (i, _) in &res.instances {
+                res.state.node(&i.node).map(|n| n.modify_index).hash(&mut h);
+                for c in res.state.checks_of(i) {
+                    (c.modify_index, c.status).hash(&mut h);
+                }
+            }
+        }
+        Err(e) => (view.datacenter(), e.to_string()).hash(&mut h),
+    }
+    (h.finish() & ((1 << 53) - 1)).max(1)
 }
 
 /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` for an answer from `view`.

@@ -13,7 +13,7 @@ use meridian_topology::dc::DcState;
 use meridian_topology::{Health, Instance, ServiceQuery, View, resolve};
 use serde::Serialize;
 
-use super::blocking::{ReadParams, consul_headers, wait_for_view};
+use super::blocking::{ReadParams, consul_headers, resolution_index, wait_for_view, wait_until};
 use super::consul::{
     AgentServiceJson, CatalogServiceJson, NodeJson, NodeServiceListJson, NodeServicesJson,
     ServiceEntryJson, checks_json,
@@ -144,10 +144,10 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p, filter) = read_view_filtered(&state, &q).await?;
-    if p.failover {
-        return failover_entries(&state, &view, &p, filter.as_ref(), &name);
+    if ReadParams::parse_filtered(&q)?.0.failover {
+        return failover_entries(&state, &q, &name).await;
     }
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
@@ -160,22 +160,18 @@ pub(super) async fn health_service(
 /// `GET /v1/health/service/{name}?failover`: what `<name>.service.<domain>` resolves to (the
 /// local DC, or the DC the failover policy moved it to), as health entries of the instances
 /// where they are; `X-Meridian-Datacenter` names the DC and `X-Meridian-Failovers` how many
-/// were passed over. Consul has no such answer (its HTTP API never fails over).
-fn failover_entries(
+/// were passed over. Consul has no such answer (its HTTP API never fails over). Blocks until
+/// the answer changes.
+async fn failover_entries(
     state: &ApiState,
-    view: &View,
-    p: &ReadParams,
-    filter: Option<&Filter>,
+    q: &[(String, String)],
     name: &str,
 ) -> Result<Response, ApiError> {
+    let (p, filter) = ReadParams::parse_filtered(q)?;
+    let filter = filter.as_ref();
     if p.dc.is_some() {
         return Err(ApiError::bad_request(
             "?failover resolves by the failover policy: it does not take ?dc=",
-        ));
-    }
-    if p.index.is_some() {
-        return Err(ApiError::bad_request(
-            "?failover does not block yet: drop ?index, or block without ?failover",
         ));
     }
     let query = ServiceQuery {
@@ -183,6 +179,18 @@ fn failover_entries(
         only_passing: p.passing,
         ..ServiceQuery::new(name, None)
     };
+    // Blocking waits for the answer itself to change (its index is the answer's digest), so a
+    // failover wakes it as a registration does.
+    let view = match p.index.filter(|i| *i > 0) {
+        Some(seen) => {
+            wait_until(state.views(), &p, state.closing(), |v| {
+                resolution_index(v, &query) != seen
+            })
+            .await
+        }
+        None => state.view(),
+    };
+    let view = &*view;
     let (dc, failovers, entries) = match resolve(view, &query) {
         Ok(res) => {
             let entries: Vec<_> = res
@@ -197,6 +205,10 @@ fn failover_entries(
         Err(_) => (view.datacenter(), 0, Vec::new()),
     };
     let mut headers = consul_headers(state.catalog(), view, None);
+    headers.insert(
+        "x-consul-index",
+        HeaderValue::from(resolution_index(view, &query)),
+    );
     if let Ok(v) = HeaderValue::from_str(dc) {
         headers.insert("x-meridian-datacenter", v);
     }

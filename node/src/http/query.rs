@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 use serde_json::json;
 
-use super::blocking::ReadParams;
+use super::blocking::{ReadParams, resolution_index, wait_until};
 use super::body::read_body;
 use super::catalog::{Pairs, answer_local, read_view};
 use super::consul::ServiceEntryJson;
@@ -244,7 +244,8 @@ struct DnsJson {
 
 /// `GET /v1/query/{id or name}/execute[?limit=N]`: the query's healthy instances, from the local
 /// datacenter or, when it has none, from the first of the query's failover datacenters that has.
-/// No healthy instance anywhere is an empty `Nodes`, as in Consul.
+/// No healthy instance anywhere is an empty `Nodes`, as in Consul. Blocks (`?index=&wait=`)
+/// until the answer changes.
 pub(super) async fn execute(
     State(state): State<ApiState>,
     Path(id_or_name): Path<String>,
@@ -272,7 +273,17 @@ pub(super) async fn execute(
                 "Query not found: no prepared query with ID or name {id_or_name:?}"
             ))
         })?;
-    let view = state.view();
+    // A blocking execution waits for its answer to change (the index is the answer's digest),
+    // whichever DC the answer comes from: a failover wakes it as a registration does.
+    let digest = |view: &View| {
+        let policy = pq.policy(view.failover().policy.address_mode);
+        resolution_index(view, &pq.service_query(&policy))
+    };
+    let view = match p.index.filter(|i| *i > 0) {
+        Some(seen) => wait_until(state.views(), &p, state.closing(), |v| digest(v) != seen).await,
+        None => state.view(),
+    };
+    let index = digest(&view);
     let policy = pq.policy(view.failover().policy.address_mode);
     let sq = pq.service_query(&policy);
     let body = match resolve(&view, &sq) {
@@ -303,5 +314,9 @@ pub(super) async fn execute(
             failovers: 0,
         },
     };
-    Ok(answer_local(&state, &view, &body))
+    let mut response = answer_local(&state, &view, &body);
+    response
+        .headers_mut()
+        .insert("x-consul-index", axum::http::HeaderValue::from(index));
+    Ok(response)
 }

@@ -483,26 +483,31 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
     Ok(())
 }
 
-/// Every read route, walked with the parameters of Consul's that change an answer: each is
-/// honoured (the answer changes as asked) or refused with a 400 that names it, never ignored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let agent = dev_agent(dir.path()).await?;
+/// A dev agent with `web-1` (port 8080) and a prepared query `webq` for it, and the query's ID.
+async fn agent_with_web_and_a_query(dir: &std::path::Path) -> Result<(Agent, String)> {
+    let agent = dev_agent(dir).await?;
     let r = agent
         .put_json("/v1/agent/service/register", &service("web", "web-1", 8080))
         .await?;
     ensure!(r.status().is_success(), "register: {}", r.text().await?);
-    let q = json!({ "Name": "webq", "Service": { "Service": "web" } });
     let created: Value = agent
         .http
         .post(agent.url("/v1/query"))
-        .json(&q)
+        .json(&json!({ "Name": "webq", "Service": { "Service": "web" } }))
         .send()
         .await?
         .json()
         .await?;
     let qid = created["ID"].as_str().context("query ID")?.to_owned();
+    Ok((agent, qid))
+}
+
+/// Every read route, walked with the parameters of Consul's that change an answer: each is
+/// honoured (the answer changes as asked) or refused with a 400 that names it, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (agent, qid) = agent_with_web_and_a_query(dir.path()).await?;
     let routes = [
         "/v1/agent/self".to_owned(),
         "/v1/agent/services".to_owned(),
@@ -663,20 +668,7 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_by_failover_policy_block_until_they_change() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let agent = dev_agent(dir.path()).await?;
-    let r = agent
-        .put_json("/v1/agent/service/register", &service("web", "web-1", 8080))
-        .await?;
-    ensure!(r.status().is_success(), "register: {}", r.text().await?);
-    let created: Value = agent
-        .http
-        .post(agent.url("/v1/query"))
-        .json(&json!({ "Name": "webq", "Service": { "Service": "web" } }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let qid = created["ID"].as_str().context("query ID")?.to_owned();
+    let (agent, qid) = agent_with_web_and_a_query(dir.path()).await?;
     for (path, count) in [
         (format!("/v1/query/{qid}/execute"), "Nodes"),
         ("/v1/health/service/web?failover".to_owned(), ""),

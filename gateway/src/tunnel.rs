@@ -203,10 +203,11 @@ pub enum TunnelError {
     Io(#[from] io::Error),
 }
 
-/// Failed probes in a row after which a DC's pooled connection is retired and the next probe
-/// or stream connects afresh (to another gateway, if that one died). One is not enough: on a
-/// lossy WAN a single probe can lose a packet, and reconnecting costs two round trips more,
-/// which turned one loss into a DC declared down.
+/// Failed probes in a row, with nothing received on the connection meanwhile, after which a
+/// DC's pooled connection is retired and the next probe or stream connects afresh (to another
+/// gateway, if that one died). One is not enough: on a lossy WAN a single probe can lose a
+/// packet, and reconnecting costs two round trips more, which turned one loss into a DC
+/// declared down.
 const RETIRE_AFTER_FAILED_PROBES: u32 = 2;
 
 /// The tunnel endpoint of one gateway: it accepts streams from remote gateways and opens
@@ -223,9 +224,10 @@ pub struct Tunnel {
     /// Connections taken out of the pool after a failed probe, by DC: streams on them carry on
     /// (the failure may pass), until the DC is found down and they are closed.
     retired: Mutex<HashMap<String, Vec<quinn::Connection>>>,
-    /// Probes failed in a row, by DC: the pooled connection is retired at
-    /// [`RETIRE_AFTER_FAILED_PROBES`].
-    failed_probes: Mutex<HashMap<String, u32>>,
+    /// Probes failed in a row, by DC, and the datagrams its pooled connection had received at
+    /// the first of them: the connection is retired at [`RETIRE_AFTER_FAILED_PROBES`] failures
+    /// during which it received nothing.
+    failed_probes: Mutex<HashMap<String, (u32, Option<u64>)>>,
     /// The gateway of each DC whose connection was last retired: tried last when reconnecting,
     /// since it is most likely the one that died.
     suspect_gateway: Mutex<HashMap<String, SocketAddr>>,
@@ -692,6 +694,12 @@ impl Tunnel {
             Ok(r) => r,
             Err(_) => Err(no_answer()),
         };
+        // What the pooled connection has received: a gateway that still sends (acknowledgements,
+        // keep-alives, other streams' data) is alive, and the probes it failed lost packets.
+        let received = {
+            let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.get(&key).map(|(_, c)| c.stats().udp_rx.datagrams)
+        };
         let failed_in_a_row = {
             let mut failed = self
                 .failed_probes
@@ -701,9 +709,15 @@ impl Tunnel {
                 failed.remove(&key);
                 0
             } else {
-                let n = failed.entry(key.clone()).or_default();
-                *n += 1;
-                *n
+                let run = failed.entry(key.clone()).or_insert((0, received));
+                if run.0 > 0 && received.is_some() && received != run.1 {
+                    // Heard from since the run began: on a lossy WAN, retiring the connection
+                    // would turn lost packets into a reconnect, which loses more.
+                    *run = (1, received);
+                } else {
+                    run.0 += 1;
+                }
+                run.0
             }
         };
         if failed_in_a_row >= RETIRE_AFTER_FAILED_PROBES {

@@ -40,7 +40,8 @@ pub enum Scope {
     Read,
     /// Register and deregister instances, and update checks, of the services in `services`.
     Write,
-    /// Drains, prepared queries, and check updates of any service (drills).
+    /// Drains, prepared queries, check updates of any service (drills), node-level checks and
+    /// maintenance, and external nodes (`/v1/catalog/register`).
     Operator,
     /// Everything.
     Management,
@@ -314,7 +315,7 @@ pub enum Need {
     ServiceWrite,
     /// Updating checks of a service (the handler checks which).
     CheckUpdate,
-    /// Drains and prepared queries.
+    /// Drains, prepared queries, node maintenance and external nodes.
     Operator,
     /// Anything else.
     Management,

@@ -6,7 +6,9 @@
 // MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 MERIDIAN_NODE_CLIENTS=… node
 // consul-npm.nodes.test.mjs [CASE...]. Every name here starts with `jsp`.
 
-import { client, env, raw, run, statusOf } from "./case-runner.mjs";
+import { EventEmitter } from "node:events";
+
+import { client, env, raw, run, statusOf, stillPending, within } from "./case-runner.mjs";
 
 const consul = client();
 
@@ -258,6 +260,38 @@ const cases = [
       } finally {
         await consul.query.destroy(ID);
       }
+    },
+  ],
+  [
+    "blocking (index + wait) on health.checks, health.state, health.node and catalog.node.services",
+    async (t) => {
+      const calls = [
+        ["health.checks", consul.health.checks.bind(consul.health), { service: "jspblk" }],
+        ["health.state", consul.health.state.bind(consul.health), { state: "any" }],
+        ["health.node", consul.health.node.bind(consul.health), { node: env.node }],
+        ["catalog.node.services", consul.catalog.node.services.bind(consul.catalog.node), { node: env.node }],
+      ];
+      for (const [n, [name, call, opts]] of calls.entries()) {
+        const ctx = new EventEmitter();
+        ctx.includeResponse = true;
+        const [res] = await call({ ...opts, ctx });
+        const index = BigInt(res.headers["x-consul-index"] ?? "0");
+        t.ok(`${name}: X-Consul-Index`, index > 0n, `is ${res.headers["x-consul-index"]}`);
+        const ctx2 = new EventEmitter();
+        ctx2.includeResponse = true;
+        const blocked = call({ ...opts, index: index.toString(), wait: "10s", ctx: ctx2 });
+        t.ok(`${name}: blocks`, await stillPending(blocked, 300), "answered before anything changed");
+        // A new instance with a check on this node changes every one of these answers.
+        await consul.agent.service.register({
+          name: "jspblk",
+          id: `jspblk-${n}`,
+          port: 9300 + n,
+          check: { ttl: "30s", status: "passing" },
+        });
+        const [res2] = await within(`${name}: the blocking query`, 5000, blocked);
+        t.ok(`${name}: X-Consul-Index`, BigInt(res2.headers["x-consul-index"] ?? "0") > index, "did not grow");
+      }
+      for (const n of calls.keys()) await consul.agent.service.deregister(`jspblk-${n}`);
     },
   ],
 ];

@@ -2,8 +2,8 @@
 // every call the client has for what Meridian serves today; each answer is checked against
 // Consul's documented shape (consul-shapes.json) and the values registered. Run by
 // meridian/tests/it/clients.rs against a fresh `meridian agent --dev`; `node consul-npm.test.mjs
-// CASE...` runs only the named cases. Calls of endpoints Meridian does not serve yet, and
-// answers that differ from Consul's, are in consul-npm.pending.mjs.
+// CASE...` runs only the named cases. The node, health, member, check, maintenance and
+// catalog-register calls are in consul-npm.nodes.test.mjs.
 //
 // Every name here starts with `js` so that nothing collides with another script's.
 

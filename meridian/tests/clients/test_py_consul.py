@@ -2,8 +2,9 @@
 client has for what Meridian serves today; each answer is checked against Consul's documented
 shape (consul-shapes.json) and the values registered. Run by meridian/tests/it/clients.rs with
 the venv's python against a fresh `meridian agent --dev`; arguments name the cases to run.
-Calls that today's Meridian refuses (py-consul's query create and update) and endpoints it does
-not serve yet are in test_py_consul_pending.py.
+The node, health, member, check, maintenance and catalog-register calls are in
+test_py_consul_nodes.py; the calls that today's Meridian refuses (py-consul's query create and
+update) are in test_py_consul_pending.py.
 
 Every name here starts with `py` so that nothing collides with another script's.
 """

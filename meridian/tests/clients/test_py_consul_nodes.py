@@ -6,6 +6,8 @@ MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consu
 [CASE...]. Every name here starts with `pyp`.
 """
 
+import concurrent.futures
+
 import consul
 from case_runner import DC, HOST, NODE, raw, run
 
@@ -186,6 +188,36 @@ def query_get_full(t):
         c.query.delete(created["ID"])
 
 
+
+def blocking_node_endpoints(t):
+    """Blocking (index + wait) on health.checks, health.state, health.node and catalog.node."""
+    blocking = consul.Consul()  # its own session, for the other thread
+    calls = [
+        ("health.checks", lambda k, **kw: k.health.checks("pypblk", **kw)),
+        ("health.state", lambda k, **kw: k.health.state("any", **kw)),
+        ("health.node", lambda k, **kw: k.health.node(NODE, **kw)),
+        ("catalog.node", lambda k, **kw: k.catalog.node(NODE, **kw)),
+    ]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        for n, (name, call) in enumerate(calls):
+            index, _ = call(c)
+            t.ok(f"{name}: X-Consul-Index", int(index) > 0, f"is {index}")
+            future = pool.submit(call, blocking, index=index, wait="10s")
+            try:
+                future.result(timeout=0.3)
+                t.fail(f"{name}: blocks", "answered before anything changed")
+            except concurrent.futures.TimeoutError:
+                pass
+            # A new instance with a check on this node changes every one of these answers.
+            c.agent.service.register("pypblk", service_id=f"pypblk-{n}", port=9400 + n, check=consul.Check.ttl("30s"))
+            new_index, _ = future.result(timeout=5)
+            t.ok(f"{name}: X-Consul-Index", int(new_index) > int(index), f"{new_index} is not above {index}")
+    finally:
+        pool.shutdown()
+        for n in range(len(calls)):
+            c.agent.service.deregister(f"pypblk-{n}")
+
 run(
     "py-consul nodes",
     [
@@ -200,5 +232,6 @@ run(
         ("catalog.register/deregister (an external node, as consul-esm does)", catalog_register),
         ("agent.self: every documented Config and Member field", agent_self_full),
         ("query.get: Session, Token and Template", query_get_full),
+        ("blocking on health.checks, health.state, health.node and catalog.node", blocking_node_endpoints),
     ],
 )

@@ -345,6 +345,34 @@ async fn critical_instances_fail_over_even_inside_their_own_dc_and_fail_back_aft
     Ok(())
 }
 
+/// Maintenance mode is a failing check like any other: a service put in maintenance in dc1
+/// leaves dc1's DNS answers and gateway routes for dc2's, everywhere, within the bound of a
+/// failing check, and comes back after the failback period once maintenance ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_in_maintenance_fails_over_as_a_failing_check_does() -> Result<()> {
+    let w = World::start(false).await?;
+    let maintenance = |on: bool| {
+        let url = w.dcs[0].url(&format!(
+            "/v1/agent/service/maintenance/web-1?enable={on}&reason=upgrade"
+        ));
+        let http = w.dcs[0].http.clone();
+        async move {
+            let r = http.put(url).send().await?;
+            ensure!(r.status().is_success(), "maintenance {on}: {}", r.status());
+            anyhow::Ok(())
+        }
+    };
+    maintenance(true).await?;
+    let took = w.moves_to(2, 1, Duration::from_secs(15)).await?;
+    w.moves_to(0, 1, Duration::from_secs(15)).await?;
+    println!("web in maintenance in dc1: dc3 answers and routes with dc2 after {took:?}");
+    ensure!(w.status_of(2, "dc1").await? == "up");
+    maintenance(false).await?;
+    let back = fails_back(&w, Instant::now()).await?;
+    println!("web out of maintenance: dc3 answers with dc1 {back:?} later");
+    Ok(())
+}
+
 /// A WAN partition on loopback: every packet between two addresses dropped (a blackhole, no
 /// reset), in both directions, until dropped.
 struct Partition {

@@ -112,19 +112,13 @@ pub(super) async fn agent_self(
     let cat = state.catalog();
     let (dc, node) = (cat.datacenter(), cat.node_name());
     let addr = view.local().node(node).map_or("", |n| n.address.as_str());
-    let rpc_port = cat
-        .status()
-        .peers
-        .iter()
-        .chain(
-            view.local()
-                .node(node)
-                .and_then(|n| n.meta.get(SERVER_META)),
-        )
-        .find_map(|rpc| {
-            rpc.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-        })
+    // This server's rpc port, as it recorded it when it registered itself.
+    let rpc_port = view
+        .local()
+        .node(node)
+        .and_then(|n| n.meta.get(SERVER_META))
+        .and_then(|rpc| rpc.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
         .unwrap_or(0);
     let body = json!({
         "Config": {

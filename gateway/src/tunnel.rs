@@ -790,7 +790,7 @@ impl Tunnel {
                 RetryPolicy::Never => false,
                 RetryPolicy::Always => true,
                 RetryPolicy::UnderLoad => {
-                    self.handshakes.available_permits() * 2 <= self.config.max_handshakes.max(1)
+                    self.handshakes_in_progress() * 2 >= self.config.max_handshakes.max(1)
                 }
             };
             if retry && !incoming.remote_address_validated() {

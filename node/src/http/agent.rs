@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use meridian_catalog::{Command, SERVER_META, WriteOutcome};
 use meridian_topology::Instance;
 use meridian_topology::dc::DcState;
-use meridian_topology::{Check, Health};
+use meridian_topology::{Check, Health, Node};
 use serde_json::json;
 
 use super::blocking::flag;
@@ -113,13 +113,7 @@ pub(super) async fn agent_self(
     let (dc, node) = (cat.datacenter(), cat.node_name());
     let addr = view.local().node(node).map_or("", |n| n.address.as_str());
     // This server's rpc port, as it recorded it when it registered itself.
-    let rpc_port = view
-        .local()
-        .node(node)
-        .and_then(|n| n.meta.get(SERVER_META))
-        .and_then(|rpc| rpc.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .unwrap_or(0);
+    let rpc_port = view.local().node(node).and_then(rpc_port).unwrap_or(0);
     let body = json!({
         "Config": {
             "Datacenter": dc,
@@ -353,19 +347,28 @@ struct MemberJson<'a> {
     delegate_cur: u8,
 }
 
-/// The servers of one DC's catalog: the nodes that registered themselves with [`SERVER_META`].
+/// The Meridian servers of a DC's catalog: the nodes that registered themselves with
+/// [`SERVER_META`] (their rpc address).
+pub(super) fn server_nodes(dc: &DcState) -> impl Iterator<Item = &Node> {
+    dc.nodes().filter(|n| n.meta.contains_key(SERVER_META))
+}
+
+/// The rpc port a server recorded when it registered itself.
+fn rpc_port(node: &Node) -> Option<u16> {
+    let (_, port) = node.meta.get(SERVER_META)?.rsplit_once(':')?;
+    port.parse().ok()
+}
+
+/// The members of one DC: its [`server_nodes`].
 fn servers_of<'a>(
     dc_name: &'a str,
     dc: &'a DcState,
     wan: bool,
     status: impl Fn(&str) -> u8 + 'a,
 ) -> impl Iterator<Item = MemberJson<'a>> + 'a {
-    dc.nodes().filter_map(move |n| {
+    server_nodes(dc).filter_map(move |n| {
         let rpc = n.meta.get(SERVER_META)?;
-        let port = rpc
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0);
+        let port = rpc_port(n).unwrap_or(0);
         let mut tags = BTreeMap::new();
         tags.insert("role", "consul".to_owned());
         tags.insert("dc", dc_name.to_owned());
@@ -406,12 +409,10 @@ pub(super) async fn agent_members(
     for (k, v) in &q {
         match k.as_str() {
             "wan" => wan = flag(k, v)?,
-            "filter" => {
-                filter = Filter::from_query(Some(v))
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            }
-            // Segments and partitions are Consul Enterprise's: only the default one exists.
-            "segment" | "partition" if !v.is_empty() && v != "default" => {
+            "filter" => filter = Filter::from_query(Some(v))?,
+            // Segments are Consul Enterprise's: only the default one exists. (Partitions are
+            // refused on every route, by the router.)
+            "segment" if !v.is_empty() && v != "default" => {
                 return Err(ApiError::bad_request(format!(
                     "?{k}={v}: Meridian has only the default {k}"
                 )));
@@ -540,16 +541,27 @@ pub(super) async fn register_check(
     write_check(&state, &grant, check).await
 }
 
+/// Writes `cmd`, which changes a check of this node owned by instance `service_id` (empty: the
+/// node itself), with the permission that owner needs: a write token of the instance's service
+/// (guarded as [`write_checked`] does), or the operator scope for the node.
+async fn write_as_owner(
+    state: &ApiState,
+    grant: &Grant,
+    service_id: &str,
+    cmd: Command,
+) -> Result<WriteOutcome, ApiError> {
+    if service_id.is_empty() {
+        grant.require_node_write()?;
+        state.write(cmd).await
+    } else {
+        write_checked(state, grant, service_id, cmd, false).await
+    }
+}
+
 /// Writes `check` of this node, with the permission its owner needs.
 async fn write_check(state: &ApiState, grant: &Grant, check: Check) -> Result<(), ApiError> {
     let sid = check.service_id.clone();
-    let cmd = Command::SetCheck { check };
-    let outcome = if sid.is_empty() {
-        grant.require_node_write()?;
-        state.write(cmd).await?
-    } else {
-        write_checked(state, grant, &sid, cmd, false).await?
-    };
+    let outcome = write_as_owner(state, grant, &sid, Command::SetCheck { check }).await?;
     if !outcome.found {
         return Err(unknown_service(&sid));
     }
@@ -573,12 +585,7 @@ pub(super) async fn deregister_check(
         node: cat.node_name().to_owned(),
         check_id: id.clone(),
     };
-    let outcome = if sid.is_empty() {
-        grant.require_node_write()?;
-        state.write(cmd).await?
-    } else {
-        write_checked(&state, &grant, &sid, cmd, false).await?
-    };
+    let outcome = write_as_owner(&state, &grant, &sid, cmd).await?;
     if !outcome.found {
         return Err(unknown_check(&id));
     }
@@ -642,7 +649,6 @@ pub(super) async fn node_maintenance(
     Query(q): Pairs,
 ) -> Result<(), ApiError> {
     let (enable, reason) = maintenance_params(&q)?;
-    grant.require_node_write()?;
     let cat = state.catalog();
     let node = cat.node_name();
     let cmd = if enable {
@@ -655,7 +661,7 @@ pub(super) async fn node_maintenance(
             check_id: NODE_MAINTENANCE.to_owned(),
         }
     };
-    state.write(cmd).await?;
+    write_as_owner(&state, &grant, "", cmd).await?;
     Ok(())
 }
 
@@ -685,7 +691,7 @@ pub(super) async fn service_maintenance(
             check_id: format!("{SERVICE_MAINTENANCE}{id}"),
         }
     };
-    let outcome = write_checked(&state, &grant, &id, cmd, false).await?;
+    let outcome = write_as_owner(&state, &grant, &id, cmd).await?;
     if enable && !outcome.found {
         return Err(unknown_service(&id));
     }

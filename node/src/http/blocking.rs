@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use meridian_catalog::Catalog;
-use meridian_topology::View;
+use meridian_topology::{Resolution, View};
 use tokio::sync::watch;
 
 use super::error::ApiError;
@@ -101,10 +101,7 @@ impl ReadParams {
                 }
                 "cached" => p.cached = flag("cached", v)?,
                 "failover" => p.failover = flag("failover", v)?,
-                "filter" => {
-                    filter = Filter::from_query(Some(v))
-                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                }
+                "filter" => filter = Filter::from_query(Some(v))?,
                 _ => {}
             }
         }
@@ -166,7 +163,7 @@ pub async fn wait_for_view(
 
 /// The first view for which `moved` holds (the current one included), or the current one when
 /// the blocking query's wait (plus jitter) runs out or `closing` turns true.
-pub async fn wait_until(
+async fn wait_until(
     views: &watch::Receiver<Arc<View>>,
     params: &ReadParams,
     mut closing: watch::Receiver<bool>,
@@ -197,15 +194,18 @@ pub async fn wait_until(
 }
 
 /// The index of an answer that follows the failover policy (a prepared query's execution,
-/// `?failover`): a digest of what it resolves to (the DC, how many were passed over, and each
-/// instance with its index and health), so that a blocking query wakes exactly when the answer
-/// changes, whichever DC it comes from. Not monotonic: Consul's clients reset a blocking query
-/// whose index goes backwards, as its documentation asks. Below 2^53 (JavaScript clients) and
-/// never 0 (which means "do not block").
-pub fn resolution_index(view: &View, query: &meridian_topology::ServiceQuery<'_>) -> u64 {
+/// `?failover`), from what it resolved to: a digest of the DC, how many were passed over, and
+/// each instance with its index, health, node and checks, so that a blocking query wakes exactly
+/// when the answer changes, whichever DC it comes from. Not monotonic: Consul's clients reset a
+/// blocking query whose index goes backwards, as its documentation asks. Below 2^53 (JavaScript
+/// clients) and never 0 (which means "do not block").
+pub fn resolution_index(
+    view: &View,
+    resolved: &Result<Resolution<'_>, meridian_topology::ResolveError>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    match meridian_topology::resolve(view, query) {
+    match resolved {
         Ok(res) => {
             res.dc.hash(&mut h);
             res.failovers.hash(&mut h);
@@ -227,6 +227,21 @@ pub fn resolution_index(view: &View, query: &meridian_topology::ServiceQuery<'_>
         Err(e) => (view.datacenter(), e.to_string()).hash(&mut h),
     }
     (h.finish() & ((1 << 53) - 1)).max(1)
+}
+
+/// The view to answer a query by failover policy from: the current one without `?index`, else
+/// the first whose `digest` (the [`resolution_index`] of its answer) differs from the index the
+/// client saw, or the current one when the wait runs out.
+pub async fn wait_for_resolution(
+    views: &watch::Receiver<Arc<View>>,
+    params: &ReadParams,
+    closing: watch::Receiver<bool>,
+    digest: impl Fn(&View) -> u64,
+) -> Arc<View> {
+    match params.index.filter(|i| *i > 0) {
+        Some(seen) => wait_until(views, params, closing, |v| digest(v) != seen).await,
+        None => views.borrow().clone(),
+    }
 }
 
 /// `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` for an answer from `view`.

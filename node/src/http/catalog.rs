@@ -9,11 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use meridian_topology::dc::DcState;
-
 use meridian_topology::{Health, Instance, ServiceQuery, View, resolve};
 use serde::Serialize;
 
-use super::blocking::{ReadParams, consul_headers, resolution_index, wait_for_view, wait_until};
+use super::blocking::{
+    ReadParams, consul_headers, resolution_index, wait_for_resolution, wait_for_view,
+};
 use super::consul::{
     AgentServiceJson, CatalogServiceJson, NodeJson, NodeServiceListJson, NodeServicesJson,
     ServiceEntryJson, checks_json,
@@ -30,8 +31,7 @@ pub(super) async fn read_view(
     pairs: &[(String, String)],
 ) -> Result<(Arc<View>, ReadParams), ApiError> {
     let params = ReadParams::parse(pairs)?;
-    params.check_dc(&state.view())?;
-    let view = wait_for_view(state.views(), &params, state.closing()).await;
+    let view = wait_view(state, &params).await?;
     Ok((view, params))
 }
 
@@ -41,9 +41,14 @@ pub(super) async fn read_view_filtered(
     pairs: &[(String, String)],
 ) -> Result<(Arc<View>, ReadParams, Option<Filter>), ApiError> {
     let (params, filter) = ReadParams::parse_filtered(pairs)?;
-    params.check_dc(&state.view())?;
-    let view = wait_for_view(state.views(), &params, state.closing()).await;
+    let view = wait_view(state, &params).await?;
     Ok((view, params, filter))
+}
+
+/// The view to answer `params` from: its DC checked, then waited for as a blocking query asks.
+async fn wait_view(state: &ApiState, params: &ReadParams) -> Result<Arc<View>, ApiError> {
+    params.check_dc(&state.view())?;
+    Ok(wait_for_view(state.views(), params, state.closing()).await)
 }
 
 /// The items of `items` that `filter` keeps (all without one).
@@ -144,10 +149,11 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    if ReadParams::parse_filtered(&q)?.0.failover {
-        return failover_entries(&state, &q, &name).await;
+    let (p, filter) = ReadParams::parse_filtered(&q)?;
+    if p.failover {
+        return failover_entries(&state, &p, filter.as_ref(), &name).await;
     }
-    let (view, p, filter) = read_view_filtered(&state, &q).await?;
+    let view = wait_view(&state, &p).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
     let entries: Vec<_> = tagged_instances(dc, &name, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
@@ -164,11 +170,10 @@ pub(super) async fn health_service(
 /// the answer changes.
 async fn failover_entries(
     state: &ApiState,
-    q: &[(String, String)],
+    p: &ReadParams,
+    filter: Option<&Filter>,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (p, filter) = ReadParams::parse_filtered(q)?;
-    let filter = filter.as_ref();
     if p.dc.is_some() {
         return Err(ApiError::bad_request(
             "?failover resolves by the failover policy: it does not take ?dc=",
@@ -181,17 +186,13 @@ async fn failover_entries(
     };
     // Blocking waits for the answer itself to change (its index is the answer's digest), so a
     // failover wakes it as a registration does.
-    let view = match p.index.filter(|i| *i > 0) {
-        Some(seen) => {
-            wait_until(state.views(), &p, state.closing(), |v| {
-                resolution_index(v, &query) != seen
-            })
-            .await
-        }
-        None => state.view(),
-    };
-    let view = &*view;
-    let (dc, failovers, entries) = match resolve(view, &query) {
+    let view = wait_for_resolution(state.views(), p, state.closing(), |v| {
+        resolution_index(v, &resolve(v, &query))
+    })
+    .await;
+    let resolution = resolve(&view, &query);
+    let index = resolution_index(&view, &resolution);
+    let (dc, failovers, entries) = match resolution {
         Ok(res) => {
             let entries: Vec<_> = res
                 .instances
@@ -204,16 +205,14 @@ async fn failover_entries(
         // Nowhere to go: an empty answer from this DC, as for a service without instances.
         Err(_) => (view.datacenter(), 0, Vec::new()),
     };
-    let mut headers = consul_headers(state.catalog(), view, None);
-    headers.insert(
-        "x-consul-index",
-        HeaderValue::from(resolution_index(view, &query)),
-    );
+    let mut response = answer(state, &view, p, &entries);
+    let headers = response.headers_mut();
+    headers.insert("x-consul-index", HeaderValue::from(index));
     if let Ok(v) = HeaderValue::from_str(dc) {
         headers.insert("x-meridian-datacenter", v);
     }
     headers.insert("x-meridian-failovers", HeaderValue::from(failovers));
-    Ok((headers, Json(entries)).into_response())
+    Ok(response)
 }
 
 /// `GET /v1/catalog/nodes`.

@@ -51,6 +51,13 @@ impl From<crate::acl::Denied> for ApiError {
     }
 }
 
+/// A bad `?filter` expression: a 400 naming the position.
+impl From<super::filter::FilterError> for ApiError {
+    fn from(e: super::filter::FilterError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let status = match e {

@@ -125,8 +125,7 @@ pub(super) async fn coordinate_datacenters(
                 area_id: "wan",
                 coordinates: servers
                     .into_iter()
-                    .flat_map(|s| s.nodes())
-                    .filter(|n| n.meta.contains_key(meridian_catalog::SERVER_META))
+                    .flat_map(super::agent::server_nodes)
                     .map(|n| NodeCoordJson {
                         node: format!("{}.{dc}", n.name),
                         segment: "",

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 use serde_json::json;
 
-use super::blocking::{ReadParams, resolution_index, wait_until};
+use super::blocking::{ReadParams, resolution_index, wait_for_resolution};
 use super::body::read_body;
 use super::catalog::{Pairs, answer_local, read_view};
 use super::consul::ServiceEntryJson;
@@ -275,18 +275,16 @@ pub(super) async fn execute(
         })?;
     // A blocking execution waits for its answer to change (the index is the answer's digest),
     // whichever DC the answer comes from: a failover wakes it as a registration does.
-    let digest = |view: &View| {
+    let resolved = |view: &View| {
         let policy = pq.policy(view.failover().policy.address_mode);
-        resolution_index(view, &pq.service_query(&policy))
+        resolution_index(view, &resolve(view, &pq.service_query(&policy)))
     };
-    let view = match p.index.filter(|i| *i > 0) {
-        Some(seen) => wait_until(state.views(), &p, state.closing(), |v| digest(v) != seen).await,
-        None => state.view(),
-    };
-    let index = digest(&view);
+    let view = wait_for_resolution(state.views(), &p, state.closing(), resolved).await;
     let policy = pq.policy(view.failover().policy.address_mode);
     let sq = pq.service_query(&policy);
-    let body = match resolve(&view, &sq) {
+    let resolution = resolve(&view, &sq);
+    let index = resolution_index(&view, &resolution);
+    let body = match resolution {
         Ok(res) => {
             // Instances are listed where they are, whatever the address mode: HTTP clients see
             // the real endpoints (DNS is what answers with the gateways in `gateway` mode).

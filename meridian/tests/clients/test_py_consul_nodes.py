@@ -1,5 +1,6 @@
 """py-consul against Meridian's node, health, member, check-registration and maintenance
-endpoints and node-level registration (catalog register), case by case (run by meridian/tests/it/clients.rs).
+endpoints and node-level registration (catalog register), case by case (run by
+meridian/tests/it/clients.rs).
 
 Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
 MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consul_nodes.py
@@ -25,9 +26,6 @@ def ensure_web():
 
 def ids(service, **kw):
     return [e["Service"]["ID"] for e in c.health.service(service, **kw)[1]]
-
-
-# --- Endpoints being added ---------------------------------------------------------------------
 
 
 def agent_members(t):

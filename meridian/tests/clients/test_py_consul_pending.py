@@ -14,22 +14,9 @@ MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consu
 """
 
 import consul
-from case_runner import DC, HOST, NODE, raw, run
+from case_runner import run
 
 c = consul.Consul()
-WEB_CHECK = "service:pypweb-1"
-
-
-def ensure_web():
-    """Registers pypweb-1 (passing)."""
-    c.agent.service.register(
-        "pypweb", service_id="pypweb-1", port=8180, tags=["blue"], meta={"version": "1"}, check=consul.Check.ttl("30s")
-    )
-    c.agent.check.ttl_pass(WEB_CHECK)
-
-
-def ids(service, **kw):
-    return [e["Service"]["ID"] for e in c.health.service(service, **kw)[1]]
 
 
 # --- py-consul's query writes, refused today ---------------------------------------------------

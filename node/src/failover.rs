@@ -267,8 +267,10 @@ fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
     out
 }
 
-/// Probes of one DC in flight at once.
-const MAX_PROBES_IN_FLIGHT: usize = 3;
+/// Probes of one DC in flight at once, at most: enough for a new probe every interval while the
+/// slowest may still be answered (see `probe_all`), and no more on a WAN so slow it would need
+/// more.
+const MAX_PROBES_IN_FLIGHT: usize = 12;
 
 impl Runner {
     async fn run(mut self, mut input: watch::Receiver<Arc<View>>, out: watch::Sender<Arc<View>>) {
@@ -382,35 +384,35 @@ impl Runner {
         self.holds.retain(|_, until| *until > now);
     }
 
-    /// Starts a probe of every remote DC that has gateways and fewer than
-    /// [`MAX_PROBES_IN_FLIGHT`] probes in flight.
+    /// Starts a probe of every remote DC that has gateways and fewer probes in flight than its
+    /// timeout needs (at most [`MAX_PROBES_IN_FLIGHT`]).
     fn probe_all(&mut self, tx: &mpsc::Sender<ProbeResult>) {
         let Some(tunnel) = self.tunnel.get() else {
             return;
         };
         let configured = Duration::from_millis(self.config.probe_timeout_ms);
-        // Never more than the detection bound: a probe must be able to fail in time.
-        let longest = Duration::from_millis(self.config.down_after_ms).max(configured);
+        let interval = self.config.probe_interval_ms.max(1);
         for r in self.last_input.remotes() {
             let dc: Arc<str> = r.name.to_ascii_lowercase().into();
-            // Probes overlap, up to a few: on a long, lossy WAN one probe waiting out a lost
-            // packet must not leave the DC without evidence until it times out.
-            if self
-                .in_flight
-                .get(&dc)
-                .is_some_and(|n| *n >= MAX_PROBES_IN_FLIGHT)
-            {
-                continue;
-            }
             // The timeout follows the DC's measured RTT: on a long WAN a probe that must
             // reconnect first takes three round trips, and one with a lost packet a
             // retransmission more; a fixed 500 ms would fail every such probe and keep a
-            // reachable DC down.
+            // reachable DC down. Never more than the DC may be silent: an answer that late
+            // still counts as evidence, a later one could not change the verdict.
+            let longest =
+                Duration::from_millis(self.detector.silence_bound_ms(&dc)).max(configured);
             let timeout = self
                 .detector
                 .rtt_us(&dc)
                 .map(|us| Duration::from_micros((us * 4.0) as u64))
                 .map_or(configured, |t| t.clamp(configured, longest));
+            // Probes overlap: one per interval for as long as the slowest may take, so that on a
+            // long, lossy WAN probes waiting out lost packets never stop new ones going out.
+            let cap = (u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) / interval + 1)
+                .clamp(3, MAX_PROBES_IN_FLIGHT as u64) as usize;
+            if self.in_flight.get(&dc).is_some_and(|n| *n >= cap) {
+                continue;
+            }
             let gws = r.state.gateway_addrs();
             if gws.is_empty() {
                 continue;
@@ -419,9 +421,12 @@ impl Runner {
             let (tunnel, tx) = (tunnel.clone(), tx.clone());
             tokio::spawn(async move {
                 let rtt = match tunnel.probe(&dc, &gws, timeout).await {
-                    Ok(d) => Some(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+                    Ok(d) => {
+                        tracing::trace!(%dc, rtt = ?d, "probe answered");
+                        Some(u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+                    }
                     Err(e) => {
-                        tracing::debug!(%dc, error = %e, "probe failed");
+                        tracing::debug!(%dc, error = %e, ?timeout, "probe failed");
                         None
                     }
                 };

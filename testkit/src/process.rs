@@ -127,7 +127,12 @@ impl Proc {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // `MERIDIAN_TEST_LOG` turns up every started process's log while chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("MERIDIAN_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".to_owned()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -5,7 +5,11 @@
 //!
 //! A DC goes `Down` after `down_after` without evidence of life, and comes back `Up` only after
 //! `failback_after` of unbroken evidence, so a flapping link changes answers at most once per
-//! `min(down_after, failback_after)`. The data plane is the evidence while it is being probed
+//! `min(down_after, failback_after)`. Both silences are measured on top of the WAN's own slack,
+//! twice the DC's smoothed probe round trip (at most `down_after`): on a long, lossy WAN an
+//! answer delayed by one lost packet arrives a round trip or two late, and that is no sign of
+//! death. A lost DC is therefore `Down` within `down_after + min(2 × RTT, down_after)` of its
+//! last answer. The data plane is the evidence while it is being probed
 //! (it is what carries traffic: a DC whose gateways are all dead is `Down` even if its servers
 //! still stream); otherwise the control stream is. Control lost while the data plane answers is
 //! `stale`, not `Down`.
@@ -92,10 +96,11 @@ struct Source {
 
 impl Source {
     /// Records a report; a gap of more than `gap` since the previous one breaks the streak,
-    /// since nothing vouched for the DC in between. So does a failure, unless the DC said
-    /// "alive" within `tolerance`: on a lossy WAN an isolated lost probe is no sign of death,
-    /// and a run that any single loss broke would keep a reachable DC down for good.
-    fn report(&mut self, now: u64, alive: bool, gap: u64, tolerance: u64) {
+    /// since nothing vouched for the DC in between. A failure alone does not: what breaks a
+    /// streak is silence (see [`Source::expire`]), so on a lossy WAN a lost probe among answered
+    /// ones is no sign of death, and a run that any single loss broke would keep a reachable DC
+    /// down for good.
+    fn report(&mut self, now: u64, alive: bool, gap: u64) {
         if self
             .last_report
             .is_some_and(|t| now.saturating_sub(t) > gap)
@@ -106,7 +111,12 @@ impl Source {
         if alive {
             self.last_ok = Some(now);
             self.streak.get_or_insert(now);
-        } else if self
+        }
+    }
+
+    /// Breaks the streak once the source has been silent for more than `tolerance` at `now`.
+    fn expire(&mut self, now: u64, tolerance: u64) {
+        if self
             .last_ok
             .is_none_or(|t| now.saturating_sub(t) > tolerance)
         {
@@ -172,12 +182,7 @@ impl Detector {
     pub fn probe(&mut self, dc: &str, now: u64, rtt_us: Option<u32>) {
         let config = self.config;
         let t = self.track(dc, now);
-        t.data.report(
-            now,
-            rtt_us.is_some(),
-            config.down_after_ms,
-            config.suspect_after_ms,
-        );
+        t.data.report(now, rtt_us.is_some(), config.down_after_ms);
         if let Some(rtt) = rtt_us {
             let rtt = f64::from(rtt);
             t.rtt_us = Some(t.rtt_us.map_or(rtt, |s| s + RTT_ALPHA * (rtt - s)));
@@ -191,8 +196,7 @@ impl Detector {
         let config = self.config;
         let t = self.track(dc, now);
         t.control_up = up;
-        t.control
-            .report(now, up, config.down_after_ms, config.suspect_after_ms);
+        t.control.report(now, up, config.down_after_ms);
         t.evaluate(now, &config);
     }
 
@@ -218,6 +222,17 @@ impl Detector {
     /// The smoothed probe round trip to `dc` (any case), in microseconds, once measured.
     pub fn rtt_us(&self, dc: &str) -> Option<f64> {
         self.dcs.get(dc.to_ascii_lowercase().as_str())?.rtt_us
+    }
+
+    /// How long `dc` (any case) may be silent before it is `Down`: `down_after` plus its WAN's
+    /// slack. A probe of it may be answered this late and still count.
+    pub fn silence_bound_ms(&self, dc: &str) -> u64 {
+        let config = &self.config;
+        self.dcs
+            .get(dc.to_ascii_lowercase().as_str())
+            .map_or(config.down_after_ms, |t| {
+                config.down_after_ms + t.slack_ms(config)
+            })
     }
 
     /// The status of `dc` (any case), if watched.
@@ -267,10 +282,11 @@ impl Track {
         }
     }
 
-    /// The data plane is the evidence while it is probed, the control plane otherwise.
-    fn evidence(&self, now: u64, config: &DetectorConfig) -> &Source {
+    /// The data plane is the evidence while it is probed (a probe may report as late as the DC
+    /// may be silent), the control plane otherwise.
+    fn evidence(&self, now: u64, config: &DetectorConfig, slack: u64) -> &Source {
         match self.data.last_report {
-            Some(t) if now.saturating_sub(t) <= config.down_after_ms => &self.data,
+            Some(t) if now.saturating_sub(t) <= config.down_after_ms + slack => &self.data,
             _ => &self.control,
         }
     }
@@ -279,10 +295,23 @@ impl Track {
         !self.control_up && self.data.streak.is_some()
     }
 
+    /// How much longer than the thresholds an answer may be late on this DC's WAN: twice the
+    /// smoothed probe round trip (a lost packet costs about that), at most `down_after`, so
+    /// that the detection bound at most doubles however slow the WAN.
+    fn slack_ms(&self, config: &DetectorConfig) -> u64 {
+        self.rtt_us
+            .map_or(0, |us| (2.0 * us / 1000.0) as u64)
+            .min(config.down_after_ms)
+    }
+
     fn evaluate(&mut self, now: u64, config: &DetectorConfig) {
         let before = self.status();
         let health_before = self.health;
-        let source = *self.evidence(now, config);
+        let slack = self.slack_ms(config);
+        let tolerance = config.suspect_after_ms + slack;
+        self.data.expire(now, tolerance);
+        self.control.expire(now, tolerance);
+        let source = *self.evidence(now, config, slack);
         // Both periods count from the last change at the earliest, so that switching between
         // evidence sources never shortens the hysteresis.
         let from = |t: u64| now.saturating_sub(t.max(self.health_since));
@@ -293,9 +322,9 @@ impl Track {
                 _ => DcStatus::Down,
             },
             DcStatus::Up | DcStatus::Suspect => {
-                if silent >= config.down_after_ms {
+                if silent >= config.down_after_ms + slack {
                     DcStatus::Down
-                } else if silent >= config.suspect_after_ms {
+                } else if silent >= tolerance {
                     DcStatus::Suspect
                 } else {
                     DcStatus::Up
@@ -336,11 +365,13 @@ mod tests {
         assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
         d.probe("dc2", 2400, None);
         assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
-        d.tick(2500);
+        d.tick(2570);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
+        d.tick(2580);
         assert_eq!(
             d.status("dc2"),
             Some(DcStatus::Down),
-            "1.5 s after the last answer"
+            "1.5 s and twice the 40 ms round trip after the last answer"
         );
         // Answers again: still Down until 5 s of unbroken answers.
         for t in (3000..7000).step_by(250) {
@@ -378,6 +409,63 @@ mod tests {
         for t in (2000..=7000).step_by(250) {
             d.probe("dc2", t, (t != 4500).then_some(1_000));
         }
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+    }
+
+    #[test]
+    fn on_a_long_lossy_wan_late_answers_are_not_death_and_a_lost_dc_is_down_within_the_bound() {
+        // 400 ms round trips: the slack is 800 ms, so `Suspect` after 1.4 s of silence, `Down`
+        // after 2.3 s, and a failback streak survives silences of up to 1.4 s.
+        let mut d = Detector::new(C);
+        let mut t = 0;
+        d.probe("dc2", t, Some(400_000));
+        // Answers every 250 ms, except that lost packets leave gaps of up to 2.2 s.
+        for gap in [250, 250, 2200, 250, 1200, 250, 900, 250, 2200, 250] {
+            d.tick(t + gap - 1);
+            assert_ne!(d.status("dc2"), Some(DcStatus::Down), "at {}", t + gap - 1);
+            t += gap;
+            d.probe("dc2", t, Some(400_000));
+        }
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+        d.tick(t + 2299);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Suspect));
+        d.tick(t + 2300);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Down), "1.5 s + 2 RTT");
+
+        // Gaps shorter than the tolerance while `Down` do not restart the failback period: 5 s
+        // after its first answer it is back.
+        let mut d = Detector::new(C);
+        d.probe("dc2", 0, Some(400_000));
+        d.tick(3000);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Down));
+        let mut t = 4000;
+        d.probe("dc2", t, Some(400_000));
+        for gap in [250, 1300, 250, 250, 1300, 250, 1300] {
+            for _ in 0..gap / 50 {
+                t += 50;
+                d.tick(t);
+                assert_eq!(d.status("dc2"), Some(DcStatus::Down), "at {t}");
+            }
+            d.probe("dc2", t, Some(400_000));
+        }
+        d.probe("dc2", 9_000, Some(400_000));
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+
+        // A silence longer than the tolerance restarts it, failed probes or not.
+        let mut d = Detector::new(C);
+        d.probe("dc2", 0, Some(400_000));
+        d.tick(3000);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Down));
+        for t in (4000..=5000).step_by(250) {
+            d.probe("dc2", t, Some(400_000));
+        }
+        d.tick(6000);
+        d.tick(6500);
+        for t in (6500..11_500).step_by(250) {
+            d.probe("dc2", t, Some(400_000));
+            assert_eq!(d.status("dc2"), Some(DcStatus::Down), "at {t}");
+        }
+        d.probe("dc2", 11_500, Some(400_000));
         assert_eq!(d.status("dc2"), Some(DcStatus::Up));
     }
 

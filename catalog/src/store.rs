@@ -708,6 +708,7 @@ mod tests {
                 ..Default::default()
             },
             dns_ttl: Some(10),
+            template: None,
             create_index: 0,
             modify_index: 0,
         }

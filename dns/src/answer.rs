@@ -312,15 +312,15 @@ impl<'a> Builder<'a> {
         self.view.dc_state(dc).is_some()
     }
 
-    /// A prepared query (by name or ID): answered like its service, with its tags, health
-    /// filter, failover targets and DNS TTL.
+    /// A prepared query (by name or ID, or a template by the longest prefix of the name):
+    /// answered like its service, with its tags, health filter, failover targets and DNS TTL.
     fn prepared(&mut self, name: &str, dc: Option<&str>, qtype: RecordType, max_groups: usize) {
         let view = self.view;
         // Queries live in their own DC and are not federated: only the local DC's are known.
         if dc.is_some_and(|d| !d.eq_ignore_ascii_case(view.datacenter())) {
             return self.nxdomain();
         }
-        let Some(pq) = view.local().query_by_id_or_name(name) else {
+        let Some(pq) = view.local().resolve_query(name) else {
             return self.nxdomain();
         };
         let policy = pq.policy(view.failover().policy.address_mode);

@@ -1027,6 +1027,7 @@ fn prepared(
             },
         },
         dns_ttl: ttl,
+        template: None,
         create_index: 0,
         modify_index: 0,
     }

@@ -45,6 +45,9 @@ pub struct DcState {
     queries: OrdMap<String, Arc<PreparedQuery>>,
     /// Lowercased query name to lowercased query ID, for the queries that have a name.
     query_names: OrdMap<String, String>,
+    /// Lowercased name (the prefix it answers; empty for a catch-all) to lowercased query ID,
+    /// for the name-prefix templates.
+    templates: OrdMap<String, String>,
     index: u64,
 }
 
@@ -537,11 +540,64 @@ impl DcState {
         self.queries.get(id).map(|q| &**q)
     }
 
-    /// A prepared query by ID or, failing that, by name, as Consul resolves what a client
-    /// executes (names never have the shape of an ID, so the two cannot collide).
-    pub fn query_by_id_or_name(&self, id_or_name: &str) -> Option<&PreparedQuery> {
-        self.query(id_or_name)
-            .or_else(|| self.query_named(id_or_name))
+    /// The query a client executes as `id_or_name`, as Consul resolves it: by ID (a template
+    /// only by name), then by exact name, then the template whose name is the longest prefix of
+    /// it (names never have the shape of an ID, so the lookups cannot collide). A template comes
+    /// back rendered for the name asked; any other query is borrowed as stored.
+    pub fn resolve_query(&self, id_or_name: &str) -> Option<Cow<'_, PreparedQuery>> {
+        if let Some(q) = self.query(id_or_name) {
+            return (!q.is_template()).then_some(Cow::Borrowed(q));
+        }
+        let name = lower(id_or_name);
+        let found = self.query_names.get(&*name).or_else(|| {
+            if self.templates.is_empty() {
+                return None;
+            }
+            // Longest first; every prefix ends on a character boundary.
+            (0..name.len())
+                .rev()
+                .filter(|n| name.is_char_boundary(*n))
+                .find_map(|n| self.templates.get(&name[..n]))
+        })?;
+        let q = self.queries.get(found)?;
+        Some(if q.is_template() {
+            Cow::Owned(q.render(id_or_name))
+        } else {
+            Cow::Borrowed(&**q)
+        })
+    }
+
+    /// The ID of the query other than `key` that holds `query`'s name: a name is unique ignoring
+    /// case, and so is the one catch-all template (the template with an empty name).
+    fn name_holder(&self, name_key: &str, query: &PreparedQuery, key: &str) -> Option<&String> {
+        let holder = if !name_key.is_empty() {
+            self.query_names.get(name_key)
+        } else if query.is_template() {
+            self.templates.get(name_key)
+        } else {
+            None
+        };
+        holder.filter(|h| *h != key)
+    }
+
+    /// Adds `q` (stored under `key`) to the name indexes.
+    fn index_query_name(&mut self, q: &PreparedQuery, key: &str) {
+        let name = lower(&q.name).into_owned();
+        if q.is_template() {
+            self.templates.insert(name.clone(), key.to_owned());
+        }
+        if !name.is_empty() {
+            self.query_names.insert(name, key.to_owned());
+        }
+    }
+
+    /// Removes `q` from the name indexes.
+    fn unindex_query_name(&mut self, q: &PreparedQuery) {
+        let name = lower(&q.name);
+        if q.is_template() {
+            self.templates.remove(&*name);
+        }
+        self.query_names.remove(&*name);
     }
 
     /// Creates (`create`: the ID must be new) or replaces (the ID must exist) a prepared query.
@@ -571,21 +627,16 @@ impl DcState {
             }
         }
         let name_key = lower(&query.name).into_owned();
-        if !name_key.is_empty()
-            && let Some(holder) = self.query_names.get(&name_key)
-            && *holder != key
-        {
+        if let Some(holder) = self.name_holder(&name_key, &query, &key) {
             return Err(QueryConflict::NameTaken {
-                name: query.name,
                 id: holder.clone(),
+                name: query.name,
             });
         }
         if let Some(o) = &old {
-            self.query_names.remove(&*lower(&o.name));
+            self.unindex_query_name(o);
         }
-        if !name_key.is_empty() {
-            self.query_names.insert(name_key, key.clone());
-        }
+        self.index_query_name(&query, &key);
         query.modify_index = index;
         self.queries.insert(key, Arc::new(query));
         self.index = index;
@@ -597,7 +648,7 @@ impl DcState {
         let Some(old) = self.queries.remove(&*lower(id)) else {
             return false;
         };
-        self.query_names.remove(&*lower(&old.name));
+        self.unindex_query_name(&old);
         self.index = index;
         true
     }
@@ -632,10 +683,7 @@ impl DcState {
         }
         for q in snap.queries {
             let key = lower(&q.id).into_owned();
-            if !q.name.is_empty() {
-                s.query_names
-                    .insert(lower(&q.name).into_owned(), key.clone());
-            }
+            s.index_query_name(&q, &key);
             s.queries.insert(key, Arc::new(q));
         }
         s.index = snap.index;
@@ -979,6 +1027,7 @@ mod tests {
                 ..Default::default()
             },
             dns_ttl: None,
+            template: None,
             create_index: 0,
             modify_index: 0,
         }
@@ -997,12 +1046,14 @@ mod tests {
             s.query(&a.to_ascii_uppercase()).map(|q| q.name.as_str()),
             Some("Web-Fo")
         );
-        assert_eq!(s.query_by_id_or_name(a).map(|q| q.id.as_str()), Some(a));
-        assert_eq!(
-            s.query_by_id_or_name("WEB-FO").map(|q| q.id.as_str()),
-            Some(a)
+        let id_of = |s: &DcState, n: &str| s.resolve_query(n).map(|q| q.id.clone());
+        assert_eq!(id_of(&s, a).as_deref(), Some(a));
+        assert_eq!(id_of(&s, "WEB-FO").as_deref(), Some(a));
+        assert!(s.resolve_query("nope").is_none());
+        assert!(
+            s.resolve_query("web-fo-2").is_none(),
+            "a query that is no template answers its name only"
         );
-        assert!(s.query_by_id_or_name("nope").is_none());
 
         // A create retried after a lost reply changes nothing and succeeds.
         assert_eq!(s.set_query(query(a, "Web-Fo", "web"), true, 4), Ok(false));
@@ -1043,6 +1094,87 @@ mod tests {
         assert_eq!(s.index(), 10);
         assert!(s.query_named("web-fo").is_none());
         assert_eq!(s.set_query(query(c, "web-fo", "db"), false, 12), Ok(true));
+    }
+
+    fn template(id: &str, name: &str, service: &str) -> PreparedQuery {
+        PreparedQuery {
+            template: Some(crate::prepared::QueryTemplate::default()),
+            ..query(id, name, service)
+        }
+    }
+
+    #[test]
+    fn templates_answer_the_longest_prefix_after_exact_names() {
+        let mut s = DcState::default();
+        let (a, b, c, d, e) = (
+            "aaaaaaaa-0000-0000-0000-000000000001",
+            "bbbbbbbb-0000-0000-0000-000000000002",
+            "cccccccc-0000-0000-0000-000000000003",
+            "dddddddd-0000-0000-0000-000000000004",
+            "eeeeeeee-0000-0000-0000-000000000005",
+        );
+        assert_eq!(
+            s.set_query(template(a, "geo-", "${name.suffix}"), true, 2),
+            Ok(true)
+        );
+        assert_eq!(
+            s.set_query(template(b, "geo-db-", "db-${name.suffix}"), true, 3),
+            Ok(true)
+        );
+        assert_eq!(
+            s.set_query(query(c, "geo-web", "static"), true, 4),
+            Ok(true)
+        );
+        let service = |s: &DcState, n: &str| s.resolve_query(n).map(|q| q.service.service.clone());
+        assert_eq!(service(&s, "geo-api").as_deref(), Some("api"));
+        assert_eq!(
+            service(&s, "GEO-DB-eu").as_deref(),
+            Some("db-eu"),
+            "the longest prefix"
+        );
+        assert_eq!(
+            service(&s, "geo-web").as_deref(),
+            Some("static"),
+            "an exact name first"
+        );
+        assert_eq!(
+            service(&s, "geo-").as_deref(),
+            Some(""),
+            "its own name: empty suffix"
+        );
+        assert_eq!(service(&s, "ge"), None);
+        assert!(
+            s.resolve_query(a).is_none(),
+            "a template is resolved by name only"
+        );
+        // One catch-all (empty name) template at most; it answers what nothing else does.
+        assert_eq!(
+            s.set_query(template(d, "", "${name.full}"), true, 5),
+            Ok(true)
+        );
+        assert!(matches!(
+            s.set_query(template(e, "", "x"), true, 6),
+            Err(QueryConflict::NameTaken { .. })
+        ));
+        assert_eq!(service(&s, "anything").as_deref(), Some("anything"));
+        assert_eq!(service(&s, "geo-x").as_deref(), Some("x"));
+        // A template's name is taken for plain queries too, and the indexes follow deletes and
+        // snapshots.
+        assert!(matches!(
+            s.set_query(query(e, "GEO-", "web"), true, 6),
+            Err(QueryConflict::NameTaken { .. })
+        ));
+        assert!(s.delete_query(b, 7));
+        assert_eq!(
+            service(&s, "geo-db-eu").as_deref(),
+            Some("db-eu"),
+            "now from geo-"
+        );
+        let back = DcState::from_snapshot(s.to_snapshot());
+        assert_eq!(service(&back, "geo-db-eu").as_deref(), Some("db-eu"));
+        assert_eq!(service(&back, "zzz").as_deref(), Some("zzz"));
+        assert!(s.delete_query(d, 8));
+        assert_eq!(service(&s, "zzz"), None);
     }
 
     #[test]

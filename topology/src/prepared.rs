@@ -3,7 +3,10 @@
 //! (`/v1/query/<id or name>/execute`) or DNS (`<name>.query.<domain>`).
 //!
 //! A query belongs to the datacenter whose Raft group stores it and is never federated (Consul's
-//! are DC-local too). [`PreparedQuery`] is the stored form and serializes in Consul's JSON shape;
+//! are DC-local too). A query may be a name-prefix template (Consul's `name_prefix_match`): it
+//! answers every name that starts with its own, the longest prefix winning, with `${name.full}`,
+//! `${name.prefix}` and `${name.suffix}` in its service, tags and failover datacenters filled in
+//! from the name asked ([`PreparedQuery::render`]). [`PreparedQuery`] is the stored form and serializes in Consul's JSON shape;
 //! [`QueryDefinition`] is what a client sends, checked by [`QueryDefinition::into_query`].
 
 use std::collections::BTreeMap;
@@ -63,6 +66,19 @@ pub enum QueryError {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// `Template.Type` is neither empty nor `name_prefix_match`.
+    #[error("Bad Template.Type {0:?}: only \"name_prefix_match\" is supported")]
+    BadTemplateType(String),
+    /// A template's text names a variable that does not exist, or is not closed.
+    #[error(
+        "Bad template text {text:?}: {reason} (the variables are ${{name.full}}, ${{name.prefix}}, ${{name.suffix}} and ${{agent.segment}})"
+    )]
+    BadTemplateText {
+        /// The text with the variable.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A Consul feature Meridian does not have was asked for.
     #[error("{0} is not supported by Meridian")]
     Unsupported(&'static str),
@@ -83,6 +99,10 @@ pub struct PreparedQuery {
     /// The TTL of DNS answers, in seconds; `None` uses the agent's configured service TTL.
     #[serde(rename = "DNS", default, with = "dns_options")]
     pub dns_ttl: Option<u32>,
+    /// Set for a name-prefix template. Stored only when set, so queries written before
+    /// templates existed read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<QueryTemplate>,
     /// Raft index that created the query.
     #[serde(default)]
     pub create_index: u64,
@@ -120,7 +140,159 @@ pub struct QueryFailover {
     pub datacenters: Vec<Arc<str>>,
 }
 
+/// What makes a query a template (Consul's `QueryTemplateOptions` with `Type:
+/// "name_prefix_match"`; regular-expression templates are not supported).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryTemplate {
+    /// Drop the tags that interpolate to the empty string.
+    #[serde(default)]
+    pub remove_empty_tags: bool,
+}
+
+/// The only template type: the query answers every name its own name is a prefix of.
+pub const NAME_PREFIX_MATCH: &str = "name_prefix_match";
+
+/// One variable of a template's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Var {
+    Full,
+    Prefix,
+    Suffix,
+    Segment,
+}
+
+/// One piece of a template's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Literal(&'a str),
+    Var(Var),
+}
+
+/// Calls `each` for each run of text and each variable of `text`, in order; fails on an unknown
+/// or unclosed variable.
+fn walk_template<'a>(text: &'a str, mut each: impl FnMut(Piece<'a>)) -> Result<(), QueryError> {
+    let bad = |reason| QueryError::BadTemplateText {
+        text: text.to_owned(),
+        reason,
+    };
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        each(Piece::Literal(&rest[..at]));
+        let after = &rest[at + 2..];
+        let end = after.find('}').ok_or_else(|| bad("a ${ is not closed"))?;
+        let name = after[..end].trim();
+        each(Piece::Var(match name {
+            "name.full" => Var::Full,
+            "name.prefix" => Var::Prefix,
+            "name.suffix" => Var::Suffix,
+            "agent.segment" => Var::Segment,
+            n if n.starts_with("match(") => {
+                return Err(QueryError::Unsupported(
+                    "${match(N)} (regular-expression templates)",
+                ));
+            }
+            _ => return Err(bad("unknown variable")),
+        }));
+        rest = &after[end + 1..];
+    }
+    each(Piece::Literal(rest));
+    Ok(())
+}
+
+/// `text` with its variables filled in for the name `full`, of which `prefix` is the template's
+/// name; text that is not a valid template is kept as it is (it was checked when stored).
+fn interpolate(text: &str, full: &str, prefix: &str) -> String {
+    if !text.contains("${") {
+        return text.to_owned();
+    }
+    let suffix = full.get(prefix.len()..).unwrap_or("");
+    let mut out = String::with_capacity(text.len() + full.len());
+    let walked = walk_template(text, |piece| {
+        out.push_str(match piece {
+            Piece::Literal(l) => l,
+            Piece::Var(Var::Full) => full,
+            Piece::Var(Var::Prefix) => prefix,
+            Piece::Var(Var::Suffix) => suffix,
+            // Network segments are Consul Enterprise's; Meridian has the default one.
+            Piece::Var(Var::Segment) => "",
+        })
+    });
+    if walked.is_ok() { out } else { text.to_owned() }
+}
+
+/// Checks a template's `text`, which must be `valid` once its variables are left out.
+fn check_template_text(
+    text: &str,
+    valid: impl Fn(&str) -> bool,
+    err: impl Fn(String) -> QueryError,
+) -> Result<(), QueryError> {
+    let mut literal = String::new();
+    walk_template(text, |piece| {
+        if let Piece::Literal(l) = piece {
+            literal.push_str(l);
+        }
+    })?;
+    if literal.is_empty() || valid(&literal) {
+        Ok(())
+    } else {
+        Err(err(text.to_owned()))
+    }
+}
+
+/// Whether `s` can start a DNS label: up to 63 letters, digits or `-`, not starting with `-`
+/// (a template's name; the name asked adds the rest).
+fn is_label_prefix(s: &str) -> bool {
+    s.len() <= 63
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
+/// Whether `s` is made of what a DNS label is made of (a template's literal text).
+fn is_label_text(s: &str) -> bool {
+    s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
 impl PreparedQuery {
+    /// Whether the query is a name-prefix template.
+    pub fn is_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// The query that the template answers the name `full` with: its service, tags and failover
+    /// datacenters with `${name.full}`, `${name.prefix}` (its own name) and `${name.suffix}`
+    /// filled in (and empty tags dropped if it says so). A query that is not a template is
+    /// returned as it is.
+    pub fn render(&self, full: &str) -> PreparedQuery {
+        let mut q = self.clone();
+        let Some(t) = &self.template else {
+            return q;
+        };
+        let prefix = self.name.as_str();
+        q.service.service = interpolate(&self.service.service, full, prefix);
+        q.service.tags = self
+            .service
+            .tags
+            .iter()
+            .map(|tag| interpolate(tag, full, prefix))
+            .filter(|tag| !(t.remove_empty_tags && tag.is_empty()))
+            .collect();
+        q.service.failover.datacenters = self
+            .service
+            .failover
+            .datacenters
+            .iter()
+            .map(|dc| {
+                if dc.contains("${") {
+                    Arc::from(interpolate(dc, full, prefix))
+                } else {
+                    dc.clone()
+                }
+            })
+            .collect();
+        q
+    }
+
     /// The failover policy the query resolves with: its own targets, always enabled (a query
     /// without targets simply has nowhere to fail over to), addressed as `address_mode` says.
     pub fn policy(&self, address_mode: AddressMode) -> FailoverPolicy {
@@ -314,7 +486,7 @@ pub struct QueryDefinition {
     pub session: Option<String>,
     /// ACL token: Meridian has no ACLs yet, so it is ignored.
     pub token: Option<String>,
-    /// Query templates: not supported.
+    /// Name-prefix templates.
     pub template: Option<TemplateDefinition>,
     /// What to look up.
     pub service: Option<ServiceDefinition>,
@@ -327,7 +499,7 @@ pub struct QueryDefinition {
     pub modify_index: Option<u64>,
 }
 
-/// Consul's `QueryTemplateOptions`; only the zero value is accepted.
+/// Consul's `QueryTemplateOptions`: no type, or `name_prefix_match` without a regexp.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct TemplateDefinition {
@@ -415,17 +587,31 @@ impl QueryDefinition {
         if set(&self.session) {
             return Err(QueryError::Unsupported("Session"));
         }
-        if let Some(t) = &self.template
-            && (set(&t.kind) || set(&t.regexp) || t.remove_empty_tags == Some(true))
-        {
-            return Err(QueryError::Unsupported("Template (query templates)"));
+        let t = self.template.unwrap_or_default();
+        let template = match t.kind.as_deref().unwrap_or("") {
+            "" => None,
+            NAME_PREFIX_MATCH => Some(QueryTemplate {
+                remove_empty_tags: t.remove_empty_tags.unwrap_or(false),
+            }),
+            other => return Err(QueryError::BadTemplateType(other.to_owned())),
+        };
+        if set(&t.regexp) {
+            return Err(QueryError::Unsupported(
+                "Template.Regexp (regular-expression templates)",
+            ));
         }
         let name = self.name.unwrap_or_default();
         if !name.is_empty() {
             if is_query_id(&name) {
                 return Err(QueryError::NameLooksLikeId(name));
             }
-            if !is_label(&name) {
+            // A template's name is the start of the names it answers.
+            let valid = if template.is_some() {
+                is_label_prefix(&name)
+            } else {
+                is_label(&name)
+            };
+            if !valid {
                 return Err(QueryError::BadName(name));
             }
         }
@@ -434,7 +620,9 @@ impl QueryDefinition {
             .service
             .filter(|s| !s.is_empty())
             .ok_or(QueryError::MissingService)?;
-        if !is_label(&service) {
+        if template.is_some() {
+            check_template_text(&service, is_label_text, QueryError::BadService)?;
+        } else if !is_label(&service) {
             return Err(QueryError::BadService(service));
         }
         let unsupported = [
@@ -470,11 +658,19 @@ impl QueryDefinition {
                 len: tags.len(),
             });
         }
-        if let Some(t) = tags.iter().find(|t| {
-            let bare = t.strip_prefix('!').unwrap_or(t);
-            bare.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control)
-        }) {
-            return Err(QueryError::BadTag(t.clone()));
+        for tag in &tags {
+            if template.is_some() {
+                // Checked for its variables; what it interpolates to may be empty.
+                check_template_text(tag, |_| true, QueryError::BadTag)?;
+            }
+            let bare = tag.strip_prefix('!').unwrap_or(tag);
+            let empty_ok = template.is_some() && tag.contains("${");
+            if (bare.is_empty() && !empty_ok)
+                || tag.len() > MAX_TAG_LEN
+                || tag.chars().any(char::is_control)
+            {
+                return Err(QueryError::BadTag(tag.clone()));
+            }
         }
         let fo = svc.failover.unwrap_or_default();
         if non_empty_list(&fo.targets) {
@@ -491,8 +687,12 @@ impl QueryDefinition {
                 len: datacenters.len(),
             });
         }
-        if let Some(dc) = datacenters.iter().find(|d| !is_label(d)) {
-            return Err(QueryError::BadDatacenter(dc.clone()));
+        for dc in &datacenters {
+            if template.is_some() && dc.contains("${") {
+                check_template_text(dc, is_label_text, QueryError::BadDatacenter)?;
+            } else if !is_label(dc) {
+                return Err(QueryError::BadDatacenter(dc.clone()));
+            }
         }
         let dns_ttl = match self.dns.and_then(|d| d.ttl).filter(|t| !t.is_empty()) {
             None => None,
@@ -511,6 +711,7 @@ impl QueryDefinition {
                 },
             },
             dns_ttl,
+            template,
             create_index: 0,
             modify_index: 0,
         })
@@ -523,6 +724,15 @@ mod tests {
     use serde_json::json;
 
     const ID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+
+    fn failover_dcs(q: &PreparedQuery) -> Vec<&str> {
+        q.service
+            .failover
+            .datacenters
+            .iter()
+            .map(|d| &**d)
+            .collect()
+    }
 
     fn build(v: serde_json::Value) -> Result<PreparedQuery, QueryError> {
         let def: QueryDefinition = serde_json::from_value(v).expect("decodes");
@@ -565,13 +775,7 @@ mod tests {
         assert_eq!(q.service.tags, ["v1", "!canary"]);
         assert!(q.service.only_passing);
         assert_eq!(q.service.failover.nearest_n, 2);
-        let dcs: Vec<&str> = q
-            .service
-            .failover
-            .datacenters
-            .iter()
-            .map(|d| &**d)
-            .collect();
+        let dcs = failover_dcs(&q);
         assert_eq!(dcs, ["dc2", "dc3"]);
         assert_eq!(q.dns_ttl, Some(10));
 
@@ -653,8 +857,27 @@ mod tests {
             err(json!({ "Service": { "Service": "web" }, "Session": "s1" })).contains("Session")
         );
         assert!(
-            err(json!({ "Service": { "Service": "web" }, "Template": { "Type": "name_prefix_match" } }))
-                .contains("Template")
+            err(json!({ "Service": { "Service": "web" }, "Template": { "Type": "regexp" } }))
+                .contains("Template.Type")
+        );
+        assert!(
+            err(json!({ "Service": { "Service": "web" }, "Template": { "Type": "name_prefix_match", "Regexp": "^geo-(.*)$" } }))
+                .contains("Regexp")
+        );
+        for (service, message) in [
+            ("${match(1)}", "match(N)"),
+            ("${name.middle}", "unknown variable"),
+            ("web-${name.suffix", "not closed"),
+            ("we_b-${name.suffix}", "Bad Service name"),
+        ] {
+            let e = err(
+                json!({ "Service": { "Service": service }, "Template": { "Type": "name_prefix_match" } }),
+            );
+            assert!(e.contains(message), "{service}: {e}");
+        }
+        assert!(
+            err(json!({ "Service": { "Service": "${name.suffix}" } })).contains("Bad Service name"),
+            "variables only in a template"
         );
         assert!(
             err(json!({ "Service": { "Service": "web", "NodeMeta": { "a": "b" } } }))
@@ -672,6 +895,52 @@ mod tests {
         let e = serde_json::from_value::<QueryDefinition>(json!({ "Servce": {} }))
             .expect_err("unknown field");
         assert!(e.to_string().contains("Servce"), "{e}");
+    }
+
+    #[test]
+    fn a_name_prefix_template_renders_the_name_asked() {
+        let q = build(json!({
+            "Name": "geo-",
+            "Template": { "Type": "name_prefix_match", "RemoveEmptyTags": true },
+            "Service": {
+                "Service": "${name.suffix}",
+                "Tags": ["${agent.segment}", "!canary", "from-${ name.prefix }"],
+                "Failover": { "Datacenters": ["dc2", "${name.suffix}-dc"] }
+            }
+        }))
+        .expect("a template");
+        assert!(q.is_template());
+        let r = q.render("geo-db");
+        assert_eq!(r.service.service, "db");
+        assert_eq!(r.service.tags, ["!canary", "from-geo-"]);
+        let dcs = failover_dcs(&r);
+        assert_eq!(dcs, ["dc2", "db-dc"]);
+        assert_eq!(r.name, "geo-", "the stored query is unchanged");
+        // Without RemoveEmptyTags the empty tag stays (and so matches nothing).
+        let keep = build(json!({
+            "Name": "x", "Template": { "Type": "name_prefix_match" },
+            "Service": { "Service": "${name.full}", "Tags": ["${agent.segment}"] }
+        }))
+        .expect("a template");
+        assert_eq!(keep.render("xyz").service.tags, [""]);
+        assert_eq!(keep.render("xyz").service.service, "xyz");
+        // A catch-all template (empty name) and a prefix that is no whole label.
+        assert!(
+            build(json!({ "Template": { "Type": "name_prefix_match" }, "Service": { "Service": "${name.full}" } }))
+                .is_ok()
+        );
+        assert!(
+            build(json!({ "Name": "-geo", "Template": { "Type": "name_prefix_match" }, "Service": { "Service": "web" } }))
+                .is_err()
+        );
+        // Stored without a template, a query reads back without one (older stores).
+        let plain = build(json!({ "Service": { "Service": "web" } })).expect("plain");
+        let stored = serde_json::to_value(&plain).expect("serializes");
+        assert!(stored.get("Template").is_none());
+        let stored = serde_json::to_value(&q).expect("serializes");
+        assert_eq!(stored["Template"], json!({ "RemoveEmptyTags": true }));
+        let back: PreparedQuery = serde_json::from_value(stored).expect("reads back");
+        assert_eq!(back, q);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 // The runner of the npm-client scripts: named cases in order, each a function that checks
 // answers field by field through a `t` object and may throw; a failed case prints every mismatch
 // (where, what was expected, what came) and the run ends with "N passed, N failed" and a nonzero
-// exit if any failed. Shared by consul-npm.test.mjs and consul-npm.pending.mjs.
+// exit if any failed. Shared by consul-npm.test.mjs and consul-npm.nodes.test.mjs.
 //
 // Environment (set by meridian/tests/it/clients.rs): CONSUL_HTTP_ADDR (host:port of the agent's
 // HTTP API), MERIDIAN_NODE_CLIENTS (the folder whose node_modules holds the pinned `consul`),

@@ -1,7 +1,7 @@
 """The runner of the py-consul scripts: named cases in order, each a function that checks answers
 field by field through a `Checks` object and may raise; a failed case prints every mismatch
 (where, what was expected, what came) and the run ends with "N passed, N failed" and a nonzero
-exit if any failed. Shared by test_py_consul.py and test_py_consul_pending.py; the kinds of
+exit if any failed. Shared by test_py_consul.py and test_py_consul_nodes.py; the kinds of
 values are those of consul-shapes.json, which the npm client's runner reads too.
 
 Environment (set by meridian/tests/it/clients.rs): CONSUL_HTTP_ADDR (host:port of the agent's

@@ -3,8 +3,7 @@ client has for what Meridian serves today; each answer is checked against Consul
 shape (consul-shapes.json) and the values registered. Run by meridian/tests/it/clients.rs with
 the venv's python against a fresh `meridian agent --dev`; arguments name the cases to run.
 The node, health, member, check, maintenance and catalog-register calls are in
-test_py_consul_nodes.py; the calls that today's Meridian refuses (py-consul's query create and
-update) are in test_py_consul_pending.py.
+test_py_consul_nodes.py.
 
 Every name here starts with `py` so that nothing collides with another script's.
 """
@@ -188,8 +187,7 @@ def status_peers(t):
 
 
 def query_get_list_execute_delete(t):
-    # Created in Consul's documented shape: py-consul's own create is refused today (see
-    # test_py_consul_pending.py).
+    # Created in Consul's documented shape; py-consul's own create (a template) is the next case.
     status, created = raw(
         "POST",
         "/v1/query",
@@ -225,6 +223,30 @@ def query_get_list_execute_delete(t):
     t.equal("query.list after delete", [q for q in c.query.list() if q["ID"] == qid], [])
 
 
+def query_create_update(t):
+    # py-consul sends lowercase keys and always makes a name-prefix template named as the query.
+    qid = c.query.create("pyweb", name="pyt", onlypassing=True, tags=["blue"])
+    if not t.shape("query.create", qid, {"ID": "uuid"}):
+        return
+    qid = qid["ID"]
+    got = c.query.get(qid)
+    if t.shape("query.get", got, ["@PreparedQuery"]):
+        for q in got[:1]:
+            t.equal("Name", q["Name"], "pyt")
+            t.equal("Template.Type", q["Template"]["Type"], "name_prefix_match")
+            t.equal("Service.Tags", q["Service"]["Tags"], ["blue"])
+    # A template answers every name it starts, by name (not by ID).
+    for name in ("pyt", "pyt-anything"):
+        r = c.query.execute(name)
+        if t.shape(f"query.execute({name})", r, "@QueryExecute"):
+            t.equal(f"query.execute({name}) Nodes", [e["Service"]["ID"] for e in r["Nodes"]], ["pyweb-1"])
+    t.equal("query.update", c.query.update(qid, "pyweb", name="pyt", tags=["green"]), True)
+    t.equal("query.get after update", [q["Service"]["Tags"] for q in c.query.get(qid)], [["green"]])
+    t.equal("query.execute after update", c.query.execute("pyt")["Nodes"], [])
+    t.equal("query.delete", c.query.delete(qid), True)
+    t.equal("query.get after delete", c.query.get(qid), None)
+
+
 run(
     "py-consul",
     [
@@ -241,5 +263,6 @@ run(
         ("status.leader", status_leader),
         ("status.peers", status_peers),
         ("query get/list/execute/delete", query_get_list_execute_delete),
+        ("query.create/update (a template)", query_create_update),
     ],
 )

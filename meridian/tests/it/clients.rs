@@ -7,8 +7,6 @@
 //!
 //! Each client runs two scripts: the core calls, and the node, health, member, check,
 //! maintenance and catalog-register calls with the full shapes of `agent.self` and `query.get`.
-//! What Meridian still refuses (py-consul's prepared-query writes: lowercase keys and a query
-//! template) is in `test_py_consul_pending.py`, which is not run here.
 
 use std::path::PathBuf;
 use std::process::Stdio;

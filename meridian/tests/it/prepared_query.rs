@@ -452,3 +452,165 @@ async fn a_query_fails_over_to_the_next_datacenter_when_local_instances_are_crit
     ensure!(node_ids(&r) == ["web1"], "{r}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_prefix_template_answers_every_name_it_starts_over_http_and_dns() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut agent = crate::harness::dev("dev", &dir.path().join("data"), dir.path(), &[])?;
+    agent.wait_ready().await?;
+    for (id, name, port, addr, tags) in [
+        ("web-1", "web", 8080, "127.0.0.1", ["v1"]),
+        ("web-2", "web", 8081, "127.0.0.2", ["v2"]),
+        ("db-1", "db", 5432, "127.0.0.3", ["v1"]),
+    ] {
+        register(
+            &agent,
+            json!({"ID": id, "Name": name, "Port": port, "Address": addr, "Tags": tags}),
+        )
+        .await?;
+    }
+    // As py-consul sends it: lowercase keys, which Consul's decoder matches ignoring case.
+    let geo = create(
+        &agent,
+        &json!({"name": "geo-", "template": {"type": "name_prefix_match"},
+                "service": {"service": "${name.suffix}", "onlypassing": true,
+                            "failover": {"nearestn": 1}}}),
+    )
+    .await?;
+    let list = agent.get_json("/v1/query").await?;
+    let q = &list[0];
+    ensure!(
+        q["Template"]
+            == json!({"Type": "name_prefix_match", "Regexp": "", "RemoveEmptyTags": false})
+            && q["Service"]["Service"] == "${name.suffix}"
+            && q["Service"]["OnlyPassing"] == true
+            && q["Service"]["Failover"]["NearestN"] == 1,
+        "{q}"
+    );
+    // A longer prefix wins, and an exact name wins over every template.
+    create(
+        &agent,
+        &json!({"Name": "geo-web-", "Template": {"Type": "name_prefix_match", "RemoveEmptyTags": true},
+                "Service": {"Service": "web", "Tags": ["${name.suffix}"]}}),
+    )
+    .await?;
+    create(
+        &agent,
+        &json!({"Name": "geo-api", "Service": {"Service": "web", "Tags": ["v2"]}}),
+    )
+    .await?;
+
+    for (name, service, ids) in [
+        ("geo-web", "web", vec!["web-1", "web-2"]),
+        ("GEO-db", "db", vec!["db-1"]),
+        ("geo-web-v1", "web", vec!["web-1"]),
+        ("geo-web-", "web", vec!["web-1", "web-2"]),
+        ("geo-api", "web", vec!["web-2"]),
+        ("geo-nothing", "nothing", vec![]),
+    ] {
+        let r = agent.get_json(&format!("/v1/query/{name}/execute")).await?;
+        ensure!(
+            r["Service"] == service && node_ids(&r) == ids,
+            "{name}: {r}"
+        );
+    }
+    let dns = dns_addr(&agent);
+    let m = ask(dns, "geo-web.query.consul.", RecordType::A).await?;
+    let lines = a_lines(&m);
+    ensure!(
+        lines.len() == 2
+            && lines
+                .iter()
+                .all(|l| l.starts_with("geo-web.query.consul. ")),
+        "{lines:?}"
+    );
+    let m = ask(dns, "_geo-db._tcp.query.consul.", RecordType::SRV).await?;
+    ensure!(
+        srv_lines(&m) == ["1 1 5432 7f000003.addr.dc1.consul."],
+        "{:?}",
+        srv_lines(&m)
+    );
+    let m = ask(dns, "geo-web-v2.query.consul.", RecordType::A).await?;
+    ensure!(
+        a_lines(&m) == ["geo-web-v2.query.consul. 0 127.0.0.2"],
+        "{:?}",
+        a_lines(&m)
+    );
+    for name in ["geo-nothing.query.consul.", "ge.query.consul."] {
+        let m = ask(dns, name, RecordType::A).await?;
+        ensure!(
+            m.metadata.response_code == ResponseCode::NXDomain,
+            "{name}: {m:?}"
+        );
+    }
+
+    // A template is executed by name only; bad templates are refused with the reason.
+    let (status, text) = send(
+        &agent,
+        reqwest::Method::GET,
+        &format!("/v1/query/{geo}/execute"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 400 && text.contains("by name, not by ID"),
+        "{status} {text}"
+    );
+    let tmpl = |extra: Value| {
+        let mut v = json!({"Template": {"Type": "name_prefix_match"}, "Service": {"Service": "${name.suffix}"}});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v.to_string()
+    };
+    for (body, message) in [
+        (
+            tmpl(json!({"Name": "GEO-"})),
+            "aliases an existing query name",
+        ),
+        (
+            tmpl(json!({"Template": {"Type": "name_prefix_match", "Regexp": "^geo-(.*)$"}})),
+            "Regexp",
+        ),
+        (
+            tmpl(json!({"Template": {"Type": "regexp"}})),
+            "Bad Template.Type",
+        ),
+        (
+            tmpl(json!({"Name": "x-", "Service": {"Service": "${match(1)}"}})),
+            "match(N)",
+        ),
+        (
+            tmpl(json!({"Name": "y-", "Service": {"Service": "${node.name}"}})),
+            "unknown variable",
+        ),
+    ] {
+        let (status, text) = send(&agent, reqwest::Method::POST, "/v1/query", Some(&body)).await?;
+        ensure!(
+            status == 400 && text.contains(message),
+            "{body}: {status} {text}"
+        );
+    }
+    // One catch-all template (empty name) at most; it answers what no other query does.
+    create(
+        &agent,
+        &json!({"Template": {"Type": "name_prefix_match"}, "Service": {"Service": "${name.full}"}}),
+    )
+    .await?;
+    let (status, text) = send(
+        &agent,
+        reqwest::Method::POST,
+        "/v1/query",
+        Some(&tmpl(json!({}))),
+    )
+    .await?;
+    ensure!(
+        status == 400 && text.contains("catch-all"),
+        "{status} {text}"
+    );
+    let r = agent.get_json("/v1/query/db/execute").await?;
+    ensure!(node_ids(&r) == ["db-1"], "{r}");
+    let list = agent.get_json("/v1/query").await?;
+    ensure!(list.as_array().map(Vec::len) == Some(4), "{list}");
+    Ok(())
+}

@@ -12,7 +12,9 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use meridian_catalog::Command;
-use meridian_topology::prepared::{QueryDefinition, format_query_id, is_query_id};
+use meridian_topology::prepared::{
+    NAME_PREFIX_MATCH, QueryDefinition, format_query_id, is_query_id,
+};
 use meridian_topology::{PreparedQuery, View, resolve};
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -22,6 +24,7 @@ use super::blocking::{ReadParams, resolution_index, wait_for_resolution};
 use super::body::read_body;
 use super::catalog::{Pairs, answer_local, read_view};
 use super::consul::ServiceEntryJson;
+use super::register::{canonicalize, decode_fields};
 use super::{ApiError, ApiState};
 
 fn not_found(id: &str) -> ApiError {
@@ -47,18 +50,78 @@ fn write_params(state: &ApiState, pairs: &[(String, String)]) -> Result<(), ApiE
     local_only(state, &p)
 }
 
+/// The fields of Consul's `PreparedQuery` and of its nested objects, as a client may spell them
+/// in any case (Go's decoder matches keys so; py-consul sends `{"name": ..., "service":
+/// {"onlypassing": ...}}`).
+const QUERY_FIELDS: &[&str] = &[
+    "ID",
+    "Name",
+    "Session",
+    "Token",
+    "Template",
+    "Service",
+    "DNS",
+    "CreateIndex",
+    "ModifyIndex",
+];
+const TEMPLATE_FIELDS: &[&str] = &["Type", "Regexp", "RemoveEmptyTags"];
+const SERVICE_QUERY_FIELDS: &[&str] = &[
+    "Service",
+    "Failover",
+    "OnlyPassing",
+    "Tags",
+    "Near",
+    "IgnoreCheckIDs",
+    "NodeMeta",
+    "ServiceMeta",
+    "Connect",
+    "Peer",
+    "SamenessGroup",
+    "Namespace",
+    "Partition",
+];
+const FAILOVER_FIELDS: &[&str] = &["NearestN", "Datacenters", "Targets"];
+const DNS_FIELDS: &[&str] = &["TTL"];
+
 /// Decodes and checks a query definition; the query gets ID `id`.
 fn decode(body: &[u8], id: String) -> Result<PreparedQuery, ApiError> {
-    let def: QueryDefinition = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let def: QueryDefinition = decode_fields(body, QUERY_FIELDS, &|v| {
+        let Some(obj) = v.as_object_mut() else {
+            return;
+        };
+        if let Some(t) = obj.get_mut("Template") {
+            canonicalize(t, TEMPLATE_FIELDS);
+        }
+        if let Some(d) = obj.get_mut("DNS") {
+            canonicalize(d, DNS_FIELDS);
+        }
+        if let Some(svc) = obj.get_mut("Service") {
+            canonicalize(svc, SERVICE_QUERY_FIELDS);
+            if let Some(f) = svc.as_object_mut().and_then(|o| o.get_mut("Failover")) {
+                canonicalize(f, FAILOVER_FIELDS);
+            }
+        }
+    })?;
     def.into_query(id)
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Fails if another query already has `q`'s name, in `view`.
+/// Fails if another query already has `q`'s name, in `view` (for a template with an empty name,
+/// if another template has none either: there is one catch-all at most).
 fn check_name(view: &View, q: &PreparedQuery) -> Result<(), ApiError> {
     if q.name.is_empty() {
-        return Ok(());
+        let other = q.is_template().then(|| {
+            view.local()
+                .queries()
+                .find(|o| o.is_template() && o.name.is_empty() && !o.id.eq_ignore_ascii_case(&q.id))
+        });
+        return match other.flatten() {
+            Some(o) => Err(ApiError::bad_request(format!(
+                "A catch-all query template (empty name) already exists: query {}",
+                o.id
+            ))),
+            None => Ok(()),
+        };
     }
     match view.local().query_named(&q.name) {
         Some(other) if !other.id.eq_ignore_ascii_case(&q.id) => {
@@ -188,7 +251,7 @@ pub(super) async fn get_one(
 }
 
 /// A query as `GET /v1/query` shows it: Consul's fields that Meridian does not support
-/// (sessions, tokens, templates) are there with their zero values, as Consul sends them.
+/// (sessions, tokens) are there with their zero values, as Consul sends them.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct QueryJson<'a> {
@@ -199,7 +262,7 @@ struct QueryJson<'a> {
     template: TemplateJson,
 }
 
-/// Consul's `QueryTemplateOptions`, zero.
+/// Consul's `QueryTemplateOptions` (all zero for a query that is no template).
 #[derive(Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct TemplateJson {
@@ -214,7 +277,14 @@ impl<'a> QueryJson<'a> {
             query,
             session: "",
             token: "",
-            template: TemplateJson::default(),
+            template: query
+                .template
+                .as_ref()
+                .map_or_else(TemplateJson::default, |t| TemplateJson {
+                    r#type: NAME_PREFIX_MATCH,
+                    regexp: "",
+                    remove_empty_tags: t.remove_empty_tags,
+                }),
         }
     }
 }
@@ -242,7 +312,8 @@ struct DnsJson {
     ttl: String,
 }
 
-/// `GET /v1/query/{id or name}/execute[?limit=N]`: the query's healthy instances, from the local
+/// `GET /v1/query/{id or name}/execute[?limit=N]` (a template by a name it is a prefix of,
+/// rendered for that name): the query's healthy instances, from the local
 /// datacenter or, when it has none, from the first of the query's failover datacenters that has.
 /// No healthy instance anywhere is an empty `Nodes`, as in Consul. Blocks (`?index=&wait=`)
 /// until the answer changes.
@@ -265,14 +336,20 @@ pub(super) async fn execute(
     // The definition from the catalog's view (fresh), the answer from the full one (replicas of
     // the other datacenters, their liveness and the default policy).
     let defs = state.catalog().view();
-    let pq = defs
+    if defs
         .local()
-        .query_by_id_or_name(&id_or_name)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "Query not found: no prepared query with ID or name {id_or_name:?}"
-            ))
-        })?;
+        .query(&id_or_name)
+        .is_some_and(|q| q.is_template())
+    {
+        return Err(ApiError::bad_request(
+            "Prepared query templates can only be resolved by name, not by ID",
+        ));
+    }
+    let pq = defs.local().resolve_query(&id_or_name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "Query not found: no prepared query with ID or name {id_or_name:?}"
+        ))
+    })?;
     // A blocking execution waits for its answer to change (the index is the answer's digest),
     // whichever DC the answer comes from: a failover wakes it as a registration does.
     let resolved = |view: &View| {

@@ -266,7 +266,7 @@ pub struct CheckUpdate {
 
 /// Parses a JSON body into `T` after mapping its keys (and those of the nested objects `nested`
 /// names) to their canonical spelling.
-fn decode<T: serde::de::DeserializeOwned>(
+pub(super) fn decode_fields<T: serde::de::DeserializeOwned>(
     body: &[u8],
     fields: &'static [&'static str],
     nested: &dyn Fn(&mut Value),
@@ -286,7 +286,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 /// Decodes a service definition body.
 pub fn decode_service_definition(body: &[u8]) -> Result<ServiceDefinition, ApiError> {
-    decode(body, SERVICE_FIELDS, &|v| {
+    decode_fields(body, SERVICE_FIELDS, &|v| {
         let Some(obj) = v.as_object_mut() else {
             return;
         };
@@ -310,12 +310,12 @@ pub fn decode_service_definition(body: &[u8]) -> Result<ServiceDefinition, ApiEr
 
 /// Decodes the body of a check update.
 pub fn decode_check_update(body: &[u8]) -> Result<CheckUpdate, ApiError> {
-    decode(body, CHECK_UPDATE_FIELDS, &|_| {})
+    decode_fields(body, CHECK_UPDATE_FIELDS, &|_| {})
 }
 
 /// Renames the keys of `value` (if an object) that match one of `fields` ignoring case and
 /// underscores to that field's spelling. Other keys are kept, so that strict decoding names them.
-fn canonicalize(value: &mut Value, fields: &[&str]) {
+pub(super) fn canonicalize(value: &mut Value, fields: &[&str]) {
     let Value::Object(map) = value else {
         return;
     };
@@ -536,7 +536,7 @@ pub fn build_registration(
 
 /// Decodes the body of `PUT /v1/agent/check/register`.
 pub fn decode_check_definition(body: &[u8]) -> Result<CheckDefinition, ApiError> {
-    decode(body, CHECK_FIELDS, &|_| {})
+    decode_fields(body, CHECK_FIELDS, &|_| {})
 }
 
 /// What a check belongs to: a node, and an instance on it (empty for a node check).

@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_protos::catalog::ForwardRequest;
 use meridian_protos::catalog::catalog_client::CatalogClient;
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
+use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
+use meridian_protos::catalog::{ForwardRequest, ReadIndexRequest};
 use meridian_topology::{DcState, Health, Node, View, names};
-use openraft::error::{InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -309,6 +310,63 @@ impl Catalog {
         if let Some(acked) = crate::chaos_break::ack_before_commit(self, &cmd) {
             return Ok(acked);
         }
+        let counters = &self.inner.counters;
+        let cmd = &cmd;
+        let result = self
+            .via_leader(|at| async move {
+                match at {
+                    LeaderAt::Here => {
+                        CatalogCounters::inc(&counters.writes_local);
+                        self.write_local(cmd).await
+                    }
+                    LeaderAt::There(addr) => {
+                        CatalogCounters::inc(&counters.writes_forwarded);
+                        self.write_forward(&addr, cmd).await
+                    }
+                }
+            })
+            .await;
+        if result.is_err() {
+            CatalogCounters::inc(&counters.writes_failed);
+        }
+        result
+    }
+
+    /// The barrier of a linearizable read (Consul's `?consistent`): waits until this node has
+    /// applied every write acknowledged before the call, as a leader that still holds a quorum
+    /// confirms, and returns that index. Fails (`Unavailable`) when no such leader answers within
+    /// the write timeout: a node cut off from its quorum cannot promise a fresh read.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn read_barrier(&self) -> Result<u64, CatalogError> {
+        let timeout = self.inner.cfg.write_timeout;
+        let deadline = Instant::now() + timeout;
+        let index = self
+            .via_leader(|at| async move {
+                match at {
+                    LeaderAt::Here => self.read_index_local().await,
+                    LeaderAt::There(addr) => self.read_index_forward(&addr).await,
+                }
+            })
+            .await?;
+        self.inner
+            .raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| CatalogError::Unavailable {
+                timeout_ms: millis(timeout),
+                last_error: format!("index {index} not applied here in time: {e}"),
+            })?;
+        Ok(index)
+    }
+
+    /// Runs `attempt` against the leader, wherever it is (here, or at its address), retrying
+    /// across leader changes and transient failures until the write timeout.
+    async fn via_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, CatalogError>
+    where
+        F: FnMut(LeaderAt) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Retry>>,
+    {
         let timeout = self.inner.cfg.write_timeout;
         let deadline = Instant::now() + timeout;
         let mut metrics = self.inner.raft.metrics();
@@ -328,24 +386,14 @@ impl Catalog {
             if !running {
                 return Err(CatalogError::Shutdown);
             }
-            let counters = &self.inner.counters;
-            let attempt = match (leader_id, leader_addr) {
-                (Some(id), _) if id == self.inner.cfg.node_id => {
-                    CatalogCounters::inc(&counters.writes_local);
-                    self.write_local(&cmd).await
-                }
-                (Some(_), Some(addr)) => {
-                    CatalogCounters::inc(&counters.writes_forwarded);
-                    self.write_forward(&addr, &cmd).await
-                }
+            let result = match (leader_id, leader_addr) {
+                (Some(id), _) if id == self.inner.cfg.node_id => attempt(LeaderAt::Here).await,
+                (Some(_), Some(addr)) => attempt(LeaderAt::There(addr)).await,
                 _ => Err(Retry::WaitForLeader),
             };
-            match attempt {
-                Ok(outcome) => return Ok(outcome),
-                Err(Retry::Fatal(e)) => {
-                    CatalogCounters::inc(&counters.writes_failed);
-                    return Err(e);
-                }
+            match result {
+                Ok(value) => return Ok(value),
+                Err(Retry::Fatal(e)) => return Err(e),
                 Err(Retry::Backoff(e)) => {
                     last_error = e;
                     let now = Instant::now();
@@ -366,11 +414,47 @@ impl Catalog {
                 break;
             }
         }
-        CatalogCounters::inc(&self.inner.counters.writes_failed);
         Err(CatalogError::Unavailable {
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: millis(timeout),
             last_error,
         })
+    }
+
+    /// This node leads: confirms it with a quorum and waits for its own state machine.
+    async fn read_index_local(&self) -> Result<u64, Retry> {
+        // Bounded: a leader cut off from its quorum must not hold the read past the timeout.
+        let confirmed = tokio::time::timeout(
+            self.inner.cfg.write_timeout,
+            self.inner.raft.ensure_linearizable(),
+        )
+        .await
+        .map_err(|_| Retry::Backoff("no quorum confirmed the leadership in time".into()))?;
+        match confirmed {
+            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Retry::WaitForLeader)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Retry::Backoff(e.to_string()))
+            }
+            Err(RaftError::Fatal(_)) => Err(Retry::Fatal(CatalogError::Shutdown)),
+        }
+    }
+
+    /// Asks the leader at `addr` for the index a linearizable read must wait for.
+    async fn read_index_forward(&self, addr: &str) -> Result<u64, Retry> {
+        let mut client = self.forward_client(addr).map_err(Retry::Backoff)?;
+        let mut req = tonic::Request::new(ReadIndexRequest {});
+        req.set_timeout(self.inner.cfg.write_timeout);
+        let reply = client
+            .read_index(req)
+            .await
+            .map_err(|s| Retry::Backoff(format!("read index from {addr}: {}", s.message())))?;
+        match reply.into_inner().result {
+            Some(ReadIndexResult::Index(index)) => Ok(index),
+            Some(ReadIndexResult::NotLeader(_)) => Err(Retry::WaitForLeader),
+            None => Err(Retry::Backoff(format!("empty reply from {addr}"))),
+        }
     }
 
     async fn write_local(&self, cmd: &Command) -> Result<WriteOutcome, Retry> {
@@ -537,6 +621,14 @@ impl Catalog {
         }
         info!("catalog stopped");
     }
+}
+
+/// Where the leader is, for [`Catalog::via_leader`].
+enum LeaderAt {
+    /// This node.
+    Here,
+    /// Another node, at this RPC address.
+    There(String),
 }
 
 enum Retry {

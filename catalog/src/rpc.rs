@@ -1,9 +1,14 @@
-//! The server side of LAN RPC: Raft messages from peers and writes forwarded by followers.
+//! The server side of LAN RPC: Raft messages from peers, writes forwarded by followers, and the
+//! read index of their linearizable reads.
 
 use meridian_protos::catalog::catalog_server::{Catalog as CatalogRpc, CatalogServer};
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
 use meridian_protos::catalog::raft_server::{Raft as RaftRpc, RaftServer};
-use meridian_protos::catalog::{ForwardReply, ForwardRequest, RaftPayload};
+use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
+use meridian_protos::catalog::{
+    ForwardReply, ForwardRequest, RaftPayload, ReadIndexReply, ReadIndexRequest,
+};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
@@ -24,14 +29,18 @@ pub(crate) fn services(
     counters: Arc<CatalogCounters>,
 ) -> (RaftServer<RaftService>, CatalogServer<ForwardService>) {
     let r = RaftServer::new(RaftService {
-        raft,
+        raft: raft.clone(),
         counters: counters.clone(),
     })
     .max_decoding_message_size(MAX_RPC_MESSAGE)
     .max_encoding_message_size(MAX_RPC_MESSAGE);
-    let c = CatalogServer::new(ForwardService { proposer, counters })
-        .max_decoding_message_size(MAX_RPC_MESSAGE)
-        .max_encoding_message_size(MAX_RPC_MESSAGE);
+    let c = CatalogServer::new(ForwardService {
+        proposer,
+        raft,
+        counters,
+    })
+    .max_decoding_message_size(MAX_RPC_MESSAGE)
+    .max_encoding_message_size(MAX_RPC_MESSAGE);
     (r, c)
 }
 
@@ -92,9 +101,10 @@ impl RaftRpc for RaftService {
     }
 }
 
-/// Writes forwarded by followers; applied here if this node leads.
+/// Writes forwarded by followers, applied here if this node leads, and their read indexes.
 pub(crate) struct ForwardService {
     proposer: Proposer,
+    raft: Raft,
     counters: Arc<CatalogCounters>,
 }
 
@@ -122,6 +132,28 @@ impl CatalogRpc for ForwardService {
             }
         };
         Ok(Response::new(ForwardReply {
+            result: Some(result),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all, name = "read_index")]
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        // Confirms leadership with a quorum (heartbeats); the follower waits for the index
+        // itself, so the leader does not wait for its own state machine here.
+        let result = match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => ReadIndexResult::Index(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                ReadIndexResult::NotLeader(f.leader_node.map(|n| n.addr).unwrap_or_default())
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                return Err(Status::unavailable(e.to_string()));
+            }
+            Err(RaftError::Fatal(e)) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(ReadIndexReply {
             result: Some(result),
         }))
     }

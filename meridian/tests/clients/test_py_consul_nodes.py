@@ -1,6 +1,7 @@
-"""py-consul against Meridian's node, health, member, check-registration and maintenance
-endpoints and node-level registration (catalog register), case by case (run by
-meridian/tests/it/clients.rs).
+"""py-consul against Meridian's node, health, member, check-registration, maintenance and
+coordinate endpoints and node-level registration (catalog register), case by case (run by
+meridian/tests/it/clients.rs); the endpoints py-consul has no call for are read with plain HTTP
+and checked against Consul's documented shapes too.
 
 Run by hand against an agent: CONSUL_HTTP_ADDR=127.0.0.1:8500 MERIDIAN_NODE_NAME=dev
 MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consul_nodes.py
@@ -216,6 +217,43 @@ def blocking_node_endpoints(t):
         for n in range(len(calls)):
             c.agent.service.deregister(f"pypblk-{n}")
 
+def coordinates(t):
+    dcs = c.coordinate.datacenters()
+    if t.shape("coordinate.datacenters", dcs, ["@DatacenterCoordinates"]):
+        t.equal("coordinate.datacenters: this DC first", [d["Datacenter"] for d in dcs][:1], [DC])
+        servers = [e["Node"] for d in dcs[:1] for e in d["Coordinates"]]
+        t.ok("this agent's server, as <node>.<dc>", f"{NODE}.{DC}" in servers, f"not in {servers}")
+    _, nodes = c.coordinate.nodes()
+    if t.shape("coordinate.nodes", nodes, ["@NodeCoordinate"]):
+        t.ok("coordinate.nodes", NODE in [n["Node"] for n in nodes], f"{NODE} not listed")
+    _, one = c.coordinate.node(NODE)
+    if t.shape("coordinate.node", one, ["@NodeCoordinate"]):
+        t.equal("coordinate.node", [n["Node"] for n in one], [NODE])
+    # py-consul answers None for a 404.
+    t.equal("coordinate.node of an unknown node", c.coordinate.node("pypnope")[1], None)
+
+
+def plain_http_shapes(t):
+    # Endpoints py-consul has no call for, read with plain HTTP against Consul's documented shapes.
+    ensure_web()
+    status, listed = raw("GET", f"/v1/catalog/node-services/{NODE}")
+    t.equal("catalog/node-services status", status, 200)
+    if t.shape("catalog/node-services", listed, "@NodeServiceList"):
+        t.equal("Node.Node", listed["Node"]["Node"], NODE)
+        t.ok("pypweb-1 listed", any(s["ID"] == "pypweb-1" for s in listed["Services"]), "pypweb-1 missing")
+    status, by_name = raw("GET", "/v1/agent/health/service/name/pypweb")
+    t.equal("agent/health/service/name status (200: passing)", status, 200)
+    if t.shape("agent/health/service/name", by_name, ["@AgentServiceHealth"]):
+        t.equal("AggregatedStatus", [e["AggregatedStatus"] for e in by_name], ["passing"])
+    status, by_id = raw("GET", "/v1/agent/health/service/id/pypweb-1")
+    t.equal("agent/health/service/id status", status, 200)
+    if t.shape("agent/health/service/id", by_id, "@AgentServiceHealth"):
+        t.equal("Service.ID", by_id["Service"]["ID"], "pypweb-1")
+        t.ok("its check", any(ch["CheckID"] == WEB_CHECK for ch in by_id["Checks"]), f"no {WEB_CHECK}")
+    status, _ = raw("GET", "/v1/agent/health/service/id/pypnope-1")
+    t.equal("agent/health/service/id of an unknown instance", status, 404)
+
+
 run(
     "py-consul nodes",
     [
@@ -231,5 +269,7 @@ run(
         ("agent.self: every documented Config and Member field", agent_self_full),
         ("query.get: Session, Token and Template", query_get_full),
         ("blocking on health.checks, health.state, health.node and catalog.node", blocking_node_endpoints),
+        ("coordinate.datacenters/nodes/node", coordinates),
+        ("plain HTTP: catalog/node-services, agent/health/service/name and id", plain_http_shapes),
     ],
 )

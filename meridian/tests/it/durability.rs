@@ -1,4 +1,5 @@
-//! Nothing acknowledged is lost: kill -9 of a leader under load, restarts of whole datacenters.
+//! Nothing acknowledged is lost: kill -9 of a leader under load, restarts of whole datacenters;
+//! and a consistent read sees every acknowledged write, or is refused.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -161,5 +162,74 @@ async fn check_all(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
+}
+
+/// The service IDs of a `/v1/catalog/service/:name` answer.
+fn service_ids(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["ServiceID"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `?consistent` reads are linearizable: on any node, right after a write acknowledged through
+/// another, the read has it. A node cut off from its quorum refuses them (503) rather than
+/// answer from a replica that may be behind, and still serves the default (stale) reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_reads_see_every_acknowledged_write_and_need_a_quorum() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut agents = three_node_dc(dir.path())?;
+    for a in agents.iter_mut() {
+        a.wait_ready().await?;
+    }
+    let leader = leader_index(&agents).await?;
+    for i in 0..6u16 {
+        let (w, r) = (usize::from(i) % 3, (usize::from(i) + 1) % 3);
+        let id = format!("lin-{i}");
+        let resp = agents[w]
+            .put_json("/v1/agent/service/register", &service("lin", &id, 9000 + i))
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "register {id}: {}",
+            resp.status()
+        );
+        let got = agents[r]
+            .get_json("/v1/catalog/service/lin?consistent")
+            .await?;
+        ensure!(
+            service_ids(&got).contains(&id),
+            "a consistent read on node {r} after {id} was acknowledged by node {w}: {got}"
+        );
+    }
+
+    let survivor = (leader + 1) % 3;
+    for (i, a) in agents.iter_mut().enumerate() {
+        if i != survivor {
+            a.stop()?;
+        }
+    }
+    let a = &agents[survivor];
+    let started = Instant::now();
+    let r = a
+        .http
+        .get(a.url("/v1/catalog/service/lin?consistent"))
+        .send()
+        .await?;
+    let (code, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(
+        code == 503,
+        "a consistent read without a quorum: {code} {text} after {:?}",
+        started.elapsed()
+    );
+    let stale = a.get_json("/v1/catalog/service/lin").await?;
+    ensure!(
+        service_ids(&stale).len() == 6,
+        "a stale read still answers: {stale}"
+    );
     Ok(())
 }

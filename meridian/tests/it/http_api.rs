@@ -531,6 +531,7 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         "/v1/federation/datacenters".to_owned(),
         "/v1/coordinate/datacenters".to_owned(),
         "/v1/coordinate/nodes".to_owned(),
+        "/v1/coordinate/node/dev".to_owned(),
         "/v1/federation/status".to_owned(),
         "/v1/query".to_owned(),
         format!("/v1/query/{qid}"),
@@ -540,7 +541,6 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
     for route in &routes {
         for param in [
             "near=_agent",
-            "consistent",
             "ns=team",
             "partition=eu",
             "peer=other",
@@ -553,10 +553,23 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
                 "{route}?{param}: {code} {text}"
             );
         }
-        // Allowed staleness is what every read gives already.
-        let (code, text) = call(&agent, false, &format!("{route}?stale")).await?;
-        ensure!(code == 200, "{route}?stale: {code} {text}");
+        // Allowed staleness is what every read gives already; a consistent read (here the
+        // leader confirms itself: one voter) gives the same answer, and not both at once.
+        let (code, stale) = call(&agent, false, &format!("{route}?stale")).await?;
+        ensure!(code == 200, "{route}?stale: {code} {stale}");
+        let (code, text) = call(&agent, false, &format!("{route}?consistent")).await?;
+        ensure!(code == 200, "{route}?consistent: {code} {text}");
+        let (code, text) = call(&agent, false, &format!("{route}?consistent&stale")).await?;
+        ensure!(
+            code == 400 && text.contains("conflicting"),
+            "{route}?consistent&stale: {code} {text}"
+        );
     }
+    let (code, text) = call(&agent, false, "/v1/catalog/nodes?consistent&dc=dc2").await?;
+    ensure!(
+        code == 400 && text.contains("another datacenter"),
+        "{code} {text}"
+    );
     // ?node-meta and ?filter: honoured by the listings, refused elsewhere.
     let listings = [
         "/v1/agent/services",
@@ -617,6 +630,17 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
     ensure!(
         nodes[0]["Node"] == "dev" && nodes[0]["Coord"]["Height"].is_f64(),
         "{nodes}"
+    );
+    let node = agent.get_json("/v1/coordinate/node/DEV").await?;
+    ensure!(node == nodes, "one node's entry, as a list: {node}");
+    let r = agent
+        .http
+        .get(agent.url("/v1/coordinate/node/nobody"))
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 404 && r.headers().contains_key("x-consul-index"),
+        "an unknown node: an empty 404 with its index, as Consul: {r:?}"
     );
     // ?failover: what the plain DNS name resolves to, here the local DC; only on the health of
     // a service, and not with an explicit DC.

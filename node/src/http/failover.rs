@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use meridian_catalog::Command;
 use meridian_topology::{DRAIN_SERVICE, Instance};
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,27 @@ pub(super) async fn coordinate_nodes(
     State(state): State<ApiState>,
     axum::extract::Query(q): super::catalog::Pairs,
 ) -> Result<axum::response::Response, ApiError> {
-    let (view, p) = super::catalog::read_view(&state, &q).await?;
+    node_coordinates(&state, &q, None).await
+}
+
+/// `GET /v1/coordinate/node/{node}[?dc=]`: that node's entry of `/v1/coordinate/nodes`, as a
+/// one-element list; an empty 404 for a node the DC does not have, as Consul answers.
+pub(super) async fn coordinate_node(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    axum::extract::Query(q): super::catalog::Pairs,
+) -> Result<axum::response::Response, ApiError> {
+    node_coordinates(&state, &q, Some(&node)).await
+}
+
+/// The coordinates of the DC's nodes (only `only`, if given: a 404 if the DC has no such node),
+/// blocking as `q` asks.
+async fn node_coordinates(
+    state: &ApiState,
+    q: &[(String, String)],
+    only: Option<&str>,
+) -> Result<axum::response::Response, ApiError> {
+    let (view, p) = super::catalog::read_view(state, q).await?;
     let (dc, nodes) = view
         .dc_state(p.dc.as_deref())
         .ok_or_else(|| ApiError::internal("No path to datacenter"))?;
@@ -156,6 +176,7 @@ pub(super) async fn coordinate_nodes(
     };
     let list: Vec<NodeCoordJson> = nodes
         .nodes()
+        .filter(|n| only.is_none_or(|name| n.name.eq_ignore_ascii_case(name)))
         .map(|n| NodeCoordJson {
             node: n.name.clone(),
             segment: "",
@@ -163,7 +184,18 @@ pub(super) async fn coordinate_nodes(
             coord: coord(rtt),
         })
         .collect();
-    Ok(super::catalog::answer(&state, &view, &p, &list))
+    let mut response = super::catalog::answer(state, &view, &p, &list);
+    if only.is_some() && list.is_empty() {
+        // Consul's answer for a node it has no coordinates of: a 404 with no body, and its
+        // index headers (clients read the index of every coordinate answer, py-consul fails
+        // without it).
+        *response.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        *response.body_mut() = Body::empty();
+        response
+            .headers_mut()
+            .remove(axum::http::header::CONTENT_TYPE);
+    }
+    Ok(response)
 }
 
 /// The optional body of a drain.

@@ -160,11 +160,16 @@ impl ApiState {
     /// writes and then reads this agent (as Consul's clients and tests do) could read the
     /// state from before its own acknowledged write.
     pub async fn settle(&self, outcome: &WriteOutcome) {
-        if !outcome.changed {
-            return;
+        if outcome.changed {
+            self.settle_to(outcome.index).await;
         }
+    }
+
+    /// Waits (briefly) until the views reads are answered from hold the local catalog at
+    /// `index` or later.
+    pub async fn settle_to(&self, index: u64) {
         let mut views = self.inner.views.clone();
-        let caught_up = views.wait_for(|v| v.local().index() >= outcome.index);
+        let caught_up = views.wait_for(|v| v.local().index() >= index);
         // Bounded: a stage that stalls delays the answer, never holds it.
         let _ = tokio::time::timeout(SETTLE_LIMIT, caught_up).await;
     }
@@ -259,6 +264,7 @@ pub fn router(state: ApiState) -> Router {
             get(failover::coordinate_datacenters),
         )
         .route("/v1/coordinate/nodes", get(failover::coordinate_nodes))
+        .route("/v1/coordinate/node/{node}", get(failover::coordinate_node))
         .route(
             "/v1/operator/drain",
             put(failover::drain).delete(failover::undrain),
@@ -275,6 +281,10 @@ pub fn router(state: ApiState) -> Router {
         // drains an oversized body so the client sees the 413); this layer bounds any other
         // body extractor a future route might use.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            consistent_reads,
+        ))
         .layer(middleware::from_fn(refuse_unsupported_params))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -455,14 +465,61 @@ fn is_listing(path: &str, key: &str) -> bool {
         || (key == "filter" && path == "/v1/agent/members")
 }
 
+/// `?consistent` on a read: the read waits behind a linearizable barrier (the leader confirms
+/// with a quorum that it still leads, and this node applies everything acknowledged before the
+/// request), as Consul's consistent mode, and fails with a 503 when no quorum confirms in time;
+/// without it every read is answered from this agent's replica, as Consul's `?stale`.
+async fn consistent_reads(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let Some(q) = req.uri().query() else {
+        return next.run(req).await;
+    };
+    let (mut consistent, mut stale, mut dc) = (false, false, None);
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        let on = || blocking::flag(&k, &v);
+        match &*k {
+            "consistent" => match on() {
+                Ok(b) => consistent = b,
+                Err(e) => return e.into_response(),
+            },
+            "stale" => match on() {
+                Ok(b) => stale = b,
+                Err(e) => return e.into_response(),
+            },
+            "dc" if !v.is_empty() => dc = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if !consistent {
+        return next.run(req).await;
+    }
+    if stale {
+        return ApiError::bad_request(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        )
+        .into_response();
+    }
+    let catalog = state.catalog();
+    if dc.is_some_and(|d| !d.eq_ignore_ascii_case(catalog.datacenter())) {
+        return ApiError::bad_request(
+            "?consistent with another datacenter: Meridian answers other datacenters from its replica of their catalog, which no read of theirs can be made linearizable from here",
+        )
+        .into_response();
+    }
+    match catalog.read_barrier().await {
+        Ok(index) => state.settle_to(index).await,
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    next.run(req).await
+}
+
 /// Why Meridian cannot honour `?key=value`, if it cannot.
 fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
     match key {
         "near" => Some(
             "sorting by network distance is not supported: Meridian measures RTT between datacenters, not nodes",
-        ),
-        "consistent" => Some(
-            "consistent reads are not supported: every read is answered from this agent's replica of the catalog, as Consul's ?stale (X-Consul-LastContact says how fresh it is)",
         ),
         "ns" | "partition" | "sg" if !value.is_empty() && value != "default" => {
             Some("Meridian has only the default namespace, partition and sameness group")

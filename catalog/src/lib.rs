@@ -37,7 +37,7 @@ pub use config::{CatalogConfig, CheckPolicy, RaftTuning};
 pub use counters::CatalogCounters;
 pub use error::CatalogError;
 pub use metrics::CatalogMetrics;
-pub use node::{Catalog, RaftStatus, SERVER_META};
+pub use node::{Catalog, RaftConfiguration, RaftMember, RaftStatus, SERVER_META};
 pub use store::{CATALOG_MAX_OPEN_FILES, LogStore, StateMachineStore, open_store};
 pub use tls::RpcTls;
 pub use types::TypeConfig;

@@ -45,6 +45,28 @@ pub struct RaftStatus {
     pub last_contact: Option<Duration>,
 }
 
+/// One member of the DC's Raft group, as the membership this node knows lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftMember {
+    /// Its Raft node id.
+    pub id: u64,
+    /// Its rpc address.
+    pub addr: String,
+    /// Whether it votes (a learner does not).
+    pub voter: bool,
+    /// Whether it is the leader this node knows of.
+    pub leader: bool,
+}
+
+/// The DC's Raft membership as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfiguration {
+    /// Every member, voters and learners, by id.
+    pub members: Vec<RaftMember>,
+    /// The log index of the entry that set this membership.
+    pub index: u64,
+}
+
 /// Node metadata key under which a server records its rpc address when it registers itself.
 pub const SERVER_META: &str = "meridian-rpc";
 
@@ -582,6 +604,29 @@ impl Catalog {
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    /// The Raft membership this node knows: every member with its address, whether it votes and
+    /// whether it leads.
+    pub fn raft_configuration(&self) -> RaftConfiguration {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let stored = &m.membership_config;
+        let membership = stored.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| RaftMember {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect();
+        RaftConfiguration {
+            members,
+            index: stored.log_id().map_or(0, |l| l.index),
         }
     }
 

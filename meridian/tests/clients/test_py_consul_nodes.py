@@ -11,7 +11,7 @@ MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consu
 import concurrent.futures
 
 import consul
-from case_runner import DC, HOST, NODE, raw, run
+from case_runner import DC, HOST, NODE, RPC, raw, run
 
 c = consul.Consul()
 WEB_CHECK = "service:pypweb-1"
@@ -233,6 +233,16 @@ def coordinates(t):
     t.equal("coordinate.node of an unknown node", c.coordinate.node("pypnope")[1], None)
 
 
+def operator_raft_config(t):
+    conf = c.operator.raft_config()
+    if t.shape("operator.raft_config", conf, "@RaftConfiguration"):
+        t.equal(
+            "Servers (this dev agent alone, leading)",
+            [(s["Node"], s["Address"], s["Leader"], s["Voter"]) for s in conf["Servers"]],
+            [(NODE, RPC, True, True)],
+        )
+
+
 def plain_http_shapes(t):
     # Endpoints py-consul has no call for, read with plain HTTP against Consul's documented shapes.
     ensure_web()
@@ -270,6 +280,7 @@ run(
         ("query.get: Session, Token and Template", query_get_full),
         ("blocking on health.checks, health.state, health.node and catalog.node", blocking_node_endpoints),
         ("coordinate.datacenters/nodes/node", coordinates),
+        ("operator.raft_config", operator_raft_config),
         ("plain HTTP: catalog/node-services, agent/health/service/name and id", plain_http_shapes),
     ],
 )

@@ -177,7 +177,7 @@ fn service_ids(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// `?consistent` reads are linearizable: on any node, right after a write acknowledged through
-/// another, the read has it. A node cut off from its quorum refuses them (503) rather than
+/// another, the read has it (and every server lists the same Raft configuration). A node cut off from its quorum refuses them (503) rather than
 /// answer from a replica that may be behind, and still serves the default (stale) reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_reads_see_every_acknowledged_write_and_need_a_quorum() -> Result<()> {
@@ -187,6 +187,28 @@ async fn consistent_reads_see_every_acknowledged_write_and_need_a_quorum() -> Re
         a.wait_ready().await?;
     }
     let leader = leader_index(&agents).await?;
+    // Every server lists the same three voters, with the leader marked (Consul's shape).
+    let leader_name =
+        agents[leader].get_json("/v1/agent/self").await?["Config"]["NodeName"].clone();
+    for a in &agents {
+        let c = a.get_json("/v1/operator/raft/configuration").await?;
+        let servers = c["Servers"].as_array().cloned().unwrap_or_default();
+        let leaders: Vec<&serde_json::Value> = servers
+            .iter()
+            .filter(|s| s["Leader"] == true)
+            .map(|s| &s["Node"])
+            .collect();
+        ensure!(
+            servers.len() == 3
+                && servers
+                    .iter()
+                    .all(|s| s["Voter"] == true && s["Address"].is_string())
+                && leaders == [&leader_name]
+                && c["Index"].is_u64(),
+            "the raft configuration on {}: {c}",
+            a.name
+        );
+    }
     for i in 0..6u16 {
         let (w, r) = (usize::from(i) % 3, (usize::from(i) + 1) % 3);
         let id = format!("lin-{i}");

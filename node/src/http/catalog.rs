@@ -353,6 +353,58 @@ fn local_status(state: &ApiState, q: &[(String, String)]) -> Result<(), ApiError
     Ok(())
 }
 
+/// One server of `GET /v1/operator/raft/configuration`, in Consul's shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RaftServerJson {
+    #[serde(rename = "ID")]
+    id: String,
+    node: String,
+    address: String,
+    leader: bool,
+    protocol_version: &'static str,
+    voter: bool,
+}
+
+/// `GET /v1/operator/raft/configuration`: the DC's Raft members as this server knows them, in
+/// Consul's shape. `ID` is the Raft node id, `Node` the catalog node that registered that rpc
+/// address (empty until it has), `ProtocolVersion` names openraft (Consul's names its Raft
+/// protocol generation, which does not apply).
+pub(super) async fn operator_raft_configuration(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    local_status(&state, &q)?;
+    let catalog = state.catalog();
+    let config = catalog.raft_configuration();
+    let view = catalog.view();
+    let node_at = |addr: &str| {
+        super::agent::server_nodes(view.local())
+            .find(|n| {
+                n.meta
+                    .get(meridian_catalog::SERVER_META)
+                    .is_some_and(|a| a == addr)
+            })
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    };
+    let servers: Vec<RaftServerJson> = config
+        .members
+        .iter()
+        .map(|m| RaftServerJson {
+            id: m.id.to_string(),
+            node: node_at(&m.addr),
+            address: m.addr.clone(),
+            leader: m.leader,
+            protocol_version: "openraft",
+            voter: m.voter,
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "Servers": servers, "Index": config.index }),
+    ))
+}
+
 /// `GET /v1/status/leader`: the leader's RPC address as a JSON string, empty when none is known.
 pub(super) async fn status_leader(
     State(state): State<ApiState>,

@@ -257,6 +257,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/health/state/{state}", get(catalog::health_state))
         .route("/v1/status/leader", get(catalog::status_leader))
         .route("/v1/status/peers", get(catalog::status_peers))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(catalog::operator_raft_configuration),
+        )
         .route("/v1/federation/status", get(federation::status))
         .route("/v1/federation/datacenters", get(failover::datacenters))
         .route(

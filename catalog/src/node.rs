@@ -365,8 +365,8 @@ impl Catalog {
         let index = self
             .via_leader(|at| async move {
                 match at {
-                    LeaderAt::Here => self.read_index_local().await,
-                    LeaderAt::There(addr) => self.read_index_forward(&addr).await,
+                    LeaderAt::Here => self.read_index_local(deadline).await,
+                    LeaderAt::There(addr) => self.read_index_forward(&addr, deadline).await,
                 }
             })
             .await?;
@@ -442,11 +442,12 @@ impl Catalog {
         })
     }
 
-    /// This node leads: confirms it with a quorum and waits for its own state machine.
-    async fn read_index_local(&self) -> Result<u64, Retry> {
-        // Bounded: a leader cut off from its quorum must not hold the read past the timeout.
+    /// This node leads: confirms it with a quorum and waits for its own state machine, until
+    /// `deadline` at the latest.
+    async fn read_index_local(&self, deadline: Instant) -> Result<u64, Retry> {
+        // Bounded: a leader cut off from its quorum must not hold the read past the deadline.
         let confirmed = tokio::time::timeout(
-            self.inner.cfg.write_timeout,
+            deadline.saturating_duration_since(Instant::now()),
             self.inner.raft.ensure_linearizable(),
         )
         .await
@@ -463,11 +464,16 @@ impl Catalog {
         }
     }
 
-    /// Asks the leader at `addr` for the index a linearizable read must wait for.
-    async fn read_index_forward(&self, addr: &str) -> Result<u64, Retry> {
+    /// Asks the leader at `addr` for the index a linearizable read must wait for, until
+    /// `deadline` at the latest.
+    async fn read_index_forward(&self, addr: &str, deadline: Instant) -> Result<u64, Retry> {
         let mut client = self.forward_client(addr).map_err(Retry::Backoff)?;
         let mut req = tonic::Request::new(ReadIndexRequest {});
-        req.set_timeout(self.inner.cfg.write_timeout);
+        req.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
         let reply = client
             .read_index(req)
             .await

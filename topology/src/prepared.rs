@@ -99,9 +99,9 @@ pub struct PreparedQuery {
     /// The TTL of DNS answers, in seconds; `None` uses the agent's configured service TTL.
     #[serde(rename = "DNS", default, with = "dns_options")]
     pub dns_ttl: Option<u32>,
-    /// Set for a name-prefix template. Stored only when set, so queries written before
-    /// templates existed read back unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Set for a name-prefix template. In Consul's `Template` shape (all zero for a query that
+    /// is none); queries stored before templates existed have none.
+    #[serde(default, with = "template_options")]
     pub template: Option<QueryTemplate>,
     /// Raft index that created the query.
     #[serde(default)]
@@ -142,11 +142,9 @@ pub struct QueryFailover {
 
 /// What makes a query a template (Consul's `QueryTemplateOptions` with `Type:
 /// "name_prefix_match"`; regular-expression templates are not supported).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryTemplate {
     /// Drop the tags that interpolate to the empty string.
-    #[serde(default)]
     pub remove_empty_tags: bool,
 }
 
@@ -452,6 +450,45 @@ mod dns_options {
         parse_ttl(&o.ttl)
             .map(Some)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Template: {"Type": "name_prefix_match", "Regexp": "", "RemoveEmptyTags": false}` on the
+/// wire (every field zero for a query that is no template), an optional [`QueryTemplate`] in
+/// memory.
+mod template_options {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Default)]
+    #[serde(rename_all = "PascalCase")]
+    struct TemplateOptions {
+        #[serde(rename = "Type", default)]
+        kind: String,
+        #[serde(default)]
+        regexp: String,
+        #[serde(default)]
+        remove_empty_tags: bool,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<QueryTemplate>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        TemplateOptions {
+            kind: t.as_ref().map_or("", |_| NAME_PREFIX_MATCH).to_owned(),
+            regexp: String::new(),
+            remove_empty_tags: t.as_ref().is_some_and(|t| t.remove_empty_tags),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<QueryTemplate>, D::Error> {
+        let o = Option::<TemplateOptions>::deserialize(d)?.unwrap_or_default();
+        Ok((o.kind == NAME_PREFIX_MATCH).then_some(QueryTemplate {
+            remove_empty_tags: o.remove_empty_tags,
+        }))
     }
 }
 
@@ -788,7 +825,8 @@ mod tests {
                     "Service": "web", "Tags": ["v1", "!canary"], "OnlyPassing": true,
                     "Failover": { "NearestN": 2, "Datacenters": ["dc2", "dc3"] }
                 },
-                "DNS": { "TTL": "10s" }, "CreateIndex": 0, "ModifyIndex": 0
+                "DNS": { "TTL": "10s" }, "CreateIndex": 0, "ModifyIndex": 0,
+                "Template": { "Type": "", "Regexp": "", "RemoveEmptyTags": false }
             })
         );
         let back: PreparedQuery = serde_json::from_value(v).expect("deserializes");
@@ -933,14 +971,19 @@ mod tests {
             build(json!({ "Name": "-geo", "Template": { "Type": "name_prefix_match" }, "Service": { "Service": "web" } }))
                 .is_err()
         );
-        // Stored without a template, a query reads back without one (older stores).
-        let plain = build(json!({ "Service": { "Service": "web" } })).expect("plain");
-        let stored = serde_json::to_value(&plain).expect("serializes");
-        assert!(stored.get("Template").is_none());
+        // Stored in Consul's shape, and read back; a query stored before templates existed
+        // (no `Template`) reads back as none.
         let stored = serde_json::to_value(&q).expect("serializes");
-        assert_eq!(stored["Template"], json!({ "RemoveEmptyTags": true }));
+        assert_eq!(
+            stored["Template"],
+            json!({ "Type": "name_prefix_match", "Regexp": "", "RemoveEmptyTags": true })
+        );
         let back: PreparedQuery = serde_json::from_value(stored).expect("reads back");
         assert_eq!(back, q);
+        let mut old = serde_json::to_value(&keep).expect("serializes");
+        old.as_object_mut().map(|o| o.remove("Template"));
+        let back: PreparedQuery = serde_json::from_value(old).expect("reads back");
+        assert_eq!(back.template, None);
     }
 
     #[test]

@@ -12,9 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use meridian_catalog::Command;
-use meridian_topology::prepared::{
-    NAME_PREFIX_MATCH, QueryDefinition, format_query_id, is_query_id,
-};
+use meridian_topology::prepared::{QueryDefinition, format_query_id, is_query_id};
 use meridian_topology::{PreparedQuery, View, resolve};
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -259,16 +257,6 @@ struct QueryJson<'a> {
     query: &'a PreparedQuery,
     session: &'static str,
     token: &'static str,
-    template: TemplateJson,
-}
-
-/// Consul's `QueryTemplateOptions` (all zero for a query that is no template).
-#[derive(Serialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct TemplateJson {
-    r#type: &'static str,
-    regexp: &'static str,
-    remove_empty_tags: bool,
 }
 
 impl<'a> QueryJson<'a> {
@@ -277,14 +265,6 @@ impl<'a> QueryJson<'a> {
             query,
             session: "",
             token: "",
-            template: query
-                .template
-                .as_ref()
-                .map_or_else(TemplateJson::default, |t| TemplateJson {
-                    r#type: NAME_PREFIX_MATCH,
-                    regexp: "",
-                    remove_empty_tags: t.remove_empty_tags,
-                }),
         }
     }
 }

@@ -347,6 +347,18 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
         ))
         .await?;
     ensure!(by_port.as_array().map(Vec::len) == Some(1), "{by_port}");
+    let node = agent
+        .get_json(&format!(
+            "/v1/catalog/node/{me}?filter={}",
+            urlencode("Port == 8081")
+        ))
+        .await?;
+    ensure!(
+        node["Node"]["Node"] == me.as_str()
+            && node["Services"].as_object().map(|m| m.len()) == Some(1)
+            && node["Services"]["web-2"]["Port"] == 8081,
+        "the node's services, filtered: {node}"
+    );
     let mine = agent
         .get_json(&format!(
             "/v1/agent/services?filter={}",

@@ -238,14 +238,26 @@ pub(super) async fn catalog_node(
     Path(node): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p) = read_view(&state, &q).await?;
+    let (view, p, filter) = read_view_filtered(&state, &q).await?;
+    // Consul filters this node's services, and has no ?node-meta here (the node is named).
+    if !p.node_meta.is_empty() {
+        return Err(ApiError::bad_request(
+            "?node-meta is not supported on this endpoint",
+        ));
+    }
     let (dc_name, dc) = dc_of(&view, &p)?;
-    let body = dc.node(&node).map(|n| NodeServicesJson {
-        node: NodeJson::new(dc_name, &n.name, Some(n)),
-        services: dc
+    let body = dc.node(&node).map(|n| {
+        let services = dc
             .instances_on(&n.name)
-            .map(|i| (i.id.as_str(), AgentServiceJson::new(dc_name, i)))
-            .collect(),
+            .map(|i| AgentServiceJson::new(dc_name, i))
+            .collect();
+        NodeServicesJson {
+            node: NodeJson::new(dc_name, &n.name, Some(n)),
+            services: filtered(filter.as_ref(), services)
+                .into_iter()
+                .map(|s| (s.id, s))
+                .collect(),
+        }
     });
     Ok(answer(&state, &view, &p, &body))
 }

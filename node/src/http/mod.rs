@@ -466,7 +466,8 @@ fn is_listing(path: &str, key: &str) -> bool {
     ];
     EXACT.contains(&path)
         || PREFIXES.iter().any(|p| path.starts_with(p))
-        || (key == "filter" && path == "/v1/agent/members")
+        || (key == "filter"
+            && (path == "/v1/agent/members" || path.starts_with("/v1/catalog/node/")))
 }
 
 /// `?consistent` on a read: the read waits behind a linearizable barrier (the leader confirms

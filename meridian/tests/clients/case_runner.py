@@ -53,6 +53,17 @@ def raw(method, path, body=None):
         return r.status_code, r.text
 
 
+def raw_get_indexed(path, index=None, wait=None):
+    """A GET with Consul's blocking parameters, for an endpoint the client has no call for:
+    (X-Consul-Index, body). Its own session, so that it may run in another thread."""
+    params = {k: v for k, v in {"index": index, "wait": wait}.items() if v is not None}
+    session = requests.Session()
+    session.trust_env = False
+    r = session.get(f"http://{ADDR}{path}", params=params, timeout=30)
+    r.raise_for_status()
+    return r.headers["X-Consul-Index"], r.json()
+
+
 def _show(v):
     s = json.dumps(v)
     return s if len(s) <= 300 else s[:300] + "…"

@@ -11,7 +11,7 @@ MERIDIAN_DC=dc1 MERIDIAN_RPC_ADDR=127.0.0.1:8300 <venv>/bin/python test_py_consu
 import concurrent.futures
 
 import consul
-from case_runner import DC, HOST, NODE, RPC, raw, run
+from case_runner import DC, HOST, NODE, RPC, raw, raw_get_indexed, run
 
 c = consul.Consul()
 WEB_CHECK = "service:pypweb-1"
@@ -189,13 +189,16 @@ def query_get_full(t):
 
 
 def blocking_node_endpoints(t):
-    """Blocking (index + wait) on health.checks, health.state, health.node and catalog.node."""
+    """Blocking (index + wait) on health.checks, health.state, health.node, catalog.node,
+    coordinate.nodes, and (plain HTTP) catalog/node-services."""
     blocking = consul.Consul()  # its own session, for the other thread
     calls = [
         ("health.checks", lambda k, **kw: k.health.checks("pypblk", **kw)),
         ("health.state", lambda k, **kw: k.health.state("any", **kw)),
         ("health.node", lambda k, **kw: k.health.node(NODE, **kw)),
         ("catalog.node", lambda k, **kw: k.catalog.node(NODE, **kw)),
+        ("coordinate.nodes", lambda k, **kw: k.coordinate.nodes(**kw)),
+        ("catalog/node-services", lambda _, **kw: raw_get_indexed(f"/v1/catalog/node-services/{NODE}", **kw)),
     ]
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
@@ -216,6 +219,7 @@ def blocking_node_endpoints(t):
         pool.shutdown()
         for n in range(len(calls)):
             c.agent.service.deregister(f"pypblk-{n}")
+
 
 def coordinates(t):
     dcs = c.coordinate.datacenters()
@@ -278,7 +282,7 @@ run(
         ("catalog.register/deregister (an external node, as consul-esm does)", catalog_register),
         ("agent.self: every documented Config and Member field", agent_self_full),
         ("query.get: Session, Token and Template", query_get_full),
-        ("blocking on health.checks, health.state, health.node and catalog.node", blocking_node_endpoints),
+        ("blocking on health.checks/state/node, catalog.node, coordinate.nodes, node-services", blocking_node_endpoints),
         ("coordinate.datacenters/nodes/node", coordinates),
         ("operator.raft_config", operator_raft_config),
         ("plain HTTP: catalog/node-services, agent/health/service/name and id", plain_http_shapes),

@@ -82,7 +82,10 @@ pub(super) fn answer_local(state: &ApiState, view: &View, body: &impl Serialize)
 }
 
 /// The datacenter a read asks for (`?dc=`, else the local one) and its catalog.
-fn dc_of<'v>(view: &'v View, p: &ReadParams) -> Result<(&'v str, &'v DcState), ApiError> {
+pub(super) fn dc_of<'v>(
+    view: &'v View,
+    p: &ReadParams,
+) -> Result<(&'v str, &'v DcState), ApiError> {
     view.dc_state(p.dc.as_deref())
         .ok_or_else(|| ApiError::internal("No path to datacenter"))
 }

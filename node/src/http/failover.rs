@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use meridian_catalog::Command;
-use meridian_topology::{DRAIN_SERVICE, Instance};
+use meridian_topology::{DRAIN_SERVICE, Instance, View};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -105,6 +105,28 @@ struct NodeCoordJson {
     coord: CoordJson,
 }
 
+impl NodeCoordJson {
+    /// `node`, of a DC `rtt_us` away from this one, in the default segment and partition.
+    fn new(node: String, rtt_us: Option<u32>) -> Self {
+        NodeCoordJson {
+            node,
+            segment: "",
+            partition: "default",
+            coord: coord(rtt_us),
+        }
+    }
+}
+
+/// The RTT from this DC to `dc` that coordinates place it at: 0 for this DC itself, else the
+/// measured one (`None` until measured).
+fn rtt_from_here(view: &View, dc: &str) -> Option<u32> {
+    if dc.eq_ignore_ascii_case(view.datacenter()) {
+        Some(0)
+    } else {
+        view.failover().rtt_us(dc)
+    }
+}
+
 /// `GET /v1/coordinate/datacenters`, in Consul's shape: each DC's servers (`<node>.<dc>`) at
 /// the coordinate of their DC's measured RTT from this one. Meridian measures RTT between DCs
 /// (its probes through the gateways), not between nodes: a DC's servers share its coordinate.
@@ -112,13 +134,11 @@ pub(super) async fn coordinate_datacenters(
     State(state): State<ApiState>,
 ) -> Json<Vec<DcCoordsJson>> {
     let view = state.view();
-    let f = view.failover();
     let list = view
         .datacenters()
         .into_iter()
-        .enumerate()
-        .map(|(i, dc)| {
-            let rtt = if i == 0 { Some(0) } else { f.rtt_us(dc) };
+        .map(|dc| {
+            let rtt = rtt_from_here(&view, dc);
             let servers = view.dc_state(Some(dc)).map(|(_, s)| s);
             DcCoordsJson {
                 datacenter: dc.to_owned(),
@@ -126,12 +146,7 @@ pub(super) async fn coordinate_datacenters(
                 coordinates: servers
                     .into_iter()
                     .flat_map(super::agent::server_nodes)
-                    .map(|n| NodeCoordJson {
-                        node: format!("{}.{dc}", n.name),
-                        segment: "",
-                        partition: "default",
-                        coord: coord(rtt),
-                    })
+                    .map(|n| NodeCoordJson::new(format!("{}.{dc}", n.name), rtt))
                     .collect(),
             }
         })
@@ -166,23 +181,12 @@ async fn node_coordinates(
     only: Option<&str>,
 ) -> Result<axum::response::Response, ApiError> {
     let (view, p) = super::catalog::read_view(state, q).await?;
-    let (dc, nodes) = view
-        .dc_state(p.dc.as_deref())
-        .ok_or_else(|| ApiError::internal("No path to datacenter"))?;
-    let rtt = if dc == view.datacenter() {
-        Some(0)
-    } else {
-        view.failover().rtt_us(dc)
-    };
+    let (dc, nodes) = super::catalog::dc_of(&view, &p)?;
+    let rtt = rtt_from_here(&view, dc);
     let list: Vec<NodeCoordJson> = nodes
         .nodes()
         .filter(|n| only.is_none_or(|name| n.name.eq_ignore_ascii_case(name)))
-        .map(|n| NodeCoordJson {
-            node: n.name.clone(),
-            segment: "",
-            partition: "default",
-            coord: coord(rtt),
-        })
+        .map(|n| NodeCoordJson::new(n.name.clone(), rtt))
         .collect();
     let mut response = super::catalog::answer(state, &view, &p, &list);
     if only.is_some() && list.is_empty() {

@@ -420,8 +420,6 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
     .await
 }
 
-/// Decides whether the request's token covers its endpoint, before any handler runs; handlers
-/// that change one service check the [`Grant`] this leaves in the request for that service.
 /// Refuses, on every route, the query parameters of Consul's that would change an answer and
 /// that Meridian cannot honour: ignoring them would return data the caller did not ask for.
 async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
@@ -535,6 +533,8 @@ fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
     }
 }
 
+/// Decides whether the request's token covers its endpoint, before any handler runs; handlers
+/// that change one service check the [`Grant`] this leaves in the request for that service.
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     check_acl(&state.inner.acl, req, next).await
 }

@@ -59,10 +59,7 @@ async fn dev_agent_keeps_its_catalog_across_restarts() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_registration() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut agents = three_node_dc(dir.path())?;
-    for a in agents.iter_mut() {
-        a.wait_ready().await?;
-    }
+    let mut agents = three_node_dc(dir.path()).await?;
     let leader = leader_index(&agents).await?;
     let follower = (leader + 1) % agents.len();
     let url = agents[follower].url("/v1/agent/service/register");
@@ -177,15 +174,13 @@ fn service_ids(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// `?consistent` reads are linearizable: on any node, right after a write acknowledged through
-/// another, the read has it (and every server lists the same Raft configuration). A node cut off from its quorum refuses them (503) rather than
-/// answer from a replica that may be behind, and still serves the default (stale) reads.
+/// another, the read has it (and every server lists the same Raft configuration). A node cut off
+/// from its quorum refuses them (503) rather than answer from a replica that may be behind, and
+/// still serves the default (stale) reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_reads_see_every_acknowledged_write_and_need_a_quorum() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut agents = three_node_dc(dir.path())?;
-    for a in agents.iter_mut() {
-        a.wait_ready().await?;
-    }
+    let mut agents = three_node_dc(dir.path()).await?;
     let leader = leader_index(&agents).await?;
     // Every server lists the same three voters, with the leader marked (Consul's shape).
     let leader_name =

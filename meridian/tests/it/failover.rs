@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::dns::{dns_addr, query};
 use crate::federation::make_certs;
 use crate::gateway::{Nginx, certificate_for};
-use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
+use crate::harness::{Agent, AgentConfig, Ports, eventually, header, quick_raft};
 use meridian_testkit::config::{Federation, Peer};
 
 const NAME: &str = "web.service.consul";
@@ -320,11 +320,7 @@ async fn critical_instances_fail_over_even_inside_their_own_dc_and_fail_back_aft
         .get(w.dcs[0].url("/v1/health/service/web?failover&passing"))
         .send()
         .await?;
-    let dc = r
-        .headers()
-        .get("x-meridian-datacenter")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let dc = header(&r, "x-meridian-datacenter");
     let entries: Value = r.json().await?;
     ensure!(dc.as_deref() == Some("dc2"), "{dc:?} {entries}");
     ensure!(

@@ -17,7 +17,7 @@ use meridian_protos::federation::federation_client::FederationClient;
 use serde_json::{Value, json};
 
 use crate::dns::{dns_addr, query, srv_lines};
-use crate::harness::{Agent, AgentConfig, BIN, Ports, eventually, quick_raft};
+use crate::harness::{Agent, AgentConfig, BIN, Ports, eventually, header, quick_raft};
 use meridian_testkit::config::{Federation, Peer};
 
 /// A `--dev` agent of datacenter `dc`, joining the node at WAN port `join` if given.
@@ -418,11 +418,7 @@ async fn a_node_restarted_while_the_origin_is_gone_answers_from_disk_marked_stal
         .get(dc2.url("/v1/health/service/web?dc=dc1"))
         .send()
         .await?;
-    let stale = r
-        .headers()
-        .get("x-meridian-stale")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let stale = header(&r, "x-meridian-stale");
     let body: Value = r.json().await?;
     ensure!(body.as_array().map(Vec::len) == Some(1), "answer: {body}");
     ensure!(

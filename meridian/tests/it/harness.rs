@@ -20,17 +20,29 @@ pub fn dev(name: &str, data_dir: &Path, dir: &Path, extra: &[&str]) -> Result<Ag
     Agent::start_dev(name, Ports::free(), data_dir, dir, extra)
 }
 
-/// A 3-node datacenter `dc1` from typed config files.
-pub fn three_node_dc(dir: &Path) -> Result<Vec<Agent>> {
-    meridian_testkit::agent::dc_configs("dc1", 3, dir)
+/// A 3-node datacenter `dc1` from typed config files, every node ready.
+pub async fn three_node_dc(dir: &Path) -> Result<Vec<Agent>> {
+    let mut agents = meridian_testkit::agent::dc_configs("dc1", 3, dir)
         .iter()
         .map(|c| Agent::start(&c.node_name, c, dir, &[]))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for a in agents.iter_mut() {
+        a.wait_ready().await?;
+    }
+    Ok(agents)
 }
 
 /// Index of the agent that is the Raft leader (60 s at most).
 pub async fn leader_index(agents: &[Agent]) -> Result<usize> {
     meridian_testkit::agent::leader_index(agents, Duration::from_secs(60)).await
+}
+
+/// The header `name` of `r`, if present and text.
+pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Polls `f` until it returns true or `secs` pass.

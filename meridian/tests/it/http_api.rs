@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, service};
+use crate::harness::{Agent, header, service};
 
 async fn dev_agent(dir: &std::path::Path) -> Result<Agent> {
     let mut agent = crate::harness::dev("dev", &dir.join("data"), dir, &[])?;
@@ -663,10 +663,7 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         .send()
         .await?;
     ensure!(
-        r.headers()
-            .get("x-meridian-datacenter")
-            .and_then(|v| v.to_str().ok())
-            == Some("dc1"),
+        header(&r, "x-meridian-datacenter").as_deref() == Some("dc1"),
         "{:?}",
         r.headers()
     );
@@ -693,7 +690,7 @@ async fn no_route_ignores_a_parameter_that_changes_its_answer() -> Result<()> {
         .send()
         .await?;
     ensure!(
-        r.headers().get("x-cache").and_then(|v| v.to_str().ok()) == Some("HIT"),
+        header(&r, "x-cache").as_deref() == Some("HIT"),
         "{:?}",
         r.headers()
     );

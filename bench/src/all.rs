@@ -15,7 +15,15 @@ use serde::Serialize;
 use crate::{machine, today};
 
 /// The benchmarks, in the order they run.
-const BENCHES: [&str; 6] = ["catalog", "dns", "federation", "gateway", "wan", "failover"];
+const BENCHES: [&str; 7] = [
+    "catalog",
+    "membership",
+    "dns",
+    "federation",
+    "gateway",
+    "wan",
+    "failover",
+];
 
 /// One benchmark's run.
 #[derive(Serialize)]

@@ -325,7 +325,7 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
 /// Registers `count` instances `<prefix>-<i>` (of 100 services) by `clients` concurrent
 /// clients, round-robin over `urls`: each acknowledged registration's latency, and how many
 /// failed.
-async fn register_all(
+pub(crate) async fn register_all(
     http: &reqwest::Client,
     urls: &Arc<Vec<String>>,
     prefix: &'static str,

@@ -33,6 +33,7 @@ mod dns;
 mod failover;
 mod federation;
 mod gateway;
+mod membership;
 mod procs;
 mod profile;
 mod tools;
@@ -181,6 +182,17 @@ enum What {
         #[arg(long, value_enum, value_delimiter = ',')]
         layouts: Vec<gateway::Layout>,
     },
+    /// The write pause while a dead server is replaced (`kill -9` of the leader, `add-peer` of a
+    /// new node, `remove-peer` of the dead one) on a 3-node DC under load.
+    Membership {
+        /// Instances registered before the replacement (default 10,000, quick 2,000): what the
+        /// new node catches up on.
+        #[arg(long)]
+        preload: Option<usize>,
+        /// Repetitions (default 3, quick 1); medians are reported.
+        #[arg(long)]
+        reps: Option<usize>,
+    },
     /// Failover and failback times from dc3 when dc1 is drained (`meridian drill dc-down`) and
     /// when it is lost (`kill -9`), with the answers pointing at a DC already marked down.
     Failover {
@@ -290,6 +302,7 @@ impl What {
             What::Federation { .. } => "federation",
             What::Gateway { .. } => "gateway",
             What::Failover { .. } => "failover",
+            What::Membership { .. } => "membership",
             What::Wan { .. } => "wan",
         }
     }
@@ -390,6 +403,11 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 },
             };
             gateway::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Membership { preload, reps } => {
+            let preload = preload.unwrap_or(if cli.quick { 2_000 } else { 10_000 });
+            let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
+            membership::run(&bin, &cli.out, preload, reps.max(1)).await?;
         }
         What::Failover {
             drains,

@@ -20,8 +20,12 @@ pub struct CatalogConfig {
     pub rpc_bind: SocketAddr,
     /// Folder for the RocksDB database.
     pub data_dir: PathBuf,
-    /// All voters of the datacenter: Raft ID to gRPC address (`host:port`). 1, 3 or 5 of them.
+    /// The datacenter's first voters: Raft ID to gRPC address (`host:port`), 1, 3 or 5 of them,
+    /// with which a new group is formed. With `join`, only this node's own entry is needed.
     pub servers: BTreeMap<u64, String>,
+    /// Join the DC's existing group instead of forming one: start empty, as a non-voter, and wait
+    /// for the leader to add this node (`meridian operator raft add-peer`).
+    pub join: bool,
     /// Raft timing and log compaction.
     pub raft: RaftTuning,
     /// How long a write may wait for a leader and a commit before it fails.

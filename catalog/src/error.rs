@@ -22,6 +22,21 @@ pub enum CatalogError {
     /// The catalog is shutting down.
     #[error("the catalog is shutting down")]
     Shutdown,
+    /// This node does not vote in its DC's Raft group (joining and not yet added, or removed), so
+    /// it takes no writes: a client should write through a server of the group.
+    #[error(
+        "node {node_id} is not a voter of {datacenter}'s raft group (joining and not yet added with \
+         `meridian operator raft add-peer`, or removed): write through one of its servers"
+    )]
+    NotVoter {
+        /// This node's Raft id.
+        node_id: u64,
+        /// Its datacenter.
+        datacenter: String,
+    },
+    /// A membership change that cannot be made as asked.
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
     /// A Raft error that retrying does not fix.
     #[error("raft error: {0}")]
     Raft(String),

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use meridian_protos::catalog::catalog_client::CatalogClient;
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
+use meridian_protos::catalog::membership_reply::Result as MembershipResult;
+use meridian_protos::catalog::membership_request::Change;
 use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
-use meridian_protos::catalog::{ForwardRequest, ReadIndexRequest};
+use meridian_protos::catalog::{AddServer, ForwardRequest, MembershipRequest, ReadIndexRequest};
 use meridian_topology::{DcState, Health, Node, View, names};
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -20,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::counters::CatalogCounters;
 use crate::health::HealthRunner;
+use crate::membership::{self, MembershipChange, Step};
 use crate::network::{self, NetworkFactory};
 use crate::proposer::{ProposeError, Proposer};
 use crate::store::open_store;
@@ -94,7 +97,8 @@ fn validate(cfg: &CatalogConfig) -> Result<(), CatalogError> {
     names::validate_label("datacenter", &cfg.datacenter)
         .and_then(|()| names::validate_label("node name", &cfg.node_name))
         .map_err(|e| CatalogError::Config(e.to_string()))?;
-    if ![1, 3, 5].contains(&cfg.servers.len()) {
+    // A joining node takes its membership from the leader; only a new group needs an odd count.
+    if !cfg.join && ![1, 3, 5].contains(&cfg.servers.len()) {
         return Err(CatalogError::Config(format!(
             "a datacenter has 1, 3 or 5 servers, not {}",
             cfg.servers.len()
@@ -222,7 +226,12 @@ impl Catalog {
             .is_initialized()
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
-        if !initialized {
+        if cfg.join && !initialized {
+            info!(
+                node_id = cfg.node_id,
+                "joining: waiting for the leader to add this node (meridian operator raft add-peer)"
+            );
+        } else if !initialized {
             let members: BTreeMap<u64, BasicNode> = cfg
                 .servers
                 .iter()
@@ -289,6 +298,10 @@ impl Catalog {
                     return;
                 }
                 Err(CatalogError::Shutdown) => return,
+                // Joining: expected until an operator adds this node.
+                Err(e @ CatalogError::NotVoter { .. }) => {
+                    debug!(error = %e, retry_in = ?pause, "node registration waits for a vote");
+                }
                 Err(e) => warn!(error = %e, retry_in = ?pause, "node registration failed"),
             }
             tokio::time::sleep(pause).await;
@@ -333,6 +346,10 @@ impl Catalog {
             return Ok(acked);
         }
         let counters = &self.inner.counters;
+        if let Err(e) = self.voter() {
+            CatalogCounters::inc(&counters.writes_failed);
+            return Err(e);
+        }
         let cmd = &cmd;
         let result = self
             .via_leader(|at| async move {
@@ -352,6 +369,105 @@ impl Catalog {
             CatalogCounters::inc(&counters.writes_failed);
         }
         result
+    }
+
+    /// Fails with [`CatalogError::NotVoter`] unless this node votes in its DC's group: a node
+    /// that joins and has not been promoted, or that was removed, takes no writes, so a client
+    /// of a removed server learns it at once instead of through a leader it may still know.
+    fn voter(&self) -> Result<(), CatalogError> {
+        let id = self.inner.cfg.node_id;
+        let metrics = self.inner.raft.metrics();
+        let membership = metrics.borrow();
+        let mut voters = membership
+            .membership_config
+            .membership()
+            .voter_ids()
+            .peekable();
+        // A server forming a new group has no membership until `initialize` is applied: its
+        // writes wait for the election as they always did.
+        let forming = !self.inner.cfg.join && voters.peek().is_none();
+        if forming || voters.any(|v| v == id) {
+            Ok(())
+        } else {
+            Err(CatalogError::NotVoter {
+                node_id: id,
+                datacenter: self.inner.cfg.datacenter.clone(),
+            })
+        }
+    }
+
+    /// Changes the DC's Raft membership (an operator's add-peer or remove-peer) through the
+    /// leader, wherever it is, and returns the log index of the membership that holds the change.
+    /// A server to add must run with `[raft] join`; it gets `catch_up` (at most
+    /// [`MAX_CATCH_UP`](crate::MAX_CATCH_UP)) to catch up before it votes.
+    #[tracing::instrument(level = "info", skip(self))]
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+        catch_up: Duration,
+    ) -> Result<u64, CatalogError> {
+        let change = &change;
+        let index = self
+            .via_leader(|at| async move {
+                match at {
+                    LeaderAt::Here => membership::apply(&self.inner.raft, change, catch_up)
+                        .await
+                        .map_err(Retry::from),
+                    LeaderAt::There(addr) => self.membership_forward(&addr, change, catch_up).await,
+                }
+            })
+            .await?;
+        // As with a forwarded write: answer once this node knows the new membership too (briefly;
+        // a node that was itself removed never hears the last step).
+        let _ = self
+            .inner
+            .raft
+            .wait(Some(Duration::from_secs(2)))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .log_id()
+                        .is_some_and(|l| l.index >= index)
+                },
+                "membership change known here",
+            )
+            .await;
+        Ok(index)
+    }
+
+    /// Asks the leader at `addr` to carry out a membership change.
+    async fn membership_forward(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        catch_up: Duration,
+    ) -> Result<u64, Retry> {
+        let mut client = self.forward_client(addr).map_err(Retry::Backoff)?;
+        let catch_up = catch_up.min(crate::MAX_CATCH_UP);
+        let mut req = tonic::Request::new(MembershipRequest {
+            change: Some(match change {
+                MembershipChange::Add { id, addr } => Change::Add(AddServer {
+                    id: *id,
+                    addr: addr.clone(),
+                }),
+                MembershipChange::Remove { id } => Change::Remove(*id),
+            }),
+            catch_up_ms: millis(catch_up),
+        });
+        req.set_timeout(catch_up + self.inner.cfg.write_timeout);
+        let reply = client
+            .change_membership(req)
+            .await
+            .map_err(|s| Retry::Backoff(format!("membership change at {addr}: {}", s.message())))?;
+        match reply.into_inner().result {
+            Some(MembershipResult::Index(index)) => Ok(index),
+            Some(MembershipResult::NotLeader(_)) => Err(Retry::WaitForLeader),
+            Some(MembershipResult::Retry(e)) => Err(Retry::Backoff(e)),
+            Some(MembershipResult::Refused(e)) => {
+                Err(Retry::Fatal(CatalogError::MembershipRefused(e)))
+            }
+            None => Err(Retry::Backoff(format!("empty reply from {addr}"))),
+        }
     }
 
     /// The barrier of a linearizable read (Consul's `?consistent`): waits until this node has
@@ -422,7 +538,16 @@ impl Catalog {
                     if now >= deadline {
                         break;
                     }
-                    tokio::time::sleep(backoff.min(deadline - now)).await;
+                    // A new leader ends the pause at once: after a leader's death the retries
+                    // back off against its dead address, and the election is what they wait for.
+                    let new_leader = async {
+                        while metrics.changed().await.is_ok() {
+                            if metrics.borrow_and_update().current_leader != leader_id {
+                                return;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(backoff.min(deadline - now), new_leader).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(Retry::WaitForLeader) => {
@@ -680,6 +805,17 @@ enum LeaderAt {
     Here,
     /// Another node, at this RPC address.
     There(String),
+}
+
+impl From<Step> for Retry {
+    fn from(step: Step) -> Retry {
+        match step {
+            Step::NotLeader(_) => Retry::WaitForLeader,
+            Step::Retry(e) => Retry::Backoff(e),
+            Step::Refused(e) => Retry::Fatal(CatalogError::MembershipRefused(e)),
+            Step::Stopped => Retry::Fatal(CatalogError::Shutdown),
+        }
+    }
 }
 
 enum Retry {

@@ -1,12 +1,15 @@
-//! The server side of LAN RPC: Raft messages from peers, writes forwarded by followers, and the
-//! read index of their linearizable reads.
+//! The server side of LAN RPC: Raft messages from peers, writes forwarded by followers, the read
+//! index of their linearizable reads, and membership changes they forward.
 
 use meridian_protos::catalog::catalog_server::{Catalog as CatalogRpc, CatalogServer};
 use meridian_protos::catalog::forward_reply::Result as ForwardResult;
+use meridian_protos::catalog::membership_reply::Result as MembershipResult;
+use meridian_protos::catalog::membership_request::Change;
 use meridian_protos::catalog::raft_server::{Raft as RaftRpc, RaftServer};
 use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
 use meridian_protos::catalog::{
-    ForwardReply, ForwardRequest, RaftPayload, ReadIndexReply, ReadIndexRequest,
+    ForwardReply, ForwardRequest, MembershipReply, MembershipRequest, RaftPayload, ReadIndexReply,
+    ReadIndexRequest,
 };
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Serialize;
@@ -15,9 +18,11 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument, warn};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::command::Command;
 use crate::counters::CatalogCounters;
+use crate::membership::{self, MembershipChange, Step};
 use crate::network::MAX_RPC_MESSAGE;
 use crate::proposer::{ProposeError, Proposer};
 use crate::types::Raft;
@@ -154,6 +159,41 @@ impl CatalogRpc for ForwardService {
             Err(RaftError::Fatal(e)) => return Err(Status::unavailable(e.to_string())),
         };
         Ok(Response::new(ReadIndexReply {
+            result: Some(result),
+        }))
+    }
+
+    #[instrument(level = "info", skip_all, name = "membership_change")]
+    async fn change_membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let request = request.into_inner();
+        let change = match request.change {
+            Some(Change::Add(a)) if a.id != 0 && !a.addr.is_empty() && a.addr.len() <= 256 => {
+                MembershipChange::Add {
+                    id: a.id,
+                    addr: a.addr,
+                }
+            }
+            Some(Change::Remove(id)) if id != 0 => MembershipChange::Remove { id },
+            _ => {
+                CatalogCounters::inc(&self.counters.rpc_rejected);
+                warn!("rejected a malformed membership change");
+                return Err(Status::invalid_argument(
+                    "a membership change names a non-zero id (and, to add, an address)",
+                ));
+            }
+        };
+        let catch_up = Duration::from_millis(request.catch_up_ms);
+        let result = match membership::apply(&self.raft, &change, catch_up).await {
+            Ok(index) => MembershipResult::Index(index),
+            Err(Step::NotLeader(leader)) => MembershipResult::NotLeader(leader.unwrap_or_default()),
+            Err(Step::Retry(e)) => MembershipResult::Retry(e),
+            Err(Step::Refused(e)) => MembershipResult::Refused(e),
+            Err(Step::Stopped) => return Err(Status::unavailable("raft has stopped here")),
+        };
+        Ok(Response::new(MembershipReply {
             result: Some(result),
         }))
     }

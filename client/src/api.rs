@@ -220,6 +220,11 @@ impl ApiClient {
             .put_bytes(&format!("{}{path}", self.base), body, CLI_TIMEOUT)
             .await
     }
+
+    /// DELETEs `path`.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.http.delete(&format!("{}{path}", self.base)).await
+    }
 }
 
 /// The parts of a health entry (`/v1/health/service/:name`) the CLI and the demo show.

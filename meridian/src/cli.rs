@@ -1,5 +1,6 @@
 //! The command line: parsed by clap and dispatched from [`run`]. Each command owns its arguments
-//! in its own module (`agent`, `demo`, `services`, `tls_cmd`, `drill`); this file only names them.
+//! in its own module (`agent`, `demo`, `services`, `operator`, `tls_cmd`, `drill`); this file only
+//! names them.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ pub enum Commands {
     Services(ServicesArgs),
     /// Lists the datacenter's nodes and its Raft servers, marking the leader.
     Members(ApiArgs),
+    /// Changes the datacenter at run time: its Raft servers (`operator raft`).
+    Operator(crate::operator::OperatorArgs),
     /// Creates the federation's CA and node certificates.
     #[command(subcommand)]
     Tls(crate::tls_cmd::TlsCommand),
@@ -59,6 +62,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Members(api) => {
             init_logging("warn");
             crate::services::members(&api).await?;
+        }
+        Commands::Operator(args) => {
+            init_logging("warn");
+            crate::operator::run(args).await?;
         }
         Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
         Commands::Drill(cmd) => {
@@ -117,6 +124,23 @@ mod tests {
         ])
         .expect("list");
         parse(&["meridian", "members"]).expect("members");
+        parse(&["meridian", "operator", "raft", "list-peers"]).expect("list-peers");
+        parse(&[
+            "meridian",
+            "operator",
+            "raft",
+            "add-peer",
+            "--id",
+            "4",
+            "--address",
+            "h:8300",
+        ])
+        .expect("add-peer");
+        parse(&["meridian", "operator", "raft", "remove-peer", "--id", "3"]).expect("remove by id");
+        assert!(
+            parse(&["meridian", "operator", "raft", "remove-peer"]).is_err(),
+            "remove-peer names the server"
+        );
         parse(&[
             "meridian",
             "services",

@@ -12,5 +12,6 @@ pub mod args;
 pub mod cli;
 pub mod demo;
 pub mod drill;
+pub mod operator;
 pub mod services;
 pub mod tls_cmd;

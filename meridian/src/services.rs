@@ -234,7 +234,7 @@ fn register_body(args: &RegisterArgs) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&Value::Object(def))?)
 }
 
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -759,6 +759,9 @@ pub struct RaftSection {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.
     pub keep_logs: u64,
+    /// Join the DC's existing group rather than form one: the node starts as a non-voter and
+    /// waits for `meridian operator raft add-peer`. `[[servers]]` then needs only its own entry.
+    pub join: bool,
 }
 
 impl Default for RaftSection {
@@ -770,6 +773,7 @@ impl Default for RaftSection {
             election_timeout_max_ms: millis(t.election_timeout_max),
             snapshot_every: t.snapshot_every,
             keep_logs: t.keep_logs,
+            join: false,
         }
     }
 }
@@ -1398,7 +1402,8 @@ impl Config {
     }
 
     fn validate_servers(&self) -> Result<(), ConfigError> {
-        if ![1, 3, 5].contains(&self.servers.len()) {
+        // A joining node learns the group from its leader: any list that names this node will do.
+        if !self.raft.join && ![1, 3, 5].contains(&self.servers.len()) {
             return Err(ConfigError::invalid(
                 "servers",
                 format!(
@@ -1473,6 +1478,7 @@ impl Config {
             rpc_bind: self.bind_addr(self.ports.rpc),
             data_dir,
             servers: self.servers.iter().map(|s| (s.id, s.rpc.clone())).collect(),
+            join: r.join,
             raft: RaftTuning {
                 heartbeat: Duration::from_millis(r.heartbeat_ms),
                 election_timeout_min: Duration::from_millis(r.election_timeout_min_ms),
@@ -1717,6 +1723,12 @@ mod tests {
         let mut c = good();
         c.servers.pop();
         assert_eq!(invalid_key(&c), "servers");
+        // A joining node takes its group from the leader: any list naming itself will do.
+        c.raft.join = true;
+        c.validate()
+            .expect("a joining node with two of four servers listed");
+        c.node_id = 9;
+        assert_eq!(invalid_key(&c), "node_id", "its own entry is still needed");
 
         let mut c = good();
         c.servers[2].id = 2;

@@ -19,6 +19,7 @@ fn config(dir: &Path, id: u64, servers: &BTreeMap<u64, String>) -> CatalogConfig
         rpc_bind: servers[&id].parse().expect("socket address"),
         data_dir: dir.join(format!("n{id}")),
         servers: servers.clone(),
+        join: false,
         raft: RaftTuning {
             heartbeat: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(400),

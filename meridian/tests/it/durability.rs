@@ -2,15 +2,11 @@
 //! and a consistent read sees every acknowledged write, or is refused.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-use std::time::{Duration, Instant};
+use anyhow::{Result, ensure};
 
-use anyhow::{Result, bail, ensure};
-use tokio::sync::Mutex;
-
-use crate::harness::{Agent, eventually, leader_index, service, three_node_dc};
+use crate::harness::{Agent, Load, eventually, holds_all, leader_index, service, three_node_dc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_agent_keeps_its_catalog_across_restarts() -> Result<()> {
@@ -62,48 +58,14 @@ async fn killing_the_leader_loses_no_acknowledged_registration() -> Result<()> {
     let mut agents = three_node_dc(dir.path()).await?;
     let leader = leader_index(&agents).await?;
     let follower = (leader + 1) % agents.len();
-    let url = agents[follower].url("/v1/agent/service/register");
-    let http = agents[follower].http.clone();
-
-    const TOTAL: usize = 400;
-    const CLIENTS: usize = 8;
-    let next = Arc::new(AtomicUsize::new(0));
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (next, acked, url, http) = (next.clone(), acked.clone(), url.clone(), http.clone());
-        clients.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= TOTAL {
-                    return;
-                }
-                let id = format!("load-{i}");
-                let ok = http
-                    .put(&url)
-                    .json(&service("load", &id, 9000))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    acked.lock().await.insert(id);
-                }
-            }
-        }));
-    }
+    let load = Load::start(&agents[follower], 8, 400);
     // Kill the leader once the load is well under way.
-    eventually(60, "the first 100 acknowledgements", || async {
-        acked.lock().await.len() >= 100
-    })
-    .await?;
+    load.advance(100, "the first 100 acknowledgements").await?;
     agents[leader].kill9()?;
-    for c in clients {
-        c.await?;
-    }
+    let acked = load.drain().await?;
     for (i, a) in agents.iter_mut().enumerate() {
         ensure!(i == leader || a.is_running(), "{} died", a.name);
     }
-    let acked = acked.lock().await.clone();
     ensure!(
         acked.len() > 100,
         "only {} registrations acknowledged",
@@ -134,29 +96,8 @@ async fn check_all(
     acked: &BTreeSet<String>,
 ) -> Result<()> {
     for (i, a) in agents.iter().enumerate() {
-        if Some(i) == skip {
-            continue;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let have: BTreeSet<String> = a
-                .instance_ids("load")
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            if acked.is_subset(&have) {
-                break;
-            }
-            if Instant::now() > deadline {
-                let lost: Vec<_> = acked.difference(&have).take(10).collect();
-                bail!(
-                    "{when}: {} lost {} acknowledged registrations (first: {lost:?})",
-                    a.name,
-                    acked.difference(&have).count()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if Some(i) != skip {
+            holds_all(a, when, acked).await?;
         }
     }
     Ok(())

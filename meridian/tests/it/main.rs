@@ -17,6 +17,7 @@ mod gateway_caps;
 mod harness;
 mod health;
 mod http_api;
+mod membership;
 mod prepared_query;
 mod security;
 mod unbound;

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use meridian_catalog::{CatalogError, MembershipChange};
 use meridian_topology::dc::DcState;
 use meridian_topology::{Health, Instance, ServiceQuery, View, resolve};
 use serde::Serialize;
@@ -390,6 +391,131 @@ pub(super) async fn operator_raft_configuration(
     Query(q): Pairs,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     local_status(&state, &q)?;
+    Ok(Json(raft_configuration_json(&state)))
+}
+
+/// The default time a new server gets to catch up before `add-peer` gives up on promoting it.
+const DEFAULT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `PUT /v1/operator/raft/peer?id=&address=[&catch-up=]`: adds a server to this DC's Raft group
+/// (Meridian's; Consul's servers join by gossip instead). The server must run with
+/// `[raft] join = true`; it joins as a learner, catches up (a snapshot, then the log) and becomes
+/// a voter, through joint consensus. Answers the configuration after the change. Idempotent.
+pub(super) async fn operator_raft_peer_add(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    local_status(&state, &q)?;
+    let id = peer_id(&q)?.ok_or_else(|| ApiError::bad_request("?id= is required"))?;
+    let addr = param(&q, "address").ok_or_else(|| {
+        ApiError::bad_request("?address= (the server's rpc host:port) is required")
+    })?;
+    if !is_host_port(addr) {
+        return Err(ApiError::bad_request(format!(
+            "?address={addr}: not host:port with a non-zero port"
+        )));
+    }
+    let catch_up = match param(&q, "catch-up") {
+        None => DEFAULT_CATCH_UP,
+        Some(v) => crate::duration::parse_go_duration(v)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= meridian_catalog::MAX_CATCH_UP)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "?catch-up={v}: a duration between 1ms and {}",
+                    crate::duration::format_go_duration(meridian_catalog::MAX_CATCH_UP)
+                ))
+            })?,
+    };
+    let change = MembershipChange::Add {
+        id,
+        addr: addr.to_owned(),
+    };
+    state
+        .catalog()
+        .change_membership(change, catch_up)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(raft_configuration_json(&state)))
+}
+
+/// `DELETE /v1/operator/raft/peer?id=` or `?address=`: removes a server from this DC's Raft group
+/// (Consul's `consul operator raft remove-peer`). A voter is demoted first, so a live one learns
+/// it no longer votes and refuses writes; then it is dropped. Answers 200 with no body, as
+/// Consul does.
+pub(super) async fn operator_raft_peer_remove(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<(), ApiError> {
+    local_status(&state, &q)?;
+    let config = state.catalog().raft_configuration();
+    let id = match (peer_id(&q)?, param(&q, "address")) {
+        (Some(id), None) => config.members.iter().find(|m| m.id == id).map(|m| m.id),
+        (None, Some(addr)) => config
+            .members
+            .iter()
+            .find(|m| m.addr.eq_ignore_ascii_case(addr))
+            .map(|m| m.id),
+        _ => {
+            return Err(ApiError::bad_request(
+                "one of ?id= or ?address= names the server to remove",
+            ));
+        }
+    };
+    let id = id.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{} was not found in the Raft configuration",
+            q.iter()
+                .find(|(k, _)| k == "id" || k == "address")
+                .map_or("the server", |(_, v)| v.as_str())
+        ))
+    })?;
+    state
+        .catalog()
+        .change_membership(MembershipChange::Remove { id }, DEFAULT_CATCH_UP)
+        .await
+        .map_err(membership_error)?;
+    Ok(())
+}
+
+/// `?id=`: a Raft id (non-zero), when given.
+fn peer_id(q: &[(String, String)]) -> Result<Option<u64>, ApiError> {
+    param(q, "id")
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|id| *id != 0)
+                .ok_or_else(|| ApiError::bad_request(format!("?id={v}: not a non-zero Raft id")))
+        })
+        .transpose()
+}
+
+fn param<'q>(q: &'q [(String, String)], key: &str) -> Option<&'q str> {
+    q.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// `host:port` with a non-zero port, no whitespace, and short enough for a Raft node record.
+fn is_host_port(addr: &str) -> bool {
+    addr.len() <= 256
+        && !addr.chars().any(char::is_whitespace)
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        })
+}
+
+/// A refused change is the operator's to fix (400); everything else maps as writes do.
+fn membership_error(e: CatalogError) -> ApiError {
+    match e {
+        CatalogError::MembershipRefused(_) => ApiError::bad_request(e.to_string()),
+        other => other.into(),
+    }
+}
+
+/// The DC's Raft members in Consul's shape (`Servers`, `Index`).
+fn raft_configuration_json(state: &ApiState) -> serde_json::Value {
     let catalog = state.catalog();
     let config = catalog.raft_configuration();
     let view = catalog.view();
@@ -415,9 +541,7 @@ pub(super) async fn operator_raft_configuration(
             voter: m.voter,
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({ "Servers": servers, "Index": config.index }),
-    ))
+    serde_json::json!({ "Servers": servers, "Index": config.index })
 }
 
 /// `GET /v1/status/leader`: the leader's RPC address as a JSON string, empty when none is known.

@@ -62,9 +62,10 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let status = match e {
             // No leader, or none committed in time, or shutting down: the client may retry.
-            CatalogError::Unavailable { .. } | CatalogError::Shutdown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            // A node that does not vote (joining, or removed): the client should try a server.
+            CatalogError::Unavailable { .. }
+            | CatalogError::Shutdown
+            | CatalogError::NotVoter { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

@@ -261,6 +261,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/operator/raft/configuration",
             get(catalog::operator_raft_configuration),
         )
+        .route(
+            "/v1/operator/raft/peer",
+            put(catalog::operator_raft_peer_add).delete(catalog::operator_raft_peer_remove),
+        )
         .route("/v1/federation/status", get(federation::status))
         .route("/v1/federation/datacenters", get(failover::datacenters))
         .route(

@@ -113,6 +113,26 @@ need_cargo_audit() {
     env -u CARGO_TARGET_DIR cargo install --quiet --locked --no-default-features cargo-audit@0.22.2 >&2
 }
 
+# `meridian_need PACKAGE COMMAND...`, for a tool only one script needs (the Debian package's):
+# runs COMMAND (a harmless one, such as `dpkg-shlibdeps --version`) to see that the tool works,
+# and when it does not, installs the Debian package PACKAGE (as root, with apt-get) or says
+# exactly what to install, then runs it again.
+meridian_need() {
+    local package=$1
+    shift
+    "$@" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "meridian: installing $package with apt-get (for $1)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+        "$@" >/dev/null 2>&1 && return 0
+        echo "meridian: '$*' still fails after installing $package" >&2
+    else
+        echo "meridian: $1 is missing: run 'sudo apt-get install $package'" >&2
+    fi
+    exit 1
+}
+
 # Installs what is missing (as root, with apt-get), or says exactly what to install.
 meridian_install_missing() {
     local missing

@@ -22,6 +22,9 @@ else
     echo "meridian: cargo-nextest not found, using cargo test" >&2
     cargo test --release --workspace --no-fail-fast
 fi
+# The Debian package: built, installed, started as its unit would start it, purged (about 30 s;
+# root; MERIDIAN_SKIP_PACKAGE=1 skips it).
+if [ "${MERIDIAN_SKIP_PACKAGE:-0}" != 1 ]; then bash scripts/package-check.sh; fi
 echo "meridian: tests finished in $(( $(date +%s) - started )) s"
 # Every benchmark in its short form, beside its peers: fails only when a run could not complete
 # (a target missed is a finding in the report, not a failure). The WAN benchmarks need root for

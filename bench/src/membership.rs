@@ -67,6 +67,10 @@ pub async fn run(bin: &Path, out: &Path, preload: usize, reps: usize) -> Result<
         lost: runs.iter().map(|r| r.lost).sum(),
         runs,
     };
+    // The kill's pause is measured against the election of the same run (its own length varies
+    // by the randomized timeout); the membership changes against a whole election.
+    let beyond = |r: &ReplaceRun| r.kill.pause_ms - r.kill.took_ms;
+    let worst_beyond = report.runs.iter().map(beyond).fold(f64::MIN, f64::max);
     let verdict = |ms: f64| {
         if ms <= ELECTION_MS {
             "within one election"
@@ -76,10 +80,12 @@ pub async fn run(bin: &Path, out: &Path, preload: usize, reps: usize) -> Result<
     };
     let mut md = format!(
         "Replacing a dead server of a 3-node DC ({preload} instances preloaded; {CLIENTS} clients \
-         registering through a survivor throughout; default Raft timings: one election = the leader \
-         lease, then a randomized election timeout, at most {ELECTION_MS:.0} ms). Longest gap between two acknowledgements, median of {}:\n\n\
+         registering through a survivor throughout; default Raft timings: an election is the \
+         leader lease, then a randomized election timeout, 3 to 4 s and a vote). Longest gap \
+         between two acknowledgements, median of {}:\n\n\
          | phase | write pause | |\n|---|---|---|\n\
-         | `kill -9` of the leader (an election) | {:.0} ms | {} |\n\
+         | `kill -9` of the leader | {:.0} ms | the election itself (the survivor named a new \
+         leader after {:.0} ms); writes resumed at most {:.0} ms after it |\n\
          | `add-peer` of a fourth node (learner, snapshot, joint consensus, voter) | {:.0} ms | {} |\n\
          | `remove-peer` of the dead one (demote, then drop) | {:.0} ms | {} |\n\n\
          Acknowledged registrations lost: {}.\n\n\
@@ -87,7 +93,14 @@ pub async fn run(bin: &Path, out: &Path, preload: usize, reps: usize) -> Result<
          |---|---|---|---|---|---|---|---|---|\n",
         report.runs.len(),
         report.median_kill_pause_ms,
-        verdict(report.median_kill_pause_ms),
+        median(
+            &report
+                .runs
+                .iter()
+                .map(|r| r.kill.took_ms)
+                .collect::<Vec<_>>()
+        ),
+        worst_beyond.max(0.0),
         report.median_add_pause_ms,
         verdict(report.median_add_pause_ms),
         report.median_remove_pause_ms,

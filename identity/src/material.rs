@@ -1,17 +1,27 @@
 //! A node's loaded TLS material and the rustls server and client configurations built from it.
+//!
+//! The configurations do not hold the certificates themselves: they resolve this node's
+//! certificate and verify peers through the material's current keys at every handshake. So a
+//! reload ([`TlsMaterial::reload_from_files`]) changes what every new connection presents and
+//! trusts (the rpc port, federation, the QUIC tunnel, each holding its configurations since
+//! start-up), and cuts no open one.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier as _;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::error::TlsError;
 use crate::error::{material, pem_reason};
@@ -43,12 +53,23 @@ pub(crate) fn ring() -> Arc<CryptoProvider> {
 }
 
 /// A node's TLS identity: the CA roots it trusts, its certificate chain and key, and the
-/// [`Identity`] its certificate names. It never holds a CA key.
+/// [`Identity`] its certificate names. It never holds a CA key. Cheap to clone: clones share
+/// the current keys, so a reload through any of them is seen by every configuration built from
+/// any of them.
+#[derive(Clone)]
 pub struct TlsMaterial {
-    roots: Vec<CertificateDer<'static>>,
-    cert_chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// What the certificate names; a reload must keep it.
     identity: Identity,
+    keys: Arc<ArcSwap<Keys>>,
+}
+
+/// The material as loaded at one moment, with the verifiers built from its roots.
+struct Keys {
+    roots: Vec<CertificateDer<'static>>,
+    certified: Arc<CertifiedKey>,
+    identity: Identity,
+    server_verifier: Arc<WebPkiServerVerifier>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl TlsMaterial {
@@ -112,6 +133,47 @@ impl TlsMaterial {
     }
 
     fn load(ca: Source<'_>, cert: Source<'_>, key: Source<'_>) -> Result<Self, TlsError> {
+        let keys = Keys::load(ca, cert, key)?;
+        Ok(Self {
+            identity: keys.identity.clone(),
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
+        })
+    }
+
+    /// Loads the files again, as [`Self::from_files`] does, and makes them the material every
+    /// new handshake uses, on both sides, in every configuration built from this material; open
+    /// connections keep theirs. The certificate must name the same datacenter, node and role:
+    /// anything else needs a restart. On error nothing changes.
+    pub fn reload_from_files(&self, ca: &Path, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let fresh = Self::from_files(ca, cert, key)?;
+        if fresh.identity != self.identity {
+            return Err(material(
+                "node certificate",
+                Some(cert),
+                format!(
+                    "it names {} but this node runs as {}: a new identity needs a restart",
+                    fresh.identity, self.identity
+                ),
+            ));
+        }
+        self.keys.store(fresh.keys.load_full());
+        Ok(())
+    }
+
+    /// The datacenter, node and role this material's certificate names.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the development CA is among the trusted roots (then anyone can join: `--dev` only).
+    pub fn uses_dev_ca(&self) -> bool {
+        CertificateDer::from_pem_slice(DEV_CA_CERT_PEM.as_bytes())
+            .is_ok_and(|dev| self.keys.load().roots.contains(&dev))
+    }
+}
+
+impl Keys {
+    fn load(ca: Source<'_>, cert: Source<'_>, key: Source<'_>) -> Result<Self, TlsError> {
         let roots = ca.certs("CA certificate")?;
         let mut store = RootCertStore::empty();
         for root in &roots {
@@ -133,7 +195,7 @@ impl TlsMaterial {
         })?;
 
         let provider = ring();
-        rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key_der.clone_key(), &provider)
+        let certified = CertifiedKey::from_der(cert_chain.clone(), key_der, &provider)
             .map_err(|e| {
                 let reason = match e {
                     rustls::Error::InconsistentKeys(_) => {
@@ -152,9 +214,11 @@ impl TlsMaterial {
             )
         };
         let now = UnixTime::now();
-        WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
-            .build()
-            .map_err(|e| material("CA certificate", ca.path, e.to_string()))?
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
+                .build()
+                .map_err(|e| material("CA certificate", ca.path, e.to_string()))?;
+        server_verifier
             .verify_server_cert(
                 leaf,
                 intermediates,
@@ -163,52 +227,24 @@ impl TlsMaterial {
                 now,
             )
             .map_err(not_trusted)?;
-        WebPkiClientVerifier::builder_with_provider(store, provider)
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(store, provider)
             .build()
-            .map_err(|e| material("CA certificate", ca.path, e.to_string()))?
+            .map_err(|e| material("CA certificate", ca.path, e.to_string()))?;
+        client_verifier
             .verify_client_cert(leaf, intermediates, now)
             .map_err(not_trusted)?;
 
-        Ok(Self {
+        Ok(Keys {
             roots,
-            cert_chain,
-            key: key_der,
+            certified: Arc::new(certified),
             identity,
+            server_verifier,
+            client_verifier,
         })
     }
+}
 
-    /// The datacenter, node and role this material's certificate names.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
-    /// The trusted CA certificates.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.roots
-    }
-
-    /// The node certificate, then any intermediates.
-    pub fn cert_chain(&self) -> &[CertificateDer<'static>] {
-        &self.cert_chain
-    }
-
-    /// Whether the development CA is among the trusted roots (then anyone can join: `--dev` only).
-    pub fn uses_dev_ca(&self) -> bool {
-        CertificateDer::from_pem_slice(DEV_CA_CERT_PEM.as_bytes())
-            .is_ok_and(|dev| self.roots.contains(&dev))
-    }
-
-    fn root_store(&self, side: &'static str) -> Result<Arc<RootCertStore>, TlsError> {
-        let mut store = RootCertStore::empty();
-        for root in &self.roots {
-            store.add(root.clone()).map_err(|e| TlsError::Config {
-                side,
-                reason: e.to_string(),
-            })?;
-        }
-        Ok(Arc::new(store))
-    }
-
+impl TlsMaterial {
     /// A server configuration that requires a client certificate signed by the CA roots, presents
     /// this node's certificate, speaks TLS 1.3 and ALPN `h2`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
@@ -225,20 +261,11 @@ impl TlsMaterial {
             side: SIDE,
             reason: e.to_string(),
         };
-        let provider = ring();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.root_store(SIDE)?, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config {
-                    side: SIDE,
-                    reason: e.to_string(),
-                })?;
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(ring())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
-            .with_client_cert_verifier(wrap(verifier))
-            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(config_err)?;
+            .with_client_cert_verifier(wrap(Arc::new(Live(self.keys.clone()))))
+            .with_cert_resolver(Arc::new(Live(self.keys.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -254,9 +281,9 @@ impl TlsMaterial {
         let mut config = ClientConfig::builder_with_provider(ring())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
-            .with_root_certificates(self.root_store(SIDE)?)
-            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(config_err)?;
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Live(self.keys.clone())))
+            .with_client_cert_resolver(Arc::new(Live(self.keys.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -280,21 +307,14 @@ impl TlsMaterial {
             side: SIDE,
             reason: e.to_string(),
         };
-        let provider = ring();
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.root_store(SIDE)?, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config {
-                    side: SIDE,
-                    reason: e.to_string(),
-                })?;
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(ring())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(OwnDcVerifier { inner }))
-            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(config_err)?;
+            .with_custom_certificate_verifier(Arc::new(OwnDcVerifier {
+                inner: Arc::new(Live(self.keys.clone())),
+            }))
+            .with_client_cert_resolver(Arc::new(Live(self.keys.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -365,7 +385,7 @@ impl ClientCertVerifier for SameDcServerVerifier {
 /// certificate itself names: proves "a federation server of some datacenter", for joins.
 #[derive(Debug)]
 struct OwnDcVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    inner: Arc<dyn ServerCertVerifier>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
@@ -388,24 +408,145 @@ impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
     delegate_signature_checks!();
 }
 
-impl Clone for TlsMaterial {
-    fn clone(&self) -> Self {
-        Self {
-            roots: self.roots.clone(),
-            cert_chain: self.cert_chain.clone(),
-            key: self.key.clone_key(),
-            identity: self.identity.clone(),
-        }
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.keys.load();
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity)
+            .field("roots", &keys.roots.len())
+            .field("cert_chain", &keys.certified.cert.len())
+            .field("uses_dev_ca", &self.uses_dev_ca())
+            .finish_non_exhaustive()
     }
 }
 
-impl fmt::Debug for TlsMaterial {
+/// The material's current keys, as every configuration built from it sees them: this node's
+/// certificate for either side of a handshake, and the WebPKI verifiers of the current roots.
+struct Live(Arc<ArcSwap<Keys>>);
+
+impl fmt::Debug for Live {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsMaterial")
-            .field("identity", &self.identity)
-            .field("roots", &self.roots.len())
-            .field("cert_chain", &self.cert_chain.len())
-            .field("uses_dev_ca", &self.uses_dev_ca())
-            .finish_non_exhaustive()
+        f.debug_tuple("Live")
+            .field(&self.0.load().identity)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for Live {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for Live {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ClientCertVerifier for Live {
+    /// No hints: the roots change with a reload and a borrowed list cannot follow them. Every
+    /// Meridian client has one certificate and sends it regardless.
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls12_signature(
+            &*self.0.load().client_verifier,
+            message,
+            cert,
+            dss,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls13_signature(
+            &*self.0.load().client_verifier,
+            message,
+            cert,
+            dss,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ClientCertVerifier::supported_verify_schemes(&*self.0.load().client_verifier)
+    }
+}
+
+impl ServerCertVerifier for Live {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.load().server_verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(
+            &*self.0.load().server_verifier,
+            message,
+            cert,
+            dss,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(
+            &*self.0.load().server_verifier,
+            message,
+            cert,
+            dss,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(&*self.0.load().server_verifier)
     }
 }

@@ -695,3 +695,66 @@ async fn a_foreign_ca_signs_certificates_that_chain_to_it() {
         .expect("client handshake");
     task.await.expect("join").expect("server handshake");
 }
+
+/// A reload changes what configurations built before it present and trust: after a CA rotation
+/// (files rewritten, then reloaded) a server built at start admits a client of the new CA and
+/// refuses one of the old; a client built at start presents its new certificate. A certificate
+/// naming another node is refused and changes nothing.
+#[tokio::test]
+async fn a_reload_changes_what_existing_configurations_present_and_trust() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (old_ca, new_ca) = (create_ca("Old CA").expect("CA"), create_ca("New CA").expect("CA"));
+    let paths = ["ca.pem", "n1.pem", "n1-key.pem"].map(|f| dir.path().join(f));
+    let write = |ca: &PemPair, cert: &PemPair| {
+        std::fs::write(&paths[0], &ca.cert_pem).expect("write");
+        std::fs::write(&paths[1], &cert.cert_pem).expect("write");
+        std::fs::write(&paths[2], &cert.key_pem).expect("write");
+    };
+    let cert = |ca: &PemPair, name: &str| {
+        create_node_cert(ca, "dc1", name, Role::Server, &[], 30).expect("node certificate")
+    };
+    write(&old_ca, &cert(&old_ca, "n1"));
+    let server = TlsMaterial::from_files(&paths[0], &paths[1], &paths[2]).expect("load");
+    let server_config = server.lan_server_config().expect("rpc config");
+    let client_config = server.client_config().expect("client config");
+    let (old_client, new_client) = (node(&old_ca, "dc1", "n2"), node(&new_ca, "dc1", "n2"));
+    assert!(rpc_port_accepts(&server, &old_client).await);
+    assert!(!rpc_port_accepts(&server, &new_client).await);
+
+    write(&new_ca, &cert(&new_ca, "n1"));
+    server
+        .reload_from_files(&paths[0], &paths[1], &paths[2])
+        .expect("reload");
+    // The configuration built before the reload, not a new one.
+    let accepts = |client: std::sync::Arc<rustls::ClientConfig>| {
+        let server_config = server_config.clone();
+        async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr").to_string();
+            let acceptor = TlsAcceptor::from(server_config);
+            let task = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.expect("TCP accept");
+                accept(&acceptor, tcp, LONG).await
+            });
+            let client_ok = connect(client, &addr, "dc1", LONG).await.is_ok();
+            client_ok && task.await.expect("join").is_ok()
+        }
+    };
+    assert!(accepts(new_client.client_config().expect("config")).await);
+    assert!(!accepts(old_client.client_config().expect("config")).await);
+    // The client side built before the reload presents the new certificate to a new-CA server.
+    let peer = node(&new_ca, "dc1", "n3");
+    let (addr, task) = serve_once(&peer, LONG).await;
+    connect(client_config, &addr, "dc1", LONG)
+        .await
+        .expect("the reloaded client connects");
+    let (_, seen) = task.await.expect("join").expect("accepted");
+    assert_eq!(seen.to_string(), "dc1/n1");
+
+    write(&new_ca, &cert(&new_ca, "n9"));
+    let err = server
+        .reload_from_files(&paths[0], &paths[1], &paths[2])
+        .expect_err("another node's certificate");
+    assert!(err.to_string().contains("needs a restart"), "{err}");
+    assert!(accepts(new_client.client_config().expect("config")).await);
+}

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::client::ResolvesClientCert;
-use rustls::client::danger::ServerCertVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -195,8 +195,8 @@ impl Keys {
         })?;
 
         let provider = ring();
-        let certified = CertifiedKey::from_der(cert_chain.clone(), key_der, &provider)
-            .map_err(|e| {
+        let certified =
+            CertifiedKey::from_der(cert_chain.clone(), key_der, &provider).map_err(|e| {
                 let reason = match e {
                     rustls::Error::InconsistentKeys(_) => {
                         "it does not belong to the node certificate".to_owned()

@@ -703,7 +703,10 @@ async fn a_foreign_ca_signs_certificates_that_chain_to_it() {
 #[tokio::test]
 async fn a_reload_changes_what_existing_configurations_present_and_trust() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (old_ca, new_ca) = (create_ca("Old CA").expect("CA"), create_ca("New CA").expect("CA"));
+    let (old_ca, new_ca) = (
+        create_ca("Old CA").expect("CA"),
+        create_ca("New CA").expect("CA"),
+    );
     let paths = ["ca.pem", "n1.pem", "n1-key.pem"].map(|f| dir.path().join(f));
     let write = |ca: &PemPair, cert: &PemPair| {
         std::fs::write(&paths[0], &ca.cert_pem).expect("write");

@@ -1,5 +1,5 @@
 //! `meridian agent`: its arguments, the configuration they make, and running a node until a
-//! signal.
+//! signal: SIGINT or SIGTERM stops it, SIGHUP (or `PUT /v1/agent/reload`) re-reads its file.
 
 use std::path::PathBuf;
 
@@ -43,16 +43,62 @@ pub fn agent_config(args: &AgentArgs) -> anyhow::Result<(Config, Option<TempDir>
     Ok((cfg, None))
 }
 
-/// Runs `meridian agent` until SIGINT or SIGTERM.
+/// Runs `meridian agent` until SIGINT or SIGTERM, reloading its file on SIGHUP.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // Before anything starts: SIGHUP's default action would end the process.
+    let mut hangups = hangups()?;
     let (cfg, temp) = agent_config(&args)?;
     if cfg.gateway_only {
         return meridian_node::gateway_only::run(cfg, temp).await;
     }
-    let agent = Agent::start(cfg, temp).await?;
+    let mut agent = Agent::start(cfg, temp).await?;
     println!("{}", agent.endpoints_line());
-    shutdown_signal().await;
+    let mut requests = agent.take_reload_requests();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = hangups.recv() => {
+                match reload(&mut agent, &args) {
+                    Ok(changed) => tracing::info!(%changed, "SIGHUP: config file reloaded"),
+                    Err(why) => tracing::warn!(%why, "SIGHUP: config file not reloaded"),
+                }
+            }
+            Some(reply) = async { match &mut requests { Some(r) => r.recv().await, None => None } } => {
+                let _ = reply.send(reload(&mut agent, &args));
+            }
+        }
+    }
     tracing::info!("shutting down");
     agent.shutdown().await;
     Ok(())
+}
+
+/// Re-reads the file `args` name, with the same flags, and applies it to `agent`.
+fn reload(agent: &mut Agent, args: &AgentArgs) -> Result<String, String> {
+    if args.dev {
+        return Err("a --dev agent has no config file to reload".into());
+    }
+    let (cfg, _) = agent_config(args).map_err(|e| format!("{e:#}"))?;
+    agent.reload(cfg)
+}
+
+/// SIGHUPs, as a stream of `()`; never one where there are no such signals.
+fn hangups() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // A reload already waiting covers this one too.
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    std::mem::forget(tx);
+    Ok(rx)
 }

@@ -34,6 +34,8 @@ pub enum Commands {
     Members(ApiArgs),
     /// Changes the datacenter at run time: its Raft servers (`operator raft`).
     Operator(crate::operator::OperatorArgs),
+    /// Makes an agent re-read its config file (certificates, tokens), as SIGHUP does.
+    Reload(ApiArgs),
     /// Creates the federation's CA and node certificates.
     #[command(subcommand)]
     Tls(crate::tls_cmd::TlsCommand),
@@ -66,6 +68,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Operator(args) => {
             init_logging("warn");
             crate::operator::run(args).await?;
+        }
+        Commands::Reload(api) => {
+            init_logging("warn");
+            crate::operator::reload(&api).await?;
         }
         Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
         Commands::Drill(cmd) => {
@@ -125,6 +131,7 @@ mod tests {
         .expect("list");
         parse(&["meridian", "members"]).expect("members");
         parse(&["meridian", "operator", "raft", "list-peers"]).expect("list-peers");
+        parse(&["meridian", "reload", "--http-addr", "127.0.0.1:8510"]).expect("reload");
         parse(&[
             "meridian",
             "operator",

@@ -1,6 +1,6 @@
 //! `meridian operator raft ...`: the DC's Raft membership, listed and changed at run time through
 //! an agent's HTTP API (`/v1/operator/raft/configuration` and `/v1/operator/raft/peer`), in the
-//! words of `consul operator raft`.
+//! words of `consul operator raft`; and `meridian reload` (`PUT /v1/agent/reload`).
 
 use clap::{ArgGroup, Args, Subcommand};
 use meridian_client::api::{ApiClient, path_segment};
@@ -120,5 +120,13 @@ async fn list_peers(client: &ApiClient) -> anyhow::Result<()> {
             })
             .collect(),
     );
+    Ok(())
+}
+
+/// `meridian reload`: the agent re-reads its config file and says what changed.
+pub async fn reload(api: &ApiArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&api.http_addr, api.token.as_deref())?;
+    client.put("/v1/agent/reload", None).await?;
+    println!("reloaded {}", client.base());
     Ok(())
 }

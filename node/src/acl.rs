@@ -339,6 +339,7 @@ impl Need {
         } else if path.starts_with("/v1/operator/")
             || path.starts_with("/v1/query")
             || path == "/v1/agent/maintenance"
+            || path == "/v1/agent/reload"
             || path == "/v1/catalog/register"
             || path == "/v1/catalog/deregister"
         {

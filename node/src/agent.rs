@@ -16,7 +16,7 @@ use meridian_identity::{Role, TlsMaterial};
 use prometheus_client::registry::Registry;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, join_host_port};
@@ -40,6 +40,11 @@ pub struct Agent {
     server: Option<JoinHandle<std::io::Result<()>>>,
     // Dropped (and so removed) only after the catalog has shut down.
     temp_dir: Option<TempDir>,
+    /// The node's certificates, shared by the rpc port, federation and the tunnel: a reload
+    /// swaps what they present and trust.
+    tls: Option<Arc<TlsMaterial>>,
+    /// `PUT /v1/agent/reload` requests, until the process takes them.
+    reload_requests: Option<mpsc::Receiver<http::ReloadRequest>>,
 }
 
 impl Agent {
@@ -154,15 +159,19 @@ impl Agent {
             registry.register_collector(Box::new(g.metrics.clone()));
         }
         registry.register_collector(Box::new(failover.metrics()));
-        let api = ApiState::new(
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        let mut api = ApiState::new(
             catalog.clone(),
             views,
             federation.clone(),
             config.limits.max_body_bytes,
             registry,
-        )
-        .with_acl(acl)
-        .with_node(NodeInfo {
+        );
+        // A dev agent has no file to re-read.
+        if !config.dev {
+            api = api.with_reload(reload_tx);
+        }
+        let api = api.with_acl(acl).with_node(NodeInfo {
             http: http_addr,
             dns: Some(dns_addr),
             gateway: gateway.as_ref().map(|g| g.addr),
@@ -191,7 +200,54 @@ impl Agent {
             stop_http: Some(stop_tx),
             server: Some(server),
             temp_dir,
+            tls,
+            reload_requests: Some(reload_rx),
         })
+    }
+
+    /// The requests of `PUT /v1/agent/reload`, for the process to answer with
+    /// [`Agent::reload`] (taken once).
+    pub fn take_reload_requests(&mut self) -> Option<mpsc::Receiver<http::ReloadRequest>> {
+        self.reload_requests.take()
+    }
+
+    /// Applies `new`, the config file re-read (SIGHUP, `PUT /v1/agent/reload`): the certificate
+    /// files (new connections present and trust the new ones; open ones are kept) and `[acl]`.
+    /// A change to anything read only at start (ports, data folder, node id…) refuses the whole
+    /// file, naming the key, and so does a file that does not validate: then nothing changes.
+    /// Returns what changed.
+    pub fn reload(&mut self, new: Config) -> Result<String, String> {
+        new.validate().map_err(|e| e.to_string())?;
+        if let Some(key) = self.config.fixed_change(&new) {
+            return Err(format!(
+                "{key} cannot change without a restart; nothing was reloaded"
+            ));
+        }
+        let mut changed = Vec::new();
+        let f = &new.federation;
+        if let (Some(tls), Some(ca), Some(cert), Some(key)) =
+            (&self.tls, &f.ca_file, &f.cert_file, &f.key_file)
+        {
+            let fresh = TlsMaterial::from_files(ca, cert, key).map_err(|e| e.to_string())?;
+            if fresh.uses_dev_ca() {
+                return Err("federation.ca_file is the published development CA, which is insecure and only accepted with --dev; nothing was reloaded".into());
+            }
+            tls.reload_from_files(ca, cert, key)
+                .map_err(|e| format!("{e}; nothing was reloaded"))?;
+            changed.push("certificates");
+        }
+        if new.acl != self.config.acl {
+            self.api.set_acl(new.acl.to_acl(new.dev));
+            changed.push("acl");
+        }
+        self.config = new;
+        let changed = if changed.is_empty() {
+            "nothing changed".to_owned()
+        } else {
+            format!("reloaded: {}", changed.join(", "))
+        };
+        tracing::info!(%changed, "configuration reloaded");
+        Ok(changed)
     }
 
     /// Where the HTTP API listens (the real port when 0 was asked for).

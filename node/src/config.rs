@@ -1458,6 +1458,54 @@ impl Config {
         Ok(())
     }
 
+    /// The first key whose change `new` makes that a running node cannot apply (ports, data
+    /// folder, identity, and every setting read only at start), if any. What a reload applies:
+    /// the certificate files' contents (and paths), and `[acl]`.
+    pub fn fixed_change(&self, new: &Config) -> Option<String> {
+        macro_rules! fixed {
+            ($($field:ident),*) => {
+                $(
+                    if self.$field != new.$field {
+                        return Some(stringify!($field).to_owned());
+                    }
+                )*
+            };
+        }
+        fixed!(datacenter, node_name, node_id, bind, advertise, data_dir);
+        for ((key, old), (_, now)) in self.ports.named().into_iter().zip(new.ports.named()) {
+            if old != now {
+                return Some(key.to_owned());
+            }
+        }
+        fixed!(
+            servers,
+            raft,
+            limits,
+            dns,
+            gateway,
+            failover,
+            checks,
+            insecure,
+            gateway_only
+        );
+        let (old, now) = (&self.federation, &new.federation);
+        for (key, was, is) in [
+            ("federation.ca_file", &old.ca_file, &now.ca_file),
+            ("federation.cert_file", &old.cert_file, &now.cert_file),
+            ("federation.key_file", &old.key_file, &now.key_file),
+        ] {
+            // A path may move; federation cannot be turned on or off.
+            if was.is_some() != is.is_some() {
+                return Some(key.to_owned());
+            }
+        }
+        let mut rest = now.clone();
+        rest.ca_file.clone_from(&old.ca_file);
+        rest.cert_file.clone_from(&old.cert_file);
+        rest.key_file.clone_from(&old.key_file);
+        (rest != *old).then(|| "federation".to_owned())
+    }
+
     /// Where a listener on `port` binds.
     pub fn bind_addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.bind, port)

@@ -358,6 +358,73 @@ async fn a_remote_datacenter_is_reached_through_the_quic_tunnel() -> Result<()> 
     Ok(())
 }
 
+/// dc1 of three nodes and dc2 of one, federated both ways with certificates from `certs`
+/// (`make_certs`: dc1's n1-n3 and dc2's n1), every node with a gateway (a short tunnel idle
+/// timeout, so a dead gateway is noticed in seconds); dc1 registers `web` on `backend_port`, and
+/// dc2 has learnt it with dc1's three gateways.
+async fn two_dcs_with_tls(
+    dir: &Path,
+    certs: &Path,
+    backend_port: u16,
+) -> Result<(Vec<Agent>, Agent)> {
+    let node_config = |c: &mut AgentConfig, peers: Vec<Peer>| {
+        let (dc, name) = (c.datacenter.clone(), c.node_name.clone());
+        c.insecure = false;
+        c.federation = Some(Federation {
+            peers,
+            ..Federation::with_certs(
+                &certs.join("meridian-ca.pem"),
+                &certs.join(format!("{dc}-{name}.pem")),
+                &certs.join(format!("{dc}-{name}-key.pem")),
+            )
+        });
+        c.set("gateway", "connect_timeout_ms", 1000)
+            .set("gateway", "tunnel_idle_timeout_ms", 3000);
+    };
+    let dc1_configs = meridian_testkit::agent::dc_configs("dc1", 3, dir);
+    let mut c2 = AgentConfig::new("dc2", "n1", Ports::free(), &dir.join("dc2-n1"));
+    let mut dc1 = Vec::new();
+    for mut c in dc1_configs.clone() {
+        c.data_dir = dir.join(format!("dc1-{}", c.node_name));
+        let to_dc2 = Peer {
+            dc: "dc2".into(),
+            addresses: vec![format!("127.0.0.1:{}", c2.ports.wan)],
+        };
+        node_config(&mut c, vec![to_dc2]);
+        dc1.push(Agent::start(&format!("dc1-{}", c.node_name), &c, dir, &[])?);
+    }
+    for a in &mut dc1 {
+        a.wait_ready().await?;
+    }
+    let to_dc1 = Peer {
+        dc: "dc1".into(),
+        addresses: dc1_configs
+            .iter()
+            .map(|c| format!("127.0.0.1:{}", c.ports.wan))
+            .collect(),
+    };
+    node_config(&mut c2, vec![to_dc1]);
+    let mut dc2 = Agent::start("dc2-n1", &c2, dir, &[])?;
+    dc2.wait_ready().await?;
+    let r = dc1[0]
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": "web-1", "Name": "web", "Port": backend_port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success());
+    eventually(60, "dc1's web and three gateways in dc2", || async {
+        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
+        let gw = dc2
+            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
+            .await;
+        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
+    })
+    .await?;
+    Ok((dc1, dc2))
+}
+
 /// The gateway tunnel address (`ip:port`) dc2 uses for dc1, from its metrics.
 async fn tunnel_gateway(agent: &Agent) -> Option<String> {
     let text = agent.metrics().await.ok()?;
@@ -379,66 +446,7 @@ async fn when_a_remote_gateway_dies_the_tunnel_moves_to_another() -> Result<()> 
     let (cert, key) = certificate_for(dir.path(), NAME, &[remote_name])?;
     let backend = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
 
-    // dc1: three nodes, each with a gateway; a short tunnel idle timeout so a dead gateway is
-    // noticed in seconds.
-    let node_config = |c: &mut AgentConfig, peers: Vec<Peer>| {
-        let (dc, name) = (c.datacenter.clone(), c.node_name.clone());
-        c.insecure = false;
-        c.federation = Some(Federation {
-            peers,
-            ..Federation::with_certs(
-                &certs.join("meridian-ca.pem"),
-                &certs.join(format!("{dc}-{name}.pem")),
-                &certs.join(format!("{dc}-{name}-key.pem")),
-            )
-        });
-        c.set("gateway", "connect_timeout_ms", 1000)
-            .set("gateway", "tunnel_idle_timeout_ms", 3000);
-    };
-    let mut dc1 = Vec::new();
-    let dc1_configs = meridian_testkit::agent::dc_configs("dc1", 3, dir.path());
-    for mut c in dc1_configs.clone() {
-        c.data_dir = dir.path().join(format!("dc1-{}", c.node_name));
-        node_config(&mut c, Vec::new());
-        dc1.push(Agent::start(
-            &format!("dc1-{}", c.node_name),
-            &c,
-            dir.path(),
-            &[],
-        )?);
-    }
-    for a in &mut dc1 {
-        a.wait_ready().await?;
-    }
-    let mut c2 = AgentConfig::new("dc2", "n1", Ports::free(), &dir.path().join("dc2-n1"));
-    node_config(
-        &mut c2,
-        vec![Peer {
-            dc: "dc1".into(),
-            addresses: dc1_configs
-                .iter()
-                .map(|c| format!("127.0.0.1:{}", c.ports.wan))
-                .collect(),
-        }],
-    );
-    let mut dc2 = Agent::start("dc2-n1", &c2, dir.path(), &[])?;
-    dc2.wait_ready().await?;
-    let r = dc1[0]
-        .put_json(
-            "/v1/agent/service/register",
-            &json!({"ID": "web-1", "Name": "web", "Port": backend.port, "Address": "127.0.0.1"}),
-        )
-        .await?;
-    ensure!(r.status().is_success());
-    eventually(60, "dc1's web and three gateways in dc2", || async {
-        let web = dc2.get_json("/v1/catalog/service/web?dc=dc1").await;
-        let gw = dc2
-            .get_json("/v1/catalog/service/meridian-gateway?dc=dc1")
-            .await;
-        web.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
-            && gw.is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
-    })
-    .await?;
+    let (mut dc1, dc2) = two_dcs_with_tls(dir.path(), &certs, backend.port).await?;
     for _ in 0..3 {
         ensure!(curl(dc2.ports.gateway, remote_name, &cert).await? == "dc1-web");
     }
@@ -570,5 +578,218 @@ async fn a_gateway_only_node_follows_its_datacenter_and_reaches_others() -> Resu
         "DNS from the followed catalog: {answer:?}"
     );
     ensure!(metric(&g1, "meridian_gateway_tunnel_streams_out_total").await >= 1.0);
+    Ok(())
+}
+
+/// Waits until `to` sees the instance `id` registered now in `from`, of DC `dc` (through
+/// federation).
+async fn replicates_to(from: &Agent, dc: &str, to: &Agent, id: &str) -> Result<()> {
+    let r = from
+        .put_json(
+            "/v1/agent/service/register",
+            &json!({"ID": id, "Name": "rot", "Port": 80}),
+        )
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "register {id}: {}",
+        r.text().await?
+    );
+    eventually(30, &format!("{} sees {id} of {dc}", to.name), || async {
+        to.get_json(&format!("/v1/catalog/service/rot?dc={dc}"))
+            .await
+            .is_ok_and(|v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| e["ServiceID"] == id))
+            })
+    })
+    .await
+}
+
+/// Whether a client holding `cert`/`key` (trusting `ca`) gets through `addr`'s mutual TLS: the
+/// server's verdict on a client certificate arrives after a TLS 1.3 handshake, so a refusal
+/// shows as a closed stream.
+async fn mtls_admits(addr: &str, dc: &str, ca: &str, cert: &Path, key: &Path) -> Result<bool> {
+    let material = meridian_identity::TlsMaterial::from_pem(
+        ca,
+        &std::fs::read_to_string(cert)?,
+        &std::fs::read_to_string(key)?,
+    )?;
+    let Ok(mut s) =
+        meridian_identity::connect(material.client_config()?, addr, dc, Duration::from_secs(3))
+            .await
+    else {
+        return Ok(false);
+    };
+    // An HTTP/2 server speaks first (its SETTINGS frame) once it has accepted the client.
+    let mut buf = [0u8; 9];
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    Ok(matches!(read, Ok(Ok(n)) if n > 0))
+}
+
+/// SECURITY.md's CA rotation with reloads only, never a restart: trust both CAs, new
+/// certificates, drop the old CA, each step a reload of every node (SIGHUP, `meridian reload`,
+/// or `PUT /v1/agent/reload`). Throughout, registrations go through a follower of the 3-node dc1
+/// (forwarded over the mutual-TLS rpc port), federation replicates both ways, and connections
+/// cross from dc2 to dc1 through the gateways' QUIC tunnel: none may fail. At the end the running
+/// nodes refuse a certificate of the old CA on the rpc and WAN ports and admit one of the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_by_reloads_keeps_rpc_federation_and_the_tunnel_carrying_traffic()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (certs, new) = (dir.path().join("certs"), dir.path().join("new"));
+    let nodes = [("dc1", "n1"), ("dc1", "n2"), ("dc1", "n3"), ("dc2", "n1")];
+    crate::federation::make_certs(&certs, &nodes)?;
+    crate::federation::make_certs(&new, &nodes)?;
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old)?;
+    for f in [
+        "dc2-n1.pem",
+        "dc2-n1-key.pem",
+        "dc1-n2.pem",
+        "dc1-n2-key.pem",
+    ] {
+        std::fs::copy(certs.join(f), old.join(f))?;
+    }
+    let remote_name = "web.service.dc1.consul";
+    let (cert, key) = certificate_for(dir.path(), NAME, &[remote_name])?;
+    let backend = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+
+    let (dc1, dc2) = two_dcs_with_tls(dir.path(), &certs, backend.port).await?;
+    let mut agents = dc1;
+    agents.push(dc2);
+    let dc2 = &agents[3];
+    ensure!(curl(dc2.ports.gateway, remote_name, &cert).await? == "dc1-web");
+    // The check made at the end, before the rotation: the old CA's dc1 server is admitted.
+    let ca_pem = std::fs::read_to_string(certs.join("meridian-ca.pem"))?;
+    let (old_rpc, old_rpc_key) = (old.join("dc1-n2.pem"), old.join("dc1-n2-key.pem"));
+    ensure!(
+        mtls_admits(&agents[0].rpc(), "dc1", &ca_pem, &old_rpc, &old_rpc_key).await?,
+        "rpc: a server certificate of the DC's own CA refused"
+    );
+
+    // The workload: registrations through a dc1 follower, and connections through the tunnel.
+    let leader = crate::harness::leader_index(&agents[..3]).await?;
+    let follower = (leader + 1) % 3;
+    let load = crate::harness::Load::start(&agents[follower], 2, 100_000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gw = agents[3].ports.gateway;
+    let crossing = {
+        let (stop, cert) = (stop.clone(), cert.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match curl(gw, remote_name, &cert).await {
+                    Ok(body) if body == "dc1-web" => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, failed)
+        })
+    };
+
+    let ca = certs.join("meridian-ca.pem");
+    let old_ca = std::fs::read_to_string(&ca)?;
+    let new_ca = std::fs::read_to_string(new.join("meridian-ca.pem"))?;
+    for step in ["trust-both", "new-cert", "new-ca"] {
+        match step {
+            "trust-both" => std::fs::write(&ca, format!("{old_ca}{new_ca}"))?,
+            "new-ca" => std::fs::write(&ca, &new_ca)?,
+            _ => {}
+        }
+        for (i, (dc, name)) in nodes.iter().enumerate() {
+            if step == "new-cert" {
+                for f in [format!("{dc}-{name}.pem"), format!("{dc}-{name}-key.pem")] {
+                    std::fs::copy(new.join(&f), certs.join(&f))?;
+                }
+            }
+            let a = &agents[i];
+            // Each of the three ways an operator reloads.
+            match i % 3 {
+                0 => {
+                    let before = a.log_text().matches("SIGHUP: config file reloaded").count();
+                    let pid = a.proc.pid().context("pid")?;
+                    let killed = Command::new("kill")
+                        .args(["-HUP", &pid.to_string()])
+                        .status()?;
+                    ensure!(killed.success(), "kill -HUP {pid}");
+                    eventually(10, &format!("{} reloads on SIGHUP", a.name), || async {
+                        a.log_text().matches("SIGHUP: config file reloaded").count() > before
+                    })
+                    .await?;
+                }
+                1 => {
+                    let (ok, out) =
+                        crate::harness::cli(a, Some(crate::harness::TEST_TOKEN), &["reload"])?;
+                    ensure!(ok, "meridian reload of {}: {out}", a.name);
+                }
+                _ => {
+                    let r = a.http.put(a.url("/v1/agent/reload")).send().await?;
+                    let (status, body) = (r.status(), r.text().await?);
+                    ensure!(
+                        status.is_success() && body.contains("certificates"),
+                        "reload of {}: {status} {body}",
+                        a.name
+                    );
+                }
+            }
+            ensure!(
+                agents[i].is_running(),
+                "{} stopped on a reload",
+                agents[i].name
+            );
+            let tag = format!("{step}-{i}");
+            replicates_to(&agents[0], "dc1", &agents[3], &format!("{tag}-a")).await?;
+            replicates_to(&agents[3], "dc2", &agents[1], &format!("{tag}-b")).await?;
+        }
+    }
+    load.advance(50, "registrations after the rotation").await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = load.failures();
+    let acked = load.finish().await?;
+    let (crossed, refused) = crossing.await?;
+    ensure!(
+        failures == 0,
+        "{failures} registrations failed during the rotation"
+    );
+    ensure!(
+        refused.is_empty(),
+        "{} of {} cross-DC connections failed: {refused:?}",
+        refused.len(),
+        crossed + refused.len()
+    );
+    ensure!(
+        crossed >= 10,
+        "only {crossed} cross-DC connections were tried"
+    );
+    for a in &agents[..3] {
+        crate::harness::holds_all(a, "after the rotation", &acked).await?;
+    }
+
+    // The running nodes trust the new CA alone now: an old-CA certificate is refused on the rpc
+    // and WAN ports, a new-CA one admitted.
+    let both = format!("{old_ca}{new_ca}");
+    let (old_cert, old_key) = (old.join("dc2-n1.pem"), old.join("dc2-n1-key.pem"));
+    let (new_cert, new_key) = (new.join("dc1-n2.pem"), new.join("dc1-n2-key.pem"));
+    let wan = format!("127.0.0.1:{}", agents[0].ports.wan);
+    ensure!(
+        !mtls_admits(&wan, "dc1", &both, &old_cert, &old_key).await?,
+        "WAN: old CA admitted"
+    );
+    ensure!(
+        mtls_admits(&wan, "dc1", &both, &new_cert, &new_key).await?,
+        "WAN: new CA refused"
+    );
+    let rpc = agents[0].rpc();
+    ensure!(
+        !mtls_admits(&rpc, "dc1", &both, &old_rpc, &old_rpc_key).await?,
+        "rpc: old CA admitted"
+    );
+    ensure!(
+        mtls_admits(&rpc, "dc1", &both, &new_cert, &new_key).await?,
+        "rpc: new CA refused"
+    );
     Ok(())
 }

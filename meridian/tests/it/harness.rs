@@ -97,6 +97,7 @@ pub fn cli(agent: &Agent, token: Option<&str>, args: &[&str]) -> Result<(bool, S
 /// them at most, for two minutes at most; the acknowledged ones are kept.
 pub struct Load {
     acked: Arc<Mutex<BTreeSet<String>>>,
+    failed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -105,13 +106,17 @@ impl Load {
     /// Starts `clients` clients registering through `agent`.
     pub fn start(agent: &Agent, clients: usize, max: usize) -> Load {
         let (acked, stop) = (Arc::default(), Arc::new(AtomicBool::new(false)));
-        let next = Arc::new(AtomicUsize::new(0));
+        let (next, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let url = agent.url("/v1/agent/service/register");
         let deadline = Instant::now() + Duration::from_secs(120);
         let clients = (0..clients)
             .map(|_| {
-                let (acked, stop, next): (Arc<Mutex<BTreeSet<String>>>, _, _) =
-                    (Arc::clone(&acked), stop.clone(), next.clone());
+                let (acked, stop, next, failed): (Arc<Mutex<BTreeSet<String>>>, _, _, _) = (
+                    Arc::clone(&acked),
+                    stop.clone(),
+                    next.clone(),
+                    failed.clone(),
+                );
                 let (http, url) = (agent.http.clone(), url.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -128,6 +133,8 @@ impl Load {
                             .is_ok_and(|r| r.status().is_success());
                         if ok {
                             acked.lock().await.insert(id);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 })
@@ -135,9 +142,15 @@ impl Load {
             .collect();
         Load {
             acked,
+            failed,
             stop,
             clients,
         }
+    }
+
+    /// Registrations refused or unanswered so far.
+    pub fn failures(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Registrations acknowledged so far.

@@ -1,7 +1,8 @@
 //! Security against real agent processes: ACL tokens on every write endpoint, mutual TLS on the
 //! LAN rpc port (a rogue node can neither join nor inject, nor can a gateway-only node's
 //! certificate; a server will not start on one), the gateway's refusal of names
-//! outside its domains, and a federation that keeps working while its CA is rotated.
+//! outside its domains, and tokens changed by a reload. (The CA rotated by reloads, under
+//! traffic, is in `gateway.rs`, beside the tunnel it exercises.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::federation::{config_dc, config_dc_on, make_certs, make_role_cert, metric};
+use crate::federation::{config_dc, make_certs, make_role_cert, metric};
 use crate::harness::{Agent, AgentConfig, Ports, TEST_TOKEN, eventually, quick_raft};
 use meridian_testkit::config::{Acl, AclToken, Federation, Server};
 
@@ -617,102 +618,73 @@ async fn the_gateway_is_no_open_relay() -> Result<()> {
     Ok(())
 }
 
-/// Waits until `to` sees the instance `id` registered now in `from` (through federation).
-async fn replicates(from: &Agent, to: &Agent, id: &str) -> Result<()> {
-    let r = from
-        .put_json(
-            "/v1/agent/service/register",
-            &json!({"ID": id, "Name": "rot", "Port": 80}),
-        )
-        .await?;
-    ensure!(
-        r.status().is_success(),
-        "register {id}: {}",
-        r.text().await?
-    );
-    let dc = from.name.clone();
-    eventually(30, &format!("{} sees {id} of {dc}", to.name), || async {
-        to.get_json(&format!("/v1/catalog/service/rot?dc={dc}"))
-            .await
-            .is_ok_and(|v| {
-                v.as_array()
-                    .is_some_and(|a| a.iter().any(|e| e["ServiceID"] == id))
-            })
-    })
-    .await
-}
-
+/// A reload (`PUT /v1/agent/reload`) applies the file's tokens at once, and refuses a file that
+/// changes what needs a restart, naming the key and changing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn federation_keeps_working_while_its_ca_is_rotated() -> Result<()> {
+async fn a_reload_applies_tokens_and_refuses_what_needs_a_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (certs, new) = (dir.path().join("certs"), dir.path().join("new"));
-    make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
-    make_certs(&new, &[("dc1", "n1"), ("dc2", "n1")])?;
-    // dc2's first certificate, from the CA about to be retired, for the last check.
-    let old = dir.path().join("old");
-    std::fs::create_dir_all(&old)?;
-    for f in ["dc2-n1.pem", "dc2-n1-key.pem"] {
-        std::fs::copy(certs.join(f), old.join(f))?;
-    }
-    let (p1, p2) = (Ports::free(), Ports::free());
-    let dc1 = config_dc_on(dir.path(), &certs, "dc1", p1, &[("dc2", p2.wan)], |_| {})?;
-    let dc2 = config_dc_on(dir.path(), &certs, "dc2", p2, &[("dc1", p1.wan)], |_| {})?;
-    let mut dcs = [dc1, dc2];
-    for a in &mut dcs {
-        a.wait_ready().await?;
-    }
-    replicates(&dcs[0], &dcs[1], "r0").await?;
+    let mut c = AgentConfig::new("dc1", "n1", Ports::free(), &dir.path().join("data"));
+    let mut agent = Agent::start("n1", &c, dir.path(), &[])?;
+    agent.wait_ready().await?;
+    let file = dir.path().join("n1.toml");
+    let reload = |agent: &Agent| {
+        let request = agent.http.put(agent.url("/v1/agent/reload"));
+        async move {
+            let r = request.send().await?;
+            anyhow::Ok((r.status().as_u16(), r.text().await?))
+        }
+    };
+    let register_with = |agent: &Agent, token: &str| {
+        let request = reqwest::Client::new()
+            .put(agent.url("/v1/agent/service/register"))
+            .header("X-Consul-Token", token)
+            .json(&json!({"ID": "web-1", "Name": "web", "Port": 80}));
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    const DEPLOYER: &str = "reloaded-deployer-secret";
+    ensure!(register_with(&agent, DEPLOYER).await? == 403);
 
-    let ca = certs.join("meridian-ca.pem");
-    let old_ca = std::fs::read_to_string(&ca)?;
-    let new_ca = std::fs::read_to_string(new.join("meridian-ca.pem"))?;
-    // Each step restarts one node at a time, and after each restart both directions must
-    // still replicate.
-    for step in ["trust-both", "new-cert", "new-ca"] {
-        match step {
-            // 1. Both CAs trusted.
-            "trust-both" => std::fs::write(&ca, format!("{old_ca}{new_ca}"))?,
-            // 3. The old CA no longer trusted.
-            "new-ca" => std::fs::write(&ca, &new_ca)?,
-            _ => {}
-        }
-        for i in 0..2 {
-            if step == "new-cert" {
-                // 2. New certificates: for a while one DC holds the new CA's, the other the
-                //    old one's.
-                let dc = &dcs[i].name;
-                for f in [format!("{dc}-n1.pem"), format!("{dc}-n1-key.pem")] {
-                    std::fs::copy(new.join(&f), certs.join(&f))?;
-                }
-            }
-            dcs[i].restart()?;
-            dcs[i].wait_ready().await?;
-            let tag = format!("{step}-{i}");
-            replicates(&dcs[0], &dcs[1], &tag).await?;
-            replicates(&dcs[1], &dcs[0], &tag).await?;
-        }
-    }
-    // A node still holding an old-CA certificate is now refused.
-    let stale = TlsMaterial::from_pem(
-        &format!("{old_ca}{new_ca}"),
-        &std::fs::read_to_string(old.join("dc2-n1.pem"))?,
-        &std::fs::read_to_string(old.join("dc2-n1-key.pem"))?,
-    )?;
-    let r = meridian_identity::connect(
-        stale.client_config()?,
-        &format!("127.0.0.1:{}", p1.wan),
-        "dc1",
-        Duration::from_secs(3),
-    )
-    .await;
-    if let Ok(mut s) = r {
-        // TLS 1.3: the server's verdict on the client certificate arrives after the handshake.
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
-        ensure!(
-            !matches!(read, Ok(Ok(n)) if n > 0),
-            "an old-CA certificate was accepted"
-        );
-    }
+    let mut acl = Acl::management(TEST_TOKEN);
+    acl.tokens.push(AclToken {
+        description: "deployer of web".into(),
+        secret: DEPLOYER.into(),
+        scope: "write".into(),
+        services: vec!["web".into()],
+    });
+    c.acl = Some(acl);
+    c.write(&file)?;
+    let (status, body) = reload(&agent).await?;
+    ensure!(status == 200 && body.contains("acl"), "{status} {body}");
+    ensure!(
+        register_with(&agent, DEPLOYER).await? == 200,
+        "the new token"
+    );
+
+    // A new HTTP port needs a restart: the whole file is refused, the token removal with it.
+    let mut moved = c.clone();
+    moved.ports.http = crate::harness::free_port();
+    moved.acl = Some(Acl::management(TEST_TOKEN));
+    moved.write(&file)?;
+    let (status, body) = reload(&agent).await?;
+    ensure!(
+        status == 400 && body.contains("ports.http") && body.contains("restart"),
+        "{status} {body}"
+    );
+    ensure!(
+        register_with(&agent, DEPLOYER).await? == 200,
+        "a refused file changed the tokens"
+    );
+
+    // The token removed: refused from the next request on.
+    let mut removed = c.clone();
+    removed.acl = Some(Acl::management(TEST_TOKEN));
+    removed.write(&file)?;
+    let (status, body) = reload(&agent).await?;
+    ensure!(status == 200, "{status} {body}");
+    ensure!(
+        register_with(&agent, DEPLOYER).await? == 403,
+        "a removed token"
+    );
+    ensure!(agent.is_running());
     Ok(())
 }

@@ -39,7 +39,7 @@ use meridian_federation::Federation;
 use meridian_topology::View;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::acl::{Acl, Need, presented_token};
@@ -83,8 +83,16 @@ struct StateInner {
     registry: Registry,
     max_body_bytes: usize,
     closing: watch::Sender<bool>,
-    acl: Arc<Acl>,
+    /// Swapped whole by a reload (`PUT /v1/agent/reload`, SIGHUP).
+    acl: arc_swap::ArcSwap<Acl>,
+    /// Where `PUT /v1/agent/reload` asks the process to re-read its config file; none for an
+    /// agent without one (`--dev`).
+    reload: Option<mpsc::Sender<ReloadRequest>>,
 }
+
+/// A request to re-read the config file, and where its outcome goes: what changed, or why
+/// nothing did.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
 impl ApiState {
     /// State for an API in front of `catalog`, accepting bodies up to `max_body_bytes`;
@@ -111,7 +119,8 @@ impl ApiState {
                 registry,
                 max_body_bytes,
                 closing: watch::Sender::new(false),
-                acl: Arc::new(Acl::open()),
+                acl: arc_swap::ArcSwap::from_pointee(Acl::open()),
+                reload: None,
             }),
         }
     }
@@ -128,9 +137,23 @@ impl ApiState {
     /// everything.
     pub fn with_acl(mut self, acl: Acl) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.acl = Arc::new(acl);
+            inner.acl = arc_swap::ArcSwap::from_pointee(acl);
         }
         self
+    }
+
+    /// This state answering `PUT /v1/agent/reload` by sending requests to `reload` (before it
+    /// is shared).
+    pub fn with_reload(mut self, reload: mpsc::Sender<ReloadRequest>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.reload = Some(reload);
+        }
+        self
+    }
+
+    /// Enforces `acl` from the next request on (a reload of the config file's tokens).
+    pub fn set_acl(&self, acl: Acl) {
+        self.inner.acl.store(Arc::new(acl));
     }
 
     /// The node's addresses and failover clock, when set.
@@ -220,6 +243,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/service/{id}", get(agent::agent_service))
         .route("/v1/agent/members", get(agent::agent_members))
         .route("/v1/agent/maintenance", put(agent::node_maintenance))
+        .route("/v1/agent/reload", put(agent_reload))
         .route(
             "/v1/agent/service/maintenance/{id}",
             put(agent::service_maintenance),
@@ -540,7 +564,7 @@ fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    check_acl(&state.inner.acl, req, next).await
+    check_acl(&state.inner.acl.load(), req, next).await
 }
 
 async fn check_acl(acl: &Acl, req: Request, next: Next) -> Response {
@@ -556,6 +580,26 @@ async fn check_acl(acl: &Acl, req: Request, next: Next) -> Response {
             tracing::info!(reason = %denied, "request refused by acl");
             ApiError::from(denied).into_response()
         }
+    }
+}
+
+/// `PUT /v1/agent/reload` (Consul's): the agent re-reads its config file, as on SIGHUP. 200 with
+/// what changed; 400 with the reason when the file cannot be applied (then nothing changed).
+async fn agent_reload(State(state): State<ApiState>) -> Result<String, ApiError> {
+    let Some(reload) = &state.inner.reload else {
+        return Err(ApiError::bad_request(
+            "this agent has no config file to reload (--dev)",
+        ));
+    };
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the agent is shutting down".into(),
+    };
+    reload.send(tx).await.map_err(|_| unavailable())?;
+    match rx.await.map_err(|_| unavailable())? {
+        Ok(changed) => Ok(changed),
+        Err(why) => Err(ApiError::bad_request(why)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The commands a datacenter's Raft log carries, and what applying one reports.
 
+use meridian_topology::dc::DcSnapshot;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,13 @@ pub enum Command {
         /// The write itself.
         command: Box<Command>,
     },
+    /// Replaces the datacenter's whole state with a backup's (`PUT /v1/snapshot`): every server
+    /// applies the same entry, so every one ends equal. Every entry is stamped with the index
+    /// of this command, so that indexes only move forward.
+    Restore {
+        /// The state to restore.
+        catalog: Box<DcSnapshot>,
+    },
 }
 
 impl Command {
@@ -131,6 +139,8 @@ impl Command {
                 }
                 Command::DeregisterCheck { node, check_id } => node.len() + check_id.len(),
                 Command::DeregisterNode { node } => node.len(),
+                // Always alone in its entry.
+                Command::Restore { .. } => usize::MAX / 2,
                 Command::SetQuery { query, .. } => {
                     let svc = &query.service;
                     query.id.len()

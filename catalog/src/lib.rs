@@ -18,6 +18,7 @@ mod chaos_break {
         true
     }
 }
+mod backup;
 mod command;
 mod config;
 mod counters;
@@ -33,6 +34,10 @@ mod store;
 mod tls;
 mod types;
 
+pub use backup::{
+    BACKUP_FORMAT, Backup, BackupError, BackupHeader, MAX_BACKUP_BYTES, decode as decode_backup,
+    encode as encode_backup,
+};
 pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
 pub use config::{CatalogConfig, CheckPolicy, RaftTuning};
 pub use counters::CatalogCounters;

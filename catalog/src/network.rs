@@ -20,8 +20,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::tls::RpcTls;
 use crate::types::TypeConfig;
 
-/// Largest gRPC message a catalog node sends or accepts (snapshot chunks are smaller).
-pub(crate) const MAX_RPC_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest gRPC message a catalog node sends or accepts: an AppendEntries of 31 batches of
+/// 256 KiB and a restore entry ([`crate::MAX_BACKUP_BYTES`]) fits; snapshot chunks are smaller.
+pub(crate) const MAX_RPC_MESSAGE: usize = 32 * 1024 * 1024;
 
 /// Opens a lazily-connecting channel to a peer's rpc address, over mutual TLS when `tls` is set.
 pub(crate) fn channel(

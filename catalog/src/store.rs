@@ -469,6 +469,10 @@ impl StateMachineStore {
                 let existed = state.deregister_node(&node, index);
                 (existed, existed)
             }
+            Command::Restore { catalog } => {
+                *state = DcState::from_snapshot(crate::backup::restamp(*catalog, index));
+                (true, true)
+            }
             Command::Guarded {
                 node,
                 id,

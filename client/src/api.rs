@@ -78,7 +78,7 @@ impl Http {
     }
 
     /// Sends `req` (`method` to `url`) within `limit` and reads its body (at most
-    /// [`MAX_BODY`]); an error status is a [`ClientError::Status`].
+    /// [`MAX_BODY`]) as text; an error status is a [`ClientError::Status`].
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -86,6 +86,20 @@ impl Http {
         url: &str,
         limit: Duration,
     ) -> Result<String, ClientError> {
+        let body = self.send_raw(req, method, url, limit, MAX_BODY).await?;
+        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+    }
+
+    /// Sends `req` within `limit` and reads its body as it is, at most `max` bytes; an error
+    /// status is a [`ClientError::Status`].
+    async fn send_raw(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+        url: &str,
+        limit: Duration,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut resp = req
             .timeout(limit)
             .send()
@@ -99,9 +113,9 @@ impl Http {
         let too_large = || ClientError::AnswerTooLarge {
             method,
             url: url.to_owned(),
-            limit: MAX_BODY,
+            limit: max,
         };
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
         // Read as it arrives, and stop at the cap: an answer without a length (chunked, or
@@ -112,22 +126,48 @@ impl Http {
             url: url.to_owned(),
             source: e,
         })? {
-            if body.len() + chunk.len() > MAX_BODY {
+            if body.len() + chunk.len() > max {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
-        let text = String::from_utf8_lossy(&body).trim().to_owned();
         if !status.is_success() {
             return Err(ClientError::Status {
                 method,
                 url: url.to_owned(),
                 status: status.as_u16(),
                 reason: status.canonical_reason().unwrap_or_default().to_owned(),
-                message: text,
+                message: String::from_utf8_lossy(&body).trim().to_owned(),
             });
         }
-        Ok(text)
+        Ok(body)
+    }
+
+    /// GETs `url` within `limit` and returns its body as it is, at most `max` bytes (a file,
+    /// such as a backup).
+    pub async fn get_bytes(
+        &self,
+        url: &str,
+        limit: Duration,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.send_raw(self.client.get(url), "GET", url, limit, max)
+            .await
+    }
+
+    /// PUTs `body` (a file, as it is) to `url` within `limit`, and returns the answer's text.
+    pub async fn put_file(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<String, ClientError> {
+        let req = self
+            .client
+            .put(url)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        self.send(req, "PUT", url, limit).await
     }
 
     /// GETs `url` and decodes its JSON, within `limit`.
@@ -224,6 +264,20 @@ impl ApiClient {
     /// DELETEs `path`.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.http.delete(&format!("{}{path}", self.base)).await
+    }
+
+    /// GETs `path` as bytes, at most `max` of them.
+    pub async fn get_bytes(&self, path: &str, max: usize) -> Result<Vec<u8>, ClientError> {
+        self.http
+            .get_bytes(&format!("{}{path}", self.base), CLI_TIMEOUT, max)
+            .await
+    }
+
+    /// PUTs a file to `path`; the answer's text.
+    pub async fn put_file(&self, path: &str, body: Vec<u8>) -> Result<String, ClientError> {
+        self.http
+            .put_file(&format!("{}{path}", self.base), body, CLI_TIMEOUT)
+            .await
     }
 }
 

@@ -1,6 +1,6 @@
 //! The command line: parsed by clap and dispatched from [`run`]. Each command owns its arguments
-//! in its own module (`agent`, `demo`, `services`, `operator`, `tls_cmd`, `drill`); this file only
-//! names them.
+//! in its own module (`agent`, `demo`, `services`, `operator`, `snapshot`, `tls_cmd`, `drill`);
+//! this file only names them.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -36,6 +36,8 @@ pub enum Commands {
     Operator(crate::operator::OperatorArgs),
     /// Makes an agent re-read its config file (certificates, tokens), as SIGHUP does.
     Reload(ApiArgs),
+    /// Saves, restores and inspects backups of a datacenter's state.
+    Snapshot(crate::snapshot::SnapshotArgs),
     /// Creates the federation's CA and node certificates.
     #[command(subcommand)]
     Tls(crate::tls_cmd::TlsCommand),
@@ -72,6 +74,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Reload(api) => {
             init_logging("warn");
             crate::operator::reload(&api).await?;
+        }
+        Commands::Snapshot(args) => {
+            init_logging("warn");
+            crate::snapshot::run(args).await?;
         }
         Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
         Commands::Drill(cmd) => {
@@ -132,6 +138,12 @@ mod tests {
         parse(&["meridian", "members"]).expect("members");
         parse(&["meridian", "operator", "raft", "list-peers"]).expect("list-peers");
         parse(&["meridian", "reload", "--http-addr", "127.0.0.1:8510"]).expect("reload");
+        parse(&["meridian", "snapshot", "save", "dc1.snap"]).expect("save");
+        parse(&["meridian", "snapshot", "inspect", "dc1.snap"]).expect("inspect");
+        assert!(
+            parse(&["meridian", "snapshot", "restore"]).is_err(),
+            "restore names a file"
+        );
         parse(&[
             "meridian",
             "operator",

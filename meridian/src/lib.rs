@@ -14,4 +14,5 @@ pub mod demo;
 pub mod drill;
 pub mod operator;
 pub mod services;
+pub mod snapshot;
 pub mod tls_cmd;

@@ -326,6 +326,10 @@ impl Need {
     /// is closed until it is classified here.
     pub fn of(method: &axum::http::Method, path: &str) -> Need {
         use axum::http::Method;
+        // A backup holds the whole DC at once: an operator's, like its restore.
+        if path == "/v1/snapshot" {
+            return Need::Operator;
+        }
         if method == Method::GET || method == Method::HEAD {
             return Need::Read;
         }
@@ -667,6 +671,14 @@ mod tests {
             Need::CheckUpdate
         );
         assert_eq!(Need::of(&Method::DELETE, "/v1/query/1"), Need::Operator);
+        // A backup holds the whole DC: reading it is an operator's, as is restoring it.
+        assert_eq!(Need::of(&Method::GET, "/v1/snapshot"), Need::Operator);
+        assert_eq!(Need::of(&Method::PUT, "/v1/snapshot"), Need::Operator);
+        assert_eq!(Need::of(&Method::PUT, "/v1/agent/reload"), Need::Operator);
+        assert_eq!(
+            Need::of(&Method::DELETE, "/v1/operator/raft/peer"),
+            Need::Operator
+        );
         assert_eq!(Need::of(&Method::POST, "/v1/anything"), Need::Management);
     }
 }

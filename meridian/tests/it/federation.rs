@@ -46,7 +46,7 @@ async fn remote(agent: &Agent, dc: &str) -> Result<Value> {
 
 /// Waits until `holder`'s replica of `origin`'s datacenter is connected and has the origin's
 /// exact digest.
-async fn converged(origin: &Agent, dc: &str, holder: &Agent, secs: u64) -> Result<()> {
+pub(crate) async fn converged(origin: &Agent, dc: &str, holder: &Agent, secs: u64) -> Result<()> {
     let last = std::sync::Mutex::new(String::new());
     let ok = eventually(secs, "replica digest equal to the origin's", || async {
         let (Ok(o), Ok(r)) = (status(origin).await, remote(holder, dc).await) else {
@@ -265,6 +265,32 @@ pub(crate) fn config_dc(
     customize: impl FnOnce(&mut AgentConfig),
 ) -> Result<Agent> {
     config_dc_on(dir, certs, dc, Ports::free(), peers, customize)
+}
+
+/// Makes `c` a node holding its certificate from `certs` (as [`make_certs`] names them), mutual
+/// TLS on its rpc port, following `peers`.
+pub(crate) fn with_certs(c: &mut AgentConfig, certs: &Path, peers: Vec<Peer>) {
+    let (dc, name) = (c.datacenter.clone(), c.node_name.clone());
+    c.insecure = false;
+    c.federation = Some(Federation {
+        peers,
+        ..Federation::with_certs(
+            &certs.join("meridian-ca.pem"),
+            &certs.join(format!("{dc}-{name}.pem")),
+            &certs.join(format!("{dc}-{name}-key.pem")),
+        )
+    });
+}
+
+/// A peer entry for datacenter `dc` at the WAN ports of its nodes' `configs`.
+pub(crate) fn peer_at(dc: &str, configs: &[AgentConfig]) -> Peer {
+    Peer {
+        dc: dc.to_owned(),
+        addresses: configs
+            .iter()
+            .map(|c| format!("127.0.0.1:{}", c.ports.wan))
+            .collect(),
+    }
 }
 
 /// [`config_dc`] on given ports.

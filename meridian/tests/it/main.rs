@@ -5,6 +5,7 @@
 // is for the libraries.
 #![allow(clippy::disallowed_methods)]
 
+mod backup;
 mod cli;
 mod clients;
 mod dns;

@@ -21,6 +21,7 @@ mod listener;
 mod metrics;
 mod query;
 pub mod register;
+mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -244,6 +245,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/members", get(agent::agent_members))
         .route("/v1/agent/maintenance", put(agent::node_maintenance))
         .route("/v1/agent/reload", put(agent_reload))
+        .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .route(
             "/v1/agent/service/maintenance/{id}",
             put(agent::service_maintenance),

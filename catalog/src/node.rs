@@ -81,6 +81,8 @@ pub struct Catalog {
 
 struct Inner {
     cfg: CatalogConfig,
+    /// `cfg.write_timeout`, as a reload may change it.
+    write_timeout_ms: std::sync::atomic::AtomicU64,
     raft: Raft,
     proposer: Proposer,
     counters: Arc<CatalogCounters>,
@@ -249,6 +251,7 @@ impl Catalog {
         let catalog = Catalog {
             inner: Arc::new(Inner {
                 health: HealthRunner::new(cfg.node_name.clone(), cfg.checks.clone()),
+                write_timeout_ms: std::sync::atomic::AtomicU64::new(millis(cfg.write_timeout)),
                 cfg,
                 raft,
                 proposer,
@@ -307,6 +310,23 @@ impl Catalog {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// How long a write may wait for a leader and a commit before it fails.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.inner
+                .write_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Gives writes `timeout` from the next one on (a reload); 1 ms to 1 h.
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        let ms = millis(timeout).clamp(1, 3_600_000);
+        self.inner
+            .write_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Datacenter name.
@@ -454,7 +474,7 @@ impl Catalog {
             }),
             catch_up_ms: millis(catch_up),
         });
-        req.set_timeout(catch_up + self.inner.cfg.write_timeout);
+        req.set_timeout(catch_up + self.write_timeout());
         let reply = client
             .change_membership(req)
             .await
@@ -476,7 +496,7 @@ impl Catalog {
     /// the write timeout: a node cut off from its quorum cannot promise a fresh read.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn read_barrier(&self) -> Result<u64, CatalogError> {
-        let timeout = self.inner.cfg.write_timeout;
+        let timeout = self.write_timeout();
         let deadline = Instant::now() + timeout;
         let index = self
             .via_leader(|at| async move {
@@ -505,7 +525,7 @@ impl Catalog {
         F: FnMut(LeaderAt) -> Fut,
         Fut: std::future::Future<Output = Result<T, Retry>>,
     {
-        let timeout = self.inner.cfg.write_timeout;
+        let timeout = self.write_timeout();
         let deadline = Instant::now() + timeout;
         let mut metrics = self.inner.raft.metrics();
         let mut backoff = Duration::from_millis(20);
@@ -624,7 +644,7 @@ impl Catalog {
         let command = serde_json::to_vec(cmd)
             .map_err(|e| Retry::Fatal(CatalogError::Raft(format!("cannot encode command: {e}"))))?;
         let mut req = tonic::Request::new(ForwardRequest { command });
-        req.set_timeout(self.inner.cfg.write_timeout);
+        req.set_timeout(self.write_timeout());
         let reply = client
             .forward(req)
             .await

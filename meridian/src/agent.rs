@@ -48,6 +48,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Before anything starts: SIGHUP's default action would end the process.
     let mut hangups = hangups()?;
     let (cfg, temp) = agent_config(&args)?;
+    crate::cli::set_log_level(cfg.log_level.as_deref()).map_err(anyhow::Error::msg)?;
     if cfg.gateway_only {
         return meridian_node::gateway_only::run(cfg, temp).await;
     }
@@ -81,7 +82,16 @@ fn reload(agent: &mut Agent, args: &AgentArgs) -> Result<String, String> {
         return Err("a --dev agent has no config file to reload".into());
     }
     let (cfg, _) = agent_config(args).map_err(|e| format!("{e:#}"))?;
-    agent.reload(cfg)
+    // Checked before anything is applied, so that a bad directive changes nothing.
+    tracing_subscriber::EnvFilter::try_new(cfg.log_level.as_deref().unwrap_or("info"))
+        .map_err(|e| format!("log_level: {e}; nothing was reloaded"))?;
+    let level_changed = cfg.log_level != agent.config().log_level;
+    let level = cfg.log_level.clone();
+    let changed = agent.reload(cfg)?;
+    if level_changed {
+        crate::cli::set_log_level(level.as_deref())?;
+    }
+    Ok(changed)
 }
 
 /// SIGHUPs, as a stream of `()`; never one where there are no such signals.

@@ -88,16 +88,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The installed log filter, which an agent's `log_level` (and its reloads) replaces.
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
 /// Logs to stderr (stdout is the CLI's output), filtered by `RUST_LOG`, else `default`.
 fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // A second initialisation (tests that run several commands) is harmless: keep the first.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // A second initialisation (tests that run several commands) is harmless: keep the first.
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Filters logs by `directives` (`RUST_LOG`'s syntax) from now on, unless `RUST_LOG` is set,
+/// which wins. `None`: `info`. Whether the filter changed; an error names what does not parse.
+pub(crate) fn set_log_level(directives: Option<&str>) -> Result<bool, String> {
+    let directives = directives.unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .map_err(|e| format!("log_level {directives:?}: {e}"))?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    match LOG_FILTER.get() {
+        Some(handle) => handle
+            .reload(filter)
+            .map(|()| true)
+            .map_err(|e| format!("log_level: {e}")),
+        None => Ok(false),
+    }
 }
 
 #[cfg(test)]

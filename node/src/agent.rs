@@ -212,7 +212,9 @@ impl Agent {
     }
 
     /// Applies `new`, the config file re-read (SIGHUP, `PUT /v1/agent/reload`): the certificate
-    /// files (new connections present and trust the new ones; open ones are kept) and `[acl]`.
+    /// files (new connections present and trust the new ones; open ones are kept), `[acl]`,
+    /// `[failover]` (the detector keeps what it knows), `[limits]`' body cap and write timeout;
+    /// `log_level` is the caller's to apply (it holds the process's log filter).
     /// A change to anything read only at start (ports, data folder, node id…) refuses the whole
     /// file, naming the key, and so does a file that does not validate: then nothing changes.
     /// Returns what changed.
@@ -239,6 +241,20 @@ impl Agent {
         if new.acl != self.config.acl {
             self.api.set_acl(new.acl.to_acl(new.dev));
             changed.push("acl");
+        }
+        if new.failover != self.config.failover {
+            self.failover.reconfigure(&new.failover);
+            changed.push("failover");
+        }
+        if new.limits != self.config.limits {
+            self.api.set_max_body_bytes(new.limits.max_body_bytes);
+            self.catalog
+                .set_write_timeout(Duration::from_millis(new.limits.write_timeout_ms));
+            changed.push("limits");
+        }
+        if new.log_level != self.config.log_level {
+            // Applied by the process, which holds the log filter.
+            changed.push("log_level");
         }
         self.config = new;
         let changed = if changed.is_empty() {

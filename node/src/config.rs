@@ -125,6 +125,10 @@ pub struct Config {
     /// (`federation.local_servers`) and serves the gateway and DNS from what it learns.
     #[serde(default)]
     pub gateway_only: bool,
+    /// What the node logs, as `RUST_LOG` says it (`info`, `info,openraft=warn`); `RUST_LOG`
+    /// wins when set. Default `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// WAN federation (`[federation]`): certificates, export policy, peers and timings.
@@ -1190,6 +1194,7 @@ impl Config {
             dev: true,
             dev_listen_any: false,
             gateway_only: false,
+            log_level: None,
         };
         cfg.apply(ov);
         let host = cfg.advertise_ip().to_string();
@@ -1460,7 +1465,8 @@ impl Config {
 
     /// The first key whose change `new` makes that a running node cannot apply (ports, data
     /// folder, identity, and every setting read only at start), if any. What a reload applies:
-    /// the certificate files' contents (and paths), and `[acl]`.
+    /// the certificate files' contents (and paths), `[acl]`, `[failover]`, `log_level`, and
+    /// `[limits]` but its connection caps.
     pub fn fixed_change(&self, new: &Config) -> Option<String> {
         macro_rules! fixed {
             ($($field:ident),*) => {
@@ -1477,17 +1483,15 @@ impl Config {
                 return Some(key.to_owned());
             }
         }
-        fixed!(
-            servers,
-            raft,
-            limits,
-            dns,
-            gateway,
-            failover,
-            checks,
-            insecure,
-            gateway_only
-        );
+        fixed!(servers, raft, dns, gateway, checks, insecure, gateway_only);
+        // The connection caps size semaphores at start; the body cap and the write timeout
+        // are read per request.
+        if self.limits.max_connections != new.limits.max_connections {
+            return Some("limits.max_connections".to_owned());
+        }
+        if self.limits.max_connections_per_client != new.limits.max_connections_per_client {
+            return Some("limits.max_connections_per_client".to_owned());
+        }
         let (old, now) = (&self.federation, &new.federation);
         for (key, was, is) in [
             ("federation.ca_file", &old.ca_file, &now.ca_file),

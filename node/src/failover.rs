@@ -61,6 +61,8 @@ pub struct FailoverCounters {
 /// The running failover stage between the producers' views and the readers.
 pub struct FailoverRuntime {
     views: watch::Receiver<Arc<View>>,
+    /// New settings (a reload), for the running stage.
+    settings: watch::Sender<FailoverSection>,
     clock: Clock,
     tunnel: Arc<OnceLock<Arc<Tunnel>>>,
     counters: Arc<FailoverCounters>,
@@ -92,9 +94,11 @@ impl FailoverRuntime {
         let now = clock.now_ms();
         runner.remember_states(&first);
         let (out, views) = watch::channel(runner.compose(&first, now));
-        let task = tokio::spawn(runner.run(input, out));
+        let (settings, reconfig) = watch::channel(config.clone());
+        let task = tokio::spawn(runner.run(input, reconfig, out));
         FailoverRuntime {
             views,
+            settings,
             clock,
             tunnel,
             counters,
@@ -128,6 +132,12 @@ impl FailoverRuntime {
     /// Probes go through `tunnel` from now on (once the gateway is up).
     pub fn set_tunnel(&self, tunnel: Arc<Tunnel>) {
         let _ = self.tunnel.set(tunnel);
+    }
+
+    /// Runs with `config` from now on (a reload): thresholds, probe timing, policy. What the
+    /// detector knows of every DC is kept.
+    pub fn reconfigure(&self, config: &FailoverSection) {
+        self.settings.send_replace(config.clone());
     }
 
     /// Stops the stage.
@@ -273,7 +283,12 @@ fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
 const MAX_PROBES_IN_FLIGHT: usize = 12;
 
 impl Runner {
-    async fn run(mut self, mut input: watch::Receiver<Arc<View>>, out: watch::Sender<Arc<View>>) {
+    async fn run(
+        mut self,
+        mut input: watch::Receiver<Arc<View>>,
+        mut reconfig: watch::Receiver<FailoverSection>,
+        out: watch::Sender<Arc<View>>,
+    ) {
         let (tx, mut rx) = mpsc::channel::<ProbeResult>(64);
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.probe_interval_ms));
@@ -289,6 +304,18 @@ impl Runner {
                     input_changed = true;
                 }
                 _ = ticker.tick() => self.probe_all(&tx),
+                Ok(()) = reconfig.changed() => {
+                    let config = reconfig.borrow_and_update().clone();
+                    if config.probe_interval_ms != self.config.probe_interval_ms {
+                        ticker = tokio::time::interval(Duration::from_millis(config.probe_interval_ms));
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    self.detector.set_config(config.detector());
+                    self.policy = Arc::new(config.policy());
+                    self.config = config;
+                    // Republish: the policy may send answers elsewhere now.
+                    input_changed = true;
+                }
                 Some((dc, rtt)) = rx.recv() => {
                     if let Some(n) = self.in_flight.get_mut(&dc) {
                         *n = n.saturating_sub(1);

@@ -158,6 +158,12 @@ impl Detector {
         }
     }
 
+    /// Takes thresholds `config` from now on (a reload), keeping what it knows of every DC:
+    /// statuses, evidence and RTTs.
+    pub fn set_config(&mut self, config: DetectorConfig) {
+        self.config = config;
+    }
+
     fn track(&mut self, dc: &str, now: u64) -> &mut Track {
         let key: Arc<str> = dc.to_ascii_lowercase().into();
         self.dcs.entry(key).or_insert_with(|| Track {

@@ -675,15 +675,42 @@ async fn a_reload_applies_tokens_and_refuses_what_needs_a_restart() -> Result<()
         "a refused file changed the tokens"
     );
 
-    // The token removed: refused from the next request on.
+    // A bad log filter refuses the whole file too.
+    let mut bad = c.clone();
+    bad.set("", "log_level", "info,=[");
+    bad.write(&file)?;
+    let (status, body) = reload(&agent).await?;
+    ensure!(
+        status == 400 && body.contains("log_level"),
+        "{status} {body}"
+    );
+
+    // The token removed, a smaller body cap, a log level and failover timings: applied.
     let mut removed = c.clone();
     removed.acl = Some(Acl::management(TEST_TOKEN));
+    removed
+        .set("limits", "max_body_bytes", 1024)
+        .set("", "log_level", "info,meridian_node=debug")
+        .set("failover", "down_after_ms", 2500);
     removed.write(&file)?;
     let (status, body) = reload(&agent).await?;
-    ensure!(status == 200, "{status} {body}");
+    ensure!(
+        status == 200
+            && ["acl", "limits", "log_level", "failover"]
+                .iter()
+                .all(|k| body.contains(k)),
+        "{status} {body}"
+    );
     ensure!(
         register_with(&agent, DEPLOYER).await? == 403,
         "a removed token"
+    );
+    let big = json!({"ID": "big", "Name": "web", "Port": 80, "Meta": {"m": "x".repeat(2000)}});
+    let r = agent.put_json("/v1/agent/service/register", &big).await?;
+    ensure!(
+        r.status() == 413,
+        "a 2 KB body after the cap went to 1 KiB: {}",
+        r.status()
     );
     ensure!(agent.is_running());
     Ok(())

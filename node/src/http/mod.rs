@@ -82,7 +82,8 @@ struct StateInner {
     federation: Option<Arc<Federation>>,
     metrics: Arc<HttpMetrics>,
     registry: Registry,
-    max_body_bytes: usize,
+    /// Changed by a reload.
+    max_body_bytes: std::sync::atomic::AtomicUsize,
     closing: watch::Sender<bool>,
     /// Swapped whole by a reload (`PUT /v1/agent/reload`, SIGHUP).
     acl: arc_swap::ArcSwap<Acl>,
@@ -118,7 +119,7 @@ impl ApiState {
                 federation,
                 metrics,
                 registry,
-                max_body_bytes,
+                max_body_bytes: std::sync::atomic::AtomicUsize::new(max_body_bytes),
                 closing: watch::Sender::new(false),
                 acl: arc_swap::ArcSwap::from_pointee(Acl::open()),
                 reload: None,
@@ -215,7 +216,16 @@ impl ApiState {
 
     /// Largest request body accepted.
     pub fn max_body_bytes(&self) -> usize {
-        self.inner.max_body_bytes
+        self.inner
+            .max_body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Accepts request bodies up to `bytes` from the next request on (a reload).
+    pub fn set_max_body_bytes(&self, bytes: usize) {
+        self.inner
+            .max_body_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Ends every blocking query at once (they answer with the current view), so that a

@@ -15,9 +15,10 @@ use serde::Serialize;
 use crate::{machine, today};
 
 /// The benchmarks, in the order they run.
-const BENCHES: [&str; 7] = [
+const BENCHES: [&str; 8] = [
     "catalog",
     "membership",
+    "backup",
     "dns",
     "federation",
     "gateway",

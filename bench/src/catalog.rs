@@ -195,7 +195,7 @@ const BENCH_TOKEN: &str = "meridian-bench-management-token";
 /// Starts a 3-node DC (nodes `n1`…`n3`) in `dir`: secure (`--secure`: certificates for the rpc
 /// port from the kit's CA, an ACL) or open (see `tools::open_config`), with the node's default
 /// Raft timings either way.
-fn start_dc(
+pub(crate) fn start_dc(
     bin: &Path,
     dir: &Path,
     secure: bool,

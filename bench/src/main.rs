@@ -28,6 +28,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod all;
+mod backup;
 mod catalog;
 mod dns;
 mod failover;
@@ -182,6 +183,12 @@ enum What {
         #[arg(long, value_enum, value_delimiter = ',')]
         layouts: Vec<gateway::Layout>,
     },
+    /// Save and restore times of `/v1/snapshot` on a 3-node DC.
+    Backup {
+        /// Catalog sizes, in instances (default 10,000 and 20,000; quick 2,000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+    },
     /// The write pause while a dead server is replaced (`kill -9` of the leader, `add-peer` of a
     /// new node, `remove-peer` of the dead one) on a 3-node DC under load.
     Membership {
@@ -303,6 +310,7 @@ impl What {
             What::Gateway { .. } => "gateway",
             What::Failover { .. } => "failover",
             What::Membership { .. } => "membership",
+            What::Backup { .. } => "backup",
             What::Wan { .. } => "wan",
         }
     }
@@ -403,6 +411,16 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 },
             };
             gateway::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
+        What::Backup { sizes } => {
+            let sizes = if !sizes.is_empty() {
+                sizes
+            } else if cli.quick {
+                vec![2_000]
+            } else {
+                vec![10_000, 20_000]
+            };
+            backup::run(&bin, &cli.out, &sizes).await?;
         }
         What::Membership { preload, reps } => {
             let preload = preload.unwrap_or(if cli.quick { 2_000 } else { 10_000 });

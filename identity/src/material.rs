@@ -145,11 +145,16 @@ impl TlsMaterial {
     /// connections keep theirs. The certificate must name the same datacenter, node and role:
     /// anything else needs a restart. On error nothing changes.
     pub fn reload_from_files(&self, ca: &Path, cert: &Path, key: &Path) -> Result<(), TlsError> {
-        let fresh = Self::from_files(ca, cert, key)?;
+        self.reload_from(&Self::from_files(ca, cert, key)?, Some(cert))
+    }
+
+    /// Makes `fresh`'s keys this material's, as [`Self::reload_from_files`] does with what it
+    /// loaded (`cert`, when given, names the file in an error).
+    pub fn reload_from(&self, fresh: &TlsMaterial, cert: Option<&Path>) -> Result<(), TlsError> {
         if fresh.identity != self.identity {
             return Err(material(
                 "node certificate",
-                Some(cert),
+                cert,
                 format!(
                     "it names {} but this node runs as {}: a new identity needs a restart",
                     fresh.identity, self.identity

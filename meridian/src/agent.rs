@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Args};
 use meridian_node::agent::{Agent, dev_data_dir, shutdown_signal};
 use meridian_node::config::Config;
+use meridian_node::gateway_only::GatewayNode;
 use tempfile::TempDir;
 
 use crate::args::NodeArgs;
@@ -43,41 +44,81 @@ pub fn agent_config(args: &AgentArgs) -> anyhow::Result<(Config, Option<TempDir>
     Ok((cfg, None))
 }
 
-/// Runs `meridian agent` until SIGINT or SIGTERM, reloading its file on SIGHUP.
+/// A running node of either kind, as the process drives it.
+enum Node {
+    /// A server: catalog, API, DNS, gateway.
+    Server(Agent),
+    /// A gateway-only node.
+    Gateway(GatewayNode),
+}
+
+impl Node {
+    fn config(&self) -> &Config {
+        match self {
+            Node::Server(a) => a.config(),
+            Node::Gateway(g) => g.config(),
+        }
+    }
+
+    fn apply(&mut self, cfg: Config) -> Result<String, String> {
+        match self {
+            Node::Server(a) => a.reload(cfg),
+            Node::Gateway(g) => g.reload(cfg),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Node::Server(a) => a.shutdown().await,
+            Node::Gateway(g) => g.shutdown().await,
+        }
+    }
+}
+
+/// Runs `meridian agent` until SIGINT or SIGTERM, reloading its file on SIGHUP (and, on a
+/// server, on `PUT /v1/agent/reload`).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Before anything starts: SIGHUP's default action would end the process.
     let mut hangups = hangups()?;
     let (cfg, temp) = agent_config(&args)?;
     crate::cli::set_log_level(cfg.log_level.as_deref()).map_err(anyhow::Error::msg)?;
-    if cfg.gateway_only {
-        return meridian_node::gateway_only::run(cfg, temp).await;
-    }
-    let mut agent = Agent::start(cfg, temp).await?;
-    println!("{}", agent.endpoints_line());
-    let mut requests = agent.take_reload_requests();
+    let (mut node, mut requests) = if cfg.gateway_only {
+        let g = GatewayNode::start(cfg, temp).await?;
+        println!(
+            "meridian gateway-only node: http={} gateway={}",
+            g.http_addr(),
+            g.gateway_addr()
+        );
+        (Node::Gateway(g), None)
+    } else {
+        let mut agent = Agent::start(cfg, temp).await?;
+        println!("{}", agent.endpoints_line());
+        let requests = agent.take_reload_requests();
+        (Node::Server(agent), requests)
+    };
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
             Some(()) = hangups.recv() => {
-                match reload(&mut agent, &args) {
+                match reload(&mut node, &args) {
                     Ok(changed) => tracing::info!(%changed, "SIGHUP: config file reloaded"),
                     Err(why) => tracing::warn!(%why, "SIGHUP: config file not reloaded"),
                 }
             }
             Some(reply) = async { match &mut requests { Some(r) => r.recv().await, None => None } } => {
-                let _ = reply.send(reload(&mut agent, &args));
+                let _ = reply.send(reload(&mut node, &args));
             }
         }
     }
     tracing::info!("shutting down");
-    agent.shutdown().await;
+    node.shutdown().await;
     Ok(())
 }
 
-/// Re-reads the file `args` name, with the same flags, and applies it to `agent`.
-fn reload(agent: &mut Agent, args: &AgentArgs) -> Result<String, String> {
+/// Re-reads the file `args` name, with the same flags, and applies it to `node`.
+fn reload(node: &mut Node, args: &AgentArgs) -> Result<String, String> {
     if args.dev {
         return Err("a --dev agent has no config file to reload".into());
     }
@@ -85,9 +126,9 @@ fn reload(agent: &mut Agent, args: &AgentArgs) -> Result<String, String> {
     // Checked before anything is applied, so that a bad directive changes nothing.
     tracing_subscriber::EnvFilter::try_new(cfg.log_level.as_deref().unwrap_or("info"))
         .map_err(|e| format!("log_level: {e}; nothing was reloaded"))?;
-    let level_changed = cfg.log_level != agent.config().log_level;
+    let level_changed = cfg.log_level != node.config().log_level;
     let level = cfg.log_level.clone();
-    let changed = agent.reload(cfg)?;
+    let changed = node.apply(cfg)?;
     if level_changed {
         crate::cli::set_log_level(level.as_deref())?;
     }

@@ -219,25 +219,7 @@ impl Agent {
     /// file, naming the key, and so does a file that does not validate: then nothing changes.
     /// Returns what changed.
     pub fn reload(&mut self, new: Config) -> Result<String, String> {
-        new.validate().map_err(|e| e.to_string())?;
-        if let Some(key) = self.config.fixed_change(&new) {
-            return Err(format!(
-                "{key} cannot change without a restart; nothing was reloaded"
-            ));
-        }
-        let mut changed = Vec::new();
-        let f = &new.federation;
-        if let (Some(tls), Some(ca), Some(cert), Some(key)) =
-            (&self.tls, &f.ca_file, &f.cert_file, &f.key_file)
-        {
-            let fresh = TlsMaterial::from_files(ca, cert, key).map_err(|e| e.to_string())?;
-            if fresh.uses_dev_ca() {
-                return Err("federation.ca_file is the published development CA, which is insecure and only accepted with --dev; nothing was reloaded".into());
-            }
-            tls.reload_from_files(ca, cert, key)
-                .map_err(|e| format!("{e}; nothing was reloaded"))?;
-            changed.push("certificates");
-        }
+        let mut changed = reload_certificates(&self.config, &new, self.tls.as_deref())?;
         if new.acl != self.config.acl {
             self.api.set_acl(new.acl.to_acl(new.dev));
             changed.push("acl");
@@ -257,13 +239,7 @@ impl Agent {
             changed.push("log_level");
         }
         self.config = new;
-        let changed = if changed.is_empty() {
-            "nothing changed".to_owned()
-        } else {
-            format!("reloaded: {}", changed.join(", "))
-        };
-        tracing::info!(%changed, "configuration reloaded");
-        Ok(changed)
+        Ok(reloaded(&changed))
     }
 
     /// Where the HTTP API listens (the real port when 0 was asked for).
@@ -544,6 +520,47 @@ fn rpc_tls(tls: &TlsMaterial) -> anyhow::Result<meridian_catalog::RpcTls> {
         server_name: meridian_identity::server_name(&tls.identity().dc)?,
         handshake_timeout: Duration::from_secs(5),
     })
+}
+
+/// The first steps of a reload from `old` to `new`, for a server or a gateway-only node: `new`
+/// must validate and change nothing read only at start, and its certificate files, when set,
+/// become `tls`'s (new connections use them at once). On error nothing has changed. What
+/// changed so far.
+pub(crate) fn reload_certificates(
+    old: &Config,
+    new: &Config,
+    tls: Option<&TlsMaterial>,
+) -> Result<Vec<&'static str>, String> {
+    new.validate().map_err(|e| e.to_string())?;
+    if let Some(key) = old.fixed_change(new) {
+        return Err(format!(
+            "{key} cannot change without a restart; nothing was reloaded"
+        ));
+    }
+    let f = &new.federation;
+    let (Some(tls), Some(ca), Some(cert), Some(key)) = (tls, &f.ca_file, &f.cert_file, &f.key_file)
+    else {
+        return Ok(Vec::new());
+    };
+    let fresh =
+        TlsMaterial::from_files(ca, cert, key).map_err(|e| format!("{e}; nothing was reloaded"))?;
+    if fresh.uses_dev_ca() {
+        return Err("federation.ca_file is the published development CA, which is insecure and only accepted with --dev; nothing was reloaded".into());
+    }
+    tls.reload_from(&fresh, Some(cert))
+        .map_err(|e| format!("{e}; nothing was reloaded"))?;
+    Ok(vec!["certificates"])
+}
+
+/// A reload's outcome line, logged and answered.
+pub(crate) fn reloaded(changed: &[&str]) -> String {
+    let changed = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("reloaded: {}", changed.join(", "))
+    };
+    tracing::info!(%changed, "configuration reloaded");
+    changed
 }
 
 /// The node's certificates for federation, the rpc port and the tunnel, or `None` when they are

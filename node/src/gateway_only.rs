@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::get;
 use meridian_dns::DnsServer;
 use meridian_federation::Federation;
-use meridian_identity::Role;
+use meridian_identity::{Role, TlsMaterial};
 use meridian_topology::View;
 use meridian_topology::dc::DcState;
 use prometheus_client::registry::Registry;
@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::acl::Acl;
 use crate::agent::{RunningGateway, federation_settings, federation_tls, start_gateway};
 use crate::config::Config;
 use crate::failover::FailoverRuntime;
@@ -36,6 +37,10 @@ pub struct GatewayNode {
     gateway: RunningGateway,
     failover: FailoverRuntime,
     http_addr: SocketAddr,
+    /// What a reload compares the file with, and changes.
+    config: Config,
+    tls: Arc<TlsMaterial>,
+    acl: Arc<arc_swap::ArcSwap<Acl>>,
     tasks: Vec<JoinHandle<()>>,
     // Kept so that federation's "local catalog" (empty: there is none) stays open.
     _local: watch::Sender<Arc<View>>,
@@ -91,8 +96,14 @@ impl GatewayNode {
             config.dns.threads,
         )
         .await?;
-        let gateway =
-            start_gateway(&config, views.clone(), Some(tls), None, gateway_connections).await?;
+        let gateway = start_gateway(
+            &config,
+            views.clone(),
+            Some(tls.clone()),
+            None,
+            gateway_connections,
+        )
+        .await?;
         if let Some(t) = gateway.tunnel.clone() {
             failover.set_tunnel(t);
         }
@@ -111,13 +122,16 @@ impl GatewayNode {
             .route("/v1/catalog/datacenters", get(datacenters))
             .route("/v1/federation/status", get(status))
             .with_state(state);
-        let acl = config.acl.to_acl(config.dev);
+        let acl = Arc::new(arc_swap::ArcSwap::from_pointee(
+            config.acl.to_acl(config.dev),
+        ));
         let limits = config.limits;
+        let served_acl = acl.clone();
         let serve = tokio::spawn(async move {
             let served = crate::http::serve_router(
                 http,
                 app,
-                acl,
+                served_acl,
                 limits.max_connections,
                 limits.max_connections_per_client,
             )
@@ -133,6 +147,9 @@ impl GatewayNode {
             gateway,
             failover,
             http_addr,
+            config,
+            tls,
+            acl,
             tasks: vec![follow, serve],
             _local: local,
             temp_dir,
@@ -142,6 +159,40 @@ impl GatewayNode {
     /// Where the gateway listens.
     pub fn gateway_addr(&self) -> SocketAddr {
         self.gateway.addr
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies `new`, the config file re-read (SIGHUP), as a server's [`crate::agent::Agent::reload`]
+    /// does: the certificates (the tunnel's and federation's new connections), `[acl]`,
+    /// `[failover]`; `log_level` is the caller's. Anything read only at start refuses the file.
+    pub fn reload(&mut self, new: Config) -> Result<String, String> {
+        let mut changed = crate::agent::reload_certificates(&self.config, &new, Some(&self.tls))?;
+        if new.acl != self.config.acl {
+            self.acl.store(Arc::new(new.acl.to_acl(new.dev)));
+            changed.push("acl");
+        }
+        if new.failover != self.config.failover {
+            self.failover.reconfigure(&new.failover);
+            changed.push("failover");
+        }
+        if new.limits != self.config.limits {
+            // Its few read endpoints take no body and write nothing: nothing to apply.
+            changed.push("limits");
+        }
+        if new.log_level != self.config.log_level {
+            changed.push("log_level");
+        }
+        self.config = new;
+        Ok(crate::agent::reloaded(&changed))
     }
 
     /// Stops serving, then following.
@@ -184,17 +235,4 @@ async fn status(State(s): State<HttpState>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({
         "Datacenter": v.datacenter(), "Enabled": true, "GatewayOnly": true, "Remotes": remotes,
     }))
-}
-
-/// Runs a gateway-only node until SIGINT or SIGTERM.
-pub async fn run(config: Config, temp: Option<TempDir>) -> anyhow::Result<()> {
-    let node = GatewayNode::start(config, temp).await?;
-    println!(
-        "meridian gateway-only node: http={} gateway={}",
-        node.http_addr,
-        node.gateway_addr()
-    );
-    crate::agent::shutdown_signal().await;
-    node.shutdown().await;
-    Ok(())
 }

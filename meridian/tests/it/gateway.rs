@@ -700,18 +700,7 @@ async fn a_ca_rotation_by_reloads_keeps_rpc_federation_and_the_tunnel_carrying_t
             let a = &agents[i];
             // Each of the three ways an operator reloads.
             match i % 3 {
-                0 => {
-                    let before = a.log_text().matches("SIGHUP: config file reloaded").count();
-                    let pid = a.proc.pid().context("pid")?;
-                    let killed = Command::new("kill")
-                        .args(["-HUP", &pid.to_string()])
-                        .status()?;
-                    ensure!(killed.success(), "kill -HUP {pid}");
-                    eventually(10, &format!("{} reloads on SIGHUP", a.name), || async {
-                        a.log_text().matches("SIGHUP: config file reloaded").count() > before
-                    })
-                    .await?;
-                }
+                0 => sighup(a, "SIGHUP: config file reloaded").await?,
                 1 => {
                     let (ok, out) =
                         crate::harness::cli(a, Some(crate::harness::TEST_TOKEN), &["reload"])?;
@@ -784,4 +773,97 @@ async fn a_ca_rotation_by_reloads_keeps_rpc_federation_and_the_tunnel_carrying_t
         "rpc: new CA refused"
     );
     Ok(())
+}
+
+/// A gateway-only node (config file, certificates, `--follow`) reloads on SIGHUP too: its tokens
+/// at once, its certificate renewed in place; a change that needs a restart is refused and
+/// logged with the key, and the node keeps running as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_only_node_reloads_on_sighup() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(&certs, &[("dc1", "n1")])?;
+    crate::federation::make_role_cert(&certs, "dc1", "g1", "gateway")?;
+    let mut dc1 = crate::federation::config_dc(dir.path(), &certs, "dc1", &[], |_| {})?;
+    dc1.wait_ready().await?;
+    let mut c = AgentConfig::new("dc1", "g1", Ports::free(), &dir.path().join("g1"));
+    c.gateway_only = true;
+    crate::federation::with_certs(&mut c, &certs, Vec::new());
+    let follow = format!("127.0.0.1:{}", dc1.ports.wan);
+    let g1 = Agent::start("g1", &c, dir.path(), &["--follow", &follow])?;
+    eventually(30, "the gateway-only node follows dc1", || async {
+        g1.get_json("/v1/federation/status").await.is_ok_and(|s| {
+            s["Remotes"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|d| d["Datacenter"] == "dc1" && d["Connected"] == true)
+            })
+        })
+    })
+    .await?;
+    const READER: &str = "gateway-reader-secret";
+    let read_with = |token: &str| {
+        let request = reqwest::Client::new()
+            .get(g1.url("/v1/catalog/datacenters"))
+            .header("X-Consul-Token", token);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    ensure!(read_with(READER).await? == 403);
+    // A new token, and the certificate renewed under the same CA.
+    let mut acl = meridian_testkit::config::Acl::management(crate::harness::TEST_TOKEN);
+    acl.tokens.push(meridian_testkit::config::AclToken {
+        description: "reader".into(),
+        secret: READER.into(),
+        scope: "read".into(),
+        services: Vec::new(),
+    });
+    c.acl = Some(acl);
+    c.write(&dir.path().join("g1.toml"))?;
+    for f in ["dc1-g1.pem", "dc1-g1-key.pem"] {
+        std::fs::remove_file(certs.join(f))?;
+    }
+    crate::federation::make_role_cert(&certs, "dc1", "g1", "gateway")?;
+    sighup(&g1, "SIGHUP: config file reloaded").await?;
+    let log = g1.log_text();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("SIGHUP: config file reloaded"))
+        .unwrap_or_default();
+    ensure!(
+        line.contains("certificates") && line.contains("acl"),
+        "the reload's line: {line}"
+    );
+    ensure!(read_with(READER).await? == 200, "the reloaded token");
+
+    // A new DNS port needs a restart: refused, named, and the node goes on as it was.
+    let mut moved = c.clone();
+    moved.ports.dns = crate::harness::free_port();
+    moved.write(&dir.path().join("g1.toml"))?;
+    sighup(&g1, "SIGHUP: config file not reloaded").await?;
+    ensure!(
+        g1.log_text().contains("ports.dns"),
+        "the refusal names the key"
+    );
+    ensure!(
+        read_with(READER).await? == 200,
+        "a refused file changed the tokens"
+    );
+    ensure!(
+        g1.get_json("/v1/federation/status").await.is_ok(),
+        "the node stopped answering"
+    );
+    Ok(())
+}
+
+/// Sends `agent` a SIGHUP and waits until its log shows `want` once more.
+async fn sighup(agent: &Agent, want: &str) -> Result<()> {
+    let before = agent.log_text().matches(want).count();
+    let pid = agent.proc.pid().context("pid")?;
+    let sent = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
+    ensure!(sent.success(), "kill -HUP {pid}");
+    eventually(10, &format!("{}: {want}", agent.name), || async {
+        agent.log_text().matches(want).count() > before
+    })
+    .await
 }

@@ -370,15 +370,15 @@ pub async fn serve(
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves `app`, a router without an [`ApiState`] (a gateway-only node's few read endpoints),
-/// behind `acl` and the API's connection limits, until the process ends.
+/// behind `acl` (swapped whole by a reload) and the API's connection limits, until the process
+/// ends.
 pub async fn serve_router(
     listener: TcpListener,
     app: Router,
-    acl: Acl,
+    acl: Arc<arc_swap::ArcSwap<Acl>>,
     max_connections: usize,
     max_per_client: usize,
 ) -> std::io::Result<()> {
-    let acl = Arc::new(acl);
     let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
         let acl = acl.clone();
         async move {
@@ -387,7 +387,7 @@ pub async fn serve_router(
                 .extensions()
                 .get::<ConnectInfo<Activity>>()
                 .map(|c| c.0.begin());
-            check_acl(&acl, req, next).await
+            check_acl(&acl.load(), req, next).await
         }
     }));
     let listener = LimitedListener::new(

@@ -78,8 +78,9 @@ impl Node {
 /// Runs `meridian agent` until SIGINT or SIGTERM, reloading its file on SIGHUP (and, on a
 /// server, on `PUT /v1/agent/reload`).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    // Before anything starts: SIGHUP's default action would end the process.
+    // Before anything starts: the default actions of SIGHUP and SIGTERM end the process.
     let mut hangups = hangups()?;
+    let stop = shutdown_signal();
     let (cfg, temp) = agent_config(&args)?;
     crate::cli::set_log_level(cfg.log_level.as_deref()).map_err(anyhow::Error::msg)?;
     let (mut node, mut requests) = if cfg.gateway_only {
@@ -96,7 +97,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let requests = agent.take_reload_requests();
         (Node::Server(agent), requests)
     };
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -325,17 +325,17 @@ impl TlsMaterial {
     }
 }
 
-/// The signature checks of a verifier that wraps a WebPKI one in `inner`: only the certificate
-/// check differs.
+/// The signature checks of a verifier that wraps another, reached as `self.<path>` (a field,
+/// or the current keys' verifier): only the certificate check differs.
 macro_rules! delegate_signature_checks {
-    () => {
+    ($($inner:tt)+) => {
         fn verify_tls12_signature(
             &self,
             message: &[u8],
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls12_signature(message, cert, dss)
+            self.$($inner)+.verify_tls12_signature(message, cert, dss)
         }
 
         fn verify_tls13_signature(
@@ -344,11 +344,11 @@ macro_rules! delegate_signature_checks {
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls13_signature(message, cert, dss)
+            self.$($inner)+.verify_tls13_signature(message, cert, dss)
         }
 
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.inner.supported_verify_schemes()
+            self.$($inner)+.supported_verify_schemes()
         }
     };
 }
@@ -383,7 +383,7 @@ impl ClientCertVerifier for SameDcServerVerifier {
         }
     }
 
-    delegate_signature_checks!();
+    delegate_signature_checks!(inner);
 }
 
 /// Verifies a server certificate as WebPKI does, against the name of the datacenter the
@@ -410,7 +410,7 @@ impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
             .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
     }
 
-    delegate_signature_checks!();
+    delegate_signature_checks!(inner);
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -437,15 +437,22 @@ impl fmt::Debug for Live {
     }
 }
 
+impl Live {
+    /// The keys as they are now.
+    fn keys(&self) -> arc_swap::Guard<Arc<Keys>> {
+        self.0.load()
+    }
+}
+
 impl ResolvesServerCert for Live {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().certified.clone())
+        Some(self.keys().certified.clone())
     }
 }
 
 impl ResolvesClientCert for Live {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().certified.clone())
+        Some(self.keys().certified.clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -466,43 +473,12 @@ impl ClientCertVerifier for Live {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.0
-            .load()
+        self.keys()
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls12_signature(
-            &*self.0.load().client_verifier,
-            message,
-            cert,
-            dss,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls13_signature(
-            &*self.0.load().client_verifier,
-            message,
-            cert,
-            dss,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ClientCertVerifier::supported_verify_schemes(&*self.0.load().client_verifier)
-    }
+    delegate_signature_checks!(keys().client_verifier);
 }
 
 impl ServerCertVerifier for Live {
@@ -514,7 +490,7 @@ impl ServerCertVerifier for Live {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.0.load().server_verifier.verify_server_cert(
+        self.keys().server_verifier.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -523,35 +499,5 @@ impl ServerCertVerifier for Live {
         )
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls12_signature(
-            &*self.0.load().server_verifier,
-            message,
-            cert,
-            dss,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls13_signature(
-            &*self.0.load().server_verifier,
-            message,
-            cert,
-            dss,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ServerCertVerifier::supported_verify_schemes(&*self.0.load().server_verifier)
-    }
+    delegate_signature_checks!(keys().server_verifier);
 }

@@ -81,22 +81,6 @@ async fn once(bin: &Path, instances: usize) -> Result<BackupRun> {
     let urls = Arc::new(vec![nodes[0].url("/v1/agent/service/register")]);
     let (acked, failed) = crate::catalog::register_all(&http, &urls, "pre", instances, 32).await?;
     ensure!(failed == 0, "{failed} of {instances} registrations failed");
-    let count = |base: String| {
-        let http = http.clone();
-        async move {
-            let mut n = 0;
-            for s in 0..100 {
-                let v: serde_json::Value = http
-                    .get(format!("{base}/v1/catalog/service/pre-{s}?stale"))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                n += v.as_array().map_or(0, Vec::len);
-            }
-            anyhow::Ok(n)
-        }
-    };
 
     let started = Instant::now();
     let r = http.get(nodes[1].url("/v1/snapshot")).send().await?;
@@ -146,7 +130,11 @@ async fn once(bin: &Path, instances: usize) -> Result<BackupRun> {
     let restore_ms = started.elapsed().as_secs_f64() * 1000.0;
     let deadline = Instant::now() + Duration::from_secs(60);
     for base in bases {
-        while count(base.clone()).await? < acked.len() {
+        while crate::catalog::instance_ids(&http, &base, "pre")
+            .await?
+            .len()
+            < acked.len()
+        {
             ensure!(
                 Instant::now() < deadline,
                 "{base} never held every instance"

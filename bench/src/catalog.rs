@@ -374,6 +374,30 @@ pub(crate) async fn register_all(
     Ok((lat, failed))
 }
 
+/// The instance IDs the node at `base` holds of the 100 services `<prefix>-0` … `<prefix>-99`
+/// that [`register_all`] registers into (its own copy: `?stale`).
+pub(crate) async fn instance_ids(
+    http: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+) -> Result<std::collections::HashSet<String>> {
+    let mut ids = std::collections::HashSet::new();
+    for s in 0..100 {
+        let entries: serde_json::Value = http
+            .get(format!("{base}/v1/catalog/service/{prefix}-{s}?stale"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for e in entries.as_array().into_iter().flatten() {
+            if let Some(id) = e["ServiceID"].as_str() {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// Snapshots built and seconds spent building them, summed over the nodes at `bases` (None
 /// when a node does not export the metrics).
 async fn snapshot_totals(http: &reqwest::Client, bases: &[String]) -> Option<(u64, f64)> {

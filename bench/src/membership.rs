@@ -404,20 +404,7 @@ async fn replace_once(bin: &Path, preload: usize) -> Result<ReplaceRun> {
 async fn missing(http: &reqwest::Client, base: &str, acks: &[(Instant, usize)]) -> Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut have = std::collections::HashSet::new();
-        for name in 0..100 {
-            let entries: serde_json::Value = http
-                .get(format!("{base}/v1/catalog/service/load-{name}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            for e in entries.as_array().into_iter().flatten() {
-                if let Some(id) = e["ServiceID"].as_str() {
-                    have.insert(id.to_owned());
-                }
-            }
-        }
+        let have = crate::catalog::instance_ids(http, base, "load").await?;
         let gone = acks
             .iter()
             .filter(|(_, i)| !have.contains(&format!("load-{i}")))

@@ -165,12 +165,7 @@ async fn caught_up(raft: &Raft, id: u64, deadline: Instant) -> Result<(), Step> 
                 if m.state != ServerState::Leader {
                     return Err(Step::NotLeader(None));
                 }
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map_or(0, |l| l.index);
-                if matched >= target {
+                if matched(&m, id) >= target {
                     break;
                 }
             }
@@ -228,19 +223,13 @@ async fn remove(raft: &Raft, id: u64) -> Result<u64, Step> {
 /// for [`DEAD_AFTER`] only when its replication has not moved at all (a dead server, as when an
 /// operator replaces one, should not hold the removal).
 async fn told(raft: &Raft, id: u64, index: u64) {
-    let matched = |m: &openraft::RaftMetrics<u64, BasicNode>| {
-        m.replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map_or(0, |l| l.index)
-    };
     let mut metrics = raft.metrics();
     let started = Instant::now();
-    let first = matched(&metrics.borrow());
+    let first = matched(&metrics.borrow(), id);
     loop {
         {
             let m = metrics.borrow_and_update();
-            let now = matched(&m);
+            let now = matched(&m, id);
             if m.state != ServerState::Leader || now >= index {
                 return;
             }
@@ -262,6 +251,15 @@ async fn told(raft: &Raft, id: u64, index: u64) {
             return;
         }
     }
+}
+
+/// The last log index the leader knows `id` holds (0 when it knows none): its replication
+/// progress, as the leader's metrics report it.
+fn matched(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> u64 {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |l| l.index)
 }
 
 fn step(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Step {

@@ -19,7 +19,7 @@ use crate::dns::{dns_addr, query};
 use crate::federation::make_certs;
 use crate::gateway::{Nginx, certificate_for};
 use crate::harness::{Agent, AgentConfig, Ports, eventually, header, quick_raft};
-use meridian_testkit::config::{Federation, Peer};
+use meridian_testkit::config::Peer;
 
 const NAME: &str = "web.service.consul";
 /// The failback period these tests configure.
@@ -68,15 +68,7 @@ impl World {
             c.bind = host(i).parse()?;
             c.servers[0].rpc = format!("{}:{}", host(i), ports[i].rpc);
             c.raft = quick_raft();
-            c.insecure = false;
-            c.federation = Some(Federation {
-                peers,
-                ..Federation::with_certs(
-                    &certs.join("meridian-ca.pem"),
-                    &certs.join(format!("{dc}-n1.pem")),
-                    &certs.join(format!("{dc}-n1-key.pem")),
-                )
-            });
+            crate::federation::with_certs(&mut c, &certs, peers);
             c.set("failover", "failback_after_ms", FAILBACK.as_millis() as i64);
             if i == 2 {
                 c.set("failover", "nearest_n", 0).set(

@@ -304,21 +304,14 @@ pub(crate) fn config_dc_on(
 ) -> Result<Agent> {
     let mut c = AgentConfig::new(dc, "n1", p, &dir.join(dc));
     c.raft = quick_raft();
-    c.insecure = false;
-    c.federation = Some(Federation {
-        peers: peers
-            .iter()
-            .map(|(peer, wan)| Peer {
-                dc: (*peer).to_owned(),
-                addresses: vec![format!("127.0.0.1:{wan}")],
-            })
-            .collect(),
-        ..Federation::with_certs(
-            &certs.join("meridian-ca.pem"),
-            &certs.join(format!("{dc}-n1.pem")),
-            &certs.join(format!("{dc}-n1-key.pem")),
-        )
-    });
+    let peers = peers
+        .iter()
+        .map(|(peer, wan)| Peer {
+            dc: (*peer).to_owned(),
+            addresses: vec![format!("127.0.0.1:{wan}")],
+        })
+        .collect();
+    with_certs(&mut c, certs, peers);
     customize(&mut c);
     Agent::start(dc, &c, dir, &[])
 }

@@ -1,6 +1,7 @@
 //! The commands a datacenter's Raft log carries, and what applying one reports.
 
 use meridian_topology::dc::DcSnapshot;
+use meridian_topology::token::TokenRecord;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,13 @@ pub enum Command {
         /// The write itself.
         command: Box<Command>,
     },
+    /// Writes this DC's record of an API token (a tombstone deletes it), stamped by the writer.
+    /// Taken only if later than the record it replaces and within the DC's cap of records;
+    /// otherwise nothing changes and the outcome says `found: false`.
+    SetToken {
+        /// The record.
+        token: TokenRecord,
+    },
     /// Replaces the datacenter's whole state with a backup's (`PUT /v1/snapshot`): every server
     /// applies the same entry, so every one ends equal. Every entry is stamped with the index
     /// of this command, so that indexes only move forward.
@@ -155,6 +163,15 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::DeleteQuery { id } => id.len(),
+                Command::SetToken { token } => {
+                    token.accessor_id.len()
+                        + token.record.stamp.origin.len()
+                        + token.record.value.as_ref().map_or(0, |t| {
+                            FIXED
+                                + t.description.len()
+                                + t.services.iter().map(|s| s.len() + 4).sum::<usize>()
+                        })
+                }
                 Command::Guarded {
                     node,
                     id,

@@ -457,6 +457,10 @@ impl StateMachineStore {
                 let existed = state.delete_query(&id, index);
                 (existed, existed)
             }
+            Command::SetToken { token } => {
+                let taken = state.set_token(token, index);
+                (taken, taken)
+            }
             Command::SetCheck { check } => match state.set_check(check, index) {
                 Some(changed) => (changed, true),
                 None => (false, false),

@@ -1,8 +1,11 @@
-//! The unit of replication and its wire form: a node with its node-level checks, or an instance
-//! with its own checks; keys, stable hashes and digest buckets shared by both ends of the WAN.
+//! The unit of replication and its wire form: a node with its node-level checks, an instance
+//! with its own checks, or the origin's record of an API token; keys, stable hashes and digest
+//! buckets shared by both ends of the WAN.
 
 use meridian_protos::federation as pb;
 use meridian_topology::dc::DcState;
+use meridian_topology::lww::{Record, Stamp};
+use meridian_topology::token::{ApiToken, Scope, TokenRecord, check_token};
 use meridian_topology::{Check, Health, Instance, InstanceKey, Node, Weights};
 use prost::Message as _;
 
@@ -13,12 +16,19 @@ pub enum Key {
     Node(String),
     /// An instance, by node and ID.
     Instance(InstanceKey),
+    /// A token record, by lowercased accessor ID.
+    Token(String),
 }
 
 impl Key {
     /// The key of the node named `name`.
     pub fn node(name: &str) -> Key {
         Key::Node(name.to_ascii_lowercase())
+    }
+
+    /// The key of the token record with accessor ID `id`.
+    pub fn token(id: &str) -> Key {
+        Key::Token(id.to_ascii_lowercase())
     }
 
     /// A stable 64-bit hash of the key; its top bits pick the digest bucket.
@@ -34,6 +44,10 @@ impl Key {
                 h.write(k.node.as_bytes());
                 h.write(b"\0");
                 h.write(k.id.as_bytes());
+            }
+            Key::Token(t) => {
+                h.write(b"t\0");
+                h.write(t.as_bytes());
             }
         }
         mix(h.0)
@@ -52,6 +66,7 @@ impl Key {
                 node: k.node.clone(),
                 id: k.id.clone(),
             }),
+            Key::Token(t) => pb::entry_key::Key::Token(t.clone()),
         };
         pb::EntryKey { key: Some(key) }
     }
@@ -63,6 +78,7 @@ impl Key {
             pb::entry_key::Key::Instance(i) => {
                 Some(Key::Instance(InstanceKey::new(&i.node, &i.id)))
             }
+            pb::entry_key::Key::Token(t) => Some(Key::token(t)),
         }
     }
 
@@ -71,6 +87,7 @@ impl Key {
         match self {
             Key::Node(n) => [b"n\0", n.as_bytes()].concat(),
             Key::Instance(k) => [b"i\0", k.node.as_bytes(), b"\0", k.id.as_bytes()].concat(),
+            Key::Token(t) => [b"t\0", t.as_bytes()].concat(),
         }
     }
 }
@@ -153,6 +170,15 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
             }
             Ok(Key::Instance(InstanceKey::new(&inst.node, &inst.id)))
         }
+        Some(pb::entry::Entry::Token(t)) => {
+            let record = token_from_proto(t)?;
+            if let Some(token) = &record.record.value {
+                check_token(&record.accessor_id, token).map_err(|_| "token entry out of bounds")?;
+            } else if !meridian_topology::token::is_accessor_id(&record.accessor_id) {
+                return Err("token entry with a malformed accessor ID");
+            }
+            Ok(Key::token(&t.accessor_id))
+        }
         None => Err("empty entry"),
     }
 }
@@ -200,6 +226,10 @@ pub fn export_entry(
                 })),
             })
         }
+        // Tokens leave whatever the policy: they are usable in every DC.
+        Key::Token(id) => state.tokens().get(id).map(|t| pb::Entry {
+            entry: Some(pb::entry::Entry::Token(token_to_proto(t))),
+        }),
     }
 }
 
@@ -226,6 +256,11 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
                 );
             }
         }
+        Some(pb::entry::Entry::Token(t)) => {
+            if let Ok(record) = token_from_proto(t) {
+                state.put_token(record);
+            }
+        }
         None => {}
     }
 }
@@ -239,7 +274,62 @@ pub fn remove_entry(state: &mut DcState, key: &Key) {
         Key::Instance(k) => {
             state.remove_instance(&k.node, &k.id);
         }
+        Key::Token(t) => {
+            state.remove_token(t);
+        }
     }
+}
+
+fn token_to_proto(t: &TokenRecord) -> pb::TokenEntry {
+    let stamp = &t.record.stamp;
+    let mut e = pb::TokenEntry {
+        accessor_id: t.accessor_id.clone(),
+        hlc: stamp.hlc,
+        origin: stamp.origin.clone(),
+        deleted: t.record.value.is_none(),
+        ..Default::default()
+    };
+    if let Some(v) = &t.record.value {
+        e.secret_sha256 = v.secret_sha256.to_vec();
+        e.scope = v.scope.name().to_owned();
+        e.services = v.services.clone();
+        e.description = v.description.clone();
+        e.create_unix_ms = v.create_unix_ms;
+    }
+    e
+}
+
+/// A token record from the wire, or why it is malformed (its bounds are checked by
+/// [`entry_key`]).
+fn token_from_proto(t: &pb::TokenEntry) -> Result<TokenRecord, &'static str> {
+    if t.origin.is_empty() {
+        return Err("token entry without an origin");
+    }
+    let value = if t.deleted {
+        None
+    } else {
+        Some(ApiToken {
+            secret_sha256: t
+                .secret_sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| "token entry whose secret digest is not 32 bytes")?,
+            scope: Scope::parse(&t.scope).ok_or("token entry with an unknown scope")?,
+            services: t.services.clone(),
+            description: t.description.clone(),
+            create_unix_ms: t.create_unix_ms,
+        })
+    };
+    Ok(TokenRecord {
+        accessor_id: t.accessor_id.clone(),
+        record: Record {
+            stamp: Stamp {
+                hlc: t.hlc,
+                origin: t.origin.to_ascii_lowercase(),
+            },
+            value,
+        },
+    })
 }
 
 fn node_to_proto(n: &Node) -> pb::Node {
@@ -462,6 +552,71 @@ mod tests {
             })),
         };
         assert!(Hashed::from_proto(bad_port).is_err());
+    }
+
+    #[test]
+    fn token_records_travel_whatever_the_policy_and_malformed_ones_are_refused() {
+        let mut s = DcState::default();
+        let token = ApiToken {
+            secret_sha256: [9; 32],
+            scope: Scope::Write,
+            services: vec!["web".into()],
+            description: "ci".into(),
+            create_unix_ms: 5,
+        };
+        let record = |value| TokenRecord {
+            accessor_id: "Acc-1".into(),
+            record: Record {
+                stamp: Stamp {
+                    hlc: 7,
+                    origin: "dc2".into(),
+                },
+                value,
+            },
+        };
+        assert!(s.set_token(record(Some(token)), 1));
+        let nothing = |_: &str| false;
+        let e = export_entry(&s, &Key::token("acc-1"), &nothing, false).expect("exported");
+        let h = Hashed::from_proto(e.clone()).expect("well formed");
+        assert_eq!(h.key, Key::token("ACC-1"));
+        let mut replica = DcState::default();
+        apply_entry(&mut replica, &h.entry);
+        assert_eq!(replica.tokens().get("acc-1"), s.tokens().get("acc-1"));
+        remove_entry(&mut replica, &h.key);
+        assert!(replica.tokens().is_empty());
+
+        let tombstone = TokenRecord {
+            accessor_id: "acc-1".into(),
+            record: Record {
+                stamp: Stamp {
+                    hlc: 8,
+                    origin: "dc1".into(),
+                },
+                value: None,
+            },
+        };
+        let t = Hashed::from_proto(pb::Entry {
+            entry: Some(pb::entry::Entry::Token(token_to_proto(&tombstone))),
+        })
+        .expect("a tombstone is well formed");
+        apply_entry(&mut replica, &t.entry);
+        assert_eq!(replica.tokens().get("acc-1"), Some(&tombstone));
+
+        let mut bad = e;
+        if let Some(pb::entry::Entry::Token(t)) = bad.entry.as_mut() {
+            t.secret_sha256.pop();
+        }
+        assert!(Hashed::from_proto(bad.clone()).is_err(), "short digest");
+        if let Some(pb::entry::Entry::Token(t)) = bad.entry.as_mut() {
+            t.secret_sha256.push(0);
+            t.scope = "root".into();
+        }
+        assert!(Hashed::from_proto(bad.clone()).is_err(), "unknown scope");
+        if let Some(pb::entry::Entry::Token(t)) = bad.entry.as_mut() {
+            t.scope = "write".into();
+            t.services = vec!["x".into(); 65];
+        }
+        assert!(Hashed::from_proto(bad).is_err(), "too many services");
     }
 
     #[test]

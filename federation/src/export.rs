@@ -124,7 +124,8 @@ impl Exporter {
         let keys = state
             .nodes()
             .map(|n| Key::node(&n.name))
-            .chain(state.instances().map(|i| Key::Instance(i.key())));
+            .chain(state.instances().map(|i| Key::Instance(i.key())))
+            .chain(state.tokens().iter().map(|t| Key::token(&t.accessor_id)));
         for key in keys {
             if let Some(e) =
                 entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
@@ -171,6 +172,9 @@ impl Exporter {
                 keys.insert(Key::node(&k.node));
             }
             keys.insert(Key::Instance(k));
+        }
+        for t in ch.tokens {
+            keys.insert(Key::Token(t));
         }
         for n in ch.check_nodes {
             keys.insert(Key::node(&n));
@@ -466,7 +470,7 @@ mod tests {
                     .iter()
                     .filter_map(|h| match &h.key {
                         Key::Instance(k) => Some(k.id.clone()),
-                        Key::Node(_) => None,
+                        Key::Node(_) | Key::Token(_) => None,
                     })
                     .collect();
                 for id in ["x1", "y0", "y4"] {

@@ -1,5 +1,5 @@
-//! One datacenter's catalog state: nodes, instances, checks and prepared queries, with their
-//! mutations.
+//! One datacenter's catalog state: nodes, instances, checks, prepared queries and its records of
+//! API tokens, with their mutations.
 //!
 //! The maps are persistent (structure-shared) so that cloning a `DcState` to publish a new
 //! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 use crate::prepared::PreparedQuery;
+use crate::token::{MAX_TOKEN_RECORDS, TokenMap, TokenRecord};
 
 type CheckKey = (String, String);
 /// Checks by node, then by check ID: lookups borrow the caller's strings, allocate nothing.
@@ -48,6 +49,9 @@ pub struct DcState {
     /// Lowercased name (the prefix it answers; empty for a catch-all) to lowercased query ID,
     /// for the name-prefix templates.
     templates: OrdMap<String, String>,
+    /// This DC's records of API tokens (its writes, or a replica of another DC's), federated
+    /// to every DC.
+    tokens: TokenMap,
     index: u64,
 }
 
@@ -80,6 +84,8 @@ pub struct Changes {
     pub instances: Vec<InstanceKey>,
     /// Nodes (as named by their checks) whose checks changed.
     pub check_nodes: Vec<String>,
+    /// Token records added, changed or removed, by lowercased accessor ID.
+    pub tokens: Vec<String>,
 }
 
 fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
@@ -103,6 +109,9 @@ pub struct DcSnapshot {
     /// All prepared queries (absent from snapshots written before queries existed).
     #[serde(default)]
     pub queries: Vec<PreparedQuery>,
+    /// The DC's token records (absent from snapshots written before API tokens existed).
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
 }
 
 impl DcState {
@@ -495,7 +504,47 @@ impl DcState {
         );
         out.check_nodes
             .extend(old.checks.diff(&self.checks).map(|d| diff_key(d).clone()));
+        if !self.tokens.same(&old.tokens) {
+            out.tokens.extend(
+                old.tokens
+                    .0
+                    .diff(&self.tokens.0)
+                    .map(|d| diff_key(d).clone()),
+            );
+        }
         out
+    }
+
+    /// This DC's token records.
+    pub fn tokens(&self) -> &TokenMap {
+        &self.tokens
+    }
+
+    /// Applies a token write made in this DC: taken only if its stamp is later than the record
+    /// it replaces (a write stamps after what its writer saw, so a stale retry is refused), and
+    /// a new accessor ID only while fewer than [`MAX_TOKEN_RECORDS`] are kept. Returns whether
+    /// it was taken.
+    pub fn set_token(&mut self, token: TokenRecord, index: u64) -> bool {
+        let key = lower(&token.accessor_id).into_owned();
+        match self.tokens.0.get(&key) {
+            Some(old) if old.record.stamp >= token.record.stamp => return false,
+            None if self.tokens.0.len() >= MAX_TOKEN_RECORDS => return false,
+            _ => {}
+        }
+        self.tokens.0.insert(key, Arc::new(token));
+        self.index = index;
+        true
+    }
+
+    /// Puts a token record into a replica as its origin holds it.
+    pub fn put_token(&mut self, token: TokenRecord) {
+        let key = lower(&token.accessor_id).into_owned();
+        self.tokens.0.insert(key, Arc::new(token));
+    }
+
+    /// Removes a token record from a replica. Returns whether it was there.
+    pub fn remove_token(&mut self, accessor_id: &str) -> bool {
+        self.tokens.0.remove(&*lower(accessor_id)).is_some()
     }
 
     fn insert_check(&mut self, c: Check) {
@@ -661,6 +710,7 @@ impl DcState {
             instances: self.instances().cloned().collect(),
             checks: self.checks().cloned().collect(),
             queries: self.queries().cloned().collect(),
+            tokens: self.tokens.iter().cloned().collect(),
         }
     }
 
@@ -685,6 +735,9 @@ impl DcState {
             let key = lower(&q.id).into_owned();
             s.index_query_name(&q, &key);
             s.queries.insert(key, Arc::new(q));
+        }
+        for t in snap.tokens {
+            s.put_token(t);
         }
         s.index = snap.index;
         s

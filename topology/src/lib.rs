@@ -18,6 +18,7 @@ pub mod names;
 pub mod net;
 pub mod prepared;
 mod resolve;
+pub mod token;
 mod view;
 
 pub use dc::DcState;

@@ -370,8 +370,16 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
                 instances += 1;
                 prop_assert!(state.instance(&k.node, &k.id).is_some(), "{k:?} missing");
             }
+            Key::Token(t) => prop_assert!(state.tokens().get(t).is_some(), "token {t} missing"),
         }
     }
+    prop_assert_eq!(
+        state.tokens().len(),
+        data.hashes
+            .keys()
+            .filter(|k| matches!(k, Key::Token(_)))
+            .count()
+    );
     prop_assert_eq!(state.instance_count(), instances);
     prop_assert_eq!(
         state.nodes().count(),

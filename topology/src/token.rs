@@ -1,0 +1,356 @@
+//! ACL tokens created through the API (`/v1/acl/token`): what one is, how each DC stores its
+//! writes of them, and which tokens are in force given every DC's records.
+//!
+//! A token may be created, changed or deleted in any datacenter and is usable in all of them,
+//! with no primary: each DC writes its records into its own Raft group, federation carries them
+//! to every other DC, and the token in force under an accessor ID is the last writer's
+//! ([`crate::lww`]). Only the SHA-256 of a secret is ever stored or replicated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::{Deserialize, Serialize};
+
+use crate::lww::{Record, Stamp, winner};
+
+/// What a token may do. Every scope may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read the catalog, health, federation and failover state, and `/metrics`.
+    Read,
+    /// Register and deregister instances, and update checks, of the services it names.
+    Write,
+    /// Drains, prepared queries, check updates of any service (drills), node-level checks and
+    /// maintenance, and external nodes (`/v1/catalog/register`).
+    Operator,
+    /// Everything, tokens included.
+    Management,
+}
+
+impl Scope {
+    /// The scope's name as configured (`read`, `write`, `operator`, `management`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Operator => "operator",
+            Scope::Management => "management",
+        }
+    }
+
+    /// The scope named `name` (as [`Scope::name`] spells it, ignoring case).
+    pub fn parse(name: &str) -> Option<Scope> {
+        [
+            Scope::Read,
+            Scope::Write,
+            Scope::Operator,
+            Scope::Management,
+        ]
+        .into_iter()
+        .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// An API token's content: everything but its accessor ID, which keys it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// SHA-256 of the secret a client presents.
+    pub secret_sha256: [u8; 32],
+    /// What it may do.
+    pub scope: Scope,
+    /// For [`Scope::Write`]: the services it may change (names, `prefix*`, or `*`).
+    pub services: Vec<String>,
+    /// Free text naming the token in logs and listings (never the secret).
+    pub description: String,
+    /// When it was created, in ms since the Unix epoch (kept by updates).
+    pub create_unix_ms: u64,
+}
+
+/// One DC's record of one token: the token as that DC last wrote it, or a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's accessor ID (its public name), as created.
+    pub accessor_id: String,
+    /// The write.
+    pub record: Record<ApiToken>,
+}
+
+/// Most token records (tombstones included) one DC keeps: a bound on what a management token
+/// can make every DC hold.
+pub const MAX_TOKEN_RECORDS: usize = 10_000;
+
+/// Longest accessor ID accepted (Consul's are 36-character UUIDs).
+pub const MAX_ACCESSOR_LEN: usize = 128;
+
+/// Longest description accepted.
+pub const MAX_DESCRIPTION_LEN: usize = 512;
+
+/// Most service patterns one token may name.
+pub const MAX_SERVICES: usize = 64;
+
+/// Why a token's content is refused (by the API that writes it, and by a replica that receives
+/// it: both apply the same rules, so an origin never writes what its peers refuse).
+pub fn check_token(accessor_id: &str, token: &ApiToken) -> Result<(), String> {
+    if !is_accessor_id(accessor_id) {
+        return Err(format!(
+            "AccessorID {accessor_id:?} must be 1 to {MAX_ACCESSOR_LEN} letters, digits, `-` or `_`"
+        ));
+    }
+    if token.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(format!(
+            "Description is longer than {MAX_DESCRIPTION_LEN} bytes"
+        ));
+    }
+    if token.services.len() > MAX_SERVICES {
+        return Err(format!("a token names at most {MAX_SERVICES} services"));
+    }
+    if let Some(p) = token
+        .services
+        .iter()
+        .find(|p| !crate::names::is_service_pattern(p))
+    {
+        return Err(format!(
+            "Services: {p:?} is not a service name or a `prefix*` pattern"
+        ));
+    }
+    match (token.scope, token.services.is_empty()) {
+        (Scope::Write, true) => {
+            Err("a `write` token needs the services it may change in Services (`*` for all)".into())
+        }
+        (Scope::Read | Scope::Operator | Scope::Management, false) => {
+            Err("only `write` tokens are limited to Services".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `id` may be an accessor ID: 1 to [`MAX_ACCESSOR_LEN`] characters of ASCII letters,
+/// digits, `-` and `_` (it appears in URL paths).
+pub fn is_accessor_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ACCESSOR_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// One DC's token records, by lowercased accessor ID. Cheap to clone; two clones of one map
+/// compare equal by pointer ([`TokenMap::same`]), which is how readers notice a change.
+#[derive(Clone, Debug, Default)]
+pub struct TokenMap(pub(crate) OrdMap<String, Arc<TokenRecord>>);
+
+impl TokenMap {
+    /// The record under `accessor_id` (ignoring case).
+    pub fn get(&self, accessor_id: &str) -> Option<&TokenRecord> {
+        self.0
+            .get(accessor_id.to_ascii_lowercase().as_str())
+            .map(|r| &**r)
+    }
+
+    /// Every record, by lowercased accessor ID.
+    pub fn iter(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.0.values().map(|r| &**r)
+    }
+
+    /// How many records (tombstones included).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `other` is this very map (not a changed copy): O(1).
+    pub fn same(&self, other: &TokenMap) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
+
+/// A token in force: its content, accessor ID and the write that made it so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effective {
+    /// Accessor ID, as created.
+    pub accessor_id: String,
+    /// The stamp of the winning write (its origin is the DC that last wrote the token).
+    pub stamp: Stamp,
+    /// The token.
+    pub token: ApiToken,
+}
+
+/// The tokens in force given the records of every DC a node knows: for each accessor ID, the
+/// last writer's record unless that is a tombstone. Built once per change of any DC's records,
+/// then looked up per request.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_accessor: HashMap<String, Arc<Effective>>,
+    by_secret: HashMap<[u8; 32], Arc<Effective>>,
+}
+
+impl Tokens {
+    /// Decides every accessor ID from `maps` (one per DC, in any order).
+    pub fn build<'a>(maps: impl IntoIterator<Item = &'a TokenMap>) -> Tokens {
+        let mut records: HashMap<&str, Vec<&TokenRecord>> = HashMap::new();
+        for map in maps {
+            for (key, r) in map.0.iter() {
+                records.entry(key.as_str()).or_default().push(r);
+            }
+        }
+        let mut out = Tokens::default();
+        for (key, recs) in records {
+            let Some(top) = recs
+                .iter()
+                .max_by(|a, b| a.record.stamp.cmp(&b.record.stamp))
+            else {
+                continue;
+            };
+            let Some(token) = winner(recs.iter().map(|r| &r.record)) else {
+                continue;
+            };
+            let e = Arc::new(Effective {
+                accessor_id: top.accessor_id.clone(),
+                stamp: top.record.stamp.clone(),
+                token: token.clone(),
+            });
+            // Two accessors with one secret (two DCs created them at once with a chosen
+            // secret): the later write holds it, in every DC alike.
+            match out.by_secret.get(&token.secret_sha256) {
+                Some(other) if other.stamp > e.stamp => {}
+                _ => {
+                    out.by_secret.insert(token.secret_sha256, e.clone());
+                }
+            }
+            out.by_accessor.insert(key.to_owned(), e);
+        }
+        out
+    }
+
+    /// The token in force under `accessor_id` (ignoring case).
+    pub fn by_accessor(&self, accessor_id: &str) -> Option<&Effective> {
+        self.by_accessor
+            .get(accessor_id.to_ascii_lowercase().as_str())
+            .map(|e| &**e)
+    }
+
+    /// The token whose secret has this SHA-256.
+    pub fn by_secret(&self, secret_sha256: &[u8; 32]) -> Option<&Effective> {
+        self.by_secret.get(secret_sha256).map(|e| &**e)
+    }
+
+    /// Every token in force, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Effective> {
+        self.by_accessor.values().map(|e| &**e)
+    }
+
+    /// How many tokens are in force.
+    pub fn len(&self) -> usize {
+        self.by_accessor.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.by_accessor.is_empty()
+    }
+}
+
+/// Every DC's record of `accessor_id` (ignoring case) among `maps`: the stamps a new write must
+/// come after.
+pub fn stamps_of<'a>(
+    maps: impl IntoIterator<Item = &'a TokenMap>,
+    accessor_id: &'a str,
+) -> impl Iterator<Item = &'a Stamp> {
+    maps.into_iter()
+        .filter_map(move |m| m.get(accessor_id))
+        .map(|r| &r.record.stamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(secret: u8, scope: Scope) -> ApiToken {
+        ApiToken {
+            secret_sha256: [secret; 32],
+            scope,
+            services: vec![],
+            description: String::new(),
+            create_unix_ms: 1,
+        }
+    }
+
+    fn map(records: &[(&str, u64, &str, Option<ApiToken>)]) -> TokenMap {
+        let mut m = TokenMap::default();
+        for (accessor, hlc, origin, value) in records {
+            m.0.insert(
+                accessor.to_ascii_lowercase(),
+                Arc::new(TokenRecord {
+                    accessor_id: (*accessor).to_owned(),
+                    record: Record {
+                        stamp: Stamp {
+                            hlc: *hlc,
+                            origin: (*origin).to_owned(),
+                        },
+                        value: value.clone(),
+                    },
+                }),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn a_token_written_anywhere_is_in_force_until_a_later_delete_anywhere() {
+        let dc2 = map(&[("A", 10, "dc2", Some(token(1, Scope::Write)))]);
+        let dc1 = TokenMap::default();
+        let t = Tokens::build([&dc1, &dc2]);
+        assert_eq!(
+            t.by_secret(&[1; 32]).map(|e| e.token.scope),
+            Some(Scope::Write)
+        );
+        assert_eq!(
+            t.by_accessor("a").map(|e| e.accessor_id.as_str()),
+            Some("A")
+        );
+
+        // dc1 changes it, then dc3 deletes it: the later write wins whatever the order.
+        let dc1 = map(&[("a", 20, "dc1", Some(token(1, Scope::Read)))]);
+        let t = Tokens::build([&dc2, &dc1]);
+        assert_eq!(
+            t.by_secret(&[1; 32]).map(|e| e.token.scope),
+            Some(Scope::Read)
+        );
+        let dc3 = map(&[("a", 30, "dc3", None)]);
+        for order in [[&dc1, &dc2, &dc3], [&dc3, &dc2, &dc1]] {
+            let t = Tokens::build(order);
+            assert!(t.by_secret(&[1; 32]).is_none());
+            assert!(t.is_empty());
+        }
+    }
+
+    #[test]
+    fn one_secret_under_two_accessors_belongs_to_the_later_write() {
+        let dc1 = map(&[("a", 10, "dc1", Some(token(7, Scope::Read)))]);
+        let dc2 = map(&[("b", 11, "dc2", Some(token(7, Scope::Management)))]);
+        for order in [[&dc1, &dc2], [&dc2, &dc1]] {
+            let t = Tokens::build(order);
+            assert_eq!(
+                t.by_secret(&[7; 32]).map(|e| e.accessor_id.as_str()),
+                Some("b")
+            );
+            assert_eq!(t.len(), 2);
+        }
+    }
+
+    #[test]
+    fn accessor_ids_are_url_safe_and_bounded() {
+        assert!(is_accessor_id("6a1253d2-1785-24fd-91c2-f8e78c745511"));
+        assert!(!is_accessor_id(""));
+        assert!(!is_accessor_id("a/b"));
+        assert!(!is_accessor_id(&"a".repeat(MAX_ACCESSOR_LEN + 1)));
+        assert_eq!(Scope::parse("Operator"), Some(Scope::Operator));
+        assert_eq!(Scope::parse("root"), None);
+    }
+}

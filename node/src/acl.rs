@@ -2,14 +2,18 @@
 //! for one request (who presented which token, and what it may do).
 //!
 //! A client presents its token as Consul's clients do: the `X-Consul-Token` header,
-//! `Authorization: Bearer`, or `?token=`. Secrets are kept only as SHA-256 digests, compared in
-//! constant time against every configured token, and never logged: a token is named in logs by
-//! its `description`.
+//! `Authorization: Bearer`, or `?token=`. Secrets are kept only as SHA-256 digests and never
+//! logged: a token is named in logs by its `description`. The file's tokens (bootstrap and
+//! break-glass) are compared in constant time against every one of them and win; then the
+//! digest is looked up among the tokens created through the API in any DC
+//! ([`meridian_topology::token::Tokens`]), a map lookup by a digest that says nothing of the
+//! secret.
 
 use std::sync::Arc;
 
 use meridian_topology::is_internal_service;
 use meridian_topology::names::{is_service_pattern, pattern_matches};
+use meridian_topology::token::{Effective, Tokens};
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
@@ -32,20 +36,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// What a token may do. Every scope may read.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Read the catalog, health, federation and failover state, and `/metrics`.
-    Read,
-    /// Register and deregister instances, and update checks, of the services in `services`.
-    Write,
-    /// Drains, prepared queries, check updates of any service (drills), node-level checks and
-    /// maintenance, and external nodes (`/v1/catalog/register`).
-    Operator,
-    /// Everything.
-    Management,
-}
+pub use meridian_topology::token::Scope;
 
 /// One scoped token (`[[acl.tokens]]`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -158,6 +149,7 @@ impl AclSection {
                     } else {
                         t.description.as_str().into()
                     },
+                    accessor: None,
                 },
             })
             .collect();
@@ -227,6 +219,8 @@ pub struct Grant {
     scope: Scope,
     services: Arc<[String]>,
     name: Arc<str>,
+    /// The accessor ID of a token created through the API; `None` for the file's tokens.
+    accessor: Option<Arc<str>>,
 }
 
 impl Grant {
@@ -235,7 +229,42 @@ impl Grant {
             scope: Scope::Management,
             services: Arc::from([]),
             name: name.into(),
+            accessor: None,
         }
+    }
+
+    fn of_api(t: &Effective) -> Self {
+        let name = if t.token.description.is_empty() {
+            format!("token {}", t.accessor_id)
+        } else {
+            t.token.description.clone()
+        };
+        Grant {
+            scope: t.token.scope,
+            services: t.token.services.clone().into(),
+            name: name.into(),
+            accessor: Some(t.accessor_id.as_str().into()),
+        }
+    }
+
+    /// The token's scope.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// The services a `write` token may change.
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+
+    /// How logs and errors name the token.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The accessor ID of a token created through the API (`None`: a file token, or none).
+    pub fn accessor(&self) -> Option<&str> {
+        self.accessor.as_deref()
     }
 
     /// Whether this grant may change instances and checks of `service`. Meridian's own
@@ -294,7 +323,7 @@ impl Grant {
             Scope::Operator | Scope::Management => Ok(()),
             Scope::Read | Scope::Write => Err(Denied::Scope {
                 token: self.name.clone(),
-                scope: scope_name(self.scope),
+                scope: self.scope.name(),
                 what: "change node-level checks or maintenance (operator scope)",
             }),
         }
@@ -329,6 +358,13 @@ impl Need {
         // A backup holds the whole DC at once: an operator's, like its restore.
         if path == "/v1/snapshot" {
             return Need::Operator;
+        }
+        // A token reads itself; listing or reading others' is management's, like changing them.
+        if path == "/v1/acl/token/self" && (method == Method::GET || method == Method::HEAD) {
+            return Need::Read;
+        }
+        if path.starts_with("/v1/acl/") {
+            return Need::Management;
         }
         if method == Method::GET || method == Method::HEAD {
             return Need::Read;
@@ -411,8 +447,21 @@ impl Acl {
         self.enabled
     }
 
-    /// The grant of `presented` for an endpoint that needs `need`, or why not.
-    pub fn authorize(&self, presented: Option<&str>, need: Need) -> Result<Grant, Denied> {
+    /// Whether a token of the file has the secret with this SHA-256.
+    pub fn knows(&self, secret_sha256: &[u8; 32]) -> bool {
+        self.tokens.iter().fold(false, |found, t| {
+            found | bool::from(t.digest.ct_eq(secret_sha256))
+        })
+    }
+
+    /// The grant of `presented` for an endpoint that needs `need`, or why not: a file token,
+    /// else one of `api` (the tokens created through the API, in force in any DC).
+    pub fn authorize(
+        &self,
+        presented: Option<&str>,
+        need: Need,
+        api: &Tokens,
+    ) -> Result<Grant, Denied> {
         if !self.enabled {
             return Ok(Grant::management("acl disabled"));
         }
@@ -422,6 +471,7 @@ impl Acl {
                     scope: Scope::Read,
                     services: Arc::from([]),
                     name: "anonymous".into(),
+                    accessor: None,
                 })
             } else {
                 Err(Denied::NoToken)
@@ -435,7 +485,14 @@ impl Acl {
                 found = Some(&t.grant);
             }
         }
-        let grant = found.ok_or(Denied::UnknownToken)?;
+        let from_api;
+        let grant = match found {
+            Some(g) => g,
+            None => {
+                from_api = Grant::of_api(api.by_secret(&presented).ok_or(Denied::UnknownToken)?);
+                &from_api
+            }
+        };
         let ok = match need {
             Need::Read => true,
             Need::ServiceWrite => matches!(grant.scope, Scope::Write | Scope::Management),
@@ -453,7 +510,7 @@ impl Acl {
         } else {
             Err(Denied::Scope {
                 token: grant.name.clone(),
-                scope: scope_name(grant.scope),
+                scope: grant.scope.name(),
                 what: match need {
                     Need::Read => "read",
                     Need::ServiceWrite => "register or deregister services",
@@ -463,15 +520,6 @@ impl Acl {
                 },
             })
         }
-    }
-}
-
-fn scope_name(s: Scope) -> &'static str {
-    match s {
-        Scope::Read => "read",
-        Scope::Write => "write",
-        Scope::Operator => "operator",
-        Scope::Management => "management",
     }
 }
 
@@ -497,6 +545,10 @@ pub fn presented_token(req: &axum::http::request::Parts) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn none() -> Tokens {
+        Tokens::default()
+    }
 
     fn acl() -> Acl {
         let section: AclSection = toml::from_str(
@@ -525,13 +577,13 @@ mod tests {
     fn no_token_reads_only_when_anonymous_read_is_on() {
         let mut a = acl();
         assert!(matches!(
-            a.authorize(None, Need::Read),
+            a.authorize(None, Need::Read, &none()),
             Err(Denied::NoToken)
         ));
         a.anonymous_read = true;
-        assert!(a.authorize(None, Need::Read).is_ok());
+        assert!(a.authorize(None, Need::Read, &none()).is_ok());
         assert!(matches!(
-            a.authorize(None, Need::ServiceWrite),
+            a.authorize(None, Need::ServiceWrite, &none()),
             Err(Denied::NoToken)
         ));
     }
@@ -543,17 +595,19 @@ mod tests {
         let write = Some("write-0123456789abcdef");
         let oper = Some("oper-0123456789abcdef");
         let mgmt = Some("mgmt-0123456789abcdef");
-        assert!(a.authorize(read, Need::Read).is_ok());
+        assert!(a.authorize(read, Need::Read, &none()).is_ok());
         for need in [
             Need::ServiceWrite,
             Need::CheckUpdate,
             Need::Operator,
             Need::Management,
         ] {
-            assert!(a.authorize(read, need).is_err(), "{need:?}");
-            assert!(a.authorize(mgmt, need).is_ok(), "{need:?}");
+            assert!(a.authorize(read, need, &none()).is_err(), "{need:?}");
+            assert!(a.authorize(mgmt, need, &none()).is_ok(), "{need:?}");
         }
-        let w = a.authorize(write, Need::ServiceWrite).expect("write");
+        let w = a
+            .authorize(write, Need::ServiceWrite, &none())
+            .expect("write");
         assert!(w.may_write_service("web") && w.may_write_service("API-v2"));
         assert!(!w.may_write_service("db") && !w.may_write_service("webx"));
         // Meridian's own services are the management token's, whatever a pattern says.
@@ -561,6 +615,7 @@ mod tests {
             scope: Scope::Write,
             services: Arc::from(["*".to_owned(), "meridian-*".to_owned()]),
             name: "deployer".into(),
+            accessor: None,
         };
         assert!(any.may_write_service("db"));
         for own in ["meridian-drain", "meridian-gateway", "Meridian-Gateway"] {
@@ -570,14 +625,18 @@ mod tests {
                 Err(Denied::Reserved { .. })
             ));
         }
-        let m = a.authorize(mgmt, Need::ServiceWrite).expect("management");
+        let m = a
+            .authorize(mgmt, Need::ServiceWrite, &none())
+            .expect("management");
         assert!(m.may_write_service("meridian-drain"));
-        assert!(a.authorize(write, Need::Operator).is_err());
-        let o = a.authorize(oper, Need::CheckUpdate).expect("operator");
+        assert!(a.authorize(write, Need::Operator, &none()).is_err());
+        let o = a
+            .authorize(oper, Need::CheckUpdate, &none())
+            .expect("operator");
         assert!(o.may_update_checks("db") && !o.may_write_service("db"));
-        assert!(a.authorize(oper, Need::ServiceWrite).is_err());
+        assert!(a.authorize(oper, Need::ServiceWrite, &none()).is_err());
         assert!(matches!(
-            a.authorize(Some("nope-0123456789abcdef"), Need::Read),
+            a.authorize(Some("nope-0123456789abcdef"), Need::Read, &none()),
             Err(Denied::UnknownToken)
         ));
     }
@@ -587,7 +646,7 @@ mod tests {
         let a = AclSection::default().to_acl(true);
         assert!(!a.enabled());
         assert!(
-            a.authorize(None, Need::Management)
+            a.authorize(None, Need::Management, &none())
                 .expect("open")
                 .is_management()
         );

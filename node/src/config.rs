@@ -1676,7 +1676,11 @@ mod tests {
         let acl = cfg.acl.to_acl(false);
         assert!(acl.enabled());
         let grant = acl
-            .authorize(Some("fedcba98765432100"), crate::acl::Need::ServiceWrite)
+            .authorize(
+                Some("fedcba98765432100"),
+                crate::acl::Need::ServiceWrite,
+                &Default::default(),
+            )
             .expect("write token");
         assert!(grant.may_write_service("web-1") && !grant.may_write_service("db"));
         let short = format!("{GOOD}\n[acl]\nmanagement_token = \"short\"\n");

@@ -7,6 +7,7 @@
 //! leader. Bad input is rejected before anything is written. [`router`] builds the whole API
 //! for a running catalog, which is what the integration tests and the agent both serve.
 
+mod acl;
 mod agent;
 mod blocking;
 mod body;
@@ -44,6 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::acl::{Acl, Need, presented_token};
+use meridian_topology::token::{TokenMap, Tokens};
 
 /// Longest a write's answer waits for reads on this agent to see it.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -90,6 +92,15 @@ struct StateInner {
     /// Where `PUT /v1/agent/reload` asks the process to re-read its config file; none for an
     /// agent without one (`--dev`).
     reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The API tokens in force, and the DCs' records they were decided from.
+    tokens: std::sync::Mutex<TokenCache>,
+}
+
+/// [`Tokens`] decided from the views' token records, kept until one DC's records change.
+#[derive(Default)]
+struct TokenCache {
+    maps: Vec<TokenMap>,
+    tokens: Arc<Tokens>,
 }
 
 /// A request to re-read the config file, and where its outcome goes: what changed, or why
@@ -123,6 +134,7 @@ impl ApiState {
                 closing: watch::Sender::new(false),
                 acl: arc_swap::ArcSwap::from_pointee(Acl::open()),
                 reload: None,
+                tokens: Default::default(),
             }),
         }
     }
@@ -204,6 +216,29 @@ impl ApiState {
         self.inner.views.borrow().clone()
     }
 
+    /// The tokens created through the API that are in force, decided from every DC's records in
+    /// the current view; decided again only when one DC's records changed (an O(1) look per
+    /// DC otherwise).
+    pub fn api_tokens(&self) -> Arc<Tokens> {
+        let view = self.view();
+        let maps = || {
+            std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens()))
+        };
+        let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let unchanged = cache.maps.len() == maps().count()
+            && cache.maps.iter().zip(maps()).all(|(a, b)| a.same(b));
+        if !unchanged {
+            cache.tokens = Arc::new(Tokens::build(maps()));
+            cache.maps = maps().cloned().collect();
+        }
+        cache.tokens.clone()
+    }
+
+    /// The access rules in force (the file's tokens).
+    pub fn acl(&self) -> arc_swap::Guard<Arc<Acl>> {
+        self.inner.acl.load()
+    }
+
     /// Federation, when it runs.
     pub fn federation(&self) -> Option<&Arc<Federation>> {
         self.inner.federation.as_ref()
@@ -256,6 +291,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/maintenance", put(agent::node_maintenance))
         .route("/v1/agent/reload", put(agent_reload))
         .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
+        .route("/v1/acl/token", put(acl::create))
+        .route("/v1/acl/token/self", get(acl::read_self))
+        .route(
+            "/v1/acl/token/{accessor}",
+            get(acl::read).put(acl::update).delete(acl::delete),
+        )
+        .route("/v1/acl/tokens", get(acl::list))
         .route(
             "/v1/agent/service/maintenance/{id}",
             put(agent::service_maintenance),
@@ -387,7 +429,8 @@ pub async fn serve_router(
                 .extensions()
                 .get::<ConnectInfo<Activity>>()
                 .map(|c| c.0.begin());
-            check_acl(&acl.load(), req, next).await
+            // A gateway-only node has no catalog, so no API tokens of its own DC: the file's.
+            check_acl(&acl.load(), &Tokens::default(), req, next).await
         }
     }));
     let listener = LimitedListener::new(
@@ -576,14 +619,20 @@ fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    check_acl(&state.inner.acl.load(), req, next).await
+    let acl = state.inner.acl.load();
+    let api = if acl.enabled() {
+        state.api_tokens()
+    } else {
+        Arc::default()
+    };
+    check_acl(&acl, &api, req, next).await
 }
 
-async fn check_acl(acl: &Acl, req: Request, next: Next) -> Response {
+async fn check_acl(acl: &Acl, api: &Tokens, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let need = Need::of(&parts.method, parts.uri.path());
     let token = presented_token(&parts);
-    match acl.authorize(token.as_deref(), need) {
+    match acl.authorize(token.as_deref(), need, api) {
         Ok(grant) => {
             parts.extensions.insert(grant);
             next.run(Request::from_parts(parts, body)).await

@@ -1,0 +1,510 @@
+//! Consul's ACL token API: `PUT /v1/acl/token` (create), `GET`/`PUT`/`DELETE
+//! /v1/acl/token/{accessor}`, `GET /v1/acl/tokens` and `GET /v1/acl/token/self`.
+//!
+//! Tokens are global: one created, changed or deleted through any agent of any DC is in force in
+//! every DC once federation has carried it (last writer wins, [`meridian_topology::token`]). A
+//! write goes into this DC's Raft group as this DC's record, stamped after every record of the
+//! token this node can see. Meridian has scopes, not Consul's policies: a token carries `Scope`
+//! and, for `write`, `Services`; `Policies: [{"Name": "global-management"}]` is read as the
+//! management scope. The secret is returned by the create that made it and never again (reads
+//! show `<hidden>`, as Consul shows a secret its reader may not see), and never logged.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use meridian_catalog::Command;
+use meridian_federation::now_ms;
+use meridian_topology::lww::{Record, Stamp};
+use meridian_topology::prepared::format_query_id;
+use meridian_topology::token::{
+    ApiToken, Effective, MAX_TOKEN_RECORDS, Scope, TokenRecord, check_token, stamps_of,
+};
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::body::read_body;
+use super::register::decode_fields;
+use super::{ApiError, ApiState, Grant};
+
+/// What a read shows in place of a secret.
+const HIDDEN: &str = "<hidden>";
+
+/// Consul's ID of its built-in `global-management` policy.
+const GLOBAL_MANAGEMENT_ID: &str = "00000000-0000-0000-0000-000000000001";
+
+/// Shortest secret a client may choose (as for the file's tokens).
+const MIN_SECRET_LEN: usize = 16;
+
+const TOKEN_FIELDS: &[&str] = &[
+    "AccessorID",
+    "SecretID",
+    "Description",
+    "Scope",
+    "Services",
+    "Policies",
+    "Roles",
+    "ServiceIdentities",
+    "NodeIdentities",
+    "TemplatedPolicies",
+    "Local",
+    "ExpirationTime",
+    "ExpirationTTL",
+    "AuthMethod",
+    "Namespace",
+    "Partition",
+    "CreateTime",
+    "Hash",
+    "CreateIndex",
+    "ModifyIndex",
+    "Datacenter",
+    "Source",
+];
+
+/// A create or update body. The fields Meridian has no use for are read so that a client that
+/// echoes a token back (read, change, write) is accepted; the ones that would change what a
+/// token may do, and that Meridian cannot honour, are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct TokenBody {
+    #[serde(rename = "AccessorID")]
+    accessor_id: Option<String>,
+    #[serde(rename = "SecretID")]
+    secret_id: Option<String>,
+    description: Option<String>,
+    scope: Option<String>,
+    services: Option<Vec<String>>,
+    policies: Option<Vec<PolicyLink>>,
+    roles: Option<Vec<Value>>,
+    service_identities: Option<Vec<Value>>,
+    node_identities: Option<Vec<Value>>,
+    templated_policies: Option<Vec<Value>>,
+    local: bool,
+    expiration_time: Option<Value>,
+    #[serde(rename = "ExpirationTTL")]
+    expiration_ttl: Option<Value>,
+    auth_method: Option<String>,
+    namespace: Option<String>,
+    partition: Option<String>,
+    // Echoed back by a client that read the token first; ignored.
+    create_time: Option<Value>,
+    hash: Option<Value>,
+    create_index: Option<Value>,
+    modify_index: Option<Value>,
+    datacenter: Option<Value>,
+    source: Option<Value>,
+}
+
+/// A link to a Consul policy; only `global-management` means something here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PolicyLink {
+    #[serde(rename = "ID", alias = "Id", alias = "id")]
+    id: String,
+    #[serde(rename = "Name", alias = "name")]
+    name: String,
+}
+
+impl TokenBody {
+    fn decode(body: &[u8]) -> Result<TokenBody, ApiError> {
+        decode_fields(body, TOKEN_FIELDS, &|_| {})
+    }
+
+    /// Refuses what Meridian cannot honour, naming it.
+    fn check_supported(&self) -> Result<(), ApiError> {
+        let unsupported = |what: &str| {
+            Err(ApiError::bad_request(format!(
+                "{what} is not supported: Meridian's tokens have a Scope (read, write, operator, management) and, for write, Services"
+            )))
+        };
+        if self.local {
+            return Err(ApiError::bad_request(
+                "Local tokens are not supported: every Meridian token is usable in every datacenter",
+            ));
+        }
+        if self.roles.as_ref().is_some_and(|r| !r.is_empty()) {
+            return unsupported("Roles");
+        }
+        if self
+            .service_identities
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+        {
+            return unsupported("ServiceIdentities");
+        }
+        if self.node_identities.as_ref().is_some_and(|r| !r.is_empty()) {
+            return unsupported("NodeIdentities");
+        }
+        if self
+            .templated_policies
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+        {
+            return unsupported("TemplatedPolicies");
+        }
+        if self.expiration_time.as_ref().is_some_and(|v| !v.is_null())
+            || self.expiration_ttl.as_ref().is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::bad_request(
+                "Token expiry is not supported: delete the token when it is no longer needed",
+            ));
+        }
+        if self.auth_method.as_ref().is_some_and(|m| !m.is_empty()) {
+            return unsupported("AuthMethod");
+        }
+        for (what, v) in [
+            ("Namespace", &self.namespace),
+            ("Partition", &self.partition),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_empty() && v != "default") {
+                return Err(ApiError::bad_request(format!(
+                    "{what} {v:?}: Meridian has only the default namespace and partition",
+                    v = v.as_deref().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scope the body asks for: `Scope`, else a `global-management` policy link.
+    fn scope(&self) -> Result<Option<Scope>, ApiError> {
+        if let Some(s) = &self.scope {
+            return Scope::parse(s).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Scope {s:?} is not one of read, write, operator, management"
+                ))
+            });
+        }
+        match self.policies.as_deref() {
+            None | Some([]) => Ok(None),
+            Some([p]) if p.name == "global-management" || p.id == GLOBAL_MANAGEMENT_ID => {
+                Ok(Some(Scope::Management))
+            }
+            Some(_) => Err(ApiError::bad_request(
+                "Meridian has no ACL policies: give the token a Scope (read, write, operator, management) and, for write, Services; the only policy understood is global-management",
+            )),
+        }
+    }
+}
+
+/// A token as the API shows it: Consul's fields, and Meridian's `Scope`, `Services`,
+/// `Datacenter` (the DC of the last write) and `Source` (`api`, or `config` for a file token).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct TokenJson {
+    #[serde(rename = "AccessorID")]
+    accessor_id: String,
+    #[serde(rename = "SecretID")]
+    secret_id: String,
+    description: String,
+    scope: &'static str,
+    services: Vec<String>,
+    policies: Vec<Value>,
+    local: bool,
+    create_time: String,
+    datacenter: String,
+    source: &'static str,
+}
+
+impl TokenJson {
+    fn of(e: &Effective, secret: Option<String>) -> TokenJson {
+        TokenJson {
+            accessor_id: e.accessor_id.clone(),
+            secret_id: secret.unwrap_or_else(|| HIDDEN.to_owned()),
+            description: e.token.description.clone(),
+            scope: e.token.scope.name(),
+            services: e.token.services.clone(),
+            policies: Vec::new(),
+            local: false,
+            create_time: rfc3339(e.token.create_unix_ms),
+            datacenter: e.stamp.origin.clone(),
+            source: "api",
+        }
+    }
+}
+
+fn not_found(accessor: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "ACL not found: no token with AccessorID {accessor:?}"
+    ))
+}
+
+fn sha256(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
+    out
+}
+
+/// Writes this DC's record of `accessor` (`None`: a tombstone), stamped after every record of
+/// it this node sees; `Ok(false)` when the DC refused it (its cap of records, or a later write
+/// of this DC's that this node had not seen yet).
+async fn write_record(
+    state: &ApiState,
+    accessor: &str,
+    value: Option<ApiToken>,
+) -> Result<Effective, ApiError> {
+    let view = state.view();
+    let maps =
+        || std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens()));
+    let stamp = Stamp::next(view.datacenter(), now_ms(), stamps_of(maps(), accessor));
+    if view.local().tokens().get(accessor).is_none()
+        && view.local().tokens().len() >= MAX_TOKEN_RECORDS
+    {
+        return Err(ApiError::bad_request(format!(
+            "this datacenter keeps at most {MAX_TOKEN_RECORDS} token records (deleted tokens included)"
+        )));
+    }
+    let record = TokenRecord {
+        accessor_id: accessor.to_owned(),
+        record: Record {
+            stamp: stamp.clone(),
+            value: value.clone(),
+        },
+    };
+    let outcome = state.write(Command::SetToken { token: record }).await?;
+    if !outcome.found {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: "The token conflicted with a concurrent change in this datacenter; retry"
+                .into(),
+        });
+    }
+    tracing::info!(accessor = %accessor, deleted = value.is_none(), "acl token written");
+    Ok(Effective {
+        accessor_id: accessor.to_owned(),
+        stamp,
+        token: value.unwrap_or(ApiToken {
+            secret_sha256: [0; 32],
+            scope: Scope::Read,
+            services: Vec::new(),
+            description: String::new(),
+            create_unix_ms: 0,
+        }),
+    })
+}
+
+/// `PUT /v1/acl/token`: creates a token. `AccessorID` and `SecretID` are generated unless the
+/// body chooses them (a chosen secret is at least 16 printable characters and no other token's).
+/// The answer is the only one that ever holds the secret.
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    body: Body,
+) -> Result<Json<TokenJson>, ApiError> {
+    let body = TokenBody::decode(&read_body(body, state.max_body_bytes()).await?)?;
+    body.check_supported()?;
+    let scope = body.scope()?.ok_or_else(|| {
+        ApiError::bad_request(
+            "a token needs a Scope: read, write (with Services), operator or management",
+        )
+    })?;
+    let tokens = state.api_tokens();
+    let accessor = match &body.accessor_id {
+        Some(a) if !a.is_empty() => {
+            if tokens.by_accessor(a).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "a token with AccessorID {a:?} already exists"
+                )));
+            }
+            a.clone()
+        }
+        _ => format_query_id(rand::random()),
+    };
+    let secret = match &body.secret_id {
+        Some(s) if !s.is_empty() => {
+            if s.len() < MIN_SECRET_LEN || !s.bytes().all(|c| c.is_ascii_graphic()) {
+                return Err(ApiError::bad_request(format!(
+                    "SecretID must be at least {MIN_SECRET_LEN} printable characters without spaces"
+                )));
+            }
+            s.clone()
+        }
+        _ => format_query_id(rand::random()),
+    };
+    let digest = sha256(&secret);
+    if tokens.by_secret(&digest).is_some() || state.acl().knows(&digest) {
+        return Err(ApiError::bad_request("SecretID is already another token's"));
+    }
+    let token = ApiToken {
+        secret_sha256: digest,
+        scope,
+        services: body.services.unwrap_or_default(),
+        description: body.description.unwrap_or_default(),
+        create_unix_ms: now_ms(),
+    };
+    check_token(&accessor, &token).map_err(ApiError::bad_request)?;
+    let written = write_record(&state, &accessor, Some(token)).await?;
+    Ok(Json(TokenJson::of(&written, Some(secret))))
+}
+
+/// `PUT /v1/acl/token/{accessor}`: replaces a token's description, scope and services (its
+/// secret stays; a body naming another secret or accessor is refused).
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    Path(accessor): Path<String>,
+    body: Body,
+) -> Result<Json<TokenJson>, ApiError> {
+    let body = TokenBody::decode(&read_body(body, state.max_body_bytes()).await?)?;
+    body.check_supported()?;
+    let tokens = state.api_tokens();
+    let old = tokens
+        .by_accessor(&accessor)
+        .ok_or_else(|| not_found(&accessor))?;
+    if body
+        .accessor_id
+        .as_ref()
+        .is_some_and(|a| !a.is_empty() && !a.eq_ignore_ascii_case(&accessor))
+    {
+        return Err(ApiError::bad_request(
+            "AccessorID in the body is not the one in the path",
+        ));
+    }
+    if body
+        .secret_id
+        .as_ref()
+        .is_some_and(|s| !s.is_empty() && s != HIDDEN && sha256(s) != old.token.secret_sha256)
+    {
+        return Err(ApiError::bad_request(
+            "a token's SecretID cannot change: create a new token and delete this one",
+        ));
+    }
+    let token = ApiToken {
+        secret_sha256: old.token.secret_sha256,
+        scope: body.scope()?.unwrap_or(old.token.scope),
+        services: body.services.unwrap_or_else(|| old.token.services.clone()),
+        description: body
+            .description
+            .unwrap_or_else(|| old.token.description.clone()),
+        create_unix_ms: old.token.create_unix_ms,
+    };
+    let accessor = old.accessor_id.clone();
+    check_token(&accessor, &token).map_err(ApiError::bad_request)?;
+    let written = write_record(&state, &accessor, Some(token)).await?;
+    Ok(Json(TokenJson::of(&written, None)))
+}
+
+/// `DELETE /v1/acl/token/{accessor}`: deletes a token in every DC (a tombstone that outranks
+/// every earlier write of it). Answers `true`, as Consul does.
+pub(super) async fn delete(
+    State(state): State<ApiState>,
+    Path(accessor): Path<String>,
+) -> Result<Json<bool>, ApiError> {
+    let tokens = state.api_tokens();
+    let old = tokens
+        .by_accessor(&accessor)
+        .ok_or_else(|| not_found(&accessor))?;
+    let accessor = old.accessor_id.clone();
+    write_record(&state, &accessor, None).await?;
+    Ok(Json(true))
+}
+
+/// `GET /v1/acl/token/{accessor}`.
+pub(super) async fn read(
+    State(state): State<ApiState>,
+    Path(accessor): Path<String>,
+) -> Result<Json<TokenJson>, ApiError> {
+    let tokens = state.api_tokens();
+    let t = tokens
+        .by_accessor(&accessor)
+        .ok_or_else(|| not_found(&accessor))?;
+    Ok(Json(TokenJson::of(t, None)))
+}
+
+/// `GET /v1/acl/tokens`: the tokens created through the API (the file's are not listed), by
+/// creation time.
+pub(super) async fn list(State(state): State<ApiState>) -> Json<Vec<TokenJson>> {
+    let tokens = state.api_tokens();
+    let mut all: Vec<&Effective> = tokens.iter().collect();
+    all.sort_by(|a, b| {
+        (a.token.create_unix_ms, &a.accessor_id).cmp(&(b.token.create_unix_ms, &b.accessor_id))
+    });
+    Json(all.into_iter().map(|t| TokenJson::of(t, None)).collect())
+}
+
+/// `GET /v1/acl/token/self`: the token the request presents (an API token as `read` shows it;
+/// a file token by its description and scope, with `Source: config`).
+pub(super) async fn read_self(
+    State(state): State<ApiState>,
+    grant: Option<axum::Extension<Grant>>,
+) -> Result<Json<TokenJson>, ApiError> {
+    let denied = || ApiError {
+        status: StatusCode::FORBIDDEN,
+        message: "ACL not found: present a token (X-Consul-Token) to read it".into(),
+    };
+    let grant = grant.ok_or_else(denied)?.0;
+    if let Some(accessor) = grant.accessor() {
+        let tokens = state.api_tokens();
+        let t = tokens.by_accessor(accessor).ok_or_else(denied)?;
+        return Ok(Json(TokenJson::of(t, None)));
+    }
+    if grant.name() == "anonymous" || !state.acl().enabled() {
+        return Err(denied());
+    }
+    Ok(Json(TokenJson {
+        accessor_id: String::new(),
+        secret_id: HIDDEN.to_owned(),
+        description: grant.name().to_owned(),
+        scope: grant.scope().name(),
+        services: grant.services().to_vec(),
+        policies: Vec::new(),
+        local: true,
+        create_time: String::new(),
+        datacenter: String::new(),
+        source: "config",
+    }))
+}
+
+/// `ms` (since the Unix epoch) as RFC 3339 in UTC, as Consul writes `CreateTime`.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_796_083_199_000), "2026-11-30T23:59:59.000Z");
+    }
+
+    #[test]
+    fn bodies_map_to_scopes_and_refuse_what_cannot_be_honoured() {
+        let scope = |b: &str| TokenBody::decode(b.as_bytes()).and_then(|t| t.scope());
+        assert_eq!(
+            scope(r#"{"scope":"Write","services":["web"]}"#).ok(),
+            Some(Some(Scope::Write))
+        );
+        assert_eq!(
+            scope(r#"{"Policies":[{"Name":"global-management"}]}"#).ok(),
+            Some(Some(Scope::Management))
+        );
+        assert!(scope(r#"{"Policies":[{"Name":"readers"}]}"#).is_err());
+        assert!(scope(r#"{"Scope":"root"}"#).is_err());
+        let supported = |b: &str| TokenBody::decode(b.as_bytes()).and_then(|t| t.check_supported());
+        assert!(supported(r#"{"Scope":"read","Local":true}"#).is_err());
+        assert!(supported(r#"{"Scope":"read","ExpirationTTL":"1h"}"#).is_err());
+        assert!(supported(r#"{"Scope":"read","Roles":[{"Name":"x"}]}"#).is_err());
+        assert!(supported(r#"{"Scope":"read","CreateIndex":5,"Hash":"x"}"#).is_ok());
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::harness::Agent;
+use crate::harness::{Agent, AgentConfig, Ports, TEST_TOKEN};
 
 /// Longest a client script may run; each takes about 2 s.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(60);
@@ -143,4 +143,23 @@ async fn py_consul_client() -> Result<()> {
         run_script(&agent, &python, &["-E", "-B", script], &[]).await?;
     }
     Ok(())
+}
+
+/// The ACL token API through py-consul, against an agent that enforces tokens (a `--dev` agent
+/// does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_consul_client_acl_tokens() -> Result<()> {
+    let python = installed("MERIDIAN_PY_CLIENTS")?;
+    let dir = tempfile::tempdir()?;
+    let mut c = AgentConfig::new("dc1", "n1", Ports::free(), &dir.path().join("data"));
+    c.raft = crate::harness::quick_raft();
+    let mut agent = Agent::start("n1", &c, dir.path(), &[])?;
+    agent.wait_ready().await?;
+    run_script(
+        &agent,
+        &python,
+        &["-E", "-B", "test_py_consul_acl.py"],
+        &[("MERIDIAN_MANAGEMENT_TOKEN", TEST_TOKEN)],
+    )
+    .await
 }

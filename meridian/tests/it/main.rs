@@ -21,4 +21,5 @@ mod http_api;
 mod membership;
 mod prepared_query;
 mod security;
+mod tokens;
 mod unbound;

@@ -25,14 +25,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::body::read_body;
-use super::register::decode_fields;
+use super::register::{decode_fields, field};
 use super::{ApiError, ApiState, Grant};
 
 /// What a read shows in place of a secret.
 const HIDDEN: &str = "<hidden>";
 
-/// Consul's ID of its built-in `global-management` policy.
-const GLOBAL_MANAGEMENT_ID: &str = "00000000-0000-0000-0000-000000000001";
+/// Consul's built-in policies that a Meridian scope is: `global-management` (management) and
+/// `builtin/global-read-only` (read), by ID and name.
+const GLOBAL_MANAGEMENT: (&str, &str) =
+    ("00000000-0000-0000-0000-000000000001", "global-management");
+const GLOBAL_READ_ONLY: (&str, &str) = (
+    "00000000-0000-0000-0000-000000000002",
+    "builtin/global-read-only",
+);
 
 /// Shortest secret a client may choose (as for the file's tokens).
 const MIN_SECRET_LEN: usize = 16;
@@ -96,6 +102,9 @@ struct TokenBody {
     source: Option<Value>,
 }
 
+/// A scope a body asks for, with the services it names (if it names any).
+type Asked = (Scope, Option<Vec<String>>);
+
 /// A link to a Consul policy; only `global-management` means something here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -125,13 +134,6 @@ impl TokenBody {
         }
         if self.roles.as_ref().is_some_and(|r| !r.is_empty()) {
             return unsupported("Roles");
-        }
-        if self
-            .service_identities
-            .as_ref()
-            .is_some_and(|r| !r.is_empty())
-        {
-            return unsupported("ServiceIdentities");
         }
         if self.node_identities.as_ref().is_some_and(|r| !r.is_empty()) {
             return unsupported("NodeIdentities");
@@ -167,22 +169,45 @@ impl TokenBody {
         Ok(())
     }
 
-    /// The scope the body asks for: `Scope`, else a `global-management` policy link.
-    fn scope(&self) -> Result<Option<Scope>, ApiError> {
+    /// What the body asks the token to be: its `Scope` (with `Services`); else Consul's
+    /// spelling of one: `ServiceIdentities` (a write token of those services, in every DC), or
+    /// the `global-management` or `builtin/global-read-only` policy. `None`: nothing said.
+    fn grant(&self) -> Result<Option<Asked>, ApiError> {
         if let Some(s) = &self.scope {
-            return Scope::parse(s).map(Some).ok_or_else(|| {
+            let scope = Scope::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "Scope {s:?} is not one of read, write, operator, management"
                 ))
-            });
+            })?;
+            return Ok(Some((scope, self.services.clone())));
         }
+        if let Some(ids) = self.service_identities.as_ref().filter(|i| !i.is_empty()) {
+            let mut services = Vec::with_capacity(ids.len());
+            for id in ids {
+                let obj = id.as_object();
+                let name = obj
+                    .and_then(|o| field(o, "ServiceName"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("ServiceIdentities: each needs a ServiceName")
+                    })?;
+                let dcs = obj.and_then(|o| field(o, "Datacenters"));
+                if dcs.and_then(Value::as_array).is_some_and(|d| !d.is_empty()) {
+                    return Err(ApiError::bad_request(
+                        "ServiceIdentities with Datacenters are not supported: a Meridian token is valid in every datacenter",
+                    ));
+                }
+                services.push(name.to_owned());
+            }
+            return Ok(Some((Scope::Write, Some(services))));
+        }
+        let is = |p: &PolicyLink, (id, name): (&str, &str)| p.name == name || p.id == id;
         match self.policies.as_deref() {
             None | Some([]) => Ok(None),
-            Some([p]) if p.name == "global-management" || p.id == GLOBAL_MANAGEMENT_ID => {
-                Ok(Some(Scope::Management))
-            }
+            Some([p]) if is(p, GLOBAL_MANAGEMENT) => Ok(Some((Scope::Management, None))),
+            Some([p]) if is(p, GLOBAL_READ_ONLY) => Ok(Some((Scope::Read, None))),
             Some(_) => Err(ApiError::bad_request(
-                "Meridian has no ACL policies: give the token a Scope (read, write, operator, management) and, for write, Services; the only policy understood is global-management",
+                "Meridian has no ACL policies: give the token a Scope (read, write, operator, management) and, for write, Services; the policies understood are global-management and builtin/global-read-only",
             )),
         }
     }
@@ -201,6 +226,7 @@ pub(super) struct TokenJson {
     scope: &'static str,
     services: Vec<String>,
     policies: Vec<Value>,
+    service_identities: Vec<Value>,
     local: bool,
     create_time: String,
     datacenter: String,
@@ -215,13 +241,35 @@ impl TokenJson {
             description: e.token.description.clone(),
             scope: e.token.scope.name(),
             services: e.token.services.clone(),
-            policies: Vec::new(),
+            policies: policies(e.token.scope),
+            service_identities: service_identities(e.token.scope, &e.token.services),
             local: false,
             create_time: rfc3339(e.token.create_unix_ms),
             datacenter: e.stamp.origin.clone(),
             source: "api",
         }
     }
+}
+
+/// A scope as Consul's built-in policies show it (operator has no Consul equivalent).
+fn policies(scope: Scope) -> Vec<Value> {
+    let link = |(id, name): (&str, &str)| vec![serde_json::json!({"ID": id, "Name": name})];
+    match scope {
+        Scope::Management => link(GLOBAL_MANAGEMENT),
+        Scope::Read => link(GLOBAL_READ_ONLY),
+        Scope::Write | Scope::Operator => Vec::new(),
+    }
+}
+
+/// A write token's services as Consul's service identities.
+fn service_identities(scope: Scope, services: &[String]) -> Vec<Value> {
+    if scope != Scope::Write {
+        return Vec::new();
+    }
+    services
+        .iter()
+        .map(|s| serde_json::json!({ "ServiceName": s }))
+        .collect()
 }
 
 fn not_found(accessor: &str) -> ApiError {
@@ -293,7 +341,7 @@ pub(super) async fn create(
 ) -> Result<Json<TokenJson>, ApiError> {
     let body = TokenBody::decode(&read_body(body, state.max_body_bytes()).await?)?;
     body.check_supported()?;
-    let scope = body.scope()?.ok_or_else(|| {
+    let (scope, services) = body.grant()?.ok_or_else(|| {
         ApiError::bad_request(
             "a token needs a Scope: read, write (with Services), operator or management",
         )
@@ -328,7 +376,7 @@ pub(super) async fn create(
     let token = ApiToken {
         secret_sha256: digest,
         scope,
-        services: body.services.unwrap_or_default(),
+        services: services.unwrap_or_default(),
         description: body.description.unwrap_or_default(),
         create_unix_ms: now_ms(),
     };
@@ -368,10 +416,15 @@ pub(super) async fn update(
             "a token's SecretID cannot change: create a new token and delete this one",
         ));
     }
+    // What is not said stays; a new scope without services drops the old ones.
+    let (scope, services) = match body.grant()? {
+        Some((scope, services)) => (scope, services.unwrap_or_default()),
+        None => (old.token.scope, old.token.services.clone()),
+    };
     let token = ApiToken {
         secret_sha256: old.token.secret_sha256,
-        scope: body.scope()?.unwrap_or(old.token.scope),
-        services: body.services.unwrap_or_else(|| old.token.services.clone()),
+        scope,
+        services,
         description: body
             .description
             .unwrap_or_else(|| old.token.description.clone()),
@@ -446,7 +499,8 @@ pub(super) async fn read_self(
         description: grant.name().to_owned(),
         scope: grant.scope().name(),
         services: grant.services().to_vec(),
-        policies: Vec::new(),
+        policies: policies(grant.scope()),
+        service_identities: service_identities(grant.scope(), grant.services()),
         local: true,
         create_time: String::new(),
         datacenter: String::new(),
@@ -490,14 +544,27 @@ mod tests {
 
     #[test]
     fn bodies_map_to_scopes_and_refuse_what_cannot_be_honoured() {
-        let scope = |b: &str| TokenBody::decode(b.as_bytes()).and_then(|t| t.scope());
+        let scope = |b: &str| TokenBody::decode(b.as_bytes()).and_then(|t| t.grant());
+        let web = Some(vec!["web".to_owned()]);
         assert_eq!(
             scope(r#"{"scope":"Write","services":["web"]}"#).ok(),
-            Some(Some(Scope::Write))
+            Some(Some((Scope::Write, web.clone())))
+        );
+        assert_eq!(
+            scope(r#"{"ServiceIdentities":[{"ServiceName":"web"}]}"#).ok(),
+            Some(Some((Scope::Write, web)))
+        );
+        assert!(
+            scope(r#"{"ServiceIdentities":[{"ServiceName":"web","Datacenters":["dc1"]}]}"#)
+                .is_err()
         );
         assert_eq!(
             scope(r#"{"Policies":[{"Name":"global-management"}]}"#).ok(),
-            Some(Some(Scope::Management))
+            Some(Some((Scope::Management, None)))
+        );
+        assert_eq!(
+            scope(r#"{"Policies":[{"ID":"00000000-0000-0000-0000-000000000002"}]}"#).ok(),
+            Some(Some((Scope::Read, None)))
         );
         assert!(scope(r#"{"Policies":[{"Name":"readers"}]}"#).is_err());
         assert!(scope(r#"{"Scope":"root"}"#).is_err());

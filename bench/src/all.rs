@@ -15,10 +15,11 @@ use serde::Serialize;
 use crate::{machine, today};
 
 /// The benchmarks, in the order they run.
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "catalog",
     "membership",
     "backup",
+    "tokens",
     "dns",
     "federation",
     "gateway",

@@ -37,6 +37,7 @@ mod gateway;
 mod membership;
 mod procs;
 mod profile;
+mod tokens;
 mod tools;
 mod wan;
 
@@ -200,6 +201,16 @@ enum What {
         #[arg(long)]
         reps: Option<usize>,
     },
+    /// How long an ACL token created in one DC takes to work in another, and a delete in a
+    /// third to be refused there, on three federated DCs.
+    Tokens {
+        /// Rounds (default 50, quick 10).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Tokens created before the rounds (default 1,000, quick 100).
+        #[arg(long)]
+        background: Option<usize>,
+    },
     /// Failover and failback times from dc3 when dc1 is drained (`meridian drill dc-down`) and
     /// when it is lost (`kill -9`), with the answers pointing at a DC already marked down.
     Failover {
@@ -311,6 +322,7 @@ impl What {
             What::Failover { .. } => "failover",
             What::Membership { .. } => "membership",
             What::Backup { .. } => "backup",
+            What::Tokens { .. } => "tokens",
             What::Wan { .. } => "wan",
         }
     }
@@ -421,6 +433,11 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 vec![10_000, 20_000]
             };
             backup::run(&bin, &cli.out, &sizes).await?;
+        }
+        What::Tokens { rounds, background } => {
+            let rounds = rounds.unwrap_or(if cli.quick { 10 } else { 50 });
+            let background = background.unwrap_or(if cli.quick { 100 } else { 1_000 });
+            tokens::run(&bin, &cli.out, rounds.max(1), background).await?;
         }
         What::Membership { preload, reps } => {
             let preload = preload.unwrap_or(if cli.quick { 2_000 } else { 10_000 });

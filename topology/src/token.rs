@@ -6,7 +6,6 @@
 //! to every other DC, and the token in force under an accessor ID is the last writer's
 //! ([`crate::lww`]). Only the SHA-256 of a secret is ever stored or replicated.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -182,50 +181,101 @@ pub struct Effective {
 }
 
 /// The tokens in force given the records of every DC a node knows: for each accessor ID, the
-/// last writer's record unless that is a tombstone. Built once per change of any DC's records,
-/// then looked up per request.
-#[derive(Debug, Default)]
+/// last writer's record unless that is a tombstone. Built once, then followed change by change
+/// ([`Tokens::updated`]), and looked up per request. Cheap to clone.
+#[derive(Clone, Debug, Default)]
 pub struct Tokens {
-    by_accessor: HashMap<String, Arc<Effective>>,
-    by_secret: HashMap<[u8; 32], Arc<Effective>>,
+    by_accessor: imbl::HashMap<String, Arc<Effective>>,
+    by_secret: imbl::HashMap<[u8; 32], Arc<Effective>>,
+    /// Two accessor IDs in force hold one secret (two DCs created them at once with a chosen
+    /// secret): the later write holds it. Rare; while it is so, changes rebuild the whole set.
+    shared_secret: bool,
 }
+
+/// At most this share (1/n) of the records may change for [`Tokens::updated`] to decide only
+/// them; beyond, deciding everything again is as cheap.
+const INCREMENTAL_SHARE: usize = 4;
 
 impl Tokens {
     /// Decides every accessor ID from `maps` (one per DC, in any order).
     pub fn build<'a>(maps: impl IntoIterator<Item = &'a TokenMap>) -> Tokens {
-        let mut records: HashMap<&str, Vec<&TokenRecord>> = HashMap::new();
-        for map in maps {
-            for (key, r) in map.0.iter() {
-                records.entry(key.as_str()).or_default().push(r);
-            }
-        }
+        let maps: Vec<&TokenMap> = maps.into_iter().collect();
+        let mut keys: Vec<&str> = maps
+            .iter()
+            .flat_map(|m| m.0.keys().map(String::as_str))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
         let mut out = Tokens::default();
-        for (key, recs) in records {
-            let Some(top) = recs
-                .iter()
-                .max_by(|a, b| a.record.stamp.cmp(&b.record.stamp))
-            else {
-                continue;
-            };
-            let Some(token) = winner(recs.iter().map(|r| &r.record)) else {
-                continue;
-            };
-            let e = Arc::new(Effective {
-                accessor_id: top.accessor_id.clone(),
-                stamp: top.record.stamp.clone(),
-                token: token.clone(),
-            });
-            // Two accessors with one secret (two DCs created them at once with a chosen
-            // secret): the later write holds it, in every DC alike.
-            match out.by_secret.get(&token.secret_sha256) {
-                Some(other) if other.stamp > e.stamp => {}
-                _ => {
-                    out.by_secret.insert(token.secret_sha256, e.clone());
-                }
+        for key in keys {
+            if let Some(e) = decide(&maps, key) {
+                out.insert(key, e);
             }
-            out.by_accessor.insert(key.to_owned(), e);
         }
         out
+    }
+
+    /// These tokens after the DCs' records went from `old` to `new` (the same DCs, in the same
+    /// order): only the accessor IDs whose records changed are decided again, which costs
+    /// O(changes × log n) when each new map was derived from its old one.
+    pub fn updated(&self, old: &[TokenMap], new: &[TokenMap]) -> Tokens {
+        if old.len() != new.len() || self.shared_secret {
+            return Tokens::build(new);
+        }
+        let total: usize = new.iter().map(TokenMap::len).sum();
+        let mut changed: Vec<&str> = Vec::new();
+        for (o, n) in old.iter().zip(new) {
+            if o.same(n) {
+                continue;
+            }
+            for d in o.0.diff(&n.0) {
+                let key = match d {
+                    imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
+                    imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+                };
+                changed.push(key);
+                if changed.len() > total / INCREMENTAL_SHARE + 16 {
+                    return Tokens::build(new);
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let maps: Vec<&TokenMap> = new.iter().collect();
+        let mut out = self.clone();
+        for key in changed {
+            if let Some(old) = out.by_accessor.remove(key)
+                && out
+                    .by_secret
+                    .get(&old.token.secret_sha256)
+                    .is_some_and(|e| Arc::ptr_eq(e, &old))
+            {
+                out.by_secret.remove(&old.token.secret_sha256);
+            }
+            if let Some(e) = decide(&maps, key) {
+                out.insert(key, e);
+            }
+        }
+        if out.shared_secret {
+            return Tokens::build(new);
+        }
+        out
+    }
+
+    fn insert(&mut self, key: &str, e: Effective) {
+        let e = Arc::new(e);
+        match self.by_secret.get(&e.token.secret_sha256) {
+            Some(other) => {
+                self.shared_secret = true;
+                if other.stamp < e.stamp {
+                    self.by_secret.insert(e.token.secret_sha256, e.clone());
+                }
+            }
+            None => {
+                self.by_secret.insert(e.token.secret_sha256, e.clone());
+            }
+        }
+        self.by_accessor.insert(key.to_owned(), e);
     }
 
     /// The token in force under `accessor_id` (ignoring case).
@@ -254,6 +304,24 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.by_accessor.is_empty()
     }
+}
+
+/// The token in force under the lowercased accessor ID `key`, given every DC's `maps`.
+fn decide(maps: &[&TokenMap], key: &str) -> Option<Effective> {
+    let records: Vec<&TokenRecord> = maps
+        .iter()
+        .filter_map(|m| m.0.get(key))
+        .map(|r| &**r)
+        .collect();
+    let top = records
+        .iter()
+        .max_by(|a, b| a.record.stamp.cmp(&b.record.stamp))?;
+    let token = winner(records.iter().map(|r| &r.record))?;
+    Some(Effective {
+        accessor_id: top.accessor_id.clone(),
+        stamp: top.record.stamp.clone(),
+        token: token.clone(),
+    })
 }
 
 /// Every DC's record of `accessor_id` (ignoring case) among `maps`: the stamps a new write must
@@ -341,6 +409,58 @@ mod tests {
                 Some("b")
             );
             assert_eq!(t.len(), 2);
+        }
+    }
+
+    /// The same decisions, as sorted (accessor, stamp) and (secret, accessor) pairs.
+    fn decisions(t: &Tokens) -> (Vec<(String, Stamp)>, Vec<([u8; 32], String)>) {
+        let mut a: Vec<_> = t
+            .by_accessor
+            .iter()
+            .map(|(k, e)| (k.clone(), e.stamp.clone()))
+            .collect();
+        let mut s: Vec<_> = t
+            .by_secret
+            .iter()
+            .map(|(k, e)| (*k, e.accessor_id.to_ascii_lowercase()))
+            .collect();
+        a.sort();
+        s.sort();
+        (a, s)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(128)))]
+
+        /// Following the DCs' records write by write decides exactly what deciding them all
+        /// again decides, secrets shared between accessors included.
+        #[test]
+        fn following_changes_decides_as_a_rebuild(
+            writes in proptest::collection::vec(
+                (0usize..3, 0u8..12, 0u64..40, proptest::option::of(0u8..6)),
+                1..60,
+            ),
+        ) {
+            let mut maps = vec![TokenMap::default(), TokenMap::default(), TokenMap::default()];
+            let mut followed = Tokens::build(&maps);
+            for (dc, accessor, hlc, secret) in writes {
+                let before = maps.clone();
+                let key = format!("a{accessor}");
+                let record = TokenRecord {
+                    accessor_id: key.clone(),
+                    record: Record {
+                        stamp: Stamp { hlc, origin: format!("dc{dc}") },
+                        value: secret.map(|s| token(s, Scope::Read)),
+                    },
+                };
+                if hlc % 7 == 0 {
+                    maps[dc].0.remove(&key);
+                } else {
+                    maps[dc].0.insert(key, Arc::new(record));
+                }
+                followed = followed.updated(&before, &maps);
+                proptest::prop_assert_eq!(decisions(&followed), decisions(&Tokens::build(&maps)));
+            }
         }
     }
 

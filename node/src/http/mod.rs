@@ -99,6 +99,8 @@ struct StateInner {
 /// [`Tokens`] decided from the views' token records, kept until one DC's records change.
 #[derive(Default)]
 struct TokenCache {
+    /// The DCs of `maps`, in order.
+    dcs: Vec<Arc<str>>,
     maps: Vec<TokenMap>,
     tokens: Arc<Tokens>,
 }
@@ -221,16 +223,25 @@ impl ApiState {
     /// DC otherwise).
     pub fn api_tokens(&self) -> Arc<Tokens> {
         let view = self.view();
+        let dcs = || std::iter::once(view.datacenter()).chain(view.remotes().map(|r| &*r.name));
         let maps = || {
             std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens()))
         };
         let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let unchanged = cache.maps.len() == maps().count()
-            && cache.maps.iter().zip(maps()).all(|(a, b)| a.same(b));
-        if !unchanged {
-            cache.tokens = Arc::new(Tokens::build(maps()));
-            cache.maps = maps().cloned().collect();
+        let same_dcs =
+            cache.dcs.len() == dcs().count() && cache.dcs.iter().zip(dcs()).all(|(a, b)| **a == *b);
+        if same_dcs && cache.maps.iter().zip(maps()).all(|(a, b)| a.same(b)) {
+            return cache.tokens.clone();
         }
+        let new: Vec<TokenMap> = maps().cloned().collect();
+        let tokens = if same_dcs {
+            cache.tokens.updated(&cache.maps, &new)
+        } else {
+            Tokens::build(&new)
+        };
+        cache.tokens = Arc::new(tokens);
+        cache.maps = new;
+        cache.dcs = dcs().map(Arc::from).collect();
         cache.tokens.clone()
     }
 

@@ -1,6 +1,7 @@
 //! The commands a datacenter's Raft log carries, and what applying one reports.
 
 use meridian_topology::dc::DcSnapshot;
+use meridian_topology::lww::Stamp;
 use meridian_topology::token::TokenRecord;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
 use serde::{Deserialize, Serialize};
@@ -94,6 +95,13 @@ pub enum Command {
         /// The record.
         token: TokenRecord,
     },
+    /// Removes this DC's token records that can never be in force again
+    /// (`meridian_topology::token::prunable`), each only if it is still the record with that
+    /// stamp.
+    PruneTokens {
+        /// Accessor IDs and the stamps of the records to remove.
+        records: Vec<(String, Stamp)>,
+    },
     /// Replaces the datacenter's whole state with a backup's (`PUT /v1/snapshot`): every server
     /// applies the same entry, so every one ends equal. Every entry is stamped with the index
     /// of this command, so that indexes only move forward.
@@ -163,6 +171,10 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::DeleteQuery { id } => id.len(),
+                Command::PruneTokens { records } => records
+                    .iter()
+                    .map(|(a, s)| a.len() + s.origin.len() + 16)
+                    .sum::<usize>(),
                 Command::SetToken { token } => {
                     token.accessor_id.len()
                         + token.record.stamp.origin.len()

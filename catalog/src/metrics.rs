@@ -54,6 +54,11 @@ impl Collector for CatalogMetrics {
                     view.local().instance_count() as u64,
                 ),
                 (
+                    "meridian_acl_token_records",
+                    "This datacenter's records of API tokens (its writes, deletes included), of at most 10,000.",
+                    view.local().tokens().len() as u64,
+                ),
+                (
                     "meridian_catalog_index",
                     "Raft index of the last change to the local catalog.",
                     view.local().index(),

@@ -457,6 +457,13 @@ impl StateMachineStore {
                 let existed = state.delete_query(&id, index);
                 (existed, existed)
             }
+            Command::PruneTokens { records } => {
+                let mut removed = false;
+                for (accessor, stamp) in &records {
+                    removed |= state.prune_token(accessor, stamp, index);
+                }
+                (removed, true)
+            }
             Command::SetToken { token } => {
                 let taken = state.set_token(token, index);
                 (taken, taken)

@@ -66,6 +66,9 @@ pub struct AclSection {
     pub management_token: Option<Secret>,
     /// Scoped tokens.
     pub tokens: Vec<TokenSection>,
+    /// How often the DC's leader prunes the token records (of tokens created through the API)
+    /// that can never be in force again, in ms. Default 60,000.
+    pub token_prune_interval_ms: Option<u64>,
 }
 
 /// An `[acl]` value the agent refuses: its key (TOML path) and why.
@@ -91,7 +94,20 @@ impl AclError {
 const MIN_SECRET_LEN: usize = 16;
 
 impl AclSection {
+    /// [`AclSection::token_prune_interval_ms`], or its default.
+    pub fn token_prune_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.token_prune_interval_ms.unwrap_or(60_000))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), AclError> {
+        if let Some(ms) = self.token_prune_interval_ms
+            && !(100..=86_400_000).contains(&ms)
+        {
+            return Err(AclError::invalid(
+                "acl.token_prune_interval_ms",
+                "must be between 100 (0.1 s) and 86400000 (a day)",
+            ));
+        }
         let mut secrets: Vec<&str> = Vec::new();
         if let Some(m) = &self.management_token {
             check_secret("acl.management_token", &m.0)?;

@@ -45,6 +45,8 @@ pub struct Agent {
     tls: Option<Arc<TlsMaterial>>,
     /// `PUT /v1/agent/reload` requests, until the process takes them.
     reload_requests: Option<mpsc::Receiver<http::ReloadRequest>>,
+    /// Prunes the DC's token records while this node leads ([`crate::token_upkeep`]).
+    token_upkeep: JoinHandle<()>,
 }
 
 impl Agent {
@@ -177,6 +179,10 @@ impl Agent {
             gateway: gateway.as_ref().map(|g| g.addr),
             clock: failover.clock(),
         });
+        let token_upkeep = tokio::spawn(crate::token_upkeep::prune_tokens(
+            api.clone(),
+            config.acl.token_prune_interval(),
+        ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(
             listener,
@@ -202,6 +208,7 @@ impl Agent {
             temp_dir,
             tls,
             reload_requests: Some(reload_rx),
+            token_upkeep,
         })
     }
 
@@ -331,8 +338,10 @@ impl Agent {
             stop_http,
             server,
             temp_dir,
+            token_upkeep,
             ..
         } = self;
+        token_upkeep.abort();
         failover.stop();
         if let Some(g) = gateway {
             g.stop();

@@ -1492,6 +1492,9 @@ impl Config {
         if self.limits.max_connections_per_client != new.limits.max_connections_per_client {
             return Some("limits.max_connections_per_client".to_owned());
         }
+        if self.acl.token_prune_interval_ms != new.acl.token_prune_interval_ms {
+            return Some("acl.token_prune_interval_ms".to_owned());
+        }
         let (old, now) = (&self.federation, &new.federation);
         for (key, was, is) in [
             ("federation.ca_file", &old.ca_file, &now.ca_file),

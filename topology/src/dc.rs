@@ -536,6 +536,28 @@ impl DcState {
         true
     }
 
+    /// Removes this DC's record of `accessor_id` if it is still the one stamped `stamp` (a
+    /// later write of it is kept). Returns whether it was removed.
+    pub fn prune_token(
+        &mut self,
+        accessor_id: &str,
+        stamp: &crate::lww::Stamp,
+        index: u64,
+    ) -> bool {
+        let key = lower(accessor_id);
+        if self
+            .tokens
+            .0
+            .get(&*key)
+            .is_some_and(|r| r.record.stamp == *stamp)
+        {
+            self.tokens.0.remove(&*key);
+            self.index = index;
+            return true;
+        }
+        false
+    }
+
     /// Puts a token record into a replica as its origin holds it.
     pub fn put_token(&mut self, token: TokenRecord) {
         let key = lower(&token.accessor_id).into_owned();

@@ -306,6 +306,39 @@ impl Tokens {
     }
 }
 
+/// How long a DC keeps its tombstone of a deleted token: long enough for every DC to have seen
+/// it and dropped the records it outranks, so that none of them can come back. A DC out of
+/// contact for longer may bring a deleted token back when it returns (as Consul's tombstone
+/// reaping may).
+pub const TOMBSTONE_HORIZON_MS: u64 = 72 * 3600 * 1000;
+
+/// This DC's records (`local`) that can never be in force again, given the other DCs' (`remotes`)
+/// at wall-clock `now_ms`: those another DC has outranked with a later write of the same token,
+/// and tombstones older than [`TOMBSTONE_HORIZON_MS`]. The DC's leader removes them
+/// (`Command::PruneTokens`), each only if it is still that very record, so that a DC's records
+/// stay bounded by the tokens in force and the recent deletes, not by every token ever made.
+pub fn prunable<'a>(
+    local: &TokenMap,
+    remotes: impl IntoIterator<Item = &'a TokenMap>,
+    now_ms: u64,
+) -> Vec<(String, Stamp)> {
+    let remotes: Vec<&TokenMap> = remotes.into_iter().collect();
+    local
+        .0
+        .iter()
+        .filter(|(key, r)| {
+            let stamp = &r.record.stamp;
+            let outranked = remotes
+                .iter()
+                .any(|m| m.0.get(*key).is_some_and(|o| o.record.stamp > *stamp));
+            let expired =
+                r.record.value.is_none() && stamp.hlc.saturating_add(TOMBSTONE_HORIZON_MS) < now_ms;
+            outranked || expired
+        })
+        .map(|(_, r)| (r.accessor_id.clone(), r.record.stamp.clone()))
+        .collect()
+}
+
 /// The token in force under the lowercased accessor ID `key`, given every DC's `maps`.
 fn decide(maps: &[&TokenMap], key: &str) -> Option<Effective> {
     let records: Vec<&TokenRecord> = maps
@@ -412,8 +445,11 @@ mod tests {
         }
     }
 
-    /// The same decisions, as sorted (accessor, stamp) and (secret, accessor) pairs.
-    fn decisions(t: &Tokens) -> (Vec<(String, Stamp)>, Vec<([u8; 32], String)>) {
+    /// Sorted (accessor, stamp) and (secret, accessor) pairs.
+    type Decisions = (Vec<(String, Stamp)>, Vec<([u8; 32], String)>);
+
+    /// The same decisions, as sorted pairs.
+    fn decisions(t: &Tokens) -> Decisions {
         let mut a: Vec<_> = t
             .by_accessor
             .iter()
@@ -462,6 +498,37 @@ mod tests {
                 proptest::prop_assert_eq!(decisions(&followed), decisions(&Tokens::build(&maps)));
             }
         }
+    }
+
+    #[test]
+    fn outranked_records_and_old_tombstones_are_prunable_and_nothing_else() {
+        let now = TOMBSTONE_HORIZON_MS + 1_000;
+        let dc1 = map(&[
+            ("a", 10, "dc1", Some(token(1, Scope::Read))),
+            ("b", 20, "dc1", Some(token(2, Scope::Read))),
+            ("c", 999, "dc1", None),
+            ("d", 1_001, "dc1", None),
+        ]);
+        let dc2 = map(&[
+            ("a", 11, "dc2", None),
+            ("b", 19, "dc2", Some(token(2, Scope::Write))),
+        ]);
+        let mut gone: Vec<String> = prunable(&dc1, [&dc2], now)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        gone.sort();
+        // a: outranked by dc2's delete; c: a tombstone past the horizon. b wins; d is recent.
+        assert_eq!(gone, ["a", "c"]);
+        // Pruning them changes no decision.
+        let mut pruned = dc1.clone();
+        for k in &gone {
+            pruned.0.remove(k.as_str());
+        }
+        assert_eq!(
+            decisions(&Tokens::build([&dc1, &dc2])),
+            decisions(&Tokens::build([&pruned, &dc2]))
+        );
     }
 
     #[test]

@@ -271,10 +271,7 @@ fn dc_config(dir: &Path, pki: &Pki, dc: &'static str, peers: &[(&str, u16)]) -> 
     config.federation = Some(Federation {
         peers: peers
             .iter()
-            .map(|(peer, port)| Peer {
-                dc: (*peer).to_owned(),
-                addresses: vec![format!("127.0.0.1:{port}")],
-            })
+            .map(|(peer, port)| Peer::on_loopback(peer, *port))
             .collect(),
         ..Federation::with_certs(&f.ca, &f.cert, &f.key)
     });

@@ -53,10 +53,7 @@ pub async fn run(bin: &Path, out: &Path, rounds: usize, background: usize) -> Re
         c.federation = Some(Federation {
             peers: peers
                 .iter()
-                .map(|(peer, port)| Peer {
-                    dc: (*peer).to_owned(),
-                    addresses: vec![format!("127.0.0.1:{port}")],
-                })
+                .map(|(peer, port)| Peer::on_loopback(peer, *port))
                 .collect(),
             ..Federation::with_certs(&f.ca, &f.cert, &f.key)
         });

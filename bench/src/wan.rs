@@ -307,10 +307,7 @@ fn start_agent(
     let f = pki.node_files(dc, "n1", &[])?;
     config.federation = Some(Federation {
         peers: peer_wan
-            .map(|w| Peer {
-                dc: "dc1".to_owned(),
-                addresses: vec![format!("127.0.0.1:{w}")],
-            })
+            .map(|w| Peer::on_loopback("dc1", w))
             .into_iter()
             .collect(),
         ..Federation::with_certs(&f.ca, &f.cert, &f.key)

@@ -54,6 +54,16 @@ pub struct Peer {
     pub addresses: Vec<String>,
 }
 
+impl Peer {
+    /// Datacenter `dc` as one node at WAN port `wan` on 127.0.0.1.
+    pub fn on_loopback(dc: &str, wan: u16) -> Peer {
+        Peer {
+            dc: dc.to_owned(),
+            addresses: vec![format!("127.0.0.1:{wan}")],
+        }
+    }
+}
+
 /// `[federation]`: the node's certificates and the DCs it follows.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Federation {

@@ -302,18 +302,28 @@ pub(crate) fn config_dc_on(
     peers: &[(&str, u16)],
     customize: impl FnOnce(&mut AgentConfig),
 ) -> Result<Agent> {
+    let mut c = dc_config(dir, certs, dc, p, peers);
+    customize(&mut c);
+    Agent::start(dc, &c, dir, &[])
+}
+
+/// The config of a one-node datacenter on ports `p` with certificates from `certs`, following
+/// `peers` (`(dc, wan port)` on 127.0.0.1).
+pub(crate) fn dc_config(
+    dir: &Path,
+    certs: &Path,
+    dc: &str,
+    p: Ports,
+    peers: &[(&str, u16)],
+) -> AgentConfig {
     let mut c = AgentConfig::new(dc, "n1", p, &dir.join(dc));
     c.raft = quick_raft();
     let peers = peers
         .iter()
-        .map(|(peer, wan)| Peer {
-            dc: (*peer).to_owned(),
-            addresses: vec![format!("127.0.0.1:{wan}")],
-        })
+        .map(|(peer, wan)| Peer::on_loopback(peer, *wan))
         .collect();
     with_certs(&mut c, certs, peers);
-    customize(&mut c);
-    Agent::start(dc, &c, dir, &[])
+    c
 }
 
 /// Registers `ids` in `agent`, 64 at a time.

@@ -11,22 +11,13 @@ use meridian_testkit::agent::Launch;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::federation::{make_certs, with_certs};
-use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
-use meridian_testkit::config::{Peer, TEST_TOKEN};
+use crate::federation::{dc_config, make_certs};
+use crate::harness::{Agent, Ports, eventually};
+use meridian_testkit::config::TEST_TOKEN;
 
 /// A one-node DC following `peers`, its meridian crates logging at debug level.
 fn start_dc(dir: &Path, certs: &Path, dc: &str, peers: &[(&str, u16)]) -> Result<Agent> {
-    let mut c = AgentConfig::new(dc, "n1", Ports::free(), &dir.join(dc));
-    c.raft = quick_raft();
-    let peers = peers
-        .iter()
-        .map(|(peer, wan)| Peer {
-            dc: (*peer).to_owned(),
-            addresses: vec![format!("127.0.0.1:{wan}")],
-        })
-        .collect();
-    with_certs(&mut c, certs, peers);
+    let mut c = dc_config(dir, certs, dc, Ports::free(), peers);
     // Records outranked elsewhere are pruned within a fifth of a second, not a minute.
     c.set("acl", "token_prune_interval_ms", 200);
     let launch = Launch {

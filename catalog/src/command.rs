@@ -1,6 +1,7 @@
 //! The commands a datacenter's Raft log carries, and what applying one reports.
 
 use meridian_topology::dc::DcSnapshot;
+use meridian_topology::intention::IntentionRecord;
 use meridian_topology::lww::Stamp;
 use meridian_topology::token::TokenRecord;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
@@ -95,12 +96,22 @@ pub enum Command {
         /// The record.
         token: TokenRecord,
     },
-    /// Removes this DC's token records that can never be in force again
-    /// (`meridian_topology::token::prunable`), each only if it is still the record with that
+    /// Writes this DC's record of an intention (a tombstone deletes it), as `SetToken` does a
+    /// token's.
+    SetIntention {
+        /// The record, keyed `source/destination`.
+        intention: IntentionRecord,
+    },
+    /// Removes this DC's token and intention records that can never be in force again
+    /// (`meridian_topology::lww::prunable`), each only if it is still the record with that
     /// stamp.
-    PruneTokens {
-        /// Accessor IDs and the stamps of the records to remove.
-        records: Vec<(String, Stamp)>,
+    Prune {
+        /// Accessor IDs and the stamps of the token records to remove.
+        #[serde(default)]
+        tokens: Vec<(String, Stamp)>,
+        /// Keys and the stamps of the intention records to remove.
+        #[serde(default)]
+        intentions: Vec<(String, Stamp)>,
     },
     /// Replaces the datacenter's whole state with a backup's (`PUT /v1/snapshot`): every server
     /// applies the same entry, so every one ends equal. Every entry is stamped with the index
@@ -171,12 +182,25 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::DeleteQuery { id } => id.len(),
-                Command::PruneTokens { records } => records
+                Command::Prune { tokens, intentions } => tokens
                     .iter()
+                    .chain(intentions)
                     .map(|(a, s)| a.len() + s.origin.len() + 16)
                     .sum::<usize>(),
+                Command::SetIntention { intention } => {
+                    intention.key.len()
+                        + intention.record.stamp.origin.len()
+                        + intention.record.value.as_ref().map_or(0, |i| {
+                            FIXED
+                                + i.description.len()
+                                + i.meta
+                                    .iter()
+                                    .map(|(k, v)| k.len() + v.len() + 8)
+                                    .sum::<usize>()
+                        })
+                }
                 Command::SetToken { token } => {
-                    token.accessor_id.len()
+                    token.key.len()
                         + token.record.stamp.origin.len()
                         + token.record.value.as_ref().map_or(0, |t| {
                             FIXED

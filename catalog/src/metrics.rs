@@ -59,6 +59,11 @@ impl Collector for CatalogMetrics {
                     view.local().tokens().len() as u64,
                 ),
                 (
+                    "meridian_mesh_intention_records",
+                    "This datacenter's records of intentions (its writes, deletes included), of at most 10,000.",
+                    view.local().intentions().len() as u64,
+                ),
+                (
                     "meridian_catalog_index",
                     "Raft index of the last change to the local catalog.",
                     view.local().index(),

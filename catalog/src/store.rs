@@ -457,12 +457,19 @@ impl StateMachineStore {
                 let existed = state.delete_query(&id, index);
                 (existed, existed)
             }
-            Command::PruneTokens { records } => {
+            Command::Prune { tokens, intentions } => {
                 let mut removed = false;
-                for (accessor, stamp) in &records {
+                for (accessor, stamp) in &tokens {
                     removed |= state.prune_token(accessor, stamp, index);
                 }
+                for (key, stamp) in &intentions {
+                    removed |= state.prune_intention(key, stamp, index);
+                }
                 (removed, true)
+            }
+            Command::SetIntention { intention } => {
+                let taken = state.set_intention(intention, index);
+                (taken, taken)
             }
             Command::SetToken { token } => {
                 let taken = state.set_token(token, index);

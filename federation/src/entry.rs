@@ -4,6 +4,7 @@
 
 use meridian_protos::federation as pb;
 use meridian_topology::dc::DcState;
+use meridian_topology::intention::{self, Action, Intention, IntentionRecord, check_intention};
 use meridian_topology::lww::{Record, Stamp};
 use meridian_topology::token::{ApiToken, Scope, TokenRecord, check_token};
 use meridian_topology::{Check, Health, Instance, InstanceKey, Node, Weights};
@@ -18,6 +19,8 @@ pub enum Key {
     Instance(InstanceKey),
     /// A token record, by lowercased accessor ID.
     Token(String),
+    /// An intention record, by lowercased `source/destination`.
+    Intention(String),
 }
 
 impl Key {
@@ -29,6 +32,11 @@ impl Key {
     /// The key of the token record with accessor ID `id`.
     pub fn token(id: &str) -> Key {
         Key::Token(id.to_ascii_lowercase())
+    }
+
+    /// The key of the intention record keyed `key` (`source/destination`).
+    pub fn intention(key: &str) -> Key {
+        Key::Intention(key.to_ascii_lowercase())
     }
 
     /// A stable 64-bit hash of the key; its top bits pick the digest bucket.
@@ -49,6 +57,10 @@ impl Key {
                 h.write(b"t\0");
                 h.write(t.as_bytes());
             }
+            Key::Intention(k) => {
+                h.write(b"x\0");
+                h.write(k.as_bytes());
+            }
         }
         mix(h.0)
     }
@@ -67,6 +79,7 @@ impl Key {
                 id: k.id.clone(),
             }),
             Key::Token(t) => pb::entry_key::Key::Token(t.clone()),
+            Key::Intention(k) => pb::entry_key::Key::Intention(k.clone()),
         };
         pb::EntryKey { key: Some(key) }
     }
@@ -79,6 +92,7 @@ impl Key {
                 Some(Key::Instance(InstanceKey::new(&i.node, &i.id)))
             }
             pb::entry_key::Key::Token(t) => Some(Key::token(t)),
+            pb::entry_key::Key::Intention(k) => Some(Key::intention(k)),
         }
     }
 
@@ -88,6 +102,7 @@ impl Key {
             Key::Node(n) => [b"n\0", n.as_bytes()].concat(),
             Key::Instance(k) => [b"i\0", k.node.as_bytes(), b"\0", k.id.as_bytes()].concat(),
             Key::Token(t) => [b"t\0", t.as_bytes()].concat(),
+            Key::Intention(k) => [b"x\0", k.as_bytes()].concat(),
         }
     }
 }
@@ -173,11 +188,22 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
         Some(pb::entry::Entry::Token(t)) => {
             let record = token_from_proto(t)?;
             if let Some(token) = &record.record.value {
-                check_token(&record.accessor_id, token).map_err(|_| "token entry out of bounds")?;
-            } else if !meridian_topology::token::is_accessor_id(&record.accessor_id) {
+                check_token(&record.key, token).map_err(|_| "token entry out of bounds")?;
+            } else if !meridian_topology::token::is_accessor_id(&record.key) {
                 return Err("token entry with a malformed accessor ID");
             }
             Ok(Key::token(&t.accessor_id))
+        }
+        Some(pb::entry::Entry::Intention(i)) => {
+            let record = intention_from_proto(i)?;
+            let value = record.record.value.clone().unwrap_or(Intention {
+                action: Action::Deny,
+                description: String::new(),
+                meta: Default::default(),
+                created_unix_ms: 0,
+            });
+            check_intention(&record.key, &value).map_err(|_| "intention entry out of bounds")?;
+            Ok(Key::intention(&record.key))
         }
         None => Err("empty entry"),
     }
@@ -230,6 +256,9 @@ pub fn export_entry(
         Key::Token(id) => state.tokens().get(id).map(|t| pb::Entry {
             entry: Some(pb::entry::Entry::Token(token_to_proto(t))),
         }),
+        Key::Intention(k) => state.intentions().get(k).map(|i| pb::Entry {
+            entry: Some(pb::entry::Entry::Intention(intention_to_proto(i))),
+        }),
     }
 }
 
@@ -261,6 +290,11 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
                 state.put_token(record);
             }
         }
+        Some(pb::entry::Entry::Intention(i)) => {
+            if let Ok(record) = intention_from_proto(i) {
+                state.put_intention(record);
+            }
+        }
         None => {}
     }
 }
@@ -277,13 +311,64 @@ pub fn remove_entry(state: &mut DcState, key: &Key) {
         Key::Token(t) => {
             state.remove_token(t);
         }
+        Key::Intention(k) => {
+            state.remove_intention(k);
+        }
     }
+}
+
+fn intention_to_proto(r: &IntentionRecord) -> pb::IntentionEntry {
+    let (source, destination) = intention::pair(&r.key).unwrap_or((&r.key, ""));
+    let stamp = &r.record.stamp;
+    let mut e = pb::IntentionEntry {
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+        hlc: stamp.hlc,
+        origin: stamp.origin.clone(),
+        deleted: r.record.value.is_none(),
+        ..Default::default()
+    };
+    if let Some(v) = &r.record.value {
+        e.action = v.action.name().to_owned();
+        e.description = v.description.clone();
+        e.meta = v.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        e.created_unix_ms = v.created_unix_ms;
+    }
+    e
+}
+
+/// An intention record from the wire, or why it is malformed (its bounds are checked by
+/// [`entry_key`]).
+fn intention_from_proto(e: &pb::IntentionEntry) -> Result<IntentionRecord, &'static str> {
+    if e.origin.is_empty() {
+        return Err("intention entry without an origin");
+    }
+    let value = if e.deleted {
+        None
+    } else {
+        Some(Intention {
+            action: Action::parse(&e.action).ok_or("intention entry with an unknown action")?,
+            description: e.description.clone(),
+            meta: e.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            created_unix_ms: e.created_unix_ms,
+        })
+    };
+    Ok(IntentionRecord {
+        key: intention::key(&e.source, &e.destination),
+        record: Record {
+            stamp: Stamp {
+                hlc: e.hlc,
+                origin: e.origin.to_ascii_lowercase(),
+            },
+            value,
+        },
+    })
 }
 
 fn token_to_proto(t: &TokenRecord) -> pb::TokenEntry {
     let stamp = &t.record.stamp;
     let mut e = pb::TokenEntry {
-        accessor_id: t.accessor_id.clone(),
+        accessor_id: t.key.clone(),
         hlc: stamp.hlc,
         origin: stamp.origin.clone(),
         deleted: t.record.value.is_none(),
@@ -321,7 +406,7 @@ fn token_from_proto(t: &pb::TokenEntry) -> Result<TokenRecord, &'static str> {
         })
     };
     Ok(TokenRecord {
-        accessor_id: t.accessor_id.clone(),
+        key: t.accessor_id.clone(),
         record: Record {
             stamp: Stamp {
                 hlc: t.hlc,
@@ -565,7 +650,7 @@ mod tests {
             create_unix_ms: 5,
         };
         let record = |value| TokenRecord {
-            accessor_id: "Acc-1".into(),
+            key: "Acc-1".into(),
             record: Record {
                 stamp: Stamp {
                     hlc: 7,
@@ -586,7 +671,7 @@ mod tests {
         assert!(replica.tokens().is_empty());
 
         let tombstone = TokenRecord {
-            accessor_id: "acc-1".into(),
+            key: "acc-1".into(),
             record: Record {
                 stamp: Stamp {
                     hlc: 8,

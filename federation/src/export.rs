@@ -125,7 +125,8 @@ impl Exporter {
             .nodes()
             .map(|n| Key::node(&n.name))
             .chain(state.instances().map(|i| Key::Instance(i.key())))
-            .chain(state.tokens().iter().map(|t| Key::token(&t.accessor_id)));
+            .chain(state.tokens().iter().map(|t| Key::token(&t.key)))
+            .chain(state.intentions().iter().map(|i| Key::intention(&i.key)));
         for key in keys {
             if let Some(e) =
                 entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
@@ -175,6 +176,9 @@ impl Exporter {
         }
         for t in ch.tokens {
             keys.insert(Key::Token(t));
+        }
+        for i in ch.intentions {
+            keys.insert(Key::Intention(i));
         }
         for n in ch.check_nodes {
             keys.insert(Key::node(&n));
@@ -470,7 +474,7 @@ mod tests {
                     .iter()
                     .filter_map(|h| match &h.key {
                         Key::Instance(k) => Some(k.id.clone()),
-                        Key::Node(_) | Key::Token(_) => None,
+                        Key::Node(_) | Key::Token(_) | Key::Intention(_) => None,
                     })
                     .collect();
                 for id in ["x1", "y0", "y4"] {

@@ -392,6 +392,9 @@ impl Need {
             Need::ServiceWrite
         } else if path.starts_with("/v1/agent/check/") {
             Need::CheckUpdate
+        } else if path == "/v1/connect/intentions/exact" {
+            // Operators, and writers of the destination (the handler checks which).
+            Need::CheckUpdate
         } else if path.starts_with("/v1/operator/")
             || path.starts_with("/v1/query")
             || path == "/v1/agent/maintenance"

@@ -45,8 +45,8 @@ pub struct Agent {
     tls: Option<Arc<TlsMaterial>>,
     /// `PUT /v1/agent/reload` requests, until the process takes them.
     reload_requests: Option<mpsc::Receiver<http::ReloadRequest>>,
-    /// Prunes the DC's token records while this node leads ([`crate::token_upkeep`]).
-    token_upkeep: JoinHandle<()>,
+    /// Prunes the DC's token and intention records while this node leads ([`crate::upkeep`]).
+    upkeep: JoinHandle<()>,
 }
 
 impl Agent {
@@ -179,7 +179,8 @@ impl Agent {
             gateway: gateway.as_ref().map(|g| g.addr),
             clock: failover.clock(),
         });
-        let token_upkeep = tokio::spawn(crate::token_upkeep::prune_tokens(
+        api.set_default_intention(config.mesh.default_intention);
+        let upkeep = tokio::spawn(crate::upkeep::prune(
             api.clone(),
             config.acl.token_prune_interval(),
         ));
@@ -208,7 +209,7 @@ impl Agent {
             temp_dir,
             tls,
             reload_requests: Some(reload_rx),
-            token_upkeep,
+            upkeep,
         })
     }
 
@@ -220,7 +221,7 @@ impl Agent {
 
     /// Applies `new`, the config file re-read (SIGHUP, `PUT /v1/agent/reload`): the certificate
     /// files (new connections present and trust the new ones; open ones are kept), `[acl]`,
-    /// `[failover]` (the detector keeps what it knows), `[limits]`' body cap and write timeout;
+    /// `[mesh]`, `[failover]` (the detector keeps what it knows), `[limits]`' body cap and write timeout;
     /// `log_level` is the caller's to apply (it holds the process's log filter).
     /// A change to anything read only at start (ports, data folder, node id…) refuses the whole
     /// file, naming the key, and so does a file that does not validate: then nothing changes.
@@ -234,6 +235,10 @@ impl Agent {
         if new.failover != self.config.failover {
             self.failover.reconfigure(&new.failover);
             changed.push("failover");
+        }
+        if new.mesh != self.config.mesh {
+            self.api.set_default_intention(new.mesh.default_intention);
+            changed.push("mesh");
         }
         if new.limits != self.config.limits {
             self.api.set_max_body_bytes(new.limits.max_body_bytes);
@@ -338,10 +343,10 @@ impl Agent {
             stop_http,
             server,
             temp_dir,
-            token_upkeep,
+            upkeep,
             ..
         } = self;
-        token_upkeep.abort();
+        upkeep.abort();
         failover.stop();
         if let Some(g) = gateway {
             g.stop();

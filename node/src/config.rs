@@ -111,6 +111,9 @@ pub struct Config {
     /// What health checks may reach and keep.
     #[serde(default)]
     pub checks: ChecksSection,
+    /// The service mesh: intentions.
+    #[serde(default)]
+    pub mesh: MeshSection,
     /// Run the LAN rpc port without TLS (no certificates set). Outside `--dev` the agent refuses
     /// to start that way unless this says so.
     #[serde(default)]
@@ -907,6 +910,23 @@ pub struct ChecksSection {
     pub http_output_body: bool,
 }
 
+/// The service mesh (`[mesh]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// What a connection that no intention matches gets: `deny` (the default: a service is
+    /// reached only by the callers an intention names) or `allow`.
+    pub default_intention: meridian_topology::intention::Action,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        MeshSection {
+            default_intention: meridian_topology::intention::Action::Deny,
+        }
+    }
+}
+
 /// SOA fields (`[dns.soa]`), in seconds; the serial is a timestamp.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -1190,6 +1210,7 @@ impl Config {
             failover: FailoverSection::default(),
             acl: crate::acl::AclSection::default(),
             checks: ChecksSection::default(),
+            mesh: MeshSection::default(),
             insecure: false,
             dev: true,
             dev_listen_any: false,

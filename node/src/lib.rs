@@ -19,4 +19,4 @@ mod fuzz;
 pub mod gateway_only;
 pub mod http;
 pub mod metrics;
-pub mod token_upkeep;
+pub mod upkeep;

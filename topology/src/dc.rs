@@ -1,5 +1,5 @@
 //! One datacenter's catalog state: nodes, instances, checks, prepared queries and its records of
-//! API tokens, with their mutations.
+//! API tokens and intentions, with their mutations.
 //!
 //! The maps are persistent (structure-shared) so that cloning a `DcState` to publish a new
 //! [`View`](crate::View) costs O(1) however large the catalog is, and a mutation costs O(log n).
@@ -11,6 +11,8 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
+use crate::intention::{IntentionMap, IntentionRecord, MAX_INTENTION_RECORDS};
+use crate::lww::Stamp;
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 use crate::prepared::PreparedQuery;
 use crate::token::{MAX_TOKEN_RECORDS, TokenMap, TokenRecord};
@@ -52,6 +54,8 @@ pub struct DcState {
     /// This DC's records of API tokens (its writes, or a replica of another DC's), federated
     /// to every DC.
     tokens: TokenMap,
+    /// This DC's records of intentions, federated to every DC like the tokens.
+    intentions: IntentionMap,
     index: u64,
 }
 
@@ -86,6 +90,8 @@ pub struct Changes {
     pub check_nodes: Vec<String>,
     /// Token records added, changed or removed, by lowercased accessor ID.
     pub tokens: Vec<String>,
+    /// Intention records added, changed or removed, by lowercased `source/destination`.
+    pub intentions: Vec<String>,
 }
 
 fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
@@ -112,6 +118,9 @@ pub struct DcSnapshot {
     /// The DC's token records (absent from snapshots written before API tokens existed).
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
+    /// The DC's intention records (absent from snapshots written before intentions existed).
+    #[serde(default)]
+    pub intentions: Vec<IntentionRecord>,
 }
 
 impl DcState {
@@ -504,14 +513,13 @@ impl DcState {
         );
         out.check_nodes
             .extend(old.checks.diff(&self.checks).map(|d| diff_key(d).clone()));
-        if !self.tokens.same(&old.tokens) {
-            out.tokens.extend(
-                old.tokens
-                    .0
-                    .diff(&self.tokens.0)
-                    .map(|d| diff_key(d).clone()),
-            );
-        }
+        out.tokens
+            .extend(self.tokens.changed_since(&old.tokens).map(str::to_owned));
+        out.intentions.extend(
+            self.intentions
+                .changed_since(&old.intentions)
+                .map(str::to_owned),
+        );
         out
     }
 
@@ -525,48 +533,65 @@ impl DcState {
     /// a new accessor ID only while fewer than [`MAX_TOKEN_RECORDS`] are kept. Returns whether
     /// it was taken.
     pub fn set_token(&mut self, token: TokenRecord, index: u64) -> bool {
-        let key = lower(&token.accessor_id).into_owned();
-        match self.tokens.0.get(&key) {
-            Some(old) if old.record.stamp >= token.record.stamp => return false,
-            None if self.tokens.0.len() >= MAX_TOKEN_RECORDS => return false,
-            _ => {}
+        let taken = self.tokens.set(token, MAX_TOKEN_RECORDS);
+        if taken {
+            self.index = index;
         }
-        self.tokens.0.insert(key, Arc::new(token));
-        self.index = index;
-        true
+        taken
     }
 
     /// Removes this DC's record of `accessor_id` if it is still the one stamped `stamp` (a
     /// later write of it is kept). Returns whether it was removed.
-    pub fn prune_token(
-        &mut self,
-        accessor_id: &str,
-        stamp: &crate::lww::Stamp,
-        index: u64,
-    ) -> bool {
-        let key = lower(accessor_id);
-        if self
-            .tokens
-            .0
-            .get(&*key)
-            .is_some_and(|r| r.record.stamp == *stamp)
-        {
-            self.tokens.0.remove(&*key);
+    pub fn prune_token(&mut self, accessor_id: &str, stamp: &Stamp, index: u64) -> bool {
+        let removed = self.tokens.prune(accessor_id, stamp);
+        if removed {
             self.index = index;
-            return true;
         }
-        false
+        removed
     }
 
     /// Puts a token record into a replica as its origin holds it.
     pub fn put_token(&mut self, token: TokenRecord) {
-        let key = lower(&token.accessor_id).into_owned();
-        self.tokens.0.insert(key, Arc::new(token));
+        self.tokens.put(token);
+    }
+
+    /// This DC's intention records.
+    pub fn intentions(&self) -> &IntentionMap {
+        &self.intentions
+    }
+
+    /// Applies an intention write made in this DC, as [`DcState::set_token`] does a token's
+    /// (within [`MAX_INTENTION_RECORDS`]).
+    pub fn set_intention(&mut self, intention: IntentionRecord, index: u64) -> bool {
+        let taken = self.intentions.set(intention, MAX_INTENTION_RECORDS);
+        if taken {
+            self.index = index;
+        }
+        taken
+    }
+
+    /// Removes this DC's record of the intention `key` if it is still the one stamped `stamp`.
+    pub fn prune_intention(&mut self, key: &str, stamp: &Stamp, index: u64) -> bool {
+        let removed = self.intentions.prune(key, stamp);
+        if removed {
+            self.index = index;
+        }
+        removed
+    }
+
+    /// Puts an intention record into a replica as its origin holds it.
+    pub fn put_intention(&mut self, intention: IntentionRecord) {
+        self.intentions.put(intention);
+    }
+
+    /// Removes an intention record from a replica. Returns whether it was there.
+    pub fn remove_intention(&mut self, key: &str) -> bool {
+        self.intentions.remove(key)
     }
 
     /// Removes a token record from a replica. Returns whether it was there.
     pub fn remove_token(&mut self, accessor_id: &str) -> bool {
-        self.tokens.0.remove(&*lower(accessor_id)).is_some()
+        self.tokens.remove(accessor_id)
     }
 
     fn insert_check(&mut self, c: Check) {
@@ -733,6 +758,7 @@ impl DcState {
             checks: self.checks().cloned().collect(),
             queries: self.queries().cloned().collect(),
             tokens: self.tokens.iter().cloned().collect(),
+            intentions: self.intentions.iter().cloned().collect(),
         }
     }
 
@@ -760,6 +786,9 @@ impl DcState {
         }
         for t in snap.tokens {
             s.put_token(t);
+        }
+        for i in snap.intentions {
+            s.put_intention(i);
         }
         s.index = snap.index;
         s

@@ -11,6 +11,7 @@ pub mod caps;
 pub mod dc;
 pub mod failover;
 pub mod health;
+pub mod intention;
 pub mod lww;
 pub mod metrics;
 mod model;

@@ -8,6 +8,9 @@
 //! in whatever order they arrived. A delete is a record too (a tombstone), so it wins over older
 //! writes everywhere instead of being undone by a replica that still holds them.
 
+use std::sync::Arc;
+
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 /// When and where a record was written: ordered by the hybrid logical clock, then by the origin
@@ -57,6 +60,221 @@ where
         }
     }
     best.and_then(|r| r.value.as_ref())
+}
+
+/// One DC's record under a key, with the key as first written (keys compare ignoring case).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyed<V> {
+    /// The key, as written.
+    pub key: String,
+    /// The write.
+    pub record: Record<V>,
+}
+
+/// One DC's records by lowercased key: what it wrote itself, or a replica of another DC's.
+/// Cheap to clone; two clones of one map compare equal by pointer ([`Records::same`]), which
+/// is how readers notice a change.
+#[derive(Debug)]
+pub struct Records<V>(OrdMap<String, Arc<Keyed<V>>>);
+
+impl<V> Clone for Records<V> {
+    fn clone(&self) -> Self {
+        Records(self.0.clone())
+    }
+}
+
+impl<V> Default for Records<V> {
+    fn default() -> Self {
+        Records(OrdMap::new())
+    }
+}
+
+impl<V: PartialEq> Records<V> {
+    /// The record under `key` (ignoring case).
+    pub fn get(&self, key: &str) -> Option<&Keyed<V>> {
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.0.get(key.to_ascii_lowercase().as_str()).map(|r| &**r)
+        } else {
+            self.0.get(key).map(|r| &**r)
+        }
+    }
+
+    /// Every record, by lowercased key.
+    pub fn iter(&self) -> impl Iterator<Item = &Keyed<V>> {
+        self.0.values().map(|r| &**r)
+    }
+
+    /// Every lowercased key with its record.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Keyed<V>)> {
+        self.0.iter().map(|(k, r)| (k.as_str(), &**r))
+    }
+
+    /// How many records (tombstones included).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `other` is this very map (not a changed copy): O(1).
+    pub fn same(&self, other: &Records<V>) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
+    /// Takes a write of this DC: only if its stamp is later than the record it replaces (a write
+    /// stamps after what its writer saw, so a stale retry is refused), and a new key only while
+    /// fewer than `cap` records are kept. Returns whether it was taken.
+    pub fn set(&mut self, r: Keyed<V>, cap: usize) -> bool {
+        let key = r.key.to_ascii_lowercase();
+        match self.0.get(&key) {
+            Some(old) if old.record.stamp >= r.record.stamp => return false,
+            None if self.0.len() >= cap => return false,
+            _ => {}
+        }
+        self.0.insert(key, Arc::new(r));
+        true
+    }
+
+    /// Puts a record as another DC holds it (a replica follows its origin).
+    pub fn put(&mut self, r: Keyed<V>) {
+        self.0.insert(r.key.to_ascii_lowercase(), Arc::new(r));
+    }
+
+    /// Removes the record under `key`. Returns whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.0.remove(key.to_ascii_lowercase().as_str()).is_some()
+    }
+
+    /// Removes the record under `key` if it is still the one stamped `stamp`. Returns whether it
+    /// was removed.
+    pub fn prune(&mut self, key: &str, stamp: &Stamp) -> bool {
+        let key = key.to_ascii_lowercase();
+        if self.0.get(&key).is_some_and(|r| r.record.stamp == *stamp) {
+            self.0.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// The lowercased keys added, changed or removed since `old` (this map derived from it:
+    /// O(changes × log n)).
+    pub fn changed_since<'a>(&'a self, old: &'a Records<V>) -> impl Iterator<Item = &'a str> {
+        // Subtrees the two maps share are skipped: nothing at all when they are the same map.
+        old.0.diff(&self.0).map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k.as_str(),
+            imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.as_str(),
+        })
+    }
+}
+
+/// Every lowercased key any of `maps` holds, once each, sorted.
+pub fn all_keys<'a, V: PartialEq>(maps: &[&'a Records<V>]) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = maps
+        .iter()
+        .flat_map(|m| m.entries().map(|(k, _)| k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The stamp of a write of `key` in `origin` at wall-clock `now_ms`, after every DC's record of
+/// it among `maps` ([`Stamp::next`]).
+pub fn next_stamp<'a, V: PartialEq + 'a>(
+    origin: &str,
+    now_ms: u64,
+    maps: impl IntoIterator<Item = &'a Records<V>>,
+    key: &str,
+) -> Stamp {
+    let seen: Vec<&Stamp> = maps
+        .into_iter()
+        .filter_map(|m| m.get(key))
+        .map(|r| &r.record.stamp)
+        .collect();
+    Stamp::next(origin, now_ms, seen)
+}
+
+/// What is in force given every DC's records of one kind (the API tokens, the intentions):
+/// decided once from all of them, then followed change by change. Readers keep one and ask it
+/// to follow the views they see.
+pub trait Decided: Default + Clone {
+    /// The kind of record.
+    type Value: PartialEq;
+
+    /// Decides everything from `maps` (one per DC, in any order).
+    fn build(maps: &[Records<Self::Value>]) -> Self;
+
+    /// This, after the DCs' records went from `old` to `new` (the same DCs in the same order).
+    fn updated(&self, old: &[Records<Self::Value>], new: &[Records<Self::Value>]) -> Self;
+}
+
+/// The record in force under the lowercased `key` given every DC's `maps`: the one with the
+/// highest stamp, unless it is a tombstone.
+pub fn decide<'a, V: PartialEq>(maps: &[&'a Records<V>], key: &str) -> Option<&'a Keyed<V>> {
+    let mut best: Option<&Keyed<V>> = None;
+    for m in maps {
+        if let Some(r) = m.0.get(key)
+            && best.is_none_or(|b| r.record.stamp > b.record.stamp)
+        {
+            best = Some(r);
+        }
+    }
+    best.filter(|r| r.record.value.is_some())
+}
+
+/// The lowercased keys whose records changed between `old` and `new` (one map per DC, the same
+/// DCs in the same order), or `None` when more than `max` did: then deciding everything again
+/// costs as much.
+pub fn changed_keys<'a, V: PartialEq>(
+    old: &'a [Records<V>],
+    new: &'a [Records<V>],
+    max: usize,
+) -> Option<Vec<&'a str>> {
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for (o, n) in old.iter().zip(new) {
+        for k in n.changed_since(o) {
+            changed.push(k);
+            if changed.len() > max {
+                return None;
+            }
+        }
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    Some(changed)
+}
+
+/// This DC's records (`local`) that can never be in force again, given the other DCs'
+/// (`remotes`) at wall-clock `now_ms`: those another DC has outranked with a later write of the
+/// same key, and tombstones older than `horizon_ms`. Its leader removes them through Raft, each
+/// only if it is still that very record ([`Records::prune`]), so that a DC's records stay
+/// bounded by what is in force and the recent deletes, not by everything ever written.
+pub fn prunable<'a, V: PartialEq + 'a>(
+    local: &Records<V>,
+    remotes: impl IntoIterator<Item = &'a Records<V>>,
+    now_ms: u64,
+    horizon_ms: u64,
+) -> Vec<(String, Stamp)> {
+    let remotes: Vec<&Records<V>> = remotes.into_iter().collect();
+    local
+        .0
+        .iter()
+        .filter(|(key, r)| {
+            let stamp = &r.record.stamp;
+            let outranked = remotes
+                .iter()
+                .any(|m| m.0.get(*key).is_some_and(|o| o.record.stamp > *stamp));
+            let expired = r.record.value.is_none() && stamp.hlc.saturating_add(horizon_ms) < now_ms;
+            outranked || expired
+        })
+        .map(|(_, r)| (r.key.clone(), r.record.stamp.clone()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
-use crate::lww::{Record, Stamp, winner};
+use crate::lww::{Decided, Keyed, Records, Stamp, all_keys, changed_keys, decide};
 
 /// What a token may do. Every scope may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,14 +66,12 @@ pub struct ApiToken {
     pub create_unix_ms: u64,
 }
 
-/// One DC's record of one token: the token as that DC last wrote it, or a tombstone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// The token's accessor ID (its public name), as created.
-    pub accessor_id: String,
-    /// The write.
-    pub record: Record<ApiToken>,
-}
+/// One DC's record of one token, keyed by its accessor ID: the token as that DC last wrote
+/// it, or a tombstone.
+pub type TokenRecord = Keyed<ApiToken>;
+
+/// One DC's token records, by lowercased accessor ID.
+pub type TokenMap = Records<ApiToken>;
 
 /// Most token records (tombstones included) one DC keeps: a bound on what a management token
 /// can make every DC hold.
@@ -135,40 +132,6 @@ pub fn is_accessor_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// One DC's token records, by lowercased accessor ID. Cheap to clone; two clones of one map
-/// compare equal by pointer ([`TokenMap::same`]), which is how readers notice a change.
-#[derive(Clone, Debug, Default)]
-pub struct TokenMap(pub(crate) OrdMap<String, Arc<TokenRecord>>);
-
-impl TokenMap {
-    /// The record under `accessor_id` (ignoring case).
-    pub fn get(&self, accessor_id: &str) -> Option<&TokenRecord> {
-        self.0
-            .get(accessor_id.to_ascii_lowercase().as_str())
-            .map(|r| &**r)
-    }
-
-    /// Every record, by lowercased accessor ID.
-    pub fn iter(&self) -> impl Iterator<Item = &TokenRecord> {
-        self.0.values().map(|r| &**r)
-    }
-
-    /// How many records (tombstones included).
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `other` is this very map (not a changed copy): O(1).
-    pub fn same(&self, other: &TokenMap) -> bool {
-        self.0.ptr_eq(&other.0)
-    }
-}
-
 /// A token in force: its content, accessor ID and the write that made it so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effective {
@@ -200,16 +163,11 @@ impl Tokens {
     /// Decides every accessor ID from `maps` (one per DC, in any order).
     pub fn build<'a>(maps: impl IntoIterator<Item = &'a TokenMap>) -> Tokens {
         let maps: Vec<&TokenMap> = maps.into_iter().collect();
-        let mut keys: Vec<&str> = maps
-            .iter()
-            .flat_map(|m| m.0.keys().map(String::as_str))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = all_keys(&maps);
         let mut out = Tokens::default();
         for key in keys {
-            if let Some(e) = decide(&maps, key) {
-                out.insert(key, e);
+            if let Some(e) = effective(&maps, key) {
+                out.insert_effective(key, e);
             }
         }
         out
@@ -219,28 +177,11 @@ impl Tokens {
     /// order): only the accessor IDs whose records changed are decided again, which costs
     /// O(changes × log n) when each new map was derived from its old one.
     pub fn updated(&self, old: &[TokenMap], new: &[TokenMap]) -> Tokens {
-        if old.len() != new.len() || self.shared_secret {
-            return Tokens::build(new);
-        }
         let total: usize = new.iter().map(TokenMap::len).sum();
-        let mut changed: Vec<&str> = Vec::new();
-        for (o, n) in old.iter().zip(new) {
-            if o.same(n) {
-                continue;
-            }
-            for d in o.0.diff(&n.0) {
-                let key = match d {
-                    imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
-                    imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
-                };
-                changed.push(key);
-                if changed.len() > total / INCREMENTAL_SHARE + 16 {
-                    return Tokens::build(new);
-                }
-            }
-        }
-        changed.sort_unstable();
-        changed.dedup();
+        let changed = match changed_keys(old, new, total / INCREMENTAL_SHARE + 16) {
+            Some(keys) if !self.shared_secret => keys,
+            _ => return Tokens::build(new),
+        };
         let maps: Vec<&TokenMap> = new.iter().collect();
         let mut out = self.clone();
         for key in changed {
@@ -252,8 +193,8 @@ impl Tokens {
             {
                 out.by_secret.remove(&old.token.secret_sha256);
             }
-            if let Some(e) = decide(&maps, key) {
-                out.insert(key, e);
+            if let Some(e) = effective(&maps, key) {
+                out.insert_effective(key, e);
             }
         }
         if out.shared_secret {
@@ -262,7 +203,7 @@ impl Tokens {
         out
     }
 
-    fn insert(&mut self, key: &str, e: Effective) {
+    fn insert_effective(&mut self, key: &str, e: Effective) {
         let e = Arc::new(e);
         match self.by_secret.get(&e.token.secret_sha256) {
             Some(other) => {
@@ -312,65 +253,42 @@ impl Tokens {
 /// reaping may).
 pub const TOMBSTONE_HORIZON_MS: u64 = 72 * 3600 * 1000;
 
-/// This DC's records (`local`) that can never be in force again, given the other DCs' (`remotes`)
-/// at wall-clock `now_ms`: those another DC has outranked with a later write of the same token,
-/// and tombstones older than [`TOMBSTONE_HORIZON_MS`]. The DC's leader removes them
-/// (`Command::PruneTokens`), each only if it is still that very record, so that a DC's records
-/// stay bounded by the tokens in force and the recent deletes, not by every token ever made.
+/// This DC's token records that can never be in force again ([`crate::lww::prunable`] with
+/// [`TOMBSTONE_HORIZON_MS`]).
 pub fn prunable<'a>(
     local: &TokenMap,
     remotes: impl IntoIterator<Item = &'a TokenMap>,
     now_ms: u64,
 ) -> Vec<(String, Stamp)> {
-    let remotes: Vec<&TokenMap> = remotes.into_iter().collect();
-    local
-        .0
-        .iter()
-        .filter(|(key, r)| {
-            let stamp = &r.record.stamp;
-            let outranked = remotes
-                .iter()
-                .any(|m| m.0.get(*key).is_some_and(|o| o.record.stamp > *stamp));
-            let expired =
-                r.record.value.is_none() && stamp.hlc.saturating_add(TOMBSTONE_HORIZON_MS) < now_ms;
-            outranked || expired
-        })
-        .map(|(_, r)| (r.accessor_id.clone(), r.record.stamp.clone()))
-        .collect()
+    crate::lww::prunable(local, remotes, now_ms, TOMBSTONE_HORIZON_MS)
 }
 
 /// The token in force under the lowercased accessor ID `key`, given every DC's `maps`.
-fn decide(maps: &[&TokenMap], key: &str) -> Option<Effective> {
-    let records: Vec<&TokenRecord> = maps
-        .iter()
-        .filter_map(|m| m.0.get(key))
-        .map(|r| &**r)
-        .collect();
-    let top = records
-        .iter()
-        .max_by(|a, b| a.record.stamp.cmp(&b.record.stamp))?;
-    let token = winner(records.iter().map(|r| &r.record))?;
+fn effective(maps: &[&TokenMap], key: &str) -> Option<Effective> {
+    let r = decide(maps, key)?;
     Some(Effective {
-        accessor_id: top.accessor_id.clone(),
-        stamp: top.record.stamp.clone(),
-        token: token.clone(),
+        accessor_id: r.key.clone(),
+        stamp: r.record.stamp.clone(),
+        token: r.record.value.clone()?,
     })
 }
 
-/// Every DC's record of `accessor_id` (ignoring case) among `maps`: the stamps a new write must
-/// come after.
-pub fn stamps_of<'a>(
-    maps: impl IntoIterator<Item = &'a TokenMap>,
-    accessor_id: &'a str,
-) -> impl Iterator<Item = &'a Stamp> {
-    maps.into_iter()
-        .filter_map(move |m| m.get(accessor_id))
-        .map(|r| &r.record.stamp)
+impl Decided for Tokens {
+    type Value = ApiToken;
+
+    fn build(maps: &[TokenMap]) -> Self {
+        Tokens::build(maps)
+    }
+
+    fn updated(&self, old: &[TokenMap], new: &[TokenMap]) -> Self {
+        Tokens::updated(self, old, new)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lww::Record;
 
     fn token(secret: u8, scope: Scope) -> ApiToken {
         ApiToken {
@@ -385,19 +303,16 @@ mod tests {
     fn map(records: &[(&str, u64, &str, Option<ApiToken>)]) -> TokenMap {
         let mut m = TokenMap::default();
         for (accessor, hlc, origin, value) in records {
-            m.0.insert(
-                accessor.to_ascii_lowercase(),
-                Arc::new(TokenRecord {
-                    accessor_id: (*accessor).to_owned(),
-                    record: Record {
-                        stamp: Stamp {
-                            hlc: *hlc,
-                            origin: (*origin).to_owned(),
-                        },
-                        value: value.clone(),
+            m.put(TokenRecord {
+                key: (*accessor).to_owned(),
+                record: Record {
+                    stamp: Stamp {
+                        hlc: *hlc,
+                        origin: (*origin).to_owned(),
                     },
-                }),
-            );
+                    value: value.clone(),
+                },
+            });
         }
         m
     }
@@ -483,16 +398,16 @@ mod tests {
                 let before = maps.clone();
                 let key = format!("a{accessor}");
                 let record = TokenRecord {
-                    accessor_id: key.clone(),
+                    key: key.clone(),
                     record: Record {
                         stamp: Stamp { hlc, origin: format!("dc{dc}") },
                         value: secret.map(|s| token(s, Scope::Read)),
                     },
                 };
                 if hlc % 7 == 0 {
-                    maps[dc].0.remove(&key);
+                    maps[dc].remove(&key);
                 } else {
-                    maps[dc].0.insert(key, Arc::new(record));
+                    maps[dc].put(record);
                 }
                 followed = followed.updated(&before, &maps);
                 proptest::prop_assert_eq!(decisions(&followed), decisions(&Tokens::build(&maps)));
@@ -523,7 +438,7 @@ mod tests {
         // Pruning them changes no decision.
         let mut pruned = dc1.clone();
         for k in &gone {
-            pruned.0.remove(k.as_str());
+            pruned.remove(k);
         }
         assert_eq!(
             decisions(&Tokens::build([&dc1, &dc2])),

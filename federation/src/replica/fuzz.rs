@@ -371,6 +371,9 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
                 prop_assert!(state.instance(&k.node, &k.id).is_some(), "{k:?} missing");
             }
             Key::Token(t) => prop_assert!(state.tokens().get(t).is_some(), "token {t} missing"),
+            Key::Intention(k) => {
+                prop_assert!(state.intentions().get(k).is_some(), "intention {k} missing");
+            }
         }
     }
     prop_assert_eq!(

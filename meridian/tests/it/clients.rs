@@ -139,7 +139,11 @@ async fn py_consul_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let agent = dev_agent(dir.path()).await?;
     // -E: none of the caller's PYTHON* variables; -B: no bytecode written into the source tree.
-    for script in ["test_py_consul.py", "test_py_consul_nodes.py"] {
+    for script in [
+        "test_py_consul.py",
+        "test_py_consul_nodes.py",
+        "test_py_consul_intentions.py",
+    ] {
         run_script(&agent, &python, &["-E", "-B", script], &[]).await?;
     }
     Ok(())

@@ -307,6 +307,21 @@ pub(crate) fn config_dc_on(
     Agent::start(dc, &c, dir, &[])
 }
 
+/// Waits until each of `agents` knows `n` datacenters (itself included).
+pub(crate) async fn all_know(agents: &[&Agent], n: usize) -> Result<()> {
+    for agent in agents {
+        eventually(60, "every datacenter known", || async {
+            agent
+                .get_json("/v1/catalog/datacenters")
+                .await
+                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == n))
+        })
+        .await
+        .with_context(|| format!("datacenters of {}", agent.name))?;
+    }
+    Ok(())
+}
+
 /// The config of a one-node datacenter on ports `p` with certificates from `certs`, following
 /// `peers` (`(dc, wan port)` on 127.0.0.1).
 pub(crate) fn dc_config(
@@ -560,14 +575,14 @@ async fn bad_peers_are_refused_and_counted_and_the_node_keeps_serving() -> Resul
 
 /// A TCP relay to a local port that can be cut (every connection dropped, new ones closed at
 /// once) and healed: a WAN partition on loopback.
-struct Relay {
-    port: u16,
+pub(crate) struct Relay {
+    pub(crate) port: u16,
     cut: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
-    async fn start(target: u16) -> Result<Relay> {
+    pub(crate) async fn start(target: u16) -> Result<Relay> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let cut = Arc::new(tokio::sync::watch::Sender::new(false));
@@ -594,11 +609,11 @@ impl Relay {
         Ok(Relay { port, cut, task })
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.send_replace(true);
     }
 
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cut.send_replace(false);
     }
 }

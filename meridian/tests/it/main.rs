@@ -18,6 +18,7 @@ mod gateway_caps;
 mod harness;
 mod health;
 mod http_api;
+mod intentions;
 mod membership;
 mod prepared_query;
 mod security;

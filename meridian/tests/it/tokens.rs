@@ -11,7 +11,7 @@ use meridian_testkit::agent::Launch;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::federation::{dc_config, make_certs};
+use crate::federation::{all_know, dc_config, make_certs};
 use crate::harness::{Agent, Ports, eventually};
 use meridian_testkit::config::TEST_TOKEN;
 
@@ -77,16 +77,7 @@ async fn a_token_made_in_one_dc_works_in_every_dc_until_deleted_in_another() -> 
     dc2.wait_ready().await?;
     dc3.wait_ready().await?;
     let all = [&dc1, &dc2, &dc3];
-    for agent in all {
-        eventually(60, "every datacenter known", || async {
-            agent
-                .get_json("/v1/catalog/datacenters")
-                .await
-                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))
-        })
-        .await
-        .with_context(|| format!("datacenters of {}", agent.name))?;
-    }
+    all_know(&all, 3).await?;
 
     ensure!(
         register(&dc1, "not-a-token-of-any-dc-0123", "web").await? == StatusCode::FORBIDDEN,

@@ -15,10 +15,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use meridian_catalog::Command;
 use meridian_federation::now_ms;
-use meridian_topology::lww::{Record, Stamp};
+use meridian_topology::lww::{Record, next_stamp};
 use meridian_topology::prepared::format_query_id;
 use meridian_topology::token::{
-    ApiToken, Effective, MAX_TOKEN_RECORDS, Scope, TokenRecord, check_token, stamps_of,
+    ApiToken, Effective, MAX_TOKEN_RECORDS, Scope, TokenRecord, check_token,
 };
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
@@ -293,9 +293,12 @@ async fn write_record(
     value: Option<ApiToken>,
 ) -> Result<Effective, ApiError> {
     let view = state.view();
-    let maps =
-        || std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens()));
-    let stamp = Stamp::next(view.datacenter(), now_ms(), stamps_of(maps(), accessor));
+    let stamp = next_stamp(
+        view.datacenter(),
+        now_ms(),
+        std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens())),
+        accessor,
+    );
     if view.local().tokens().get(accessor).is_none()
         && view.local().tokens().len() >= MAX_TOKEN_RECORDS
     {
@@ -304,7 +307,7 @@ async fn write_record(
         )));
     }
     let record = TokenRecord {
-        accessor_id: accessor.to_owned(),
+        key: accessor.to_owned(),
         record: Record {
             stamp: stamp.clone(),
             value: value.clone(),
@@ -509,7 +512,7 @@ pub(super) async fn read_self(
 }
 
 /// `ms` (since the Unix epoch) as RFC 3339 in UTC, as Consul writes `CreateTime`.
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).

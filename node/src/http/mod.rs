@@ -18,6 +18,7 @@ mod external;
 mod failover;
 mod federation;
 pub(crate) mod filter;
+mod intentions;
 mod listener;
 mod metrics;
 mod query;
@@ -45,7 +46,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::acl::{Acl, Need, presented_token};
-use meridian_topology::token::{TokenMap, Tokens};
+use meridian_topology::DcState;
+use meridian_topology::intention::{Action, Intentions};
+use meridian_topology::lww::{Decided, Records};
+use meridian_topology::token::Tokens;
 
 /// Longest a write's answer waits for reads on this agent to see it.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -93,16 +97,55 @@ struct StateInner {
     /// agent without one (`--dev`).
     reload: Option<mpsc::Sender<ReloadRequest>>,
     /// The API tokens in force, and the DCs' records they were decided from.
-    tokens: std::sync::Mutex<TokenCache>,
+    tokens: std::sync::Mutex<Followed<Tokens>>,
+    /// The intentions in force, likewise.
+    intentions: std::sync::Mutex<Followed<Intentions>>,
+    /// `[mesh] default_intention` is `allow` (changed by a reload).
+    default_allow: std::sync::atomic::AtomicBool,
 }
 
-/// [`Tokens`] decided from the views' token records, kept until one DC's records change.
-#[derive(Default)]
-struct TokenCache {
+/// What is in force of one kind of record that every DC writes ([`Decided`]: API tokens,
+/// intentions), decided from the views' records and kept until one DC's records change.
+struct Followed<S: Decided> {
     /// The DCs of `maps`, in order.
     dcs: Vec<Arc<str>>,
-    maps: Vec<TokenMap>,
-    tokens: Arc<Tokens>,
+    maps: Vec<Records<S::Value>>,
+    decided: Arc<S>,
+}
+
+impl<S: Decided> Default for Followed<S> {
+    fn default() -> Self {
+        Followed {
+            dcs: Vec::new(),
+            maps: Vec::new(),
+            decided: Arc::default(),
+        }
+    }
+}
+
+impl<S: Decided> Followed<S> {
+    /// What is in force in `view`, whose DCs hold their records where `records` says: an O(1)
+    /// pointer check per DC when nothing changed, the changed keys decided again otherwise.
+    fn follow(&mut self, view: &View, records: fn(&DcState) -> &Records<S::Value>) -> Arc<S> {
+        let dcs = || std::iter::once(view.datacenter()).chain(view.remotes().map(|r| &*r.name));
+        let maps = || {
+            std::iter::once(records(view.local())).chain(view.remotes().map(|r| records(&r.state)))
+        };
+        let same_dcs =
+            self.dcs.len() == dcs().count() && self.dcs.iter().zip(dcs()).all(|(a, b)| **a == *b);
+        if same_dcs && self.maps.iter().zip(maps()).all(|(a, b)| a.same(b)) {
+            return self.decided.clone();
+        }
+        let new: Vec<Records<S::Value>> = maps().cloned().collect();
+        self.decided = Arc::new(if same_dcs {
+            self.decided.updated(&self.maps, &new)
+        } else {
+            S::build(&new)
+        });
+        self.maps = new;
+        self.dcs = dcs().map(Arc::from).collect();
+        self.decided.clone()
+    }
 }
 
 /// A request to re-read the config file, and where its outcome goes: what changed, or why
@@ -137,6 +180,8 @@ impl ApiState {
                 acl: arc_swap::ArcSwap::from_pointee(Acl::open()),
                 reload: None,
                 tokens: Default::default(),
+                intentions: Default::default(),
+                default_allow: Default::default(),
             }),
         }
     }
@@ -223,26 +268,41 @@ impl ApiState {
     /// DC otherwise).
     pub fn api_tokens(&self) -> Arc<Tokens> {
         let view = self.view();
-        let dcs = || std::iter::once(view.datacenter()).chain(view.remotes().map(|r| &*r.name));
-        let maps = || {
-            std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens()))
-        };
-        let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let same_dcs =
-            cache.dcs.len() == dcs().count() && cache.dcs.iter().zip(dcs()).all(|(a, b)| **a == *b);
-        if same_dcs && cache.maps.iter().zip(maps()).all(|(a, b)| a.same(b)) {
-            return cache.tokens.clone();
-        }
-        let new: Vec<TokenMap> = maps().cloned().collect();
-        let tokens = if same_dcs {
-            cache.tokens.updated(&cache.maps, &new)
+        let mut tokens = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.follow(&view, DcState::tokens)
+    }
+
+    /// The intentions in force, decided from every DC's records in the current view (as
+    /// [`ApiState::api_tokens`]).
+    pub fn intentions(&self) -> Arc<Intentions> {
+        let view = self.view();
+        let mut intentions = self
+            .inner
+            .intentions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        intentions.follow(&view, DcState::intentions)
+    }
+
+    /// What a connection no intention matches gets (`[mesh] default_intention`).
+    pub fn default_intention(&self) -> Action {
+        if self
+            .inner
+            .default_allow
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Action::Allow
         } else {
-            Tokens::build(&new)
-        };
-        cache.tokens = Arc::new(tokens);
-        cache.maps = new;
-        cache.dcs = dcs().map(Arc::from).collect();
-        cache.tokens.clone()
+            Action::Deny
+        }
+    }
+
+    /// Sets [`ApiState::default_intention`] (at start and on a reload).
+    pub fn set_default_intention(&self, action: Action) {
+        self.inner.default_allow.store(
+            action == Action::Allow,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The access rules in force (the file's tokens).
@@ -309,6 +369,15 @@ pub fn router(state: ApiState) -> Router {
             get(acl::read).put(acl::update).delete(acl::delete),
         )
         .route("/v1/acl/tokens", get(acl::list))
+        .route("/v1/connect/intentions", get(intentions::list))
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intentions::get_exact)
+                .put(intentions::put_exact)
+                .delete(intentions::delete_exact),
+        )
+        .route("/v1/connect/intentions/match", get(intentions::match_by))
+        .route("/v1/connect/intentions/check", get(intentions::check))
         .route(
             "/v1/agent/service/maintenance/{id}",
             put(agent::service_maintenance),

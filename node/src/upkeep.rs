@@ -1,0 +1,57 @@
+//! The upkeep of what every DC writes and none owns (the ACL tokens created through the API,
+//! intentions): on the DC's Raft leader, every `acl.token_prune_interval_ms` (a minute by
+//! default), the DC's records that can never be in force again (outranked by another DC's later
+//! write, or tombstones past their horizon) are removed through Raft, so a DC's records are
+//! bounded by what is in force and the recent deletes, not by everything ever written.
+
+use std::time::Duration;
+
+use meridian_catalog::Command;
+use meridian_federation::now_ms;
+use meridian_topology::{intention, token};
+
+use crate::http::ApiState;
+
+/// Most records one prune removes (one Raft entry of bounded size; the rest wait a round).
+const MAX_PRUNE_BATCH: usize = 1_000;
+
+/// Prunes this DC's token and intention records every `every` while this node leads its DC;
+/// runs until aborted.
+pub async fn prune(api: ApiState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let catalog = api.catalog();
+        if !catalog.status().is_leader {
+            continue;
+        }
+        let view = api.view();
+        let now = now_ms();
+        let mut tokens = token::prunable(
+            view.local().tokens(),
+            view.remotes().map(|r| r.state.tokens()),
+            now,
+        );
+        let mut intentions = intention::prunable(
+            view.local().intentions(),
+            view.remotes().map(|r| r.state.intentions()),
+            now,
+        );
+        if tokens.is_empty() && intentions.is_empty() {
+            continue;
+        }
+        tokens.truncate(MAX_PRUNE_BATCH);
+        intentions.truncate(MAX_PRUNE_BATCH);
+        let (t, i) = (tokens.len(), intentions.len());
+        match catalog.write(Command::Prune { tokens, intentions }).await {
+            Ok(outcome) => tracing::info!(
+                tokens = t,
+                intentions = i,
+                changed = outcome.changed,
+                "pruned records that can no longer be in force"
+            ),
+            Err(e) => tracing::warn!(error = %e, "pruning records failed; next round retries"),
+        }
+    }
+}

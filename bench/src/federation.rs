@@ -17,7 +17,10 @@
 //! rebuilt from dc1's API; (3) dc3 joins likewise; (4) an idle window measures heartbeat bytes;
 //! (5) convergence: one registration at a time in dc1, and from its HTTP acknowledgement, DNS
 //! queries to dc2 and dc3 every millisecond until the answer holds the new address; (6) steady
-//! state: single registrations 50 ms apart, and the bytes dc2 received per change; (7) memory:
+//! state: single registrations 50 ms apart, and the bytes dc2 received per change; (5b)
+//! intentions: one intention at a time written in dc1 (`PUT /v1/connect/intentions/exact`), and
+//! from its acknowledgement, `GET /v1/connect/intentions/check` in dc2 and dc3 every millisecond
+//! until the decision is the new one; (7) memory:
 //! three fresh DCs register 100,000 instances between them (10,000 with `--quick`), a third
 //! each, and once every replica has converged each agent's RSS is read (every node then holds
 //! all of them). Each agent's CPU seconds per phase and peak RSS are reported too.
@@ -813,6 +816,20 @@ struct Convergence {
     dc2_messages_per_change: f64,
 }
 
+/// Intentions written in dc1, one at a time, until dc2 and dc3 decide by them.
+#[derive(Serialize)]
+struct IntentionConvergence {
+    attempted: usize,
+    /// HTTP acknowledgement latency of the writes in dc1.
+    ack: Dist,
+    dc2: Dist,
+    dc3: Dist,
+    dc2_timeouts: usize,
+    dc3_timeouts: usize,
+    /// The same bound as registrations: one-way delay plus 50 ms.
+    target_p99_ms: f64,
+}
+
 #[derive(Serialize)]
 struct Steady {
     changes: usize,
@@ -891,6 +908,7 @@ struct Report {
     data: DataSize,
     initial_sync: Vec<SyncRun>,
     convergence: Convergence,
+    intentions: IntentionConvergence,
     steady_state: Steady,
     processes: Vec<Process>,
     memory: Memory,
@@ -1677,6 +1695,58 @@ async fn phases(
     };
     mark("convergence", &pids);
 
+    // 5b. Intentions: one at a time in dc1, each awaited in dc2's and dc3's decisions.
+    let rounds = (opt.registrations / 5).clamp(10, 200);
+    eprintln!(
+        "federation: intentions: {rounds} written in dc1, each awaited in dc2's and dc3's /check"
+    );
+    let (mut acks, mut seen) = (Vec::new(), [Vec::new(), Vec::new()]);
+    let mut timeouts = [0usize; 2];
+    for i in 0..rounds {
+        let source = format!("caller-{i}");
+        let t = Instant::now();
+        let r = http
+            .put(dc1.url(&format!(
+                "/v1/connect/intentions/exact?source={source}&destination=web"
+            )))
+            .body(r#"{"Action": "allow"}"#)
+            .send()
+            .await?;
+        ensure!(r.status().is_success(), "intention write: {}", r.status());
+        let acked = Instant::now();
+        acks.push(ms(acked - t));
+        let path = format!("/v1/connect/intentions/check?source={source}&destination=web");
+        let mut got = [None, None];
+        while got.iter().any(Option::is_none) && acked.elapsed() < CONVERGE_TIMEOUT {
+            for (k, a) in [&dc2, &dc3].into_iter().enumerate() {
+                if got[k].is_none() {
+                    let v: Value = http.get(a.url(&path)).send().await?.json().await?;
+                    if v["Allowed"] == true {
+                        got[k] = Some(ms(acked.elapsed()));
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        for k in 0..2 {
+            match got[k] {
+                Some(v) => seen[k].push(v),
+                None => timeouts[k] += 1,
+            }
+        }
+    }
+    let [seen2, seen3] = seen;
+    let intentions = IntentionConvergence {
+        attempted: rounds,
+        ack: dist(acks),
+        dc2: dist(seen2),
+        dc3: dist(seen3),
+        dc2_timeouts: timeouts[0],
+        dc3_timeouts: timeouts[1],
+        target_p99_ms: opt.wan_delay_ms as f64 + 50.0,
+    };
+    mark("intentions", &pids);
+
     // 6. Steady state: single changes, spaced.
     let s0 = received(&http, &dc2, "dc1").await?;
     let ip0 = fw
@@ -1812,6 +1882,15 @@ async fn phases(
             met(convergence.dc3.p99_ms <= target && convergence.dc3_timeouts == 0),
         ),
         format!(
+            "intention in force p99 at most one-way delay + 50 ms = {:.0} ms: dc2 {:.1} ms ({}), \
+             dc3 {:.1} ms ({})",
+            intentions.target_p99_ms,
+            intentions.dc2.p99_ms,
+            met(intentions.dc2.p99_ms <= intentions.target_p99_ms && intentions.dc2_timeouts == 0),
+            intentions.dc3.p99_ms,
+            met(intentions.dc3.p99_ms <= intentions.target_p99_ms && intentions.dc3_timeouts == 0),
+        ),
+        format!(
             "initial sync under 2 s (from learning dc1 to an equal digest): {}",
             syncs
                 .iter()
@@ -1857,6 +1936,7 @@ async fn phases(
         data,
         initial_sync: syncs.into(),
         convergence,
+        intentions,
         steady_state: steady,
         processes,
         memory,
@@ -1921,6 +2001,35 @@ fn markdown(r: &Report) -> Result<String> {
             d.mean_ms,
             c.target_p99_ms,
             met(d.p99_ms <= c.target_p99_ms && t == 0)
+        )?;
+    }
+    let i = &r.intentions;
+    writeln!(
+        s,
+        "\nIntentions: written in dc1 (`PUT /v1/connect/intentions/exact`, acknowledgement p50 \
+         {:.1} ms, p99 {:.1} ms) → the first `/v1/connect/intentions/check` in the replica \
+         (polled every 1 ms) that decides by it, {} intentions one at a time:\n",
+        i.ack.p50_ms, i.ack.p99_ms, i.attempted
+    )?;
+    writeln!(
+        s,
+        "| replica | decided | p50 | p90 | p99 | max | target p99 | |\n|---|---|---|---|---|---|---|---|"
+    )?;
+    for (dc, d, t) in [
+        ("dc2", &i.dc2, i.dc2_timeouts),
+        ("dc3", &i.dc3, i.dc3_timeouts),
+    ] {
+        writeln!(
+            s,
+            "| {dc} | {}/{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | ≤ {:.0} ms | {} |",
+            d.count,
+            d.count + t,
+            d.p50_ms,
+            d.p90_ms,
+            d.p99_ms,
+            d.max_ms,
+            i.target_p99_ms,
+            met(d.p99_ms <= i.target_p99_ms && t == 0)
         )?;
     }
     writeln!(

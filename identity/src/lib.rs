@@ -14,6 +14,9 @@
 //! always the `ring` provider passed explicitly, never a process-wide default. [`accept`] and
 //! [`connect`] run a bounded handshake over tokio.
 //!
+//! The service mesh's identities (each DC's mesh CA, SPIFFE-named workload certificates, the
+//! trust bundle of every DC's roots) are in [`mesh`].
+//!
 //! [`DEV_CA_CERT_PEM`] and [`DEV_CA_KEY_PEM`] are a published, **insecure** CA for `--dev` only:
 //! anyone can sign certificates with it. [`TlsMaterial::uses_dev_ca`] lets the agent refuse it
 //! outside `--dev`.
@@ -22,6 +25,7 @@ mod error;
 mod handshake;
 mod issue;
 mod material;
+pub mod mesh;
 mod names;
 #[cfg(test)]
 mod tests;

@@ -111,14 +111,29 @@ pub(crate) fn sign_node_cert(
         }
     }
     let issuer = ca_issuer(ca)?;
+    sign_end_entity(
+        &issuer,
+        ("node key", "node certificate"),
+        role.node_dns_name(dc, node),
+        sans,
+        (not_before, not_after),
+    )
+}
 
-    let key =
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate("node key"))?;
+/// Signs an end-entity certificate with `issuer`: a fresh ECDSA P-256 key, common name `cn`,
+/// `sans`, digitalSignature with serverAuth and clientAuth, valid from `.0` to `.1` of
+/// `validity`. `what` names the key and the certificate in errors.
+pub(crate) fn sign_end_entity(
+    issuer: &Issuer<'static, KeyPair>,
+    what: (&'static str, &'static str),
+    cn: String,
+    sans: Vec<SanType>,
+    (not_before, not_after): (SystemTime, SystemTime),
+) -> Result<PemPair, TlsError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate(what.0))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, role.node_dns_name(dc, node));
+    params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -129,9 +144,7 @@ pub(crate) fn sign_node_cert(
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before.into();
     params.not_after = not_after.into();
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(generate("node certificate"))?;
+    let cert = params.signed_by(&key, issuer).map_err(generate(what.1))?;
     Ok(PemPair {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

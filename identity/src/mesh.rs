@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -32,7 +32,7 @@ use rustls::{
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use crate::error::{TlsError, generate, material, pem_reason};
-use crate::issue::{PemPair, ca_issuer};
+use crate::issue::{PemPair, ca_issuer, sign_end_entity};
 use crate::names::validate_label;
 use crate::{CA_VALIDITY_DAYS, CLOCK_SKEW_ALLOWANCE};
 
@@ -198,33 +198,13 @@ pub(crate) fn sign_leaf(
     (not_before, not_after): (SystemTime, SystemTime),
 ) -> Result<PemPair, TlsError> {
     let issuer = ca_issuer(ca)?;
-    let key =
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate("leaf key"))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, id.service.clone());
-    params.subject_alt_names = vec![uri_san(&id.uri())?];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before.into();
-    params.not_after = not_after.into();
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(generate("leaf certificate"))?;
-    Ok(PemPair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    sign_end_entity(
+        &issuer,
+        ("leaf key", "leaf certificate"),
+        id.service.clone(),
+        vec![uri_san(&id.uri())?],
+        (not_before, not_after),
+    )
 }
 
 fn period(now: SystemTime, ttl: Duration) -> (SystemTime, SystemTime) {
@@ -336,6 +316,34 @@ impl TrustBundle {
     }
 }
 
+/// The handshake signature checks of a verifier, by the crypto provider's algorithms (the same
+/// for both directions; only the certificate check differs).
+macro_rules! provider_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, self.algorithms())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, self.algorithms())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms().supported_schemes()
+        }
+    };
+}
+
 /// Verifies a peer's leaf by its SPIFFE ID and the roots of the DC it names (both directions).
 #[derive(Debug)]
 struct MeshVerifier {
@@ -366,27 +374,7 @@ impl ClientCertVerifier for MeshVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms().supported_schemes()
-    }
+    provider_signature_checks!();
 }
 
 impl ServerCertVerifier for MeshVerifier {
@@ -407,27 +395,7 @@ impl ServerCertVerifier for MeshVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms().supported_schemes()
-    }
+    provider_signature_checks!();
 }
 
 /// The certificate chain and key of `leaf`.

@@ -3,6 +3,7 @@
 use meridian_topology::dc::DcSnapshot;
 use meridian_topology::intention::IntentionRecord;
 use meridian_topology::lww::Stamp;
+use meridian_topology::mesh::MeshCa;
 use meridian_topology::token::TokenRecord;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,12 @@ pub enum Command {
         /// The record, keyed `source/destination`.
         intention: IntentionRecord,
     },
+    /// Sets the DC's mesh CA, made by its leader: taken only if the DC has none yet in that trust
+    /// domain (the first wins), otherwise `found: false`.
+    SetMeshCa {
+        /// The CA, key included.
+        ca: Box<MeshCa>,
+    },
     /// Removes this DC's token and intention records that can never be in force again
     /// (`meridian_topology::lww::prunable`), each only if it is still the record with that
     /// stamp.
@@ -187,6 +194,9 @@ impl Command {
                     .chain(intentions)
                     .map(|(a, s)| a.len() + s.origin.len() + 16)
                     .sum::<usize>(),
+                Command::SetMeshCa { ca } => {
+                    ca.root.cert_pem.len() + ca.key.0.len() + ca.root.trust_domain.len()
+                }
                 Command::SetIntention { intention } => {
                     intention.key.len()
                         + intention.record.stamp.origin.len()

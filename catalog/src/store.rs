@@ -467,6 +467,10 @@ impl StateMachineStore {
                 }
                 (removed, true)
             }
+            Command::SetMeshCa { ca } => {
+                let taken = state.set_mesh_ca(*ca, index);
+                (taken, taken)
+            }
             Command::SetIntention { intention } => {
                 let taken = state.set_intention(intention, index);
                 (taken, taken)

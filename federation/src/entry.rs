@@ -21,6 +21,8 @@ pub enum Key {
     Token(String),
     /// An intention record, by lowercased `source/destination`.
     Intention(String),
+    /// The origin's mesh CA root (one per DC).
+    MeshRoot,
 }
 
 impl Key {
@@ -61,6 +63,7 @@ impl Key {
                 h.write(b"x\0");
                 h.write(k.as_bytes());
             }
+            Key::MeshRoot => h.write(b"r\0"),
         }
         mix(h.0)
     }
@@ -80,6 +83,7 @@ impl Key {
             }),
             Key::Token(t) => pb::entry_key::Key::Token(t.clone()),
             Key::Intention(k) => pb::entry_key::Key::Intention(k.clone()),
+            Key::MeshRoot => pb::entry_key::Key::MeshRoot(true),
         };
         pb::EntryKey { key: Some(key) }
     }
@@ -93,6 +97,7 @@ impl Key {
             }
             pb::entry_key::Key::Token(t) => Some(Key::token(t)),
             pb::entry_key::Key::Intention(k) => Some(Key::intention(k)),
+            pb::entry_key::Key::MeshRoot(_) => Some(Key::MeshRoot),
         }
     }
 
@@ -103,6 +108,7 @@ impl Key {
             Key::Instance(k) => [b"i\0", k.node.as_bytes(), b"\0", k.id.as_bytes()].concat(),
             Key::Token(t) => [b"t\0", t.as_bytes()].concat(),
             Key::Intention(k) => [b"x\0", k.as_bytes()].concat(),
+            Key::MeshRoot => b"r\0".to_vec(),
         }
     }
 }
@@ -205,6 +211,15 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
             check_intention(&record.key, &value).map_err(|_| "intention entry out of bounds")?;
             Ok(Key::intention(&record.key))
         }
+        Some(pb::entry::Entry::MeshRoot(r)) => {
+            if r.trust_domain.is_empty()
+                || r.cert_pem.is_empty()
+                || r.cert_pem.len() > meridian_topology::mesh::MAX_ROOT_PEM
+            {
+                return Err("mesh root entry empty or over its bound");
+            }
+            Ok(Key::MeshRoot)
+        }
         None => Err("empty entry"),
     }
 }
@@ -259,6 +274,14 @@ pub fn export_entry(
         Key::Intention(k) => state.intentions().get(k).map(|i| pb::Entry {
             entry: Some(pb::entry::Entry::Intention(intention_to_proto(i))),
         }),
+        // The root leaves whatever the policy; the key never does.
+        Key::MeshRoot => state.mesh_root().map(|r| pb::Entry {
+            entry: Some(pb::entry::Entry::MeshRoot(pb::MeshRootEntry {
+                trust_domain: r.trust_domain.clone(),
+                cert_pem: r.cert_pem.clone(),
+                created_unix_ms: r.created_unix_ms,
+            })),
+        }),
     }
 }
 
@@ -295,6 +318,13 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
                 state.put_intention(record);
             }
         }
+        Some(pb::entry::Entry::MeshRoot(r)) => {
+            state.put_mesh_root(Some(meridian_topology::mesh::MeshRoot {
+                trust_domain: r.trust_domain.clone(),
+                cert_pem: r.cert_pem.clone(),
+                created_unix_ms: r.created_unix_ms,
+            }));
+        }
         None => {}
     }
 }
@@ -314,6 +344,7 @@ pub fn remove_entry(state: &mut DcState, key: &Key) {
         Key::Intention(k) => {
             state.remove_intention(k);
         }
+        Key::MeshRoot => state.put_mesh_root(None),
     }
 }
 

@@ -126,7 +126,8 @@ impl Exporter {
             .map(|n| Key::node(&n.name))
             .chain(state.instances().map(|i| Key::Instance(i.key())))
             .chain(state.tokens().iter().map(|t| Key::token(&t.key)))
-            .chain(state.intentions().iter().map(|i| Key::intention(&i.key)));
+            .chain(state.intentions().iter().map(|i| Key::intention(&i.key)))
+            .chain(state.mesh_root().map(|_| Key::MeshRoot));
         for key in keys {
             if let Some(e) =
                 entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
@@ -179,6 +180,9 @@ impl Exporter {
         }
         for i in ch.intentions {
             keys.insert(Key::Intention(i));
+        }
+        if ch.mesh_root {
+            keys.insert(Key::MeshRoot);
         }
         for n in ch.check_nodes {
             keys.insert(Key::node(&n));
@@ -474,7 +478,7 @@ mod tests {
                     .iter()
                     .filter_map(|h| match &h.key {
                         Key::Instance(k) => Some(k.id.clone()),
-                        Key::Node(_) | Key::Token(_) | Key::Intention(_) => None,
+                        Key::Node(_) | Key::Token(_) | Key::Intention(_) | Key::MeshRoot => None,
                     })
                     .collect();
                 for id in ["x1", "y0", "y4"] {

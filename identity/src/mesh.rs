@@ -220,6 +220,51 @@ fn uri_san(uri: &str) -> Result<SanType, TlsError> {
     ))
 }
 
+/// What the Connect API shows of a CA or leaf certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Colon-separated hex of the first 20 bytes of the certificate's SHA-256 (a stable ID).
+    pub id: String,
+    /// Serial number, colon-separated hex.
+    pub serial: String,
+    /// Subject common name.
+    pub name: String,
+    /// Validity, in seconds since the Unix epoch.
+    pub not_before: i64,
+    /// See `not_before`.
+    pub not_after: i64,
+}
+
+/// Reads [`CertInfo`] from a PEM certificate.
+pub fn cert_info(pem: &str) -> Result<CertInfo, TlsError> {
+    const WHAT: &str = "certificate";
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| material(WHAT, None, pem_reason(&e, "CERTIFICATE")))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| material(WHAT, None, format!("it cannot be parsed: {e}")))?;
+    let hex = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Ok(CertInfo {
+        id: hex(&digest.as_ref()[..20]),
+        serial: hex(x509.raw_serial()),
+        name: x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        not_before: x509.validity().not_before.timestamp(),
+        not_after: x509.validity().not_after.timestamp(),
+    })
+}
+
 /// Every DC's mesh CA roots, in one trust domain: what a sidecar trusts.
 pub struct TrustBundle {
     trust_domain: String,

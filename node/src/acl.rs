@@ -382,6 +382,11 @@ impl Need {
         if path.starts_with("/v1/acl/") {
             return Need::Management;
         }
+        // A leaf is a service's identity, and authorizing is asked by the target's proxy: both
+        // need a token that may write that service (the handler checks which).
+        if path.starts_with("/v1/agent/connect/ca/leaf/") || path == "/v1/agent/connect/authorize" {
+            return Need::ServiceWrite;
+        }
         if method == Method::GET || method == Method::HEAD {
             return Need::Read;
         }

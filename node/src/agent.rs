@@ -45,8 +45,9 @@ pub struct Agent {
     tls: Option<Arc<TlsMaterial>>,
     /// `PUT /v1/agent/reload` requests, until the process takes them.
     reload_requests: Option<mpsc::Receiver<http::ReloadRequest>>,
-    /// Prunes the DC's token and intention records while this node leads ([`crate::upkeep`]).
-    upkeep: JoinHandle<()>,
+    /// Prunes the DC's token and intention records while this node leads, and makes its mesh CA
+    /// ([`crate::upkeep`]).
+    upkeep: Vec<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -180,10 +181,16 @@ impl Agent {
             clock: failover.clock(),
         });
         api.set_default_intention(config.mesh.default_intention);
-        let upkeep = tokio::spawn(crate::upkeep::prune(
+        let mut upkeep = vec![tokio::spawn(crate::upkeep::prune(
             api.clone(),
             config.acl.token_prune_interval(),
-        ));
+        ))];
+        if let Some(td) = &config.gateway.trust_domain {
+            upkeep.push(tokio::spawn(crate::upkeep::ensure_mesh_ca(
+                api.clone(),
+                td.trim_end_matches('.').to_ascii_lowercase(),
+            )));
+        }
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(
             listener,
@@ -346,7 +353,9 @@ impl Agent {
             upkeep,
             ..
         } = self;
-        upkeep.abort();
+        for task in upkeep {
+            task.abort();
+        }
         failover.stop();
         if let Some(g) = gateway {
             g.stop();

@@ -2,18 +2,64 @@
 //! intentions): on the DC's Raft leader, every `acl.token_prune_interval_ms` (a minute by
 //! default), the DC's records that can never be in force again (outranked by another DC's later
 //! write, or tombstones past their horizon) are removed through Raft, so a DC's records are
-//! bounded by what is in force and the recent deletes, not by everything ever written.
+//! bounded by what is in force and the recent deletes, not by everything ever written. And the
+//! DC's mesh CA, made once by its leader.
 
 use std::time::Duration;
 
 use meridian_catalog::Command;
 use meridian_federation::now_ms;
+use meridian_topology::mesh::{MeshCa, MeshKey, MeshRoot};
 use meridian_topology::{intention, token};
 
 use crate::http::ApiState;
 
 /// Most records one prune removes (one Raft entry of bounded size; the rest wait a round).
 const MAX_PRUNE_BATCH: usize = 1_000;
+
+/// How often a node looks whether its DC needs a mesh CA (every node looks; the leader makes it).
+const MESH_CA_CHECK: Duration = Duration::from_secs(2);
+
+/// Makes this DC's mesh CA in `trust_domain` when this node leads its DC and the DC has none in
+/// that trust domain (at the first start, or after a restore of a backup without one); runs until
+/// aborted. The first CA committed wins, so two leaders in turn cannot leave two keys.
+pub async fn ensure_mesh_ca(api: ApiState, trust_domain: String) {
+    let mut tick = tokio::time::interval(MESH_CA_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let catalog = api.catalog();
+        let has = catalog
+            .view()
+            .local()
+            .mesh_root()
+            .is_some_and(|r| r.trust_domain == trust_domain);
+        if has || !catalog.status().is_leader {
+            continue;
+        }
+        let pair =
+            match meridian_identity::mesh::create_mesh_ca(&trust_domain, catalog.datacenter()) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make the mesh CA");
+                    continue;
+                }
+            };
+        let ca = MeshCa {
+            root: MeshRoot {
+                trust_domain: trust_domain.clone(),
+                cert_pem: pair.cert_pem,
+                created_unix_ms: now_ms(),
+            },
+            key: MeshKey(pair.key_pem),
+        };
+        match catalog.write(Command::SetMeshCa { ca: Box::new(ca) }).await {
+            Ok(o) if o.changed => tracing::info!(%trust_domain, "made this datacenter's mesh CA"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "storing the mesh CA failed; retrying"),
+        }
+    }
+}
 
 /// Prunes this DC's token and intention records every `every` while this node leads its DC;
 /// runs until aborted.

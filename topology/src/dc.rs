@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intention::{IntentionMap, IntentionRecord, MAX_INTENTION_RECORDS};
 use crate::lww::Stamp;
+use crate::mesh::{MeshCa, MeshKey, MeshRoot};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 use crate::prepared::PreparedQuery;
 use crate::token::{MAX_TOKEN_RECORDS, TokenMap, TokenRecord};
@@ -56,6 +57,10 @@ pub struct DcState {
     tokens: TokenMap,
     /// This DC's records of intentions, federated to every DC like the tokens.
     intentions: IntentionMap,
+    /// The DC's mesh CA root (federated; in a replica, the origin's).
+    mesh_root: Option<Arc<MeshRoot>>,
+    /// The DC's mesh CA signing key (never federated; a replica has none).
+    mesh_key: Option<Arc<MeshKey>>,
     index: u64,
 }
 
@@ -92,6 +97,8 @@ pub struct Changes {
     pub tokens: Vec<String>,
     /// Intention records added, changed or removed, by lowercased `source/destination`.
     pub intentions: Vec<String>,
+    /// The mesh CA root changed.
+    pub mesh_root: bool,
 }
 
 fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
@@ -121,6 +128,9 @@ pub struct DcSnapshot {
     /// The DC's intention records (absent from snapshots written before intentions existed).
     #[serde(default)]
     pub intentions: Vec<IntentionRecord>,
+    /// The DC's mesh CA, key included (absent before the mesh CA existed).
+    #[serde(default)]
+    pub mesh_ca: Option<MeshCa>,
 }
 
 impl DcState {
@@ -520,7 +530,43 @@ impl DcState {
                 .changed_since(&old.intentions)
                 .map(str::to_owned),
         );
+        out.mesh_root = self.mesh_root != old.mesh_root;
         out
+    }
+
+    /// The DC's mesh CA root, if it has made one (in a replica: the origin's).
+    pub fn mesh_root(&self) -> Option<&MeshRoot> {
+        self.mesh_root.as_deref()
+    }
+
+    /// The DC's mesh CA, key included (none in a replica).
+    pub fn mesh_ca(&self) -> Option<MeshCa> {
+        Some(MeshCa {
+            root: MeshRoot::clone(self.mesh_root.as_deref()?),
+            key: MeshKey::clone(self.mesh_key.as_deref()?),
+        })
+    }
+
+    /// Sets the DC's mesh CA, only if it has none yet or it is of another trust domain (the first
+    /// one made wins: every server of the DC then signs with the same key). Returns whether it
+    /// was taken.
+    pub fn set_mesh_ca(&mut self, ca: MeshCa, index: u64) -> bool {
+        if self
+            .mesh_root
+            .as_ref()
+            .is_some_and(|r| r.trust_domain == ca.root.trust_domain)
+        {
+            return false;
+        }
+        self.mesh_root = Some(Arc::new(ca.root));
+        self.mesh_key = Some(Arc::new(ca.key));
+        self.index = index;
+        true
+    }
+
+    /// Puts the origin's mesh CA root into a replica (`None`: it has none).
+    pub fn put_mesh_root(&mut self, root: Option<MeshRoot>) {
+        self.mesh_root = root.map(Arc::new);
     }
 
     /// This DC's token records.
@@ -759,6 +805,7 @@ impl DcState {
             queries: self.queries().cloned().collect(),
             tokens: self.tokens.iter().cloned().collect(),
             intentions: self.intentions.iter().cloned().collect(),
+            mesh_ca: self.mesh_ca(),
         }
     }
 
@@ -789,6 +836,10 @@ impl DcState {
         }
         for i in snap.intentions {
             s.put_intention(i);
+        }
+        if let Some(ca) = snap.mesh_ca {
+            s.mesh_root = Some(Arc::new(ca.root));
+            s.mesh_key = Some(Arc::new(ca.key));
         }
         s.index = snap.index;
         s

@@ -13,6 +13,7 @@ pub mod failover;
 pub mod health;
 pub mod intention;
 pub mod lww;
+pub mod mesh;
 pub mod metrics;
 mod model;
 pub mod names;

@@ -374,6 +374,7 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
             Key::Intention(k) => {
                 prop_assert!(state.intentions().get(k).is_some(), "intention {k} missing");
             }
+            Key::MeshRoot => prop_assert!(state.mesh_root().is_some(), "mesh root missing"),
         }
     }
     prop_assert_eq!(

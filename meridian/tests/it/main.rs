@@ -20,6 +20,7 @@ mod health;
 mod http_api;
 mod intentions;
 mod membership;
+mod mesh;
 mod prepared_query;
 mod security;
 mod tokens;

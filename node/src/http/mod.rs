@@ -12,6 +12,7 @@ mod agent;
 mod blocking;
 mod body;
 mod catalog;
+mod connect;
 pub mod consul;
 mod error;
 mod external;
@@ -36,7 +37,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use meridian_catalog::{Catalog, CatalogMetrics, Command, WriteOutcome};
 use meridian_federation::Federation;
 use meridian_topology::View;
@@ -369,6 +370,10 @@ pub fn router(state: ApiState) -> Router {
             get(acl::read).put(acl::update).delete(acl::delete),
         )
         .route("/v1/acl/tokens", get(acl::list))
+        .route("/v1/connect/ca/roots", get(connect::roots))
+        .route("/v1/agent/connect/ca/roots", get(connect::roots))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
+        .route("/v1/agent/connect/authorize", post(connect::authorize))
         .route("/v1/connect/intentions", get(intentions::list))
         .route(
             "/v1/connect/intentions/exact",

@@ -1,0 +1,217 @@
+//! Consul's Connect CA endpoints, over Meridian's mesh CA with no primary: `GET
+//! /v1/connect/ca/roots` (and the agent's copy), `GET /v1/agent/connect/ca/leaf/:service` and
+//! `POST /v1/agent/connect/authorize`.
+//!
+//! Every DC has its own mesh CA (made by its leader once `[gateway] trust_domain` is set), signs
+//! the leaves of its services with it, and federation carries each DC's root to every other: the
+//! roots listed are every DC's, the active one this DC's. A leaf is issued by the local DC alone,
+//! so issuance goes on while the DC is cut off from every other.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use meridian_federation::now_ms;
+use meridian_identity::PemPair;
+use meridian_identity::mesh::{DEFAULT_LEAF_TTL, SpiffeId, cert_info, issue_leaf};
+use meridian_topology::mesh::MeshRoot;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::acl::rfc3339;
+use super::body::read_body;
+use super::register::decode_fields;
+use super::{ApiError, ApiState, Grant};
+
+fn no_ca() -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "this datacenter has no mesh CA yet: set [gateway] trust_domain (the mesh's trust domain) and its leader makes one".into(),
+    }
+}
+
+fn secs_to_rfc3339(secs: i64) -> String {
+    rfc3339(u64::try_from(secs).unwrap_or(0).saturating_mul(1000))
+}
+
+/// One root as Consul's `CARoot` shows it, with Meridian's `Datacenter`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RootJson {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    serial_number: String,
+    signing_key_id: String,
+    external_trust_domain: String,
+    not_before: String,
+    not_after: String,
+    root_cert: String,
+    intermediate_certs: Vec<String>,
+    active: bool,
+    private_key_type: &'static str,
+    private_key_bits: u32,
+    create_index: u64,
+    modify_index: u64,
+    datacenter: String,
+}
+
+fn root_json(dc: &str, root: &MeshRoot, active: bool) -> Option<RootJson> {
+    let info = cert_info(&root.cert_pem).ok()?;
+    Some(RootJson {
+        id: info.id.clone(),
+        name: info.name,
+        serial_number: info.serial,
+        signing_key_id: info.id,
+        external_trust_domain: root.trust_domain.clone(),
+        not_before: secs_to_rfc3339(info.not_before),
+        not_after: secs_to_rfc3339(info.not_after),
+        root_cert: root.cert_pem.clone(),
+        intermediate_certs: Vec::new(),
+        active,
+        private_key_type: "ec",
+        private_key_bits: 256,
+        create_index: 0,
+        modify_index: 0,
+        datacenter: dc.to_owned(),
+    })
+}
+
+/// `GET /v1/connect/ca/roots` and `/v1/agent/connect/ca/roots`: every DC's mesh CA root in
+/// this DC's trust domain; this DC's is the active one.
+pub(super) async fn roots(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let view = state.view();
+    let own = view.local().mesh_root().ok_or_else(no_ca)?;
+    let active = cert_info(&own.cert_pem)
+        .map_err(|e| ApiError::internal(format!("this DC's mesh CA: {e}")))?;
+    let mut roots: Vec<RootJson> = root_json(view.datacenter(), own, true)
+        .into_iter()
+        .collect();
+    for r in view.remotes() {
+        if let Some(root) = r
+            .state
+            .mesh_root()
+            .filter(|root| root.trust_domain == own.trust_domain)
+            && let Some(j) = root_json(&r.name, root, false)
+        {
+            roots.push(j);
+        }
+    }
+    Ok(Json(json!({
+        "ActiveRootID": active.id,
+        "TrustDomain": own.trust_domain,
+        "Roots": roots,
+    })))
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service`: a new leaf for `service` of this DC, signed by this
+/// DC's mesh CA, valid for 72 hours. Needs a token that may write the service (Consul's
+/// `service:write`). The answer holds the leaf's private key (as Consul's does); it is never
+/// logged.
+pub(super) async fn leaf(
+    State(state): State<ApiState>,
+    Path(service): Path<String>,
+    grant: Option<axum::Extension<Grant>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(g) = &grant {
+        g.0.require_service_write(&service)?;
+    }
+    let catalog = state.catalog();
+    let view = catalog.view();
+    let ca = view.local().mesh_ca().ok_or_else(no_ca)?;
+    let id = SpiffeId::new(&ca.root.trust_domain, catalog.datacenter(), &service)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let pair = PemPair {
+        cert_pem: ca.root.cert_pem.clone(),
+        key_pem: ca.key.0.clone(),
+    };
+    #[allow(clippy::disallowed_methods)] // A certificate is dated by the wall clock.
+    let now = std::time::SystemTime::now();
+    let leaf = issue_leaf(&pair, &id, now, DEFAULT_LEAF_TTL)
+        .map_err(|e| ApiError::internal(format!("issuing the leaf: {e}")))?;
+    let info = cert_info(&leaf.cert_pem)
+        .map_err(|e| ApiError::internal(format!("reading the leaf: {e}")))?;
+    tracing::info!(service = %id.service, serial = %info.serial, "issued a mesh leaf");
+    Ok(Json(json!({
+        "SerialNumber": info.serial,
+        "CertPEM": leaf.cert_pem,
+        "PrivateKeyPEM": leaf.key_pem,
+        "Service": id.service,
+        "ServiceURI": id.uri(),
+        "ValidAfter": secs_to_rfc3339(info.not_before),
+        "ValidBefore": secs_to_rfc3339(info.not_after),
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+        "Datacenter": catalog.datacenter(),
+        "IssuedAt": rfc3339(now_ms()),
+    })))
+}
+
+/// The body of `POST /v1/agent/connect/authorize`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct AuthorizeBody {
+    target: String,
+    #[serde(rename = "ClientCertURI")]
+    client_cert_uri: String,
+    client_cert_serial: String,
+}
+
+/// `POST /v1/agent/connect/authorize`: whether the caller named by `ClientCertURI` may connect to
+/// `Target`, by the intentions in force (any DC's) or `[mesh] default_intention`. Needs a token
+/// that may write the target (Consul's `service:write`).
+pub(super) async fn authorize(
+    State(state): State<ApiState>,
+    grant: Option<axum::Extension<Grant>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body: AuthorizeBody = decode_fields(
+        &read_body(body, state.max_body_bytes()).await?,
+        &["Target", "ClientCertURI", "ClientCertSerial"],
+        &|_| {},
+    )?;
+    if body.target.is_empty() || body.client_cert_uri.is_empty() {
+        return Err(ApiError::bad_request(
+            "Target and ClientCertURI are required",
+        ));
+    }
+    if let Some(g) = &grant {
+        g.0.require_service_write(&body.target)?;
+    }
+    // No revocation list: leaves are short-lived, so the serial is read and not checked.
+    let _ = &body.client_cert_serial;
+    let id = match SpiffeId::parse(&body.client_cert_uri) {
+        Ok(id) => id,
+        Err(e) => {
+            return Ok(Json(json!({
+                "Authorized": false,
+                "Reason": format!("ClientCertURI is not a service identity: {e}"),
+            })));
+        }
+    };
+    let view = state.view();
+    let ours = view.local().mesh_root().map(|r| r.trust_domain.as_str());
+    if ours != Some(id.trust_domain.as_str()) {
+        return Ok(Json(json!({
+            "Authorized": false,
+            "Reason": format!("ClientCertURI is of trust domain {:?}, not this mesh's", id.trust_domain),
+        })));
+    }
+    let intentions = state.intentions();
+    let (allowed, by) = intentions.allows(&id.service, &body.target, state.default_intention());
+    let reason = match by {
+        Some(e) => format!(
+            "Matched L4 intention: {} => {} (Action: {}, Precedence: {}, written in {})",
+            e.source,
+            e.destination,
+            e.intention.action.name(),
+            e.precedence(),
+            e.stamp.origin
+        ),
+        None => format!(
+            "Default behavior configured by [mesh] default_intention: {}",
+            state.default_intention().name()
+        ),
+    };
+    Ok(Json(json!({ "Authorized": allowed, "Reason": reason })))
+}

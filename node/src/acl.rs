@@ -354,6 +354,8 @@ impl Grant {
 /// What an endpoint needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
+    /// Nothing: public data (the mesh CA roots, which Consul serves without a token too).
+    Public,
     /// Reading.
     Read,
     /// Changing instances of a service (the handler checks which).
@@ -374,6 +376,10 @@ impl Need {
         // A backup holds the whole DC at once: an operator's, like its restore.
         if path == "/v1/snapshot" {
             return Need::Operator;
+        }
+        // Certificates every peer must have to verify anyone: public, as in Consul.
+        if path == "/v1/connect/ca/roots" || path == "/v1/agent/connect/ca/roots" {
+            return Need::Public;
         }
         // A token reads itself; listing or reading others' is management's, like changing them.
         if path == "/v1/acl/token/self" && (method == Method::GET || method == Method::HEAD) {
@@ -490,7 +496,7 @@ impl Acl {
             return Ok(Grant::management("acl disabled"));
         }
         let Some(secret) = presented else {
-            return if need == Need::Read && self.anonymous_read {
+            return if need == Need::Public || (need == Need::Read && self.anonymous_read) {
                 Ok(Grant {
                     scope: Scope::Read,
                     services: Arc::from([]),
@@ -518,7 +524,7 @@ impl Acl {
             }
         };
         let ok = match need {
-            Need::Read => true,
+            Need::Public | Need::Read => true,
             Need::ServiceWrite => matches!(grant.scope, Scope::Write | Scope::Management),
             Need::CheckUpdate => {
                 matches!(
@@ -536,7 +542,7 @@ impl Acl {
                 token: grant.name.clone(),
                 scope: grant.scope.name(),
                 what: match need {
-                    Need::Read => "read",
+                    Need::Public | Need::Read => "read",
                     Need::ServiceWrite => "register or deregister services",
                     Need::CheckUpdate => "update checks",
                     Need::Operator => "do operator actions (drains, prepared queries)",

@@ -149,21 +149,29 @@ async fn py_consul_client() -> Result<()> {
     Ok(())
 }
 
-/// The ACL token API through py-consul, against an agent that enforces tokens (a `--dev` agent
-/// does not).
+/// The ACL token API and the Connect CA through py-consul, against an agent that enforces tokens
+/// (a `--dev` agent does not) and has a trust domain (so a mesh CA).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn py_consul_client_acl_tokens() -> Result<()> {
+async fn py_consul_client_acl_tokens_and_connect_ca() -> Result<()> {
     let python = installed("MERIDIAN_PY_CLIENTS")?;
     let dir = tempfile::tempdir()?;
     let mut c = AgentConfig::new("dc1", "n1", Ports::free(), &dir.path().join("data"));
     c.raft = crate::harness::quick_raft();
+    const TRUST_DOMAIN: &str = "5f3e1c2a.consul";
+    c.set("gateway", "trust_domain", TRUST_DOMAIN);
     let mut agent = Agent::start("n1", &c, dir.path(), &[])?;
     agent.wait_ready().await?;
-    run_script(
-        &agent,
-        &python,
-        &["-E", "-B", "test_py_consul_acl.py"],
-        &[("MERIDIAN_MANAGEMENT_TOKEN", TEST_TOKEN)],
-    )
-    .await
+    for script in ["test_py_consul_acl.py", "test_py_consul_connect.py"] {
+        run_script(
+            &agent,
+            &python,
+            &["-E", "-B", script],
+            &[
+                ("MERIDIAN_MANAGEMENT_TOKEN", TEST_TOKEN),
+                ("MERIDIAN_TRUST_DOMAIN", TRUST_DOMAIN),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }

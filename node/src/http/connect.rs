@@ -9,8 +9,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use meridian_federation::now_ms;
 use meridian_identity::PemPair;
 use meridian_identity::mesh::{DEFAULT_LEAF_TTL, SpiffeId, cert_info, issue_leaf};
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::acl::rfc3339;
 use super::body::read_body;
+use super::catalog::Pairs;
 use super::register::decode_fields;
 use super::{ApiError, ApiState, Grant};
 
@@ -42,6 +44,7 @@ struct RootJson {
     id: String,
     name: String,
     serial_number: String,
+    #[serde(rename = "SigningKeyID")]
     signing_key_id: String,
     external_trust_domain: String,
     not_before: String,
@@ -78,8 +81,15 @@ fn root_json(dc: &str, root: &MeshRoot, active: bool) -> Option<RootJson> {
 }
 
 /// `GET /v1/connect/ca/roots` and `/v1/agent/connect/ca/roots`: every DC's mesh CA root in
-/// this DC's trust domain; this DC's is the active one.
-pub(super) async fn roots(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+/// this DC's trust domain; this DC's is the active one. `?pem=true` (or `1`) answers the roots as
+/// one PEM bundle, as Consul does.
+pub(super) async fn roots(
+    State(state): State<ApiState>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    let pem = q
+        .iter()
+        .any(|(k, v)| k == "pem" && matches!(v.as_str(), "" | "1" | "true"));
     let view = state.view();
     let own = view.local().mesh_root().ok_or_else(no_ca)?;
     let active = cert_info(&own.cert_pem)
@@ -97,11 +107,23 @@ pub(super) async fn roots(State(state): State<ApiState>) -> Result<Json<Value>, 
             roots.push(j);
         }
     }
+    if pem {
+        let bundle: String = roots.iter().map(|r| r.root_cert.as_str()).collect();
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/pem-certificate-chain",
+            )],
+            bundle,
+        )
+            .into_response());
+    }
     Ok(Json(json!({
         "ActiveRootID": active.id,
         "TrustDomain": own.trust_domain,
         "Roots": roots,
-    })))
+    }))
+    .into_response())
 }
 
 /// `GET /v1/agent/connect/ca/leaf/:service`: a new leaf for `service` of this DC, signed by this

@@ -373,7 +373,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/connect/ca/roots", get(connect::roots))
         .route("/v1/agent/connect/ca/roots", get(connect::roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
-        .route("/v1/agent/connect/authorize", post(connect::authorize))
+        // Consul documents POST; clients (py-consul) send PUT: both are served.
+        .route(
+            "/v1/agent/connect/authorize",
+            post(connect::authorize).put(connect::authorize),
+        )
         .route("/v1/connect/intentions", get(intentions::list))
         .route(
             "/v1/connect/intentions/exact",

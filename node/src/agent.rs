@@ -181,6 +181,7 @@ impl Agent {
             clock: failover.clock(),
         });
         api.set_default_intention(config.mesh.default_intention);
+        api.set_leaf_ttl(Duration::from_secs(config.mesh.leaf_ttl_s));
         let mut upkeep = vec![tokio::spawn(crate::upkeep::prune(
             api.clone(),
             config.acl.token_prune_interval(),
@@ -245,6 +246,8 @@ impl Agent {
         }
         if new.mesh != self.config.mesh {
             self.api.set_default_intention(new.mesh.default_intention);
+            self.api
+                .set_leaf_ttl(Duration::from_secs(new.mesh.leaf_ttl_s));
             changed.push("mesh");
         }
         if new.limits != self.config.limits {

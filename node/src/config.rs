@@ -917,13 +917,29 @@ pub struct MeshSection {
     /// What a connection that no intention matches gets: `deny` (the default: a service is
     /// reached only by the callers an intention names) or `allow`.
     pub default_intention: meridian_topology::intention::Action,
+    /// How long a leaf certificate is valid, in seconds (default 72 hours, as Consul's); the
+    /// agent renews it at two thirds. At least 1 s (tests, demos), at most 30 days.
+    pub leaf_ttl_s: u64,
 }
 
 impl Default for MeshSection {
     fn default() -> Self {
         MeshSection {
             default_intention: meridian_topology::intention::Action::Deny,
+            leaf_ttl_s: 72 * 3600,
         }
+    }
+}
+
+impl MeshSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=30 * 24 * 3600).contains(&self.leaf_ttl_s) {
+            return Err(ConfigError::invalid(
+                "mesh.leaf_ttl_s",
+                "must be between 1 and 2592000 (30 days)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1272,6 +1288,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_label("datacenter name", &self.datacenter)
             .map_err(|e| ConfigError::invalid("datacenter", e.to_string()))?;
+        self.mesh.validate()?;
         validate_label("node name", &self.node_name)
             .map_err(|e| ConfigError::invalid("node_name", e.to_string()))?;
         if self.dev && !self.bind.is_loopback() && !self.dev_listen_any {

@@ -82,6 +82,10 @@ async fn each_dc_issues_leaves_every_dc_trusts_and_keeps_issuing_alone() -> Resu
     let start = |dc: &str, peers: &[(&str, u16)]| {
         let mut c = dc_config(dir.path(), &certs, dc, Ports::free(), peers);
         c.set("gateway", "trust_domain", TRUST_DOMAIN);
+        if dc == "dc1" {
+            // Leaves of 4 s, renewed after 2.7 s: the blocking renewal below.
+            c.set("mesh", "leaf_ttl_s", 4);
+        }
         Agent::start(dc, &c, dir.path(), &[])
     };
     let mut dc1 = start("dc1", &[])?;
@@ -178,6 +182,42 @@ async fn each_dc_issues_leaves_every_dc_trusts_and_keeps_issuing_alone() -> Resu
     ensure!(
         !authorized(&dc1, "web", foreign).await?.0,
         "another trust domain"
+    );
+
+    // The agent answers the same leaf until two thirds of its life; a blocking query waits for
+    // the renewal and gets a new one.
+    let r = dc1
+        .http
+        .get(dc1.url("/v1/agent/connect/ca/leaf/web"))
+        .send()
+        .await?;
+    let index: u64 = r
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .context("X-Consul-Index")?;
+    let first: Value = r.json().await?;
+    let (again, _) = leaf(&dc1, "web").await?;
+    ensure!(
+        again.cert_pem == first["CertPEM"],
+        "a second ask gets the same leaf"
+    );
+    let asked = std::time::Instant::now();
+    let renewed = dc1
+        .get_json(&format!(
+            "/v1/agent/connect/ca/leaf/web?index={index}&wait=30s"
+        ))
+        .await?;
+    let waited = asked.elapsed();
+    ensure!(
+        renewed["SerialNumber"] != first["SerialNumber"]
+            && renewed["ModifyIndex"].as_u64() > Some(index),
+        "renewed {renewed}"
+    );
+    ensure!(
+        waited < std::time::Duration::from_secs(10),
+        "the renewal came after {waited:?}"
     );
 
     // dc1 is gone for good: dc2 still issues leaves, and they verify.

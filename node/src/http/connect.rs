@@ -7,6 +7,9 @@
 //! roots listed are every DC's, the active one this DC's. A leaf is issued by the local DC alone,
 //! so issuance goes on while the DC is cut off from every other.
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,12 +17,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use meridian_federation::now_ms;
 use meridian_identity::PemPair;
-use meridian_identity::mesh::{DEFAULT_LEAF_TTL, SpiffeId, cert_info, issue_leaf};
-use meridian_topology::mesh::MeshRoot;
+use meridian_identity::mesh::{CertInfo, DEFAULT_LEAF_TTL, SpiffeId, cert_info, issue_leaf};
+use meridian_topology::mesh::{MeshCa, MeshRoot};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::acl::rfc3339;
+use super::blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
 use super::body::read_body;
 use super::catalog::Pairs;
 use super::register::decode_fields;
@@ -126,47 +130,172 @@ pub(super) async fn roots(
     .into_response())
 }
 
-/// `GET /v1/agent/connect/ca/leaf/:service`: a new leaf for `service` of this DC, signed by this
-/// DC's mesh CA, valid for 72 hours. Needs a token that may write the service (Consul's
-/// `service:write`). The answer holds the leaf's private key (as Consul's does); it is never
-/// logged.
+/// The most leaves one agent keeps (one per service asked for); beyond, the oldest are dropped.
+const MAX_CACHED_LEAVES: usize = 4096;
+
+/// One leaf this agent issued.
+struct CachedLeaf {
+    /// Its `X-Consul-Index`: a counter of this agent's issuances.
+    index: u64,
+    id: SpiffeId,
+    pair: PemPair,
+    info: CertInfo,
+    /// The root that signed it: a new root makes the cache issue anew.
+    root_pem: String,
+    /// Two thirds of its life: from then on, a request gets a new leaf.
+    renew_at: SystemTime,
+}
+
+/// The leaves this agent issued, by service: the same leaf is answered until two thirds of its
+/// life (as Consul's agent cache does), and a blocking query (`?index=`) waits for the renewal,
+/// so a Connect-native client learns of it without polling.
+pub(super) struct LeafCache {
+    inner: std::sync::Mutex<LeafInner>,
+    ttl_ms: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct LeafInner {
+    issued: u64,
+    by_service: std::collections::HashMap<String, Arc<CachedLeaf>>,
+}
+
+impl Default for LeafCache {
+    fn default() -> Self {
+        LeafCache {
+            inner: Default::default(),
+            ttl_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(DEFAULT_LEAF_TTL.as_millis()).unwrap_or(u64::MAX),
+            ),
+        }
+    }
+}
+
+impl LeafCache {
+    pub(super) fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeafInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leaf of `service` signed by `root_pem`, if one is cached (due for renewal or not).
+    fn cached(&self, service: &str, root_pem: &str) -> Option<Arc<CachedLeaf>> {
+        self.lock()
+            .by_service
+            .get(service)
+            .filter(|l| l.root_pem == root_pem)
+            .cloned()
+    }
+
+    /// Issues a leaf for `id` with `ca` and keeps it.
+    fn issue(&self, ca: &MeshCa, id: SpiffeId) -> Result<Arc<CachedLeaf>, ApiError> {
+        let pair = PemPair {
+            cert_pem: ca.root.cert_pem.clone(),
+            key_pem: ca.key.0.clone(),
+        };
+        #[allow(clippy::disallowed_methods)] // A certificate is dated by the wall clock.
+        let now = SystemTime::now();
+        let ttl = self.ttl();
+        let leaf = issue_leaf(&pair, &id, now, ttl)
+            .map_err(|e| ApiError::internal(format!("issuing the leaf: {e}")))?;
+        let info = cert_info(&leaf.cert_pem)
+            .map_err(|e| ApiError::internal(format!("reading the leaf: {e}")))?;
+        let mut inner = self.lock();
+        inner.issued += 1;
+        let cached = Arc::new(CachedLeaf {
+            index: inner.issued,
+            id,
+            pair: leaf,
+            info,
+            root_pem: ca.root.cert_pem.clone(),
+            renew_at: now + ttl * 2 / 3,
+        });
+        if inner.by_service.len() >= MAX_CACHED_LEAVES
+            && !inner.by_service.contains_key(&cached.id.service)
+            && let Some(oldest) = inner
+                .by_service
+                .iter()
+                .min_by_key(|(_, l)| l.index)
+                .map(|(k, _)| k.clone())
+        {
+            inner.by_service.remove(&oldest);
+        }
+        inner
+            .by_service
+            .insert(cached.id.service.clone(), cached.clone());
+        tracing::info!(service = %cached.id.service, serial = %cached.info.serial, "issued a mesh leaf");
+        Ok(cached)
+    }
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service`: the leaf of `service` of this DC, signed by this
+/// DC's mesh CA, valid for `[mesh] leaf_ttl_s` (72 hours). The same leaf is answered until two
+/// thirds of its life; `?index=` blocks (up to `?wait=`) until it is renewed. Needs a token that
+/// may write the service (Consul's `service:write`). The answer holds the leaf's private key (as
+/// Consul's does); it is never logged.
 pub(super) async fn leaf(
     State(state): State<ApiState>,
     Path(service): Path<String>,
+    Query(q): Pairs,
     grant: Option<axum::Extension<Grant>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if let Some(g) = &grant {
         g.0.require_service_write(&service)?;
     }
+    let params = ReadParams::parse(&q)?;
     let catalog = state.catalog();
-    let view = catalog.view();
-    let ca = view.local().mesh_ca().ok_or_else(no_ca)?;
+    let ca = catalog.view().local().mesh_ca().ok_or_else(no_ca)?;
     let id = SpiffeId::new(&ca.root.trust_domain, catalog.datacenter(), &service)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let pair = PemPair {
-        cert_pem: ca.root.cert_pem.clone(),
-        key_pem: ca.key.0.clone(),
+    let cache = state.leaves();
+    let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let leaf = loop {
+        #[allow(clippy::disallowed_methods)] // Renewal is due by the wall clock.
+        let now = SystemTime::now();
+        match cache.cached(&id.service, &ca.root.cert_pem) {
+            Some(l) if now < l.renew_at => {
+                if params.index.is_none_or(|i| l.index > i) {
+                    break l;
+                }
+                // Block until the renewal, or the end of the wait: then the same leaf.
+                let until = l.renew_at.duration_since(now).unwrap_or_default();
+                let wake = (tokio::time::Instant::now() + until).min(deadline);
+                tokio::time::sleep_until(wake).await;
+                if tokio::time::Instant::now() >= deadline {
+                    break l;
+                }
+            }
+            _ => break cache.issue(&ca, id.clone())?,
+        }
     };
-    #[allow(clippy::disallowed_methods)] // A certificate is dated by the wall clock.
-    let now = std::time::SystemTime::now();
-    let leaf = issue_leaf(&pair, &id, now, DEFAULT_LEAF_TTL)
-        .map_err(|e| ApiError::internal(format!("issuing the leaf: {e}")))?;
-    let info = cert_info(&leaf.cert_pem)
-        .map_err(|e| ApiError::internal(format!("reading the leaf: {e}")))?;
-    tracing::info!(service = %id.service, serial = %info.serial, "issued a mesh leaf");
-    Ok(Json(json!({
-        "SerialNumber": info.serial,
-        "CertPEM": leaf.cert_pem,
-        "PrivateKeyPEM": leaf.key_pem,
-        "Service": id.service,
-        "ServiceURI": id.uri(),
-        "ValidAfter": secs_to_rfc3339(info.not_before),
-        "ValidBefore": secs_to_rfc3339(info.not_after),
-        "CreateIndex": 0,
-        "ModifyIndex": 0,
+    let mut response = Json(json!({
+        "SerialNumber": leaf.info.serial,
+        "CertPEM": leaf.pair.cert_pem,
+        "PrivateKeyPEM": leaf.pair.key_pem,
+        "Service": leaf.id.service,
+        "ServiceURI": leaf.id.uri(),
+        "ValidAfter": secs_to_rfc3339(leaf.info.not_before),
+        "ValidBefore": secs_to_rfc3339(leaf.info.not_after),
+        "CreateIndex": leaf.index,
+        "ModifyIndex": leaf.index,
         "Datacenter": catalog.datacenter(),
         "IssuedAt": rfc3339(now_ms()),
-    })))
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert("X-Consul-Index", axum::http::HeaderValue::from(leaf.index));
+    Ok(response)
 }
 
 /// The body of `POST /v1/agent/connect/authorize`.

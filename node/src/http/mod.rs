@@ -103,6 +103,8 @@ struct StateInner {
     intentions: std::sync::Mutex<Followed<Intentions>>,
     /// `[mesh] default_intention` is `allow` (changed by a reload).
     default_allow: std::sync::atomic::AtomicBool,
+    /// The leaves this agent issued, reused until their renewal.
+    leaves: connect::LeafCache,
 }
 
 /// What is in force of one kind of record that every DC writes ([`Decided`]: API tokens,
@@ -183,6 +185,7 @@ impl ApiState {
                 tokens: Default::default(),
                 intentions: Default::default(),
                 default_allow: Default::default(),
+                leaves: Default::default(),
             }),
         }
     }
@@ -296,6 +299,16 @@ impl ApiState {
         } else {
             Action::Deny
         }
+    }
+
+    /// The leaf cache ([`connect::LeafCache`]).
+    fn leaves(&self) -> &connect::LeafCache {
+        &self.inner.leaves
+    }
+
+    /// Sets how long the leaves issued from now on are valid (`[mesh] leaf_ttl_s`).
+    pub fn set_leaf_ttl(&self, ttl: std::time::Duration) {
+        self.inner.leaves.set_ttl(ttl);
     }
 
     /// Sets [`ApiState::default_intention`] (at start and on a reload).

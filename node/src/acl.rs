@@ -201,7 +201,8 @@ fn check_secret(key: &str, s: &str) -> Result<(), AclError> {
     Ok(())
 }
 
-fn sha256(s: &str) -> [u8; 32] {
+/// The SHA-256 of a secret: how a token is kept and compared.
+pub(crate) fn sha256(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
     out

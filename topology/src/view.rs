@@ -82,6 +82,12 @@ impl View {
         self.remotes.values().map(|r| &**r)
     }
 
+    /// Every datacenter's catalog this view holds: the local one first, then the remote replicas
+    /// by name.
+    pub fn states(&self) -> impl Iterator<Item = &DcState> {
+        std::iter::once(&self.local).chain(self.remotes.values().map(|r| &r.state))
+    }
+
     /// A remote datacenter by name (ignoring case).
     pub fn remote(&self, dc: &str) -> Option<&RemoteDc> {
         if dc.bytes().any(|b| b.is_ascii_uppercase()) {

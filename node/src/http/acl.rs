@@ -15,18 +15,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use meridian_catalog::Command;
 use meridian_federation::now_ms;
-use meridian_topology::lww::{Record, next_stamp};
+use meridian_topology::DcState;
 use meridian_topology::prepared::format_query_id;
-use meridian_topology::token::{
-    ApiToken, Effective, MAX_TOKEN_RECORDS, Scope, TokenRecord, check_token,
-};
-use ring::digest::{SHA256, digest};
+use meridian_topology::token::{ApiToken, Effective, MAX_TOKEN_RECORDS, Scope, check_token};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::body::read_body;
 use super::register::{decode_fields, field};
-use super::{ApiError, ApiState, Grant};
+use super::{ApiError, ApiState, GlobalKind, Grant};
+use crate::acl::sha256;
 
 /// What a read shows in place of a secret.
 const HIDDEN: &str = "<hidden>";
@@ -278,60 +276,27 @@ fn not_found(accessor: &str) -> ApiError {
     ))
 }
 
-fn sha256(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
-    out
-}
+/// API tokens, as the API writes them.
+const TOKENS: GlobalKind<ApiToken> = GlobalKind {
+    what: "token",
+    records: DcState::tokens,
+    cap: MAX_TOKEN_RECORDS,
+    command: |token| Command::SetToken { token },
+};
 
-/// Writes this DC's record of `accessor` (`None`: a tombstone), stamped after every record of
-/// it this node sees; `Ok(false)` when the DC refused it (its cap of records, or a later write
-/// of this DC's that this node had not seen yet).
-async fn write_record(
+/// Writes this DC's record of the token `accessor` and shows it as written.
+async fn write_token(
     state: &ApiState,
     accessor: &str,
-    value: Option<ApiToken>,
+    token: ApiToken,
 ) -> Result<Effective, ApiError> {
-    let view = state.view();
-    let stamp = next_stamp(
-        view.datacenter(),
-        now_ms(),
-        std::iter::once(view.local().tokens()).chain(view.remotes().map(|r| r.state.tokens())),
-        accessor,
-    );
-    if view.local().tokens().get(accessor).is_none()
-        && view.local().tokens().len() >= MAX_TOKEN_RECORDS
-    {
-        return Err(ApiError::bad_request(format!(
-            "this datacenter keeps at most {MAX_TOKEN_RECORDS} token records (deleted tokens included)"
-        )));
-    }
-    let record = TokenRecord {
-        key: accessor.to_owned(),
-        record: Record {
-            stamp: stamp.clone(),
-            value: value.clone(),
-        },
-    };
-    let outcome = state.write(Command::SetToken { token: record }).await?;
-    if !outcome.found {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: "The token conflicted with a concurrent change in this datacenter; retry"
-                .into(),
-        });
-    }
-    tracing::info!(accessor = %accessor, deleted = value.is_none(), "acl token written");
+    let stamp = state
+        .write_global(&TOKENS, accessor, Some(token.clone()))
+        .await?;
     Ok(Effective {
         accessor_id: accessor.to_owned(),
         stamp,
-        token: value.unwrap_or(ApiToken {
-            secret_sha256: [0; 32],
-            scope: Scope::Read,
-            services: Vec::new(),
-            description: String::new(),
-            create_unix_ms: 0,
-        }),
+        token,
     })
 }
 
@@ -384,7 +349,7 @@ pub(super) async fn create(
         create_unix_ms: now_ms(),
     };
     check_token(&accessor, &token).map_err(ApiError::bad_request)?;
-    let written = write_record(&state, &accessor, Some(token)).await?;
+    let written = write_token(&state, &accessor, token).await?;
     Ok(Json(TokenJson::of(&written, Some(secret))))
 }
 
@@ -435,7 +400,7 @@ pub(super) async fn update(
     };
     let accessor = old.accessor_id.clone();
     check_token(&accessor, &token).map_err(ApiError::bad_request)?;
-    let written = write_record(&state, &accessor, Some(token)).await?;
+    let written = write_token(&state, &accessor, token).await?;
     Ok(Json(TokenJson::of(&written, None)))
 }
 
@@ -450,7 +415,7 @@ pub(super) async fn delete(
         .by_accessor(&accessor)
         .ok_or_else(|| not_found(&accessor))?;
     let accessor = old.accessor_id.clone();
-    write_record(&state, &accessor, None).await?;
+    state.write_global(&TOKENS, &accessor, None).await?;
     Ok(Json(true))
 }
 

@@ -17,11 +17,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use meridian_catalog::Command;
 use meridian_federation::now_ms;
+use meridian_topology::DcState;
 use meridian_topology::intention::{
-    self, ANY, Action, Effective, Intention, IntentionRecord, MAX_INTENTION_RECORDS,
-    check_intention, is_side, sort_by_precedence,
+    self, ANY, Action, Effective, Intention, MAX_INTENTION_RECORDS, check_intention, is_side,
+    sort_by_precedence,
 };
-use meridian_topology::lww::{Record, next_stamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ use super::blocking::ReadParams;
 use super::body::read_body;
 use super::catalog::Pairs;
 use super::register::decode_fields;
-use super::{ApiError, ApiState, Grant};
+use super::{ApiError, ApiState, GlobalKind, Grant};
 
 const INTENTION_FIELDS: &[&str] = &[
     "ID",
@@ -257,51 +257,13 @@ fn require_write(grant: &Grant, destination: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Writes this DC's record of the pair (`None`: a tombstone), stamped after every record of it
-/// this node sees.
-async fn write_record(
-    state: &ApiState,
-    source: &str,
-    destination: &str,
-    value: Option<Intention>,
-) -> Result<(), ApiError> {
-    let key = intention::key(source, destination);
-    let view = state.view();
-    let stamp = next_stamp(
-        view.datacenter(),
-        now_ms(),
-        std::iter::once(view.local().intentions())
-            .chain(view.remotes().map(|r| r.state.intentions())),
-        &key,
-    );
-    if view.local().intentions().get(&key).is_none()
-        && view.local().intentions().len() >= MAX_INTENTION_RECORDS
-    {
-        return Err(ApiError::bad_request(format!(
-            "this datacenter keeps at most {MAX_INTENTION_RECORDS} intention records (deleted ones included)"
-        )));
-    }
-    if let Some(v) = &value {
-        check_intention(&key, v).map_err(ApiError::bad_request)?;
-    }
-    let deleted = value.is_none();
-    let record = IntentionRecord {
-        key,
-        record: Record { stamp, value },
-    };
-    let outcome = state
-        .write(Command::SetIntention { intention: record })
-        .await?;
-    if !outcome.found {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: "The intention conflicted with a concurrent change in this datacenter; retry"
-                .into(),
-        });
-    }
-    tracing::info!(%source, %destination, deleted, "intention written");
-    Ok(())
-}
+/// Intentions, as the API writes them.
+const INTENTIONS: GlobalKind<Intention> = GlobalKind {
+    what: "intention",
+    records: DcState::intentions,
+    cap: MAX_INTENTION_RECORDS,
+    command: |intention| Command::SetIntention { intention },
+};
 
 /// `PUT /v1/connect/intentions/exact?source=&destination=`: creates or replaces the intention of
 /// the pair; answers `true`.
@@ -328,7 +290,9 @@ pub(super) async fn put_exact(
         meta: body.meta.unwrap_or_default(),
         created_unix_ms: created,
     };
-    write_record(&state, &source, &destination, Some(value)).await?;
+    let key = intention::key(&source, &destination);
+    check_intention(&key, &value).map_err(ApiError::bad_request)?;
+    state.write_global(&INTENTIONS, &key, Some(value)).await?;
     Ok(Json(true))
 }
 
@@ -345,7 +309,8 @@ pub(super) async fn delete_exact(
         require_write(&g.0, &destination)?;
     }
     if state.intentions().exact(&source, &destination).is_some() {
-        write_record(&state, &source, &destination, None).await?;
+        let key = intention::key(&source, &destination);
+        state.write_global(&INTENTIONS, &key, None).await?;
     }
     Ok(Json(true))
 }

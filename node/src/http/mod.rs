@@ -49,7 +49,7 @@ use tracing::Instrument;
 use crate::acl::{Acl, Need, presented_token};
 use meridian_topology::DcState;
 use meridian_topology::intention::{Action, Intentions};
-use meridian_topology::lww::{Decided, Records};
+use meridian_topology::lww::{Decided, Keyed, Record, Records, Stamp, next_stamp};
 use meridian_topology::token::Tokens;
 
 /// Longest a write's answer waits for reads on this agent to see it.
@@ -107,6 +107,19 @@ struct StateInner {
     leaves: connect::LeafCache,
 }
 
+/// A kind of record that every DC writes and none owns (API tokens, intentions), as the API
+/// writes it: where a DC keeps its records, how many it keeps, the command that carries a write.
+pub(super) struct GlobalKind<V: 'static> {
+    /// What answers call one ("token", "intention").
+    pub(super) what: &'static str,
+    /// Where a DC's catalog keeps its records of this kind.
+    pub(super) records: fn(&DcState) -> &Records<V>,
+    /// Most records a DC keeps (tombstones included).
+    pub(super) cap: usize,
+    /// The Raft command that carries one write.
+    pub(super) command: fn(Keyed<V>) -> Command,
+}
+
 /// What is in force of one kind of record that every DC writes ([`Decided`]: API tokens,
 /// intentions), decided from the views' records and kept until one DC's records change.
 struct Followed<S: Decided> {
@@ -131,9 +144,7 @@ impl<S: Decided> Followed<S> {
     /// pointer check per DC when nothing changed, the changed keys decided again otherwise.
     fn follow(&mut self, view: &View, records: fn(&DcState) -> &Records<S::Value>) -> Arc<S> {
         let dcs = || std::iter::once(view.datacenter()).chain(view.remotes().map(|r| &*r.name));
-        let maps = || {
-            std::iter::once(records(view.local())).chain(view.remotes().map(|r| records(&r.state)))
-        };
+        let maps = || view.states().map(records);
         let same_dcs =
             self.dcs.len() == dcs().count() && self.dcs.iter().zip(dcs()).all(|(a, b)| **a == *b);
         if same_dcs && self.maps.iter().zip(maps()).all(|(a, b)| a.same(b)) {
@@ -317,6 +328,52 @@ impl ApiState {
             action == Action::Allow,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Writes this DC's record of `key` of `kind` (`None`: a tombstone), stamped after every
+    /// record of it in the current view, so that it outranks what this node saw. Refused (400)
+    /// when it would be a new record beyond the DC's cap, and answered 409 when the DC took a
+    /// later write of its own that this node had not seen yet. Returns the write's stamp.
+    pub(super) async fn write_global<V: PartialEq>(
+        &self,
+        kind: &GlobalKind<V>,
+        key: &str,
+        value: Option<V>,
+    ) -> Result<Stamp, ApiError> {
+        let view = self.view();
+        let stamp = next_stamp(
+            view.datacenter(),
+            meridian_federation::now_ms(),
+            view.states().map(kind.records),
+            key,
+        );
+        let own = (kind.records)(view.local());
+        if own.get(key).is_none() && own.len() >= kind.cap {
+            return Err(ApiError::bad_request(format!(
+                "this datacenter keeps at most {} {} records (deleted ones included)",
+                kind.cap, kind.what
+            )));
+        }
+        let deleted = value.is_none();
+        let record = Keyed {
+            key: key.to_owned(),
+            record: Record {
+                stamp: stamp.clone(),
+                value,
+            },
+        };
+        let outcome = self.write((kind.command)(record)).await?;
+        if !outcome.found {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "The {} conflicted with a concurrent change in this datacenter; retry",
+                    kind.what
+                ),
+            });
+        }
+        tracing::info!(kind = kind.what, %key, deleted, "record written");
+        Ok(stamp)
     }
 
     /// The access rules in force (the file's tokens).

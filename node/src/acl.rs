@@ -486,12 +486,14 @@ impl Acl {
     }
 
     /// The grant of `presented` for an endpoint that needs `need`, or why not: a file token,
-    /// else one of `api` (the tokens created through the API, in force in any DC).
+    /// else one of the tokens created through the API, in force in any DC, which `api` gives
+    /// (asked only for a secret that no file token has: requests without a token, or with one
+    /// of the file's, never pay for it).
     pub fn authorize(
         &self,
         presented: Option<&str>,
         need: Need,
-        api: &Tokens,
+        api: &dyn Fn() -> Arc<Tokens>,
     ) -> Result<Grant, Denied> {
         if !self.enabled {
             return Ok(Grant::management("acl disabled"));
@@ -520,7 +522,8 @@ impl Acl {
         let grant = match found {
             Some(g) => g,
             None => {
-                from_api = Grant::of_api(api.by_secret(&presented).ok_or(Denied::UnknownToken)?);
+                let tokens = api();
+                from_api = Grant::of_api(tokens.by_secret(&presented).ok_or(Denied::UnknownToken)?);
                 &from_api
             }
         };
@@ -577,8 +580,8 @@ pub fn presented_token(req: &axum::http::request::Parts) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn none() -> Tokens {
-        Tokens::default()
+    fn none() -> impl Fn() -> Arc<Tokens> {
+        || Arc::new(Tokens::default())
     }
 
     fn acl() -> Acl {

@@ -1720,7 +1720,7 @@ mod tests {
             .authorize(
                 Some("fedcba98765432100"),
                 crate::acl::Need::ServiceWrite,
-                &Default::default(),
+                &|| std::sync::Arc::default(),
             )
             .expect("write token");
         assert!(grant.may_write_service("web-1") && !grant.may_write_service("db"));

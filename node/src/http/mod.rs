@@ -589,7 +589,7 @@ pub async fn serve_router(
                 .get::<ConnectInfo<Activity>>()
                 .map(|c| c.0.begin());
             // A gateway-only node has no catalog, so no API tokens of its own DC: the file's.
-            check_acl(&acl.load(), &Tokens::default(), req, next).await
+            check_acl(&acl.load(), &|| Arc::new(Tokens::default()), req, next).await
         }
     }));
     let listener = LimitedListener::new(
@@ -778,16 +778,15 @@ fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let acl = state.inner.acl.load();
-    let api = if acl.enabled() {
-        state.api_tokens()
-    } else {
-        Arc::default()
-    };
-    check_acl(&acl, &api, req, next).await
+    check_acl(&state.inner.acl.load(), &|| state.api_tokens(), req, next).await
 }
 
-async fn check_acl(acl: &Acl, api: &Tokens, req: Request, next: Next) -> Response {
+async fn check_acl(
+    acl: &Acl,
+    api: &(dyn Fn() -> Arc<Tokens> + Sync),
+    req: Request,
+    next: Next,
+) -> Response {
     let (mut parts, body) = req.into_parts();
     let need = Need::of(&parts.method, parts.uri.path());
     let token = presented_token(&parts);

@@ -58,17 +58,11 @@ const TOKEN_FIELDS: &[&str] = &[
     "AuthMethod",
     "Namespace",
     "Partition",
-    "CreateTime",
-    "Hash",
-    "CreateIndex",
-    "ModifyIndex",
-    "Datacenter",
-    "Source",
 ];
 
-/// A create or update body. The fields Meridian has no use for are read so that a client that
-/// echoes a token back (read, change, write) is accepted; the ones that would change what a
-/// token may do, and that Meridian cannot honour, are refused.
+/// A create or update body. Fields not named here (what a client echoes back from a read:
+/// `CreateTime`, `Hash`, the indexes, …) are ignored; the ones that would change what a token
+/// may do, and that Meridian cannot honour, are read to be refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct TokenBody {
@@ -91,13 +85,6 @@ struct TokenBody {
     auth_method: Option<String>,
     namespace: Option<String>,
     partition: Option<String>,
-    // Echoed back by a client that read the token first; ignored.
-    create_time: Option<Value>,
-    hash: Option<Value>,
-    create_index: Option<Value>,
-    modify_index: Option<Value>,
-    datacenter: Option<Value>,
-    source: Option<Value>,
 }
 
 /// A scope a body asks for, with the services it names (if it names any).

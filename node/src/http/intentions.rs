@@ -33,12 +33,9 @@ use super::register::decode_fields;
 use super::{ApiError, ApiState, GlobalKind, Grant};
 
 const INTENTION_FIELDS: &[&str] = &[
-    "ID",
     "Description",
     "SourceNS",
-    "SourceName",
     "DestinationNS",
-    "DestinationName",
     "SourcePartition",
     "DestinationPartition",
     "SourcePeer",
@@ -47,19 +44,11 @@ const INTENTION_FIELDS: &[&str] = &[
     "Action",
     "Permissions",
     "Meta",
-    "Precedence",
-    "CreatedAt",
-    "UpdatedAt",
-    "CreateIndex",
-    "ModifyIndex",
-    "Hash",
-    "LegacyID",
-    "Datacenter",
-    "Version",
 ];
 
-/// A `PUT …/exact` body. Fields a client echoes back from a read are accepted and ignored; the
-/// ones Meridian cannot honour are refused.
+/// A `PUT …/exact` body. Fields not named here (what a client echoes back from a read: the
+/// names, `Precedence`, the times and indexes, …) are ignored; the ones Meridian cannot honour
+/// are read to be refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct IntentionBody {
@@ -76,21 +65,6 @@ struct IntentionBody {
     destination_partition: Option<String>,
     source_peer: Option<String>,
     source_sameness_group: Option<String>,
-    // Echoed from a read; the pair comes from the query, the rest from the store.
-    #[serde(rename = "ID")]
-    id: Option<Value>,
-    source_name: Option<Value>,
-    destination_name: Option<Value>,
-    precedence: Option<Value>,
-    created_at: Option<Value>,
-    updated_at: Option<Value>,
-    create_index: Option<Value>,
-    modify_index: Option<Value>,
-    hash: Option<Value>,
-    #[serde(rename = "LegacyID")]
-    legacy_id: Option<Value>,
-    datacenter: Option<Value>,
-    version: Option<Value>,
 }
 
 impl IntentionBody {

@@ -202,13 +202,11 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
         }
         Some(pb::entry::Entry::Intention(i)) => {
             let record = intention_from_proto(i)?;
-            let value = record.record.value.clone().unwrap_or(Intention {
-                action: Action::Deny,
-                description: String::new(),
-                meta: Default::default(),
-                created_unix_ms: 0,
-            });
-            check_intention(&record.key, &value).map_err(|_| "intention entry out of bounds")?;
+            match &record.record.value {
+                Some(value) => check_intention(&record.key, value),
+                None => intention::check_pair(&record.key),
+            }
+            .map_err(|_| "intention entry out of bounds")?;
             Ok(Key::intention(&record.key))
         }
         Some(pb::entry::Entry::MeshRoot(r)) => {

@@ -103,8 +103,8 @@ pub fn precedence(source: &str, destination: &str) -> u8 {
     }
 }
 
-/// Why an intention is refused (by the API that writes it, and by a replica that receives it).
-pub fn check_intention(key: &str, i: &Intention) -> Result<(), String> {
+/// Why a key is not a pair of sides ([`is_side`]), as [`key`] writes it (a tombstone's check).
+pub fn check_pair(key: &str) -> Result<(), String> {
     let (source, destination) =
         pair(key).ok_or_else(|| format!("{key:?} is not a source/destination pair"))?;
     for (what, name) in [("source", source), ("destination", destination)] {
@@ -114,6 +114,12 @@ pub fn check_intention(key: &str, i: &Intention) -> Result<(), String> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Why an intention is refused (by the API that writes it, and by a replica that receives it).
+pub fn check_intention(key: &str, i: &Intention) -> Result<(), String> {
+    check_pair(key)?;
     if i.description.len() > MAX_DESCRIPTION_LEN {
         return Err(format!(
             "Description is longer than {MAX_DESCRIPTION_LEN} bytes"

@@ -569,6 +569,14 @@ impl DcState {
         self.mesh_root = root.map(Arc::new);
     }
 
+    /// Moves the state's index to `index` if `changed`; returns `changed`.
+    fn changed_at(&mut self, changed: bool, index: u64) -> bool {
+        if changed {
+            self.index = index;
+        }
+        changed
+    }
+
     /// This DC's token records.
     pub fn tokens(&self) -> &TokenMap {
         &self.tokens
@@ -580,20 +588,14 @@ impl DcState {
     /// it was taken.
     pub fn set_token(&mut self, token: TokenRecord, index: u64) -> bool {
         let taken = self.tokens.set(token, MAX_TOKEN_RECORDS);
-        if taken {
-            self.index = index;
-        }
-        taken
+        self.changed_at(taken, index)
     }
 
     /// Removes this DC's record of `accessor_id` if it is still the one stamped `stamp` (a
     /// later write of it is kept). Returns whether it was removed.
     pub fn prune_token(&mut self, accessor_id: &str, stamp: &Stamp, index: u64) -> bool {
         let removed = self.tokens.prune(accessor_id, stamp);
-        if removed {
-            self.index = index;
-        }
-        removed
+        self.changed_at(removed, index)
     }
 
     /// Puts a token record into a replica as its origin holds it.
@@ -610,19 +612,13 @@ impl DcState {
     /// (within [`MAX_INTENTION_RECORDS`]).
     pub fn set_intention(&mut self, intention: IntentionRecord, index: u64) -> bool {
         let taken = self.intentions.set(intention, MAX_INTENTION_RECORDS);
-        if taken {
-            self.index = index;
-        }
-        taken
+        self.changed_at(taken, index)
     }
 
     /// Removes this DC's record of the intention `key` if it is still the one stamped `stamp`.
     pub fn prune_intention(&mut self, key: &str, stamp: &Stamp, index: u64) -> bool {
         let removed = self.intentions.prune(key, stamp);
-        if removed {
-            self.index = index;
-        }
-        removed
+        self.changed_at(removed, index)
     }
 
     /// Puts an intention record into a replica as its origin holds it.

@@ -1075,6 +1075,7 @@ async fn data_size(http: &reqwest::Client, dc1: &Agent) -> Result<DataSize> {
                     weight_warning: n(&v["Weights"]["Warning"]) as u32,
                     create_index: n(&v["CreateIndex"]),
                     modify_index: n(&v["ModifyIndex"]),
+                    proxy: None,
                 }),
                 checks: vec![],
             })),

@@ -229,6 +229,7 @@ mod tests {
                 weights: Default::default(),
                 create_index: 0,
                 modify_index: 0,
+                proxy: None,
             },
             Vec::new(),
             2,

@@ -913,6 +913,7 @@ mod guard_tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

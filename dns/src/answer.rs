@@ -120,6 +120,7 @@ pub fn answer(
                 only_passing: s.only_passing,
                 tags: &[],
                 policy: None,
+                connect: false,
             },
             None,
             qtype,

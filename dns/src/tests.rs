@@ -40,6 +40,7 @@ fn inst(service: &str, id: &str, node: &str, address: &str, port: u16) -> Instan
         weights: Weights::default(),
         create_index: 0,
         modify_index: 0,
+        proxy: None,
     }
 }
 

@@ -7,8 +7,11 @@ use meridian_topology::dc::DcState;
 use meridian_topology::intention::{self, Action, Intention, IntentionRecord, check_intention};
 use meridian_topology::lww::{Record, Stamp};
 use meridian_topology::token::{ApiToken, Scope, TokenRecord, check_token};
-use meridian_topology::{Check, Health, Instance, InstanceKey, Node, Weights};
+use meridian_topology::{
+    Check, Health, Instance, InstanceKey, MAX_PROXY_UPSTREAMS, Node, Proxy, Upstream, Weights,
+};
 use prost::Message as _;
+use std::sync::Arc;
 
 /// What an entry is keyed by. Node names are lowercased (nodes are looked up ignoring case).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,6 +191,19 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
             }
             if u16::try_from(inst.port).is_err() {
                 return Err("instance port out of range");
+            }
+            if let Some(p) = &inst.proxy {
+                if p.destination_service.is_empty() {
+                    return Err("proxy entry without a destination");
+                }
+                if p.upstreams.len() > MAX_PROXY_UPSTREAMS {
+                    return Err("proxy entry with too many upstreams");
+                }
+                let ports =
+                    std::iter::once(p.local_port).chain(p.upstreams.iter().map(|u| u.bind_port));
+                if ports.into_iter().any(|port| u16::try_from(port).is_err()) {
+                    return Err("proxy port out of range");
+                }
             }
             Ok(Key::Instance(InstanceKey::new(&inst.node, &inst.id)))
         }
@@ -479,6 +495,22 @@ fn instance_to_proto(i: &Instance) -> pb::Instance {
         weight_warning: i.weights.warning,
         create_index: i.create_index,
         modify_index: i.modify_index,
+        proxy: i.proxy.as_deref().map(|p| pb::Proxy {
+            destination_service: p.destination_service.clone(),
+            destination_id: p.destination_id.clone(),
+            local_address: p.local_address.clone(),
+            local_port: u32::from(p.local_port),
+            upstreams: p
+                .upstreams
+                .iter()
+                .map(|u| pb::ProxyUpstream {
+                    destination: u.destination.clone(),
+                    datacenter: u.datacenter.clone(),
+                    bind_address: u.bind_address.clone(),
+                    bind_port: u32::from(u.bind_port),
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -498,6 +530,25 @@ fn instance_from_proto(i: &pb::Instance) -> Instance {
         },
         create_index: i.create_index,
         modify_index: i.modify_index,
+        // Ports checked by `entry_key` before an entry is applied.
+        proxy: i.proxy.as_ref().map(|p| {
+            Arc::new(Proxy {
+                destination_service: p.destination_service.clone(),
+                destination_id: p.destination_id.clone(),
+                local_address: p.local_address.clone(),
+                local_port: u16::try_from(p.local_port).unwrap_or(0),
+                upstreams: p
+                    .upstreams
+                    .iter()
+                    .map(|u| Upstream {
+                        destination: u.destination.clone(),
+                        datacenter: u.datacenter.clone(),
+                        bind_address: u.bind_address.clone(),
+                        bind_port: u16::try_from(u.bind_port).unwrap_or(0),
+                    })
+                    .collect(),
+            })
+        }),
     }
 }
 
@@ -582,6 +633,7 @@ mod tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

@@ -360,6 +360,7 @@ mod tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

@@ -415,6 +415,7 @@ pub(crate) mod tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

@@ -38,6 +38,7 @@ pub fn instance(id: &str, service: &str, port: u16) -> Instance {
         weights: Weights::default(),
         create_index: 0,
         modify_index: 0,
+        proxy: None,
     }
 }
 

@@ -83,6 +83,9 @@ pub struct Route<'a> {
     pub tag: Option<&'a str>,
     /// Explicit datacenter; `None` resolves by policy.
     pub dc: Option<&'a str>,
+    /// The mesh form: the name asks for the service's sidecars (its mesh endpoints), which
+    /// verify the caller, not for its instances.
+    pub connect: bool,
 }
 
 impl<'a> Route<'a> {
@@ -95,6 +98,7 @@ impl<'a> Route<'a> {
             only_passing,
             tags: &[],
             policy: None,
+            connect: self.connect,
         }
     }
 }
@@ -160,6 +164,7 @@ fn parse_route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, Unkno
                     service: m.service,
                     tag: None,
                     dc: Some(m.dc),
+                    connect: true,
                 });
             }
             Ok(m) => {
@@ -183,7 +188,12 @@ fn parse_route<'a>(sni: &'a str, config: &NameConfig) -> Result<Route<'a>, Unkno
         return Err(UnknownName::NotAService);
     }
     match parse_query_name(rest) {
-        Ok(NameQuery::Service { service, tag, dc }) => Ok(Route { service, tag, dc }),
+        Ok(NameQuery::Service { service, tag, dc }) => Ok(Route {
+            service,
+            tag,
+            dc,
+            connect: false,
+        }),
         _ => Err(UnknownName::NotAService),
     }
 }
@@ -306,7 +316,12 @@ mod tests {
         tag: Option<&'static str>,
         dc: Option<&'static str>,
     ) -> Result<Route<'static>, UnknownName> {
-        Ok(Route { service, tag, dc })
+        Ok(Route {
+            service,
+            tag,
+            dc,
+            connect: false,
+        })
     }
 
     #[test]
@@ -337,6 +352,7 @@ mod tests {
                 only_passing: true,
                 tags: &[],
                 policy: None,
+                connect: false,
             }
         );
     }
@@ -345,7 +361,15 @@ mod tests {
     fn mesh_names() {
         let c = config();
         let name = format!("web.default.dc2.internal.{TD}");
-        assert_eq!(route(&name, &c), r("web", None, Some("dc2")));
+        let mesh = route(&name, &c).expect("routes");
+        assert_eq!(
+            mesh,
+            Route {
+                connect: true,
+                ..r("web", None, Some("dc2")).expect("a route")
+            }
+        );
+        assert!(mesh.query(true).connect);
         let other = format!("web.team-a.dc2.internal.{TD}");
         assert_eq!(
             route(&other, &c),
@@ -399,6 +423,42 @@ mod tests {
     }
 
     #[test]
+    fn mesh_names_reach_the_sidecars_not_the_service() {
+        use meridian_topology::{Instance, Proxy};
+        use std::sync::Arc;
+        let mut state = crate::fixtures::web_state(&[9001]);
+        let sidecar = Instance {
+            proxy: Some(Arc::new(Proxy {
+                destination_service: "web".into(),
+                ..Proxy::default()
+            })),
+            ..crate::fixtures::instance("web-proxy", "web-sidecar-proxy", 21000)
+        };
+        state.register(sidecar, vec![], 10);
+        let view = View::new("dc1", state);
+        let names = config();
+        let own = OwnAddrs::default();
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mesh = format!("web.default.dc1.internal.{TD}");
+        assert_eq!(
+            target(&view, &mesh, &names, &own, true, false),
+            Ok(Target::Local(vec![at(21000)]))
+        );
+        assert_eq!(
+            target(&view, "web.service.consul", &names, &own, true, false),
+            Ok(Target::Local(vec![at(9001)]))
+        );
+        // A service with no sidecar has no mesh endpoint.
+        let mut bare = crate::fixtures::web_state(&[9001]);
+        bare.register(crate::fixtures::instance("api", "api", 9002), vec![], 5);
+        let api = format!("api.default.dc1.internal.{TD}");
+        assert!(matches!(
+            target(&View::new("dc1", bare), &api, &names, &own, true, false),
+            Err(RouteError::Resolve { .. })
+        ));
+    }
+
+    #[test]
     fn targets_follow_the_view() {
         use meridian_topology::dc::DcState;
         use meridian_topology::{GATEWAY_SERVICE, Instance, RemoteDc};
@@ -414,6 +474,7 @@ mod tests {
             weights: Default::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         };
         let state = |instances: &[(&str, u16)]| {
             let mut s = DcState::default();

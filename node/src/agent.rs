@@ -453,6 +453,7 @@ fn advertise_gateway(
         weights: Default::default(),
         create_index: 0,
         modify_index: 0,
+        proxy: None,
     };
     async move {
         let mut backoff = Duration::from_millis(100);

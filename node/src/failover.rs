@@ -590,6 +590,7 @@ mod tests {
             weights: Default::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

@@ -32,6 +32,17 @@ fn lower(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// Removes `key` from the set of `name` in an index, and the set once empty.
+fn unindex_in(index: &mut OrdMap<String, OrdSet<InstanceKey>>, name: &str, key: &InstanceKey) {
+    let name = lower(name);
+    if let Some(set) = index.get_mut(&*name) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(&*name);
+        }
+    }
+}
+
 /// Whether an address string is the IP `ip` (hostnames never are).
 fn same_ip(addr: &str, ip: IpAddr) -> bool {
     !addr.is_empty() && addr.parse::<IpAddr>().is_ok_and(|a| a == ip)
@@ -43,6 +54,8 @@ pub struct DcState {
     nodes: OrdMap<String, Arc<Node>>,
     instances: OrdMap<InstanceKey, Arc<Instance>>,
     by_service: OrdMap<String, OrdSet<InstanceKey>>,
+    /// Mesh sidecars by the service they front (lowercase): that service's mesh endpoints.
+    by_destination: OrdMap<String, OrdSet<InstanceKey>>,
     checks: ChecksByNode,
     /// Prepared queries by lowercased ID. They are the datacenter's own and never federated, so
     /// [`DcState::changes_since`] does not look at them.
@@ -173,6 +186,16 @@ impl DcState {
             .filter_map(|k| self.instances.get(k).map(|i| &**i))
     }
 
+    /// The mesh sidecars (`connect-proxy` instances) whose destination is `service` (ignoring
+    /// case), in key order.
+    pub fn proxies_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_destination
+            .get(&*lower(service))
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|k| self.instances.get(k).map(|i| &**i))
+    }
+
     /// All instances, in key order.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
         self.instances.values().map(|i| &**i)
@@ -293,10 +316,8 @@ impl DcState {
                 changed = true;
             }
         }
-        if let Some(o) = &old
-            && !o.service.eq_ignore_ascii_case(&inst.service)
-        {
-            self.unindex(&o.service, &key);
+        if let Some(o) = &old {
+            self.unindex(o, &key);
         }
 
         // Drop the instance's checks that the new registration no longer carries.
@@ -333,12 +354,11 @@ impl DcState {
             }
         }
         if changed {
-            self.by_service
-                .entry(lower(&inst.service).into_owned())
-                .or_default()
-                .insert(key.clone());
-            self.instances.insert(key, Arc::new(inst));
+            self.insert_instance(inst);
             self.index = index;
+        } else if let Some(o) = old {
+            // Unchanged: put back the index entries taken out above.
+            self.insert_instance_arc(o);
         }
         changed
     }
@@ -478,12 +498,7 @@ impl DcState {
         for c in checks {
             self.insert_check(c);
         }
-        let key = inst.key();
-        self.by_service
-            .entry(lower(&inst.service).into_owned())
-            .or_default()
-            .insert(key.clone());
-        self.instances.insert(key, Arc::new(inst));
+        self.insert_instance(inst);
     }
 
     /// Removes an instance and its checks without touching the index (replicas). Returns whether
@@ -493,7 +508,7 @@ impl DcState {
         let Some(old) = self.instances.remove(&key) else {
             return false;
         };
-        self.unindex(&old.service, &key);
+        self.unindex(&old, &key);
         let own: Vec<CheckKey> = self
             .checks_on(node)
             .filter(|c| c.service_id == id)
@@ -652,13 +667,31 @@ impl DcState {
         }
     }
 
-    fn unindex(&mut self, service: &str, key: &InstanceKey) {
-        let service = lower(service);
-        if let Some(set) = self.by_service.get_mut(&*service) {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_service.remove(&*service);
-            }
+    fn insert_instance(&mut self, inst: Instance) {
+        self.insert_instance_arc(Arc::new(inst));
+    }
+
+    /// Stores an instance and its index entries (by service, and by destination for a proxy).
+    fn insert_instance_arc(&mut self, inst: Arc<Instance>) {
+        let key = inst.key();
+        self.by_service
+            .entry(lower(&inst.service).into_owned())
+            .or_default()
+            .insert(key.clone());
+        if let Some(p) = &inst.proxy {
+            self.by_destination
+                .entry(lower(&p.destination_service).into_owned())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.instances.insert(key, inst);
+    }
+
+    /// Takes an instance's index entries out (not the instance itself).
+    fn unindex(&mut self, inst: &Instance, key: &InstanceKey) {
+        unindex_in(&mut self.by_service, &inst.service, key);
+        if let Some(p) = &inst.proxy {
+            unindex_in(&mut self.by_destination, &p.destination_service, key);
         }
     }
 
@@ -812,12 +845,7 @@ impl DcState {
             s.nodes.insert(lower(&n.name).into_owned(), Arc::new(n));
         }
         for i in snap.instances {
-            let key = i.key();
-            s.by_service
-                .entry(lower(&i.service).into_owned())
-                .or_default()
-                .insert(key.clone());
-            s.instances.insert(key, Arc::new(i));
+            s.insert_instance(i);
         }
         for c in snap.checks {
             s.insert_check(c);
@@ -859,7 +887,47 @@ mod tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
+    }
+
+    fn sidecar(node: &str, id: &str, destination: &str) -> Instance {
+        Instance {
+            proxy: Some(Arc::new(crate::Proxy {
+                destination_service: destination.into(),
+                ..Default::default()
+            })),
+            ..inst(node, id, &format!("{destination}-sidecar-proxy"))
+        }
+    }
+
+    #[test]
+    fn sidecars_are_found_by_the_service_they_front() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "web", "web"), vec![], 1);
+        s.register(sidecar("n1", "web-proxy", "Web"), vec![], 2);
+        s.register(sidecar("n2", "web-proxy", "web"), vec![], 3);
+        let ids = |s: &DcState, d: &str| -> Vec<String> {
+            s.proxies_of(d)
+                .map(|i| format!("{}/{}", i.node, i.id))
+                .collect()
+        };
+        assert_eq!(ids(&s, "WEB"), ["n1/web-proxy", "n2/web-proxy"]);
+        // The proxies are instances of their own name too; the service's own are not proxies.
+        assert_eq!(s.instances_of("web-sidecar-proxy").count(), 2);
+        assert_eq!(s.instances_of("web").count(), 1);
+        // A re-registration that fronts another service moves; unchanged, it stays.
+        s.register(sidecar("n2", "web-proxy", "api"), vec![], 4);
+        s.register(sidecar("n1", "web-proxy", "web"), vec![], 5);
+        assert_eq!(ids(&s, "web"), ["n1/web-proxy"]);
+        assert_eq!(ids(&s, "api"), ["n2/web-proxy"]);
+        let back = DcState::from_snapshot(s.to_snapshot());
+        assert_eq!(ids(&back, "api"), ["n2/web-proxy"]);
+        assert!(s.deregister("n2", "web-proxy", 6));
+        assert!(ids(&s, "api").is_empty());
+        // Typical again: no longer an endpoint of anything.
+        s.register(inst("n1", "web-proxy", "web-sidecar-proxy"), vec![], 7);
+        assert!(ids(&s, "web").is_empty());
     }
 
     fn check(node: &str, id: &str, service_id: &str, status: Health) -> Check {

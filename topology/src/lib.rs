@@ -26,7 +26,10 @@ mod view;
 pub use dc::DcState;
 pub use failover::{AddressMode, Failover, FailoverPolicy, rank_by_rtt};
 pub use health::{DcLiveness, DcStatus, Detector, DetectorConfig};
-pub use model::{Check, CheckKind, CheckSpec, Health, Instance, InstanceKey, Node, Weights};
+pub use model::{
+    CONNECT_PROXY_KIND, Check, CheckKind, CheckSpec, Health, Instance, InstanceKey,
+    MAX_PROXY_UPSTREAMS, Node, Proxy, Upstream, Weights,
+};
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use prepared::{PreparedQuery, QueryError};
 pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};

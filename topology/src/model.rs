@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,10 @@ pub struct Instance {
     /// Raft index that last changed the instance.
     #[serde(default)]
     pub modify_index: u64,
+    /// Set when the instance is a mesh sidecar (Consul's `Kind: connect-proxy`): the service it
+    /// fronts. A service's mesh endpoints are the proxies whose destination it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 impl Instance {
@@ -117,6 +122,55 @@ impl Instance {
     pub fn key(&self) -> InstanceKey {
         InstanceKey::new(&self.node, &self.id)
     }
+
+    /// Consul's `Kind`: `""` for a typical service, `connect-proxy` for a sidecar.
+    pub fn kind(&self) -> &'static str {
+        if self.proxy.is_some() {
+            CONNECT_PROXY_KIND
+        } else {
+            ""
+        }
+    }
+}
+
+/// The most upstreams one sidecar registration carries (registration and federation refuse more).
+pub const MAX_PROXY_UPSTREAMS: usize = 64;
+
+/// Consul's `Kind` of a mesh sidecar.
+pub const CONNECT_PROXY_KIND: &str = "connect-proxy";
+
+/// What a mesh sidecar fronts and where its application listens (Consul's `Proxy` block).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    /// The service the sidecar accepts mesh connections for.
+    pub destination_service: String,
+    /// The instance ID of that service on the same node.
+    #[serde(default)]
+    pub destination_id: String,
+    /// Where the sidecar relays accepted connections (empty: loopback).
+    #[serde(default)]
+    pub local_address: String,
+    /// The application's port.
+    #[serde(default)]
+    pub local_port: u16,
+    /// The services the application calls through the sidecar.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+}
+
+/// One service an application reaches through its sidecar, on a local port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The service called.
+    pub destination: String,
+    /// A fixed datacenter; empty resolves by the failover policy.
+    #[serde(default)]
+    pub datacenter: String,
+    /// The local address the sidecar listens on (empty: loopback).
+    #[serde(default)]
+    pub bind_address: String,
+    /// The local port the sidecar listens on.
+    pub bind_port: u16,
 }
 
 /// `(node, instance id)`: instance IDs are unique per node, as in Consul.

@@ -314,6 +314,7 @@ impl PreparedQuery {
             only_passing: self.service.only_passing,
             tags: &self.service.tags,
             policy: Some(policy),
+            connect: false,
         }
     }
 

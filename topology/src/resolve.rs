@@ -23,6 +23,9 @@ pub struct ServiceQuery<'a> {
     pub tags: &'a [String],
     /// The failover policy for a query without a DC; `None` takes the view's default.
     pub policy: Option<&'a FailoverPolicy>,
+    /// Ask for the service's mesh endpoints (its `connect-proxy` sidecars) rather than its
+    /// instances, as Consul's mesh SNI and `.connect` names do.
+    pub connect: bool,
 }
 
 impl<'a> ServiceQuery<'a> {
@@ -35,6 +38,7 @@ impl<'a> ServiceQuery<'a> {
             only_passing: false,
             tags: &[],
             policy: None,
+            connect: false,
         }
     }
 }
@@ -95,7 +99,13 @@ pub enum ResolveError {
 fn in_dc<'v>(state: &'v DcState, q: &ServiceQuery<'_>) -> (Vec<(&'v Instance, Health)>, usize) {
     let mut matching = 0;
     let mut instances = Vec::new();
-    for inst in state.instances_of(q.service) {
+    let named = (!q.connect).then(|| state.instances_of(q.service));
+    let proxies = q.connect.then(|| state.proxies_of(q.service));
+    for inst in named
+        .into_iter()
+        .flatten()
+        .chain(proxies.into_iter().flatten())
+    {
         if let Some(tag) = q.tag
             && !has_tag(inst, tag)
         {
@@ -257,6 +267,7 @@ mod tests {
             weights: Weights::default(),
             create_index: 0,
             modify_index: 0,
+            proxy: None,
         }
     }
 

@@ -45,6 +45,7 @@ fn instance(node: &str, id: &str) -> Instance {
         weights: Weights::default(),
         create_index: 0,
         modify_index: 0,
+        proxy: None,
     }
 }
 

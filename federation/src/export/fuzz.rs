@@ -83,6 +83,7 @@ fn apply(s: &mut DcState, op: &Op) {
                 weights: Weights::default(),
                 create_index: 0,
                 modify_index: 0,
+                proxy: None,
             };
             s.register(inst, checks, index);
         }

@@ -359,6 +359,7 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
                 weights: Default::default(),
                 create_index: 0,
                 modify_index: 0,
+                proxy: None,
             },
             checks: vec![],
         };

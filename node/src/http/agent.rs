@@ -221,6 +221,11 @@ pub(super) async fn register_service(
     let cat = state.catalog();
     let reg = build_registration(def, cat.node_name(), replace, cat.view().local())?;
     grant.require_service_write(&reg.instance.service)?;
+    // A sidecar receives its destination's mesh traffic: registering one is writing that
+    // service too, as Consul requires.
+    if let Some(p) = &reg.instance.proxy {
+        grant.require_service_write(&p.destination_service)?;
+    }
     tracing::debug!(service = %reg.instance.service, id = %reg.instance.id, checks = reg.checks.len(), "register");
     // Re-registering an ID replaces that instance, so the token must cover what it replaces
     // too, as it is when the write commits.

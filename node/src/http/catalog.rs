@@ -91,13 +91,30 @@ pub(super) fn dc_of<'v>(
         .ok_or_else(|| ApiError::internal("No path to datacenter"))
 }
 
-/// The instances of `name` that carry every tag `p` asks for, on nodes with its node metadata.
+/// Which instances a service read lists: the service's own, or its mesh endpoints (the
+/// `connect-proxy` sidecars that front it, as `/v1/*/connect/{name}` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoints {
+    /// The instances registered under the name.
+    Service,
+    /// The sidecars whose destination is the name.
+    Connect,
+}
+
+/// The instances of `name` (or its sidecars) that carry every tag `p` asks for, on nodes with
+/// its node metadata.
 fn tagged_instances<'a>(
     dc: &'a DcState,
     name: &str,
+    which: Endpoints,
     p: &'a ReadParams,
 ) -> impl Iterator<Item = &'a Instance> + 'a {
-    dc.instances_of(name)
+    let named = (which == Endpoints::Service).then(|| dc.instances_of(name));
+    let proxies = (which == Endpoints::Connect).then(|| dc.proxies_of(name));
+    named
+        .into_iter()
+        .flatten()
+        .chain(proxies.into_iter().flatten())
         .filter(|i| p.tags.iter().all(|t| i.tags.contains(t)))
         .filter(|i| p.node_meta_ok(dc.node(&i.node)))
 }
@@ -138,13 +155,31 @@ pub(super) async fn catalog_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (view, p, filter) = read_view_filtered(&state, &q).await?;
+    catalog_entries(&state, &name, Endpoints::Service, &q).await
+}
+
+/// `GET /v1/catalog/connect/{name}`: the service's mesh endpoints (its sidecars).
+pub(super) async fn catalog_connect(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    catalog_entries(&state, &name, Endpoints::Connect, &q).await
+}
+
+async fn catalog_entries(
+    state: &ApiState,
+    name: &str,
+    which: Endpoints,
+    q: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let (view, p, filter) = read_view_filtered(state, q).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
-    let entries: Vec<_> = tagged_instances(dc, &name, &p)
+    let entries: Vec<_> = tagged_instances(dc, name, which, &p)
         .map(|i| CatalogServiceJson::new(dc_name, dc, i))
         .collect();
     let entries = filtered(filter.as_ref(), entries);
-    Ok(answer(&state, &view, &p, &entries))
+    Ok(answer(state, &view, &p, &entries))
 }
 
 /// `GET /v1/health/service/{name}`: instances with their node and checks (`?passing`, `?tag=`).
@@ -153,18 +188,37 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     Query(q): Pairs,
 ) -> Result<Response, ApiError> {
-    let (p, filter) = ReadParams::parse_filtered(&q)?;
+    health_entries(&state, &name, Endpoints::Service, &q).await
+}
+
+/// `GET /v1/health/connect/{name}`: the service's mesh endpoints (its sidecars) with their
+/// checks; `?failover` as for `/v1/health/service`.
+pub(super) async fn health_connect(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Pairs,
+) -> Result<Response, ApiError> {
+    health_entries(&state, &name, Endpoints::Connect, &q).await
+}
+
+async fn health_entries(
+    state: &ApiState,
+    name: &str,
+    which: Endpoints,
+    q: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let (p, filter) = ReadParams::parse_filtered(q)?;
     if p.failover {
-        return failover_entries(&state, &p, filter.as_ref(), &name).await;
+        return failover_entries(state, &p, filter.as_ref(), name, which).await;
     }
-    let view = wait_view(&state, &p).await?;
+    let view = wait_view(state, &p).await?;
     let (dc_name, dc) = dc_of(&view, &p)?;
-    let entries: Vec<_> = tagged_instances(dc, &name, &p)
+    let entries: Vec<_> = tagged_instances(dc, name, which, &p)
         .filter(|i| !p.passing || dc.health_of(i) == Health::Passing)
         .map(|i| ServiceEntryJson::new(dc_name, dc, i))
         .collect();
     let entries = filtered(filter.as_ref(), entries);
-    Ok(answer(&state, &view, &p, &entries))
+    Ok(answer(state, &view, &p, &entries))
 }
 
 /// `GET /v1/health/service/{name}?failover`: what `<name>.service.<domain>` resolves to (the
@@ -177,6 +231,7 @@ async fn failover_entries(
     p: &ReadParams,
     filter: Option<&Filter>,
     name: &str,
+    which: Endpoints,
 ) -> Result<Response, ApiError> {
     if p.dc.is_some() {
         return Err(ApiError::bad_request(
@@ -186,6 +241,7 @@ async fn failover_entries(
     let query = ServiceQuery {
         tags: &p.tags,
         only_passing: p.passing,
+        connect: which == Endpoints::Connect,
         ..ServiceQuery::new(name, None)
     };
     // Blocking waits for the answer itself to change (its index is the answer's digest), so a

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use meridian_topology::dc::DcState;
-use meridian_topology::{Check, Instance, Node};
+use meridian_topology::{Check, Instance, Node, Proxy};
 use serde::Serialize;
 
 use crate::duration::format_go_duration;
@@ -123,6 +123,80 @@ pub struct AgentServiceJson<'a> {
     pub create_index: u64,
     /// Raft index that last changed the instance.
     pub modify_index: u64,
+    /// `connect-proxy` for a sidecar; omitted for a typical service, as Consul omits it.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub kind: &'static str,
+    /// A sidecar's proxy block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyJson<'a>>,
+}
+
+/// Consul's `Proxy` block of a `connect-proxy` instance.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProxyJson<'a> {
+    /// The service the sidecar fronts.
+    pub destination_service_name: &'a str,
+    /// That service's instance ID.
+    #[serde(rename = "DestinationServiceID")]
+    pub destination_service_id: &'a str,
+    /// Where the application listens.
+    pub local_service_address: &'a str,
+    /// The application's port.
+    pub local_service_port: u16,
+    /// Always empty (no transparent proxy).
+    pub mode: &'static str,
+    /// Always empty: across DCs Meridian's gateways are always used.
+    pub mesh_gateway: BTreeMap<&'static str, &'static str>,
+    /// Always empty.
+    pub expose: BTreeMap<&'static str, &'static str>,
+    /// The services the application calls through the sidecar.
+    pub upstreams: Vec<UpstreamJson<'a>>,
+}
+
+/// One entry of a `Proxy.Upstreams`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpstreamJson<'a> {
+    /// Always `service`.
+    pub destination_type: &'static str,
+    /// The service called.
+    pub destination_name: &'a str,
+    /// A fixed datacenter, or empty.
+    pub datacenter: &'a str,
+    /// The local listening address.
+    pub local_bind_address: &'a str,
+    /// The local listening port.
+    pub local_bind_port: u16,
+    /// Always empty.
+    pub mesh_gateway: BTreeMap<&'static str, &'static str>,
+}
+
+impl<'a> ProxyJson<'a> {
+    /// Builds from the model's proxy block.
+    pub fn new(p: &'a Proxy) -> Self {
+        ProxyJson {
+            destination_service_name: &p.destination_service,
+            destination_service_id: &p.destination_id,
+            local_service_address: &p.local_address,
+            local_service_port: p.local_port,
+            mode: "",
+            mesh_gateway: BTreeMap::new(),
+            expose: BTreeMap::new(),
+            upstreams: p
+                .upstreams
+                .iter()
+                .map(|u| UpstreamJson {
+                    destination_type: "service",
+                    destination_name: &u.destination,
+                    datacenter: &u.datacenter,
+                    local_bind_address: &u.bind_address,
+                    local_bind_port: u.bind_port,
+                    mesh_gateway: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl<'a> AgentServiceJson<'a> {
@@ -140,6 +214,8 @@ impl<'a> AgentServiceJson<'a> {
             datacenter: dc,
             create_index: i.create_index,
             modify_index: i.modify_index,
+            kind: i.kind(),
+            proxy: i.proxy.as_deref().map(ProxyJson::new),
         }
     }
 }
@@ -255,8 +331,11 @@ pub struct CatalogServiceJson<'a> {
     pub tagged_addresses: BTreeMap<&'static str, &'a str>,
     /// The node's metadata.
     pub node_meta: &'a BTreeMap<String, String>,
-    /// Always empty (typical service).
+    /// Empty for a typical service, `connect-proxy` for a sidecar.
     pub service_kind: &'static str,
+    /// A sidecar's proxy block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_proxy: Option<ProxyJson<'a>>,
     /// Instance ID.
     #[serde(rename = "ServiceID")]
     pub service_id: &'a str,
@@ -291,7 +370,8 @@ impl<'a> CatalogServiceJson<'a> {
             datacenter: node.datacenter,
             tagged_addresses: node.tagged_addresses,
             node_meta: node.meta,
-            service_kind: "",
+            service_kind: inst.kind(),
+            service_proxy: inst.proxy.as_deref().map(ProxyJson::new),
             service_id: &inst.id,
             service_name: &inst.service,
             service_tags: &inst.tags,

@@ -238,6 +238,7 @@ pub(super) async fn drain(
         weights: Default::default(),
         create_index: 0,
         modify_index: 0,
+        proxy: None,
     };
     // Deliberate (an operator or a drill): worth a line, not a warning.
     tracing::info!(dc = %cat.datacenter(), "datacenter drained by an operator");

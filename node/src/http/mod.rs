@@ -489,6 +489,8 @@ pub fn router(state: ApiState) -> Router {
             get(catalog::catalog_node_services),
         )
         .route("/v1/health/service/{name}", get(catalog::health_service))
+        .route("/v1/health/connect/{name}", get(catalog::health_connect))
+        .route("/v1/catalog/connect/{name}", get(catalog::catalog_connect))
         .route("/v1/health/node/{node}", get(catalog::health_node))
         .route("/v1/health/checks/{service}", get(catalog::health_checks))
         .route("/v1/health/state/{state}", get(catalog::health_state))

@@ -8,12 +8,16 @@
 //! their canonical PascalCase name, then decoded strictly: an unknown field is a 400.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use meridian_topology::dc::DcState;
 use meridian_topology::names::{validate_id, validate_label, validate_meta};
-use meridian_topology::{Check, CheckKind, CheckSpec, Health, Instance, Weights};
+use meridian_topology::{
+    CONNECT_PROXY_KIND, Check, CheckKind, CheckSpec, Health, Instance, MAX_PROXY_UPSTREAMS, Proxy,
+    Upstream, Weights,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,6 +56,37 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
 ];
 
 pub(crate) const WEIGHTS_FIELDS: &[&str] = &["Passing", "Warning"];
+
+pub(crate) const PROXY_FIELDS: &[&str] = &[
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "LocalServiceSocketPath",
+    "Mode",
+    "TransparentProxy",
+    "Config",
+    "Upstreams",
+    "MeshGateway",
+    "Expose",
+    "AccessLogs",
+];
+
+pub(crate) const UPSTREAM_FIELDS: &[&str] = &[
+    "DestinationType",
+    "DestinationNamespace",
+    "DestinationPartition",
+    "DestinationPeer",
+    "DestinationName",
+    "Datacenter",
+    "LocalBindAddress",
+    "LocalBindPort",
+    "LocalBindSocketPath",
+    "LocalBindSocketMode",
+    "Config",
+    "MeshGateway",
+    "CentrallyConfigured",
+];
 
 pub(crate) const CHECK_FIELDS: &[&str] = &[
     "CheckID",
@@ -117,7 +152,7 @@ pub struct ServiceDefinition {
     pub enable_tag_override: Option<bool>,
     /// Accepted for compatibility, not stored yet.
     pub tagged_addresses: Option<Value>,
-    /// Only the default (typical) kind is supported.
+    /// `typical` (the default) or `connect-proxy`.
     pub kind: Option<String>,
     /// A single check.
     pub check: Option<CheckDefinition>,
@@ -125,9 +160,9 @@ pub struct ServiceDefinition {
     pub checks: Option<Vec<CheckDefinition>>,
     /// Unix sockets are not supported.
     pub socket_path: Option<String>,
-    /// Service mesh is not supported.
-    pub proxy: Option<Value>,
-    /// Service mesh is not supported.
+    /// A sidecar's proxy block (with `Kind: connect-proxy`).
+    pub proxy: Option<ProxyDefinition>,
+    /// Connect-native services and `SidecarService` are not supported.
     pub connect: Option<Value>,
     /// Enterprise namespaces: only the default one.
     pub namespace: Option<String>,
@@ -293,6 +328,14 @@ pub fn decode_service_definition(body: &[u8]) -> Result<ServiceDefinition, ApiEr
         if let Some(w) = obj.get_mut("Weights") {
             canonicalize(w, WEIGHTS_FIELDS);
         }
+        if let Some(p) = obj.get_mut("Proxy") {
+            canonicalize(p, PROXY_FIELDS);
+            if let Some(Value::Array(us)) = p.get_mut("Upstreams") {
+                for u in us {
+                    canonicalize(u, UPSTREAM_FIELDS);
+                }
+            }
+        }
         if let Some(c) = obj.get_mut("Check") {
             canonicalize(c, CHECK_FIELDS);
             // Consul skips a single Check that is entirely zero (Go clients send `{}`).
@@ -306,6 +349,189 @@ pub fn decode_service_definition(body: &[u8]) -> Result<ServiceDefinition, ApiEr
             }
         }
     })
+}
+
+/// Consul's `Proxy` block of a `connect-proxy` registration, after key canonicalization.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ProxyDefinition {
+    /// The service the sidecar fronts.
+    pub destination_service_name: Option<String>,
+    /// That service's instance ID.
+    #[serde(rename = "DestinationServiceID")]
+    pub destination_service_id: Option<String>,
+    /// Where the application listens (empty: loopback).
+    pub local_service_address: Option<String>,
+    /// The application's port.
+    pub local_service_port: Option<i64>,
+    /// Unix sockets are not supported.
+    pub local_service_socket_path: Option<String>,
+    /// Only the default mode (no transparent proxy).
+    pub mode: Option<String>,
+    /// Transparent proxying is not supported.
+    pub transparent_proxy: Option<Value>,
+    /// Opaque proxy configuration: accepted, not stored.
+    pub config: Option<Value>,
+    /// The services the application calls through the sidecar.
+    pub upstreams: Option<Vec<UpstreamDefinition>>,
+    /// Meridian's gateways are always used across DCs: only the default is accepted.
+    pub mesh_gateway: Option<Value>,
+    /// Not supported.
+    pub expose: Option<Value>,
+    /// Not supported.
+    pub access_logs: Option<Value>,
+}
+
+/// One entry of `Proxy.Upstreams`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct UpstreamDefinition {
+    /// `service` (the default); prepared-query upstreams are not supported.
+    pub destination_type: Option<String>,
+    /// Only the default namespace.
+    pub destination_namespace: Option<String>,
+    /// Only the default partition.
+    pub destination_partition: Option<String>,
+    /// Cluster peering is not supported.
+    pub destination_peer: Option<String>,
+    /// The service called.
+    pub destination_name: Option<String>,
+    /// A fixed datacenter; empty resolves by the failover policy.
+    pub datacenter: Option<String>,
+    /// The local listening address (empty: loopback).
+    pub local_bind_address: Option<String>,
+    /// The local listening port.
+    pub local_bind_port: Option<i64>,
+    /// Unix sockets are not supported.
+    pub local_bind_socket_path: Option<String>,
+    /// Unix sockets are not supported.
+    pub local_bind_socket_mode: Option<String>,
+    /// Opaque configuration: accepted, not stored.
+    pub config: Option<Value>,
+    /// Only the default.
+    pub mesh_gateway: Option<Value>,
+    /// Accepted, ignored.
+    pub centrally_configured: Option<bool>,
+}
+
+/// Checks a `connect-proxy`'s `Proxy` block and builds the model's [`Proxy`].
+fn build_proxy(def: Option<ProxyDefinition>) -> Result<Proxy, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m);
+    let def = def.ok_or_else(|| bad("a connect-proxy needs a Proxy block".into()))?;
+    let destination = non_empty(&def.destination_service_name)
+        .ok_or_else(|| bad("Proxy.DestinationServiceName is required".into()))?;
+    validate_label("Proxy.DestinationServiceName", destination).map_err(|e| bad(e.to_string()))?;
+    let destination_id = non_empty(&def.destination_service_id).unwrap_or(destination);
+    validate_id("Proxy.DestinationServiceID", destination_id).map_err(|e| bad(e.to_string()))?;
+    let local_address = def.local_service_address.unwrap_or_default();
+    if !local_address.is_empty() {
+        validate_id("Proxy.LocalServiceAddress", &local_address).map_err(|e| bad(e.to_string()))?;
+    }
+    let local_port = port_field(
+        "Proxy.LocalServicePort",
+        def.local_service_port.unwrap_or(0),
+    )?;
+    if let Some(mode) = non_empty(&def.mode)
+        && mode != "direct"
+    {
+        return Err(bad(format!("Proxy.Mode {mode:?} is not supported")));
+    }
+    for (field, v) in [
+        ("Proxy.TransparentProxy", &def.transparent_proxy),
+        ("Proxy.MeshGateway", &def.mesh_gateway),
+        ("Proxy.Expose", &def.expose),
+        ("Proxy.AccessLogs", &def.access_logs),
+    ] {
+        if v.as_ref().is_some_and(|v| !is_zero(v)) {
+            return Err(bad(format!("{field} is not supported")));
+        }
+    }
+    if non_empty(&def.local_service_socket_path).is_some() {
+        return Err(bad("Proxy.LocalServiceSocketPath is not supported".into()));
+    }
+    let defs = def.upstreams.unwrap_or_default();
+    if defs.len() > MAX_PROXY_UPSTREAMS {
+        return Err(bad(format!(
+            "Proxy.Upstreams: at most {MAX_PROXY_UPSTREAMS} upstreams"
+        )));
+    }
+    let mut upstreams: Vec<Upstream> = Vec::with_capacity(defs.len());
+    for u in defs {
+        if let Some(t) = non_empty(&u.destination_type)
+            && t != "service"
+        {
+            return Err(bad(format!(
+                "Proxy.Upstreams: DestinationType {t:?} is not supported (only service)"
+            )));
+        }
+        for (field, v) in [
+            ("DestinationNamespace", &u.destination_namespace),
+            ("DestinationPartition", &u.destination_partition),
+        ] {
+            if let Some(v) = non_empty(v)
+                && v != "default"
+            {
+                return Err(bad(format!(
+                    "Proxy.Upstreams: {field} {v:?} is not supported: only the default one exists"
+                )));
+            }
+        }
+        if non_empty(&u.destination_peer).is_some()
+            || non_empty(&u.local_bind_socket_path).is_some()
+            || u.mesh_gateway.as_ref().is_some_and(|v| !is_zero(v))
+        {
+            return Err(bad(
+                "Proxy.Upstreams: peers, sockets and MeshGateway are not supported".into(),
+            ));
+        }
+        let name = non_empty(&u.destination_name)
+            .ok_or_else(|| bad("Proxy.Upstreams: DestinationName is required".into()))?;
+        validate_label("Proxy.Upstreams: DestinationName", name).map_err(|e| bad(e.to_string()))?;
+        let datacenter = u.datacenter.unwrap_or_default();
+        if !datacenter.is_empty() {
+            validate_label("Proxy.Upstreams: Datacenter", &datacenter)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let bind_address = u.local_bind_address.unwrap_or_default();
+        if !bind_address.is_empty() && bind_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad(format!(
+                "Proxy.Upstreams: LocalBindAddress {bind_address:?} is not an IP address"
+            )));
+        }
+        let bind_port = port_field(
+            "Proxy.Upstreams: LocalBindPort",
+            u.local_bind_port.unwrap_or(0),
+        )?;
+        if bind_port == 0 {
+            return Err(bad("Proxy.Upstreams: LocalBindPort is required".into()));
+        }
+        if upstreams
+            .iter()
+            .any(|o| o.bind_port == bind_port && o.bind_address == bind_address)
+        {
+            return Err(bad(format!(
+                "Proxy.Upstreams: two upstreams bind port {bind_port}"
+            )));
+        }
+        upstreams.push(Upstream {
+            destination: name.to_owned(),
+            datacenter,
+            bind_address,
+            bind_port,
+        });
+    }
+    Ok(Proxy {
+        destination_service: destination.to_owned(),
+        destination_id: destination_id.to_owned(),
+        local_address,
+        local_port,
+        upstreams,
+    })
+}
+
+fn port_field(field: &str, port: i64) -> Result<u16, ApiError> {
+    u16::try_from(port)
+        .map_err(|_| ApiError::bad_request(format!("Invalid {field} {port}: must be in 0..65535")))
 }
 
 /// Decodes the body of a check update.
@@ -400,7 +626,7 @@ pub struct Registration {
 /// `current` is the datacenter's current state: unless `replace_existing_checks`, the instance's
 /// checks that the definition does not carry are kept, as Consul's agent keeps them.
 pub fn build_registration(
-    def: ServiceDefinition,
+    mut def: ServiceDefinition,
     node: &str,
     replace_existing_checks: bool,
     current: &DcState,
@@ -410,22 +636,34 @@ pub fn build_registration(
     let id = non_empty(&def.id).unwrap_or(name).to_owned();
     validate_id("service ID", &id).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    if let Some(kind) = non_empty(&def.kind)
-        && kind != "typical"
-    {
-        return Err(ApiError::bad_request(format!(
-            "unsupported service Kind {kind:?}: only typical services are supported"
-        )));
-    }
+    let proxy = match non_empty(&def.kind) {
+        None | Some("typical") => {
+            if def.proxy.is_some() {
+                return Err(ApiError::bad_request(
+                    "Proxy is only for a service of Kind connect-proxy",
+                ));
+            }
+            None
+        }
+        Some(CONNECT_PROXY_KIND) => {
+            if def.port.unwrap_or(0) == 0 {
+                return Err(ApiError::bad_request("a connect-proxy needs a Port"));
+            }
+            Some(Arc::new(build_proxy(def.proxy.take())?))
+        }
+        Some(kind) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported service Kind {kind:?}: only typical and connect-proxy are supported"
+            )));
+        }
+    };
     if non_empty(&def.socket_path).is_some() {
         return Err(ApiError::bad_request("SocketPath is not supported"));
     }
-    for (field, v) in [("Proxy", &def.proxy), ("Connect", &def.connect)] {
-        if v.as_ref().is_some_and(|v| !is_zero(v)) {
-            return Err(ApiError::bad_request(format!(
-                "{field} is not supported: Meridian has no service mesh"
-            )));
-        }
+    if def.connect.as_ref().is_some_and(|v| !is_zero(v)) {
+        return Err(ApiError::bad_request(
+            "Connect is not supported: run `meridian connect proxy` as the sidecar, registered as Kind connect-proxy",
+        ));
     }
     for (field, v) in [("Namespace", &def.namespace), ("Partition", &def.partition)] {
         if let Some(v) = non_empty(v)
@@ -481,6 +719,7 @@ pub fn build_registration(
         weights,
         create_index: 0,
         modify_index: 0,
+        proxy,
     };
 
     let defs: Vec<(&str, &CheckDefinition)> = def
@@ -885,6 +1124,41 @@ mod tests {
     }
 
     #[test]
+    fn a_sidecar_registration_as_consul_clients_send_it() {
+        let r = register(
+            r#"{"Name": "web-sidecar-proxy", "ID": "web-proxy", "Kind": "connect-proxy", "Port": 21000,
+                "Proxy": {"destination_service_name": "web", "DestinationServiceID": "web-1",
+                          "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080,
+                          "Mode": "", "Config": {"bind_address": "0.0.0.0"}, "MeshGateway": {},
+                          "Upstreams": [{"DestinationType": "service", "DestinationName": "api",
+                                         "Datacenter": "dc3", "LocalBindPort": 9191}]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(r.instance.kind(), "connect-proxy");
+        let p = r.instance.proxy.as_deref().expect("proxy");
+        assert_eq!(
+            (p.destination_service.as_str(), p.destination_id.as_str()),
+            ("web", "web-1")
+        );
+        assert_eq!(
+            (p.local_address.as_str(), p.local_port),
+            ("127.0.0.1", 8080)
+        );
+        assert_eq!(p.upstreams.len(), 1);
+        assert_eq!(
+            (
+                p.upstreams[0].destination.as_str(),
+                p.upstreams[0].datacenter.as_str(),
+                p.upstreams[0].bind_port
+            ),
+            ("api", "dc3", 9191)
+        );
+        // A typical service has no kind and no proxy block, whatever Go clients send as zero.
+        let r = register(r#"{"Name": "web", "Kind": "", "Proxy": null}"#).expect("valid");
+        assert_eq!((r.instance.kind(), r.instance.proxy.is_none()), ("", true));
+    }
+
+    #[test]
     fn check_ids_as_consul_assigns_them() {
         let r = register(
             r#"{"Name": "web", "ID": "w1",
@@ -952,7 +1226,45 @@ mod tests {
                 r#"{"Name": "web", "Weights": {"Passing": 0}}"#,
                 "Passing must be greater than 0",
             ),
-            (r#"{"Name": "web", "Kind": "connect-proxy"}"#, "Kind"),
+            (
+                r#"{"Name": "gw", "Kind": "mesh-gateway", "Port": 1}"#,
+                "Kind",
+            ),
+            (r#"{"Name": "p", "Kind": "connect-proxy"}"#, "needs a Port"),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1}"#,
+                "Proxy block",
+            ),
+            (
+                r#"{"Name": "web", "Proxy": {"DestinationServiceName": "web"}}"#,
+                "only for a service of Kind connect-proxy",
+            ),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1, "Proxy": {}}"#,
+                "DestinationServiceName is required",
+            ),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1,
+                    "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"DestinationName": "db"}]}}"#,
+                "LocalBindPort is required",
+            ),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1,
+                    "Proxy": {"DestinationServiceName": "web", "Upstreams": [
+                        {"DestinationName": "db", "LocalBindPort": 9}, {"DestinationName": "x", "LocalBindPort": 9}]}}"#,
+                "two upstreams bind port 9",
+            ),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1,
+                    "Proxy": {"DestinationServiceName": "web", "Upstreams": [
+                        {"DestinationType": "prepared_query", "DestinationName": "q", "LocalBindPort": 9}]}}"#,
+                "prepared_query",
+            ),
+            (
+                r#"{"Name": "p", "Kind": "connect-proxy", "Port": 1,
+                    "Proxy": {"DestinationServiceName": "web", "Mode": "transparent"}}"#,
+                "Mode",
+            ),
             (r#"{"Name": "web", "Connect": {"Native": true}}"#, "Connect"),
             (
                 r#"{"Name": "web", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}"#,

@@ -1,5 +1,6 @@
 //! The command line: parsed by clap and dispatched from [`run`]. Each command owns its arguments
-//! in its own module (`agent`, `demo`, `services`, `operator`, `snapshot`, `tls_cmd`, `drill`);
+//! in its own module (`agent`, `demo`, `services`, `operator`, `snapshot`, `tls_cmd`, `drill`,
+//! `connect`);
 //! this file only names them.
 
 use std::io::IsTerminal as _;
@@ -45,6 +46,9 @@ pub enum Commands {
     /// clients in every other DC saw.
     #[command(subcommand)]
     Drill(crate::drill::DrillCommand),
+    /// The service mesh: `connect proxy` runs a service's sidecar.
+    #[command(subcommand)]
+    Connect(crate::connect::ConnectCommand),
 }
 
 /// Runs the command; the exit code of a command that completed.
@@ -80,6 +84,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::snapshot::run(args).await?;
         }
         Commands::Tls(cmd) => crate::tls_cmd::run(cmd)?,
+        Commands::Connect(cmd) => {
+            init_logging("info");
+            crate::connect::run(cmd).await?;
+        }
         Commands::Drill(cmd) => {
             init_logging("warn");
             return crate::drill::run(cmd).await;

@@ -1,6 +1,6 @@
 //! The `meridian` command line, shared by the `meridian` binary and the chaos tests'
 //! `meridian-broken` build. `cli` parses and dispatches; each command owns its arguments and its
-//! work in its own module (`agent`, `demo`, `services`, `tls_cmd`, `drill`), over the node
+//! work in its own module (`agent`, `demo`, `services`, `tls_cmd`, `drill`, `connect`), over the node
 //! (`meridian-node`) and the client (`meridian-client`) libraries. Nothing else links it.
 
 // Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod args;
 pub mod cli;
+pub mod connect;
 pub mod demo;
 pub mod drill;
 pub mod operator;

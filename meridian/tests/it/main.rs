@@ -23,5 +23,6 @@ mod membership;
 mod mesh;
 mod prepared_query;
 mod security;
+mod sidecar;
 mod tokens;
 mod unbound;

@@ -229,6 +229,15 @@ pub fn resolution_index(
     (h.finish() & ((1 << 53) - 1)).max(1)
 }
 
+/// A blocking query's index for an answer that is not the catalog's: a hash of what the answer
+/// is made of, in JavaScript's safe integer range and never 0.
+pub fn digest_index(of: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    of.hash(&mut h);
+    (h.finish() & ((1 << 53) - 1)).max(1)
+}
+
 /// The view to answer a query by failover policy from: the current one without `?index`, else
 /// the first whose `digest` (the [`resolution_index`] of its answer) differs from the index the
 /// client saw, or the current one when the wait runs out.

@@ -18,12 +18,13 @@ use axum::response::{IntoResponse as _, Response};
 use meridian_federation::now_ms;
 use meridian_identity::PemPair;
 use meridian_identity::mesh::{CertInfo, DEFAULT_LEAF_TTL, SpiffeId, cert_info, issue_leaf};
+use meridian_topology::View;
 use meridian_topology::mesh::{MeshCa, MeshRoot};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::acl::rfc3339;
-use super::blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams};
+use super::blocking::{DEFAULT_WAIT, MAX_WAIT, ReadParams, digest_index, wait_for_resolution};
 use super::body::read_body;
 use super::catalog::Pairs;
 use super::register::decode_fields;
@@ -84,9 +85,26 @@ fn root_json(dc: &str, root: &MeshRoot, active: bool) -> Option<RootJson> {
     })
 }
 
+/// The mesh roots `view` holds in its DC's trust domain, `(dc, root)`, this DC's first.
+fn roots_in(view: &View) -> Vec<(&str, &MeshRoot)> {
+    let Some(own) = view.local().mesh_root() else {
+        return Vec::new();
+    };
+    let remote = view.remotes().filter_map(|r| {
+        r.state
+            .mesh_root()
+            .filter(|root| root.trust_domain == own.trust_domain)
+            .map(|root| (&r.name[..], root))
+    });
+    std::iter::once((view.datacenter(), own))
+        .chain(remote)
+        .collect()
+}
+
 /// `GET /v1/connect/ca/roots` and `/v1/agent/connect/ca/roots`: every DC's mesh CA root in
 /// this DC's trust domain; this DC's is the active one. `?pem=true` (or `1`) answers the roots as
-/// one PEM bundle, as Consul does.
+/// one PEM bundle, as Consul does. A blocking query (`?index=`) waits until the roots change (a
+/// DC's first root arrives, or a DC rotates), so a sidecar trusts a new DC without polling.
 pub(super) async fn roots(
     State(state): State<ApiState>,
     Query(q): Pairs,
@@ -94,40 +112,52 @@ pub(super) async fn roots(
     let pem = q
         .iter()
         .any(|(k, v)| k == "pem" && matches!(v.as_str(), "" | "1" | "true"));
-    let view = state.view();
-    let own = view.local().mesh_root().ok_or_else(no_ca)?;
+    let params = ReadParams::parse(&q)?;
+    let digest = |v: &View| {
+        let pems: Vec<(&str, &str)> = roots_in(v)
+            .into_iter()
+            .map(|(dc, r)| (dc, &*r.cert_pem))
+            .collect();
+        digest_index(&pems)
+    };
+    let view = wait_for_resolution(state.views(), &params, state.closing(), digest).await;
+    let index = digest(&view);
+    let listed = roots_in(&view);
+    let own = listed.first().map(|(_, r)| *r).ok_or_else(no_ca)?;
     let active = cert_info(&own.cert_pem)
         .map_err(|e| ApiError::internal(format!("this DC's mesh CA: {e}")))?;
-    let mut roots: Vec<RootJson> = root_json(view.datacenter(), own, true)
-        .into_iter()
+    let roots: Vec<RootJson> = listed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (dc, root))| root_json(dc, root, i == 0))
         .collect();
-    for r in view.remotes() {
-        if let Some(root) = r
-            .state
-            .mesh_root()
-            .filter(|root| root.trust_domain == own.trust_domain)
-            && let Some(j) = root_json(&r.name, root, false)
-        {
-            roots.push(j);
-        }
-    }
+    let index_header = (
+        axum::http::HeaderName::from_static("x-consul-index"),
+        axum::http::HeaderValue::from(index),
+    );
     if pem {
         let bundle: String = roots.iter().map(|r| r.root_cert.as_str()).collect();
         return Ok((
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/pem-certificate-chain",
-            )],
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/pem-certificate-chain"),
+                ),
+                index_header,
+            ],
             bundle,
         )
             .into_response());
     }
-    Ok(Json(json!({
-        "ActiveRootID": active.id,
-        "TrustDomain": own.trust_domain,
-        "Roots": roots,
-    }))
-    .into_response())
+    Ok((
+        [index_header],
+        Json(json!({
+            "ActiveRootID": active.id,
+            "TrustDomain": own.trust_domain,
+            "Roots": roots,
+        })),
+    )
+        .into_response())
 }
 
 /// The most leaves one agent keeps (one per service asked for); beyond, the oldest are dropped.

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use meridian_catalog::Command;
 use meridian_federation::now_ms;
 use meridian_topology::DcState;
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::acl::rfc3339;
-use super::blocking::ReadParams;
+use super::blocking::{ReadParams, digest_index, wait_for_resolution};
 use super::body::read_body;
 use super::catalog::Pairs;
 use super::register::decode_fields;
@@ -316,11 +318,13 @@ pub(super) async fn list(
 }
 
 /// `GET /v1/connect/intentions/match?by=source|destination&name=`: for each `name` (it may be
-/// repeated), the intentions that apply to it, in evaluation order.
+/// repeated), the intentions that apply to it, in evaluation order. A blocking query (`?index=`)
+/// waits until that answer (or `[mesh] default_intention`) changes: how a sidecar learns at once
+/// that its decisions may have changed.
 pub(super) async fn match_by(
     State(state): State<ApiState>,
     Query(q): Pairs,
-) -> Result<Json<BTreeMap<String, Vec<IntentionJson>>>, ApiError> {
+) -> Result<Response, ApiError> {
     check_dc(&state, &q)?;
     let by_source = match param(&q, "by") {
         Some("source") => true,
@@ -341,19 +345,37 @@ pub(super) async fn match_by(
             "required query parameter name is missing",
         ));
     }
-    let all = state.intentions();
-    Ok(Json(
-        names
-            .into_iter()
+    let params = ReadParams::parse(&q)?;
+    let answer = || {
+        let all = state.intentions();
+        let body: BTreeMap<String, Vec<IntentionJson>> = names
+            .iter()
             .map(|n| {
                 let matched = all.matching_name(by_source, n);
                 (
-                    n.to_owned(),
+                    (*n).to_owned(),
                     matched.into_iter().map(IntentionJson::of).collect(),
                 )
             })
-            .collect(),
-    ))
+            .collect();
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let index = digest_index(&(json.as_slice(), state.default_intention().name()));
+        (json, index)
+    };
+    // The answer is a function of the view: wait for a view whose answer differs.
+    let _ = wait_for_resolution(state.views(), &params, state.closing(), |_| answer().1).await;
+    let (json, index) = answer();
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                HeaderName::from_static("x-consul-index"),
+                HeaderValue::from(index),
+            ),
+        ],
+        json,
+    )
+        .into_response())
 }
 
 /// `GET /v1/connect/intentions/check?source=&destination=`: `{"Allowed": …}` by the intention of

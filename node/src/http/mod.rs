@@ -673,9 +673,12 @@ async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
             if let Some(why) = unsupported_param(&k, &v) {
                 return ApiError::bad_request(format!("?{k}: {why}")).into_response();
             }
-            if k == "failover" && !path.starts_with("/v1/health/service/") {
+            if k == "failover"
+                && !path.starts_with("/v1/health/service/")
+                && !path.starts_with("/v1/health/connect/")
+            {
                 return ApiError::bad_request(
-                    "?failover is supported on /v1/health/service/:name only",
+                    "?failover is supported on /v1/health/service/:name and /v1/health/connect/:name only",
                 )
                 .into_response();
             }
@@ -698,8 +701,10 @@ fn is_listing(path: &str, key: &str) -> bool {
         "/v1/catalog/services",
         "/v1/catalog/nodes",
     ];
-    const PREFIXES: [&str; 6] = [
+    const PREFIXES: [&str; 8] = [
         "/v1/catalog/service/",
+        "/v1/catalog/connect/",
+        "/v1/health/connect/",
         "/v1/catalog/node-services/",
         "/v1/health/service/",
         "/v1/health/node/",

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{machine, today};
 
 /// The benchmarks, in the order they run.
-const BENCHES: [&str; 9] = [
+const BENCHES: [&str; 10] = [
     "catalog",
     "membership",
     "backup",
@@ -23,6 +23,7 @@ const BENCHES: [&str; 9] = [
     "dns",
     "federation",
     "gateway",
+    "mesh",
     "wan",
     "failover",
 ];

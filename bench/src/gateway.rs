@@ -176,20 +176,20 @@ impl Test {
 
 /// What wrk's `done` hook printed (times in microseconds).
 #[derive(Deserialize, Serialize, Clone, Default)]
-struct WrkOut {
-    requests: u64,
-    duration_us: u64,
-    bytes: u64,
-    connect: u64,
-    read: u64,
-    write: u64,
-    status: u64,
-    timeout: u64,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    max_us: f64,
-    mean_us: f64,
+pub(crate) struct WrkOut {
+    pub requests: u64,
+    pub duration_us: u64,
+    pub bytes: u64,
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub status: u64,
+    pub timeout: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
 }
 
 /// One wrk run against one path.
@@ -394,14 +394,14 @@ async fn kill_on_signal() {
 
 /// A process started by the benchmark (the kit's [`Proc`], killed when dropped), listed in
 /// [`LIVE`] while it lives so that an interrupt kills it too.
-struct Tracked {
-    proc: Proc,
+pub(crate) struct Tracked {
+    pub proc: Proc,
     pid: u32,
 }
 
 impl Tracked {
     /// Starts `program args…` on `core` (see [`procs::start`]), output into `log`, and tracks it.
-    fn start(
+    pub(crate) fn start(
         name: &str,
         core: Option<usize>,
         program: &Path,
@@ -415,11 +415,11 @@ impl Tracked {
         Ok(Tracked { proc, pid })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
-    fn check_running(&mut self) -> Result<()> {
+    pub(crate) fn check_running(&mut self) -> Result<()> {
         procs::check_running(&mut self.proc)
     }
 }
@@ -483,7 +483,7 @@ fn ensure_tools() -> Result<Tools> {
 }
 
 /// `-p prefix -c conf`: an nginx of its own.
-fn nginx_args(prefix: &Path, conf: &Path) -> Result<Vec<String>> {
+pub(crate) fn nginx_args(prefix: &Path, conf: &Path) -> Result<Vec<String>> {
     Ok(vec![
         "-p".to_owned(),
         prefix.to_str().context("a UTF-8 path")?.to_owned(),
@@ -500,7 +500,7 @@ fn certificate(openssl: &Path, dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Writes `bytes` of pseudo-random data (TLS would hide any pattern anyway).
-fn big_file(path: &Path, bytes: u64) -> Result<()> {
+pub(crate) fn big_file(path: &Path, bytes: u64) -> Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut chunk = vec![0u8; 1 << 20];
@@ -520,7 +520,7 @@ fn big_file(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-fn nginx_common(prefix: &Path) -> String {
+pub(crate) fn nginx_common(prefix: &Path) -> String {
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
          error_log {p}/error.log warn;\nevents {{ worker_connections 4096; }}\n",
@@ -769,7 +769,7 @@ fn curl_get(curl: &Path, port: u16, cert: &Path, name: &str, path: &str) -> Resu
 }
 
 /// User + system CPU seconds of a process (all its threads); an error once it is gone.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     meridian_testkit::meter::cpu_seconds(pid).with_context(|| format!("process {pid} is gone"))
 }
 
@@ -838,7 +838,7 @@ fn thread_names(pid: u32) -> String {
 }
 
 /// wrk's Lua hook: optional think time, and the summary as one JSON line.
-fn wrk_script(think_ms: u64) -> String {
+pub(crate) fn wrk_script(think_ms: u64) -> String {
     let delay = if think_ms > 0 {
         format!("function delay() return {think_ms} end\n")
     } else {

@@ -19,6 +19,10 @@
 //! and measures from dc3 how long DNS answers and gateway connections keep going to dc1 and how
 //! long they take to come back (see [`failover`]).
 //!
+//! `mesh` runs Meridian's sidecars (`meridian connect proxy`) beside a stunnel pair and direct,
+//! sidecar to sidecar with mutual TLS: connections/s, requests/s, bulk, added latency and CPU
+//! (see [`mesh`]).
+//!
 //! `wan` times a new client connection's first response byte from dc2 to a service in dc1 over
 //! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
 //! (Consul's way) and directly (see [`wan`]).
@@ -35,6 +39,7 @@ mod failover;
 mod federation;
 mod gateway;
 mod membership;
+mod mesh;
 mod procs;
 mod profile;
 mod tokens;
@@ -184,6 +189,31 @@ enum What {
         #[arg(long, value_enum, value_delimiter = ',')]
         layouts: Vec<gateway::Layout>,
     },
+    /// Sidecar to sidecar with mutual TLS: Meridian's `connect proxy` pair beside a stunnel pair
+    /// and direct: new connections/s, keep-alive requests/s, bulk MB/s, added latency, CPU.
+    Mesh {
+        /// Seconds per throughput run (default 8, quick 2).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seconds per latency run (default 5, quick 2).
+        #[arg(long)]
+        latency_seconds: Option<u64>,
+        /// Repetitions, the order of the routes rotating (default 3, quick 1).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Size of the bulk file in MiB.
+        #[arg(long, default_value_t = 64)]
+        file_mib: usize,
+        /// wrk connections for new connections per second (`Connection: close`).
+        #[arg(long, default_value_t = 32)]
+        close_connections: usize,
+        /// wrk connections for keep-alive requests per second.
+        #[arg(long, default_value_t = 64)]
+        keepalive_connections: usize,
+        /// wrk connections for the bulk transfer.
+        #[arg(long, default_value_t = 4)]
+        bulk_connections: usize,
+    },
     /// Save and restore times of `/v1/snapshot` on a 3-node DC.
     Backup {
         /// Catalog sizes, in instances (default 10,000 and 20,000; quick 2,000).
@@ -319,6 +349,7 @@ impl What {
             What::Dns { .. } => "dns",
             What::Federation { .. } => "federation",
             What::Gateway { .. } => "gateway",
+            What::Mesh { .. } => "mesh",
             What::Failover { .. } => "failover",
             What::Membership { .. } => "membership",
             What::Backup { .. } => "backup",
@@ -332,6 +363,26 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
     let bin = bin.to_owned();
     match cli.what {
         What::All => all::run(&bin, cli.quick, cli.profile, &cli.out)?,
+        What::Mesh {
+            seconds,
+            latency_seconds,
+            reps,
+            file_mib,
+            close_connections,
+            keepalive_connections,
+            bulk_connections,
+        } => {
+            let opt = mesh::Options {
+                seconds: seconds.unwrap_or(if cli.quick { 2 } else { 8 }),
+                latency_seconds: latency_seconds.unwrap_or(if cli.quick { 2 } else { 5 }),
+                reps: reps.unwrap_or(if cli.quick { 1 } else { 3 }),
+                file_mib,
+                close_connections,
+                keepalive_connections,
+                bulk_connections,
+            };
+            mesh::run(&bin, cli.quick, &cli.out, opt).await?;
+        }
         What::Catalog {
             clients,
             count,

@@ -20,7 +20,7 @@ use crate::harness::{Agent, Ports, eventually};
 
 const TRUST_DOMAIN: &str = "7b3a9f2e.consul";
 
-async fn leaf(agent: &Agent, service: &str) -> Result<(PemPair, Value)> {
+pub(crate) async fn leaf(agent: &Agent, service: &str) -> Result<(PemPair, Value)> {
     let v = agent
         .get_json(&format!("/v1/agent/connect/ca/leaf/{service}"))
         .await?;
@@ -40,7 +40,7 @@ async fn leaf(agent: &Agent, service: &str) -> Result<(PemPair, Value)> {
 }
 
 /// The trust bundle from `agent`'s `/v1/connect/ca/roots`.
-async fn bundle(agent: &Agent) -> Result<Arc<TrustBundle>> {
+pub(crate) async fn bundle(agent: &Agent) -> Result<Arc<TrustBundle>> {
     let v = agent.get_json("/v1/connect/ca/roots").await?;
     let roots: Vec<(String, String)> = v["Roots"]
         .as_array()

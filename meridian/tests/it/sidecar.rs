@@ -158,33 +158,6 @@ async fn call_with(at: SocketAddr, trust: &Arc<TrustBundle>, leaf: &PemPair) -> 
     Ok(matches!(read, Ok(Ok(1))))
 }
 
-async fn leaf_of(agent: &Agent, service: &str) -> Result<PemPair> {
-    let v = agent
-        .get_json(&format!("/v1/agent/connect/ca/leaf/{service}"))
-        .await?;
-    let pem = |k: &str| -> Result<String> { Ok(v[k].as_str().context("PEM")?.to_owned()) };
-    Ok(PemPair {
-        cert_pem: pem("CertPEM")?,
-        key_pem: pem("PrivateKeyPEM")?,
-    })
-}
-
-async fn bundle_of(agent: &Agent) -> Result<Arc<TrustBundle>> {
-    let v = agent.get_json("/v1/connect/ca/roots").await?;
-    let roots: Vec<(String, String)> = v["Roots"]
-        .as_array()
-        .context("Roots")?
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r["Datacenter"].as_str()?.to_owned(),
-                r["RootCert"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
-    Ok(Arc::new(TrustBundle::new(TRUST_DOMAIN, &roots)?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -378,7 +351,7 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
         .spawn()?;
     let out = tokio::task::spawn_blocking(move || plain.wait_with_output()).await??;
     ensure!(!String::from_utf8_lossy(&out.stdout).contains("hello"));
-    let trust = bundle_of(&dc1).await?;
+    let trust = crate::mesh::bundle(&dc1).await?;
     let foreign_ca = create_mesh_ca(TRUST_DOMAIN, "dc2")?;
     let forged = issue_leaf(
         &foreign_ca,
@@ -390,7 +363,7 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
         !call_with(web_in, &trust, &forged).await?,
         "a foreign CA's leaf was let in"
     );
-    let expired = leaf_of(&dc2, "api").await?;
+    let expired = crate::mesh::leaf(&dc2, "api").await?.0;
     ensure!(
         call_with(web_in, &trust, &expired).await?,
         "api's own fresh leaf was refused"
@@ -401,7 +374,7 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
         !call_with(web_in, &trust, &expired).await?,
         "an expired leaf was let in"
     );
-    let db = leaf_of(&dc2, "db").await?;
+    let db = crate::mesh::leaf(&dc2, "db").await?.0;
     let denied_before = web
         .metric("meridian_mesh_authorizations_total{decision=\"deny\"}")
         .await?;

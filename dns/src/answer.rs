@@ -126,6 +126,17 @@ pub fn answer(
             qtype,
             max_groups,
         ),
+        // Consul's `.connect` names: the service's sidecars, failing over as the service does.
+        Ok(NameQuery::Connect { service, dc }) => b.service(
+            &ServiceQuery {
+                connect: true,
+                only_passing: s.only_passing,
+                ..ServiceQuery::new(service, dc)
+            },
+            None,
+            qtype,
+            max_groups,
+        ),
         Ok(NameQuery::Node { node, dc }) => b.node(node, dc, qtype),
         Ok(NameQuery::Addr { ip, dc }) => b.addr(ip, dc, qtype),
         Ok(NameQuery::Query { name, dc }) => b.prepared(name, dc, qtype, max_groups),

@@ -237,6 +237,54 @@ fn assert_extras_in_step(m: &Message) {
 }
 
 #[test]
+fn connect_names_answer_the_sidecars() {
+    let mut v = view();
+    let mut s = v.local().clone();
+    let mut proxy = inst("web-sidecar-proxy", "web-proxy", "n2", "", 21000);
+    proxy.proxy = Some(Arc::new(meridian_topology::Proxy {
+        destination_service: "web".into(),
+        ..Default::default()
+    }));
+    s.register(proxy, vec![], 9);
+    v = View::new("dc1", s);
+    let h = handler_with(settings(), v);
+    let m = ask_with(
+        &h,
+        "web.connect.consul.",
+        RecordType::SRV,
+        Some(1232),
+        Protocol::Udp,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(srv_targets(&m), ["1 1 21000 n2.node.dc1.consul."]);
+    let m = ask_with(
+        &h,
+        "web.connect.dc1.consul.",
+        RecordType::A,
+        Some(1232),
+        Protocol::Udp,
+    );
+    assert_eq!(addrs(&m.answers), ["web.connect.dc1.consul. 10.0.0.2"]);
+    // A service without a sidecar has no mesh endpoint; `.service` still answers its instances.
+    let m = ask_with(
+        &h,
+        "db.connect.consul.",
+        RecordType::SRV,
+        Some(1232),
+        Protocol::Udp,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let m = ask_with(
+        &h,
+        "web.service.consul.",
+        RecordType::SRV,
+        Some(1232),
+        Protocol::Udp,
+    );
+    assert_eq!(srv_targets(&m).len(), 3);
+}
+
+#[test]
 fn srv_answers_as_consul_builds_them() {
     let m = ask("web.service.consul.", RecordType::SRV);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);

@@ -2,8 +2,10 @@
 //! real TLS in dc1 and dc2 (backends with a certificate from a demo CA), `api` in dc1 and `db` in
 //! dc2 with HTTP and TTL checks; dc3 has no services of its own and fails over, dc1 first. The
 //! demo shows each DC's DNS answer, a connection through dc3's gateway that checks the backend's
-//! certificate end to end, then runs `meridian drill dc-down` against dc1 and prints its report,
-//! and serves until Ctrl-C (or `--exit-after`).
+//! certificate end to end, the mesh path (api's sidecar in dc3 calls web's in dc1 through both
+//! gateways; an intention written in dc1 stops it in dc3 and another restores it, each timed),
+//! then runs `meridian drill dc-down` against dc1 and prints its report, and serves until Ctrl-C
+//! (or `--exit-after`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +27,7 @@ use clap::Args;
 use meridian_client::api::{ApiClient, HealthEntry, worst};
 use meridian_node::agent::{Agent, dev_data_dir, shutdown_signal};
 use meridian_node::config::Config;
+use meridian_sidecar::{Sidecar, SidecarConfig, UpstreamSpec};
 
 use crate::args::NodeArgs;
 
@@ -51,6 +54,8 @@ const DB_TTL: Duration = Duration::from_secs(15);
 const DCS: [&str; 3] = ["dc1", "dc2", "dc3"];
 /// The name the TLS backends hold a certificate for, and clients send as SNI.
 const WEB: &str = "web.service.consul";
+/// The demo mesh's trust domain.
+const TRUST_DOMAIN: &str = "6d656d6f.consul";
 /// How long the demo's drill keeps dc1 drained.
 const DRILL_FOR: Duration = Duration::from_secs(5);
 
@@ -133,6 +138,8 @@ async fn start_dc(
         });
     }
     let mut cfg = Config::dev(&ov);
+    // One mesh across the three DCs: each DC's leader makes its own mesh CA.
+    cfg.gateway.trust_domain = Some(TRUST_DOMAIN.to_owned());
     if dc == "dc3" {
         // dc3 has no `web` of its own: it prefers dc1, then dc2, so the drill has work to do.
         cfg.failover.nearest_n = 0;
@@ -254,6 +261,8 @@ async fn demo(
         Err(e) => println!("  dc1 gateway {gw1}, SNI `{named}` -> failed: {e:#}"),
     }
 
+    let (web_sidecar, api_sidecar, upstream) = mesh(agents, &clients, tasks).await?;
+
     println!(
         "\nDrill: dc1 drained for {}s while every other DC resolves and connects every 100 ms.\n",
         DRILL_FOR.as_secs()
@@ -276,7 +285,7 @@ async fn demo(
     if code != std::process::ExitCode::SUCCESS {
         bail!("the drill could not run");
     }
-    print_banner(agents, ca_file, exit_after);
+    print_banner(agents, ca_file, upstream, exit_after);
 
     match exit_after {
         Some(secs) => {
@@ -288,7 +297,126 @@ async fn demo(
         None => shutdown_signal().await,
     }
     tracing::info!("demo stopping");
+    api_sidecar.shutdown().await;
+    web_sidecar.shutdown().await;
     Ok(())
+}
+
+/// The mesh path: web's sidecar in dc1, api's in dc3 with web as its upstream. An intention
+/// written in dc3 lets api call web (through dc3's and dc1's gateways, mutual TLS end to end);
+/// a deny written in dc1 stops it in dc3, and an allow restores it, each timed.
+async fn mesh(
+    agents: &[Agent],
+    clients: &[ApiClient],
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<(Sidecar, Sidecar, SocketAddr)> {
+    // Every DC's root known in dc1 and dc3 first: each sidecar trusts all three.
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    for c in [&clients[0], &clients[2]] {
+        loop {
+            let roots: serde_json::Value = c.get("/v1/connect/ca/roots").await.unwrap_or_default();
+            if roots["Roots"]
+                .as_array()
+                .is_some_and(|r| r.len() == DCS.len())
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the mesh CAs were not known everywhere within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let web_app = backend(tasks, "web, through the mesh").await?;
+    let api_app = backend(tasks, "api").await?;
+    let web = Sidecar::start(SidecarConfig::new(
+        "web",
+        any,
+        web_app,
+        &agents[0].http_addr().to_string(),
+    ))
+    .await
+    .context("starting web's sidecar in dc1")?;
+    let mut config = SidecarConfig::new("api", any, api_app, &agents[2].http_addr().to_string());
+    config.upstreams = vec![UpstreamSpec {
+        service: "web".to_owned(),
+        datacenter: None,
+        bind: any,
+    }];
+    let api = Sidecar::start(config)
+        .await
+        .context("starting api's sidecar in dc3")?;
+    let upstream = api.upstreams[0];
+    let intention =
+        |action: &str| Some(serde_json::to_vec(&json!({ "Action": action })).unwrap_or_default());
+    const PAIR: &str = "/v1/connect/intentions/exact?source=api&destination=web";
+
+    println!(
+        "\nThe mesh: api in dc3 calls web in dc1 through its sidecar ({upstream}), across dc3's and dc1's gateways, mutual TLS end to end:"
+    );
+    clients[2].put(PAIR, intention("allow")).await?;
+    let first = until(READY_TIMEOUT, Duration::from_millis(100), upstream, true).await?;
+    println!("  intention api -> web allow (written in dc3); api's call -> {first}");
+    let started = tokio::time::Instant::now();
+    clients[0].put(PAIR, intention("deny")).await?;
+    until(READY_TIMEOUT, Duration::from_millis(5), upstream, false).await?;
+    println!(
+        "  intention api -> web deny written in dc1: api's calls refused in dc3 {} ms after the write",
+        started.elapsed().as_millis()
+    );
+    let started = tokio::time::Instant::now();
+    clients[0].put(PAIR, intention("allow")).await?;
+    until(READY_TIMEOUT, Duration::from_millis(5), upstream, true).await?;
+    println!(
+        "  intention api -> web allow written in dc1: calls pass again {} ms after the write",
+        started.elapsed().as_millis()
+    );
+    Ok((web, api, upstream))
+}
+
+/// Calls `upstream` every `every` until the call succeeds (`pass`) or fails (not `pass`), at most
+/// `limit`: the body of the last call.
+async fn until(
+    limit: Duration,
+    every: Duration,
+    upstream: SocketAddr,
+    pass: bool,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = http_get(upstream).await;
+        if got.is_ok() == pass {
+            return Ok(got.unwrap_or_default());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the mesh call through {upstream} did not {} within {limit:?}: {got:?}",
+                if pass { "pass" } else { "fail" }
+            );
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `GET /` over plain HTTP (the application's side of a sidecar): the body's first line.
+async fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
+    let call = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").await?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .context("timed out")??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP answer")?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        bail!("answer: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.lines().next().unwrap_or_default().to_owned())
 }
 
 fn gateway_of(agent: &Agent) -> anyhow::Result<SocketAddr> {
@@ -499,7 +627,7 @@ async fn wait_until_passing(
     }
 }
 
-fn print_banner(agents: &[Agent], ca_file: &Path, exit_after: Option<u64>) {
+fn print_banner(agents: &[Agent], ca_file: &Path, upstream: SocketAddr, exit_after: Option<u64>) {
     let exe = std::env::current_exe()
         .ok()
         .map_or_else(|| "meridian".to_owned(), |p| p.display().to_string());
@@ -531,6 +659,8 @@ fn print_banner(agents: &[Agent], ca_file: &Path, exit_after: Option<u64>) {
          \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\
          \n  curl --cacert {ca} --resolve web.service.consul:{gw_port}:{gw_ip} https://web.service.consul:{gw_port}/\
          \n  curl -s -X PUT http://{h1}/v1/operator/drain     # then ask dc3 again; DELETE undrains\
+         \n  curl -s http://{upstream}/      # api's sidecar in dc3 -> web in dc1, through the mesh\
+         \n  curl -s -X PUT 'http://{h1}/v1/connect/intentions/exact?source=api&destination=web' -d '{{\"Action\": \"deny\"}}'\
          \n  {exe} drill dc-down --dc dc1 --for 10s --service web --ca {ca} {https}\
          \n  {exe} services list --http-addr {h3}\n\
          \n{stop}",

@@ -182,6 +182,14 @@ pub enum NameQuery<'a> {
         /// Explicit datacenter.
         dc: Option<&'a str>,
     },
+    /// A service's mesh endpoints (its `connect-proxy` sidecars), `<service>.connect[.<dc>]`,
+    /// in a DC or by policy.
+    Connect {
+        /// Service name.
+        service: &'a str,
+        /// Explicit datacenter; `None` means "resolve by policy".
+        dc: Option<&'a str>,
+    },
     /// A named (prepared) query.
     Query {
         /// Query name.
@@ -274,7 +282,7 @@ pub fn parse_query_name(rest: &str) -> Result<NameQuery<'_>, QueryNameError> {
     }
 
     // <...>.<kind>[.<dc>]: find the kind keyword in the last or second-to-last place.
-    let kinds = ["service", "node", "addr", "query"];
+    let kinds = ["service", "connect", "node", "addr", "query"];
     let (kind_at, dc) = if kinds.iter().any(|k| is(l[n - 1], k)) {
         (n - 1, None)
     } else if n >= 2 && kinds.iter().any(|k| is(l[n - 2], k)) {
@@ -296,6 +304,11 @@ pub fn parse_query_name(rest: &str) -> Result<NameQuery<'_>, QueryNameError> {
                 tag: Some(tag),
                 dc,
             }),
+            _ => Err(QueryNameError::Unknown),
+        }
+    } else if is(kind, "connect") {
+        match before {
+            [service] => Ok(NameQuery::Connect { service, dc }),
             _ => Err(QueryNameError::Unknown),
         }
     } else if is(kind, "node") {
@@ -471,6 +484,29 @@ mod tests {
         ] {
             assert!(!is_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn connect_names() {
+        assert_eq!(
+            parse_query_name("web.connect"),
+            Ok(NameQuery::Connect {
+                service: "web",
+                dc: None
+            })
+        );
+        assert_eq!(
+            parse_query_name("web.CONNECT.dc2"),
+            Ok(NameQuery::Connect {
+                service: "web",
+                dc: Some("dc2")
+            })
+        );
+        // No tag form, as in Consul.
+        assert_eq!(
+            parse_query_name("v1.web.connect"),
+            Err(QueryNameError::Unknown)
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use hickory_net::proto::rr::{Name, RData, RecordType};
 use meridian_protos::federation as pb;
 use meridian_testkit::meter::{Meter, ProcessUsage, mib, status_kib};
 use meridian_testkit::wait::leader_known;
-use meridian_testkit::{Agent, Ports};
+use meridian_testkit::{Agent, Ports, Proc, free_port};
 use prost::Message as _;
 use serde::Serialize;
 use serde_json::Value;
@@ -70,6 +70,8 @@ pub struct Options {
 
 /// Raft entries are batched, DNS polls are this far apart.
 const POLL: Duration = Duration::from_millis(1);
+/// The mesh's trust domain in the benchmark.
+const TRUST_DOMAIN: &str = "fede4a11.consul";
 /// A registration not seen in a replica's DNS after this long counts as a timeout.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Spacing of the steady-state changes.
@@ -529,6 +531,9 @@ fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>
         .into();
     args.push("--data-dir".to_owned());
     args.push(dir.join(dc).to_str().context("a UTF-8 path")?.to_owned());
+    // One mesh: each DC's leader makes its mesh CA (the sidecar phase needs dc2's).
+    args.push("--trust-domain".to_owned());
+    args.push(TRUST_DOMAIN.to_owned());
     args.extend(ports.args());
     if let Some(j) = join {
         args.push("--join-wan".to_owned());
@@ -544,6 +549,150 @@ fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>
         ports,
         None,
     )
+}
+
+/// An echo server on loopback: the application behind web's sidecar.
+async fn echo_app() -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// One call through api's sidecar: whether a byte came back (web's sidecar let it through).
+async fn mesh_call(upstream: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let call = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        let n = s.read(&mut b).await?;
+        anyhow::Ok(n == 1)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), call).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Phase 5c: sidecars for web and api in dc2 (`meridian connect proxy`), the intention api →
+/// web written in dc1, deny and allow in turn, `rounds` times; each write's acknowledgement to
+/// the first call through api's sidecar that web's sidecar treats by it (calls every 1 ms).
+async fn sidecar_enforcement(
+    bin: &Path,
+    dir: &Path,
+    http: &reqwest::Client,
+    dc1: &Agent,
+    dc2: &Agent,
+    rounds: usize,
+    wan_delay_ms: u64,
+) -> Result<Enforcement> {
+    eprintln!(
+        "federation: sidecars: {rounds} intentions written in dc1, each awaited at web's sidecar in dc2"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(dc2.url("/v1/connect/ca/roots"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        ensure!(Instant::now() < deadline, "dc2 has no mesh CA within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let app = echo_app().await?;
+    let (web_in, upstream) = (free_port(), free_port());
+    let agent = format!("127.0.0.1:{}", dc2.ports.http);
+    let sidecar = |name: &str, extra: Vec<String>| -> Result<Proc> {
+        let mut args: Vec<String> = ["connect", "proxy", "--http-addr", &agent, "--service", name]
+            .map(str::to_owned)
+            .into();
+        args.extend(extra);
+        procs::start(
+            &format!("sidecar {name}"),
+            None,
+            bin,
+            args,
+            &[("RUST_LOG", "warn")],
+            &dir.join(format!("sidecar-{name}.log")),
+        )
+    };
+    let _web = sidecar(
+        "web",
+        vec![
+            "--local".into(),
+            format!("127.0.0.1:{app}"),
+            "--listen".into(),
+            format!("127.0.0.1:{web_in}"),
+        ],
+    )?;
+    let _api = sidecar(
+        "api",
+        vec![
+            "--local".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--upstream".into(),
+            format!("web@dc2:{upstream}"),
+        ],
+    )?;
+    let write = |action: &'static str| async move {
+        let t = Instant::now();
+        let r = http
+            .put(dc1.url("/v1/connect/intentions/exact?source=api&destination=web"))
+            .body(format!(r#"{{"Action": "{action}"}}"#))
+            .send()
+            .await?;
+        ensure!(r.status().is_success(), "intention write: {}", r.status());
+        anyhow::Ok(t.elapsed())
+    };
+    // The first allow: the sidecars registered, web's endpoints known in dc2, calls passing.
+    write("allow").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mesh_call(upstream).await {
+        ensure!(
+            Instant::now() < deadline,
+            "no call through the sidecars within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut deny, mut allow) = (Vec::new(), Vec::new());
+    let (mut deny_timeouts, mut allow_timeouts) = (0, 0);
+    for i in 0..rounds {
+        let to_deny = i % 2 == 0;
+        write(if to_deny { "deny" } else { "allow" }).await?;
+        let acked = Instant::now();
+        let mut seen = None;
+        while acked.elapsed() < CONVERGE_TIMEOUT {
+            if mesh_call(upstream).await != to_deny {
+                seen = Some(ms(acked.elapsed()));
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        match (to_deny, seen) {
+            (true, Some(v)) => deny.push(v),
+            (false, Some(v)) => allow.push(v),
+            (true, None) => deny_timeouts += 1,
+            (false, None) => allow_timeouts += 1,
+        }
+    }
+    Ok(Enforcement {
+        attempted: rounds,
+        deny: dist(deny),
+        allow: dist(allow),
+        deny_timeouts,
+        allow_timeouts,
+        target_p99_ms: wan_delay_ms as f64 + 50.0,
+    })
 }
 
 /// The agent's process id; 0 once it has been killed, which `/proc` reads as gone.
@@ -830,6 +979,19 @@ struct IntentionConvergence {
     target_p99_ms: f64,
 }
 
+/// Intentions enforced by sidecars in dc2: the pair api → web written in dc1, deny and allow in
+/// turn; from each write's acknowledgement to the first connection through api's sidecar that
+/// web's sidecar (both in dc2) treats by it.
+#[derive(Serialize)]
+struct Enforcement {
+    attempted: usize,
+    deny: Dist,
+    allow: Dist,
+    deny_timeouts: usize,
+    allow_timeouts: usize,
+    target_p99_ms: f64,
+}
+
 #[derive(Serialize)]
 struct Steady {
     changes: usize,
@@ -909,6 +1071,7 @@ struct Report {
     initial_sync: Vec<SyncRun>,
     convergence: Convergence,
     intentions: IntentionConvergence,
+    enforcement: Enforcement,
     steady_state: Steady,
     processes: Vec<Process>,
     memory: Memory,
@@ -1748,6 +1911,11 @@ async fn phases(
     };
     mark("intentions", &pids);
 
+    // 5c. The same through sidecars: web's and api's in dc2, api → web written in dc1.
+    let enforcement =
+        sidecar_enforcement(bin, dir, &http, &dc1, &dc2, rounds, opt.wan_delay_ms).await?;
+    mark("enforcement", &pids);
+
     // 6. Steady state: single changes, spaced.
     let s0 = received(&http, &dc2, "dc1").await?;
     let ip0 = fw
@@ -1883,6 +2051,14 @@ async fn phases(
             target,
         ),
         replica_target(
+            "intention enforced by web's sidecar in dc2",
+            [
+                ("deny", &enforcement.deny, enforcement.deny_timeouts),
+                ("allow", &enforcement.allow, enforcement.allow_timeouts),
+            ],
+            enforcement.target_p99_ms,
+        ),
+        replica_target(
             "intention in force",
             [
                 ("dc2", &intentions.dc2, intentions.dc2_timeouts),
@@ -1937,6 +2113,7 @@ async fn phases(
         initial_sync: syncs.into(),
         convergence,
         intentions,
+        enforcement,
         steady_state: steady,
         processes,
         memory,
@@ -2057,6 +2234,23 @@ fn markdown(r: &Report) -> Result<String> {
             ("dc3", &i.dc3, i.dc3_timeouts),
         ],
         i.target_p99_ms,
+    )?;
+    let e = &r.enforcement;
+    writeln!(
+        s,
+        "\nEnforced by sidecars (`meridian connect proxy` for web and for api, both in dc2): the \
+         intention api → web written in dc1, deny and allow in turn, {} writes → the first call \
+         through api's sidecar (every 1 ms) that web's sidecar treats by it:\n",
+        e.attempted
+    )?;
+    replica_table(
+        &mut s,
+        "enforced",
+        [
+            ("deny", &e.deny, e.deny_timeouts),
+            ("allow", &e.allow, e.allow_timeouts),
+        ],
+        e.target_p99_ms,
     )?;
     writeln!(
         s,

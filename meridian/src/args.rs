@@ -55,6 +55,10 @@ pub struct NodeArgs {
     /// no tokens and trusts a CA whose key is public: anyone who reaches it controls it.
     #[arg(long)]
     pub dev_listen_any: bool,
+    /// The service mesh's trust domain (`[gateway] trust_domain`, the same in every DC): the
+    /// DC's leader makes its mesh CA, and the gateway routes Consul's mesh SNI.
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
 }
 
 impl NodeArgs {
@@ -75,6 +79,7 @@ impl NodeArgs {
             gateway_only: self.gateway_only,
             follow: self.follow.clone(),
             dev_listen_any: self.dev_listen_any,
+            trust_domain: self.trust_domain.clone(),
         }
     }
 }

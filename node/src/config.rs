@@ -1174,6 +1174,8 @@ pub struct Overrides {
     pub gateway_port: Option<u16>,
     /// `--dev-listen-any`.
     pub dev_listen_any: bool,
+    /// `--trust-domain` (`[gateway] trust_domain`: the mesh's trust domain).
+    pub trust_domain: Option<String>,
 }
 
 impl Config {
@@ -1265,6 +1267,9 @@ impl Config {
             .extend(ov.follow.iter().cloned());
         self.gateway_only |= ov.gateway_only;
         self.dev_listen_any |= ov.dev_listen_any;
+        if let Some(td) = &ov.trust_domain {
+            self.gateway.trust_domain = Some(td.clone());
+        }
         let ports = &mut self.ports;
         for (slot, value) in [
             (&mut ports.http, ov.http_port),

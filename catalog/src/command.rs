@@ -109,6 +109,20 @@ pub enum Command {
         /// The CA, key included.
         ca: Box<MeshCa>,
     },
+    /// Publishes the DC's next mesh root (`DcState::prepare_mesh_rotation`): trusted everywhere
+    /// from now on, signing nothing until the rotation is activated.
+    PrepareMeshRotation {
+        /// The next CA, key included.
+        next: Box<MeshCa>,
+        /// When it was published (the leader's clock), ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Makes the next mesh root the active one and retires the old one, trusted until
+    /// `retire_until_ms` (`DcState::activate_mesh_rotation`).
+    ActivateMeshRotation {
+        /// When the retired root's last leaf has expired, ms since the Unix epoch.
+        retire_until_ms: u64,
+    },
     /// Removes this DC's token and intention records that can never be in force again
     /// (`meridian_topology::lww::prunable`), each only if it is still the record with that
     /// stamp.
@@ -194,9 +208,10 @@ impl Command {
                     .chain(intentions)
                     .map(|(a, s)| a.len() + s.origin.len() + 16)
                     .sum::<usize>(),
-                Command::SetMeshCa { ca } => {
+                Command::SetMeshCa { ca } | Command::PrepareMeshRotation { next: ca, .. } => {
                     ca.root.cert_pem.len() + ca.key.0.len() + ca.root.trust_domain.len()
                 }
+                Command::ActivateMeshRotation { .. } => FIXED,
                 Command::SetIntention { intention } => {
                     intention.key.len()
                         + intention.record.stamp.origin.len()

@@ -471,6 +471,14 @@ impl StateMachineStore {
                 let taken = state.set_mesh_ca(*ca, index);
                 (taken, taken)
             }
+            Command::PrepareMeshRotation { next, now_ms } => {
+                let taken = state.prepare_mesh_rotation(*next, now_ms, index);
+                (taken, taken)
+            }
+            Command::ActivateMeshRotation { retire_until_ms } => {
+                let taken = state.activate_mesh_rotation(retire_until_ms, index);
+                (taken, taken)
+            }
             Command::SetIntention { intention } => {
                 let taken = state.set_intention(intention, index);
                 (taken, taken)

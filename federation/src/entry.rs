@@ -226,9 +226,14 @@ pub fn entry_key(entry: &pb::Entry) -> Result<Key, &'static str> {
             Ok(Key::intention(&record.key))
         }
         Some(pb::entry::Entry::MeshRoot(r)) => {
+            use meridian_topology::mesh::{MAX_OTHER_ROOTS, MAX_ROOT_PEM};
             if r.trust_domain.is_empty()
                 || r.cert_pem.is_empty()
-                || r.cert_pem.len() > meridian_topology::mesh::MAX_ROOT_PEM
+                || r.cert_pem.len() > MAX_ROOT_PEM
+                || r.others.len() > MAX_OTHER_ROOTS
+                || r.others
+                    .iter()
+                    .any(|o| o.cert_pem.is_empty() || o.cert_pem.len() > MAX_ROOT_PEM)
             {
                 return Err("mesh root entry empty or over its bound");
             }
@@ -294,6 +299,15 @@ pub fn export_entry(
                 trust_domain: r.trust_domain.clone(),
                 cert_pem: r.cert_pem.clone(),
                 created_unix_ms: r.created_unix_ms,
+                others: r
+                    .others
+                    .iter()
+                    .map(|o| pb::MeshOtherRoot {
+                        cert_pem: o.cert_pem.clone(),
+                        since_unix_ms: o.since_unix_ms,
+                        until_unix_ms: o.until_unix_ms,
+                    })
+                    .collect(),
             })),
         }),
     }
@@ -337,6 +351,15 @@ pub fn apply_entry(state: &mut DcState, entry: &pb::Entry) {
                 trust_domain: r.trust_domain.clone(),
                 cert_pem: r.cert_pem.clone(),
                 created_unix_ms: r.created_unix_ms,
+                others: r
+                    .others
+                    .iter()
+                    .map(|o| meridian_topology::mesh::OtherRoot {
+                        cert_pem: o.cert_pem.clone(),
+                        since_unix_ms: o.since_unix_ms,
+                        until_unix_ms: o.until_unix_ms,
+                    })
+                    .collect(),
             }));
         }
         None => {}

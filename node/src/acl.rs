@@ -408,6 +408,7 @@ impl Need {
             // Operators, and writers of the destination (the handler checks which).
             Need::CheckUpdate
         } else if path.starts_with("/v1/operator/")
+            || path == "/v1/connect/ca/configuration"
             || path.starts_with("/v1/query")
             || path == "/v1/agent/maintenance"
             || path == "/v1/agent/reload"

@@ -182,6 +182,7 @@ impl Agent {
         });
         api.set_default_intention(config.mesh.default_intention);
         api.set_leaf_ttl(Duration::from_secs(config.mesh.leaf_ttl_s));
+        api.set_rotation_delay(Duration::from_secs(config.mesh.rotation_activate_s));
         let mut upkeep = vec![tokio::spawn(crate::upkeep::prune(
             api.clone(),
             config.acl.token_prune_interval(),
@@ -248,6 +249,8 @@ impl Agent {
             self.api.set_default_intention(new.mesh.default_intention);
             self.api
                 .set_leaf_ttl(Duration::from_secs(new.mesh.leaf_ttl_s));
+            self.api
+                .set_rotation_delay(Duration::from_secs(new.mesh.rotation_activate_s));
             changed.push("mesh");
         }
         if new.limits != self.config.limits {

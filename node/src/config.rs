@@ -920,6 +920,10 @@ pub struct MeshSection {
     /// How long a leaf certificate is valid, in seconds (default 72 hours, as Consul's); the
     /// agent renews it at two thirds. At least 1 s (tests, demos), at most 30 days.
     pub leaf_ttl_s: u64,
+    /// In a rotation of the DC's mesh CA, how long the next root is published (trusted
+    /// everywhere) before it signs, in seconds: long enough for federation to carry it to every
+    /// DC. At least 1 s, at most a day.
+    pub rotation_activate_s: u64,
 }
 
 impl Default for MeshSection {
@@ -927,6 +931,7 @@ impl Default for MeshSection {
         MeshSection {
             default_intention: meridian_topology::intention::Action::Deny,
             leaf_ttl_s: 72 * 3600,
+            rotation_activate_s: 30,
         }
     }
 }
@@ -937,6 +942,12 @@ impl MeshSection {
             return Err(ConfigError::invalid(
                 "mesh.leaf_ttl_s",
                 "must be between 1 and 2592000 (30 days)",
+            ));
+        }
+        if !(1..=24 * 3600).contains(&self.rotation_activate_s) {
+            return Err(ConfigError::invalid(
+                "mesh.rotation_activate_s",
+                "must be between 1 and 86400 (a day)",
             ));
         }
         Ok(())

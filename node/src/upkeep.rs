@@ -3,7 +3,8 @@
 //! default), the DC's records that can never be in force again (outranked by another DC's later
 //! write, or tombstones past their horizon) are removed through Raft, so a DC's records are
 //! bounded by what is in force and the recent deletes, not by everything ever written. And the
-//! DC's mesh CA, made once by its leader.
+//! DC's mesh CA, made once by its leader, and its rotation: the next root is published first and
+//! signs only after `[mesh] rotation_activate_s`.
 
 use std::time::Duration;
 
@@ -29,12 +30,35 @@ pub async fn ensure_mesh_ca(api: ApiState, trust_domain: String) {
     loop {
         tick.tick().await;
         let catalog = api.catalog();
-        let has = catalog
-            .view()
+        if !catalog.status().is_leader {
+            continue;
+        }
+        let view = catalog.view();
+        let root = view
             .local()
             .mesh_root()
-            .is_some_and(|r| r.trust_domain == trust_domain);
-        if has || !catalog.status().is_leader {
+            .filter(|r| r.trust_domain == trust_domain);
+        if let Some(root) = root {
+            // A rotation under way: its next root signs once published long enough.
+            if let Some(next) = root.next()
+                && now_ms() >= next.since_unix_ms + millis(api.rotation_delay())
+            {
+                // The old root's last leaf ends a leaf lifetime from now (plus the clock skew a
+                // leaf is backdated by).
+                let retire_until_ms = now_ms() + millis(api.leaf_ttl()) + 60_000;
+                match catalog
+                    .write(Command::ActivateMeshRotation { retire_until_ms })
+                    .await
+                {
+                    Ok(o) if o.changed => {
+                        tracing::info!("the next mesh root now signs; the old one is retired")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "activating the next mesh root failed; retrying")
+                    }
+                }
+            }
             continue;
         }
         let pair =
@@ -50,6 +74,7 @@ pub async fn ensure_mesh_ca(api: ApiState, trust_domain: String) {
                 trust_domain: trust_domain.clone(),
                 cert_pem: pair.cert_pem,
                 created_unix_ms: now_ms(),
+                others: Vec::new(),
             },
             key: MeshKey(pair.key_pem),
         };
@@ -59,6 +84,48 @@ pub async fn ensure_mesh_ca(api: ApiState, trust_domain: String) {
             Err(e) => tracing::warn!(error = %e, "storing the mesh CA failed; retrying"),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Publishes a new mesh CA as this DC's next root (`PUT /v1/connect/ca/configuration`): the
+/// upkeep above activates it once `[mesh] rotation_activate_s` has passed. Whether it was taken
+/// (not when a rotation is already under way).
+pub async fn prepare_rotation(api: &ApiState) -> Result<bool, meridian_catalog::CatalogError> {
+    let catalog = api.catalog();
+    let Some(root) = catalog.view().local().mesh_root().cloned() else {
+        return Ok(false);
+    };
+    let pair =
+        match meridian_identity::mesh::create_mesh_ca(&root.trust_domain, catalog.datacenter()) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the next mesh CA");
+                return Ok(false);
+            }
+        };
+    let now = now_ms();
+    let next = MeshCa {
+        root: MeshRoot {
+            trust_domain: root.trust_domain.clone(),
+            cert_pem: pair.cert_pem,
+            created_unix_ms: now,
+            others: Vec::new(),
+        },
+        key: MeshKey(pair.key_pem),
+    };
+    let outcome = catalog
+        .write(Command::PrepareMeshRotation {
+            next: Box::new(next),
+            now_ms: now,
+        })
+        .await?;
+    if outcome.changed {
+        tracing::info!("published the next mesh root; it signs after [mesh] rotation_activate_s");
+    }
+    Ok(outcome.changed)
 }
 
 /// Prunes this DC's token and intention records every `every` while this node leads its DC;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intention::{IntentionMap, IntentionRecord, MAX_INTENTION_RECORDS};
 use crate::lww::Stamp;
-use crate::mesh::{MeshCa, MeshKey, MeshRoot};
+use crate::mesh::{MAX_OTHER_ROOTS, MeshCa, MeshKey, MeshRoot, OtherRoot};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
 use crate::prepared::PreparedQuery;
 use crate::token::{MAX_TOKEN_RECORDS, TokenMap, TokenRecord};
@@ -74,6 +74,8 @@ pub struct DcState {
     mesh_root: Option<Arc<MeshRoot>>,
     /// The DC's mesh CA signing key (never federated; a replica has none).
     mesh_key: Option<Arc<MeshKey>>,
+    /// The key of the next root while a rotation is under way (never federated).
+    mesh_next_key: Option<Arc<MeshKey>>,
     index: u64,
 }
 
@@ -144,6 +146,9 @@ pub struct DcSnapshot {
     /// The DC's mesh CA, key included (absent before the mesh CA existed).
     #[serde(default)]
     pub mesh_ca: Option<MeshCa>,
+    /// The next root's key while a rotation is under way.
+    #[serde(default)]
+    pub mesh_next_key: Option<MeshKey>,
 }
 
 impl DcState {
@@ -575,8 +580,73 @@ impl DcState {
         }
         self.mesh_root = Some(Arc::new(ca.root));
         self.mesh_key = Some(Arc::new(ca.key));
+        self.mesh_next_key = None;
         self.index = index;
         true
+    }
+
+    /// Publishes `next` as the DC's next mesh root (trusted everywhere, signing nothing yet), at
+    /// `now_ms`: only if the DC has a CA of the same trust domain and no rotation is under way.
+    /// Retired roots past their end are dropped, and the oldest ones beyond
+    /// [`MAX_OTHER_ROOTS`]. Returns whether it was taken.
+    pub fn prepare_mesh_rotation(&mut self, next: MeshCa, now_ms: u64, index: u64) -> bool {
+        let Some(root) = self.mesh_root.as_deref() else {
+            return false;
+        };
+        if root.trust_domain != next.root.trust_domain
+            || root.next().is_some()
+            || self.mesh_key.is_none()
+        {
+            return false;
+        }
+        let mut root = root.clone();
+        root.others.retain(|o| o.until_unix_ms > now_ms);
+        root.others
+            .sort_by_key(|o| std::cmp::Reverse(o.until_unix_ms));
+        root.others.truncate(MAX_OTHER_ROOTS - 1);
+        root.others.push(OtherRoot {
+            cert_pem: next.root.cert_pem,
+            since_unix_ms: now_ms,
+            until_unix_ms: 0,
+        });
+        self.mesh_root = Some(Arc::new(root));
+        self.mesh_next_key = Some(Arc::new(next.key));
+        self.changed_at(true, index)
+    }
+
+    /// Makes the next root the active one (it signs from now on) and retires the old one, still
+    /// trusted until `retire_until_ms`. Returns whether a rotation was under way.
+    pub fn activate_mesh_rotation(&mut self, retire_until_ms: u64, index: u64) -> bool {
+        let (Some(root), Some(key)) = (self.mesh_root.as_deref(), self.mesh_next_key.clone())
+        else {
+            return false;
+        };
+        let Some(next) = root.next().cloned() else {
+            return false;
+        };
+        let mut others: Vec<OtherRoot> = root
+            .others
+            .iter()
+            .filter(|o| !o.is_next())
+            .cloned()
+            .collect();
+        others.push(OtherRoot {
+            cert_pem: root.cert_pem.clone(),
+            since_unix_ms: root.created_unix_ms,
+            until_unix_ms: retire_until_ms.max(1),
+        });
+        others.sort_by_key(|o| std::cmp::Reverse(o.until_unix_ms));
+        others.truncate(MAX_OTHER_ROOTS);
+        let active = MeshRoot {
+            trust_domain: root.trust_domain.clone(),
+            cert_pem: next.cert_pem,
+            created_unix_ms: next.since_unix_ms,
+            others,
+        };
+        self.mesh_root = Some(Arc::new(active));
+        self.mesh_key = Some(key);
+        self.mesh_next_key = None;
+        self.changed_at(true, index)
     }
 
     /// Puts the origin's mesh CA root into a replica (`None`: it has none).
@@ -835,6 +905,7 @@ impl DcState {
             tokens: self.tokens.iter().cloned().collect(),
             intentions: self.intentions.iter().cloned().collect(),
             mesh_ca: self.mesh_ca(),
+            mesh_next_key: self.mesh_next_key.as_deref().cloned(),
         }
     }
 
@@ -865,6 +936,7 @@ impl DcState {
             s.mesh_root = Some(Arc::new(ca.root));
             s.mesh_key = Some(Arc::new(ca.key));
         }
+        s.mesh_next_key = snap.mesh_next_key.map(Arc::new);
         s.index = snap.index;
         s
     }
@@ -899,6 +971,58 @@ mod tests {
             })),
             ..inst(node, id, &format!("{destination}-sidecar-proxy"))
         }
+    }
+
+    fn ca(td: &str, cert: &str) -> MeshCa {
+        MeshCa {
+            root: MeshRoot {
+                trust_domain: td.into(),
+                cert_pem: cert.into(),
+                created_unix_ms: 1,
+                others: vec![],
+            },
+            key: MeshKey(format!("key of {cert}")),
+        }
+    }
+
+    #[test]
+    fn a_rotation_publishes_the_next_root_first_then_retires_the_old_one() {
+        let mut s = DcState::default();
+        assert!(
+            !s.prepare_mesh_rotation(ca("td", "B"), 10, 1),
+            "no CA to rotate"
+        );
+        assert!(s.set_mesh_ca(ca("td", "A"), 2));
+        assert!(
+            !s.prepare_mesh_rotation(ca("other", "B"), 10, 3),
+            "another trust domain"
+        );
+        assert!(s.prepare_mesh_rotation(ca("td", "B"), 10, 4));
+        // Published: trusted, but A still signs; a second rotation waits for this one.
+        let root = s.mesh_root().expect("root").clone();
+        assert_eq!(root.trusted(10).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(s.mesh_ca().expect("ca").key.0, "key of A");
+        assert!(!s.prepare_mesh_rotation(ca("td", "C"), 11, 5));
+        // The next key survives a snapshot (a restart or a new server mid-rotation).
+        let mut s = DcState::from_snapshot(s.to_snapshot());
+        assert!(s.activate_mesh_rotation(1_000, 6));
+        let ca_now = s.mesh_ca().expect("ca");
+        assert_eq!(
+            (ca_now.root.cert_pem.as_str(), ca_now.key.0.as_str()),
+            ("B", "key of B")
+        );
+        assert_eq!(ca_now.root.trusted(999).collect::<Vec<_>>(), ["B", "A"]);
+        assert_eq!(
+            ca_now.root.trusted(1_000).collect::<Vec<_>>(),
+            ["B"],
+            "A retired"
+        );
+        assert!(!s.activate_mesh_rotation(2_000, 7), "nothing under way");
+        // The next rotation drops what is past its end.
+        assert!(s.prepare_mesh_rotation(ca("td", "C"), 5_000, 8));
+        let root = s.mesh_root().expect("root");
+        assert_eq!(root.others.len(), 1);
+        assert_eq!(root.trusted(5_000).collect::<Vec<_>>(), ["B", "C"]);
     }
 
     #[test]

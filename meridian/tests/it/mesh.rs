@@ -15,10 +15,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::federation::{all_know, dc_config, make_certs};
-use crate::harness::{Agent, Ports, eventually};
+use crate::harness::{Agent, eventually};
 
-const TRUST_DOMAIN: &str = "7b3a9f2e.consul";
+use crate::sidecar::TRUST_DOMAIN;
 
 pub(crate) async fn leaf(agent: &Agent, service: &str) -> Result<(PemPair, Value)> {
     let v = agent
@@ -77,22 +76,8 @@ async fn authorized(agent: &Agent, target: &str, uri: &str) -> Result<(bool, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_dc_issues_leaves_every_dc_trusts_and_keeps_issuing_alone() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
-    let start = |dc: &str, peers: &[(&str, u16)]| {
-        let mut c = dc_config(dir.path(), &certs, dc, Ports::free(), peers);
-        c.set("gateway", "trust_domain", TRUST_DOMAIN);
-        if dc == "dc1" {
-            // Leaves of 4 s, renewed after 2.7 s: the blocking renewal below.
-            c.set("mesh", "leaf_ttl_s", 4);
-        }
-        Agent::start(dc, &c, dir.path(), &[])
-    };
-    let mut dc1 = start("dc1", &[])?;
-    dc1.wait_ready().await?;
-    let mut dc2 = start("dc2", &[("dc1", dc1.ports.wan)])?;
-    dc2.wait_ready().await?;
-    all_know(&[&dc1, &dc2], 2).await?;
+    // Leaves of 4 s in dc1, renewed after 2.7 s: the blocking renewal below.
+    let (mut dc1, dc2) = crate::sidecar::two_dcs(dir.path(), &[("dc1", "leaf_ttl_s", 4)]).await?;
 
     // Each DC makes its own CA; each lists both roots, its own active.
     for (agent, own) in [(&dc1, "dc1"), (&dc2, "dc2")] {

@@ -23,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::federation::{all_know, dc_config, make_certs};
 use crate::harness::{Agent, BIN, Ports, TEST_TOKEN, eventually, free_port};
 
-const TRUST_DOMAIN: &str = "5d1c0ffe.consul";
+/// The mesh's trust domain in these tests.
+pub(crate) const TRUST_DOMAIN: &str = "5d1c0ffe.consul";
 
 /// The application behind a sidecar: an HTTP `GET` gets `hello from <name>` (for curl); any
 /// other first bytes start an echo, prefixed, until the peer closes.
@@ -158,19 +159,20 @@ async fn call_with(at: SocketAddr, trust: &Arc<TrustBundle>, leaf: &PemPair) -> 
     Ok(matches!(read, Ok(Ok(1))))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
+/// Two federated DCs of one mesh (dc2 joins dc1), `mesh` set in `[mesh]` of each, every root
+/// known everywhere.
+pub(crate) async fn two_dcs(dir: &Path, mesh: &[(&str, &str, i64)]) -> Result<(Agent, Agent)> {
+    let certs = dir.join("certs");
     make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
     let start = |dc: &str, peers: &[(&str, u16)]| {
-        let mut c = dc_config(dir.path(), &certs, dc, Ports::free(), peers);
+        let mut c = dc_config(dir, &certs, dc, Ports::free(), peers);
         c.set("gateway", "trust_domain", TRUST_DOMAIN);
-        if dc == "dc2" {
-            // Leaves of 3 s, renewed every 2 s: api's sidecar renews all through the test.
-            c.set("mesh", "leaf_ttl_s", 3);
+        for (only, key, value) in mesh {
+            if *only == dc {
+                c.set("mesh", key, *value);
+            }
         }
-        Agent::start(dc, &c, dir.path(), &[])
+        Agent::start(dc, &c, dir, &[])
     };
     let mut dc1 = start("dc1", &[])?;
     dc1.wait_ready().await?;
@@ -186,12 +188,21 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
         })
         .await?;
     }
+    Ok((dc1, dc2))
+}
 
+/// web's sidecar in dc1 (mesh connections at the address returned) and api's in dc2, with web
+/// as its upstream at the address returned.
+async fn web_and_api(
+    dir: &Path,
+    dc1: &Agent,
+    dc2: &Agent,
+) -> Result<(Sidecar, SocketAddr, SocketAddr, Sidecar, SocketAddr)> {
     let web_app = app("web").await?;
     let web_in = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let web = Sidecar::start(
-        dir.path(),
-        &dc1,
+        dir,
+        dc1,
         "web",
         &[
             "--service",
@@ -205,8 +216,8 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
     let api_app = app("api").await?;
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let api = Sidecar::start(
-        dir.path(),
-        &dc2,
+        dir,
+        dc2,
         "api",
         &[
             "--service",
@@ -219,6 +230,15 @@ async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()>
             &format!("web:{}", upstream.port()),
         ],
     )?;
+    Ok((web, web_in, web_app, api, upstream))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_call_crosses_both_gateways_and_intentions_decide() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Leaves of 3 s in dc2, renewed every 2 s: api's sidecar renews all through the test.
+    let (dc1, dc2) = two_dcs(dir.path(), &[("dc2", "leaf_ttl_s", 3)]).await?;
+    let (web, web_in, web_app, api, upstream) = web_and_api(dir.path(), &dc1, &dc2).await?;
 
     // web's sidecar is web's mesh endpoint, in Consul's shape, and dc2 resolves web to dc1.
     let r = eventually(60, "web's sidecar known and passing in dc2", || async {
@@ -416,5 +436,105 @@ fn sigterm(child: &mut Child) -> Result<()> {
         .status()?;
     ensure!(status.success(), "kill -TERM failed");
     let _ = child.wait();
+    Ok(())
+}
+
+/// The active root's ID in `agent`'s `/v1/connect/ca/roots`, and how many roots of `dc` it lists.
+async fn roots_of(agent: &Agent, dc: &str) -> Result<(String, usize)> {
+    let v = agent.get_json("/v1/connect/ca/roots").await?;
+    let n = v["Roots"]
+        .as_array()
+        .context("Roots")?
+        .iter()
+        .filter(|r| r["Datacenter"] == dc)
+        .count();
+    Ok((v["ActiveRootID"].as_str().unwrap_or_default().to_owned(), n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_dcs_mesh_ca_drops_no_call_and_no_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The next root signs 2 s after it is published.
+    let (dc1, dc2) = two_dcs(dir.path(), &[("dc1", "rotation_activate_s", 2)]).await?;
+    let (web, _, _, api, upstream) = web_and_api(dir.path(), &dc1, &dc2).await?;
+    set_intention(&dc1, "api", "allow").await?;
+    eventually(60, "curl through the mesh", || async {
+        curl(upstream).as_deref() == Some("hello from web")
+    })
+    .await
+    .with_context(|| format!("web: {}\napi: {}", web.log_text(), api.log_text()))?;
+    let mut open = TcpStream::connect(upstream).await?;
+    let mut b = [0u8; 4];
+    open.write_all(b"ping").await?;
+    tokio::time::timeout(Duration::from_secs(10), open.read_exact(&mut b)).await??;
+    let (old_root, _) = roots_of(&dc1, "dc1").await?;
+    let leaves_before = web.metric("meridian_mesh_leaves_total").await?;
+
+    // Rotate dc1's CA (Consul's call); calls go on every 100 ms all the while.
+    let r = dc1
+        .http
+        .put(dc1.url("/v1/connect/ca/configuration"))
+        .json(&json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec"}}))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "rotate: {}", r.status());
+    let v: Value = r.json().await?;
+    let next = v["Rotation"]["NextRootID"]
+        .as_str()
+        .context("NextRootID")?
+        .to_owned();
+    ensure!(next != old_root, "{v}");
+    // A second rotation waits for this one.
+    let again = dc1
+        .http
+        .put(dc1.url("/v1/connect/ca/configuration"))
+        .json(&json!({}))
+        .send()
+        .await?;
+    ensure!(
+        again.status() == reqwest::StatusCode::CONFLICT,
+        "{}",
+        again.status()
+    );
+    let (mut calls, mut failed) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        calls += 1;
+        if curl(upstream).as_deref() != Some("hello from web") {
+            failed += 1;
+        }
+        let (active, n) = roots_of(&dc1, "dc1").await?;
+        let renewed = web.metric("meridian_mesh_leaves_total").await? > leaves_before;
+        if active == next && n == 2 && renewed {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not complete: {active} {n} {renewed}\n{}",
+            web.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // dc2 trusts both of dc1's roots; calls with web's new leaf pass; the open connection lives.
+    eventually(30, "both of dc1's roots in dc2", || async {
+        roots_of(&dc2, "dc1").await.is_ok_and(|(_, n)| n == 2)
+    })
+    .await?;
+    for _ in 0..5 {
+        calls += 1;
+        if curl(upstream).as_deref() != Some("hello from web") {
+            failed += 1;
+        }
+    }
+    ensure!(
+        failed == 0,
+        "{failed} of {calls} calls failed during the rotation\n{}",
+        web.log_text()
+    );
+    open.write_all(b"pong").await?;
+    tokio::time::timeout(Duration::from_secs(10), open.read_exact(&mut b)).await??;
+    ensure!(&b == b"pong", "the open connection broke in the rotation");
+    let v = dc1.get_json("/v1/connect/ca/configuration").await?;
+    ensure!(v["Rotation"].is_null() && v["Provider"] == "consul", "{v}");
     Ok(())
 }

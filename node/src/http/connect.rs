@@ -64,41 +64,69 @@ struct RootJson {
     datacenter: String,
 }
 
-fn root_json(dc: &str, root: &MeshRoot, active: bool) -> Option<RootJson> {
-    let info = cert_info(&root.cert_pem).ok()?;
+fn root_json(l: &Listed<'_>) -> Option<RootJson> {
+    let info = cert_info(l.pem).ok()?;
     Some(RootJson {
         id: info.id.clone(),
         name: info.name,
         serial_number: info.serial,
         signing_key_id: info.id,
-        external_trust_domain: root.trust_domain.clone(),
+        external_trust_domain: l.root.trust_domain.clone(),
         not_before: secs_to_rfc3339(info.not_before),
         not_after: secs_to_rfc3339(info.not_after),
-        root_cert: root.cert_pem.clone(),
+        root_cert: l.pem.to_owned(),
         intermediate_certs: Vec::new(),
-        active,
+        active: l.active,
         private_key_type: "ec",
         private_key_bits: 256,
         create_index: 0,
         modify_index: 0,
-        datacenter: dc.to_owned(),
+        datacenter: l.dc.to_owned(),
     })
 }
 
-/// The mesh roots `view` holds in its DC's trust domain, `(dc, root)`, this DC's first.
-fn roots_in(view: &View) -> Vec<(&str, &MeshRoot)> {
+/// One root certificate `view` holds in its DC's trust domain: its DC, its PEM, its root record
+/// (for the trust domain and times), and whether it is the one this DC signs with.
+struct Listed<'v> {
+    dc: &'v str,
+    pem: &'v str,
+    root: &'v MeshRoot,
+    active: bool,
+}
+
+/// Every root certificate `view` holds in its DC's trust domain, this DC's active one first:
+/// each DC's active root, its next one during a rotation, and its retired ones until their end.
+fn roots_in(view: &View) -> Vec<Listed<'_>> {
     let Some(own) = view.local().mesh_root() else {
         return Vec::new();
     };
-    let remote = view.remotes().filter_map(|r| {
-        r.state
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (i, pem) in own.trusted(now).enumerate() {
+        out.push(Listed {
+            dc: view.datacenter(),
+            pem,
+            root: own,
+            active: i == 0,
+        });
+    }
+    for r in view.remotes() {
+        if let Some(root) = r
+            .state
             .mesh_root()
             .filter(|root| root.trust_domain == own.trust_domain)
-            .map(|root| (&r.name[..], root))
-    });
-    std::iter::once((view.datacenter(), own))
-        .chain(remote)
-        .collect()
+        {
+            for pem in root.trusted(now) {
+                out.push(Listed {
+                    dc: &r.name[..],
+                    pem,
+                    root,
+                    active: false,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `GET /v1/connect/ca/roots` and `/v1/agent/connect/ca/roots`: every DC's mesh CA root in
@@ -114,23 +142,19 @@ pub(super) async fn roots(
         .any(|(k, v)| k == "pem" && matches!(v.as_str(), "" | "1" | "true"));
     let params = ReadParams::parse(&q)?;
     let digest = |v: &View| {
-        let pems: Vec<(&str, &str)> = roots_in(v)
+        let pems: Vec<(&str, &str, bool)> = roots_in(v)
             .into_iter()
-            .map(|(dc, r)| (dc, &*r.cert_pem))
+            .map(|l| (l.dc, l.pem, l.active))
             .collect();
         digest_index(&pems)
     };
     let view = wait_for_resolution(state.views(), &params, state.closing(), digest).await;
     let index = digest(&view);
     let listed = roots_in(&view);
-    let own = listed.first().map(|(_, r)| *r).ok_or_else(no_ca)?;
+    let own = listed.first().map(|l| l.root).ok_or_else(no_ca)?;
     let active = cert_info(&own.cert_pem)
         .map_err(|e| ApiError::internal(format!("this DC's mesh CA: {e}")))?;
-    let roots: Vec<RootJson> = listed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (dc, root))| root_json(dc, root, i == 0))
-        .collect();
+    let roots: Vec<RootJson> = listed.iter().filter_map(root_json).collect();
     let index_header = (
         axum::http::HeaderName::from_static("x-consul-index"),
         axum::http::HeaderValue::from(index),
@@ -209,7 +233,7 @@ impl LeafCache {
         );
     }
 
-    fn ttl(&self) -> Duration {
+    pub(super) fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
@@ -283,7 +307,7 @@ pub(super) async fn leaf(
     }
     let params = ReadParams::parse(&q)?;
     let catalog = state.catalog();
-    let ca = catalog.view().local().mesh_ca().ok_or_else(no_ca)?;
+    let mut ca = catalog.view().local().mesh_ca().ok_or_else(no_ca)?;
     let id = SpiffeId::new(&ca.root.trust_domain, catalog.datacenter(), &service)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let cache = state.leaves();
@@ -297,13 +321,31 @@ pub(super) async fn leaf(
                 if params.index.is_none_or(|i| l.index > i) {
                     break l;
                 }
-                // Block until the renewal, or the end of the wait: then the same leaf.
+                // Block until the renewal, a new active root (a rotation: the next request gets
+                // a leaf it signs), or the end of the wait: then the same leaf.
                 let until = l.renew_at.duration_since(now).unwrap_or_default();
                 let wake = (tokio::time::Instant::now() + until).min(deadline);
-                tokio::time::sleep_until(wake).await;
+                let root_changed = async {
+                    let root = |v: &meridian_topology::View| {
+                        v.local().mesh_root().map(|r| r.cert_pem.clone())
+                    };
+                    let mut views = state.views().clone();
+                    let seen = root(&views.borrow_and_update());
+                    while views.changed().await.is_ok() {
+                        if root(&views.borrow_and_update()) != seen {
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    () = root_changed => {}
+                }
                 if tokio::time::Instant::now() >= deadline {
                     break l;
                 }
+                ca = catalog.view().local().mesh_ca().ok_or_else(no_ca)?;
             }
             _ => break cache.issue(&ca, id.clone())?,
         }
@@ -326,6 +368,100 @@ pub(super) async fn leaf(
         .headers_mut()
         .insert("X-Consul-Index", axum::http::HeaderValue::from(leaf.index));
     Ok(response)
+}
+
+/// `GET /v1/connect/ca/configuration`: Consul's shape for the built-in provider, with this DC's
+/// rotation (`Rotation`: the next root's ID and when it signs, or null).
+pub(super) async fn configuration(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let view = state.view();
+    let root = view.local().mesh_root().ok_or_else(no_ca)?;
+    let rotation = root.next().map(|n| {
+        let id = cert_info(&n.cert_pem).map(|i| i.id).unwrap_or_default();
+        let at =
+            n.since_unix_ms + u64::try_from(state.rotation_delay().as_millis()).unwrap_or(u64::MAX);
+        json!({ "NextRootID": id, "ActivatesAt": rfc3339(at) })
+    });
+    let ttl = state.leaf_ttl();
+    Ok(Json(json!({
+        "Provider": "consul",
+        "Config": {
+            "LeafCertTTL": crate::duration::format_go_duration(ttl),
+            "PrivateKeyType": "ec",
+            "PrivateKeyBits": 256,
+            "RootCertTTL": format!("{}h", meridian_identity::CA_VALIDITY_DAYS * 24),
+        },
+        "State": null,
+        "ForceWithoutCrossSigning": false,
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+        "TrustDomain": root.trust_domain,
+        "Rotation": rotation,
+    })))
+}
+
+/// The body of `PUT /v1/connect/ca/configuration`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CaConfigBody {
+    provider: String,
+    config: serde_json::Map<String, Value>,
+    force_without_cross_signing: bool,
+}
+
+/// `PUT /v1/connect/ca/configuration` (operator): rotates this DC's mesh CA, as a new provider
+/// configuration does in Consul. The new root is published at once (every DC trusts it) and
+/// signs after `[mesh] rotation_activate_s`; the old one stays trusted until its last leaf has
+/// expired, so no connection is refused on the way. Only the built-in provider (`consul`) with
+/// EC P-256 keys: the TTLs are `[mesh]` settings of the config file, not of this call.
+pub(super) async fn rotate(
+    State(state): State<ApiState>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body: CaConfigBody = decode_fields(
+        &read_body(body, state.max_body_bytes()).await?,
+        &["Provider", "Config", "ForceWithoutCrossSigning"],
+        &|_| {},
+    )?;
+    if !body.provider.is_empty() && body.provider != "consul" {
+        return Err(ApiError::bad_request(format!(
+            "provider {:?} is not supported: only the built-in one (consul)",
+            body.provider
+        )));
+    }
+    for (k, v) in &body.config {
+        let same = match k.as_str() {
+            "PrivateKeyType" => v == "ec",
+            "PrivateKeyBits" => v == 256,
+            _ => false,
+        };
+        if !same {
+            return Err(ApiError::bad_request(format!(
+                "Config.{k} is not supported here: keys are EC P-256, and the TTLs are [mesh] settings of the config file"
+            )));
+        }
+    }
+    // Meridian never cross-signs (the next root is published before it signs), so forcing a
+    // rotation without cross-signing changes nothing: the flag is read for Consul's clients.
+    let _ = body.force_without_cross_signing;
+    let view = state.view();
+    let root = view.local().mesh_root().ok_or_else(no_ca)?;
+    if root.next().is_some() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: "a rotation of this DC's mesh CA is under way: GET /v1/connect/ca/configuration says when it completes".into(),
+        });
+    }
+    match crate::upkeep::prepare_rotation(&state).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: "the rotation was not taken (another one started meanwhile)".into(),
+            });
+        }
+        Err(e) => return Err(ApiError::from(e)),
+    }
+    configuration(State(state)).await
 }
 
 /// The body of `POST /v1/agent/connect/authorize`.

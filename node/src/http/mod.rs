@@ -105,6 +105,8 @@ struct StateInner {
     default_allow: std::sync::atomic::AtomicBool,
     /// The leaves this agent issued, reused until their renewal.
     leaves: connect::LeafCache,
+    /// `[mesh] rotation_activate_s`, in ms (changed by a reload).
+    rotation_activate_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A kind of record that every DC writes and none owns (API tokens, intentions), as the API
@@ -197,6 +199,7 @@ impl ApiState {
                 intentions: Default::default(),
                 default_allow: Default::default(),
                 leaves: Default::default(),
+                rotation_activate_ms: std::sync::atomic::AtomicU64::new(30_000),
             }),
         }
     }
@@ -322,6 +325,29 @@ impl ApiState {
         self.inner.leaves.set_ttl(ttl);
     }
 
+    /// How long the leaves issued now are valid.
+    pub fn leaf_ttl(&self) -> std::time::Duration {
+        self.inner.leaves.ttl()
+    }
+
+    /// Sets how long a rotation's next root is published before it signs
+    /// (`[mesh] rotation_activate_s`).
+    pub fn set_rotation_delay(&self, delay: std::time::Duration) {
+        self.inner.rotation_activate_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// [`ApiState::set_rotation_delay`]'s value.
+    pub fn rotation_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.inner
+                .rotation_activate_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Sets [`ApiState::default_intention`] (at start and on a reload).
     pub fn set_default_intention(&self, action: Action) {
         self.inner.default_allow.store(
@@ -441,6 +467,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/acl/tokens", get(acl::list))
         .route("/v1/connect/ca/roots", get(connect::roots))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(connect::configuration).put(connect::rotate),
+        )
         .route("/v1/agent/connect/ca/roots", get(connect::roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(connect::leaf))
         // Consul documents POST; clients (py-consul) send PUT: both are served.

@@ -213,6 +213,9 @@ enum What {
         /// wrk connections for the bulk transfer.
         #[arg(long, default_value_t = 4)]
         bulk_connections: usize,
+        /// Tests to run, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        tests: Vec<mesh::Test>,
     },
     /// Save and restore times of `/v1/snapshot` on a 3-node DC.
     Backup {
@@ -371,8 +374,10 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             close_connections,
             keepalive_connections,
             bulk_connections,
+            tests,
         } => {
             let opt = mesh::Options {
+                tests,
                 seconds: seconds.unwrap_or(if cli.quick { 2 } else { 8 }),
                 latency_seconds: latency_seconds.unwrap_or(if cli.quick { 2 } else { 5 }),
                 reps: reps.unwrap_or(if cli.quick { 1 } else { 3 }),

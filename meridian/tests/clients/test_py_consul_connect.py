@@ -1,5 +1,7 @@
 """Meridian's Connect CA and authorize through PyPI's py-consul (pinned in requirements.txt):
-connect.ca.roots (JSON and PEM), agent.connect.ca.roots and .leaf, agent.connect.authorize, each
+connect.ca.roots (JSON and PEM), agent.connect.ca.roots and .leaf, agent.connect.authorize, a
+sidecar's registration (kind connect-proxy) read back by catalog.connect and health.connect, and
+connect.ca.configuration, each
 answer checked against Consul's documented shape (consul-shapes.json) and the values it implies.
 Run by meridian/tests/it/clients.rs against an agent with ACLs on and a trust domain (so a mesh
 CA), whose management token of the config file is MERIDIAN_MANAGEMENT_TOKEN and trust domain
@@ -59,11 +61,46 @@ def connect_authorize(t):
     t.equal("delete", c.connect.intentions.delete("pyapi", "pyweb"), True)
 
 
+def sidecar_registration(t):
+    proxy = {
+        "DestinationServiceName": "pyweb",
+        "LocalServiceAddress": "127.0.0.1",
+        "LocalServicePort": 8080,
+        "Upstreams": [{"DestinationName": "pyapi", "LocalBindPort": 9191}],
+    }
+    c.agent.service.register(
+        "pyweb-sidecar-proxy", service_id="pyweb-proxy", port=21999, kind="connect-proxy", proxy=proxy
+    )
+    _, nodes = c.catalog.connect("pyweb")
+    if t.shape("catalog.connect", nodes, ["@CatalogService"]) and nodes:
+        t.equal("ServiceKind", nodes[0]["ServiceKind"], "connect-proxy")
+        t.equal("ServicePort", nodes[0]["ServicePort"], 21999)
+        if t.shape("ServiceProxy", nodes[0]["ServiceProxy"], "@ConnectProxyConfig"):
+            t.equal("destination", nodes[0]["ServiceProxy"]["DestinationServiceName"], "pyweb")
+            t.equal("upstream", nodes[0]["ServiceProxy"]["Upstreams"][0]["LocalBindPort"], 9191)
+    _, entries = c.health.connect("pyweb")
+    if t.shape("health.connect", entries, ["@ServiceEntry"]) and entries:
+        t.equal("Service.Kind", entries[0]["Service"]["Kind"], "connect-proxy")
+        t.shape("Service.Proxy", entries[0]["Service"]["Proxy"], "@ConnectProxyConfig")
+    t.equal("pyweb's own instances are not its mesh endpoints", c.catalog.service("pyweb-sidecar-proxy")[1][0]["ServiceID"], "pyweb-proxy")
+    c.agent.service.deregister("pyweb-proxy")
+    t.equal("gone", c.catalog.connect("pyweb")[1], [])
+
+
+def ca_configuration(t):
+    conf = c.connect.ca.configuration()
+    if t.shape("connect.ca.configuration", conf, "@CAConfig"):
+        t.equal("Provider", conf["Provider"], "consul")
+        t.equal("no rotation under way", conf.get("Rotation"), None)
+
+
 run(
     "py-consul connect",
     [
         ("connect.ca.roots", ca_roots),
         ("agent.connect.ca.leaf", ca_leaf),
         ("agent.connect.authorize", connect_authorize),
+        ("agent.service.register connect-proxy, catalog.connect, health.connect", sidecar_registration),
+        ("connect.ca.configuration", ca_configuration),
     ],
 )

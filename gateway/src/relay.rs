@@ -23,14 +23,29 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    copy_both_with(a, b, idle, BUF).await
+}
+
+/// [`copy_both`] with buffers of up to `buf` bytes per direction, grown from [`BUF`] while
+/// reads fill them (a TLS side takes several records in one read).
+pub async fn copy_both_with<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    buf: usize,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, either way.
     let last = AtomicU64::new(0);
     let moved = AtomicU64::new(0);
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    let up = half(&mut ar, &mut bw, &last, &moved, start);
-    let down = half(&mut br, &mut aw, &last, &moved, start);
+    let up = half(&mut ar, &mut bw, &last, &moved, start, buf);
+    let down = half(&mut br, &mut aw, &last, &moved, start, buf);
     let watchdog = async {
         loop {
             let idle_since = start + Duration::from_millis(last.load(Ordering::Relaxed));
@@ -66,13 +81,16 @@ async fn half<R, W>(
     last: &AtomicU64,
     moved: &AtomicU64,
     start: Instant,
+    capacity: usize,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     // Read into spare capacity: the buffer is never zeroed (it was 1% of a new connection).
-    let mut buf = Vec::with_capacity(BUF);
+    // Start at `BUF` and grow (doubling, up to `capacity`) only while reads fill the buffer: a
+    // bulk transfer gets big reads, an idle or chatty connection keeps a small buffer.
+    let mut buf = Vec::with_capacity(BUF.min(capacity));
     let mut total = 0u64;
     loop {
         buf.clear();
@@ -83,10 +101,17 @@ where
             return Ok(total);
         }
         w.write_all(&buf).await?;
+        // A TLS writer may take the bytes into records it could not send yet (the socket was
+        // full) and wait for the next write to send them: with nothing more coming from this
+        // side, they would sit there. Flushing sends them now (a no-op on a plain socket).
+        w.flush().await?;
         total += n as u64;
         moved.fetch_add(n as u64, Ordering::Relaxed);
         let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         last.store(ms, Ordering::Relaxed);
+        if n == buf.capacity() && n < capacity {
+            buf = Vec::with_capacity((n * 2).min(capacity));
+        }
     }
 }
 

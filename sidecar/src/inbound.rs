@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_gateway::relay::copy_both;
+use meridian_gateway::relay::copy_both_with;
 use meridian_identity::mesh::SpiffeId;
 use meridian_topology::caps::KeyedCap;
 use rustls::{CertificateError, Error as TlsError};
@@ -225,7 +225,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        r = copy_both(&mut tls, &mut app, shared.config.idle_timeout) => {
+        r = copy_both_with(&mut tls, &mut app, shared.config.idle_timeout, crate::RELAY_BUF) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, %peer, "inbound relay ended");
             }

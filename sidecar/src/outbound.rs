@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use meridian_gateway::relay::copy_both;
+use meridian_gateway::relay::copy_both_with;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -141,7 +141,14 @@ async fn connection(mut app: TcpStream, up: &Upstream, shared: &Shared) {
         };
         shared.metrics.upstream(service, "relayed");
         shared.metrics.outbound_open.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = copy_both(&mut app, &mut tls, shared.config.idle_timeout).await {
+        if let Err(e) = copy_both_with(
+            &mut app,
+            &mut tls,
+            shared.config.idle_timeout,
+            crate::RELAY_BUF,
+        )
+        .await
+        {
             tracing::debug!(error = %e, "outbound relay ended");
         }
         shared.metrics.outbound_open.fetch_sub(1, Ordering::Relaxed);

@@ -74,10 +74,18 @@ impl Decisions {
 /// else the agent's. If the agent cannot answer, the last decision stands; with none, the
 /// connection is refused (fail closed).
 pub(crate) async fn authorized(shared: &Shared, caller: &str) -> bool {
+    let fresh = |known: Option<(u64, bool)>, generation: u64| {
+        known.and_then(|(g, allowed)| (g == generation).then_some(allowed))
+    };
     let (generation, known) = shared.decisions.lookup(caller);
-    if let Some((g, allowed)) = known
-        && g == generation
-    {
+    if let Some(allowed) = fresh(known, generation) {
+        return allowed;
+    }
+    // One question to the agent at a time: after a change every open connection asks again at
+    // once, and all but the first find the answer cached when their turn comes.
+    let _turn = shared.asking.lock().await;
+    let (generation, known) = shared.decisions.lookup(caller);
+    if let Some(allowed) = fresh(known, generation) {
         return allowed;
     }
     match shared.agent.authorize(&shared.config.service, caller).await {
@@ -187,10 +195,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     };
     let uri = caller.uri();
-    if !authorized(shared, &uri).await {
-        shared.metrics.decided("deny");
-        tracing::info!(caller = %uri, "denied by intentions");
-        return;
+    // Bounded like the handshake: a queue of questions behind a slow agent refuses rather than
+    // holds connections.
+    match tokio::time::timeout(shared.config.handshake_timeout, authorized(shared, &uri)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            shared.metrics.decided("deny");
+            tracing::info!(caller = %uri, "denied by intentions");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.decided("unanswered");
+            tracing::warn!(caller = %uri, "no decision in time: refused");
+            return;
+        }
     }
     shared.metrics.decided("allow");
     tracing::info!(caller = %uri, "mesh connection authorized");

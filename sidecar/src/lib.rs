@@ -172,6 +172,8 @@ pub(crate) struct Shared {
     pub material: ArcSwap<Material>,
     pub gateways: ArcSwap<Vec<SocketAddr>>,
     pub decisions: Decisions,
+    /// Held while asking the agent for a decision (see `inbound::authorized`).
+    pub asking: tokio::sync::Mutex<()>,
     /// Bumped whenever the intentions that apply to the service change.
     pub generations: watch::Receiver<u64>,
     pub metrics: Arc<SidecarMetrics>,
@@ -274,6 +276,7 @@ impl Sidecar {
             material: ArcSwap::from_pointee(material),
             gateways: ArcSwap::from_pointee(Vec::new()),
             decisions: Decisions::default(),
+            asking: tokio::sync::Mutex::new(()),
             generations,
             metrics,
         });

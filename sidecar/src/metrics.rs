@@ -14,7 +14,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 /// Counters of one sidecar.
 #[derive(Debug, Default)]
 pub struct SidecarMetrics {
-    /// Inbound decisions: `allow`, `deny`.
+    /// Inbound decisions: `allow`, `deny`, `unanswered`.
     decisions: Mutex<BTreeMap<&'static str, u64>>,
     /// Inbound handshakes refused, by reason.
     refused: Mutex<BTreeMap<&'static str, u64>>,
@@ -46,7 +46,7 @@ fn read<K: Ord + Clone>(m: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
 }
 
 impl SidecarMetrics {
-    /// Counts an inbound decision (`allow` or `deny`).
+    /// Counts an inbound decision (`allow`, `deny`, or `unanswered`).
     pub fn decided(&self, decision: &'static str) {
         bump(&self.decisions, decision);
     }
@@ -76,7 +76,7 @@ impl Collector for SidecarMetrics {
         metrics::counter_by(
             &mut enc,
             "meridian_mesh_authorizations",
-            "Inbound mesh connections by the intentions' decision (allow, deny).",
+            "Inbound mesh connections by the intentions' decision (allow, deny; unanswered: the agent gave none in time).",
             read(&self.decisions)
                 .into_iter()
                 .map(|(d, n)| ([("decision", d)], n)),
@@ -84,7 +84,7 @@ impl Collector for SidecarMetrics {
         metrics::counter_by(
             &mut enc,
             "meridian_mesh_handshake_failures",
-            "Inbound mesh handshakes refused, by reason (no_certificate, untrusted, expired, wrong_identity, timeout, tls).",
+            "Inbound mesh connections refused before a decision, by reason (no_certificate, untrusted, expired, wrong_identity, timeout, tls, cap).",
             read(&self.refused)
                 .into_iter()
                 .map(|(r, n)| ([("reason", r)], n)),

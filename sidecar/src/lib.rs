@@ -328,8 +328,15 @@ impl Sidecar {
             stop,
             tasks,
         };
-        if config.register {
-            sidecar.register().await?;
+        if config.register
+            && let Err(e) = sidecar.register().await
+        {
+            // Nothing registered: stop what was started before saying why.
+            let _ = sidecar.stop.send(true);
+            for t in &sidecar.tasks {
+                t.abort();
+            }
+            return Err(e);
         }
         Ok(sidecar)
     }

@@ -124,6 +124,9 @@ pub async fn prepare_rotation(api: &ApiState) -> Result<bool, meridian_catalog::
         .await?;
     if outcome.changed {
         tracing::info!("published the next mesh root; it signs after [mesh] rotation_activate_s");
+        // The answer (`GET /v1/connect/ca/configuration`'s shape) names the next root: read it
+        // from a view that holds it.
+        api.settle(&outcome).await;
     }
     Ok(outcome.changed)
 }

@@ -105,5 +105,18 @@ echo 'import sys; sys.version_info = (3, 9, 2, "final", 0)' >"$work/py39/lib/sit
 make_program py39 usr/bin/python3 "PYTHONPATH=$work/py39/lib exec /usr/bin/python3 \"\$@\""
 expect py39 yes python3-venv
 
+# Chromium is run: Debian's prints its version; a stub that exits (a removed package's leftover
+# alternatives link, an Ubuntu snap transition script) does not count.
+make_program chromium bin/chromium 'echo "Chromium 156.0.8078.114 built on Debian GNU/Linux 12 (bookworm)"'
+expect chromium no chromium
+make_program chromium-stub bin/chromium 'echo "Command '"'"'chromium'"'"' requires the chromium snap to be installed." >&2; exit 1'
+expect chromium-stub yes chromium
+expect empty yes chromium
+# A font is a TrueType file in a font folder, not the fontconfig configuration alone.
+make_root fonts usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+expect fonts no fonts-dejavu-core
+make_root fontconfig-only etc/fonts/fonts.conf usr/share/fonts/X11/misc/fonts.dir
+expect fontconfig-only yes fonts-dejavu-core
+
 echo "env detection: $passed passed, $failed failed"
 [ "$failed" = 0 ]

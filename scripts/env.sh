@@ -101,6 +101,28 @@ meridian_missing_packages() {
     meridian_has_node || echo nodejs
     meridian_has_npm || echo npm
     meridian_has_python_venv "$root" || echo python3-venv
+    # The UI's browser tests (meridian/tests/it/ui.rs) drive Debian's chromium headless, and read
+    # its text in fonts that fontconfig must find (fonts-dejavu-core: chromium only recommends
+    # fonts, and a page without any renders empty boxes in the screenshots).
+    meridian_has_chromium || echo chromium
+    meridian_has_font "$root" || echo fonts-dejavu-core
+}
+
+# Whether Debian's chromium runs (the program is run, not looked for: a dangling alternatives
+# link or a snap stub does not count).
+meridian_has_chromium() {
+    local version
+    version=$(chromium --version 2>/dev/null) || return 1
+    [[ $version =~ ^Chromium\ [0-9] ]]
+}
+
+# Whether a TrueType font is installed under the folder $1 ("" for the real system).
+meridian_has_font() {
+    local f
+    for f in "$1"/usr/share/fonts/truetype/*/*.ttf; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
 }
 
 # `cargo audit`, which scripts/test.sh runs (the demo does not need it): installed once into
@@ -174,14 +196,7 @@ meridian_install_clients() {
     venv_dir=$cache/venv-$hash
     (
         flock 9
-        if ! meridian_npm_clients_load "$npm_dir"; then
-            echo "meridian: installing the npm consul client (npm ci) into $npm_dir" >&2
-            rm -rf "$npm_dir"
-            mkdir -p "$npm_dir"
-            cp "$src/package.json" "$src/package-lock.json" "$npm_dir/"
-            (cd "$npm_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
-            meridian_npm_clients_load "$npm_dir" || { echo "meridian: the npm consul client does not load from $npm_dir after npm ci" >&2; exit 1; }
-        fi
+        meridian_npm_install "the npm consul client" "$src" "$npm_dir" meridian_npm_clients_load
         if ! meridian_py_clients_load "$venv_dir" "$src/requirements.txt"; then
             echo "meridian: installing py-consul into the venv $venv_dir" >&2
             rm -rf "$venv_dir"
@@ -195,17 +210,56 @@ meridian_install_clients() {
     export MERIDIAN_PY_CLIENTS=$venv_dir/bin/python
 }
 
-# Whether the folder $1 holds every package of its package-lock.json at the locked version, and
-# the npm `consul` client loads from it and makes a client.
-meridian_npm_clients_load() {
+# The UI's browser driver, pinned in ui/tests/ (package-lock.json): puppeteer-core, which drives
+# the system's chromium and downloads no browser. Into a folder of ~/.cache/meridian/clients named
+# by the hash of its pins, like the Consul clients; exports MERIDIAN_UI_TOOLS (a folder whose
+# node_modules holds puppeteer-core) for the tests.
+meridian_install_ui_tools() {
+    local src=$MERIDIAN_REPO/ui/tests cache=$HOME/.cache/meridian/clients hash dir
+    mkdir -p "$cache"
+    hash=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -c1-16)
+    dir=$cache/ui-$hash
+    (
+        flock 9
+        meridian_npm_install puppeteer-core "$src" "$dir" meridian_ui_tools_load
+    ) 9>"$cache/install.lock"
+    export MERIDIAN_UI_TOOLS=$dir
+}
+
+# Whether puppeteer-core loads from the folder $1, at its locked versions.
+meridian_ui_tools_load() {
+    meridian_npm_loads "$1" 'if (typeof require("puppeteer-core").launch !== "function") process.exit(1);'
+}
+
+# `meridian_npm_install WHAT SRC DIR CHECK`: unless the function CHECK says the folder DIR holds
+# them, installs the npm packages SRC pins (its package.json and package-lock.json) into DIR with
+# `npm ci` (no install scripts), then asks CHECK again. The caller holds the install lock.
+meridian_npm_install() {
+    local what=$1 src=$2 dir=$3 check=$4
+    "$check" "$dir" && return 0
+    echo "meridian: installing $what (npm ci) into $dir" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$src/package.json" "$src/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+    "$check" "$dir" || { echo "meridian: $what does not load from $dir after npm ci" >&2; exit 1; }
+}
+
+# `meridian_npm_loads DIR SCRIPT`: whether the folder DIR holds every package of its
+# package-lock.json at the locked version and the node SCRIPT (which loads them) runs there.
+meridian_npm_loads() {
     (cd "$1" 2>/dev/null && node -e '
         const fs = require("fs");
         for (const [path, locked] of Object.entries(require("./package-lock.json").packages)) {
             if (path && JSON.parse(fs.readFileSync(`${path}/package.json`)).version !== locked.version) process.exit(1);
         }
-        const Consul = require("consul");
-        new Consul({ host: "127.0.0.1" });
-    ') >/dev/null 2>&1
+    ' && node -e "$2") >/dev/null 2>&1
+}
+
+# Whether the npm `consul` client loads from the folder $1, at its locked versions, and makes a
+# client.
+meridian_npm_clients_load() {
+    meridian_npm_loads "$1" 'const Consul = require("consul"); new Consul({ host: "127.0.0.1" });'
 }
 
 # Whether the venv $1 holds every package that requirements.txt $2 pins, at its pinned version,
@@ -226,4 +280,5 @@ consul.Consul(host="127.0.0.1", port=8500)
 if [ "${MERIDIAN_ENV_FUNCTIONS_ONLY:-0}" != 1 ]; then
     meridian_install_missing
     meridian_install_clients
+    meridian_install_ui_tools
 fi

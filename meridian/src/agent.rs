@@ -93,6 +93,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         (Node::Gateway(g), None)
     } else {
         let mut agent = Agent::start(cfg, temp).await?;
+        // The API's drills (the UI's) run the same engine as `meridian drill`.
+        agent
+            .api()
+            .drills()
+            .set_runner(std::sync::Arc::new(crate::drill::ApiRunner));
         println!("{}", agent.endpoints_line());
         let requests = agent.take_reload_requests();
         (Node::Server(agent), requests)

@@ -146,9 +146,15 @@ async fn start_dc(
         cfg.failover.datacenters = vec!["dc1".to_owned(), "dc2".to_owned()];
     }
     let temp = dev_data_dir(&mut cfg)?;
-    Agent::start(cfg, temp)
+    let agent = Agent::start(cfg, temp)
         .await
-        .with_context(|| format!("cannot start {dc}"))
+        .with_context(|| format!("cannot start {dc}"))?;
+    // The UI's drills run the same engine as `meridian drill`.
+    agent
+        .api()
+        .drills()
+        .set_runner(std::sync::Arc::new(crate::drill::ApiRunner));
+    Ok(agent)
 }
 
 /// A port free on loopback right now (for a port given as 0: each DC gets its own).

@@ -31,7 +31,8 @@ use meridian_client::probe::{
     self, HTTP_TIMEOUT, Http, InstanceMap, NodeInfo, RawRound, RoundProbe, TlsProber, dc_statuses,
     ms_since,
 };
-use meridian_client::report::{self, Kind, Observed, Setup};
+use meridian_client::report::{self, Kind, Observed, Report, Setup};
+use meridian_node::http::drills::{DrillRequest, DrillRun, DrillRunner, DrillState};
 
 /// Longest drill (`--for`).
 const MAX_FOR: Duration = Duration::from_secs(3600);
@@ -188,6 +189,97 @@ impl Prober {
     }
 }
 
+/// What a drill does: from `meridian drill`'s arguments, or from `POST /v1/operator/drill`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// dc-down or service-down.
+    pub kind: Kind,
+    /// The DC drained, or whose instances fail.
+    pub target: String,
+    /// The service probed (picked when `None`, for dc-down).
+    pub service: Option<String>,
+    /// How long the failure lasts.
+    pub duration: Duration,
+    /// One or more HTTP API addresses per DC.
+    pub http: Vec<String>,
+    /// The token of the drill's calls.
+    pub token: Option<String>,
+    /// Time between probe rounds.
+    pub interval: Duration,
+    /// Longest wait for answers to come back after the restore.
+    pub failback_timeout: Duration,
+    /// CA certificates to check the gateways' connections against.
+    pub ca: Option<PathBuf>,
+    /// The DNS domain.
+    pub domain: String,
+}
+
+/// Where a drill tells how it goes: the terminal (`meridian drill`) or a drill's published
+/// state (the API's).
+pub struct Progress {
+    out: Option<watch::Sender<DrillState>>,
+}
+
+/// Most progress lines a published state keeps.
+const MAX_LOG_LINES: usize = 100;
+
+impl Progress {
+    /// Lines to stderr.
+    pub fn terminal() -> Self {
+        Progress { out: None }
+    }
+
+    /// Lines, phases and partial reports into `out`.
+    pub fn published(out: watch::Sender<DrillState>) -> Self {
+        Progress { out: Some(out) }
+    }
+
+    fn line(&self, line: String) {
+        match &self.out {
+            None => eprintln!("{line}"),
+            Some(out) => {
+                tracing::info!(drill = %line);
+                out.send_modify(|s| {
+                    if s.log.len() < MAX_LOG_LINES {
+                        s.log.push(line);
+                    }
+                });
+            }
+        }
+    }
+
+    fn phase(&self, phase: &str) {
+        if let Some(out) = &self.out {
+            out.send_modify(|s| s.phase = phase.to_owned());
+        }
+    }
+
+    /// Whether anyone reads partial reports.
+    fn wants_reports(&self) -> bool {
+        self.out.is_some()
+    }
+
+    fn report(&self, report: &Report) {
+        if let Some(out) = &self.out {
+            let v = serde_json::to_value(report).ok();
+            out.send_modify(|s| s.report = v);
+        }
+    }
+}
+
+/// How often a published drill's partial report is refreshed.
+const PARTIAL_REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// How a drill ended.
+pub struct Outcome {
+    /// The findings.
+    pub report: Report,
+    /// Interrupted by the operator.
+    pub interrupted: bool,
+    /// The restore failed: what to do by hand.
+    pub not_restored: Option<anyhow::Error>,
+}
+
 /// Runs the drill; the exit code (the report is printed whenever the drill started).
 #[tracing::instrument(skip_all)]
 pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
@@ -195,8 +287,91 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         DrillCommand::DcDown(a) => (Kind::DcDown, a.dc, a.service, a.common),
         DrillCommand::ServiceDown(a) => (Kind::ServiceDown, a.dc, Some(a.service), a.common),
     };
+    let plan = Plan {
+        kind,
+        target,
+        service,
+        duration: common.duration,
+        http: common.http,
+        token: common.token,
+        interval: common.interval,
+        failback_timeout: common.failback_timeout,
+        ca: common.ca,
+        domain: common.domain,
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop_tx.send_replace(true);
+        }
+    });
+    let outcome = execute(plan, &Progress::terminal(), stop).await;
+    ctrl_c.abort();
+    let outcome = outcome?;
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+    } else {
+        print!("{}", report::human(&outcome.report));
+    }
+    if let Some(e) = outcome.not_restored {
+        return Err(e);
+    }
+    Ok(if outcome.interrupted {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Waits `d`, or until `stop` turns true (then true), publishing partial reports meanwhile.
+async fn wait_or_stop(
+    d: Duration,
+    stop: &mut watch::Receiver<bool>,
+    progress: &Progress,
+    partial: &(dyn Fn() -> Report + Sync),
+) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        let step = if progress.wants_reports() {
+            PARTIAL_REPORT_EVERY
+        } else {
+            d
+        };
+        let until = (Instant::now() + step).min(end);
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            _ = stop.wait_for(|s| *s) => return true,
+        }
+        if progress.wants_reports() {
+            progress.report(&partial());
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+    }
+}
+
+/// Runs the drill `plan`, telling `progress` how it goes, until done or `stop` turns true
+/// (then it restores at once).
+pub async fn execute(
+    plan: Plan,
+    progress: &Progress,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Outcome> {
+    let Plan {
+        kind,
+        target,
+        service,
+        duration,
+        http: http_addrs,
+        token,
+        interval,
+        failback_timeout,
+        ca,
+        domain,
+    } = plan;
     let target = target.to_ascii_lowercase();
-    let domain = common.domain.trim_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
     ensure!(is_label(&target), "--dc {target:?} is not a DNS label");
     ensure!(
         !domain.is_empty() && domain.split('.').all(is_label),
@@ -206,15 +381,15 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         ensure!(is_label(s), "--service {s:?} is not a DNS label");
     }
     ensure!(
-        common.http.len() <= MAX_NODES,
+        http_addrs.len() <= MAX_NODES,
         "at most {MAX_NODES} --http nodes"
     );
-    let http = Http::new(common.token.as_deref())?;
-    let tls = TlsProber::new(common.ca.as_deref())?;
+    let http = Http::new(token.as_deref())?;
+    let tls = TlsProber::new(ca.as_deref())?;
 
     // Who is who.
     let mut by_dc: BTreeMap<String, Vec<NodeInfo>> = BTreeMap::new();
-    for addr in &common.http {
+    for addr in &http_addrs {
         let node = probe::discover(&http, addr).await?;
         ensure!(
             is_label(&node.dc),
@@ -244,7 +419,13 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
 
     let service = match service {
         Some(s) => s.to_ascii_lowercase(),
-        None => pick_service(&http, &via, &known).await?,
+        None => {
+            let pick = pick_service(&http, &via, &known).await?;
+            progress.line(format!(
+                "drill: probing service {pick} (pass --service to choose)"
+            ));
+            pick
+        }
     };
     let mut map = InstanceMap::new(&domain);
     for dc in &known {
@@ -328,9 +509,8 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     let sni = format!("{service}.service.{domain}");
 
     // Probe, from the baseline to the end.
-    let interval = common.interval;
     let baseline = (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let total = baseline + common.duration + common.failback_timeout + Duration::from_secs(30);
+    let total = baseline + duration + failback_timeout + Duration::from_secs(30);
     let max_rounds = usize::try_from(total.as_millis() / interval.as_millis().max(1))
         .unwrap_or(usize::MAX)
         .saturating_add(100)
@@ -362,22 +542,46 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         });
     }
     let from: Vec<&str> = running.iter().map(|p| p.node.dc.as_str()).collect();
-    eprintln!(
+    progress.line(format!(
         "drill {}: probing {sni} from {} every {} ms; baseline for {} ms",
         kind.as_str(),
         from.join(", "),
         interval.as_millis(),
         baseline.as_millis()
-    );
+    ));
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    tokio::select! {
-        () = tokio::time::sleep(baseline) => {}
-        _ = tokio::signal::ctrl_c() => {
-            ctl_tx.send_replace(true);
-            bail!("interrupted before the drill started; nothing was changed");
-        }
+    let setup = |t0: Instant,
+                 action_ack_ms: Option<f64>,
+                 restore_ms: Option<f64>,
+                 restore_ack_ms: Option<f64>,
+                 interrupted: bool| Setup {
+        kind,
+        target: target.clone(),
+        service: service.clone(),
+        domain: domain.clone(),
+        for_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        started_unix_s,
+        action_ack_ms,
+        restore_ms,
+        restore_ack_ms,
+        end_ms: ms_since(t0, Instant::now()),
+        interrupted,
+        notes: notes.clone(),
+    };
+    let observe =
+        |t0: Instant| -> Vec<Observed> { running.iter().map(|p| p.observed(t0)).collect() };
+    progress.phase("baseline");
+    let before = Instant::now();
+    if wait_or_stop(baseline, &mut stop, progress, &|| {
+        report::analyse(&setup(before, None, None, None, false), &observe(before))
+    })
+    .await
+    {
+        ctl_tx.send_replace(true);
+        bail!("interrupted before the drill started; nothing was changed");
     }
 
     // The failure.
@@ -390,7 +594,8 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     }
     let action_ack_ms = ms_since(t0, Instant::now());
     kick(&ctl_tx);
-    eprintln!(
+    progress.phase("failing");
+    progress.line(format!(
         "drill {}: {} at +0 ms (acknowledged in {:.0} ms); restoring after {} ms",
         kind.as_str(),
         match kind {
@@ -398,15 +603,17 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
             Kind::ServiceDown => format!("{service} failed in {target}"),
         },
         action_ack_ms,
-        common.duration.as_millis()
-    );
-    let mut interrupted = false;
-    tokio::select! {
-        () = tokio::time::sleep(common.duration) => {}
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("drill: interrupted; restoring now");
-            interrupted = true;
-        }
+        duration.as_millis()
+    ));
+    let mut interrupted = wait_or_stop(duration, &mut stop, progress, &|| {
+        report::analyse(
+            &setup(t0, Some(action_ack_ms), None, None, false),
+            &observe(t0),
+        )
+    })
+    .await;
+    if interrupted {
+        progress.line("drill: interrupted; restoring now".to_owned());
     }
 
     // The restore, then the wait for answers to come back.
@@ -419,20 +626,35 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         .map(|()| ms_since(t1, Instant::now()));
     kick(&ctl_tx);
     if restored.is_ok() && !interrupted {
-        eprintln!(
+        progress.phase("failing-back");
+        progress.line(format!(
             "drill {}: restored; waiting up to {} ms for answers to come back",
             kind.as_str(),
-            common.failback_timeout.as_millis()
-        );
-        let deadline = t1 + common.failback_timeout;
+            failback_timeout.as_millis()
+        ));
+        let deadline = t1 + failback_timeout;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_partial = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+                _ = stop.wait_for(|s| *s) => { interrupted = true; break; }
             }
-            let observed: Vec<Observed> = running.iter().map(|p| p.observed(t0)).collect();
+            let observed = observe(t0);
+            if progress.wants_reports() && last_partial.elapsed() >= PARTIAL_REPORT_EVERY {
+                last_partial = Instant::now();
+                progress.report(&report::analyse(
+                    &setup(
+                        t0,
+                        Some(action_ack_ms),
+                        Some(restore_ms),
+                        restore_ack_ms,
+                        false,
+                    ),
+                    &observed,
+                ));
+            }
             if report::failed_back(&observed, &target, restore_ms) || Instant::now() >= deadline {
                 break;
             }
@@ -443,31 +665,19 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         // Each round is bounded by its timeouts; a stuck task is not waited for long.
         let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
     }
-    let end_ms = ms_since(t0, Instant::now());
-    let observed: Vec<Observed> = running.iter().map(|p| p.observed(t0)).collect();
-    let setup = Setup {
-        kind,
-        target: target.clone(),
-        service,
-        domain,
-        for_ms: u64::try_from(common.duration.as_millis()).unwrap_or(u64::MAX),
-        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-        started_unix_s,
-        action_ack_ms: Some(action_ack_ms),
-        restore_ms: Some(restore_ms),
-        restore_ack_ms,
-        end_ms,
-        interrupted,
-        notes,
-    };
-    let report = report::analyse(&setup, &observed);
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report::human(&report));
-    }
-    if let Err(e) = restored {
-        return Err(e.context(format!(
+    let report = report::analyse(
+        &setup(
+            t0,
+            Some(action_ack_ms),
+            Some(restore_ms),
+            restore_ack_ms,
+            interrupted,
+        ),
+        &observe(t0),
+    );
+    progress.report(&report);
+    let not_restored = restored.err().map(|e| {
+        e.context(format!(
             "{target} was NOT restored: {}",
             match &action {
                 Action::Drain { via } =>
@@ -475,13 +685,55 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
                 Action::FailChecks { .. } =>
                     "set the instances' TTL checks back with PUT /v1/agent/check/pass/<id>".into(),
             }
-        )));
-    }
-    Ok(if interrupted {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
+        ))
+    });
+    Ok(Outcome {
+        report,
+        interrupted,
+        not_restored,
     })
+}
+
+/// Runs the API's drills (`POST /v1/operator/drill`) with this engine.
+pub struct ApiRunner;
+
+impl DrillRunner for ApiRunner {
+    fn run(&self, req: DrillRequest, out: watch::Sender<DrillState>) -> DrillRun {
+        Box::pin(async move {
+            let kind = if req.kind == "service-down" {
+                Kind::ServiceDown
+            } else {
+                Kind::DcDown
+            };
+            let plan = Plan {
+                kind,
+                target: req.datacenter,
+                service: req.service,
+                duration: req.duration,
+                http: req.http,
+                token: req.token,
+                interval: Duration::from_millis(100),
+                failback_timeout: Duration::from_secs(30),
+                ca: None,
+                domain: req.domain,
+            };
+            let progress = Progress::published(out.clone());
+            // Nothing stops an API drill early but its own end: the sender lives as long.
+            let (_stop_tx, stop) = watch::channel(false);
+            let outcome = execute(plan, &progress, stop).await;
+            out.send_modify(|s| match outcome {
+                Ok(o) => {
+                    s.phase = "done".into();
+                    s.report = serde_json::to_value(&o.report).ok();
+                    s.error = o.not_restored.map(|e| format!("{e:#}"));
+                }
+                Err(e) => {
+                    s.phase = "failed".into();
+                    s.error = Some(format!("{e:#}"));
+                }
+            });
+        })
+    }
 }
 
 /// The datacenters the federation knows, as `node` sees them.
@@ -526,14 +778,12 @@ async fn pick_service(
         let url = via.url(&format!("/v1/catalog/services?dc={dc}"));
         elsewhere.extend(names(&http.get_json(&url, HTTP_TIMEOUT).await?));
     }
-    let pick = local
+    local
         .iter()
         .find(|s| elsewhere.contains(*s))
         .or_else(|| local.iter().next())
         .cloned()
-        .with_context(|| format!("{} has no service to probe; pass --service", via.dc))?;
-    eprintln!("drill: probing service {pick} (pass --service to choose)");
-    Ok(pick)
+        .with_context(|| format!("{} has no service to probe; pass --service", via.dc))
 }
 
 /// The TTL checks of every instance of `service` in the DC of `nodes`; each instance needs one,

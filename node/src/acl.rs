@@ -382,6 +382,13 @@ impl Need {
         if path == "/v1/connect/ca/roots" || path == "/v1/agent/connect/ca/roots" {
             return Need::Public;
         }
+        // The UI's page and scripts hold no data: the browser loads them before any token is
+        // typed (its calls for data carry the token).
+        if (method == Method::GET || method == Method::HEAD)
+            && (path == "/" || path == "/ui" || path.starts_with("/ui/"))
+        {
+            return Need::Public;
+        }
         // A token reads itself; listing or reading others' is management's, like changing them.
         if path == "/v1/acl/token/self" && (method == Method::GET || method == Method::HEAD) {
             return Need::Read;

@@ -131,7 +131,7 @@ impl Agent {
                 &config,
                 views.clone(),
                 tls.clone(),
-                Some(catalog.clone()),
+                Some((catalog.clone(), http_addr)),
                 gateway_connections,
             );
             match started.await {
@@ -179,6 +179,7 @@ impl Agent {
             dns: Some(dns_addr),
             gateway: gateway.as_ref().map(|g| g.addr),
             clock: failover.clock(),
+            domain: config.dns.domain.clone(),
         });
         api.set_default_intention(config.mesh.default_intention);
         api.set_leaf_ttl(Duration::from_secs(config.mesh.leaf_ttl_s));
@@ -444,7 +445,18 @@ fn advertise_gateway(
     catalog: Catalog,
     config: &Config,
     addr: SocketAddr,
+    http: SocketAddr,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // Its node's HTTP API, where drills run from another DC find this DC's DNS and gateway.
+    let http_ip = if http.ip().is_unspecified() {
+        config.advertise_ip()
+    } else {
+        http.ip()
+    };
+    let meta = std::collections::BTreeMap::from([(
+        crate::http::drills::HTTP_META.to_owned(),
+        SocketAddr::new(http_ip, http.port()).to_string(),
+    )]);
     let instance = meridian_topology::Instance {
         id: meridian_topology::GATEWAY_SERVICE.to_owned(),
         service: meridian_topology::GATEWAY_SERVICE.to_owned(),
@@ -452,7 +464,7 @@ fn advertise_gateway(
         address: config.advertise_ip().to_string(),
         port: addr.port(),
         tags: vec!["wan".to_owned()],
-        meta: Default::default(),
+        meta,
         weights: Default::default(),
         create_index: 0,
         modify_index: 0,
@@ -483,7 +495,7 @@ pub(crate) async fn start_gateway(
     config: &Config,
     views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
     tls: Option<Arc<TlsMaterial>>,
-    catalog: Option<Catalog>,
+    catalog: Option<(Catalog, SocketAddr)>,
     max_connections: usize,
 ) -> anyhow::Result<RunningGateway> {
     let bind = config.bind_addr(config.ports.gateway);
@@ -527,9 +539,9 @@ pub(crate) async fn start_gateway(
         .context("cannot start the gateway")?;
     let mut tasks = Vec::new();
     if tunnel.is_some()
-        && let Some(catalog) = catalog
+        && let Some((catalog, http)) = catalog
     {
-        tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr)));
+        tasks.push(tokio::spawn(advertise_gateway(catalog, config, addr, http)));
     }
     tracing::info!(%addr, tunnel = tunnel.is_some(), "gateway listening");
     Ok(RunningGateway {

@@ -1,7 +1,8 @@
 //! A gateway-only node (`meridian agent --gateway-only`): no catalog and no Raft vote, so
 //! gateways scale out apart from the voters. It follows its own DC's servers over federation as
 //! if they were a remote DC (and, through them, every other DC), and serves the gateway, its
-//! tunnel and DNS from that view; its HTTP port serves `/metrics` and the federation status.
+//! tunnel and DNS from that view; its HTTP port serves `/metrics`, the federation status and
+//! the UI, read-only.
 //!
 //! It does not advertise itself in the catalog (it has none to write to): remote DCs tunnel to
 //! the servers' gateways, and gateway-only nodes carry this DC's clients.
@@ -121,6 +122,11 @@ impl GatewayNode {
             .route("/metrics", get(metrics))
             .route("/v1/catalog/datacenters", get(datacenters))
             .route("/v1/federation/status", get(status))
+            .merge(crate::http::ui::read_only(
+                state.views.clone(),
+                config.node_name.clone(),
+                config.dns.domain.clone(),
+            ))
             .with_state(state);
         let acl = Arc::new(arc_swap::ArcSwap::from_pointee(
             config.acl.to_acl(config.dev),

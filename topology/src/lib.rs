@@ -32,7 +32,7 @@ pub use model::{
 };
 pub use names::{MeshName, NameError, NameQuery, QueryNameError};
 pub use prepared::{PreparedQuery, QueryError};
-pub use resolve::{Resolution, ResolveError, ServiceQuery, resolve};
+pub use resolve::{Resolution, ResolveError, ServiceQuery, Why, explain, resolve};
 pub use view::{RemoteDc, View};
 
 /// The service each gateway registers in its datacenter's catalog (with its WAN address), which

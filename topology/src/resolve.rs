@@ -4,6 +4,7 @@
 
 use crate::dc::DcState;
 use crate::failover::{AddressMode, Failover, FailoverPolicy};
+use crate::health::DcStatus;
 use crate::model::{Health, Instance};
 use crate::view::View;
 
@@ -246,6 +247,93 @@ pub fn resolve<'v>(view: &'v View, q: &ServiceQuery<'_>) -> Result<Resolution<'v
     Err(empty_error(any_matching))
 }
 
+/// Why a query without a DC left the local DC (or why it stayed): what the UI and operators
+/// read beside an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// The local DC answered: it has healthy instances and nothing sent the query elsewhere.
+    Local,
+    /// Failover is off for names without a DC (the local DC answers or nothing does).
+    FailoverOff,
+    /// The local DC is `down` or `drained`.
+    LocalUnavailable(DcStatus),
+    /// No instance of the service is registered in the local DC.
+    NoneHere,
+    /// Instances are registered here but none is healthy enough.
+    NoneHealthyHere,
+    /// The local instances recovered too recently (inside the failback stable period).
+    FailbackHold,
+    /// Fewer than the policy's share of the local instances is healthy (`healthy` of `matching`).
+    Spill {
+        /// Healthy local instances.
+        healthy: usize,
+        /// Matching local instances.
+        matching: usize,
+    },
+}
+
+impl Why {
+    /// A short sentence for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Why::Local => "healthy instances in this datacenter".to_owned(),
+            Why::FailoverOff => "failover is off for names without a datacenter".to_owned(),
+            Why::LocalUnavailable(s) => format!("this datacenter is {}", s.as_str()),
+            Why::NoneHere => "no instance in this datacenter".to_owned(),
+            Why::NoneHealthyHere => "no healthy instance in this datacenter".to_owned(),
+            Why::FailbackHold => "the local instances are inside the failback hold".to_owned(),
+            Why::Spill { healthy, matching } => {
+                format!("only {healthy} of {matching} local instances healthy (spill)")
+            }
+        }
+    }
+
+    /// A stable key for machines (`local`, `failover-off`, `dc-drained`, `none-here`, ...).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Why::Local => "local",
+            Why::FailoverOff => "failover-off",
+            Why::LocalUnavailable(DcStatus::Drained) => "dc-drained",
+            Why::LocalUnavailable(_) => "dc-down",
+            Why::NoneHere => "none-here",
+            Why::NoneHealthyHere => "none-healthy-here",
+            Why::FailbackHold => "failback-hold",
+            Why::Spill { .. } => "spill",
+        }
+    }
+}
+
+/// Why [`resolve`] sends `q` (a query without a DC, under the view's or the query's policy)
+/// where it does, judged from the local DC alone: the same tests `resolve` makes, in its order.
+pub fn explain(view: &View, q: &ServiceQuery<'_>) -> Why {
+    let f = view.failover();
+    let policy = q.policy.unwrap_or(&f.policy);
+    let (instances, matching) = in_dc(view.local(), q);
+    if !policy.enabled {
+        return Why::FailoverOff;
+    }
+    let local = view.datacenter();
+    if f.unavailable(local) {
+        return Why::LocalUnavailable(f.liveness(local).status);
+    }
+    if matching == 0 {
+        return Why::NoneHere;
+    }
+    if instances.is_empty() {
+        return Why::NoneHealthyHere;
+    }
+    if f.is_held(local, q.service) {
+        return Why::FailbackHold;
+    }
+    if spills(policy, instances.len(), matching) {
+        return Why::Spill {
+            healthy: instances.len(),
+            matching,
+        };
+    }
+    Why::Local
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +559,13 @@ mod tests {
             Some(ResolveError::NoHealthyInstance),
             "Consul's behaviour when turned off"
         );
+        let off_q = ServiceQuery {
+            policy: Some(&off),
+            ..q
+        };
+        assert_eq!(explain(&v, &off_q), Why::FailoverOff);
+        assert_eq!(explain(&v, &q), Why::NoneHealthyHere);
+        assert_eq!(explain(&v, &ServiceQuery::new("db", None)), Why::NoneHere);
     }
 
     #[test]
@@ -492,6 +587,13 @@ mod tests {
         ];
         let v = federation(&one_of_three, f.clone());
         assert_eq!(resolve(&v, &q).expect("spills").dc, "dc3");
+        assert_eq!(
+            explain(&v, &q),
+            Why::Spill {
+                healthy: 1,
+                matching: 3
+            }
+        );
         let two_of_three = [
             ("a", Health::Passing),
             ("b", Health::Passing),
@@ -499,12 +601,14 @@ mod tests {
         ];
         let v = federation(&two_of_three, f.clone());
         assert_eq!(resolve(&v, &q).expect("stays").dc, "dc1");
+        assert_eq!(explain(&v, &q), Why::Local);
 
         // Recovered locally but inside the stable period: the remote DC still answers...
         let mut held = f.clone();
         held.held.insert(("dc1".into(), "web".into()));
         let v = federation(&two_of_three, held.clone());
         assert_eq!(resolve(&v, &q).expect("held").dc, "dc3");
+        assert_eq!(explain(&v, &q), Why::FailbackHold);
         // ...unless nothing else can.
         held.liveness = liveness(DcStatus::Down, DcStatus::Drained);
         let v = federation(&two_of_three, held);
@@ -521,6 +625,11 @@ mod tests {
             .insert("dc2".into(), live(DcStatus::Down, 0));
         let v = federation(&two_of_three, drained);
         assert_eq!(resolve(&v, &q).expect("away").dc, "dc3");
+        let why = explain(&v, &q);
+        assert_eq!(
+            (why.key(), why.describe().as_str()),
+            ("dc-drained", "this datacenter is drained")
+        );
         assert_eq!(
             resolve(&v, &ServiceQuery::new("web", Some("dc2"))).err(),
             Some(ResolveError::DatacenterUnavailable)

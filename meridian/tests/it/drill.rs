@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::federation::{config_dc, make_certs};
-use crate::harness::{Agent, BIN, eventually};
+use crate::harness::{Agent, AgentConfig, BIN, eventually};
 
 /// Runs openssl, failing with its stderr.
 fn openssl(args: &[&str]) -> Result<()> {
@@ -150,6 +150,32 @@ impl Drop for Backend {
     }
 }
 
+/// Three one-node DCs with certificates from `certs`, each changed by `customize`, ready; dc3
+/// prefers dc1, then dc2 (it is meant to have no `web` of its own).
+pub(crate) async fn three_dcs(
+    dir: &Path,
+    certs: &Path,
+    customize: impl Fn(&mut AgentConfig),
+) -> Result<(Agent, Agent, Agent)> {
+    let mut dc1 = config_dc(dir, certs, "dc1", &[], &customize)?;
+    dc1.wait_ready().await?;
+    let mut dc2 = config_dc(dir, certs, "dc2", &[("dc1", dc1.ports.wan)], &customize)?;
+    let mut dc3 = config_dc(
+        dir,
+        certs,
+        "dc3",
+        &[("dc1", dc1.ports.wan), ("dc2", dc2.ports.wan)],
+        |c| {
+            customize(c);
+            c.set("failover", "nearest_n", 0)
+                .set("failover", "datacenters", vec!["dc1", "dc2"]);
+        },
+    )?;
+    dc2.wait_ready().await?;
+    dc3.wait_ready().await?;
+    Ok((dc1, dc2, dc3))
+}
+
 async fn register(agent: &Agent, body: Value) -> Result<()> {
     let r = agent.put_json("/v1/agent/service/register", &body).await?;
     ensure!(r.status().is_success(), "register: {}", r.text().await?);
@@ -253,22 +279,7 @@ async fn drills_move_answers_away_from_a_datacenter_and_back() -> Result<()> {
     let web1 = Backend::start(&tls[0].0, &tls[0].1, "dc1").await?;
     let web2 = Backend::start(&tls[1].0, &tls[1].1, "dc2").await?;
 
-    let mut dc1 = config_dc(dir.path(), &certs, "dc1", &[], |_| {})?;
-    dc1.wait_ready().await?;
-    let mut dc2 = config_dc(dir.path(), &certs, "dc2", &[("dc1", dc1.ports.wan)], |_| {})?;
-    // dc3 has no web of its own: it goes to dc1 first, then dc2.
-    let mut dc3 = config_dc(
-        dir.path(),
-        &certs,
-        "dc3",
-        &[("dc1", dc1.ports.wan), ("dc2", dc2.ports.wan)],
-        |c| {
-            c.set("failover", "nearest_n", 0)
-                .set("failover", "datacenters", vec!["dc1", "dc2"]);
-        },
-    )?;
-    dc2.wait_ready().await?;
-    dc3.wait_ready().await?;
+    let (mut dc1, mut dc2, mut dc3) = three_dcs(dir.path(), &certs, |_| {}).await?;
     for (agent, dc) in [(&mut dc1, "dc1"), (&mut dc2, "dc2"), (&mut dc3, "dc3")] {
         check_identity(agent, dc).await?;
     }

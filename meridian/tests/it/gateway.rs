@@ -570,6 +570,35 @@ async fn a_gateway_only_node_follows_its_datacenter_and_reaches_others() -> Resu
         "DNS from the followed catalog: {answer:?}"
     );
     ensure!(metric(&g1, "meridian_gateway_tunnel_streams_out_total").await >= 1.0);
+    // Its UI, read-only: the page, the map of both DCs, and dc2's web where a client of dc1 gets
+    // it (its own DC first).
+    let page = reqwest::get(g1.url("/ui/")).await?;
+    ensure!(page.status().is_success() && page.text().await?.contains("app.js"));
+    let dcs = g1.get_json("/v1/internal/ui/datacenters").await?;
+    ensure!(
+        dcs["Datacenter"] == "dc1" && dcs["Datacenters"].as_array().map(Vec::len) == Some(2),
+        "{dcs}"
+    );
+    let services = g1.get_json("/v1/internal/ui/services").await?;
+    let web = services["Services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["Name"] == "web"))
+        .with_context(|| format!("{services}"))?;
+    ensure!(
+        web["Counts"] == json!([[1, 0, 0], [1, 0, 0]]) && web["Answer"]["Datacenter"] == "dc1",
+        "{web}"
+    );
+    let drill = g1
+        .http
+        .post(g1.url("/v1/operator/drill"))
+        .json(&json!({"Kind": "dc-down", "Datacenter": "dc1"}))
+        .send()
+        .await?;
+    ensure!(
+        drill.status().is_client_error() || drill.status().is_server_error(),
+        "a gateway-only node runs no drill: {}",
+        drill.status()
+    );
     Ok(())
 }
 

@@ -25,4 +25,5 @@ mod prepared_query;
 mod security;
 mod sidecar;
 mod tokens;
+mod ui;
 mod unbound;

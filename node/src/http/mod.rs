@@ -14,6 +14,7 @@ mod body;
 mod catalog;
 mod connect;
 pub mod consul;
+pub mod drills;
 mod error;
 mod external;
 mod failover;
@@ -25,6 +26,7 @@ mod metrics;
 mod query;
 pub mod register;
 mod snapshot;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,6 +82,8 @@ pub struct NodeInfo {
     pub gateway: Option<std::net::SocketAddr>,
     /// The failure detector's clock.
     pub clock: crate::failover::Clock,
+    /// The DNS domain (`consul`): names the UI shows and drills resolve.
+    pub domain: String,
 }
 
 struct StateInner {
@@ -107,6 +111,8 @@ struct StateInner {
     leaves: connect::LeafCache,
     /// `[mesh] rotation_activate_s`, in ms (changed by a reload).
     rotation_activate_ms: std::sync::atomic::AtomicU64,
+    /// Drills started through the API, and the engine that runs them.
+    drills: drills::Drills,
 }
 
 /// A kind of record that every DC writes and none owns (API tokens, intentions), as the API
@@ -200,6 +206,7 @@ impl ApiState {
                 default_allow: Default::default(),
                 leaves: Default::default(),
                 rotation_activate_ms: std::sync::atomic::AtomicU64::new(30_000),
+                drills: drills::Drills::default(),
             }),
         }
     }
@@ -440,6 +447,11 @@ impl ApiState {
     fn closing(&self) -> watch::Receiver<bool> {
         self.inner.closing.subscribe()
     }
+
+    /// The drills started through the API.
+    pub fn drills(&self) -> &drills::Drills {
+        &self.inner.drills
+    }
 }
 
 /// The whole API: Consul's endpoints, `/metrics`, a 404 for everything else.
@@ -552,7 +564,13 @@ pub fn router(state: ApiState) -> Router {
             get(query::get_one).put(query::update).delete(query::delete),
         )
         .route("/v1/query/{id}/execute", get(query::execute))
+        .route("/v1/operator/drill", post(drills::start))
+        .route("/v1/operator/drills", get(drills::list))
+        .route("/v1/operator/drill/{id}", get(drills::get_one))
+        .route("/v1/internal/ui/datacenters", get(ui::datacenters))
+        .route("/v1/internal/ui/services", get(ui::services))
         .route("/metrics", get(metrics_page))
+        .merge(ui::assets())
         .fallback(unknown_path)
         // Handlers read bodies with `body::read_body`, which enforces the limit itself (and
         // drains an oversized body so the client sees the 413); this layer bounds any other

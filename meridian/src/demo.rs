@@ -659,7 +659,8 @@ fn print_banner(agents: &[Agent], ca_file: &Path, upstream: SocketAddr, exit_aft
         .map(|a| format!("--http {}", a.http_addr()))
         .collect();
     println!(
-        "\nTry:\
+        "\nThe UI: http://{h3}/ui/ (dc3's view; every node serves its own)\
+         \n\nTry:\
          \n  curl -s http://{h3}/v1/federation/datacenters\
          \n  curl -s 'http://{h3}/v1/health/service/web?dc=dc2&passing'\
          \n  dig @{dns_ip} -p {dns_port} web.service.consul SRV\

@@ -204,7 +204,7 @@ function renderDatacenters(main) {
   h("dl", {},
     h("dt", {}, "since"), h("dd", {}, dc.ForMs == null ? "–" : `${fmtMs(dc.ForMs)} ago`),
     h("dt", {}, "RTT"), h("dd", {}, dc.Local ? "–" : dc.RttMs == null ? "not measured" : `${dc.RttMs.toFixed(1)} ms`),
-    h("dt", {}, "federation"), h("dd", {}, dc.Local ? `origin, index ${dc.Index}` : `${dc.Connected ? "connected" : "disconnected"}, index ${dc.Index}, last contact ${fmtMs(dc.LastContactMs)} ago`),
+    h("dt", {}, "federation"), h("dd", {}, dc.Local ? `origin, index ${dc.Index}` : `${dc.Connected ? "connected" : "disconnected"}, index ${dc.Index}${dc.IndexLag == null ? "" : ` (${dc.IndexLag} behind)`}, last contact ${fmtMs(dc.LastContactMs)} ago`),
     h("dt", {}, "digest"), h("dd", {}, dc.Local ? "–" : `${dc.Digest}${dc.Connected ? " (in sync with the origin)" : " (stale copy)"}`),
     h("dt", {}, "catalog"), h("dd", {}, `${dc.Services} services, ${dc.Instances} instances`),
     h("dt", {}, "gateways"), h("dd", {}, dc.Gateways.length === 0 ? "none" : dc.Gateways.map((g) => h("div", {}, `${g.Node} ${g.Address}:${g.Port} `, h("span", { class: `badge ${g.Health}` }, g.Health)))),
@@ -320,7 +320,7 @@ function paintService(main, name, s = state.services && state.services.Services.
   if (s && d) {
     parts.push(h("p", {}, "DNS answer in ", d.Datacenter, ": ", h("span", { class: "answer", dataset: { answer: s.Answer.Datacenter || "" } }, describeAnswer(s.Answer, d.Datacenter)),
       h("br"), "Gateway route: ", describeRoute(s.Answer, d.Datacenter),
-      h("br"), h("span", { class: "why" }, `why: ${s.Answer.Reason} (${s.Answer.Healthy} healthy in the answer, ${s.Answer.Failovers} DCs passed over)`)));
+      h("br"), h("span", { class: "why" }, `why: ${s.Answer.Reason} (${s.Answer.Healthy} healthy in the answer, ${s.Answer.Failovers ?? 0} DCs passed over)`)));
   }
   const data = detail.data;
   if (!data) { parts.push(h("p", {}, "Loading instances…")); main.replaceChildren(...parts); return; }

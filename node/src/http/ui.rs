@@ -102,6 +102,9 @@ struct DcJson<'a> {
     connected: bool,
     /// The origin's Raft index the replica (or the local catalog) is at.
     index: u64,
+    /// How far the replica is behind the origin's newest announced index (null: local, or a
+    /// node that does not count it).
+    index_lag: Option<u64>,
     /// The replica's digest (hex; null for the local DC).
     digest: Option<String>,
     /// Milliseconds since the origin last confirmed the replica (null: local, or never).
@@ -149,7 +152,12 @@ fn user_services(state: &DcState) -> usize {
 }
 
 /// The map's body: every DC, this one first.
-fn datacenters_body(view: &View, now_ms: Option<u64>, node: &str) -> serde_json::Value {
+fn datacenters_body(
+    view: &View,
+    now_ms: Option<u64>,
+    node: &str,
+    lag: &dyn Fn(&str) -> Option<u64>,
+) -> serde_json::Value {
     let f = view.failover();
     let wall = meridian_federation::now_ms();
     let dcs: Vec<DcJson<'_>> = view
@@ -173,6 +181,7 @@ fn datacenters_body(view: &View, now_ms: Option<u64>, node: &str) -> serde_json:
                 stale: l.stale,
                 connected: remote.is_none_or(|r| r.connected),
                 index: remote.map_or(state.index(), |r| r.index),
+                index_lag: remote.and_then(|r| lag(&r.name)),
                 digest: remote.map(|r| format!("{:016x}", r.digest)),
                 last_contact_ms: remote
                     .filter(|r| r.confirmed_unix_ms > 0)
@@ -222,28 +231,44 @@ struct AnswerJson<'a> {
     datacenter: Option<&'a str>,
     /// Healthy instances in the answer.
     healthy: usize,
-    /// DCs passed over before it.
+    /// DCs passed over before it (left out when none).
+    #[serde(skip_serializing_if = "is_zero")]
     failovers: usize,
-    /// `direct` (the instances' addresses) or `gateway` (this DC's gateways, by SNI).
+    /// `gateway` when the answer is this DC's gateways (by SNI); left out for `direct` (the
+    /// instances' own addresses).
+    #[serde(skip_serializing_if = "is_direct")]
     address_mode: &'static str,
     /// Why the local DC did or did not answer (`local`, `dc-drained`, `none-healthy-here`, ...).
     why: &'static str,
     /// The same for people.
     reason: String,
     /// Why there is no answer, if there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     /// Other DCs that have the service but answer nothing now (`dc1 is drained`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     skipped: Vec<String>,
 }
 
-/// One service of the federation.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_direct(mode: &&str) -> bool {
+    *mode == "direct"
+}
+
+/// One service of the federation: 10,000 of them make the UI's first load, so what is usual is
+/// left out.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ServiceJson<'a> {
     name: &'a str,
-    /// `connect-proxy` for sidecars, else empty.
+    /// `connect-proxy` for sidecars (left out for plain services).
+    #[serde(skip_serializing_if = "str::is_empty")]
     kind: &'static str,
-    /// Meridian's own (`meridian-*`).
+    /// Meridian's own (`meridian-*`; left out when not).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     internal: bool,
     /// Per DC, in `Datacenters` order: `[passing, warning, critical]` instances, or null where
     /// the DC has none.
@@ -382,12 +407,22 @@ pub(super) async fn datacenters(
 ) -> Result<Response, ApiError> {
     let now = state.node().map(|n| n.clock.now_ms());
     let node = state.catalog().node_name().to_owned();
+    let federation = state.federation().cloned();
+    let lag = move |dc: &str| {
+        let f = federation.as_ref()?;
+        Some(
+            f.counters()
+                .peer(dc)
+                .lag
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
     blocking_answer(
         state.views(),
         state.closing(),
         &q,
         datacenters_digest,
-        |v| datacenters_body(v, now, &node),
+        |v| datacenters_body(v, now, &node, &lag),
     )
     .await
 }
@@ -432,7 +467,7 @@ pub fn read_only<S: Clone + Send + Sync + 'static>(
                 );
                 async move {
                     blocking_answer(&views, never, &q, datacenters_digest, |v| {
-                        datacenters_body(v, None, &node)
+                        datacenters_body(v, None, &node, &|_| None)
                     })
                     .await
                 }

@@ -698,7 +698,12 @@ pub async fn execute(
 pub struct ApiRunner;
 
 impl DrillRunner for ApiRunner {
-    fn run(&self, req: DrillRequest, out: watch::Sender<DrillState>) -> DrillRun {
+    fn run(
+        &self,
+        req: DrillRequest,
+        out: watch::Sender<DrillState>,
+        stop: watch::Receiver<bool>,
+    ) -> DrillRun {
         Box::pin(async move {
             let kind = if req.kind == "service-down" {
                 Kind::ServiceDown
@@ -718,8 +723,7 @@ impl DrillRunner for ApiRunner {
                 domain: req.domain,
             };
             let progress = Progress::published(out.clone());
-            // Nothing stops an API drill early but its own end: the sender lives as long.
-            let (_stop_tx, stop) = watch::channel(false);
+            // A node shutting down stops its drill, which restores what it changed at once.
             let outcome = execute(plan, &progress, stop).await;
             out.send_modify(|s| match outcome {
                 Ok(o) => {

@@ -75,8 +75,14 @@ pub type DrillRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Runs drills for the API: the binary's drill engine.
 pub trait DrillRunner: Send + Sync {
-    /// The drill `req`, publishing its state on `out` until it ends (`done` or `failed`).
-    fn run(&self, req: DrillRequest, out: watch::Sender<DrillState>) -> DrillRun;
+    /// The drill `req`, publishing its state on `out` until it ends (`done` or `failed`); when
+    /// `stop` turns true (the node is shutting down) it restores what it changed at once.
+    fn run(
+        &self,
+        req: DrillRequest,
+        out: watch::Sender<DrillState>,
+        stop: watch::Receiver<bool>,
+    ) -> DrillRun;
 }
 
 /// One drill this node started.
@@ -131,8 +137,13 @@ impl Drills {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts `req` unless a drill is running; its ID.
-    fn start(&self, req: DrillRequest, started_unix_ms: u64) -> Result<u64, ApiError> {
+    /// Starts `req` unless a drill is running (it stops early when `stop` turns true); its ID.
+    fn start(
+        &self,
+        req: DrillRequest,
+        started_unix_ms: u64,
+        stop: watch::Receiver<bool>,
+    ) -> Result<u64, ApiError> {
         let runner = self.runner.get().ok_or_else(|| ApiError {
             status: StatusCode::NOT_IMPLEMENTED,
             message: "this node runs no drills (a gateway-only node, or an embedded API)".into(),
@@ -162,7 +173,7 @@ impl Drills {
         while kept.len() > MAX_KEPT {
             kept.pop_front();
         }
-        tokio::spawn(runner.run(req, tx));
+        tokio::spawn(runner.run(req, tx, stop));
         Ok(id)
     }
 }
@@ -258,7 +269,9 @@ pub(super) async fn start(
         token,
         domain: node.domain.clone(),
     };
-    let id = state.drills().start(req, meridian_federation::now_ms())?;
+    let id = state
+        .drills()
+        .start(req, meridian_federation::now_ms(), state.closing())?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "ID": id.to_string() }))).into_response())
 }
 

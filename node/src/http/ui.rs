@@ -496,6 +496,207 @@ pub fn read_only<S: Clone + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_topology::{Check, DcLiveness, DcStatus, Failover, Instance, RemoteDc};
+
+    fn instance(service: &str, id: &str, meta: &[(&str, &str)]) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            port: 443,
+            tags: Vec::new(),
+            meta: meta
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            weights: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+            proxy: None,
+        }
+    }
+
+    fn state(instances: &[(&str, &str, Health)]) -> DcState {
+        let mut s = DcState::default();
+        for (i, (service, id, health)) in instances.iter().enumerate() {
+            let check = Check {
+                id: format!("service:{id}"),
+                name: String::new(),
+                node: "n1".into(),
+                service_id: (*id).into(),
+                service_name: (*service).into(),
+                status: *health,
+                output: String::new(),
+                notes: String::new(),
+                spec: None,
+                create_index: 0,
+                modify_index: 0,
+            };
+            s.register(instance(service, id, &[]), vec![check], i as u64 + 1);
+        }
+        s
+    }
+
+    /// dc3 (local, no web) following dc1 (web, drained) and dc2 (web and db: one passing, one
+    /// critical).
+    fn view(dc1: DcStatus) -> View {
+        let remote = |name: &str, s: DcState| {
+            (
+                Arc::<str>::from(name),
+                Arc::new(RemoteDc {
+                    name: name.into(),
+                    state: s,
+                    connected: true,
+                    ..RemoteDc::default()
+                }),
+            )
+        };
+        let f = Failover {
+            liveness: [
+                (
+                    Arc::from("dc1"),
+                    DcLiveness {
+                        status: dc1,
+                        rtt_us: Some(1_000),
+                        ..DcLiveness::default()
+                    },
+                ),
+                (
+                    Arc::from("dc2"),
+                    DcLiveness {
+                        rtt_us: Some(20_000),
+                        ..DcLiveness::default()
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            ..Failover::default()
+        };
+        View::new("dc3", state(&[("api", "api-1", Health::Passing)]))
+            .with_remotes(
+                [
+                    remote("dc1", state(&[("web", "w1", Health::Passing)])),
+                    remote(
+                        "dc2",
+                        state(&[
+                            ("web", "w2", Health::Passing),
+                            ("db", "db-1", Health::Critical),
+                        ]),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            )
+            .with_failover(Arc::new(f))
+    }
+
+    fn service<'a>(body: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        body["Services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["Name"] == name))
+            .unwrap_or(&serde_json::Value::Null)
+    }
+
+    #[test]
+    fn each_service_has_its_counts_per_dc_and_its_answer_here_with_the_reason() {
+        let body = services_body(&view(DcStatus::Up), "consul");
+        assert_eq!(
+            body["Datacenters"],
+            serde_json::json!(["dc3", "dc1", "dc2"])
+        );
+        let web = service(&body, "web");
+        assert_eq!(
+            web["Counts"],
+            serde_json::json!([null, [1, 0, 0], [1, 0, 0]])
+        );
+        assert_eq!(web["Answer"]["Datacenter"], "dc1", "the nearest: {web}");
+        assert_eq!(web["Answer"]["Why"], "none-here");
+        assert!(web["Answer"].get("Skipped").is_none(), "{web}");
+        let db = service(&body, "db");
+        assert_eq!(db["Counts"], serde_json::json!([null, null, [0, 0, 1]]));
+        assert_eq!(db["Answer"]["Datacenter"], serde_json::Value::Null);
+        assert_eq!(db["Answer"]["Error"], "no healthy instance");
+        let api = service(&body, "api");
+        assert_eq!(
+            (&api["Answer"]["Datacenter"], &api["Answer"]["Why"]),
+            (&serde_json::json!("dc3"), &serde_json::json!("local"))
+        );
+
+        // dc1 drained: web goes to dc2, and the answer says dc1 was passed over.
+        let body = services_body(&view(DcStatus::Drained), "consul");
+        let web = service(&body, "web");
+        assert_eq!(web["Answer"]["Datacenter"], "dc2");
+        assert_eq!(
+            web["Answer"]["Skipped"],
+            serde_json::json!(["dc1 is drained"])
+        );
+        assert_ne!(
+            services_digest(&view(DcStatus::Up)),
+            services_digest(&view(DcStatus::Drained)),
+            "a drain wakes the UI's blocking query"
+        );
+    }
+
+    #[test]
+    fn the_map_lists_every_dc_with_its_state_and_replica() {
+        let body = datacenters_body(&view(DcStatus::Drained), Some(5_000), "n1", &|dc| {
+            (dc == "dc2").then_some(3)
+        });
+        let dcs = body["Datacenters"].as_array().cloned().unwrap_or_default();
+        let names: Vec<&str> = dcs
+            .iter()
+            .filter_map(|d| d["Datacenter"].as_str())
+            .collect();
+        assert_eq!(names, ["dc3", "dc1", "dc2"]);
+        assert_eq!(dcs[0]["Local"], true);
+        assert_eq!(dcs[1]["Status"], "drained");
+        assert_eq!(dcs[1]["RttMs"], 1.0);
+        assert_eq!(dcs[2]["IndexLag"], 3);
+        assert_eq!(dcs[2]["Services"], 2);
+        assert_eq!(dcs[0]["Digest"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn drills_probe_from_this_node_and_from_each_dcs_advertised_gateway() {
+        let mut dc2 = state(&[]);
+        dc2.register(
+            instance(
+                GATEWAY_SERVICE,
+                GATEWAY_SERVICE,
+                &[(super::super::drills::HTTP_META, "10.0.2.1:8500")],
+            ),
+            Vec::new(),
+            1,
+        );
+        let v = View::new("dc1", state(&[])).with_remotes(
+            [
+                (
+                    Arc::<str>::from("dc2"),
+                    Arc::new(RemoteDc {
+                        name: "dc2".into(),
+                        state: dc2,
+                        ..RemoteDc::default()
+                    }),
+                ),
+                (
+                    // No gateway: nothing to probe from there.
+                    Arc::<str>::from("dc3"),
+                    Arc::new(RemoteDc {
+                        name: "dc3".into(),
+                        ..RemoteDc::default()
+                    }),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!(
+            super::super::drills::probe_nodes(&v, "127.0.0.1:8500"),
+            ["127.0.0.1:8500", "10.0.2.1:8500"]
+        );
+    }
 
     #[test]
     fn every_file_is_embedded_and_unknown_paths_are_the_page_or_404() {

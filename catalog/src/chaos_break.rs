@@ -45,6 +45,6 @@ pub(crate) fn ack_before_commit(cat: &Catalog, cmd: &Command) -> Option<WriteOut
         index: 0,
         changed: true,
         found: true,
-        guard_failed: false,
+        ..WriteOutcome::default()
     })
 }

@@ -266,6 +266,19 @@ pub struct WriteOutcome {
     /// A [`Command::Guarded`] found the instance changed since its check: nothing was applied.
     #[serde(default)]
     pub guard_failed: bool,
+    /// An earlier attempt of this write reached a leader that went away before answering, so it
+    /// may have been applied then: `found == false` may be this write's own earlier effect (a
+    /// deregistration that already removed what it names). Set by the node that retried.
+    #[serde(default)]
+    pub retried_unknown: bool,
+}
+
+impl WriteOutcome {
+    /// The write found nothing to act on, for certain: not found, and no earlier attempt of it
+    /// may have removed what it named. Deletes answer 404 only then.
+    pub fn surely_missing(&self) -> bool {
+        !self.found && !self.retried_unknown
+    }
 }
 
 /// What one Raft entry carries: the commands that reached the leader together, applied in order.

@@ -371,9 +371,11 @@ impl Catalog {
             return Err(e);
         }
         let cmd = &cmd;
+        // Whether an attempt was sent to a leader that never answered: it may have applied it.
+        let unknown = &std::sync::atomic::AtomicBool::new(false);
         let result = self
             .via_leader(|at| async move {
-                match at {
+                let r = match at {
                     LeaderAt::Here => {
                         CatalogCounters::inc(&counters.writes_local);
                         self.write_local(cmd).await
@@ -382,13 +384,20 @@ impl Catalog {
                         CatalogCounters::inc(&counters.writes_forwarded);
                         self.write_forward(&addr, cmd).await
                     }
+                };
+                if let Err(Retry::Unknown(_)) = &r {
+                    unknown.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
+                r
             })
             .await;
         if result.is_err() {
             CatalogCounters::inc(&counters.writes_failed);
         }
-        result
+        result.map(|mut outcome| {
+            outcome.retried_unknown |= unknown.load(std::sync::atomic::Ordering::Relaxed);
+            outcome
+        })
     }
 
     /// Fails with [`CatalogError::NotVoter`] unless this node votes in its DC's group: a node
@@ -552,7 +561,7 @@ impl Catalog {
             match result {
                 Ok(value) => return Ok(value),
                 Err(Retry::Fatal(e)) => return Err(e),
-                Err(Retry::Backoff(e)) => {
+                Err(Retry::Backoff(e) | Retry::Unknown(e)) => {
                     last_error = e;
                     let now = Instant::now();
                     if now >= deadline {
@@ -645,10 +654,11 @@ impl Catalog {
             .map_err(|e| Retry::Fatal(CatalogError::Raft(format!("cannot encode command: {e}"))))?;
         let mut req = tonic::Request::new(ForwardRequest { command });
         req.set_timeout(self.write_timeout());
+        // Sent: a failure from here on may come after the leader applied it.
         let reply = client
             .forward(req)
             .await
-            .map_err(|s| Retry::Backoff(format!("forward to {addr}: {}", s.message())))?;
+            .map_err(|s| Retry::Unknown(format!("forward to {addr}: {}", s.message())))?;
         match reply.into_inner().result {
             Some(ForwardResult::Outcome(bytes)) => {
                 let outcome: WriteOutcome = serde_json::from_slice(&bytes)
@@ -708,7 +718,7 @@ impl Catalog {
                 index: view.local().index(),
                 changed: false,
                 found: false,
-                guard_failed: false,
+                ..WriteOutcome::default()
             });
         };
         if check.status == status && check.output == output {
@@ -717,7 +727,7 @@ impl Catalog {
                 index: view.local().index(),
                 changed: false,
                 found: true,
-                guard_failed: false,
+                ..WriteOutcome::default()
             });
         }
         let outcome = self
@@ -843,6 +853,9 @@ enum Retry {
     WaitForLeader,
     /// A transient failure; try again after a pause.
     Backoff(String),
+    /// Like `Backoff`, after the request reached a leader that did not answer: it may have been
+    /// applied (a write says so in [`WriteOutcome::retried_unknown`]).
+    Unknown(String),
     /// Retrying cannot help.
     Fatal(CatalogError),
 }

@@ -524,7 +524,7 @@ impl StateMachineStore {
             index,
             changed,
             found,
-            guard_failed: false,
+            ..WriteOutcome::default()
         }
     }
 }

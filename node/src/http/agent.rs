@@ -253,7 +253,7 @@ pub(super) async fn deregister_service(
         id: id.clone(),
     };
     let outcome = write_checked(&state, &grant, &id, cmd, false).await?;
-    if !outcome.found {
+    if outcome.surely_missing() {
         return Err(unknown_service(&id));
     }
     Ok(())
@@ -591,7 +591,7 @@ pub(super) async fn deregister_check(
         check_id: id.clone(),
     };
     let outcome = write_as_owner(&state, &grant, &sid, cmd).await?;
-    if !outcome.found {
+    if outcome.surely_missing() {
         return Err(unknown_check(&id));
     }
     Ok(())

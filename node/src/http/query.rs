@@ -211,7 +211,7 @@ pub(super) async fn delete(
     // The catalog says whether it existed: this node's view may lag a write that another node
     // forwarded to the leader.
     let outcome = state.write(Command::DeleteQuery { id: id.clone() }).await?;
-    if !outcome.found {
+    if outcome.surely_missing() {
         return Err(not_found(&id));
     }
     Ok(())

@@ -249,6 +249,23 @@ async fn web_srv(dns: std::net::SocketAddr) -> Result<Vec<String>> {
     Ok(crate::dns::srv_lines(&m))
 }
 
+/// `web`'s SRV answer once it satisfies `want` (within 5 s), else the last one. The DNS server
+/// follows the view a moment after the API that acknowledged the write (its own copy, swapped
+/// by a task), so an answer right after the write may still be the one before it.
+async fn web_srv_once(
+    dns: std::net::SocketAddr,
+    want: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answers = web_srv(dns).await?;
+        if want(&answers) || std::time::Instant::now() >= deadline {
+            return Ok(answers);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The ports of `web`'s health entries that `filter` keeps.
 async fn filtered_ports(agent: &Agent, filter: &str) -> Result<Vec<u64>> {
     let path = format!("/v1/health/service/web?filter={}", urlencode(filter));
@@ -439,8 +456,8 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
 
     // web-1 in maintenance: critical, out of DNS answers, then back.
     let dns = crate::dns::dns_addr(&agent);
-    let srv = |_: ()| web_srv(dns);
-    ensure!(srv(()).await?.len() == 2);
+    let two = |a: &[String]| a.len() == 2;
+    ensure!(web_srv_once(dns, two).await?.len() == 2);
     let (code, text) = call(&agent, true, "/v1/agent/service/maintenance/web-1").await?;
     ensure!(code == 400 && text.contains("enable"), "{code} {text}");
     let (code, _) = call(
@@ -464,7 +481,7 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
         mcheck["Status"] == "critical" && mcheck["Notes"] == "upgrade",
         "{mcheck}"
     );
-    let answers = srv(()).await?;
+    let answers = web_srv_once(dns, |a| a.len() == 1).await?;
     ensure!(
         answers.len() == 1 && answers[0].contains(" 8081 "),
         "{answers:?}"
@@ -476,7 +493,7 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
     )
     .await?;
     ensure!(code == 200, "maintenance off: {code}");
-    ensure!(srv(()).await?.len() == 2);
+    ensure!(web_srv_once(dns, two).await?.len() == 2);
 
     // The whole node in maintenance: no answer at all, then both back.
     let (code, _) = call(&agent, true, "/v1/agent/maintenance?enable=true").await?;
@@ -488,10 +505,10 @@ async fn node_health_members_checks_and_maintenance() -> Result<()> {
     )
     .await?;
     ensure!(code == 503 && text == "critical", "{code} {text}");
-    ensure!(srv(()).await?.is_empty());
+    ensure!(web_srv_once(dns, <[String]>::is_empty).await?.is_empty());
     let (code, _) = call(&agent, true, "/v1/agent/maintenance?enable=false").await?;
     ensure!(code == 200, "node maintenance off: {code}");
-    ensure!(srv(()).await?.len() == 2);
+    ensure!(web_srv_once(dns, two).await?.len() == 2);
     Ok(())
 }
 

@@ -82,7 +82,13 @@ async fn a_dead_server_is_replaced_under_load_without_losing_a_write() -> Result
     load.advance(100, "100 registrations after the kill")
         .await?;
 
-    // The newcomer answers, but takes no write until it votes.
+    // The newcomer answers, but takes no write until it votes. Its ports other than rpc (which
+    // the membership names) are picked now: picked at the start, seconds ago, another process
+    // of the suite may have taken one since.
+    configs[3].ports = Ports {
+        rpc: configs[3].ports.rpc,
+        ..Ports::free()
+    };
     let mut newcomer = Agent::start("n4", &configs[3], dir.path(), &[])?;
     answering(&newcomer).await?;
     let r = newcomer

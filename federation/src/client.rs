@@ -53,6 +53,9 @@ pub struct Follower {
     /// down rather than absent). A learned datacenter appears only once it answered, so a
     /// phantom one never shows.
     pub announce: bool,
+    /// With the gateway transport, this DC's gateways (the node's own first): the stream goes
+    /// through one of them, and the DC's addresses are its gateways', not its servers'.
+    pub via: Option<Arc<arc_swap::ArcSwap<Vec<std::net::SocketAddr>>>>,
 }
 
 /// The addresses last persisted for the datacenter, and when.
@@ -79,6 +82,8 @@ enum StreamEnd {
     Idle(Duration),
     #[error("origin closed the stream")]
     Closed,
+    #[error("no gateway of this datacenter is known yet to carry the stream")]
+    NoLocalGateway,
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
@@ -236,10 +241,11 @@ impl Follower {
                 return;
             };
             self.persist_addresses(&mut persisted).await;
+            let hop = attempt;
             attempt += 1;
             let started = tokio::time::Instant::now();
             let end = self
-                .follow(&addr, &mut replica, &stats, &mut persisted)
+                .follow(&addr, hop, &mut replica, &stats, &mut persisted)
                 .await;
             replica.disconnected();
             self.publish(&replica, &stats);
@@ -312,11 +318,12 @@ impl Follower {
     async fn follow(
         &self,
         addr: &str,
+        hop: usize,
         replica: &mut Replica,
         stats: &PeerStats,
         persisted: &mut Persisted,
     ) -> StreamEnd {
-        match self.follow_inner(addr, replica, stats, persisted).await {
+        match self.follow_inner(addr, hop, replica, stats, persisted).await {
             Ok(()) => StreamEnd::Closed,
             Err(e) => e,
         }
@@ -325,13 +332,28 @@ impl Follower {
     async fn follow_inner(
         &self,
         addr: &str,
+        hop: usize,
         replica: &mut Replica,
         stats: &PeerStats,
         persisted: &mut Persisted,
     ) -> Result<(), StreamEnd> {
+        // Through a gateway of this DC: the TLS (and its check that the far end is a server
+        // of `peer.dc`) is the same, only the first hop differs; `addr` stays the DC's address
+        // this attempt is on behalf of (one of its gateways, which the local gateway may use).
+        let hop = match &self.via {
+            Some(gateways) => {
+                let gateways = gateways.load();
+                // The node's own gateway first; another of the DC's on later attempts.
+                let Some(gw) = gateways.get(hop % gateways.len().max(1)) else {
+                    return Err(StreamEnd::NoLocalGateway);
+                };
+                gw.to_string()
+            }
+            None => addr.to_owned(),
+        };
         let channel = channel_from(
             self.tls.clone(),
-            addr,
+            &hop,
             &self.peer.dc,
             self.connect_timeout,
             self.source,

@@ -109,6 +109,22 @@ pub struct Settings {
     pub window: usize,
     /// Caps on what one peer can make this node hold.
     pub limits: Limits,
+    /// How this node reaches other datacenters' servers.
+    pub transport: Transport,
+}
+
+/// How a node's subscriptions reach other datacenters' servers.
+#[derive(Clone, Debug, Default)]
+pub enum Transport {
+    /// Straight to their WAN ports: every server of every DC is reachable from the others.
+    #[default]
+    Direct,
+    /// Through a gateway of this DC (TLS to its port, with the remote DC's federation name as
+    /// SNI), which carries the stream over the tunnel to a gateway of the remote DC, which hands
+    /// it to one of its servers: only the gateways face the WAN. The list is this DC's gateways,
+    /// the node's own first, kept current by the node. A gateway-only node follows its own
+    /// DC's servers directly all the same (they are on its LAN).
+    Gateway(Arc<arc_swap::ArcSwap<Vec<SocketAddr>>>),
 }
 
 impl Settings {
@@ -127,6 +143,7 @@ pub struct Federation {
     exporter: Arc<export::Exporter>,
     registry: Arc<peers::Registry>,
     local_addr: Option<SocketAddr>,
+    transport: Transport,
     stop: watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -246,6 +263,7 @@ impl Federation {
                 tasks.clone(),
             );
             move |peer: Peer, replica: replica::Replica, announce: bool| {
+                let peer_is_local = peer.dc.eq_ignore_ascii_case(&settings.dc);
                 let f = client::Follower {
                     peer,
                     local_dc: settings.dc.clone(),
@@ -260,6 +278,10 @@ impl Federation {
                     idle_timeout: settings.idle_timeout,
                     stop: stop_rx.clone(),
                     announce,
+                    via: match &settings.transport {
+                        Transport::Gateway(gws) if !peer_is_local => Some(gws.clone()),
+                        _ => None,
+                    },
                 };
                 let t = tokio::spawn(f.run(replica));
                 tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
@@ -503,6 +525,7 @@ impl Federation {
             exporter,
             registry,
             local_addr,
+            transport: settings.transport.clone(),
             stop,
             tasks,
         })
@@ -527,6 +550,25 @@ impl Federation {
     /// best first.
     pub fn datacenters(&self) -> Vec<Peer> {
         self.registry.datacenters()
+    }
+
+    /// What this node knows of each remote datacenter's addresses, as socket addresses (names
+    /// left out): with the gateway transport they are the DC's gateways, which a gateway of this
+    /// DC dials for a stream before any replica names them.
+    pub fn known_addresses(&self) -> impl Fn(&str) -> Vec<SocketAddr> + Send + Sync + 'static {
+        let registry = self.registry.clone();
+        move |dc: &str| {
+            registry
+                .addresses(dc)
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect()
+        }
+    }
+
+    /// How this node's subscriptions reach other datacenters.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// The WAN port's address (`None` when not serving).

@@ -94,6 +94,7 @@ pub fn config(handshake_timeout: Duration) -> LocalConfig {
         max_connections_per_client: 64,
         export: None,
         own: crate::route::OwnAddrs::default(),
+        federation: None,
     }
 }
 

@@ -5,7 +5,8 @@
 //! Each stream opens with a header ([`crate::header`]): a header without a name is a liveness
 //! probe, answered with [`PROBE_ANSWER`](crate::header::PROBE_ANSWER); any other is checked (it
 //! must name this datacenter, and a service this datacenter exports) and relayed to one of this
-//! datacenter's instances, never further, so routes cannot loop.
+//! datacenter's instances, never further, so routes cannot loop. This datacenter's federation
+//! name (`crate::federation`) is relayed to one of its servers' federation ports instead.
 //!
 //! A relayed stream holds a backend socket, so it takes a slot of the gateway's connection
 //! budget (`max_connections`, the one client connections take: a TCP-fallback connection took
@@ -52,9 +53,9 @@ impl LocalGateway {
             .instrument(span)
             .await;
         match result {
-            Ok(Some((up, down))) => {
-                self.counters.record("tunnelled_in", "relayed");
-                debug!(up, down, "tunnelled stream closed");
+            Ok(Some(Relayed { route, up, down })) => {
+                self.counters.record(route, "relayed");
+                debug!(route, up, down, "tunnelled stream closed");
             }
             Ok(None) => self.counters.record("tunnelled_in", "probe"),
             Err(e) => {
@@ -89,14 +90,15 @@ impl LocalGateway {
         client_slot.take();
         Ok(
             match self.serve_tunnel_stream(tls, Some(&peer), false).await? {
-                Some((up, down)) => ("tunnelled_in", up, down),
+                Some(Relayed { route, up, down }) => (route, up, down),
                 None => ("tunnelled_in_probe", 0, 0),
             },
         )
     }
 
     /// Reads a tunnelled connection's header, then relays it to an instance of this datacenter,
-    /// never further, holding a place in `peer`'s share (when known) and, if `takes_slot` (it
+    /// or, for this datacenter's federation name, to one of its servers' federation ports;
+    /// never further. Holds a place in `peer`'s share (when known) and, if `takes_slot` (it
     /// holds none yet), a slot of the gateway's budget.
     /// A header without a name is a liveness probe: answered with one byte, `Ok(None)`.
     pub(crate) async fn serve_tunnel_stream<S>(
@@ -104,7 +106,7 @@ impl LocalGateway {
         mut stream: S,
         peer: Option<&PeerId>,
         takes_slot: bool,
-    ) -> Result<Option<(u64, u64)>, ConnError>
+    ) -> Result<Option<Relayed>, ConnError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -121,14 +123,28 @@ impl LocalGateway {
             header::answer_probe(&mut stream).await?;
             return Ok(None);
         }
-        if let Some(export) = &self.config.export {
-            let service = route(&header.name, &self.config.names)?.service;
-            if !export.iter().any(|p| pattern_matches(p, service)) {
-                return Err(ConnError::NotExported(service.to_owned()));
+        let federation = self
+            .config
+            .federation
+            .as_ref()
+            .and_then(|f| Some((f, f.dc_of(&header.name)?)));
+        let (candidates, label) = if let Some((f, dc)) = federation {
+            // Federation has its own export policy, applied by the server it reaches.
+            if !dc.eq_ignore_ascii_case(&local) {
+                return Err(ConnError::WrongDc(dc.to_owned()));
             }
-        }
-        let Target::Local(candidates) = self.target(&header.name, true)? else {
-            return Err(ConnError::WrongDc(header.dc));
+            (f.local.load().to_vec(), "federation_in")
+        } else {
+            if let Some(export) = &self.config.export {
+                let service = route(&header.name, &self.config.names)?.service;
+                if !export.iter().any(|p| pattern_matches(p, service)) {
+                    return Err(ConnError::NotExported(service.to_owned()));
+                }
+            }
+            let Target::Local(candidates) = self.target(&header.name, true)? else {
+                return Err(ConnError::WrongDc(header.dc));
+            };
+            (candidates, "tunnelled_in")
         };
         // The peer's share before the shared budget: a peer over its share takes nothing from
         // the others, even for a moment.
@@ -150,8 +166,22 @@ impl LocalGateway {
             None
         };
         let (mut backend, _guard) = self.connect_local(&header.name, candidates).await?;
-        Ok(Some(self.copy(&mut stream, &mut backend).await?))
+        let (up, down) = self.copy(&mut stream, &mut backend).await?;
+        Ok(Some(Relayed {
+            route: label,
+            up,
+            down,
+        }))
     }
+}
+
+/// A tunnelled stream that was relayed: its route label (`tunnelled_in`, or `federation_in`
+/// for a federation stream) and the bytes copied each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    route: &'static str,
+    up: u64,
+    down: u64,
 }
 
 #[cfg(test)]

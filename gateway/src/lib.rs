@@ -30,6 +30,7 @@ mod balance;
 pub mod client_hello;
 pub mod counters;
 mod error;
+pub mod federation;
 #[cfg(test)]
 mod fixtures;
 mod gateway;
@@ -47,6 +48,7 @@ pub mod tunnel;
 pub use client_hello::{Hello, HelloError, MAX_HELLO};
 pub use counters::GatewayCounters;
 pub use error::ConnError;
+pub use federation::{FederationRoute, KnownGateways};
 pub use gateway::{Gateway, GatewayMetrics};
 pub use header::{Header, HeaderError, PROBE_ANSWER};
 pub use local::{LocalConfig, LocalGateway};

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::balance::{Balancer, LoadGuard};
 use crate::counters::GatewayCounters;
 use crate::error::ConnError;
+use crate::federation::FederationRoute;
 use crate::meter::Metered;
 use crate::route::{self, NameConfig, OwnAddrs, Target};
 use crate::tunnel::Tunnel;
@@ -53,6 +54,9 @@ pub struct LocalConfig {
     /// The addresses that reach this gateway: `Gateway::start` sets them from its listener (and
     /// the host's addresses when it listens on all of them).
     pub own: OwnAddrs,
+    /// Federation streams through this gateway (`federation.rs`); `None`: federation names
+    /// are unknown names here.
+    pub federation: Option<FederationRoute>,
 }
 
 /// The gateway over a live view: local passthrough, and the tunnel to other datacenters when

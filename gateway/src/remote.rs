@@ -26,7 +26,9 @@ pub(crate) const MAX_RESCUES: usize = 2;
 impl LocalGateway {
     /// Relays `client`, whose ClientHello `hello` asked for `sni`, to datacenter `dc` through
     /// one of its `gateways`; returns the route (`remote`, or `local` after a rescue here) and
-    /// the bytes copied each way, the ClientHello and the first answer included.
+    /// the bytes copied each way, the ClientHello and the first answer included. Only a
+    /// `rescuable` name (a service, not a federation name) is sent elsewhere when `dc` does
+    /// not answer.
     pub(crate) async fn relay_remote(
         &self,
         client: &mut TcpStream,
@@ -34,6 +36,7 @@ impl LocalGateway {
         mut dc: String,
         mut gateways: Vec<SocketAddr>,
         hello: &[u8],
+        rescuable: bool,
     ) -> Result<(&'static str, u64, u64), ConnError> {
         let Some(tunnel) = &self.tunnel else {
             return Err(ConnError::Remote { sni, dc });
@@ -66,6 +69,9 @@ impl LocalGateway {
                 Ok(done) => break done,
                 Err(e) => e,
             };
+            if !rescuable {
+                return Err(error);
+            }
             // Nothing reached the client yet: if the name now resolves elsewhere (the DC was
             // just found down), replay the ClientHello there.
             let next = self.target(&sni, false)?;

@@ -1,7 +1,8 @@
 //! The TCP front door: accept a connection (at most `max_connections` at once), read its
 //! ClientHello within a byte bound and a timeout, and hand it to the step its SNI routes to:
 //! this datacenter's instances (`local.rs`), another datacenter through the tunnel
-//! (`remote.rs`), or, when the SNI is this gateway's own tunnel name, the TCP fallback of the
+//! (`remote.rs`), another datacenter's federation servers (`federation.rs`, carried by
+//! `remote.rs`), or, when the SNI is this gateway's own tunnel name, the TCP fallback of the
 //! tunnel (`inbound.rs`). A connection refused here gets a TLS alert where the client spoke TLS,
 //! then a clean close; each one's outcome is counted once, when it ends.
 
@@ -127,10 +128,29 @@ impl LocalGateway {
                 .serve_tcp_tunnel(tunnel, buf, client, client_slot)
                 .await;
         }
+        // A follower of this DC asking for another DC's federation servers.
+        if let Some(route) = &self.config.federation
+            && let Some(dc) = route.dc_of(&sni)
+        {
+            let dc = dc.to_ascii_lowercase();
+            let view = self.view.load();
+            if dc == view.datacenter().to_ascii_lowercase() {
+                // This DC's own servers are on the LAN: a follower here needs no gateway.
+                return Err(ConnError::WrongDc(dc));
+            }
+            let from_view = view.remote(&dc).map_or_else(Vec::new, |r| r.state.gateway_addrs());
+            let gateways = route.gateways(&dc, from_view);
+            drop(view);
+            return self
+                .relay_remote(client, sni, dc, gateways, &buf, false)
+                .await
+                .map(|(_, up, down)| ("federation", up, down));
+        }
         match self.target(&sni, false)? {
             Target::Local(candidates) => self.relay_local(client, &sni, candidates, &buf).await,
             Target::Remote { dc, gateways } => {
-                self.relay_remote(client, sni, dc, gateways, &buf).await
+                self.relay_remote(client, sni, dc, gateways, &buf, true)
+                    .await
             }
         }
     }

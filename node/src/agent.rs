@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use meridian_catalog::Catalog;
 use meridian_dns::DnsServer;
 use meridian_federation::Federation;
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, join_host_port};
+use crate::config::{Config, FederationTransport, join_host_port};
 use crate::failover::FailoverRuntime;
 use crate::http::{self, ApiState, NodeInfo};
 
@@ -133,6 +134,11 @@ impl Agent {
                 tls.clone(),
                 Some((catalog.clone(), http_addr)),
                 gateway_connections,
+                federation.as_ref().map(|f| {
+                    // Streams tunnelled here for this DC are handed to this server's WAN port.
+                    let own = f.local_addr().map(reachable);
+                    federation_route(f, own.into_iter().collect())
+                }),
             );
             match started.await {
                 Ok(g) => Some(g),
@@ -151,6 +157,9 @@ impl Agent {
         if let Some(t) = gateway.as_ref().and_then(|g| g.tunnel.clone()) {
             failover.set_tunnel(t);
         }
+        let via_gateways = federation.as_ref().and_then(|f| {
+            keep_local_gateways(f, gateway.as_ref().map(|g| g.addr), catalog.watch())
+        });
         let dns_addr = dns.local_addr();
         // Every part registers its own families; the API adds its and the catalog's.
         let mut registry = Registry::default();
@@ -188,6 +197,7 @@ impl Agent {
             api.clone(),
             config.acl.token_prune_interval(),
         ))];
+        upkeep.extend(via_gateways);
         if let Some(td) = &config.gateway.trust_domain {
             upkeep.push(tokio::spawn(crate::upkeep::ensure_mesh_ca(
                 api.clone(),
@@ -497,6 +507,7 @@ pub(crate) async fn start_gateway(
     tls: Option<Arc<TlsMaterial>>,
     catalog: Option<(Catalog, SocketAddr)>,
     max_connections: usize,
+    federation: Option<meridian_gateway::FederationRoute>,
 ) -> anyhow::Result<RunningGateway> {
     let bind = config.bind_addr(config.ports.gateway);
     let listener = TcpListener::bind(bind)
@@ -508,6 +519,8 @@ pub(crate) async fn start_gateway(
     local.max_connections = max_connections;
     // Other DCs reach through the tunnel only what they may see through federation.
     local.export = config.federation.export.clone();
+    // Federation streams of other DCs' nodes (and of this DC's, to other DCs) pass through.
+    local.federation = federation;
     // The tunnel listens on UDP on the gateway's port number, with the federation certificates.
     let tunnel = match &tls {
         Some(tls) => {
@@ -679,7 +692,18 @@ pub(crate) fn federation_settings(
         },
         join: f.join.clone(),
         advertise_host: config.advertise_ip().to_string(),
-        advertise: f.advertise.clone(),
+        advertise: match f.transport {
+            // Other DCs reach this one through its gateways: those are its addresses.
+            FederationTransport::Gateway
+                if f.advertise.is_empty() && config.gateway.enabled && config.ports.gateway != 0 =>
+            {
+                vec![join_host_port(
+                    &config.advertise_ip().to_string(),
+                    config.ports.gateway,
+                )]
+            }
+            _ => f.advertise.clone(),
+        },
         policy: f.policy(),
         tls,
         data_dir,
@@ -689,7 +713,65 @@ pub(crate) fn federation_settings(
         handshake_timeout: ms(f.handshake_timeout_ms),
         window: f.resume_window,
         limits: f.limits(),
+        transport: match f.transport {
+            FederationTransport::Direct => meridian_federation::Transport::Direct,
+            // Filled by `keep_local_gateways` once the gateway is up and the catalog names them.
+            FederationTransport::Gateway => {
+                meridian_federation::Transport::Gateway(Arc::new(ArcSwap::from_pointee(Vec::new())))
+            }
+        },
     })
+}
+
+/// Where this node reaches one of its own listeners bound at `addr` (a wildcard: loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        std::net::IpAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+        std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+    }
+}
+
+/// The gateway's route for federation streams: streams tunnelled here for this DC go to
+/// `local` (this DC's federation endpoints); streams to other DCs use the gateways `federation`
+/// knows for them until their replica names its own.
+pub(crate) fn federation_route(
+    federation: &Federation,
+    local: Vec<SocketAddr>,
+) -> meridian_gateway::FederationRoute {
+    meridian_gateway::FederationRoute {
+        prefix: format!("{}.", meridian_identity::SERVER_LABEL),
+        suffix: format!(".{}", meridian_identity::DOMAIN),
+        local: Arc::new(ArcSwap::from_pointee(local)),
+        known: Arc::new(federation.known_addresses()),
+    }
+}
+
+/// With the gateway transport, keeps `federation`'s list of this DC's gateways current: this
+/// node's own gateway first (`own`, when it runs one), then the others the catalog names.
+pub(crate) fn keep_local_gateways(
+    federation: &Federation,
+    own: Option<SocketAddr>,
+    mut views: tokio::sync::watch::Receiver<Arc<meridian_topology::View>>,
+) -> Option<JoinHandle<()>> {
+    let meridian_federation::Transport::Gateway(list) = federation.transport().clone() else {
+        return None;
+    };
+    let own = own.map(reachable);
+    Some(tokio::spawn(async move {
+        loop {
+            let mut gateways: Vec<SocketAddr> = own.into_iter().collect();
+            let others = views.borrow_and_update().local().gateway_addrs();
+            gateways.extend(others.into_iter().filter(|g| Some(*g) != own));
+            if **list.load() != gateways {
+                tracing::debug!(?gateways, "federation goes through these gateways");
+                list.store(Arc::new(gateways));
+            }
+            if views.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
 }
 
 /// Gives a dev configuration without a data folder a temporary one.

@@ -184,6 +184,21 @@ pub struct FederationSection {
     /// A learned address that answered once but not since is forgotten after this long, also
     /// across restarts.
     pub learned_ttl_ms: u64,
+    /// How this node's subscriptions reach other datacenters: `direct` (to their servers' WAN
+    /// ports) or `gateway` (through a gateway of this DC and the tunnel, so that only the
+    /// gateways face the WAN; `peers` and `join` then name other DCs' gateways).
+    pub transport: FederationTransport,
+}
+
+/// `federation.transport`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FederationTransport {
+    /// To other DCs' servers' WAN ports.
+    #[default]
+    Direct,
+    /// Through this DC's gateways and the tunnel.
+    Gateway,
 }
 
 impl Default for FederationSection {
@@ -207,6 +222,7 @@ impl Default for FederationSection {
             max_staging_bytes: 256 << 20,
             unproven_ttl_ms: 10 * 60 * 1000,
             learned_ttl_ms: 72 * 60 * 60 * 1000,
+            transport: FederationTransport::Direct,
         }
     }
 }
@@ -520,6 +536,7 @@ impl GatewaySection {
             export: None,
             // Filled in by `Gateway::start` from the listener.
             own: meridian_gateway::OwnAddrs::default(),
+            federation: None,
         }
     }
 }
@@ -565,6 +582,25 @@ impl FederationSection {
                         format!("{a:?} is not host:port with a non-zero port"),
                     ));
                 }
+            }
+        }
+        if self.transport == FederationTransport::Gateway {
+            // The tunnel dials gateways by address: its data plane does no DNS lookups.
+            for (i, p) in self.peers.iter().enumerate() {
+                for (j, a) in p.addresses.iter().enumerate() {
+                    if a.parse::<SocketAddr>().is_err() {
+                        return Err(ConfigError::invalid(
+                            format!("federation.peers[{i}].addresses[{j}]"),
+                            format!("{a:?}: with transport = \"gateway\" a peer's addresses are its gateways', as ip:port"),
+                        ));
+                    }
+                }
+            }
+            if !self.join.is_empty() {
+                return Err(ConfigError::invalid(
+                    "federation.join",
+                    "with transport = \"gateway\", name the datacenter and its gateways under [[federation.peers]] instead",
+                ));
             }
         }
         if (!self.peers.is_empty() || !self.join.is_empty()) && !self.has_tls() && !dev {

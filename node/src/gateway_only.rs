@@ -97,14 +97,27 @@ impl GatewayNode {
             config.dns.threads,
         )
         .await?;
+        // Streams tunnelled here for this DC go to its servers' WAN ports (on the LAN).
+        let servers: Vec<SocketAddr> = config
+            .federation
+            .local_servers
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         let gateway = start_gateway(
             &config,
             views.clone(),
             Some(tls.clone()),
             None,
             gateway_connections,
+            Some(crate::agent::federation_route(&federation, servers)),
         )
         .await?;
+        let via_gateways = crate::agent::keep_local_gateways(
+            &federation,
+            Some(gateway.addr),
+            views.clone(),
+        );
         if let Some(t) = gateway.tunnel.clone() {
             failover.set_tunnel(t);
         }
@@ -156,7 +169,7 @@ impl GatewayNode {
             config,
             tls,
             acl,
-            tasks: vec![follow, serve],
+            tasks: [follow, serve].into_iter().chain(via_gateways).collect(),
             _local: local,
             temp_dir,
         })

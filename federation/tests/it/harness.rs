@@ -56,6 +56,7 @@ pub async fn node(dc: &str, dir: &Path, peers: Vec<Peer>, limits: Limits) -> Res
         handshake_timeout: Duration::from_secs(2),
         window: 1000,
         limits,
+        transport: meridian_federation::Transport::Direct,
     };
     let (local, rx) = watch::channel(Arc::new(View::new(dc, DcState::default())));
     Ok(Node {

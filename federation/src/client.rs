@@ -323,7 +323,10 @@ impl Follower {
         stats: &PeerStats,
         persisted: &mut Persisted,
     ) -> StreamEnd {
-        match self.follow_inner(addr, hop, replica, stats, persisted).await {
+        match self
+            .follow_inner(addr, hop, replica, stats, persisted)
+            .await
+        {
             Ok(()) => StreamEnd::Closed,
             Err(e) => e,
         }

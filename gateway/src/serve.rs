@@ -138,7 +138,9 @@ impl LocalGateway {
                 // This DC's own servers are on the LAN: a follower here needs no gateway.
                 return Err(ConnError::WrongDc(dc));
             }
-            let from_view = view.remote(&dc).map_or_else(Vec::new, |r| r.state.gateway_addrs());
+            let from_view = view
+                .remote(&dc)
+                .map_or_else(Vec::new, |r| r.state.gateway_addrs());
             let gateways = route.gateways(&dc, from_view);
             drop(view);
             return self

@@ -695,7 +695,9 @@ pub(crate) fn federation_settings(
         advertise: match f.transport {
             // Other DCs reach this one through its gateways: those are its addresses.
             FederationTransport::Gateway
-                if f.advertise.is_empty() && config.gateway.enabled && config.ports.gateway != 0 =>
+                if f.advertise.is_empty()
+                    && config.gateway.enabled
+                    && config.ports.gateway != 0 =>
             {
                 vec![join_host_port(
                     &config.advertise_ip().to_string(),

@@ -591,7 +591,9 @@ impl FederationSection {
                     if a.parse::<SocketAddr>().is_err() {
                         return Err(ConfigError::invalid(
                             format!("federation.peers[{i}].addresses[{j}]"),
-                            format!("{a:?}: with transport = \"gateway\" a peer's addresses are its gateways', as ip:port"),
+                            format!(
+                                "{a:?}: with transport = \"gateway\" a peer's addresses are its gateways', as ip:port"
+                            ),
                         ));
                     }
                 }

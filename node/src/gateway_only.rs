@@ -113,11 +113,8 @@ impl GatewayNode {
             Some(crate::agent::federation_route(&federation, servers)),
         )
         .await?;
-        let via_gateways = crate::agent::keep_local_gateways(
-            &federation,
-            Some(gateway.addr),
-            views.clone(),
-        );
+        let via_gateways =
+            crate::agent::keep_local_gateways(&federation, Some(gateway.addr), views.clone());
         if let Some(t) = gateway.tunnel.clone() {
             failover.set_tunnel(t);
         }

@@ -27,8 +27,8 @@ const FAILBACK: Duration = Duration::from_secs(3);
 
 /// Three DCs, each one node on its own address, every DC a configured peer of the others; dc3
 /// prefers dc1 then dc2 for names without a DC.
-struct World {
-    dcs: Vec<Agent>,
+pub(crate) struct World {
+    pub(crate) dcs: Vec<Agent>,
     /// `web`'s backend port in dc1 and dc2.
     ports: [u16; 2],
     ca: std::path::PathBuf,
@@ -36,12 +36,32 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn host(i: usize) -> String {
+/// The loopback address of the `i`-th DC's node.
+pub(crate) fn host(i: usize) -> String {
     format!("127.0.{}.1", i + 1)
+}
+
+/// How the World's DCs federate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wan {
+    /// Server to server, each DC's peers at the others' WAN ports.
+    Direct,
+    /// `federation.transport = "gateway"`, each DC's peers at the others' gateways.
+    Gateways,
 }
 
 impl World {
     async fn start(web_check: bool) -> Result<World> {
+        World::start_on(web_check, Wan::Direct, |_| Ok(())).await
+    }
+
+    /// [`World::start`] federating over `wan`; `before` runs once every port is known and before
+    /// any agent starts (to fence the WAN to them).
+    pub(crate) async fn start_on(
+        web_check: bool,
+        wan: Wan,
+        before: impl FnOnce(&[Ports]) -> Result<()>,
+    ) -> Result<World> {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs)?;
@@ -52,6 +72,7 @@ impl World {
             Nginx::start(dir.path(), "dc2-web", &cert, &key, "dc2-web")?,
         ];
         let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+        before(&ports)?;
         let mut dcs = Vec::new();
         for i in 0..3 {
             let dc = format!("dc{}", i + 1);
@@ -61,7 +82,15 @@ impl World {
                 .filter(|(j, _)| *j != i)
                 .map(|(j, p)| Peer {
                     dc: format!("dc{}", j + 1),
-                    addresses: vec![format!("{}:{}", host(j), p.wan)],
+                    addresses: vec![format!(
+                        "{}:{}",
+                        host(j),
+                        if wan == Wan::Gateways {
+                            p.gateway
+                        } else {
+                            p.wan
+                        }
+                    )],
                 })
                 .collect();
             let mut c = AgentConfig::new(&dc, "n1", ports[i], &dir.path().join(&dc));
@@ -70,6 +99,9 @@ impl World {
             c.raft = quick_raft();
             crate::federation::with_certs(&mut c, &certs, peers);
             c.set("failover", "failback_after_ms", FAILBACK.as_millis() as i64);
+            if wan == Wan::Gateways {
+                c.set("federation", "transport", "gateway");
+            }
             if i == 2 {
                 c.set("failover", "nearest_n", 0).set(
                     "failover",
@@ -135,7 +167,7 @@ impl World {
     }
 
     /// Which DC (index into `ports`) `web.service.consul` resolves to in DNS at `dc`, if any.
-    async fn answer(&self, dc: usize) -> Option<usize> {
+    pub(crate) async fn answer(&self, dc: usize) -> Option<usize> {
         let m = query(dns_addr(&self.dcs[dc]), NAME, RecordType::SRV, false)
             .await
             .ok()?;
@@ -153,12 +185,12 @@ impl World {
 
     /// Which DC's backend answers an HTTPS request through `dc`'s gateway (curl checks the
     /// backend's certificate end to end), if any.
-    async fn route(&self, dc: usize) -> Option<usize> {
+    pub(crate) async fn route(&self, dc: usize) -> Option<usize> {
         self.route_within(dc, 3).await
     }
 
     /// [`Self::route`] with a client that waits up to `secs`.
-    async fn route_within(&self, dc: usize, secs: u32) -> Option<usize> {
+    pub(crate) async fn route_within(&self, dc: usize, secs: u32) -> Option<usize> {
         let a = &self.dcs[dc];
         let out = tokio::process::Command::new("curl")
             .args(["-sS", "--max-time", &secs.to_string(), "--cacert"])
@@ -179,7 +211,12 @@ impl World {
     }
 
     /// Polls until `dc` answers with `want` in DNS and through the gateway; the time it took.
-    async fn moves_to(&self, dc: usize, want: usize, within: Duration) -> Result<Duration> {
+    pub(crate) async fn moves_to(
+        &self,
+        dc: usize,
+        want: usize,
+        within: Duration,
+    ) -> Result<Duration> {
         let start = Instant::now();
         loop {
             let (answer, route) = (self.answer(dc).await, self.route(dc).await);
@@ -198,7 +235,7 @@ impl World {
     }
 
     /// Checks for `period` that `dc` keeps answering with `want`, never another DC.
-    async fn stays(&self, dc: usize, want: usize, period: Duration) -> Result<()> {
+    pub(crate) async fn stays(&self, dc: usize, want: usize, period: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < period {
             let answer = self.answer(dc).await;
@@ -213,7 +250,7 @@ impl World {
         Ok(())
     }
 
-    async fn status_of(&self, at: usize, dc: &str) -> Result<String> {
+    pub(crate) async fn status_of(&self, at: usize, dc: &str) -> Result<String> {
         let list = self.dcs[at].get_json("/v1/federation/datacenters").await?;
         list.as_array()
             .and_then(|l| l.iter().find(|e| e["Datacenter"] == dc))
@@ -246,7 +283,7 @@ async fn set_check(agent: &Agent, verb: &str) -> Result<()> {
 
 /// Waits for the answers of dc3 to come back to dc1 after `since`, and checks that they did
 /// not come back before the failback period.
-async fn fails_back(w: &World, since: Instant) -> Result<Duration> {
+pub(crate) async fn fails_back(w: &World, since: Instant) -> Result<Duration> {
     w.moves_to(2, 0, Duration::from_secs(60)).await?;
     let took = since.elapsed();
     ensure!(

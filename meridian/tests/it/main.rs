@@ -27,3 +27,4 @@ mod sidecar;
 mod tokens;
 mod ui;
 mod unbound;
+mod wan_gateways;

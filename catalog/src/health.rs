@@ -1,8 +1,10 @@
 //! Health checks of the instances registered on this node: TCP, HTTP and TTL.
 //!
-//! Checks run only on the node that registered the instance (as Consul's agent does). A result is
-//! written to Raft only when the status differs from the one in the current view, so a steady
-//! service costs no Raft traffic however often it is checked.
+//! Checks run only on the node that registered the instance (as Consul's agent does), with one
+//! exception: a gateway-only node has no catalog and no agent of its own, so the TCP checks of
+//! nodes marked [`GATEWAY_ONLY_META`] are run by the DC's Raft leader (whichever server leads
+//! now). A result is written to Raft only when the status differs from the one in the current
+//! view, so a steady service costs no Raft traffic however often it is checked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{Catalog, CheckPolicy, Command};
+
+/// Node meta key (value `true`) of a gateway-only node, registered by the server it follows:
+/// its TCP checks are run by the DC's leader.
+pub const GATEWAY_ONLY_META: &str = "meridian-gateway-only";
+
+/// How often the runner asks whether this node leads (it starts or stops running the checks
+/// of gateway-only nodes when that changes).
+const LEADERSHIP_POLL: Duration = Duration::from_secs(1);
 
 /// Most bytes of an HTTP check's body kept as its output.
 const MAX_OUTPUT: usize = 4096;
@@ -68,49 +78,77 @@ impl HealthRunner {
     pub(crate) async fn run(self, catalog: Catalog) {
         let mut views = catalog.watch();
         let mut stop = self.inner.stop.subscribe();
-        let mut running: HashMap<String, (CheckSpec, JoinHandle<()>)> = HashMap::new();
+        // Keyed by node and check ID: the leader runs other nodes' checks beside its own.
+        let mut running: HashMap<(String, String), (CheckSpec, JoinHandle<()>)> = HashMap::new();
+        let mut poll = tokio::time::interval(LEADERSHIP_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let view = views.borrow_and_update().clone();
-            let wanted: HashMap<&str, &CheckSpec> = view
-                .local()
+            let state = view.local();
+            let leads = catalog.status().is_leader;
+            let agentless = state
+                .nodes()
+                .filter(|n| leads && n.meta.get(GATEWAY_ONLY_META).is_some_and(|v| v == "true"))
+                .flat_map(|n| state.checks_on(&n.name))
+                .filter(|c| {
+                    c.spec
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.kind, CheckKind::Tcp { .. }))
+                });
+            let wanted: HashMap<(&str, &str), &CheckSpec> = state
                 .checks_on(&self.inner.node)
-                .filter_map(|c| c.spec.as_ref().map(|s| (c.id.as_str(), s)))
+                .chain(agentless)
+                .filter_map(|c| {
+                    c.spec
+                        .as_ref()
+                        .map(|s| ((c.node.as_str(), c.id.as_str()), s))
+                })
                 .collect();
-            running.retain(|id, (spec, task)| {
-                let keep = wanted.get(id.as_str()).is_some_and(|w| *w == spec);
+            running.retain(|(node, id), (spec, task)| {
+                let keep = wanted
+                    .get(&(node.as_str(), id.as_str()))
+                    .is_some_and(|w| *w == spec);
                 if !keep {
                     task.abort();
-                    if let Ok(mut m) = self.inner.ttl_touch.lock() {
+                    if *node == self.inner.node
+                        && let Ok(mut m) = self.inner.ttl_touch.lock()
+                    {
                         m.remove(id);
                     }
                 }
                 keep
             });
-            for (id, spec) in wanted {
-                if running.contains_key(id) {
+            for ((node, id), spec) in wanted {
+                let key = (node.to_owned(), id.to_owned());
+                if running.contains_key(&key) {
                     continue;
                 }
                 let touch = Arc::new(Notify::new());
-                if let Ok(mut m) = self.inner.ttl_touch.lock() {
+                // TTL checks are this node's own (the others run are TCP).
+                if node == self.inner.node
+                    && let Ok(mut m) = self.inner.ttl_touch.lock()
+                {
                     m.insert(id.to_owned(), touch.clone());
                 }
                 let task = CheckTask {
                     catalog: catalog.clone(),
-                    node: self.inner.node.clone(),
+                    node: node.to_owned(),
                     policy: self.inner.policy.clone(),
                     id: id.to_owned(),
                     spec: spec.clone(),
                     touch,
                     critical_since: None,
                 };
-                let span = info_span!("check", check = %id, kind = spec.kind.type_name());
+                let span = info_span!("check", %node, check = %id, kind = spec.kind.type_name());
                 running.insert(
-                    id.to_owned(),
+                    key,
                     (spec.clone(), tokio::spawn(task.run().instrument(span))),
                 );
             }
             tokio::select! {
                 changed = views.changed() => if changed.is_err() { break },
+                // Leadership moves without a view change: look again now and then.
+                _ = poll.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -42,6 +42,7 @@ pub use command::{Batch, BatchOutcome, Command, WriteOutcome};
 pub use config::{CatalogConfig, CheckPolicy, RaftTuning};
 pub use counters::CatalogCounters;
 pub use error::CatalogError;
+pub use health::GATEWAY_ONLY_META;
 pub use membership::{MAX_CATCH_UP, MembershipChange};
 pub use metrics::CatalogMetrics;
 pub use node::{Catalog, RaftConfiguration, RaftMember, RaftStatus, SERVER_META};

@@ -56,6 +56,8 @@ pub struct Follower {
     /// With the gateway transport, this DC's gateways (the node's own first): the stream goes
     /// through one of them, and the DC's addresses are its gateways', not its servers'.
     pub via: Option<Arc<arc_swap::ArcSwap<Vec<std::net::SocketAddr>>>>,
+    /// A gateway-only node following its own DC: the gateway it announces.
+    pub gateway: Option<crate::AnnouncedGateway>,
 }
 
 /// The addresses last persisted for the datacenter, and when.
@@ -366,6 +368,14 @@ impl Follower {
             FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut req = replica.request(&self.local_dc, &self.local_node);
         req.subscriber_addresses = self.registry.own_addresses().to_vec();
+        req.gateway = self
+            .gateway
+            .as_ref()
+            .map(|a| meridian_protos::federation::GatewayAnnounce {
+                address: a.address.to_string(),
+                check: a.check.to_string(),
+                http: a.http.map(|h| h.to_string()).unwrap_or_default(),
+            });
         stats
             .bytes_out
             .fetch_add(req.encoded_len() as u64, Ordering::Relaxed);

@@ -111,7 +111,29 @@ pub struct Settings {
     pub limits: Limits,
     /// How this node reaches other datacenters' servers.
     pub transport: Transport,
+    /// A gateway-only node: its gateway, announced to the server of its own DC it follows.
+    pub announce: Option<AnnouncedGateway>,
+    /// A server: what it does with a gateway-only node of its DC announcing its gateway
+    /// (registers it in the catalog).
+    pub on_gateway: Option<GatewayHook>,
 }
+
+/// A gateway-only node's gateway, announced on its subscription to a server of its own DC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnouncedGateway {
+    /// The node (from its certificate, on the server's side).
+    pub node: String,
+    /// Where other DCs reach the gateway (its WAN address).
+    pub address: SocketAddr,
+    /// Where its DC's servers check it.
+    pub check: SocketAddr,
+    /// Its HTTP port, if it serves one.
+    pub http: Option<SocketAddr>,
+}
+
+/// Called by a server for each gateway announcement of a gateway-only node of its DC (once per
+/// subscription).
+pub type GatewayHook = Arc<dyn Fn(AnnouncedGateway) + Send + Sync>;
 
 /// How a node's subscriptions reach other datacenters' servers.
 #[derive(Clone, Debug, Default)]
@@ -278,6 +300,7 @@ impl Federation {
                     idle_timeout: settings.idle_timeout,
                     stop: stop_rx.clone(),
                     announce,
+                    gateway: settings.announce.clone().filter(|_| peer_is_local),
                     via: match &settings.transport {
                         Transport::Gateway(gws) if !peer_is_local => Some(gws.clone()),
                         _ => None,
@@ -491,6 +514,7 @@ impl Federation {
                 heartbeat: settings.heartbeat,
                 stop: stop_rx.clone(),
                 streams: limits::StreamCap::new(settings.limits.max_streams_per_identity),
+                on_gateway: settings.on_gateway.clone(),
             };
             {
                 let mut stop = stop_rx.clone();

@@ -188,6 +188,7 @@ impl Replica {
             buckets,
             subscriber_node: subscriber_node.to_owned(),
             subscriber_addresses: Vec::new(),
+            gateway: None,
         }
     }
 

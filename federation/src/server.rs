@@ -156,6 +156,8 @@ pub struct Service {
     pub stop: watch::Receiver<bool>,
     /// Streams open per subscriber certificate.
     pub streams: crate::limits::StreamCap,
+    /// Told of each gateway a gateway-only node of this DC announces.
+    pub on_gateway: Option<crate::GatewayHook>,
 }
 
 impl Service {
@@ -226,6 +228,20 @@ impl Federation for Service {
                 crate::now_ms(),
             );
         }
+        // A gateway-only node of this DC announcing its gateway: registered for other DCs to
+        // tunnel to. Its certificate names the node, so it speaks only for itself.
+        if peer.role == Role::Gateway
+            && peer.dc.eq_ignore_ascii_case(&self.dc)
+            && let (Some(hook), Some(gw)) = (&self.on_gateway, &req.gateway)
+        {
+            match announced(&peer.node, gw) {
+                Some(a) => hook(a),
+                None => {
+                    self.counters.refuse("bad_gateway_announce");
+                    tracing::warn!(peer = %peer, address = %gw.address, check = %gw.check, "a gateway announced addresses that are not ip:port; not registered");
+                }
+            }
+        }
         // A subscriber that was ahead of this node (it synced from a node that had applied
         // more) waits briefly for this node to catch up, rather than being rolled back.
         let mut changed = self.exporter.watch();
@@ -262,6 +278,19 @@ impl Federation for Service {
         tokio::spawn(stream.run(plan));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The announcement of gateway-only node `node`, if its addresses are `ip:port`.
+fn announced(node: &str, gw: &pb::GatewayAnnounce) -> Option<crate::AnnouncedGateway> {
+    Some(crate::AnnouncedGateway {
+        node: node.to_owned(),
+        address: gw.address.parse().ok()?,
+        check: gw.check.parse().ok()?,
+        http: match gw.http.as_str() {
+            "" => None,
+            h => Some(h.parse().ok()?),
+        },
+    })
 }
 
 fn plan_name(p: &Plan) -> &'static str {

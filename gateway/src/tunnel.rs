@@ -707,6 +707,7 @@ impl Tunnel {
                 .unwrap_or_else(PoisonError::into_inner);
             if result.is_ok() {
                 failed.remove(&key);
+                self.close_retired_elsewhere(&key);
                 0
             } else {
                 let run = failed.entry(key.clone()).or_insert((0, received));
@@ -741,6 +742,36 @@ impl Tunnel {
             }
         }
         result
+    }
+
+    /// The DC answered a probe on its pooled connection: connections retired to *other*
+    /// gateways of it (silent through failed probes while this one answers) are to a dead
+    /// gateway, not a lossy WAN. Closing them ends their streams now, so that their clients
+    /// (federation streams among them) reconnect through the live gateway at once rather than
+    /// at their idle timeouts.
+    fn close_retired_elsewhere(&self, key: &str) {
+        let live = {
+            let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            match conns.get(key) {
+                Some((addr, _)) => *addr,
+                None => return,
+            }
+        };
+        let dead: Vec<quinn::Connection> = {
+            let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(list) = retired.get_mut(key) else {
+                return;
+            };
+            let (gone, kept) = list.drain(..).partition(|c| c.remote_address() != live);
+            *list = kept;
+            gone
+        };
+        for conn in dead {
+            if conn.close_reason().is_none() {
+                info!(dc = %key, gateway = %conn.remote_address(), live = %live, "closing the tunnel to a gateway that went silent while another answers");
+                conn.close(quinn::VarInt::from_u32(1), b"gateway unresponsive");
+            }
+        }
     }
 
     /// Closes the pooled connection to `dc`, and with it every stream on it: their clients see

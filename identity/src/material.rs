@@ -27,7 +27,7 @@ use crate::error::TlsError;
 use crate::error::{material, pem_reason};
 use crate::issue::{PemPair, create_node_cert};
 use crate::names::{Identity, Role, peer_identity, server_name};
-use crate::{ALPN_H2, DEFAULT_NODE_CERT_DAYS, DEV_CA_CERT_PEM, DEV_CA_KEY_PEM};
+use crate::{ALPN_H2, DEFAULT_NODE_CERT_DAYS, DEV_CA_CERT_PEM, DEV_CA_KEY_PEM, DOMAIN};
 
 /// One PEM input and the file it came from, if any.
 #[derive(Clone, Copy)]
@@ -278,16 +278,24 @@ impl TlsMaterial {
     /// A client configuration that trusts only the CA roots, presents this node's certificate,
     /// speaks TLS 1.3 and ALPN `h2`. Verify servers with [`server_name`].
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        const SIDE: &str = "client";
+        self.client_config_with(|live| live)
+    }
+
+    /// A client configuration (TLS 1.3, ALPN `h2`, this node's certificate) whose server check
+    /// is `wrap` around the CA roots' check.
+    fn client_config_with(
+        &self,
+        wrap: impl FnOnce(Arc<dyn ServerCertVerifier>) -> Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let config_err = |e: rustls::Error| TlsError::Config {
-            side: SIDE,
+            side: "client",
             reason: e.to_string(),
         };
         let mut config = ClientConfig::builder_with_provider(ring())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Live(self.keys.clone())))
+            .with_custom_certificate_verifier(wrap(Arc::new(Live(self.keys.clone()))))
             .with_client_cert_resolver(Arc::new(Live(self.keys.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
@@ -307,21 +315,17 @@ impl TlsMaterial {
     /// hold a certificate from the CA roots that is valid for the datacenter it names itself,
     /// which the caller then reads with [`peer_identity`]. Otherwise as [`Self::client_config`].
     pub fn discovery_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        const SIDE: &str = "client";
-        let config_err = |e: rustls::Error| TlsError::Config {
-            side: SIDE,
-            reason: e.to_string(),
-        };
-        let mut config = ClientConfig::builder_with_provider(ring())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_err)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(OwnDcVerifier {
-                inner: Arc::new(Live(self.keys.clone())),
-            }))
-            .with_client_cert_resolver(Arc::new(Live(self.keys.clone())));
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Arc::new(config))
+        self.client_config_with(|inner| Arc::new(OwnDcVerifier { inner }))
+    }
+}
+
+impl TlsMaterial {
+    /// A client configuration for the tunnel: as [`Self::client_config`], but the far gateway
+    /// may hold either role's certificate for the datacenter dialled (`server.<dc>.meridian`,
+    /// or `gateway.<dc>.meridian` for a gateway-only node). Federation keeps
+    /// [`Self::client_config`]: a gateway certificate never passes for a federation server.
+    pub fn tunnel_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client_config_with(|inner| Arc::new(EitherRoleVerifier { inner }))
     }
 }
 
@@ -408,6 +412,53 @@ impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
         self.inner
             .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    delegate_signature_checks!(inner);
+}
+
+/// Verifies a server certificate as WebPKI does against the name dialled, a server's
+/// (`server.<dc>.meridian`), or failing that against the gateway name of the same datacenter.
+#[derive(Debug)]
+struct EitherRoleVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for EitherRoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let first = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        let Err(rustls::Error::InvalidCertificate(_)) = &first else {
+            return first;
+        };
+        let server_prefix = format!("{}.", Role::Server.label());
+        let gateway = match server_name {
+            ServerName::DnsName(d) => d
+                .as_ref()
+                .strip_prefix(&server_prefix)
+                .and_then(|rest| rest.strip_suffix(&format!(".{DOMAIN}")))
+                .and_then(|dc| Role::Gateway.server_name(dc).ok()),
+            _ => None,
+        };
+        match gateway {
+            Some(name) => self
+                .inner
+                .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+                .or(first),
+            None => first,
+        }
     }
 
     delegate_signature_checks!(inner);

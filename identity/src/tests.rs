@@ -355,6 +355,30 @@ async fn a_gateway_certificate_cannot_pose_as_a_server() {
     assert!(discover(config, &addr, LONG, None).await.is_err());
 }
 
+/// The tunnel's client takes a gateway-only node of the DC it dials (it carries that DC's
+/// tunnel) and still refuses one of another DC; federation's client refuses it (above).
+#[tokio::test]
+async fn the_tunnel_client_takes_either_role_of_the_dialled_datacenter_only() {
+    let ca = create_ca("Test CA").expect("CA");
+    let client = node(&ca, "dc2", "n2");
+    for (server, dc, ok) in [
+        (node_in_role(&ca, "dc1", "g1", Role::Gateway), "dc1", true),
+        (node(&ca, "dc1", "n1"), "dc1", true),
+        (node_in_role(&ca, "dc3", "g3", Role::Gateway), "dc1", false),
+        (node(&ca, "dc3", "n3"), "dc1", false),
+    ] {
+        let (addr, _task) = serve_once(&server, LONG).await;
+        let config = client.tunnel_client_config().expect("config");
+        let got = connect(config, &addr, dc, LONG).await;
+        assert_eq!(
+            got.is_ok(),
+            ok,
+            "{:?} dialled as {dc}: {got:?}",
+            server.identity()
+        );
+    }
+}
+
 /// (d) Bytes that are not TLS make the handshake fail cleanly.
 #[tokio::test]
 async fn garbage_bytes_fail_the_handshake() {

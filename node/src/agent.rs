@@ -95,13 +95,17 @@ impl Agent {
             .context("cannot start the catalog")?;
         let federation = match federation_settings {
             None => None,
-            Some(settings) => match Federation::start(settings, catalog.watch()).await {
-                Ok(f) => Some(Arc::new(f)),
-                Err(e) => {
-                    catalog.shutdown().await;
-                    return Err(anyhow::Error::new(e).context("cannot start federation"));
+            Some(mut settings) => {
+                // Gateway-only nodes of this DC announce their gateways to it.
+                settings.on_gateway = Some(crate::gateway_nodes::registrar(catalog.clone()));
+                match Federation::start(settings, catalog.watch()).await {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) => {
+                        catalog.shutdown().await;
+                        return Err(anyhow::Error::new(e).context("cannot start federation"));
+                    }
                 }
-            },
+            }
         };
         let views = federation
             .as_ref()
@@ -463,23 +467,22 @@ fn advertise_gateway(
     } else {
         http.ip()
     };
-    let meta = std::collections::BTreeMap::from([(
-        crate::http::drills::HTTP_META.to_owned(),
-        SocketAddr::new(http_ip, http.port()).to_string(),
-    )]);
-    let instance = meridian_topology::Instance {
-        id: meridian_topology::GATEWAY_SERVICE.to_owned(),
-        service: meridian_topology::GATEWAY_SERVICE.to_owned(),
-        node: config.node_name.clone(),
-        address: config.advertise_ip().to_string(),
-        port: addr.port(),
-        tags: vec!["wan".to_owned()],
+    let lan = reachable_from_lan(config, addr.port());
+    let meta = std::collections::BTreeMap::from([
+        (
+            crate::http::drills::HTTP_META.to_owned(),
+            SocketAddr::new(http_ip, http.port()).to_string(),
+        ),
+        (
+            meridian_topology::GATEWAY_LAN_META.to_owned(),
+            lan.to_string(),
+        ),
+    ]);
+    let instance = crate::gateway_nodes::gateway_instance(
+        &config.node_name,
+        config.gateway_advertise(addr.port()),
         meta,
-        weights: Default::default(),
-        create_index: 0,
-        modify_index: 0,
-        proxy: None,
-    };
+    );
     async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -527,7 +530,8 @@ pub(crate) async fn start_gateway(
             let g = &config.gateway;
             let tunnel_config = meridian_gateway::TunnelConfig {
                 server: tls.server_config()?,
-                client: tls.client_config()?,
+                // A far gateway may be a gateway-only node of the DC dialled.
+                client: tls.tunnel_client_config()?,
                 server_name: Arc::new(meridian_identity::server_dns_name),
                 max_streams_per_dc: g.max_tunnel_streams_per_dc,
                 max_streams_per_client: g.tunnel_streams_per_client(),
@@ -699,10 +703,7 @@ pub(crate) fn federation_settings(
                     && config.gateway.enabled
                     && config.ports.gateway != 0 =>
             {
-                vec![join_host_port(
-                    &config.advertise_ip().to_string(),
-                    config.ports.gateway,
-                )]
+                vec![config.gateway_advertise(config.ports.gateway).to_string()]
             }
             _ => f.advertise.clone(),
         },
@@ -715,6 +716,9 @@ pub(crate) fn federation_settings(
         handshake_timeout: ms(f.handshake_timeout_ms),
         window: f.resume_window,
         limits: f.limits(),
+        announce: announce_gateway(config),
+        // Set by the server once its catalog runs.
+        on_gateway: None,
         transport: match f.transport {
             FederationTransport::Direct => meridian_federation::Transport::Direct,
             // Filled by `keep_local_gateways` once the gateway is up and the catalog names them.
@@ -723,6 +727,33 @@ pub(crate) fn federation_settings(
             }
         },
     })
+}
+
+/// What a gateway-only node announces to the server it follows: its gateway's advertised
+/// address, the address its servers check it at, and its HTTP port. `None` for a server, or
+/// when the gateway port is chosen at start (0), unknown before the announcement is made.
+fn announce_gateway(config: &Config) -> Option<meridian_federation::AnnouncedGateway> {
+    if !config.gateway_only || !config.gateway.enabled || config.ports.gateway == 0 {
+        return None;
+    }
+    let on_lan = |port| reachable_from_lan(config, port);
+    Some(meridian_federation::AnnouncedGateway {
+        node: config.node_name.clone(),
+        address: config.gateway_advertise(config.ports.gateway),
+        check: on_lan(config.ports.gateway),
+        http: (config.ports.http != 0).then(|| on_lan(config.ports.http)),
+    })
+}
+
+/// Where the nodes of this DC reach this node's listener on `port`: its bind address, or its
+/// advertise address when it binds them all.
+fn reachable_from_lan(config: &Config, port: u16) -> SocketAddr {
+    let ip = if config.bind.is_unspecified() {
+        config.advertise_ip()
+    } else {
+        config.bind
+    };
+    SocketAddr::new(ip, port)
 }
 
 /// Where this node reaches one of its own listeners bound at `addr` (a wildcard: loopback).
@@ -763,7 +794,7 @@ pub(crate) fn keep_local_gateways(
     Some(tokio::spawn(async move {
         loop {
             let mut gateways: Vec<SocketAddr> = own.into_iter().collect();
-            let others = views.borrow_and_update().local().gateway_addrs();
+            let others = views.borrow_and_update().local().gateway_lan_addrs();
             gateways.extend(others.into_iter().filter(|g| Some(*g) != own));
             if **list.load() != gateways {
                 tracing::debug!(?gateways, "federation goes through these gateways");

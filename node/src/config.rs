@@ -269,6 +269,9 @@ pub struct GatewaySection {
     /// How tunnelled connections cross the WAN: `quic` (one pooled connection per remote DC)
     /// or `tcp` (a TLS connection per client connection, for networks that drop UDP).
     pub wan_transport: WanTransportName,
+    /// `ip:port` other DCs reach this gateway at, when not the node's advertise address and the
+    /// gateway port (behind NAT: the public address and port forwarded to it).
+    pub advertise: Option<String>,
 }
 
 /// DC failure detection and failover (`[failover]`).
@@ -453,12 +456,23 @@ impl Default for GatewaySection {
             tunnel_retry: RetryPolicyName::UnderLoad,
             tunnel_idle_timeout_ms: 10_000,
             wan_transport: WanTransportName::Quic,
+            advertise: None,
         }
     }
 }
 
 impl GatewaySection {
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(a) = &self.advertise
+            && a.parse::<SocketAddr>().map_or(true, |a| a.port() == 0)
+        {
+            return Err(ConfigError::invalid(
+                "gateway.advertise",
+                format!(
+                    "{a:?} is not ip:port with a non-zero port (the tunnel dials addresses, not names)"
+                ),
+            ));
+        }
         for (key, n) in [
             ("gateway.max_connections", self.max_connections),
             (
@@ -1336,6 +1350,16 @@ impl Config {
     /// The address registered for this node: `advertise`, else `bind`.
     pub fn advertise_ip(&self) -> IpAddr {
         self.advertise.unwrap_or(self.bind)
+    }
+
+    /// Where other DCs reach this node's gateway bound on `port`: `[gateway] advertise`, else
+    /// the advertise address and that port.
+    pub fn gateway_advertise(&self, port: u16) -> SocketAddr {
+        self.gateway
+            .advertise
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| SocketAddr::new(self.advertise_ip(), port))
     }
 
     /// Checks everything that can be checked before start-up; the error names the key.

@@ -4,8 +4,10 @@
 //! tunnel and DNS from that view; its HTTP port serves `/metrics`, the federation status and
 //! the UI, read-only.
 //!
-//! It does not advertise itself in the catalog (it has none to write to): remote DCs tunnel to
-//! the servers' gateways, and gateway-only nodes carry this DC's clients.
+//! It has no catalog to write to: it announces its gateway on its subscription to the server it
+//! follows, which registers it in the DC's catalog with a check its leader runs
+//! (`gateway_nodes.rs`), so remote DCs tunnel to it. Its tunnel hands streams for this DC's
+//! federation to the servers it follows (`[federation] local_servers`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

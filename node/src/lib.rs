@@ -16,6 +16,7 @@ pub mod duration;
 pub mod failover;
 #[cfg(test)]
 mod fuzz;
+pub mod gateway_nodes;
 pub mod gateway_only;
 pub mod http;
 pub mod metrics;

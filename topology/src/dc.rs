@@ -271,6 +271,25 @@ impl DcState {
             .collect()
     }
 
+    /// Where this DC's own nodes reach its gateways: the address on their network of every
+    /// instance of [`GATEWAY_SERVICE`](crate::GATEWAY_SERVICE) that is not critical
+    /// ([`GATEWAY_LAN_META`](crate::GATEWAY_LAN_META)), else its advertised address.
+    pub fn gateway_lan_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.instances_of(crate::GATEWAY_SERVICE)
+            .filter(|i| self.health_of(i) != Health::Critical)
+            .filter_map(|i| {
+                let lan = i
+                    .meta
+                    .get(crate::GATEWAY_LAN_META)
+                    .and_then(|a| a.parse().ok());
+                lan.or_else(|| {
+                    let ip = self.address_of(i).parse::<IpAddr>().ok()?;
+                    Some(std::net::SocketAddr::new(ip, i.port))
+                })
+            })
+            .collect()
+    }
+
     /// The worst status among an instance's checks; passing when it has none.
     pub fn health_of(&self, inst: &Instance) -> Health {
         self.checks_of(inst)

@@ -39,6 +39,10 @@ pub use view::{RemoteDc, View};
 /// federation always exports so that remote gateways can find it.
 pub const GATEWAY_SERVICE: &str = "meridian-gateway";
 
+/// Instance meta of a gateway: `ip:port` its own DC's nodes reach it at, when that differs from
+/// the advertised (WAN, maybe NAT) address other DCs use.
+pub const GATEWAY_LAN_META: &str = "meridian-lan";
+
 /// The service an operator's drain registers in its datacenter's catalog: while any instance of
 /// it exists, the DC is `Drained` everywhere (federation always exports it).
 pub const DRAIN_SERVICE: &str = "meridian-drain";

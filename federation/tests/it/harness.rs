@@ -57,6 +57,8 @@ pub async fn node(dc: &str, dir: &Path, peers: Vec<Peer>, limits: Limits) -> Res
         window: 1000,
         limits,
         transport: meridian_federation::Transport::Direct,
+        announce: None,
+        on_gateway: None,
     };
     let (local, rx) = watch::channel(Arc::new(View::new(dc, DcState::default())));
     Ok(Node {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 
 use crate::failover::{Wan, World, fails_back, host};
-use crate::harness::{Ports, eventually};
+use crate::federation::with_certs;
+use crate::gateway::{Nginx, certificate_for};
+use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
+use meridian_testkit::config::Peer;
 
 /// The iptables fence: a chain of its own (named after this process), jumped to from INPUT.
 struct GatewaysOnly {
@@ -169,5 +172,177 @@ async fn with_only_the_gateways_reachable_dcs_federate_route_and_fail_over() -> 
     let back = fails_back(&w, Instant::now()).await?;
     println!("gateways only: dc1 restarted, dc3 answers with it again {back:?} later");
     fence.check()?;
+    Ok(())
+}
+
+/// Which DC answers an HTTPS request for `name` through the gateway at `gateway` (curl checks
+/// the backend's certificate, `ca`, end to end): the body, if any.
+async fn through(gateway: std::net::SocketAddr, name: &str, ca: &std::path::Path) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "3", "--cacert"])
+        .arg(ca)
+        .args([
+            "--resolve",
+            &format!("{name}:{}:{}", gateway.port(), gateway.ip()),
+        ])
+        .arg(format!("https://{name}:{}/", gateway.port()))
+        .output()
+        .await;
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The gateways of `dc` that `agent`'s catalog lists, by node, with their check's status.
+async fn gateways(agent: &Agent, dc: &str) -> Result<Vec<(String, String)>> {
+    let list = agent
+        .get_json(&format!("/v1/health/service/meridian-gateway?dc={dc}"))
+        .await?;
+    Ok(list
+        .as_array()
+        .context("a list")?
+        .iter()
+        .map(|e| {
+            let worst = e["Checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["Status"].as_str())
+                .max_by_key(|s| match *s {
+                    "critical" => 2,
+                    "warning" => 1,
+                    _ => 0,
+                })
+                .unwrap_or("passing");
+            (
+                e["Node"]["Node"].as_str().unwrap_or_default().to_owned(),
+                worst.to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// The production shape: dc1's server has no gateway of its own and two gateway-only nodes on
+/// its edge, which announce themselves to it; dc2 knows dc1 only by those two gateways. Both
+/// are registered in dc1's catalog (and seen by dc2), carry federation and client traffic; one
+/// killed (the one dc2's tunnel uses) is found dead by dc1's leader, left out, and federation
+/// and traffic carry on through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_gateway_nodes_carry_their_dc_and_a_dead_one_is_left_out() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    for g in ["g1", "g2"] {
+        crate::federation::make_role_cert(&certs, "dc1", g, "gateway")?;
+    }
+    let name = "web.service.dc1.consul";
+    let (cert, key) = certificate_for(dir.path(), name, &[])?;
+    let web = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+    let (p1, p2) = (Ports::free(), Ports::free());
+    let (pg1, pg2) = (Ports::free(), Ports::free());
+    let peer = |dc: &str, ports: &[Ports]| Peer {
+        dc: dc.to_owned(),
+        addresses: ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.gateway))
+            .collect(),
+    };
+    let mut c1 = AgentConfig::new("dc1", "n1", p1, &dir.path().join("dc1"));
+    c1.raft = quick_raft();
+    with_certs(&mut c1, &certs, vec![peer("dc2", &[p2])]);
+    c1.set("federation", "transport", "gateway")
+        .set("gateway", "enabled", false);
+    let mut dc1 = Agent::start("dc1", &c1, dir.path(), &[])?;
+    let mut c2 = AgentConfig::new("dc2", "n1", p2, &dir.path().join("dc2"));
+    c2.raft = quick_raft();
+    with_certs(&mut c2, &certs, vec![peer("dc1", &[pg1, pg2])]);
+    c2.set("federation", "transport", "gateway");
+    let mut dc2 = Agent::start("dc2", &c2, dir.path(), &[])?;
+    dc1.wait_ready().await?;
+    dc2.wait_ready().await?;
+    let follow = format!("127.0.0.1:{}", p1.wan);
+    let mut edge = Vec::new();
+    for (g, p) in [("g1", pg1), ("g2", pg2)] {
+        let mut c = AgentConfig::new("dc1", g, p, &dir.path().join(g));
+        c.gateway_only = true;
+        with_certs(&mut c, &certs, Vec::new());
+        c.set("federation", "transport", "gateway");
+        edge.push(Agent::start(g, &c, dir.path(), &["--follow", &follow])?);
+    }
+    let r = dc1
+        .put_json(
+            "/v1/agent/service/register",
+            &serde_json::json!({"ID": "web-1", "Name": "web", "Port": web.port, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success(), "register web in dc1");
+    // Both gateway-only nodes are in dc1's catalog, alive, and dc2 sees them.
+    for (at, who) in [(&dc1, "dc1"), (&dc2, "dc2")] {
+        eventually(
+            30,
+            &format!("{who} lists dc1's two gateways, passing"),
+            || async move {
+                gateways(at, "dc1").await.is_ok_and(|g| {
+                    g.len() == 2 && g.iter().all(|(n, s)| n.starts_with('g') && s == "passing")
+                })
+            },
+        )
+        .await?;
+    }
+    eventually(30, "dc2 reaches dc1's web through the gateways", || async {
+        through(dc2.gateway(), name, &cert).await == "dc1-web"
+    })
+    .await?;
+    // dc1's server follows dc2 through its gateway-only nodes (it has no gateway of its own).
+    crate::federation::converged(&dc2, "dc2", &dc1, 30).await?;
+
+    // The gateway dc2's tunnel to dc1 goes to: killed.
+    let metrics = dc2.metrics().await?;
+    let used = [(0, pg1), (1, pg2)]
+        .into_iter()
+        .find(|(_, p)| metrics.contains(&format!("gateway=\"127.0.0.1:{}\"", p.gateway)))
+        .map(|(i, _)| i)
+        .context("dc2's tunnel goes to one of dc1's gateway-only nodes")?;
+    let dead = format!("g{}", used + 1);
+    edge[used].kill9()?;
+    let killed = Instant::now();
+    eventually(
+        15,
+        "dc1's leader finds the dead gateway critical",
+        || async {
+            gateways(&dc1, "dc1")
+                .await
+                .is_ok_and(|g| g.iter().any(|(n, s)| *n == dead && s == "critical"))
+        },
+    )
+    .await?;
+    println!(
+        "{dead} killed: critical in dc1's catalog after {:?}",
+        killed.elapsed()
+    );
+    // A registration made now in dc1 reaches dc2 through the other gateway, and so does a
+    // client connection.
+    let r = dc1
+        .put_json(
+            "/v1/agent/service/register",
+            &serde_json::json!({"ID": "api-1", "Name": "api", "Port": 9000, "Address": "127.0.0.1"}),
+        )
+        .await?;
+    ensure!(r.status().is_success(), "register api in dc1");
+    let registered = Instant::now();
+    eventually(15, "dc1's api replicated to dc2", || async {
+        dc2.get_json("/v1/catalog/service/api?dc=dc1")
+            .await
+            .is_ok_and(|v| v.as_array().is_some_and(|l| l.len() == 1))
+    })
+    .await?;
+    println!(
+        "a registration in dc1 reached dc2 {:?} after it was made ({:?} after the kill)",
+        registered.elapsed(),
+        killed.elapsed()
+    );
+    eventually(15, "dc2 still reaches dc1's web", || async {
+        through(dc2.gateway(), name, &cert).await == "dc1-web"
+    })
+    .await?;
     Ok(())
 }

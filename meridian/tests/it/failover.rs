@@ -38,7 +38,13 @@ pub(crate) struct World {
 
 /// The loopback address of the `i`-th DC's node.
 pub(crate) fn host(i: usize) -> String {
-    format!("127.0.{}.1", i + 1)
+    host_in(0, i)
+}
+
+/// The loopback address of the `i`-th DC's node in the address plan starting at `127.0.<net +
+/// 1>.1`: tests that may run at once and cut or fence links by address each use their own.
+pub(crate) fn host_in(net: usize, i: usize) -> String {
+    format!("127.0.{}.1", net + i + 1)
 }
 
 /// How the World's DCs federate.
@@ -52,16 +58,18 @@ pub(crate) enum Wan {
 
 impl World {
     async fn start(web_check: bool) -> Result<World> {
-        World::start_on(web_check, Wan::Direct, |_| Ok(())).await
+        World::start_on(web_check, Wan::Direct, 0, |_| Ok(())).await
     }
 
-    /// [`World::start`] federating over `wan`; `before` runs once every port is known and before
-    /// any agent starts (to fence the WAN to them).
+    /// [`World::start`] federating over `wan`, its nodes at `host_in(net, i)`; `before` runs once
+    /// every port is known and before any agent starts (to fence the WAN to them).
     pub(crate) async fn start_on(
         web_check: bool,
         wan: Wan,
+        net: usize,
         before: impl FnOnce(&[Ports]) -> Result<()>,
     ) -> Result<World> {
+        let host = |i| host_in(net, i);
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs)?;
@@ -400,12 +408,12 @@ async fn a_service_in_maintenance_fails_over_as_a_failing_check_does() -> Result
 
 /// A WAN partition on loopback: every packet between two addresses dropped (a blackhole, no
 /// reset), in both directions, until dropped.
-struct Partition {
+pub(crate) struct Partition {
     rules: Vec<Vec<String>>,
 }
 
 impl Partition {
-    fn cut(a: &str, b: &str) -> Result<Partition> {
+    pub(crate) fn cut(a: &str, b: &str) -> Result<Partition> {
         let mut p = Partition { rules: Vec::new() };
         for (s, d) in [(a, b), (b, a)] {
             let rule: Vec<String> = ["INPUT", "-s", s, "-d", d, "-j", "DROP"]

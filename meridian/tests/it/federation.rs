@@ -35,7 +35,7 @@ async fn status(agent: &Agent) -> Result<Value> {
 }
 
 /// The remote `dc` in `agent`'s federation status.
-async fn remote(agent: &Agent, dc: &str) -> Result<Value> {
+pub(crate) async fn remote(agent: &Agent, dc: &str) -> Result<Value> {
     let s = status(agent).await?;
     s["Remotes"]
         .as_array()
@@ -342,7 +342,7 @@ pub(crate) fn dc_config(
 }
 
 /// Registers `ids` in `agent`, 64 at a time.
-async fn register_many(agent: &Agent, ids: impl Iterator<Item = String>) -> Result<()> {
+pub(crate) async fn register_many(agent: &Agent, ids: impl Iterator<Item = String>) -> Result<()> {
     use futures::StreamExt as _;
     let results: Vec<Result<()>> = futures::stream::iter(ids)
         .map(|id| async move {

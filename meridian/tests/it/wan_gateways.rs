@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::failover::{Wan, World, fails_back, host};
+use crate::failover::{Wan, World, fails_back, host_in};
 use crate::federation::with_certs;
 use crate::gateway::{Nginx, certificate_for};
 use crate::harness::{Agent, AgentConfig, Ports, eventually, quick_raft};
@@ -20,6 +20,11 @@ use meridian_testkit::config::Peer;
 struct GatewaysOnly {
     chain: String,
 }
+
+/// This file's address plans (`host_in`): apart from each other and from the failover tests',
+/// since tests run two at a time and each fences or cuts its own addresses.
+const WORLD_NET: usize = 10;
+const PAIR_NET: usize = 20;
 
 /// The chains' name prefix; the process id follows.
 const PREFIX: &str = "MWANGW";
@@ -38,8 +43,9 @@ fn iptables(args: &[&str]) -> Result<String> {
 }
 
 impl GatewaysOnly {
-    /// Fences the DCs at `host(i)` whose ports are `ports[i]`.
-    fn new(ports: &[Ports]) -> Result<GatewaysOnly> {
+    /// Fences the DCs at `host_in(net, i)` whose ports are `ports[i]`.
+    fn new(net: usize, ports: &[Ports]) -> Result<GatewaysOnly> {
+        let host = |i| host_in(net, i);
         remove_stale_chains();
         let chain = format!("{PREFIX}{}", std::process::id());
         let fence = GatewaysOnly { chain };
@@ -124,8 +130,8 @@ async fn with_only_the_gateways_reachable_dcs_federate_route_and_fail_over() -> 
     let mut fence = None;
     // `World::start_on` waits until every DC sees the others' `web` and gateways, and dc3
     // answers `web` with dc1 over DNS and through its gateway (TLS checked end to end).
-    let mut w = World::start_on(false, Wan::Gateways, |ports| {
-        fence = Some(GatewaysOnly::new(ports)?);
+    let mut w = World::start_on(false, Wan::Gateways, WORLD_NET, |ports| {
+        fence = Some(GatewaysOnly::new(WORLD_NET, ports)?);
         Ok(())
     })
     .await?;
@@ -344,5 +350,92 @@ async fn dedicated_gateway_nodes_carry_their_dc_and_a_dead_one_is_left_out() -> 
         through(dc2.gateway(), name, &cert).await == "dc1-web"
     })
     .await?;
+    Ok(())
+}
+
+/// A one-node DC `dc<i+1>` on its own loopback address (in [`PAIR_NET`]), federating through the gateways
+/// with `peers` (`(dc, index)`: the others' gateways), changed by `customize`.
+fn gateway_dc(
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    i: usize,
+    ports: &[Ports],
+    peers: &[usize],
+    customize: impl FnOnce(&mut AgentConfig),
+) -> Result<Agent> {
+    let host = |i| host_in(PAIR_NET, i);
+    let dc = format!("dc{}", i + 1);
+    let mut c = AgentConfig::new(&dc, "n1", ports[i], &dir.join(&dc));
+    c.bind = host(i).parse()?;
+    c.servers[0].rpc = format!("{}:{}", host(i), ports[i].rpc);
+    c.raft = quick_raft();
+    let peers = peers
+        .iter()
+        .map(|j| Peer {
+            dc: format!("dc{}", j + 1),
+            addresses: vec![format!("{}:{}", host(*j), ports[*j].gateway)],
+        })
+        .collect();
+    with_certs(&mut c, certs, peers);
+    c.set("federation", "transport", "gateway");
+    customize(&mut c);
+    Agent::start(&dc, &c, dir, &[])
+}
+
+/// A partition between two DCs that federate through their gateways heals by digest: only the
+/// changes made meanwhile cross (under 1/50 of the full sync), as in the direct mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_gateways_a_partition_heals_by_digest() -> Result<()> {
+    use crate::federation::{converged, metric, register_many, remote};
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    let ports = [Ports::free(), Ports::free()];
+    let fence = GatewaysOnly::new(PAIR_NET, &ports)?;
+    // A small change window: ten changes while cut push dc2's index out of it, so the heal must
+    // use the digest catch-up.
+    let mut dc1 = gateway_dc(dir.path(), &certs, 0, &ports, &[1], |c| {
+        c.set("federation", "resume_window", 5);
+    })?;
+    let mut dc2 = gateway_dc(dir.path(), &certs, 1, &ports, &[0], |_| {})?;
+    dc1.wait_ready().await?;
+    dc2.wait_ready().await?;
+    register_many(&dc1, (0..10_000).map(|i| format!("bulk{i}"))).await?;
+    converged(&dc1, "dc1", &dc2, 120).await?;
+    const RECEIVED: &str = "meridian_federation_received_bytes_total{dc=\"dc1\"}";
+    let full = metric(&dc2, RECEIVED).await?;
+    ensure!(remote(&dc2, "dc1").await?["Instances"] == 10_001);
+
+    let cut = crate::failover::Partition::cut(&host_in(PAIR_NET, 0), &host_in(PAIR_NET, 1))?;
+    eventually(30, "dc2 sees the link down", || async {
+        remote(&dc2, "dc1")
+            .await
+            .is_ok_and(|r| r["Connected"] == false)
+    })
+    .await?;
+    let before = metric(&dc2, RECEIVED).await?;
+    for i in 0..5 {
+        let r = dc1
+            .put_json(
+                &format!("/v1/agent/service/deregister/bulk{i}"),
+                &serde_json::json!({}),
+            )
+            .await?;
+        ensure!(r.status().is_success());
+    }
+    register_many(&dc1, (0..5).map(|i| format!("new{i}"))).await?;
+    drop(cut);
+    converged(&dc1, "dc1", &dc2, 60).await?;
+    let resent = metric(&dc2, RECEIVED).await? - before;
+    let partial = metric(&dc2, "meridian_federation_partial_syncs_total{dc=\"dc1\"}").await?;
+    println!(
+        "through the gateways: full sync of 10,000 instances {full} bytes; heal after 10 changes {resent} bytes"
+    );
+    ensure!(partial >= 1.0, "the heal was a digest catch-up ({partial})");
+    ensure!(
+        resent * 50.0 < full,
+        "the heal received {resent} bytes, the full sync {full}"
+    );
+    fence.check()?;
     Ok(())
 }

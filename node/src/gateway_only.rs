@@ -106,6 +106,9 @@ impl GatewayNode {
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
+        if servers.len() < config.federation.local_servers.len() {
+            tracing::warn!(servers = ?config.federation.local_servers, "federation streams other DCs tunnel here go only to the servers followed by ip:port (the data plane does no DNS lookups)");
+        }
         let gateway = start_gateway(
             &config,
             views.clone(),

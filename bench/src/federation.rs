@@ -24,6 +24,12 @@
 //! three fresh DCs register 100,000 instances between them (10,000 with `--quick`), a third
 //! each, and once every replica has converged each agent's RSS is read (every node then holds
 //! all of them). Each agent's CPU seconds per phase and peak RSS are reported too.
+//!
+//! `--transport gateway` runs the same phases with federation through the gateways: agents from
+//! config files with certificates, dc2 and dc3 naming dc1 by its gateway, every subscription
+//! through the subscriber's own gateway and the QUIC tunnel. The delayer then holds the tunnel's
+//! UDP packets on the gateway ports instead (the first hop, TCP to the local gateway, is not
+//! delayed), and "dc1's WAN port" in the figures is its gateway's tunnel port.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,6 +55,7 @@ use serde_json::Value;
 
 use crate::procs;
 use crate::tools::{fixed_ports, is_root};
+use meridian_testkit::certs::Pki;
 
 /// What `meridian-bench federation` was asked for.
 pub struct Options {
@@ -66,6 +73,44 @@ pub struct Options {
     pub wan_delay_ms: u64,
     /// Set when this process already runs inside the benchmark's namespace (its name).
     pub in_netns: Option<String>,
+    /// How the DCs' federation streams cross the WAN.
+    pub transport: Transport,
+}
+
+/// `federation.transport` of the benchmark's agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Server to server on the WAN port (`--dev` agents, `--join-wan`).
+    Direct,
+    /// Through the gateways and their QUIC tunnel (agents from config files with certificates,
+    /// each DC's peers named by their gateways).
+    Gateway,
+}
+
+/// How the benchmark's agents federate, and the certificates the gateway transport needs.
+struct Setup {
+    transport: Transport,
+    pki: Option<Pki>,
+}
+
+impl Setup {
+    fn new(transport: Transport, dir: &Path) -> Result<Setup> {
+        let pki = match transport {
+            Transport::Direct => None,
+            Transport::Gateway => Some(Pki::new(&dir.join("certs"))?),
+        };
+        Ok(Setup { transport, pki })
+    }
+
+    /// The port whose packets cross the WAN, and their protocol: the WAN port (TCP), or the
+    /// gateway port's tunnel (UDP; the TCP of the gateway port is this DC's own first hop).
+    fn wan(&self, ports: &Ports) -> (&'static str, u16) {
+        match self.transport {
+            Transport::Direct => ("tcp", ports.wan),
+            Transport::Gateway => ("udp", ports.gateway),
+        }
+    }
 }
 
 /// Raft entries are batched, DNS polls are this far apart.
@@ -461,12 +506,13 @@ struct Firewall;
 type IpCounters = BTreeMap<String, (u64, u64)>;
 
 impl Firewall {
-    fn install(ports: &[u16], queue: Option<u16>) -> Result<Firewall> {
-        for port in ports {
+    /// Rules for `ports`, each with its protocol (`tcp` or `udp`).
+    fn install(ports: &[(&str, u16)], queue: Option<u16>) -> Result<Firewall> {
+        for (proto, port) in ports {
             for dir in ["--sport", "--dport"] {
                 let p = port.to_string();
                 let q = queue.map(|q| q.to_string());
-                let mut args = vec!["-w", "-A", "INPUT", "-p", "tcp", dir, &p, "-j"];
+                let mut args = vec!["-w", "-A", "INPUT", "-p", proto, dir, &p, "-j"];
                 match &q {
                     Some(q) => args.extend(["NFQUEUE", "--queue-num", q, "--queue-bypass"]),
                     None => args.push("ACCEPT"),
@@ -523,9 +569,38 @@ pub(crate) fn probe_rtt(port: u16, n: usize, listener: &TcpListener) -> Result<V
 // ---------------------------------------------------------------------------------------------
 // Agents.
 
-/// Starts `meridian agent --dev` as datacenter `dc` (node `n1`) on `ports`, data in
-/// `dir/<dc>`, joining the WAN port `join` when given; its log in `dir/<dc>.log`.
-fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>) -> Result<Agent> {
+/// Starts datacenter `dc` (node `n1`) on `ports`, data in `dir/<dc>`, joining dc1 (on `join`)
+/// when given; its log in `dir/<dc>.log`. The direct transport runs `meridian agent --dev`
+/// joining dc1's WAN port; the gateway transport a config file with certificates naming dc1 by
+/// its gateway (dc1 learns the others from their subscriptions).
+fn start_agent(
+    bin: &Path,
+    dir: &Path,
+    dc: &str,
+    ports: Ports,
+    join: Option<Ports>,
+    setup: &Setup,
+) -> Result<Agent> {
+    let filter = procs::agent_log(AGENT_LOG);
+    if let Some(pki) = &setup.pki {
+        let mut c = crate::tools::open_config(dc, "n1", ports, &dir.join(dc));
+        let f = pki.node_files(dc, "n1", &[])?;
+        c.insecure = false;
+        c.federation = Some(meridian_testkit::config::Federation {
+            peers: join
+                .map(|p| meridian_testkit::config::Peer {
+                    dc: "dc1".to_owned(),
+                    addresses: vec![format!("127.0.0.1:{}", p.gateway)],
+                })
+                .into_iter()
+                .collect(),
+            ..meridian_testkit::config::Federation::with_certs(&f.ca, &f.cert, &f.key)
+        });
+        c.set("federation", "transport", "gateway")
+            .set("gateway", "trust_domain", TRUST_DOMAIN);
+        return procs::configured_agent(dc, bin, &c, dir, &[("RUST_LOG", &filter)], None);
+    }
+    let join = join.map(|p| p.wan);
     let mut args: Vec<String> = ["--dev", "--dc", dc, "--node", "n1", "--bind", "127.0.0.1"]
         .map(str::to_owned)
         .into();
@@ -539,7 +614,6 @@ fn start_agent(bin: &Path, dir: &Path, dc: &str, ports: Ports, join: Option<u16>
         args.push("--join-wan".to_owned());
         args.push(format!("127.0.0.1:{j}"));
     }
-    let filter = procs::agent_log(AGENT_LOG);
     procs::agent(
         dc,
         bin,
@@ -1063,6 +1137,8 @@ struct Report {
     machine: String,
     command: String,
     quick: bool,
+    /// How federation crossed the WAN.
+    transport: Transport,
     services: usize,
     instances_per_service: usize,
     wan: Wan,
@@ -1291,6 +1367,7 @@ async fn initial_sync(
     dc1: &mut Agent,
     fw: Option<&Firewall>,
     data: &DataSize,
+    setup: &Setup,
 ) -> Result<(Agent, SyncRun)> {
     let want = status(http, dc1).await?["Export"]["Digest"]
         .as_str()
@@ -1299,7 +1376,7 @@ async fn initial_sync(
     let ip0 = fw.map(Firewall::counters).transpose()?.unwrap_or_default();
     let cpu0 = cpu_seconds(pid(dc1));
     let t0 = Instant::now();
-    let mut sub = start_agent(bin, dir, dc, ports, Some(dc1.ports.wan))?;
+    let mut sub = start_agent(bin, dir, dc, ports, Some(dc1.ports), setup)?;
     let (mut ready, mut learned) = (None, None);
     let deadline = t0 + Duration::from_secs(120);
     let synced = loop {
@@ -1329,7 +1406,7 @@ async fn initial_sync(
     let sub_text = meridian_testkit::metrics::scrape(http, &sub.base()).await?;
     let origin_text = meridian_testkit::metrics::scrape(http, &dc1.base()).await?;
     let ip1 = fw.map(Firewall::counters).transpose()?.unwrap_or_default();
-    let wan1 = dc1.ports.wan;
+    let (_, wan1) = setup.wan(&dc1.ports);
     let (pk_from, by_from) = ip_delta(&ip0, &ip1, &format!("spt:{wan1}"));
     let (_, by_to) = ip_delta(&ip0, &ip1, &format!("dpt:{wan1}"));
     let data_bytes = data.protobuf_bytes.max(1) as f64;
@@ -1454,6 +1531,7 @@ async fn memory_phase(
     ports: [Ports; 3],
     instances: usize,
     opt: &Options,
+    setup: &Setup,
 ) -> Result<Memory> {
     std::fs::create_dir_all(dir)?;
     let per_service = opt.instances.max(1);
@@ -1461,10 +1539,10 @@ async fn memory_phase(
         "federation: memory: three fresh DCs registering {instances} instances between them \
          ({per_service} per service), each node then holding all of them"
     );
-    let mut a1 = start_agent(bin, dir, "dc1", ports[0], None)?;
+    let mut a1 = start_agent(bin, dir, "dc1", ports[0], None, setup)?;
     leader_known(http, &[a1.base()], Duration::from_secs(60)).await?;
-    let mut a2 = start_agent(bin, dir, "dc2", ports[1], Some(a1.ports.wan))?;
-    let mut a3 = start_agent(bin, dir, "dc3", ports[2], Some(a1.ports.wan))?;
+    let mut a2 = start_agent(bin, dir, "dc2", ports[1], Some(a1.ports), setup)?;
+    let mut a3 = start_agent(bin, dir, "dc3", ports[2], Some(a1.ports), setup)?;
     leader_known(http, &[a2.base(), a3.base()], Duration::from_secs(60)).await?;
     wait_mesh(
         http,
@@ -1616,6 +1694,7 @@ async fn phases(
         meridian_testkit::free_port()
     };
     let probe = TcpListener::bind(("127.0.0.1", probe_port))?;
+    let setup = Setup::new(opt.transport, dir)?;
 
     // The WAN: the delayer first, then the rules that feed it.
     let (delayer, fw, mode) = match &netns {
@@ -1626,15 +1705,24 @@ async fn phases(
                 Some(Delayer::start(QUEUE, delay).context("starting the WAN delayer")?)
             };
             let fw = Firewall::install(
-                &[ports[0].wan, ports[1].wan, ports[2].wan, probe_port],
+                &[
+                    setup.wan(&ports[0]),
+                    setup.wan(&ports[1]),
+                    setup.wan(&ports[2]),
+                    ("tcp", probe_port),
+                ],
                 delayer.as_ref().map(|_| QUEUE),
             )?;
             let mode = if delay.is_zero() {
                 format!("namespace {ns}, no delay")
             } else {
                 format!(
-                    "namespace {ns}: every TCP packet to or from a WAN port held {} ms by an \
-                     NFQUEUE delayer (the kernel has no netem), loopback MTU 1500",
+                    "namespace {ns}: every {} held {} ms by an NFQUEUE delayer (the kernel has \
+                     no netem), loopback MTU 1500",
+                    match setup.transport {
+                        Transport::Direct => "TCP packet to or from a WAN port",
+                        Transport::Gateway => "tunnel (UDP) packet to or from a gateway port",
+                    },
                     delay.as_millis()
                 )
             };
@@ -1665,7 +1753,7 @@ async fn phases(
         .build()?;
 
     // 1. dc1 alone, loaded.
-    let mut dc1 = start_agent(bin, dir, "dc1", ports[0], None)?;
+    let mut dc1 = start_agent(bin, dir, "dc1", ports[0], None, &setup)?;
     leader_known(&http, &[dc1.base()], Duration::from_secs(60)).await?;
     procs::check_running(&mut dc1.proc)?;
     let mut cpu: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
@@ -1742,6 +1830,7 @@ async fn phases(
         &mut dc1,
         fw.as_ref(),
         &data,
+        &setup,
     )
     .await?;
     let (mut dc3, sync3) = initial_sync(
@@ -1753,6 +1842,7 @@ async fn phases(
         &mut dc1,
         fw.as_ref(),
         &data,
+        &setup,
     )
     .await?;
     wait_mesh(
@@ -1943,7 +2033,7 @@ async fn phases(
         .map(Firewall::counters)
         .transpose()?
         .unwrap_or_default();
-    let (pk, by) = ip_delta(&ip0, &ip1, &format!("spt:{}", dc1.ports.wan));
+    let (pk, by) = ip_delta(&ip0, &ip1, &format!("spt:{}", setup.wan(&dc1.ports).1));
     let changes = opt.changes.max(1) as f64;
     let delta = Bytes {
         received_bytes: s1.received_bytes - s0.received_bytes,
@@ -2021,7 +2111,7 @@ async fn phases(
     let memory_ports = if netns.is_some() {
         let p = [fixed_ports(4), fixed_ports(5), fixed_ports(6)];
         Firewall::install(
-            &[p[0].wan, p[1].wan, p[2].wan],
+            &[setup.wan(&p[0]), setup.wan(&p[1]), setup.wan(&p[2])],
             delayer.as_ref().map(|_| QUEUE),
         )?;
         p
@@ -2035,6 +2125,7 @@ async fn phases(
         memory_ports,
         memory_instances,
         opt,
+        &setup,
     )
     .await?;
     drop(delayer);
@@ -2105,6 +2196,7 @@ async fn phases(
         machine: crate::machine(),
         command,
         quick,
+        transport: opt.transport,
         services: opt.services,
         instances_per_service: opt.instances,
         wan,
@@ -2190,6 +2282,21 @@ fn replica_target(what: &str, rows: [ReplicaRow<'_>; 2], target: f64) -> String 
 
 fn markdown(r: &Report) -> Result<String> {
     let mut s = String::new();
+    writeln!(
+        s,
+        "Transport: **{}** ({}).\n",
+        match r.transport {
+            Transport::Direct => "direct",
+            Transport::Gateway => "gateway",
+        },
+        match r.transport {
+            Transport::Direct => "each DC's servers subscribe to the others' WAN ports",
+            Transport::Gateway =>
+                "each subscription goes to the subscriber's own gateway, through the QUIC tunnel \
+                 to the origin DC's gateway, and on to its server; only the tunnel's UDP is \
+                 delayed",
+        }
+    )?;
     writeln!(
         s,
         "{}",

@@ -147,6 +147,10 @@ enum What {
         /// Added one-way WAN delay between datacenters, in milliseconds.
         #[arg(long, default_value_t = 50)]
         wan_delay_ms: u64,
+        /// How federation crosses the WAN: `direct` (server to server) or `gateway` (through
+        /// the gateways' tunnel).
+        #[arg(long, value_enum, default_value_t = federation::Transport::Direct)]
+        transport: federation::Transport,
         /// Internal: set when re-run inside the benchmark's network namespace.
         #[arg(long, hide = true)]
         in_netns: Option<String>,
@@ -434,6 +438,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             clients,
             wan_delay_ms,
             in_netns,
+            transport,
         } => {
             let opt = federation::Options {
                 services: services.unwrap_or(if cli.quick { 1_000 } else { 10_000 }),
@@ -443,6 +448,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 clients,
                 wan_delay_ms,
                 in_netns,
+                transport,
             };
             federation::run(&bin, cli.quick, &cli.out, opt).await?;
         }

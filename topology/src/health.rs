@@ -92,6 +92,10 @@ struct Source {
     streak: Option<u64>,
     /// Last time this source reported anything.
     last_report: Option<u64>,
+    /// First time this source reported anything: a source that never said "alive" has been
+    /// silent since then, not since the DC was first seen (its gateways may have been unknown
+    /// until its replica named them).
+    first_report: Option<u64>,
 }
 
 impl Source {
@@ -108,6 +112,7 @@ impl Source {
             self.streak = None;
         }
         self.last_report = Some(now);
+        self.first_report.get_or_insert(now);
         if alive {
             self.last_ok = Some(now);
             self.streak.get_or_insert(now);
@@ -321,7 +326,7 @@ impl Track {
         // Both periods count from the last change at the earliest, so that switching between
         // evidence sources never shortens the hysteresis.
         let from = |t: u64| now.saturating_sub(t.max(self.health_since));
-        let silent = from(source.last_ok.unwrap_or(0));
+        let silent = from(source.last_ok.or(source.first_report).unwrap_or(0));
         self.health = match self.health {
             DcStatus::Down | DcStatus::Drained => match source.streak {
                 Some(start) if from(start) >= config.failback_after_ms => DcStatus::Up,
@@ -403,6 +408,30 @@ mod tests {
         let dc2 = l.get("dc2").expect("watched");
         assert_eq!((dc2.status, dc2.since_ms), (DcStatus::Up, 13_000));
         assert_eq!(dc2.rtt_us, Some(40_000));
+    }
+
+    #[test]
+    fn a_dc_first_probed_late_is_judged_by_its_probes_from_the_first() {
+        // Watched at 0 and alive on its control stream; its gateways become known (and probed)
+        // only at 3000, and the first probes go to one that just died.
+        let mut d = Detector::new(C);
+        d.watch("dc2", 0);
+        d.control("dc2", 2900, true);
+        d.probe("dc2", 3000, None);
+        d.probe("dc2", 3250, None);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up), "0.25 s of failed probes");
+        // Another gateway answers within `down_after` of the first probe: never Down.
+        d.probe("dc2", 3900, Some(1_000));
+        d.tick(4000);
+        assert_eq!(d.status("dc2"), Some(DcStatus::Up));
+        // All of them dead from their first probe: Down after `down_after` of failed probes.
+        let mut dead = Detector::new(C);
+        dead.watch("dc3", 0);
+        dead.control("dc3", 2900, true);
+        for t in (3000..=4500).step_by(250) {
+            dead.probe("dc3", t, None);
+        }
+        assert_eq!(dead.status("dc3"), Some(DcStatus::Down));
     }
 
     #[test]

@@ -350,6 +350,12 @@ async fn dedicated_gateway_nodes_carry_their_dc_and_a_dead_one_is_left_out() -> 
         through(dc2.gateway(), name, &cert).await == "dc1-web"
     })
     .await?;
+    // One gateway of two lost is not the DC lost: dc2 never found dc1 down meanwhile.
+    let log = dc2.log_text();
+    ensure!(
+        !log.contains("datacenter down"),
+        "dc2 found dc1 down when one of its two gateways died:\n{log}"
+    );
     Ok(())
 }
 

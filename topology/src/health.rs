@@ -419,7 +419,11 @@ mod tests {
         d.control("dc2", 2900, true);
         d.probe("dc2", 3000, None);
         d.probe("dc2", 3250, None);
-        assert_eq!(d.status("dc2"), Some(DcStatus::Up), "0.25 s of failed probes");
+        assert_eq!(
+            d.status("dc2"),
+            Some(DcStatus::Up),
+            "0.25 s of failed probes"
+        );
         // Another gateway answers within `down_after` of the first probe: never Down.
         d.probe("dc2", 3900, Some(1_000));
         d.tick(4000);

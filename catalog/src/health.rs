@@ -2,15 +2,15 @@
 //!
 //! Checks run only on the node that registered the instance (as Consul's agent does), with one
 //! exception: a gateway-only node has no catalog and no agent of its own, so the TCP checks of
-//! nodes marked [`GATEWAY_ONLY_META`] are run by the DC's Raft leader (whichever server leads
-//! now). A result is written to Raft only when the status differs from the one in the current
+//! nodes marked [`GATEWAY_ONLY_META`] that hold a `meridian-gateway` instance are run by the DC's
+//! Raft leader (whichever server leads now). A result is written to Raft only when the status differs from the one in the current
 //! view, so a steady service costs no Raft traffic however often it is checked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_topology::{CheckKind, CheckSpec, Health};
+use meridian_topology::{CheckKind, CheckSpec, GATEWAY_SERVICE, Health};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -86,10 +86,17 @@ impl HealthRunner {
             let view = views.borrow_and_update().clone();
             let state = view.local();
             let leads = catalog.status().is_leader;
+            // Found through the gateway instances (an index), not by scanning every node: this
+            // runs on every view change.
             let agentless = state
-                .nodes()
-                .filter(|n| leads && n.meta.get(GATEWAY_ONLY_META).is_some_and(|v| v == "true"))
-                .flat_map(|n| state.checks_on(&n.name))
+                .instances_of(GATEWAY_SERVICE)
+                .filter(|_| leads)
+                .filter(|i| {
+                    state
+                        .node(&i.node)
+                        .is_some_and(|n| n.meta.get(GATEWAY_ONLY_META).is_some_and(|v| v == "true"))
+                })
+                .flat_map(|i| state.checks_on(&i.node))
                 .filter(|c| {
                     c.spec
                         .as_ref()

@@ -66,6 +66,8 @@ pub struct FederationCounters {
     peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
     subscribers: Mutex<BTreeMap<String, Arc<SubscriberStats>>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Relayed pipes and DNS queries served, by target and outcome.
+    relayed: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Sync messages that broke the protocol (stream restarted).
     pub protocol_errors: AtomicU64,
     /// Syncs whose digest did not match the origin's (replica resynced).
@@ -108,6 +110,13 @@ impl FederationCounters {
     pub fn forget_peer(&self, dc: &str) {
         let mut m = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         m.remove(dc);
+    }
+
+    /// Counts a pipe or DNS query the relay served, by target (`http`, `gateway`, `dns`) and
+    /// outcome.
+    pub fn relayed(&self, target: &'static str, outcome: &'static str) {
+        let mut m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((target, outcome)).or_default() += 1;
     }
 
     /// Counts a refused connection or subscription, by reason.
@@ -288,6 +297,19 @@ impl FederationCounters {
             refused
                 .into_iter()
                 .map(|(reason, n)| ([("reason", reason)], n)),
+        )?;
+        let relayed: Vec<((&'static str, &'static str), u64)> = self
+            .relayed
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
+            .unwrap_or_default();
+        metrics::counter_by(
+            enc,
+            "meridian_federation_relayed",
+            "Pipes and DNS queries relayed for servers of other datacenters, by target and outcome.",
+            relayed
+                .into_iter()
+                .map(|((target, outcome), n)| ([("target", target), ("outcome", outcome)], n)),
         )?;
         metrics::counters(
             enc,

@@ -17,4 +17,7 @@ pub enum FederationError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another datacenter's server could not be reached through the relay.
+    #[error("relay: {0}")]
+    Relay(String),
 }

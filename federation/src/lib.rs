@@ -11,6 +11,7 @@ mod error;
 pub mod export;
 pub mod limits;
 pub mod peers;
+pub mod relay;
 pub mod replica;
 pub mod server;
 pub mod store;
@@ -166,6 +167,12 @@ pub struct Federation {
     registry: Arc<peers::Registry>,
     local_addr: Option<SocketAddr>,
     transport: Transport,
+    /// This node's listeners the relay reaches, set once they are bound.
+    relay_targets: Arc<arc_swap::ArcSwap<relay::RelayTargets>>,
+    /// What the relay's client needs: certificates, timeout, source address.
+    tls: Arc<TlsMaterial>,
+    connect_timeout: Duration,
+    source: Option<std::net::IpAddr>,
     stop: watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -491,6 +498,9 @@ impl Federation {
             });
             tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
         }
+        let relay_targets = Arc::new(arc_swap::ArcSwap::from_pointee(
+            relay::RelayTargets::default(),
+        ));
         // The WAN endpoint.
         if let Some(listener) = listener {
             let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.server_config()?);
@@ -525,7 +535,19 @@ impl Federation {
                 let router = tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(SERVER_PING_INTERVAL))
                     .http2_keepalive_timeout(Some(SERVER_PING_TIMEOUT))
-                    .add_service(service.into_server());
+                    .add_service(service.into_server())
+                    .add_service(
+                        relay::RelayService::new(
+                            relay_targets.clone(),
+                            match &settings.transport {
+                                Transport::Gateway(g) => Some(g.clone()),
+                                Transport::Direct => None,
+                            },
+                            counters.clone(),
+                            stop_rx.clone(),
+                        )
+                        .into_server(),
+                    );
                 tasks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -550,6 +572,10 @@ impl Federation {
             registry,
             local_addr,
             transport: settings.transport.clone(),
+            relay_targets,
+            tls: settings.tls.clone(),
+            connect_timeout: settings.connect_timeout,
+            source: settings.source(),
             stop,
             tasks,
         })
@@ -593,6 +619,45 @@ impl Federation {
     /// How this node's subscriptions reach other datacenters.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Tells the relay where this node's own listeners are (once they are bound).
+    pub fn set_relay_targets(&self, targets: relay::RelayTargets) {
+        self.relay_targets.store(Arc::new(targets));
+    }
+
+    /// Loopback stand-ins for the listeners of a server of `dc`, reached through the relay on
+    /// a federation connection through this DC's gateways (their order: the node's own first).
+    /// Only with the gateway transport: otherwise the DC's nodes are reached directly.
+    pub async fn relay(&self, dc: &str) -> Result<relay::Forward, FederationError> {
+        let Transport::Gateway(gateways) = &self.transport else {
+            return Err(FederationError::Relay(
+                "the relay is used with the gateway transport only".into(),
+            ));
+        };
+        let tls = self.tls.client_config()?;
+        let mut last = String::from("no gateway of this datacenter is known");
+        for gw in gateways.load().iter() {
+            match client::channel_from(
+                tls.clone(),
+                &gw.to_string(),
+                dc,
+                self.connect_timeout,
+                self.source,
+            )
+            .await
+            {
+                Ok(channel) => {
+                    return relay::Forward::open(channel).await.map_err(|e| {
+                        FederationError::Relay(format!("cannot open loopback listeners: {e}"))
+                    });
+                }
+                Err(e) => last = format!("through {gw}: {e}"),
+            }
+        }
+        Err(FederationError::Relay(format!(
+            "cannot reach a server of {dc}: {last}"
+        )))
     }
 
     /// The WAN port's address (`None` when not serving).

@@ -97,7 +97,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         agent
             .api()
             .drills()
-            .set_runner(std::sync::Arc::new(crate::drill::ApiRunner));
+            .set_runner(std::sync::Arc::new(crate::drill::ApiRunner::new(
+                agent.federation(),
+            )));
         println!("{}", agent.endpoints_line());
         let requests = agent.take_reload_requests();
         (Node::Server(agent), requests)

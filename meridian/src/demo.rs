@@ -153,7 +153,9 @@ async fn start_dc(
     agent
         .api()
         .drills()
-        .set_runner(std::sync::Arc::new(crate::drill::ApiRunner));
+        .set_runner(std::sync::Arc::new(crate::drill::ApiRunner::new(
+            agent.federation(),
+        )));
     Ok(agent)
 }
 

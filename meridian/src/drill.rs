@@ -13,6 +13,7 @@
 //! only to the nodes given with `--http` and the DNS and gateway addresses they report.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use meridian_client::probe::{
     ms_since,
 };
 use meridian_client::report::{self, Kind, Observed, Report, Setup};
+use meridian_federation::{Federation, Transport};
 use meridian_node::http::drills::{DrillRequest, DrillRun, DrillRunner, DrillState};
 
 /// Longest drill (`--for`).
@@ -202,6 +204,9 @@ pub struct Plan {
     pub duration: Duration,
     /// One or more HTTP API addresses per DC.
     pub http: Vec<String>,
+    /// Nodes of other DCs reached through the relay (the gateway transport): loopback
+    /// stand-ins for their HTTP API, DNS server and gateway.
+    pub relayed: Vec<Relayed>,
     /// The token of the drill's calls.
     pub token: Option<String>,
     /// Time between probe rounds.
@@ -212,6 +217,17 @@ pub struct Plan {
     pub ca: Option<PathBuf>,
     /// The DNS domain.
     pub domain: String,
+}
+
+/// A node of another DC reached through the relay: where this process reaches its listeners.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// Its HTTP API.
+    pub http: String,
+    /// Its DNS server.
+    pub dns: SocketAddr,
+    /// Its DC's gateway.
+    pub gateway: SocketAddr,
 }
 
 /// Where a drill tells how it goes: the terminal (`meridian drill`) or a drill's published
@@ -293,6 +309,7 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         service,
         duration: common.duration,
         http: common.http,
+        relayed: Vec::new(),
         token: common.token,
         interval: common.interval,
         failback_timeout: common.failback_timeout,
@@ -364,6 +381,7 @@ pub async fn execute(
         service,
         duration,
         http: http_addrs,
+        relayed,
         token,
         interval,
         failback_timeout,
@@ -381,7 +399,7 @@ pub async fn execute(
         ensure!(is_label(s), "--service {s:?} is not a DNS label");
     }
     ensure!(
-        http_addrs.len() <= MAX_NODES,
+        http_addrs.len() + relayed.len() <= MAX_NODES,
         "at most {MAX_NODES} --http nodes"
     );
     let http = Http::new(token.as_deref())?;
@@ -398,6 +416,20 @@ pub async fn execute(
             node.dc
         );
         tracing::debug!(dc = %node.dc, node = %node.node, dns = %node.dns, gateway = ?node.gateway, "node");
+        by_dc.entry(node.dc.clone()).or_default().push(node);
+    }
+    for r in &relayed {
+        let mut node = probe::discover(&http, &r.http).await?;
+        ensure!(
+            is_label(&node.dc),
+            "a relayed node reports datacenter {:?}, not a DNS label",
+            node.dc
+        );
+        // The addresses it reports are on its own network: this process reaches them through
+        // the relay's stand-ins.
+        node.dns = r.dns;
+        node.gateway = Some(r.gateway);
+        tracing::debug!(dc = %node.dc, node = %node.node, "node reached through the relay");
         by_dc.entry(node.dc.clone()).or_default().push(node);
     }
     let target_nodes = by_dc.get(&target).cloned().with_context(|| {
@@ -695,16 +727,58 @@ pub async fn execute(
 }
 
 /// Runs the API's drills (`POST /v1/operator/drill`) with this engine.
-pub struct ApiRunner;
+pub struct ApiRunner {
+    /// The node's federation, when its transport is the gateways: other DCs' nodes are then
+    /// reached through the relay, not at the HTTP addresses their gateways advertise.
+    relay: Option<Arc<Federation>>,
+}
+
+impl ApiRunner {
+    /// The runner of a node with `federation` (none: every DC is reached directly).
+    pub fn new(federation: Option<&Arc<Federation>>) -> ApiRunner {
+        ApiRunner {
+            relay: federation
+                .filter(|f| matches!(f.transport(), Transport::Gateway(_)))
+                .cloned(),
+        }
+    }
+}
 
 impl DrillRunner for ApiRunner {
     fn run(
         &self,
-        req: DrillRequest,
+        mut req: DrillRequest,
         out: watch::Sender<DrillState>,
         stop: watch::Receiver<bool>,
     ) -> DrillRun {
+        let relay = self.relay.clone();
         Box::pin(async move {
+            // Through the gateways: one relay per other DC, kept open for the drill.
+            let mut forwards = Vec::new();
+            let mut relayed = Vec::new();
+            if let Some(f) = &relay {
+                req.http.truncate(1);
+                let view = f.watch().borrow().clone();
+                for r in view.remotes() {
+                    match f.relay(&r.name).await {
+                        Ok(fw) => {
+                            relayed.push(Relayed {
+                                http: fw.http.to_string(),
+                                dns: fw.dns,
+                                gateway: fw.gateway,
+                            });
+                            forwards.push(fw);
+                        }
+                        Err(e) => {
+                            out.send_modify(|s| {
+                                s.phase = "failed".into();
+                                s.error = Some(format!("{}: {e}", r.name));
+                            });
+                            return;
+                        }
+                    }
+                }
+            }
             let kind = if req.kind == "service-down" {
                 Kind::ServiceDown
             } else {
@@ -716,6 +790,7 @@ impl DrillRunner for ApiRunner {
                 service: req.service,
                 duration: req.duration,
                 http: req.http,
+                relayed,
                 token: req.token,
                 interval: Duration::from_millis(100),
                 failback_timeout: Duration::from_secs(30),

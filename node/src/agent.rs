@@ -165,6 +165,15 @@ impl Agent {
             keep_local_gateways(f, gateway.as_ref().map(|g| g.addr), catalog.watch())
         });
         let dns_addr = dns.local_addr();
+        if let Some(f) = &federation {
+            // Servers of other DCs reach these through the relay (drills, with the gateway
+            // transport).
+            f.set_relay_targets(meridian_federation::relay::RelayTargets {
+                http: Some(reachable(http_addr)),
+                dns: Some(reachable(dns_addr)),
+                gateway: gateway.as_ref().map(|g| reachable(g.addr)),
+            });
+        }
         // Every part registers its own families; the API adds its and the catalog's.
         let mut registry = Registry::default();
         registry.register_collector(Box::new(dns.counters()));

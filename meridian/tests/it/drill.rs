@@ -229,7 +229,7 @@ async fn drill(args: &[&str], nodes: &[&Agent]) -> Result<Value> {
 }
 
 /// The report's entry of `dc`.
-fn entry<'a>(report: &'a Value, dc: &str) -> Result<&'a Value> {
+pub(crate) fn entry<'a>(report: &'a Value, dc: &str) -> Result<&'a Value> {
     report["datacenters"]
         .as_array()
         .and_then(|a| a.iter().find(|d| d["datacenter"] == dc))
@@ -238,7 +238,7 @@ fn entry<'a>(report: &'a Value, dc: &str) -> Result<&'a Value> {
 
 /// Checks what every drill must show from dc3: it answered with dc1, stopped within the
 /// drill, and came back after it, in DNS and through the gateway, with no stale answer.
-fn check_dc3(report: &Value, for_ms: f64) -> Result<()> {
+pub(crate) fn check_dc3(report: &Value, for_ms: f64) -> Result<()> {
     let ctx = || format!("{report:#}");
     ensure!(report["completed"] == true, "not completed: {}", ctx());
     let dc3 = entry(report, "dc3")?;

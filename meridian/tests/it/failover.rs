@@ -74,11 +74,20 @@ impl World {
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs)?;
         make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1"), ("dc3", "n1")])?;
-        let (cert, key) = certificate_for(dir.path(), NAME, &[])?;
-        let backends = vec![
-            Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?,
-            Nginx::start(dir.path(), "dc2-web", &cert, &key, "dc2-web")?,
-        ];
+        // Each backend its own certificate, so that a drill can tell which DC a connection
+        // reached; clients trust both.
+        let mut backends = Vec::new();
+        let mut bundle = String::new();
+        for dc in ["dc1", "dc2"] {
+            let own = dir.path().join(format!("{dc}-web"));
+            std::fs::create_dir_all(&own)?;
+            let (cert, key) = certificate_for(&own, NAME, &[])?;
+            let name = format!("{dc}-web");
+            backends.push(Nginx::start(dir.path(), &name, &cert, &key, &name)?);
+            bundle.push_str(&std::fs::read_to_string(&cert)?);
+        }
+        let cert = dir.path().join("web-ca.pem");
+        std::fs::write(&cert, bundle)?;
         let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
         before(&ports)?;
         let mut dcs = Vec::new();

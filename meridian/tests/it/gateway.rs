@@ -82,6 +82,7 @@ impl Nginx {
                  http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
                  fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
                  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n\
                  location / {{ return 200 \"{body}\\n\"; }}\n  }}\n}}\n",
                 p = prefix.display(),
                 c = cert.display(),

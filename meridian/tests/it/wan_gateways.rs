@@ -161,6 +161,21 @@ async fn with_only_the_gateways_reachable_dcs_federate_route_and_fail_over() -> 
         .await?;
     ensure!(tunnelled >= 2.0, "dc1's gateway took {tunnelled} streams");
 
+    // A drill from dc2's API: dc1 down for 3 s, probed from dc2 and from dc3, whose node dc2
+    // reaches only through the relay (its DNS server, its gateway and its API, as a client in
+    // dc3 would), and dc1 drained and restored through the relay too.
+    let report = api_drill(&w.dcs[1], "dc1", "web", "3s").await?;
+    crate::drill::check_dc3(&report, 3000.0)?;
+    println!(
+        "gateways only: a drill of dc1 from dc2, dc3 probed through the relay: {}",
+        crate::drill::entry(&report, "dc3")?
+    );
+    let relayed = w.dcs[2]
+        .metric("meridian_federation_relayed_total{target=\"dns\",outcome=\"answered\"}")
+        .await?;
+    ensure!(relayed > 0.0, "dc3's node relayed no DNS query");
+    fence.check()?;
+
     // Losing dc1: dc3's answers and routes move to dc2, as in the direct mode.
     let lost = Instant::now();
     w.dcs[0].kill9()?;
@@ -179,6 +194,45 @@ async fn with_only_the_gateways_reachable_dcs_federate_route_and_fail_over() -> 
     println!("gateways only: dc1 restarted, dc3 answers with it again {back:?} later");
     fence.check()?;
     Ok(())
+}
+
+/// Runs a drill (`kind` dc-down of `dc`, probing `service`, lasting `for_`) through `agent`'s
+/// API and waits for it to end; its report.
+async fn api_drill(
+    agent: &Agent,
+    dc: &str,
+    service: &str,
+    for_: &str,
+) -> Result<serde_json::Value> {
+    let r = agent
+        .http
+        .post(agent.url("/v1/operator/drill"))
+        .json(&serde_json::json!({"Kind": "dc-down", "Datacenter": dc, "Service": service, "For": for_}))
+        .send()
+        .await?;
+    ensure!(
+        r.status().as_u16() == 202,
+        "drill refused: {}",
+        r.text().await?
+    );
+    let id = r.json::<serde_json::Value>().await?["ID"]
+        .as_str()
+        .context("the drill's ID")?
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = agent.get_json(&format!("/v1/operator/drill/{id}")).await?;
+        match d["Phase"].as_str() {
+            Some("done") => return Ok(d["Report"].clone()),
+            Some("failed") => anyhow::bail!("the drill failed: {d:#}"),
+            _ => {}
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the drill did not end in 120 s: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Which DC answers an HTTPS request for `name` through the gateway at `gateway` (curl checks

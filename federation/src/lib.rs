@@ -466,7 +466,13 @@ impl Federation {
             tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
         }
         let discovery_tls = settings.tls.discovery_client_config()?;
-        for addr in settings.join.clone() {
+        // With the gateway transport, `join` names other DCs' gateways: the node asks its
+        // gateway's tunnel whom they belong to (`learn_joined`).
+        let direct_joins = match settings.transport {
+            Transport::Direct => settings.join.clone(),
+            Transport::Gateway(_) => Vec::new(),
+        };
+        for addr in direct_joins {
             let (registry, tls, mut stop) =
                 (registry.clone(), discovery_tls.clone(), stop_rx.clone());
             let timeout = settings.connect_timeout;
@@ -619,6 +625,18 @@ impl Federation {
     /// How this node's subscriptions reach other datacenters.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Records that `addr`, named by the operator (`--join-wan`), is a gateway of datacenter
+    /// `dc` (its certificate said so): federation follows `dc` through it, and never forgets it.
+    pub fn learn_joined(&self, dc: &str, addr: &str) {
+        self.registry.learn(
+            peers::Source::Configured,
+            "join",
+            dc,
+            &[addr.to_owned()],
+            now_ms(),
+        );
     }
 
     /// Tells the relay where this node's own listeners are (once they are bound).

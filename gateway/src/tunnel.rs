@@ -661,6 +661,48 @@ impl Tunnel {
         rx
     }
 
+    /// The certificate of the gateway at `addr`, whose datacenter the caller does not know yet
+    /// (joining through a gateway): one QUIC handshake from this tunnel's socket, with `client`
+    /// (which checks the certificate against the name it holds itself; see
+    /// `TlsMaterial::tunnel_discovery_client_config`), closed once done. Always over QUIC:
+    /// a network that drops UDP needs the remote DC named in `peers`.
+    pub async fn peer_certificate(
+        &self,
+        addr: SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<rustls::pki_types::CertificateDer<'static>, TunnelError> {
+        let unreachable = |last: String| TunnelError::Unreachable {
+            dc: format!("the datacenter at {addr}"),
+            tried: 1,
+            last,
+        };
+        let mut tls = (*client).clone();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| TunnelError::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport(self.config.idle_timeout, 1));
+        // The name is not what the certificate is checked against; any valid one will do.
+        let conn = connect(
+            &self.endpoint,
+            &config,
+            addr,
+            "join.meridian",
+            self.config.connect_timeout,
+        )
+        .await
+        .map_err(unreachable)?;
+        let leaf = conn
+            .peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().cloned());
+        conn.close(quinn::VarInt::from_u32(0), b"joined");
+        leaf.ok_or_else(|| unreachable("it presented no certificate".into()))
+    }
+
     /// Probes datacenter `dc`: one round trip over its tunnel (connected first if need be, to
     /// one of `gateways`), answered within `timeout` in all. Two failed
     /// in a row drop the pooled connection from the pool (streams on it carry on), so the next

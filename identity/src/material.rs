@@ -26,7 +26,7 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig, Signat
 use crate::error::TlsError;
 use crate::error::{material, pem_reason};
 use crate::issue::{PemPair, create_node_cert};
-use crate::names::{Identity, Role, peer_identity, server_name};
+use crate::names::{Identity, Role, peer_identity};
 use crate::{ALPN_H2, DEFAULT_NODE_CERT_DAYS, DEV_CA_CERT_PEM, DEV_CA_KEY_PEM, DOMAIN};
 
 /// One PEM input and the file it came from, if any.
@@ -315,7 +315,12 @@ impl TlsMaterial {
     /// hold a certificate from the CA roots that is valid for the datacenter it names itself,
     /// which the caller then reads with [`peer_identity`]. Otherwise as [`Self::client_config`].
     pub fn discovery_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        self.client_config_with(|inner| Arc::new(OwnDcVerifier { inner }))
+        self.client_config_with(|inner| {
+            Arc::new(OwnDcVerifier {
+                inner,
+                either_role: false,
+            })
+        })
     }
 }
 
@@ -326,6 +331,19 @@ impl TlsMaterial {
     /// [`Self::client_config`]: a gateway certificate never passes for a federation server.
     pub fn tunnel_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         self.client_config_with(|inner| Arc::new(EitherRoleVerifier { inner }))
+    }
+
+    /// A client configuration for joining through a gateway known only by address: as
+    /// [`Self::discovery_client_config`], but the far end may hold either role's certificate,
+    /// valid for the name of its own role and datacenter (a gateway-only node's gateway holds a
+    /// gateway certificate). The caller reads whom it reached with [`peer_identity`].
+    pub fn tunnel_discovery_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client_config_with(|inner| {
+            Arc::new(OwnDcVerifier {
+                inner,
+                either_role: true,
+            })
+        })
     }
 }
 
@@ -391,10 +409,14 @@ impl ClientCertVerifier for SameDcServerVerifier {
 }
 
 /// Verifies a server certificate as WebPKI does, against the name of the datacenter the
-/// certificate itself names: proves "a federation server of some datacenter", for joins.
+/// certificate itself names: proves "a federation server of some datacenter", for joins (or,
+/// with `either_role`, "a server or gateway of some datacenter", for joins through a gateway).
 #[derive(Debug)]
 struct OwnDcVerifier {
     inner: Arc<dyn ServerCertVerifier>,
+    /// The name checked is that of the role the certificate names (a gateway's too), not
+    /// always a server's.
+    either_role: bool,
 }
 
 impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
@@ -408,7 +430,13 @@ impl rustls::client::danger::ServerCertVerifier for OwnDcVerifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let identity = peer_identity(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
-        let name = server_name(&identity.dc)
+        let role = if self.either_role {
+            identity.role
+        } else {
+            Role::Server
+        };
+        let name = role
+            .server_name(&identity.dc)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
         self.inner
             .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)

@@ -158,7 +158,11 @@ impl Agent {
         } else {
             None
         };
+        let mut joins = Vec::new();
         if let Some(t) = gateway.as_ref().and_then(|g| g.tunnel.clone()) {
+            if let (Some(f), Some(tls)) = (&federation, &tls) {
+                joins = join_through_gateways(f, &t, tls, &config)?;
+            }
             failover.set_tunnel(t);
         }
         let via_gateways = federation.as_ref().and_then(|f| {
@@ -211,6 +215,7 @@ impl Agent {
             config.acl.token_prune_interval(),
         ))];
         upkeep.extend(via_gateways);
+        upkeep.extend(joins);
         if let Some(td) = &config.gateway.trust_domain {
             upkeep.push(tokio::spawn(crate::upkeep::ensure_mesh_ca(
                 api.clone(),
@@ -772,6 +777,55 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
         std::net::IpAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
         std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
     }
+}
+
+/// With the gateway transport, the joined addresses (`--join-wan`) are other DCs' gateways: one
+/// task per address asks it, through this node's tunnel, whom it belongs to (its certificate
+/// names its DC), retrying with backoff, and tells `federation`, which then follows that DC
+/// through it.
+fn join_through_gateways(
+    federation: &Arc<Federation>,
+    tunnel: &Arc<meridian_gateway::Tunnel>,
+    tls: &TlsMaterial,
+    config: &Config,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    if config.federation.transport != FederationTransport::Gateway {
+        return Ok(Vec::new());
+    }
+    let client = tls.tunnel_discovery_client_config()?;
+    let mut tasks = Vec::new();
+    for text in &config.federation.join {
+        // Checked by `Config::validate`.
+        let addr: SocketAddr = text
+            .parse()
+            .with_context(|| format!("federation.join: {text:?} is not ip:port"))?;
+        let (federation, tunnel, client) = (federation.clone(), tunnel.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let found = tunnel
+                    .peer_certificate(addr, client.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|leaf| {
+                        meridian_identity::peer_identity(&leaf).map_err(|e| e.to_string())
+                    });
+                match found {
+                    Ok(id) => {
+                        tracing::info!(%addr, dc = %id.dc, node = %id.node, "joined through a gateway");
+                        federation.learn_joined(&id.dc, &addr.to_string());
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::info!(%addr, %error, "cannot join through this gateway yet; retrying")
+                    }
+                }
+                tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.0))).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 /// The gateway's route for federation streams: streams tunnelled here for this DC go to

@@ -612,11 +612,15 @@ impl FederationSection {
                     }
                 }
             }
-            if !self.join.is_empty() {
-                return Err(ConfigError::invalid(
-                    "federation.join",
-                    "with transport = \"gateway\", name the datacenter and its gateways under [[federation.peers]] instead",
-                ));
+            for (i, a) in self.join.iter().enumerate() {
+                if a.parse::<SocketAddr>().is_err() {
+                    return Err(ConfigError::invalid(
+                        format!("federation.join[{i}]"),
+                        format!(
+                            "{a:?}: with transport = \"gateway\" a joined address is another DC's gateway, as ip:port"
+                        ),
+                    ));
+                }
             }
         }
         if (!self.peers.is_empty() || !self.join.is_empty()) && !self.has_tls() && !dev {
@@ -1498,6 +1502,17 @@ impl Config {
                  accept anyone who can reach the port",
             ));
         }
+        if self.federation.transport == FederationTransport::Gateway
+            && !self.federation.join.is_empty()
+            && (self.gateway_only || !self.gateway.enabled)
+        {
+            // The node's own gateway's tunnel asks the joined gateway whom it belongs to.
+            return Err(ConfigError::invalid(
+                "federation.join",
+                "with transport = \"gateway\", a server joins through its own gateway: enable \
+                 [gateway], or name the datacenter and its gateways under [[federation.peers]]",
+            ));
+        }
         if self.gateway_only {
             if self.federation.local_servers.is_empty() {
                 return Err(ConfigError::invalid(
@@ -1764,6 +1779,23 @@ mod tests {
             let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(invalid_key(&cfg), format!("gateway.{key}"));
         }
+    }
+
+    #[test]
+    fn joining_through_a_gateway_takes_a_gateway_address_and_the_nodes_own_gateway() {
+        let mut cfg = good();
+        cfg.federation.ca_file = Some("ca.pem".into());
+        cfg.federation.cert_file = Some("n1.pem".into());
+        cfg.federation.key_file = Some("n1-key.pem".into());
+        cfg.federation.transport = FederationTransport::Gateway;
+        cfg.federation.join = vec!["203.0.113.7:8443".into()];
+        cfg.validate()
+            .expect("a server with its gateway joins through another DC's gateway");
+        cfg.federation.join = vec!["gw.dc1.example:8443".into()];
+        assert_eq!(invalid_key(&cfg), "federation.join[0]");
+        cfg.federation.join = vec!["203.0.113.7:8443".into()];
+        cfg.gateway.enabled = false;
+        assert_eq!(invalid_key(&cfg), "federation.join");
     }
 
     #[test]

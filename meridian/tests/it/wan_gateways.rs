@@ -25,6 +25,7 @@ struct GatewaysOnly {
 /// since tests run two at a time and each fences or cuts its own addresses.
 const WORLD_NET: usize = 10;
 const PAIR_NET: usize = 20;
+const JOIN_NET: usize = 30;
 
 /// The chains' name prefix; the process id follows.
 const PREFIX: &str = "MWANGW";
@@ -413,9 +414,11 @@ async fn dedicated_gateway_nodes_carry_their_dc_and_a_dead_one_is_left_out() -> 
     Ok(())
 }
 
-/// A one-node DC `dc<i+1>` on its own loopback address (in [`PAIR_NET`]), federating through the gateways
-/// with `peers` (`(dc, index)`: the others' gateways), changed by `customize`.
+/// A one-node DC `dc<i+1>` on its own loopback address (in the address plan `net`), federating
+/// through the gateways with `peers` (indices: the others' gateways), changed by `customize`.
+#[allow(clippy::too_many_arguments)]
 fn gateway_dc(
+    net: usize,
     dir: &std::path::Path,
     certs: &std::path::Path,
     i: usize,
@@ -423,7 +426,7 @@ fn gateway_dc(
     peers: &[usize],
     customize: impl FnOnce(&mut AgentConfig),
 ) -> Result<Agent> {
-    let host = |i| host_in(PAIR_NET, i);
+    let host = |i| host_in(net, i);
     let dc = format!("dc{}", i + 1);
     let mut c = AgentConfig::new(&dc, "n1", ports[i], &dir.join(&dc));
     c.bind = host(i).parse()?;
@@ -454,10 +457,10 @@ async fn through_the_gateways_a_partition_heals_by_digest() -> Result<()> {
     let fence = GatewaysOnly::new(PAIR_NET, &ports)?;
     // A small change window: ten changes while cut push dc2's index out of it, so the heal must
     // use the digest catch-up.
-    let mut dc1 = gateway_dc(dir.path(), &certs, 0, &ports, &[1], |c| {
+    let mut dc1 = gateway_dc(PAIR_NET, dir.path(), &certs, 0, &ports, &[1], |c| {
         c.set("federation", "resume_window", 5);
     })?;
-    let mut dc2 = gateway_dc(dir.path(), &certs, 1, &ports, &[0], |_| {})?;
+    let mut dc2 = gateway_dc(PAIR_NET, dir.path(), &certs, 1, &ports, &[0], |_| {})?;
     dc1.wait_ready().await?;
     dc2.wait_ready().await?;
     register_many(&dc1, (0..10_000).map(|i| format!("bulk{i}"))).await?;
@@ -495,6 +498,73 @@ async fn through_the_gateways_a_partition_heals_by_digest() -> Result<()> {
     ensure!(
         resent * 50.0 < full,
         "the heal received {resent} bytes, the full sync {full}"
+    );
+    fence.check()?;
+    Ok(())
+}
+
+/// Joining through a gateway: dc2 is given only the address of dc1's gateway (`join`), dc1
+/// nothing of dc2. Over the fence, dc2's gateway learns dc1 from that gateway's certificate, and
+/// the two DCs federate both ways, answer for each other in DNS, and route TLS to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dc_joins_another_through_its_gateway_alone() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::federation::make_certs(&certs, &[("dc1", "n1"), ("dc2", "n1")])?;
+    let ports = [Ports::free(), Ports::free()];
+    let fence = GatewaysOnly::new(JOIN_NET, &ports)?;
+    let dc1_gateway = format!("{}:{}", host_in(JOIN_NET, 0), ports[0].gateway);
+    let mut dc1 = gateway_dc(JOIN_NET, dir.path(), &certs, 0, &ports, &[], |_| {})?;
+    let mut dc2 = gateway_dc(JOIN_NET, dir.path(), &certs, 1, &ports, &[], |c| {
+        c.set("federation", "join", vec![dc1_gateway.as_str()]);
+    })?;
+    dc1.wait_ready().await?;
+    dc2.wait_ready().await?;
+    let (cert, key) = certificate_for(dir.path(), "web.service.dc1.consul", &[])?;
+    let web = Nginx::start(dir.path(), "dc1-web", &cert, &key, "dc1-web")?;
+    for (agent, body) in [
+        (
+            &dc1,
+            serde_json::json!({"ID": "web-1", "Name": "web", "Port": web.port, "Address": "127.0.0.1"}),
+        ),
+        (
+            &dc2,
+            serde_json::json!({"ID": "api-1", "Name": "api", "Port": 9000, "Address": "127.0.0.1"}),
+        ),
+    ] {
+        let r = agent.put_json("/v1/agent/service/register", &body).await?;
+        ensure!(r.status().is_success(), "register in {}", agent.name);
+    }
+    for (agent, path) in [
+        (&dc2, "/v1/catalog/service/web?dc=dc1"),
+        (&dc1, "/v1/catalog/service/api?dc=dc2"),
+    ] {
+        eventually(60, &format!("{} reads {path}", agent.name), || async move {
+            agent
+                .get_json(path)
+                .await
+                .is_ok_and(|v| v.as_array().is_some_and(|l| l.len() == 1))
+        })
+        .await?;
+    }
+    let answer = crate::dns::query(
+        dc2.dns(),
+        "web.service.dc1.consul.",
+        hickory_net::proto::rr::RecordType::SRV,
+        false,
+    )
+    .await?;
+    ensure!(
+        crate::dns::srv_lines(&answer).len() == 1,
+        "dc2 answers for dc1's web: {answer:?}"
+    );
+    eventually(30, "dc2 routes TLS to dc1's web", || async {
+        through(dc2.gateway(), "web.service.dc1.consul", &cert).await == "dc1-web"
+    })
+    .await?;
+    ensure!(
+        dc2.log_text().contains("joined through a gateway"),
+        "dc2 says whom it joined"
     );
     fence.check()?;
     Ok(())

@@ -47,6 +47,11 @@ pub struct ClusterSpec {
     pub seed: u64,
     /// How links are cut (`proxy` or `iptables`; default: see [`kernel::choose`]).
     pub cuts: Option<&'static str>,
+    /// Only the gateways face the WAN: federation goes through them
+    /// (`federation.transport = "gateway"`), peers are named by their gateways, and the links
+    /// carry the gateway port alone; no link exists for a server's WAN port, so a server cannot
+    /// reach another DC at all but through a gateway.
+    pub gateways_only: bool,
 }
 
 /// Where a node is, for clients (shared with the workload; the process stays in the cluster).
@@ -106,6 +111,8 @@ pub struct AgentSpec<'a> {
     pub certs: &'a NodeFiles,
     /// DCs to fail over to in order, when the node's own DC has no `web`.
     pub failover_order: Option<&'a [usize]>,
+    /// Federation through the gateways, peers named by their gateways ([`ClusterSpec`]).
+    pub gateways_only: bool,
 }
 
 /// The management token of every agent the harness starts; its HTTP clients present it.
@@ -146,10 +153,15 @@ pub fn agent_config(c: &AgentSpec<'_>) -> AgentConfig {
     }
     let mut by_dc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for p in &c.peers {
+        let port = if c.gateways_only {
+            p.ports.gateway
+        } else {
+            p.ports.wan
+        };
         by_dc
             .entry(p.dc)
             .or_default()
-            .push(SocketAddr::new(link_ip(p.dc, p.idx).into(), p.ports.wan).to_string());
+            .push(SocketAddr::new(link_ip(p.dc, p.idx).into(), port).to_string());
     }
     cfg.federation = Some(Federation {
         peers: by_dc
@@ -161,6 +173,9 @@ pub fn agent_config(c: &AgentSpec<'_>) -> AgentConfig {
             .collect(),
         ..Federation::with_certs(&c.certs.ca, &c.certs.cert, &c.certs.key)
     });
+    if c.gateways_only {
+        cfg.set("federation", "transport", "gateway");
+    }
     // The rpc port runs mutual TLS with the certificates above; the API needs the token.
     cfg.insecure = false;
     cfg.acl = Some(Acl::management(TOKEN));
@@ -247,12 +262,14 @@ impl Cluster {
             }
         }
         for a in &addrs {
-            wan.proxy_tcp(
-                a.dc,
-                (link_ip(a.dc, a.idx), a.ports.wan).into(),
-                (a.ip, a.ports.wan).into(),
-            )
-            .await?;
+            if !spec.gateways_only {
+                wan.proxy_tcp(
+                    a.dc,
+                    (link_ip(a.dc, a.idx), a.ports.wan).into(),
+                    (a.ip, a.ports.wan).into(),
+                )
+                .await?;
+            }
             wan.proxy_udp(
                 a.dc,
                 (link_ip(a.dc, a.idx), a.ports.gateway).into(),
@@ -289,6 +306,7 @@ impl Cluster {
                 data_dir: &data,
                 certs: files,
                 failover_order: (!spec.web_in.contains(&a.dc)).then_some(spec.web_in.as_slice()),
+                gateways_only: spec.gateways_only,
             })
             .write(&file)?;
             let proc = Proc::start(

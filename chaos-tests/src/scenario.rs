@@ -112,6 +112,8 @@ pub struct Options {
     /// How links are cut: `proxy` or `iptables` (default: `MERIDIAN_CHAOS_NET`, else iptables
     /// when root, else the proxy).
     pub cuts: Option<&'static str>,
+    /// Only the gateways face the WAN (see [`crate::cluster::ClusterSpec::gateways_only`]).
+    pub gateways_only: bool,
 }
 
 /// Which node a step acts on.
@@ -299,6 +301,8 @@ pub struct RunReport {
     pub run_dir: Option<PathBuf>,
     /// Wall time.
     pub took: Duration,
+    /// Run with only the gateways facing the WAN.
+    pub gateways_only: bool,
 }
 
 impl RunReport {
@@ -317,13 +321,23 @@ impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "scenario {} seed {}: {} in {:.1}s (replay: meridian-chaos --scenario {} --seed {})",
+            "scenario {} seed {}{}: {} in {:.1}s (replay: meridian-chaos --scenario {} --seed {}{})",
             self.scenario.name(),
             self.seed,
+            if self.gateways_only {
+                ", gateways only"
+            } else {
+                ""
+            },
             if self.passed() { "PASS" } else { "FAIL" },
             self.took.as_secs_f64(),
             self.scenario.name(),
-            self.seed
+            self.seed,
+            if self.gateways_only {
+                " --gateways-only"
+            } else {
+                ""
+            },
         )?;
         for n in &self.notes {
             writeln!(f, "  {n}")?;
@@ -413,9 +427,19 @@ pub async fn run(scenario: Scenario, opts: &Options) -> Result<RunReport> {
     let seed = opts.seed.unwrap_or_else(rand::random);
     let plan = plan(scenario, seed, opts.soak);
     eprintln!(
-        "chaos: scenario {} seed {seed} (replay with --scenario {} --seed {seed}); schedule: {plan}",
+        "chaos: scenario {} seed {seed}{} (replay with --scenario {} --seed {seed}{}); schedule: {plan}",
         scenario.name(),
-        scenario.name()
+        if opts.gateways_only {
+            ", gateways only"
+        } else {
+            ""
+        },
+        scenario.name(),
+        if opts.gateways_only {
+            " --gateways-only"
+        } else {
+            ""
+        },
     );
     let started = Instant::now();
     let bin = match &opts.bin {
@@ -430,6 +454,7 @@ pub async fn run(scenario: Scenario, opts: &Options) -> Result<RunReport> {
         env: opts.env.clone(),
         seed,
         cuts: opts.cuts,
+        gateways_only: opts.gateways_only,
     })
     .await?;
     let t_started = started.elapsed();
@@ -579,6 +604,7 @@ pub async fn run(scenario: Scenario, opts: &Options) -> Result<RunReport> {
         notes,
         run_dir,
         took: started.elapsed(),
+        gateways_only: opts.gateways_only,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `meridian-chaos`: runs chaos scenarios against real `meridian` processes and prints what
 //! each saw. `--scenario NAME` (repeatable; default: all), `--seed N` to replay a schedule,
-//! `--soak` for longer faults and more clients, `--bin PATH` for another binary.
+//! `--soak` for longer faults and more clients, `--bin PATH` for another binary,
+//! `--gateways-only` for the topology where only the gateways face the WAN.
 
 // Tests, benchmarks and the command line measure and show real time: the clock rule (clippy.toml)
 // is for the libraries.
@@ -36,6 +37,10 @@ struct Args {
     /// it works here, else the proxy.
     #[arg(long, value_parser = ["proxy", "iptables"])]
     cuts: Option<String>,
+    /// Only the gateways face the WAN: federation through the gateways, and no link for the
+    /// servers' WAN ports.
+    #[arg(long)]
+    gateways_only: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -64,6 +69,7 @@ async fn main() -> ExitCode {
             Some("iptables") => Some("iptables"),
             _ => None,
         },
+        gateways_only: args.gateways_only,
     };
     let mut all = Vec::new();
     for _ in 0..args.repeat.max(1) {

@@ -20,12 +20,18 @@ fn seed() -> Option<u64> {
 }
 
 async fn must_pass(s: Scenario, cuts: Option<&'static str>) -> Result<()> {
+    must_pass_in(s, cuts, false).await
+}
+
+/// [`must_pass`], with only the gateways facing the WAN when `gateways_only`.
+async fn must_pass_in(s: Scenario, cuts: Option<&'static str>, gateways_only: bool) -> Result<()> {
     let _one = SERIAL.lock().await;
     let r = scenario::run(
         s,
         &Options {
             seed: seed(),
             cuts,
+            gateways_only,
             ..Options::default()
         },
     )
@@ -84,6 +90,25 @@ scenarios! {
     flapping_link => Scenario::FlappingLink, Some("proxy");
     node_restarted_during_a_partition => Scenario::RestartInPartition, None;
     whole_dc_restarted_at_once => Scenario::DcRestart, None;
+}
+
+/// The same scenarios where only the gateways face the WAN (federation through them, no link
+/// for a server's WAN port): the ones that exercise the WAN's shape.
+macro_rules! through_the_gateways {
+    ($($test:ident => $s:expr, $cuts:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() -> Result<()> {
+            must_pass_in($s, $cuts, true).await
+        }
+    )*};
+}
+
+through_the_gateways! {
+    gateways_only_dc_loss_and_return => Scenario::DcLoss, None;
+    gateways_only_symmetric_partition => Scenario::Partition, None;
+    gateways_only_gateway_killed_with_connections_open => Scenario::GatewayKill, None;
+    gateways_only_slow_wan => Scenario::SlowWan, None;
+    gateways_only_node_restarted_during_a_partition => Scenario::RestartInPartition, None;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,38 @@ pub fn answer(
     max_groups: usize,
     now: u32,
 ) -> Outcome {
+    build(s, view, name, qtype, max_groups.min(MAX_GROUPS), now, true)
+}
+
+/// Most groups an answer kept for a view version holds ([`answer_whole`]): a service of more
+/// instances is answered from its first ones in the view's order, shuffled among themselves.
+pub const MAX_KEPT_GROUPS: usize = 65_536;
+
+/// Every group of the answer to one question, in the view's order and unshuffled, each group
+/// with its additional record even when an earlier group brought the same one: what
+/// [`crate::cache`] keeps per view version and shuffles, cuts and deduplicates per query.
+pub fn answer_whole(
+    s: &DnsSettings,
+    view: &View,
+    name: &Name,
+    qtype: RecordType,
+    now: u32,
+) -> Outcome {
+    build(s, view, name, qtype, MAX_KEPT_GROUPS, now, false)
+}
+
+/// The answer to one question. `live`: shuffled, and each additional record only once (an
+/// answer sent as built); otherwise in the view's order with every group's own additional
+/// record (an answer kept, to be shuffled and deduplicated when it is sent).
+fn build(
+    s: &DnsSettings,
+    view: &View,
+    name: &Name,
+    qtype: RecordType,
+    max_groups: usize,
+    now: u32,
+    live: bool,
+) -> Outcome {
     let mut buf = [0u8; 256];
     let text = name_text(name, &mut buf);
     let mut b = Builder {
@@ -88,6 +120,7 @@ pub fn answer(
         asked: name,
         domain: &s.domain,
         now,
+        live,
         scratch: String::with_capacity(64),
         out: Answer::default(),
     };
@@ -108,7 +141,6 @@ pub fn answer(
         return Outcome::NotOurs;
     };
     b.domain = domains[i];
-    let max_groups = max_groups.min(MAX_GROUPS);
     match parse_query_name(rest) {
         Err(_) => b.nxdomain(),
         Ok(NameQuery::Apex) => b.apex(qtype),
@@ -176,6 +208,8 @@ struct Builder<'a> {
     /// The domain the question was asked in, as configured.
     domain: &'a str,
     now: u32,
+    /// Shuffle, and send each additional record once (see [`build`]).
+    live: bool,
     scratch: String,
     out: Answer,
 }
@@ -359,7 +393,9 @@ impl<'a> Builder<'a> {
             }
         }
         let mut instances = res.instances;
-        fastrand::shuffle(&mut instances);
+        if self.live {
+            fastrand::shuffle(&mut instances);
+        }
         let ttl = ttl.unwrap_or_else(|| self.s.service_ttl.get(q.service));
         let state = res.state;
         match qtype {
@@ -388,7 +424,7 @@ impl<'a> Builder<'a> {
                     };
                     let Some(target) = target else { continue };
                     let extra = ip
-                        .filter(|_| seen_extra.insert((own, key)))
+                        .filter(|_| !self.live || seen_extra.insert((own, key)))
                         .map(|ip| Record::from_rdata(target.clone(), ttl, addr_rdata(ip)));
                     let srv = SRV::new(1, weight(inst, *health), inst.port, target);
                     self.out.push(

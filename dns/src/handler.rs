@@ -24,7 +24,8 @@ use meridian_topology::View;
 use meridian_topology::net::Prefix;
 use tokio::net::UdpSocket;
 
-use crate::answer::{Answer, MAX_GROUPS, Outcome, answer};
+use crate::answer::{Answer, MAX_GROUPS, Outcome, answer, answer_whole};
+use crate::cache::{AnswerCache, Query, Shape};
 use crate::counters::DnsCounters;
 use crate::settings::DnsSettings;
 
@@ -243,6 +244,45 @@ impl DnsHandler {
             self.shared.counters.truncated();
         }
         Prepared::Reply(reply)
+    }
+
+    /// Answers the UDP query `q` into `out` from `cache` (see [`crate::cache`]) and counts it;
+    /// false when it must go the general way ([`DnsHandler::decode`], [`DnsHandler::prepare`]).
+    pub(crate) fn answer_cached(
+        &self,
+        cache: &mut AnswerCache,
+        q: &Query<'_>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let qtype = q.qtype();
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return false;
+        }
+        let s = &self.shared.settings;
+        let mut cap = MAX_GROUPS;
+        if s.a_record_limit > 0 {
+            cap = cap.min(s.a_record_limit);
+        }
+        if !q.has_edns() && s.udp_answer_limit > 0 {
+            cap = cap.min(s.udp_answer_limit);
+        }
+        let shape = Shape {
+            cap,
+            limit: q.udp_limit(s.max_udp_payload),
+            recursion_available: !s.recursors.is_empty(),
+            max_udp: s.max_udp_payload,
+            serial: now_serial(),
+        };
+        let view = self.shared.view.load();
+        let build = |name: &_, qtype| answer_whole(s, &view, name, qtype, shape.serial);
+        let Some(sent) = cache.answer(&view, q, shape, build, out) else {
+            return false;
+        };
+        if sent.truncated {
+            self.shared.counters.truncated();
+        }
+        self.shared.counters.answered(sent.rcode);
+        true
     }
 
     /// Whether a client at `ip` may have names outside our domains forwarded: loopback, the

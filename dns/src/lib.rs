@@ -14,6 +14,7 @@
 pub mod answer;
 #[cfg(target_os = "linux")]
 mod batch;
+mod cache;
 mod counters;
 mod handler;
 mod ratelimit;

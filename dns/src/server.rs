@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use crate::cache::AnswerCache;
 use crate::counters::DnsCounters;
 use crate::handler::{DnsHandler, Prepared};
 use crate::ratelimit::{ClientLimit, RateLimiter, Verdict};
@@ -307,6 +308,7 @@ async fn serve_udp(
     let mut ready: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut forwards = JoinSet::new();
     let mut gate = UdpGate::new(limit.as_ref());
+    let mut cache = AnswerCache::new();
     loop {
         // Through tokio's readiness, so that an empty socket clears it and `readable()` parks.
         let n = match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
@@ -328,7 +330,16 @@ async fn serve_udp(
         for (i, out) in outs.iter_mut().enumerate().take(n) {
             let (data, src) = batch.datagram(i);
             if let Some(src) = src
-                && answer_datagram(&h, data, src, out, &sock, &mut forwards, &mut gate)
+                && answer_datagram(
+                    &h,
+                    data,
+                    src,
+                    out,
+                    &sock,
+                    &mut forwards,
+                    &mut gate,
+                    &mut cache,
+                )
             {
                 ready.push((i, src));
             }
@@ -371,6 +382,7 @@ async fn serve_udp(
     let mut out = Vec::with_capacity(4096);
     let mut forwards = JoinSet::new();
     let mut gate = UdpGate::new(limit.as_ref());
+    let mut cache = AnswerCache::new();
     loop {
         let (n, src) = match sock.try_recv_from(&mut buf) {
             Ok(r) => r,
@@ -395,6 +407,7 @@ async fn serve_udp(
             &sock,
             &mut forwards,
             &mut gate,
+            &mut cache,
         ) {
             send_udp(&sock, &out, src).await;
         }
@@ -420,10 +433,12 @@ async fn park(
     true
 }
 
-/// Answers one datagram into `out` and returns whether `out` now holds a reply to send. A query
-/// for the recursors is answered later, by a task of its own on `forwards`. Every reply is first
-/// charged to the client's prefix at `gate`: over the limit it is dropped, or slipped as an empty
-/// truncated reply, before any work is done for it.
+/// Answers one datagram into `out` and returns whether `out` now holds a reply to send. A plain
+/// query is answered from `cache` when it can be; others are decoded and answered in full. A
+/// query for the recursors is answered later, by a task of its own on `forwards`. Every reply is
+/// first charged to the client's prefix at `gate`: over the limit it is dropped, or slipped as
+/// an empty truncated reply, before any work is done for it.
+#[allow(clippy::too_many_arguments)] // One loop's state, passed apart so the borrows stay simple.
 fn answer_datagram(
     h: &DnsHandler,
     data: &[u8],
@@ -432,12 +447,28 @@ fn answer_datagram(
     sock: &Arc<UdpSocket>,
     forwards: &mut JoinSet<()>,
     gate: &mut UdpGate<'_>,
+    cache: &mut AnswerCache,
 ) -> bool {
     out.clear();
+    let mut verdict = None;
+    if let Some(q) = crate::cache::parse(data) {
+        let v = gate.check(h, src);
+        if v == Verdict::Send {
+            let span = tracing::debug_span!("dns_query", qtype = %q.qtype(), proto = "udp", %src);
+            let _enter = span.enter();
+            if h.answer_cached(cache, &q, out) {
+                gate.charge_bytes(src, out.len());
+                return true;
+            }
+        }
+        verdict = Some(v);
+    }
+    // Whether the reply may go: checked once per datagram.
+    let check = |gate: &mut UdpGate<'_>| verdict.unwrap_or_else(|| gate.check(h, src));
     let request = match h.decode(data, src, Protocol::Udp) {
         Ok(r) => r,
         Err(Some(formerr)) => {
-            let verdict = gate.check(h, src);
+            let verdict = check(gate);
             if verdict == Verdict::Drop {
                 return false;
             }
@@ -453,7 +484,7 @@ fn answer_datagram(
         }
         Err(None) => return false,
     };
-    match gate.check(h, src) {
+    match check(gate) {
         Verdict::Send => {}
         Verdict::Drop => return false,
         Verdict::Slip => {

@@ -14,6 +14,7 @@ use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use meridian_topology::{Check, DcState, Health, Instance, Node, View, Weights};
 use proptest::prelude::*;
 
+use crate::cache::{self, AnswerCache};
 use crate::handler::{DnsHandler, Prepared};
 use crate::settings::{DnsSettings, TtlMap};
 use crate::{DnsCounters, SoaSettings};
@@ -145,8 +146,22 @@ fn query_bytes(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     m.to_vec().expect("encodes")
 }
 
-/// Runs raw bytes through the handler as the UDP loop does; `None` when dropped.
+/// Runs raw bytes through the handler as the UDP loop does (a plain UDP query from a cache of
+/// answers first, built afresh); `None` when dropped.
 fn exchange(h: &DnsHandler, raw: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
+    if protocol == Protocol::Udp
+        && let Some(q) = cache::parse(raw)
+    {
+        let mut out = Vec::new();
+        if h.answer_cached(&mut AnswerCache::new(), &q, &mut out) {
+            return Some(out);
+        }
+    }
+    general(h, raw, protocol)
+}
+
+/// Runs raw bytes through the handler's general path: decoded, answered, encoded.
+fn general(h: &DnsHandler, raw: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
     let req = match h.decode(raw, src(), protocol) {
         Ok(r) => r,
         Err(formerr) => return formerr.map(|f| f.to_vec()),
@@ -1563,4 +1578,191 @@ async fn one_client_cannot_hold_every_tcp_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(again.is_some(), "the freed place is given again");
+}
+
+/// The records of a section as sorted text (order is shuffled per query), lowercased: a name
+/// compressed against the question takes the question's case, as in Knot's answers.
+fn section(records: &[Record]) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data).to_lowercase())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kept_answers_match_the_general_path() {
+    let mut s = settings();
+    s.service_ttl = TtlMap::new([("*", 5), ("web", 30)]);
+    s.node_ttl = 7;
+    let h = handler_with(s, view());
+    let names = [
+        "web.service.consul",
+        "WEB.Service.CONSUL",
+        "v1.web.service.consul",
+        "_web._tcp.service.consul",
+        "_web._udp.consul",
+        "web.service.dc1.consul",
+        "web.service.meridian.internal",
+        "db.service.consul",
+        "v6.service.consul",
+        "dup.service.consul",
+        "nope.service.consul",
+        "web.service.dc9.consul",
+        "n1.node.consul",
+        "n6.node.dc1.consul",
+        "0a000001.addr.dc1.consul",
+        "consul",
+        "1.0.0.10.in-addr.arpa",
+        "example.org",
+        "web.connect.consul",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::SRV,
+        RecordType::ANY,
+        RecordType::TXT,
+        RecordType::PTR,
+        RecordType::SOA,
+        RecordType::NS,
+        RecordType::MX,
+    ];
+    let mut kept = 0;
+    for name in names {
+        for t in types {
+            for edns in [None, Some(1232), Some(4096)] {
+                let raw = query_bytes(name, t, edns);
+                let slow = general(&h, &raw, Protocol::Udp).expect("answered");
+                let slow = Message::from_vec(&slow).expect("valid");
+                let q = cache::parse(&raw).expect("a plain query");
+                let mut out = Vec::new();
+                if !h.answer_cached(&mut AnswerCache::new(), &q, &mut out) {
+                    continue;
+                }
+                kept += 1;
+                let what = format!("{name} {t} {edns:?}");
+                assert!(out.len() <= q.udp_limit(1232), "{what}");
+                let fast = Message::from_vec(&out).expect("valid");
+                // The header as the general path sets it, the question as asked.
+                assert_eq!(fast.metadata, slow.metadata, "{what}");
+                assert_eq!(fast.queries, slow.queries, "{what}");
+                assert_eq!(section(&fast.answers), section(&slow.answers), "{what}");
+                assert_eq!(
+                    section(&fast.additionals),
+                    section(&slow.additionals),
+                    "{what}"
+                );
+                assert_eq!(
+                    section(&fast.authorities),
+                    section(&slow.authorities),
+                    "{what}"
+                );
+                assert_eq!(
+                    fast.edns.as_ref().map(|e| e.max_payload()),
+                    slow.edns.as_ref().map(|e| e.max_payload()),
+                    "{what}"
+                );
+                assert_extras_in_step(&fast);
+            }
+        }
+    }
+    // Services, nodes, addresses, NXDOMAIN and NODATA take the kept path; the rest does not.
+    assert!(kept > 150, "{kept} questions answered from kept answers");
+}
+
+#[test]
+fn kept_answers_follow_the_view_and_the_cut() {
+    let views = Arc::new(ArcSwap::from_pointee(big_view(40)));
+    let mut s = settings();
+    s.udp_answer_limit = 0;
+    let h = DnsHandler::new(s, views.clone(), Arc::new(DnsCounters::default()));
+    let mut c = AnswerCache::new();
+    let ask = |c: &mut AnswerCache, name: &str, edns| {
+        let raw = query_bytes(name, RecordType::SRV, edns);
+        let q = cache::parse(&raw).expect("plain");
+        let mut out = Vec::new();
+        assert!(h.answer_cached(c, &q, &mut out), "{name}");
+        assert!(out.len() <= q.udp_limit(1232));
+        Message::from_vec(&out).expect("valid")
+    };
+    // Without EDNS: 512 bytes, whole groups, TC; the additional records in step.
+    let m = ask(&mut c, "big.service.consul", None);
+    assert!(m.metadata.truncation);
+    assert!(m.answers.len() > 3 && m.answers.len() < 40);
+    assert_extras_in_step(&m);
+    // With EDNS (1,232 bytes): more fit, still cut.
+    let m = ask(&mut c, "big.service.consul", Some(4096));
+    assert!(
+        m.answers.len() > 12 && m.answers.len() < 40,
+        "{}",
+        m.answers.len()
+    );
+    assert_extras_in_step(&m);
+    assert!(h.counters().truncated_total() >= 2);
+    // Shuffled per query from the same kept answer.
+    let firsts: std::collections::HashSet<String> = (0..20)
+        .map(|_| section(&ask(&mut c, "big.service.consul", Some(4096)).answers[..1])[0].clone())
+        .collect();
+    assert!(firsts.len() > 1);
+    // A new view: the same cache answers from it, not from what it kept.
+    views.store(Arc::new(big_view(2)));
+    let m = ask(&mut c, "big.service.consul", None);
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 2);
+    assert_eq!(m.additionals.len(), 2);
+}
+
+#[test]
+fn only_plain_queries_take_the_kept_path() {
+    let plain = query_bytes("n1.node.consul", RecordType::A, Some(1232));
+    assert!(cache::parse(&plain).is_some());
+    // (One record: answers compare byte for byte.) A response, another opcode, two questions, EDNS version 1, an option, trailing bytes, a
+    // pointer in the question, class CH: all go the general way.
+    let mut response = plain.clone();
+    response[2] |= 0x80;
+    let mut notify = plain.clone();
+    notify[2] |= 4 << 3;
+    let mut two = Message::new(1, MessageType::Query, OpCode::Query);
+    for n in ["a.service.consul.", "b.service.consul."] {
+        two.add_query(Query::query(
+            Name::from_ascii(n).expect("name"),
+            RecordType::A,
+        ));
+    }
+    let two = two.to_vec().expect("encodes");
+    let mut v1 = plain.clone();
+    let opt = v1.len() - 11;
+    v1[opt + 6] = 1;
+    let mut option = plain.clone();
+    option[opt + 10] = 4;
+    option.extend_from_slice(&[0, 10, 0, 0]);
+    let mut trailing = plain.clone();
+    trailing.push(0);
+    let mut pointer = query_bytes("n1.node.consul", RecordType::A, None);
+    pointer.truncate(12);
+    pointer.extend_from_slice(&[2, b'n', b'1', 0xC0, 12, 0, 1, 0, 1]);
+    let mut chaos = query_bytes("n1.node.consul", RecordType::A, None);
+    let class = chaos.len() - 1;
+    chaos[class] = 3;
+    for (what, raw) in [
+        ("response", response),
+        ("notify", notify),
+        ("two questions", two),
+        ("EDNS version 1", v1),
+        ("an option", option),
+        ("trailing", trailing),
+        ("pointer", pointer),
+        ("class CH", chaos),
+    ] {
+        assert!(cache::parse(&raw).is_none(), "{what}");
+        // And the whole path still answers (or drops) it as before.
+        let h = handler();
+        assert_eq!(
+            exchange(&h, &raw, Protocol::Udp),
+            general(&h, &raw, Protocol::Udp),
+            "{what}"
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! and ClientHello failures. They live in the gateway value, not in globals, so two agents in one
 //! process count apart. The tunnel counts and describes its own (`Tunnel::encode`); the relay
 //! knows nothing of these: it copies `Metered` streams whose sinks
-//! ([`GatewayCounters::up`], [`GatewayCounters::down`]) add to the byte counters.
+//! ([`GatewayCounters::up`], [`GatewayCounters::down`]) add to the byte counters, or (the
+//! splice path) is handed the two byte counters themselves and adds what it writes each way.
 
 use std::collections::BTreeMap;
 use std::fmt;

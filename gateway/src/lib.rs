@@ -12,14 +12,17 @@
 //! elsewhere if the DC never answers. On the far side, `inbound.rs` reads the header (or answers
 //! a probe), checks the export policy and relays to a local instance, never further. Every
 //! route ends in [`relay`]'s two-way copy, over streams wrapped by [`meter`] so that
-//! [`counters`] count the bytes; [`prefixed`] replays the bytes read to find the name.
+//! [`counters`] count the bytes; [`prefixed`] replays the bytes read to find the name. The one
+//! exception: on Linux a client's connection to a local instance, two plain sockets, is relayed
+//! by splice(2) (`splice.rs`, with the copy's semantics, adding to the same counters).
 //!
 //! The gateway never decrypts: the bytes it read to find the name are replayed to the backend
 //! unchanged, so the client's certificate check is against the backend itself. It never relays
 //! to a name outside its configured domains (no open relay), and a tunnelled connection is never
 //! sent on to a third datacenter (no loops). Files depend on each other one way only: the
 //! leaves (`client_hello`, `route`, `header`, `prefixed`, `meter`, `relay`, `caps`) import
-//! nothing from the crate, and each step imports only the steps after it.
+//! nothing from the crate (`splice` imports only `relay`), and each step imports only the steps
+//! after it.
 //!
 //! Every party's share is capped ([`caps`]): connections per client address at the front door,
 //! a client address's share of each remote DC's streams, and, on the receiving side of the
@@ -43,6 +46,8 @@ pub mod relay;
 mod remote;
 pub mod route;
 mod serve;
+#[cfg(target_os = "linux")]
+mod splice;
 pub mod tunnel;
 
 pub use client_hello::{Hello, HelloError, MAX_HELLO};
@@ -51,7 +56,7 @@ pub use error::ConnError;
 pub use federation::{FederationRoute, KnownGateways};
 pub use gateway::{Gateway, GatewayMetrics};
 pub use header::{Header, HeaderError, PROBE_ANSWER};
-pub use local::{LocalConfig, LocalGateway};
+pub use local::{LocalConfig, LocalGateway, pipe_descriptors, spliced_max};
 pub use route::{NameConfig, OwnAddrs, Route, RouteError, Target, UnknownName, route};
 pub use tunnel::{
     RetryPolicy, Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, WanTransport,

@@ -5,7 +5,12 @@
 //! The copy is the hot path, and depends on nothing else in the crate: bytes are counted by
 //! wrapping the streams (`meter.rs`), not here. One buffer per direction, filled
 //! in place and never zeroed; no lock of its own and no copy but the one into that buffer.
+//!
+//! The idle watchdog and the rule that a reset after an exchange is a normal end ([`Activity`],
+//! [`watched`]) are shared with the splice path (`splice.rs`), which relays plain TCP to plain
+//! TCP on Linux without this copy: both ways of relaying end a connection for the same reasons.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,27 +43,74 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    // Milliseconds since `start` of the last byte moved, either way.
-    let last = AtomicU64::new(0);
-    let moved = AtomicU64::new(0);
+    let activity = Activity::new();
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    let up = half(&mut ar, &mut bw, &last, &moved, start, buf);
-    let down = half(&mut br, &mut aw, &last, &moved, start, buf);
-    let watchdog = async {
+    let up = half(&mut ar, &mut bw, &activity, buf);
+    let down = half(&mut br, &mut aw, &activity, buf);
+    watched(async { tokio::try_join!(up, down) }, &activity, idle).await
+}
+
+/// When a relay last moved a byte, either way, and how many it moved: what the idle watchdog
+/// and the reset rule of [`watched`] read.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds since `start` of the last byte moved, either way.
+    last: AtomicU64,
+    /// Bytes moved either way so far.
+    moved: AtomicU64,
+}
+
+impl Activity {
+    /// A relay that has moved nothing yet, starting now.
+    pub(crate) fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes were just handed on, one way or the other.
+    pub(crate) fn record(&self, n: u64) {
+        self.moved.fetch_add(n, Ordering::Relaxed);
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`; never, when `idle` is too long to add to a
+    /// clock reading (a configured "forever" must not panic).
+    async fn idle_for(&self, idle: Duration) {
         loop {
-            let idle_since = start + Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = idle_since + idle;
+            let idle_since = self
+                .start
+                .checked_add(Duration::from_millis(self.last.load(Ordering::Relaxed)));
+            let Some(deadline) = idle_since.and_then(|t| t.checked_add(idle)) else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
-    };
+    }
+}
+
+/// Runs `both` (the two directions of one relay, which report to `activity`) until it ends or
+/// nothing has moved for `idle` (`TimedOut`). A reset or broken pipe after bytes have moved is
+/// a normal end, with `(0, 0)`: the byte counters have counted them already.
+pub(crate) async fn watched<F>(
+    both: F,
+    activity: &Activity,
+    idle: Duration,
+) -> io::Result<(u64, u64)>
+where
+    F: Future<Output = io::Result<(u64, u64)>>,
+{
     let r = tokio::select! {
-        r = async { tokio::try_join!(up, down) } => r,
-        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        r = both => r,
+        () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     };
     match r {
         // A peer that closes with data unread makes its kernel send a reset: after an exchange,
@@ -67,7 +119,7 @@ where
             if matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            ) && moved.load(Ordering::Relaxed) > 0 =>
+            ) && activity.moved.load(Ordering::Relaxed) > 0 =>
         {
             Ok((0, 0))
         }
@@ -75,14 +127,7 @@ where
     }
 }
 
-async fn half<R, W>(
-    r: &mut R,
-    w: &mut W,
-    last: &AtomicU64,
-    moved: &AtomicU64,
-    start: Instant,
-    capacity: usize,
-) -> io::Result<u64>
+async fn half<R, W>(r: &mut R, w: &mut W, activity: &Activity, capacity: usize) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -106,13 +151,36 @@ where
         // side, they would sit there. Flushing sends them now (a no-op on a plain socket).
         w.flush().await?;
         total += n as u64;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last.store(ms, Ordering::Relaxed);
+        activity.record(n as u64);
         if n == buf.capacity() && n < capacity {
             buf = Vec::with_capacity((n * 2).min(capacity));
         }
     }
+}
+
+/// Bytes [`half_close_exchange`] sends each way: (client to backend, backend to client).
+#[cfg(test)]
+pub(crate) const HALF_CLOSE_BYTES: (u64, u64) = (7, 11);
+
+/// Through a relay between `client` and `backend`: the client sends and half-closes, the backend
+/// sees its end (the FIN was passed on) and still answers afterwards (the other way stayed open),
+/// and the client reads the answer to the backend's end. Shared by the copy's and splice's tests.
+#[cfg(test)]
+pub(crate) async fn half_close_exchange<C, B>(client: &mut C, backend: &mut B)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    client.write_all(b"request").await.expect("write");
+    client.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got, b"request");
+    backend.write_all(b"late answer").await.expect("write");
+    backend.shutdown().await.expect("shutdown");
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.expect("read");
+    assert_eq!(answer, b"late answer");
 }
 
 #[cfg(test)]
@@ -128,19 +196,9 @@ mod tests {
         let relay = tokio::spawn(async move {
             copy_both(&mut gw_client, &mut gw_backend, Duration::from_secs(10)).await
         });
-        // The client sends and half-closes; the backend still answers afterwards.
-        client.write_all(b"request").await.expect("write");
-        client.shutdown().await.expect("shutdown");
-        let mut got = Vec::new();
-        backend.read_to_end(&mut got).await.expect("read");
-        assert_eq!(got, b"request");
-        backend.write_all(b"late answer").await.expect("write");
-        backend.shutdown().await.expect("shutdown");
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.expect("read");
-        assert_eq!(answer, b"late answer");
+        half_close_exchange(&mut client, &mut backend).await;
         let (up, down) = relay.await.expect("join").expect("relay");
-        assert_eq!((up, down), (7, 11));
+        assert_eq!((up, down), HALF_CLOSE_BYTES);
 
         // A connection where nothing moves is closed after the idle timeout.
         let (_c, mut gw_c) = tokio::io::duplex(64);

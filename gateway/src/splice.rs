@@ -1,0 +1,366 @@
+//! Relaying a client's TCP connection to a local backend's TCP connection with splice(2), on
+//! Linux: the bytes go socket → pipe → socket inside the kernel, never through a userspace
+//! buffer, which is the CPU the copy in `relay.rs` spends per byte. This file owns the two pipes
+//! of a relayed connection (one per direction, made with it, closed when it ends, grown when a
+//! direction turns out to carry a bulk transfer) and the loop that moves bytes through them.
+//! The semantics are `relay.rs`'s, with its watchdog and its rule for resets: both directions at
+//! once, half-close passed on, `TimedOut` after the idle timeout, a reset after an exchange a
+//! normal end; the bytes handed on each way are added to the caller's counters as they go.
+//!
+//! Only plain sockets on both sides qualify (the local route, after the ClientHello has been
+//! replayed to the backend): a tunnel stream or a TLS side has no socket holding the bytes, and
+//! is copied. The caller falls back to the copy when the pipes cannot be had ([`SetupError`]).
+//!
+//! Readiness is tokio's: a splice that would block goes through `try_io`, which clears the
+//! readiness it read, so the task waits for the next edge rather than spinning. A splice into a
+//! pipe would also block on a full pipe, so the pipe is always emptied before the next splice
+//! into it: a splice from a socket that would block then means the socket has nothing.
+
+use std::io;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::sys::socket::{Shutdown, shutdown};
+use nix::unistd::pipe2;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::relay::{Activity, watched};
+
+/// What a direction's pipe is grown to once the direction carries a bulk transfer. A pipe holds
+/// a number of page-sized slots, not bytes: a splice from a socket takes a slot per segment it
+/// moves, so the default 16 slots carry about 23 KiB of 1448-byte segments per pair of splices
+/// (the copy's 16 KiB buffer, near enough). 64 slots carry four times as much per pair of system
+/// calls, and up to 256 KiB of loopback's large segments. Not more: pipe pages count against
+/// the user's `fs.pipe-user-pages-soft` (64 MiB by default), past which an unprivileged user's
+/// new pipes get 2 slots and its pipes cannot grow; the larger each pipe, the fewer connections
+/// get one worth splicing through.
+const BULK_PIPE: usize = 256 * 1024;
+
+/// Bytes a direction moves before its pipe grows to [`BULK_PIPE`]: a request and its answer
+/// never get there, so a chatty or idle connection keeps a default pipe (and the pages it counts).
+const GROW_AFTER: u64 = 1024 * 1024;
+
+/// The smallest pipe worth splicing through: the copy's buffer. A smaller one is the 2-slot pipe
+/// the kernel gives a user past its pipe limit, and would move less per system call than the
+/// copy.
+const MIN_PIPE: usize = crate::relay::BUF;
+
+/// Why a connection cannot be spliced; the caller copies it instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SetupError {
+    /// No pipe could be made (out of descriptors, most likely).
+    #[error("cannot make a pipe: {0}")]
+    Pipe(#[source] Errno),
+    /// The pipe's capacity could not be read.
+    #[error("cannot read a pipe's capacity: {0}")]
+    Capacity(#[source] Errno),
+    /// The kernel gave a pipe too small to be worth it (the user's pipe limit is reached).
+    #[error("the pipe holds only {0} bytes (fs.pipe-user-pages-soft reached?)")]
+    Small(usize),
+}
+
+/// One direction's pipe: what was spliced from the source and not yet into the destination.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Its capacity in bytes, as the kernel reports it: the most one splice into it asks for.
+    capacity: usize,
+    /// Whether it was grown (or tried to be) to [`BULK_PIPE`]: once per direction.
+    grown: bool,
+}
+
+impl Pipe {
+    fn new() -> Result<Pipe, SetupError> {
+        // Non-blocking, so a splice never sleeps in the kernel with the runtime's thread; not
+        // inherited by the health checks' or anyone's child processes.
+        let (read, write) =
+            pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(SetupError::Pipe)?;
+        let capacity = fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_err(SetupError::Capacity)?;
+        let capacity = usize::try_from(capacity).unwrap_or(0);
+        if capacity < MIN_PIPE {
+            return Err(SetupError::Small(capacity));
+        }
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+            grown: false,
+        })
+    }
+
+    /// Grows the pipe to [`BULK_PIPE`], once; called only while it is empty. A refusal (the
+    /// user's pipe pages are spent: `EPERM`) keeps the pipe as it is.
+    fn grow(&mut self) {
+        self.grown = true;
+        let want = i32::try_from(BULK_PIPE).unwrap_or(i32::MAX);
+        match fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(want)) {
+            Ok(got) => self.capacity = usize::try_from(got).unwrap_or(self.capacity),
+            Err(e) => debug!(error = %e, capacity = self.capacity, "cannot grow a splice pipe"),
+        }
+    }
+}
+
+/// The two pipes of one relayed connection, made before it is relayed so that a failure can
+/// still fall back to the copy.
+#[derive(Debug)]
+pub(crate) struct Pipes {
+    a_to_b: Pipe,
+    b_to_a: Pipe,
+}
+
+impl Pipes {
+    /// Two pipes worth splicing through, or why not.
+    pub(crate) fn new() -> Result<Pipes, SetupError> {
+        Ok(Pipes {
+            a_to_b: Pipe::new()?,
+            b_to_a: Pipe::new()?,
+        })
+    }
+
+    /// Moves `a`→`b` and `b`→`a` until both directions have ended, adding the bytes written to
+    /// `b` to `to_b` and those written to `a` to `to_a` as they go; returns the totals each way.
+    /// Fails with `TimedOut` after `idle` without traffic; a reset after bytes have moved is a
+    /// normal end with `(0, 0)`, as for [`crate::relay::copy_both`]. The pipes close when it
+    /// returns.
+    pub(crate) async fn splice_both(
+        self,
+        a: &TcpStream,
+        b: &TcpStream,
+        idle: Duration,
+        to_b: &AtomicU64,
+        to_a: &AtomicU64,
+    ) -> io::Result<(u64, u64)> {
+        let Pipes {
+            mut a_to_b,
+            mut b_to_a,
+        } = self;
+        let activity = Activity::new();
+        let up = half(a, b, &mut a_to_b, to_b, &activity);
+        let down = half(b, a, &mut b_to_a, to_a, &activity);
+        watched(async { tokio::try_join!(up, down) }, &activity, idle).await
+    }
+}
+
+/// Splices `src` → `dst` through `pipe` until `src` ends, then shuts down `dst`'s write side
+/// (half-close: the other direction goes on); returns the bytes handed to `dst`.
+async fn half(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &mut Pipe,
+    counter: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<u64> {
+    // SPLICE_F_MOVE is a hint (pages are moved, not copied, where the kernel can); NONBLOCK
+    // makes the pipe side never wait (the sockets are non-blocking already, tokio's).
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        // The pipe is empty here, so `WouldBlock` means the socket has nothing: `try_io`
+        // clears its readiness and the next `readable` waits for more.
+        let spliced = src.try_io(Interest::READABLE, || {
+            splice(src, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
+        });
+        let mut in_pipe = match spliced {
+            // End of stream (a `len` of 0 is never asked for, so 0 is only that).
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        // Empty the pipe into `dst` before reading more; counted as it is written, as the copy
+        // counts after each write.
+        while in_pipe > 0 {
+            dst.writable().await?;
+            // The pipe holds bytes, so `WouldBlock` means the socket's send buffer is full.
+            let written = dst.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, dst, None, in_pipe, flags).map_err(io::Error::from)
+            });
+            let n = match written {
+                // Not a documented answer with bytes in the pipe; never spin on it.
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            in_pipe = in_pipe.saturating_sub(n);
+            total += n as u64;
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            activity.record(n as u64);
+        }
+        if !pipe.grown && total >= GROW_AFTER {
+            pipe.grow();
+        }
+    }
+    // Half-close: the peer may still be sending the other way. tokio's own shutdown is this
+    // same call, on a `&mut` stream this direction does not have (the other one reads `dst`).
+    shutdown(dst.as_raw_fd(), Shutdown::Write)?;
+    Ok(total)
+}
+
+/// Whether a splice's error means "try again": not ready (readiness is cleared) or interrupted.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use crate::relay::{HALF_CLOSE_BYTES, half_close_exchange};
+
+    /// A connected pair of loopback sockets.
+    async fn sockets() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (near, far) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (near.expect("connect"), far.expect("accept").0)
+    }
+
+    /// The relay between a client and a backend: `(client, backend, relay)`, where the relay
+    /// answers with its result and what the counters (towards the backend, towards the client)
+    /// hold when it ends.
+    async fn relayed(
+        idle: Duration,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<(io::Result<(u64, u64)>, u64, u64)>,
+    ) {
+        let (client, gw_client) = sockets().await;
+        let (gw_backend, backend) = sockets().await;
+        let relay = tokio::spawn(async move {
+            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            let pipes = Pipes::new().expect("pipes");
+            let r = pipes
+                .splice_both(&gw_client, &gw_backend, idle, &up, &down)
+                .await;
+            (r, up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+        });
+        (client, backend, relay)
+    }
+
+    /// `len` pseudo-random bytes (xorshift): a chunk lost, repeated or reordered shows.
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    /// Sends `data` on `sock`, half-closes it and reads what comes back until the peer's end.
+    async fn exchange(sock: TcpStream, data: Arc<Vec<u8>>) -> Vec<u8> {
+        let (mut r, mut w) = sock.into_split();
+        let send = async move {
+            w.write_all(&data).await.expect("write");
+            w.shutdown().await.expect("half-close");
+        };
+        let recv = async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("read");
+            got
+        };
+        tokio::join!(send, recv).1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn megabytes_each_way_arrive_whole_and_are_counted_exactly() {
+        // Not multiples of a page or a pipe: the last splice of each way is a partial one. More
+        // than GROW_AFTER, so the pipes grow mid-transfer.
+        let up_data = Arc::new(pattern(8 * 1024 * 1024 + 4099, 1));
+        let down_data = Arc::new(pattern(5 * 1024 * 1024 + 77, 2));
+        let (client, backend, relay) = relayed(Duration::from_secs(10)).await;
+        let done = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(
+                exchange(client, Arc::clone(&up_data)),
+                exchange(backend, Arc::clone(&down_data)),
+                relay,
+            )
+        })
+        .await
+        .expect("the transfer finishes");
+        let (at_client, at_backend, relay) = done;
+        assert!(at_backend == *up_data, "client → backend bytes differ");
+        assert!(at_client == *down_data, "backend → client bytes differ");
+        let (r, up, down) = relay.expect("join");
+        let (up_len, down_len) = (up_data.len() as u64, down_data.len() as u64);
+        assert_eq!(r.expect("relay"), (up_len, down_len));
+        assert_eq!((up, down), (up_len, down_len));
+    }
+
+    #[tokio::test]
+    async fn half_close_lets_the_backend_answer_afterwards() {
+        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10)).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            half_close_exchange(&mut client, &mut backend).await;
+            let (r, up, down) = relay.await.expect("join");
+            assert_eq!(r.expect("relay"), HALF_CLOSE_BYTES);
+            assert_eq!((up, down), HALF_CLOSE_BYTES);
+        })
+        .await
+        .expect("the exchange finishes");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_ends_at_the_idle_timeout() {
+        let (_client, _backend, relay) = relayed(Duration::from_millis(150)).await;
+        let started = tokio::time::Instant::now();
+        let (r, up, down) = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("ended by the watchdog")
+            .expect("join");
+        assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!((up, down), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_an_exchange_is_a_normal_end() {
+        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10)).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            client.write_all(b"hello").await.expect("write");
+            let mut got = [0u8; 5];
+            backend.read_exact(&mut got).await.expect("read");
+            // A close with SO_LINGER 0 sends a reset, as a client closing with data unread does.
+            client.set_zero_linger().expect("linger");
+            drop(client);
+            let (r, up, down) = relay.await.expect("join");
+            assert_eq!(r.expect("a normal end"), (0, 0));
+            assert_eq!((up, down), (5, 0));
+        })
+        .await
+        .expect("the relay ends");
+    }
+
+    #[test]
+    fn new_pipes_hold_at_least_the_copy_buffer_and_grow() {
+        let mut pipe = Pipe::new().expect("pipe");
+        assert!(pipe.capacity >= MIN_PIPE, "{}", pipe.capacity);
+        let before = pipe.capacity;
+        pipe.grow();
+        assert!(pipe.grown);
+        // Grown where the user's pipe pages allow it, unchanged where they do not.
+        assert!(pipe.capacity == BULK_PIPE || pipe.capacity == before);
+        let reported = fcntl(&pipe.write, FcntlArg::F_GETPIPE_SZ).expect("size");
+        assert_eq!(usize::try_from(reported).ok(), Some(pipe.capacity));
+    }
+}

@@ -32,6 +32,9 @@ pub struct GatewayCounters {
     /// Connections to another DC that never answered, resolved and sent again (the client saw
     /// nothing of the failure).
     pub rescues: AtomicU64,
+    /// Directions of local connections that turned out to carry a bulk transfer and were moved
+    /// on to splice(2) (Linux).
+    pub spliced: AtomicU64,
 }
 
 /// Adds the bytes written to one side of a relay to one of the byte counters: written towards
@@ -113,6 +116,11 @@ impl GatewayCounters {
                     "meridian_gateway_rescued",
                     "Connections to another DC that never answered, resolved and sent again.",
                     load(&self.rescues),
+                ),
+                (
+                    "meridian_gateway_spliced",
+                    "Directions of local connections moved from the copy to splice(2) for a bulk transfer.",
+                    load(&self.spliced),
                 ),
             ],
         )?;

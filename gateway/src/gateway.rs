@@ -283,6 +283,7 @@ mod tests {
         c.bytes_down.store(7, Ordering::Relaxed);
         c.hello_failures.store(1, Ordering::Relaxed);
         c.rescues.store(2, Ordering::Relaxed);
+        c.spliced.store(4, Ordering::Relaxed);
         c.open.store(3, Ordering::Relaxed);
         let text = exposition(&GatewayMetrics::new(Arc::new(c), None));
         // OpenMetrics: a counter family is named without `_total`, its samples with it (the
@@ -305,6 +306,9 @@ meridian_gateway_hello_failures_total 1
 # HELP meridian_gateway_rescued Connections to another DC that never answered, resolved and sent again.
 # TYPE meridian_gateway_rescued counter
 meridian_gateway_rescued_total 2
+# HELP meridian_gateway_spliced Directions of local connections moved from the copy to splice(2) for a bulk transfer.
+# TYPE meridian_gateway_spliced counter
+meridian_gateway_spliced_total 4
 # HELP meridian_gateway_connections_open Gateway connections open now.
 # TYPE meridian_gateway_connections_open gauge
 meridian_gateway_connections_open 3

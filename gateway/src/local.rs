@@ -2,9 +2,9 @@
 //! every step of a connection's path reads (the live view, the settings, the balancer, the
 //! counters, the tunnel when there is one), and relays a connection to a local instance:
 //! connect (by `balance.rs`), replay the bytes read to find the name, then relay both ways until
-//! both sides have closed (half-close honoured): on Linux by splice(2) between the two sockets
-//! (`splice.rs`), for at most a quarter of `max_connections` at once, elsewhere, past that or
-//! when no pipe can be had by the copy of `relay.rs`. TLS is never terminated.
+//! both sides have closed (half-close honoured): on Linux by `splice.rs`, which copies until a
+//! direction turns out to be a bulk transfer and then splices it (pipes for at most a quarter
+//! of `max_connections` at once), elsewhere by the copy of `relay.rs`. TLS is never terminated.
 //!
 //! The steps before and beside this one are methods on the same value, each in its own file:
 //! `serve.rs` accepts a TCP connection and reads its ClientHello, `remote.rs` carries one to
@@ -21,8 +21,6 @@ use meridian_topology::View;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-#[cfg(target_os = "linux")]
-use tracing::debug;
 
 use crate::balance::{Balancer, LoadGuard};
 use crate::counters::GatewayCounters;
@@ -78,15 +76,16 @@ pub struct LocalGateway {
     pub(crate) slots: Arc<Semaphore>,
     /// Connections open per client address (`max_connections_per_client`).
     pub(crate) clients: KeyedCap<IpAddr>,
-    /// Local connections relayed by splice at once ([`spliced_max`]): each holds two pipes,
-    /// four descriptors beyond its sockets.
+    /// Pipes held at once by local connections' directions moved on to splice: two per
+    /// connection, for at most [`spliced_max`] connections' worth (each pipe is two descriptors
+    /// beyond the sockets).
     #[cfg(target_os = "linux")]
-    pub(crate) spliced: Semaphore,
+    pub(crate) pipes: Semaphore,
 }
 
-/// Most local connections relayed by splice(2) at once, for a gateway of `max_connections`:
-/// a quarter (HAProxy's default `maxpipes`), so the pipes' descriptors and pipe pages stay a
-/// bounded share; the others are copied. Zero off Linux.
+/// Most local connections with both directions relayed by splice(2) at once, for a gateway of
+/// `max_connections`: a quarter (HAProxy's default `maxpipes`), so the pipes' descriptors and
+/// pipe pages stay a bounded share; past it, bulk directions are copied. Zero off Linux.
 pub fn spliced_max(max_connections: usize) -> usize {
     if cfg!(target_os = "linux") {
         max_connections.max(1).div_ceil(4)
@@ -108,7 +107,7 @@ impl LocalGateway {
             slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
             clients: KeyedCap::new(config.max_connections_per_client),
             #[cfg(target_os = "linux")]
-            spliced: Semaphore::new(spliced_max(config.max_connections)),
+            pipes: Semaphore::new(2 * spliced_max(config.max_connections)),
             view,
             config,
             balancer: Balancer::default(),
@@ -171,28 +170,30 @@ impl LocalGateway {
         // Not counted here: the ClientHello was counted up when it was read.
         backend.write_all(hello).await?;
         // Both sides are sockets and nothing of the client's is left in userspace (`hello` is
-        // every byte read from it): the kernel can move the rest.
+        // every byte read from it): a bulk direction can be left to the kernel.
         #[cfg(target_os = "linux")]
-        if let Ok(_spliced) = self.spliced.try_acquire() {
-            match crate::splice::Pipes::new() {
-                Ok(pipes) => {
-                    let (up, down) = pipes
-                        .splice_both(
-                            client,
-                            &backend,
-                            self.config.idle_timeout,
-                            &self.counters.bytes_up,
-                            &self.counters.bytes_down,
-                        )
-                        .await?;
-                    return Ok(("local", up + hello.len() as u64, down));
-                }
-                // Out of descriptors or pipe pages: this connection is copied, not refused.
-                Err(e) => debug!(error = %e, "splice unavailable, copying"),
-            }
+        {
+            let c = &self.counters;
+            let count = |bytes| crate::splice::Counted {
+                bytes,
+                spliced: &c.spliced,
+            };
+            let (up, down) = crate::splice::relay(
+                client,
+                &backend,
+                self.config.idle_timeout,
+                &self.pipes,
+                count(&c.bytes_up),
+                count(&c.bytes_down),
+            )
+            .await?;
+            Ok(("local", up + hello.len() as u64, down))
         }
-        let (up, down) = self.copy(client, &mut backend).await?;
-        Ok(("local", up + hello.len() as u64, down))
+        #[cfg(not(target_os = "linux"))]
+        {
+            let (up, down) = self.copy(client, &mut backend).await?;
+            Ok(("local", up + hello.len() as u64, down))
+        }
     }
 
     /// Copies `client` ↔ `server` until both directions end or the idle timeout; what is

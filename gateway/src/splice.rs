@@ -1,20 +1,26 @@
-//! Relaying a client's TCP connection to a local backend's TCP connection with splice(2), on
-//! Linux: the bytes go socket → pipe → socket inside the kernel, never through a userspace
-//! buffer, which is the CPU the copy in `relay.rs` spends per byte. This file owns the two pipes
-//! of a relayed connection (one per direction, made with it, closed when it ends, grown when a
-//! direction turns out to carry a bulk transfer) and the loop that moves bytes through them.
-//! The semantics are `relay.rs`'s, with its watchdog and its rule for resets: both directions at
-//! once, half-close passed on, `TimedOut` after the idle timeout, a reset after an exchange a
-//! normal end; the bytes handed on each way are added to the caller's counters as they go.
+//! Relaying a client's TCP connection to a local backend's TCP connection on Linux: a copy
+//! while the connection is chatty, splice(2) once a direction carries a bulk transfer. Spliced,
+//! the bytes go socket → pipe → socket inside the kernel, never through a userspace buffer,
+//! which is the CPU the copy spends per byte; but a splice costs more than a read for a few
+//! hundred bytes, and a pipe is two descriptors and two more system calls to make, so a request
+//! and its answer are copied as in `relay.rs`, and only a direction that fills the copy's buffer
+//! [`BULK_READS`] reads in a row gets a pipe (HAProxy's `splice-auto` makes the same choice).
+//! This file owns those pipes (one per spliced direction, made when it turns bulk, closed when
+//! the direction ends) and both loops. The semantics are `relay.rs`'s, with its watchdog and its
+//! rule for resets: both directions at once, half-close passed on, `TimedOut` after the idle
+//! timeout, a reset after an exchange a normal end; the bytes handed on each way are added to
+//! the caller's counters as they go.
 //!
 //! Only plain sockets on both sides qualify (the local route, after the ClientHello has been
 //! replayed to the backend): a tunnel stream or a TLS side has no socket holding the bytes, and
-//! is copied. The caller falls back to the copy when the pipes cannot be had ([`SetupError`]).
+//! is copied by `relay.rs`. Pipes are capped by the caller's semaphore; a direction that gets no
+//! permit or no pipe ([`SetupError`]) goes on copying.
 //!
-//! Readiness is tokio's: a splice that would block goes through `try_io`, which clears the
-//! readiness it read, so the task waits for the next edge rather than spinning. A splice into a
-//! pipe would also block on a full pipe, so the pipe is always emptied before the next splice
-//! into it: a splice from a socket that would block then means the socket has nothing.
+//! Readiness is tokio's: a read, write or splice that would block goes through `try_*` or
+//! `try_io`, which clears the readiness it read, so the task waits for the next edge rather than
+//! spinning. A splice into a pipe would also block on a full pipe, so the pipe is always emptied
+//! before the next splice into it: a splice from a socket that would block then means the socket
+//! has nothing.
 
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
@@ -27,6 +33,7 @@ use nix::sys::socket::{Shutdown, shutdown};
 use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::relay::{Activity, watched};
@@ -40,10 +47,6 @@ use crate::relay::{Activity, watched};
 /// new pipes get 2 slots and its pipes cannot grow; the larger each pipe, the fewer connections
 /// get one worth splicing through.
 const BULK_PIPE: usize = 256 * 1024;
-
-/// Bytes a direction moves before its pipe grows to [`BULK_PIPE`]: a request and its answer
-/// never get there, so a chatty or idle connection keeps a default pipe (and the pages it counts).
-const GROW_AFTER: u64 = 1024 * 1024;
 
 /// The smallest pipe worth splicing through: the copy's buffer. A smaller one is the 2-slot pipe
 /// the kernel gives a user past its pipe limit, and would move less per system call than the
@@ -72,8 +75,6 @@ struct Pipe {
     write: OwnedFd,
     /// Its capacity in bytes, as the kernel reports it: the most one splice into it asks for.
     capacity: usize,
-    /// Whether it was grown (or tried to be) to [`BULK_PIPE`]: once per direction.
-    grown: bool,
 }
 
 impl Pipe {
@@ -91,14 +92,12 @@ impl Pipe {
             read,
             write,
             capacity,
-            grown: false,
         })
     }
 
     /// Grows the pipe to [`BULK_PIPE`], once; called only while it is empty. A refusal (the
     /// user's pipe pages are spent: `EPERM`) keeps the pipe as it is.
     fn grow(&mut self) {
-        self.grown = true;
         let want = i32::try_from(BULK_PIPE).unwrap_or(i32::MAX);
         match fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(want)) {
             Ok(got) => self.capacity = usize::try_from(got).unwrap_or(self.capacity),
@@ -107,53 +106,115 @@ impl Pipe {
     }
 }
 
-/// The two pipes of one relayed connection, made before it is relayed so that a failure can
-/// still fall back to the copy.
-#[derive(Debug)]
-pub(crate) struct Pipes {
-    a_to_b: Pipe,
-    b_to_a: Pipe,
+/// Where one direction of a relay reports: the byte counter it adds to as it writes, and the
+/// count of directions moved on to splice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counted<'a> {
+    /// Bytes handed on this way.
+    pub(crate) bytes: &'a AtomicU64,
+    /// Directions moved on to splice (shared by both ways).
+    pub(crate) spliced: &'a AtomicU64,
 }
 
-impl Pipes {
-    /// Two pipes worth splicing through, or why not.
-    pub(crate) fn new() -> Result<Pipes, SetupError> {
-        Ok(Pipes {
-            a_to_b: Pipe::new()?,
-            b_to_a: Pipe::new()?,
-        })
-    }
-
-    /// Moves `a`→`b` and `b`→`a` until both directions have ended, adding the bytes written to
-    /// `b` to `to_b` and those written to `a` to `to_a` as they go; returns the totals each way.
-    /// Fails with `TimedOut` after `idle` without traffic; a reset after bytes have moved is a
-    /// normal end with `(0, 0)`, as for [`crate::relay::copy_both`]. The pipes close when it
-    /// returns.
-    pub(crate) async fn splice_both(
-        self,
-        a: &TcpStream,
-        b: &TcpStream,
-        idle: Duration,
-        to_b: &AtomicU64,
-        to_a: &AtomicU64,
-    ) -> io::Result<(u64, u64)> {
-        let Pipes {
-            mut a_to_b,
-            mut b_to_a,
-        } = self;
-        let activity = Activity::new();
-        let up = half(a, b, &mut a_to_b, to_b, &activity);
-        let down = half(b, a, &mut b_to_a, to_a, &activity);
-        watched(async { tokio::try_join!(up, down) }, &activity, idle).await
-    }
+/// Relays `a`→`b` and `b`→`a` until both directions have ended; returns the bytes handed on
+/// each way, added to `to_b` and `to_a` as they go. Each direction starts as a copy through a
+/// 16 KiB buffer and moves on to splice(2) once it has filled that buffer [`BULK_READS`] reads
+/// in a row, when `pipes` (one permit per pipe) has a permit and a pipe can be made: a request
+/// and its answer stay a read and a write each, a bulk transfer leaves user space. Fails with
+/// `TimedOut` after `idle` without traffic; a reset after bytes have moved is a normal end with
+/// `(0, 0)`, as for [`crate::relay::copy_both`].
+pub(crate) async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    idle: Duration,
+    pipes: &Semaphore,
+    to_b: Counted<'_>,
+    to_a: Counted<'_>,
+) -> io::Result<(u64, u64)> {
+    let activity = Activity::new();
+    let up = half(a, b, pipes, to_b, &activity);
+    let down = half(b, a, pipes, to_a, &activity);
+    watched(async { tokio::try_join!(up, down) }, &activity, idle).await
 }
 
-/// Splices `src` → `dst` through `pipe` until `src` ends, then shuts down `dst`'s write side
-/// (half-close: the other direction goes on); returns the bytes handed to `dst`.
+/// Full reads of the copy's buffer in a row after which a direction is a bulk transfer.
+pub(crate) const BULK_READS: u32 = 2;
+
+/// Relays `src` → `dst` until `src` ends, then shuts down `dst`'s write side (half-close: the
+/// other direction goes on); returns the bytes handed to `dst`. Copies until the direction
+/// shows itself a bulk transfer, then splices (see [`relay`]).
 async fn half(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &mut Pipe,
+    pipes: &Semaphore,
+    counted: Counted<'_>,
+    activity: &Activity,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    // Read into spare capacity: never zeroed, as in `relay.rs`.
+    let mut buf = Vec::with_capacity(crate::relay::BUF);
+    let mut full = 0u32;
+    loop {
+        buf.clear();
+        let n = match src.try_read_buf(&mut buf) {
+            Ok(0) => {
+                shutdown(dst.as_raw_fd(), Shutdown::Write)?;
+                return Ok(total);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                src.readable().await?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        write_all(dst, &buf[..n]).await?;
+        total += n as u64;
+        counted.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        activity.record(n as u64);
+        full = if n == buf.capacity() { full + 1 } else { 0 };
+        if full >= BULK_READS {
+            full = 0;
+            // No permit or no pipe: go on copying (and ask again after the next full reads).
+            let Ok(_permit) = pipes.try_acquire() else {
+                continue;
+            };
+            match Pipe::new() {
+                Ok(mut pipe) => {
+                    counted.spliced.fetch_add(1, Ordering::Relaxed);
+                    // Proven bulk: worth the larger pipe at once.
+                    pipe.grow();
+                    drop(buf);
+                    let rest = spliced(src, dst, &pipe, counted.bytes, activity).await?;
+                    return Ok(total + rest);
+                }
+                Err(e) => debug!(error = %e, "splice unavailable, copying"),
+            }
+        }
+    }
+}
+
+/// Writes all of `data` to `dst`, waiting for room only when the socket has none.
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Splices `src` → `dst` through `pipe` until `src` ends, then shuts down `dst`'s write side;
+/// returns the bytes handed to `dst`.
+async fn spliced(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
     counter: &AtomicU64,
     activity: &Activity,
 ) -> io::Result<u64> {
@@ -195,9 +256,6 @@ async fn half(
             counter.fetch_add(n as u64, Ordering::Relaxed);
             activity.record(n as u64);
         }
-        if !pipe.grown && total >= GROW_AFTER {
-            pipe.grow();
-        }
     }
     // Half-close: the peer may still be sending the other way. tokio's own shutdown is this
     // same call, on a `&mut` stream this direction does not have (the other one reads `dst`).
@@ -231,25 +289,36 @@ mod tests {
         (near.expect("connect"), far.expect("accept").0)
     }
 
-    /// The relay between a client and a backend: `(client, backend, relay)`, where the relay
-    /// answers with its result and what the counters (towards the backend, towards the client)
-    /// hold when it ends.
+    /// What a relay ended with: its result, what the counters (towards the backend, towards
+    /// the client) hold, and how many directions were spliced.
+    type Ended = (io::Result<(u64, u64)>, u64, u64, u64);
+
+    /// The relay between a client and a backend: `(client, backend, relay)`, with `pipes`
+    /// permits.
     async fn relayed(
         idle: Duration,
-    ) -> (
-        TcpStream,
-        TcpStream,
-        tokio::task::JoinHandle<(io::Result<(u64, u64)>, u64, u64)>,
-    ) {
+        pipes: usize,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Ended>) {
         let (client, gw_client) = sockets().await;
         let (gw_backend, backend) = sockets().await;
         let relay = tokio::spawn(async move {
-            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-            let pipes = Pipes::new().expect("pipes");
-            let r = pipes
-                .splice_both(&gw_client, &gw_backend, idle, &up, &down)
-                .await;
-            (r, up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+            let (up, down, spliced) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+            let pipes = Semaphore::new(pipes);
+            let count = |bytes| Counted {
+                bytes,
+                spliced: &spliced,
+            };
+            let r = relay(
+                &gw_client,
+                &gw_backend,
+                idle,
+                &pipes,
+                count(&up),
+                count(&down),
+            )
+            .await;
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            (r, load(&up), load(&down), load(&spliced))
         });
         (client, backend, relay)
     }
@@ -282,13 +351,14 @@ mod tests {
         tokio::join!(send, recv).1
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn megabytes_each_way_arrive_whole_and_are_counted_exactly() {
-        // Not multiples of a page or a pipe: the last splice of each way is a partial one. More
-        // than GROW_AFTER, so the pipes grow mid-transfer.
+    /// Sends megabytes each way through a relay with `pipes` permits; returns how many
+    /// directions were spliced.
+    async fn megabytes_each_way(pipes: usize) -> u64 {
+        // Not multiples of a page, a pipe or the copy's buffer: the last read or splice of each
+        // way is a partial one.
         let up_data = Arc::new(pattern(8 * 1024 * 1024 + 4099, 1));
         let down_data = Arc::new(pattern(5 * 1024 * 1024 + 77, 2));
-        let (client, backend, relay) = relayed(Duration::from_secs(10)).await;
+        let (client, backend, relay) = relayed(Duration::from_secs(10), pipes).await;
         let done = tokio::time::timeout(Duration::from_secs(60), async {
             tokio::join!(
                 exchange(client, Arc::clone(&up_data)),
@@ -301,20 +371,31 @@ mod tests {
         let (at_client, at_backend, relay) = done;
         assert!(at_backend == *up_data, "client → backend bytes differ");
         assert!(at_client == *down_data, "backend → client bytes differ");
-        let (r, up, down) = relay.expect("join");
+        let (r, up, down, spliced) = relay.expect("join");
         let (up_len, down_len) = (up_data.len() as u64, down_data.len() as u64);
         assert_eq!(r.expect("relay"), (up_len, down_len));
         assert_eq!((up, down), (up_len, down_len));
+        spliced
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_directions_are_spliced_and_arrive_whole_and_counted() {
+        // Both ways turn bulk and get a pipe each.
+        assert_eq!(megabytes_each_way(2).await, 2);
+        // Without any, both are copied, to the same bytes.
+        assert_eq!(megabytes_each_way(0).await, 0);
     }
 
     #[tokio::test]
     async fn half_close_lets_the_backend_answer_afterwards() {
-        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10)).await;
+        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10), 2).await;
         tokio::time::timeout(Duration::from_secs(10), async {
             half_close_exchange(&mut client, &mut backend).await;
-            let (r, up, down) = relay.await.expect("join");
+            let (r, up, down, spliced) = relay.await.expect("join");
             assert_eq!(r.expect("relay"), HALF_CLOSE_BYTES);
             assert_eq!((up, down), HALF_CLOSE_BYTES);
+            // A request and its answer: copied, no pipe made.
+            assert_eq!(spliced, 0);
         })
         .await
         .expect("the exchange finishes");
@@ -322,9 +403,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_ends_at_the_idle_timeout() {
-        let (_client, _backend, relay) = relayed(Duration::from_millis(150)).await;
+        let (_client, _backend, relay) = relayed(Duration::from_millis(150), 2).await;
         let started = tokio::time::Instant::now();
-        let (r, up, down) = tokio::time::timeout(Duration::from_secs(5), relay)
+        let (r, up, down, _) = tokio::time::timeout(Duration::from_secs(5), relay)
             .await
             .expect("ended by the watchdog")
             .expect("join");
@@ -335,7 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_after_an_exchange_is_a_normal_end() {
-        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10)).await;
+        let (mut client, mut backend, relay) = relayed(Duration::from_secs(10), 2).await;
         tokio::time::timeout(Duration::from_secs(10), async {
             client.write_all(b"hello").await.expect("write");
             let mut got = [0u8; 5];
@@ -343,7 +424,7 @@ mod tests {
             // A close with SO_LINGER 0 sends a reset, as a client closing with data unread does.
             client.set_zero_linger().expect("linger");
             drop(client);
-            let (r, up, down) = relay.await.expect("join");
+            let (r, up, down, _) = relay.await.expect("join");
             assert_eq!(r.expect("a normal end"), (0, 0));
             assert_eq!((up, down), (5, 0));
         })
@@ -357,7 +438,6 @@ mod tests {
         assert!(pipe.capacity >= MIN_PIPE, "{}", pipe.capacity);
         let before = pipe.capacity;
         pipe.grow();
-        assert!(pipe.grown);
         // Grown where the user's pipe pages allow it, unchanged where they do not.
         assert!(pipe.capacity == BULK_PIPE || pipe.capacity == before);
         let reported = fcntl(&pipe.write, FcntlArg::F_GETPIPE_SZ).expect("size");

@@ -180,7 +180,7 @@ impl LocalGateway {
             };
             let (up, down) = crate::splice::relay(
                 client,
-                &backend,
+                &mut backend,
                 self.config.idle_timeout,
                 &self.pipes,
                 count(&c.bytes_up),

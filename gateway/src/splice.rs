@@ -16,11 +16,12 @@
 //! is copied by `relay.rs`. Pipes are capped by the caller's semaphore; a direction that gets no
 //! permit or no pipe ([`SetupError`]) goes on copying.
 //!
-//! Readiness is tokio's: a read, write or splice that would block goes through `try_*` or
-//! `try_io`, which clears the readiness it read, so the task waits for the next edge rather than
-//! spinning. A splice into a pipe would also block on a full pipe, so the pipe is always emptied
-//! before the next splice into it: a splice from a socket that would block then means the socket
-//! has nothing.
+//! Readiness is tokio's: the copy reads and writes through tokio's own `poll_read` and
+//! `poll_write`, which also clear it after a short read or write, saving the system call that
+//! would block; a splice that would block goes through `try_io`, which clears the readiness it
+//! read, so the task waits for the next edge rather than spinning. A splice into a pipe would
+//! also block on a full pipe, so the pipe is always emptied before the next splice into it: a
+//! splice from a socket that would block then means the socket has nothing.
 
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
@@ -31,8 +32,9 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{Shutdown, shutdown};
 use nix::unistd::pipe2;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
@@ -124,16 +126,18 @@ pub(crate) struct Counted<'a> {
 /// `TimedOut` after `idle` without traffic; a reset after bytes have moved is a normal end with
 /// `(0, 0)`, as for [`crate::relay::copy_both`].
 pub(crate) async fn relay(
-    a: &TcpStream,
-    b: &TcpStream,
+    a: &mut TcpStream,
+    b: &mut TcpStream,
     idle: Duration,
     pipes: &Semaphore,
     to_b: Counted<'_>,
     to_a: Counted<'_>,
 ) -> io::Result<(u64, u64)> {
     let activity = Activity::new();
-    let up = half(a, b, pipes, to_b, &activity);
-    let down = half(b, a, pipes, to_a, &activity);
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let up = half(&mut ar, &mut bw, pipes, to_b, &activity);
+    let down = half(&mut br, &mut aw, pipes, to_a, &activity);
     watched(async { tokio::try_join!(up, down) }, &activity, idle).await
 }
 
@@ -144,8 +148,8 @@ pub(crate) const BULK_READS: u32 = 2;
 /// other direction goes on); returns the bytes handed to `dst`. Copies until the direction
 /// shows itself a bulk transfer, then splices (see [`relay`]).
 async fn half(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &mut ReadHalf<'_>,
+    dst: &mut WriteHalf<'_>,
     pipes: &Semaphore,
     counted: Counted<'_>,
     activity: &Activity,
@@ -156,20 +160,16 @@ async fn half(
     let mut full = 0u32;
     loop {
         buf.clear();
-        let n = match src.try_read_buf(&mut buf) {
-            Ok(0) => {
-                shutdown(dst.as_raw_fd(), Shutdown::Write)?;
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                src.readable().await?;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        write_all(dst, &buf[..n]).await?;
+        // Through tokio's `poll_read`, not `try_read`: a short read clears the readiness, so a
+        // request costs one read, not a read and a read that would block.
+        let n = src.read_buf(&mut buf).await?;
+        if n == 0 {
+            // Half-close: the peer may still be sending the other way.
+            dst.shutdown().await?;
+            return Ok(total);
+        }
+        // Likewise a short write clears the write readiness.
+        dst.write_all(&buf[..n]).await?;
         total += n as u64;
         counted.bytes.fetch_add(n as u64, Ordering::Relaxed);
         activity.record(n as u64);
@@ -186,6 +186,7 @@ async fn half(
                     // Proven bulk: worth the larger pipe at once.
                     pipe.grow();
                     drop(buf);
+                    let (src, dst) = (src.as_ref(), dst.as_ref());
                     let rest = spliced(src, dst, &pipe, counted.bytes, activity).await?;
                     return Ok(total + rest);
                 }
@@ -193,20 +194,6 @@ async fn half(
             }
         }
     }
-}
-
-/// Writes all of `data` to `dst`, waiting for room only when the socket has none.
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match dst.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Splices `src` → `dst` through `pipe` until `src` ends, then shuts down `dst`'s write side;
@@ -276,7 +263,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
     use crate::relay::{HALF_CLOSE_BYTES, half_close_exchange};
@@ -299,8 +285,8 @@ mod tests {
         idle: Duration,
         pipes: usize,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Ended>) {
-        let (client, gw_client) = sockets().await;
-        let (gw_backend, backend) = sockets().await;
+        let (client, mut gw_client) = sockets().await;
+        let (mut gw_backend, backend) = sockets().await;
         let relay = tokio::spawn(async move {
             let (up, down, spliced) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
             let pipes = Semaphore::new(pipes);
@@ -309,8 +295,8 @@ mod tests {
                 spliced: &spliced,
             };
             let r = relay(
-                &gw_client,
-                &gw_backend,
+                &mut gw_client,
+                &mut gw_backend,
                 idle,
                 &pipes,
                 count(&up),

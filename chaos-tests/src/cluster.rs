@@ -30,7 +30,7 @@ use crate::link::Wan;
 /// The failback period agents are configured with.
 pub const FAILBACK: Duration = Duration::from_secs(3);
 /// `down_after_ms` agents are configured with (the default).
-pub const DOWN_AFTER: Duration = Duration::from_millis(1500);
+pub const DOWN_AFTER: Duration = Duration::from_millis(900);
 
 /// What to start.
 #[derive(Clone, Debug)]

@@ -398,7 +398,7 @@ meridian_gateway_connections_open 3
             );
         }
         let t2 = dc2.tunnel().expect("tunnel");
-        t2.probe("dc1", &[a1], Duration::from_secs(5))
+        t2.probe("dc1", &[a1], Duration::from_secs(5), Duration::from_secs(5))
             .await
             .expect("probe answered");
 

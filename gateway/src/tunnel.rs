@@ -203,11 +203,14 @@ pub enum TunnelError {
     Io(#[from] io::Error),
 }
 
-/// Failed probes in a row, with nothing received on the connection meanwhile, after which a
-/// DC's pooled connection is retired and the next probe or stream connects afresh (to another
-/// gateway, if that one died). One is not enough: on a lossy WAN a single probe can lose a
-/// packet, and reconnecting costs two round trips more, which turned one loss into a DC
-/// declared down.
+/// Failed probes in a row, each with nothing at all received on the connection from its start
+/// to its timeout, after which a DC's pooled connection is retired and the next probe or
+/// stream connects afresh (to another gateway, if that one died). A gateway that died sends
+/// nothing from then on; a WAN whose round trip just grew past the timeout still delivers
+/// what was on its way back when it slowed, then the answers to the probes sent since, one per
+/// probe interval, so it is not mistaken for a dead gateway. One is not enough: on a lossy WAN
+/// a single probe can lose a packet, and reconnecting costs two round trips more, which turned
+/// one loss into a DC declared down.
 const RETIRE_AFTER_FAILED_PROBES: u32 = 2;
 
 /// The tunnel endpoint of one gateway: it accepts streams from remote gateways and opens
@@ -224,10 +227,9 @@ pub struct Tunnel {
     /// Connections taken out of the pool after a failed probe, by DC: streams on them carry on
     /// (the failure may pass), until the DC is found down and they are closed.
     retired: Mutex<HashMap<String, Vec<quinn::Connection>>>,
-    /// Probes failed in a row, by DC, and the datagrams its pooled connection had received at
-    /// the first of them: the connection is retired at [`RETIRE_AFTER_FAILED_PROBES`] failures
-    /// during which it received nothing.
-    failed_probes: Mutex<HashMap<String, (u32, Option<u64>)>>,
+    /// Probes failed in a row by DC, each with nothing received on the pooled connection
+    /// meanwhile: the connection is retired at [`RETIRE_AFTER_FAILED_PROBES`].
+    failed_probes: Mutex<HashMap<String, u32>>,
     /// The gateway of each DC whose connection was last retired: tried last when reconnecting,
     /// since it is most likely the one that died.
     suspect_gateway: Mutex<HashMap<String, SocketAddr>>,
@@ -704,86 +706,155 @@ impl Tunnel {
     }
 
     /// Probes datacenter `dc`: one round trip over its tunnel (connected first if need be, to
-    /// one of `gateways`), answered within `timeout` in all. Two failed
-    /// in a row drop the pooled connection from the pool (streams on it carry on), so the next
-    /// probe or stream tries afresh, on another gateway if that one died.
+    /// one of `gateways`). Not answered within `timeout` in all, the probe counts as failed for
+    /// the connection: two failed in a row drop the pooled connection from the pool (streams on
+    /// it carry on), so the next probe or stream tries afresh, on another gateway if that one
+    /// died. The answer is still awaited until `patience` (at least `timeout`) and returned if
+    /// it comes: a WAN whose round trip just grew past `timeout` is slow, not dead, and its
+    /// late answers are what teach the caller the new round trip. With one gateway there is
+    /// nowhere else to go, so a probe fails for the connection only at `patience`: a reconnect
+    /// to the same gateway over a WAN that just slowed down costs round trips and gains none.
     pub async fn probe(
         &self,
         dc: &str,
         gateways: &[SocketAddr],
         timeout: Duration,
+        patience: Duration,
     ) -> Result<Duration, TunnelError> {
         let key = dc.to_ascii_lowercase();
         let header = Header::probe(dc).encode()?;
+        let patience = patience.max(timeout);
         let no_answer = || TunnelError::Unreachable {
             dc: dc.to_owned(),
             tried: 1,
-            last: format!("no probe answer within {timeout:?}"),
+            last: format!("no probe answer within {patience:?}"),
         };
-        let attempt = async {
-            let mut stream = self.open_stream(dc, &key, gateways).await?;
-            #[allow(clippy::disallowed_methods)] // A probe measures a real round trip.
-            let start = std::time::Instant::now();
-            header::send_probe(&mut stream, &header).await?;
-            let rtt = start.elapsed();
-            let _ = stream.shutdown().await;
-            Ok(rtt)
-        };
+        let pooled_at_start = self.pooled(&key);
+        let attempt = self.probe_once(dc, &key, gateways, &header);
+        tokio::pin!(attempt);
         // Connecting counts too: a probe that hung on a connect for seconds would leave the DC
         // without data-plane evidence, and its stream alone would then vouch for it (a one-way
         // cut lets the stream's heartbeats through). The caller sizes `timeout` to the RTT.
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(r) => r,
+        let counted_at = if gateways.len() > 1 {
+            timeout
+        } else {
+            patience
+        };
+        let started = tokio::time::Instant::now();
+        let first = tokio::time::timeout(counted_at, &mut attempt).await;
+        let retired = self.count_probe(&key, matches!(first, Ok(Ok(_))), pooled_at_start);
+        if let Ok(ended) = first {
+            // Answered, or failed outright: the attempt is over either way.
+            return ended;
+        }
+        let Some(wait) = patience
+            .checked_sub(started.elapsed())
+            .filter(|w| !w.is_zero())
+        else {
+            return Err(no_answer());
+        };
+        if retired {
+            // The gateway is taken for dead: ask the DC's next one now rather than at the next
+            // probe, since the DC's silence is running.
+            let retry = self.probe_once(dc, &key, gateways, &header);
+            return match tokio::time::timeout(wait, retry).await {
+                Ok(r) => r,
+                Err(_) => Err(no_answer()),
+            };
+        }
+        // Late: counted as failed above, yet evidence of life if it comes.
+        match tokio::time::timeout(wait, attempt).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(no_answer()),
-        };
-        // What the pooled connection has received: a gateway that still sends (acknowledgements,
-        // keep-alives, other streams' data) is alive, and the probes it failed lost packets.
-        let received = {
-            let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.get(&key).map(|(_, c)| c.stats().udp_rx.datagrams)
-        };
-        let failed_in_a_row = {
+        }
+    }
+
+    /// One probe's round trip over a stream to `dc` (`key`, lowercased), with no timeout.
+    async fn probe_once(
+        &self,
+        dc: &str,
+        key: &str,
+        gateways: &[SocketAddr],
+        header: &[u8],
+    ) -> Result<Duration, TunnelError> {
+        let mut stream = self.open_stream(dc, key, gateways).await?;
+        #[allow(clippy::disallowed_methods)] // A probe measures a real round trip.
+        let start = std::time::Instant::now();
+        header::send_probe(&mut stream, header).await?;
+        let rtt = start.elapsed();
+        let _ = stream.shutdown().await;
+        Ok(rtt)
+    }
+
+    /// Counts a probe of the DC `key` that was answered in time (`ok`) or not, given the pooled
+    /// connection and what it had received when the probe started (`at_start`), and retires
+    /// the connection after [`RETIRE_AFTER_FAILED_PROBES`] failures in a row on it; returns
+    /// whether it retired one.
+    fn count_probe(&self, key: &str, ok: bool, at_start: Option<(usize, u64)>) -> bool {
+        let now = self.pooled(key);
+        let retire = {
             let mut failed = self
                 .failed_probes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if result.is_ok() {
-                failed.remove(&key);
-                self.close_retired_elsewhere(&key);
-                0
-            } else {
-                let run = failed.entry(key.clone()).or_insert((0, received));
-                if run.0 > 0 && received.is_some() && received != run.1 {
-                    // Heard from since the run began: on a lossy WAN, retiring the connection
-                    // would turn lost packets into a reconnect, which loses more.
-                    *run = (1, received);
-                } else {
-                    run.0 += 1;
+            let run = failed.entry(key.to_owned()).or_insert(0);
+            match (at_start, now) {
+                _ if ok => {
+                    *run = 0;
+                    self.close_retired_elsewhere(key);
+                    false
                 }
-                run.0
+                // Sent on a connection since retired or replaced: its failure says nothing of
+                // the one pooled now. Probes overlap, so those sent to a gateway that died go
+                // on failing after the next gateway answered, and counted they would retire it.
+                (Some((was, _)), Some((is, _))) if was != is => false,
+                (Some(_), None) => false,
+                // Heard from since the probe began: the gateway is alive and the probe lost a
+                // packet (or the WAN slowed down); retiring the connection would turn that into
+                // a reconnect, which loses more.
+                (Some((_, before)), Some((_, after))) if after != before => {
+                    *run = 0;
+                    false
+                }
+                _ => {
+                    *run += 1;
+                    *run >= RETIRE_AFTER_FAILED_PROBES && now.is_some()
+                }
             }
         };
-        if failed_in_a_row >= RETIRE_AFTER_FAILED_PROBES {
-            let removed = {
-                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-                conns.remove(&key)
-            };
-            if let Some((addr, conn)) = removed {
-                self.suspect_gateway
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.clone(), addr);
-                let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = retired.entry(key).or_default();
-                list.retain(|c| c.close_reason().is_none());
-                // Bounded: the oldest goes first (its streams have had the longest to end).
-                if list.len() >= MAX_RETIRED {
-                    list.remove(0).close(quinn::VarInt::from_u32(1), b"retired");
-                }
-                list.push(conn);
-            }
+        if !retire {
+            return false;
         }
-        result
+        let removed = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.remove(key)
+        };
+        let Some((addr, conn)) = removed else {
+            return false;
+        };
+        self.suspect_gateway
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), addr);
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = retired.entry(key.to_owned()).or_default();
+        list.retain(|c| c.close_reason().is_none());
+        // Bounded: the oldest goes first (its streams have had the longest to end).
+        if list.len() >= MAX_RETIRED {
+            list.remove(0).close(quinn::VarInt::from_u32(1), b"retired");
+        }
+        list.push(conn);
+        true
+    }
+
+    /// The connection pooled for the DC `key`, if any: its identity and the datagrams it has
+    /// received.
+    fn pooled(&self, key: &str) -> Option<(usize, u64)> {
+        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns
+            .get(key)
+            .map(|(_, c)| (c.stable_id(), c.stats().udp_rx.datagrams))
     }
 
     /// The DC answered a probe on its pooled connection: connections retired to *other*

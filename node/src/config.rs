@@ -312,7 +312,10 @@ impl Default for FailoverSection {
             datacenters: Vec::new(),
             spill_below: None,
             address_mode: p.address_mode,
-            probe_interval_ms: 250,
+            probe_interval_ms: 100,
+            // A dead gateway must fail two probes before the tunnel tries the DC's next one,
+            // and all of that within `down_after_ms`; a WAN whose round trip jumps by less than
+            // this is not taken for a dead gateway (see the README's failover section).
             probe_timeout_ms: 500,
             suspect_after_ms: d.suspect_after_ms,
             down_after_ms: d.down_after_ms,

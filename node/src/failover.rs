@@ -39,6 +39,11 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// The instant `ms` milliseconds after the start, for timers.
+    fn instant(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
+    }
 }
 
 impl Default for Clock {
@@ -277,10 +282,18 @@ fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
     out
 }
 
+/// Waits until `deadline`, or for ever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Probes of one DC in flight at once, at most: enough for a new probe every interval while the
 /// slowest may still be answered (see `probe_all`), and no more on a WAN so slow it would need
 /// more.
-const MAX_PROBES_IN_FLIGHT: usize = 12;
+const MAX_PROBES_IN_FLIGHT: usize = 20;
 
 impl Runner {
     async fn run(
@@ -295,7 +308,12 @@ impl Runner {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut input_changed = false;
+            // Woken when a silence reaches a threshold, not at the next tick after it: that
+            // would add up to a probe interval to every detection.
+            let deadline = self.detector.next_deadline(self.clock.now_ms());
+            let deadline = deadline.map(|ms| self.clock.instant(ms));
             tokio::select! {
+                () = until(deadline) => {}
                 r = input.changed() => {
                     if r.is_err() { return }
                     let view = input.borrow_and_update().clone();
@@ -423,19 +441,25 @@ impl Runner {
             let dc: Arc<str> = r.name.to_ascii_lowercase().into();
             // The timeout follows the DC's measured RTT: on a long WAN a probe that must
             // reconnect first takes three round trips, and one with a lost packet a
-            // retransmission more; a fixed 500 ms would fail every such probe and keep a
-            // reachable DC down. Never more than the DC may be silent: an answer that late
-            // still counts as evidence, a later one could not change the verdict.
+            // retransmission more. Past it the probe counts as failed for the tunnel's
+            // connection (two such and the tunnel tries the DC's next gateway), but its answer
+            // is awaited as long as the DC may be silent, `longest`: an answer that late still
+            // counts as evidence, and it is how a WAN whose RTT just grew past the timeout
+            // teaches the detector the new RTT (a late answer dropped would keep a slow DC
+            // down for good). A later one could not change the verdict.
             let longest =
                 Duration::from_millis(self.detector.silence_bound_ms(&dc)).max(configured);
+            // Before the first answer the RTT is unknown, and the first probe connects too:
+            // then it may take as long as the DC may be silent, or a WAN slower than the
+            // configured timeout could never be measured at all.
             let timeout = self
                 .detector
                 .rtt_us(&dc)
                 .map(|us| Duration::from_micros((us * 4.0) as u64))
-                .map_or(configured, |t| t.clamp(configured, longest));
+                .map_or(longest, |t| t.clamp(configured, longest));
             // Probes overlap: one per interval for as long as the slowest may take, so that on a
             // long, lossy WAN probes waiting out lost packets never stop new ones going out.
-            let cap = (u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) / interval + 1)
+            let cap = (u64::try_from(longest.as_millis()).unwrap_or(u64::MAX) / interval + 1)
                 .clamp(3, MAX_PROBES_IN_FLIGHT as u64) as usize;
             if self.in_flight.get(&dc).is_some_and(|n| *n >= cap) {
                 continue;
@@ -447,7 +471,7 @@ impl Runner {
             *self.in_flight.entry(dc.clone()).or_default() += 1;
             let (tunnel, tx) = (tunnel.clone(), tx.clone());
             tokio::spawn(async move {
-                let rtt = match tunnel.probe(&dc, &gws, timeout).await {
+                let rtt = match tunnel.probe(&dc, &gws, timeout, longest).await {
                     Ok(d) => {
                         tracing::trace!(%dc, rtt = ?d, "probe answered");
                         Some(u32::try_from(d.as_micros()).unwrap_or(u32::MAX))

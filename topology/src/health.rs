@@ -58,6 +58,10 @@ pub struct DcLiveness {
     pub rtt_us: Option<u32>,
     /// The control stream is lost (the replica is stale) while the data plane still answers.
     pub stale: bool,
+    /// If the DC were lost now, it would be `Down` at most this long after (ms): `down_after`
+    /// plus the WAN's slack (twice the RTT, at most `down_after`), plus half an RTT for an
+    /// answer already on its way. 0 where no detector measures it.
+    pub bound_ms: u64,
 }
 
 /// The detector's thresholds.
@@ -73,11 +77,14 @@ pub struct DetectorConfig {
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        // With probes every 250 ms, a lost DC is `Down` within 1.5 s plus one probe timeout,
-        // well inside the 3 s bound we publish.
+        // With probes every 100 ms a DC answering normally is never silent for more than
+        // about 100 ms, so 900 ms is nine probes lost in a row (plus the WAN's slack), and room
+        // for the tunnel to tell a dead gateway from a WAN that slowed down and move to the
+        // DC's next gateway (see the README's failover section): a lost DC is `Down` 0.8 to
+        // 0.9 s after the loss on a short WAN, inside the 1 s bound we publish.
         DetectorConfig {
-            suspect_after_ms: 600,
-            down_after_ms: 1500,
+            suspect_after_ms: 450,
+            down_after_ms: 900,
             failback_after_ms: 5000,
         }
     }
@@ -141,6 +148,8 @@ struct Track {
     control: Source,
     control_up: bool,
     rtt_us: Option<f64>,
+    /// The latest RTT sample, in microseconds.
+    last_rtt_us: Option<f64>,
     drained: bool,
 }
 
@@ -179,6 +188,7 @@ impl Detector {
             control: Source::default(),
             control_up: false,
             rtt_us: None,
+            last_rtt_us: None,
             drained: false,
         })
     }
@@ -197,6 +207,7 @@ impl Detector {
         if let Some(rtt) = rtt_us {
             let rtt = f64::from(rtt);
             t.rtt_us = Some(t.rtt_us.map_or(rtt, |s| s + RTT_ALPHA * (rtt - s)));
+            t.last_rtt_us = Some(rtt);
         }
         t.evaluate(now, &config);
     }
@@ -228,6 +239,19 @@ impl Detector {
         for t in self.dcs.values_mut() {
             t.evaluate(now, &config);
         }
+    }
+
+    /// The earliest time after `now` at which time passing alone may change some DC's status
+    /// (a silence reaching a threshold, a streak reaching the failback period), if any: the
+    /// caller evaluates then ([`Detector::tick`]), so a lost DC is `Down` when its silence
+    /// reaches the bound, not at the next probe interval after. It may come early (an
+    /// evaluation that changes nothing), never late.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        let config = &self.config;
+        self.dcs
+            .values()
+            .filter_map(|t| t.next_deadline(now, config))
+            .min()
     }
 
     /// The smoothed probe round trip to `dc` (any case), in microseconds, once measured.
@@ -266,6 +290,7 @@ impl Detector {
                         // Rounded to whole microseconds; an RTT beyond u32 is no RTT.
                         rtt_us: t.rtt_us.map(|r| r.round().min(f64::from(u32::MAX)) as u32),
                         stale: t.stale(),
+                        bound_ms: t.bound_ms(&self.config),
                     },
                 )
             })
@@ -302,17 +327,64 @@ impl Track {
         }
     }
 
+    /// See [`DcLiveness::bound_ms`].
+    fn bound_ms(&self, config: &DetectorConfig) -> u64 {
+        let half_rtt = self.rtt_us.map_or(0, |us| (us / 2000.0).round() as u64);
+        config.down_after_ms + self.slack_ms(config) + half_rtt
+    }
+
     fn stale(&self) -> bool {
         !self.control_up && self.data.streak.is_some()
     }
 
     /// How much longer than the thresholds an answer may be late on this DC's WAN: twice the
-    /// smoothed probe round trip (a lost packet costs about that), at most `down_after`, so
-    /// that the detection bound at most doubles however slow the WAN.
+    /// probe round trip (a lost packet costs about that), at most `down_after`, so that the
+    /// detection bound at most doubles however slow the WAN. The round trip is the larger of
+    /// the smoothed one and the latest sample: when the WAN slows down at once, the smoothed
+    /// value takes several answers to follow, and meanwhile the next answers are as late as the
+    /// new round trip, which is no sign of death.
     fn slack_ms(&self, config: &DetectorConfig) -> u64 {
-        self.rtt_us
-            .map_or(0, |us| (2.0 * us / 1000.0) as u64)
+        let rtt = match (self.rtt_us, self.last_rtt_us) {
+            (Some(s), Some(l)) => Some(s.max(l)),
+            (s, l) => s.or(l),
+        };
+        rtt.map_or(0, |us| (2.0 * us / 1000.0) as u64)
             .min(config.down_after_ms)
+    }
+
+    /// The first time after `now` at which [`Track::evaluate`] may decide otherwise with no new
+    /// report: a threshold of a source's silence (the streak's tolerance, `suspect`, `down`,
+    /// the data plane ceasing to be the evidence) or the failback period of a streak, each
+    /// counted as `evaluate` counts it.
+    fn next_deadline(&self, now: u64, config: &DetectorConfig) -> Option<u64> {
+        let slack = self.slack_ms(config);
+        let tolerance = config.suspect_after_ms + slack;
+        let down = config.down_after_ms + slack;
+        let since = self.health_since;
+        let mut next: Option<u64> = None;
+        let mut consider = |at: u64| {
+            if at > now && next.is_none_or(|n| at < n) {
+                next = Some(at);
+            }
+        };
+        for source in [&self.data, &self.control] {
+            // As `evaluate` counts a silence: from the start when the source never reported.
+            let last = source
+                .last_ok
+                .or(source.first_report)
+                .unwrap_or(0)
+                .max(since);
+            consider(last + tolerance);
+            consider(last + tolerance + 1);
+            consider(last + down);
+            if let Some(t) = source.last_report {
+                consider(t + down + 1);
+            }
+            if let Some(start) = source.streak {
+                consider(start.max(since) + config.failback_after_ms);
+            }
+        }
+        next
     }
 
     fn evaluate(&mut self, now: u64, config: &DetectorConfig) {
@@ -591,6 +663,64 @@ mod tests {
         c.watch("dc3", 0);
         c.control("dc3", 50, true);
         assert_eq!(c.liveness()["dc3"].status, DcStatus::Up);
+    }
+
+    #[test]
+    fn a_silent_dc_is_down_at_its_deadline_not_a_probe_interval_later() {
+        let mut d = Detector::new(C);
+        for t in (0..=1000).step_by(100) {
+            d.probe("dc2", t, Some(40));
+        }
+        // Woken only at the deadlines it names, the caller sees each change when it happens.
+        let (mut now, mut suspect, mut down) = (1000, None, None);
+        while let Some(at) = d.next_deadline(now) {
+            now = at;
+            d.tick(now);
+            match d.status("dc2") {
+                Some(DcStatus::Suspect) => suspect = suspect.or(Some(now)),
+                Some(DcStatus::Down) => down = down.or(Some(now)),
+                _ => {}
+            }
+        }
+        assert_eq!(suspect, Some(1000 + C.suspect_after_ms));
+        assert_eq!(down, Some(1000 + C.down_after_ms));
+        assert_eq!(d.liveness()["dc2"].bound_ms, C.down_after_ms);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A caller that evaluates only when something is reported and at each deadline the
+        /// detector names sees every status a caller evaluating every millisecond sees, at the
+        /// same millisecond.
+        #[test]
+        fn waking_at_the_deadlines_misses_no_change(events in events()) {
+            let (mut every_ms, mut at_deadlines) = (Detector::new(C), Detector::new(C));
+            every_ms.watch("dc2", 0);
+            at_deadlines.watch("dc2", 0);
+            let mut now = 0u64;
+            for e in events.into_iter().take(120) {
+                let dt = match e {
+                    Event::Probe(dt, _) | Event::Control(dt, _) => dt,
+                    Event::Tick(dt) => dt.min(700),
+                };
+                for t in now + 1..now + dt {
+                    every_ms.tick(t);
+                    if at_deadlines.next_deadline(t - 1) == Some(t) {
+                        at_deadlines.tick(t);
+                    }
+                    prop_assert_eq!(every_ms.status("dc2"), at_deadlines.status("dc2"), "at {} ms", t);
+                }
+                now += dt;
+                for d in [&mut every_ms, &mut at_deadlines] {
+                    match e {
+                        Event::Probe(_, ok) => d.probe("dc2", now, ok.then_some(5000)),
+                        Event::Control(_, up) => d.control("dc2", now, up),
+                        Event::Tick(_) => d.tick(now),
+                    }
+                }
+                prop_assert_eq!(every_ms.status("dc2"), at_deadlines.status("dc2"), "at {} ms", now);
+            }
+        }
     }
 
     proptest! {

@@ -315,6 +315,21 @@ pub(crate) async fn fails_back(w: &World, since: Instant) -> Result<Duration> {
 async fn losing_a_whole_dc_moves_answers_and_routes_and_they_return_after_the_stable_period()
 -> Result<()> {
     let mut w = World::start(false).await?;
+    // dc3 publishes how long finding dc1 lost may take: the default `down_after_ms` (900) plus
+    // the slack of a loopback RTT; its own DC has none.
+    let list = w.dcs[2].get_json("/v1/federation/datacenters").await?;
+    let bound = |dc: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|e| e["Datacenter"] == dc))
+            .map(|e| e["DetectionBoundMs"].as_u64())
+    };
+    ensure!(
+        bound("dc1")
+            .flatten()
+            .is_some_and(|b| (900..1000).contains(&b))
+            && bound("dc3") == Some(None),
+        "published detection bounds: {list}"
+    );
     let lost = Instant::now();
     w.dcs[0].kill9()?;
     // A connection opened at once still goes to dc1 (not yet found down); its ClientHello got no

@@ -28,6 +28,11 @@ struct DcJson<'a> {
     stale: bool,
     /// Milliseconds in this status.
     for_ms: u64,
+    /// Were the DC lost now, the most milliseconds until this node finds it `down`
+    /// (`down_after_ms`, plus twice the RTT at most that again, plus half an RTT); absent for
+    /// the local DC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detection_bound_ms: Option<u64>,
 }
 
 /// `GET /v1/federation/datacenters`: every DC this node knows, local first, with its status
@@ -49,6 +54,7 @@ pub(super) async fn datacenters(State(state): State<ApiState>) -> Json<serde_jso
                 rtt_ms: l.rtt_us.map(|us| f64::from(us) / 1000.0),
                 stale: l.stale,
                 for_ms: now.saturating_sub(l.since_ms),
+                detection_bound_ms: (i > 0 && l.bound_ms > 0).then_some(l.bound_ms),
             }
         })
         .collect();

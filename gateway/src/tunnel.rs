@@ -206,10 +206,11 @@ pub enum TunnelError {
 /// Failed probes in a row, each with nothing at all received on the connection from its start
 /// to its timeout, after which a DC's pooled connection is retired and the next probe or
 /// stream connects afresh (to another gateway, if that one died). A gateway that died sends
-/// nothing from then on; a WAN whose round trip just grew past the timeout still delivers
-/// what was on its way back when it slowed, then the answers to the probes sent since, one per
-/// probe interval, so it is not mistaken for a dead gateway. One is not enough: on a lossy WAN
-/// a single probe can lose a packet, and reconnecting costs two round trips more, which turned
+/// nothing from then on; a WAN whose round trip just grew by less than the timeout delivers
+/// within it the answers to the probes sent since, one per probe interval, so it is not
+/// mistaken for a dead gateway (a larger jump may cost a reconnect, while the late answers on
+/// the retired connection still count for the caller). One is not enough: on a lossy WAN a
+/// single probe can lose a packet, and reconnecting costs two round trips more, which turned
 /// one loss into a DC declared down.
 const RETIRE_AFTER_FAILED_PROBES: u32 = 2;
 

@@ -160,6 +160,11 @@ pub struct Detector {
     dcs: BTreeMap<Arc<str>, Track>,
 }
 
+/// How long after its last report the data plane stays the evidence (see `Track::evidence`).
+fn data_evidence_ms(config: &DetectorConfig, slack: u64) -> u64 {
+    2 * (config.down_after_ms + slack)
+}
+
 /// Weight of a new RTT sample in the moving average.
 const RTT_ALPHA: f64 = 0.2;
 
@@ -318,11 +323,14 @@ impl Track {
         }
     }
 
-    /// The data plane is the evidence while it is probed (a probe may report as late as the DC
-    /// may be silent), the control plane otherwise.
+    /// The data plane is the evidence while it is probed, the control plane otherwise. A probe
+    /// may report as late as the DC may be silent, and probes that all waited on one connection
+    /// attempt report at once, so the next report may come a whole such period after the
+    /// previous: the data plane stays the evidence for twice that. Handing over sooner let a
+    /// one-way cut's stream heartbeats vouch for a DC no probe could reach.
     fn evidence(&self, now: u64, config: &DetectorConfig, slack: u64) -> &Source {
         match self.data.last_report {
-            Some(t) if now.saturating_sub(t) <= config.down_after_ms + slack => &self.data,
+            Some(t) if now.saturating_sub(t) <= data_evidence_ms(config, slack) => &self.data,
             _ => &self.control,
         }
     }
@@ -378,7 +386,7 @@ impl Track {
             consider(last + tolerance + 1);
             consider(last + down);
             if let Some(t) = source.last_report {
-                consider(t + down + 1);
+                consider(t + data_evidence_ms(config, slack) + 1);
             }
             if let Some(start) = source.streak {
                 consider(start.max(since) + config.failback_after_ms);

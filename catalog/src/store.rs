@@ -509,7 +509,7 @@ impl StateMachineStore {
                 service,
                 command,
             } => {
-                let now = state.instance(&node, &id).map(|i| i.service.as_str());
+                let now = state.instance(&node, &id).map(|i| &*i.service);
                 if now != service.as_deref() {
                     return WriteOutcome {
                         index,
@@ -935,7 +935,7 @@ mod guard_tests {
     }
 
     fn service_of_x(state: &DcState) -> Option<String> {
-        state.instance("n1", "x").map(|i| i.service.clone())
+        state.instance("n1", "x").map(|i| i.service.to_string())
     }
 
     /// A write checked against one owner of an instance ID never lands on another: the ID was

@@ -411,7 +411,7 @@ impl<'a> Builder<'a> {
                     let addr = state.address_of(inst);
                     let ip = addr.parse::<IpAddr>().ok();
                     // Key of the target: the instance's own address, or its node.
-                    let key = if own { addr } else { inst.node.as_str() };
+                    let key = if own { addr } else { inst.node.as_ref() };
                     if !seen_answer.insert((own, key, inst.port)) {
                         continue;
                     }
@@ -515,7 +515,7 @@ impl<'a> Builder<'a> {
         let mut seen = Seen::new();
         for inst in state.instances_at(ip) {
             let service = inst.service.to_ascii_lowercase();
-            if self.out.groups() >= MAX_GROUPS || !seen.insert(inst.service.as_str()) {
+            if self.out.groups() >= MAX_GROUPS || !seen.insert(inst.service.as_ref()) {
                 continue;
             }
             if let Some(target) = self.name(&[&service, "service", dc]) {

@@ -49,9 +49,9 @@ fn check(inst: &Instance, status: Health) -> Check {
     Check {
         id: format!("service:{}", inst.id),
         name: String::new(),
-        node: inst.node.clone(),
+        node: inst.node.to_string(),
         service_id: inst.id.clone(),
-        service_name: inst.service.clone(),
+        service_name: inst.service.to_string(),
         status,
         output: String::new(),
         notes: String::new(),

@@ -54,9 +54,9 @@ impl Key {
             }
             Key::Instance(k) => {
                 h.write(b"i\0");
-                h.write(k.node.as_bytes());
+                h.write(k.node().as_bytes());
                 h.write(b"\0");
-                h.write(k.id.as_bytes());
+                h.write(k.id().as_bytes());
             }
             Key::Token(t) => {
                 h.write(b"t\0");
@@ -81,8 +81,8 @@ impl Key {
         let key = match self {
             Key::Node(n) => pb::entry_key::Key::Node(n.clone()),
             Key::Instance(k) => pb::entry_key::Key::Instance(pb::InstanceKey {
-                node: k.node.clone(),
-                id: k.id.clone(),
+                node: k.node().to_owned(),
+                id: k.id().to_owned(),
             }),
             Key::Token(t) => pb::entry_key::Key::Token(t.clone()),
             Key::Intention(k) => pb::entry_key::Key::Intention(k.clone()),
@@ -108,7 +108,7 @@ impl Key {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Key::Node(n) => [b"n\0", n.as_bytes()].concat(),
-            Key::Instance(k) => [b"i\0", k.node.as_bytes(), b"\0", k.id.as_bytes()].concat(),
+            Key::Instance(k) => [b"i\0", k.node().as_bytes(), b"\0", k.id().as_bytes()].concat(),
             Key::Token(t) => [b"t\0", t.as_bytes()].concat(),
             Key::Intention(k) => [b"x\0", k.as_bytes()].concat(),
             Key::MeshRoot => b"r\0".to_vec(),
@@ -270,7 +270,7 @@ pub fn export_entry(
             })
         }
         Key::Instance(k) => {
-            let inst = state.instance(&k.node, &k.id)?;
+            let inst = state.instance(k.node(), k.id())?;
             if !exported(&inst.service) {
                 return None;
             }
@@ -373,7 +373,7 @@ pub fn remove_entry(state: &mut DcState, key: &Key) {
             state.remove_node(n);
         }
         Key::Instance(k) => {
-            state.remove_instance(&k.node, &k.id);
+            state.remove_instance(k.node(), k.id());
         }
         Key::Token(t) => {
             state.remove_token(t);
@@ -508,8 +508,8 @@ fn node_from_proto(n: &pb::Node) -> Node {
 fn instance_to_proto(i: &Instance) -> pb::Instance {
     pb::Instance {
         id: i.id.clone(),
-        service: i.service.clone(),
-        node: i.node.clone(),
+        service: i.service.to_string(),
+        node: i.node.to_string(),
         address: i.address.clone(),
         port: u32::from(i.port),
         tags: i.tags.clone(),
@@ -540,8 +540,8 @@ fn instance_to_proto(i: &Instance) -> pb::Instance {
 fn instance_from_proto(i: &pb::Instance) -> Instance {
     Instance {
         id: i.id.clone(),
-        service: i.service.clone(),
-        node: i.node.clone(),
+        service: i.service.as_str().into(),
+        node: i.node.as_str().into(),
         address: i.address.clone(),
         // Checked by `entry_key` before an entry is applied.
         port: u16::try_from(i.port).unwrap_or(0),

@@ -171,7 +171,7 @@ impl Exporter {
         }
         for k in ch.instances {
             if !all_nodes {
-                keys.insert(Key::node(&k.node));
+                keys.insert(Key::node(k.node()));
             }
             keys.insert(Key::Instance(k));
         }
@@ -478,7 +478,7 @@ mod tests {
                 let keys: Vec<String> = entries
                     .iter()
                     .filter_map(|h| match &h.key {
-                        Key::Instance(k) => Some(k.id.clone()),
+                        Key::Instance(k) => Some(k.id().to_owned()),
                         Key::Node(_) | Key::Token(_) | Key::Intention(_) | Key::MeshRoot => None,
                     })
                     .collect();

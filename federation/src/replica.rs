@@ -46,8 +46,10 @@ pub enum ProtocolError {
 #[derive(Clone, Default)]
 struct Data {
     state: DcState,
-    /// Key → (key hash, entry hash).
-    hashes: OrdMap<Key, (u64, u64)>,
+    /// Key → entry hash. An instance's key is the catalog's own (one allocation for both); the
+    /// key's hash, which picks its digest bucket, is computed again when needed (at a
+    /// subscription or a partial reset) rather than held for every entry.
+    hashes: OrdMap<Key, u64>,
     digest: u64,
 }
 
@@ -55,10 +57,14 @@ impl Data {
     fn upsert(&mut self, h: Hashed, batch: &mut StoreBatch) {
         entry::apply_entry(&mut self.state, &h.entry);
         batch.put(&h.key, &h.entry);
-        let old = self.hashes.insert(h.key, (h.key_hash, h.hash));
+        let key = match h.key {
+            Key::Instance(k) => Key::Instance(self.state.instance_key(&k).cloned().unwrap_or(k)),
+            other => other,
+        };
+        let old = self.hashes.insert(key, h.hash);
         self.digest = self
             .digest
-            .wrapping_sub(old.map_or(0, |o| o.1))
+            .wrapping_sub(old.unwrap_or(0))
             .wrapping_add(h.hash);
     }
 
@@ -80,7 +86,7 @@ impl Data {
     }
 
     fn remove(&mut self, key: &Key, batch: &mut StoreBatch) {
-        if let Some((_, hash)) = self.hashes.remove(key) {
+        if let Some(hash) = self.hashes.remove(key) {
             entry::remove_entry(&mut self.state, key);
             batch.delete(key);
             self.digest = self.digest.wrapping_sub(hash);
@@ -172,8 +178,8 @@ impl Replica {
         } else {
             let bits = entry::bucket_bits_for(self.live.hashes.len());
             let mut buckets = vec![0u64; 1 << bits];
-            for (key_hash, hash) in self.live.hashes.values() {
-                let b = entry::bucket_of(*key_hash, bits) as usize;
+            for (key, hash) in &self.live.hashes {
+                let b = entry::bucket_of(key.hash(), bits) as usize;
                 buckets[b] = buckets[b].wrapping_add(*hash);
             }
             (bits, buckets)
@@ -224,7 +230,7 @@ impl Replica {
                     let doomed: Vec<Key> = data
                         .hashes
                         .iter()
-                        .filter(|(_, (kh, _))| drop.contains(&entry::bucket_of(*kh, r.bucket_bits)))
+                        .filter(|(k, _)| drop.contains(&entry::bucket_of(k.hash(), r.bucket_bits)))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in &doomed {

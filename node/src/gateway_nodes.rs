@@ -47,8 +47,8 @@ pub(crate) fn gateway_instance(
 ) -> Instance {
     Instance {
         id: GATEWAY_SERVICE.to_owned(),
-        service: GATEWAY_SERVICE.to_owned(),
-        node: node.to_owned(),
+        service: GATEWAY_SERVICE.into(),
+        node: node.into(),
         address: advertised.ip().to_string(),
         port: advertised.port(),
         tags: vec!["wan".to_owned()],

@@ -8,10 +8,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::intention::{IntentionMap, IntentionRecord, MAX_INTENTION_RECORDS};
+use crate::keyset::KeySet;
 use crate::lww::Stamp;
 use crate::mesh::{MAX_OTHER_ROOTS, MeshCa, MeshKey, MeshRoot, OtherRoot};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
@@ -33,7 +34,7 @@ fn lower(name: &str) -> Cow<'_, str> {
 }
 
 /// Removes `key` from the set of `name` in an index, and the set once empty.
-fn unindex_in(index: &mut OrdMap<String, OrdSet<InstanceKey>>, name: &str, key: &InstanceKey) {
+fn unindex_in(index: &mut OrdMap<String, KeySet>, name: &str, key: &InstanceKey) {
     let name = lower(name);
     if let Some(set) = index.get_mut(&*name) {
         set.remove(key);
@@ -53,9 +54,9 @@ fn same_ip(addr: &str, ip: IpAddr) -> bool {
 pub struct DcState {
     nodes: OrdMap<String, Arc<Node>>,
     instances: OrdMap<InstanceKey, Arc<Instance>>,
-    by_service: OrdMap<String, OrdSet<InstanceKey>>,
+    by_service: OrdMap<String, KeySet>,
     /// Mesh sidecars by the service they front (lowercase): that service's mesh endpoints.
-    by_destination: OrdMap<String, OrdSet<InstanceKey>>,
+    by_destination: OrdMap<String, KeySet>,
     checks: ChecksByNode,
     /// Prepared queries by lowercased ID. They are the datacenter's own and never federated, so
     /// [`DcState::changes_since`] does not look at them.
@@ -173,7 +174,7 @@ impl DcState {
             keys.iter()
                 .next()
                 .and_then(|k| self.instances.get(k))
-                .map(|i| i.service.as_str())
+                .map(|i| &*i.service)
         })
     }
 
@@ -204,6 +205,12 @@ impl DcState {
     /// All instances, in key order.
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
         self.instances.values().map(|i| &**i)
+    }
+
+    /// The catalog's own copy of `key`, when it holds that instance: holders of many keys (a
+    /// replica's digest map) keep it rather than a copy of their own.
+    pub fn instance_key(&self, key: &InstanceKey) -> Option<&InstanceKey> {
+        self.instances.get_key_value(key).map(|(k, _)| k)
     }
 
     /// An instance by node and ID.
@@ -424,7 +431,7 @@ impl DcState {
     /// Returns `None` when that instance does not exist, else whether anything changed.
     pub fn set_check(&mut self, mut c: Check, index: u64) -> Option<bool> {
         if !c.service_id.is_empty() {
-            c.service_name = self.instance(&c.node, &c.service_id)?.service.clone();
+            c.service_name = self.instance(&c.node, &c.service_id)?.service.to_string();
         }
         match self.checks.get(&c.node).and_then(|m| m.get(&c.id)) {
             Some(old) => {
@@ -478,7 +485,7 @@ impl DcState {
         let node = node.to_owned();
         self.instances
             .range(start..)
-            .take_while(move |(k, _)| k.node == node)
+            .take_while(move |(k, _)| k.node() == node)
             .map(|(_, i)| &**i)
     }
 
@@ -756,8 +763,33 @@ impl DcState {
         }
     }
 
-    fn insert_instance(&mut self, inst: Instance) {
+    fn insert_instance(&mut self, mut inst: Instance) {
+        self.share_names(&mut inst);
         self.insert_instance_arc(Arc::new(inst));
+    }
+
+    /// Points `inst`'s service and node names at the copies another instance already holds, so
+    /// that a service's instances, and a node's, share one allocation of each name (a replica
+    /// of a million instances otherwise holds a million copies of a few thousand names).
+    fn share_names(&self, inst: &mut Instance) {
+        let same_service = self
+            .by_service
+            .get(&*lower(&inst.service))
+            .and_then(|keys| keys.iter().next())
+            .and_then(|k| self.instances.get(k));
+        if let Some(other) = same_service
+            && other.service == inst.service
+        {
+            inst.service = other.service.clone();
+        }
+        let same_node = self
+            .instances
+            .range(InstanceKey::new(&inst.node, "")..)
+            .next()
+            .filter(|(k, _)| k.node() == &*inst.node);
+        if let Some((_, other)) = same_node {
+            inst.node = other.node.clone();
+        }
     }
 
     /// Stores an instance and its index entries (by service, and by destination for a proxy).
@@ -989,6 +1021,40 @@ mod tests {
                 ..Default::default()
             })),
             ..inst(node, id, &format!("{destination}-sidecar-proxy"))
+        }
+    }
+
+    /// A service's instances, and a node's, hold one copy of each name, and the catalog's maps
+    /// one copy of each key, however the instances arrived (registered or replicated); a name
+    /// spelled in another case is its own.
+    #[test]
+    fn names_and_keys_are_shared_not_copied() {
+        let mut s = DcState::default();
+        s.register(inst("n1", "web1", "web"), vec![], 1);
+        s.put_instance(inst("n1", "web2", "web"), vec![]);
+        s.put_instance(inst("n2", "web3", "web"), vec![]);
+        s.register(inst("n1", "api1", "api"), vec![], 2);
+        s.put_instance(inst("n2", "Web4", "WEB"), vec![]);
+        let get = |id: &str, node: &str| s.instance(node, id).cloned().expect(id);
+        let (w1, w2, w3, a1, w4) = (
+            get("web1", "n1"),
+            get("web2", "n1"),
+            get("web3", "n2"),
+            get("api1", "n1"),
+            get("Web4", "n2"),
+        );
+        assert!(Arc::ptr_eq(&w1.service, &w2.service) && Arc::ptr_eq(&w1.service, &w3.service));
+        assert!(Arc::ptr_eq(&w1.node, &w2.node) && Arc::ptr_eq(&w1.node, &a1.node));
+        assert!(Arc::ptr_eq(&w3.node, &w4.node));
+        assert_eq!(&*w4.service, "WEB");
+        assert_eq!(s.instances_of("web").count(), 4);
+        for (key, _) in s.instances.iter() {
+            let inst = s.instances.get(key).expect("held");
+            let indexed = s.by_service[&*lower(&inst.service)]
+                .iter()
+                .find(|k| *k == key)
+                .expect("indexed");
+            assert!(indexed.shares_text(key), "{key:?}");
         }
     }
 

@@ -12,6 +12,7 @@ pub mod dc;
 pub mod failover;
 pub mod health;
 pub mod intention;
+mod keyset;
 pub mod lww;
 pub mod mesh;
 pub mod metrics;

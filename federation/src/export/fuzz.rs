@@ -75,7 +75,7 @@ fn apply(s: &mut DcState, op: &Op) {
             let inst = Instance {
                 id,
                 service: (*service).into(),
-                node,
+                node: node.into(),
                 address: String::new(),
                 port: 80 + port,
                 tags: vec![],

@@ -352,10 +352,7 @@ impl Model {
 
 /// The replica's entries as the model writes them.
 fn held(data: &Data) -> Entries {
-    data.hashes
-        .iter()
-        .map(|(k, (_, h))| (k.clone(), *h))
-        .collect()
+    data.hashes.iter().map(|(k, h)| (k.clone(), *h)).collect()
 }
 
 /// The replica's readable state agrees with its entries: every entry is there, and nothing
@@ -368,7 +365,7 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
             Key::Node(n) => prop_assert!(state.node(n).is_some(), "node {n} missing"),
             Key::Instance(k) => {
                 instances += 1;
-                prop_assert!(state.instance(&k.node, &k.id).is_some(), "{k:?} missing");
+                prop_assert!(state.instance(k.node(), k.id()).is_some(), "{k:?} missing");
             }
             Key::Token(t) => prop_assert!(state.tokens().get(t).is_some(), "token {t} missing"),
             Key::Intention(k) => {

@@ -350,7 +350,7 @@ async fn a_rogue_node_can_neither_join_raft_nor_inject_an_entry() -> Result<()> 
         let command = meridian_catalog::Command::Register {
             instance: meridian_topology::Instance {
                 id: format!("{service}-1"),
-                service: service.to_owned(),
+                service: service.into(),
                 node: "n1".into(),
                 address: "203.0.113.1".into(),
                 port: 1,

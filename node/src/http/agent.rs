@@ -48,7 +48,7 @@ async fn write_checked(
             .view()
             .local()
             .instance(cat.node_name(), id)
-            .map(|i| i.service.clone());
+            .map(|i| i.service.to_string());
         match &seen {
             Some(service) => grant.require_service_write(service)?,
             None if !absent_ok => return Err(unknown_service(id)),
@@ -156,7 +156,7 @@ pub(super) async fn agent_services(
     let services: BTreeMap<&str, _> = view
         .local()
         .instances()
-        .filter(|i| mine && i.node == node)
+        .filter(|i| mine && &*i.node == node)
         .map(|i| (i.id.as_str(), AgentServiceJson::new(view.datacenter(), i)))
         .filter(|(_, s)| filter.as_ref().is_none_or(|f| f.matches_serialized(s)))
         .collect();
@@ -317,7 +317,7 @@ async fn ttl_update(
             .ok_or_else(|| unknown_check(id))?;
         let service = dc
             .instance(cat.node_name(), &check.service_id)
-            .map(|i| i.service.as_str())
+            .map(|i| i.service.as_ref())
             .unwrap_or_default();
         grant.require_check_update(service)?;
     }
@@ -497,7 +497,10 @@ pub(super) async fn agent_health_by_name(
     let view = state.view();
     let (dc_name, dc) = (view.datacenter(), view.local());
     let node = state.catalog().node_name();
-    let mine: Vec<&Instance> = dc.instances_of(&name).filter(|i| i.node == node).collect();
+    let mine: Vec<&Instance> = dc
+        .instances_of(&name)
+        .filter(|i| &*i.node == node)
+        .collect();
     let Some(worst) = mine.iter().map(|i| dc.health_of(i)).max() else {
         return Err(ApiError::not_found(format!("ServiceName {name} Not Found")));
     };
@@ -633,7 +636,7 @@ fn maintenance_check(node: &str, service: Option<&Instance>, reason: Option<Stri
         name: name.to_owned(),
         node: node.to_owned(),
         service_id: service.map(|i| i.id.clone()).unwrap_or_default(),
-        service_name: service.map(|i| i.service.clone()).unwrap_or_default(),
+        service_name: service.map(|i| i.service.to_string()).unwrap_or_default(),
         status: Health::Critical,
         output: String::new(),
         notes: reason.unwrap_or_else(|| {

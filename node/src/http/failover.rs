@@ -235,8 +235,8 @@ pub(super) async fn drain(
     }
     let instance = Instance {
         id: DRAIN_SERVICE.to_owned(),
-        service: DRAIN_SERVICE.to_owned(),
-        node: cat.node_name().to_owned(),
+        service: DRAIN_SERVICE.into(),
+        node: cat.node_name().into(),
         address: String::new(),
         port: 0,
         tags: Vec::new(),
@@ -268,7 +268,7 @@ pub(super) async fn undrain(
         .view()
         .local()
         .instances_of(DRAIN_SERVICE)
-        .map(|i| (i.node.clone(), i.id.clone()))
+        .map(|i| (i.node.to_string(), i.id.clone()))
         .collect();
     for (node, id) in marks {
         state.write(Command::Deregister { node, id }).await?;

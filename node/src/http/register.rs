@@ -710,8 +710,8 @@ pub fn build_registration(
 
     let instance = Instance {
         id: id.clone(),
-        service: name.to_owned(),
-        node: node.to_owned(),
+        service: name.into(),
+        node: node.into(),
         address,
         port,
         tags,
@@ -804,7 +804,7 @@ pub fn build_agent_check(
             let inst = current.instance(node, sid).ok_or_else(|| {
                 ApiError::not_found(format!("ServiceID {sid:?} does not exist on this node"))
             })?;
-            (inst.id.as_str(), inst.service.as_str())
+            (inst.id.as_str(), inst.service.as_ref())
         }
     };
     let owner = CheckOwner {
@@ -1055,7 +1055,7 @@ mod tests {
         .expect("valid");
         let i = &r.instance;
         assert_eq!(
-            (i.id.as_str(), i.service.as_str(), i.node.as_str()),
+            (i.id.as_str(), i.service.as_ref(), i.node.as_ref()),
             ("web-1", "web", "n1")
         );
         assert_eq!((i.address.as_str(), i.port), ("10.0.0.5", 8080));

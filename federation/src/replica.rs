@@ -43,25 +43,61 @@ pub enum ProtocolError {
     },
 }
 
+/// An instance entry's slot in [`Data::instances`]: its key's hash. Unit tests keep only four
+/// bits, so that the fuzz test meets colliding keys, which real 64-bit hashes of a million
+/// keys almost never are.
+fn slot_of(key_hash: u64) -> u64 {
+    if cfg!(test) { key_hash & 0xf } else { key_hash }
+}
+
+/// A replica's entries: the catalog they make and each entry's hash (for the digest).
 #[derive(Clone, Default)]
 struct Data {
     state: DcState,
-    /// Key → entry hash. An instance's key is the catalog's own (one allocation for both); the
-    /// key's hash, which picks its digest bucket, is computed again when needed (at a
-    /// subscription or a partial reset) rather than held for every entry.
-    hashes: OrdMap<Key, u64>,
+    /// Instance entries' hashes by their key's hash: an instance's key is already in `state`,
+    /// and a copy here (about 40 bytes a key in the tree, with a million instances) was the
+    /// largest thing a replica held after the catalog. Exact because the catalog holds an
+    /// instance exactly when its entry was upserted and not removed: a key the catalog holds is
+    /// in its slot or in `collided`, and a new key whose slot is taken goes to `collided`.
+    instances: OrdMap<u64, u64>,
+    /// Instance entries whose key hash another instance's key had first.
+    collided: OrdMap<Key, u64>,
+    /// Every other entry (nodes, tokens, intentions, the mesh root), by key: few, and the
+    /// catalog may refuse some (token caps), so they are kept by key.
+    others: OrdMap<Key, u64>,
     digest: u64,
 }
 
 impl Data {
+    /// The hash of the entry held under `key`, if any.
+    fn hash_of(&self, key: &Key) -> Option<u64> {
+        match key {
+            Key::Instance(k) => self.collided.get(key).copied().or_else(|| {
+                self.state
+                    .instance(k.node(), k.id())
+                    .and_then(|_| self.instances.get(&slot_of(key.hash())).copied())
+            }),
+            _ => self.others.get(key).copied(),
+        }
+    }
+
     fn upsert(&mut self, h: Hashed, batch: &mut StoreBatch) {
+        let old = match &h.key {
+            Key::Instance(k) => {
+                let held = self.state.instance(k.node(), k.id()).is_some();
+                let slot = slot_of(h.key_hash);
+                if let Some(v) = self.collided.get_mut(&h.key) {
+                    Some(std::mem::replace(v, h.hash))
+                } else if held || !self.instances.contains_key(&slot) {
+                    self.instances.insert(slot, h.hash)
+                } else {
+                    self.collided.insert(h.key.clone(), h.hash)
+                }
+            }
+            _ => self.others.insert(h.key.clone(), h.hash),
+        };
         entry::apply_entry(&mut self.state, &h.entry);
         batch.put(&h.key, &h.entry);
-        let key = match h.key {
-            Key::Instance(k) => Key::Instance(self.state.instance_key(&k).cloned().unwrap_or(k)),
-            other => other,
-        };
-        let old = self.hashes.insert(key, h.hash);
         self.digest = self
             .digest
             .wrapping_sub(old.unwrap_or(0))
@@ -74,9 +110,9 @@ impl Data {
         let new: HashSet<&Key> = upserts
             .iter()
             .map(|h| &h.key)
-            .filter(|k| !self.hashes.contains_key(*k))
+            .filter(|k| self.hash_of(k).is_none())
             .collect();
-        if self.hashes.len().saturating_add(new.len()) > max {
+        if self.len().saturating_add(new.len()) > max {
             return Err(ProtocolError::TooLarge {
                 what: "entries",
                 limit: max,
@@ -86,11 +122,41 @@ impl Data {
     }
 
     fn remove(&mut self, key: &Key, batch: &mut StoreBatch) {
-        if let Some(hash) = self.hashes.remove(key) {
+        let old = match key {
+            Key::Instance(k) => self.collided.remove(key).or_else(|| {
+                self.state
+                    .instance(k.node(), k.id())
+                    .and_then(|_| self.instances.remove(&slot_of(key.hash())))
+            }),
+            _ => self.others.remove(key),
+        };
+        if let Some(hash) = old {
             entry::remove_entry(&mut self.state, key);
             batch.delete(key);
             self.digest = self.digest.wrapping_sub(hash);
         }
+    }
+
+    /// Number of entries held.
+    fn len(&self) -> usize {
+        self.instances.len() + self.collided.len() + self.others.len()
+    }
+
+    /// Every entry's key with its key hash and entry hash.
+    fn entries(&self) -> impl Iterator<Item = (Key, u64, u64)> + '_ {
+        // The catalog's keys are the held ones: each is in `collided` or owns its slot.
+        let instances = self.state.instance_keys().filter_map(|k| {
+            let key = Key::Instance(k.clone());
+            let key_hash = key.hash();
+            let hash = self
+                .collided
+                .get(&key)
+                .or_else(|| self.instances.get(&slot_of(key_hash)))
+                .copied()?;
+            Some((key, key_hash, hash))
+        });
+        let others = self.others.iter().map(|(k, h)| (k.clone(), k.hash(), *h));
+        instances.chain(others)
     }
 }
 
@@ -173,14 +239,14 @@ impl Replica {
 
     /// The subscription request that resumes this replica.
     pub fn request(&self, subscriber_dc: &str, subscriber_node: &str) -> pb::SubscribeRequest {
-        let (bits, buckets) = if self.live.hashes.is_empty() {
+        let (bits, buckets) = if self.live.len() == 0 {
             (0, Vec::new())
         } else {
-            let bits = entry::bucket_bits_for(self.live.hashes.len());
+            let bits = entry::bucket_bits_for(self.live.len());
             let mut buckets = vec![0u64; 1 << bits];
-            for (key, hash) in &self.live.hashes {
-                let b = entry::bucket_of(key.hash(), bits) as usize;
-                buckets[b] = buckets[b].wrapping_add(*hash);
+            for (_, key_hash, hash) in self.live.entries() {
+                let b = entry::bucket_of(key_hash, bits) as usize;
+                buckets[b] = buckets[b].wrapping_add(hash);
             }
             (bits, buckets)
         };
@@ -228,10 +294,9 @@ impl Replica {
                     let drop: HashSet<u32> = r.buckets.into_iter().collect();
                     let mut data = self.live.clone();
                     let doomed: Vec<Key> = data
-                        .hashes
-                        .iter()
-                        .filter(|(k, _)| drop.contains(&entry::bucket_of(k.hash(), r.bucket_bits)))
-                        .map(|(k, _)| k.clone())
+                        .entries()
+                        .filter(|(_, kh, _)| drop.contains(&entry::bucket_of(*kh, r.bucket_bits)))
+                        .map(|(k, _, _)| k)
                         .collect();
                     for k in &doomed {
                         data.remove(k, &mut batch);
@@ -392,12 +457,12 @@ impl Replica {
 
     /// Number of entries held.
     pub fn len(&self) -> usize {
-        self.live.hashes.len()
+        self.live.len()
     }
 
     /// Whether the replica holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.live.hashes.is_empty()
+        self.live.len() == 0
     }
 }
 

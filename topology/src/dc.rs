@@ -207,10 +207,9 @@ impl DcState {
         self.instances.values().map(|i| &**i)
     }
 
-    /// The catalog's own copy of `key`, when it holds that instance: holders of many keys (a
-    /// replica's digest map) keep it rather than a copy of their own.
-    pub fn instance_key(&self, key: &InstanceKey) -> Option<&InstanceKey> {
-        self.instances.get_key_value(key).map(|(k, _)| k)
+    /// The keys of all instances, in order.
+    pub fn instance_keys(&self) -> impl Iterator<Item = &InstanceKey> {
+        self.instances.keys()
     }
 
     /// An instance by node and ID.

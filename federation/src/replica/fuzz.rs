@@ -352,7 +352,7 @@ impl Model {
 
 /// The replica's entries as the model writes them.
 fn held(data: &Data) -> Entries {
-    data.hashes.iter().map(|(k, h)| (k.clone(), *h)).collect()
+    data.entries().map(|(k, _, h)| (k, h)).collect()
 }
 
 /// The replica's readable state agrees with its entries: every entry is there, and nothing
@@ -360,7 +360,9 @@ fn held(data: &Data) -> Entries {
 fn check_state(data: &Data) -> Result<(), TestCaseError> {
     let state = &data.state;
     let mut instances = 0;
-    for key in data.hashes.keys() {
+    let keys: Vec<Key> = data.entries().map(|(k, _, _)| k).collect();
+    prop_assert_eq!(keys.len(), data.len(), "entries listed and counted differ");
+    for key in &keys {
         match key {
             Key::Node(n) => prop_assert!(state.node(n).is_some(), "node {n} missing"),
             Key::Instance(k) => {
@@ -376,28 +378,22 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(
         state.tokens().len(),
-        data.hashes
-            .keys()
-            .filter(|k| matches!(k, Key::Token(_)))
-            .count()
+        keys.iter().filter(|k| matches!(k, Key::Token(_))).count()
     );
     prop_assert_eq!(state.instance_count(), instances);
     prop_assert_eq!(
         state.nodes().count(),
-        data.hashes
-            .keys()
-            .filter(|k| matches!(k, Key::Node(_)))
-            .count()
+        keys.iter().filter(|k| matches!(k, Key::Node(_))).count()
     );
     for c in state.checks() {
         let owner = if c.service_id.is_empty() {
-            data.hashes.contains_key(&Key::node(&c.node))
+            data.hash_of(&Key::node(&c.node)).is_some()
         } else {
-            data.hashes
-                .contains_key(&Key::Instance(meridian_topology::InstanceKey::new(
-                    &c.node,
-                    &c.service_id,
-                )))
+            data.hash_of(&Key::Instance(meridian_topology::InstanceKey::new(
+                &c.node,
+                &c.service_id,
+            )))
+            .is_some()
         };
         prop_assert!(owner, "check {c:?} outlived its entry");
     }
@@ -474,7 +470,7 @@ proptest! {
             );
             prop_assert!(r.len() <= max_entries);
             if let Some((data, batch)) = &r.staging {
-                prop_assert!(data.hashes.len() <= max_entries);
+                prop_assert!(data.len() <= max_entries);
                 prop_assert!(batch.size_bytes() <= max_staging_bytes);
             }
             check_state(&r.live)?;

@@ -387,7 +387,9 @@ impl Runner {
             // A DC this node has not seen yet is not news (every remote starts so): only one that
             // was published up and went down is a warning.
             if *was_up {
-                tracing::warn!(%dc, "datacenter down: answers and routes move away from it");
+                // The bound it was found within, for a drill or a benchmark to hold it to.
+                let bound_ms = self.published.as_ref().map(|f| f.liveness(dc).bound_ms);
+                tracing::warn!(%dc, ?bound_ms, "datacenter down: answers and routes move away from it");
             } else {
                 tracing::info!(%dc, "datacenter not yet reachable: no answers into it until it is");
             }

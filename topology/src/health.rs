@@ -150,6 +150,8 @@ struct Track {
     rtt_us: Option<f64>,
     /// The latest RTT sample, in microseconds.
     last_rtt_us: Option<f64>,
+    /// The one before it.
+    prev_rtt_us: Option<f64>,
     drained: bool,
 }
 
@@ -194,6 +196,7 @@ impl Detector {
             control_up: false,
             rtt_us: None,
             last_rtt_us: None,
+            prev_rtt_us: None,
             drained: false,
         })
     }
@@ -212,7 +215,7 @@ impl Detector {
         if let Some(rtt) = rtt_us {
             let rtt = f64::from(rtt);
             t.rtt_us = Some(t.rtt_us.map_or(rtt, |s| s + RTT_ALPHA * (rtt - s)));
-            t.last_rtt_us = Some(rtt);
+            t.prev_rtt_us = t.last_rtt_us.replace(rtt);
         }
         t.evaluate(now, &config);
     }
@@ -348,13 +351,19 @@ impl Track {
     /// How much longer than the thresholds an answer may be late on this DC's WAN: twice the
     /// probe round trip (a lost packet costs about that), at most `down_after`, so that the
     /// detection bound at most doubles however slow the WAN. The round trip is the larger of
-    /// the smoothed one and the latest sample: when the WAN slows down at once, the smoothed
-    /// value takes several answers to follow, and meanwhile the next answers are as late as the
-    /// new round trip, which is no sign of death.
+    /// the smoothed one and the smaller of the last two samples: when the WAN slows down at
+    /// once, the smoothed value takes several answers to follow, and meanwhile the next answers
+    /// are as late as the new round trip, which is no sign of death; but one slow answer alone
+    /// (a busy moment on either host) is no new round trip, and letting it widen the slack
+    /// delayed the detection of a DC lost just after it by twice that answer's time.
     fn slack_ms(&self, config: &DetectorConfig) -> u64 {
-        let rtt = match (self.rtt_us, self.last_rtt_us) {
-            (Some(s), Some(l)) => Some(s.max(l)),
-            (s, l) => s.or(l),
+        let recent = match (self.last_rtt_us, self.prev_rtt_us) {
+            (Some(l), Some(p)) => Some(l.min(p)),
+            (l, _) => l,
+        };
+        let rtt = match (self.rtt_us, recent) {
+            (Some(s), Some(r)) => Some(s.max(r)),
+            (s, r) => s.or(r),
         };
         rtt.map_or(0, |us| (2.0 * us / 1000.0) as u64)
             .min(config.down_after_ms)
@@ -693,6 +702,43 @@ mod tests {
         assert_eq!(suspect, Some(1000 + C.suspect_after_ms));
         assert_eq!(down, Some(1000 + C.down_after_ms));
         assert_eq!(d.liveness()["dc2"].bound_ms, C.down_after_ms);
+    }
+
+    /// The moment a DC that answered every 100 ms (after `rtts`, in µs) and then fell silent
+    /// at 1 s is found down.
+    fn down_at(rtts: &[u32]) -> u64 {
+        let mut d = Detector::new(C);
+        let mut t = 0;
+        for rtt in rtts {
+            d.probe("dc2", t, Some(*rtt));
+            t += 100;
+        }
+        let last = t - 100;
+        let mut now = last;
+        while let Some(at) = d.next_deadline(now) {
+            now = at;
+            d.tick(now);
+            if d.status("dc2") == Some(DcStatus::Down) {
+                return now - last;
+            }
+        }
+        u64::MAX
+    }
+
+    #[test]
+    fn one_slow_answer_does_not_widen_the_bound_but_a_slower_wan_does() {
+        let lan = [1_000; 11];
+        assert_eq!(down_at(&lan), 1502, "2 × 1 ms of slack");
+        // One answer in 75 ms just before the loss (a busy moment): only the smoothed RTT moves
+        // (by a fifth), not the slack by twice 75 ms.
+        let mut busy = lan;
+        busy[10] = 75_000;
+        assert_eq!(down_at(&busy), 1531);
+        // Two slow answers in a row: the WAN slowed down, and the next answers may be that late.
+        let mut slower = lan;
+        slower[9] = 75_000;
+        slower[10] = 80_000;
+        assert_eq!(down_at(&slower), 1650, "2 × 75 ms");
     }
 
     proptest! {

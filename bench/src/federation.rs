@@ -968,8 +968,9 @@ struct SyncRun {
     from_start_ms: f64,
     /// From the process start until its HTTP API first answered.
     http_ready_ms: f64,
-    /// From the first status listing dc1 (the subscriber learned dc1 through --join-wan and its
-    /// follower started) until the digests are equal.
+    /// From the first status listing dc1 until the digests are equal: 0 since a node lists a
+    /// remote DC only once its replica first synced (kept for the record; the target reads the
+    /// log's figure).
     from_learned_ms: f64,
     /// From the subscriber's log: `joined` (dc1 discovered) to `replica synced` for dc1.
     log_joined_to_synced_ms: Option<f64>,
@@ -2158,15 +2159,16 @@ async fn phases(
             intentions.target_p99_ms,
         ),
         format!(
-            "initial sync under 2 s (from learning dc1 to an equal digest): {}",
+            "initial sync under 2 s (the subscriber's log: dc1 joined → replica synced; from \
+             its start when the log has no such lines): {}",
             syncs
                 .iter()
-                .map(|s| format!(
-                    "{} {:.0} ms ({})",
-                    s.subscriber,
-                    s.from_learned_ms,
-                    met(s.from_learned_ms < 2000.0)
-                ))
+                .map(|s| {
+                    // Not `from_learned_ms`: a node lists a remote DC only once its replica has
+                    // synced, so the first status naming dc1 already has its digest (0 ms).
+                    let ms = s.log_joined_to_synced_ms.unwrap_or(s.from_start_ms);
+                    format!("{} {:.0} ms ({})", s.subscriber, ms, met(ms < 2000.0))
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

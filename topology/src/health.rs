@@ -416,7 +416,14 @@ impl Track {
         // evidence sources never shortens the hysteresis.
         let from = |t: u64| now.saturating_sub(t.max(self.health_since));
         let silent = from(source.last_ok.or(source.first_report).unwrap_or(0));
+        // A DC not heard from since this node started is published as down anyway (see
+        // `published_status`) but is not *found* down: its first evidence makes it up at once.
+        // Finding it down for its silence made its first evidence wait out the failback period,
+        // so a first sync longer than `down_after` (a big replica) left the DC unanswered for
+        // five seconds after it had arrived whole.
+        let never_heard = self.data.last_ok.is_none() && self.control.last_ok.is_none();
         self.health = match self.health {
+            DcStatus::Up | DcStatus::Suspect if never_heard => DcStatus::Up,
             DcStatus::Down | DcStatus::Drained => match source.streak {
                 Some(start) if from(start) >= config.failback_after_ms => DcStatus::Up,
                 _ => DcStatus::Down,
@@ -702,6 +709,28 @@ mod tests {
         assert_eq!(suspect, Some(1000 + C.suspect_after_ms));
         assert_eq!(down, Some(1000 + C.down_after_ms));
         assert_eq!(d.liveness()["dc2"].bound_ms, C.down_after_ms);
+    }
+
+    #[test]
+    fn a_dc_first_heard_from_after_a_long_sync_is_up_at_once() {
+        let mut d = Detector::new(C);
+        d.watch("dc2", 0);
+        // Its stream is open but its first sync takes 10 s: no confirmation meanwhile, and its
+        // gateways are unknown until the replica names them.
+        for t in (0..10_000).step_by(100) {
+            d.control("dc2", t, false);
+            d.tick(t);
+            assert_eq!(
+                d.liveness()["dc2"].status,
+                DcStatus::Down,
+                "published at {t}"
+            );
+        }
+        d.control("dc2", 10_000, true);
+        assert_eq!(d.liveness()["dc2"].status, DcStatus::Up);
+        // Once heard from, silence is judged as always.
+        d.tick(10_000 + C.down_after_ms);
+        assert_eq!(d.liveness()["dc2"].status, DcStatus::Down);
     }
 
     /// The moment a DC that answered every 100 ms (after `rtts`, in µs) and then fell silent

@@ -176,8 +176,9 @@ pub struct Upstream {
 /// `(node, instance id)`: instance IDs are unique per node, as in Consul.
 ///
 /// Both names live in one shared allocation, so the catalog's maps (instances, by service, by
-/// destination) and a replica's digest map hold the same key for the price of a pointer each:
-/// with a million remote instances the key copies were a fifth of a replica's memory.
+/// destination) hold the same key for the price of a pointer each: with a million remote
+/// instances, the key's copies (two owned strings in each map) were a fifth of a replica's
+/// memory.
 #[derive(Clone)]
 pub struct InstanceKey {
     /// The node name, then the instance ID.

@@ -720,9 +720,22 @@ async fn check_answers(
                 .await
                 .ok()
                 .and_then(|v| v.as_array().map(Vec::len));
+            // The DC's failover status: a DC `down` answers nothing by design.
+            let status = node
+                .get_json("/v1/federation/datacenters")
+                .await
+                .ok()
+                .and_then(|v| {
+                    let dc = v
+                        .as_array()?
+                        .iter()
+                        .find(|x| x["Datacenter"] == dc_name(d).as_str())?;
+                    Some(format!("{} for {} ms", dc["Status"], dc["ForMs"]))
+                });
             wrong.push(format!(
                 "{name}: SRV rcode {} ports {ports:?}, A rcode {} {addrs:?} (want {want_n} of \
-                 {want_ports:?} / {want_addrs:?}); HTTP catalog: {http:?} instances",
+                 {want_ports:?} / {want_addrs:?}); HTTP catalog: {http:?} instances; DC status \
+                 {status:?}",
                 srv.rcode, a.rcode
             ));
         }

@@ -1200,9 +1200,20 @@ async fn phases(bin: &Path, quick: bool, out: &Path, opt: &Options, dir: &Path) 
             met(convergence.over_wan.p99_ms <= 50.0 && timeouts == 0)
         ),
         format!(
-            "resume bytes under 1 % of a full sync: {:.2} % ({})",
+            "digest resume bytes under 1 % of a full sync: {:.2} % after {:.0} distinct changes per \
+             DC ({}; {} digest catch-ups, {} window resumes, {} full syncs)",
             resume.ratio * 100.0,
-            met(resume.ratio < 0.01 && got.full_syncs == 0)
+            resume.churn.distinct_per_dc,
+            // Only a digest catch-up is what the target asks about: a resume from the change
+            // window (the gap was short) or a full sync is a different path.
+            if got.partial_syncs == 0 {
+                "not measured: no digest catch-up"
+            } else {
+                met(resume.ratio < 0.01 && got.full_syncs == 0)
+            },
+            got.partial_syncs,
+            got.resumes,
+            got.full_syncs
         ),
     ];
     targets.push(format!(

@@ -190,13 +190,13 @@ impl Origin {
     }
 
     /// Applies the entry `make` builds for the next index as one change of the origin, and
-    /// exports it.
-    fn change(&self, make: impl FnOnce(u64) -> pb::Entry) {
+    /// exports it; returns whether the export changed (a change that did not is no change).
+    fn change(&self, make: impl FnOnce(u64) -> pb::Entry) -> bool {
         let mut st = self.lock();
         let next = st.index() + 1;
         apply_entry(&mut st, &make(next));
         st.set_index(next);
-        self.exporter.update(&st);
+        self.exporter.update(&st).is_some()
     }
 
     /// The export's digest as `/v1/federation/status` prints it.
@@ -450,6 +450,8 @@ struct Churn {
     distinct_per_dc: f64,
     /// How far the churn fell behind its schedule at worst (the origin's own cost).
     max_behind_ms: f64,
+    /// Changes that left the export as it was (none expected: each must be a real change).
+    unexported: u64,
 }
 
 /// A probe change: DC, the probe's new address, when the origin had applied and exported it.
@@ -490,7 +492,9 @@ fn churn(
             let pd = (probe_no as usize) % dcs;
             let addr = conv_addr(probe_no as usize % 65_536);
             let o = &origins[pd];
-            o.change(|index| probe_entry(addr, index));
+            if !o.change(|index| probe_entry(addr, index)) {
+                out.unexported += 1;
+            }
             let _ = tx.send((pd, addr, Instant::now()));
             out.probes += 1;
         } else {
@@ -498,7 +502,9 @@ fn churn(
             let i = rng.usize(0..opt.instances.saturating_sub(1).max(1));
             let o = &origins[d];
             let port = 30_000 + (seq % 30_000) as u16;
-            o.change(|index| service_instance(i, opt.per_service, opt.nodes, port, index));
+            if !o.change(|index| service_instance(i, opt.per_service, opt.nodes, port, index)) {
+                out.unexported += 1;
+            }
             touched[d].insert(i);
         }
         out.changes += 1;
@@ -1300,8 +1306,13 @@ fn markdown(r: &Report) -> Result<String> {
     )?;
     writeln!(
         s,
-        "| churn | {} changes in {:.1} s ({:.0}/s, {:.0} distinct instances per DC), {} probes |",
-        c.churn.changes, c.churn.seconds, c.churn.rate, c.churn.distinct_per_dc, c.churn.probes
+        "| churn | {} changes in {:.1} s ({:.0}/s, {:.0} distinct instances per DC, {} that did not change the export), {} probes |",
+        c.churn.changes,
+        c.churn.seconds,
+        c.churn.rate,
+        c.churn.distinct_per_dc,
+        c.churn.unexported,
+        c.churn.probes
     )?;
     writeln!(
         s,
@@ -1357,4 +1368,150 @@ fn markdown(r: &Report) -> Result<String> {
         writeln!(s, "- {t}")?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on loopback: what the delay line fronts in the test.
+    async fn echo() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The delay line holds each direction for the delay (a round trip takes twice it), and a
+    /// cut closes the open connection and every new one until the heal.
+    #[tokio::test]
+    async fn delay_line_delays_both_ways_and_partitions() {
+        let inner = echo().await;
+        let outer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        outer.set_nonblocking(true).expect("nonblocking");
+        let port = outer.local_addr().expect("addr").port();
+        let (cut, cut_rx) = watch::channel(false);
+        let (_stop, stop_rx) = watch::channel(false);
+        let reconnected = Arc::new(Mutex::new(None));
+        let delay = Duration::from_millis(40);
+        tokio::spawn(delay_line(
+            outer,
+            inner,
+            delay,
+            cut_rx,
+            reconnected.clone(),
+            stop_rx,
+        ));
+
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 5];
+        let t = Instant::now();
+        c.write_all(b"hello").await.expect("write");
+        c.read_exact(&mut buf).await.expect("echo");
+        let rtt = t.elapsed();
+        assert_eq!(&buf, b"hello");
+        assert!(rtt >= 2 * delay, "round trip {rtt:?} under twice the delay");
+        assert!(
+            rtt < 2 * delay + Duration::from_millis(200),
+            "round trip {rtt:?}"
+        );
+        assert!(reconnected.lock().expect("lock").is_some());
+
+        cut.send_replace(true);
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the cut left the connection open"
+        );
+        let mut d = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let _ = d.write_all(b"x").await;
+        let got = tokio::time::timeout(Duration::from_secs(2), d.read(&mut buf)).await;
+        assert!(
+            matches!(got, Ok(Ok(0)) | Ok(Err(_))),
+            "a connection got through the cut"
+        );
+
+        cut.send_replace(false);
+        let mut e = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        e.write_all(b"again").await.expect("write");
+        e.read_exact(&mut buf).await.expect("echo after the heal");
+        assert_eq!(&buf, b"again");
+    }
+
+    /// Every change the churn makes moves the origin's export (a new entry, a new digest), and
+    /// the filled origin holds every instance and node.
+    #[test]
+    fn churn_changes_are_real() {
+        let opt = Options {
+            dcs: 2,
+            instances: 100,
+            per_service: 5,
+            nodes: 4,
+            churn_rate: 2_000,
+            churn_seconds: 0,
+            probe_every: 10,
+            wan_delay_ms: 0,
+            partition_seconds: 0,
+            window: 1_000,
+            dns_seconds: 0,
+            dns_reps: 0,
+        };
+        let origins: Vec<Origin> = (0..opt.dcs)
+            .map(|d| {
+                let state = DcState::default();
+                Origin {
+                    dc: dc_name(d),
+                    exporter: Arc::new(Exporter::new(ExportPolicy::all(), opt.window, &state)),
+                    state: Mutex::new(state),
+                    port: 0,
+                    cut: watch::channel(false).0,
+                    reconnected: Arc::default(),
+                }
+            })
+            .collect();
+        fill(&origins, &opt);
+        for o in &origins {
+            assert_eq!(o.exporter.len(), opt.instances + opt.nodes);
+            assert_eq!(o.lock().instance_count(), opt.instances);
+        }
+        let before: Vec<(u64, u64)> = origins.iter().map(|o| o.exporter.position()).collect();
+        let (tx, rx) = mpsc::channel();
+        let c = churn(&origins, &opt, 1, 0, Some(&tx));
+        assert_eq!(c.changes, 2_000);
+        let probes: Vec<Probe> = rx.try_iter().collect();
+        assert_eq!(probes.len() as u64, c.probes);
+        assert_eq!(c.probes, 200);
+        // Each change is one origin index, and each one changed the export.
+        let advanced: u64 = origins
+            .iter()
+            .zip(&before)
+            .map(|(o, b)| o.exporter.position().0 - b.0)
+            .sum();
+        assert_eq!(advanced, c.changes);
+        assert_eq!(c.unexported, 0);
+        for (o, b) in origins.iter().zip(&before) {
+            assert_ne!(
+                o.exporter.position().1,
+                b.1,
+                "{}'s digest did not move",
+                o.dc
+            );
+        }
+    }
 }

@@ -319,7 +319,7 @@ async fn register(base: &str, insts: Vec<Instance>) -> Result<()> {
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Rr {
     pub(crate) section: &'static str,
-    pub(crate) name: String,
+    name: String,
     pub(crate) rtype: u16,
     pub(crate) data: String,
 }
@@ -327,7 +327,7 @@ pub(crate) struct Rr {
 /// A DNS answer, its records in a comparable form.
 pub(crate) struct Answer {
     pub(crate) rcode: u16,
-    pub(crate) truncated: bool,
+    truncated: bool,
     pub(crate) records: Vec<Rr>,
 }
 
@@ -445,7 +445,7 @@ fn compare(meridian: SocketAddr, knot: SocketAddr, services: usize) -> Result<Ve
 }
 
 /// Busy CPU seconds of the whole machine (all cores), from the first line of /proc/stat.
-pub(crate) fn machine_busy_seconds(ticks: f64) -> Result<f64> {
+fn machine_busy_seconds(ticks: f64) -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
     let f: Vec<f64> = line

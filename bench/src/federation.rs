@@ -827,7 +827,7 @@ async fn received(http: &reqwest::Client, sub: &Agent, origin: &str) -> Result<B
 
 /// CPU seconds of an agent since it started (0 once it is gone: every phase checks that the
 /// agents still run).
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+fn cpu_seconds(pid: u32) -> f64 {
     meridian_testkit::meter::cpu_seconds(pid).unwrap_or(0.0)
 }
 

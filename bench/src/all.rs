@@ -15,13 +15,14 @@ use serde::Serialize;
 use crate::{machine, today};
 
 /// The benchmarks, in the order they run.
-const BENCHES: [&str; 10] = [
+const BENCHES: [&str; 11] = [
     "catalog",
     "membership",
     "backup",
     "tokens",
     "dns",
     "federation",
+    "scale",
     "gateway",
     "mesh",
     "wan",

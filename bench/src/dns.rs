@@ -53,30 +53,30 @@ pub struct Options {
 
 /// One dnsperf run against one server.
 #[derive(Serialize, Clone)]
-struct Run {
-    server: &'static str,
-    rep: usize,
+pub(crate) struct Run {
+    pub(crate) server: &'static str,
+    pub(crate) rep: usize,
     /// The dnsperf `-Q` rate limit, if any.
-    rate_limit: Option<f64>,
-    sent: u64,
-    completed: u64,
-    lost: u64,
-    response_codes: String,
-    qps: f64,
-    avg_latency_ms: f64,
-    min_latency_ms: f64,
-    max_latency_ms: f64,
+    pub(crate) rate_limit: Option<f64>,
+    pub(crate) sent: u64,
+    pub(crate) completed: u64,
+    pub(crate) lost: u64,
+    pub(crate) response_codes: String,
+    pub(crate) qps: f64,
+    pub(crate) avg_latency_ms: f64,
+    pub(crate) min_latency_ms: f64,
+    pub(crate) max_latency_ms: f64,
     /// dnsperf's average response size in bytes (the same answers should weigh the same).
-    avg_response_bytes: f64,
+    pub(crate) avg_response_bytes: f64,
     /// User + system CPU seconds the server spent during the run.
-    server_cpu_seconds: f64,
+    pub(crate) server_cpu_seconds: f64,
     /// Server CPU microseconds per completed query.
-    server_cpu_us_per_query: f64,
+    pub(crate) server_cpu_us_per_query: f64,
     /// dnsperf's own CPU seconds (sampled every 50 ms, so a little low).
-    dnsperf_cpu_seconds: f64,
+    pub(crate) dnsperf_cpu_seconds: f64,
     /// CPU seconds the whole machine spent beyond the server and dnsperf: other work competing
     /// with the run (another build, say) shows here.
-    other_cpu_seconds: f64,
+    pub(crate) other_cpu_seconds: f64,
 }
 
 /// The summary of one server.
@@ -198,10 +198,10 @@ fn query_file(services: usize) -> Result<String> {
 }
 
 /// A DNS server under test: its process (killed when dropped) and its port on 127.0.0.1.
-struct Server {
-    name: &'static str,
-    proc: Proc,
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) name: &'static str,
+    pub(crate) proc: Proc,
+    pub(crate) port: u16,
 }
 
 impl Server {
@@ -317,18 +317,18 @@ async fn register(base: &str, insts: Vec<Instance>) -> Result<()> {
 
 /// One resource record of an answer, in a comparable text form.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Rr {
-    section: &'static str,
+pub(crate) struct Rr {
+    pub(crate) section: &'static str,
     name: String,
-    rtype: u16,
-    data: String,
+    pub(crate) rtype: u16,
+    pub(crate) data: String,
 }
 
 /// A DNS answer, its records in a comparable form.
-struct Answer {
-    rcode: u16,
+pub(crate) struct Answer {
+    pub(crate) rcode: u16,
     truncated: bool,
-    records: Vec<Rr>,
+    pub(crate) records: Vec<Rr>,
 }
 
 /// The records of `m` (the EDNS OPT record aside, as hickory keeps it apart), names lowercased,
@@ -354,7 +354,7 @@ fn records(m: &Message) -> Vec<Rr> {
 }
 
 /// One UDP query (no recursion desired, no EDNS) with a 1 s timeout and up to three tries.
-fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Answer> {
+pub(crate) fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Answer> {
     let qname = Name::from_ascii(name).with_context(|| format!("bad name {name:?}"))?;
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -514,22 +514,22 @@ fn parse_dnsperf(out: &str) -> Result<Perf> {
 }
 
 /// The settings every dnsperf run shares.
-struct Load<'a> {
-    dnsperf: &'a Path,
-    queries: &'a Path,
-    dir: &'a Path,
-    core: Option<usize>,
-    outstanding: usize,
-    ticks: f64,
+pub(crate) struct Load<'a> {
+    pub(crate) dnsperf: &'a Path,
+    pub(crate) queries: &'a Path,
+    pub(crate) dir: &'a Path,
+    pub(crate) core: Option<usize>,
+    pub(crate) outstanding: usize,
+    pub(crate) ticks: f64,
     /// Reruns of a run disturbed by other work (none with `--quick`, to stay short).
-    retries: usize,
+    pub(crate) retries: usize,
 }
 
 impl Load<'_> {
     /// [`Load::run`], repeated (at most `retries` times) while other work on the machine took
     /// more than a tenth of a core during the run; the last attempt is kept, its interference
     /// recorded.
-    fn run_clean(
+    pub(crate) fn run_clean(
         &self,
         server: &mut Server,
         seconds: u64,

@@ -775,7 +775,7 @@ fn pid(a: &Agent) -> u32 {
 }
 
 /// `a`'s `/v1/federation/status`.
-async fn status(http: &reqwest::Client, a: &Agent) -> Result<Value> {
+pub(crate) async fn status(http: &reqwest::Client, a: &Agent) -> Result<Value> {
     Ok(http
         .get(a.url("/v1/federation/status"))
         .send()
@@ -786,7 +786,7 @@ async fn status(http: &reqwest::Client, a: &Agent) -> Result<Value> {
 }
 
 /// The origin `dc`'s export digest as this agent's replica holds it, if connected and synced.
-fn replica_digest<'a>(status: &'a Value, dc: &str) -> Option<&'a str> {
+pub(crate) fn replica_digest<'a>(status: &'a Value, dc: &str) -> Option<&'a str> {
     let r = status["Remotes"]
         .as_array()?
         .iter()
@@ -797,7 +797,7 @@ fn replica_digest<'a>(status: &'a Value, dc: &str) -> Option<&'a str> {
 }
 
 /// The value of sample `key` in Prometheus text `text`, as a count (0 when absent).
-fn metric(text: &str, key: &str) -> u64 {
+pub(crate) fn metric(text: &str, key: &str) -> u64 {
     meridian_testkit::metrics::value(text, key).map_or(0, |v| v as u64)
 }
 
@@ -855,17 +855,17 @@ fn a_records(m: &Message, id: u16) -> Option<Vec<Ipv4Addr>> {
 }
 
 /// Asks one DNS server, over and over, whether a name has an address.
-struct DnsProbe {
+pub(crate) struct DnsProbe {
     sock: UdpSocket,
     server: SocketAddr,
-    queries: u64,
+    pub(crate) queries: u64,
     /// The query for the name last asked (no recursion desired, no EDNS), built once per name:
     /// the probe asks every millisecond.
     query: Option<(String, Message)>,
 }
 
 impl DnsProbe {
-    fn new(server: SocketAddr) -> Result<DnsProbe> {
+    pub(crate) fn new(server: SocketAddr) -> Result<DnsProbe> {
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         Ok(DnsProbe {
@@ -877,7 +877,7 @@ impl DnsProbe {
     }
 
     /// Whether the server's answer to `name` A holds `want` (false on no answer within 100 ms).
-    fn has(&mut self, name: &str, want: Ipv4Addr) -> Result<bool> {
+    pub(crate) fn has(&mut self, name: &str, want: Ipv4Addr) -> Result<bool> {
         let (_, q) = match &mut self.query {
             Some(q) if q.0 == name => q,
             slot => {
@@ -991,16 +991,16 @@ struct SyncRun {
 }
 
 #[derive(Serialize, Default)]
-struct Dist {
-    count: usize,
-    mean_ms: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+pub(crate) struct Dist {
+    pub(crate) count: usize,
+    pub(crate) mean_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
-fn dist(mut v: Vec<f64>) -> Dist {
+pub(crate) fn dist(mut v: Vec<f64>) -> Dist {
     v.sort_by(f64::total_cmp);
     let pct = |p: f64| -> f64 {
         if v.is_empty() {
@@ -1513,7 +1513,7 @@ async fn wait_replica(
 }
 
 /// The address of convergence registration `i`.
-fn conv_addr(i: usize) -> Ipv4Addr {
+pub(crate) fn conv_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, (i / 256) as u8, (i % 256) as u8)
 }
 
@@ -2217,11 +2217,11 @@ async fn phases(
     crate::tools::write_report(out, "federation", &report, &md)
 }
 
-fn met(ok: bool) -> &'static str {
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
 
-fn kib(b: u64) -> String {
+pub(crate) fn kib(b: u64) -> String {
     if b >= 10 << 20 {
         format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
     } else if b >= 10 << 10 {

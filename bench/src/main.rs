@@ -23,6 +23,10 @@
 //! sidecar to sidecar with mutual TLS: connections/s, requests/s, bulk, added latency and CPU
 //! (see [`mesh`]).
 //!
+//! `scale` runs one node following twenty datacenters of 50,000 instances each, served by
+//! synthetic origins that speak the real federation protocol: initial sync, memory, DNS CPU per
+//! query, convergence under churn and the digest resume after a partition (see [`scale`]).
+//!
 //! `wan` times a new client connection's first response byte from dc2 to a service in dc1 over
 //! a delayed WAN: through the warm QUIC tunnel, the TCP fallback, two HAProxy relaying by SNI
 //! (Consul's way) and directly (see [`wan`]).
@@ -42,6 +46,7 @@ mod membership;
 mod mesh;
 mod procs;
 mod profile;
+mod scale;
 mod tokens;
 mod tools;
 mod wan;
@@ -264,6 +269,47 @@ enum What {
         #[arg(long, default_value_t = 50)]
         poll_ms: u64,
     },
+    /// One node following many datacenters (20 × 50,000 instances) served by synthetic origins:
+    /// initial sync, memory, DNS CPU per query, convergence under churn, resume after a partition.
+    Scale {
+        /// Remote datacenters the node follows.
+        #[arg(long, default_value_t = 20)]
+        dcs: usize,
+        /// Instances per datacenter (default 50,000, quick 2,000).
+        #[arg(long)]
+        instances: Option<usize>,
+        /// Instances per service.
+        #[arg(long, default_value_t = 5)]
+        per_service: usize,
+        /// Catalog nodes per datacenter (default 100, quick 10).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Changes per second in all, spread over the datacenters.
+        #[arg(long, default_value_t = 1_000)]
+        churn_rate: u64,
+        /// Seconds of churn timed for convergence (default 30, quick 5).
+        #[arg(long)]
+        churn_seconds: Option<u64>,
+        /// Every this many changes, one is a timed probe.
+        #[arg(long, default_value_t = 50)]
+        probe_every: u64,
+        /// One-way delay of the synthetic WAN, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        wan_delay_ms: u64,
+        /// Seconds every datacenter stays partitioned, the churn going on (default 5, quick 2).
+        #[arg(long)]
+        partition_seconds: Option<u64>,
+        /// The origins' change window in entries (smaller than the changes of a partition, so
+        /// that the resume is a digest catch-up).
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        /// Seconds per dnsperf run (default 10, quick 3).
+        #[arg(long)]
+        dns_seconds: Option<u64>,
+        /// dnsperf runs (default 2, quick 1).
+        #[arg(long)]
+        dns_reps: Option<usize>,
+    },
     /// Time to first byte of a new connection to another DC over a delayed WAN: the warm QUIC
     /// tunnel beside the TCP fallback, two HAProxy relaying by SNI (Consul's way) and direct.
     Wan {
@@ -362,6 +408,7 @@ impl What {
             What::Backup { .. } => "backup",
             What::Tokens { .. } => "tokens",
             What::Wan { .. } => "wan",
+            What::Scale { .. } => "scale",
         }
     }
 }
@@ -519,6 +566,37 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 poll_ms: poll_ms.clamp(10, 1000),
             };
             failover::run(&bin, &cli.out, opt).await?;
+        }
+        What::Scale {
+            dcs,
+            instances,
+            per_service,
+            nodes,
+            churn_rate,
+            churn_seconds,
+            probe_every,
+            wan_delay_ms,
+            partition_seconds,
+            window,
+            dns_seconds,
+            dns_reps,
+        } => {
+            let q = cli.quick;
+            let opt = scale::Options {
+                dcs,
+                instances: instances.unwrap_or(if q { 2_000 } else { 50_000 }),
+                per_service,
+                nodes: nodes.unwrap_or(if q { 10 } else { 100 }),
+                churn_rate,
+                churn_seconds: churn_seconds.unwrap_or(if q { 5 } else { 30 }),
+                probe_every,
+                wan_delay_ms,
+                partition_seconds: partition_seconds.unwrap_or(if q { 2 } else { 5 }),
+                window,
+                dns_seconds: dns_seconds.unwrap_or(if q { 3 } else { 10 }),
+                dns_reps: dns_reps.unwrap_or(if q { 1 } else { 2 }),
+            };
+            scale::run(&bin, cli.quick, &cli.out, opt).await?;
         }
         What::Wan {
             connections,

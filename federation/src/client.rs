@@ -78,7 +78,7 @@ enum StreamEnd {
     Connect(#[from] TlsError),
     #[error("gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("origin refused: {0}")]
+    #[error("gRPC status from the origin (a refusal, or a stream broken mid-way): {0}")]
     Status(#[from] tonic::Status),
     #[error("no message for {0:?}")]
     Idle(Duration),

@@ -651,11 +651,11 @@ async fn received(node: &Agent, origins: &[Origin]) -> Result<Received> {
 impl Received {
     fn since(&self, before: &Received) -> Received {
         Received {
-            bytes: self.bytes - before.bytes.min(self.bytes),
-            messages: self.messages - before.messages.min(self.messages),
-            full_syncs: self.full_syncs - before.full_syncs.min(self.full_syncs),
-            partial_syncs: self.partial_syncs - before.partial_syncs.min(self.partial_syncs),
-            resumes: self.resumes - before.resumes.min(self.resumes),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            messages: self.messages.saturating_sub(before.messages),
+            full_syncs: self.full_syncs.saturating_sub(before.full_syncs),
+            partial_syncs: self.partial_syncs.saturating_sub(before.partial_syncs),
+            resumes: self.resumes.saturating_sub(before.resumes),
         }
     }
 }

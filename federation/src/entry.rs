@@ -270,7 +270,7 @@ pub fn export_entry(
             })
         }
         Key::Instance(k) => {
-            let inst = state.instance(k.node(), k.id())?;
+            let inst = state.instance_at(k)?;
             if !exported(&inst.service) {
                 return None;
             }

@@ -74,7 +74,7 @@ impl Data {
         match key {
             Key::Instance(k) => self.collided.get(key).copied().or_else(|| {
                 self.state
-                    .instance(k.node(), k.id())
+                    .instance_at(k)
                     .and_then(|_| self.instances.get(&slot_of(key.hash())).copied())
             }),
             _ => self.others.get(key).copied(),
@@ -84,7 +84,7 @@ impl Data {
     fn upsert(&mut self, h: Hashed, batch: &mut StoreBatch) {
         let old = match &h.key {
             Key::Instance(k) => {
-                let held = self.state.instance(k.node(), k.id()).is_some();
+                let held = self.state.instance_at(k).is_some();
                 let slot = slot_of(h.key_hash);
                 if let Some(v) = self.collided.get_mut(&h.key) {
                     Some(std::mem::replace(v, h.hash))
@@ -122,19 +122,23 @@ impl Data {
     }
 
     fn remove(&mut self, key: &Key, batch: &mut StoreBatch) {
-        let old = match key {
-            Key::Instance(k) => self.collided.remove(key).or_else(|| {
-                self.state
-                    .instance(k.node(), k.id())
-                    .and_then(|_| self.instances.remove(&slot_of(key.hash())))
-            }),
-            _ => self.others.remove(key),
+        let Some(hash) = self.hash_of(key) else {
+            return;
         };
-        if let Some(hash) = old {
-            entry::remove_entry(&mut self.state, key);
-            batch.delete(key);
-            self.digest = self.digest.wrapping_sub(hash);
+        // Where `hash_of` found it: an instance's key is in `collided` or owns its slot.
+        match key {
+            Key::Instance(_) => {
+                if self.collided.remove(key).is_none() {
+                    self.instances.remove(&slot_of(key.hash()));
+                }
+            }
+            _ => {
+                self.others.remove(key);
+            }
         }
+        entry::remove_entry(&mut self.state, key);
+        batch.delete(key);
+        self.digest = self.digest.wrapping_sub(hash);
     }
 
     /// Number of entries held.

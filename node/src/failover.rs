@@ -267,7 +267,7 @@ fn touched_services(old: &DcState, new: &DcState) -> HashSet<Arc<str>> {
     };
     for key in &changes.instances {
         for state in [old, new] {
-            if let Some(i) = state.instance(key.node(), key.id()) {
+            if let Some(i) = state.instance_at(key) {
                 add(&i.service);
             }
         }

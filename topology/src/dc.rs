@@ -212,11 +212,14 @@ impl DcState {
         self.instances.keys()
     }
 
+    /// An instance by its key.
+    pub fn instance_at(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.instances.get(key).map(|i| &**i)
+    }
+
     /// An instance by node and ID.
     pub fn instance(&self, node: &str, id: &str) -> Option<&Instance> {
-        self.instances
-            .get(&InstanceKey::new(node, id))
-            .map(|i| &**i)
+        self.instance_at(&InstanceKey::new(node, id))
     }
 
     /// A check by node and check ID.
@@ -384,11 +387,11 @@ impl DcState {
             }
         }
         if changed {
-            self.insert_instance(inst);
+            self.insert_instance(inst, key);
             self.index = index;
         } else if let Some(o) = old {
             // Unchanged: put back the index entries taken out above.
-            self.insert_instance_arc(o);
+            self.insert_instance_arc(o, key);
         }
         changed
     }
@@ -524,24 +527,29 @@ impl DcState {
 
     /// Sets an instance and its checks exactly as given, indexes included (replicas).
     pub fn put_instance(&mut self, inst: Instance, checks: Vec<Check>) {
-        self.remove_instance(&inst.node, &inst.id);
+        let key = inst.key();
+        self.remove_instance_at(&key);
         for c in checks {
             self.insert_check(c);
         }
-        self.insert_instance(inst);
+        self.insert_instance(inst, key);
     }
 
     /// Removes an instance and its checks without touching the index (replicas). Returns whether
     /// it existed.
     pub fn remove_instance(&mut self, node: &str, id: &str) -> bool {
-        let key = InstanceKey::new(node, id);
-        let Some(old) = self.instances.remove(&key) else {
+        self.remove_instance_at(&InstanceKey::new(node, id))
+    }
+
+    /// [`DcState::remove_instance`] by key.
+    fn remove_instance_at(&mut self, key: &InstanceKey) -> bool {
+        let Some(old) = self.instances.remove(key) else {
             return false;
         };
-        self.unindex(&old, &key);
+        self.unindex(&old, key);
         let own: Vec<CheckKey> = self
-            .checks_on(node)
-            .filter(|c| c.service_id == id)
+            .checks_on(key.node())
+            .filter(|c| c.service_id == key.id())
             .map(|c| (c.node.clone(), c.id.clone()))
             .collect();
         for (n, id) in own {
@@ -762,15 +770,18 @@ impl DcState {
         }
     }
 
-    fn insert_instance(&mut self, mut inst: Instance) {
-        self.share_names(&mut inst);
-        self.insert_instance_arc(Arc::new(inst));
+    /// Stores `inst` under `key` (its key, which the caller has at hand).
+    fn insert_instance(&mut self, mut inst: Instance, key: InstanceKey) {
+        self.share_names(&mut inst, &key);
+        self.insert_instance_arc(Arc::new(inst), key);
     }
 
     /// Points `inst`'s service and node names at the copies another instance already holds, so
     /// that a service's instances, and a node's, share one allocation of each name (a replica
-    /// of a million instances otherwise holds a million copies of a few thousand names).
-    fn share_names(&self, inst: &mut Instance) {
+    /// of a million instances otherwise holds a million copies of a few thousand names). A
+    /// node's instances are neighbours in key order, so one of `key`'s neighbours is on the same
+    /// node if any instance is.
+    fn share_names(&self, inst: &mut Instance, key: &InstanceKey) {
         let same_service = self
             .by_service
             .get(&*lower(&inst.service))
@@ -783,17 +794,19 @@ impl DcState {
         }
         let same_node = self
             .instances
-            .range(InstanceKey::new(&inst.node, "")..)
-            .next()
-            .filter(|(k, _)| k.node() == &*inst.node);
+            .range::<_, InstanceKey>(..key)
+            .next_back()
+            .into_iter()
+            .chain(self.instances.range::<_, InstanceKey>(key..).next())
+            .find(|(k, _)| k.node() == key.node());
         if let Some((_, other)) = same_node {
             inst.node = other.node.clone();
         }
     }
 
-    /// Stores an instance and its index entries (by service, and by destination for a proxy).
-    fn insert_instance_arc(&mut self, inst: Arc<Instance>) {
-        let key = inst.key();
+    /// Stores an instance under its key, with its index entries (by service, and by destination
+    /// for a proxy).
+    fn insert_instance_arc(&mut self, inst: Arc<Instance>, key: InstanceKey) {
         self.by_service
             .entry(lower(&inst.service).into_owned())
             .or_default()
@@ -966,7 +979,8 @@ impl DcState {
             s.nodes.insert(lower(&n.name).into_owned(), Arc::new(n));
         }
         for i in snap.instances {
-            s.insert_instance(i);
+            let key = i.key();
+            s.insert_instance(i, key);
         }
         for c in snap.checks {
             s.insert_check(c);

@@ -319,11 +319,16 @@ impl Track {
     /// is not answered for (as if `Down`), since its replica on disk may be all that is left of
     /// it; its first evidence makes it `Up` at once, as it was never found down.
     fn published_status(&self) -> DcStatus {
-        if !self.drained && self.data.last_ok.is_none() && self.control.last_ok.is_none() {
+        if !self.drained && self.never_heard() {
             DcStatus::Down
         } else {
             self.status()
         }
+    }
+
+    /// Whether neither plane has shown evidence of life since this node started.
+    fn never_heard(&self) -> bool {
+        self.data.last_ok.is_none() && self.control.last_ok.is_none()
     }
 
     /// The data plane is the evidence while it is probed, the control plane otherwise. A probe
@@ -421,7 +426,7 @@ impl Track {
         // Finding it down for its silence made its first evidence wait out the failback period,
         // so a first sync longer than `down_after` (a big replica) left the DC unanswered for
         // five seconds after it had arrived whole.
-        let never_heard = self.data.last_ok.is_none() && self.control.last_ok.is_none();
+        let never_heard = self.never_heard();
         self.health = match self.health {
             DcStatus::Up | DcStatus::Suspect if never_heard => DcStatus::Up,
             DcStatus::Down | DcStatus::Drained => match source.streak {

@@ -367,7 +367,7 @@ fn check_state(data: &Data) -> Result<(), TestCaseError> {
             Key::Node(n) => prop_assert!(state.node(n).is_some(), "node {n} missing"),
             Key::Instance(k) => {
                 instances += 1;
-                prop_assert!(state.instance(k.node(), k.id()).is_some(), "{k:?} missing");
+                prop_assert!(state.instance_at(k).is_some(), "{k:?} missing");
             }
             Key::Token(t) => prop_assert!(state.tokens().get(t).is_some(), "token {t} missing"),
             Key::Intention(k) => {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use hickory_net::proto::rr::RecordType;
 use meridian_federation::counters::FederationCounters;
-use meridian_federation::entry::apply_entry;
+use meridian_federation::entry::{apply_entry, entry_key, remove_entry};
 use meridian_federation::export::{ExportPolicy, Exporter};
 use meridian_federation::limits::{Limits, StreamCap};
 use meridian_federation::peers::Registry;
@@ -195,6 +195,18 @@ impl Origin {
         let mut st = self.lock();
         let next = st.index() + 1;
         apply_entry(&mut st, &make(next));
+        st.set_index(next);
+        self.exporter.update(&st).is_some()
+    }
+
+    /// Removes the instance `entry` is of as one change of the origin, and exports it.
+    fn remove(&self, entry: &pb::Entry) -> bool {
+        let Ok(key) = entry_key(entry) else {
+            return false;
+        };
+        let mut st = self.lock();
+        let next = st.index() + 1;
+        remove_entry(&mut st, &key);
         st.set_index(next);
         self.exporter.update(&st).is_some()
     }
@@ -439,7 +451,7 @@ fn fill(origins: &[Origin], opt: &Options) {
 }
 
 /// What the churn made.
-#[derive(Serialize, Default, Clone)]
+#[derive(Serialize, Default, Clone, Debug)]
 struct Churn {
     seconds: f64,
     changes: u64,
@@ -452,13 +464,18 @@ struct Churn {
     max_behind_ms: f64,
     /// Changes that left the export as it was (none expected: each must be a real change).
     unexported: u64,
+    /// Of `changes`, deregistrations.
+    removals: u64,
+    /// Of `changes`, registrations again of an instance deregistered earlier in the phase.
+    additions: u64,
 }
 
 /// A probe change: DC, the probe's new address, when the origin had applied and exported it.
 type Probe = (usize, Ipv4Addr, Instant);
 
 /// Changes `rate` times a second for `seconds` (bounded by both), spread over the DCs in turn:
-/// a random service instance's port and modify index change (always a real change). With
+/// a random service instance's port and modify index change (always a real change), or one in
+/// ten its deregistration (registered again, with a new port, when next picked). With
 /// `probes`, every `probe_every`-th change moves instead the probe instance of the next DC to
 /// a new address, sent to `probes` once exported. Runs on the calling thread.
 fn churn(
@@ -473,6 +490,8 @@ fn churn(
     let t0 = Instant::now();
     let mut rng = fastrand::Rng::with_seed(first_seq ^ 0x5ca1e);
     let mut touched: Vec<HashSet<usize>> = vec![HashSet::new(); dcs];
+    // Instances deregistered and not yet back, per DC.
+    let mut gone: Vec<HashSet<usize>> = vec![HashSet::new(); dcs];
     let mut out = Churn::default();
     let mut probe_no = first_seq / opt.probe_every.max(1);
     for c in 0..total {
@@ -502,7 +521,20 @@ fn churn(
             let i = rng.usize(0..opt.instances.saturating_sub(1).max(1));
             let o = &origins[d];
             let port = 30_000 + (seq % 30_000) as u16;
-            if !o.change(|index| service_instance(i, opt.per_service, opt.nodes, port, index)) {
+            let make = |index| service_instance(i, opt.per_service, opt.nodes, port, index);
+            // One change in ten deregisters the instance; the next change that picks it
+            // registers it again (a replaced pod): removals and additions, not only updates.
+            let done = if gone[d].remove(&i) {
+                out.additions += 1;
+                o.change(make)
+            } else if rng.u8(..10) == 0 {
+                gone[d].insert(i);
+                out.removals += 1;
+                o.remove(&make(0))
+            } else {
+                o.change(make)
+            };
+            if !done {
                 out.unexported += 1;
             }
             touched[d].insert(i);
@@ -623,6 +655,8 @@ async fn wait_synced(node: &mut Agent, origins: &[Origin], limit: Duration) -> R
 #[derive(Serialize, Default, Clone, Copy)]
 struct Received {
     bytes: u64,
+    /// Bytes of the node's subscription requests (their digests), the other way.
+    sent: u64,
     messages: u64,
     full_syncs: u64,
     partial_syncs: u64,
@@ -640,6 +674,7 @@ async fn received(node: &Agent, origins: &[Origin]) -> Result<Received> {
             )
         };
         r.bytes += m("received_bytes_total");
+        r.sent += m("sent_bytes_total");
         r.messages += m("received_messages_total");
         r.full_syncs += m("full_syncs_total");
         r.partial_syncs += m("partial_syncs_total");
@@ -652,6 +687,7 @@ impl Received {
     fn since(&self, before: &Received) -> Received {
         Received {
             bytes: self.bytes.saturating_sub(before.bytes),
+            sent: self.sent.saturating_sub(before.sent),
             messages: self.messages.saturating_sub(before.messages),
             full_syncs: self.full_syncs.saturating_sub(before.full_syncs),
             partial_syncs: self.partial_syncs.saturating_sub(before.partial_syncs),
@@ -832,7 +868,8 @@ struct Resume {
     /// until every digest matched.
     from_reconnect_seconds: f64,
     received: Received,
-    /// Resume bytes ÷ the full initial sync's bytes.
+    /// Resume bytes, both ways (the node's requests and what it received), ÷ the full initial
+    /// sync's.
     ratio: f64,
 }
 
@@ -1165,15 +1202,16 @@ async fn phases(bin: &Path, quick: bool, out: &Path, opt: &Options, dir: &Path) 
             .saturating_duration_since(last_reconnect)
             .as_secs_f64(),
         received: got,
-        ratio: got.bytes as f64 / full.bytes.max(1) as f64,
+        ratio: (got.bytes + got.sent) as f64 / (full.bytes + full.sent).max(1) as f64,
     };
     eprintln!(
         "scale: resume after a {:.1} s partition ({:.0} distinct instances changed per DC): {} \
-         received ({:.2} % of the full sync's {}), {} partial and {} full syncs, digests matched \
-         {:.2} s after the heal",
+         received and {} sent ({:.2} % of the full sync's {}), {} partial and {} full syncs, \
+         digests matched {:.2} s after the heal",
         resume.partition_seconds,
         resume.churn.distinct_per_dc,
         kib(got.bytes),
+        kib(got.sent),
         resume.ratio * 100.0,
         kib(full.bytes),
         got.partial_syncs,
@@ -1206,8 +1244,8 @@ async fn phases(bin: &Path, quick: bool, out: &Path, opt: &Options, dir: &Path) 
             met(convergence.over_wan.p99_ms <= 50.0 && timeouts == 0)
         ),
         format!(
-            "digest resume bytes under 1 % of a full sync: {:.2} % after {:.0} distinct changes per \
-             DC ({}; {} digest catch-ups, {} window resumes, {} full syncs)",
+            "digest resume bytes (both ways) under 1 % of a full sync: {:.2} % after {:.0} distinct \
+             changes per DC ({}; {} digest catch-ups, {} window resumes, {} full syncs)",
             resume.ratio * 100.0,
             resume.churn.distinct_per_dc,
             // Only a digest catch-up is what the target asks about: a resume from the change
@@ -1306,11 +1344,13 @@ fn markdown(r: &Report) -> Result<String> {
     )?;
     writeln!(
         s,
-        "| churn | {} changes in {:.1} s ({:.0}/s, {:.0} distinct instances per DC, {} that did not change the export), {} probes |",
+        "| churn | {} changes in {:.1} s ({:.0}/s, {:.0} distinct instances per DC, {} removals and {} additions, {} that did not change the export), {} probes |",
         c.churn.changes,
         c.churn.seconds,
         c.churn.rate,
         c.churn.distinct_per_dc,
+        c.churn.removals,
+        c.churn.additions,
         c.churn.unexported,
         c.churn.probes
     )?;
@@ -1335,13 +1375,18 @@ fn markdown(r: &Report) -> Result<String> {
     )?;
     writeln!(
         s,
-        "| partition | {:.1} s, {} changes meanwhile ({:.0} distinct instances per DC) |",
-        re.partition_seconds, re.churn.changes, re.churn.distinct_per_dc
+        "| partition | {:.1} s, {} changes meanwhile ({:.0} distinct instances per DC; {} removals, {} additions) |",
+        re.partition_seconds,
+        re.churn.changes,
+        re.churn.distinct_per_dc,
+        re.churn.removals,
+        re.churn.additions
     )?;
     writeln!(
         s,
-        "| resume | {} received ({:.2} % of the full sync); {} partial, {} full syncs, {} resumes; digests matched {:.2} s after the heal, {:.2} s after the last DC's reconnection |\n",
+        "| resume | {} received, {} sent ({:.2} % of the full sync, both ways); {} partial, {} full syncs, {} resumes; digests matched {:.2} s after the heal, {:.2} s after the last DC's reconnection |\n",
         kib(re.received.bytes),
+        kib(re.received.sent),
         re.ratio * 100.0,
         re.received.partial_syncs,
         re.received.full_syncs,
@@ -1505,6 +1550,13 @@ mod tests {
             .sum();
         assert_eq!(advanced, c.changes);
         assert_eq!(c.unexported, 0);
+        // Removals and additions too, and the catalogs hold what they say.
+        assert!(c.removals > 100 && c.additions > 50, "{c:?}");
+        let held: usize = origins.iter().map(|o| o.lock().instance_count()).sum();
+        assert_eq!(
+            held as u64 + c.removals - c.additions,
+            (opt.dcs * opt.instances) as u64
+        );
         for (o, b) in origins.iter().zip(&before) {
             assert_ne!(
                 o.exporter.position().1,

@@ -129,6 +129,19 @@ pub fn bucket_of(key_hash: u64, bits: u32) -> u32 {
 /// The most digest buckets either side accepts (2^20, 8 MiB of digest).
 pub const MAX_BUCKET_BITS: u32 = 20;
 
+/// How many buckets a subscriber holding `entries` entries sums its keys in (a catch-up with an
+/// index): about 32 keys per bucket. Fewer than entry sums use: a bucket costs 4 bytes of every
+/// such request, and differs only where a key was removed, which its key list (4 bytes a key)
+/// then repairs.
+pub fn key_bucket_bits_for(entries: usize) -> u32 {
+    bucket_bits_for(entries / 4)
+}
+
+/// A key's hash as key sums and key lists carry it: its low 32 bits (buckets use the top ones).
+pub fn short_key_hash(key_hash: u64) -> u32 {
+    (key_hash & 0xffff_ffff) as u32
+}
+
 /// How many digest buckets a subscriber holding `entries` entries asks with: about eight entries
 /// per bucket, so a catch-up after a few changes resends a few small buckets.
 pub fn bucket_bits_for(entries: usize) -> u32 {

@@ -1,13 +1,15 @@
 //! The origin side: what this datacenter exports, kept as hashed entries, and a bounded window of
 //! recent changes so that a reconnecting subscriber resumes instead of starting over.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use imbl::OrdMap;
 use meridian_topology::InstanceKey;
 use meridian_topology::dc::DcState;
 use tokio::sync::watch;
+
+use meridian_protos::federation as pb;
 
 use crate::entry::{self, Hashed, Key};
 
@@ -76,21 +78,57 @@ pub enum Plan {
         /// The origin's digest at `index`.
         digest: u64,
     },
-    /// The entries of the buckets that differ (all, if `all`).
+    /// The entries of the buckets that differ (all, if `all`); or, for a subscriber that sent
+    /// its keys' sums, the entries changed after its index and the keys of the buckets whose
+    /// keys differ.
     Catchup {
         /// The subscriber drops everything it holds.
         all: bool,
         /// Buckets to replace, at `bucket_bits`.
         buckets: Vec<u32>,
+        /// Buckets where the subscriber keeps only the entries whose key is listed.
+        kept: Vec<pb::BucketKeys>,
         /// log2 of the bucket count.
         bucket_bits: u32,
-        /// Entries of those buckets.
+        /// Entries of those buckets, or the changed entries.
         entries: Vec<Arc<Hashed>>,
         /// The origin index of this state.
         index: u64,
         /// The origin's digest at `index`.
         digest: u64,
     },
+}
+
+/// A subscriber's digest: per bucket, what it sums. It says what a catch-up sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sums<'a> {
+    /// Its entries' hashes: every entry of each bucket that differs is sent (it has no index
+    /// this node can trust, or its state is not one this node had). Empty: it holds nothing.
+    Entries(&'a [u64]),
+    /// Its keys' short hashes ([`entry::short_key_hash`]), with an index it trusts: the entries
+    /// changed after that index are sent, and each bucket whose keys differ from this node's at
+    /// that index is sent as the list of this node's keys there (the subscriber drops the
+    /// others: the removed ones).
+    Keys(&'a [u32]),
+}
+
+/// When an entry found in the catalog at start last changed in the export, as far as the
+/// catalog's indices tell: `(born, since)` (see [`Exported`]). Tokens, intentions and the mesh
+/// root carry no index (few: they count as changed at `index`); so does a node exported only
+/// for the exported instances it hosts, which it may have got later than its own indices. A
+/// check removed without any other change leaves no index: a subscriber that misses it this
+/// way finds a digest mismatch and catches up by entry sums.
+fn changed_at(e: &pb::Entry, index: u64, all_nodes: bool) -> (u64, u64) {
+    let checks = |c: &[pb::Check]| c.iter().map(|c| c.modify_index).max().unwrap_or(0);
+    match e.entry.as_ref() {
+        Some(pb::entry::Entry::Node(n)) if all_nodes => n.node.as_ref().map_or((0, index), |o| {
+            (o.create_index, o.modify_index.max(checks(&n.checks)))
+        }),
+        Some(pb::entry::Entry::Instance(i)) => i.instance.as_ref().map_or((0, index), |o| {
+            (o.create_index, o.modify_index.max(checks(&i.checks)))
+        }),
+        _ => (0, index),
+    }
 }
 
 /// The subscriber fell out of the change window (it is too slow, or the window is too small).
@@ -105,9 +143,22 @@ pub struct Exporter {
     changed: watch::Sender<u64>,
 }
 
+/// An exported entry and when it last changed, so that a subscriber at an index outside the
+/// change window is sent what changed after it, not whole buckets.
+#[derive(Clone)]
+struct Exported {
+    h: Arc<Hashed>,
+    /// The index from which the subscriber at it holds this key: its entry's export then. Too
+    /// low or too high costs only bytes (a bucket's key list).
+    born: u64,
+    /// The index at or after which the entry last changed. Never lower than that change: a
+    /// subscriber at `since` or later holds this very entry.
+    since: u64,
+}
+
 struct Inner {
     source: DcState,
-    entries: OrdMap<Key, Arc<Hashed>>,
+    entries: OrdMap<Key, Exported>,
     digest: u64,
     index: u64,
     ring: VecDeque<Arc<Delta>>,
@@ -128,16 +179,24 @@ impl Exporter {
             .chain(state.tokens().iter().map(|t| Key::token(&t.key)))
             .chain(state.intentions().iter().map(|i| Key::intention(&i.key)))
             .chain(state.mesh_root().map(|_| Key::MeshRoot));
+        let index = state.index();
         for key in keys {
             if let Some(e) =
                 entry::export_entry(state, &key, &|s| policy.allows(s), policy.all_nodes())
             {
+                let (born, since) = changed_at(&e, index, policy.all_nodes());
                 let h = Hashed::new(key.clone(), e);
                 digest = digest.wrapping_add(h.hash);
-                entries.insert(key, Arc::new(h));
+                entries.insert(
+                    key,
+                    Exported {
+                        h: Arc::new(h),
+                        born,
+                        since,
+                    },
+                );
             }
         }
-        let index = state.index();
         Exporter {
             inner: Mutex::new(Inner {
                 source: state.clone(),
@@ -193,24 +252,33 @@ impl Exporter {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         let allows = |s: &str| self.policy.allows(s);
+        let index = state.index();
         for key in keys {
             let new = entry::export_entry(state, &key, &allows, all_nodes);
-            let old_hash = inner.entries.get(&key).map(|h| h.hash);
-            match (new, old_hash) {
+            let old = inner.entries.get(&key).map(|x| (x.h.hash, x.born));
+            match (new, old) {
                 (Some(e), old) => {
                     let h = Hashed::new(key.clone(), e);
-                    if old == Some(h.hash) {
+                    if old.map(|o| o.0) == Some(h.hash) {
                         continue;
                     }
                     inner.digest = inner
                         .digest
-                        .wrapping_sub(old.unwrap_or(0))
+                        .wrapping_sub(old.map_or(0, |o| o.0))
                         .wrapping_add(h.hash);
                     let h = Arc::new(h);
-                    inner.entries.insert(key, h.clone());
+                    let born = old.map_or(index, |o| o.1);
+                    inner.entries.insert(
+                        key,
+                        Exported {
+                            h: h.clone(),
+                            born,
+                            since: index,
+                        },
+                    );
                     upserts.push(h);
                 }
-                (None, Some(old)) => {
+                (None, Some((old, _))) => {
                     inner.digest = inner.digest.wrapping_sub(old);
                     inner.entries.remove(&key);
                     removals.push(key);
@@ -266,11 +334,22 @@ impl Exporter {
         self.len() == 0
     }
 
-    /// What to send a subscriber at `from_index` (0: no usable index) holding `buckets` (sums of
-    /// entry hashes at `bucket_bits`; empty when it holds nothing): the changes since its index
-    /// when this node still has them all, else the buckets that differ. A catch-up scans every
-    /// entry: call it off the runtime's workers (`spawn_blocking`).
-    pub fn plan(&self, from_index: u64, bucket_bits: u32, buckets: &[u64]) -> Plan {
+    /// What to send the subscriber that asked with `req`: [`Exporter::plan`] with the sums it
+    /// sent, of its entries or of its keys.
+    pub fn plan_request(&self, req: &pb::SubscribeRequest) -> Plan {
+        let sums = if req.key_sums.is_empty() {
+            Sums::Entries(&req.buckets)
+        } else {
+            Sums::Keys(&req.key_sums)
+        };
+        self.plan(req.from_index, req.bucket_bits, sums)
+    }
+
+    /// What to send a subscriber at `from_index` (0: no usable index) whose digest is `sums` at
+    /// `bucket_bits`: the changes since its index when this node still has them all, else a
+    /// catch-up (see [`Sums`]). A catch-up scans every entry: call it off the runtime's workers
+    /// (`spawn_blocking`).
+    pub fn plan(&self, from_index: u64, bucket_bits: u32, sums: Sums<'_>) -> Plan {
         // Only what is needed is taken under the lock, in O(1) for the entries (an `imbl` map
         // shares its nodes): the scan below must not hold up `update` or other subscribers.
         let (entries, index, digest) = {
@@ -291,36 +370,90 @@ impl Exporter {
             (inner.entries.clone(), inner.index, inner.digest)
         };
         let expected = 1usize << bucket_bits.min(entry::MAX_BUCKET_BITS);
-        // Without a digest (an empty replica) everything is sent.
-        let all = buckets.len() != expected || bucket_bits > entry::MAX_BUCKET_BITS;
-        let (bits, differing) = if all {
-            (0, HashSet::new())
-        } else {
-            let mut mine = vec![0u64; expected];
-            for h in entries.values() {
-                let b = entry::bucket_of(h.key_hash, bucket_bits) as usize;
-                mine[b] = mine[b].wrapping_add(h.hash);
-            }
-            let differing: HashSet<u32> = (0..expected)
-                .filter(|b| mine[*b] != buckets[*b])
-                .filter_map(|b| u32::try_from(b).ok())
-                .collect();
-            (bucket_bits, differing)
+        // Without a digest (an empty replica) everything is sent; key sums also need an index
+        // this node has reached (a subscriber ahead of it holds changes it cannot name).
+        let (len, keys) = match sums {
+            Sums::Entries(b) => (b.len(), false),
+            Sums::Keys(b) => (b.len(), true),
         };
-        let entries = entries
-            .values()
-            .filter(|h| all || differing.contains(&entry::bucket_of(h.key_hash, bits)))
-            .cloned()
-            .collect();
-        let mut buckets: Vec<u32> = differing.into_iter().collect();
-        buckets.sort_unstable();
-        Plan::Catchup {
-            all,
-            buckets,
-            bucket_bits: bits,
-            entries,
+        let all = len != expected
+            || bucket_bits > entry::MAX_BUCKET_BITS
+            || keys && (from_index == 0 || from_index > index);
+        let everything = |entries: &OrdMap<Key, Exported>| Plan::Catchup {
+            all: true,
+            buckets: Vec::new(),
+            kept: Vec::new(),
+            bucket_bits: 0,
+            entries: entries.values().map(|x| x.h.clone()).collect(),
             index,
             digest,
+        };
+        if all {
+            return everything(&entries);
+        }
+        fn differing<T: PartialEq>(mine: &[T], theirs: &[T]) -> Vec<u32> {
+            (0..mine.len())
+                .filter(|b| mine[*b] != theirs[*b])
+                .filter_map(|b| u32::try_from(b).ok())
+                .collect()
+        }
+        let bucket = |x: &Exported| entry::bucket_of(x.h.key_hash, bucket_bits);
+        match sums {
+            Sums::Entries(theirs) => {
+                let mut mine = vec![0u64; expected];
+                for x in entries.values() {
+                    let b = bucket(x) as usize;
+                    mine[b] = mine[b].wrapping_add(x.h.hash);
+                }
+                let buckets = differing(&mine, theirs);
+                let sent = entries
+                    .values()
+                    .filter(|x| buckets.binary_search(&bucket(x)).is_ok())
+                    .map(|x| x.h.clone())
+                    .collect();
+                Plan::Catchup {
+                    all: false,
+                    buckets,
+                    kept: Vec::new(),
+                    bucket_bits,
+                    entries: sent,
+                    index,
+                    digest,
+                }
+            }
+            Sums::Keys(theirs) => {
+                // The keys the subscriber held at its index, if it held exactly our export then.
+                let mut mine = vec![0u32; expected];
+                for x in entries.values().filter(|x| x.born <= from_index) {
+                    let b = bucket(x) as usize;
+                    mine[b] = mine[b].wrapping_add(entry::short_key_hash(x.h.key_hash));
+                }
+                let mut kept: Vec<pb::BucketKeys> = differing(&mine, theirs)
+                    .into_iter()
+                    .map(|bucket| pb::BucketKeys {
+                        bucket,
+                        keys: Vec::new(),
+                    })
+                    .collect();
+                let mut sent = Vec::new();
+                for x in entries.values() {
+                    if x.since > from_index {
+                        sent.push(x.h.clone());
+                    }
+                    if let Ok(i) = kept.binary_search_by_key(&bucket(x), |k| k.bucket) {
+                        kept[i].keys.push(entry::short_key_hash(x.h.key_hash));
+                    }
+                }
+                Plan::Catchup {
+                    all: false,
+                    buckets: Vec::new(),
+                    kept,
+                    bucket_bits,
+                    entries: sent,
+                    index,
+                    digest,
+                }
+            }
         }
     }
 
@@ -441,7 +574,7 @@ mod tests {
         let (start, _) = x.position();
         s.register(inst("n1", "x1", "web"), vec![], 100);
         x.update(&s);
-        match x.plan(start, 0, &[]) {
+        match x.plan(start, 0, Sums::Entries(&[])) {
             Plan::Resume { deltas, index, .. } => assert_eq!((deltas.len(), index), (1, 100)),
             other => panic!("expected a resume, got {other:?}"),
         }
@@ -455,7 +588,7 @@ mod tests {
             }
             t
         });
-        if let Plan::Catchup { entries, .. } = old.plan(0, 0, &[]) {
+        if let Plan::Catchup { entries, .. } = old.plan(0, 0, Sums::Entries(&[])) {
             for h in entries {
                 let b = h.key.bucket(bits) as usize;
                 buckets[b] = buckets[b].wrapping_add(h.hash);
@@ -466,7 +599,7 @@ mod tests {
             x.update(&s);
         }
         assert!(matches!(x.deltas_after(start), Err(TooFarBehind)));
-        match x.plan(start, bits, &buckets) {
+        match x.plan(start, bits, Sums::Entries(&buckets)) {
             Plan::Catchup {
                 all,
                 buckets,

@@ -4,7 +4,7 @@
 //! readers never see a half-received catalog; changes after that apply (and are published) as
 //! they come.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -243,17 +243,24 @@ impl Replica {
 
     /// The subscription request that resumes this replica.
     pub fn request(&self, subscriber_dc: &str, subscriber_node: &str) -> pb::SubscribeRequest {
-        let (bits, buckets) = if self.live.len() == 0 {
-            (0, Vec::new())
-        } else {
-            let bits = entry::bucket_bits_for(self.live.len());
-            let mut buckets = vec![0u64; 1 << bits];
+        // With an index it trusts, the replica sums its keys: the origin then knows what changed
+        // after the index and needs only to find what was removed. Without, its entries.
+        let (mut bits, mut buckets, mut key_sums) = (0, Vec::new(), Vec::new());
+        if self.live.len() > 0 && self.index > 0 {
+            bits = entry::key_bucket_bits_for(self.live.len());
+            key_sums = vec![0u32; 1 << bits];
+            for (_, key_hash, _) in self.live.entries() {
+                let b = entry::bucket_of(key_hash, bits) as usize;
+                key_sums[b] = key_sums[b].wrapping_add(entry::short_key_hash(key_hash));
+            }
+        } else if self.live.len() > 0 {
+            bits = entry::bucket_bits_for(self.live.len());
+            buckets = vec![0u64; 1 << bits];
             for (_, key_hash, hash) in self.live.entries() {
                 let b = entry::bucket_of(key_hash, bits) as usize;
                 buckets[b] = buckets[b].wrapping_add(hash);
             }
-            (bits, buckets)
-        };
+        }
         pb::SubscribeRequest {
             subscriber_dc: subscriber_dc.to_owned(),
             origin_dc: self.dc.to_string(),
@@ -265,6 +272,7 @@ impl Replica {
             subscriber_node: subscriber_node.to_owned(),
             subscriber_addresses: Vec::new(),
             gateway: None,
+            key_sums,
         }
     }
 
@@ -295,11 +303,25 @@ impl Replica {
                     if r.buckets.iter().any(|b| u64::from(*b) >= limit) {
                         return Err(ProtocolError::Malformed("bucket out of range"));
                     }
+                    if r.kept.iter().any(|k| u64::from(k.bucket) >= limit) {
+                        return Err(ProtocolError::Malformed("bucket out of range"));
+                    }
                     let drop: HashSet<u32> = r.buckets.into_iter().collect();
+                    // In a `kept` bucket, what the origin no longer holds goes.
+                    let mut kept: HashMap<u32, HashSet<u32>> = HashMap::new();
+                    for k in r.kept {
+                        kept.entry(k.bucket).or_default().extend(k.keys);
+                    }
                     let mut data = self.live.clone();
                     let doomed: Vec<Key> = data
                         .entries()
-                        .filter(|(_, kh, _)| drop.contains(&entry::bucket_of(*kh, r.bucket_bits)))
+                        .filter(|(_, kh, _)| {
+                            let b = entry::bucket_of(*kh, r.bucket_bits);
+                            drop.contains(&b)
+                                || kept
+                                    .get(&b)
+                                    .is_some_and(|keys| !keys.contains(&entry::short_key_hash(*kh)))
+                        })
                         .map(|(k, _, _)| k)
                         .collect();
                     for k in &doomed {
@@ -476,7 +498,7 @@ pub(crate) mod fuzz;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::export::{ExportPolicy, Exporter, Plan};
+    use crate::export::{ExportPolicy, Exporter, Plan, Sums};
     use meridian_topology::{Instance, Weights};
 
     fn inst(id: &str) -> Instance {
@@ -534,6 +556,7 @@ pub(crate) mod tests {
             Plan::Catchup {
                 all,
                 buckets,
+                kept,
                 bucket_bits,
                 entries,
                 index,
@@ -543,6 +566,7 @@ pub(crate) mod tests {
                     all,
                     bucket_bits,
                     buckets,
+                    kept,
                 })),
                 wrap(Kind::Batch(pb::Batch {
                     index,
@@ -579,30 +603,53 @@ pub(crate) mod tests {
         let mut s = registered(200);
         let x = Exporter::new(ExportPolicy::all(), 10, &s);
         let mut r = Replica::new("dc1");
-        feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
+        feed(&mut r, messages(x.plan(0, 0, Sums::Entries(&[])))).expect("snapshot");
         assert_eq!(r.digest(), x.position().1);
         assert_eq!(r.snapshot().state.instance_count(), 200);
 
-        // The origin moves on past its window while the replica is away.
+        // The origin moves on past its window while the replica is away: 30 instances
+        // deregistered, 5 changed, 1 new.
         for i in 0..30 {
             s.deregister("n1", &format!("w{i}"), 1000 + i);
+            x.update(&s);
+        }
+        for i in 100..105 {
+            let mut changed = inst(&format!("w{i}"));
+            changed.port = 81;
+            s.register(changed, vec![], 1100 + i);
             x.update(&s);
         }
         s.register(inst("new"), vec![], 2000);
         x.update(&s);
         let req = r.request("dc2", "n1");
-        let plan = x.plan(req.from_index, req.bucket_bits, &req.buckets);
-        let sent = match &plan {
-            Plan::Catchup { all, entries, .. } => {
-                assert!(!all);
-                entries.len()
+        assert!(
+            !req.key_sums.is_empty() && req.buckets.is_empty(),
+            "a replica with an index sums its keys"
+        );
+        let plan = x.plan_request(&req);
+        match &plan {
+            Plan::Catchup {
+                all,
+                buckets,
+                kept,
+                entries,
+                ..
+            } => {
+                assert!(!all && buckets.is_empty());
+                // Exactly what changed is resent; the removals cost a key list per bucket.
+                let mut sent: Vec<String> = entries
+                    .iter()
+                    .filter_map(|h| match &h.key {
+                        Key::Instance(k) => Some(k.id().to_owned()),
+                        _ => None,
+                    })
+                    .collect();
+                sent.sort();
+                assert_eq!(sent, ["new", "w100", "w101", "w102", "w103", "w104"]);
+                assert!(!kept.is_empty() && kept.len() <= 30, "{}", kept.len());
             }
             Plan::Resume { .. } => panic!("the window was too small to resume"),
-        };
-        assert!(
-            sent < 171,
-            "a catch-up resends only differing buckets ({sent} of 171)"
-        );
+        }
         feed(&mut r, messages(plan)).expect("catch-up");
         assert_eq!(r.digest(), x.position().1);
         assert_eq!(r.snapshot().index, 2000);
@@ -615,12 +662,12 @@ pub(crate) mod tests {
         let s = registered(50);
         let x = Exporter::new(ExportPolicy::all(), 1000, &s);
         let mut r = Replica::new("dc1");
-        feed(&mut r, messages(x.plan(0, 0, &[]))).expect("snapshot");
+        feed(&mut r, messages(x.plan(0, 0, Sums::Entries(&[])))).expect("snapshot");
         // Something went wrong (say, a digest mismatch): the index is no longer trusted.
         r.forget_index();
         let req = r.request("dc2", "n1");
         assert_eq!(req.from_index, 0);
-        match x.plan(req.from_index, req.bucket_bits, &req.buckets) {
+        match x.plan_request(&req) {
             Plan::Catchup { all, entries, .. } => {
                 assert!(!all);
                 assert!(entries.is_empty(), "nothing differs");
@@ -640,6 +687,7 @@ pub(crate) mod tests {
                 all: false,
                 bucket_bits: 2,
                 buckets: vec![9],
+                kept: vec![],
             })),
         };
         assert_eq!(
@@ -651,6 +699,7 @@ pub(crate) mod tests {
                 all: true,
                 bucket_bits: 0,
                 buckets: vec![],
+                kept: vec![],
             })),
         };
         r.apply(wrong_digest, 1, &mut out).expect("reset");
@@ -677,7 +726,8 @@ pub(crate) mod tests {
         let small = Exporter::new(ExportPolicy::all(), 10, &s);
         let mut r = Replica::new("dc1");
         r.set_limits(20, 1 << 20);
-        feed(&mut r, messages(small.plan(0, 0, &[]))).expect("a snapshot under the caps");
+        feed(&mut r, messages(small.plan(0, 0, Sums::Entries(&[]))))
+            .expect("a snapshot under the caps");
         let good = (r.digest(), r.snapshot().index, r.len());
 
         for i in 10..30 {
@@ -686,7 +736,11 @@ pub(crate) mod tests {
         let big = Exporter::new(ExportPolicy::all(), 10, &s);
         let mut out = Vec::new();
         assert_eq!(
-            feed_into(&mut r, messages(big.plan(0, 0, &[])), &mut out),
+            feed_into(
+                &mut r,
+                messages(big.plan(0, 0, Sums::Entries(&[]))),
+                &mut out
+            ),
             Err(ProtocolError::TooLarge {
                 what: "entries",
                 limit: 20
@@ -701,7 +755,11 @@ pub(crate) mod tests {
         r.set_limits(1_000, 512);
         let mut out = Vec::new();
         assert_eq!(
-            feed_into(&mut r, messages(big.plan(0, 0, &[])), &mut out),
+            feed_into(
+                &mut r,
+                messages(big.plan(0, 0, Sums::Entries(&[]))),
+                &mut out
+            ),
             Err(ProtocolError::TooLarge {
                 what: "bytes",
                 limit: 512
@@ -711,7 +769,7 @@ pub(crate) mod tests {
         // The staging is gone: the next stream starts over with a Reset, not "reset during a
         // snapshot".
         r.set_limits(1_000, 1 << 20);
-        feed(&mut r, messages(big.plan(0, 0, &[]))).expect("under raised caps");
+        feed(&mut r, messages(big.plan(0, 0, Sums::Entries(&[])))).expect("under raised caps");
         assert_eq!(r.len(), 30);
     }
 }

@@ -253,11 +253,9 @@ impl Federation for Service {
         // A catch-up scans every exported entry: off the runtime's workers.
         let exporter = self.exporter.clone();
         let from_index = req.from_index;
-        let plan = tokio::task::spawn_blocking(move || {
-            exporter.plan(req.from_index, req.bucket_bits, &req.buckets)
-        })
-        .await
-        .map_err(|_| Status::internal("planning the stream failed"))?;
+        let plan = tokio::task::spawn_blocking(move || exporter.plan_request(&req))
+            .await
+            .map_err(|_| Status::internal("planning the stream failed"))?;
         let stats = self.counters.subscriber(&peer.dc);
         stats.streams.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -372,6 +370,7 @@ impl Stream {
             Plan::Catchup {
                 all,
                 buckets,
+                kept,
                 bucket_bits,
                 entries,
                 index,
@@ -381,6 +380,7 @@ impl Stream {
                     all,
                     bucket_bits,
                     buckets,
+                    kept,
                 }))
                 .await?;
                 for chunk in entries.chunks(CHUNK) {

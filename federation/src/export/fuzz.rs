@@ -10,8 +10,8 @@ use meridian_topology::{Health, Instance, Node, Weights};
 use proptest::prelude::*;
 
 use super::*;
-use crate::replica::Replica;
 use crate::replica::tests::messages;
+use crate::replica::{ProtocolError, Replica};
 
 /// One change to the origin's catalog.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ fn exported(x: &Exporter) -> BTreeMap<Key, u64> {
     x.lock()
         .entries
         .iter()
-        .map(|(k, h)| (k.clone(), h.hash))
+        .map(|(k, h)| (k.clone(), h.h.hash))
         .collect()
 }
 
@@ -154,6 +154,7 @@ proptest! {
         synced_at in any::<prop::sample::Index>(),
         diverged in proptest::collection::vec(op(), 0..6),
         forget in any::<bool>(),
+        restart in any::<bool>(),
     ) {
         let mut s = DcState::default();
         for op in &before {
@@ -163,7 +164,7 @@ proptest! {
         let mut r = Replica::new("dc1");
         let synced_at = synced_at.index(after.len() + 1);
         if synced_at == 0 {
-            feed(&mut r, x.plan(0, 0, &[])).expect("first sync");
+            feed(&mut r, x.plan(0, 0, Sums::Entries(&[]))).expect("first sync");
         }
         for (i, (op, update)) in after.iter().enumerate() {
             apply(&mut s, op);
@@ -173,10 +174,13 @@ proptest! {
             }
             if i + 1 == synced_at {
                 x.update(&s);
-                feed(&mut r, x.plan(0, 0, &[])).expect("first sync");
+                feed(&mut r, x.plan(0, 0, Sums::Entries(&[]))).expect("first sync");
             }
         }
         x.update(&s);
+        // The origin restarted: its change window is gone, and when each entry changed is what
+        // the catalog's indices say.
+        let x = if restart { Exporter::new(policy.clone(), window, &s) } else { x };
         if !diverged.is_empty() {
             // The replica holds something else (another history): only its digests are
             // trusted, as after a digest mismatch.
@@ -186,15 +190,30 @@ proptest! {
             }
             let y = Exporter::new(policy, window, &other);
             let mut fresh = Replica::new("dc1");
-            feed(&mut fresh, y.plan(0, 0, &[])).expect("sync from the other history");
+            feed(&mut fresh, y.plan(0, 0, Sums::Entries(&[]))).expect("sync from the other history");
             r = fresh;
-            r.forget_index();
-        } else if forget {
+        }
+        if forget {
             r.forget_index();
         }
         let req = r.request("dc2", "n1");
-        let plan = x.plan(req.from_index, req.bucket_bits, &req.buckets);
-        feed(&mut r, plan).expect("the plan applies");
+        prop_assert_eq!(!req.key_sums.is_empty(), req.from_index > 0 && !r.is_empty());
+        match feed(&mut r, x.plan_request(&req)) {
+            Ok(()) => {}
+            // Only a replica of another history, or an origin that restarted (a check removed
+            // alone leaves no index), may be caught up wrongly by key sums; the digest says so,
+            // and the replica catches up again by entry sums, as the client does.
+            Err(ProtocolError::DigestMismatch { .. })
+                if !req.key_sums.is_empty() && (restart || !diverged.is_empty()) =>
+            {
+                r.disconnected();
+                r.forget_index();
+                let req = r.request("dc2", "n1");
+                prop_assert!(req.key_sums.is_empty());
+                feed(&mut r, x.plan_request(&req)).expect("a catch-up by entry sums applies");
+            }
+            Err(e) => prop_assert!(false, "the plan did not apply: {e}"),
+        }
         let (index, digest) = x.position();
         prop_assert_eq!(r.digest(), digest);
         prop_assert_eq!(r.len(), x.len());
@@ -222,6 +241,7 @@ proptest! {
             1 => proptest::collection::vec(any::<u64>(), 0..40).prop_map(Err),
         ],
         length_off in prop_oneof![4 => Just(0i64), 1 => -2i64..3],
+        keys in any::<bool>(),
     ) {
         let mut s = DcState::default();
         let x = Exporter::new(ExportPolicy::all(), window, &s);
@@ -233,6 +253,13 @@ proptest! {
         }
         x.update(&s);
         let mine = exported(&x);
+        // key → (key hash, born, since)
+        let when: BTreeMap<Key, (u64, u64, u64)> = x
+            .lock()
+            .entries
+            .iter()
+            .map(|(k, e)| (k.clone(), (e.h.key_hash, e.born, e.since)))
+            .collect();
         // The subscriber's sums: the export's (when `bits` is small enough to build them) with
         // some changed, or arbitrary; the length off by `length_off` now and then.
         let mut buckets = match (&sums, bits) {
@@ -240,7 +267,7 @@ proptest! {
                 let mut b = vec![0u64; 1 << bits];
                 for (k, h) in &mine {
                     let i = k.bucket(bits) as usize;
-                    b[i] = b[i].wrapping_add(*h);
+                    b[i] = b[i].wrapping_add(if keys { k.hash() } else { *h });
                 }
                 for (i, flip) in flips.iter().enumerate() {
                     if *flip && !b.is_empty() {
@@ -263,7 +290,10 @@ proptest! {
             (inner.ring_base, inner.index, inner.ring.iter().map(|d| d.index).collect())
         };
         let (index, digest) = x.position();
-        match x.plan(from_index, bits, &buckets) {
+        // Key sums are 32 bits: the low half of the sums above (of the keys' hashes).
+        let short: Vec<u32> = buckets.iter().map(|b| (b & 0xffff_ffff) as u32).collect();
+        let sums_of = if keys { Sums::Keys(&short) } else { Sums::Entries(&buckets) };
+        match x.plan(from_index, bits, sums_of) {
             Plan::Resume { deltas, index: to, digest: d } => {
                 prop_assert!(from_index > 0 && from_index >= ring_base && from_index <= ring_index);
                 let got: Vec<u64> = deltas.iter().map(|d| d.index).collect();
@@ -271,18 +301,56 @@ proptest! {
                 prop_assert_eq!(got, want);
                 prop_assert_eq!((to, d), (index, digest));
             }
-            Plan::Catchup { all, buckets: differing, bucket_bits, entries, index: to, digest: d } => {
+            Plan::Catchup { all, buckets: differing, kept, bucket_bits, entries, index: to, digest: d } => {
                 prop_assert!(!(from_index > 0 && from_index >= ring_base && from_index <= ring_index));
                 prop_assert_eq!((to, d), (index, digest));
-                let comparable = bits <= entry::MAX_BUCKET_BITS && buckets.len() == 1 << bits;
+                let comparable = bits <= entry::MAX_BUCKET_BITS
+                    && buckets.len() == 1 << bits
+                    && (!keys || from_index > 0 && from_index <= index);
                 prop_assert_eq!(all, !comparable);
                 let sent: BTreeMap<Key, u64> =
                     entries.iter().map(|h| (h.key.clone(), h.hash)).collect();
                 prop_assert_eq!(sent.len(), entries.len(), "an entry sent twice");
                 if all {
-                    prop_assert_eq!((bucket_bits, differing.len()), (0, 0));
+                    prop_assert_eq!((bucket_bits, differing.len(), kept.len()), (0, 0, 0));
                     prop_assert_eq!(sent, mine);
+                } else if keys {
+                    // The entries changed after the index; for each bucket whose keys then
+                    // differ from the subscriber's, every key held there.
+                    prop_assert_eq!((bucket_bits, differing.len()), (bits, 0));
+                    let mut sums = vec![0u32; short.len()];
+                    for (kh, born, _) in when.values() {
+                        if *born <= from_index {
+                            let i = entry::bucket_of(*kh, bits) as usize;
+                            sums[i] = sums[i].wrapping_add(entry::short_key_hash(*kh));
+                        }
+                    }
+                    let want: Vec<u32> = (0..short.len())
+                        .filter(|i| sums[*i] != short[*i])
+                        .map(|i| u32::try_from(i).expect("at most 2^20 buckets"))
+                        .collect();
+                    let got: Vec<u32> = kept.iter().map(|k| k.bucket).collect();
+                    prop_assert_eq!(&got, &want);
+                    for k in &kept {
+                        let mut listed = k.keys.clone();
+                        listed.sort_unstable();
+                        let mut held: Vec<u32> = when
+                            .values()
+                            .map(|w| w.0)
+                            .filter(|kh| entry::bucket_of(*kh, bits) == k.bucket)
+                            .map(entry::short_key_hash)
+                            .collect();
+                        held.sort_unstable();
+                        prop_assert_eq!(listed, held);
+                    }
+                    let want: BTreeMap<Key, u64> = mine
+                        .iter()
+                        .filter(|(k, _)| when[*k].2 > from_index)
+                        .map(|(k, h)| (k.clone(), *h))
+                        .collect();
+                    prop_assert_eq!(sent, want);
                 } else {
+                    prop_assert!(kept.is_empty());
                     prop_assert_eq!(bucket_bits, bits);
                     let mut sums = vec![0u64; buckets.len()];
                     for (k, h) in &mine {
@@ -330,12 +398,12 @@ fn the_largest_bucket_count_is_compared_and_one_more_bit_is_not() {
         let i = k.bucket(bits) as usize;
         buckets[i] = buckets[i].wrapping_add(h);
     }
-    match x.plan(0, bits, &buckets) {
+    match x.plan(0, bits, Sums::Entries(&buckets)) {
         Plan::Catchup { all, entries, .. } => assert!(!all && entries.is_empty(), "in sync"),
         other => panic!("expected a catch-up, got {other:?}"),
     }
     for bits in [bits + 1, 32, 64, u32::MAX] {
-        match x.plan(0, bits, &buckets) {
+        match x.plan(0, bits, Sums::Entries(&buckets)) {
             Plan::Catchup { all, entries, .. } => assert!(all && entries.len() == 20),
             other => panic!("expected a catch-up, got {other:?}"),
         }

@@ -144,16 +144,35 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let bucket = || prop_oneof![8 => 0u32..16, 1 => any::<u32>()];
+    // Key lists of buckets: keys that exist (in their bucket or not) and arbitrary hashes.
+    let kept = proptest::collection::vec(
+        (
+            bucket(),
+            proptest::collection::vec(
+                prop_oneof![
+                    3 => key().prop_map(|k| Key::from_proto(&k)
+                        .map_or(0, |k| entry::short_key_hash(k.hash()))),
+                    1 => any::<u32>(),
+                ],
+                0..5,
+            ),
+        )
+            .prop_map(|(bucket, keys)| pb::BucketKeys { bucket, keys }),
+        0..3,
+    );
     let reset = (
         any::<bool>(),
         prop_oneof![6 => 0u32..4, 1 => 19u32..22, 1 => Just(u32::MAX)],
-        proptest::collection::vec(prop_oneof![8 => 0u32..16, 1 => any::<u32>()], 0..5),
+        proptest::collection::vec(bucket(), 0..5),
+        kept,
     )
-        .prop_map(|(all, bucket_bits, buckets)| {
+        .prop_map(|(all, bucket_bits, buckets, kept)| {
             Step::Reset(pb::Reset {
                 all,
                 bucket_bits,
                 buckets,
+                kept,
             })
         });
     let batch = (
@@ -242,12 +261,22 @@ impl Model {
                     }
                     if r.buckets
                         .iter()
+                        .chain(r.kept.iter().map(|k| &k.bucket))
                         .any(|b| u64::from(*b) >= 1 << r.bucket_bits)
                     {
                         return Err(ProtocolError::Malformed("bucket out of range"));
                     }
                     let mut kept = self.live.clone();
-                    kept.retain(|k, _| !r.buckets.contains(&k.bucket(r.bucket_bits)));
+                    kept.retain(|k, _| {
+                        let b = k.bucket(r.bucket_bits);
+                        // A bucket listed in `kept` keeps the keys any of its lists name.
+                        let listed = r.kept.iter().filter(|l| l.bucket == b);
+                        !r.buckets.contains(&b)
+                            && (listed.clone().next().is_none()
+                                || listed
+                                    .into_iter()
+                                    .any(|l| l.keys.contains(&entry::short_key_hash(k.hash()))))
+                    });
                     kept
                 };
                 self.staging = Some(kept);

@@ -110,6 +110,7 @@ pub fn snapshot(
         all: true,
         bucket_bits: 0,
         buckets: vec![],
+        kept: vec![],
     })];
     for chunk in entries.chunks(512) {
         out.push(Kind::Batch(pb::Batch {

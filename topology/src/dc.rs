@@ -11,8 +11,8 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
+use crate::instance_set::InstanceSet;
 use crate::intention::{IntentionMap, IntentionRecord, MAX_INTENTION_RECORDS};
-use crate::keyset::KeySet;
 use crate::lww::Stamp;
 use crate::mesh::{MAX_OTHER_ROOTS, MeshCa, MeshKey, MeshRoot, OtherRoot};
 use crate::model::{Check, Health, Instance, InstanceKey, Node};
@@ -34,7 +34,7 @@ fn lower(name: &str) -> Cow<'_, str> {
 }
 
 /// Removes `key` from the set of `name` in an index, and the set once empty.
-fn unindex_in(index: &mut OrdMap<String, KeySet>, name: &str, key: &InstanceKey) {
+fn unindex_in(index: &mut OrdMap<String, InstanceSet>, name: &str, key: &InstanceKey) {
     let name = lower(name);
     if let Some(set) = index.get_mut(&*name) {
         set.remove(key);
@@ -54,9 +54,9 @@ fn same_ip(addr: &str, ip: IpAddr) -> bool {
 pub struct DcState {
     nodes: OrdMap<String, Arc<Node>>,
     instances: OrdMap<InstanceKey, Arc<Instance>>,
-    by_service: OrdMap<String, KeySet>,
+    by_service: OrdMap<String, InstanceSet>,
     /// Mesh sidecars by the service they front (lowercase): that service's mesh endpoints.
-    by_destination: OrdMap<String, KeySet>,
+    by_destination: OrdMap<String, InstanceSet>,
     checks: ChecksByNode,
     /// Prepared queries by lowercased ID. They are the datacenter's own and never federated, so
     /// [`DcState::changes_since`] does not look at them.
@@ -170,12 +170,9 @@ impl DcState {
 
     /// Names of the services with at least one instance, sorted (ignoring case), as registered.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
-        self.by_service.values().filter_map(|keys| {
-            keys.iter()
-                .next()
-                .and_then(|k| self.instances.get(k))
-                .map(|i| &*i.service)
-        })
+        self.by_service
+            .values()
+            .filter_map(|set| set.iter().next().map(|i| &*i.service))
     }
 
     /// Number of registered instances.
@@ -188,8 +185,7 @@ impl DcState {
         self.by_service
             .get(&*lower(service))
             .into_iter()
-            .flat_map(|keys| keys.iter())
-            .filter_map(|k| self.instances.get(k).map(|i| &**i))
+            .flat_map(InstanceSet::iter)
     }
 
     /// The mesh sidecars (`connect-proxy` instances) whose destination is `service` (ignoring
@@ -198,8 +194,7 @@ impl DcState {
         self.by_destination
             .get(&*lower(service))
             .into_iter()
-            .flat_map(|keys| keys.iter())
-            .filter_map(|k| self.instances.get(k).map(|i| &**i))
+            .flat_map(InstanceSet::iter)
     }
 
     /// All instances, in key order.
@@ -785,8 +780,7 @@ impl DcState {
         let same_service = self
             .by_service
             .get(&*lower(&inst.service))
-            .and_then(|keys| keys.iter().next())
-            .and_then(|k| self.instances.get(k));
+            .and_then(|set| set.iter().next());
         if let Some(other) = same_service
             && other.service == inst.service
         {
@@ -810,12 +804,12 @@ impl DcState {
         self.by_service
             .entry(lower(&inst.service).into_owned())
             .or_default()
-            .insert(key.clone());
+            .insert(&key, inst.clone());
         if let Some(p) = &inst.proxy {
             self.by_destination
                 .entry(lower(&p.destination_service).into_owned())
                 .or_default()
-                .insert(key.clone());
+                .insert(&key, inst.clone());
         }
         self.instances.insert(key, inst);
     }
@@ -1007,11 +1001,12 @@ impl DcState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Weights;
 
-    fn inst(node: &str, id: &str, service: &str) -> Instance {
+    /// An instance with no address, tags or checks, on port 80.
+    pub(crate) fn inst(node: &str, id: &str, service: &str) -> Instance {
         Instance {
             id: id.into(),
             service: service.into(),
@@ -1061,13 +1056,12 @@ mod tests {
         assert!(Arc::ptr_eq(&w3.node, &w4.node));
         assert_eq!(&*w4.service, "WEB");
         assert_eq!(s.instances_of("web").count(), 4);
-        for (key, _) in s.instances.iter() {
-            let inst = s.instances.get(key).expect("held");
+        for (key, inst) in s.instances.iter() {
             let indexed = s.by_service[&*lower(&inst.service)]
                 .iter()
-                .find(|k| *k == key)
+                .find(|i| i.key() == *key)
                 .expect("indexed");
-            assert!(indexed.shares_text(key), "{key:?}");
+            assert!(std::ptr::eq(indexed, &**inst), "{key:?}");
         }
     }
 

@@ -208,12 +208,6 @@ impl InstanceKey {
     pub fn id(&self) -> &str {
         self.text.get(self.node_len..).unwrap_or_default()
     }
-
-    /// Whether both keys hold the same allocation (not merely equal names).
-    #[cfg(test)]
-    pub(crate) fn shares_text(&self, other: &InstanceKey) -> bool {
-        Arc::ptr_eq(&self.text, &other.text)
-    }
 }
 
 impl PartialEq for InstanceKey {

@@ -39,7 +39,7 @@ pub struct PeerStats {
     pub disconnects: AtomicU64,
     /// Syncs that were full snapshots.
     pub full_syncs: AtomicU64,
-    /// Syncs that resent only differing buckets.
+    /// Digest catch-ups: only what differed was resent (by key sums or by entry sums).
     pub partial_syncs: AtomicU64,
     /// Syncs that replayed changes after the replica's index.
     pub resumes: AtomicU64,
@@ -209,7 +209,7 @@ impl FederationCounters {
             (
                 "meridian_federation_partial_syncs",
                 MetricType::Counter,
-                "Digest catch-ups (only differing buckets) from the remote DC.",
+                "Digest catch-ups (only what differed resent) from the remote DC.",
                 |p, _| get(&p.partial_syncs),
             ),
             (

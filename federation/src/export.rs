@@ -148,11 +148,13 @@ pub struct Exporter {
 #[derive(Clone)]
 struct Exported {
     h: Arc<Hashed>,
-    /// The index from which the subscriber at it holds this key: its entry's export then. Too
-    /// low or too high costs only bytes (a bucket's key list).
+    /// The index since which the key has been exported: a subscriber at this index or later
+    /// holds it. A wrong value costs a bucket's key list, or at worst (with `since` not after
+    /// the subscriber's index either) a second catch-up by entry sums once the digest at
+    /// `Synced` differs.
     born: u64,
-    /// The index at or after which the entry last changed. Never lower than that change: a
-    /// subscriber at `since` or later holds this very entry.
+    /// The index of the entry's last change, or a later one: a subscriber at this index or
+    /// later holds this very entry.
     since: u64,
 }
 
@@ -379,17 +381,16 @@ impl Exporter {
         let all = len != expected
             || bucket_bits > entry::MAX_BUCKET_BITS
             || keys && (from_index == 0 || from_index > index);
-        let everything = |entries: &OrdMap<Key, Exported>| Plan::Catchup {
-            all: true,
-            buckets: Vec::new(),
-            kept: Vec::new(),
-            bucket_bits: 0,
-            entries: entries.values().map(|x| x.h.clone()).collect(),
-            index,
-            digest,
-        };
         if all {
-            return everything(&entries);
+            return Plan::Catchup {
+                all: true,
+                buckets: Vec::new(),
+                kept: Vec::new(),
+                bucket_bits: 0,
+                entries: entries.values().map(|x| x.h.clone()).collect(),
+                index,
+                digest,
+            };
         }
         fn differing<T: PartialEq>(mine: &[T], theirs: &[T]) -> Vec<u32> {
             (0..mine.len())

@@ -189,26 +189,27 @@ impl Origin {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies the entry `make` builds for the next index as one change of the origin, and
-    /// exports it; returns whether the export changed (a change that did not is no change).
-    fn change(&self, make: impl FnOnce(u64) -> pb::Entry) -> bool {
+    /// Makes `edit` to the catalog as one change of the origin, at the next index, and exports
+    /// it; returns whether the export changed (a change that did not is no change).
+    fn step(&self, edit: impl FnOnce(&mut DcState, u64)) -> bool {
         let mut st = self.lock();
         let next = st.index() + 1;
-        apply_entry(&mut st, &make(next));
+        edit(&mut st, next);
         st.set_index(next);
         self.exporter.update(&st).is_some()
     }
 
-    /// Removes the instance `entry` is of as one change of the origin, and exports it.
+    /// Applies the entry `make` builds for the next index as one change of the origin.
+    fn change(&self, make: impl FnOnce(u64) -> pb::Entry) -> bool {
+        self.step(|st, next| apply_entry(st, &make(next)))
+    }
+
+    /// Removes the instance `entry` is of as one change of the origin.
     fn remove(&self, entry: &pb::Entry) -> bool {
         let Ok(key) = entry_key(entry) else {
             return false;
         };
-        let mut st = self.lock();
-        let next = st.index() + 1;
-        remove_entry(&mut st, &key);
-        st.set_index(next);
-        self.exporter.update(&st).is_some()
+        self.step(|st, _| remove_entry(st, &key))
     }
 
     /// The export's digest as `/v1/federation/status` prints it.

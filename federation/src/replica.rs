@@ -300,10 +300,11 @@ impl Replica {
                         return Err(ProtocolError::Malformed("too many buckets"));
                     }
                     let limit = 1u64 << r.bucket_bits;
-                    if r.buckets.iter().any(|b| u64::from(*b) >= limit) {
-                        return Err(ProtocolError::Malformed("bucket out of range"));
-                    }
-                    if r.kept.iter().any(|k| u64::from(k.bucket) >= limit) {
+                    if r.buckets
+                        .iter()
+                        .chain(r.kept.iter().map(|k| &k.bucket))
+                        .any(|b| u64::from(*b) >= limit)
+                    {
                         return Err(ProtocolError::Malformed("bucket out of range"));
                     }
                     let drop: HashSet<u32> = r.buckets.into_iter().collect();

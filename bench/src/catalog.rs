@@ -42,7 +42,7 @@ pub async fn run(bin: &Path, out: &Path, load: &Load, reps: usize) -> Result<()>
     for rep in 0..reps {
         let run = catalog_once(bin, load).await?;
         eprintln!(
-            "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} failed, {} snapshots during the load",
+            "catalog rep {}: {:.0}/s acknowledged, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} failed, {} snapshots during the load, {} writes per Raft entry",
             rep + 1,
             run.per_second,
             run.p50_ms,
@@ -51,6 +51,8 @@ pub async fn run(bin: &Path, out: &Path, load: &Load, reps: usize) -> Result<()>
             run.failed,
             run.snapshots_during
                 .map_or("?".to_owned(), |n| n.to_string()),
+            run.writes_per_entry
+                .map_or("?".to_owned(), |n| format!("{n:.1}")),
         );
         if run.acknowledged == 0 {
             bail!("no registration was acknowledged");
@@ -176,6 +178,8 @@ struct CatalogRun {
     snapshots_during: Option<u64>,
     /// Seconds the three nodes spent building them.
     snapshot_seconds_during: Option<f64>,
+    /// Mean writes per Raft entry the leader proposed during the load (its proposer's batches).
+    writes_per_entry: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -268,7 +272,7 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
             t.elapsed().as_secs_f64()
         );
     }
-    let snapshots_before = snapshot_totals(&http, &bases).await;
+    let before = totals(&http, &bases).await;
     let mut meters: Vec<Meter> = nodes
         .iter()
         .map(|n| Ok(Meter::start(&n.name, procs::pid(&n.proc)?)))
@@ -279,11 +283,13 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
     for m in &mut meters {
         m.sample();
     }
-    let snapshots_after = snapshot_totals(&http, &bases).await;
-    let (snapshots_during, snapshot_seconds_during) = match (snapshots_before, snapshots_after) {
-        (Some(b), Some(a)) => (Some(a.0.saturating_sub(b.0)), Some(a.1 - b.1)),
-        _ => (None, None),
-    };
+    let after = totals(&http, &bases).await;
+    let during = before.zip(after).map(|(b, a)| Totals {
+        snapshots: a.snapshots.saturating_sub(b.snapshots),
+        snapshot_seconds: a.snapshot_seconds - b.snapshot_seconds,
+        entries: a.entries.saturating_sub(b.entries),
+        writes: a.writes.saturating_sub(b.writes),
+    });
     // The nodes' own clients present no token: a secure DC's leader is asked with ours.
     for n in &mut nodes {
         n.http = http.clone();
@@ -317,8 +323,11 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
         processes,
         cpu_us_per_registration: cpu * 1e6 / lat.len().max(1) as f64,
         preloaded: load.preload,
-        snapshots_during,
-        snapshot_seconds_during,
+        snapshots_during: during.map(|d| d.snapshots),
+        snapshot_seconds_during: during.map(|d| d.snapshot_seconds),
+        writes_per_entry: during
+            .filter(|d| d.entries > 0)
+            .map(|d| d.writes as f64 / d.entries as f64),
     })
 }
 
@@ -398,17 +407,25 @@ pub(crate) async fn instance_ids(
     Ok(ids)
 }
 
-/// Snapshots built and seconds spent building them, summed over the nodes at `bases` (None
-/// when a node does not export the metrics).
-async fn snapshot_totals(http: &reqwest::Client, bases: &[String]) -> Option<(u64, f64)> {
-    let mut built = 0;
-    let mut seconds = 0.0;
+/// Counters of the nodes at `bases`, summed: snapshots built, seconds spent building them, Raft
+/// entries proposed and the writes they carried (None when a node does not export them).
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    snapshots: u64,
+    snapshot_seconds: f64,
+    entries: u64,
+    writes: u64,
+}
+
+async fn totals(http: &reqwest::Client, bases: &[String]) -> Option<Totals> {
+    use meridian_testkit::metrics::value;
+    let mut t = Totals::default();
     for base in bases {
         let text = meridian_testkit::metrics::scrape(http, base).await.ok()?;
-        built +=
-            meridian_testkit::metrics::value(&text, "meridian_raft_snapshots_built_total")? as u64;
-        seconds +=
-            meridian_testkit::metrics::value(&text, "meridian_raft_snapshot_build_seconds_total")?;
+        t.snapshots += value(&text, "meridian_raft_snapshots_built_total")? as u64;
+        t.snapshot_seconds += value(&text, "meridian_raft_snapshot_build_seconds_total")?;
+        t.entries += value(&text, "meridian_raft_proposed_entries_total")? as u64;
+        t.writes += value(&text, "meridian_raft_proposed_writes_total")? as u64;
     }
-    Some((built, seconds))
+    Some(t)
 }

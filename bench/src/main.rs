@@ -74,6 +74,10 @@ struct Cli {
     /// flamegraph next to the reports.
     #[arg(long, global = true)]
     profile: bool,
+    /// Samples per second per CPU of `--profile` (more for a short per-request path, fewer
+    /// for a long run).
+    #[arg(long, global = true, default_value_t = 99)]
+    profile_hz: u32,
     #[command(subcommand)]
     what: What,
 }
@@ -370,7 +374,11 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&cli.out)?;
     let profile = if cli.profile && !matches!(cli.what, What::All) && !in_netns(&cli.what) {
-        Some(profile::Recorder::start(&cli.out, cli.what.name())?)
+        Some(profile::Recorder::start(
+            &cli.out,
+            cli.what.name(),
+            cli.profile_hz,
+        )?)
     } else {
         None
     };

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use meridian_testkit::Proc;
 
-/// Samples per second per CPU: enough for a profile, little enough for a 15-minute run.
-const FREQUENCY: &str = "99";
 /// Deepest stack kept (deeper frames are cut at the root end).
 const MAX_DEPTH: usize = 128;
 
@@ -31,12 +29,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts recording every CPU into `out/<name>.perf.data`.
-    pub fn start(out: &Path, name: &str) -> Result<Recorder> {
+    /// Starts recording every CPU at `hz` samples per second into `out/<name>.perf.data`.
+    pub fn start(out: &Path, name: &str, hz: u32) -> Result<Recorder> {
         let perf = crate::tools::find_tool("perf")
             .context("--profile needs perf (Debian: apt-get install linux-perf)")?;
         let data = out.join(format!("{name}.perf.data"));
-        let mut args: Vec<String> = ["record", "-F", FREQUENCY, "-g", "-a", "-o"]
+        let hz = hz.to_string();
+        let mut args: Vec<String> = ["record", "-F", &hz, "-g", "-a", "-o"]
             .map(str::to_owned)
             .into();
         args.push(data.to_str().context("a UTF-8 path")?.to_owned());
@@ -45,7 +44,7 @@ impl Recorder {
         // perf's log says nothing about a failing benchmark.
         proc.print_log_on_failure = false;
         eprintln!(
-            "profile: perf record (every CPU, {FREQUENCY} Hz) into {}",
+            "profile: perf record (every CPU, {hz} Hz) into {}",
             data.display()
         );
         Ok(Recorder {

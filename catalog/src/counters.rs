@@ -14,6 +14,8 @@ pub struct CatalogCounters {
     pub writes_local: AtomicU64,
     /// Write attempts this node forwarded to the leader.
     pub writes_forwarded: AtomicU64,
+    /// Calls to the leader that carried those writes (a batch is one call).
+    pub forward_calls: AtomicU64,
     /// Writes that failed (no leader within the timeout, or refused).
     pub writes_failed: AtomicU64,
     /// Raft entries proposed by this node's proposer (each a batch of writes).
@@ -41,6 +43,7 @@ impl Default for CatalogCounters {
             last_append_ms: AtomicU64::new(0),
             writes_local: AtomicU64::new(0),
             writes_forwarded: AtomicU64::new(0),
+            forward_calls: AtomicU64::new(0),
             writes_failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batched_writes: AtomicU64::new(0),

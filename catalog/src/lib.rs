@@ -19,10 +19,12 @@ mod chaos_break {
     }
 }
 mod backup;
+mod coalesce;
 mod command;
 mod config;
 mod counters;
 mod error;
+mod forwarder;
 mod health;
 mod membership;
 mod metrics;

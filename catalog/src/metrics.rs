@@ -86,6 +86,11 @@ impl Collector for CatalogMetrics {
                     get(&c.writes_forwarded),
                 ),
                 (
+                    "meridian_catalog_forward_calls",
+                    "Calls to the leader carrying forwarded writes (writes forwarded per call is the mean batch).",
+                    get(&c.forward_calls),
+                ),
+                (
                     "meridian_catalog_writes_failed",
                     "Writes that failed: no leader committed them in time, or Raft refused them.",
                     get(&c.writes_failed),

@@ -10,7 +10,7 @@ use meridian_protos::catalog::forward_reply::Result as ForwardResult;
 use meridian_protos::catalog::membership_reply::Result as MembershipResult;
 use meridian_protos::catalog::membership_request::Change;
 use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
-use meridian_protos::catalog::{AddServer, ForwardRequest, MembershipRequest, ReadIndexRequest};
+use meridian_protos::catalog::{AddServer, MembershipRequest, ReadIndexRequest};
 use meridian_topology::{DcState, Health, Node, View, names};
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::counters::CatalogCounters;
+use crate::forwarder::Forwarder;
 use crate::health::HealthRunner;
 use crate::membership::{self, MembershipChange, Step};
 use crate::network::{self, NetworkFactory};
@@ -90,6 +91,8 @@ struct Inner {
     /// Raised once RocksDB is closed.
     store_closed: Arc<std::sync::atomic::AtomicBool>,
     forward_clients: Mutex<HashMap<String, CatalogClient<Channel>>>,
+    /// Writes on their way to each leader address this node has forwarded to.
+    forwarders: Mutex<HashMap<String, Forwarder>>,
     health: HealthRunner,
     stop_rpc: Mutex<Option<oneshot::Sender<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -259,6 +262,7 @@ impl Catalog {
                 views,
                 store_closed,
                 forward_clients: Mutex::new(HashMap::new()),
+                forwarders: Mutex::new(HashMap::new()),
                 stop_rpc: Mutex::new(Some(stop_tx)),
                 tasks: Mutex::new(vec![rpc_task, proposer_task]),
             }),
@@ -649,26 +653,23 @@ impl Catalog {
     }
 
     async fn write_forward(&self, addr: &str, cmd: &Command) -> Result<WriteOutcome, Retry> {
-        let mut client = self.forward_client(addr).map_err(Retry::Backoff)?;
+        let forwarder = self.forwarder(addr).map_err(Retry::Backoff)?;
         let command = serde_json::to_vec(cmd)
             .map_err(|e| Retry::Fatal(CatalogError::Raft(format!("cannot encode command: {e}"))))?;
-        let mut req = tonic::Request::new(ForwardRequest { command });
-        req.set_timeout(self.write_timeout());
         // Sent: a failure from here on may come after the leader applied it.
-        let reply = client
-            .forward(req)
+        let reply = forwarder
+            .forward(command.into(), self.write_timeout())
             .await
             .map_err(|s| Retry::Unknown(format!("forward to {addr}: {}", s.message())))?;
-        match reply.into_inner().result {
-            Some(ForwardResult::Outcome(bytes)) => {
+        match reply {
+            ForwardResult::Outcome(bytes) => {
                 let outcome: WriteOutcome = serde_json::from_slice(&bytes)
                     .map_err(|e| Retry::Backoff(format!("bad outcome from {addr}: {e}")))?;
                 self.await_applied(outcome.index).await;
                 Ok(outcome)
             }
-            Some(ForwardResult::NotLeader(_)) => Err(Retry::WaitForLeader),
-            Some(ForwardResult::Error(e)) => Err(Retry::Fatal(CatalogError::Raft(e))),
-            None => Err(Retry::Backoff(format!("empty reply from {addr}"))),
+            ForwardResult::NotLeader(_) => Err(Retry::WaitForLeader),
+            ForwardResult::Error(e) => Err(Retry::Fatal(CatalogError::Raft(e))),
         }
     }
 
@@ -684,6 +685,29 @@ impl Catalog {
         if let Err(e) = waited {
             debug!(index, error = %e, "the write is committed but not yet applied here");
         }
+    }
+
+    /// The forwarding task for the leader at `addr` (started on first use).
+    fn forwarder(&self, addr: &str) -> Result<Forwarder, String> {
+        if let Some(f) = self
+            .inner
+            .forwarders
+            .lock()
+            .map_err(|_| "forwarder pool poisoned".to_owned())?
+            .get(addr)
+        {
+            return Ok(f.clone());
+        }
+        let forwarder = Forwarder::start(self.forward_client(addr)?, self.inner.counters.clone());
+        let mut forwarders = self
+            .inner
+            .forwarders
+            .lock()
+            .map_err(|_| "forwarder pool poisoned".to_owned())?;
+        Ok(forwarders
+            .entry(addr.to_owned())
+            .or_insert(forwarder)
+            .clone())
     }
 
     fn forward_client(&self, addr: &str) -> Result<CatalogClient<Channel>, String> {

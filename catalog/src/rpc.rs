@@ -8,8 +8,8 @@ use meridian_protos::catalog::membership_request::Change;
 use meridian_protos::catalog::raft_server::{Raft as RaftRpc, RaftServer};
 use meridian_protos::catalog::read_index_reply::Result as ReadIndexResult;
 use meridian_protos::catalog::{
-    ForwardReply, ForwardRequest, MembershipReply, MembershipRequest, RaftPayload, ReadIndexReply,
-    ReadIndexRequest,
+    ForwardBatchReply, ForwardBatchRequest, ForwardReply, ForwardRequest, MembershipReply,
+    MembershipRequest, RaftPayload, ReadIndexReply, ReadIndexRequest,
 };
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Serialize;
@@ -20,7 +20,7 @@ use tracing::{debug, instrument, warn};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::command::Command;
+use crate::command::{Command, WriteOutcome};
 use crate::counters::CatalogCounters;
 use crate::membership::{self, MembershipChange, Step};
 use crate::network::MAX_RPC_MESSAGE;
@@ -66,6 +66,29 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     serde_json::to_vec(value)
         .map(|json| Response::new(RaftPayload { json }))
         .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+/// Most writes one forwarded batch may carry (a follower sends at most the proposer's batch).
+const MAX_FORWARD_BATCH: usize = 1024;
+
+/// The reply to one forwarded write; `Err` when this node is stopping and the follower should
+/// try another.
+fn forward_result(result: Result<WriteOutcome, ProposeError>) -> Result<ForwardResult, Status> {
+    Ok(match result {
+        Ok(outcome) => match serde_json::to_vec(&outcome) {
+            Ok(bytes) => ForwardResult::Outcome(bytes),
+            Err(e) => ForwardResult::Error(format!("cannot encode outcome: {e}")),
+        },
+        Err(ProposeError::NotLeader(leader)) => {
+            debug!(leader = ?leader, "forwarded write reached a non-leader");
+            ForwardResult::NotLeader(leader.unwrap_or_default())
+        }
+        Err(ProposeError::Rejected(e)) => ForwardResult::Error(e),
+        // Raft stopped: the caller should try another node.
+        Err(ProposeError::Shutdown) => {
+            return Err(Status::unavailable("this node is shutting down"));
+        }
+    })
 }
 
 /// Raft messages from peers, handed to openraft.
@@ -121,24 +144,49 @@ impl CatalogRpc for ForwardService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
         let cmd: Command = decode(&self.counters, "forward", &request.into_inner().command)?;
-        let result = match self.proposer.propose(cmd).await {
-            Ok(outcome) => match serde_json::to_vec(&outcome) {
-                Ok(bytes) => ForwardResult::Outcome(bytes),
-                Err(e) => ForwardResult::Error(format!("cannot encode outcome: {e}")),
-            },
-            Err(ProposeError::NotLeader(leader)) => {
-                debug!(leader = ?leader, "forwarded write reached a non-leader");
-                ForwardResult::NotLeader(leader.unwrap_or_default())
-            }
-            Err(ProposeError::Rejected(e)) => ForwardResult::Error(e),
-            // Raft stopped: the caller should try another node.
-            Err(ProposeError::Shutdown) => {
-                return Err(Status::unavailable("this node is shutting down"));
-            }
-        };
+        let result = forward_result(self.proposer.propose(cmd).await)?;
         Ok(Response::new(ForwardReply {
             result: Some(result),
         }))
+    }
+
+    #[instrument(level = "debug", skip_all, name = "forwarded_writes", fields(writes))]
+    async fn forward_batch(
+        &self,
+        request: Request<ForwardBatchRequest>,
+    ) -> Result<Response<ForwardBatchReply>, Status> {
+        let commands = request.into_inner().commands;
+        tracing::Span::current().record("writes", commands.len());
+        if commands.len() > MAX_FORWARD_BATCH {
+            CatalogCounters::inc(&self.counters.rpc_rejected);
+            warn!(
+                writes = commands.len(),
+                "rejected a forwarded batch over the limit"
+            );
+            return Err(Status::invalid_argument(format!(
+                "a forwarded batch holds at most {MAX_FORWARD_BATCH} writes, not {}",
+                commands.len()
+            )));
+        }
+        // Proposed together, so that they join the proposer's queue as one run and, under load,
+        // the same Raft entry.
+        let results = futures::future::join_all(commands.iter().map(|bytes| async move {
+            match decode::<Command>(&self.counters, "forward_batch", bytes) {
+                Ok(cmd) => forward_result(self.proposer.propose(cmd).await),
+                // One malformed command fails alone.
+                Err(status) => Ok(ForwardResult::Error(status.message().to_owned())),
+            }
+        }))
+        .await;
+        let replies = results
+            .into_iter()
+            .map(|r| {
+                r.map(|result| ForwardReply {
+                    result: Some(result),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(ForwardBatchReply { replies }))
     }
 
     #[instrument(level = "debug", skip_all, name = "read_index")]

@@ -11,3 +11,6 @@ pub mod catalog {
 pub mod federation {
     tonic::include_proto!("meridian.federation.v1");
 }
+
+/// The type of the `bytes` fields generated as shared buffers (see `build.rs`).
+pub use prost::bytes::Bytes;

@@ -115,17 +115,82 @@ async fn single_node_keeps_its_catalog_across_restarts_and_snapshots() -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_through_a_follower_reach_every_node() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+/// Starts a 3-node DC in `dir` and waits until one of them leads.
+async fn start_three(dir: &Path) -> Result<Vec<Catalog>> {
     let servers: BTreeMap<u64, String> = (1..=3)
         .map(|id| (id, format!("127.0.0.1:{}", free_port())))
         .collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        nodes.push(Catalog::start(config(dir.path(), id, &servers)).await?);
+        nodes.push(Catalog::start(config(dir, id, &servers)).await?);
     }
     wait_for("a leader", || nodes.iter().any(|n| n.status().is_leader)).await?;
+    Ok(nodes)
+}
+
+/// Writes that reach a follower together go to the leader together: fewer calls than writes,
+/// each write acknowledged with its own outcome and readable on the follower once it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_are_forwarded_in_batches() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = start_three(dir.path()).await?;
+    let follower = nodes
+        .iter()
+        .find(|n| !n.status().is_leader)
+        .context("a follower")?
+        .clone();
+    const WRITES: usize = 300;
+    let writes = (0..WRITES).map(|i| {
+        let follower = follower.clone();
+        tokio::spawn(async move {
+            let id = format!("web-{i}");
+            let outcome = follower
+                .write(Command::Register {
+                    instance: instance(follower.node_name(), &id),
+                    checks: vec![],
+                })
+                .await?;
+            // Read-your-writes: the follower holds the write once it is acknowledged.
+            let here = follower
+                .view()
+                .local()
+                .instance(follower.node_name(), &id)
+                .is_some();
+            anyhow::Ok((outcome.changed, here))
+        })
+    });
+    for w in futures::future::join_all(writes).await {
+        let (changed, here) = w??;
+        assert!(changed, "every write registers a new instance");
+        assert!(
+            here,
+            "a write through the follower is readable there once acknowledged"
+        );
+    }
+    for n in &nodes {
+        wait_for("replication to every node", || {
+            n.view().local().instances_of("web").count() == WRITES
+        })
+        .await?;
+    }
+    let counters = follower.counters();
+    let forwarded = meridian_catalog::CatalogCounters::get(&counters.writes_forwarded);
+    let calls = meridian_catalog::CatalogCounters::get(&counters.forward_calls);
+    assert!(forwarded >= WRITES as u64, "{forwarded} writes forwarded");
+    assert!(
+        calls * 2 <= forwarded,
+        "{WRITES} concurrent writes went to the leader in {calls} calls"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_reach_every_node() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = start_three(dir.path()).await?;
     let follower = nodes
         .iter()
         .find(|n| !n.status().is_leader)

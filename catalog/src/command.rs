@@ -6,6 +6,8 @@ use meridian_topology::lww::Stamp;
 use meridian_topology::mesh::MeshCa;
 use meridian_topology::token::TokenRecord;
 use meridian_topology::{Check, Health, Instance, Node, PreparedQuery};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A change to the catalog, replicated through Raft.
@@ -286,8 +288,10 @@ impl WriteOutcome {
 /// thousands of fsynced writes per second: Raft's per-entry work and the fsync are paid per batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
-    /// The commands, in the order they are applied.
-    pub commands: Vec<Command>,
+    /// The commands, in the order they are applied. Shared: the log store keeps the entries it
+    /// appended last for the reads that follow (replication, apply), and a clone of an entry is
+    /// then a reference count, not a copy of every command.
+    pub commands: Arc<Vec<Command>>,
 }
 
 /// The outcome of each command of a [`Batch`], in the same order.

@@ -91,7 +91,11 @@ async fn run(raft: Raft, rx: mpsc::Receiver<(Command, Reply)>, counters: Arc<Cat
 async fn commit(raft: Raft, batch: Vec<(Command, Reply)>) {
     let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
     let n = commands.len();
-    let result = raft.client_write(Batch { commands }).await;
+    let result = raft
+        .client_write(Batch {
+            commands: Arc::new(commands),
+        })
+        .await;
     match result {
         Ok(resp) if resp.data.outcomes.len() == n => {
             for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {

@@ -184,3 +184,110 @@ fn outcome(answer: ForwardReply) -> Forwarded {
         .result
         .ok_or_else(|| Status::internal("the leader sent an empty reply"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WriteOutcome;
+    use meridian_protos::catalog::catalog_server::{Catalog, CatalogServer};
+    use meridian_protos::catalog::{
+        ForwardBatchReply, MembershipReply, MembershipRequest, ReadIndexReply, ReadIndexRequest,
+    };
+    use std::sync::atomic::AtomicU64;
+    use tonic::{Request, Response};
+
+    /// A leader of a version before `ForwardBatch`: it applies single forwards only.
+    struct OldLeader {
+        applied: Arc<AtomicU64>,
+    }
+
+    #[tonic::async_trait]
+    impl Catalog for OldLeader {
+        async fn forward(
+            &self,
+            _request: Request<ForwardRequest>,
+        ) -> Result<Response<ForwardReply>, Status> {
+            let index = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+            let outcome = WriteOutcome {
+                index,
+                changed: true,
+                found: true,
+                ..WriteOutcome::default()
+            };
+            let bytes =
+                serde_json::to_vec(&outcome).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(ForwardReply {
+                result: Some(ForwardResult::Outcome(bytes)),
+            }))
+        }
+
+        async fn forward_batch(
+            &self,
+            _request: Request<ForwardBatchRequest>,
+        ) -> Result<Response<ForwardBatchReply>, Status> {
+            Err(Status::unimplemented("unknown method ForwardBatch"))
+        }
+
+        async fn read_index(
+            &self,
+            _request: Request<ReadIndexRequest>,
+        ) -> Result<Response<ReadIndexReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn change_membership(
+            &self,
+            _request: Request<MembershipRequest>,
+        ) -> Result<Response<MembershipReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_batches_gets_each_write_on_its_own() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let applied = Arc::new(AtomicU64::new(0));
+        let leader = OldLeader {
+            applied: applied.clone(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(CatalogServer::new(leader))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel =
+            crate::network::channel(&addr, Duration::from_secs(2), None).expect("channel");
+        let counters = Arc::new(CatalogCounters::default());
+        let forwarder = Forwarder::start(CatalogClient::new(channel), counters.clone());
+        let round = |n: usize| {
+            let forwarder = forwarder.clone();
+            async move {
+                // Queued together, before the forwarder's task runs: one batch.
+                let writes = (0..n).map(|i| {
+                    forwarder.forward(
+                        Bytes::from(format!("{{\"w\":{i}}}")),
+                        Duration::from_secs(5),
+                    )
+                });
+                futures::future::join_all(writes).await
+            }
+        };
+        for answer in round(5).await {
+            assert!(
+                matches!(answer, Ok(ForwardResult::Outcome(_))),
+                "every write is applied one by one: {answer:?}"
+            );
+        }
+        assert_eq!(applied.load(Ordering::SeqCst), 5);
+        // The refused batch and five single calls; the next writes go singly at once.
+        assert_eq!(CatalogCounters::get(&counters.forward_calls), 6);
+        for answer in round(3).await {
+            assert!(matches!(answer, Ok(ForwardResult::Outcome(_))));
+        }
+        assert_eq!(applied.load(Ordering::SeqCst), 8);
+        assert_eq!(CatalogCounters::get(&counters.forward_calls), 9);
+    }
+}

@@ -793,7 +793,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.inner.last_applied = Some(entry.log_id);
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                // A copy only while the log's recent entries still share the batch.
+                // Copied while the log's recent entries still hold the batch (as they nearly
+                // always do): cheaper than the JSON parse this read used to be.
                 EntryPayload::Normal(batch) => Arc::unwrap_or_clone(batch.commands)
                     .into_iter()
                     .map(|cmd| Self::apply_command(&mut self.inner.state, cmd, index))

@@ -1,14 +1,18 @@
 //! Free ports for agents, and the five ports of one agent.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Serialize;
 
 /// A port free for TCP and UDP on every address of `ips`, never handed out twice in this
-/// process. Drawn at random below the kernel's ephemeral range (32768 and up), so neither the
-/// outgoing connections of other tests nor another process asking the kernel for a port can
-/// take it between this check and the agent's bind.
+/// process nor, within [`CLAIM_FOR`], by another test process on this machine (each claims its
+/// ports with a file in [`claims_dir`]: tests run as parallel processes, and two that drew the
+/// same free port raced for it). Drawn at random below the kernel's ephemeral range (32768 and
+/// up), so neither the outgoing connections of other tests nor another process asking the kernel
+/// for a port can take it between this check and the agent's bind.
 pub fn free_port_on(ips: &[IpAddr]) -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN
@@ -16,7 +20,7 @@ pub fn free_port_on(ips: &[IpAddr]) -> u16 {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         let port: u16 = rand::random_range(10_000..32_768);
-        if given.contains(&port) {
+        if given.contains(&port) || !claim(port) {
             continue;
         }
         let free = ips.iter().all(|ip| {
@@ -28,6 +32,41 @@ pub fn free_port_on(ips: &[IpAddr]) -> u16 {
             return port;
         }
     }
+}
+
+/// How long a port claimed by one test process stays off limits to the others.
+const CLAIM_FOR: Duration = Duration::from_secs(600);
+
+/// Where test processes claim ports, one empty file per port.
+fn claims_dir() -> PathBuf {
+    std::env::temp_dir().join("meridian-test-ports")
+}
+
+/// Claims `port` for this process unless another claimed it less than [`CLAIM_FOR`] ago. A
+/// claims folder that cannot be written claims nothing and refuses nothing.
+fn claim(port: u16) -> bool {
+    let dir = claims_dir();
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let file = dir.join(port.to_string());
+    let fresh = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|at| at.elapsed().ok())
+        .is_some_and(|age| age < CLAIM_FOR);
+    if fresh {
+        return false;
+    }
+    // An old claim (or none): take it. `create_new` settles two processes that draw the port
+    // at once; two that both find the same stale claim can still both win, far more rarely than
+    // the race this removes.
+    let _ = std::fs::remove_file(&file);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .is_ok()
 }
 
 /// A port free for TCP and UDP on 127.0.0.1 (see [`free_port_on`]).

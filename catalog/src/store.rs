@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use meridian_topology::dc::DcSnapshot;
 use meridian_topology::{DcState, View};
@@ -97,6 +98,7 @@ pub fn open_store(
         db: db.clone(),
         sync: sync_tx,
         recent: Arc::default(),
+        committed_saved: None,
     };
     let mut sm = StateMachineStore {
         db,
@@ -224,7 +226,16 @@ pub struct LogStore {
     sync: std_mpsc::Sender<LogFlushed<TypeConfig>>,
     /// The entries appended last, shared with every reader this store hands out.
     recent: Arc<std::sync::Mutex<Recent>>,
+    /// When the committed log ID was last written (see [`COMMITTED_EVERY`]).
+    committed_saved: Option<tokio::time::Instant>,
 }
+
+/// Least time between two writes of the committed log ID. Under load every node learns of
+/// hundreds of commits a second and each write was a RocksDB write (a WAL `write(2)` beside the
+/// log's); a stored ID older than the truth only means a restarted node applies less of its log
+/// at start and the rest once a leader tells it the commit index (within a heartbeat, or at once
+/// when it is elected itself).
+const COMMITTED_EVERY: Duration = Duration::from_millis(100);
 
 /// Most entries [`Recent`] keeps: openraft reads an entry back within a few entries of appending
 /// it; a follower further behind is sent older entries from RocksDB.
@@ -430,6 +441,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
+        let now = tokio::time::Instant::now();
+        if self
+            .committed_saved
+            .is_some_and(|at| now.duration_since(at) < COMMITTED_EVERY)
+        {
+            return Ok(());
+        }
+        self.committed_saved = Some(now);
         // Not synced: losing it only delays re-applying the log until the leader commits again.
         put_json(&self.db, CF_META, KEY_COMMITTED, &committed, false)
     }

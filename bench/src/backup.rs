@@ -72,14 +72,14 @@ struct BackupRun {
 
 async fn once(bin: &Path, instances: usize) -> Result<BackupRun> {
     let dir = tempfile::tempdir()?;
-    let nodes = crate::catalog::start_dc(bin, dir.path(), false, None)?;
+    let nodes = crate::catalog::start_dc(bin, dir.path(), false, None, None)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let bases: Vec<String> = nodes.iter().map(Agent::base).collect();
     meridian_testkit::wait::leader_known(&http, &bases, Duration::from_secs(60)).await?;
     let urls = Arc::new(vec![nodes[0].url("/v1/agent/service/register")]);
-    let (acked, failed) = crate::catalog::register_all(&http, &urls, "pre", instances, 32).await?;
+    let (acked, failed) = crate::catalog::register_all(None, &urls, "pre", instances, 32).await?;
     ensure!(failed == 0, "{failed} of {instances} registrations failed");
 
     let started = Instant::now();

@@ -114,6 +114,10 @@ enum What {
         /// a small value makes the timed load run beside several snapshots.
         #[arg(long)]
         snapshot_every: Option<u64>,
+        /// Worker threads of each node's runtime (tokio's `TOKIO_WORKER_THREADS`); unset, each
+        /// node starts one per core, as it would alone on a machine.
+        #[arg(long)]
+        node_threads: Option<usize>,
     },
     /// dnsperf against Meridian's DNS server and against Knot DNS serving the same names.
     Dns {
@@ -455,6 +459,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             secure,
             preload,
             snapshot_every,
+            node_threads,
         } => {
             let load = catalog::Load {
                 clients,
@@ -463,6 +468,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 secure,
                 preload,
                 snapshot_every,
+                node_threads,
             };
             let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
             catalog::run(&bin, &cli.out, &load, reps).await?;

@@ -576,13 +576,7 @@ pub fn router(state: ApiState) -> Router {
         // drains an oversized body so the client sees the 413); this layer bounds any other
         // body extractor a future route might use.
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            consistent_reads,
-        ))
-        .layer(middleware::from_fn(refuse_unsupported_params))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), front_door))
         .with_state(state)
 }
 
@@ -639,7 +633,10 @@ pub async fn serve_router(
                 .get::<ConnectInfo<Activity>>()
                 .map(|c| c.0.begin());
             // A gateway-only node has no catalog, so no API tokens of its own DC: the file's.
-            check_acl(&acl.load(), &|| Arc::new(Tokens::default()), req, next).await
+            check_acl(&acl.load(), &|| Arc::new(Tokens::default()), req, |req| {
+                next.run(req)
+            })
+            .await
         }
     }));
     let listener = LimitedListener::new(
@@ -656,8 +653,28 @@ pub async fn serve_router(
     .await
 }
 
+/// Every request's way in, in this order: counted and logged ([`observe`]), authorized
+/// ([`check_acl`]), refused if it asks for what Meridian cannot honour
+/// ([`refuse_unsupported_params`]), and a `?consistent` read put behind a barrier
+/// ([`consistent_reads`]). One layer rather than four: each `from_fn` layer clones the rest of
+/// the stack for every request, and this is every request's path.
+async fn front_door(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    observe(&state, req, |req| async {
+        let acl = state.inner.acl.load();
+        check_acl(&acl, &|| state.api_tokens(), req, |req| async {
+            refuse_unsupported_params(req, |req| consistent_reads(&state, req, next)).await
+        })
+        .await
+    })
+    .await
+}
+
 /// One span per request, and the one place requests are counted and logged.
-async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn observe<F, Fut>(state: &ApiState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
     // Lifts the connection's request-head deadline while this request is handled.
     let _busy = req
@@ -681,7 +698,7 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
             }
             .into_response()
         } else {
-            next.run(req).await
+            next(req).await
         };
         let status = resp.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
@@ -714,7 +731,11 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
 
 /// Refuses, on every route, the query parameters of Consul's that would change an answer and
 /// that Meridian cannot honour: ignoring them would return data the caller did not ask for.
-async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
+async fn refuse_unsupported_params<F, Fut>(req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if let Some(q) = req.uri().query() {
         let path = req.uri().path();
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
@@ -736,7 +757,7 @@ async fn refuse_unsupported_params(req: Request, next: Next) -> Response {
             }
         }
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// Whether the route at `path` filters its answer by `?filter` or `?node-meta` (`key`), as
@@ -769,7 +790,7 @@ fn is_listing(path: &str, key: &str) -> bool {
 /// with a quorum that it still leads, and this node applies everything acknowledged before the
 /// request), as Consul's consistent mode, and fails with a 503 when no quorum confirms in time;
 /// without it every read is answered from this agent's replica, as Consul's `?stale`.
-async fn consistent_reads(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn consistent_reads(state: &ApiState, req: Request, next: Next) -> Response {
     if req.method() != axum::http::Method::GET {
         return next.run(req).await;
     }
@@ -832,23 +853,23 @@ fn unsupported_param(key: &str, value: &str) -> Option<&'static str> {
 
 /// Decides whether the request's token covers its endpoint, before any handler runs; handlers
 /// that change one service check the [`Grant`] this leaves in the request for that service.
-async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    check_acl(&state.inner.acl.load(), &|| state.api_tokens(), req, next).await
-}
-
-async fn check_acl(
+async fn check_acl<F, Fut>(
     acl: &Acl,
     api: &(dyn Fn() -> Arc<Tokens> + Sync),
     req: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let (mut parts, body) = req.into_parts();
     let need = Need::of(&parts.method, parts.uri.path());
     let token = presented_token(&parts);
     match acl.authorize(token.as_deref(), need, api) {
         Ok(grant) => {
             parts.extensions.insert(grant);
-            next.run(Request::from_parts(parts, body)).await
+            next(Request::from_parts(parts, body)).await
         }
         Err(denied) => {
             tracing::info!(reason = %denied, "request refused by acl");

@@ -509,17 +509,24 @@ impl Runner {
             .chain(view.remotes().map(|r| (&*r.name, &r.state)));
         for (dc, state) in dcs {
             let key: Arc<str> = dc.to_ascii_lowercase().into();
-            if let Some(old) = self.states.get(&key) {
-                for service in touched_services(old, state) {
-                    let (was_healthy, existed) = service_health(old, &service);
-                    let (healthy, _) = service_health(state, &service);
-                    let hold = (key.clone(), service);
-                    if existed && !was_healthy && healthy {
-                        tracing::info!(dc = %hold.0, service = %hold.1, for_ms = self.config.failback_after_ms, "instances recovered; answers return after the failback period");
-                        self.holds.insert(hold, until);
-                    } else if !healthy {
-                        self.holds.remove(&hold);
-                    }
+            let Some(old) = self.states.get(&key) else {
+                continue;
+            };
+            // A service recovers only from all its instances critical, and a hold is only ever
+            // lifted: with no critical check before and no hold in this DC there is nothing to
+            // find, and the diff (a walk of the changed catalog, per view) is skipped.
+            if !old.has_critical_checks() && !self.holds.keys().any(|(d, _)| *d == key) {
+                continue;
+            }
+            for service in touched_services(old, state) {
+                let (was_healthy, existed) = service_health(old, &service);
+                let (healthy, _) = service_health(state, &service);
+                let hold = (key.clone(), service);
+                if existed && !was_healthy && healthy {
+                    tracing::info!(dc = %hold.0, service = %hold.1, for_ms = self.config.failback_after_ms, "instances recovered; answers return after the failback period");
+                    self.holds.insert(hold, until);
+                } else if !healthy {
+                    self.holds.remove(&hold);
                 }
             }
         }

@@ -98,6 +98,15 @@ impl InstanceSet {
         }
     }
 
+    /// The first instance in key order, found without building an iterator (a tree's iterator
+    /// seeks both of its ends).
+    pub(crate) fn first(&self) -> Option<&Instance> {
+        match self {
+            InstanceSet::Small(held) => held.first().map(|i| &**i),
+            InstanceSet::Large(map) => map.get_min().map(|(_, i)| &**i),
+        }
+    }
+
     /// The instances, in key order.
     pub(crate) fn iter(&self) -> Iter<'_> {
         match self {
@@ -168,6 +177,10 @@ mod tests {
                 }
                 prop_assert_eq!(listed(&set), model.clone().into_iter().collect::<Vec<_>>());
                 prop_assert_eq!(set.is_empty(), model.is_empty());
+                prop_assert_eq!(
+                    set.first().map(|i| (i.key(), i.port)),
+                    model.iter().next().map(|(k, p)| (k.clone(), *p))
+                );
                 let small = matches!(set, InstanceSet::Small(_));
                 prop_assert!(!small || model.len() <= SMALL, "a slice of {} instances", model.len());
                 prop_assert!(small || model.len() > SHRINK, "a tree of {} instances", model.len());

@@ -63,6 +63,9 @@ impl Forwarder {
             inflight: MAX_INFLIGHT,
             items: MAX_BATCH_WRITES,
             bytes: MAX_BATCH_BYTES,
+            // As the proposer's: a forwarded call has a fixed cost on both nodes too.
+            linger: crate::proposer::LINGER,
+            linger_from: crate::proposer::LINGER_FROM,
         };
         let refused_at = Arc::new(Mutex::new(None));
         tokio::spawn(coalesce::run(

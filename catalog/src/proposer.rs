@@ -27,6 +27,13 @@ const QUEUE: usize = 4096;
 /// more throughput.
 const MAX_INFLIGHT: usize = 1;
 
+/// Longest a batch waits under load to be as large as the one before it (see
+/// [`crate::coalesce`]); tokio's timer rounds it up to its millisecond tick.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+/// Smallest batch after which the next one may linger: below it, writes are too few for an entry's
+/// fixed cost to matter against their latency.
+pub(crate) const LINGER_FROM: usize = 8;
+
 /// Why a proposal was not applied.
 #[derive(Debug, Clone)]
 pub(crate) enum ProposeError {
@@ -72,6 +79,8 @@ async fn run(raft: Raft, rx: mpsc::Receiver<(Command, Reply)>, counters: Arc<Cat
         inflight: MAX_INFLIGHT,
         items: MAX_BATCH_COMMANDS,
         bytes: MAX_BATCH_BYTES,
+        linger: LINGER,
+        linger_from: LINGER_FROM,
     };
     coalesce::run(
         rx,

@@ -39,16 +39,28 @@ fn lower(name: &str) -> Cow<'_, str> {
 /// stream of registrations, `meridian-bench catalog`).
 type NameIndex = OrdMap<Arc<str>, InstanceSet>;
 
-/// Adds `inst` under `key` to the set of `name` in an index, creating the set.
-fn index_in(index: &mut NameIndex, name: &str, key: &InstanceKey, inst: Arc<Instance>) {
-    let name = lower(name);
-    if let Some(set) = index.get_mut(&*name) {
+/// Adds `inst` under `key` to the set of `name` in an index, creating the set. A new set's key
+/// is `shared` itself when that is `name` and already lowercase (a service's name, which its
+/// instances share), so that the index costs no allocation of its own per name.
+fn index_in(
+    index: &mut NameIndex,
+    name: &str,
+    shared: Option<&Arc<str>>,
+    key: &InstanceKey,
+    inst: Arc<Instance>,
+) {
+    let lowered = lower(name);
+    if let Some(set) = index.get_mut(&*lowered) {
         set.insert(key, inst);
         return;
     }
     let mut set = InstanceSet::default();
     set.insert(key, inst);
-    index.insert(Arc::from(&*name), set);
+    let name = match (lowered, shared) {
+        (Cow::Borrowed(_), Some(shared)) => shared.clone(),
+        (lowered, _) => Arc::from(&*lowered),
+    };
+    index.insert(name, set);
 }
 
 /// Removes `key` from the set of `name` in an index, and the set once empty.
@@ -837,14 +849,17 @@ impl DcState {
     /// Stores an instance under its key, with its index entries (by service, and by destination
     /// for a proxy).
     fn insert_instance_arc(&mut self, inst: Arc<Instance>, key: InstanceKey) {
-        index_in(&mut self.by_service, &inst.service, &key, inst.clone());
+        let service = Some(&inst.service);
+        index_in(
+            &mut self.by_service,
+            &inst.service,
+            service,
+            &key,
+            inst.clone(),
+        );
         if let Some(p) = &inst.proxy {
-            index_in(
-                &mut self.by_destination,
-                &p.destination_service,
-                &key,
-                inst.clone(),
-            );
+            let dest = &p.destination_service;
+            index_in(&mut self.by_destination, dest, None, &key, inst.clone());
         }
         self.instances.insert(key, inst);
     }

@@ -3,6 +3,7 @@
 //! acknowledgement means the entry is fsynced on a majority and applied.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -349,10 +350,10 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
 /// clients, client `c` to `urls[c % urls.len()]`, each presenting `token` when given: each
 /// acknowledged registration's latency, and how many failed.
 ///
-/// Each client is one HTTP/1.1 connection (hyper's, keep-alive, `TCP_NODELAY`), as a Consul
-/// agent's client library holds one, and sends its next request when the last is answered. The
-/// load generator shares the machine's cores with the three nodes, so it is kept lean: a pooled
-/// client (reqwest) cost about 55 µs of CPU per registration here, a fifth of the whole.
+/// Each client is one HTTP/1.1 connection (keep-alive, `TCP_NODELAY`), as a Consul agent's
+/// client library holds one, and sends its next request when the last is answered. The load
+/// generator shares the machine's cores with the three nodes, so it is kept lean: a pooled client
+/// (reqwest) cost about 55 µs of CPU per registration here, a fifth of the whole; see [`put`].
 pub(crate) async fn register_all(
     token: Option<&'static str>,
     urls: &Arc<Vec<String>>,
@@ -382,7 +383,7 @@ pub(crate) async fn register_all(
                 let t = Instant::now();
                 let sent = tokio::time::timeout(
                     REQUEST_TIMEOUT,
-                    put(&mut conn, &uri, token, body.into_bytes()),
+                    put(&mut conn, &uri, token, body.as_bytes()),
                 )
                 .await;
                 match sent {
@@ -411,43 +412,106 @@ pub(crate) async fn register_all(
 /// Longest wait for one registration's answer, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One load client's connection.
-type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+/// Largest answer head (status line and headers) a load client reads.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest answer body a load client reads.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// One load client's keep-alive connection and its read buffer.
+struct Conn {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
 
 /// Sends `body` as `PUT uri` on `conn` (connecting first if there is none) and reads the whole
 /// answer: whether it was a success.
+///
+/// HTTP/1.1 written and read by hand, as wrk does: the request is one `write`, the answer is
+/// read until its `Content-Length` is complete. A client library's machinery (hyper's connection
+/// task, a wake-up per request between two tasks) cost about 20 µs of CPU per registration on the
+/// cores the three nodes share.
 async fn put(
-    conn: &mut Option<Sender>,
+    conn: &mut Option<Conn>,
     uri: &hyper::Uri,
     token: Option<&str>,
-    body: Vec<u8>,
+    body: &[u8],
 ) -> Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let authority = uri.authority().context("a URL with a host")?.as_str();
-    let sender = match conn {
-        Some(s) => s,
+    let c = match conn {
+        Some(c) => c,
         None => {
             let tcp = tokio::net::TcpStream::connect(authority).await?;
             tcp.set_nodelay(true)?;
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            // Ends when the sender is dropped or the node closes the connection.
-            tokio::spawn(connection);
-            conn.insert(sender)
+            conn.insert(Conn {
+                tcp,
+                buf: Vec::with_capacity(1024),
+            })
         }
     };
-    let mut req = hyper::Request::put(uri.path())
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json");
+    let mut req = Vec::with_capacity(256 + body.len());
+    write!(
+        req,
+        "PUT {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        uri.path(),
+        body.len()
+    )?;
     if let Some(t) = token {
-        req = req.header("x-consul-token", t);
+        write!(req, "x-consul-token: {t}\r\n")?;
     }
-    let req = req.body(http_body_util::Full::new(body.into()))?;
-    sender.ready().await?;
-    let resp = sender.send_request(req).await?;
-    let ok = resp.status().is_success();
-    // Read to the end, so that the connection carries the next request.
-    http_body_util::BodyExt::collect(resp.into_body()).await?;
-    Ok(ok)
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    c.tcp.write_all(&req).await?;
+    // The head, then as much of the body as its length says.
+    c.buf.clear();
+    let head_end = loop {
+        if let Some(at) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if c.buf.len() > MAX_HEAD {
+            bail!("an answer head over {MAX_HEAD} bytes");
+        }
+        if c.tcp.read_buf(&mut c.buf).await? == 0 {
+            bail!("the node closed the connection mid-answer");
+        }
+    };
+    let head = std::str::from_utf8(&c.buf[..head_end]).context("an answer head not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("an answer without a status line")?;
+    let (mut length, mut close) = (None, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().context("a bad content-length")?);
+        } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("a chunked answer (this client reads content-length only)");
+        }
+    }
+    let want = head_end + length.context("an answer without content-length")?;
+    if want - head_end > MAX_BODY {
+        bail!("an answer body over {MAX_BODY} bytes");
+    }
+    while c.buf.len() < want {
+        if c.tcp.read_buf(&mut c.buf).await? == 0 {
+            bail!("the node closed the connection mid-answer");
+        }
+    }
+    if c.buf.len() > want {
+        bail!("bytes after the answer, which nothing asked for");
+    }
+    if close {
+        *conn = None;
+    }
+    Ok((200..300).contains(&status))
 }
 
 /// The instance IDs the node at `base` holds of the 100 services `<prefix>-0` … `<prefix>-99`

@@ -15,7 +15,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument, warn};
+use tracing::{Instrument, debug, instrument, warn};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,10 +92,24 @@ fn forward_result(result: Result<WriteOutcome, ProposeError>) -> Result<ForwardR
 }
 
 /// Raft messages from peers, handed to openraft.
+#[derive(Clone)]
 pub(crate) struct RaftService {
     raft: Raft,
     counters: Arc<CatalogCounters>,
 }
+
+impl RaftService {
+    /// Hands one AppendEntries to openraft: the reply's payload.
+    async fn append(&self, json: &[u8]) -> Result<RaftPayload, Status> {
+        let rpc = decode(&self.counters, "append_entries", json)?;
+        self.counters.heard_from_leader();
+        encode(&self.raft.append_entries(rpc).await).map(Response::into_inner)
+    }
+}
+
+/// The replies of an [`RaftRpc::append_entries_stream`] call.
+type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
@@ -104,9 +118,43 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&self.counters, "append_entries", &request.into_inner().json)?;
-        self.counters.heard_from_leader();
-        encode(&self.raft.append_entries(rpc).await)
+        self.append(&request.into_inner().json)
+            .await
+            .map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = AppendReplies;
+
+    /// Each request is handled when the reply stream is polled, one at a time in order, so the
+    /// call costs one task (hyper's for the stream) and a request's reply is the next message.
+    /// A malformed request ends the call with its status; the leader opens another.
+    #[instrument(level = "debug", skip_all, name = "raft_append_stream")]
+    async fn append_entries_stream(
+        &self,
+        request: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let this = self.clone();
+        let requests = request.into_inner();
+        let replies = futures::stream::unfold(
+            (this, requests, false),
+            |(this, mut requests, failed)| async move {
+                if failed {
+                    return None;
+                }
+                let reply = match requests.message().await {
+                    Ok(Some(req)) => {
+                        let span = tracing::debug_span!("raft_append");
+                        this.append(&req.json).instrument(span).await
+                    }
+                    // The leader ended its session.
+                    Ok(None) => return None,
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                Some((reply, (this, requests, failed)))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     #[instrument(level = "debug", skip_all, name = "raft_vote")]

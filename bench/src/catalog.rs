@@ -496,10 +496,11 @@ async fn put(
             bail!("a chunked answer (this client reads content-length only)");
         }
     }
-    let want = head_end + length.context("an answer without content-length")?;
-    if want - head_end > MAX_BODY {
+    let length = length.context("an answer without content-length")?;
+    if length > MAX_BODY {
         bail!("an answer body over {MAX_BODY} bytes");
     }
+    let want = head_end + length;
     while c.buf.len() < want {
         if c.tcp.read_buf(&mut c.buf).await? == 0 {
             bail!("the node closed the connection mid-answer");

@@ -184,53 +184,51 @@ impl PeerClient {
     }
 
     /// Sends one AppendEntries over the session's stream, opening it first if need be: the
-    /// reply's payload.
+    /// reply's payload. The stream is kept only when the reply came back on it: after any
+    /// failure, or when the caller gives up waiting, it is dropped, so that no reply can be read
+    /// against a later request.
     async fn over_stream(&mut self, json: Vec<u8>) -> Result<Vec<u8>, StreamFailure> {
-        if self.stream.is_none() {
-            let Ok(client) = self.client.as_mut() else {
-                return Err(StreamFailure::Failed(tonic::Status::unavailable(
-                    "no channel to the peer",
-                )));
-            };
-            // One request at a time: the next is sent only once this one is answered.
-            let (requests, rx) = mpsc::channel(1);
-            let body =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-                );
-            let replies = match client.append_entries_stream(body).await {
-                Ok(replies) => replies.into_inner(),
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => match self.open_stream().await {
+                Ok(stream) => stream,
+                // Nothing was sent: the request goes back for a unary call.
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
                     return Err(StreamFailure::Unimplemented(json));
                 }
                 Err(status) => return Err(StreamFailure::Failed(status)),
-            };
-            self.stream = Some(AppendStream { requests, replies });
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            unreachable!("opened above");
+            },
         };
-        let sent = stream.requests.send(RaftPayload { json }).await;
-        let reply = match sent {
+        let reply = match stream.requests.send(RaftPayload { json }).await {
             Ok(()) => stream.replies.message().await,
             Err(_) => Err(tonic::Status::unavailable(
                 "the stream's request body ended",
             )),
         };
         match reply {
-            Ok(Some(reply)) => Ok(reply.json),
-            Ok(None) => {
-                self.stream = None;
-                Err(StreamFailure::Failed(tonic::Status::unavailable(
-                    "the peer ended the stream",
-                )))
+            Ok(Some(reply)) => {
+                self.stream = Some(stream);
+                Ok(reply.json)
             }
-            Err(status) => {
-                self.stream = None;
-                Err(StreamFailure::Failed(status))
-            }
+            Ok(None) => Err(StreamFailure::Failed(tonic::Status::unavailable(
+                "the peer ended the stream",
+            ))),
+            Err(status) => Err(StreamFailure::Failed(status)),
         }
+    }
+
+    /// Opens the `AppendEntriesStream` call.
+    async fn open_stream(&mut self) -> Result<AppendStream, tonic::Status> {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| tonic::Status::unavailable(format!("no channel to the peer: {e}")))?;
+        // One request at a time: the next is sent only once this one is answered.
+        let (requests, rx) = mpsc::channel(1);
+        let body =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let replies = client.append_entries_stream(body).await?.into_inner();
+        Ok(AppendStream { requests, replies })
     }
 }
 
@@ -249,15 +247,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
         let timeout = option.hard_ttl();
+        let json =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.unary_only {
-            let result = self.call(Rpc::Append, &rpc, timeout).await;
+            let result = self.unary(Rpc::Append, json, timeout).await;
             if matches!(result, Err(RPCError::Unreachable(_))) {
                 self.unary_only = false;
             }
             return result;
         }
-        let json =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         match tokio::time::timeout(timeout, self.over_stream(json)).await {
             Ok(Ok(reply)) => self.reply(&reply),
             Ok(Err(StreamFailure::Unimplemented(json))) => {
@@ -269,14 +267,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 self.unary(Rpc::Append, json, timeout).await
             }
             Ok(Err(StreamFailure::Failed(status))) => Err(status_error(&status)),
-            Err(_) => {
-                // The reply may still come: a new stream keeps it from answering the next request.
-                self.stream = None;
-                Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("AppendEntries took longer than {timeout:?}"),
-                ))))
-            }
+            // The stream went with the abandoned call: a reply that still comes cannot answer
+            // the next request.
+            Err(_) => Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("AppendEntries took longer than {timeout:?}"),
+            )))),
         }
     }
 

@@ -1,8 +1,9 @@
 //! A running gateway, as a node starts it: [`Gateway::start`] follows the published views into
 //! the `ArcSwap` the data plane reads (a load per connection, no lock shared with the
-//! publisher), serves the TCP port, and accepts the tunnel's inbound streams; the handle gives
-//! the bound address, the counters, the tunnel, the metric families of all of them (one
-//! collector for the node's registry), and the shutdown.
+//! publisher) and closes the tunnel to each DC a new view marks down, serves the TCP port, and
+//! accepts the tunnel's inbound streams; the handle gives the bound address, the counters, the
+//! tunnel, the metric families of all of them (one collector for the node's registry), and the
+//! shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,9 +46,19 @@ impl Gateway {
         // The data plane reads an ArcSwap: a load per connection, no lock shared with writers.
         let follow = {
             let current = Arc::clone(&current);
+            let tunnel = tunnel.clone();
             tokio::spawn(async move {
                 while views.changed().await.is_ok() {
-                    current.store(views.borrow_and_update().clone());
+                    let view = views.borrow_and_update().clone();
+                    let old = current.swap(Arc::clone(&view));
+                    // Only now that the data plane reads a view without them: a connection whose
+                    // stream the cut ends, and that never got an answer, is sent again where
+                    // its name resolves in this view, not back into the dead DC.
+                    if let Some(tunnel) = &tunnel {
+                        for (dc, _) in view.failover().newly_down(old.failover()) {
+                            tunnel.disconnect(dc);
+                        }
+                    }
                 }
             })
         };

@@ -354,7 +354,10 @@ impl Runner {
                 let newly_down = match &self.published {
                     Some(p) => {
                         self.count_transitions(p, &failover);
-                        newly_down(p, &failover)
+                        failover
+                            .newly_down(p)
+                            .map(|(dc, known)| (dc.clone(), known))
+                            .collect()
                     }
                     None => Vec::new(),
                 };
@@ -362,7 +365,7 @@ impl Runner {
                 self.published = Some(failover.clone());
                 let view = View::clone(&self.last_input).with_failover(failover);
                 out.send_replace(Arc::new(view));
-                self.cut_dead(newly_down);
+                self.announce_down(&newly_down);
             }
         }
     }
@@ -375,15 +378,11 @@ impl Runner {
         Arc::new(View::clone(view).with_failover(failover))
     }
 
-    /// Closes the tunnel to every DC in `down` (just found down), so that connections stuck on
-    /// it end now instead of at the idle timeout: the gateway sends those that never got an
-    /// answer where the name resolves now, and clients of the others reconnect. A moment after
-    /// the view without the DC is published, so that the gateway already reads it.
-    fn cut_dead(&self, down: Vec<(Arc<str>, bool)>) {
-        if down.is_empty() {
-            return;
-        }
-        for (dc, was_up) in &down {
+    /// Says which DCs were just found down. The gateway closes their tunnel connections itself
+    /// once it reads the view without them (`meridian_gateway::Gateway::start`), so that streams
+    /// stuck on a dead DC end then rather than at the idle timeout.
+    fn announce_down(&self, down: &[(Arc<str>, bool)]) {
+        for (dc, was_up) in down {
             // A DC this node has not seen yet is not news (every remote starts so): only one that
             // was published up and went down is a warning.
             if *was_up {
@@ -394,16 +393,6 @@ impl Runner {
                 tracing::info!(%dc, "datacenter not yet reachable: no answers into it until it is");
             }
         }
-        let down: Vec<Arc<str>> = down.into_iter().map(|(dc, _)| dc).collect();
-        let Some(tunnel) = self.tunnel.get().cloned() else {
-            return;
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(CUT_DELAY).await;
-            for dc in down {
-                tunnel.disconnect(&dc);
-            }
-        });
     }
 
     fn count_transitions(&self, old: &Failover, new: &Failover) {
@@ -568,26 +557,6 @@ impl Runner {
     }
 }
 
-/// The DCs `down` in `new` and not in `old`.
-fn newly_down(old: &Failover, new: &Failover) -> Vec<(Arc<str>, bool)> {
-    new.liveness
-        .iter()
-        .filter_map(|(dc, l)| {
-            if l.status != DcStatus::Down {
-                return None;
-            }
-            match old.liveness.get(dc) {
-                Some(o) if o.status == DcStatus::Down => None,
-                Some(_) => Some((dc.clone(), true)),
-                None => Some((dc.clone(), false)),
-            }
-        })
-        .collect()
-}
-
-/// How long after publishing a view without a dead DC its tunnel connections are closed.
-const CUT_DELAY: Duration = Duration::from_millis(50);
-
 /// Whether readers must see `new`: a status, staleness or hold changed, or an RTT moved by more
 /// than a fifth (which may reorder the nearest DCs).
 fn differs(old: &Failover, new: &Failover) -> bool {
@@ -712,38 +681,5 @@ mod tests {
         assert_eq!(service_health(&b, "web"), (true, true));
         assert_eq!(service_health(&b, "nope"), (false, false));
         assert!(b.gateway_addrs().is_empty());
-    }
-
-    fn liveness(entries: &[(&str, DcStatus)]) -> Failover {
-        Failover {
-            liveness: entries
-                .iter()
-                .map(|(dc, status)| {
-                    let l = DcLiveness {
-                        status: *status,
-                        ..Default::default()
-                    };
-                    (Arc::from(*dc), l)
-                })
-                .collect(),
-            ..Failover::default()
-        }
-    }
-
-    #[test]
-    fn a_dc_never_seen_is_not_reported_as_gone_down() {
-        let before = liveness(&[("dc2", DcStatus::Up), ("dc3", DcStatus::Down)]);
-        let after = liveness(&[
-            ("dc2", DcStatus::Down),
-            ("dc3", DcStatus::Down),
-            ("dc4", DcStatus::Down),
-        ]);
-        let mut down = newly_down(&before, &after);
-        down.sort();
-        // dc2 was up and went down (a warning); dc4 appeared unseen (not news); dc3 stays down.
-        assert_eq!(
-            down,
-            vec![(Arc::from("dc2"), true), (Arc::from("dc4"), false)]
-        );
     }
 }

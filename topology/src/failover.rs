@@ -88,6 +88,23 @@ impl Failover {
         }
     }
 
+    /// The DCs `Down` here and not in `old`, each with whether `old` listed it at all (a DC
+    /// first listed `Down` has not been heard from yet, which is no news).
+    pub fn newly_down<'a>(
+        &'a self,
+        old: &'a Failover,
+    ) -> impl Iterator<Item = (&'a Arc<str>, bool)> {
+        self.liveness.iter().filter_map(|(dc, l)| {
+            if l.status != DcStatus::Down {
+                return None;
+            }
+            match old.liveness.get(dc) {
+                Some(o) if o.status == DcStatus::Down => None,
+                known => Some((dc, known.is_some())),
+            }
+        })
+    }
+
     /// Whether answers must not point at `dc`: it is `Down` or `Drained`.
     pub fn unavailable(&self, dc: &str) -> bool {
         self.get(dc)
@@ -169,6 +186,49 @@ pub fn rank_by_rtt(prev: &[Arc<str>], liveness: &OrdMap<Arc<str>, DcLiveness>) -
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn statuses(entries: &[(&str, DcStatus)]) -> Failover {
+        let liveness = entries
+            .iter()
+            .map(|(dc, status)| {
+                let l = DcLiveness {
+                    status: *status,
+                    ..DcLiveness::default()
+                };
+                (Arc::from(*dc), l)
+            })
+            .collect();
+        Failover {
+            liveness,
+            ..Failover::default()
+        }
+    }
+
+    #[test]
+    fn newly_down_is_a_dc_that_was_not_down_before() {
+        let before = statuses(&[
+            ("dc2", DcStatus::Up),
+            ("dc3", DcStatus::Down),
+            ("dc4", DcStatus::Suspect),
+            ("dc5", DcStatus::Drained),
+        ]);
+        let after = statuses(&[
+            ("dc2", DcStatus::Down),
+            ("dc3", DcStatus::Down),
+            ("dc4", DcStatus::Up),
+            ("dc5", DcStatus::Down),
+            ("dc6", DcStatus::Down),
+        ]);
+        let down: Vec<(&str, bool)> = after
+            .newly_down(&before)
+            .map(|(dc, known)| (&**dc, known))
+            .collect();
+        // dc2 went down from up, dc5 from drained; dc3 was down already; dc6 appeared unseen,
+        // which the runner does not warn about (every remote starts so).
+        assert_eq!(down, [("dc2", true), ("dc5", true), ("dc6", false)]);
+        assert_eq!(after.newly_down(&after).count(), 0);
+        assert_eq!(before.newly_down(&after).count(), 0);
+    }
 
     fn live(rtts: &[(&str, u32)]) -> OrdMap<Arc<str>, DcLiveness> {
         rtts.iter()

@@ -2,7 +2,8 @@
 //! without terminating it, and between datacenters through a QUIC tunnel.
 //!
 //! A connection's path, one step per file: [`Gateway::start`] (`gateway.rs`) follows the views
-//! (closing the tunnel to a DC as soon as a view marks it newly down) and runs the loops; `serve.rs` accepts a TCP connection and reads its ClientHello
+//! (closing the tunnel to a DC as soon as a view marks it newly down) and runs the loops;
+//! `serve.rs` accepts a TCP connection and reads its ClientHello
 //! ([`client_hello`], sans-IO and bounded by [`MAX_HELLO`]); [`route`](mod@route) maps the SNI
 //! to a service query (the grammar DNS uses) and asks `topology::resolve` where it goes,
 //! exactly as DNS does.

@@ -49,6 +49,10 @@ pub struct Options {
     pub outstanding: usize,
     /// Which servers to measure.
     pub servers: Servers,
+    /// Server threads (Meridian's `[dns] threads`, Knot's `udp-workers`), on the server's core.
+    pub threads: usize,
+    /// Pin neither the servers nor dnsperf.
+    pub unpinned: bool,
 }
 
 /// One dnsperf run against one server.
@@ -219,7 +223,13 @@ impl Server {
     }
 }
 
-fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) -> Result<Server> {
+fn start_knot(
+    knotd: &Path,
+    dir: &Path,
+    zone_text: &str,
+    core: Option<usize>,
+    threads: usize,
+) -> Result<Server> {
     let kdir = dir.join("knot");
     std::fs::create_dir_all(&kdir)?;
     let port = meridian_testkit::free_port();
@@ -229,7 +239,7 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
         &conf,
         format!(
             "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\n    background-workers: 1\n    \
-             udp-workers: 1\n    tcp-workers: 1\n\
+             udp-workers: {threads}\n    tcp-workers: 1\n\
              database:\n    storage: {d}\n\
              log:\n  - target: stderr\n    any: warning\n\
              zone:\n  - domain: consul.\n    file: {d}/consul.zone\n    journal-content: none\n    \
@@ -254,13 +264,19 @@ fn start_knot(knotd: &Path, dir: &Path, zone_text: &str, core: Option<usize>) ->
 }
 
 /// A one-node datacenter like `meridian agent --dev` (dc1, node `dev`), from a config file so that
-/// `[dns] threads = 1` is explicit. Returns the server and its agent's HTTP API.
-fn start_meridian(bin: &Path, dir: &Path, core: Option<usize>) -> Result<(Server, String)> {
+/// `[dns] threads` is explicit. Returns the server and its agent's HTTP API.
+fn start_meridian(
+    bin: &Path,
+    dir: &Path,
+    core: Option<usize>,
+    threads: usize,
+) -> Result<(Server, String)> {
     let ports = Ports::free();
     let mut config = tools::one_node_config("dev", &dir.join("meridian"), ports);
     // dnsperf sends 100,000+ queries a second from the one address 127.0.0.1: the per-client
     // response-rate limit (on by default) would measure itself, not the server.
     config.set("dns", "response_rate_limit", 0);
+    config.set("dns", "threads", i64::try_from(threads)?);
     let agent =
         procs::configured_agent("meridian", bin, &config, dir, &[("RUST_LOG", "warn")], core)?;
     let base = agent.base();
@@ -520,6 +536,9 @@ pub(crate) struct Load<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) core: Option<usize>,
     pub(crate) outstanding: usize,
+    /// dnsperf's sockets (`-c`): more than one spreads the queries over the source ports a
+    /// server with a socket per thread hashes to its threads.
+    pub(crate) clients: usize,
     pub(crate) ticks: f64,
     /// Reruns of a run disturbed by other work (none with `--quick`, to stay short).
     pub(crate) retries: usize,
@@ -562,7 +581,7 @@ impl Load<'_> {
                 "-l",
                 &seconds.to_string(),
                 "-c",
-                "1",
+                &self.clients.to_string(),
                 "-T",
                 "1",
                 "-t",
@@ -640,18 +659,29 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
     if opt.services == 0 || opt.services > 65_536 || opt.instances == 0 || opt.instances > 250 {
         bail!("--services must be 1..=65536 and --instances 1..=250");
     }
+    if opt.threads == 0 || opt.threads > 16 {
+        bail!("--threads must be 1..=16");
+    }
+    let clients = if opt.threads > 1 { 8 } else { 1 };
     let (knotd, dnsperf) = ensure_peers()?;
     let dir = tempfile::tempdir()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (server_core, client_core) = if cores >= 2 {
+    let (server_core, client_core) = if cores >= 2 && !opt.unpinned {
         (Some(0), Some(1))
     } else {
         (None, None)
     };
     let pinning = match server_core {
-        Some(_) => "servers on core 0 (taskset -c 0; knotd udp/tcp/background-workers 1; \
-                    meridian whole agent with `[dns] threads = 1`), dnsperf on core 1 (-T 1 -c 1)"
-            .to_owned(),
+        Some(_) => format!(
+            "servers on core 0 (taskset -c 0; knotd udp-workers {t}, tcp/background-workers 1; \
+             meridian whole agent with `[dns] threads = {t}`), dnsperf on core 1 (-T 1 -c {clients})",
+            t = opt.threads
+        ),
+        None if opt.unpinned => format!(
+            "none: servers (knotd udp-workers {t}; meridian `[dns] threads = {t}`) and dnsperf \
+             (-T 1 -c {clients}) on any of {cores} cores",
+            t = opt.threads
+        ),
         None => "none (one core)".to_owned(),
     };
     let insts = instances(opt.services, opt.instances);
@@ -662,13 +692,13 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
 
     let mut knot = None;
     if want_knot {
-        let mut k = start_knot(&knotd, dir.path(), &zone(&insts)?, server_core)?;
+        let mut k = start_knot(&knotd, dir.path(), &zone(&insts)?, server_core, opt.threads)?;
         wait_dns(&mut k, opt.services, opt.instances)?;
         knot = Some(k);
     }
     let mut meridian = None;
     if want_meridian {
-        let (mut m, http) = start_meridian(bin, dir.path(), server_core)?;
+        let (mut m, http) = start_meridian(bin, dir.path(), server_core, opt.threads)?;
         let started = Instant::now();
         register(&http, insts).await?;
         eprintln!(
@@ -693,6 +723,7 @@ pub async fn run(bin: &Path, quick: bool, out: &Path, opt: Options) -> Result<()
         dir: dir.path(),
         core: client_core,
         outstanding: opt.outstanding,
+        clients,
         ticks: clock_ticks(),
         retries: if quick { 0 } else { 2 },
     };
@@ -823,6 +854,7 @@ fn markdown(r: &Report, quick: bool) -> Result<String> {
                 .map_or("-".to_owned(), |(l, q)| format!("{l:.3} ms ({q:.0} q/s)")),
         )?;
     }
+    writeln!(md, "\nPinning: {}.", r.pinning)?;
     if let Some(ratio) = r.ratio_meridian_over_knot {
         writeln!(
             md,

@@ -139,6 +139,15 @@ enum What {
         /// Which servers to measure.
         #[arg(long, value_enum, default_value_t = dns::Servers::Both)]
         servers: dns::Servers,
+        /// Server threads: Meridian's `[dns] threads`, Knot's `udp-workers`, all on the
+        /// server's one core. Above 1, dnsperf sends from 8 sockets (`-c 8`), so that servers
+        /// with a socket per thread get every thread's share.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Pin nothing: the servers' threads and dnsperf share every core (the scheduler
+        /// places them), so that a server's threads can run on different cores.
+        #[arg(long)]
+        unpinned: bool,
     },
     /// Three datacenters over a delayed WAN: convergence, initial sync, bytes per change.
     Federation {
@@ -480,6 +489,8 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             reps,
             outstanding,
             servers,
+            threads,
+            unpinned,
         } => {
             let opt = dns::Options {
                 services,
@@ -488,6 +499,8 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 reps: reps.unwrap_or(if cli.quick { 2 } else { 4 }),
                 outstanding,
                 servers,
+                threads,
+                unpinned,
             };
             dns::run(&bin, cli.quick, &cli.out, opt).await?;
         }

@@ -1088,6 +1088,7 @@ async fn phases(bin: &Path, quick: bool, out: &Path, opt: &Options, dir: &Path) 
         dir,
         core: None,
         outstanding: 20,
+        clients: 1,
         ticks: meridian_testkit::meter::clock_ticks(),
         retries: 0,
     };

@@ -79,7 +79,8 @@ async fn once(bin: &Path, instances: usize) -> Result<BackupRun> {
     let bases: Vec<String> = nodes.iter().map(Agent::base).collect();
     meridian_testkit::wait::leader_known(&http, &bases, Duration::from_secs(60)).await?;
     let urls = Arc::new(vec![nodes[0].url("/v1/agent/service/register")]);
-    let (acked, failed) = crate::catalog::register_all(None, &urls, "pre", instances, 32).await?;
+    let (acked, failed) =
+        crate::catalog::register_all(None, &urls, "pre", instances, 32, false).await?;
     ensure!(failed == 0, "{failed} of {instances} registrations failed");
 
     let started = Instant::now();

@@ -36,6 +36,9 @@ pub struct Load {
     pub snapshot_every: Option<u64>,
     /// Worker threads of each node's runtime, when not one per core.
     pub node_threads: Option<usize>,
+    /// Each registration carries a health check (a TTL check, passing), as most services'
+    /// do: every instance a node's agent registers adds a check on that node.
+    pub checks: bool,
 }
 
 /// Runs `reps` repetitions of `load`, and writes `catalog.json` and `catalog.md` (or the
@@ -82,6 +85,9 @@ pub async fn run(bin: &Path, out: &Path, load: &Load, reps: usize) -> Result<()>
     if let Some(n) = load.node_threads {
         write!(beside, ", {n} worker thread(s) per node")?;
     }
+    if load.checks {
+        beside.push_str(", a TTL check with each instance");
+    }
     let mut md = format!(
         "| benchmark | clients | registrations | acknowledged/s (median of {}) | p50 | p99 |\n\
          |---|---|---|---|---|---|\n\
@@ -114,10 +120,11 @@ pub async fn run(bin: &Path, out: &Path, load: &Load, reps: usize) -> Result<()>
         }
     }
     md.push_str(&resources_table(&report.runs)?);
-    let name = match (load.secure, load.preload) {
-        (true, _) => "catalog-secure",
-        (false, 0) => "catalog",
-        (false, _) => "catalog-snapshot",
+    let name = match (load.secure, load.preload, load.checks) {
+        (true, _, _) => "catalog-secure",
+        (false, 0, false) => "catalog",
+        (false, 0, true) => "catalog-checks",
+        (false, _, _) => "catalog-snapshot",
     };
     crate::tools::write_report(out, name, &report, &md)
 }
@@ -280,7 +287,8 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
     );
     if load.preload > 0 {
         let t = Instant::now();
-        let (lat, failed) = register_all(token, &urls, "pre", load.preload, load.clients).await?;
+        let (lat, failed) =
+            register_all(token, &urls, "pre", load.preload, load.clients, load.checks).await?;
         eprintln!(
             "catalog: preloaded {} instances in {:.1} s ({failed} failed)",
             lat.len(),
@@ -293,7 +301,8 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
         .map(|n| Ok(Meter::start(&n.name, procs::pid(&n.proc)?)))
         .collect::<Result<_>>()?;
     let started = Instant::now();
-    let (mut lat, failed) = register_all(token, &urls, "svc", load.count, load.clients).await?;
+    let (mut lat, failed) =
+        register_all(token, &urls, "svc", load.count, load.clients, load.checks).await?;
     let seconds = started.elapsed().as_secs_f64();
     for m in &mut meters {
         m.sample();
@@ -347,8 +356,9 @@ async fn catalog_once(bin: &Path, load: &Load) -> Result<CatalogRun> {
 }
 
 /// Registers `count` instances `<prefix>-<i>` (of 100 services) by `clients` concurrent
-/// clients, client `c` to `urls[c % urls.len()]`, each presenting `token` when given: each
-/// acknowledged registration's latency, and how many failed.
+/// clients, client `c` to `urls[c % urls.len()]`, each presenting `token` when given, each
+/// with a passing TTL check when `checks`: each acknowledged registration's latency, and how
+/// many failed.
 ///
 /// Each client is one HTTP/1.1 connection (keep-alive, `TCP_NODELAY`), as a Consul agent's
 /// client library holds one, and sends its next request when the last is answered. The load
@@ -360,6 +370,7 @@ pub(crate) async fn register_all(
     prefix: &'static str,
     count: usize,
     clients: usize,
+    checks: bool,
 ) -> Result<(Vec<Duration>, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -375,8 +386,13 @@ pub(crate) async fn register_all(
                 if i >= count {
                     break;
                 }
+                let check = if checks {
+                    r#","Check":{"TTL":"1h","Status":"passing"}"#
+                } else {
+                    ""
+                };
                 let body = format!(
-                    r#"{{"ID":"{prefix}-{i}","Name":"{prefix}-{}","Port":{},"Address":"10.1.2.3","Tags":["bench"]}}"#,
+                    r#"{{"ID":"{prefix}-{i}","Name":"{prefix}-{}","Port":{},"Address":"10.1.2.3","Tags":["bench"]{check}}}"#,
                     i % 100,
                     1024 + (i % 60000)
                 );

@@ -118,6 +118,10 @@ enum What {
         /// node starts one per core, as it would alone on a machine.
         #[arg(long)]
         node_threads: Option<usize>,
+        /// Each registration carries a passing TTL check, as most services' do (the report is
+        /// then `catalog-checks`).
+        #[arg(long)]
+        checks: bool,
     },
     /// dnsperf against Meridian's DNS server and against Knot DNS serving the same names.
     Dns {
@@ -469,6 +473,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
             preload,
             snapshot_every,
             node_threads,
+            checks,
         } => {
             let load = catalog::Load {
                 clients,
@@ -478,6 +483,7 @@ async fn run(cli: Cli, bin: &std::path::Path) -> Result<()> {
                 preload,
                 snapshot_every,
                 node_threads,
+                checks,
             };
             let reps = reps.unwrap_or(if cli.quick { 1 } else { 3 });
             catalog::run(&bin, &cli.out, &load, reps).await?;

@@ -296,7 +296,8 @@ async fn replace_once(bin: &Path, preload: usize) -> Result<ReplaceRun> {
 
     if preload > 0 {
         let urls = Arc::new(vec![nodes[front].url("/v1/agent/service/register")]);
-        let (lat, failed) = crate::catalog::register_all(None, &urls, "pre", preload, 32).await?;
+        let (lat, failed) =
+            crate::catalog::register_all(None, &urls, "pre", preload, 32, false).await?;
         eprintln!(
             "membership: preloaded {} instances ({failed} failed)",
             lat.len()

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_topology::{CheckKind, CheckSpec, GATEWAY_SERVICE, Health};
+use meridian_topology::{CheckKind, CheckSpec, GATEWAY_SERVICE, Health, View};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -79,16 +79,30 @@ impl HealthRunner {
         let mut views = catalog.watch();
         let mut stop = self.inner.stop.subscribe();
         // Keyed by node and check ID: the leader runs other nodes' checks beside its own.
-        let mut running: HashMap<(String, String), (CheckSpec, JoinHandle<()>)> = HashMap::new();
+        let mut running = Running::new();
+        // The view last reconciled. This node's checks are reconciled by what changed since:
+        // an agent's node may hold thousands of checks, and rebuilding a map of all of them on
+        // every view was half of a node's CPU while instances were being registered.
+        let mut last: Option<Arc<View>> = None;
         let mut poll = tokio::time::interval(LEADERSHIP_POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let view = views.borrow_and_update().clone();
             let state = view.local();
+            let own = &self.inner.node;
+            let changed: Vec<&str> = match &last {
+                Some(old) => state.checks_changed_on(old.local(), own),
+                None => state.checks_on(own).map(|c| c.id.as_str()).collect(),
+            };
+            for id in changed {
+                let want = state.check(own, id).and_then(|c| c.spec.as_ref());
+                self.reconcile(&mut running, &catalog, own, id, want);
+            }
+            // The TCP checks of gateway-only nodes, run while this node leads. Few, and found
+            // through the gateway instances (an index), not by scanning every node: reconciled
+            // in full on every view, so that leadership moving is followed too.
             let leads = catalog.status().is_leader;
-            // Found through the gateway instances (an index), not by scanning every node: this
-            // runs on every view change.
-            let agentless = state
+            let agentless: HashMap<(&str, &str), &CheckSpec> = state
                 .instances_of(GATEWAY_SERVICE)
                 .filter(|_| leads)
                 .filter(|i| {
@@ -97,61 +111,28 @@ impl HealthRunner {
                         .is_some_and(|n| n.meta.get(GATEWAY_ONLY_META).is_some_and(|v| v == "true"))
                 })
                 .flat_map(|i| state.checks_on(&i.node))
-                .filter(|c| {
-                    c.spec
-                        .as_ref()
-                        .is_some_and(|s| matches!(s.kind, CheckKind::Tcp { .. }))
-                });
-            let wanted: HashMap<(&str, &str), &CheckSpec> = state
-                .checks_on(&self.inner.node)
-                .chain(agentless)
                 .filter_map(|c| {
-                    c.spec
-                        .as_ref()
-                        .map(|s| ((c.node.as_str(), c.id.as_str()), s))
+                    let spec = c.spec.as_ref()?;
+                    matches!(spec.kind, CheckKind::Tcp { .. })
+                        .then_some(((c.node.as_str(), c.id.as_str()), spec))
                 })
                 .collect();
-            running.retain(|(node, id), (spec, task)| {
-                let keep = wanted
-                    .get(&(node.as_str(), id.as_str()))
-                    .is_some_and(|w| *w == spec);
-                if !keep {
-                    task.abort();
-                    if *node == self.inner.node
-                        && let Ok(mut m) = self.inner.ttl_touch.lock()
-                    {
-                        m.remove(id);
-                    }
-                }
-                keep
-            });
-            for ((node, id), spec) in wanted {
-                let key = (node.to_owned(), id.to_owned());
-                if running.contains_key(&key) {
-                    continue;
-                }
-                let touch = Arc::new(Notify::new());
-                // TTL checks are this node's own (the others run are TCP).
-                if node == self.inner.node
-                    && let Ok(mut m) = self.inner.ttl_touch.lock()
-                {
-                    m.insert(id.to_owned(), touch.clone());
-                }
-                let task = CheckTask {
-                    catalog: catalog.clone(),
-                    node: node.to_owned(),
-                    policy: self.inner.policy.clone(),
-                    id: id.to_owned(),
-                    spec: spec.clone(),
-                    touch,
-                    critical_since: None,
-                };
-                let span = info_span!("check", %node, check = %id, kind = spec.kind.type_name());
-                running.insert(
-                    key,
-                    (spec.clone(), tokio::spawn(task.run().instrument(span))),
-                );
+            let gone: Vec<(String, String)> = running
+                .keys()
+                .filter(|(node, id)| {
+                    node != own && !agentless.contains_key(&(node.as_str(), id.as_str()))
+                })
+                .cloned()
+                .collect();
+            for (node, id) in gone {
+                self.reconcile(&mut running, &catalog, &node, &id, None);
             }
+            for ((node, id), spec) in agentless {
+                if node != own {
+                    self.reconcile(&mut running, &catalog, node, id, Some(spec));
+                }
+            }
+            last = Some(view.clone());
             tokio::select! {
                 changed = views.changed() => if changed.is_err() { break },
                 // Leadership moves without a view change: look again now and then.
@@ -163,7 +144,59 @@ impl HealthRunner {
             task.abort();
         }
     }
+
+    /// Makes the task of check `id` on `node` run `want` (none: no task): left alone when it
+    /// already does, else stopped and started again with the new spec.
+    fn reconcile(
+        &self,
+        running: &mut Running,
+        catalog: &Catalog,
+        node: &str,
+        id: &str,
+        want: Option<&CheckSpec>,
+    ) {
+        let key = (node.to_owned(), id.to_owned());
+        if let Some((spec, task)) = running.get(&key) {
+            if want == Some(spec) {
+                return;
+            }
+            task.abort();
+            running.remove(&key);
+            if node == self.inner.node
+                && let Ok(mut m) = self.inner.ttl_touch.lock()
+            {
+                m.remove(id);
+            }
+        }
+        let Some(spec) = want else {
+            return;
+        };
+        let touch = Arc::new(Notify::new());
+        // TTL checks are this node's own (the others run are TCP).
+        if node == self.inner.node
+            && let Ok(mut m) = self.inner.ttl_touch.lock()
+        {
+            m.insert(id.to_owned(), touch.clone());
+        }
+        let task = CheckTask {
+            catalog: catalog.clone(),
+            node: node.to_owned(),
+            policy: self.inner.policy.clone(),
+            id: id.to_owned(),
+            spec: spec.clone(),
+            touch,
+            critical_since: None,
+        };
+        let span = info_span!("check", %node, check = %id, kind = spec.kind.type_name());
+        running.insert(
+            key,
+            (spec.clone(), tokio::spawn(task.run().instrument(span))),
+        );
+    }
 }
+
+/// The check tasks running, by node and check ID, with the spec each runs.
+type Running = HashMap<(String, String), (CheckSpec, JoinHandle<()>)>;
 
 struct CheckTask {
     catalog: Catalog,

@@ -271,8 +271,7 @@ pub fn export_entry(
                 return None;
             }
             let checks = state
-                .checks_on(&node.name)
-                .filter(|c| c.service_id.is_empty())
+                .instance_checks(&node.name, "")
                 .map(check_to_proto)
                 .collect();
             Some(pb::Entry {
@@ -288,8 +287,7 @@ pub fn export_entry(
                 return None;
             }
             let checks = state
-                .checks_on(&inst.node)
-                .filter(|c| c.service_id == inst.id)
+                .instance_checks(&inst.node, &inst.id)
                 .map(check_to_proto)
                 .collect();
             Some(pb::Entry {

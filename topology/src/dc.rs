@@ -21,7 +21,101 @@ use crate::token::{MAX_TOKEN_RECORDS, TokenMap, TokenRecord};
 
 type CheckKey = (String, String);
 /// Checks by node, then by check ID: lookups borrow the caller's strings, allocate nothing.
-type ChecksByNode = OrdMap<String, OrdMap<String, Arc<Check>>>;
+type ChecksByNode = OrdMap<String, NodeChecks>;
+
+/// The checks on one node: by check ID, and the IDs of each instance's checks. One agent's node
+/// may hold thousands of instances, each with its checks; without the second map, finding an
+/// instance's checks (for its health, a registration, a removal) walked every check on the node,
+/// and registering the node's n-th instance cost O(n).
+#[derive(Clone, Debug, Default)]
+struct NodeChecks {
+    by_id: OrdMap<String, Arc<Check>>,
+    /// Check IDs, sorted, by the service ID of the instance they belong to; the node's own
+    /// checks under "". Shared slices: an instance has a check or two, and an `OrdMap` node
+    /// copied on write clones its values.
+    by_instance: OrdMap<String, Arc<[String]>>,
+}
+
+/// Two nodes' checks are the same when their checks are: `by_instance` follows from `by_id`.
+impl PartialEq for NodeChecks {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_id == other.by_id
+    }
+}
+
+impl NodeChecks {
+    fn get(&self, id: &str) -> Option<&Arc<Check>> {
+        self.by_id.get(id)
+    }
+
+    /// Stores `c`, replacing the check with its ID; returns the one replaced.
+    fn insert(&mut self, c: Arc<Check>) -> Option<Arc<Check>> {
+        let old = self.by_id.insert(c.id.clone(), c.clone());
+        match &old {
+            Some(o) if o.service_id == c.service_id => {}
+            Some(o) => {
+                self.unlist(&o.service_id, &o.id);
+                self.list(&c.service_id, &c.id);
+            }
+            None => self.list(&c.service_id, &c.id),
+        }
+        old
+    }
+
+    /// Removes the check `id`; returns it.
+    fn remove(&mut self, id: &str) -> Option<Arc<Check>> {
+        let old = self.by_id.remove(id)?;
+        self.unlist(&old.service_id, &old.id);
+        Some(old)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The checks of the instance `service_id` (with "", the node's own), by ID.
+    fn of_instance<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Check> + use<'a> {
+        let ids = self
+            .by_instance
+            .get(service_id)
+            .map_or(&[][..], |ids| &ids[..]);
+        ids.iter().filter_map(|id| self.by_id.get(id)).map(|c| &**c)
+    }
+
+    fn list(&mut self, service_id: &str, id: &str) {
+        let ids = self
+            .by_instance
+            .get(service_id)
+            .map_or(&[][..], |ids| &ids[..]);
+        if let Err(at) = ids.binary_search_by(|i| i.as_str().cmp(id)) {
+            let mut v = Vec::with_capacity(ids.len() + 1);
+            v.extend_from_slice(&ids[..at]);
+            v.push(id.to_owned());
+            v.extend_from_slice(&ids[at..]);
+            self.by_instance.insert(service_id.to_owned(), v.into());
+        }
+    }
+
+    fn unlist(&mut self, service_id: &str, id: &str) {
+        let Some(ids) = self.by_instance.get(service_id) else {
+            return;
+        };
+        let Ok(at) = ids.binary_search_by(|i| i.as_str().cmp(id)) else {
+            return;
+        };
+        if ids.len() == 1 {
+            self.by_instance.remove(service_id);
+        } else {
+            let v: Vec<String> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at)
+                .map(|(_, s)| s.clone())
+                .collect();
+            self.by_instance.insert(service_id.to_owned(), v.into());
+        }
+    }
+}
 
 /// Service and node names are looked up case-insensitively (as DNS does, and Consul with it):
 /// the maps are keyed by the lowercased name, which allocates only when the name has capitals.
@@ -255,24 +349,65 @@ impl DcState {
         self.checks.get(node)?.get(id).map(|c| &**c)
     }
 
+    /// The checks of the instance `service_id` on `node` only, not its node's (with an empty
+    /// `service_id`, the node's own checks), by ID. Found without walking the node's other
+    /// checks.
+    pub fn instance_checks<'a>(
+        &'a self,
+        node: &str,
+        service_id: &str,
+    ) -> impl Iterator<Item = &'a Check> + use<'a> {
+        self.checks
+            .get(node)
+            .map(|m| m.of_instance(service_id))
+            .into_iter()
+            .flatten()
+    }
+
     /// All checks on `node`, node-level and service-level.
     pub fn checks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
         self.checks
             .get(node)
             .into_iter()
-            .flat_map(|m| m.values())
+            .flat_map(|m| m.by_id.values())
             .map(|c| &**c)
+    }
+
+    /// The IDs of the checks on `node` added, changed or removed since `old`. Costs
+    /// O(changes × log n) when this state was derived from `old` (shared subtrees are skipped),
+    /// however many checks the node holds.
+    pub fn checks_changed_on<'a>(&'a self, old: &'a DcState, node: &str) -> Vec<&'a str> {
+        let ids = |m: &'a NodeChecks| m.by_id.keys().map(String::as_str).collect();
+        match (old.checks.get(node), self.checks.get(node)) {
+            (Some(o), Some(n)) => o
+                .by_id
+                .diff(&n.by_id)
+                .map(|d| diff_key(d).as_str())
+                .collect(),
+            (None, Some(m)) | (Some(m), None) => ids(m),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// All checks.
     pub fn checks(&self) -> impl Iterator<Item = &Check> {
-        self.checks.values().flat_map(|m| m.values()).map(|c| &**c)
+        self.checks
+            .values()
+            .flat_map(|m| m.by_id.values())
+            .map(|c| &**c)
     }
 
-    /// The checks that decide an instance's health: its own and its node's.
+    /// The checks that decide an instance's health: its own and its node's, by ID (as the
+    /// node's checks are listed).
     pub fn checks_of<'a>(&'a self, inst: &'a Instance) -> impl Iterator<Item = &'a Check> + 'a {
-        self.checks_on(&inst.node)
-            .filter(move |c| c.service_id.is_empty() || c.service_id == inst.id)
+        let mut node = self.instance_checks(&inst.node, "").peekable();
+        let mut own = self.instance_checks(&inst.node, &inst.id).peekable();
+        // Two lists sorted by ID, merged.
+        std::iter::from_fn(move || match (node.peek(), own.peek()) {
+            (Some(a), Some(b)) if b.id < a.id => own.next(),
+            (Some(_), _) => node.next(),
+            (None, _) => own.next(),
+        })
     }
 
     /// The address an instance is reached at: its own, else its node's (empty if neither is
@@ -334,7 +469,9 @@ impl DcState {
 
     /// The worst status among an instance's checks; passing when it has none.
     pub fn health_of(&self, inst: &Instance) -> Health {
-        self.checks_of(inst)
+        // On the DNS path: the two lists without merging them (the order does not matter).
+        self.instance_checks(&inst.node, "")
+            .chain(self.instance_checks(&inst.node, &inst.id))
             .map(|c| c.status)
             .max()
             .unwrap_or(Health::Passing)
@@ -388,8 +525,8 @@ impl DcState {
 
         // Drop the instance's checks that the new registration no longer carries.
         let stale: Vec<CheckKey> = self
-            .checks_on(&inst.node)
-            .filter(|c| c.service_id == inst.id && !checks.iter().any(|n| n.id == c.id))
+            .instance_checks(&inst.node, &inst.id)
+            .filter(|c| !checks.iter().any(|n| n.id == c.id))
             .map(|c| (c.node.clone(), c.id.clone()))
             .collect();
         for (n, id) in stale {
@@ -528,8 +665,7 @@ impl DcState {
     /// of a read-only replica, which mirrors its origin rather than merging.
     pub fn put_node(&mut self, node: Node, checks: Vec<Check>) {
         let stale: Vec<String> = self
-            .checks_on(&node.name)
-            .filter(|c| c.service_id.is_empty())
+            .instance_checks(&node.name, "")
             .map(|c| c.id.clone())
             .collect();
         for id in stale {
@@ -548,8 +684,7 @@ impl DcState {
             return false;
         };
         let own: Vec<String> = self
-            .checks_on(&old.name)
-            .filter(|c| c.service_id.is_empty())
+            .instance_checks(&old.name, "")
             .map(|c| c.id.clone())
             .collect();
         for id in own {
@@ -581,8 +716,7 @@ impl DcState {
         };
         self.unindex(&old, key);
         let own: Vec<CheckKey> = self
-            .checks_on(key.node())
-            .filter(|c| c.service_id == key.id())
+            .instance_checks(key.node(), key.id())
             .map(|c| (c.node.clone(), c.id.clone()))
             .collect();
         for (n, id) in own {
@@ -793,7 +927,7 @@ impl DcState {
             .checks
             .entry(c.node.clone())
             .or_default()
-            .insert(c.id.clone(), Arc::new(c));
+            .insert(Arc::new(c));
         self.critical_checks += usize::from(critical);
         if replaced.is_some_and(|old| old.status == Health::Critical) {
             self.critical_checks -= 1;
@@ -1736,5 +1870,125 @@ pub(crate) mod tests {
         let old = r#"{"index":1,"nodes":[],"instances":[],"checks":[]}"#;
         let old = DcState::from_snapshot(serde_json::from_str(old).expect("old snapshot"));
         assert_eq!(old.queries().count(), 0);
+    }
+
+    #[test]
+    fn the_checks_changed_on_a_node_are_those_added_changed_or_removed() {
+        let mut s = DcState::default();
+        for (i, k) in [(0u8, "a"), (1, "b"), (2, "c")] {
+            let c = check("n1", &format!("c{k}"), &format!("i{i}"), Health::Passing);
+            s.register(
+                inst("n1", &format!("i{i}"), "web"),
+                vec![c],
+                u64::from(i) + 1,
+            );
+        }
+        s.set_check(check("n2", "other", "", Health::Passing), 4);
+        let old = s.clone();
+        assert!(s.checks_changed_on(&old, "n1").is_empty());
+        s.update_check("n1", "ca", Health::Critical, "down", 5);
+        s.delete_check("n1", "cb", 6);
+        s.set_check(check("n1", "cd", "", Health::Passing), 7);
+        // The unchanged `cc`, and the other node's check, are not among them.
+        assert_eq!(s.checks_changed_on(&old, "n1"), ["ca", "cb", "cd"]);
+        assert!(s.checks_changed_on(&old, "n2").is_empty());
+        s.deregister_node("n2", 8);
+        assert_eq!(s.checks_changed_on(&old, "n2"), ["other"]);
+        assert_eq!(old.checks_changed_on(&s, "n2"), ["other"]);
+        assert!(s.checks_changed_on(&old, "n3").is_empty());
+    }
+
+    /// One write of [`an_instance_s_checks_are_found_as_a_walk_of_its_node_s_would_find_them`].
+    #[derive(Clone, Debug)]
+    enum CheckOp {
+        /// Register instance `i` on node `n` with checks `c<k>` for the given `k`s.
+        Register(u8, u8, Vec<u8>),
+        /// Set check `c<k>` on node `n`, node-level (`None`) or of instance `i`, critical or not.
+        Set(u8, u8, Option<u8>, bool),
+        Delete(u8, u8),
+        Deregister(u8, u8),
+        DeregisterNode(u8),
+    }
+
+    fn check_op() -> impl proptest::strategy::Strategy<Value = CheckOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..2, 0u8..4, proptest::collection::vec(0u8..6, 0..3))
+                .prop_map(|(n, i, c)| CheckOp::Register(n, i, c)),
+            (0u8..2, 0u8..6, proptest::option::of(0u8..4), any::<bool>())
+                .prop_map(|(n, c, i, crit)| CheckOp::Set(n, c, i, crit)),
+            (0u8..2, 0u8..6).prop_map(|(n, c)| CheckOp::Delete(n, c)),
+            (0u8..2, 0u8..4).prop_map(|(n, i)| CheckOp::Deregister(n, i)),
+            (0u8..2).prop_map(CheckOp::DeregisterNode),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever registrations, check writes and removals a node goes through (check IDs
+        /// moving between instances and the node included), an instance's checks and health are
+        /// what a walk of every check on its node finds, in the same order.
+        #[test]
+        fn an_instance_s_checks_are_found_as_a_walk_of_its_node_s_would_find_them(
+            ops in proptest::collection::vec(check_op(), 1..60),
+        ) {
+            let mut s = DcState::default();
+            for (at, op) in ops.into_iter().enumerate() {
+                let index = at as u64 + 1;
+                match op {
+                    CheckOp::Register(n, i, cs) => {
+                        let (node, id) = (format!("n{n}"), format!("i{i}"));
+                        let checks = cs
+                            .iter()
+                            .map(|k| check(&node, &format!("c{k}"), &id, Health::Passing))
+                            .collect();
+                        s.register(inst(&node, &id, "web"), checks, index);
+                    }
+                    CheckOp::Set(n, k, i, critical) => {
+                        let owner = i.map(|i| format!("i{i}")).unwrap_or_default();
+                        let status = if critical { Health::Critical } else { Health::Passing };
+                        let c = check(&format!("n{n}"), &format!("c{k}"), &owner, status);
+                        s.set_check(c, index);
+                    }
+                    CheckOp::Delete(n, k) => {
+                        s.delete_check(&format!("n{n}"), &format!("c{k}"), index);
+                    }
+                    CheckOp::Deregister(n, i) => {
+                        s.deregister(&format!("n{n}"), &format!("i{i}"), index);
+                    }
+                    CheckOp::DeregisterNode(n) => {
+                        s.deregister_node(&format!("n{n}"), index);
+                    }
+                }
+                for node in ["n0", "n1"] {
+                    let walk = |owner: &str| -> Vec<String> {
+                        s.checks_on(node)
+                            .filter(|c| c.service_id == owner)
+                            .map(|c| c.id.clone())
+                            .collect()
+                    };
+                    let found = |owner: &str| -> Vec<String> {
+                        s.instance_checks(node, owner).map(|c| c.id.clone()).collect()
+                    };
+                    proptest::prop_assert_eq!(found(""), walk(""));
+                    for i in s.instances_on(node) {
+                        proptest::prop_assert_eq!(found(&i.id), walk(&i.id));
+                        let of: Vec<String> = s.checks_of(i).map(|c| c.id.clone()).collect();
+                        let walked: Vec<String> = s
+                            .checks_on(node)
+                            .filter(|c| c.service_id.is_empty() || c.service_id == i.id)
+                            .map(|c| c.id.clone())
+                            .collect();
+                        proptest::prop_assert_eq!(of, walked);
+                        let worst = s
+                            .checks_on(node)
+                            .filter(|c| c.service_id.is_empty() || c.service_id == i.id)
+                            .map(|c| c.status)
+                            .max()
+                            .unwrap_or(Health::Passing);
+                        proptest::prop_assert_eq!(s.health_of(i), worst);
+                    }
+                }
+            }
+        }
     }
 }

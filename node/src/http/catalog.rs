@@ -373,7 +373,7 @@ pub(super) async fn health_checks(
         dc,
         dc.instances_of(&service)
             .filter(|i| p.node_meta_ok(dc.node(&i.node)))
-            .flat_map(|i| dc.checks_on(&i.node).filter(|c| c.service_id == i.id)),
+            .flat_map(|i| dc.instance_checks(&i.node, &i.id)),
     );
     let checks = filtered(filter.as_ref(), checks);
     Ok(answer(&state, &view, &p, &checks))

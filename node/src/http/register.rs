@@ -764,8 +764,8 @@ pub fn build_registration(
     }
     if !replace_existing_checks {
         let kept: Vec<Check> = current
-            .checks_on(node)
-            .filter(|c| c.service_id == id && !checks.iter().any(|n| n.id == c.id))
+            .instance_checks(node, &id)
+            .filter(|c| !checks.iter().any(|n| n.id == c.id))
             .cloned()
             .collect();
         checks.extend(kept);

@@ -88,10 +88,8 @@ impl NodeChecks {
             .get(service_id)
             .map_or(&[][..], |ids| &ids[..]);
         if let Err(at) = ids.binary_search_by(|i| i.as_str().cmp(id)) {
-            let mut v = Vec::with_capacity(ids.len() + 1);
-            v.extend_from_slice(&ids[..at]);
-            v.push(id.to_owned());
-            v.extend_from_slice(&ids[at..]);
+            let mut v = ids.to_vec();
+            v.insert(at, id.to_owned());
             self.by_instance.insert(service_id.to_owned(), v.into());
         }
     }
@@ -106,12 +104,8 @@ impl NodeChecks {
         if ids.len() == 1 {
             self.by_instance.remove(service_id);
         } else {
-            let v: Vec<String> = ids
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != at)
-                .map(|(_, s)| s.clone())
-                .collect();
+            let mut v = ids.to_vec();
+            v.remove(at);
             self.by_instance.insert(service_id.to_owned(), v.into());
         }
     }
